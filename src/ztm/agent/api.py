@@ -1,0 +1,225 @@
+"""The agent's local REST API (aiohttp), documented in `ztm/openapi.yaml`.
+
+Every `/api/` route needs the agent's token (`Authorization: Bearer TOKEN`). Requests with a foreign `Host` header
+(DNS rebinding) or a foreign `Origin` (cross-origin pages) are refused before routing, and no CORS headers are ever
+sent. Errors are `{"error": ..., "code": ...}` with the status of the matching `ZtmError`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ztm import validate
+from ztm.addr import Address
+from ztm.agent.service import Agent
+from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, ZtmError
+from ztm.meter import RateMeter
+from ztm.version import __version__
+
+log = logging.getLogger("ztm.agent")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 1 << 20
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(data).encode(), status=status, content_type="application/json", charset="utf-8")
+
+
+def _error(exc: ZtmError) -> web.Response:
+    return _json(exc.to_json(), exc.status)
+
+
+class AgentApi:
+    def __init__(self, agent: Agent, listen: Address, token: str, log_tail: Callable[[int], list[str]]) -> None:
+        self.agent = agent
+        self.listen = listen
+        self.token = token
+        self.log_tail = log_tail
+        self.meter = RateMeter()
+        self.hosts = self._allowed_hosts(listen)
+
+    @staticmethod
+    def _allowed_hosts(listen: Address) -> set[str]:
+        port = listen.port
+        return {str(listen), f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
+
+    def _host_ok(self, host: str) -> bool:
+        if host in self.hosts:
+            return True
+        if self.listen.host in ("0.0.0.0", "::"):
+            try:
+                address = Address.parse(host, what="Host")
+                ipaddress.ip_address(address.host)
+            except (ZtmError, ValueError):
+                return False
+            return address.port == self.listen.port
+        return False
+
+    @web.middleware
+    async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            host = request.headers.get("Host", "")
+            if not self._host_ok(host):
+                raise Forbidden(f"refused: Host {host!r} is not this agent's address (possible DNS rebinding)")
+            origin = request.headers.get("Origin")
+            if origin is not None and origin not in {f"http://{h}" for h in self.hosts | {host}}:
+                raise Forbidden(f"refused: cross-origin request from {origin!r}")
+            if request.method == "OPTIONS":
+                raise Forbidden("refused: cross-origin requests are not served")
+            auth = request.headers.get("Authorization", "")
+            scheme, _, given = auth.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+                raise Unauthorized(
+                    "missing or wrong API token: send 'Authorization: Bearer TOKEN' with the token from "
+                    "DATA/agent.token"
+                )
+            return await handler(request)
+        except ZtmError as exc:
+            return _error(exc)
+        except web.HTTPNotFound:
+            return _error(NotFound(f"no route {request.method} {request.path}"))
+        except web.HTTPMethodNotAllowed:
+            return _error(BadInput(f"{request.method} is not allowed on {request.path}"))
+        except web.HTTPRequestEntityTooLarge:
+            return _error(BadInput(f"request body larger than {MAX_BODY} bytes"))
+        except web.HTTPException as exc:
+            return _json({"error": exc.reason, "code": "http"}, exc.status)
+        except Exception:
+            log.exception("API %s %s failed", request.method, request.path)
+            return _json({"error": "internal error; see the agent log", "code": "internal"}, 500)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.guard], client_max_size=MAX_BODY)
+        r = app.router
+        m = "/api/meshes/{mesh}"
+        r.add_get("/api/version", self.version)
+        r.add_get("/api/identity", self.identity)
+        r.add_get("/api/meshes", self.meshes)
+        r.add_get(m, self.mesh)
+        r.add_post(m, self.join)
+        r.add_delete(m, self.leave)
+        r.add_get(m + "/hubs", self.hubs)
+        r.add_get(m + "/endpoints", self.endpoints)
+        r.add_get(m + "/endpoints/{ep}", self.endpoint)
+        r.add_post(m + "/endpoints/{ep}/ping", self.ping)
+        r.add_post(m + "/endpoints/{ep}/labels", self.labels)
+        r.add_get(m + "/endpoints/{ep}/log", self.ep_log)
+        r.add_get(m + "/stats", self.stats)
+        r.add_get(m + "/users", self.users)
+        r.add_post(m + "/users/{user}/invite", self.invite)
+        r.add_post(m + "/users/{user}/evict", self.evict)
+        r.add_get(m + "/hub/log", self.hub_log)
+        r.add_get("/api/apps", self.apps)
+        r.add_get("/api/log", self.own_log)
+        return app
+
+    # helpers
+    @staticmethod
+    async def _body(request: web.Request) -> dict[str, Any]:
+        return validate.json_object(await request.read())
+
+    @staticmethod
+    def _lines(request: web.Request) -> int:
+        raw = request.query.get("lines", "100")
+        if not raw.isdigit():
+            raise BadInput("query parameter 'lines' must be a number from 1 to 2000")
+        return validate.int_range(int(raw), "lines", 1, 2000)
+
+    # routes
+    async def version(self, request: web.Request) -> web.Response:
+        return _json({"ztm": __version__, "api": 1})
+
+    async def identity(self, request: web.Request) -> web.Response:
+        return _json({"public_key": self.agent.identity()})
+
+    async def meshes(self, request: web.Request) -> web.Response:
+        return _json([s.view() for s in self.agent.meshes.values()])
+
+    async def mesh(self, request: web.Request) -> web.Response:
+        return _json(self.agent.get(request.match_info["mesh"]).view())
+
+    async def join(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        permit = body.get("permit")
+        if permit is None:
+            raise BadInput("missing field 'permit': send the permit file's JSON object")
+        view = await self.agent.join(
+            request.match_info["mesh"],
+            validate.field(body, "as", str),
+            permit,
+            validate.labels(body.get("labels")),
+        )
+        return _json(view, 201)
+
+    async def leave(self, request: web.Request) -> web.Response:
+        await self.agent.leave(request.match_info["mesh"])
+        return web.Response(status=204)
+
+    async def hubs(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.get(request.match_info["mesh"]).hub_views())
+
+    async def endpoints(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.endpoints(request.match_info["mesh"]))
+
+    async def endpoint(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.endpoint(request.match_info["mesh"], request.match_info["ep"]))
+
+    async def ping(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        count = validate.int_range(body.get("count", 1), "count", 1, 20)
+        return _json(await self.agent.ping(request.match_info["mesh"], request.match_info["ep"], count))
+
+    async def labels(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        add, delete = validate.labels(body.get("add")), validate.labels(body.get("delete"))
+        mesh = request.match_info["mesh"]
+        ep = await self.agent.endpoint(mesh, request.match_info["ep"])
+        result = await self.agent.hub_call(
+            mesh, "POST", f"/api/endpoints/{ep['id']}/labels", {"add": add, "delete": delete}
+        )
+        if isinstance(result, dict):
+            result["is_local"] = ep.get("is_local", False)
+        return _json(result)
+
+    async def ep_log(self, request: web.Request) -> web.Response:
+        mesh = request.match_info["mesh"]
+        result = await self.agent.call(mesh, request.match_info["ep"], "log", {"lines": self._lines(request)})
+        return _json(result)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return _json(self.agent.stats(request.match_info["mesh"], self.meter.sample))
+
+    async def users(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.hub_call(request.match_info["mesh"], "GET", "/api/users"))
+
+    async def invite(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        user = validate.user_name(request.match_info["user"])
+        payload = {"public_key": validate.field(body, "identity", str), "days": body.get("days", 365)}
+        permit = await self.agent.hub_call(request.match_info["mesh"], "POST", f"/api/users/{user}/invite", payload)
+        return _json({"permit": permit})
+
+    async def evict(self, request: web.Request) -> web.Response:
+        user = validate.user_name(request.match_info["user"])
+        return _json(await self.agent.hub_call(request.match_info["mesh"], "POST", f"/api/users/{user}/evict", {}))
+
+    async def hub_log(self, request: web.Request) -> web.Response:
+        lines = self._lines(request)
+        return _json(await self.agent.hub_call(request.match_info["mesh"], "GET", f"/api/log?lines={lines}"))
+
+    async def apps(self, request: web.Request) -> web.Response:
+        mesh = request.query.get("mesh")
+        if mesh is not None:
+            self.agent.get(mesh)
+        return _json([])
+
+    async def own_log(self, request: web.Request) -> web.Response:
+        return _json({"lines": self.log_tail(self._lines(request))})

@@ -1,0 +1,216 @@
+"""`MeshSession`: this agent as an endpoint of one mesh.
+
+It enrols with the permit's user certificate to obtain a short-lived endpoint certificate, renews that certificate
+at half-life (or enrols again if it expired while the agent was down), runs the `HubLink`, and answers calls the hub
+relays from other endpoints (`ping`, `log`, `info`), deciding who may ask from the hub-asserted caller identity,
+which the hub took from the caller's verified certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ztm import pki
+from ztm.agent.link import HubLink, dial, request
+from ztm.agent.store import MeshRecord
+from ztm.agent.tls import MeshFiles
+from ztm.aio import spawn
+from ztm.errors import Forbidden, NotFound, ZtmError
+from ztm.permit import Permit
+from ztm.timefmt import iso
+from ztm.version import __version__
+
+log = logging.getLogger("ztm.agent")
+
+
+async def enroll(
+    permit: Permit,
+    files: MeshFiles,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    ep_id: str,
+    name: str,
+    labels: list[str],
+) -> dict[str, Any]:
+    """Ask a hub for an endpoint certificate, authenticating with the permit's user certificate."""
+    conn, _hub = await dial(list(permit.bootstraps), permit.mesh_id, files.user_context())
+    try:
+        csr = pki.csr_to_pem(pki.make_csr(key, name=ep_id))
+        body = {
+            "ep_id": ep_id,
+            "name": name,
+            "csr": csr,
+            "hostname": platform.node()[:255],
+            "version": __version__,
+            "labels": labels,
+        }
+        answer = await request(conn, "POST", "/api/enroll", body, timeout=10.0)
+    finally:
+        conn.close()
+    if not isinstance(answer, dict) or not isinstance(answer.get("certificate"), str):
+        raise ZtmError("the hub answered the enrolment without a certificate")
+    pki.verify_issued_by(pki.cert_from_pem(answer["certificate"]), permit.ca, now=dt.datetime.now(dt.UTC))
+    return answer
+
+
+class MeshSession:
+    def __init__(
+        self,
+        record: MeshRecord,
+        files: MeshFiles,
+        key: ec.EllipticCurvePrivateKey,
+        *,
+        save: Callable[[MeshRecord], None],
+        log_tail: Callable[[int], list[str]],
+    ) -> None:
+        self.record = record
+        self.files = files
+        self.key = key
+        self.permit = Permit.parse(record.permit)
+        self._save = save
+        self._log_tail = log_tail
+        self.peers: dict[str, dict[str, Any]] = {}
+        self.link = HubLink(
+            label=record.name,
+            addresses=list(self.permit.bootstraps),
+            mesh_id=record.mesh_id,
+            context=files.ep_context,
+            before_connect=self._ensure_cert,
+            on_event=self._on_event,
+        )
+        self._renewer: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    def start(self) -> None:
+        self.link.start()
+        self._renewer = spawn(self._renew_loop(), name=f"renew-{self.name}")
+
+    async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        await self.link.stop()
+
+    # certificates
+    def cert_window(self) -> tuple[float, float]:
+        cert = pki.cert_from_pem(self.record.ep_cert)
+        return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+
+    async def _ensure_cert(self) -> None:
+        """Before dialling: enrol again if the endpoint certificate expired (or nearly) while we were away."""
+        start, end = self.cert_window()
+        if time.time() < end - max(30.0, (end - start) * 0.1):
+            return
+        log.info("mesh %s: endpoint certificate expired or about to; enrolling again", self.name)
+        answer = await enroll(
+            self.permit, self.files, self.key, ep_id=self.record.ep_id, name=self.record.ep_name, labels=[]
+        )
+        self._store_cert(answer["certificate"])
+
+    def _store_cert(self, pem: str) -> None:
+        self.files.write_ep_cert(pem)
+        self.record.ep_cert = pem
+        self._save(self.record)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            start, end = self.cert_window()
+            await asyncio.sleep(max(1.0, start + (end - start) / 2 - time.time()))
+            try:
+                csr = pki.csr_to_pem(pki.make_csr(self.key, name=self.record.ep_id))
+                answer = await self.link.request("POST", "/api/renew", {"csr": csr})
+                self._store_cert(answer["certificate"])
+                log.info("mesh %s: renewed the endpoint certificate", self.name)
+                self.link.renew_now()
+            except (ZtmError, KeyError, TypeError) as exc:
+                log.warning("mesh %s: certificate renewal failed (%s); retrying in 30 s", self.name, exc)
+                await asyncio.sleep(30.0)
+
+    # events and calls
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "endpoint" and isinstance(event.get("ep"), dict):
+            ep = event["ep"]
+            self.peers[str(ep.get("id"))] = ep
+        elif kind == "call":
+            spawn(self._answer(event), name=f"call-{self.name}")
+
+    async def _answer(self, event: dict[str, Any]) -> None:
+        call_id = event.get("id")
+        if not isinstance(call_id, str):
+            return
+        caller = event.get("from") if isinstance(event.get("from"), dict) else {}
+        try:
+            result: dict[str, Any] = {"result": self._dispatch(str(event.get("method")), event.get("params"), caller)}
+        except ZtmError as exc:
+            result = exc.to_json()
+        with contextlib.suppress(ZtmError):
+            await self.link.request("POST", f"/api/calls/{call_id}", result)
+
+    def _dispatch(self, method: str, params: Any, caller: dict[str, Any]) -> Any:
+        if method == "ping":
+            return {"time": time.time()}
+        if method == "info":
+            return {"version": __version__, "hostname": platform.node(), "python": platform.python_version()}
+        if method == "log":
+            if caller.get("user") not in (self.record.user, "root"):
+                raise Forbidden(f"only {self.record.user!r} (the owner) or root may read this endpoint's log")
+            lines = params.get("lines", 100) if isinstance(params, dict) else 100
+            lines = lines if isinstance(lines, int) and 0 < lines <= 2000 else 100
+            return {"lines": self._log_tail(lines)}
+        raise NotFound(f"endpoint does not answer {method!r}")
+
+    # views
+    def view(self) -> dict[str, Any]:
+        _start, end = self.cert_window()
+        link = self.link
+        return {
+            "name": self.name,
+            "mesh_id": self.record.mesh_id,
+            "ep_id": self.record.ep_id,
+            "ep_name": self.record.ep_name,
+            "user": self.record.user,
+            "hubs": [str(a) for a in self.permit.bootstraps],
+            "status": link.status,
+            "error": link.error,
+            "joined_at": iso(self.record.joined_at),
+            "connected_since": iso(link.since) if link.status == "online" else None,
+            "cert_expires": iso(end),
+        }
+
+    async def hub_views(self) -> list[dict[str, Any]]:
+        link = self.link
+        rtt: float | None = None
+        conn = link.conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(Exception):
+                rtt = round(await conn.ping(timeout=2.0) * 1000, 3)
+        sent = link.bytes_sent + (conn.bytes_sent if conn else 0)
+        received = link.bytes_received + (conn.bytes_received if conn else 0)
+        return [
+            {
+                "address": link.address or str(self.permit.bootstraps[0]),
+                "connected": link.status == "online",
+                "status": link.status,
+                "error": link.error,
+                "rtt_ms": rtt,
+                "since": iso(link.since) if link.status == "online" else None,
+                "version": link.hub.get("version"),
+                "hub_id": link.hub.get("hub_id"),
+                "bytes_sent": sent,
+                "bytes_received": received,
+            }
+        ]

@@ -1,0 +1,87 @@
+"""The agent's durable state in SQLite (`DATA/ztm.db`, 0600): its key and the meshes it joined.
+
+Only `Agent` (agent/service.py) writes here; every write is one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ztm.db import Database
+
+MIGRATIONS = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE meshes (
+        name TEXT PRIMARY KEY, mesh_id TEXT NOT NULL, ep_id TEXT NOT NULL, ep_name TEXT NOT NULL,
+        user TEXT NOT NULL, permit TEXT NOT NULL, ep_cert TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '[]',
+        joined_at REAL NOT NULL
+    )
+    """,
+]
+
+
+@dataclass
+class MeshRecord:
+    name: str
+    mesh_id: str
+    ep_id: str
+    ep_name: str
+    user: str
+    permit: str
+    """The permit as joined (JSON text); holds a private key only for root permits."""
+    ep_cert: str
+    labels: list[str] = field(default_factory=list)
+    joined_at: float = field(default_factory=time.time)
+
+
+class AgentStore:
+    def __init__(self, path: Path) -> None:
+        self.db = Database(path, MIGRATIONS)
+
+    def lock(self) -> None:
+        self.db.lock_exclusive("agent")
+
+    def close(self) -> None:
+        self.db.close()
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.one("SELECT value FROM meta WHERE key = ?", (key,))
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.db.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def meshes(self) -> list[MeshRecord]:
+        return [_mesh(r) for r in self.db.all("SELECT * FROM meshes ORDER BY name")]
+
+    def save_mesh(self, m: MeshRecord) -> None:
+        with self.db.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO meshes"
+                "(name, mesh_id, ep_id, ep_name, user, permit, ep_cert, labels, joined_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (m.name, m.mesh_id, m.ep_id, m.ep_name, m.user, m.permit, m.ep_cert, json.dumps(m.labels), m.joined_at),
+            )
+
+    def delete_mesh(self, name: str) -> None:
+        with self.db.transaction() as c:
+            c.execute("DELETE FROM meshes WHERE name = ?", (name,))
+
+
+def _mesh(r: sqlite3.Row) -> MeshRecord:
+    return MeshRecord(
+        name=r["name"],
+        mesh_id=r["mesh_id"],
+        ep_id=r["ep_id"],
+        ep_name=r["ep_name"],
+        user=r["user"],
+        permit=r["permit"],
+        ep_cert=r["ep_cert"],
+        labels=json.loads(r["labels"]),
+        joined_at=r["joined_at"],
+    )

@@ -1,0 +1,56 @@
+"""asyncio helpers: tasks that are kept referenced and whose failures are logged, and a backoff schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Coroutine
+from typing import Any
+
+log = logging.getLogger("ztm")
+
+_TASKS: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+    """Start a task that is referenced until it ends; an exception it raises is logged, never lost."""
+    task = asyncio.get_running_loop().create_task(coro, name=name)
+    _TASKS.add(task)
+    task.add_done_callback(_done)
+    return task
+
+
+def _done(task: asyncio.Task[Any]) -> None:
+    _TASKS.discard(task)
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        log.error("task %s failed: %s: %s", task.get_name(), type(exc).__name__, exc, exc_info=exc)
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: 0.1 s, 0.2 s, ... up to `cap` seconds."""
+
+    def __init__(self, base: float = 0.1, cap: float = 5.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.base * (2**self.attempt))
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def install_uvloop() -> None:
+    """Use uvloop when present: less memory per connection and faster I/O than the default loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but keep running without it
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

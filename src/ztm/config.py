@@ -1,0 +1,54 @@
+"""Settings of the long-running processes, as parsed from the command line; defaults live here and nowhere else."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ztm.addr import Address
+
+DEFAULT_HUB_PORT = 8888
+DEFAULT_AGENT_LISTEN = Address("127.0.0.1", 7777)
+DEFAULT_HUB_LISTEN = Address("0.0.0.0", DEFAULT_HUB_PORT)
+
+
+def default_data_dir() -> Path:
+    """`$ZTM_DATA` if set, else `~/.ztm`: where agent and hub keep their state by default."""
+    env = os.environ.get("ZTM_DATA")
+    return Path(env) if env else Path.home() / ".ztm"
+
+
+def agents_registry_dir() -> Path:
+    """Per-OS-user directory where each running agent leaves a copy of its API token, named by listen address."""
+    return Path.home() / ".ztm" / "agents"
+
+
+def token_file_name(listen: Address) -> str:
+    """File name (in `agents_registry_dir()`) of the token of the agent listening on `listen`."""
+    host = listen.host.replace(":", "_")
+    return f"{host}_{listen.port}.token"
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    listen: Address = DEFAULT_HUB_LISTEN
+    names: tuple[Address, ...] = ()
+    permit: Path | None = None
+    data: Path = field(default_factory=default_data_dir)
+    max_agents: int = 10000
+    cert_ttl: float = 24 * 3600.0
+    """Lifetime of endpoint certificates in seconds; agents renew at half-life."""
+    heartbeat: float = 5.0
+    """Interval agents are told to heartbeat at; an endpoint is offline after 3 missed beats or a closed session."""
+    admin: Address | None = None
+    """Optional localhost admin address (metrics); off unless set."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    listen: Address = DEFAULT_AGENT_LISTEN
+    data: Path = field(default_factory=default_data_dir)
+    join: str | None = None
+    join_as: str | None = None
+    permit: Path | None = None

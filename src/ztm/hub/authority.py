@@ -1,0 +1,124 @@
+"""The hub as certificate authority: creates or loads the mesh CA, issues certificates, keeps the CRL, and builds
+the TLS server context that enforces all of it at the handshake.
+
+TLS policy: TLS 1.3 only, a client certificate is required and must chain to the mesh CA, the leaf is checked
+against the CRL (evicted users' certificates), ALPN `h2`. A fresh `ssl.SSLContext` is built whenever the CRL
+changes; the server asks for the current one on every accepted connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ztm import pki
+from ztm.addr import Address
+from ztm.hub.store import HubStore
+
+ROOT_USER = "root"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Authority:
+    def __init__(self, store: HubStore, data: Path, names: Sequence[Address]) -> None:
+        self.store = store
+        self.data = data
+        meta = store.get_meta()
+        now = utcnow()
+        if "ca_cert" not in meta:
+            meta = self._create(now)
+        self.mesh_id = meta["mesh_id"]
+        self.hub_id = meta["hub_id"]
+        self.ca_key = pki.key_from_pem(meta["ca_key"])
+        self.ca_cert = pki.cert_from_pem(meta["ca_cert"])
+        self.ca_pem = meta["ca_cert"]
+        self.root_key = pki.key_from_pem(meta["root_key"])
+        self.root_cert = pki.cert_from_pem(meta["root_cert"])
+        self.crl_number = int(meta.get("crl_number", "0"))
+        self.names = tuple(names)
+        self._tls_dir = data / "hub-tls"
+        self._tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._write_hub_cert(now)
+        self._context: ssl.SSLContext | None = None
+
+    def _create(self, now: dt.datetime) -> dict[str, str]:
+        mesh_id = pki.new_mesh_id()
+        ca_key, ca_cert = pki.create_ca(mesh_id, now=now)
+        root_key = pki.new_key()
+        root_cert = pki.issue_user_cert(
+            ca_key, ca_cert, user=ROOT_USER, public_key=root_key.public_key(), now=now, days=3650
+        )
+        meta = {
+            "mesh_id": mesh_id,
+            "hub_id": pki.new_hub_id(),
+            "ca_key": pki.key_to_pem(ca_key),
+            "ca_cert": pki.cert_to_pem(ca_cert),
+            "root_key": pki.key_to_pem(root_key),
+            "root_cert": pki.cert_to_pem(root_cert),
+            "crl_number": "0",
+        }
+        self.store.set_meta(meta)
+        self.store.upsert_user(ROOT_USER)
+        self.store.record_cert(
+            root_cert.serial_number, ROOT_USER, None, "user", root_cert.not_valid_after_utc.timestamp()
+        )
+        return meta
+
+    def _write_hub_cert(self, now: dt.datetime) -> None:
+        key = pki.new_key()
+        hosts = [a.host for a in self.names]
+        cert = pki.issue_hub_cert(
+            self.ca_key, self.ca_cert, hub_id=self.hub_id, names=hosts, public_key=key.public_key(), now=now
+        )
+        pki.write_private(self._tls_dir / "hub.key", pki.key_to_pem(key))
+        (self._tls_dir / "hub.crt").write_text(pki.cert_to_pem(cert) + self.ca_pem)
+
+    # issuing
+    def issue_user(self, user: str, public_key: ec.EllipticCurvePublicKey, days: int) -> x509.Certificate:
+        cert = pki.issue_user_cert(self.ca_key, self.ca_cert, user=user, public_key=public_key, now=utcnow(), days=days)
+        self.store.record_cert(cert.serial_number, user, None, "user", cert.not_valid_after_utc.timestamp())
+        return cert
+
+    def issue_endpoint(
+        self, user: str, ep_id: str, public_key: ec.EllipticCurvePublicKey, ttl: float
+    ) -> x509.Certificate:
+        cert = pki.issue_endpoint_cert(
+            self.ca_key,
+            self.ca_cert,
+            user=user,
+            ep_id=ep_id,
+            public_key=public_key,
+            now=utcnow(),
+            ttl=dt.timedelta(seconds=ttl),
+        )
+        self.store.record_cert(cert.serial_number, user, ep_id, "endpoint", cert.not_valid_after_utc.timestamp())
+        return cert
+
+    # revocation and TLS
+    def rebuild_crl(self, revoked: Iterable[int]) -> None:
+        """Write a new CRL with `revoked` serials and drop the cached TLS context."""
+        self.crl_number += 1
+        crl = pki.build_crl(self.ca_key, self.ca_cert, revoked=revoked, number=self.crl_number, now=utcnow())
+        (self._tls_dir / "ca-crl.pem").write_text(self.ca_pem + pki.crl_to_pem(crl))
+        self.store.set_meta({"crl_number": str(self.crl_number)})
+        self._context = None
+
+    def server_context(self) -> ssl.SSLContext:
+        if self._context is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_cert_chain(self._tls_dir / "hub.crt", self._tls_dir / "hub.key")
+            ctx.load_verify_locations(cafile=str(self._tls_dir / "ca-crl.pem"))
+            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            ctx.set_alpn_protocols(["h2"])
+            self._context = ctx
+        return self._context

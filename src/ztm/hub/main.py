@@ -1,0 +1,109 @@
+"""`ztm run hub`: open the hub's state, create the CA and root permit on first start, serve until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from ztm import aio, h2, logs, pki
+from ztm.addr import Address
+from ztm.config import HubConfig
+from ztm.errors import BadInput, ZtmError
+from ztm.hub.authority import Authority
+from ztm.hub.routes import HubRoutes
+from ztm.hub.state import HubState
+from ztm.hub.store import HubStore
+from ztm.permit import make_permit
+
+log = logging.getLogger("ztm.hub")
+
+DB_NAME = "ztm-hub.db"
+
+
+def run_hub(cfg: HubConfig) -> int:
+    """Run a hub in the foreground; returns the process exit code. Startup errors raise `ZtmError`."""
+    aio.install_uvloop()
+    return asyncio.run(_main(cfg))
+
+
+async def _main(cfg: HubConfig) -> int:
+    names = cfg.names or _default_names(cfg)
+    cfg.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ring = logs.setup(cfg.data / "hub.log")
+    store = HubStore(cfg.data / DB_NAME)
+    try:
+        store.lock()
+        authority = Authority(store, cfg.data, names)
+        _write_permit(cfg, authority)
+        state = HubState(store, authority, max_agents=cfg.max_agents, cert_ttl=cfg.cert_ttl, heartbeat=cfg.heartbeat)
+        routes = HubRoutes(state, ring)
+        try:
+            server = await h2.serve(
+                routes.handle,
+                cfg.listen.host,
+                cfg.listen.port,
+                authority.server_context,
+                on_connect=routes.on_connect,
+            )
+        except OSError as exc:
+            raise ZtmError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
+        log.info(
+            "hub %s of mesh %s listening on %s (agents dial %s)",
+            authority.hub_id,
+            authority.mesh_id,
+            cfg.listen,
+            ", ".join(map(str, names)),
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        sweeper = aio.spawn(_sweep(state, authority), name="hub-sweeper")
+        await stop.wait()
+        log.info("hub stopping")
+        sweeper.cancel()
+        server.close()
+        for session in list(state.sessions.values()):
+            session.close_connection()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 2)
+        state.sweep()
+        return 0
+    finally:
+        store.close()
+
+
+def _default_names(cfg: HubConfig) -> tuple[Address, ...]:
+    if cfg.listen.host in ("0.0.0.0", "::"):
+        raise BadInput(
+            "--names is required when listening on all interfaces: give the address agents dial, "
+            "e.g. --names 1.2.3.4:8888"
+        )
+    return (cfg.listen,)
+
+
+def _write_permit(cfg: HubConfig, authority: Authority) -> None:
+    if cfg.permit is None:
+        return
+    if cfg.permit.exists():
+        log.info("kept the existing permit %s unchanged", cfg.permit)
+        return
+    permit = make_permit(authority.ca_cert, authority.root_cert, authority.names, private_key=authority.root_key)
+    pki.write_private(cfg.permit, permit.to_json())
+    msg = f"wrote root permit {cfg.permit} (mode 0600): it holds the root user's private key; keep it secret"
+    log.info(msg)
+
+
+async def _sweep(state: HubState, authority: Authority) -> None:
+    """Every half heartbeat: expire dead sessions; every day: refresh the CRL before it goes stale."""
+    ticks = 0
+    interval = max(0.2, state.heartbeat / 2)
+    while True:
+        await asyncio.sleep(interval)
+        state.sweep()
+        ticks += 1
+        if ticks * interval >= 86400:
+            ticks = 0
+            state.refresh_crl()

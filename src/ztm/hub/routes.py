@@ -1,0 +1,244 @@
+"""The hub's HTTP/2 routes: parse each request, find the peer from its verified certificate, call `HubState`,
+and answer JSON (see PROTOCOL.md for the table). The event stream route writes newline-delimited JSON until the
+session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from ztm import h2, pki, validate
+from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, ZtmError
+from ztm.hub.authority import ROOT_USER
+from ztm.hub.state import HubState, Peer
+from ztm.logs import RingHandler
+
+log = logging.getLogger("ztm.hub")
+
+MAX_BODY = 256 * 1024
+JSON = [("content-type", "application/json")]
+
+
+class Request:
+    def __init__(self, stream: h2.Stream, peer: Peer, match: re.Match[str], query: dict[str, list[str]]) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.match = match
+        self.query = query
+
+    async def json(self) -> dict[str, Any]:
+        try:
+            body = await self.stream.read_all(MAX_BODY)
+        except h2.StreamReset:
+            raise
+        except h2.H2Error as exc:
+            raise BadInput(str(exc)) from None
+        return validate.json_object(body)
+
+    def arg(self, name: str) -> str:
+        return self.match.group(name)
+
+    def int_query(self, name: str, default: int, lo: int, hi: int) -> int:
+        values = self.query.get(name)
+        if not values:
+            return default
+        try:
+            value = int(values[0])
+        except ValueError:
+            raise BadInput(f"query parameter {name!r} must be a number") from None
+        return validate.int_range(value, name, lo, hi)
+
+
+Route = Callable[[Request], Awaitable[Any]]
+
+
+class HubRoutes:
+    def __init__(self, state: HubState, ring: RingHandler) -> None:
+        self.state = state
+        self.ring = ring
+        self.peers: dict[int, Peer] = {}
+        ep = r"(?P<ep>[A-Za-z0-9._-]{1,64})"
+        self.routes: list[tuple[str, re.Pattern[str], Route]] = [
+            ("GET", re.compile(r"/api/status"), self.get_status),
+            ("POST", re.compile(r"/api/enroll"), self.post_enroll),
+            ("POST", re.compile(r"/api/renew"), self.post_renew),
+            ("POST", re.compile(r"/api/heartbeat"), self.post_heartbeat),
+            ("GET", re.compile(r"/api/endpoints"), self.get_endpoints),
+            ("GET", re.compile(rf"/api/endpoints/{ep}"), self.get_endpoint),
+            ("POST", re.compile(rf"/api/endpoints/{ep}/labels"), self.post_labels),
+            ("POST", re.compile(rf"/api/endpoints/{ep}/call"), self.post_call),
+            ("POST", re.compile(r"/api/calls/(?P<id>[0-9a-f]{32})"), self.post_answer),
+            ("GET", re.compile(r"/api/users"), self.get_users),
+            ("POST", re.compile(r"/api/users/(?P<user>[^/]{1,64})/invite"), self.post_invite),
+            ("POST", re.compile(r"/api/users/(?P<user>[^/]{1,64})/evict"), self.post_evict),
+            ("GET", re.compile(r"/api/log"), self.get_log),
+        ]
+
+    # connection admission
+    async def on_connect(self, conn: h2.Connection) -> bool:
+        if conn.peer_cert_der is None:
+            return False
+        try:
+            cert = pki.cert_from_der(conn.peer_cert_der)
+            identity = pki.identity_of(cert)
+        except ZtmError as exc:
+            log.info("refused a connection from %s: %s", conn.peer_address, exc.message)
+            return False
+        if identity.mesh_id != self.state.authority.mesh_id or identity.user is None:
+            log.info("refused a connection from %s: not a user or endpoint certificate of this mesh", conn.peer_address)
+            return False
+        peer = Peer(
+            user=identity.user,
+            ep_id=identity.ep_id,
+            serial=cert.serial_number,
+            not_after=cert.not_valid_after_utc.timestamp(),
+            address=conn.peer_address,
+        )
+        if not self.state.peer_allowed(peer):
+            log.info("refused %s from %s: evicted or revoked", peer.user, conn.peer_address)
+            return False
+        key = id(conn)
+        self.peers[key] = peer
+        conn.add_close_callback(lambda _c: self.peers.pop(key, None))
+        return True
+
+    # dispatch
+    async def handle(self, stream: h2.Stream, conn: h2.Connection) -> None:
+        peer = self.peers.get(id(conn))
+        method = stream.header(":method") or ""
+        target = urlsplit(stream.header(":path") or "/")
+        try:
+            if peer is None:
+                raise Unauthorized("no verified client certificate on this connection")
+            if method == "GET" and target.path == "/api/events":
+                await self.events(stream, conn, peer)
+                return
+            route, match = self._find(method, target.path)
+            result = await route(Request(stream, peer, match, parse_qs(target.query)))
+            status = 200
+        except ZtmError as exc:
+            status, result = exc.status, exc.to_json()
+        except h2.H2Error:
+            return
+        body = json.dumps(result).encode() if result is not None else b""
+        if result is None:
+            status = 204
+        await stream.respond(status, JSON, end_stream=not body)
+        if body:
+            await stream.write(body)
+            await stream.end()
+
+    def _find(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
+        allowed = False
+        for route_method, pattern, route in self.routes:
+            match = pattern.fullmatch(path)
+            if match:
+                if route_method == method:
+                    return route, match
+                allowed = True
+        if allowed:
+            raise BadInput(f"{method} is not allowed on {path}")
+        raise NotFound(f"no route {path}")
+
+    # routes
+    async def get_status(self, req: Request) -> Any:
+        return self.state.status()
+
+    async def post_enroll(self, req: Request) -> Any:
+        body = await req.json()
+        ep, cert = self.state.enroll(
+            req.peer,
+            ep_id=validate.ep_id(body.get("ep_id")),
+            name=validate.name(body.get("name"), "endpoint name"),
+            public_key=pki.csr_from_pem(validate.field(body, "csr", str)),
+            hostname=validate.field(body, "hostname", str, default="")[:255],
+            version=validate.field(body, "version", str, default="")[:64],
+            labels=validate.labels(body.get("labels")),
+        )
+        return {"ep": self.state.endpoint_view(ep), "certificate": cert, "hub": self.state.status()}
+
+    async def post_renew(self, req: Request) -> Any:
+        body = await req.json()
+        return {"certificate": self.state.renew(req.peer, pki.csr_from_pem(validate.field(body, "csr", str)))}
+
+    async def post_heartbeat(self, req: Request) -> Any:
+        await req.json()
+        return self.state.beat(req.peer)
+
+    async def get_endpoints(self, req: Request) -> Any:
+        return self.state.list_endpoints()
+
+    async def get_endpoint(self, req: Request) -> Any:
+        return self.state.endpoint_view(self.state.find_endpoint(req.arg("ep")))
+
+    async def post_labels(self, req: Request) -> Any:
+        body = await req.json()
+        return self.state.set_labels(
+            req.peer, req.arg("ep"), validate.labels(body.get("add")), validate.labels(body.get("delete"))
+        )
+
+    async def post_call(self, req: Request) -> Any:
+        body = await req.json()
+        method = validate.name(body.get("method"), "method")
+        timeout = float(validate.int_range(body.get("timeout", 10), "timeout", 1, 60))
+        return await self.state.call(req.peer, req.arg("ep"), method, body.get("params"), timeout)
+
+    async def post_answer(self, req: Request) -> Any:
+        self.state.answer(req.peer, req.arg("id"), await req.json())
+        return None
+
+    async def get_users(self, req: Request) -> Any:
+        return self.state.list_users()
+
+    async def post_invite(self, req: Request) -> Any:
+        body = await req.json()
+        user = validate.user_name(req.arg("user"))
+        days = validate.int_range(body.get("days", 365), "days", 1, 3650)
+        public_key = pki.public_key_from_pem(validate.field(body, "public_key", str))
+        return self.state.invite(req.peer, user, public_key, days)
+
+    async def post_evict(self, req: Request) -> Any:
+        return self.state.evict(req.peer, validate.user_name(req.arg("user")))
+
+    async def get_log(self, req: Request) -> Any:
+        if req.peer.user != ROOT_USER:
+            raise Forbidden("only root may read the hub's log")
+        return {"lines": self.ring.tail(req.int_query("lines", 100, 1, 2000))}
+
+    # the event stream
+    async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:
+        session = self.state.open_session(peer, conn.close)
+        reader = asyncio.get_running_loop().create_task(_drain(stream))
+        reader.add_done_callback(lambda _t: session.end())
+        conn.add_close_callback(lambda _c: session.end())
+        try:
+            await stream.respond(200, [("content-type", "application/x-ndjson")])
+            while True:
+                event = await session.queue.get()
+                if event is None:
+                    break
+                await stream.write(json.dumps(event).encode() + b"\n")
+                if event.get("type") == "evicted":
+                    conn.close()
+                    break
+            await stream.end()
+        except h2.H2Error:
+            pass
+        finally:
+            reader.cancel()
+            self.state.close_session(session)
+
+
+async def _drain(stream: h2.Stream) -> None:
+    """Read the client's side of the event stream until it ends: that is how an agent leaves."""
+    try:
+        while await stream.read():
+            pass
+    except h2.H2Error:
+        return

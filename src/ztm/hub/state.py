@@ -1,0 +1,389 @@
+"""`HubState`: the one owner of the hub's state. Every change (enrolment, sessions, labels, invitations,
+evictions, relayed calls) goes through it; it keeps an in-memory view with `HubStore` behind it.
+
+No I/O but the store and the sessions' queues: the routes module turns HTTP/2 requests into calls on this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ztm import pki
+from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable
+from ztm.hub.authority import ROOT_USER, Authority
+from ztm.hub.store import EndpointRecord, HubStore
+from ztm.timefmt import iso
+from ztm.version import __version__
+
+log = logging.getLogger("ztm.hub")
+
+EVENT_QUEUE_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who is on the other end of a connection, taken from its verified certificate only."""
+
+    user: str
+    ep_id: str | None
+    serial: int
+    not_after: float
+    address: tuple[str, int] | None
+
+
+@dataclass
+class Session:
+    """An endpoint's live control session: its event queue and heartbeat clock."""
+
+    ep_id: str
+    user: str
+    close_connection: Callable[[], None]
+    address: tuple[str, int] | None
+    cert_not_after: float
+    since: float = field(default_factory=time.time)
+    last_heartbeat: float = field(default_factory=time.time)
+    queue: asyncio.Queue[dict[str, Any] | None] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE_LIMIT)
+    )
+    closed: bool = False
+
+    def push(self, event: dict[str, Any]) -> None:
+        if self.closed:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            log.warning("endpoint %s does not read its events; closing its session", self.ep_id)
+            self.end()
+
+    def end(self) -> None:
+        """Stop the session: the event writer drains what is queued, then closes the connection."""
+        if not self.closed:
+            self.closed = True
+            try:
+                self.queue.put_nowait(None)
+            except asyncio.QueueFull:
+                self.close_connection()
+
+
+class HubState:
+    def __init__(
+        self,
+        store: HubStore,
+        authority: Authority,
+        *,
+        max_agents: int,
+        cert_ttl: float,
+        heartbeat: float,
+    ) -> None:
+        self.store = store
+        self.authority = authority
+        self.max_agents = max_agents
+        self.cert_ttl = cert_ttl
+        self.heartbeat = heartbeat
+        self.started = time.time()
+        self.endpoints: dict[str, EndpointRecord] = {ep.id: ep for ep in store.endpoints()}
+        self.users = {u.name: u for u in store.users()}
+        self.sessions: dict[str, Session] = {}
+        self._calls: dict[str, tuple[asyncio.Future[Any], str]] = {}
+        self._seen: dict[str, float] = {}
+        self._revoked: set[int] = set(store.revoked_serials(time.time()))
+        authority.rebuild_crl(self._revoked)
+
+    # identity
+    def peer_allowed(self, peer: Peer) -> bool:
+        """Second line behind the CRL: refuse revoked serials and evicted users after the handshake too."""
+        if peer.serial in self._revoked:
+            return False
+        user = self.users.get(peer.user)
+        return user is not None and user.evicted_at is None
+
+    def _require_ep(self, peer: Peer) -> EndpointRecord:
+        if peer.ep_id is None:
+            raise Forbidden("this route needs an endpoint certificate; enrol first (POST /api/enroll)")
+        ep = self.endpoints.get(peer.ep_id)
+        if ep is None or ep.user != peer.user:
+            raise Forbidden("unknown endpoint certificate; enrol again")
+        return ep
+
+    def _require_root(self, peer: Peer, what: str) -> None:
+        if peer.user != ROOT_USER:
+            raise Forbidden(f"only root may {what}; you are {peer.user!r}")
+
+    # enrolment
+    def enroll(
+        self,
+        peer: Peer,
+        *,
+        ep_id: str,
+        name: str,
+        public_key: ec.EllipticCurvePublicKey,
+        hostname: str,
+        version: str,
+        labels: list[str],
+    ) -> tuple[EndpointRecord, str]:
+        """Register (or re-register) an endpoint of the peer's user; returns it and a short-lived cert PEM."""
+        if peer.ep_id is not None:
+            raise Forbidden("enrol with a user certificate (the permit's), not an endpoint certificate")
+        existing = self.endpoints.get(ep_id)
+        if existing is not None and existing.user != peer.user:
+            raise Forbidden(f"endpoint id {ep_id} belongs to another user")
+        if existing is None and len(self.sessions) >= self.max_agents:
+            raise Unavailable(f"the hub is full: it serves at most {self.max_agents} endpoints (--max-agents)")
+        for other in list(self.endpoints.values()):
+            if other.name == name and other.id != ep_id:
+                if other.user != peer.user:
+                    raise Conflict(f"endpoint name {name!r} is taken by user {other.user!r}; join with another --as")
+                if other.id in self.sessions:
+                    raise Conflict(f"endpoint name {name!r} is in use by an online endpoint; join with another --as")
+                self.store.delete_endpoint(other.id)
+                del self.endpoints[other.id]
+        now = time.time()
+        ep = EndpointRecord(
+            id=ep_id,
+            name=name,
+            user=peer.user,
+            labels=labels if existing is None or labels else existing.labels,
+            version=version,
+            hostname=hostname,
+            first_seen=existing.first_seen if existing else now,
+            last_seen=now,
+        )
+        cert = self.authority.issue_endpoint(peer.user, ep_id, public_key, self.cert_ttl)
+        self.store.save_endpoint(ep)
+        self.endpoints[ep_id] = ep
+        log.info("enrolled endpoint %s (%s) of user %s", name, ep_id, peer.user)
+        return ep, pki.cert_to_pem(cert)
+
+    def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
+        ep = self._require_ep(peer)
+        cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self.cert_ttl)
+        log.info("renewed the certificate of endpoint %s (%s)", ep.name, ep.id)
+        return pki.cert_to_pem(cert)
+
+    # sessions
+    def open_session(self, peer: Peer, close_connection: Callable[[], None]) -> Session:
+        ep = self._require_ep(peer)
+        old = self.sessions.get(ep.id)
+        if old is None and len(self.sessions) >= self.max_agents:
+            raise Unavailable(f"the hub is full: it serves at most {self.max_agents} endpoints (--max-agents)")
+        session = Session(
+            ep_id=ep.id,
+            user=ep.user,
+            close_connection=close_connection,
+            address=peer.address,
+            cert_not_after=peer.not_after,
+        )
+        self.sessions[ep.id] = session
+        if old is not None:
+            old.end()
+        else:
+            log.info("endpoint %s (%s) is online from %s", ep.name, ep.id, _addr(peer.address))
+        ep.last_seen = time.time()
+        session.push({"type": "hello", "ep": self.endpoint_view(ep), "heartbeat": self.heartbeat, "hub": self.status()})
+        self.broadcast({"type": "endpoint", "ep": self.endpoint_view(ep)}, exclude=ep.id)
+        return session
+
+    def close_session(self, session: Session) -> None:
+        session.end()
+        if self.sessions.get(session.ep_id) is session:
+            del self.sessions[session.ep_id]
+            ep = self.endpoints.get(session.ep_id)
+            if ep is not None:
+                ep.last_seen = time.time()
+                self._seen[ep.id] = ep.last_seen
+                log.info("endpoint %s (%s) is offline", ep.name, ep.id)
+                self.broadcast({"type": "endpoint", "ep": self.endpoint_view(ep)})
+            for call_id, (future, target) in list(self._calls.items()):
+                if target == session.ep_id and not future.done():
+                    future.set_exception(Unavailable("the endpoint went offline before it answered"))
+                    self._calls.pop(call_id, None)
+
+    def beat(self, peer: Peer) -> dict[str, Any]:
+        ep = self._require_ep(peer)
+        session = self.sessions.get(ep.id)
+        if session is None:
+            raise Unavailable("no event stream is open for this endpoint; open GET /api/events first")
+        session.last_heartbeat = ep.last_seen = time.time()
+        self._seen[ep.id] = ep.last_seen
+        return {"time": iso(session.last_heartbeat), "interval": self.heartbeat}
+
+    def sweep(self) -> None:
+        """Close sessions whose heartbeats stopped or whose certificate expired; flush last-seen times."""
+        now = time.time()
+        for session in list(self.sessions.values()):
+            if now - session.last_heartbeat > 3 * self.heartbeat or now > session.cert_not_after:
+                log.info("endpoint %s missed its heartbeats or its certificate expired; closing", session.ep_id)
+                self.close_session(session)
+                session.close_connection()
+        seen, self._seen = self._seen, {}
+        self.store.touch_endpoints(seen)
+
+    def refresh_crl(self) -> None:
+        """Re-sign the CRL (it carries a next-update time) and drop revoked serials that have expired anyway."""
+        now = time.time()
+        self.store.prune_certs(now)
+        self._revoked = set(self.store.revoked_serials(now))
+        self.authority.rebuild_crl(self._revoked)
+
+    def broadcast(self, event: dict[str, Any], *, exclude: str | None = None) -> None:
+        for ep_id, session in self.sessions.items():
+            if ep_id != exclude:
+                session.push(event)
+
+    # views
+    def status(self) -> dict[str, Any]:
+        return {
+            "hub_id": self.authority.hub_id,
+            "mesh_id": self.authority.mesh_id,
+            "version": __version__,
+            "names": [str(a) for a in self.authority.names],
+            "endpoints": len(self.endpoints),
+            "online": len(self.sessions),
+            "max_agents": self.max_agents,
+            "started": iso(self.started),
+        }
+
+    def endpoint_view(self, ep: EndpointRecord) -> dict[str, Any]:
+        session = self.sessions.get(ep.id)
+        address = session.address if session else None
+        return {
+            "id": ep.id,
+            "name": ep.name,
+            "user": ep.user,
+            "online": session is not None,
+            "labels": list(ep.labels),
+            "version": ep.version,
+            "hostname": ep.hostname,
+            "ip": address[0] if address else None,
+            "port": address[1] if address else None,
+            "first_seen": iso(ep.first_seen),
+            "last_seen": iso(ep.last_seen),
+            "heartbeat": iso(session.last_heartbeat) if session else None,
+            "online_since": iso(session.since) if session else None,
+        }
+
+    def find_endpoint(self, ref: str) -> EndpointRecord:
+        ep = self.endpoints.get(ref)
+        if ep is not None:
+            return ep
+        named = [e for e in self.endpoints.values() if e.name == ref]
+        if not named:
+            raise NotFound(f"no endpoint named {ref!r} in this mesh")
+        return max(named, key=lambda e: (e.id in self.sessions, e.last_seen or 0))
+
+    def list_endpoints(self) -> list[dict[str, Any]]:
+        return [self.endpoint_view(ep) for ep in sorted(self.endpoints.values(), key=lambda e: (e.name, e.id))]
+
+    def list_users(self) -> list[dict[str, Any]]:
+        counts: dict[str, int] = {}
+        for ep in self.endpoints.values():
+            counts[ep.user] = counts.get(ep.user, 0) + 1
+        return [
+            {
+                "name": u.name,
+                "evicted": u.evicted_at is not None,
+                "evicted_at": iso(u.evicted_at),
+                "created": iso(u.created),
+                "endpoints": counts.get(u.name, 0),
+            }
+            for u in self.users.values()
+        ]
+
+    # labels
+    def set_labels(self, peer: Peer, ref: str, add: list[str], delete: list[str]) -> dict[str, Any]:
+        ep = self.find_endpoint(ref)
+        if peer.user not in (ep.user, ROOT_USER):
+            raise Forbidden(f"only {ep.user!r} (the owner) or root may label endpoint {ep.name!r}")
+        labels = [x for x in ep.labels if x not in delete]
+        labels += [x for x in add if x not in labels]
+        if len(labels) > 32:
+            raise BadInput("an endpoint has at most 32 labels")
+        ep.labels = labels
+        self.store.save_endpoint(ep)
+        view = self.endpoint_view(ep)
+        self.broadcast({"type": "endpoint", "ep": view})
+        return view
+
+    # users
+    def invite(self, peer: Peer, user: str, public_key: ec.EllipticCurvePublicKey, days: int) -> dict[str, Any]:
+        self._require_root(peer, "invite users")
+        if user == ROOT_USER:
+            raise BadInput("root exists already; invite another user name")
+        cert = self.authority.issue_user(user, public_key, days)
+        self.store.upsert_user(user, evicted_at=None)
+        self.users = {u.name: u for u in self.store.users()}
+        log.info("root invited user %s (certificate valid %d days)", user, days)
+        return {
+            "ca": self.authority.ca_pem,
+            "agent": {"certificate": pki.cert_to_pem(cert)},
+            "bootstraps": [str(a) for a in self.authority.names],
+        }
+
+    def evict(self, peer: Peer, user: str) -> dict[str, Any]:
+        self._require_root(peer, "evict users")
+        if user == ROOT_USER:
+            raise BadInput("root cannot be evicted")
+        if user not in self.users:
+            raise NotFound(f"no user named {user!r}; see `ztm get user`")
+        now = time.time()
+        self.store.upsert_user(user, evicted_at=now)
+        self.store.revoke_user_certs(user)
+        self.users = {u.name: u for u in self.store.users()}
+        self._revoked = set(self.store.revoked_serials(now))
+        self.authority.rebuild_crl(self._revoked)
+        for session in [s for s in self.sessions.values() if s.user == user]:
+            session.push({"type": "evicted", "reason": "root evicted this user from the mesh"})
+            self.close_session(session)
+            asyncio.get_running_loop().call_later(0.5, session.close_connection)
+        log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
+        return next(u for u in self.list_users() if u["name"] == user)
+
+    # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
+    async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:
+        caller = self._require_ep(peer)
+        target = self.find_endpoint(ref)
+        session = self.sessions.get(target.id)
+        if session is None:
+            raise Unavailable(f"endpoint {target.name!r} is offline")
+        call_id = uuid.uuid4().hex
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[call_id] = (future, target.id)
+        session.push(
+            {
+                "type": "call",
+                "id": call_id,
+                "from": {"ep": caller.id, "name": caller.name, "user": caller.user},
+                "method": method,
+                "params": params,
+            }
+        )
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise Timeout(f"endpoint {target.name!r} did not answer within {timeout:g}s") from None
+        finally:
+            self._calls.pop(call_id, None)
+
+    def answer(self, peer: Peer, call_id: str, body: dict[str, Any]) -> None:
+        ep = self._require_ep(peer)
+        entry = self._calls.get(call_id)
+        if entry is None:
+            raise NotFound("no such call (it may have timed out)")
+        future, target = entry
+        if target != ep.id:
+            raise Forbidden("this call was not addressed to you")
+        if not future.done():
+            future.set_result(body)
+
+
+def _addr(address: tuple[str, int] | None) -> str:
+    return f"{address[0]}:{address[1]}" if address else "?"

@@ -1,0 +1,109 @@
+"""Checks for untrusted input shared by every API: names, labels, and typed fields of JSON bodies.
+
+Each check raises `BadInput` with a message that says what is wrong and what is accepted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from ztm.errors import BadInput
+
+T = TypeVar("T")
+
+_USER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_LABEL = re.compile(r"^[A-Za-z0-9_.=:/-]{1,63}$")
+MAX_LABELS = 32
+
+
+def user_name(value: object) -> str:
+    if not isinstance(value, str) or not _USER.match(value):
+        raise BadInput(
+            f"invalid user name {value!r}: use 1-63 lowercase letters, digits, '.', '_' or '-', starting with a "
+            "letter or digit"
+        )
+    return value
+
+
+def name(value: object, what: str) -> str:
+    """An endpoint or mesh name: 1-63 letters, digits, '.', '_', '-'."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise BadInput(
+            f"invalid {what} {value!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+def label(value: object) -> str:
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise BadInput(f"invalid label {value!r}: use 1-63 characters of letters, digits and _ . = : / -")
+    return value
+
+
+def labels(value: object) -> list[str]:
+    items = list_of(value, str, "labels")
+    if len(items) > MAX_LABELS:
+        raise BadInput(f"too many labels ({len(items)}); at most {MAX_LABELS}")
+    return [label(item) for item in items]
+
+
+def ep_id(value: object) -> str:
+    if not isinstance(value, str):
+        raise BadInput(f"invalid endpoint id {value!r}: expected a UUID")
+    try:
+        parsed = uuid.UUID(value)
+    except ValueError:
+        raise BadInput(f"invalid endpoint id {value!r}: expected a UUID") from None
+    if str(parsed) != value:
+        raise BadInput(f"invalid endpoint id {value!r}: expected a lowercase canonical UUID")
+    return value
+
+
+def json_object(body: bytes, what: str = "request body") -> dict[str, Any]:
+    """Parse a JSON object from bytes."""
+    if not body:
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInput(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise BadInput(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def field(obj: Mapping[str, Any], key: str, kind: type[T], *, default: T | None = None, required: bool = True) -> T:
+    """`obj[key]` checked to be of `kind` (bool is not accepted as int)."""
+    if key not in obj or obj[key] is None:
+        if default is not None or not required:
+            return default  # type: ignore[return-value]
+        raise BadInput(f"missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadInput(f"field {key!r} must be {_kind_name(kind)}, got {type(value).__name__}")
+    return value
+
+
+def list_of(value: object, kind: type[T], what: str) -> list[T]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+        raise BadInput(f"{what} must be a list of {_kind_name(kind)}")
+    return list(value)
+
+
+def int_range(value: object, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadInput(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _kind_name(kind: type[Any]) -> str:
+    return {str: "a string", int: "a number", bool: "true or false", list: "a list", dict: "an object"}.get(
+        kind, kind.__name__
+    )

@@ -1,0 +1,112 @@
+"""Fixtures shared by every test: process bookkeeping, hub/agent factories and the network-namespace lab.
+
+* Every `support.Proc` a test starts (directly or through a function-scoped fixture) is stopped when the test ends;
+  fixtures of a wider scope must stop their own (a `Proc` is a context manager). Whatever is left is stopped at the
+  end of the session.
+* When a test fails, the report gets a "ztm processes" section: the log of every process the test started (and of
+  older ones still running) and the CLI calls it made.
+* `lab` builds `lab.netlab.Lab` (skipped without root, `ip` or `nft`) and always tears it down; the first use in a
+  session sweeps namespaces left behind by crashed runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # `import support` / `lab.netlab` from any test
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import support
+from lab import netlab
+from support import Agent, Hub
+
+_PROC_MARK = pytest.StashKey[int]()
+_CLI_MARK = pytest.StashKey[int]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Also declared in pyproject.toml; registering here keeps --strict-markers happy if that list moves.
+    config.addinivalue_line("markers", "lab: needs root and network namespaces (ip netns, nft)")
+    config.addinivalue_line("markers", "slow: slower integration tests")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    try:
+        netlab.close_all()  # labs a test built by hand and did not close
+    finally:
+        support.cleanup_session()
+
+
+@pytest.fixture(autouse=True)
+def _ztm_processes(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Remember which processes and CLI calls belong to this test; stop the processes at its end."""
+    mark = len(support.registered_procs())
+    request.node.stash[_PROC_MARK] = mark
+    request.node.stash[_CLI_MARK] = support.cli_log_mark()
+    yield
+    support.stop_all(support.registered_procs()[mark:])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.failed and _PROC_MARK in item.stash:
+        mark = item.stash[_PROC_MARK]
+        everything = support.registered_procs()
+        procs = [p for i, p in enumerate(everything) if i >= mark or p.returncode is None]
+        text = support.failure_report(procs, item.stash[_CLI_MARK])
+        if text:
+            report.sections.append((f"ztm processes ({report.when})", text))
+    return report
+
+
+# ------------------------------------------------------------------------------------------------- hub and agents
+
+
+@pytest.fixture
+def make_hub(tmp_path: Path) -> Callable[..., Hub]:
+    """`make_hub(**kw)` = `support.start_hub(tmp_path, **kw)`."""
+    return functools.partial(support.start_hub, tmp_path)
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path) -> Callable[..., Agent]:
+    """`make_agent(name, **kw)` = `support.start_agent(tmp_path, name, **kw)`."""
+    return functools.partial(support.start_agent, tmp_path)
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Hub:
+    """A hub on loopback with a free port, ready (port open, root permit written)."""
+    return support.start_hub(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------------------ lab
+
+
+@pytest.fixture(scope="session")
+def _lab_host() -> None:
+    reason = netlab.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    netlab.sweep_stale()
+
+
+@pytest.fixture
+def lab(_lab_host: None, tmp_path: Path) -> Iterator[netlab.Lab]:
+    """The seed's picture in network namespaces (see `lab.netlab`), removed after the test even if it fails."""
+    the_lab = netlab.Lab(log_dir=tmp_path / "lab-logs")
+    try:
+        the_lab.start()
+        yield the_lab
+    finally:
+        the_lab.close()
+    left = the_lab.leftovers()
+    assert not left, f"lab teardown left namespaces behind: {left}"

@@ -1,0 +1,357 @@
+"""The seed's picture as Linux network namespaces: a hub in a data center, agents at home and at work behind NAT.
+
+    198.18.0.0/24 "Internet" (bridge br0 in namespace `inet`, which itself is 198.18.0.1)
+      |-- datacenter  198.18.0.10                      (the hub)
+      |-- home-rtr    198.18.0.21 wan0 | lan0 10.77.1.1 -- home       10.77.1.10 (default via 10.77.1.1)
+      '-- work-rtr    198.18.0.22 wan0 | lan0 10.77.2.1 -- workplace  10.77.2.10 (default via 10.77.2.1)
+
+The routers forward IPv4, masquerade what leaves `wan0`, and drop new connections from the WAN (forwarded or to
+the router itself): home and workplace reach the data center, nobody reaches them, and they do not reach each other.
+198.18.0.0/15 is the RFC 2544 benchmarking range, 10.77.0.0/16 exists only inside the lab; nothing is routed
+outside the lab's namespaces (the host's own namespace is never touched: veth pairs are created inside them).
+
+Every namespace is named `ztmlab-<6 hex>-<host>`. While a lab lives, `/run/ztmlab/<6 hex>.json` names the process that
+owns it; `sweep_stale()` removes namespaces whose owner is gone (a crashed or killed test run), killing the processes
+still inside them first, and leaves labs of other live test runs alone. `python tests/lab/netlab.py sweep` does the
+same by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make `support` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import support
+from support import IP, Proc
+
+PREFIX = "ztmlab-"
+OWNER_DIR = Path("/run/ztmlab")
+_NAME_RX = re.compile(rf"^{PREFIX}([0-9a-f]{{6}})-")
+
+HOSTS = ("inet", "datacenter", "home-rtr", "work-rtr", "home", "workplace")
+ROUTERS = ("home-rtr", "work-rtr")
+
+ADDR = {
+    "inet": "198.18.0.1",
+    "datacenter": "198.18.0.10",
+    "home-rtr": "198.18.0.21",
+    "work-rtr": "198.18.0.22",
+    "home": "10.77.1.10",
+    "workplace": "10.77.2.10",
+}
+"""Each host's main address: WAN side for routers."""
+LAN_ADDR = {"home-rtr": "10.77.1.1", "work-rtr": "10.77.2.1"}
+"""Routers' LAN side."""
+
+# (host, interface, address/prefix) <-> (far host, far interface, address/prefix or None for a bridge port)
+_LINKS: tuple[tuple[str, str, str, str, str, str | None], ...] = (
+    ("datacenter", "eth0", "198.18.0.10/24", "inet", "p-datacenter", None),
+    ("home-rtr", "wan0", "198.18.0.21/24", "inet", "p-home-rtr", None),
+    ("work-rtr", "wan0", "198.18.0.22/24", "inet", "p-work-rtr", None),
+    ("home", "eth0", "10.77.1.10/24", "home-rtr", "lan0", "10.77.1.1/24"),
+    ("workplace", "eth0", "10.77.2.10/24", "work-rtr", "lan0", "10.77.2.1/24"),
+)
+_UPLINK = {host: (far, far_if) for host, _, _, far, far_if, _ in _LINKS}
+"""host -> the far end of its upstream cable (what `link_down` unplugs)."""
+_DEFAULT_ROUTE = {"home": "10.77.1.1", "workplace": "10.77.2.1"}
+
+ROUTER_NFT = """\
+table inet ztmlab {
+    chain postrouting {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan0" masquerade
+    }
+    chain forward {
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "lan0" oifname "wan0" accept
+    }
+    chain input {
+        type filter hook input priority filter; policy accept;
+        iifname "wan0" ct state established,related accept
+        iifname "wan0" drop
+    }
+}
+"""
+
+
+class LabError(RuntimeError):
+    pass
+
+
+_OPEN: list[Lab] = []
+"""Labs started and not closed yet (closed by `close_all()` at the end of a test session)."""
+
+
+def close_all() -> None:
+    for lab in list(reversed(_OPEN)):
+        lab.close()
+
+
+def unavailable_reason() -> str | None:
+    """Why a lab cannot be built here (for a skip), or None."""
+    if os.geteuid() != 0:
+        return "network-namespace lab needs root (ip netns, nft)"
+    if not Path(IP).exists() and shutil.which("ip") is None:
+        return "network-namespace lab needs `ip` (iproute2)"
+    if _nft() is None:
+        return "network-namespace lab needs `nft` (nftables)"
+    return None
+
+
+def _nft() -> str | None:
+    return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if Path(p).exists()), None)
+
+
+def _cmd(argv: Sequence[str], *, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    cp = subprocess.run(list(argv), input=input, capture_output=True, text=True, errors="replace",
+                        stdin=None if input is not None else subprocess.DEVNULL, timeout=30, check=False)  # fmt: skip
+    if check and cp.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({cp.returncode}): {cp.stderr.strip() or cp.stdout.strip()}")
+    return cp
+
+
+def list_namespaces() -> list[str]:
+    """Names of all named network namespaces (`ip netns list`)."""
+    out = _cmd([IP, "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _ns_pids(ns: str) -> list[int]:
+    cp = _cmd([IP, "netns", "pids", ns], check=False)
+    return [int(p) for p in cp.stdout.split() if p.isdigit()]
+
+
+def _kill_and_delete(namespaces: Sequence[str]) -> None:
+    """SIGKILL what still runs inside `namespaces` (only our labs' namespaces are ever passed), then delete them."""
+    for ns in namespaces:
+        for pid in _ns_pids(ns):
+            if pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+    for ns in namespaces:
+        cp = _cmd([IP, "netns", "del", ns], check=False)
+        if cp.returncode != 0 and ns in list_namespaces():
+            raise LabError(f"could not delete namespace {ns}: {cp.stderr.strip()}")
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time of a running process `pid` (None when it is gone or a zombie): with the pid, names one process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # fields 3.. of proc_pid_stat(5): state is [0], starttime [19]
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _owner_alive(lab_id: str) -> bool:
+    try:
+        owner = json.loads((OWNER_DIR / f"{lab_id}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(_start_time(int(owner["pid"])) == owner.get("start"))
+
+
+def sweep_stale() -> list[str]:
+    """Remove `ztmlab-` namespaces whose owning test process is gone; return the names removed."""
+    stale = [ns for ns in list_namespaces() if ns.startswith(PREFIX)]
+    stale = [ns for ns in stale if not ((m := _NAME_RX.match(ns)) and _owner_alive(m.group(1)))]
+    _kill_and_delete(stale)
+    with contextlib.suppress(OSError):
+        live_ids = {m.group(1) for ns in list_namespaces() if (m := _NAME_RX.match(ns))}
+        for path in OWNER_DIR.glob("*.json"):
+            if path.stem not in live_ids and not _owner_alive(path.stem):
+                path.unlink(missing_ok=True)
+    return stale
+
+
+class Lab:
+    """Namespaces, veths, routes and NAT of the seed's picture. Use as a context manager; `close()` is idempotent.
+
+    Hosts: `inet`, `datacenter`, `home-rtr`, `work-rtr`, `home`, `workplace`.
+    """
+
+    def __init__(self, *, log_dir: Path | None = None) -> None:
+        existing = set(list_namespaces())
+        while True:
+            self.id = secrets.token_hex(3)
+            self.prefix = f"{PREFIX}{self.id}-"
+            if not any(ns.startswith(self.prefix) for ns in existing):
+                break
+        self.log_dir = log_dir
+        self.procs: list[Proc] = []
+        self._created: list[str] = []
+        self._owner_file = OWNER_DIR / f"{self.id}.json"
+        self._started = False
+        self._closed = False
+
+    # lifecycle
+
+    def __enter__(self) -> Lab:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> Lab:
+        if self._started:
+            return self
+        self._started = True
+        _OPEN.append(self)
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _build(self) -> None:
+        OWNER_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._owner_file.write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
+        for host in HOSTS:
+            ns = self.ns(host)
+            _cmd([IP, "netns", "add", ns])
+            self._created.append(ns)
+            _cmd([IP, "-n", ns, "link", "set", "lo", "up"])
+            sysctls = ["net.ipv6.conf.default.disable_ipv6=1"]  # no IPv6 on the lab's cables; lo keeps ::1
+            if host in ROUTERS:
+                sysctls.append("net.ipv4.ip_forward=1")
+            _cmd([IP, "netns", "exec", ns, "sysctl", "-q", "-e", "-w", *sysctls])
+        inet = self.ns("inet")
+        _cmd([IP, "-n", inet, "link", "add", "br0", "type", "bridge"])
+        _cmd([IP, "-n", inet, "addr", "add", f"{ADDR['inet']}/24", "dev", "br0"])
+        _cmd([IP, "-n", inet, "link", "set", "br0", "up"])
+        for host, ifname, cidr, far, far_if, far_cidr in _LINKS:
+            ns, far_ns = self.ns(host), self.ns(far)
+            _cmd([IP, "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", far_if, "netns", far_ns])
+            _cmd([IP, "-n", ns, "addr", "add", cidr, "dev", ifname])
+            _cmd([IP, "-n", ns, "link", "set", ifname, "up"])
+            if far_cidr is None:
+                _cmd([IP, "-n", far_ns, "link", "set", far_if, "master", "br0"])
+            else:
+                _cmd([IP, "-n", far_ns, "addr", "add", far_cidr, "dev", far_if])
+            _cmd([IP, "-n", far_ns, "link", "set", far_if, "up"])
+        for host, gateway in _DEFAULT_ROUTE.items():
+            _cmd([IP, "-n", self.ns(host), "route", "add", "default", "via", gateway])
+        nft = _nft()
+        assert nft is not None
+        for router in ROUTERS:
+            _cmd([IP, "netns", "exec", self.ns(router), nft, "-f", "-"], input=ROUTER_NFT)
+
+    def close(self) -> None:
+        """Stop every process in the lab, delete its namespaces (veths, routes and nft tables go with them)."""
+        if self._closed:
+            return
+        self._closed = True
+        mine = set(self._created)
+        procs = [p for p in support.registered_procs() if p.netns in mine]
+        support.stop_all([*procs, *(p for p in self.procs if p not in procs)])
+        try:
+            _kill_and_delete([ns for ns in self._created if ns in set(list_namespaces())])
+        finally:
+            self._owner_file.unlink(missing_ok=True)
+            if self in _OPEN:
+                _OPEN.remove(self)
+
+    def leftovers(self) -> list[str]:
+        """Namespaces of this lab that still exist (empty after `close()`)."""
+        return [ns for ns in list_namespaces() if ns.startswith(self.prefix)]
+
+    # naming
+
+    def ns(self, host: str) -> str:
+        """Full namespace name of `host`."""
+        if host not in HOSTS:
+            raise KeyError(f"no host {host!r} in the lab; hosts: {', '.join(HOSTS)}")
+        return f"{self.prefix}{host}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.ns(h) for h in HOSTS]
+
+    def addr(self, host: str, side: str = "wan") -> str:
+        """`host`'s IPv4 address; routers: `side="wan"` (the default) or `side="lan"`."""
+        if host not in ADDR:
+            raise KeyError(f"no host {host!r} in the lab; hosts: {', '.join(HOSTS)}")
+        if side == "lan":
+            return LAN_ADDR[host]
+        return ADDR[host]
+
+    # processes and sockets
+
+    def exec(self, host: str, argv: Sequence[str | os.PathLike[str]], **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run `argv` to completion inside `host` (keywords of `support.run`: check, timeout, env, cwd, input)."""
+        return support.run(argv, netns=self.ns(host), **kw)
+
+    def popen(
+        self,
+        host: str,
+        argv: Sequence[str | os.PathLike[str]],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        name: str | None = None,
+    ) -> Proc:
+        """Start a long-running `argv` inside `host`; it is stopped at the latest by `close()`."""
+        proc = Proc(argv, env=env, cwd=cwd, netns=self.ns(host), name=name or f"{host}:{Path(str(argv[0])).name}",
+                    log_dir=self.log_dir)  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def connect(self, host: str, addr: str, port: int, timeout: float = 5.0) -> socket.socket:
+        """A TCP connection made from inside `host` to `addr:port` (from this test process)."""
+        return support.tcp_connect(addr, port, netns=self.ns(host), timeout=timeout)
+
+    def can_connect(self, host: str, addr: str, port: int, timeout: float = 2.0) -> bool:
+        return support.tcp_accepts(addr, port, netns=self.ns(host), timeout=timeout)
+
+    # faults
+
+    def link_down(self, host: str) -> None:
+        """Unplug `host`'s upstream cable: the far end goes down, so `host` sees no carrier and keeps its routes."""
+        far, far_if = self._uplink(host)
+        _cmd([IP, "-n", self.ns(far), "link", "set", far_if, "down"])
+
+    def link_up(self, host: str) -> None:
+        far, far_if = self._uplink(host)
+        _cmd([IP, "-n", self.ns(far), "link", "set", far_if, "up"])
+        if host in _DEFAULT_ROUTE:  # in case something took the host's own interface down meanwhile
+            _cmd([IP, "-n", self.ns(host), "link", "set", "eth0", "up"])
+            _cmd([IP, "-n", self.ns(host), "route", "replace", "default", "via", _DEFAULT_ROUTE[host]])
+
+    def _uplink(self, host: str) -> tuple[str, str]:
+        if host not in _UPLINK:
+            raise KeyError(f"{host!r} has no uplink; hosts with one: {', '.join(_UPLINK)}")
+        return _UPLINK[host]
+
+
+def main(argv: Sequence[str]) -> int:
+    if list(argv) == ["sweep"]:
+        removed = sweep_stale()
+        print("removed: " + (" ".join(removed) if removed else "nothing"))
+        return 0
+    if list(argv) == ["list"]:
+        print("\n".join(ns for ns in list_namespaces() if ns.startswith(PREFIX)))
+        return 0
+    print("usage: netlab.py sweep|list", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
