@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ztm.errors import BadInput
 
 _HOSTNAME = re.compile(
-    r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?$"
+    r"(?=.{1,253}\Z)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*\.?"
 )
 
 
@@ -49,10 +49,12 @@ class Address:
                 raise BadInput(f"{what}: {hint}")
             host, port_text = text[1:end], text[end + 2 :]
             try:
+                if "%" in host:
+                    raise ValueError("scope ids are not supported")
                 ipaddress.IPv6Address(host)
             except ValueError:
                 raise BadInput(f"{what}: {host!r} is not an IPv6 address; {hint}") from None
-        elif text.isdigit() and default_host is not None:
+        elif text.isascii() and text.isdigit() and default_host is not None:
             host, port_text = default_host, text
         else:
             if text.count(":") != 1:
@@ -64,7 +66,7 @@ class Address:
                 host = default_host
             elif not _valid_host(host):
                 raise BadInput(f"{what}: {host!r} is not a valid host name or IP address; {hint}")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit() and len(port_text) <= 5) or not 0 < int(port_text) < 65536:
             raise BadInput(f"{what}: port must be a number from 1 to 65535; {hint}")
         return cls(host, int(port_text))
 
@@ -73,5 +75,5 @@ def _valid_host(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
     except ValueError:
-        return bool(_HOSTNAME.match(host))
+        return bool(_HOSTNAME.fullmatch(host))
     return True

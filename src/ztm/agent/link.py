@@ -227,7 +227,8 @@ class HubLink:
         except BaseException:
             conn.close()
             raise
-        self.hub = hello.get("hub") if isinstance(hello.get("hub"), dict) else {}
+        hub = hello.get("hub")
+        self.hub = hub if isinstance(hub, dict) else {}
         interval = hello.get("heartbeat")
         if isinstance(interval, (int, float)) and 0.05 <= interval <= 3600:
             self.heartbeat = float(interval)

@@ -152,7 +152,8 @@ class MeshSession:
         call_id = event.get("id")
         if not isinstance(call_id, str):
             return
-        caller = event.get("from") if isinstance(event.get("from"), dict) else {}
+        sender = event.get("from")
+        caller: dict[str, Any] = sender if isinstance(sender, dict) else {}
         try:
             result: dict[str, Any] = {"result": self._dispatch(str(event.get("method")), event.get("params"), caller)}
         except ZtmError as exc:

@@ -16,13 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-
 from ztm import pki, validate
 from ztm.agent.mesh import MeshSession, enroll
 from ztm.agent.store import AgentStore, MeshRecord
 from ztm.agent.tls import MeshFiles
-from ztm.errors import Conflict, NotFound, PermitError, Unavailable, ZtmError
+from ztm.errors import Conflict, NotFound, PermitError, Unavailable, ZtmError, from_json
 from ztm.permit import Permit
 
 log = logging.getLogger("ztm.agent")
@@ -91,7 +89,9 @@ class Agent:
             if other.record.mesh_id == permit.mesh_id:
                 raise Conflict(f"this agent is already in that mesh as {other.name!r}; one endpoint per mesh")
         user_key = permit.private_key or self.key
-        if permit.private_key is None and _public(permit.certificate.public_key()) != _public(self.key.public_key()):
+        if permit.private_key is None and not pki.same_public_key(
+            pki.cert_public_key(permit.certificate), self.key.public_key()
+        ):
             raise PermitError(
                 "this permit was issued for another agent's identity: ask root to invite you with the output of "
                 "`ztm identity` run on this machine"
@@ -173,8 +173,6 @@ class Agent:
             timeout=timeout + 2,
         )
         if isinstance(answer, dict) and "error" in answer:
-            from ztm.errors import from_json
-
             raise from_json(400, answer)
         if not isinstance(answer, dict) or "result" not in answer:
             raise Unavailable("the endpoint answered with something unexpected")
@@ -214,12 +212,6 @@ class Agent:
     async def close_quietly(self) -> None:
         with contextlib.suppress(Exception):
             await self.stop()
-
-
-def _public(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
 
 
 def _ref(ref: str) -> str:

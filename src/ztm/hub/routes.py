@@ -105,8 +105,11 @@ class HubRoutes:
             return False
         key = id(conn)
         self.peers[key] = peer
-        conn.add_close_callback(lambda _c: self.peers.pop(key, None))
+        conn.add_close_callback(lambda _c: self._forget(key))
         return True
+
+    def _forget(self, key: int) -> None:
+        self.peers.pop(key, None)
 
     # dispatch
     async def handle(self, stream: h2.Stream, conn: h2.Connection) -> None:
