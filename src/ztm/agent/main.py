@@ -75,6 +75,7 @@ async def _main(cfg: AgentConfig) -> int:
             raise ZtmError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
         published = publish_token(cfg, token)
         agent.start()
+        aio.spawn(_sample_rates(api), name="rate-sampler")
         log.info("agent API on http://%s (token in %s)", cfg.listen, cfg.data / "agent.token")
         if cfg.join is not None and cfg.join not in agent.meshes:
             aio.spawn(_unattended_join(agent, cfg), name="unattended-join")
@@ -112,3 +113,12 @@ async def _unattended_join(agent: Agent, cfg: AgentConfig) -> None:
             log.error("unattended join of %s failed: %s (fix it, then `ztm join` or restart)", cfg.join, exc.message)
             return
         await asyncio.sleep(backoff.next())
+
+
+async def _sample_rates(api: AgentApi) -> None:
+    """Sample byte counters every second so `ztm stats` rates cover a full window from the first call."""
+    while True:
+        await asyncio.sleep(1.0)
+        for name in list(api.agent.meshes):
+            with contextlib.suppress(ZtmError):
+                api.agent.stats(name, api.meter.sample)

@@ -11,6 +11,7 @@ from ztm import aio, h2, logs, pki
 from ztm.addr import Address
 from ztm.config import HubConfig
 from ztm.errors import BadInput, ZtmError
+from ztm.hub.admin import serve_admin
 from ztm.hub.authority import Authority
 from ztm.hub.routes import HubRoutes
 from ztm.hub.state import HubState
@@ -56,6 +57,13 @@ async def _main(cfg: HubConfig) -> int:
             cfg.listen,
             ", ".join(map(str, names)),
         )
+        admin = None
+        if cfg.admin is not None:
+            try:
+                admin = await serve_admin(state, cfg.admin.host, cfg.admin.port)
+            except OSError as exc:
+                server.close()
+                raise ZtmError(f"cannot listen on admin address {cfg.admin}: {exc.strerror or exc}") from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,6 +73,8 @@ async def _main(cfg: HubConfig) -> int:
         log.info("hub stopping")
         sweeper.cancel()
         server.close()
+        if admin is not None:
+            admin.close()
         for session in list(state.sessions.values()):
             session.close_connection()
         with contextlib.suppress(TimeoutError):

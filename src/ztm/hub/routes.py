@@ -89,9 +89,11 @@ class HubRoutes:
             identity = pki.identity_of(cert)
         except ZtmError as exc:
             log.info("refused a connection from %s: %s", conn.peer_address, exc.message)
+            self.state.counters["connections_refused"] += 1
             return False
         if identity.mesh_id != self.state.authority.mesh_id or identity.user is None:
             log.info("refused a connection from %s: not a user or endpoint certificate of this mesh", conn.peer_address)
+            self.state.counters["connections_refused"] += 1
             return False
         peer = Peer(
             user=identity.user,
@@ -102,9 +104,11 @@ class HubRoutes:
         )
         if not self.state.peer_allowed(peer):
             log.info("refused %s from %s: evicted or revoked", peer.user, conn.peer_address)
+            self.state.counters["connections_refused"] += 1
             return False
         key = id(conn)
         self.peers[key] = peer
+        self.state.counters["connections"] += 1
         conn.add_close_callback(lambda _c: self._forget(key))
         return True
 

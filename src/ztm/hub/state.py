@@ -7,6 +7,7 @@ No I/O but the store and the sessions' queues: the routes module turns HTTP/2 re
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 import uuid
@@ -95,6 +96,7 @@ class HubState:
         self.sessions: dict[str, Session] = {}
         self._calls: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self._seen: dict[str, float] = {}
+        self.counters: collections.Counter[str] = collections.Counter()
         self._revoked: set[int] = set(store.revoked_serials(time.time()))
         authority.rebuild_crl(self._revoked)
 
@@ -160,6 +162,7 @@ class HubState:
         cert = self.authority.issue_endpoint(peer.user, ep_id, public_key, self.cert_ttl)
         self.store.save_endpoint(ep)
         self.endpoints[ep_id] = ep
+        self.counters["enrollments"] += 1
         log.info("enrolled endpoint %s (%s) of user %s", name, ep_id, peer.user)
         return ep, pki.cert_to_pem(cert)
 
@@ -213,6 +216,7 @@ class HubState:
         if session is None:
             raise Unavailable("no event stream is open for this endpoint; open GET /api/events first")
         session.last_heartbeat = ep.last_seen = time.time()
+        self.counters["heartbeats"] += 1
         self._seen[ep.id] = ep.last_seen
         return {"time": iso(session.last_heartbeat), "interval": self.heartbeat}
 
@@ -344,6 +348,7 @@ class HubState:
             session.push({"type": "evicted", "reason": "root evicted this user from the mesh"})
             self.close_session(session)
             asyncio.get_running_loop().call_later(0.5, session.close_connection)
+        self.counters["evictions"] += 1
         log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
         return next(u for u in self.list_users() if u["name"] == user)
 
@@ -355,6 +360,7 @@ class HubState:
         if session is None:
             raise Unavailable(f"endpoint {target.name!r} is offline")
         call_id = uuid.uuid4().hex
+        self.counters["calls"] += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[call_id] = (future, target.id)
         session.push(

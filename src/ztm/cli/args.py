@@ -1,0 +1,478 @@
+"""Argument parsing: one `argparse` parser per command, global options everywhere, errors on one line.
+
+`ZtmArgumentParser` never prints a usage dump and never calls `sys.exit`: a bad flag raises `UsageError` (one line
+plus a hint, exit 2) and `--help` raises `HelpShown` after printing the help.
+Leaf parsers parse intermixed, so options may come before, between or after positionals (`ztm get ep -o json bob`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
+from ztm.addr import Address
+from ztm.config import DEFAULT_HUB_PORT
+from ztm.errors import BadInput
+
+GLOBAL_VALUE_OPTIONS = ("--agent", "--mesh", "--output", "-o", "--timeout")
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.=:/-]{1,63}$")
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit code 2."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class HelpShown(Exception):
+    """`--help` printed the help; exit with `code`."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples as written; option help in a column wide enough for `--timeout SECONDS`."""
+
+    def __init__(self, prog: str) -> None:
+        import shutil
+
+        width = min(max(shutil.get_terminal_size().columns - 2, 60), 118)
+        super().__init__(prog, max_help_position=28, width=width)
+
+
+class ZtmArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self._intermixing = False
+
+    def error(self, message: str) -> NoReturn:
+        topic = self.prog.removeprefix("ztm").strip()
+        hint = f"run 'ztm help {topic}' for usage" if topic else "run 'ztm help' to see the commands"
+        raise UsageError(f"{self.prog}: {' '.join(message.split())}; {hint}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            sys.stderr.write(message)
+        raise HelpShown(status)
+
+    def print_help(self, file: SupportsWrite[str] | None = None) -> None:
+        (file or sys.stdout).write(self.format_help())
+
+    def has_subcommands(self) -> bool:
+        return any(isinstance(a, argparse._SubParsersAction) for a in self._actions)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
+        if self._intermixing or self.has_subcommands():
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parsers of `parser`'s subcommands by name (aliases included)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+# ---- value types: each raises ArgumentTypeError with a one-line reason, so a bad value exits 2 ----
+
+
+class Kind:
+    """A positional naming an object kind, with aliases: `Kind({"ep": ("endpoint", "endpoints", "eps")})`."""
+
+    def __init__(self, kinds: Mapping[str, Sequence[str]]) -> None:
+        self.kinds = kinds
+        self.words = tuple(kinds)
+        self._lookup = {alias: kind for kind, aliases in kinds.items() for alias in (kind, *aliases)}
+        self.__name__ = "kind"
+
+    def __call__(self, text: str) -> str:
+        kind = self._lookup.get(text.lower())
+        if kind is None:
+            raise argparse.ArgumentTypeError(f"unknown kind {text!r}: expected {_alternatives(self.words)}")
+        return kind
+
+
+def _alternatives(words: Sequence[str]) -> str:
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+
+MESH_KINDS = {"mesh": ("meshes",)}
+HUB_KINDS = {"hub": ("hubs",)}
+EP_KINDS = {"ep": ("endpoint", "endpoints", "eps")}
+APP_KINDS = {"app": ("apps",)}
+
+
+def address_type(*, default_host: str | None = None, default_port: int | None = None) -> Callable[[str], Address]:
+    def parse(text: str) -> Address:
+        return _address(text, default_host, default_port)
+
+    parse.__name__ = "address"
+    return parse
+
+
+def _address(text: str, default_host: str | None, default_port: int | None) -> Address:
+    text = text.strip()
+    if default_port is not None and text and not text.isdigit():
+        if text.startswith("[") and text.endswith("]"):
+            text = f"{text}:{default_port}"
+        elif text.count(":") > 1 and not text.startswith("["):
+            text = f"[{text}]:{default_port}"
+        elif ":" not in text:
+            text = f"{text}:{default_port}"
+    try:
+        return Address.parse(text, default_host=default_host, what="address")
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("address: ")) from None
+
+
+def names_type(text: str) -> list[Address]:
+    """`--names A[,B...]`: hub addresses agents dial; port 8888 when none is given."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("empty; give the address agents dial, e.g. 1.2.3.4:8888")
+    return [_address(p, None, DEFAULT_HUB_PORT) for p in parts]
+
+
+names_type.__name__ = "address list"
+
+
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {value}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def seconds_type(text: str) -> float:
+    """A positive duration: `30`, `2.5`, `30s`, `5m`, `12h`, `7d`."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected seconds such as 30 or a duration such as 5m, 12h, 7d; got {text!r}")
+    value = float(match.group(1)) * _UNITS[match.group(2)]
+    if not 0 < value <= 10 * 365 * 86400:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 10 years, got {text!r}")
+    return value
+
+
+seconds_type.__name__ = "duration"
+
+
+def output_type(text: str) -> str:
+    value = text.lower()
+    if value not in ("table", "json"):
+        raise argparse.ArgumentTypeError(f"expected table or json, got {text!r}")
+    return value
+
+
+def label_type(text: str) -> list[str]:
+    """One or several comma-separated labels, validated as the agent does."""
+    labels = [p.strip() for p in text.split(",") if p.strip()]
+    if not labels:
+        raise argparse.ArgumentTypeError("empty label")
+    for label in labels:
+        if not LABEL_RE.match(label):
+            raise argparse.ArgumentTypeError(
+                f"bad label {label!r}: a label is key=value or a word of 1-63 characters from A-Z a-z 0-9 _ . = : / -"
+            )
+    return labels
+
+
+label_type.__name__ = "label"
+
+
+def path_type(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return Path(text).expanduser()
+
+
+path_type.__name__ = "path"
+
+
+# ---- global options ----
+
+
+def add_global_options(parser: argparse.ArgumentParser) -> None:
+    """`--agent`, `--mesh`, `-o`, `--timeout` on `parser`, skipping any it defines itself (as `ztm config` does)."""
+    taken = set(parser._option_string_actions)
+    group = parser.add_argument_group("global options (accepted before or after the command)")
+    sup = argparse.SUPPRESS
+    if "--agent" not in taken:
+        group.add_argument(
+            "--agent",
+            metavar="HOST:PORT",
+            default=sup,
+            help="agent API address (default: env ZTM_AGENT, then 'ztm config', then 127.0.0.1:7777)",
+        )
+    if "--mesh" not in taken:
+        group.add_argument(
+            "--mesh",
+            metavar="NAME",
+            default=sup,
+            help="mesh to act on (default: env ZTM_MESH, then 'ztm config', then the agent's only mesh)",
+        )
+    if "--output" not in taken:
+        group.add_argument(
+            "-o",
+            "--output",
+            metavar="table|json",
+            type=output_type,
+            default=sup,
+            help="print tables for people (default) or the API's JSON for scripts",
+        )
+    if "--timeout" not in taken:
+        group.add_argument(
+            "--timeout",
+            metavar="SECONDS",
+            type=seconds_type,
+            default=sup,
+            help="give up on the agent after this long (default 10)",
+        )
+
+
+def find_command(argv: Sequence[str]) -> int | None:
+    """Index in `argv` of the command word, skipping global options and their values."""
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return i + 1 if i + 1 < len(argv) else None
+        if word in GLOBAL_VALUE_OPTIONS:
+            i += 2
+            continue
+        if word.startswith("-"):
+            i += 1
+            continue
+        return i
+    return None
+
+
+# ---- per-command options ----
+
+
+def configure_help(p: argparse.ArgumentParser) -> None:
+    p.add_argument("topic", nargs="*", metavar="COMMAND", help="command (and subcommand) to explain")
+
+
+def configure_version(p: argparse.ArgumentParser) -> None:
+    del p
+
+
+def configure_config(p: argparse.ArgumentParser) -> None:
+    sup = argparse.SUPPRESS
+    p.add_argument("--agent", metavar="HOST:PORT", default=sup, help="save the agent address ztm talks to")
+    p.add_argument("--mesh", metavar="NAME", default=sup, help="save the mesh ztm acts on")
+    p.add_argument(
+        "--unset", metavar="agent|mesh", action="append", choices=("agent", "mesh"), help="forget a saved default"
+    )
+
+
+def hub_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--listen",
+        metavar="ADDR",
+        type=address_type(default_host="0.0.0.0"),
+        help="address to listen on (default 0.0.0.0:8888; ':8888' or '8888' mean all interfaces)",
+    )
+    p.add_argument(
+        "--names",
+        metavar="ADDR",
+        type=names_type,
+        action="extend",
+        help="address(es) agents dial, repeatable or comma-separated (default: --listen unless it is 0.0.0.0/::)",
+    )
+    p.add_argument(
+        "--permit", metavar="FILE", type=path_type, help="write the root permit here on first start (mode 0600)"
+    )
+    p.add_argument("--data", metavar="DIR", type=path_type, help="state directory (default: $ZTM_DATA or ~/.ztm)")
+    p.add_argument(
+        "--max-agents", metavar="N", type=int_range(1, 1_000_000), help="most agents connected at once (default 10000)"
+    )
+    p.add_argument(
+        "--cert-ttl",
+        metavar="SECONDS",
+        type=seconds_type,
+        help="lifetime of endpoint certificates, e.g. 86400 or 24h (default 24h; agents renew at half-life)",
+    )
+    p.add_argument(
+        "--admin", metavar="ADDR", type=address_type(default_host="127.0.0.1"), help="local admin/metrics address"
+    )
+
+
+def agent_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--listen",
+        metavar="ADDR",
+        type=address_type(default_host="127.0.0.1"),
+        help="API address (default 127.0.0.1:7777)",
+    )
+    p.add_argument("--data", metavar="DIR", type=path_type, help="state directory (default: $ZTM_DATA or ~/.ztm)")
+    p.add_argument("--join", metavar="MESH", help="join this mesh on start (with --join-as and --permit)")
+    p.add_argument("--join-as", metavar="NAME", help="endpoint name to join as")
+    p.add_argument("--permit", metavar="FILE", type=path_type, help="permit file to join with")
+
+
+def _process_subcommands(p: argparse.ArgumentParser, verb: str, description: str) -> None:
+    sub = p.add_subparsers(
+        dest="target", metavar="hub|agent", required=True, prog=p.prog, parser_class=ZtmArgumentParser
+    )
+    hub = sub.add_parser(
+        "hub",
+        help=f"{verb} a hub",
+        usage=f"ztm {verb} hub [--listen ADDR] [--names ADDR ...] [--permit FILE] [options]",
+        description=f"{description} a hub: the certificate authority, registry and relay of a mesh.",
+        epilog=(
+            "examples:\n"
+            f"  ztm {verb} hub --listen 0.0.0.0:8888 --names 1.2.3.4:8888 --permit root.json\n"
+            f"  ztm {verb} hub --listen 10.0.0.5:8888 --data /var/lib/ztm-hub"
+        ),
+    )
+    hub_options(hub)
+    agent = sub.add_parser(
+        "agent",
+        help=f"{verb} an agent",
+        usage=f"ztm {verb} agent [--listen ADDR] [--data DIR] [--join MESH --join-as NAME --permit FILE]",
+        description=f"{description} an agent: the daemon that joins meshes and serves the local API.",
+        epilog=(
+            "examples:\n"
+            f"  ztm {verb} agent\n"
+            f"  ztm {verb} agent --listen 7778 --data ~/.ztm-2 --join my-mesh --join-as lab --permit root.json"
+        ),
+    )
+    agent_options(agent)
+
+
+def configure_run(p: argparse.ArgumentParser) -> None:
+    _process_subcommands(p, "run", "Run in the foreground (until Ctrl-C or SIGTERM)")
+
+
+def configure_start(p: argparse.ArgumentParser) -> None:
+    _process_subcommands(p, "start", "Start in the background, as a systemd service where systemd runs,")
+
+
+def configure_stop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="hub|agent", type=Kind({"hub": (), "agent": ()}), help="what to stop")
+    p.add_argument("--data", metavar="DIR", type=path_type, help="state directory it was started with")
+
+
+def configure_join(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mesh_name", metavar="MESH", help="local name for the mesh (your choice)")
+    p.add_argument("--as", dest="join_as", metavar="NAME", required=True, help="endpoint name others will see")
+    p.add_argument("--permit", metavar="FILE", type=path_type, required=True, help="permit file (JSON)")
+    p.add_argument(
+        "--label",
+        metavar="LABEL",
+        type=label_type,
+        action="extend",
+        default=[],
+        help="label for this endpoint, repeatable or comma-separated",
+    )
+
+
+def configure_leave(p: argparse.ArgumentParser) -> None:
+    p.add_argument("mesh_name", metavar="MESH", help="mesh to leave")
+
+
+def configure_get(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "kind",
+        metavar="mesh|hub|ep|app",
+        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS}),
+        help="what to list (plurals and endpoint/eps work too)",
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="show only this one")
+
+
+def configure_describe(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "kind", metavar="mesh|hub|ep", type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS}), help="what to describe"
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="default: the current mesh / its only hub / this endpoint")
+
+
+def configure_ping(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="ep", type=Kind(EP_KINDS), help="the word ep (endpoint)")
+    p.add_argument("name", metavar="NAME", help="endpoint name or id")
+    p.add_argument(
+        "-c", "--count", metavar="N", type=int_range(1, 20), default=4, help="pings to send (1-20, default 4)"
+    )
+
+
+def configure_label(p: argparse.ArgumentParser) -> None:
+    p.add_argument("target", metavar="ep NAME", nargs="*", help="endpoint (default: this endpoint)")
+    p.add_argument(
+        "--add", metavar="LABEL", type=label_type, nargs="+", action="extend", default=[], help="labels to add"
+    )
+    p.add_argument(
+        "--delete", metavar="LABEL", type=label_type, nargs="+", action="extend", default=[], help="labels to remove"
+    )
+
+
+def configure_log(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="hub|ep|agent", type=Kind({**HUB_KINDS, **EP_KINDS, "agent": ()}), help="whose log")
+    p.add_argument("name", metavar="NAME", nargs="?", help="endpoint (ep only; default: this endpoint)")
+    p.add_argument(
+        "-n", "--lines", metavar="N", type=int_range(1, 100_000), default=100, help="last N lines (default 100)"
+    )
+
+
+def configure_stats(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="ep", type=Kind(EP_KINDS), help="the word ep (endpoint)")
+    p.add_argument("name", metavar="NAME", nargs="?", help="only the traffic with this peer")
+
+
+def configure_identity(p: argparse.ArgumentParser) -> None:
+    del p
+
+
+def configure_invite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("user", metavar="USER", help="user to invite")
+    p.add_argument(
+        "--identity",
+        metavar="FILE",
+        type=path_type,
+        required=True,
+        help="the invitee's public key PEM (they make it with 'ztm identity > NAME.pem')",
+    )
+    p.add_argument("--permit", metavar="OUT", type=path_type, help="write the permit here (default: stdout)")
+    p.add_argument("--days", metavar="N", type=int_range(1, 3650), help="permit validity in days")
+    p.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+
+
+def configure_evict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("user", metavar="USER", help="user to evict")
+
+
+def configure_completion(p: argparse.ArgumentParser) -> None:
+    p.add_argument("shell", metavar="bash|zsh", type=Kind({"bash": (), "zsh": ()}), help="shell to complete for")

@@ -1,0 +1,116 @@
+"""`ztm run|start|stop hub|agent`: build `HubConfig` / `AgentConfig` from the flags and run or manage the process.
+
+The hub and agent modules are imported only here, inside the commands, so the rest of the CLI starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from ztm.addr import Address
+from ztm.cli.args import UsageError
+from ztm.cli.context import Context
+from ztm.config import DEFAULT_AGENT_LISTEN, DEFAULT_HUB_LISTEN, AgentConfig, HubConfig
+from ztm.errors import BadInput, ZtmError
+
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def _absolute(path: Path) -> Path:
+    return path.expanduser().absolute()
+
+
+def _data(args: argparse.Namespace, *, service: bool) -> Path:
+    if args.data is not None:
+        return _absolute(args.data)
+    from ztm import service as svc
+    from ztm.config import default_data_dir
+
+    return _absolute(svc.service_default_data() if service else default_data_dir())
+
+
+def hub_config(args: argparse.Namespace, *, service: bool = False) -> HubConfig:
+    listen: Address = args.listen or DEFAULT_HUB_LISTEN
+    names: tuple[Address, ...] = tuple(dict.fromkeys(args.names or ()))
+    if not names:
+        if listen.host in WILDCARDS:
+            raise BadInput(
+                "--names is required when listening on all interfaces: give the address agents dial, "
+                "e.g. --names 1.2.3.4:8888"
+            )
+        names = (listen,)
+    cfg = HubConfig(
+        listen=listen,
+        names=names,
+        permit=_absolute(args.permit) if args.permit else None,
+        data=_data(args, service=service),
+        admin=args.admin,
+    )
+    if args.max_agents is not None:
+        cfg = replace(cfg, max_agents=args.max_agents)
+    if args.cert_ttl is not None:
+        cfg = replace(cfg, cert_ttl=args.cert_ttl)
+    return cfg
+
+
+def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentConfig:
+    join = (args.join, args.join_as, args.permit)
+    if any(v is not None for v in join) and not all(v is not None for v in join):
+        raise UsageError(
+            f"ztm {args.command} agent: --join, --join-as and --permit go together "
+            "(--join MESH --join-as NAME --permit FILE); run 'ztm help run agent' for usage"
+        )
+    return AgentConfig(
+        listen=args.listen or DEFAULT_AGENT_LISTEN,
+        data=_data(args, service=service),
+        join=args.join,
+        join_as=args.join_as,
+        permit=_absolute(args.permit) if args.permit else None,
+    )
+
+
+def cmd_run(ctx: Context) -> int:
+    if ctx.args.target == "hub":
+        hub_cfg = hub_config(ctx.args)
+        try:
+            from ztm.hub.main import run_hub
+        except ImportError as exc:
+            raise ZtmError(f"cannot run the hub: {exc} (is ztm installed completely?)") from None
+        return int(run_hub(hub_cfg))
+    agent_cfg = agent_config(ctx.args)
+    try:
+        from ztm.agent.main import run_agent  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        raise ZtmError(f"cannot run the agent: {exc} (is ztm installed completely?)") from None
+    return int(run_agent(agent_cfg))
+
+
+def cmd_start(ctx: Context) -> int:
+    from ztm import service as svc
+
+    if ctx.args.target == "agent":
+        svc.start(svc.agent_service(agent_config(ctx.args, service=True)), ctx.print)
+        return 0
+    cfg = hub_config(ctx.args, service=True)
+    permit_existed = cfg.permit is not None and cfg.permit.exists()
+    started = svc.start(svc.hub_service(cfg), ctx.print)
+    if cfg.permit is not None and started:
+        if permit_existed:
+            ctx.print(f"kept the existing permit {cfg.permit} unchanged")
+        else:
+            ctx.print(
+                f"wrote {cfg.permit} (mode 0600): it holds the root user's private key. Keep it secret; "
+                "share ztm invite permits instead."
+            )
+        ctx.print(f"agents join with: ztm join MESH --as NAME --permit {cfg.permit}")
+    return 0
+
+
+def cmd_stop(ctx: Context) -> int:
+    from ztm import service as svc
+
+    data = _absolute(ctx.args.data) if ctx.args.data else _absolute(svc.service_default_data())
+    svc.stop(ctx.args.target, data, ctx.print)
+    return 0

@@ -1,0 +1,255 @@
+"""The command table. Adding a command, or an app's `ztm APP ...` CLI, is adding one `Command` to `COMMANDS`:
+its options (`configure`), its handler, and the help texts. `build_parser` turns the table into parsers.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ztm.cli import args as a
+from ztm.cli import commands as c
+from ztm.cli import daemons as d
+from ztm.cli import local as loc
+from ztm.cli.context import Command
+
+PROCESSES = "Run hub and agent"
+MESHES = "Join meshes"
+INSPECT = "Look at a mesh"
+MANAGE = "Manage endpoints and users"
+SETUP = "The command line itself"
+
+COMMANDS: list[Command] = [
+    Command(
+        "run",
+        PROCESSES,
+        "run hub|agent [options]",
+        "run a hub or an agent in the foreground (for supervisors and containers)",
+        a.configure_run,
+        d.cmd_run,
+        "Run a hub or an agent in the foreground until Ctrl-C or SIGTERM.",
+        (
+            "ztm run hub --listen 0.0.0.0:8888 --names 1.2.3.4:8888 --permit root.json",
+            "ztm run agent --listen 127.0.0.1:7777 --data /var/lib/ztm",
+        ),
+    ),
+    Command(
+        "start",
+        PROCESSES,
+        "start hub|agent [options]",
+        "start a hub or an agent in the background (systemd service if available)",
+        a.configure_start,
+        d.cmd_start,
+        "Start a hub or an agent and wait until it is ready. As root where systemd runs, it is installed as an "
+        "enabled systemd unit\n(ztm-hub.service / ztm-agent.service) that restarts on failure and after reboots; "
+        "elsewhere it runs as a background\nprocess with its pid in DATA/hub.pid or DATA/agent.pid and its output in "
+        "DATA/hub.out or DATA/agent.out.",
+        ("ztm start hub --listen 0.0.0.0:8888 --names 1.2.3.4:8888 --permit root.json", "ztm start agent"),
+    ),
+    Command(
+        "stop",
+        PROCESSES,
+        "stop hub|agent [--data DIR]",
+        "stop a hub or an agent started with 'ztm start'",
+        a.configure_stop,
+        d.cmd_stop,
+        "Stop (and disable) what 'ztm start' started with the same --data: SIGTERM, then SIGKILL after 10 s.",
+        ("ztm stop agent", "ztm stop hub --data /var/lib/ztm-hub"),
+    ),
+    Command(
+        "join",
+        MESHES,
+        "join MESH --as NAME --permit FILE",
+        "join a mesh with a permit",
+        a.configure_join,
+        c.cmd_join,
+        "Join a mesh: MESH is a local name of your choice, NAME the endpoint name others see, FILE a permit from\n"
+        "'ztm start hub --permit FILE' (root) or 'ztm invite' (other users).",
+        (
+            "ztm join my-mesh --as home --permit root.json",
+            "ztm join work --as laptop --permit bob.json --label site=paris",
+        ),
+    ),
+    Command(
+        "leave",
+        MESHES,
+        "leave MESH",
+        "leave a mesh",
+        a.configure_leave,
+        c.cmd_leave,
+        "Leave a mesh: this agent disconnects from its hubs and forgets it.",
+        ("ztm leave my-mesh",),
+    ),
+    Command(
+        "get",
+        INSPECT,
+        "get mesh|hub|ep|app [NAME]",
+        "list meshes, hubs, endpoints or apps",
+        a.configure_get,
+        c.cmd_get,
+        "List meshes, the mesh's hubs, its endpoints or the installed apps as a table (or the API's JSON with\n"
+        "-o json). Kinds also accept plurals and aliases: meshes, hubs, endpoint(s), eps, apps.",
+        ("ztm get ep", "ztm get ep bob -o json", "ztm get mesh"),
+    ),
+    Command(
+        "describe",
+        INSPECT,
+        "describe mesh|hub|ep [NAME]",
+        "every field of a mesh, hub or endpoint (and a ping for endpoints)",
+        a.configure_describe,
+        c.cmd_describe,
+        "Show every field of one mesh, hub or endpoint. Without NAME: the current mesh, its only hub, or this\n"
+        "endpoint. For an endpoint, a ping through the hub is added.",
+        ("ztm describe ep bob", "ztm describe mesh"),
+    ),
+    Command(
+        "ping",
+        INSPECT,
+        "ping ep NAME [--count N]",
+        "round trip to an endpoint (agent -> hub -> endpoint -> back)",
+        a.configure_ping,
+        c.cmd_ping,
+        "Measure round trips to an endpoint through the hub. Exit status 1 if none answered.",
+        ("ztm ping ep bob", "ztm ping ep bob -c 10"),
+    ),
+    Command(
+        "stats",
+        INSPECT,
+        "stats ep [NAME]",
+        "traffic with each peer: bytes, rates, streams",
+        a.configure_stats,
+        c.cmd_stats,
+        "Traffic of this endpoint with each peer (the 'hub' row is control traffic): totals, rates over the last 5 s,\n"
+        "open streams.",
+        ("ztm stats ep", "ztm stats ep bob"),
+    ),
+    Command(
+        "log",
+        INSPECT,
+        "log hub|ep|agent [NAME]",
+        "the last lines of the hub's, an endpoint's or this agent's log",
+        a.configure_log,
+        c.cmd_log,
+        "Show the last lines of a log: the hub's (root only), an endpoint's (its owner or root; default: this\n"
+        "endpoint), or this agent's own.",
+        ("ztm log agent", "ztm log ep bob --lines 20", "ztm log hub"),
+    ),
+    Command(
+        "label",
+        MANAGE,
+        "label [ep NAME] --add L --delete L",
+        "add or remove labels of an endpoint (default: this one)",
+        a.configure_label,
+        c.cmd_label,
+        "Add or remove labels of an endpoint (default: this endpoint) and print the result; with neither option,\n"
+        "print the labels. A label is key=value or a word: 1-63 characters from A-Z a-z 0-9 _ . = : / -",
+        ("ztm label --add site=paris gpu", "ztm label ep bob --delete gpu"),
+    ),
+    Command(
+        "identity",
+        MANAGE,
+        "identity",
+        "print this agent's public key, to be invited with",
+        a.configure_identity,
+        c.cmd_identity,
+        "Print this agent's public key (PEM) on stdout. Send it to the mesh's root user, who runs 'ztm invite'.",
+        ("ztm identity > alice.pem",),
+    ),
+    Command(
+        "invite",
+        MANAGE,
+        "invite USER --identity FILE",
+        "make a permit for a user from their public key (root only)",
+        a.configure_invite,
+        c.cmd_invite,
+        "Make a permit for USER from their public key (from 'ztm identity'). The permit holds no private key; it is\n"
+        "written to --permit OUT (mode 0600) or printed on stdout.",
+        (
+            "ztm invite alice --identity alice.pem --permit alice.json",
+            "ztm invite bob --identity bob.pem --days 30 > bob.json",
+        ),
+    ),
+    Command(
+        "evict",
+        MANAGE,
+        "evict USER",
+        "refuse a user's certificates and close their sessions (root only)",
+        a.configure_evict,
+        c.cmd_evict,
+        "Evict USER from the mesh: their certificates are refused from now on and their live sessions closed.",
+        ("ztm evict alice",),
+    ),
+    Command(
+        "config",
+        SETUP,
+        "config [--agent ADDR] [--mesh NAME]",
+        "show or save the defaults for --agent and --mesh",
+        a.configure_config,
+        loc.cmd_config,
+        "Without options: show the effective agent, mesh and API token and where each comes from. With --agent or\n"
+        "--mesh: save them as defaults in ~/.ztm/cli.json (flags and ZTM_AGENT / ZTM_MESH still take precedence).",
+        ("ztm config", "ztm config --agent 127.0.0.1:7778 --mesh my-mesh", "ztm config --unset mesh"),
+    ),
+    Command(
+        "completion",
+        SETUP,
+        "completion bash|zsh",
+        "print a shell completion script",
+        a.configure_completion,
+        loc.cmd_completion,
+        "Print a completion script for bash or zsh.",
+        ("source <(ztm completion bash)", "ztm completion zsh > ~/.zsh/completions/_ztm"),
+    ),
+    Command(
+        "version",
+        SETUP,
+        "version",
+        "the command line's version, and the agent's if it answers",
+        a.configure_version,
+        c.cmd_version,
+        "Print the command line's version and, if the agent answers within 1 s, the agent's.",
+        ("ztm version",),
+    ),
+    Command(
+        "help",
+        SETUP,
+        "help [COMMAND]",
+        "this overview, or a command's options and examples",
+        a.configure_help,
+        loc.cmd_help,
+        "Show all commands, or the usage, options and examples of one command.",
+        ("ztm help", "ztm help run hub"),
+    ),
+]
+
+
+def build_parser(commands: list[Command]) -> a.ZtmArgumentParser:
+    root = a.ZtmArgumentParser(prog="ztm", add_help=False)
+    sub = root.add_subparsers(dest="command", metavar="COMMAND", prog="ztm", parser_class=a.ZtmArgumentParser)
+    for command in commands:
+        epilog = "examples:\n" + "\n".join(f"  {e}" for e in command.examples) if command.examples else None
+        parser = sub.add_parser(
+            command.name,
+            aliases=list(command.aliases),
+            prog=f"ztm {command.name}",
+            usage=f"ztm {command.synopsis} [global options]",
+            description=command.description or command.summary,
+            epilog=epilog,
+            help=command.summary,
+        )
+        command.configure(parser)
+        parser.set_defaults(handler=command.handler)
+    _add_globals(root)
+    return root
+
+
+def _add_globals(parser: argparse.ArgumentParser) -> None:
+    a.add_global_options(parser)
+    for child in {id(p): p for p in a.subcommands(parser).values()}.values():
+        _add_globals(child)
+
+
+def find(commands: list[Command], name: str) -> Command | None:
+    for command in commands:
+        if name == command.name or name in command.aliases:
+            return command
+    return None

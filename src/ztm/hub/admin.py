@@ -1,0 +1,66 @@
+"""The hub's optional admin port (`--admin 127.0.0.1:9090`): Prometheus `/metrics` and `/healthz`.
+
+It is plain HTTP with no authentication, so it is meant for loopback; it serves only counters and gauges, never
+identities or keys. Kept apart from the mesh port so that scraping never competes with agent traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from ztm.hub.state import HubState
+
+log = logging.getLogger("ztm.hub")
+
+
+def render(state: HubState) -> str:
+    """The Prometheus text exposition of the hub's gauges and counters."""
+    gauges = {
+        "ztm_hub_endpoints": ("endpoints known to the hub", len(state.endpoints)),
+        "ztm_hub_endpoints_online": ("endpoints with a live session", len(state.sessions)),
+        "ztm_hub_users": ("users of the mesh", len(state.users)),
+        "ztm_hub_users_evicted": ("evicted users", sum(1 for u in state.users.values() if u.evicted_at)),
+        "ztm_hub_uptime_seconds": ("seconds since the hub started", round(time.time() - state.started, 3)),
+    }
+    lines: list[str] = []
+    for name, (help_text, value) in gauges.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+    for name, value in sorted(state.counters.items()):
+        metric = f"ztm_hub_{name}_total"
+        lines += [f"# HELP {metric} {name.replace('_', ' ')} since start", f"# TYPE {metric} counter"]
+        lines.append(f"{metric} {value}")
+    return "\n".join(lines) + "\n"
+
+
+async def serve_admin(state: HubState, host: str, port: int) -> asyncio.Server:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            line = request.split(b"\r\n", 1)[0].decode("latin-1").split()
+            path = line[1] if len(line) >= 2 else ""
+            if line[:1] == ["GET"] and path == "/metrics":
+                status, body, ctype = "200 OK", render(state), "text/plain; version=0.0.4"
+            elif line[:1] == ["GET"] and path == "/healthz":
+                status, body, ctype = "200 OK", "ok\n", "text/plain"
+            else:
+                status, body, ctype = "404 Not Found", "only GET /metrics and /healthz are served\n", "text/plain"
+            data = body.encode()
+            writer.write(
+                f"HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {len(data)}\r\n"
+                "connection: close\r\n\r\n".encode()
+                + data
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, host, port, limit=16384)
+    log.info("admin metrics on http://%s:%d/metrics", host, port)
+    return server
