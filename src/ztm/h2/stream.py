@@ -1,0 +1,443 @@
+"""One HTTP/2 stream of a `ztm.h2.Connection`: headers, a body read and written as bytes, end, reset.
+
+The same class serves both sides. On the server a stream arrives with the request headers and the handler answers
+with `respond()`; on the client `Connection.open_stream()` makes one and `response()` waits for the answer. Either
+side reads the peer's body with `read()` and writes its own with `write()`, so a stream is a full-duplex byte pipe
+(CONNECT tunnels, event streams).
+
+Flow control: bytes are credited back to the peer only when `read()` returns them, so at most one stream window is
+ever buffered here; `write()` waits for the peer's window and for the transport. Writes on a stream are serialized
+(one `write()` completes before the next starts), so concurrent writers never interleave their bytes.
+
+Errors: after the peer reset the stream, `read()`/`write()`/`response()` raise `StreamReset`; after the connection
+is gone they raise `ConnectionClosed`. Data the peer fully sent (END_STREAM received) stays readable either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import h2.exceptions
+
+from ztm.h2.errors import ConnectionClosed, H2Error, StreamReset
+
+if TYPE_CHECKING:
+    from ztm.h2.connection import Connection
+
+
+class Stream:
+    """One request/response exchange, or a bidirectional byte stream."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_closed_event",
+        "_conn",
+        "_conn_error",
+        "_eof",
+        "_finished",
+        "_headers_waiter",
+        "_local_ended",
+        "_read_waiter",
+        "_reset_code",
+        "_reset_local",
+        "_responded",
+        "_status",
+        "_window_waiter",
+        "_write_lock",
+        "bytes_received",
+        "bytes_sent",
+        "headers",
+        "id",
+        "trailers",
+    )
+
+    def __init__(self, conn: Connection, stream_id: int, headers: list[tuple[str, str]] | None = None) -> None:
+        self.id = stream_id
+        self.headers: list[tuple[str, str]] = headers if headers is not None else []
+        self.trailers: list[tuple[str, str]] | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0  # received, not yet read (not yet credited to the peer)
+        self._eof = False  # peer sent END_STREAM
+        self._local_ended = False  # we sent END_STREAM
+        self._reset_code: int | None = None
+        self._reset_local = False
+        self._conn_error: str | None = None
+        self._status: int | None = None  # client: response status
+        self._responded = False  # server: response headers sent
+        self._finished = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._window_waiter: asyncio.Future[None] | None = None
+        self._headers_waiter: asyncio.Future[None] | None = None
+        self._closed_event: asyncio.Event | None = None
+        self._write_lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<ztm.h2.Stream {self.id} on {self._conn!r}>"
+
+    # ---- headers -----------------------------------------------------------------------------------------------
+
+    def header(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), or None."""
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def method(self) -> str | None:
+        """Server side: the request's `:method`."""
+        return self.header(":method")
+
+    @property
+    def path(self) -> str | None:
+        """Server side: the request's `:path` (None for CONNECT)."""
+        return self.header(":path")
+
+    @property
+    def authority(self) -> str | None:
+        """Server side: the request's `:authority` (the target, for CONNECT)."""
+        return self.header(":authority")
+
+    @property
+    def status(self) -> int | None:
+        """Client side: the response status once `response()` has it."""
+        return self._status
+
+    # ---- reading -----------------------------------------------------------------------------------------------
+
+    async def read(self, max_bytes: int = 1 << 20) -> bytes:
+        """Up to `max_bytes` of the peer's body; b"" once the peer ended the stream."""
+        if max_bytes <= 0:
+            raise ValueError("max_bytes must be positive")
+        chunks = self._chunks
+        while not chunks:
+            if self._eof:
+                return b""
+            self._raise_failure()
+            if self._read_waiter is not None:
+                raise H2Error(f"stream {self.id} is already being read by another task")
+            waiter = self._read_waiter = self._conn._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
+        chunk = chunks[0]
+        n = len(chunk)
+        if n <= max_bytes:
+            chunks.popleft()
+            if chunks and len(chunks[0]) <= max_bytes - n:
+                parts = [chunk]
+                while chunks and len(chunks[0]) <= max_bytes - n:
+                    part = chunks.popleft()
+                    parts.append(part)
+                    n += len(part)
+                chunk = b"".join(parts)
+        else:
+            chunks[0] = chunk[max_bytes:]
+            chunk = chunk[:max_bytes]
+            n = max_bytes
+        self._buffered -= n
+        self.bytes_received += n
+        self._conn._consumed(self.id, n)
+        return chunk
+
+    async def read_all(self, limit: int = 1 << 20) -> bytes:
+        """The whole remaining body; H2Error if it exceeds `limit` bytes."""
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            chunk = await self.read()
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise H2Error(f"body exceeds {limit} bytes")
+            parts.append(chunk)
+        if len(parts) == 1:
+            return parts[0]
+        return b"".join(parts)
+
+    # ---- writing -----------------------------------------------------------------------------------------------
+
+    async def write(self, data: bytes | memoryview, *, end_stream: bool = False) -> None:
+        """Send `data` (waiting for flow-control credit); with `end_stream`, the last frame carries END_STREAM.
+
+        A writable buffer (memoryview of a bytearray) is copied frame by frame as it is sent; bytes and read-only
+        views are sent without copying.
+        """
+        lock = self._write_lock
+        if lock is None:
+            lock = self._write_lock = asyncio.Lock()
+        async with lock:
+            await self._write(data, end_stream)
+
+    async def _write(self, data: bytes | memoryview, end_stream: bool) -> None:
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        total = len(view)
+        self._check_can_send()
+        if total == 0:
+            if end_stream:
+                self._send_end()
+            return
+        conn = self._conn
+        h2c = conn._h2
+        copy = not view.readonly
+        offset = 0
+        while offset < total:
+            if conn._write_paused:
+                await conn._drain()
+                self._check_can_send()
+                continue
+            try:
+                window = h2c.local_flow_control_window(self.id)
+            except h2.exceptions.H2Error:
+                self._raise_failure()
+                raise H2Error(f"stream {self.id} is closed") from None
+            if window <= 0:
+                await self._wait_window()
+                self._check_can_send()
+                continue
+            n = min(total - offset, window, h2c.max_outbound_frame_size)
+            end = offset + n
+            last = end_stream and end == total
+            chunk = view[offset:end]
+            try:
+                h2c.send_view(self.id, bytes(chunk) if copy else chunk, last)
+            except h2.exceptions.H2Error as exc:
+                self._raise_failure()
+                raise H2Error(f"cannot send on stream {self.id}: {exc}") from None
+            offset = end
+            self.bytes_sent += n
+            if last:
+                self._local_ended = True
+            conn._flush()
+        if end_stream:
+            self._maybe_finish()
+
+    async def _wait_window(self) -> None:
+        conn = self._conn
+        waiter = self._window_waiter = conn._loop.create_future()
+        conn._blocked.add(self)
+        try:
+            await waiter
+        finally:
+            self._window_waiter = None
+            conn._blocked.discard(self)
+
+    def _check_can_send(self) -> None:
+        self._raise_failure()
+        if self._conn._closing:
+            raise ConnectionClosed(self._conn._closed_message())
+        if self._local_ended:
+            raise H2Error(f"stream {self.id} already ended (end() was called)")
+        if not self._conn.is_client and not self._responded:
+            raise H2Error(f"stream {self.id}: respond() must come before the response body")
+
+    async def end(self) -> None:
+        """Send END_STREAM (half-close). Idempotent; a no-op once the stream was reset or the connection closed."""
+        if self._local_done:
+            return
+        lock = self._write_lock
+        if lock is None:
+            lock = self._write_lock = asyncio.Lock()
+        async with lock:
+            if self._local_done or self._conn._closing:
+                return
+            if not self._conn.is_client and not self._responded:
+                raise H2Error(f"stream {self.id}: respond() must come before end()")
+            self._send_end()
+
+    def _send_end(self) -> None:
+        conn = self._conn
+        with contextlib.suppress(h2.exceptions.H2Error):
+            conn._h2.end_stream(self.id)
+        self._local_ended = True
+        conn._flush()
+        self._maybe_finish()
+
+    def reset(self, error_code: int = 8) -> None:
+        """Abort the stream with RST_STREAM (default CANCEL). Idempotent, never raises."""
+        if self._reset_code is not None or self._conn_error is not None or (self._local_ended and self._eof):
+            return
+        self._reset_code = error_code
+        self._reset_local = True
+        conn = self._conn
+        if not conn._closing:
+            with contextlib.suppress(h2.exceptions.H2Error):
+                conn._h2.reset_stream(self.id, error_code)
+            conn._flush()
+        if not self._eof:
+            self._drop_buffered()
+        self._wake_all()
+        self._maybe_finish()
+
+    # ---- server side -------------------------------------------------------------------------------------------
+
+    async def respond(self, status: int, headers: Sequence[tuple[str, str]] = (), *, end_stream: bool = False) -> None:
+        """Server side: send the response headers (and END_STREAM with `end_stream`, for an empty body)."""
+        conn = self._conn
+        if conn.is_client:
+            raise H2Error("respond() is only for streams received by a server")
+        if self._responded:
+            raise H2Error(f"stream {self.id}: response already sent")
+        self._raise_failure()
+        if conn._closing:
+            raise ConnectionClosed(conn._closed_message())
+        hdrs = [(":status", str(status))]
+        hdrs.extend(headers)
+        try:
+            conn._h2.send_headers(self.id, hdrs, end_stream=end_stream)
+        except h2.exceptions.H2Error as exc:
+            raise H2Error(f"cannot send the response on stream {self.id}: {exc}") from None
+        self._responded = True
+        if end_stream:
+            self._local_ended = True
+        conn._flush()
+        if end_stream:
+            self._maybe_finish()
+
+    # ---- client side -------------------------------------------------------------------------------------------
+
+    async def response(self) -> tuple[int, list[tuple[str, str]]]:
+        """Client side: wait for the response headers; (status, headers without pseudo-headers)."""
+        if not self._conn.is_client:
+            raise H2Error("response() is only for streams opened by a client")
+        while self._status is None:
+            self._raise_failure()
+            if self._eof:
+                raise H2Error(f"stream {self.id} ended without a response")
+            waiter = self._headers_waiter
+            if waiter is None or waiter.done():
+                waiter = self._headers_waiter = self._conn._loop.create_future()
+            await asyncio.shield(waiter)
+        return self._status, [(k, v) for k, v in self.headers if not k.startswith(":")]
+
+    async def wait_closed(self) -> None:
+        """Return once both directions are done (or the stream was reset, or the connection closed)."""
+        if self._finished:
+            return
+        if self._closed_event is None:
+            self._closed_event = asyncio.Event()
+        await self._closed_event.wait()
+
+    # ---- state -------------------------------------------------------------------------------------------------
+
+    @property
+    def _local_done(self) -> bool:
+        return self._local_ended or self._reset_code is not None or self._conn_error is not None
+
+    @property
+    def _remote_done(self) -> bool:
+        return self._eof or self._reset_code is not None or self._conn_error is not None
+
+    @property
+    def closed(self) -> bool:
+        """Both directions are done, or the stream was reset, or the connection is gone."""
+        return self._finished
+
+    def _failure(self) -> H2Error | None:
+        if self._reset_code is not None:
+            return StreamReset(self._reset_code, stream_id=self.id, local=self._reset_local)
+        if self._conn_error is not None:
+            return ConnectionClosed(self._conn_error)
+        return None
+
+    def _raise_failure(self) -> None:
+        exc = self._failure()
+        if exc is not None:
+            raise exc
+
+    def _maybe_finish(self) -> None:
+        if self._finished or not (self._local_done and self._remote_done):
+            return
+        self._finished = True
+        self._conn._stream_done(self)
+        if self._closed_event is not None:
+            self._closed_event.set()
+
+    def _drop_buffered(self) -> None:
+        """Discard unread data and credit it to the connection window (nobody will read it)."""
+        n = self._buffered
+        self._chunks.clear()
+        self._buffered = 0
+        if n:
+            self._conn._consumed(self.id, n)
+
+    def _wake_all(self) -> None:
+        for waiter in (self._read_waiter, self._window_waiter, self._headers_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._window_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ---- called by the connection for h2 events -----------------------------------------------------------
+
+    def _on_response(self, headers: list[tuple[str, str]]) -> None:
+        self.headers = headers
+        for key, value in headers:
+            if key == ":status":
+                self._status = int(value)
+                break
+        waiter = self._headers_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _on_data(self, data: bytes, flow_controlled_length: int) -> None:
+        n = len(data)
+        if self._reset_code is not None or self._conn_error is not None:
+            self._conn._consumed(self.id, flow_controlled_length)
+            return
+        if flow_controlled_length > n:  # padding: nothing to hand over, credit it now
+            self._conn._consumed(self.id, flow_controlled_length - n)
+        if n:
+            self._chunks.append(data)
+            self._buffered += n
+            waiter = self._read_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _on_end(self) -> None:
+        self._eof = True
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        waiter = self._headers_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._maybe_finish()
+
+    def _on_reset(self, error_code: int) -> None:
+        if self._finished:
+            return
+        self._reset_code = error_code
+        self._reset_local = False
+        if not self._eof:
+            self._drop_buffered()
+        self._wake_all()
+        self._maybe_finish()
+
+    def _on_conn_closed(self, message: str) -> None:
+        if self._finished:
+            return
+        self._conn_error = message
+        if not self._eof:
+            self._chunks.clear()
+            self._buffered = 0
+        self._wake_all()
+        self._finished = True
+        if self._closed_event is not None:
+            self._closed_event.set()
