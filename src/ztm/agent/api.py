@@ -18,7 +18,9 @@ from aiohttp import web
 
 from ztm import validate
 from ztm.addr import Address
+from ztm.agent.metrics import render_metrics
 from ztm.agent.service import Agent
+from ztm.apps.tunnel.api import add_routes as tunnel_routes
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, ZtmError
 from ztm.meter import RateMeter
 from ztm.version import __version__
@@ -118,7 +120,11 @@ class AgentApi:
         r.add_post(m + "/users/{user}/evict", self.evict)
         r.add_get(m + "/hub/log", self.hub_log)
         r.add_get("/api/apps", self.apps)
+        r.add_get(m + "/apps", self.mesh_apps)
+        r.add_post(m + "/endpoints/{ep}/apps/{app}/call", self.app_call)
         r.add_get("/api/log", self.own_log)
+        r.add_get("/api/metrics", self.metrics)
+        tunnel_routes(app, self.agent, _json)
         return app
 
     # helpers
@@ -217,9 +223,23 @@ class AgentApi:
 
     async def apps(self, request: web.Request) -> web.Response:
         mesh = request.query.get("mesh")
-        if mesh is not None:
-            self.agent.get(mesh)
-        return _json([])
+        sessions = [self.agent.get(mesh)] if mesh is not None else list(self.agent.meshes.values())
+        return _json([app.view() for s in sessions for app in s.apps.values()])
+
+    async def mesh_apps(self, request: web.Request) -> web.Response:
+        return _json([app.view() for app in self.agent.get(request.match_info["mesh"]).apps.values()])
+
+    async def app_call(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        app = validate.name(request.match_info["app"], "app name")
+        method = validate.name(body.get("method"), "method")
+        result = await self.agent.call(
+            request.match_info["mesh"], request.match_info["ep"], f"app.{app}.{method}", body.get("params")
+        )
+        return _json(result)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=render_metrics(self.agent), content_type="text/plain")
 
     async def own_log(self, request: web.Request) -> web.Response:
         return _json({"lines": self.log_tail(self._lines(request))})

@@ -15,11 +15,13 @@ import logging
 import platform
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ztm import pki
+from ztm import h2, pki
+from ztm.agent.apps import Caller, MeshApp, refuse_stream
 from ztm.agent.link import HubLink, dial, request
 from ztm.agent.store import MeshRecord
 from ztm.agent.tls import MeshFiles
@@ -62,6 +64,16 @@ async def enroll(
     return answer
 
 
+@dataclass
+class Traffic:
+    """Bytes and live streams exchanged with one peer endpoint, for `ztm stats`."""
+
+    name: str
+    sent: int = 0
+    received: int = 0
+    streams: int = 0
+
+
 class MeshSession:
     def __init__(
         self,
@@ -71,6 +83,7 @@ class MeshSession:
         *,
         save: Callable[[MeshRecord], None],
         log_tail: Callable[[int], list[str]],
+        make_apps: Callable[[MeshSession], dict[str, MeshApp]] | None = None,
     ) -> None:
         self.record = record
         self.files = files
@@ -79,6 +92,7 @@ class MeshSession:
         self._save = save
         self._log_tail = log_tail
         self.peers: dict[str, dict[str, Any]] = {}
+        self.traffic: dict[str, Traffic] = {}
         self.link = HubLink(
             label=record.name,
             addresses=list(self.permit.bootstraps),
@@ -88,6 +102,7 @@ class MeshSession:
             on_event=self._on_event,
         )
         self._renewer: asyncio.Task[None] | None = None
+        self.apps: dict[str, MeshApp] = make_apps(self) if make_apps else {}
 
     @property
     def name(self) -> str:
@@ -96,13 +111,30 @@ class MeshSession:
     def start(self) -> None:
         self.link.start()
         self._renewer = spawn(self._renew_loop(), name=f"renew-{self.name}")
+        spawn(self._start_apps(), name=f"apps-{self.name}")
+
+    async def _start_apps(self) -> None:
+        for app in self.apps.values():
+            try:
+                await app.start()
+            except (ZtmError, OSError) as exc:
+                log.error("mesh %s: app %s failed to start: %s", self.name, app.name, exc)
 
     async def stop(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        for app in self.apps.values():
+            with contextlib.suppress(ZtmError, OSError):
+                await app.stop()
         await self.link.stop()
+
+    def traffic_of(self, ep_id: str, name: str) -> Traffic:
+        traffic = self.traffic.get(ep_id)
+        if traffic is None:
+            traffic = self.traffic[ep_id] = Traffic(name)
+        return traffic
 
     # certificates
     def cert_window(self) -> tuple[float, float]:
@@ -147,6 +179,25 @@ class MeshSession:
             self.peers[str(ep.get("id"))] = ep
         elif kind == "call":
             spawn(self._answer(event), name=f"call-{self.name}")
+        elif kind == "stream":
+            spawn(self._stream(event), name=f"stream-{self.name}")
+        elif kind == "hello":
+            for app in self.apps.values():
+                spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
+
+    async def _stream(self, event: dict[str, Any]) -> None:
+        stream_id, app_name, service = event.get("id"), event.get("app"), event.get("service")
+        if not isinstance(stream_id, str) or not isinstance(service, str):
+            return
+        app = self.apps.get(str(app_name))
+        try:
+            if app is None or not app.running:
+                if self.link.conn is not None:
+                    await refuse_stream(self.link.conn, stream_id, f"app {app_name!r} is not running there")
+                return
+            await app.on_stream(stream_id, Caller.from_event(event.get("from")), service)
+        except (ZtmError, h2.H2Error, TimeoutError) as exc:
+            log.info("mesh %s: stream %s for %s/%s failed: %s", self.name, stream_id, app_name, service, exc)
 
     async def _answer(self, event: dict[str, Any]) -> None:
         call_id = event.get("id")
@@ -154,8 +205,17 @@ class MeshSession:
             return
         sender = event.get("from")
         caller: dict[str, Any] = sender if isinstance(sender, dict) else {}
+        method = str(event.get("method"))
         try:
-            result: dict[str, Any] = {"result": self._dispatch(str(event.get("method")), event.get("params"), caller)}
+            if method.startswith("app."):
+                app_name, _, app_method = method[4:].partition(".")
+                app = self.apps.get(app_name)
+                if app is None:
+                    raise NotFound(f"app {app_name!r} is not installed on this endpoint")
+                value = await app.call(app_method, event.get("params"), Caller.from_event(caller))
+            else:
+                value = self._dispatch(method, event.get("params"), caller)
+            result: dict[str, Any] = {"result": value}
         except ZtmError as exc:
             result = exc.to_json()
         with contextlib.suppress(ZtmError):

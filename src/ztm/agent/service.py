@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ztm import pki, validate
+from ztm.agent.apps import AppContext, MeshApp
 from ztm.agent.mesh import MeshSession, enroll
 from ztm.agent.store import AgentStore, MeshRecord
 from ztm.agent.tls import MeshFiles
+from ztm.apps import BUILTIN_APPS
 from ztm.errors import Conflict, NotFound, PermitError, Unavailable, ZtmError, from_json
 from ztm.permit import Permit
 
@@ -61,8 +63,16 @@ class Agent:
 
     def _session(self, record: MeshRecord) -> MeshSession:
         return MeshSession(
-            record, self._files(record.name), self.key, save=self.store.save_mesh, log_tail=self.log_tail
+            record,
+            self._files(record.name),
+            self.key,
+            save=self.store.save_mesh,
+            log_tail=self.log_tail,
+            make_apps=self._apps,
         )
+
+    def _apps(self, session: MeshSession) -> dict[str, MeshApp]:
+        return {cls.name: cls(AppContext(session, self.store, cls.name)) for cls in BUILTIN_APPS}
 
     def _files(self, mesh: str) -> MeshFiles:
         return MeshFiles(self.data / "meshes" / mesh)
@@ -197,6 +207,20 @@ class Agent:
         sent = link.bytes_sent + (conn.bytes_sent if conn else 0)
         received = link.bytes_received + (conn.bytes_received if conn else 0)
         send_rate, receive_rate = rates(f"{mesh}/hub", sent, received)
+        peers = []
+        for ep_id, traffic in sorted(session.traffic.items(), key=lambda kv: kv[1].name):
+            peer_send, peer_receive = rates(f"{mesh}/{ep_id}", traffic.sent, traffic.received)
+            peers.append(
+                {
+                    "ep_id": ep_id,
+                    "ep_name": traffic.name,
+                    "bytes_sent": traffic.sent,
+                    "bytes_received": traffic.received,
+                    "send_rate": peer_send,
+                    "receive_rate": peer_receive,
+                    "streams": traffic.streams,
+                }
+            )
         return [
             {
                 "ep_id": "hub",
@@ -206,7 +230,8 @@ class Agent:
                 "send_rate": send_rate,
                 "receive_rate": receive_rate,
                 "streams": 1 if conn is not None and not conn.closed else 0,
-            }
+            },
+            *peers,
         ]
 
     async def close_quietly(self) -> None:

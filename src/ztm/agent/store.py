@@ -22,6 +22,12 @@ MIGRATIONS = [
         joined_at REAL NOT NULL
     )
     """,
+    """
+    CREATE TABLE app_config (
+        mesh TEXT NOT NULL, app TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (mesh, app, key)
+    )
+    """,
 ]
 
 
@@ -71,6 +77,24 @@ class AgentStore:
     def delete_mesh(self, name: str) -> None:
         with self.db.transaction() as c:
             c.execute("DELETE FROM meshes WHERE name = ?", (name,))
+            c.execute("DELETE FROM app_config WHERE mesh = ?", (name,))
+
+    # app configuration: JSON values under (mesh, app, key)
+    def app_items(self, mesh: str, app: str) -> dict[str, object]:
+        rows = self.db.all("SELECT key, value FROM app_config WHERE mesh = ? AND app = ? ORDER BY key", (mesh, app))
+        return {r["key"]: json.loads(r["value"]) for r in rows}
+
+    def app_set(self, mesh: str, app: str, key: str, value: object) -> None:
+        with self.db.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO app_config(mesh, app, key, value) VALUES (?,?,?,?)",
+                (mesh, app, key, json.dumps(value)),
+            )
+
+    def app_delete(self, mesh: str, app: str, key: str) -> bool:
+        with self.db.transaction() as c:
+            cur = c.execute("DELETE FROM app_config WHERE mesh = ? AND app = ? AND key = ?", (mesh, app, key))
+            return cur.rowcount > 0
 
 
 def _mesh(r: sqlite3.Row) -> MeshRecord:

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from ztm import h2, pki, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, ZtmError
 from ztm.hub.authority import ROOT_USER
+from ztm.hub.relay import Relay, check_app, check_service, parse_services
 from ztm.hub.state import HubState, Peer
 from ztm.logs import RingHandler
 
@@ -78,7 +79,10 @@ class HubRoutes:
             ("POST", re.compile(r"/api/users/(?P<user>[^/]{1,64})/invite"), self.post_invite),
             ("POST", re.compile(r"/api/users/(?P<user>[^/]{1,64})/evict"), self.post_evict),
             ("GET", re.compile(r"/api/log"), self.get_log),
+            ("POST", re.compile(r"/api/services"), self.post_services),
+            ("GET", re.compile(r"/api/services"), self.get_services),
         ]
+        self.relay = Relay(state)
 
     # connection admission
     async def on_connect(self, conn: h2.Connection) -> bool:
@@ -125,6 +129,13 @@ class HubRoutes:
                 raise Unauthorized("no verified client certificate on this connection")
             if method == "GET" and target.path == "/api/events":
                 await self.events(stream, conn, peer)
+                return
+            if method == "CONNECT":
+                accept = stream.header("ztm-accept")
+                if accept is None:
+                    await self.relay.connect(stream, peer)
+                else:
+                    await self.relay.accept(stream, peer, accept)
                 return
             route, match = self._find(method, target.path)
             result = await route(Request(stream, peer, match, parse_qs(target.query)))
@@ -217,6 +228,18 @@ class HubRoutes:
         if req.peer.user != ROOT_USER:
             raise Forbidden("only root may read the hub's log")
         return {"lines": self.ring.tail(req.int_query("lines", 100, 1, 2000))}
+
+    async def post_services(self, req: Request) -> Any:
+        app, services = parse_services(await req.json())
+        self.state.set_services(req.peer, app, services)
+        return None
+
+    async def get_services(self, req: Request) -> Any:
+        apps = req.query.get("app")
+        names = req.query.get("name")
+        return self.state.find_services(
+            check_app(apps[0] if apps else None), check_service(names[0]) if names else None
+        )
 
     # the event stream
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:

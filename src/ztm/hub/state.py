@@ -97,6 +97,8 @@ class HubState:
         self._calls: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self._seen: dict[str, float] = {}
         self.counters: collections.Counter[str] = collections.Counter()
+        self.services: dict[str, dict[str, list[str]]] = {}
+        """Per endpoint id, per app: the services it offers (published by agents after every hello)."""
         self._revoked: set[int] = set(store.revoked_serials(time.time()))
         authority.rebuild_crl(self._revoked)
 
@@ -108,7 +110,7 @@ class HubState:
         user = self.users.get(peer.user)
         return user is not None and user.evicted_at is None
 
-    def _require_ep(self, peer: Peer) -> EndpointRecord:
+    def require_ep(self, peer: Peer) -> EndpointRecord:
         if peer.ep_id is None:
             raise Forbidden("this route needs an endpoint certificate; enrol first (POST /api/enroll)")
         ep = self.endpoints.get(peer.ep_id)
@@ -167,14 +169,14 @@ class HubState:
         return ep, pki.cert_to_pem(cert)
 
     def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
-        ep = self._require_ep(peer)
+        ep = self.require_ep(peer)
         cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self.cert_ttl)
         log.info("renewed the certificate of endpoint %s (%s)", ep.name, ep.id)
         return pki.cert_to_pem(cert)
 
     # sessions
     def open_session(self, peer: Peer, close_connection: Callable[[], None]) -> Session:
-        ep = self._require_ep(peer)
+        ep = self.require_ep(peer)
         old = self.sessions.get(ep.id)
         if old is None and len(self.sessions) >= self.max_agents:
             raise Unavailable(f"the hub is full: it serves at most {self.max_agents} endpoints (--max-agents)")
@@ -211,7 +213,7 @@ class HubState:
                     self._calls.pop(call_id, None)
 
     def beat(self, peer: Peer) -> dict[str, Any]:
-        ep = self._require_ep(peer)
+        ep = self.require_ep(peer)
         session = self.sessions.get(ep.id)
         if session is None:
             raise Unavailable("no event stream is open for this endpoint; open GET /api/events first")
@@ -302,6 +304,35 @@ class HubState:
             for u in self.users.values()
         ]
 
+    # services
+    def set_services(self, peer: Peer, app: str, services: list[str]) -> None:
+        ep = self.require_ep(peer)
+        offered = self.services.setdefault(ep.id, {})
+        if services:
+            offered[app] = sorted(set(services))
+        else:
+            offered.pop(app, None)
+
+    def find_services(self, app: str, service: str | None) -> list[dict[str, Any]]:
+        found = []
+        for ep_id, offered in self.services.items():
+            ep = self.endpoints.get(ep_id)
+            if ep is None:
+                continue
+            for name in offered.get(app, []):
+                if service is None or name == service:
+                    found.append(
+                        {
+                            "ep": ep.id,
+                            "name": ep.name,
+                            "user": ep.user,
+                            "online": ep.id in self.sessions,
+                            "app": app,
+                            "service": name,
+                        }
+                    )
+        return sorted(found, key=lambda f: (f["service"], f["name"]))
+
     # labels
     def set_labels(self, peer: Peer, ref: str, add: list[str], delete: list[str]) -> dict[str, Any]:
         ep = self.find_endpoint(ref)
@@ -354,7 +385,7 @@ class HubState:
 
     # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
     async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:
-        caller = self._require_ep(peer)
+        caller = self.require_ep(peer)
         target = self.find_endpoint(ref)
         session = self.sessions.get(target.id)
         if session is None:
@@ -380,7 +411,7 @@ class HubState:
             self._calls.pop(call_id, None)
 
     def answer(self, peer: Peer, call_id: str, body: dict[str, Any]) -> None:
-        ep = self._require_ep(peer)
+        ep = self.require_ep(peer)
         entry = self._calls.get(call_id)
         if entry is None:
             raise NotFound("no such call (it may have timed out)")

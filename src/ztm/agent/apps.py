@@ -1,0 +1,172 @@
+"""The app interface: what an app running on an endpoint can do, and the per-mesh context it gets.
+
+An app opens streams to its peer on other endpoints (`AppContext.open_stream`), is handed streams peers open to it
+(`MeshApp.on_stream`, with the caller's identity as the hub asserts it from the caller's certificate), keeps its
+configuration (`AppContext.config_*`, in the agent's database), and announces the services it offers to the mesh
+(`AppContext.publish`, found by others with `AppContext.find`). Built-in apps use exactly this interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ztm import h2
+from ztm.errors import NotFound, Unavailable, ZtmError, from_json
+from ztm.version import __version__
+
+if TYPE_CHECKING:
+    from ztm.agent.mesh import MeshSession
+    from ztm.agent.store import AgentStore
+
+log = logging.getLogger("ztm.agent")
+
+OPEN_TIMEOUT = 6.0
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The endpoint on the other side of a stream or call, as the hub asserts it from its verified certificate."""
+
+    ep_id: str
+    name: str
+    user: str
+
+    @classmethod
+    def from_event(cls, value: object) -> Caller:
+        data = value if isinstance(value, dict) else {}
+        return cls(str(data.get("ep", "")), str(data.get("name", "")), str(data.get("user", "")))
+
+
+class AppContext:
+    def __init__(self, session: MeshSession, store: AgentStore, app: str) -> None:
+        self.session = session
+        self.store = store
+        self.app = app
+
+    @property
+    def mesh(self) -> str:
+        return self.session.name
+
+    @property
+    def ep_id(self) -> str:
+        return self.session.record.ep_id
+
+    @property
+    def user(self) -> str:
+        return self.session.record.user
+
+    def _conn(self) -> h2.Connection:
+        conn = self.session.link.conn
+        if conn is None or conn.closed:
+            raise Unavailable(
+                f"not connected to the hub of mesh {self.mesh}: {self.session.link.error or 'connecting'}"
+            )
+        return conn
+
+    async def open_stream(self, ep: str, service: str) -> h2.Stream:
+        """A byte stream to this app on endpoint `ep` (id or name), for `service`; ZtmError if refused."""
+        conn = self._conn()
+        stream = await conn.open_stream("CONNECT", ep, [("ztm-app", self.app), ("ztm-service", service)])
+        try:
+            status, _ = await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
+        except TimeoutError:
+            stream.reset()
+            raise Unavailable(f"the hub did not answer within {OPEN_TIMEOUT:g}s") from None
+        except h2.H2Error as exc:
+            raise Unavailable(f"stream to {ep} failed: {exc}") from None
+        if status != 200:
+            raise await _error_of(stream, status)
+        return stream
+
+    async def accept(self, stream_id: str) -> h2.Stream:
+        """Take a stream a peer asked for (the `stream` event's id)."""
+        stream = await self._conn().open_stream("CONNECT", "hub", [("ztm-accept", stream_id)])
+        status, _ = await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
+        if status != 200:
+            raise await _error_of(stream, status)
+        return stream
+
+    async def refuse(self, stream_id: str, reason: str) -> None:
+        """Refuse a stream a peer asked for; the peer's opener gets `reason`."""
+        await refuse_stream(self._conn(), stream_id, reason)
+
+    async def publish(self, services: list[str]) -> None:
+        await self.session.link.request("POST", "/api/services", {"app": self.app, "services": services})
+
+    async def find(self, service: str | None = None) -> list[dict[str, Any]]:
+        query = f"/api/services?app={self.app}" + (f"&name={service}" if service else "")
+        found = await self.session.link.request("GET", query)
+        return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
+
+    def config_items(self) -> dict[str, object]:
+        return self.store.app_items(self.mesh, self.app)
+
+    def config_set(self, key: str, value: object) -> None:
+        self.store.app_set(self.mesh, self.app, key, value)
+
+    def config_delete(self, key: str) -> bool:
+        return self.store.app_delete(self.mesh, self.app, key)
+
+
+async def refuse_stream(conn: h2.Connection, stream_id: str, reason: str) -> None:
+    safe = "".join(c if c.isprintable() else "?" for c in reason)[:300]
+    stream = await conn.open_stream(
+        "CONNECT", "hub", [("ztm-accept", stream_id), ("ztm-refuse", safe)], end_stream=True
+    )
+    await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
+
+
+async def _error_of(stream: h2.Stream, status: int) -> ZtmError:
+    try:
+        body = await asyncio.wait_for(stream.read_all(1 << 16), 2.0)
+        parsed = json.loads(body) if body else None
+    except (h2.H2Error, ValueError, TimeoutError):
+        parsed = None
+    return from_json(status, parsed)
+
+
+class MeshApp:
+    """Base of every app instance (one per joined mesh). Subclasses set the class attributes and override hooks."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    provider: ClassVar[str] = "ztm"
+    version: ClassVar[str] = __version__
+
+    def __init__(self, ctx: AppContext) -> None:
+        self.ctx = ctx
+        self.running = False
+        self.counters: collections.Counter[str] = collections.Counter()
+        """`NAME:metric` -> value; exported on the agent's /api/metrics."""
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+    async def on_online(self) -> None:
+        """Called after every (re)connection to the hub: re-announce services here."""
+
+    async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
+        """A peer asked for a stream; accept with `ctx.accept` or refuse with `ctx.refuse`."""
+        await self.ctx.refuse(stream_id, f"app {self.name} takes no streams")
+
+    async def call(self, method: str, params: Any, caller: Caller) -> Any:
+        """A relayed call from another endpoint (remote configuration)."""
+        raise NotFound(f"app {self.name} does not answer {method!r}")
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "provider": self.provider,
+            "version": self.version,
+            "mesh": self.ctx.mesh,
+            "running": self.running,
+            "description": self.description,
+        }

@@ -1,0 +1,35 @@
+"""The agent's Prometheus exposition (`GET /api/metrics`): hub links, per-peer traffic, app counters."""
+
+from __future__ import annotations
+
+from ztm.agent.service import Agent
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_metrics(agent: Agent) -> str:
+    lines = [
+        "# HELP ztm_agent_hub_connected 1 when the mesh's hub connection is up",
+        "# TYPE ztm_agent_hub_connected gauge",
+    ]
+    traffic: list[str] = []
+    apps: list[str] = []
+    for mesh, session in sorted(agent.meshes.items()):
+        m = _label(mesh)
+        lines.append(f'ztm_agent_hub_connected{{mesh="{m}"}} {1 if session.link.status == "online" else 0}')
+        for ep_id, t in sorted(session.traffic.items()):
+            labels = f'mesh="{m}",peer="{_label(t.name)}",peer_id="{_label(ep_id)}"'
+            traffic += [
+                f"ztm_agent_peer_sent_bytes_total{{{labels}}} {t.sent}",
+                f"ztm_agent_peer_received_bytes_total{{{labels}}} {t.received}",
+                f"ztm_agent_peer_streams{{{labels}}} {t.streams}",
+            ]
+        for app in session.apps.values():
+            for key, value in sorted(app.counters.items()):
+                name, _, metric = key.rpartition(":")
+                apps.append(f'ztm_agent_app_{metric}{{mesh="{m}",app="{app.name}",name="{_label(name)}"}} {value}')
+    lines += ["# TYPE ztm_agent_peer_sent_bytes_total counter", "# TYPE ztm_agent_peer_received_bytes_total counter"]
+    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps]
+    return "\n".join(lines) + "\n"

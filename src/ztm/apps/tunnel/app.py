@@ -1,0 +1,437 @@
+"""`TunnelApp`: forwards TCP connections and UDP datagrams from an entrance endpoint to an exit endpoint.
+
+Entrance (inbound): listens on local addresses; each accepted TCP connection (or each UDP client address) becomes one
+stream through the hub to an exit that offers the same tunnel, chosen round-robin among the online exits (restricted
+to `exits` if given), failing over to the next when one refuses or is unreachable. Exit (outbound): checks the
+caller against `entrances`/`users` (identities asserted by the hub from certificates), connects to a target
+(round-robin, failing over), and only then accepts the stream, so a refusal reaches the entrance's client at once
+as a closed connection. Configuration lives in the agent database and survives restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+from ztm import h2
+from ztm.addr import Address
+from ztm.agent.apps import AppContext, Caller, MeshApp
+from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
+from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
+from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Unavailable, ZtmError
+
+log = logging.getLogger("ztm.tunnel")
+
+CONNECT_TIMEOUT = 5.0
+EXITS_TTL = 1.0
+UDP_IDLE = 120.0
+UDP_QUEUE = 256
+
+
+class TunnelApp(MeshApp):
+    name = "tunnel"
+    description = "TCP and UDP port forwarding between endpoints"
+
+    def __init__(self, ctx: AppContext) -> None:
+        super().__init__(ctx)
+        self.inbound: dict[str, Inbound] = {}
+        self.outbound: dict[str, Outbound] = {}
+        self.listeners: dict[str, list[asyncio.AbstractServer | asyncio.DatagramTransport]] = {}
+        self._rr: Counter[str] = Counter()
+        self._exits_cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # lifecycle
+    async def start(self) -> None:
+        for key, value in self.ctx.config_items().items():
+            try:
+                if key.startswith("inbound/") and isinstance(value, dict):
+                    spec = Inbound.parse(value)
+                    self.listeners[str(spec.tunnel)] = await self._listen(spec)
+                    self.inbound[str(spec.tunnel)] = spec
+                elif key.startswith("outbound/") and isinstance(value, dict):
+                    out = Outbound.parse(value)
+                    self.outbound[str(out.tunnel)] = out
+            except (ZtmError, OSError) as exc:
+                log.error("mesh %s: tunnel %s not restored: %s", self.ctx.mesh, key, exc)
+        await super().start()
+
+    async def stop(self) -> None:
+        for name in list(self.listeners):
+            self._close_listeners(name)
+        for task in list(self._tasks):
+            task.cancel()
+        await super().stop()
+
+    async def on_online(self) -> None:
+        with contextlib.suppress(ZtmError):
+            await self._publish()
+
+    async def _publish(self) -> None:
+        services = [f"outbound/{n}" for n in self.outbound] + [f"inbound/{n}" for n in self.inbound]
+        await self.ctx.publish(services)
+
+    # configuration
+    async def open_inbound(self, spec: Inbound) -> dict[str, Any]:
+        key = str(spec.tunnel)
+        old = self.listeners.pop(key, None)
+        if old is not None:
+            _close_all(old)
+        try:
+            listeners = await self._listen(spec)
+        except OSError as exc:
+            if key in self.inbound:
+                self.listeners[key] = await self._listen(self.inbound[key])
+            raise Conflict(f"cannot listen for {key}: {exc.strerror or exc}") from None
+        self.listeners[key] = listeners
+        self.ctx.config_set(f"inbound/{key}", spec.to_json())
+        self.inbound[key] = spec
+        await self._publish_quietly()
+        log.info("mesh %s: inbound %s listening on %s", self.ctx.mesh, key, ", ".join(map(str, spec.listen)))
+        return self.describe_inbound(key)
+
+    async def open_outbound(self, spec: Outbound) -> dict[str, Any]:
+        key = str(spec.tunnel)
+        self.ctx.config_set(f"outbound/{key}", spec.to_json())
+        self.outbound[key] = spec
+        await self._publish_quietly()
+        log.info("mesh %s: outbound %s to %s", self.ctx.mesh, key, ", ".join(map(str, spec.targets)))
+        return self.describe_outbound(key)
+
+    async def close(self, kind: str, tunnel: TunnelName) -> None:
+        key = str(tunnel)
+        table: dict[str, Any] = self.inbound if kind == "inbound" else self.outbound
+        if key not in table:
+            raise NotFound(f"no {kind} {key} on this endpoint; see `ztm tunnel get {kind}`")
+        self.ctx.config_delete(f"{kind}/{key}")
+        del table[key]
+        if kind == "inbound":
+            self._close_listeners(key)
+        await self._publish_quietly()
+
+    async def _publish_quietly(self) -> None:
+        with contextlib.suppress(ZtmError):
+            await self._publish()
+
+    def describe_inbound(self, key: str) -> dict[str, Any]:
+        spec = self.inbound.get(key)
+        if spec is None:
+            raise NotFound(f"no inbound {key} on this endpoint; see `ztm tunnel get inbound`")
+        return {**spec.to_json(), "kind": "inbound", "listening": key in self.listeners, **self._stats(key)}
+
+    def describe_outbound(self, key: str) -> dict[str, Any]:
+        spec = self.outbound.get(key)
+        if spec is None:
+            raise NotFound(f"no outbound {key} on this endpoint; see `ztm tunnel get outbound`")
+        return {**spec.to_json(), "kind": "outbound", **self._stats(key)}
+
+    def _stats(self, key: str) -> dict[str, int]:
+        c = self.counters
+        return {
+            "streams": c[f"{key}:streams"],
+            "active": c[f"{key}:active"],
+            "refused": c[f"{key}:refused"],
+            "bytes_sent": c[f"{key}:sent"],
+            "bytes_received": c[f"{key}:received"],
+        }
+
+    async def call(self, method: str, params: Any, caller: Caller) -> Any:
+        """Remote configuration (`ztm ep EP tunnel ...`): only this endpoint's owner (or root) may."""
+        if caller.user not in (self.ctx.user, "root"):
+            raise Forbidden(f"only {self.ctx.user!r} (the owner) or root may configure tunnels on this endpoint")
+        body = params if isinstance(params, dict) else {}
+        if method == "open_inbound":
+            return await self.open_inbound(Inbound.parse(body))
+        if method == "open_outbound":
+            return await self.open_outbound(Outbound.parse(body))
+        if method == "close":
+            kind = body.get("kind")
+            if kind not in ("inbound", "outbound"):
+                raise BadInput("kind must be inbound or outbound")
+            await self.close(str(kind), TunnelName.parse(body.get("tunnel")))
+            return {"closed": True}
+        if method == "list":
+            return self.list_local()
+        raise NotFound(f"tunnel does not answer {method!r}")
+
+    def list_local(self) -> dict[str, Any]:
+        return {
+            "inbound": [self.describe_inbound(k) for k in sorted(self.inbound)],
+            "outbound": [self.describe_outbound(k) for k in sorted(self.outbound)],
+        }
+
+    # entrance
+    async def _listen(self, spec: Inbound) -> list[asyncio.AbstractServer | asyncio.DatagramTransport]:
+        loop = asyncio.get_running_loop()
+        opened: list[asyncio.AbstractServer | asyncio.DatagramTransport] = []
+        key = str(spec.tunnel)
+
+        def on_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self._spawn(self._accept_tcp(key, reader, writer))
+
+        def on_udp() -> _UdpEntrance:
+            return _UdpEntrance(self, key)
+
+        try:
+            for address in spec.listen:
+                if spec.tunnel.protocol == "tcp":
+                    server = await asyncio.start_server(on_tcp, address.host, address.port)
+                    opened.append(server)
+                else:
+                    transport, _ = await loop.create_datagram_endpoint(on_udp, local_addr=(address.host, address.port))
+                    opened.append(transport)
+        except OSError:
+            _close_all(opened)
+            raise
+        return opened
+
+    def _close_listeners(self, key: str) -> None:
+        _close_all(self.listeners.pop(key, []))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _exits(self, key: str) -> list[dict[str, Any]]:
+        cached = self._exits_cache.get(key)
+        now = time.monotonic()
+        if cached is None or now - cached[0] > EXITS_TTL:
+            found = await self.ctx.find(f"outbound/{key}")
+            cached = (now, [f for f in found if f.get("online") and f.get("ep") != self.ctx.ep_id])
+            self._exits_cache[key] = cached
+        exits = cached[1]
+        spec = self.inbound.get(key)
+        if spec is not None and spec.exits:
+            order = {ref: i for i, ref in enumerate(spec.exits)}
+            exits = [e for e in exits if e["ep"] in order or e["name"] in order]
+            exits.sort(key=lambda e: order.get(e["ep"], order.get(e["name"], 0)))
+            return exits
+        if exits:
+            start = self._rr[key] % len(exits)
+            self._rr[key] += 1
+            exits = exits[start:] + exits[:start]
+        return exits
+
+    async def open_to_exit(self, key: str) -> tuple[h2.Stream, dict[str, Any]]:
+        """A stream to the first exit of tunnel `key` that accepts; Unavailable if none does."""
+        exits = await self._exits(key)
+        if not exits:
+            raise Unavailable(f"no online exit offers {key}")
+        problems = []
+        for exit_ep in exits:
+            try:
+                return await self.ctx.open_stream(exit_ep["ep"], key), exit_ep
+            except ZtmError as exc:
+                problems.append(f"{exit_ep['name']}: {exc.message}")
+                self._exits_cache.pop(key, None)
+        raise Unavailable("every exit refused: " + "; ".join(problems))
+
+    async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            stream, exit_ep = await self.open_to_exit(key)
+        except ZtmError as exc:
+            self.counters[f"{key}:refused"] += 1
+            log.info("mesh %s: inbound %s: connection closed: %s", self.ctx.mesh, key, exc.message)
+            writer.transport.abort()
+            return
+        await self._pipe(key, reader, writer, stream, exit_ep["ep"], exit_ep["name"])
+
+    async def _pipe(
+        self,
+        key: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stream: h2.Stream,
+        peer: str,
+        peer_name: str,
+    ) -> None:
+        c = self.counters
+        c[f"{key}:streams"] += 1
+        c[f"{key}:active"] += 1
+        traffic = self.ctx.session.traffic_of(peer, peer_name)
+        traffic.streams += 1
+
+        def count(sent: int, received: int) -> None:
+            c[f"{key}:sent"] += sent
+            c[f"{key}:received"] += received
+            traffic.sent += sent
+            traffic.received += received
+
+        try:
+            await splice_socket(reader, writer, stream, count)
+        finally:
+            c[f"{key}:active"] -= 1
+            traffic.streams -= 1
+
+    # exit
+    async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
+        try:
+            tunnel = TunnelName.parse(service)
+            key = str(tunnel)
+            spec = self.outbound.get(key)
+            if spec is None:
+                raise NotFound(f"no outbound {key} on this endpoint")
+            if spec.entrances and caller.ep_id not in spec.entrances and caller.name not in spec.entrances:
+                raise Forbidden(f"endpoint {caller.name!r} is not an allowed entrance of {key}")
+            if spec.users and caller.user not in spec.users:
+                raise Forbidden(f"user {caller.user!r} is not allowed to use {key}")
+        except ZtmError as exc:
+            self.counters[f"{service}:refused"] += 1
+            log.warning(
+                "mesh %s: refused %s from %s (user %s): %s",
+                self.ctx.mesh,
+                service,
+                caller.name,
+                caller.user,
+                exc.message,
+            )
+            await self.ctx.refuse(stream_id, exc.message)
+            return
+        if tunnel.protocol == "tcp":
+            await self._exit_tcp(stream_id, caller, key, spec)
+        else:
+            await self._exit_udp(stream_id, caller, key, spec)
+
+    def _targets(self, key: str, spec: Outbound) -> list[Address]:
+        start = self._rr[f"out:{key}"] % len(spec.targets)
+        self._rr[f"out:{key}"] += 1
+        return list(spec.targets[start:] + spec.targets[:start])
+
+    async def _exit_tcp(self, stream_id: str, caller: Caller, key: str, spec: Outbound) -> None:
+        problems = []
+        for target in self._targets(key, spec):
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(target.host, target.port), CONNECT_TIMEOUT
+                )
+                break
+            except (OSError, TimeoutError) as exc:
+                problems.append(f"{target}: {getattr(exc, 'strerror', None) or exc or 'timeout'}")
+        else:
+            self.counters[f"{key}:refused"] += 1
+            reason = "cannot reach the target: " + "; ".join(problems)
+            log.warning("mesh %s: outbound %s for %s: %s", self.ctx.mesh, key, caller.name, reason)
+            await self.ctx.refuse(stream_id, reason)
+            return
+        try:
+            stream = await self.ctx.accept(stream_id)
+        except (ZtmError, h2.H2Error, TimeoutError):
+            writer.transport.abort()
+            raise
+        await self._pipe(key, reader, writer, stream, caller.ep_id, caller.name)
+
+    async def _exit_udp(self, stream_id: str, caller: Caller, key: str, spec: Outbound) -> None:
+        loop = asyncio.get_running_loop()
+        target = self._targets(key, spec)[0]
+        queue: asyncio.Queue[bytes] = asyncio.Queue(UDP_QUEUE)
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpExit(queue), remote_addr=(target.host, target.port)
+            )
+        except OSError as exc:
+            await self.ctx.refuse(stream_id, f"cannot reach the target {target}: {exc.strerror or exc}")
+            return
+        try:
+            stream = await self.ctx.accept(stream_id)
+        except BaseException:
+            transport.close()
+            raise
+        self.counters[f"{key}:streams"] += 1
+
+        async def down() -> None:
+            deframer = Deframer()
+            while data := await stream.read():
+                for datagram in deframer.feed(data):
+                    transport.sendto(datagram)
+                    self.counters[f"{key}:received"] += len(datagram)
+
+        async def up() -> None:
+            while True:
+                datagram = await asyncio.wait_for(queue.get(), UDP_IDLE)
+                await stream.write(frame(datagram))
+                self.counters[f"{key}:sent"] += len(datagram)
+
+        tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            transport.close()
+            stream.reset()
+
+
+class _UdpExit(asyncio.DatagramProtocol):
+    def __init__(self, queue: asyncio.Queue[bytes]) -> None:
+        self.queue = queue
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(data)
+
+
+class _UdpEntrance(asyncio.DatagramProtocol):
+    """One stream per client address; datagrams wait in a bounded queue while the stream opens."""
+
+    def __init__(self, app: TunnelApp, key: str) -> None:
+        self.app = app
+        self.key = key
+        self.transport: asyncio.DatagramTransport | None = None
+        self.flows: dict[Any, asyncio.Queue[bytes]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if len(data) > MAX_DATAGRAM:
+            return
+        queue = self.flows.get(addr)
+        if queue is None:
+            queue = self.flows[addr] = asyncio.Queue(UDP_QUEUE)
+            self.app._spawn(self._flow(addr, queue))
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(data)
+
+    async def _flow(self, addr: Any, queue: asyncio.Queue[bytes]) -> None:
+        key = self.key
+        try:
+            stream, _exit = await self.app.open_to_exit(key)
+        except ZtmError as exc:
+            self.app.counters[f"{key}:refused"] += 1
+            log.info("mesh %s: inbound %s: datagrams from %s dropped: %s", self.app.ctx.mesh, key, addr, exc.message)
+            self.flows.pop(addr, None)
+            return
+        self.app.counters[f"{key}:streams"] += 1
+
+        async def up() -> None:
+            while True:
+                datagram = await asyncio.wait_for(queue.get(), UDP_IDLE)
+                await stream.write(frame(datagram))
+                self.app.counters[f"{key}:sent"] += len(datagram)
+
+        async def down() -> None:
+            deframer = Deframer()
+            while data := await stream.read():
+                for datagram in deframer.feed(data):
+                    if self.transport is not None:
+                        self.transport.sendto(datagram, addr)
+                    self.app.counters[f"{key}:received"] += len(datagram)
+
+        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            stream.reset()
+            self.flows.pop(addr, None)
+
+
+def _close_all(items: list[asyncio.AbstractServer | asyncio.DatagramTransport]) -> None:
+    for item in items:
+        item.close()

@@ -1,0 +1,104 @@
+"""Tunnel configuration as data: names like `tcp/web`, inbound (entrance) and outbound (exit) specs, parsed from
+untrusted JSON into frozen dataclasses; every failure is a `BadInput` naming the field and the accepted form."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ztm import validate
+from ztm.addr import Address
+from ztm.errors import BadInput
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+PROTOCOLS = ("tcp", "udp")
+MAX_ITEMS = 64
+
+
+@dataclass(frozen=True)
+class TunnelName:
+    protocol: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.protocol}/{self.name}"
+
+    @classmethod
+    def parse(cls, text: object) -> TunnelName:
+        hint = "expected tcp/NAME or udp/NAME, NAME of letters, digits, '.', '_' or '-'"
+        if not isinstance(text, str) or "/" not in text:
+            raise BadInput(f"invalid tunnel {text!r}: {hint}")
+        protocol, _, name = text.partition("/")
+        if protocol not in PROTOCOLS or not _NAME.fullmatch(name):
+            raise BadInput(f"invalid tunnel {text!r}: {hint}")
+        return cls(protocol, name)
+
+
+def _peers(value: object, what: str) -> tuple[str, ...]:
+    items = validate.list_of(value, str, what)
+    if len(items) > MAX_ITEMS:
+        raise BadInput(f"{what}: at most {MAX_ITEMS} entries")
+    for item in items:
+        try:
+            validate.ep_id(item)
+        except BadInput:
+            validate.name(item, f"endpoint in {what}")
+    return tuple(dict.fromkeys(items))
+
+
+def _addresses(value: object, what: str, default_host: str | None) -> tuple[Address, ...]:
+    items = validate.list_of(value, str, what)
+    if not items:
+        raise BadInput(f"{what}: give at least one HOST:PORT")
+    if len(items) > MAX_ITEMS:
+        raise BadInput(f"{what}: at most {MAX_ITEMS} entries")
+    return tuple(dict.fromkeys(Address.parse(i, default_host=default_host, what=what) for i in items))
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """The entrance side: local listen addresses forwarded to an exit of the same tunnel."""
+
+    tunnel: TunnelName
+    listen: tuple[Address, ...]
+    exits: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> Inbound:
+        return cls(
+            TunnelName.parse(body.get("tunnel")),
+            _addresses(body.get("listen"), "listen", "127.0.0.1"),
+            _peers(body.get("exits"), "exits"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tunnel": str(self.tunnel), "listen": [str(a) for a in self.listen], "exits": list(self.exits)}
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """The exit side: targets this endpoint connects to for entrances of the tunnel (round-robin)."""
+
+    tunnel: TunnelName
+    targets: tuple[Address, ...]
+    entrances: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> Outbound:
+        users = validate.list_of(body.get("users"), str, "users")
+        return cls(
+            TunnelName.parse(body.get("tunnel")),
+            _addresses(body.get("targets"), "targets", None),
+            _peers(body.get("entrances"), "entrances"),
+            tuple(dict.fromkeys(validate.user_name(u) for u in users)),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tunnel": str(self.tunnel),
+            "targets": [str(a) for a in self.targets],
+            "entrances": list(self.entrances),
+            "users": list(self.users),
+        }

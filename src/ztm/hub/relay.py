@@ -1,0 +1,169 @@
+"""The hub's stream relay: splices an app stream from one endpoint to another.
+
+An entrance agent sends `CONNECT` with `:authority` = the target endpoint and `ztm-app` / `ztm-service` headers. The
+hub pushes a `stream` event to the target; the target answers with its own `CONNECT` carrying `ztm-accept: ID`
+(or `ztm-refuse: REASON`). The hub then answers 200 to both and copies bytes between the two streams. Flow control is
+end to end: a chunk is read from one stream only after the previous one was written to the other, and `ztm.h2`
+credits the sender only when a chunk is read, so a slow receiver slows the sender and each direction holds at most
+one stream window here. Half-close travels through (`end()`), and a reset on either side resets the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+from ztm import h2, validate
+from ztm.errors import BadInput, Forbidden, NotFound, Timeout, Unavailable, ZtmError
+from ztm.hub.state import HubState, Peer
+
+log = logging.getLogger("ztm.hub")
+
+ACCEPT_TIMEOUT = 5.0
+CHUNK = 1 << 20
+_SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}")
+_APP = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+
+
+@dataclass
+class Pending:
+    target: str
+    future: asyncio.Future[tuple[h2.Stream, asyncio.Future[None]] | Refusal]
+
+
+def check_app(value: str | None) -> str:
+    if value is None or not _APP.fullmatch(value):
+        raise BadInput(f"invalid app name {value!r}: lowercase letters, digits and '-'")
+    return value
+
+
+def check_service(value: str | None) -> str:
+    if value is None or not _SERVICE.fullmatch(value):
+        raise BadInput(f"invalid service name {value!r}: 1-128 letters, digits and . _ / : -")
+    return value
+
+
+class Relay:
+    def __init__(self, state: HubState) -> None:
+        self.state = state
+        self.pending: dict[str, Pending] = {}
+        self.active = 0
+
+    async def connect(self, stream: h2.Stream, peer: Peer) -> None:
+        """An entrance asks for a stream to `:authority`; answer once the target accepted or refused."""
+        try:
+            caller = self.state.require_ep(peer)
+            app = check_app(stream.header("ztm-app"))
+            service = check_service(stream.header("ztm-service"))
+            target = self.state.find_endpoint(stream.authority or "")
+            session = self.state.sessions.get(target.id)
+            if session is None:
+                raise Unavailable(f"endpoint {target.name!r} is offline")
+            if target.id == caller.id:
+                raise BadInput("an endpoint cannot open a stream to itself through the hub")
+        except ZtmError as exc:
+            self.state.counters["streams_refused"] += 1
+            await _answer_error(stream, exc)
+            return
+        stream_id = uuid.uuid4().hex
+        pending = Pending(target.id, asyncio.get_running_loop().create_future())
+        self.pending[stream_id] = pending
+        session.push(
+            {
+                "type": "stream",
+                "id": stream_id,
+                "from": {"ep": caller.id, "name": caller.name, "user": caller.user},
+                "app": app,
+                "service": service,
+            }
+        )
+        try:
+            outcome = await asyncio.wait_for(pending.future, ACCEPT_TIMEOUT)
+        except TimeoutError:
+            self.state.counters["streams_refused"] += 1
+            await _answer_error(stream, Timeout(f"endpoint {target.name!r} did not accept within {ACCEPT_TIMEOUT:g}s"))
+            return
+        finally:
+            self.pending.pop(stream_id, None)
+        if isinstance(outcome, Refusal):
+            self.state.counters["streams_refused"] += 1
+            await _answer_error(stream, Forbidden(outcome.reason))
+            return
+        other, done = outcome
+        self.state.counters["streams"] += 1
+        self.active += 1
+        try:
+            await stream.respond(200)
+            await other.respond(200)
+            await splice(stream, other, self.state)
+        except h2.H2Error:
+            stream.reset()
+            other.reset()
+        finally:
+            self.active -= 1
+            if not done.done():
+                done.set_result(None)
+
+    async def accept(self, stream: h2.Stream, peer: Peer, stream_id: str) -> None:
+        """The target's answer to a `stream` event: hand its stream to the waiting entrance, or refuse."""
+        try:
+            ep = self.state.require_ep(peer)
+            pending = self.pending.get(stream_id)
+            if pending is None or pending.future.done():
+                raise NotFound("no such pending stream (it may have timed out)")
+            if pending.target != ep.id:
+                raise Forbidden("this stream was not addressed to you")
+        except ZtmError as exc:
+            await _answer_error(stream, exc)
+            return
+        reason = stream.header("ztm-refuse")
+        if reason is not None:
+            pending.future.set_result(Refusal(reason[:300] or "refused"))
+            await stream.respond(204, end_stream=True)
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        pending.future.set_result((stream, done))
+        await done
+
+
+async def splice(a: h2.Stream, b: h2.Stream, state: HubState) -> None:
+    """Copy both directions until both ended; a reset or lost connection on one side resets the other."""
+    await asyncio.gather(_pump(a, b, state), _pump(b, a, state))
+
+
+async def _pump(src: h2.Stream, dst: h2.Stream, state: HubState) -> None:
+    try:
+        while True:
+            data = await src.read(CHUNK)
+            if not data:
+                await dst.end()
+                return
+            await dst.write(data)
+            state.counters["relayed_bytes"] += len(data)
+    except h2.H2Error:
+        src.reset()
+        dst.reset()
+
+
+async def _answer_error(stream: h2.Stream, exc: ZtmError) -> None:
+    with contextlib.suppress(h2.H2Error):
+        await stream.respond(exc.status, [("content-type", "application/json")])
+        await stream.write(json.dumps(exc.to_json()).encode(), end_stream=True)
+
+
+def parse_services(body: dict[str, object]) -> tuple[str, list[str]]:
+    app = check_app(validate.field(body, "app", str))
+    services = [check_service(s) for s in validate.list_of(body.get("services"), str, "services")]
+    if len(services) > 256:
+        raise BadInput("at most 256 services per app")
+    return app, services
