@@ -318,13 +318,23 @@ def test_env_token_wins(agent: FakeAgent, run: Callable[..., Result], monkeypatc
     assert "env ZTM_TOKEN" in err and "bad or missing API token" in err
 
 
-def test_no_token_message(home: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ZTM_AGENT", "127.0.0.1:7999")
+def test_no_token_message(agent: FakeAgent, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch) -> None:
+    for path in agents_registry_dir().glob("*.token"):
+        path.unlink()
     err = one_line_error(run("get", "ep"))
     assert err == (
-        "ztm: no API token for the agent at 127.0.0.1:7999: run ztm as the OS user who started that agent, "
+        f"ztm: no API token for the agent at {agent.address}: run ztm as the OS user who started that agent, "
         "or set ZTM_TOKEN"
     )
+
+
+def test_no_token_and_nothing_listening_names_the_address(
+    home: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = _free_port()
+    monkeypatch.setenv("ZTM_AGENT", f"127.0.0.1:{port}")
+    err = one_line_error(run("get", "ep"))
+    assert err.startswith(f"ztm: cannot reach the agent at 127.0.0.1:{port} (connection refused)")
 
 
 def test_401_names_the_token_file(agent: FakeAgent, run: Callable[..., Result]) -> None:
@@ -725,9 +735,10 @@ def test_join_requires_as_and_permit(agent: FakeAgent, run: Callable[..., Result
 
 def test_join_conflict(agent: FakeAgent, run: Callable[..., Result], tmp_path: Path) -> None:
     (tmp_path / "root.json").write_text("{}")
-    agent.routes[("POST", "/api/meshes/new")] = (409, {"error": "mesh new is already joined", "code": "conflict"})
+    message = "mesh 'new' is already joined as h; leave it first with `ztm leave new`"
+    agent.routes[("POST", "/api/meshes/new")] = (409, {"error": message, "code": "conflict"})
     err = one_line_error(run("join", "new", "--as", "h", "--permit", "root.json"))
-    assert err.startswith("ztm: mesh new is already joined") and "ztm leave new" in err
+    assert err == f"ztm: {message}"
 
 
 def test_leave(agent: FakeAgent, run: Callable[..., Result]) -> None:
@@ -748,7 +759,7 @@ def test_version_with_and_without_agent(
     assert res.out.splitlines() == ["ztm 0.1.0 (command line)", f"agent 0.1.0 (API 1) at {agent.address}"]
     monkeypatch.setenv("ZTM_AGENT", f"127.0.0.1:{_free_port()}")
     res = run("version")
-    assert res.code == 0 and "agent: unknown (no API token for the agent" in res.out
+    assert res.code == 0 and "agent: unknown (cannot reach the agent" in res.out
     monkeypatch.setenv("ZTM_TOKEN", TOKEN)
     res = run("version")
     assert res.code == 0 and "agent: unknown (cannot reach the agent" in res.out

@@ -97,7 +97,10 @@ class Agent:
         permit = Permit.parse(permit_data if isinstance(permit_data, (dict, str)) else json.dumps(permit_data))
         for other in self.meshes.values():
             if other.record.mesh_id == permit.mesh_id:
-                raise Conflict(f"this agent is already in that mesh as {other.name!r}; one endpoint per mesh")
+                raise Conflict(
+                    f"this agent is already in that mesh as {other.name!r} (one endpoint per mesh); "
+                    f"leave it first with `ztm leave {other.name}`"
+                )
         user_key = permit.private_key or self.key
         if permit.private_key is None and not pki.same_public_key(
             pki.cert_public_key(permit.certificate), self.key.public_key()

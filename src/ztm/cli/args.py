@@ -51,15 +51,30 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=28, width=width)
 
 
+Takeover = Callable[["ZtmArgumentParser", list[str], Any], tuple[Any, list[str]]]
+
+
 class ZtmArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self._intermixing = False
+        self.topic: str | None = None
+        """What follows `ztm help` for this parser, when its prog does not spell it (`ztm ep NAME tunnel` is the
+        topic `ep tunnel`)."""
+        self.takeover: Takeover | None = None
+        """Parses the whole argument list instead of argparse: for a command whose words after its own positionals
+        belong to another parser tree (`ztm ep NAME tunnel ...`)."""
+        self.nested: dict[str, ZtmArgumentParser] = {}
+        """Parser trees a `takeover` hands over to, by the word that selects them; for help and completion."""
+        self.nested_dest = ""
+        """The namespace attribute holding that word."""
+        self.nested_after = 0
+        """How many positionals come before that word (1 for `ep NAME tunnel`)."""
 
     def error(self, message: str) -> NoReturn:
-        topic = self.prog.removeprefix("ztm").strip()
+        topic = self.topic or self.prog.removeprefix("ztm").strip()
         hint = f"run 'ztm help {topic}' for usage" if topic else "run 'ztm help' to see the commands"
         raise UsageError(f"{self.prog}: {' '.join(message.split())}; {hint}")
 
@@ -77,6 +92,8 @@ class ZtmArgumentParser(argparse.ArgumentParser):
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: Any = None
     ) -> tuple[Any, list[str]]:
+        if self.takeover is not None and not self._intermixing:
+            return self.takeover(self, list(sys.argv[1:] if args is None else args), namespace)
         if self._intermixing or self.has_subcommands():
             return super().parse_known_args(args, namespace)
         self._intermixing = True
@@ -92,6 +109,23 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
     return {}
+
+
+def help_children(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The help topics below `parser`: its subcommands, or the parser trees it hands over to (`ztm help ep tunnel`)."""
+    found = subcommands(parser)
+    if not found and isinstance(parser, ZtmArgumentParser):
+        found = dict(parser.nested)
+    return found
+
+
+def chosen_child(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> str | None:
+    """The word of `namespace` that selected one of `help_children(parser)`, if any."""
+    dest = next((a.dest for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if dest is None and isinstance(parser, ZtmArgumentParser) and parser.nested:
+        dest = parser.nested_dest
+    chosen = getattr(namespace, dest, None) if dest else None
+    return chosen if isinstance(chosen, str) and chosen in help_children(parser) else None
 
 
 # ---- value types: each raises ArgumentTypeError with a one-line reason, so a bad value exits 2 ----

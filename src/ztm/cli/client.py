@@ -94,6 +94,7 @@ class AgentClient:
         if self._token is None:
             found, problems = discover_token(self.address)
             if found is None:
+                self._probe()
                 why = f" ({'; '.join(problems)})" if problems else ""
                 raise Unauthorized(
                     f"no API token for the agent at {self.address}{why}: run ztm as the OS user who started "
@@ -101,6 +102,14 @@ class AgentClient:
                 )
             self._token = found
         return self._token
+
+    def _probe(self) -> None:
+        """With no token to send: make sure an agent answers there at all, so a wrong address is named as such."""
+        limit = min(self.timeout, 3.0)
+        _status, raw = self._exchange("GET", "/api/version", None, {"Accept": "application/json"}, limit)
+        value = self._decode(raw)
+        if not isinstance(value, dict) or "error" not in value:
+            raise self._not_agent()
 
     def get(self, path: str, *, query: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         return self.request("GET", path, query=query, timeout=timeout)

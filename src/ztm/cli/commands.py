@@ -446,10 +446,7 @@ def cmd_join(ctx: Context) -> int:
             "'ztm start hub --permit' or 'ztm invite')"
         )
     body = {"as": name, "permit": permit, "labels": _flat(ctx.args.label)}
-    try:
-        res = ctx.client().post(f"/api/meshes/{segment(mesh)}", body, timeout=max(ctx.timeout, JOIN_TIMEOUT))
-    except Conflict as exc:
-        raise Conflict(f"{exc.message} (see 'ztm get mesh'; 'ztm leave {mesh}' first to join again)") from None
+    res = ctx.client().post(f"/api/meshes/{segment(mesh)}", body, timeout=max(ctx.timeout, JOIN_TIMEOUT))
     joined = expect_obj(res, "join")
     if ctx.json:
         ctx.print_json(joined)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ztm.cli import output, settings
-from ztm.cli.args import UsageError, subcommands
+from ztm.cli.args import UsageError, help_children
 from ztm.cli.client import discover_token, token_files
 from ztm.cli.context import Command, Context
 from ztm.errors import BadInput
@@ -48,7 +48,7 @@ def cmd_help(ctx: Context) -> int:
         return 0
     parser = ctx.parser
     for i, word in enumerate(topic):
-        children = subcommands(parser)
+        children = help_children(parser)
         if word not in children:
             if i == 0:
                 raise UsageError(f"unknown command '{word}'; run 'ztm help' to see the commands")

@@ -12,7 +12,7 @@ import sys
 from argparse import ArgumentParser, Namespace
 from collections.abc import Sequence
 
-from ztm.cli.args import HelpShown, UsageError, find_command, subcommands
+from ztm.cli.args import HelpShown, UsageError, chosen_child, find_command, help_children, subcommands
 from ztm.cli.output import clean
 from ztm.errors import ZtmError
 
@@ -90,12 +90,13 @@ def _dispatch(args: list[str]) -> int:
 
 
 def _topic(parser: ArgumentParser, namespace: Namespace) -> str:
-    """`get`, or `run hub` for a command with subcommands: what the user asked for, to point at its help."""
+    """`get`, or `run hub` / `tunnel open inbound` for a command with subcommands: what the user asked for, to
+    point at its help (`ztm help TOPIC`)."""
     words = [str(namespace.command)]
-    children = subcommands(subcommands(parser).get(words[0], parser))
-    target = getattr(namespace, "target", None)
-    if isinstance(target, str) and target in children:
-        words.append(target)
+    current = subcommands(parser).get(words[0])
+    while current is not None and (chosen := chosen_child(current, namespace)) is not None:
+        words.append(chosen)
+        current = help_children(current)[chosen]
     return " ".join(words)
 
 

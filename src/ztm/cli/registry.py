@@ -10,12 +10,14 @@ from ztm.cli import args as a
 from ztm.cli import commands as c
 from ztm.cli import daemons as d
 from ztm.cli import local as loc
+from ztm.cli import tunnel as t
 from ztm.cli.context import Command
 
 PROCESSES = "Run hub and agent"
 MESHES = "Join meshes"
 INSPECT = "Look at a mesh"
 MANAGE = "Manage endpoints and users"
+APPS = "Apps"
 SETUP = "The command line itself"
 
 COMMANDS: list[Command] = [
@@ -177,6 +179,31 @@ COMMANDS: list[Command] = [
         c.cmd_evict,
         "Evict USER from the mesh: their certificates are refused from now on and their live sessions closed.",
         ("ztm evict alice",),
+    ),
+    Command(
+        "tunnel",
+        APPS,
+        "tunnel open|get|describe|close|help ...",
+        "forward TCP and UDP ports between endpoints (the tunnel app)",
+        t.configure_tunnel,
+        t.cmd_tunnel,
+        t.OVERVIEW,
+        t.EXAMPLES,
+    ),
+    Command(
+        "ep",
+        APPS,
+        "ep NAME tunnel ...",
+        "the same tunnel commands on another endpoint you own",
+        t.configure_ep,
+        t.cmd_tunnel,
+        "Run an app's commands on endpoint NAME instead of this one: the hub relays them, and NAME obeys only its\n"
+        "owner (or root). The only app so far is tunnel; see 'ztm help ep tunnel'.",
+        (
+            "ztm ep office tunnel open outbound tcp/web --targets 127.0.0.1:8080",
+            "ztm ep office tunnel get outbound",
+            "ztm ep office tunnel close outbound tcp/web",
+        ),
     ),
     Command(
         "config",

@@ -37,7 +37,6 @@ async def _main(cfg: HubConfig) -> int:
     try:
         store.lock()
         authority = Authority(store, cfg.data, names)
-        _write_permit(cfg, authority)
         state = HubState(store, authority, max_agents=cfg.max_agents, cert_ttl=cfg.cert_ttl, heartbeat=cfg.heartbeat)
         routes = HubRoutes(state, ring)
         try:
@@ -50,6 +49,7 @@ async def _main(cfg: HubConfig) -> int:
             )
         except OSError as exc:
             raise ZtmError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
+        _write_permit(cfg, authority)
         log.info(
             "hub %s of mesh %s listening on %s (agents dial %s)",
             authority.hub_id,

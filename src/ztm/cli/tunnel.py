@@ -1,0 +1,657 @@
+"""`ztm tunnel ...` (the tunnel app on this endpoint) and `ztm ep NAME tunnel ...` (on another endpoint you own).
+
+The same parser tree serves both: `configure_tunnel` builds it under `ztm tunnel`, `configure_ep` under
+`ztm ep NAME tunnel`. Locally the commands call the tunnel app's routes (`/api/meshes/MESH/apps/tunnel/...`); on
+another endpoint they become relayed calls (`POST /api/meshes/MESH/endpoints/EP/apps/tunnel/call` with
+`{"method": "open_inbound"|"open_outbound"|"close"|"list", "params": {...}}`), which that endpoint answers only for
+its owner or root.
+
+This module stays light (no asyncio, no agent code): names and addresses are checked here with the same rules as
+the agent's, so a typo fails at once with exit status 2, and the agent checks everything again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ztm.addr import Address
+from ztm.cli import output
+from ztm.cli.args import (
+    GLOBAL_VALUE_OPTIONS,
+    Kind,
+    UsageError,
+    ZtmArgumentParser,
+    add_global_options,
+    help_children,
+    subcommands,
+)
+from ztm.cli.context import Context, UnexpectedAnswer, expect_list, expect_obj
+from ztm.errors import BadInput, NotFound
+
+APP = "tunnel"
+RELAY_EXTRA = 3.0
+"""Seconds a relayed call may take beyond --timeout: the hub's own answer when the endpoint does not reply."""
+
+_TUNNEL = re.compile(r"(tcp|udp)/[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_EP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_EP_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+
+SIDE_KINDS = {"inbound": ("in", "entrance", "entrances"), "outbound": ("out", "exit", "exits")}
+GET_KINDS = {"tunnel": ("tunnels",), **SIDE_KINDS}
+
+CONCEPTS = """\
+Forward TCP connections and UDP datagrams between endpoints of the mesh, through the hub.
+
+A tunnel has a name like tcp/web or udp/dns. Its exit (outbound) is on the endpoint that can reach the real
+service: it connects to --targets (round-robin over several). Its entrance (inbound) is on the endpoint where
+clients are: it listens on local addresses and carries each connection (or each UDP client) to an exit that
+offers the same tunnel name (failing over to the next exit when one is down or refuses). Each side is
+opened on its own endpoint; an endpoint may be both. --entrances and --users restrict who may use an exit: a
+refused connection is closed at once at the entrance and logged at the exit. The configuration is kept by the
+agent and survives restarts."""
+
+COMMANDS = """\
+commands:
+  open outbound tcp/NAME --targets HOST:PORT [...] [--entrances EP ...] [--users USER ...]
+  open inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ...]
+  get tunnel|inbound|outbound [tcp/NAME]     tunnels of the mesh, or the endpoint's entrances/exits
+  describe inbound|outbound tcp/NAME          every field, with connection and byte counters
+  close inbound|outbound tcp/NAME             stop listening / stop offering the exit
+  help [open|get|describe|close ...]          this text, or one command's options
+
+The same with udp/NAME."""
+
+OVERVIEW = f"{CONCEPTS}\n\n{COMMANDS} 'ztm ep NAME tunnel ...' does the same on another endpoint you own."
+REMOTE_OVERVIEW = (
+    f"{CONCEPTS}\n\nThese commands act on endpoint NAME: the hub relays them, and NAME obeys only its owner (or root)."
+    f"\n\n{COMMANDS}"
+)
+
+EXAMPLES = (
+    "ztm tunnel open outbound tcp/web --targets 127.0.0.1:8080",
+    "ztm tunnel open inbound tcp/web --listen 18080 --exits office",
+    "ztm tunnel open outbound udp/dns --targets 10.0.0.53:53 --users alice bob",
+    "ztm tunnel get tunnel",
+    "ztm tunnel describe inbound tcp/web",
+    "ztm tunnel close inbound tcp/web",
+)
+
+
+# ---- argument types: each raises ArgumentTypeError with a one-line reason, so a bad value exits 2 ----
+
+
+def tunnel_type(text: str) -> str:
+    if not _TUNNEL.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid tunnel {text!r}: expected tcp/NAME or udp/NAME, NAME of 1-63 letters, digits, '.', '_' or '-'"
+        )
+    return text
+
+
+tunnel_type.__name__ = "tunnel"
+
+
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def ep_list_type(text: str) -> list[str]:
+    """Endpoint names or ids, space- or comma-separated."""
+    refs = _split(text)
+    if not refs:
+        raise argparse.ArgumentTypeError("empty endpoint name")
+    for ref in refs:
+        if not (_EP_NAME.fullmatch(ref) or _EP_ID.fullmatch(ref)):
+            raise argparse.ArgumentTypeError(
+                f"invalid endpoint {ref!r}: an endpoint name (letters, digits, '.', '_', '-') or id"
+            )
+    return refs
+
+
+ep_list_type.__name__ = "endpoint"
+
+
+def user_list_type(text: str) -> list[str]:
+    users = _split(text)
+    if not users:
+        raise argparse.ArgumentTypeError("empty user name")
+    for user in users:
+        if not _USER.fullmatch(user):
+            raise argparse.ArgumentTypeError(f"invalid user {user!r}: 1-63 lowercase letters, digits, '.', '_' or '-'")
+    return users
+
+
+user_list_type.__name__ = "user"
+
+
+def _addresses_type(default_host: str | None, example: str) -> Callable[[str], list[Address]]:
+    def parse(text: str) -> list[Address]:
+        parts = _split(text)
+        if not parts:
+            raise argparse.ArgumentTypeError(f"empty address; give {example}")
+        try:
+            return [Address.parse(p, default_host=default_host, what="address") for p in parts]
+        except BadInput as exc:
+            raise argparse.ArgumentTypeError(exc.message.removeprefix("address: ")) from None
+
+    parse.__name__ = "address"
+    return parse
+
+
+listen_type = _addresses_type("127.0.0.1", "[IP:]PORT such as 8080 or 0.0.0.0:8080")
+target_type = _addresses_type(None, "HOST:PORT such as 127.0.0.1:80")
+
+
+# ---- the parser tree ----
+
+
+def _sub(
+    sub: argparse._SubParsersAction[ZtmArgumentParser],
+    name: str,
+    prefix: str,
+    synopsis: str,
+    summary: str,
+    description: str,
+    examples: Sequence[str],
+) -> ZtmArgumentParser:
+    parser = sub.add_parser(
+        name,
+        prog=f"{prefix} {name}",
+        usage=f"{prefix} {synopsis} [global options]",
+        help=summary,
+        description=description,
+        epilog=_examples(examples),
+    )
+    parser.topic = _topic(f"{prefix} {name}")
+    return parser
+
+
+def _topic(prog: str) -> str:
+    """`ztm ep NAME tunnel open` -> `ep tunnel open`: what `ztm help` takes."""
+    return prog.removeprefix("ztm ").replace("ep NAME ", "ep ")
+
+
+def _examples(examples: Sequence[str]) -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in examples)
+
+
+def _tunnel_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("tunnel", metavar="tcp/NAME", type=tunnel_type, help="tunnel name: tcp/NAME or udp/NAME")
+
+
+def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
+    """`open|get|describe|close|help` under `p`; `prefix` is the command line so far (`ztm tunnel`), `cmd` what
+    the examples start with."""
+    sub = p.add_subparsers(
+        dest="target",
+        metavar="open|get|describe|close|help",
+        required=True,
+        prog=prefix,
+        parser_class=ZtmArgumentParser,
+    )
+    opener = _sub(
+        sub,
+        "open",
+        prefix,
+        "open inbound|outbound tcp/NAME [options]",
+        "open an entrance (inbound) or an exit (outbound) of a tunnel",
+        "Open a side of a tunnel, or change it if it is open already. The exit (outbound) connects to the targets;\n"
+        "the entrance (inbound) listens locally and forwards to an exit of the same tunnel name.",
+        (f"{cmd} open outbound tcp/web --targets 127.0.0.1:8080", f"{cmd} open inbound tcp/web --listen 18080"),
+    )
+    sides = opener.add_subparsers(
+        dest="side",
+        metavar="inbound|outbound",
+        required=True,
+        prog=f"{prefix} open",
+        parser_class=ZtmArgumentParser,
+    )
+    inbound = _sub(
+        sides,
+        "inbound",
+        f"{prefix} open",
+        "inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ...]",
+        "listen locally and forward to an exit of the tunnel",
+        "Open the entrance of a tunnel: listen on each --listen address (IP defaults to 127.0.0.1) and carry every\n"
+        "TCP connection, or every UDP client, to an online exit of the same tunnel name: round-robin over them, or\n"
+        "in the order of --exits when given (the first that accepts wins). Without an exit, a connection is closed\n"
+        "at once.",
+        (
+            f"{cmd} open inbound tcp/web --listen 18080",
+            f"{cmd} open inbound tcp/db --listen 127.0.0.1:15432 --exits db-1 db-2",
+            f"{cmd} open inbound udp/dns --listen 0.0.0.0:5353",
+        ),
+    )
+    _tunnel_arg(inbound)
+    inbound.add_argument(
+        "--listen",
+        metavar="[IP:]PORT",
+        type=listen_type,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="local address(es) to listen on (IP default 127.0.0.1)",
+    )
+    inbound.add_argument(
+        "--exits",
+        metavar="EP",
+        type=ep_list_type,
+        nargs="+",
+        action="extend",
+        default=[],
+        help="use only these exits, in this order (default: any exit, round-robin)",
+    )
+    outbound = _sub(
+        sides,
+        "outbound",
+        f"{prefix} open",
+        "outbound tcp/NAME --targets HOST:PORT [...] [--entrances EP ...] [--users USER ...]",
+        "offer an exit of the tunnel that connects to targets",
+        "Open the exit of a tunnel: for each connection an entrance forwards, connect to a target (round-robin over\n"
+        "several, trying the next when one fails). With --entrances or --users, only those endpoints or users may\n"
+        "use it: any other is refused, closed at once on its side and logged here.",
+        (
+            f"{cmd} open outbound tcp/web --targets 127.0.0.1:8080",
+            f"{cmd} open outbound tcp/web --targets 10.0.0.1:80 10.0.0.2:80 --entrances laptop",
+            f"{cmd} open outbound udp/dns --targets 10.0.0.53:53 --users alice",
+        ),
+    )
+    _tunnel_arg(outbound)
+    outbound.add_argument(
+        "--targets",
+        metavar="HOST:PORT",
+        type=target_type,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="where to connect, as seen from this endpoint (round-robin over several)",
+    )
+    outbound.add_argument(
+        "--entrances",
+        metavar="EP",
+        type=ep_list_type,
+        nargs="+",
+        action="extend",
+        default=[],
+        help="accept only these entrance endpoints (default: any)",
+    )
+    outbound.add_argument(
+        "--users",
+        metavar="USER",
+        type=user_list_type,
+        nargs="+",
+        action="extend",
+        default=[],
+        help="accept only entrances of these users (default: any)",
+    )
+
+    getter = _sub(
+        sub,
+        "get",
+        prefix,
+        "get tunnel|inbound|outbound [tcp/NAME]",
+        "list the mesh's tunnels, or this endpoint's entrances or exits",
+        "List the tunnels of the mesh with their entrances and exits (tunnel), or the entrances (inbound) or\n"
+        "exits (outbound) open on this endpoint with their counters.",
+        (f"{cmd} get tunnel", f"{cmd} get inbound", f"{cmd} get outbound tcp/web -o json"),
+    )
+    getter.add_argument(
+        "kind", metavar="tunnel|inbound|outbound", type=Kind(GET_KINDS), help="what to list (plurals work too)"
+    )
+    getter.add_argument("tunnel", metavar="tcp/NAME", type=tunnel_type, nargs="?", help="show only this tunnel")
+
+    describer = _sub(
+        sub,
+        "describe",
+        prefix,
+        "describe inbound|outbound tcp/NAME",
+        "every field of an entrance or exit, with counters",
+        "Show every field of an entrance (inbound) or exit (outbound) on this endpoint: its configuration, whether it\n"
+        "listens, and its counters (streams opened, active, refused, bytes each way).",
+        (f"{cmd} describe inbound tcp/web", f"{cmd} describe outbound tcp/web -o json"),
+    )
+    describer.add_argument("kind", metavar="inbound|outbound", type=Kind(SIDE_KINDS), help="which side")
+    _tunnel_arg(describer)
+
+    closer = _sub(
+        sub,
+        "close",
+        prefix,
+        "close inbound|outbound tcp/NAME",
+        "close an entrance or exit",
+        "Close an entrance (stop listening; open connections keep going) or an exit (refuse new connections) and\n"
+        "forget its configuration.",
+        (f"{cmd} close inbound tcp/web", f"{cmd} close outbound udp/dns"),
+    )
+    closer.add_argument("kind", metavar="inbound|outbound", type=Kind(SIDE_KINDS), help="which side")
+    _tunnel_arg(closer)
+
+    helper = _sub(
+        sub,
+        "help",
+        prefix,
+        "help [COMMAND ...]",
+        "what tunnels are, and the commands",
+        "Explain tunnels and list the commands, or show one command's options and examples.",
+        (f"{cmd} help", f"{cmd} help open outbound"),
+    )
+    helper.add_argument("topic", nargs="*", metavar="COMMAND", help="command (and subcommand) to explain")
+
+
+def configure_tunnel(p: argparse.ArgumentParser) -> None:
+    _tree(p, "ztm tunnel", "ztm tunnel")
+
+
+EP_EXAMPLES = (
+    "ztm ep office tunnel open outbound tcp/web --targets 127.0.0.1:8080",
+    "ztm ep office tunnel get outbound",
+    "ztm ep office tunnel close outbound tcp/web",
+)
+
+
+def configure_ep(p: argparse.ArgumentParser) -> None:
+    """`ztm ep NAME APP ...`: NAME and APP are read here, the rest by APP's own parser tree (which is therefore not
+    an argparse subcommand of `ep`: `ztm ep tunnel --help` would read `tunnel` as NAME)."""
+    assert isinstance(p, ZtmArgumentParser)
+    p.add_argument("ep_name", metavar="NAME", help="endpoint name or id (one of yours, unless you are root)")
+    p.add_argument("app", metavar="tunnel", type=Kind({APP: ()}), help="the app to configure there: tunnel")
+    p.add_argument("words", metavar="...", nargs="*", help="the app's command: see 'ztm help ep tunnel'")
+    tree = ZtmArgumentParser(
+        prog="ztm ep NAME tunnel",
+        usage="ztm ep NAME tunnel open|get|describe|close|help ... [global options]",
+        description=REMOTE_OVERVIEW,
+        epilog=_examples(EP_EXAMPLES),
+    )
+    tree.topic = "ep tunnel"
+    _tree(tree, "ztm ep NAME tunnel", "ztm ep office tunnel")
+    _add_globals(tree)
+    p.nested = {APP: tree}
+    p.nested_dest = "app"
+    p.nested_after = 1
+    p.takeover = _parse_ep
+
+
+def _add_globals(parser: argparse.ArgumentParser) -> None:
+    add_global_options(parser)
+    for child in {id(c): c for c in subcommands(parser).values()}.values():
+        _add_globals(child)
+
+
+def _parse_ep(parser: ZtmArgumentParser, args: list[str], namespace: Any) -> tuple[Any, list[str]]:
+    """NAME and APP are the first two words that are not options (nor values of global options); everything
+    else goes, in order, to APP's parser tree."""
+    found: list[int] = []
+    i = 0
+    while i < len(args) and len(found) < 2:
+        word = args[i]
+        if word in ("-h", "--help"):
+            parser.print_help()
+            parser.exit()
+        if word in GLOBAL_VALUE_OPTIONS:
+            i += 2
+            continue
+        if not word.startswith("-"):
+            found.append(i)
+        i += 1
+    if len(found) < 2:
+        parser.error("the following arguments are required: " + ("NAME, tunnel" if not found else "tunnel"))
+    name, app = args[found[0]], args[found[1]]
+    nested = parser.nested.get(app.lower())
+    if nested is None:
+        parser.error(f"argument tunnel: unknown app {app!r}: expected {', '.join(parser.nested)}")
+    ns = namespace if namespace is not None else argparse.Namespace()
+    for key, value in parser._defaults.items():
+        setattr(ns, key, value)
+    ns.ep_name, ns.app = name, app.lower()
+    return nested.parse_known_args([w for j, w in enumerate(args) if j not in found], ns)
+
+
+# ---- the handler ----
+
+
+def _remote(ctx: Context) -> str | None:
+    name = getattr(ctx.args, "ep_name", None)
+    return name if isinstance(name, str) else None
+
+
+def _call(ctx: Context, ep: str, method: str, params: dict[str, Any]) -> Any:
+    path = ctx.mesh_path("endpoints", ep, "apps", "tunnel", "call")
+    try:
+        return ctx.client().post(path, {"method": method, "params": params}, timeout=ctx.timeout + RELAY_EXTRA)
+    except NotFound as exc:
+        if "no endpoint" in exc.message or "no mesh" in exc.message:
+            raise ctx.endpoint_not_found(ep) from None
+        raise
+
+
+def _help(ctx: Context) -> int:
+    topic: list[str] = ctx.args.topic
+    parser = _tunnel_parser(ctx)
+    for word in topic:
+        children = subcommands(parser)
+        if word not in children:
+            where = _topic(parser.prog)
+            raise UsageError(f"'{where}' has no subcommand '{output.clean(word)}'; run 'ztm help {where}'")
+        parser = children[word]
+    ctx.print(parser.format_help().rstrip("\n"))
+    return 0
+
+
+def _tunnel_parser(ctx: Context) -> argparse.ArgumentParser:
+    commands = subcommands(ctx.parser)
+    if _remote(ctx) is not None:
+        return help_children(commands["ep"])[APP]
+    return commands["tunnel"]
+
+
+def cmd_tunnel(ctx: Context) -> int:
+    action: str = ctx.args.target
+    if action == "help":
+        return _help(ctx)
+    if action == "open":
+        return _open(ctx)
+    if action == "get":
+        return _get(ctx)
+    if action == "describe":
+        return _describe(ctx)
+    return _close(ctx)
+
+
+def _flat(values: list[list[Any]]) -> list[Any]:
+    out: list[Any] = []
+    for value in values:
+        out.extend(value)
+    return list(dict.fromkeys(out))
+
+
+def _open(ctx: Context) -> int:
+    side: str = ctx.args.side
+    body: dict[str, Any] = {"tunnel": ctx.args.tunnel}
+    if side == "inbound":
+        body["listen"] = [str(a) for a in _flat(ctx.args.listen)]
+        body["exits"] = _flat(ctx.args.exits)
+    else:
+        body["targets"] = [str(a) for a in _flat(ctx.args.targets)]
+        body["entrances"] = _flat(ctx.args.entrances)
+        body["users"] = _flat(ctx.args.users)
+    remote = _remote(ctx)
+    if remote is None:
+        res: Any = ctx.client().post(ctx.mesh_path("apps", "tunnel", side), body)
+    else:
+        res = _call(ctx, remote, f"open_{side}", body)
+    view = expect_obj(res, f"open {side}")
+    if ctx.json:
+        ctx.print_json(view)
+        return 0
+    where = f" on {output.clean(remote)}" if remote else ""
+    name = output.cell(view.get("tunnel"))
+    if side == "inbound":
+        listen = output.cell(view.get("listen"))
+        exits = _any(view.get("exits"), "any exit")
+        ctx.print(f"inbound {name}{where}: listening on {listen}, forwarding to {exits}")
+    else:
+        targets = output.cell(view.get("targets"))
+        who = _any(view.get("entrances"), "any entrance")
+        users = _any(view.get("users"), "any user")
+        ctx.print(f"outbound {name}{where}: connecting to {targets} for {who} of {users}")
+    return 0
+
+
+def _any(value: object, default: str) -> str:
+    return ", ".join(output.cell(v) for v in value) if isinstance(value, list) and value else default
+
+
+def _local_list(ctx: Context) -> dict[str, Any]:
+    remote = _remote(ctx)
+    res = ctx.client().get(ctx.mesh_path("apps", "tunnel")) if remote is None else _call(ctx, remote, "list", {})
+    found = expect_obj(res, "the tunnel list")
+    for side in ("inbound", "outbound"):
+        expect_list(found.get(side), f"the tunnel list ({side})")
+    return found
+
+
+def _get(ctx: Context) -> int:
+    kind: str = ctx.args.kind
+    only: str | None = ctx.args.tunnel
+    if kind == "tunnel":
+        tunnels = ctx.get_list(ctx.mesh_path("apps", "tunnel", "tunnels"))
+        if only:
+            tunnels = [t for t in tunnels if t.get("tunnel") == only]
+        rows = [[output.cell(t.get("tunnel")), _peers(t.get("inbound")), _peers(t.get("outbound"))] for t in tunnels]
+        empty = f"no tunnels in mesh {output.clean(ctx.mesh())}: open one with 'ztm tunnel open outbound ...'"
+        _show(ctx, tunnels, ("TUNNEL", "ENTRANCES (INBOUND)", "EXITS (OUTBOUND)"), rows, empty)
+        return 0
+    items = _local_list(ctx)[kind]
+    if only:
+        items = [i for i in items if i.get("tunnel") == only]
+    where = output.clean(_remote(ctx) or "this endpoint")
+    if kind == "inbound":
+        headers: tuple[str, ...] = ("TUNNEL", "LISTEN", "EXITS", "STATE")
+        rows = [
+            [
+                output.cell(i.get("tunnel")),
+                output.cell(i.get("listen")),
+                _any(i.get("exits"), "any"),
+                "listening" if i.get("listening") is True else "not listening",
+                *_counters(i),
+            ]
+            for i in items
+        ]
+    else:
+        headers = ("TUNNEL", "TARGETS", "ENTRANCES", "USERS")
+        rows = [
+            [
+                output.cell(i.get("tunnel")),
+                output.cell(i.get("targets")),
+                _any(i.get("entrances"), "any"),
+                _any(i.get("users"), "any"),
+                *_counters(i),
+            ]
+            for i in items
+        ]
+    headers += ("STREAMS", "ACTIVE", "REFUSED", "SENT", "RECEIVED")
+    empty = f"no {kind} tunnels on {where}" + (f" named {only}" if only else "")
+    _show(ctx, items, headers, rows, empty)
+    return 0
+
+
+def _counters(item: dict[str, Any]) -> list[str]:
+    return [
+        output.cell(item.get("streams")),
+        output.cell(item.get("active")),
+        output.cell(item.get("refused")),
+        output.human_bytes(item.get("bytes_sent")),
+        output.human_bytes(item.get("bytes_received")),
+    ]
+
+
+def _peers(value: object) -> str:
+    if not isinstance(value, list) or not value:
+        return output.MISSING
+    shown = []
+    for peer in value:
+        if isinstance(peer, dict):
+            name = output.cell(peer.get("name") or peer.get("ep"))
+            shown.append(name if peer.get("online") is True else f"{name} (offline)")
+    return ", ".join(shown) or output.MISSING
+
+
+def _show(ctx: Context, value: object, headers: tuple[str, ...], rows: list[list[str]], empty: str) -> None:
+    if ctx.json:
+        ctx.print_json(value)
+    elif rows:
+        ctx.print(output.table(headers, rows))
+    else:
+        ctx.print(empty)
+
+
+FIELDS = (
+    "tunnel",
+    "kind",
+    "listen",
+    "exits",
+    "targets",
+    "entrances",
+    "users",
+    "listening",
+    "streams",
+    "active",
+    "refused",
+    "bytes_sent",
+    "bytes_received",
+)
+
+
+def _describe(ctx: Context) -> int:
+    kind: str = ctx.args.kind
+    name: str = ctx.args.tunnel
+    remote = _remote(ctx)
+    if remote is None:
+        proto, _, short = name.partition("/")
+        view = ctx.get_obj(ctx.mesh_path("apps", "tunnel", kind, proto, short))
+    else:
+        found = [i for i in _local_list(ctx)[kind] if i.get("tunnel") == name]
+        if not found:
+            raise NotFound(
+                f"no {kind} {name} on {output.clean(remote)}; see 'ztm ep {output.clean(remote)} tunnel get {kind}'"
+            )
+        view = found[0]
+    if ctx.json:
+        ctx.print_json(view)
+        return 0
+    keys = [k for k in FIELDS if k in view] + sorted(k for k in view if k not in FIELDS)
+    ctx.print(output.key_values((k, _value(k, view[k])) for k in keys))
+    return 0
+
+
+def _value(key: str, value: object) -> str:
+    if key.startswith("bytes_") and isinstance(value, int) and not isinstance(value, bool):
+        return f"{output.human_bytes(value)} ({value} bytes)"
+    if key in ("exits", "entrances", "users") and value == []:
+        return "any"
+    if isinstance(value, list):
+        return ", ".join(output.cell(v) for v in value) or output.MISSING
+    return output.cell(value)
+
+
+def _close(ctx: Context) -> int:
+    kind: str = ctx.args.kind
+    name: str = ctx.args.tunnel
+    remote = _remote(ctx)
+    if remote is None:
+        proto, _, short = name.partition("/")
+        ctx.client().delete(ctx.mesh_path("apps", "tunnel", kind, proto, short))
+    else:
+        res = _call(ctx, remote, "close", {"kind": kind, "tunnel": name})
+        if not isinstance(res, dict):
+            raise UnexpectedAnswer("unexpected answer to close: expected a JSON object; see 'ztm version'")
+    where = f" on {output.clean(remote)}" if remote else ""
+    if ctx.json:
+        ctx.print_json({"closed": True, "kind": kind, "tunnel": name})
+    else:
+        ctx.print(f"closed {kind} {name}{where}")
+    return 0

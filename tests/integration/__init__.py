@@ -1,0 +1,1 @@
+"""Integration tests: real hub and agent processes on loopback (see tests/support.py)."""
