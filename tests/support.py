@@ -3,11 +3,13 @@
 Everything here is synchronous and stdlib-only so that any test (sync or async) can use it.
 
 * `wait_until(pred, timeout, what)` polls instead of sleeping; `Abort` stops a wait at once (a process died).
+  `holds_for(pred, duration, what)` is its dual: the condition must stay true for the whole duration.
 * `Proc` is one subprocess with its output in a log file; every `Proc` is registered so that the conftest can stop
   the ones a test left running and print their output when the test fails.
 * `start_hub()` / `start_agent()` start the product's foreground processes, each with its own temporary HOME, and
   return once they are ready; `Agent.cli()` runs `python -m ztm --agent ...` with that agent's HOME, so token
-  discovery works the way it does for a real user.
+  discovery works the way it does for a real user. `restart_hub()` / `restart_agent()` stop one and run the same
+  command again on the same data directory (persistence tests); `invite()` runs `ztm identity` + `ztm invite`.
 * `netns_socket()` makes a socket *inside* a network namespace from this process (the thread that creates it enters
   the namespace; the socket stays there), so tests can probe addresses that only exist in a lab.
 
@@ -88,6 +90,22 @@ def wait_until(predicate: Callable[[], T | None], timeout: float, what: str, int
                 message += f"; last error: {type(last_exc).__name__}: {last_exc}"
             raise AssertionError(message) from last_exc
         time.sleep(min(interval, remaining))
+
+
+def holds_for(predicate: Callable[[], object], duration: float, what: str, interval: float = 0.05) -> int:
+    """The dual of `wait_until`: call `predicate` again and again for `duration` seconds and fail (AssertionError
+    naming `what` and the moment) at the first falsy result; an exception it raises fails at once too. Returns how
+    many checks were made (at least two: one at the start, one at the end)."""
+    start = time.monotonic()
+    checks = 0
+    while True:
+        now = time.monotonic()
+        if not predicate():
+            raise AssertionError(f"{what}: stopped holding {now - start:.2f}s into a {duration}s watch")
+        checks += 1
+        if now - start >= duration:
+            return checks
+        time.sleep(min(interval, max(0.0, start + duration - time.monotonic())))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -501,7 +519,7 @@ def start_hub(
     """
     if listen is None:
         listen = "0.0.0.0:8888" if netns else f"127.0.0.1:{free_port()}"
-    host, port = split_hostport(listen)
+    host, _port = split_hostport(listen)
     if names is None:
         if connect_host(host) != host:
             raise ValueError(f"start_hub: listening on {listen} needs names= (the address agents dial)")
@@ -516,16 +534,33 @@ def start_hub(
     argv += ["--data", str(data), *extra]
     proc = Proc(argv, env=full_env, cwd=base, netns=netns, name=name, log_dir=base)
     hub = Hub(proc, listen, names[0], permit, data, home, base, netns, full_env)
+    _wait_hub_ready(hub, timeout)
+    return hub
+
+
+def _wait_hub_ready(hub: Hub, timeout: float) -> None:
+    """Wait until `hub.proc` listens and the root permit exists; stop the process if it never gets there."""
+    proc = hub.proc
+    host, port = split_hostport(hub.listen)
 
     def ready() -> bool:
         proc.assert_alive()
-        return permit.exists() and tcp_accepts(connect_host(host), port, netns=netns, timeout=1.0)
+        return hub.permit.exists() and tcp_accepts(connect_host(host), port, netns=hub.netns, timeout=1.0)
 
     try:
-        wait_until(ready, timeout, f"{name} to listen on {listen} and write {permit.name}")
+        wait_until(ready, timeout, f"{proc.name} to listen on {hub.listen} and write {hub.permit.name}")
     except BaseException:
         proc.stop()
         raise
+
+
+def restart_hub(hub: Hub, *, timeout: float = 30.0) -> Hub:
+    """Stop `hub` (SIGTERM, as an operator would) and run the very same `ztm run hub` command again: same data
+    directory, HOME, listen address and options. Returns `hub`, whose `proc` is the new process, once it is ready."""
+    old = hub.proc
+    old.stop()
+    hub.proc = Proc(old.argv, env=hub.env, cwd=hub.dir, netns=hub.netns, name=old.name, log_dir=hub.dir)
+    _wait_hub_ready(hub, timeout)
     return hub
 
 
@@ -559,10 +594,13 @@ class Agent:
         return split_hostport(self.api_address)[1]
 
     def cli(
-        self, *args: str | os.PathLike[str], check: bool = True, timeout: float = 30.0, input: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """`ztm --agent ADDR ARGS...` with this agent's HOME (and in its namespace)."""
-        return run([*ZTM, "--agent", self.api_address, *args], netns=self.netns, env=self.env, cwd=self.dir,
+        self, *args: str | os.PathLike[str], check: bool = True, timeout: float = 30.0, input: str | None = None,
+        env: Mapping[str, str | None] | None = None,
+    ) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        """`ztm --agent ADDR ARGS...` with this agent's HOME (and in its namespace); `env` overrides variables of
+        this agent's environment (None removes one), e.g. `env={"ZTM_MESH": "two"}`."""
+        full_env = {k: v for k, v in {**self.env, **(env or {})}.items() if v is not None}
+        return run([*ZTM, "--agent", self.api_address, *args], netns=self.netns, env=full_env, cwd=self.dir,
                    timeout=timeout, check=check, input=input)  # fmt: skip
 
     def cli_json(self, *args: str | os.PathLike[str], timeout: float = 30.0) -> Any:
@@ -645,7 +683,15 @@ def start_agent(
     argv = [*ZTM, "run", "agent", "--listen", api, "--data", str(data), *extra]
     proc = Proc(argv, env=full_env, cwd=base, netns=netns, name=f"agent-{name}", log_dir=base)
     agent = Agent(name, proc, api, data, home, base, "", netns, full_env)
-    token_file = data / "agent.token"
+    _wait_agent_ready(agent, timeout)
+    return agent
+
+
+def _wait_agent_ready(agent: Agent, timeout: float) -> None:
+    """Read the token and wait until `agent.proc` answers `GET /api/version`; stop the process if it never does."""
+    proc = agent.proc
+    token_file = agent.data / "agent.token"
+    agent.token = ""
 
     def ready() -> bool:
         proc.assert_alive()
@@ -658,11 +704,29 @@ def start_agent(
         return status == 200
 
     try:
-        wait_until(ready, timeout, f"agent {name} to answer GET /api/version on {api}")
+        wait_until(ready, timeout, f"agent {agent.name} to answer GET /api/version on {agent.api_address}")
     except BaseException:
         proc.stop()
         raise
+
+
+def restart_agent(agent: Agent, *, timeout: float = 30.0) -> Agent:
+    """Stop `agent` (SIGTERM) and run the very same `ztm run agent` command again: same data directory, HOME, API
+    address and options. Returns `agent`, whose `proc` is the new process, once its API answers."""
+    old = agent.proc
+    old.stop()
+    agent.proc = Proc(old.argv, env=agent.env, cwd=agent.dir, netns=agent.netns, name=old.name, log_dir=agent.dir)
+    _wait_agent_ready(agent, timeout)
     return agent
+
+
+def invite(root: Agent, invitee: Agent, user: str, permit: Path, *extra: str) -> Path:
+    """The invite flow through the CLI: `ztm identity` on `invitee` (saved as `permit` with suffix `.pem`), then
+    `ztm invite USER --identity PEM --permit PERMIT [extra...]` on `root`'s agent. Returns `permit`."""
+    identity = permit.with_suffix(".pem")
+    identity.write_text(invitee.cli("identity").stdout)
+    root.cli("invite", user, "--identity", identity, "--permit", permit, *extra)
+    return permit
 
 
 # ------------------------------------------------------------------------------------------------ failure reports

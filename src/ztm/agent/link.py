@@ -92,6 +92,14 @@ async def dial(addresses: list[Address], mesh_id: str, context: ssl.SSLContext) 
     raise Unavailable("cannot reach a hub of this mesh: " + "; ".join(problems))
 
 
+async def _retire(conn: h2.Connection, grace: float = 10.0) -> None:
+    """Close a replaced connection once the requests still running on it finished (or after `grace` seconds)."""
+    deadline = time.monotonic() + grace
+    while conn.open_streams > 0 and time.monotonic() < deadline and not conn.closed:
+        await asyncio.sleep(0.05)
+    conn.close()
+
+
 class HubLink:
     def __init__(
         self,
@@ -170,9 +178,10 @@ class HubLink:
                 except ZtmError as exc:
                     log.warning("mesh %s: reconnecting with the renewed certificate failed: %s", self.label, exc)
                     continue
-                old, conn, events = conn, new_conn, new_events
+                old, old_events, conn, events = conn, events, new_conn, new_events
                 self._adopt(conn)
-                old.close()
+                old_events.stream.reset()
+                spawn(_retire(old), name=f"retire-{self.label}")
             self._account(conn)
             conn.close()
             self.conn = None

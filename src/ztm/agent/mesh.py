@@ -102,6 +102,7 @@ class MeshSession:
             on_event=self._on_event,
         )
         self._renewer: asyncio.Task[None] | None = None
+        self._cert_received = time.time()
         self.apps: dict[str, MeshApp] = make_apps(self) if make_apps else {}
 
     @property
@@ -138,13 +139,16 @@ class MeshSession:
 
     # certificates
     def cert_window(self) -> tuple[float, float]:
+        """(start, end) of the endpoint certificate's useful life. The hub backdates `notBefore` for clock skew, so
+        the start is when we received the certificate (or loaded it), which makes half-life a real half-life."""
         cert = pki.cert_from_pem(self.record.ep_cert)
-        return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+        start = max(cert.not_valid_before_utc.timestamp(), self._cert_received)
+        return start, cert.not_valid_after_utc.timestamp()
 
     async def _ensure_cert(self) -> None:
         """Before dialling: enrol again if the endpoint certificate expired (or nearly) while we were away."""
         start, end = self.cert_window()
-        if time.time() < end - max(30.0, (end - start) * 0.1):
+        if time.time() < end - (end - start) * 0.1:
             return
         log.info("mesh %s: endpoint certificate expired or about to; enrolling again", self.name)
         answer = await enroll(
@@ -153,6 +157,7 @@ class MeshSession:
         self._store_cert(answer["certificate"])
 
     def _store_cert(self, pem: str) -> None:
+        self._cert_received = time.time()
         self.files.write_ep_cert(pem)
         self.record.ep_cert = pem
         self._save(self.record)
@@ -160,7 +165,7 @@ class MeshSession:
     async def _renew_loop(self) -> None:
         while True:
             start, end = self.cert_window()
-            await asyncio.sleep(max(1.0, start + (end - start) / 2 - time.time()))
+            await asyncio.sleep(max(0.5, start + (end - start) / 2 - time.time()))
             try:
                 csr = pki.csr_to_pem(pki.make_csr(self.key, name=self.record.ep_id))
                 answer = await self.link.request("POST", "/api/renew", {"csr": csr})

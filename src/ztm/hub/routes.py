@@ -253,10 +253,12 @@ class HubRoutes:
                 event = await session.queue.get()
                 if event is None:
                     break
-                await stream.write(json.dumps(event).encode() + b"\n")
                 if event.get("type") == "evicted":
+                    # End the stream with the event so the agent reads it even as the connection closes.
+                    await stream.write(json.dumps(event).encode() + b"\n", end_stream=True)
                     conn.close()
-                    break
+                    return
+                await stream.write(json.dumps(event).encode() + b"\n")
             await stream.end()
         except h2.H2Error:
             pass
