@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The README's main job on one machine, over loopback only: a hub, two agents that join mesh "demo" as ep1 and ep2
 # with the hub's root permit, then `ztm get mesh`, `ztm get ep` from both sides and `ztm ping ep ep2` from ep1.
+# Then a tunnel: ep2 opens the exit `outbound tcp/demo-echo` to a small echo server the script starts, ep1 opens the
+# entrance `inbound tcp/demo-echo`; 1 MiB of random bytes goes through it and must come back byte-exact; then
+# `ztm tunnel get tunnel` and `ztm stats ep`.
 # Everything runs in a temporary directory (also used as HOME, so your ~/.ztm is not touched) and is stopped and
-# removed on exit. Exits non-zero, printing the hub and agent logs, if any step fails.
+# removed on exit. Exits non-zero, printing the hub, agent and echo server logs, if any step fails.
 #
 # Environment: ZTM_DEMO_HUB_PORT (18888), ZTM_DEMO_AGENT1_PORT (17771), ZTM_DEMO_AGENT2_PORT (17772),
+# ZTM_DEMO_ECHO_PORT and ZTM_DEMO_TUNNEL_PORT (the echo server and the tunnel entrance; default: free ports),
 # ZTM_DEMO_MESH (demo), ZTM_DEMO_TIMEOUT (seconds per wait, 30), ZTM_DEMO_KEEP=1 keeps the temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,7 +94,13 @@ ztm() {
 start() { # NAME ARGS...: run `ztm ARGS...` in the background, output to $WORK/NAME.log
   local name=$1
   shift
-  "$PY" -m ztm "$@" >"$WORK/$name.log" 2>&1 &
+  start_cmd "$name" "$PY" -m ztm "$@"
+}
+
+start_cmd() { # NAME COMMAND...: run COMMAND in the background, output to $WORK/NAME.log; stopped by cleanup
+  local name=$1
+  shift
+  "$@" >"$WORK/$name.log" 2>&1 &
   pids+=($!)
   names+=("$name")
 }
@@ -131,7 +141,42 @@ online = {e.get("name") for e in json.load(sys.stdin) if e.get("online")}
 sys.exit(0 if set(sys.argv[1:]) <= online else 1)' "${@:2}"
 }
 
-for port in "$HUB_PORT" "$A1_PORT" "$A2_PORT"; do
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# An echo server: every byte back, and the connection closed once the client ended its side.
+ECHO_SERVER='
+import socket, sys, threading
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+def echo(conn):
+    with conn:
+        while data := conn.recv(65536):
+            conn.sendall(data)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],), daemon=True).start()
+'
+
+tunnel_roundtrip() { # PORT: 1 MiB of random bytes through the entrance on PORT, back byte-exact
+  "$PY" - "$1" <<'EOF'
+import os, socket, sys, threading
+data = os.urandom(1 << 20)
+with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20) as sock:
+    sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+    sender.start()
+    got = bytearray()
+    while chunk := sock.recv(65536):
+        got += chunk
+    sender.join()
+if got != data:
+    sys.exit(f"demo: the tunnel returned {len(got)} bytes that differ from the {len(data)} sent")
+print(f"sent {len(data)} random bytes through the tunnel; all came back byte-exact")
+EOF
+}
+
+ECHO_PORT=${ZTM_DEMO_ECHO_PORT:-$(free_port)}
+TUNNEL_PORT=${ZTM_DEMO_TUNNEL_PORT:-$(free_port)}
+[[ $ECHO_PORT != "$TUNNEL_PORT" ]] || TUNNEL_PORT=$(free_port)
+
+for port in "$HUB_PORT" "$A1_PORT" "$A2_PORT" "$ECHO_PORT" "$TUNNEL_PORT"; do
   ! port_open "$port" || fail "127.0.0.1:$port is already in use; pick other ports with ZTM_DEMO_*_PORT"
 done
 
@@ -163,5 +208,16 @@ echo "== endpoints, from ep2"
 ztm --agent "$A2" get ep
 echo "== ping ep2 from ep1 (through the hub)"
 ztm --agent "$A1" ping ep ep2
+
+echo "== tunnel: an echo server next to ep2 on 127.0.0.1:$ECHO_PORT, reached from ep1 on 127.0.0.1:$TUNNEL_PORT"
+start_cmd echo "$PY" -c "$ECHO_SERVER" "$ECHO_PORT"
+wait_for "the echo server to listen on 127.0.0.1:$ECHO_PORT" port_open "$ECHO_PORT"
+ztm --agent "$A2" tunnel open outbound tcp/demo-echo --targets "127.0.0.1:$ECHO_PORT"
+ztm --agent "$A1" tunnel open inbound tcp/demo-echo --listen "127.0.0.1:$TUNNEL_PORT"
+echo "# 1 MiB of random bytes into 127.0.0.1:$TUNNEL_PORT: ep1 -> hub -> ep2 -> echo server, and back"
+tunnel_roundtrip "$TUNNEL_PORT"
+ztm --agent "$A1" tunnel get tunnel
+ztm --agent "$A1" tunnel get inbound
+ztm --agent "$A1" stats ep
 
 echo "== demo OK"

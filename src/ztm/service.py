@@ -466,6 +466,7 @@ def unit_text(service: Service) -> str:
         "Type=simple",
         "ExecStart=" + " ".join(systemd_quote(a) for a in service.argv),
         "Restart=on-failure",
+        "LimitNOFILE=65536",
         "RestartSec=3",
         "TimeoutStopSec=10",
     ]

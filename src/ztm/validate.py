@@ -93,7 +93,7 @@ def list_of(value: object, kind: type[T], what: str) -> list[T]:
     if value is None:
         return []
     if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
-        raise BadInput(f"{what} must be a list of {_kind_name(kind)}")
+        raise BadInput(f"{what} must be a list of {_plural(kind)}")
     return list(value)
 
 
@@ -101,6 +101,10 @@ def int_range(value: object, what: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise BadInput(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")
     return value
+
+
+def _plural(kind: type[Any]) -> str:
+    return {str: "strings", int: "numbers", bool: "booleans", dict: "objects"}.get(kind, f"{kind.__name__} values")
 
 
 def _kind_name(kind: type[Any]) -> str:

@@ -81,7 +81,7 @@ def guarded_routes() -> list[tuple[str, str]]:
 def fill(path: str, mesh: str = MESH, ep: str = EP, user: str = "root") -> str:
     """A concrete path for a template, naming the real mesh, endpoint and user (so a route that skipped the guard
     would really act, and the test would see it); other parameters get a placeholder."""
-    path = path.replace("{mesh}", mesh).replace("{ep}", ep).replace("{user}", user)
+    path = path.replace("{mesh}", mesh).replace("{ep}", ep).replace("{user}", user).replace("{app}", "tunnel")
     return re.sub(r"\{[^}/]+\}", "zz-none", path)
 
 
@@ -330,6 +330,29 @@ def _bad_bodies(template: str) -> list[tuple[str, bytes]]:
             {"identity": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"},
             {"identity": pem, "days": "y"},
             {"identity": pem, "days": 0},
+        ],
+        "/api/meshes/{mesh}/apps/tunnel/inbound": [
+            {},
+            {"tunnel": 5, "listen": ["80"]},
+            {"tunnel": "http/x", "listen": ["80"]},
+            {"tunnel": "tcp/x"},
+            {"tunnel": "tcp/x", "listen": "80"},
+            {"tunnel": "tcp/x", "listen": [80]},
+            {"tunnel": "tcp/x", "listen": ["0"]},
+            {"tunnel": "tcp/x", "listen": ["80"], "exits": ["bad name!"]},
+        ],
+        "/api/meshes/{mesh}/apps/tunnel/outbound": [
+            {},
+            {"tunnel": "tcp/x"},
+            {"tunnel": "tcp/x", "targets": ["80"]},
+            {"tunnel": "tcp/x", "targets": ["a:1"], "users": ["Bob"]},
+            {"tunnel": "tcp/x", "targets": ["a:1"], "entrances": [5]},
+        ],
+        "/api/meshes/{mesh}/endpoints/{ep}/apps/{app}/call": [
+            {},
+            {"method": 5},
+            {"method": "bad method!"},
+            {"method": "open_inbound", "params": {"tunnel": 5}},
         ],
     }
     assert template in typed, f"no typed bad bodies for {template}: add some"

@@ -92,11 +92,11 @@ async def dial(addresses: list[Address], mesh_id: str, context: ssl.SSLContext) 
     raise Unavailable("cannot reach a hub of this mesh: " + "; ".join(problems))
 
 
-async def _retire(conn: h2.Connection, grace: float = 10.0) -> None:
-    """Close a replaced connection once the requests still running on it finished (or after `grace` seconds)."""
-    deadline = time.monotonic() + grace
-    while conn.open_streams > 0 and time.monotonic() < deadline and not conn.closed:
-        await asyncio.sleep(0.05)
+async def _retire(conn: h2.Connection) -> None:
+    """Close a replaced connection once every stream still running on it ended: calls finish, and tunnelled
+    connections (an SSH session, a database link) live on until their own end rather than being cut at renewal."""
+    while conn.open_streams > 0 and not conn.closed:
+        await asyncio.sleep(0.25)
     conn.close()
 
 

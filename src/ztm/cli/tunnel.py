@@ -96,6 +96,8 @@ tunnel_type.__name__ = "tunnel"
 
 
 def _split(text: str) -> list[str]:
+    if _TUNNEL.fullmatch(text.strip()):  # `--targets HOST:PORT tcp/web`: the list option took the tunnel name
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is a tunnel name: give it before the options")
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
@@ -480,7 +482,9 @@ def _open(ctx: Context) -> int:
         body["users"] = _flat(ctx.args.users)
     remote = _remote(ctx)
     if remote is None:
-        res: Any = ctx.client().post(ctx.mesh_path("apps", "tunnel", side), body)
+        inbound = side == "inbound"
+        path = ctx.mesh_path("apps", "tunnel", "inbound") if inbound else ctx.mesh_path("apps", "tunnel", "outbound")
+        res: Any = ctx.client().post(path, body)
     else:
         res = _call(ctx, remote, f"open_{side}", body)
     view = expect_obj(res, f"open {side}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 
 from ztm import aio, h2, logs, pki
@@ -31,6 +32,7 @@ def run_hub(cfg: HubConfig) -> int:
 
 async def _main(cfg: HubConfig) -> int:
     names = cfg.names or _default_names(cfg)
+    _raise_file_limit(cfg.max_agents)
     cfg.data.mkdir(mode=0o700, parents=True, exist_ok=True)
     ring = logs.setup(cfg.data / "hub.log")
     store = HubStore(cfg.data / DB_NAME)
@@ -117,3 +119,23 @@ async def _sweep(state: HubState, authority: Authority) -> None:
         if ticks * interval >= 86400:
             ticks = 0
             state.refresh_crl()
+
+
+def _raise_file_limit(max_agents: int) -> None:
+    """Each agent holds one socket: raise the soft open-files limit to the hard one, and say if it is still short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, max_agents + 1024)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < max_agents + 64:
+        log.warning(
+            "the open-files limit (%d) is below --max-agents %d: raise it (ulimit -n, or LimitNOFILE= in the unit) "
+            "or the hub will refuse connections past about %d agents",
+            soft,
+            max_agents,
+            max(0, soft - 64),
+        )

@@ -33,6 +33,10 @@ _APP = re.compile(r"[a-z][a-z0-9-]{0,31}")
 @dataclass(frozen=True)
 class Refusal:
     reason: str
+    offline: bool = False
+
+    def error(self) -> ZtmError:
+        return Unavailable(self.reason) if self.offline else Forbidden(self.reason)
 
 
 @dataclass
@@ -58,6 +62,12 @@ class Relay:
         self.state = state
         self.pending: dict[str, Pending] = {}
         self.active = 0
+        state.offline_hooks.append(self._target_offline)
+
+    def _target_offline(self, ep_id: str) -> None:
+        for pending in self.pending.values():
+            if pending.target == ep_id and not pending.future.done():
+                pending.future.set_result(Refusal("the endpoint went offline before it accepted", offline=True))
 
     async def connect(self, stream: h2.Stream, peer: Peer) -> None:
         """An entrance asks for a stream to `:authority`; answer once the target accepted or refused."""
@@ -97,7 +107,7 @@ class Relay:
             self.pending.pop(stream_id, None)
         if isinstance(outcome, Refusal):
             self.state.counters["streams_refused"] += 1
-            await _answer_error(stream, Forbidden(outcome.reason))
+            await _answer_error(stream, outcome.error())
             return
         other, done = outcome
         self.state.counters["streams"] += 1

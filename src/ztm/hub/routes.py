@@ -144,7 +144,7 @@ class HubRoutes:
             status, result = exc.status, exc.to_json()
         except h2.H2Error:
             return
-        body = json.dumps(result).encode() if result is not None else b""
+        body = result if isinstance(result, bytes) else json.dumps(result).encode() if result is not None else b""
         if result is None:
             status = 204
         await stream.respond(status, JSON, end_stream=not body)
@@ -190,7 +190,7 @@ class HubRoutes:
         return self.state.beat(req.peer)
 
     async def get_endpoints(self, req: Request) -> Any:
-        return self.state.list_endpoints()
+        return self.state.list_endpoints_json()
 
     async def get_endpoint(self, req: Request) -> Any:
         return self.state.endpoint_view(self.state.find_endpoint(req.arg("ep")))
@@ -249,16 +249,24 @@ class HubRoutes:
         conn.add_close_callback(lambda _c: session.end())
         try:
             await stream.respond(200, [("content-type", "application/x-ndjson")])
-            while True:
-                event = await session.queue.get()
-                if event is None:
-                    break
-                if event.get("type") == "evicted":
-                    # End the stream with the event so the agent reads it even as the connection closes.
-                    await stream.write(json.dumps(event).encode() + b"\n", end_stream=True)
-                    conn.close()
-                    return
-                await stream.write(json.dumps(event).encode() + b"\n")
+            ended = False
+            while not ended:
+                items = [await session.queue.get()]
+                while not session.queue.empty() and len(items) < 256:
+                    items.append(session.queue.get_nowait())
+                lines: list[bytes] = []
+                for item in items:
+                    if item is None:
+                        ended = True
+                        break
+                    if item[0] == "evicted":
+                        # End the stream with the notice so the agent reads it even as the connection closes.
+                        await stream.write(b"".join([*lines, item[1]]), end_stream=True)
+                        conn.close()
+                        return
+                    lines.append(item[1])
+                if lines:
+                    await stream.write(b"".join(lines))
             await stream.end()
         except h2.H2Error:
             pass

@@ -22,12 +22,16 @@ from ztm.addr import Address
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
 from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
-from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Unavailable, ZtmError
+from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
 
 log = logging.getLogger("ztm.tunnel")
 
-CONNECT_TIMEOUT = 5.0
+CONNECT_BUDGET = 4.0
+"""Seconds an exit may spend connecting to its targets, all of them together: the hub gives a target endpoint 5 s to
+accept a stream (`ztm.hub.relay.ACCEPT_TIMEOUT`), so a target that never answers must leave time to try the next."""
 EXITS_TTL = 1.0
+SLOW_EXIT = 10.0
+"""Seconds an exit that did not answer in time (frozen, cut off, but not yet offline at the hub) is tried last."""
 UDP_IDLE = 120.0
 UDP_QUEUE = 256
 
@@ -43,6 +47,8 @@ class TunnelApp(MeshApp):
         self.listeners: dict[str, list[asyncio.AbstractServer | asyncio.DatagramTransport]] = {}
         self._rr: Counter[str] = Counter()
         self._exits_cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
+        self._slow: dict[str, float] = {}
+        """Exit endpoint id -> until when it is tried last (it let a stream time out)."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # lifecycle
@@ -51,14 +57,15 @@ class TunnelApp(MeshApp):
             try:
                 if key.startswith("inbound/") and isinstance(value, dict):
                     spec = Inbound.parse(value)
+                    self.inbound[str(spec.tunnel)] = spec  # listed even if it cannot listen (listening: false)
                     self.listeners[str(spec.tunnel)] = await self._listen(spec)
-                    self.inbound[str(spec.tunnel)] = spec
                 elif key.startswith("outbound/") and isinstance(value, dict):
                     out = Outbound.parse(value)
                     self.outbound[str(out.tunnel)] = out
             except (ZtmError, OSError) as exc:
                 log.error("mesh %s: tunnel %s not restored: %s", self.ctx.mesh, key, exc)
         await super().start()
+        await self._publish_quietly()  # the hub's hello may have come (and on_online run) before this restore
 
     async def stop(self) -> None:
         for name in list(self.listeners):
@@ -84,8 +91,9 @@ class TunnelApp(MeshApp):
         try:
             listeners = await self._listen(spec)
         except OSError as exc:
-            if key in self.inbound:
-                self.listeners[key] = await self._listen(self.inbound[key])
+            if key in self.inbound:  # back to the previous configuration, if it can still listen
+                with contextlib.suppress(OSError):
+                    self.listeners[key] = await self._listen(self.inbound[key])
             raise Conflict(f"cannot listen for {key}: {exc.strerror or exc}") from None
         self.listeners[key] = listeners
         self.ctx.config_set(f"inbound/{key}", spec.to_json())
@@ -142,7 +150,8 @@ class TunnelApp(MeshApp):
     async def call(self, method: str, params: Any, caller: Caller) -> Any:
         """Remote configuration (`ztm ep EP tunnel ...`): only this endpoint's owner (or root) may."""
         if caller.user not in (self.ctx.user, "root"):
-            raise Forbidden(f"only {self.ctx.user!r} (the owner) or root may configure tunnels on this endpoint")
+            owner = "root (the owner)" if self.ctx.user == "root" else f"{self.ctx.user!r} (the owner) or root"
+            raise Forbidden(f"only {owner} may configure tunnels on this endpoint")
         body = params if isinstance(params, dict) else {}
         if method == "open_inbound":
             return await self.open_inbound(Inbound.parse(body))
@@ -210,12 +219,11 @@ class TunnelApp(MeshApp):
             order = {ref: i for i, ref in enumerate(spec.exits)}
             exits = [e for e in exits if e["ep"] in order or e["name"] in order]
             exits.sort(key=lambda e: order.get(e["ep"], order.get(e["name"], 0)))
-            return exits
-        if exits:
+        elif exits:
             start = self._rr[key] % len(exits)
             self._rr[key] += 1
             exits = exits[start:] + exits[:start]
-        return exits
+        return sorted(exits, key=lambda e: self._slow.get(e["ep"], 0.0) > now)  # stable: slow ones last
 
     async def open_to_exit(self, key: str) -> tuple[h2.Stream, dict[str, Any]]:
         """A stream to the first exit of tunnel `key` that accepts; Unavailable if none does."""
@@ -226,9 +234,11 @@ class TunnelApp(MeshApp):
         for exit_ep in exits:
             try:
                 return await self.ctx.open_stream(exit_ep["ep"], key), exit_ep
-            except ZtmError as exc:
+            except (ZtmError, h2.H2Error) as exc:  # H2Error: the hub connection is closing (GOAWAY, renewal)
                 problems.append(f"{exit_ep['name']}: {exc.message}")
                 self._exits_cache.pop(key, None)
+                if isinstance(exc, Timeout):  # the hub waited for it in vain: do not make every client wait
+                    self._slow[exit_ep["ep"]] = time.monotonic() + SLOW_EXIT
         raise Unavailable("every exit refused: " + "; ".join(problems))
 
     async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -239,6 +249,9 @@ class TunnelApp(MeshApp):
             log.info("mesh %s: inbound %s: connection closed: %s", self.ctx.mesh, key, exc.message)
             writer.transport.abort()
             return
+        except BaseException:  # cancelled (the agent stops), or a bug: never leave the client hanging
+            writer.transport.abort()
+            raise
         await self._pipe(key, reader, writer, stream, exit_ep["ep"], exit_ep["name"])
 
     async def _pipe(
@@ -304,11 +317,12 @@ class TunnelApp(MeshApp):
 
     async def _exit_tcp(self, stream_id: str, caller: Caller, key: str, spec: Outbound) -> None:
         problems = []
-        for target in self._targets(key, spec):
+        targets = self._targets(key, spec)
+        deadline = time.monotonic() + CONNECT_BUDGET
+        for i, target in enumerate(targets):
+            share = max(0.1, (deadline - time.monotonic()) / (len(targets) - i))
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(target.host, target.port), CONNECT_TIMEOUT
-                )
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), share)
                 break
             except (OSError, TimeoutError) as exc:
                 problems.append(f"{target}: {getattr(exc, 'strerror', None) or exc or 'timeout'}")
@@ -356,7 +370,7 @@ class TunnelApp(MeshApp):
                 await stream.write(frame(datagram))
                 self.counters[f"{key}:sent"] += len(datagram)
 
-        tasks = [asyncio.ensure_future(down()), asyncio.ensure_future(up())]
+        tasks = [asyncio.ensure_future(_quietly(down())), asyncio.ensure_future(_quietly(up()))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -422,7 +436,7 @@ class _UdpEntrance(asyncio.DatagramProtocol):
                         self.transport.sendto(datagram, addr)
                     self.app.counters[f"{key}:received"] += len(datagram)
 
-        tasks = [asyncio.ensure_future(up()), asyncio.ensure_future(down())]
+        tasks = [asyncio.ensure_future(_quietly(up())), asyncio.ensure_future(_quietly(down()))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -430,6 +444,12 @@ class _UdpEntrance(asyncio.DatagramProtocol):
                 task.cancel()
             stream.reset()
             self.flows.pop(addr, None)
+
+
+async def _quietly(coro: Any) -> None:
+    """A UDP flow direction ends on idle timeout, a reset stream or a socket error; the flow then ends as a whole."""
+    with contextlib.suppress(TimeoutError, h2.H2Error, OSError):
+        await coro
 
 
 def _close_all(items: list[asyncio.AbstractServer | asyncio.DatagramTransport]) -> None:

@@ -3,6 +3,8 @@
 TCP: one task per direction; a read from one side happens only after the previous chunk was written to the other
 (and, on the socket side, drained), so memory per connection is bounded by one chunk plus the stream window.
 Half-close travels: EOF from the socket ends the stream, the stream's end shuts down the socket's write side.
+A reset travels too: a socket error resets the stream, a reset stream resets the socket (RST, not a clean FIN, so a
+client can tell a broken connection from a complete answer).
 
 UDP: datagrams keep their boundaries inside a stream as 2-byte big-endian length prefixes (`frame`/`Deframer`).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import struct
 from collections.abc import Callable
 
@@ -50,8 +53,7 @@ async def splice_socket(
         stream.reset()
         for task in tasks:
             task.cancel()
-        transport = writer.transport
-        transport.abort()
+        reset_socket(writer)
         return
     finally:
         for task in tasks:
@@ -59,6 +61,15 @@ async def splice_socket(
     writer.close()
     with contextlib.suppress(OSError):
         await writer.wait_closed()
+
+
+def reset_socket(writer: asyncio.StreamWriter) -> None:
+    """Close at once with an RST (SO_LINGER 0): the peer sees "connection reset", not the end of the data."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def frame(datagram: bytes) -> bytes:

@@ -27,6 +27,8 @@ class TunnelName:
     @classmethod
     def parse(cls, text: object) -> TunnelName:
         hint = "expected tcp/NAME or udp/NAME, NAME of letters, digits, '.', '_' or '-'"
+        if text is None:
+            raise BadInput(f"missing field 'tunnel': {hint}")
         if not isinstance(text, str) or "/" not in text:
             raise BadInput(f"invalid tunnel {text!r}: {hint}")
         protocol, _, name = text.partition("/")

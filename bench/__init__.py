@@ -1,0 +1,1 @@
+"""Benchmarks of ztm: scripts, not tests (see bench/README.md)."""
