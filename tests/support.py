@@ -750,3 +750,16 @@ def failure_report(procs: Iterable[Proc], cli_mark: int | None = None, max_chars
             parts.append("===== CLI calls" + (f" (last {len(shown)} of {len(calls)})" if len(calls) > 40 else ""))
             parts.extend(c[-4000:] for c in shown)
     return "\n".join(parts)
+
+
+def by_name(eps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(e["name"]): e for e in eps}
+
+
+def one_line_error(cp: subprocess.CompletedProcess[str]) -> str:
+    """The command failed with exactly one line on stderr and no traceback; returns that line."""
+    assert cp.returncode != 0, f"expected a failure, got exit 0: {cp.stdout!r}"
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1, f"expected a one-line error, got: {cp.stderr!r}"
+    assert "Traceback" not in cp.stderr + cp.stdout
+    return lines[0]

@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,9 +21,11 @@ from support import (
     Agent,
     Hub,
     base_env,
+    by_name,
     free_port,
     holds_for,
     invite,
+    one_line_error,
     restart_agent,
     restart_hub,
     run,
@@ -36,19 +37,6 @@ Make = Callable[..., Any]
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-
-
-def by_name(eps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {str(e["name"]): e for e in eps}
-
-
-def one_line_error(cp: subprocess.CompletedProcess[str]) -> str:
-    """The command failed with exactly one line on stderr and no traceback; returns that line."""
-    assert cp.returncode != 0, f"expected a failure, got exit 0: {cp.stdout!r}"
-    lines = cp.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected a one-line error, got: {cp.stderr!r}"
-    assert "Traceback" not in cp.stderr + cp.stdout
-    return lines[0]
 
 
 def key_values(text: str) -> dict[str, str]:

@@ -31,7 +31,18 @@ from typing import Any
 
 import pytest
 
-from support import Agent, Hub, Proc, free_port, invite, restart_agent, start_agent, start_hub, wait_until
+from support import (
+    Agent,
+    Hub,
+    Proc,
+    free_port,
+    invite,
+    one_line_error,
+    restart_agent,
+    start_agent,
+    start_hub,
+    wait_until,
+)
 
 MESH = "m"
 REPLY = 1 << 20
@@ -274,14 +285,6 @@ def ok_line(cp: subprocess.CompletedProcess[str]) -> str:
     assert cp.returncode == 0, cp.stderr
     assert "Traceback" not in cp.stdout + cp.stderr
     return cp.stdout
-
-
-def one_line_error(cp: subprocess.CompletedProcess[str]) -> str:
-    assert cp.returncode != 0, f"expected a failure, got exit 0: {cp.stdout!r}"
-    lines = cp.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected a one-line error, got: {cp.stderr!r}"
-    assert "Traceback" not in cp.stderr + cp.stdout
-    return lines[0]
 
 
 def listed(agent: Agent, kind: str) -> dict[str, dict[str, Any]]:

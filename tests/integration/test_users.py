@@ -12,7 +12,6 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,18 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from support import Agent, Hub, holds_for, invite, restart_agent, run, split_hostport, wait_until
+from support import (
+    Agent,
+    Hub,
+    by_name,
+    holds_for,
+    invite,
+    one_line_error,
+    restart_agent,
+    run,
+    split_hostport,
+    wait_until,
+)
 
 MESH = "m"
 Make = Callable[..., Any]
@@ -32,19 +42,6 @@ CURL = shutil.which("curl")
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
-
-
-def by_name(eps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {str(e["name"]): e for e in eps}
-
-
-def one_line_error(cp: subprocess.CompletedProcess[str]) -> str:
-    """The command failed with exactly one line on stderr and no traceback; returns that line."""
-    assert cp.returncode != 0, f"expected a failure, got exit 0: {cp.stdout!r}"
-    lines = cp.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected a one-line error, got: {cp.stderr!r}"
-    assert "Traceback" not in cp.stderr + cp.stdout
-    return lines[0]
 
 
 def the_mesh(agent: Agent) -> dict[str, Any]:

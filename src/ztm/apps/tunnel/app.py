@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from ztm import h2
@@ -356,28 +357,10 @@ class TunnelApp(MeshApp):
             transport.close()
             raise
         self.counters[f"{key}:streams"] += 1
-
-        async def down() -> None:
-            deframer = Deframer()
-            while data := await stream.read():
-                for datagram in deframer.feed(data):
-                    transport.sendto(datagram)
-                    self.counters[f"{key}:received"] += len(datagram)
-
-        async def up() -> None:
-            while True:
-                datagram = await asyncio.wait_for(queue.get(), UDP_IDLE)
-                await stream.write(frame(datagram))
-                self.counters[f"{key}:sent"] += len(datagram)
-
-        tasks = [asyncio.ensure_future(_quietly(down())), asyncio.ensure_future(_quietly(up()))]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await udp_flow(stream, queue, transport.sendto, self.counters, key)
         finally:
-            for task in tasks:
-                task.cancel()
             transport.close()
-            stream.reset()
 
 
 class _UdpExit(asyncio.DatagramProtocol):
@@ -422,28 +405,46 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             return
         self.app.counters[f"{key}:streams"] += 1
 
-        async def up() -> None:
-            while True:
-                datagram = await asyncio.wait_for(queue.get(), UDP_IDLE)
-                await stream.write(frame(datagram))
-                self.app.counters[f"{key}:sent"] += len(datagram)
+        def send(datagram: bytes) -> None:
+            if self.transport is not None:
+                self.transport.sendto(datagram, addr)
 
-        async def down() -> None:
-            deframer = Deframer()
-            while data := await stream.read():
-                for datagram in deframer.feed(data):
-                    if self.transport is not None:
-                        self.transport.sendto(datagram, addr)
-                    self.app.counters[f"{key}:received"] += len(datagram)
-
-        tasks = [asyncio.ensure_future(_quietly(up())), asyncio.ensure_future(_quietly(down()))]
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            await udp_flow(stream, queue, send, self.app.counters, key)
         finally:
-            for task in tasks:
-                task.cancel()
-            stream.reset()
             self.flows.pop(addr, None)
+
+
+async def udp_flow(
+    stream: h2.Stream,
+    queue: asyncio.Queue[bytes],
+    send: Callable[[bytes], None],
+    counters: Counter[str],
+    key: str,
+) -> None:
+    """Carry one UDP flow over a stream: datagrams from `queue` go out framed, framed datagrams from the stream go to
+    `send`. The flow ends when either direction ends (idle timeout, reset, socket error); the stream is reset."""
+
+    async def up() -> None:
+        while True:
+            datagram = await asyncio.wait_for(queue.get(), UDP_IDLE)
+            await stream.write(frame(datagram))
+            counters[f"{key}:sent"] += len(datagram)
+
+    async def down() -> None:
+        deframer = Deframer()
+        while data := await stream.read():
+            for datagram in deframer.feed(data):
+                send(datagram)
+                counters[f"{key}:received"] += len(datagram)
+
+    tasks = [asyncio.ensure_future(_quietly(up())), asyncio.ensure_future(_quietly(down()))]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        stream.reset()
 
 
 async def _quietly(coro: Any) -> None:
