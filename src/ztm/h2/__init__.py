@@ -1,11 +1,13 @@
-"""`ztm.h2`: the asyncio HTTP/2-over-TLS transport between agents and hubs, built on the `h2` library.
+"""`ztm.h2`: the asyncio HTTP/2-over-TLS transport between agents and hubs, on our own sans-IO HTTP/2 codec.
 
 An agent keeps one long-lived connection to its hub (TLS 1.3, client certificate, ALPN h2) and multiplexes on it
 JSON calls (`Connection.request`), a server-to-client event stream, and bidirectional byte streams (CONNECT
 tunnels). `serve()` is the server, `connect()` the client; both hand out `Connection` and `Stream` objects.
 Flow control is end-to-end back-pressure: received bytes are credited to the peer only when the reader took them.
 
-See `ztm.h2.connection` for what we do about h2's per-frame costs (its eager `repr(frame)` in particular).
+Layers: `frames` (wire layout), `fields` (header rules), `events` and `codec` (the sans-IO protocol engine: bytes in,
+events out, for the HTTP/2 subset we use) under `connection` and `stream` (asyncio I/O, flow control end to end).
+See `ztm.h2.codec` for what it enforces and `ztm.h2.connection` for the copy-free hot path.
 """
 
 from ztm.h2.client import connect

@@ -1,39 +1,26 @@
 """One HTTP/2-over-TLS connection: the asyncio protocol shared by client and server.
 
-`Connection` is an `asyncio.BufferedProtocol` wrapping `h2.connection.H2Connection` (sans-IO). It turns h2 events
-into `Stream` state, writes what h2 produces to the TLS transport, and implements flow control end to end:
+`Connection` is the I/O half of a connection whose protocol half is `ztm.h2.codec.H2Codec` (sans-IO): it feeds
+received bytes to the codec, turns the codec's events into `Stream` state, writes what the codec queues to the TLS
+transport, and implements flow control end to end:
 
-* Receive: DATA is credited back to the peer (`acknowledge_received_data`) only when `Stream.read()` hands the bytes
-  to the consumer, so a slow reader back-pressures the sender and a stream never buffers more than its window.
-  Padding and data nobody will read (reset streams) are credited at once.
+* Receive: DATA is credited back to the peer (`H2Codec.acknowledge`) only when `Stream.read()` hands the bytes to
+  the consumer, so a slow reader back-pressures the sender and a stream never buffers more than its window. Padding
+  and data nobody will read (reset streams) are credited at once.
 * Send: `Stream.write()` waits for the peer's window (woken by WINDOW_UPDATE and SETTINGS) and for the transport
   (`pause_writing`/`resume_writing`); frames are as large as the peer allows.
 
-Hot-path notes (DESIGN.md section 5):
+Hot path (DESIGN.md section 5): this is an `asyncio.BufferedProtocol` and *only* that (a class that also inherits
+`asyncio.Protocol` makes the loop fall back to its copying path). Reads go into one 1 MiB buffer shared by all
+connections of a thread; the codec parses frames in place from it and reports DATA payloads as views of it, which
+are copied exactly once, into the `bytes` a stream buffers (anything the codec keeps between reads, it copies), so
+the shared buffer is free again when `buffer_updated` returns and an idle connection stays small. Large DATA
+payloads are written with `transport.writelines([header, payload])` without being copied; small frames queued
+together go out as one buffer.
 
-* **h2's eager frame repr.** h2 4.4.1 calls `self.config.logger.trace("Received frame: %s", repr(frame))` in
-  `H2Connection._receive_frame` for every received frame; the `repr()` runs whatever the logger is, and
-  `DataFrame.__repr__` re-serializes and hex-encodes the whole payload (~70% of receive CPU for bulk data). A logger
-  in `H2Configuration` cannot help. We do not patch h2 or hyperframe globally: each connection gets its own
-  `_FrameBuffer` (a `FrameBuffer` subclass installed as `incoming_buffer`) that re-classes parsed DATA frames as
-  `_QuietDataFrame`, a `DataFrame` subclass whose `__repr__` is a short constant-cost string, and registers that
-  class in the connection's `_frame_dispatch_table` so h2 dispatches it like any DATA frame. The same buffer also
-  parses frame bodies from a memoryview instead of copying each frame out of the buffer first.
-* **Sending without copies.** Large DATA payloads bypass `Frame.serialize()` (which joins header and body into a new
-  bytes object): `_H2Connection._prepare_for_sending` queues the 9-byte header and the payload itself, and the
-  connection hands the list to `transport.writelines`. Memoryview slices of the caller's (immutable) data travel in
-  a `_Payload` wrapper, because `H2Stream.send_data` would otherwise copy memoryviews with `tobytes()`.
-* **Reads** go into one 256 KiB buffer shared by all connections of a thread: h2 copies received bytes into its own
-  frame buffer before anything else runs, so the shared buffer is free again when `buffer_updated` returns. This
-  keeps an idle connection small.
-
-Other notes: h2 moves the connection to CLOSED as soon as a GOAWAY is sent or received (no graceful drain), so a
-GOAWAY ends the connection at once. Answers to control frames (PING, SETTINGS) are not flow controlled; if the
-transport stays paused while its backlog grows far beyond the high-water mark, the peer is not reading and the
-connection is aborted.
-
-All of this relies on h2 4.4.1 internals (`incoming_buffer`, `_frame_dispatch_table`, `_prepare_for_sending`,
-`_data_to_send`); the version is pinned in pyproject.toml and the tests exercise every path.
+A GOAWAY ends the connection at once, in both directions (no graceful drain). Answers to control frames (PING,
+SETTINGS) are not flow controlled; if the transport stays paused while its backlog grows far beyond the high-water
+mark, the peer is not reading and the connection is aborted.
 """
 
 from __future__ import annotations
@@ -41,162 +28,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-import h2.events
-import h2.exceptions
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.exceptions import FrameDataMissingError, ProtocolError
-from h2.frame_buffer import FrameBuffer
-from h2.settings import SettingCodes, Settings
-from hyperframe.exceptions import InvalidDataError, InvalidFrameError
-from hyperframe.frame import DataFrame, Frame
-
+from ztm.h2 import events as ev
+from ztm.h2.codec import CodecError, H2Codec, NoStreamIdsError, TooManyStreamsError
 from ztm.h2.errors import ConnectionClosed, H2Error, StreamReset, error_name, tls_error_message
 from ztm.h2.settings import H2Settings
 from ztm.h2.stream import Stream
 
 log = logging.getLogger("ztm.h2")
 
-_READ_BUFFER_SIZE = 256 * 1024
-_DIRECT_MIN = 16 * 1024  # DATA payloads at least this large are written without serializing the frame
+_READ_BUFFER_SIZE = 1 << 20
 _MAX_PENDING = 1 << 20  # bytes accepted from a server-side peer before HTTP/2 starts (during on_connect)
 _CLOSE_GRACE = 5.0  # seconds a closing transport may take for its TLS shutdown before it is aborted
-_FRAME_HEADER = struct.Struct(">HBBBL")
-
-
-# --------------------------------------------------------------------------------------------------------------
-# h2 adaptations (see the module docstring)
-
-
-class _QuietDataFrame(DataFrame):
-    """A received DATA frame whose repr does not serialize and hex-encode the payload."""
-
-    def __repr__(self) -> str:
-        return f"DataFrame(stream_id={self.stream_id}, length={self.body_len})"
-
-
-class _FrameBuffer(FrameBuffer):
-    """h2's `FrameBuffer`, parsing bodies in place and yielding DATA frames as `_QuietDataFrame`."""
-
-    def __next__(self) -> Frame:
-        data = self._data
-        while True:
-            if len(data) < 9:
-                raise StopIteration
-            view = memoryview(data)
-            try:
-                try:
-                    frame, length = Frame.parse_frame_header(view[:9])
-                except (InvalidDataError, InvalidFrameError) as err:
-                    raise ProtocolError(f"Received frame with invalid header: {err!s}") from err
-                if len(data) < length + 9:
-                    raise StopIteration
-                self._validate_frame_length(length)
-                if frame.__class__ is DataFrame:
-                    frame.__class__ = _QuietDataFrame
-                body = view[9 : 9 + length]
-                try:
-                    frame.parse_body(body)
-                except InvalidDataError as err:
-                    raise ProtocolError("Received frame with non-compliant data") from err
-                except InvalidFrameError as err:
-                    raise FrameDataMissingError("Frame data missing or invalid") from err
-                finally:
-                    body.release()
-            finally:
-                view.release()
-            try:
-                del data[: 9 + length]
-            except BufferError:  # a view of the buffer is still alive somewhere: copy instead
-                data = self._data = bytearray(data[9 + length :])
-            result = self._update_header_buffer(frame)
-            if result is not None:
-                return result
-
-
-class _Payload:
-    """A memoryview DATA payload passed through h2 untouched (h2 would copy a bare memoryview)."""
-
-    __slots__ = ("view",)
-
-    def __init__(self, view: memoryview) -> None:
-        self.view = view
-
-    def __len__(self) -> int:
-        return len(self.view)
-
-
-_Chunk = bytes | bytearray | memoryview
-
-
-class _H2Connection(H2Connection):
-    """`H2Connection` with our settings, the quiet frame buffer and copy-free output of large DATA frames."""
-
-    def __init__(self, client: bool, settings: H2Settings) -> None:
-        config = H2Configuration(client_side=client, header_encoding="utf-8", validate_inbound_headers=True)
-        super().__init__(config=config)
-        values: dict[SettingCodes, int] = {
-            SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
-            SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,
-            SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-            SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
-        }
-        if client:
-            values[SettingCodes.ENABLE_PUSH] = 0
-        # Values given here are in force at once (they go out in our first SETTINGS frame, before the peer may
-        # use anything but the defaults), so the derived limits are set to match.
-        self.local_settings = Settings(client=client, initial_values=values)
-        self.max_inbound_frame_size = settings.max_frame_size
-        self.decoder.max_header_list_size = settings.max_header_list_size
-        self.incoming_buffer = _FrameBuffer(server=not client)
-        self._frame_dispatch_table[_QuietDataFrame] = self._receive_data_frame
-        self.out: list[_Chunk] = []
-
-    def _prepare_for_sending(self, frames: list[Frame]) -> None:
-        for f in frames:
-            if f.__class__ is DataFrame and len(f.data) >= _DIRECT_MIN and "PADDED" not in f.flags:
-                payload: Any = f.data
-                n = len(payload)
-                f.body_len = n
-                flags = 0x1 if "END_STREAM" in f.flags else 0
-                buf = self._data_to_send
-                buf += _FRAME_HEADER.pack(n >> 8, n & 0xFF, 0, flags, f.stream_id)
-                self.out.append(buf)
-                self._data_to_send = bytearray()
-                self.out.append(payload.view if payload.__class__ is _Payload else payload)
-            else:
-                self._data_to_send += f.serialize()
-
-    def pending_output(self) -> bool:
-        return bool(self._data_to_send or self.out)
-
-    def take_output(self) -> list[_Chunk]:
-        out = self.out
-        if self._data_to_send:
-            out.append(self._data_to_send)
-            self._data_to_send = bytearray()
-        self.out = []
-        return out
-
-    def data_to_send(self, amount: int | None = None) -> bytes:
-        data = b"".join(self.take_output())
-        if amount is not None and amount < len(data):
-            self._data_to_send = bytearray(data[amount:])
-            data = data[:amount]
-        return data
-
-    def send_view(self, stream_id: int, data: bytes | memoryview, end_stream: bool) -> None:
-        if isinstance(data, memoryview) and len(data) >= _DIRECT_MIN:
-            payload: Any = _Payload(data)
-            self.send_data(stream_id, payload, end_stream=end_stream)
-        else:
-            self.send_data(stream_id, data, end_stream=end_stream)
+_CORK = 64 * 1024  # small frames are collected for one write per loop iteration, up to this many bytes
 
 
 _local = threading.local()
@@ -234,11 +82,12 @@ class Connection(asyncio.BufferedProtocol):
         self._settings = settings
         self._label = label
         self._loop = asyncio.get_running_loop()
-        self._h2 = _H2Connection(is_client, settings)
+        self._codec = H2Codec(client=is_client, settings=settings)
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, Stream] = {}
         self._blocked: set[Stream] = set()
         self._write_paused = False
+        self._flush_scheduled = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         self._ping_seq = 0
@@ -286,10 +135,10 @@ class Connection(asyncio.BufferedProtocol):
         if not self.is_client:
             raise H2Error("open_stream() is only for client connections")
         self._check_open()
-        h2c = self._h2
+        codec = self._codec
         try:
-            stream_id = h2c.get_next_available_stream_id()
-        except h2.exceptions.NoAvailableStreamIDError:
+            stream_id = codec.next_stream_id()
+        except NoStreamIdsError:
             raise H2Error(f"no stream IDs left on the connection to {self._label}; reconnect") from None
         if method == "CONNECT":
             hdrs = [(":method", method), (":authority", path or authority)]
@@ -299,16 +148,16 @@ class Connection(asyncio.BufferedProtocol):
         stream = Stream(self, stream_id)
         self._streams[stream_id] = stream
         try:
-            h2c.send_headers(stream_id, hdrs, end_stream=end_stream)
-        except h2.exceptions.TooManyStreamsError:
+            codec.send_headers(stream_id, hdrs, end_stream=end_stream)
+        except TooManyStreamsError:
             del self._streams[stream_id]
             raise H2Error(f"too many concurrent streams on the connection to {self._label}") from None
-        except h2.exceptions.H2Error as exc:
+        except CodecError as exc:
             del self._streams[stream_id]
             raise H2Error(f"cannot open a stream for {method} {path}: {exc}") from None
         if end_stream:
             stream._local_ended = True
-        self._flush()
+        self._flush_soon()
         return stream
 
     async def request(
@@ -354,10 +203,10 @@ class Connection(asyncio.BufferedProtocol):
         start = time.perf_counter()
         try:
             try:
-                self._h2.ping(data)
-            except h2.exceptions.H2Error:
+                self._codec.ping(data)
+            except CodecError:
                 raise ConnectionClosed(self._closed_message()) from None
-            self._flush()
+            self._flush_soon()
             async with asyncio.timeout(timeout):
                 end = await fut
         except TimeoutError:
@@ -482,11 +331,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._closing:
             return
         self._ready = True
-        h2c = self._h2
-        h2c.initiate_connection()
-        extra = self._settings.connection_window - 65535
-        if extra > 0:
-            h2c.increment_flow_control_window(extra)
+        self._codec.initiate()
         self._flush()
         pending, self._pending = self._pending, None
         if pending:
@@ -538,13 +383,7 @@ class Connection(asyncio.BufferedProtocol):
     # ---- data path ---------------------------------------------------------------------------------------------
 
     def _process(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            log.info("HTTP/2 protocol error on the connection with %s: %s", self._label, exc)
-            self._flush()  # the GOAWAY h2 prepared
-            self._close(f"HTTP/2 protocol error: {exc}", goaway=False)
-            return
+        events = self._codec.receive(data)
         dispatch = _DISPATCH
         for event in events:
             handler = dispatch.get(event.__class__)
@@ -560,10 +399,10 @@ class Connection(asyncio.BufferedProtocol):
                 self._close("the peer does not read what we send", abort=True)
 
     def _flush(self) -> None:
-        h2c = self._h2
-        if not h2c.pending_output():
+        codec = self._codec
+        if not codec.has_output:
             return
-        out = h2c.take_output()
+        out = codec.take_output()
         transport = self._transport
         if transport is None or self._lost:
             return
@@ -575,15 +414,28 @@ class Connection(asyncio.BufferedProtocol):
             self.bytes_sent += sum(map(len, out))
             transport.writelines(out)
 
+    def _flush_soon(self) -> None:
+        """Write what the codec queued at the end of this loop iteration, so that the small frames produced by one
+        task step (HEADERS and a short body, END_STREAM, WINDOW_UPDATE...) go out in one TLS record and syscall."""
+        if self._flush_scheduled:
+            if self._codec.output_size >= _CORK:
+                self._flush()
+            return
+        self._flush_scheduled = True
+        self._loop.call_soon(self._flush_deferred)
+
+    def _flush_deferred(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+
     def _consumed(self, stream_id: int, n: int) -> None:
         """Credit `n` received bytes of `stream_id` back to the peer (the consumer took them)."""
         if n <= 0 or self._closing:
             return
-        try:
-            self._h2.acknowledge_received_data(n, stream_id)
-        except h2.exceptions.H2Error:
-            return
-        self._flush()
+        codec = self._codec
+        codec.acknowledge(stream_id, n)
+        if codec.has_output:
+            self._flush_soon()
 
     async def _drain(self) -> None:
         if self.closed:
@@ -603,57 +455,55 @@ class Connection(asyncio.BufferedProtocol):
     def _stream_done(self, stream: Stream) -> None:
         self._streams.pop(stream.id, None)
 
-    # ---- h2 events -----------------------------------------------------------------------------------------
+    # ---- codec events ---------------------------------------------------------------------------------------
 
-    def _on_request_received(self, event: h2.events.RequestReceived) -> None:
-        if self.is_client or self._closing or event.stream_id is None:
+    def _on_request_received(self, event: ev.RequestReceived) -> None:
+        if self.is_client or self._closing:
             return
-        headers = [(str(k), str(v)) for k, v in event.headers or ()]
-        stream = Stream(self, event.stream_id, headers)
+        stream = Stream(self, event.stream_id, event.headers)
         self._streams[event.stream_id] = stream
         if self._on_request is not None:
             self._on_request(stream)
         else:
             stream.reset(0x7)  # REFUSED_STREAM
 
-    def _on_response_received(self, event: h2.events.ResponseReceived) -> None:
-        stream = self._streams.get(event.stream_id or 0)
+    def _on_response_received(self, event: ev.ResponseReceived) -> None:
+        stream = self._streams.get(event.stream_id)
         if stream is not None:
-            stream._on_response([(str(k), str(v)) for k, v in event.headers or ()])
+            stream._on_response(event.headers)
 
-    def _on_trailers_received(self, event: h2.events.TrailersReceived) -> None:
-        stream = self._streams.get(event.stream_id or 0)
+    def _on_trailers_received(self, event: ev.TrailersReceived) -> None:
+        stream = self._streams.get(event.stream_id)
         if stream is not None:
-            stream.trailers = [(str(k), str(v)) for k, v in event.headers or ()]
+            stream.trailers = event.headers
 
-    def _on_data_received(self, event: h2.events.DataReceived) -> None:
-        stream = self._streams.get(event.stream_id or 0)
-        flow = event.flow_controlled_length or 0
+    def _on_data_received(self, event: ev.DataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
         if stream is None:
-            self._consumed(event.stream_id or 0, flow)
-        else:
-            stream._on_data(event.data or b"", flow)
+            self._consumed(event.stream_id, event.flow_controlled_length)
+        else:  # the one copy: out of the (shared, reused) read buffer into bytes the stream may keep
+            stream._on_data(event.data.tobytes(), event.flow_controlled_length)
 
-    def _on_stream_ended(self, event: h2.events.StreamEnded) -> None:
-        stream = self._streams.get(event.stream_id or 0)
+    def _on_stream_ended(self, event: ev.StreamEnded) -> None:
+        stream = self._streams.get(event.stream_id)
         if stream is not None:
             stream._on_end()
 
-    def _on_stream_reset(self, event: h2.events.StreamReset) -> None:
-        stream = self._streams.get(event.stream_id or 0)
+    def _on_stream_reset(self, event: ev.StreamReset) -> None:
+        stream = self._streams.get(event.stream_id)
         if stream is not None:
-            stream._on_reset(event.error_code if event.error_code is not None else 0)
+            stream._on_reset(event.error_code, local=not event.remote)
 
-    def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
+    def _on_window_updated(self, event: ev.WindowUpdated) -> None:
         if event.stream_id == 0:
             for stream in list(self._blocked):
                 stream._wake_writer()
         else:
-            target = self._streams.get(event.stream_id or 0)
+            target = self._streams.get(event.stream_id)
             if target is not None:
                 target._wake_writer()
 
-    def _on_settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+    def _on_settings_changed(self, event: ev.SettingsChanged) -> None:
         for stream in list(self._blocked):
             stream._wake_writer()
         if not self._settings_received:
@@ -662,20 +512,23 @@ class Connection(asyncio.BufferedProtocol):
             if fut is not None and not fut.done():
                 fut.set_result(None)
 
-    def _on_ping_ack(self, event: h2.events.PingAckReceived) -> None:
-        fut = self._pings.pop(event.ping_data or b"", None)
+    def _on_ping_acked(self, event: ev.PingAcked) -> None:
+        fut = self._pings.pop(event.data, None)
         if fut is not None and not fut.done():
             fut.set_result(time.perf_counter())
 
-    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        # h2 moves the whole connection to CLOSED on GOAWAY (it supports no graceful drain: any later frame in or
-        # out is a protocol error), so the connection ends here. Data already received stays readable.
-        code = event.error_code if event.error_code is not None else 0
-        detail = f"GOAWAY {error_name(code)}"
+    def _on_goaway(self, event: ev.GoAway) -> None:
+        # No graceful drain: the connection ends here. Data already received stays readable.
+        detail = f"GOAWAY {error_name(event.error_code)}"
         if event.additional_data:
             detail += ": " + event.additional_data.decode("utf-8", "replace")
         self._goaway = detail
         self._close(f"the peer went away ({detail})", goaway=False)
+
+    def _on_connection_terminated(self, event: ev.ConnectionTerminated) -> None:
+        log.info("HTTP/2 protocol error on the connection with %s: %s", self._label, event.reason)
+        self._flush()  # the GOAWAY the codec queued
+        self._close(f"HTTP/2 protocol error: {event.reason}", goaway=False)
 
     # ---- closing -----------------------------------------------------------------------------------------------
 
@@ -690,11 +543,8 @@ class Connection(asyncio.BufferedProtocol):
         self._closing = True
         if transport is not None and not self._lost:
             if goaway and self._ready:
-                try:
-                    self._h2.close_connection(error_code, additional_data=message.encode() if message else None)
-                except Exception:  # h2 may refuse in some states; the transport closes anyway
-                    log.debug("could not send GOAWAY to %s", self._label, exc_info=True)
-                self._flush()
+                self._codec.close(error_code, message.encode())
+            self._flush()  # the GOAWAY and whatever was still queued
             if abort:
                 transport.abort()
             else:
@@ -739,17 +589,18 @@ class Connection(asyncio.BufferedProtocol):
                 log.exception("close callback %r failed", cb)
 
 
-_DISPATCH: dict[type[h2.events.Event], Callable[[Connection, Any], None]] = {
-    h2.events.DataReceived: Connection._on_data_received,
-    h2.events.WindowUpdated: Connection._on_window_updated,
-    h2.events.StreamEnded: Connection._on_stream_ended,
-    h2.events.RequestReceived: Connection._on_request_received,
-    h2.events.ResponseReceived: Connection._on_response_received,
-    h2.events.TrailersReceived: Connection._on_trailers_received,
-    h2.events.StreamReset: Connection._on_stream_reset,
-    h2.events.RemoteSettingsChanged: Connection._on_settings_changed,
-    h2.events.PingAckReceived: Connection._on_ping_ack,
-    h2.events.ConnectionTerminated: Connection._on_goaway,
+_DISPATCH: dict[type[ev.Event], Callable[[Connection, Any], None]] = {
+    ev.DataReceived: Connection._on_data_received,
+    ev.WindowUpdated: Connection._on_window_updated,
+    ev.StreamEnded: Connection._on_stream_ended,
+    ev.RequestReceived: Connection._on_request_received,
+    ev.ResponseReceived: Connection._on_response_received,
+    ev.TrailersReceived: Connection._on_trailers_received,
+    ev.StreamReset: Connection._on_stream_reset,
+    ev.SettingsChanged: Connection._on_settings_changed,
+    ev.PingAcked: Connection._on_ping_acked,
+    ev.GoAway: Connection._on_goaway,
+    ev.ConnectionTerminated: Connection._on_connection_terminated,
 }
 
 

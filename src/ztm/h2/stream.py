@@ -9,6 +9,9 @@ Flow control: bytes are credited back to the peer only when `read()` returns the
 ever buffered here; `write()` waits for the peer's window and for the transport. Writes on a stream are serialized
 (one `write()` completes before the next starts), so concurrent writers never interleave their bytes.
 
+Copies: received data arrives as `bytes` chunks (as large as the TLS reads), and `read()` returns a whole chunk
+without copying it; only small chunks are joined. Large writes of immutable data go to the transport by reference.
+
 Errors: after the peer reset the stream, `read()`/`write()`/`response()` raise `StreamReset`; after the connection
 is gone they raise `ConnectionClosed`. Data the peer fully sent (END_STREAM received) stays readable either way.
 """
@@ -21,12 +24,13 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import h2.exceptions
-
+from ztm.h2.codec import DIRECT_MIN, CodecError
 from ztm.h2.errors import ConnectionClosed, H2Error, StreamReset
 
 if TYPE_CHECKING:
     from ztm.h2.connection import Connection
+
+_COALESCE = 64 * 1024  # read() joins buffered chunks up to this size
 
 
 class Stream:
@@ -42,6 +46,7 @@ class Stream:
         "_finished",
         "_headers_waiter",
         "_local_ended",
+        "_offset",
         "_read_waiter",
         "_reset_code",
         "_reset_local",
@@ -64,6 +69,7 @@ class Stream:
         self.bytes_received = 0
         self._conn = conn
         self._chunks: deque[bytes] = deque()
+        self._offset = 0  # bytes of _chunks[0] already read
         self._buffered = 0  # received, not yet read (not yet credited to the peer)
         self._eof = False  # peer sent END_STREAM
         self._local_ended = False  # we sent END_STREAM
@@ -131,20 +137,26 @@ class Stream:
             finally:
                 self._read_waiter = None
         chunk = chunks[0]
-        n = len(chunk)
-        if n <= max_bytes:
+        start = self._offset
+        n = len(chunk) - start
+        if n > max_bytes:  # a part of the first chunk; the rest stays where it is (no copy of it)
+            self._offset = start + max_bytes
+            chunk = chunk[start : start + max_bytes]
+            n = max_bytes
+        else:
             chunks.popleft()
-            if chunks and len(chunks[0]) <= max_bytes - n:
+            self._offset = 0
+            if start:
+                chunk = chunk[start:]
+            limit = min(max_bytes, _COALESCE)
+            if n < limit and chunks and len(chunks[0]) <= limit - n:
+                # join small chunks (fewer wake-ups for the reader); large ones are handed over as they are
                 parts = [chunk]
-                while chunks and len(chunks[0]) <= max_bytes - n:
+                while chunks and len(chunks[0]) <= limit - n:
                     part = chunks.popleft()
                     parts.append(part)
                     n += len(part)
                 chunk = b"".join(parts)
-        else:
-            chunks[0] = chunk[max_bytes:]
-            chunk = chunk[:max_bytes]
-            n = max_bytes
         self._buffered -= n
         self.bytes_received += n
         self._conn._consumed(self.id, n)
@@ -191,8 +203,8 @@ class Stream:
                 self._send_end()
             return
         conn = self._conn
-        h2c = conn._h2
-        copy = not view.readonly
+        codec = conn._codec
+        copy = not view.readonly  # the caller may change a writable buffer once write() returns
         offset = 0
         while offset < total:
             if conn._write_paused:
@@ -200,28 +212,31 @@ class Stream:
                 self._check_can_send()
                 continue
             try:
-                window = h2c.local_flow_control_window(self.id)
-            except h2.exceptions.H2Error:
+                window = codec.send_window(self.id)
+            except CodecError:
                 self._raise_failure()
                 raise H2Error(f"stream {self.id} is closed") from None
             if window <= 0:
                 await self._wait_window()
                 self._check_can_send()
                 continue
-            n = min(total - offset, window, h2c.max_outbound_frame_size)
+            n = min(total - offset, window, codec.max_outbound_frame_size)
             end = offset + n
             last = end_stream and end == total
             chunk = view[offset:end]
-            try:
-                h2c.send_view(self.id, bytes(chunk) if copy else chunk, last)
-            except h2.exceptions.H2Error as exc:
+            try:  # small payloads are copied into the output buffer by the codec anyway
+                codec.send_data(self.id, bytes(chunk) if copy and n >= DIRECT_MIN else chunk, end_stream=last)
+            except CodecError as exc:
                 self._raise_failure()
                 raise H2Error(f"cannot send on stream {self.id}: {exc}") from None
             offset = end
             self.bytes_sent += n
             if last:
                 self._local_ended = True
-            conn._flush()
+            if n >= DIRECT_MIN:
+                conn._flush()  # at once: the transport's buffer limits are what pause this loop
+            else:
+                conn._flush_soon()
         if end_stream:
             self._maybe_finish()
 
@@ -260,10 +275,10 @@ class Stream:
 
     def _send_end(self) -> None:
         conn = self._conn
-        with contextlib.suppress(h2.exceptions.H2Error):
-            conn._h2.end_stream(self.id)
+        with contextlib.suppress(CodecError):
+            conn._codec.end_stream(self.id)
         self._local_ended = True
-        conn._flush()
+        conn._flush_soon()
         self._maybe_finish()
 
     def reset(self, error_code: int = 8) -> None:
@@ -274,9 +289,9 @@ class Stream:
         self._reset_local = True
         conn = self._conn
         if not conn._closing:
-            with contextlib.suppress(h2.exceptions.H2Error):
-                conn._h2.reset_stream(self.id, error_code)
-            conn._flush()
+            with contextlib.suppress(CodecError):
+                conn._codec.reset_stream(self.id, error_code)
+            conn._flush_soon()
         if not self._eof:
             self._drop_buffered()
         self._wake_all()
@@ -297,13 +312,13 @@ class Stream:
         hdrs = [(":status", str(status))]
         hdrs.extend(headers)
         try:
-            conn._h2.send_headers(self.id, hdrs, end_stream=end_stream)
-        except h2.exceptions.H2Error as exc:
+            conn._codec.send_headers(self.id, hdrs, end_stream=end_stream)
+        except CodecError as exc:
             raise H2Error(f"cannot send the response on stream {self.id}: {exc}") from None
         self._responded = True
         if end_stream:
             self._local_ended = True
-        conn._flush()
+        conn._flush_soon()
         if end_stream:
             self._maybe_finish()
 
@@ -370,6 +385,7 @@ class Stream:
         """Discard unread data and credit it to the connection window (nobody will read it)."""
         n = self._buffered
         self._chunks.clear()
+        self._offset = 0
         self._buffered = 0
         if n:
             self._conn._consumed(self.id, n)
@@ -384,7 +400,7 @@ class Stream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    # ---- called by the connection for h2 events -----------------------------------------------------------
+    # ---- called by the connection for codec events ------------------------------------------------------------
 
     def _on_response(self, headers: list[tuple[str, str]]) -> None:
         self.headers = headers
@@ -420,11 +436,11 @@ class Stream:
             waiter.set_result(None)
         self._maybe_finish()
 
-    def _on_reset(self, error_code: int) -> None:
+    def _on_reset(self, error_code: int, *, local: bool = False) -> None:
         if self._finished:
             return
         self._reset_code = error_code
-        self._reset_local = False
+        self._reset_local = local
         if not self._eof:
             self._drop_buffered()
         self._wake_all()
@@ -436,6 +452,7 @@ class Stream:
         self._conn_error = message
         if not self._eof:
             self._chunks.clear()
+            self._offset = 0
             self._buffered = 0
         self._wake_all()
         self._finished = True
