@@ -30,6 +30,7 @@ def run_agent(cfg: AgentConfig) -> int:
     if (cfg.join is None) != (cfg.join_as is None) or (cfg.join is None) != (cfg.permit is None):
         raise BadInput("--join, --join-as and --permit go together")
     aio.install_uvloop()
+    aio.tune_malloc()
     return asyncio.run(_main(cfg))
 
 

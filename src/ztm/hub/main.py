@@ -27,6 +27,7 @@ DB_NAME = "ztm-hub.db"
 def run_hub(cfg: HubConfig) -> int:
     """Run a hub in the foreground; returns the process exit code. Startup errors raise `ZtmError`."""
     aio.install_uvloop()
+    aio.tune_malloc()
     return asyncio.run(_main(cfg))
 
 
