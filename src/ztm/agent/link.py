@@ -133,6 +133,8 @@ class HubLink:
         self._task: asyncio.Task[None] | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.connect_failures = 0
+        """Dials that failed (refused, TLS handshake refused, not a hub); exported on the agent's metrics."""
 
     def start(self) -> None:
         self._task = spawn(self._run(), name=f"hub-link-{self.label}")
@@ -204,6 +206,7 @@ class HubLink:
         self.bytes_received += conn.bytes_received
 
     def _failed(self, message: str) -> None:
+        self.connect_failures += 1
         self.status = "error"
         if not self.evicted:
             self.error = message

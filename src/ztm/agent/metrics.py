@@ -15,10 +15,12 @@ def render_metrics(agent: Agent) -> str:
         "# TYPE ztm_agent_hub_connected gauge",
     ]
     traffic: list[str] = []
+    failures: list[str] = ["# TYPE ztm_agent_hub_connect_failures_total counter"]
     apps: list[str] = []
     for mesh, session in sorted(agent.meshes.items()):
         m = _label(mesh)
         lines.append(f'ztm_agent_hub_connected{{mesh="{m}"}} {1 if session.link.status == "online" else 0}')
+        failures.append(f'ztm_agent_hub_connect_failures_total{{mesh="{m}"}} {session.link.connect_failures}')
         for ep_id, t in sorted(session.traffic.items()):
             labels = f'mesh="{m}",peer="{_label(t.name)}",peer_id="{_label(ep_id)}"'
             traffic += [
@@ -31,5 +33,5 @@ def render_metrics(agent: Agent) -> str:
                 name, _, metric = key.rpartition(":")
                 apps.append(f'ztm_agent_app_{metric}{{mesh="{m}",app="{app.name}",name="{_label(name)}"}} {value}')
     lines += ["# TYPE ztm_agent_peer_sent_bytes_total counter", "# TYPE ztm_agent_peer_received_bytes_total counter"]
-    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps]
+    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *failures]
     return "\n".join(lines) + "\n"

@@ -48,6 +48,7 @@ async def serve(
     ssl_context: Callable[[], ssl.SSLContext],
     *,
     on_connect: Callable[[Connection], Awaitable[bool]] | None = None,
+    on_handshake_failure: Callable[[str, str], None] | None = None,
     settings: H2Settings = H2Settings(),  # noqa: B008 (frozen dataclass)
     handshake_timeout: float = 10.0,
     reuse_port: bool = False,
@@ -56,7 +57,8 @@ async def serve(
 
     `ssl_context()` is called once per accepted connection; ALPN `h2` is set on the context it returns. Closing the
     returned server stops accepting; connections already accepted stay open until closed (track them with
-    `on_connect` and `Connection.add_close_callback` to close them on shutdown).
+    `on_connect` and `Connection.add_close_callback` to close them on shutdown). `on_handshake_failure(peer,
+    reason)` hears of every TLS handshake that failed or negotiated no HTTP/2 (for counters and logs).
     """
     loop = asyncio.get_running_loop()
     accepting: set[asyncio.Task[None]] = set()
@@ -78,7 +80,7 @@ async def serve(
             conn._abandon("no TLS context")
             return
         handshake = _start_tls_now(loop, raw, conn, context, handshake_timeout)
-        task = loop.create_task(_accept(conn, raw, handshake, on_connect, handshake_timeout))
+        task = loop.create_task(_accept(conn, raw, handshake, on_connect, handshake_timeout, on_handshake_failure))
         accepting.add(task)
         task.add_done_callback(accepting.discard)
 
@@ -150,6 +152,7 @@ async def _accept(
     handshake: asyncio.Future[asyncio.Transport | None],
     on_connect: Callable[[Connection], Awaitable[bool]] | None,
     handshake_timeout: float,
+    on_failure: Callable[[str, str], None] | None = None,
 ) -> None:
     label = conn._label
     try:
@@ -162,6 +165,8 @@ async def _accept(
     except Exception as exc:
         text = "timed out" if isinstance(exc, TimeoutError) else (str(exc) or type(exc).__name__)
         log.debug("TLS handshake from %s failed: %s", label, text)
+        if on_failure is not None:
+            on_failure(label, text)
         raw.close()  # start_tls closed it already; close() (not abort) lets queued bytes go out
         conn._abandon(f"TLS handshake failed: {text}")
         return
@@ -172,6 +177,8 @@ async def _accept(
     conn._tls_ready(tls)
     if conn.alpn != "h2":
         log.debug("connection from %s did not negotiate HTTP/2 (ALPN %r); closing", label, conn.alpn)
+        if on_failure is not None:
+            on_failure(label, f"no HTTP/2 (ALPN {conn.alpn!r})")
         conn._close("no HTTP/2 (ALPN)", goaway=False)
         return
     if on_connect is not None:

@@ -49,6 +49,7 @@ async def _main(cfg: HubConfig) -> int:
                 cfg.listen.port,
                 authority.server_context,
                 on_connect=routes.on_connect,
+                on_handshake_failure=routes.on_handshake_failure,
             )
         except OSError as exc:
             raise ZtmError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -64,6 +65,8 @@ class HubRoutes:
         self.state = state
         self.ring = ring
         self.peers: dict[int, Peer] = {}
+        self._log_window = 0.0
+        self._logged = 0
         ep = r"(?P<ep>[A-Za-z0-9._-]{1,64})"
         self.routes: list[tuple[str, re.Pattern[str], Route]] = [
             ("GET", re.compile(r"/api/status"), self.get_status),
@@ -85,6 +88,18 @@ class HubRoutes:
         self.relay = Relay(state)
 
     # connection admission
+    def on_handshake_failure(self, peer: str, reason: str) -> None:
+        """Count every failed handshake; log the first few per minute (a flood must not flood the log)."""
+        self.state.counters["handshake_failures"] += 1
+        now = time.monotonic()
+        if now - self._log_window > 60:
+            self._log_window, self._logged = now, 0
+        self._logged += 1
+        if self._logged <= 10:
+            log.info("TLS handshake from %s refused: %s", peer, reason)
+        elif self._logged == 11:
+            log.info("more TLS handshakes refused this minute; counting them in handshake_failures only")
+
     async def on_connect(self, conn: h2.Connection) -> bool:
         if conn.peer_cert_der is None:
             return False
