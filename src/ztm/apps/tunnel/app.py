@@ -213,7 +213,8 @@ class TunnelApp(MeshApp):
         if cached is None or now - cached[0] > EXITS_TTL:
             found = await self.ctx.find(f"outbound/{key}")
             cached = (now, [f for f in found if f.get("online") and f.get("ep") != self.ctx.ep_id])
-            self._exits_cache[key] = cached
+            if cached[1]:  # an empty answer is not cached: the next connection asks again (fast recovery)
+                self._exits_cache[key] = cached
         exits = cached[1]
         spec = self.inbound.get(key)
         if spec is not None and spec.exits:

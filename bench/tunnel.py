@@ -1,0 +1,1041 @@
+"""The tunnel data plane: throughput, latency, connection setup, memory and recovery, against stunnel4 and raw TCP.
+
+Setup, all real processes on 127.0.0.1 with temporary data directories: a hub and two agents (`ep1`, the entrance,
+and `ep2`, the exit) started as `python -m ztm run hub|agent`, both joined with the root permit. On ep2
+`ztm tunnel open outbound tcp/bench --targets 127.0.0.1:IPERF` and `tcp/echo --targets 127.0.0.1:ECHO`; on ep1
+`ztm tunnel open inbound tcp/bench --listen 127.0.0.1:P1` and `tcp/echo --listen 127.0.0.1:P2` (through the CLI).
+The ztm path is therefore client -> ep1 -> hub -> ep2 -> server: three hops, two TLS connections.
+
+Baselines in the same run, against the same servers:
+
+* raw: the client talks to the server directly;
+* stunnel4, one hop: a stunnel client (plain TCP in, TLS 1.3 out, verifying the server's certificate) and a stunnel
+  server (TLS in, plain TCP out to the server), ECDSA P-256 certificate made with `openssl`, TCP_NODELAY on every
+  socket, both with `foreground = yes`.
+
+Servers: `iperf3 -s` and an echo server (a process of this script: uvloop, a `Protocol` that writes back what it
+reads, closes on EOF, backlog 4096, open-files limit raised).
+
+Measurements, in this order (the targets come from the issue; each is printed with its baseline, the ratio and
+PASS/FAIL):
+
+3. 1-byte ping-pong on one connection, 5,000 round trips per path in 4 interleaved rounds (500 warm-up each):
+   p50 <= 1.5 x and p99 <= 3 x stunnel4; CPU µs per round trip of each relay process;
+4. new connection + first 1-byte round trip (connect, send, receive; the close is not timed), 300 sequential
+   cycles after 20 warm-up: p50 <= 2 ms; CPU µs per cycle;
+1. one TCP stream, `iperf3 -n 1G`, `--reps` runs per path (default 5, interleaved raw/stunnel4/ztm; median, the
+   receiver's rate): ztm >= 0.6 x stunnel4; CPU seconds of every process per GiB;
+2. 16 streams, `iperf3 -P 16 -n 1G` (1 GiB in all), the same way: ztm >= 0.6 x stunnel4;
+5. memory: VmRSS of ep1, hub and ep2 once >= 4 GiB went through the tunnel (topped up with `-P 4` if needed):
+   <= 150 MB each (VmHWM, the peak, shown too). Then hub, ep1 and ep2 are restarted (SIGTERM, same data) so that
+   the idle test starts from fresh processes: a client process (open-files limit raised to the hard limit) opens
+   10,000 tunnelled connections in batches of 50, each checked with a 1-byte echo, and holds them idle; RSS delta
+   per connection of each process at 1/4, 1/2 and all of them: <= 30 KB (30,000 bytes). Then all are checked
+   again, closed, opened a second time and closed again (retention or leak?);
+6. recovery: SIGKILL the exit agent and start it again on the same data directory and port, time until a new
+   tunnelled connection + echo succeeds (probes every 5 ms); the same for the hub, from the hub listening again.
+   The hub's log tells when each agent came back online. No target; DESIGN.md section 9 has ZTM's figures.
+
+`--quick` scales everything down (256 MiB transfers, 1 run, 1,000 round trips, 100 connect cycles, 1,000 idle
+connections, 1 GiB before the RSS check, 1 restart each). `--py-spy` (needs `pip install py-spy` in the venv)
+profiles ep1, hub and ep2 during one extra 1 GiB stream, a ping-pong and 1,000 connect cycles before the
+recovery part. `--skip` leaves parts out.
+
+Run:  .venv/bin/python -m bench.tunnel [--quick] [--py-spy] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import re
+import resource
+import select
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+if not __package__:  # run as a file (python bench/NAME.py): make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    HOST,
+    PYTHON,
+    REPO,
+    Agent,
+    Hub,
+    Proc,
+    Spy,
+    Workspace,
+    bench_env,
+    cpu_seconds,
+    fd_limit,
+    free_port,
+    machine_facts,
+    open_fds,
+    percentile,
+    py_spy,
+    raise_nofile,
+    rss_kib,
+    table,
+    tcp_accepts,
+    tree_facts,
+    wait_until,
+)
+
+MESH = "bench"
+_ONLINE = re.compile(r"^(\S+ \S+) INFO ztm\.hub: endpoint (\S+) \(.*\) is online")
+GiB = 1 << 30
+MiB = 1 << 20
+
+# ------------------------------------------------------------------------------------------ helper processes
+
+
+def _set_nofile_max() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _use_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def role_echo(port: int) -> int:
+    """An echo server: writes back whatever it reads, closes its side on EOF."""
+    loop_name = _use_uvloop()
+    nofile = _set_nofile_max()
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+        def eof_received(self) -> bool:
+            return False  # close
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Echo, HOST, port, backlog=4096)
+        print(json.dumps({"ready": True, "loop": loop_name, "nofile": nofile}), flush=True)
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(main())
+    return 0
+
+
+def role_hold(port: int, batch: int) -> int:
+    """A client that opens and holds many connections; commands (JSON lines) on stdin, answers on stdout."""
+    _use_uvloop()
+    nofile = _set_nofile_max()
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    errors: Counter[str] = Counter()
+
+    async def one() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 15.0)
+        try:
+            writer.write(b"x")
+            if await asyncio.wait_for(reader.readexactly(1), 15.0) != b"x":
+                raise ValueError("wrong echo")
+        except BaseException:
+            writer.transport.abort()
+            raise
+        return reader, writer
+
+    async def echo_all() -> int:
+        async def check(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
+            reader, writer = conn
+            try:
+                writer.write(b"y")
+                return await asyncio.wait_for(reader.readexactly(1), 15.0) == b"y"
+            except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                return False
+
+        ok = 0
+        for i in range(0, len(conns), batch):
+            ok += sum(await asyncio.gather(*(check(c) for c in conns[i : i + batch])))
+        return ok
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        print(json.dumps({"ready": True, "nofile": nofile}), flush=True)
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            cmd = json.loads(line)
+            start = time.perf_counter()
+            failed = 0
+            if cmd["cmd"] == "open":
+                while len(conns) < cmd["n"] and failed < max(50, cmd["n"] // 100):
+                    k = min(batch, cmd["n"] - len(conns))
+                    for res in await asyncio.gather(*(one() for _ in range(k)), return_exceptions=True):
+                        if isinstance(res, BaseException):
+                            failed += 1
+                            errors[f"{type(res).__name__}: {res}"[:120]] += 1
+                        else:
+                            conns.append(res)
+                answer = {"open": len(conns), "failed": failed, "errors": dict(errors)}
+            elif cmd["cmd"] == "check":
+                answer = {"alive": await echo_all(), "of": len(conns)}
+            elif cmd["cmd"] == "close":
+                for _reader, writer in conns:
+                    writer.close()
+                conns.clear()
+                await asyncio.sleep(0.1)
+                answer = {"closed": True}
+            else:
+                answer = {"error": f"unknown command {cmd!r}"}
+            answer["seconds"] = time.perf_counter() - start
+            print(json.dumps(answer), flush=True)
+
+    asyncio.run(main())
+    return 0
+
+
+class Child:
+    """A helper process of this script (`--role ...`), talking JSON lines over pipes."""
+
+    def __init__(self, ws: Workspace, name: str, args: list[str]) -> None:
+        directory = ws.dir / name
+        directory.mkdir()
+        env = bench_env(directory)
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env["PYTHONPATH"]])
+        argv = [PYTHON, "-m", "bench.tunnel", *args]
+        self.proc = Proc(argv, log_path=directory / "stderr", env=env, cwd=directory, pipes=True)
+        ws.procs.append(self.proc)
+        assert self.proc.popen.stdin is not None and self.proc.popen.stdout is not None
+        self.stdin: IO[bytes] = self.proc.popen.stdin
+        self.stdout: IO[bytes] = self.proc.popen.stdout
+        self.hello = self.receive(30.0)
+
+    def send(self, **cmd: Any) -> None:
+        self.stdin.write(json.dumps(cmd).encode() + b"\n")
+        self.stdin.flush()
+
+    def receive(self, timeout: float) -> dict[str, Any]:
+        ready, _, _ = select.select([self.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError(f"{self.proc.argv[3:]} did not answer within {timeout:g}s; stderr:\n{self.proc.tail()}")
+        line = self.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.proc.argv[3:]} ended; stderr:\n{self.proc.tail()}")
+        return dict(json.loads(line))
+
+    def ask(self, timeout: float, **cmd: Any) -> dict[str, Any]:
+        self.send(**cmd)
+        return self.receive(timeout)
+
+
+# ------------------------------------------------------------------------------------------------ clients
+
+
+def iperf(port: int, nbytes: int, parallel: int = 1, timeout: float = 240.0) -> dict[str, float]:
+    argv = ["iperf3", "-c", HOST, "-p", str(port), "-n", str(nbytes), "-J"]
+    if parallel > 1:
+        argv += ["-P", str(parallel)]
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    try:
+        data = json.loads(cp.stdout)
+    except ValueError:
+        raise RuntimeError(f"iperf3 failed ({cp.returncode}): {cp.stdout[-500:]}{cp.stderr[-500:]}") from None
+    if "error" in data or cp.returncode != 0:
+        raise RuntimeError(f"iperf3 failed ({cp.returncode}): {data.get('error')}")
+    received = data["end"]["sum_received"]
+    return {
+        "bytes": float(received["bytes"]),
+        "seconds": float(received["seconds"]),
+        "MBps": float(received["bits_per_second"]) / 8e6,
+    }
+
+
+def _nodelay(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def pingpong(port: int, count: int, warmup: int) -> list[float]:
+    """1-byte request/response on one connection; seconds per round trip (warm-up dropped)."""
+    out: list[float] = []
+    clock = time.perf_counter
+    with socket.create_connection((HOST, port), timeout=10.0) as sock:
+        _nodelay(sock)
+        send, recv = sock.send, sock.recv
+        for i in range(warmup + count):
+            start = clock()
+            send(b"x")
+            got = recv(1)
+            end = clock()
+            if got != b"x":
+                raise RuntimeError(f"ping-pong on port {port}: got {got!r} after {i} round trips")
+            if i >= warmup:
+                out.append(end - start)
+    return out
+
+
+def connect_cycle(port: int, timeout: float = 5.0) -> float:
+    """connect + send 1 byte + receive it; seconds (the close that follows is not counted)."""
+    start = time.perf_counter()
+    sock = socket.create_connection((HOST, port), timeout=timeout)
+    try:
+        _nodelay(sock)
+        sock.sendall(b"x")
+        got = sock.recv(1)
+        end = time.perf_counter()
+        if got != b"x":
+            raise ConnectionError(f"got {got!r}")
+    finally:
+        sock.close()
+    return end - start
+
+
+def probe(port: int) -> bool:
+    try:
+        connect_cycle(port, timeout=2.0)
+    except OSError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class Target:
+    number: str
+    what: str
+    value: str
+    baseline: str
+    ratio: str
+    limit: str
+    ok: bool | None
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    ws: Workspace
+    hub: Hub = field(init=False)
+    ep1: Agent = field(init=False)
+    ep2: Agent = field(init=False)
+    targets: list[Target] = field(default_factory=list)
+    sections: list[str] = field(default_factory=list)
+    ztm_bytes: float = 0.0
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.sections.append(text)
+
+    def progress(self, text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+    # setup ------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        ws = self.ws
+        self.iperf_port, self.echo_port = free_port(), free_port()
+        iperf_dir = ws.dir / "iperf3"
+        iperf_dir.mkdir()
+        self.iperf_srv = Proc(
+            ["iperf3", "-s", "-B", HOST, "-p", str(self.iperf_port)],
+            log_path=iperf_dir / "server.out",
+            env=bench_env(iperf_dir),
+            cwd=iperf_dir,
+        )
+        ws.procs.append(self.iperf_srv)
+        self.echo = Child(ws, "echo", ["--role", "echo", "--port", str(self.echo_port)])
+        wait_until(lambda: tcp_accepts(self.iperf_port), 10, "iperf3 -s to listen")
+        self.progress(f"iperf3 server :{self.iperf_port}, echo server :{self.echo_port} ({self.echo.hello})")
+
+        self.stunnel_setup()
+
+        self.hub = ws.start_hub()
+        self.ep1 = ws.start_agent("ep1")
+        self.ep2 = ws.start_agent("ep2")
+        for ep in (self.ep1, self.ep2):
+            ep.cli("join", MESH, "--as", ep.name, "--permit", str(self.hub.permit))
+        self.bench_port, self.echo_in_port = free_port(), free_port()
+        self.ep2.cli("tunnel", "open", "outbound", "tcp/bench", "--targets", f"{HOST}:{self.iperf_port}")
+        self.ep2.cli("tunnel", "open", "outbound", "tcp/echo", "--targets", f"{HOST}:{self.echo_port}")
+        self.ep1.cli("tunnel", "open", "inbound", "tcp/bench", "--listen", f"{HOST}:{self.bench_port}")
+        self.ep1.cli("tunnel", "open", "inbound", "tcp/echo", "--listen", f"{HOST}:{self.echo_in_port}")
+        wait_until(lambda: probe(self.echo_in_port), 30, "the echo tunnel to carry a round trip")
+        self.pids = {"ep1": self.ep1.proc.pid, "hub": self.hub.proc.pid, "ep2": self.ep2.proc.pid}
+        for name, pid in self.pids.items():
+            self.progress(f"{name} pid {pid}, open-files limit {fd_limit(pid)}, RSS {rss_kib(pid) / 1024:.1f} MiB")
+        self.paths = {
+            "raw": (self.iperf_port, self.echo_port),
+            "stunnel4": (self.st_iperf, self.st_echo),
+            "ztm": (self.bench_port, self.echo_in_port),
+        }
+
+    def stunnel_setup(self) -> None:
+        d = self.ws.dir / "stunnel"
+        d.mkdir()
+        cert, key = d / "cert.pem", d / "key.pem"
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=bench",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        srv_iperf, srv_echo = free_port(), free_port()
+        self.st_iperf, self.st_echo = free_port(), free_port()
+        common = "foreground = yes\npid =\nsyslog = no\ndebug = warning\n"
+        sock_opts = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n"
+        server = common
+        client = common + "client = yes\n"
+        for name, srv, cli, target in (
+            ("iperf", srv_iperf, self.st_iperf, self.iperf_port),
+            ("echo", srv_echo, self.st_echo, self.echo_port),
+        ):
+            server += (
+                f"[{name}]\naccept = {HOST}:{srv}\nconnect = {HOST}:{target}\ncert = {cert}\nkey = {key}\n{sock_opts}"
+            )
+            client += (
+                f"[{name}]\naccept = {HOST}:{cli}\nconnect = {HOST}:{srv}\n"
+                f"verifyPeer = yes\nCAfile = {cert}\n{sock_opts}"
+            )
+        (d / "server.conf").write_text(server)
+        (d / "client.conf").write_text(client)
+        env = bench_env(d)
+        self.st_server = Proc(["stunnel4", str(d / "server.conf")], log_path=d / "server.out", env=env, cwd=d)
+        self.ws.procs.append(self.st_server)
+        self.st_client = Proc(["stunnel4", str(d / "client.conf")], log_path=d / "client.out", env=env, cwd=d)
+        self.ws.procs.append(self.st_client)
+        for port in (srv_iperf, srv_echo, self.st_iperf, self.st_echo):
+            wait_until(lambda p=port: tcp_accepts(p), 10, f"stunnel4 to listen on {port}")  # type: ignore[misc]
+        wait_until(lambda: probe(self.st_echo), 10, "an echo through stunnel4")
+
+    # helpers ----------------------------------------------------------------------------------------------
+
+    def rss(self) -> dict[str, int]:
+        return {name: rss_kib(pid) for name, pid in self.pids.items()}
+
+    def hwm(self) -> dict[str, int]:
+        out = {}
+        for name, pid in self.pids.items():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    out[name] = int(line.split()[1])
+        return out
+
+    def cpu(self) -> dict[str, float]:
+        pids = {
+            **self.pids,
+            "stunnel-client": self.st_client.pid,
+            "stunnel-server": self.st_server.pid,
+            "iperf3-server": self.iperf_srv.pid,
+        }
+        out = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["iperf3-client"] = usage.ru_utime + usage.ru_stime
+        return out
+
+    def add_target(self, *args: Any) -> None:
+        self.targets.append(Target(*args))
+
+    # 1 and 2: throughput ----------------------------------------------------------------------------------
+
+    def throughput(self, parallel: int, nbytes: int) -> dict[str, float]:
+        reps = self.args.reps
+        results: dict[str, list[float]] = {p: [] for p in self.paths}
+        cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.paths}
+        moved: dict[str, float] = defaultdict(float)
+        for rep in range(reps):
+            for path, (port, _echo) in self.paths.items():
+                before = self.cpu()
+                r = iperf(port, nbytes, parallel)
+                after = self.cpu()
+                for k in after:
+                    cpu_used[path][k] += after[k] - before[k]
+                results[path].append(r["MBps"])
+                moved[path] += r["bytes"]
+                if path == "ztm":
+                    self.ztm_bytes += r["bytes"]
+                self.progress(f"-P {parallel} rep {rep + 1}/{reps} {path}: {r['MBps']:.0f} MB/s in {r['seconds']:.2f}s")
+        med = {p: statistics.median(v) for p, v in results.items()}
+        label = "1 stream" if parallel == 1 else f"{parallel} streams"
+        rows = [
+            [p, f"{med[p]:.0f}", " ".join(f"{v:.0f}" for v in results[p]), f"{med[p] / med['stunnel4']:.2f}"]
+            for p in self.paths
+        ]
+        self.say(
+            f"\n### Throughput, {label}, {nbytes / MiB:.0f} MiB per run, {reps} run(s) per path (MB/s = 10^6 B/s)\n\n"
+            + table(["path", "median MB/s", "runs MB/s", "x stunnel4"], rows)
+        )
+        names = ["ep1", "hub", "ep2", "stunnel-client", "stunnel-server", "iperf3-client", "iperf3-server"]
+        cpu_rows = []
+        for p in self.paths:
+            gib = moved[p] / GiB
+            row: list[object] = [p]
+            for n in names:
+                row.append(f"{cpu_used[p][n]:.2f} ({cpu_used[p][n] / gib:.2f})" if cpu_used[p][n] >= 0.005 else "-")
+            cpu_rows.append(row)
+        self.say(
+            f"\nCPU seconds during those runs, in all {' / '.join(f'{p} {moved[p] / GiB:.2f}' for p in self.paths)}"
+            " GiB; in brackets: CPU-s per GiB\n\n" + table(["path", *names], cpu_rows)
+        )
+        return med
+
+    # 3: ping-pong -----------------------------------------------------------------------------------------
+
+    def latency(self) -> dict[str, dict[str, float]]:
+        n, warm = self.args.rtts, max(100, self.args.rtts // 10)
+        out: dict[str, list[float]] = {p: [] for p in self.paths}
+        cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.paths}
+        rounds = 4
+        for r in range(rounds):  # interleaved rounds, so drift on the machine touches every path alike
+            for path, (_iperf, port) in self.paths.items():
+                before = self.cpu()
+                out[path] += pingpong(port, n // rounds, warm)
+                after = self.cpu()
+                for k in after:
+                    cpu_used[path][k] += after[k] - before[k]
+            self.progress(f"ping-pong round {r + 1}/{rounds} done")
+        stats = {
+            p: {
+                "p50": percentile(v, 50),
+                "p90": percentile(v, 90),
+                "p99": percentile(v, 99),
+                "min": min(v),
+                "max": max(v),
+                "n": len(v),
+            }
+            for p, v in out.items()
+        }
+        rows = [
+            [
+                p,
+                s["n"],
+                *(f"{s[k] * 1e6:.0f}" for k in ("min", "p50", "p90", "p99", "max")),
+                f"{s['p50'] / stats['stunnel4']['p50']:.2f}",
+                f"{s['p99'] / stats['stunnel4']['p99']:.2f}",
+            ]
+            for p, s in stats.items()
+        ]
+        self.say(
+            f"\n### 1-byte ping-pong on one connection ({rounds} interleaved rounds, {warm} warm-up each; µs)\n\n"
+            + table(["path", "n", "min", "p50", "p90", "p99", "max", "p50 x stunnel4", "p99 x stunnel4"], rows)
+            + "\n\n"
+            + self.cpu_table(cpu_used, {p: len(v) + rounds * warm for p, v in out.items()}, "round trip")
+        )
+        return stats
+
+    def cpu_table(self, used: dict[str, dict[str, float]], counts: dict[str, int], unit: str) -> str:
+        names = ["ep1", "hub", "ep2", "stunnel-client", "stunnel-server"]
+        rows = []
+        for p, c in used.items():
+            per = {k: c[k] / counts[p] * 1e6 for k in names}
+            total = sum(per.values())
+            rows.append([p, *(f"{per[k]:.0f}" if per[k] >= 0.5 else "-" for k in names), f"{total:.0f}"])
+        return f"CPU µs per {unit} (utime+stime; warm-up included)\n\n" + table(["path", *names, "sum"], rows)
+
+    # 4: connection setup ----------------------------------------------------------------------------------
+
+    def connects(self) -> dict[str, dict[str, float]]:
+        n, warm = self.args.cycles, 20
+        out: dict[str, list[float]] = {p: [] for p in self.paths}
+        failures: Counter[str] = Counter()
+        cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.paths}
+        for path, (_iperf, port) in self.paths.items():
+            before = self.cpu()
+            for i in range(warm + n):
+                try:
+                    t = connect_cycle(port)
+                except OSError as exc:
+                    failures[f"{path}: {type(exc).__name__}"] += 1
+                    continue
+                if i >= warm:
+                    out[path].append(t)
+            time.sleep(0.2)  # let the last close finish everywhere
+            after = self.cpu()
+            for k in after:
+                cpu_used[path][k] += after[k] - before[k]
+            self.progress(f"connect cycles {path} done")
+        stats = {
+            p: {
+                "p50": percentile(v, 50),
+                "p90": percentile(v, 90),
+                "p99": percentile(v, 99),
+                "min": min(v),
+                "max": max(v),
+                "n": len(v),
+            }
+            for p, v in out.items()
+        }
+        rows = [
+            [p, s["n"], *(f"{s[k] * 1e3:.2f}" for k in ("min", "p50", "p90", "p99", "max"))] for p, s in stats.items()
+        ]
+        self.say(
+            f"\n### New connection + first 1-byte round trip ({n} sequential cycles after {warm} warm-up; ms)\n\n"
+            + table(["path", "n", "min", "p50", "p90", "p99", "max"], rows)
+            + (f"\n\nfailed cycles: {dict(failures)}" if failures else "")
+            + "\n\n"
+            + self.cpu_table(cpu_used, {p: n + warm for p in self.paths}, "cycle (close included)")
+        )
+        return stats
+
+    # 5b: idle connections ---------------------------------------------------------------------------------
+
+    def idle(self) -> dict[str, float]:
+        """Open `--conns` idle connections in steps, measure, check, close; then a second round (leak or reuse?)."""
+        target = self.args.conns
+        holder = Child(self.ws, "holder", ["--role", "hold", "--port", str(self.echo_in_port), "--batch", "50"])
+        echo_pid = self.echo.proc.pid
+        names = ("ep1", "hub", "ep2")
+        self.progress(f"holder nofile {holder.hello['nofile']}; opening {target} idle connections")
+        time.sleep(1.0)
+        base = self.rss()
+        echo0 = rss_kib(echo_pid)
+        fds0 = {n: open_fds(p) for n, p in self.pids.items()}
+
+        def row(label: str, seconds: str, count: int) -> tuple[list[object], dict[str, float]]:
+            now = self.rss()
+            fds = {n: open_fds(p) - fds0[n] for n, p in self.pids.items()}
+            per = {n: (now[n] - base[n]) * 1024 / count for n in names} if count else {}
+            cells: list[object] = [label, seconds, "/".join(str(fds[n]) for n in names)]
+            cells += [f"{now[n] / 1024:.1f}" for n in names]
+            cells += [f"{per[n] / 1000:.1f}" if count else "-" for n in names]
+            return cells, per
+
+        rows = [row("0 (before)", "-", 0)[0]]
+        levels = sorted({max(1, target // 4), max(1, target // 2), target})
+        reached = 0
+        answer: dict[str, Any] = {}
+        result: dict[str, float] = {}
+        notes = []
+        for rnd in (1, 2):
+            start = time.perf_counter()
+            for level in levels if rnd == 1 else [target]:
+                answer = holder.ask(900.0, cmd="open", n=level)
+                reached = int(answer["open"])
+                time.sleep(2.0)  # let the loops settle
+                cells, per = row(f"{reached}" + (" (round 2)" if rnd == 2 else ""), f"{answer['seconds']:.1f}", reached)
+                rows.append(cells)
+                if rnd == 1:
+                    result = {**per, "reached": reached}
+                self.progress(f"round {rnd}: {reached} idle connections open ({answer['failed']} failed)")
+                if reached < level:
+                    break
+            notes.append(
+                f"round {rnd}: reached {reached} of {target} in {time.perf_counter() - start:.1f}s; "
+                f"failures: {answer.get('errors') or 'none'}"
+            )
+            if rnd == 1:
+                echo_rss = rss_kib(echo_pid)
+                check = holder.ask(300.0, cmd="check")
+                notes.append(f"still answering an echo after the measurements: {check['alive']} of {check['of']}")
+                notes.append(
+                    f"echo server (uvloop) RSS {echo0 / 1024:.1f} -> {echo_rss / 1024:.1f} MiB "
+                    f"({(echo_rss - echo0) * 1024 / max(1, reached) / 1000:.1f} KB/conn, for comparison)"
+                )
+            t_close = time.perf_counter()
+            holder.ask(120.0, cmd="close")
+
+            def released() -> bool:
+                return all(open_fds(p) <= fds0[n] for n, p in self.pids.items())
+
+            wait_until(released, 120, "ep1 and ep2 to close their sockets", interval=0.05)
+            gone = time.perf_counter() - t_close
+            time.sleep(2.0)
+            rows.append(row(f"all closed (round {rnd}), +2 s", f"{gone:.1f}", 0)[0])
+        holder.proc.stop()
+        self.ws.procs.remove(holder.proc)
+        self.say(
+            f"\n### {target} idle tunnelled connections (batches of 50, each checked with a 1-byte echo)\n\n"
+            "KB = 1000 bytes; per connection = (RSS now - RSS before) / connections open; fresh processes.\n\n"
+            + table(
+                [
+                    "connections",
+                    "open s / all fds closed s",
+                    "extra fds ep1/hub/ep2",
+                    "ep1 RSS MiB",
+                    "hub RSS MiB",
+                    "ep2 RSS MiB",
+                    "ep1 KB/conn",
+                    "hub KB/conn",
+                    "ep2 KB/conn",
+                ],
+                rows,
+            )
+            + "\n\n"
+            + "\n".join(f"* {n}" for n in notes)
+        )
+        return result
+
+    def restart_all(self) -> None:
+        """Stop ep1, ep2 and the hub (SIGTERM) and start them again on the same data and ports: fresh processes."""
+        for old in (self.ep1.proc, self.ep2.proc, self.hub.proc):
+            old.stop()
+            self.ws.procs.remove(old)
+
+        def again(old: Proc) -> Proc:
+            cwd = old.log_path.parent
+            new = Proc(old.argv, log_path=cwd / f"{old.log_path.stem}.fresh.out", env=bench_env(cwd / "home"), cwd=cwd)
+            self.ws.procs.append(new)
+            return new
+
+        self.hub.proc = again(self.hub.proc)
+        wait_until(lambda: tcp_accepts(self.hub.port), 30, "the hub to listen again")
+        self.ep1.proc, self.ep2.proc = again(self.ep1.proc), again(self.ep2.proc)
+        self._wait_tunnel(time.perf_counter())
+        self.pids = {"ep1": self.ep1.proc.pid, "hub": self.hub.proc.pid, "ep2": self.ep2.proc.pid}
+        time.sleep(1.0)
+
+    # 6: recovery ------------------------------------------------------------------------------------------
+
+    def _respawn(self, old: Proc, tag: str) -> Proc:
+        """SIGKILL `old` (its whole group), reap it, and start the same command again in the same place."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(old.pid, signal.SIGKILL)
+        old.popen.wait(10)
+        self.ws.procs.remove(old)  # reaped: never signal its (reusable) pid again
+        cwd = old.log_path.parent
+        env = dict(bench_env(cwd / "home"))
+        new = Proc(old.argv, log_path=cwd / f"{old.log_path.stem}.{tag}.out", env=env, cwd=cwd)
+        self.ws.procs.append(new)
+        return new
+
+    def _wait_tunnel(self, since: float, deadline_s: float = 60.0) -> tuple[float, int]:
+        """Probe until a tunnelled round trip succeeds; notes failed probes that took long (> 50 ms)."""
+        attempts = 0
+        deadline = time.perf_counter() + deadline_s
+        slow: Counter[str] = Counter()
+        while True:
+            attempts += 1
+            start = time.perf_counter()
+            try:
+                connect_cycle(self.echo_in_port, timeout=2.0)
+            except OSError as exc:
+                took = time.perf_counter() - start
+                if took > 0.05:
+                    slow[f"{type(exc).__name__} after {took * 1e3:.0f} ms (at +{(start - since) * 1e3:.0f} ms)"] += 1
+            else:
+                if slow:
+                    self.progress(f"slow failed probes: {dict(slow)}")
+                return time.perf_counter(), attempts
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"no tunnelled round trip within {deadline_s:g}s")
+            time.sleep(0.005)
+
+    def online_at_hub(self, since_wall: float) -> dict[str, float]:
+        """Wall-clock times (from the hub's log) at which ep1 / ep2 came online at or after `since_wall`."""
+        out: dict[str, float] = {}
+        log = self.hub.data / "hub.log"
+        if not log.exists():
+            return out
+        for line in log.read_text(errors="replace").splitlines():
+            m = _ONLINE.match(line)
+            if m is None:
+                continue
+            when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            if when >= since_wall - 0.002 and m.group(2) not in out:
+                out[m.group(2)] = when
+        return out
+
+    def recovery(self) -> dict[str, list[float]]:
+        out: dict[str, list[float]] = {"exit": [], "hub": []}
+        rows = []
+        for which in ("exit", "hub"):
+            for i in range(self.args.restarts):
+                t_kill = time.perf_counter()
+                if which == "exit":
+                    self.ep2.proc = self._respawn(self.ep2.proc, f"restart{i + 1}")
+                    port = self.ep2.port
+                else:
+                    self.hub.proc = self._respawn(self.hub.proc, f"restart{i + 1}")
+                    port = self.hub.port
+                t_spawn, wall_spawn = time.perf_counter(), time.time()
+                wait_until(lambda: tcp_accepts(port), 30, f"{which} to listen", interval=0.002)  # noqa: B023
+                t_up = time.perf_counter()
+                t_ok, attempts = self._wait_tunnel(t_spawn)
+                self.pids["ep2" if which == "exit" else "hub"] = (self.ep2 if which == "exit" else self.hub).proc.pid
+                online = self.online_at_hub(wall_spawn)
+                headline = t_ok - (t_spawn if which == "exit" else t_up)
+                out[which].append(headline)
+
+                rows.append(
+                    [
+                        "exit agent (ep2)" if which == "exit" else "hub",
+                        i + 1,
+                        f"{(t_spawn - t_kill) * 1e3:.0f}",
+                        f"{(t_up - t_spawn) * 1e3:.0f}",
+                        _since(online, "ep1", wall_spawn) if which == "hub" else "(stayed)",
+                        _since(online, "ep2", wall_spawn),
+                        f"{(t_ok - t_spawn) * 1e3:.0f}",
+                        f"**{headline * 1e3:.0f}**",
+                        attempts,
+                    ]
+                )
+                self.progress(f"{which} restart {i + 1}: {rows[-1]}")
+                time.sleep(1.5)
+        self.say(
+            "\n### Recovery after SIGKILL + restart on the same data directory and port (ms from the new process's "
+            "start)\n\n"
+            + table(
+                [
+                    "restarted",
+                    "#",
+                    "kill -> new process",
+                    "agent API / hub listening",
+                    "ep1 online at hub",
+                    "ep2 online at hub",
+                    "tunnel OK",
+                    "headline",
+                    "probes",
+                ],
+                rows,
+            )
+            + "\n\nheadline: exit restart = new process start -> first tunnelled round trip; hub restart = hub"
+            " listening -> first tunnelled round trip. A probe is connect + 1-byte echo through the tunnel (2 s"
+            " timeout), repeated every 5 ms; the 'online at hub' times come from the hub's log (ms resolution)."
+        )
+        return out
+
+    # profiling --------------------------------------------------------------------------------------------
+
+    def profile(self) -> None:
+        for label, action in (
+            ("1 GiB single stream", lambda: iperf(self.bench_port, GiB)),
+            ("ping-pong 5000", lambda: pingpong(self.echo_in_port, 5000, 200)),
+            ("connect cycles 1000", lambda: [connect_cycle(self.echo_in_port) for _ in range(1000)]),
+        ):
+            spies = {n: Spy(p, self.ws.dir / f"spy-{n}-{label.split()[0]}.txt") for n, p in self.pids.items()}
+            time.sleep(0.5)
+            action()
+            for spy in spies.values():
+                spy.stop()
+            for name, spy in spies.items():
+                self.say(f"\n#### py-spy, {name}, during {label}\n\n" + spy.summary(top=18))
+
+
+def _since(online: dict[str, float], ep: str, start: float) -> str:
+    return f"{(online[ep] - start) * 1e3:.0f}" if ep in online else "-"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run with everything scaled down")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) at the end")
+    parser.add_argument("--py-spy", action="store_true", help="profile ep1, hub and ep2 before the recovery part")
+    parser.add_argument("--reps", type=int, help="iperf3 runs per path and stream count (default 5; quick 1)")
+    parser.add_argument("--conns", type=int, help="idle connections (default 10000; quick 1000)")
+    parser.add_argument("--rtts", type=int, help="ping-pong round trips per path (default 5000; quick 1000)")
+    parser.add_argument("--cycles", type=int, help="connect cycles per path (default 300; quick 100)")
+    parser.add_argument("--restarts", type=int, help="restarts of the exit and of the hub (default 3; quick 1)")
+    parser.add_argument("--skip", default="", help="comma list of parts to skip: idle,bulk,latency,connect,recovery")
+    parser.add_argument("--role", choices=["echo", "hold"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--batch", type=int, default=50, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.role == "echo":
+        return role_echo(args.port)
+    if args.role == "hold":
+        return role_hold(args.port, args.batch)
+
+    q = args.quick
+    args.reps = args.reps or (1 if q else 5)
+    args.conns = args.conns or (1000 if q else 10000)
+    args.rtts = args.rtts or (1000 if q else 5000)
+    args.cycles = args.cycles or (100 if q else 300)
+    args.restarts = args.restarts or (1 if q else 3)
+    bulk = 256 * MiB if q else GiB
+    rss_after = GiB if q else 4 * GiB
+    skip = set(filter(None, args.skip.split(",")))
+    if args.py_spy and py_spy() is None:
+        parser.error("--py-spy needs py-spy (pip install py-spy into the venv)")
+    for tool in ("iperf3", "stunnel4", "openssl"):
+        if subprocess.run(["which", tool], capture_output=True, check=False).returncode != 0:
+            parser.error(f"{tool} is not installed")
+    raise_nofile(65536)
+
+    print(machine_facts())
+    print(tree_facts())
+    load_start = Path("/proc/loadavg").read_text().split()[:3]
+    started = time.perf_counter()
+    with Workspace("tunnel", keep=args.keep) as ws:
+        run = Run(args, ws)
+        run.setup()
+        base_rss = run.rss()
+        run.say(
+            "\nidle RSS before any traffic: "
+            + ", ".join(f"{n} {v / 1024:.1f} MiB" for n, v in base_rss.items())
+            + f"; open-files limits: ep1 {fd_limit(run.pids['ep1'])}, hub {fd_limit(run.pids['hub'])}, "
+            f"ep2 {fd_limit(run.pids['ep2'])}"
+        )
+        if "latency" not in skip:
+            lat = run.latency()
+            z, s = lat["ztm"], lat["stunnel4"]
+            run.add_target(
+                "3a",
+                "1-byte RTT p50 (µs)",
+                f"{z['p50'] * 1e6:.0f}",
+                f"{s['p50'] * 1e6:.0f}",
+                f"{z['p50'] / s['p50']:.2f}",
+                "<= 1.5",
+                z["p50"] <= 1.5 * s["p50"],
+            )
+            run.add_target(
+                "3b",
+                "1-byte RTT p99 (µs)",
+                f"{z['p99'] * 1e6:.0f}",
+                f"{s['p99'] * 1e6:.0f}",
+                f"{z['p99'] / s['p99']:.2f}",
+                "<= 3",
+                z["p99"] <= 3 * s["p99"],
+            )
+        if "connect" not in skip:
+            con = run.connects()
+            z, s = con["ztm"], con["stunnel4"]
+            run.add_target(
+                "4",
+                "new connection + first RTT p50 (ms)",
+                f"{z['p50'] * 1e3:.2f}",
+                f"{s['p50'] * 1e3:.2f}",
+                f"{z['p50'] / s['p50']:.2f}",
+                "<= 2 ms",
+                z["p50"] <= 0.002,
+            )
+        if "bulk" not in skip:
+            one = run.throughput(1, bulk)
+            run.add_target(
+                "1",
+                f"1 stream, {bulk / MiB:.0f} MiB (MB/s)",
+                f"{one['ztm']:.0f}",
+                f"{one['stunnel4']:.0f}",
+                f"{one['ztm'] / one['stunnel4']:.2f}",
+                ">= 0.6",
+                one["ztm"] >= 0.6 * one["stunnel4"],
+            )
+            many = run.throughput(16, bulk)
+            run.add_target(
+                "2",
+                "16 streams aggregate (MB/s)",
+                f"{many['ztm']:.0f}",
+                f"{many['stunnel4']:.0f}",
+                f"{many['ztm'] / many['stunnel4']:.2f}",
+                ">= 0.6",
+                many["ztm"] >= 0.6 * many["stunnel4"],
+            )
+            while run.ztm_bytes < rss_after:
+                chunk = max(64 * MiB, min(GiB, rss_after - run.ztm_bytes))
+                run.ztm_bytes += iperf(run.bench_port, int(chunk), 4)["bytes"]
+                run.progress(f"topping up: {run.ztm_bytes / GiB:.2f} GiB through the tunnel")
+            time.sleep(1.0)
+            rss, hwm = run.rss(), run.hwm()
+            run.say(
+                f"\n### Memory after {run.ztm_bytes / GiB:.2f} GiB through the tunnel\n\n"
+                + table(
+                    ["process", "RSS before traffic MiB", "VmRSS MiB", "VmHWM (peak) MiB"],
+                    [[n, f"{base_rss[n] / 1024:.1f}", f"{rss[n] / 1024:.1f}", f"{hwm[n] / 1024:.1f}"] for n in rss],
+                )
+            )
+            for n in ("ep1", "hub", "ep2"):
+                mb = rss[n] * 1024 / 1e6
+                run.add_target(
+                    f"5a-{n}",
+                    f"RSS after {run.ztm_bytes / GiB:.1f} GiB, {n} (MB)",
+                    f"{mb:.1f}",
+                    "-",
+                    "-",
+                    "<= 150 MB",
+                    mb <= 150,
+                )
+        if "idle" not in skip:
+            run.progress("restarting hub, ep1 and ep2 (SIGTERM, same data): fresh processes for the idle test")
+            run.restart_all()
+            per = run.idle()
+            for n in ("ep1", "hub", "ep2"):
+                run.add_target(
+                    f"5b-{n}",
+                    f"RSS per idle connection, {n} (KB, {per['reached']:.0f} conns)",
+                    f"{per[n] / 1000:.1f}",
+                    "-",
+                    "-",
+                    "<= 30 KB",
+                    per[n] <= 30000,
+                )
+        if args.py_spy:
+            run.profile()
+        if "recovery" not in skip:
+            rec = run.recovery()
+            e, h = statistics.median(rec["exit"]), statistics.median(rec["hub"])
+            run.add_target(
+                "6a",
+                "exit restart: start -> tunnel OK (ms, median)",
+                f"{e * 1e3:.0f}",
+                "ZTM ~15000",
+                "-",
+                "(no target)",
+                None,
+            )
+            run.add_target(
+                "6b",
+                "hub restart: listening -> tunnel OK (ms, median)",
+                f"{h * 1e3:.0f}",
+                "ZTM ~3000",
+                "-",
+                "(no target)",
+                None,
+            )
+    elapsed = time.perf_counter() - started
+    load_end = Path("/proc/loadavg").read_text().split()[:3]
+
+    print("\n## Targets\n")
+    print(
+        table(
+            ["#", "measure", "ztm", "stunnel4 1 hop", "ratio", "target", "result"],
+            [
+                [
+                    t.number,
+                    t.what,
+                    t.value,
+                    t.baseline,
+                    t.ratio,
+                    t.limit,
+                    "-" if t.ok is None else ("PASS" if t.ok else "**FAIL**"),
+                ]
+                for t in run.targets
+            ],
+        )
+    )
+    print(f"\nrun took {elapsed:.0f}s; load average at start {' '.join(load_start)}, at end {' '.join(load_end)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
