@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ztm.h2.codec import DIRECT_MIN, CodecError
 from ztm.h2.errors import ConnectionClosed, H2Error, StreamReset
@@ -31,6 +31,21 @@ if TYPE_CHECKING:
     from ztm.h2.connection import Connection
 
 _COALESCE = 64 * 1024  # read() joins buffered chunks up to this size
+
+
+class StreamSink(Protocol):
+    """Receives a stream's body from the receive path itself (`Stream.set_sink`), instead of a task calling `read()`.
+
+    Exactly one of `stream_end`/`stream_error` is called, once, after the last `stream_data`; the sink is then
+    detached. Callbacks run inside the connection's `buffer_updated` (or inside `set_sink`/`resume_sink`/`reset`),
+    so they must not block; they may call `pause_sink()` (and any other non-blocking stream method).
+    """
+
+    def stream_data(self, data: bytes) -> None: ...
+
+    def stream_end(self) -> None: ...
+
+    def stream_error(self, exc: H2Error) -> None: ...
 
 
 class Stream:
@@ -51,9 +66,13 @@ class Stream:
         "_reset_code",
         "_reset_local",
         "_responded",
+        "_sink",
+        "_sink_paused",
         "_status",
         "_window_waiter",
-        "_write_lock",
+        "_withheld",
+        "_write_waiters",
+        "_writing",
         "bytes_received",
         "bytes_sent",
         "headers",
@@ -83,7 +102,11 @@ class Stream:
         self._window_waiter: asyncio.Future[None] | None = None
         self._headers_waiter: asyncio.Future[None] | None = None
         self._closed_event: asyncio.Event | None = None
-        self._write_lock: asyncio.Lock | None = None
+        self._writing = False  # a write() or end() is in progress (the write "lock", held without awaiting)
+        self._write_waiters: deque[asyncio.Future[None]] | None = None  # writers queued behind it
+        self._sink: StreamSink | None = None
+        self._sink_paused = False
+        self._withheld = 0  # delivered to the paused sink, not yet credited to the peer
 
     def __repr__(self) -> str:
         return f"<ztm.h2.Stream {self.id} on {self._conn!r}>"
@@ -124,6 +147,8 @@ class Stream:
         """Up to `max_bytes` of the peer's body; b"" once the peer ended the stream."""
         if max_bytes <= 0:
             raise ValueError("max_bytes must be positive")
+        if self._sink is not None:
+            raise H2Error(f"stream {self.id} has a sink (set_sink); it cannot be read")
         chunks = self._chunks
         while not chunks:
             if self._eof:
@@ -162,6 +187,68 @@ class Stream:
         self._conn._consumed(self.id, n)
         return chunk
 
+    def set_sink(self, sink: StreamSink) -> None:
+        """Deliver the peer's body to `sink` as it arrives, without a reading task (see `StreamSink`).
+
+        Flow control is as with `read()`: bytes are credited to the peer once `stream_data` returned, unless the
+        sink called `pause_sink()`; then the credit waits for `resume_sink()`, and so does any further delivery, so
+        at most one stream window is buffered. Data already buffered is delivered at once (inside this call).
+        """
+        if self._read_waiter is not None:
+            raise H2Error(f"stream {self.id} is already being read by another task")
+        if self._sink is not None:
+            raise H2Error(f"stream {self.id} already has a sink")
+        self._sink = sink
+        self._deliver()
+
+    def pause_sink(self) -> None:
+        """Stop delivering to the sink and withhold the credit of what it got since (until `resume_sink()`)."""
+        self._sink_paused = True
+
+    def resume_sink(self) -> None:
+        """Credit what the sink got while paused, and deliver what arrived meanwhile."""
+        if not self._sink_paused:
+            return
+        self._sink_paused = False
+        n = self._withheld
+        if n:
+            self._withheld = 0
+            self._conn._consumed(self.id, n)
+        self._deliver()
+
+    def _deliver(self) -> None:
+        chunks = self._chunks
+        while (sink := self._sink) is not None:
+            if not self._eof:  # a failure before END_STREAM drops the data (as for read()), paused or not
+                exc = self._failure()
+                if exc is not None:
+                    self._sink = None
+                    n = self._withheld
+                    if n:
+                        self._withheld = 0
+                        self._conn._consumed(self.id, n)
+                    sink.stream_error(exc)
+                    return
+            if self._sink_paused:
+                return
+            if not chunks:
+                if self._eof:
+                    self._sink = None
+                    sink.stream_end()
+                return
+            chunk = chunks.popleft()
+            if self._offset:
+                chunk = chunk[self._offset :]
+                self._offset = 0
+            n = len(chunk)
+            self._buffered -= n
+            self.bytes_received += n
+            sink.stream_data(chunk)
+            if self._sink_paused:
+                self._withheld += n
+            else:
+                self._conn._consumed(self.id, n)
+
     async def read_all(self, limit: int = 1 << 20) -> bytes:
         """The whole remaining body; H2Error if it exceeds `limit` bytes."""
         parts: list[bytes] = []
@@ -186,11 +273,95 @@ class Stream:
         A writable buffer (memoryview of a bytearray) is copied frame by frame as it is sent; bytes and read-only
         views are sent without copying.
         """
-        lock = self._write_lock
-        if lock is None:
-            lock = self._write_lock = asyncio.Lock()
-        async with lock:
+        if self._writing:
+            await self._wait_turn()
+        else:
+            self._writing = True  # uncontended: no lock object, no extra coroutine
+        try:
             await self._write(data, end_stream)
+        finally:
+            self._next_writer()
+
+    async def _wait_turn(self) -> None:
+        """Queue behind the writer in progress; returns owning the write turn (`_writing` stays True)."""
+        waiters = self._write_waiters
+        if waiters is None:
+            waiters = self._write_waiters = deque()
+        waiter = self._conn._loop.create_future()
+        waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._next_writer()  # the turn was handed to us: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    waiters.remove(waiter)
+            raise
+
+    def _next_writer(self) -> None:
+        """End this write turn: hand it to the first queued writer, if any (FIFO, like asyncio.Lock)."""
+        waiters = self._write_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._writing = False
+
+    def write_nowait(self, data: bytes | memoryview) -> int:
+        """Send as much of `data` as the flow-control windows and the transport take now, without waiting.
+
+        Returns the number of bytes sent (0 while another `write()` is in progress or the transport is paused);
+        the caller sends the rest later, e.g. with `write()`. `data` must be immutable (bytes or a read-only view):
+        it is sent by reference. Raises H2Error like `write()` if the stream cannot send.
+        """
+        self._check_can_send()
+        conn = self._conn
+        if self._writing or conn._write_paused:
+            return 0
+        codec = conn._codec
+        total = len(data)
+        offset = 0
+        big = False
+        while offset < total:
+            try:
+                window = codec.send_window(self.id)
+            except CodecError:
+                self._raise_failure()
+                raise H2Error(f"stream {self.id} is closed") from None
+            if window <= 0:
+                break
+            n = min(total - offset, window, codec.max_outbound_frame_size)
+            chunk = data if n == total else data[offset : offset + n]
+            try:
+                codec.send_data(self.id, chunk, end_stream=False)
+            except CodecError as exc:
+                self._raise_failure()
+                raise H2Error(f"cannot send on stream {self.id}: {exc}") from None
+            offset += n
+            big = big or n >= DIRECT_MIN
+        if offset:
+            self.bytes_sent += offset
+            if big:
+                conn._flush()
+            else:
+                conn._flush_soon()
+        return offset
+
+    def end_nowait(self) -> None:
+        """`end()` without waiting: at once if no `write()` is in progress, else from a task after it."""
+        if self._local_done:
+            return
+        if self._writing:
+            task = asyncio.ensure_future(self.end())
+            task.add_done_callback(_ignore_result)
+            return
+        if self._conn._closing:
+            return
+        if not self._conn.is_client and not self._responded:
+            raise H2Error(f"stream {self.id}: respond() must come before end()")
+        self._send_end()
 
     async def _write(self, data: bytes | memoryview, end_stream: bool) -> None:
         view = data if isinstance(data, memoryview) else memoryview(data)
@@ -263,15 +434,18 @@ class Stream:
         """Send END_STREAM (half-close). Idempotent; a no-op once the stream was reset or the connection closed."""
         if self._local_done:
             return
-        lock = self._write_lock
-        if lock is None:
-            lock = self._write_lock = asyncio.Lock()
-        async with lock:
+        if self._writing:
+            await self._wait_turn()
+        else:
+            self._writing = True
+        try:
             if self._local_done or self._conn._closing:
                 return
             if not self._conn.is_client and not self._responded:
                 raise H2Error(f"stream {self.id}: respond() must come before end()")
             self._send_end()
+        finally:
+            self._next_writer()
 
     def _send_end(self) -> None:
         conn = self._conn
@@ -296,6 +470,8 @@ class Stream:
             self._drop_buffered()
         self._wake_all()
         self._maybe_finish()
+        if self._sink is not None:
+            self._deliver()
 
     # ---- server side -------------------------------------------------------------------------------------------
 
@@ -422,6 +598,9 @@ class Stream:
         if n:
             self._chunks.append(data)
             self._buffered += n
+            if self._sink is not None:
+                self._deliver()
+                return
             waiter = self._read_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
@@ -435,6 +614,8 @@ class Stream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
         self._maybe_finish()
+        if self._sink is not None:
+            self._deliver()
 
     def _on_reset(self, error_code: int, *, local: bool = False) -> None:
         if self._finished:
@@ -445,6 +626,8 @@ class Stream:
             self._drop_buffered()
         self._wake_all()
         self._maybe_finish()
+        if self._sink is not None:
+            self._deliver()
 
     def _on_conn_closed(self, message: str) -> None:
         if self._finished:
@@ -458,3 +641,10 @@ class Stream:
         self._finished = True
         if self._closed_event is not None:
             self._closed_event.set()
+        if self._sink is not None:
+            self._deliver()
+
+
+def _ignore_result(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()

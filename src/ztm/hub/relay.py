@@ -3,9 +3,10 @@
 An entrance agent sends `CONNECT` with `:authority` = the target endpoint and `ztm-app` / `ztm-service` headers. The
 hub pushes a `stream` event to the target; the target answers with its own `CONNECT` carrying `ztm-accept: ID`
 (or `ztm-refuse: REASON`). The hub then answers 200 to both and copies bytes between the two streams. Flow control is
-end to end: a chunk is read from one stream only after the previous one was written to the other, and `ztm.h2`
-credits the sender only when a chunk is read, so a slow receiver slows the sender and each direction holds at most
-one stream window here. Half-close travels through (`end()`), and a reset on either side resets the other.
+end to end: each stream's DATA is forwarded from the receive path (`Stream.set_sink`) while the other stream can
+take it, and the sender is credited only once the other stream accepted the bytes, so a slow receiver slows the
+sender and each direction holds at most one stream window here. Half-close travels through (`end()`), and a reset
+on either side resets the other.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from ztm.hub.state import HubState, Peer
 log = logging.getLogger("ztm.hub")
 
 ACCEPT_TIMEOUT = 5.0
-CHUNK = 1 << 20
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}")
 _APP = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
@@ -148,21 +148,78 @@ class Relay:
 
 async def splice(a: h2.Stream, b: h2.Stream, state: HubState) -> None:
     """Copy both directions until both ended; a reset or lost connection on one side resets the other."""
-    await asyncio.gather(_pump(a, b, state), _pump(b, a, state))
-
-
-async def _pump(src: h2.Stream, dst: h2.Stream, state: HubState) -> None:
+    loop = asyncio.get_running_loop()
+    ab = _Forward(a, b, state, loop.create_future())
+    ba = _Forward(b, a, state, loop.create_future())
     try:
-        while True:
-            data = await src.read(CHUNK)
-            if not data:
-                await dst.end()
-                return
-            await dst.write(data)
-            state.counters["relayed_bytes"] += len(data)
-    except h2.H2Error:
-        src.reset()
-        dst.reset()
+        a.set_sink(ab)
+        b.set_sink(ba)
+        await asyncio.gather(ab.done, ba.done)
+    except BaseException:  # cancelled (the hub stops) or a bug: nobody copies any more
+        ab.fail()
+        ba.fail()
+        raise
+
+
+class _Forward:
+    """The sink of `src`: DATA goes to `dst` from the receive path (no task switch) while `dst` can take it.
+
+    When `dst`'s windows or transport cannot take a chunk, the rest is written by a task while `src`'s sink is
+    paused: `src` is credited only once `dst` accepted the bytes, so each direction holds at most one window here.
+    """
+
+    __slots__ = ("_writer", "done", "dst", "src", "state")
+
+    def __init__(self, src: h2.Stream, dst: h2.Stream, state: HubState, done: asyncio.Future[None]) -> None:
+        self.src = src
+        self.dst = dst
+        self.state = state
+        self.done = done
+        self._writer: asyncio.Future[None] | None = None
+
+    def stream_data(self, data: bytes) -> None:
+        try:
+            n = self.dst.write_nowait(data)
+        except h2.H2Error:
+            self.fail()
+            return
+        if n:
+            self.state.counters["relayed_bytes"] += n
+        if n < len(data):
+            self.src.pause_sink()
+            self._writer = asyncio.ensure_future(self._write_rest(memoryview(data)[n:].toreadonly()))
+
+    async def _write_rest(self, rest: memoryview) -> None:
+        try:
+            await self.dst.write(rest)
+        except h2.H2Error:
+            self.fail()
+            return
+        self._writer = None
+        self.state.counters["relayed_bytes"] += len(rest)
+        self.src.resume_sink()
+
+    def stream_end(self) -> None:
+        try:
+            self.dst.end_nowait()
+        except h2.H2Error:
+            self.fail()
+            return
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def stream_error(self, exc: h2.H2Error) -> None:
+        self.fail()
+
+    def fail(self) -> None:
+        """Reset both streams (which ends the other direction too); idempotent."""
+        if self.done.done():
+            return
+        self.done.set_result(None)
+        if self._writer is not None:
+            self._writer.cancel()
+        self.src.reset()
+        self.dst.reset()
 
 
 async def _answer_error(stream: h2.Stream, exc: ZtmError) -> None:

@@ -271,9 +271,12 @@ class TunnelApp(MeshApp):
         traffic = self.ctx.session.traffic_of(peer, peer_name)
         traffic.streams += 1
 
+        sent_key = f"{key}:sent"
+        received_key = f"{key}:received"
+
         def count(sent: int, received: int) -> None:
-            c[f"{key}:sent"] += sent
-            c[f"{key}:received"] += received
+            c[sent_key] += sent
+            c[received_key] += received
             traffic.sent += sent
             traffic.received += received
 
