@@ -270,6 +270,18 @@ def _nodelay(sock: socket.socket) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def summary(samples: list[float]) -> dict[str, float]:
+    """min, p50, p90, p99, max and count of a list of timings."""
+    return {
+        "p50": percentile(samples, 50),
+        "p90": percentile(samples, 90),
+        "p99": percentile(samples, 99),
+        "min": min(samples),
+        "max": max(samples),
+        "n": len(samples),
+    }
+
+
 def pingpong(port: int, count: int, warmup: int) -> list[float]:
     """1-byte request/response on one connection; seconds per round trip (warm-up dropped)."""
     out: list[float] = []
@@ -526,17 +538,7 @@ class Run:
                 for k in after:
                     cpu_used[path][k] += after[k] - before[k]
             self.progress(f"ping-pong round {r + 1}/{rounds} done")
-        stats = {
-            p: {
-                "p50": percentile(v, 50),
-                "p90": percentile(v, 90),
-                "p99": percentile(v, 99),
-                "min": min(v),
-                "max": max(v),
-                "n": len(v),
-            }
-            for p, v in out.items()
-        }
+        stats = {p: summary(v) for p, v in out.items()}
         rows = [
             [
                 p,
@@ -586,17 +588,7 @@ class Run:
             for k in after:
                 cpu_used[path][k] += after[k] - before[k]
             self.progress(f"connect cycles {path} done")
-        stats = {
-            p: {
-                "p50": percentile(v, 50),
-                "p90": percentile(v, 90),
-                "p99": percentile(v, 99),
-                "min": min(v),
-                "max": max(v),
-                "n": len(v),
-            }
-            for p, v in out.items()
-        }
+        stats = {p: summary(v) for p, v in out.items()}
         rows = [
             [p, s["n"], *(f"{s[k] * 1e3:.2f}" for k in ("min", "p50", "p90", "p99", "max"))] for p, s in stats.items()
         ]

@@ -241,3 +241,12 @@ async def h2_client(port: int, *, cert: str = "good", **kwargs: Any) -> AsyncIte
     finally:
         conn.close()
         await asyncio.wait_for(conn.wait_closed(), 10)
+
+
+async def poll(predicate: object, timeout: float = 5.0) -> None:
+    """Wait (bounded) until predicate() is true."""
+    assert callable(predicate)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)

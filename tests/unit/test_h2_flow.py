@@ -9,7 +9,7 @@ import os
 import h2.config
 import h2.connection
 import pytest
-from h2_certs import LOOPS, h2_client, h2_server, run
+from h2_certs import LOOPS, h2_client, h2_server, poll, run
 
 from ztm.h2 import Connection, ConnectionClosed, H2Settings, Stream, frames
 from ztm.h2 import events as ev
@@ -18,15 +18,6 @@ from ztm.h2.codec import H2Codec
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 1 << 20
-
-
-async def poll(predicate: object, timeout: float = 5.0) -> None:
-    """Wait (bounded) until predicate() is true."""
-    assert callable(predicate)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 @pytest.mark.parametrize("loop", LOOPS)

@@ -8,21 +8,13 @@ import hashlib
 import os
 
 import pytest
-from h2_certs import LOOPS, h2_client, h2_server, run
+from h2_certs import LOOPS, h2_client, h2_server, poll, run
 
 from ztm.h2 import Connection, H2Error, H2Settings, Stream, StreamReset
 
 pytestmark = pytest.mark.timeout(60)
 
 MiB = 1 << 20
-
-
-async def poll(predicate: object, timeout: float = 5.0) -> None:
-    assert callable(predicate)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 class Sink:
