@@ -284,14 +284,14 @@ class Workspace:
         _wait_or_raise(ready, timeout, "the hub to listen")
         return Hub(proc, port, permit, data)
 
-    def start_agent(self, name: str, *, timeout: float = 30.0) -> Agent:
+    def start_agent(self, name: str, *, timeout: float = 30.0, extra: Sequence[str] = ()) -> Agent:
         port = free_port()
         base = self.dir / f"agent-{name}"
         home = base / "home"
         home.mkdir(parents=True)
         data = base / "data"
         env = bench_env(home)
-        argv = [*ZTM, "run", "agent", "--listen", f"{HOST}:{port}", "--data", str(data)]
+        argv = [*ZTM, "run", "agent", "--listen", f"{HOST}:{port}", "--data", str(data), *extra]
         proc = Proc(argv, log_path=base / "agent.out", env=env, cwd=base)
         self.procs.append(proc)
         agent = Agent(name, proc, port, home, data, env)

@@ -6,6 +6,12 @@ and `ep2`, the exit) started as `python -m ztm run hub|agent`, both joined with 
 `ztm tunnel open inbound tcp/bench --listen 127.0.0.1:P1` and `tcp/echo --listen 127.0.0.1:P2` (through the CLI).
 The ztm path is therefore client -> ep1 -> hub -> ep2 -> server: three hops, two TLS connections.
 
+The direct path (`ztm-direct`): a third agent, `ep3`, started with `--direct 127.0.0.1:PORT`, offers the same
+targets as `tcp/bench-d` and `tcp/echo-d`, and ep1 opens inbounds for them: client -> ep1 -> ep3 -> server, two
+processes and one TLS connection (a direct channel, `ztm.agent.direct`), as stunnel4's one hop. Latency,
+connection set-up and throughput measure it next to the relayed path; memory, idle connections and recovery
+measure the relayed path only.
+
 Baselines in the same run, against the same servers:
 
 * raw: the client talks to the server directly;
@@ -380,7 +386,8 @@ class Run:
         self.hub = ws.start_hub()
         self.ep1 = ws.start_agent("ep1")
         self.ep2 = ws.start_agent("ep2")
-        for ep in (self.ep1, self.ep2):
+        self.ep3 = ws.start_agent("ep3", extra=["--direct", f"{HOST}:{free_port()}"])
+        for ep in (self.ep1, self.ep2, self.ep3):
             ep.cli("join", MESH, "--as", ep.name, "--permit", str(self.hub.permit))
         self.bench_port, self.echo_in_port = free_port(), free_port()
         self.ep2.cli("tunnel", "open", "outbound", "tcp/bench", "--targets", f"{HOST}:{self.iperf_port}")
@@ -388,14 +395,31 @@ class Run:
         self.ep1.cli("tunnel", "open", "inbound", "tcp/bench", "--listen", f"{HOST}:{self.bench_port}")
         self.ep1.cli("tunnel", "open", "inbound", "tcp/echo", "--listen", f"{HOST}:{self.echo_in_port}")
         wait_until(lambda: probe(self.echo_in_port), 30, "the echo tunnel to carry a round trip")
-        self.pids = {"ep1": self.ep1.proc.pid, "hub": self.hub.proc.pid, "ep2": self.ep2.proc.pid}
+        self.bench_d_port, self.echo_d_port = free_port(), free_port()
+        self.ep3.cli("tunnel", "open", "outbound", "tcp/bench-d", "--targets", f"{HOST}:{self.iperf_port}")
+        self.ep3.cli("tunnel", "open", "outbound", "tcp/echo-d", "--targets", f"{HOST}:{self.echo_port}")
+        self.ep1.cli("tunnel", "open", "inbound", "tcp/bench-d", "--listen", f"{HOST}:{self.bench_d_port}")
+        self.ep1.cli("tunnel", "open", "inbound", "tcp/echo-d", "--listen", f"{HOST}:{self.echo_d_port}")
+        wait_until(lambda: probe(self.echo_d_port) and self.direct_count() > 0, 30, "a direct round trip")
+        self.pids = {
+            "ep1": self.ep1.proc.pid,
+            "hub": self.hub.proc.pid,
+            "ep2": self.ep2.proc.pid,
+            "ep3": self.ep3.proc.pid,
+        }
         for name, pid in self.pids.items():
             self.progress(f"{name} pid {pid}, open-files limit {fd_limit(pid)}, RSS {rss_kib(pid) / 1024:.1f} MiB")
         self.paths = {
             "raw": (self.iperf_port, self.echo_port),
             "stunnel4": (self.st_iperf, self.st_echo),
             "ztm": (self.bench_port, self.echo_in_port),
+            "ztm-direct": (self.bench_d_port, self.echo_d_port),
         }
+
+    def direct_count(self) -> int:
+        """Connections ep1 sent over direct channels (`ztm tunnel describe`'s `direct`)."""
+        status, view = self.ep1.api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/echo-d")
+        return int(view.get("direct", 0)) if status == 200 and isinstance(view, dict) else 0
 
     def stunnel_setup(self) -> None:
         d = self.ws.dir / "stunnel"
@@ -509,7 +533,7 @@ class Run:
             f"\n### Throughput, {label}, {nbytes / MiB:.0f} MiB per run, {reps} run(s) per path (MB/s = 10^6 B/s)\n\n"
             + table(["path", "median MB/s", "runs MB/s", "x stunnel4"], rows)
         )
-        names = ["ep1", "hub", "ep2", "stunnel-client", "stunnel-server", "iperf3-client", "iperf3-server"]
+        names = ["ep1", "hub", "ep2", "ep3", "stunnel-client", "stunnel-server", "iperf3-client", "iperf3-server"]
         cpu_rows = []
         for p in self.paths:
             gib = moved[p] / GiB
@@ -558,7 +582,7 @@ class Run:
         return stats
 
     def cpu_table(self, used: dict[str, dict[str, float]], counts: dict[str, int], unit: str) -> str:
-        names = ["ep1", "hub", "ep2", "stunnel-client", "stunnel-server"]
+        names = ["ep1", "hub", "ep2", "ep3", "stunnel-client", "stunnel-server"]
         rows = []
         for p, c in used.items():
             per = {k: c[k] / counts[p] * 1e6 for k in names}
@@ -605,10 +629,35 @@ class Run:
 
     def idle(self) -> dict[str, float]:
         """Open `--conns` idle connections in steps, measure, check, close; then a second round (leak or reuse?)."""
+        return self._idle(self.echo_in_port, ("ep1", "hub", "ep2"), "tunnelled connections")
+
+    def idle_direct(self) -> dict[str, float]:
+        """The same over direct channels (ep1 -> ep3), after restarting ep1 and ep3 (fresh processes)."""
+        for agent in (self.ep1, self.ep3):
+            old = agent.proc
+            old.stop()
+            self.ws.procs.remove(old)
+            cwd = old.log_path.parent
+            agent.proc = Proc(
+                old.argv, log_path=cwd / f"{old.log_path.stem}.idle-direct.out", env=bench_env(cwd / "home"), cwd=cwd
+            )
+            self.ws.procs.append(agent.proc)
+        self.pids["ep1"], self.pids["ep3"] = self.ep1.proc.pid, self.ep3.proc.pid
+        # a fresh ep1 counts from 0: one probe carried directly means ep3 announced itself and ep1 has the CRL
+        wait_until(lambda: probe(self.echo_d_port) and self.direct_count_safe() > 0, 60, "a direct round trip")
+        time.sleep(1.0)
+        return self._idle(self.echo_d_port, ("ep1", "hub", "ep3"), "connections over direct channels")
+
+    def direct_count_safe(self) -> int:
+        try:
+            return self.direct_count()
+        except OSError:
+            return -1
+
+    def _idle(self, port: int, names: tuple[str, str, str], what: str) -> dict[str, float]:
         target = self.args.conns
-        holder = Child(self.ws, "holder", ["--role", "hold", "--port", str(self.echo_in_port), "--batch", "50"])
+        holder = Child(self.ws, "holder", ["--role", "hold", "--port", str(port), "--batch", "50"])
         echo_pid = self.echo.proc.pid
-        names = ("ep1", "hub", "ep2")
         self.progress(f"holder nofile {holder.hello['nofile']}; opening {target} idle connections")
         time.sleep(1.0)
         base = self.rss()
@@ -668,19 +717,15 @@ class Run:
         holder.proc.stop()
         self.ws.procs.remove(holder.proc)
         self.say(
-            f"\n### {target} idle tunnelled connections (batches of 50, each checked with a 1-byte echo)\n\n"
+            f"\n### {target} idle {what} (batches of 50, each checked with a 1-byte echo)\n\n"
             "KB = 1000 bytes; per connection = (RSS now - RSS before) / connections open; fresh processes.\n\n"
             + table(
                 [
                     "connections",
                     "open s / all fds closed s",
-                    "extra fds ep1/hub/ep2",
-                    "ep1 RSS MiB",
-                    "hub RSS MiB",
-                    "ep2 RSS MiB",
-                    "ep1 KB/conn",
-                    "hub KB/conn",
-                    "ep2 KB/conn",
+                    f"extra fds {'/'.join(names)}",
+                    *(f"{n} RSS MiB" for n in names),
+                    *(f"{n} KB/conn" for n in names),
                 ],
                 rows,
             )
@@ -705,7 +750,12 @@ class Run:
         wait_until(lambda: tcp_accepts(self.hub.port), 30, "the hub to listen again")
         self.ep1.proc, self.ep2.proc = again(self.ep1.proc), again(self.ep2.proc)
         self._wait_tunnel(time.perf_counter())
-        self.pids = {"ep1": self.ep1.proc.pid, "hub": self.hub.proc.pid, "ep2": self.ep2.proc.pid}
+        self.pids = {
+            "ep1": self.ep1.proc.pid,
+            "hub": self.hub.proc.pid,
+            "ep2": self.ep2.proc.pid,
+            "ep3": self.ep3.proc.pid,
+        }
         time.sleep(1.0)
 
     # 6: recovery ------------------------------------------------------------------------------------------
@@ -849,7 +899,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtts", type=int, help="ping-pong round trips per path (default 5000; quick 1000)")
     parser.add_argument("--cycles", type=int, help="connect cycles per path (default 300; quick 100)")
     parser.add_argument("--restarts", type=int, help="restarts of the exit and of the hub (default 3; quick 1)")
-    parser.add_argument("--skip", default="", help="comma list of parts to skip: idle,bulk,latency,connect,recovery")
+    parser.add_argument(
+        "--skip", default="", help="comma list of parts to skip: idle,idle-direct,bulk,latency,connect,recovery"
+    )
     parser.add_argument("--role", choices=["echo", "hold"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=50, help=argparse.SUPPRESS)
@@ -910,6 +962,17 @@ def main(argv: list[str] | None = None) -> int:
                 "<= 3",
                 z["p99"] <= 3 * s["p99"],
             )
+            d = lat["ztm-direct"]
+            for key, what, limit in (("p50", "3a-direct", 1.5), ("p99", "3b-direct", 3.0)):
+                run.add_target(
+                    what,
+                    f"1-byte RTT {key}, direct (µs)",
+                    f"{d[key] * 1e6:.0f}",
+                    f"{s[key] * 1e6:.0f}",
+                    f"{d[key] / s[key]:.2f}",
+                    f"<= {limit:g}",
+                    d[key] <= limit * s[key],
+                )
         if "connect" not in skip:
             con = run.connects()
             z, s = con["ztm"], con["stunnel4"]
@@ -922,6 +985,16 @@ def main(argv: list[str] | None = None) -> int:
                 "<= 2 ms",
                 z["p50"] <= 0.002,
             )
+            d = con["ztm-direct"]
+            run.add_target(
+                "4-direct",
+                "new connection + first RTT p50, direct (ms)",
+                f"{d['p50'] * 1e3:.2f}",
+                f"{s['p50'] * 1e3:.2f}",
+                f"{d['p50'] / s['p50']:.2f}",
+                "<= 2 ms",
+                d["p50"] <= 0.002,
+            )
         if "bulk" not in skip:
             one = run.throughput(1, bulk)
             run.add_target(
@@ -933,6 +1006,15 @@ def main(argv: list[str] | None = None) -> int:
                 ">= 0.6",
                 one["ztm"] >= 0.6 * one["stunnel4"],
             )
+            run.add_target(
+                "1-direct",
+                f"1 stream, {bulk / MiB:.0f} MiB, direct (MB/s)",
+                f"{one['ztm-direct']:.0f}",
+                f"{one['stunnel4']:.0f}",
+                f"{one['ztm-direct'] / one['stunnel4']:.2f}",
+                ">= 0.6",
+                one["ztm-direct"] >= 0.6 * one["stunnel4"],
+            )
             many = run.throughput(16, bulk)
             run.add_target(
                 "2",
@@ -942,6 +1024,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{many['ztm'] / many['stunnel4']:.2f}",
                 ">= 0.6",
                 many["ztm"] >= 0.6 * many["stunnel4"],
+            )
+            run.add_target(
+                "2-direct",
+                "16 streams aggregate, direct (MB/s)",
+                f"{many['ztm-direct']:.0f}",
+                f"{many['stunnel4']:.0f}",
+                f"{many['ztm-direct'] / many['stunnel4']:.2f}",
+                ">= 0.6",
+                many["ztm-direct"] >= 0.6 * many["stunnel4"],
             )
             while run.ztm_bytes < rss_after:
                 chunk = max(64 * MiB, min(GiB, rss_after - run.ztm_bytes))
@@ -956,7 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
                     [[n, f"{base_rss[n] / 1024:.1f}", f"{rss[n] / 1024:.1f}", f"{hwm[n] / 1024:.1f}"] for n in rss],
                 )
             )
-            for n in ("ep1", "hub", "ep2"):
+            for n in ("ep1", "hub", "ep2", "ep3"):
                 mb = rss[n] * 1024 / 1e6
                 run.add_target(
                     f"5a-{n}",
@@ -975,6 +1066,18 @@ def main(argv: list[str] | None = None) -> int:
                 run.add_target(
                     f"5b-{n}",
                     f"RSS per idle connection, {n} (KB, {per['reached']:.0f} conns)",
+                    f"{per[n] / 1000:.1f}",
+                    "-",
+                    "-",
+                    "<= 30 KB",
+                    per[n] <= 30000,
+                )
+        if "idle-direct" not in skip:
+            per = run.idle_direct()
+            for n in ("ep1", "ep3"):
+                run.add_target(
+                    f"5b-direct-{n}",
+                    f"RSS per idle direct connection, {n} (KB, {per['reached']:.0f} conns)",
                     f"{per[n] / 1000:.1f}",
                     "-",
                     "-",

@@ -52,3 +52,8 @@ class AgentConfig:
     join: str | None = None
     join_as: str | None = None
     permit: Path | None = None
+    direct: Address | None = None
+    """Where to accept direct channels from peers (`ztm.agent.direct`); off unless set."""
+    direct_announce: Address | None = None
+    """The address peers dial for `direct` if not that one (a port forwarded on a NAT); default: `direct`, with a
+    wildcard host replaced by the address the hub sees."""

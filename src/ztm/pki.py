@@ -443,7 +443,8 @@ def issue_endpoint_cert(
     now: datetime,
     ttl: timedelta,
 ) -> x509.Certificate:
-    """An endpoint certificate (`ztm://MESH/user/USER` and `ztm://MESH/ep/EP_ID`, clientAuth) for `ttl`."""
+    """An endpoint certificate (`ztm://MESH/user/USER` and `ztm://MESH/ep/EP_ID`, clientAuth and serverAuth: an
+    endpoint is the server of the direct channels peers open to it) for `ttl`."""
     mesh_id = cert_mesh_id(ca_cert)
     check_user(user)
     _check_ep_id(ep_id)
@@ -452,7 +453,7 @@ def issue_endpoint_cert(
         ca_cert,
         cn=ep_id,
         sans=[_uri(mesh_id, "user", user), _uri(mesh_id, "ep", ep_id)],
-        eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
+        eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],  # serverAuth: direct channels
         public_key=public_key,
         now=now,
         lifetime=ttl,

@@ -135,6 +135,10 @@ def agent_argv(cfg: AgentConfig, python: str = sys.executable) -> list[str]:
     argv = [python, "-m", "ztm", "run", "agent", "--listen", str(cfg.listen), "--data", str(cfg.data)]
     if cfg.join and cfg.join_as and cfg.permit:
         argv += ["--join", cfg.join, "--join-as", cfg.join_as, "--permit", str(cfg.permit)]
+    if cfg.direct is not None:
+        argv += ["--direct", str(cfg.direct)]
+    if cfg.direct_announce is not None:
+        argv += ["--direct-announce", str(cfg.direct_announce)]
     return argv
 
 

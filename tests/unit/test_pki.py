@@ -276,7 +276,8 @@ def test_endpoint_certificate(mesh: Mesh) -> None:
     _check_leaf_common(cert, mesh)
     assert cert.subject.rfc4514_string() == f"CN={EP_ID}"
     assert uris(cert) == [f"ztm://{mesh.mesh_id}/user/bob", f"ztm://{mesh.mesh_id}/ep/{EP_ID}"]
-    assert list(ext(cert, x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert list(ext(cert, x509.ExtendedKeyUsage).value) == usage
     assert cert.not_valid_after_utc == NOW + timedelta(hours=24)
     ident = pki.verify_issued_by(cert, mesh.ca, now=NOW)
     assert ident == pki.Identity(mesh_id=mesh.mesh_id, user="bob", ep_id=EP_ID)

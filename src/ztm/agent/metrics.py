@@ -28,6 +28,8 @@ def render_metrics(agent: Agent) -> str:
                 f"ztm_agent_peer_received_bytes_total{{{labels}}} {t.received}",
                 f"ztm_agent_peer_streams{{{labels}}} {t.streams}",
             ]
+        for metric, value in sorted(session.direct.counters.items()):
+            apps.append(f'ztm_agent_direct_{metric}_total{{mesh="{m}"}} {value}')
         for app in session.apps.values():
             for key, value in sorted(app.counters.items()):
                 name, _, metric = key.rpartition(":")

@@ -48,6 +48,8 @@ class Authority:
         self._tls_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._write_hub_cert(now)
         self._context: ssl.SSLContext | None = None
+        self.crl_pem = ""
+        """The current CRL alone (PEM); agents fetch it (`GET /api/crl`) to check direct peers' certificates."""
 
     def _create(self, now: dt.datetime) -> dict[str, str]:
         mesh_id = pki.new_mesh_id()
@@ -107,7 +109,8 @@ class Authority:
         """Write a new CRL with `revoked` serials and drop the cached TLS context."""
         self.crl_number += 1
         crl = pki.build_crl(self.ca_key, self.ca_cert, revoked=revoked, number=self.crl_number, now=utcnow())
-        (self._tls_dir / "ca-crl.pem").write_text(self.ca_pem + pki.crl_to_pem(crl))
+        self.crl_pem = pki.crl_to_pem(crl)
+        (self._tls_dir / "ca-crl.pem").write_text(self.ca_pem + self.crl_pem)
         self.store.set_meta({"crl_number": str(self.crl_number)})
         self._context = None
 

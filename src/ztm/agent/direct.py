@@ -1,0 +1,592 @@
+"""Direct channels between endpoints of a mesh: mutual TLS 1.3 straight from entrance to exit, the hub as fallback.
+
+An agent started with `--direct ADDR` listens there (`DirectServer`, one port for all its meshes: the client names
+the mesh in SNI as `MESH_ID.ztm`) and announces `ADDR` to each mesh through the hub (`POST /api/direct`; a wildcard
+host becomes the address the hub sees the agent connect from). Peers find that address in `GET /api/services`.
+
+Trust is the mesh's, nothing new: both sides present their endpoint certificates and verify the other's against
+the mesh CA and the hub's current CRL (`GET /api/crl`, fetched after every hello and on every `crl` event, which
+the hub sends when it evicts a user). The client also checks the server is the endpoint it meant to reach. The
+caller's identity (`Caller`) comes only from its verified certificate (endpoint id, user); its name, used by
+`--entrances`, from the hub's endpoint record. When a CRL revokes a serial, live channels with that peer close.
+
+Per channel (`MeshDirect.open` on the entrance side): the client sends one JSON line `{"app": APP, "service":
+SERVICE}`; the server's app answers one line, `{"ok": true}` or `{"error": ..., "code": ...}`; then the channel
+belongs to the app (`ztm.agent.direct_pipe` frames it). A channel carries one tunnelled connection at a time: after
+both directions ended cleanly it carries the next one (the client puts it back in its pool, the server waits for the
+next greeting). So that a new connection costs no handshake, the client keeps at least `POOL_SIZE` (at most
+`POOL_MAX`) handshaken channels per peer and dials missing ones in the background. A peer that cannot be reached
+(connect, TLS, identity) is skipped for a backoff (`FAIL_MIN` doubling to `FAIL_MAX`), and the caller uses the hub
+relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cryptography import x509
+
+from ztm import pki
+from ztm.addr import Address
+from ztm.agent.apps import Caller
+from ztm.aio import spawn
+from ztm.errors import CertificateError, ZtmError, from_json
+
+if TYPE_CHECKING:
+    from ztm.agent.mesh import MeshSession
+
+log = logging.getLogger("ztm.agent.direct")
+
+CONNECT_TIMEOUT = 1.0
+"""Seconds for TCP connect + TLS handshake to a peer's direct address before the relay is used."""
+ANSWER_TIMEOUT = 6.0
+"""Seconds the server's app may take to answer a greeting (it connects to its target first)."""
+GREETING_TIMEOUT = 60.0
+"""Seconds an accepted channel may wait for its greeting (pooled channels wait idle this long at most)."""
+POOL_IDLE = 45.0
+"""Seconds a pooled channel is kept before the client closes it (less than the server's GREETING_TIMEOUT)."""
+POOL_SIZE = 2
+POOL_MAX = 8
+MAX_CHANNELS = 1024
+"""Live channels per peer and direction of use at most; beyond, connections use the relay. A TLS connection costs
+about 40 KB on each side, against about 10 KB for a relayed stream, so this bounds what masses of idle
+connections cost (bench/RESULTS.md, "Direct path")."""
+FAIL_MIN = 2.0
+FAIL_MAX = 300.0
+MAX_LINE = 4096
+OK_LINE = b'{"ok":true}\n'
+
+
+class DirectUnreachable(Exception):
+    """The peer's direct address cannot be used now; use the relay."""
+
+
+def sni_name(mesh_id: str) -> str:
+    return f"{mesh_id}.ztm"
+
+
+@dataclass(frozen=True)
+class PeerCert:
+    """Who is on the other side of a channel, from its verified certificate."""
+
+    mesh_id: str
+    ep_id: str
+    user: str
+    serial: int
+
+
+def peer_of(transport: asyncio.BaseTransport) -> PeerCert:
+    """The verified peer certificate's endpoint identity; CertificateError if it names no endpoint."""
+    sslobj = transport.get_extra_info("ssl_object")
+    der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+    if not der:
+        raise CertificateError("the peer presented no certificate")
+    cert = pki.cert_from_der(der)
+    identity = pki.identity_of(cert)
+    if identity.ep_id is None or identity.user is None:
+        raise CertificateError(f"the peer's certificate names no endpoint ({identity})")
+    return PeerCert(identity.mesh_id, identity.ep_id, identity.user, cert.serial_number)
+
+
+class LineProtocol(asyncio.Protocol):
+    """A channel before it is handed over: reads one line (what follows it is kept in `rest`)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.line: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self.rest = b""
+        self.lost = False
+        self.made = time.monotonic()
+        self.on_made: Callable[[LineProtocol], None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.on_made is not None:
+            self.on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.line.done():
+            self.rest += data
+            return
+        self.rest += data
+        end = self.rest.find(b"\n")
+        if end < 0:
+            if len(self.rest) > MAX_LINE:
+                self.abort()
+            return
+        line, self.rest = self.rest[:end], self.rest[end + 1 :]
+        assert self.transport is not None
+        self.transport.pause_reading()  # the next owner resumes
+        self.line.set_result(line)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.line.done():
+            self.line.set_exception(ConnectionError("the channel closed"))
+            self.line.exception()  # retrieved: nobody may be waiting (an idle pooled channel)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    @property
+    def usable(self) -> bool:
+        return self.transport is not None and not self.lost and not self.transport.is_closing()
+
+
+class DirectChannel:
+    """One handshaken, greeted channel: the app accepts/refuses it, then splices `transport` (from `rest` on)."""
+
+    def __init__(self, proto: LineProtocol, peer: PeerCert, owner: MeshDirect, *, server: bool) -> None:
+        assert proto.transport is not None
+        self.transport: asyncio.Transport = proto.transport
+        self.proto = proto
+        self.peer = peer
+        self.server = server
+        self.accepted = False
+        self._owner = owner
+        owner.live.add(self)
+        owner.per_peer[peer.ep_id] += 1
+
+    @property
+    def rest(self) -> bytes:
+        return self.proto.rest
+
+    def accept(self) -> None:
+        self.accepted = True
+        self.transport.write(OK_LINE)
+
+    def refuse(self, exc: ZtmError) -> None:
+        self.transport.write(json.dumps(exc.to_json()).encode() + b"\n")
+        self.transport.close()
+        self.done()
+
+    def abort(self) -> None:
+        self.transport.abort()
+        self.done()
+
+    def done(self) -> None:
+        owner = self._owner
+        if self in owner.live:
+            owner.live.discard(self)
+            owner.per_peer[self.peer.ep_id] -= 1
+
+    def recycle(self, transport: asyncio.Transport, rest: bytes) -> None:
+        """The splice ended cleanly both ways: the TLS connection carries the next channel (`rest` is its start)."""
+        self.done()
+        owner = self._owner
+        if self.peer.serial in owner.revoked or not owner.running:
+            transport.close()
+            return
+        proto = LineProtocol()
+        proto.transport = transport
+        transport.set_protocol(proto)
+        transport.resume_reading()
+        if rest:
+            proto.data_received(rest)
+        if self.server:
+            spawn(owner.serve(proto, self.peer), name="direct-serve")
+        else:
+            owner.put_back(self.peer.ep_id, proto)
+
+
+DirectHandler = Callable[[DirectChannel, Caller, str], Awaitable[None]]
+
+
+class MeshDirect:
+    """Direct channels of one mesh session: TLS contexts with the CRL, the client pool, live channels."""
+
+    def __init__(self, session: MeshSession) -> None:
+        self.session = session
+        self.announce: Address | None = None
+        """Set by the agent when it listens for direct channels: announced to the hub after every hello."""
+        self.live: set[DirectChannel] = set()
+        self.per_peer: collections.Counter[str] = collections.Counter()
+        """Live channels by peer endpoint id (`MAX_CHANNELS`)."""
+        self.revoked: frozenset[int] = frozenset()
+        self.crl_number = -1
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._contexts: tuple[str, ssl.SSLContext, ssl.SSLContext] | None = None
+        self._pool: dict[str, collections.deque[LineProtocol]] = {}
+        self._refilling: set[str] = set()
+        self._failed: dict[str, tuple[float, float]] = {}
+        """Peer endpoint id -> (skip until, last delay)."""
+        self.running = True
+        self._waiting: dict[LineProtocol, PeerCert] = {}
+        """Accepted channels waiting for their (next) greeting, and whose they are."""
+
+    # ---- CRL and contexts --------------------------------------------------------------------------------------
+
+    @property
+    def _crl_file(self) -> Any:
+        return self.session.files.dir / "direct-ca-crl.pem"
+
+    async def on_online(self) -> None:
+        """After every hello: fetch the CRL, announce the direct address."""
+        try:
+            await self.refresh_crl()
+            if self.announce is not None:
+                host = None if self.announce.host in ("0.0.0.0", "::") else self.announce.host
+                answer = await self.session.link.request(
+                    "POST", "/api/direct", {"port": self.announce.port, "host": host}
+                )
+                log.info("mesh %s: direct channels announced at %s", self.session.name, answer.get("direct"))
+        except (ZtmError, OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("mesh %s: direct channels not set up: %s", self.session.name, exc)
+
+    async def on_crl(self) -> None:
+        """The hub changed its CRL (an eviction): install the new one, closing revoked peers' channels."""
+        try:
+            await self.refresh_crl()
+        except (ZtmError, OSError, ValueError, TypeError, KeyError) as exc:
+            log.warning("mesh %s: could not fetch the new CRL: %s", self.session.name, exc)
+
+    async def refresh_crl(self) -> None:
+        answer = await self.session.link.request("GET", "/api/crl")
+        self.apply_crl(str(answer["crl"]), int(answer["number"]))
+
+    def apply_crl(self, pem: str, number: int) -> None:
+        """Check and install a CRL from the hub: new contexts for new channels; revoked peers' channels close."""
+        crl = x509.load_pem_x509_crl(pem.encode())
+        if not crl.is_signature_valid(pki.cert_public_key(self.session.permit.ca)):
+            raise CertificateError("the hub sent a CRL that the mesh CA did not sign")
+        tmp = self._crl_file.with_suffix(".new")
+        tmp.write_text((self.session.files.dir / "ca.pem").read_text() + pem)
+        tmp.replace(self._crl_file)
+        self.revoked = frozenset(r.serial_number for r in crl)
+        self.crl_number = number
+        self._contexts = None
+        for channel in [c for c in self.live if c.peer.serial in self.revoked]:
+            log.info(
+                "mesh %s: closing the direct channel of %s: its certificate is revoked",
+                self.session.name,
+                channel.peer.user,
+            )
+            self.counters["revoked_closed"] += 1
+            channel.abort()
+        for proto, peer in list(self._waiting.items()):
+            if peer.serial in self.revoked:
+                proto.abort()
+        for pool in self._pool.values():
+            for proto in pool:
+                proto.abort()
+            pool.clear()
+
+    def _ensure_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
+        """(server, client) contexts, rebuilt after a CRL or certificate change; None before the first CRL."""
+        if self.crl_number < 0:
+            return None
+        cert = self.session.record.ep_cert
+        if self._contexts is None or self._contexts[0] is not cert:
+            d = self.session.files.dir
+            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            client.check_hostname = False  # the peer is checked by its endpoint URI SAN (`open`)
+            for ctx in (server, client):
+                ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_cert_chain(str(d / "ep.crt"), str(d / "ep.key"))
+                ctx.load_verify_locations(cafile=str(self._crl_file))
+                ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            self._contexts = (cert, server, client)
+        return self._contexts[1], self._contexts[2]
+
+    def server_context(self) -> ssl.SSLContext | None:
+        contexts = self._ensure_contexts()
+        return contexts[0] if contexts else None
+
+    # ---- server side -------------------------------------------------------------------------------------------
+
+    async def serve(self, proto: LineProtocol, peer: PeerCert) -> None:
+        """A greeted channel from a peer of this mesh: hand it to the app it names."""
+        if peer.ep_id == self.session.record.ep_id or peer.serial in self.revoked:
+            proto.abort()
+            return
+        self._waiting[proto] = peer
+        try:
+            line = await asyncio.wait_for(asyncio.shield(proto.line), GREETING_TIMEOUT)
+        except (ConnectionError, TimeoutError):  # closed, or idle too long
+            proto.abort()
+            return
+        except BaseException:  # the agent stops
+            proto.abort()
+            raise
+        finally:
+            self._waiting.pop(proto, None)
+        if peer.serial in self.revoked:  # revoked while the channel waited (apply_crl aborts those, too)
+            proto.abort()
+            return
+        if self.per_peer[peer.ep_id] >= MAX_CHANNELS:  # an honest peer keeps to the same limit
+            proto.abort()
+            return
+        channel = DirectChannel(proto, peer, self, server=True)
+        try:
+            request = json.loads(line)
+            app_name, service = request["app"], request["service"]
+            if not isinstance(app_name, str) or not isinstance(service, str):
+                raise ValueError("app and service must be strings")
+        except (ValueError, KeyError, TypeError):
+            channel.abort()
+            return
+        self.counters["accepted"] += 1
+        try:
+            caller = Caller(peer.ep_id, await self._name_of(peer), peer.user)
+            app = self.session.apps.get(app_name)
+            if app is None or not app.running:
+                raise ZtmError(f"app {app_name!r} is not running there")
+            await app.on_direct(channel, caller, service)
+        except ZtmError as exc:
+            if channel.accepted:
+                channel.abort()
+            else:
+                channel.refuse(exc)
+        except BaseException:  # cancelled (the agent stops) or a bug: never leave the peer hanging
+            channel.abort()
+            raise
+        finally:
+            channel.done()
+
+    async def _name_of(self, peer: PeerCert) -> str:
+        """The peer's endpoint name from the hub (events or a lookup); the certificate carries only its id."""
+        known = self.session.peers.get(peer.ep_id)
+        if known is None or known.get("user") != peer.user:
+            found = await self.session.link.request("GET", f"/api/endpoints/{peer.ep_id}")
+            if not isinstance(found, dict) or found.get("user") != peer.user:
+                raise ZtmError("the hub does not know this endpoint certificate")
+            self.session.peers[peer.ep_id] = known = found
+        return str(known.get("name", ""))
+
+    # ---- client side -------------------------------------------------------------------------------------------
+
+    def reachable(self, ep_id: str) -> bool:
+        failed = self._failed.get(ep_id)
+        return failed is None or time.monotonic() >= failed[0]
+
+    def _mark_failed(self, ep_id: str, reason: str) -> None:
+        _until, last = self._failed.get(ep_id, (0.0, 0.0))
+        delay = min(FAIL_MAX, max(FAIL_MIN, last * 2))
+        self._failed[ep_id] = (time.monotonic() + delay, delay)
+        self.counters["failures"] += 1
+        log.info("mesh %s: direct channel to %s failed (%s); relay for %.0f s", self.session.name, ep_id, reason, delay)
+
+    async def open(self, ep_id: str, address: str, app: str, service: str) -> DirectChannel:
+        """A channel to `app` on endpoint `ep_id` at `address`, accepted for `service`.
+
+        DirectUnreachable: use the relay. ZtmError: the peer's app refused (the relay would refuse too).
+        """
+        if not self.reachable(ep_id):
+            raise DirectUnreachable("backing off")
+        if self.per_peer[ep_id] >= MAX_CHANNELS:
+            self.counters["over_limit"] += 1
+            raise DirectUnreachable(f"{MAX_CHANNELS} channels to it are open")
+        greeting = json.dumps({"app": app, "service": service}).encode() + b"\n"
+        for _attempt in range(3):
+            proto = self._take(ep_id)
+            pooled = proto is not None
+            if proto is None:
+                try:
+                    proto, _peer = await self._dial(ep_id, address)
+                except DirectUnreachable as exc:
+                    self._mark_failed(ep_id, str(exc))
+                    raise
+            self._refill(ep_id, address)
+            assert proto.transport is not None
+            proto.transport.write(greeting)
+            try:
+                line = await asyncio.wait_for(asyncio.shield(proto.line), ANSWER_TIMEOUT)
+            except ConnectionError:
+                if pooled:
+                    continue  # the server closed it meanwhile (restart, idle): take another
+                self._mark_failed(ep_id, "closed before it answered (certificate refused?)")
+                raise DirectUnreachable("closed before it answered") from None
+            except TimeoutError:
+                proto.abort()
+                raise DirectUnreachable("no answer") from None
+            except BaseException:  # cancelled: the client went away or the agent stops
+                proto.abort()
+                raise
+            self._failed.pop(ep_id, None)
+            answer = _parse_answer(line)
+            channel = DirectChannel(proto, _peer_checked(proto), self, server=False)
+            if answer is not None:
+                channel.abort()
+                raise answer
+            self.counters["opened"] += 1
+            return channel
+        raise DirectUnreachable("every pooled channel was closed")
+
+    def put_back(self, ep_id: str, proto: LineProtocol) -> None:
+        """A recycled channel back into the pool (closed if the pool is full)."""
+        pool = self._pool.setdefault(ep_id, collections.deque())
+        if len(pool) >= POOL_MAX:
+            proto.abort()
+            return
+        proto.made = time.monotonic()
+        pool.append(proto)
+
+    def _take(self, ep_id: str) -> LineProtocol | None:
+        pool = self._pool.get(ep_id)
+        now = time.monotonic()
+        while pool:
+            proto = pool.popleft()
+            if proto.usable and now - proto.made < POOL_IDLE:
+                return proto
+            proto.abort()
+        return None
+
+    def _refill(self, ep_id: str, address: str) -> None:
+        if ep_id in self._refilling:
+            return
+        self._refilling.add(ep_id)
+        spawn(self._fill(ep_id, address), name=f"direct-pool-{ep_id}")
+
+    async def _fill(self, ep_id: str, address: str) -> None:
+        try:
+            pool = self._pool.setdefault(ep_id, collections.deque())
+            while sum(1 for p in pool if p.usable) < POOL_SIZE and self.reachable(ep_id):
+                try:
+                    proto, _peer = await self._dial(ep_id, address)
+                except DirectUnreachable as exc:
+                    self._mark_failed(ep_id, str(exc))
+                    return
+                pool.append(proto)
+        finally:
+            self._refilling.discard(ep_id)
+
+    async def _dial(self, ep_id: str, address: str) -> tuple[LineProtocol, PeerCert]:
+        contexts = self._ensure_contexts()
+        if contexts is None:
+            raise DirectUnreachable("no CRL from the hub yet")
+        try:
+            target = Address.parse(address)
+        except ZtmError:
+            raise DirectUnreachable(f"bad address {address!r}") from None
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    LineProtocol,
+                    target.host,
+                    target.port,
+                    ssl=contexts[1],
+                    server_hostname=sni_name(self.session.record.mesh_id),
+                    ssl_handshake_timeout=CONNECT_TIMEOUT,
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as exc:
+            raise DirectUnreachable(f"{address}: {getattr(exc, 'strerror', None) or exc or 'timeout'}") from None
+        try:
+            peer = _peer_checked(proto)
+            if peer.ep_id != ep_id or peer.mesh_id != self.session.record.mesh_id:
+                raise CertificateError(f"{address} is endpoint {peer.ep_id}, not {ep_id}")
+        except ZtmError as exc:
+            proto.abort()
+            raise DirectUnreachable(exc.message) from None
+        _set_nodelay(proto.transport)
+        return proto, peer
+
+    def close(self) -> None:
+        self.running = False
+        for pool in self._pool.values():
+            for proto in pool:
+                proto.abort()
+            pool.clear()
+        for channel in list(self.live):
+            channel.abort()
+
+
+def _peer_checked(proto: LineProtocol) -> PeerCert:
+    assert proto.transport is not None
+    return peer_of(proto.transport)
+
+
+def _parse_answer(line: bytes) -> ZtmError | None:
+    """None for `{"ok": true}`, else the peer's refusal as a ZtmError."""
+    if line == OK_LINE[:-1]:
+        return None
+    try:
+        body = json.loads(line)
+    except ValueError:
+        return ZtmError("the peer answered the direct channel with garbage")
+    if isinstance(body, dict) and body.get("ok") is True:
+        return None
+    return from_json(403, body)
+
+
+def _set_nodelay(transport: asyncio.BaseTransport | None) -> None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class DirectServer:
+    """The agent's direct listener, shared by its meshes (SNI `MESH_ID.ztm` picks the mesh's context)."""
+
+    def __init__(self, sessions: Callable[[], Iterable[MeshSession]]) -> None:
+        self._sessions = sessions
+        self.server: asyncio.AbstractServer | None = None
+        self.handshake_failures = 0
+
+    def _session(self, mesh_id: str) -> MeshSession | None:
+        return next((s for s in self._sessions() if s.record.mesh_id == mesh_id), None)
+
+    async def start(self, address: Address) -> None:
+        base = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        base.minimum_version = ssl.TLSVersion.TLSv1_3
+        # OpenSSL keeps the verify mode and flags of the context a connection started with, even after the SNI
+        # callback switched it to the mesh's context (whose certificate and CA store are used): set them here too.
+        base.verify_mode = ssl.CERT_REQUIRED
+        base.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+        base.sni_callback = self._sni
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            self._protocol, address.host, address.port, ssl=base, ssl_handshake_timeout=10.0
+        )
+
+    def _sni(self, sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> int | None:
+        mesh_id = (name or "").removesuffix(".ztm")
+        session = self._session(mesh_id) if name and name.endswith(".ztm") else None
+        context = session.direct.server_context() if session is not None else None
+        if context is None:
+            self.handshake_failures += 1
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        sslobj.context = context
+        return None
+
+    def _protocol(self) -> LineProtocol:
+        proto = LineProtocol()
+        proto.on_made = self._accepted
+        return proto
+
+    def _accepted(self, proto: LineProtocol) -> None:
+        assert proto.transport is not None
+        try:
+            peer = peer_of(proto.transport)
+        except ZtmError:
+            proto.abort()
+            return
+        session = self._session(peer.mesh_id)
+        if session is None:
+            proto.abort()
+            return
+        _set_nodelay(proto.transport)
+        spawn(session.direct.serve(proto, peer), name="direct-serve")
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()

@@ -1,0 +1,226 @@
+"""The tunnel's direct path (`ztm.agent.direct`) end to end: real hub and agent processes on 127.0.0.1.
+
+An exit started with `--direct` is reached straight from the entrance over mutual TLS (seen in the `direct` counter
+of `ztm tunnel describe` and the agents' /api/metrics); an exit whose announced direct address does not answer is
+reached through the hub as before; ACLs by entrance and user hold on the direct path (the caller comes from its
+certificate); an evicted user's live direct connections close and new ones are refused; transfers are byte-exact
+both ways with half-close. Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from support import (
+    ZTM,
+    Agent,
+    Hub,
+    Proc,
+    base_env,
+    free_port,
+    invite,
+    one_line_error,
+    run,
+    start_agent,
+    start_hub,
+    wait_until,
+)
+
+from .test_tunnel import (
+    MESH,
+    Servers,
+    agent_log,
+    check_roundtrip,
+    closed_within,
+    described,
+    echo_roundtrip,
+    open_inbound,
+    open_outbound,
+    recv_all,
+    reply,
+)
+
+
+@dataclass
+class World:
+    hub: Hub
+    home: Agent
+    """root's entrance."""
+    office: Agent
+    """root's exit, reachable directly (`--direct 127.0.0.1:PORT`)."""
+    natted: Agent
+    """root's exit that listens but announces a dead address (as if behind NAT)."""
+    bob: Agent
+    """an entrance of user bob."""
+    carol: Agent
+    """an entrance of user carol (evicted by the last test)."""
+    servers: Servers
+    echo: int
+    check: int
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    tmp = tmp_path_factory.mktemp("direct")
+    procs: list[Proc] = []
+    servers = Servers()
+    try:
+        hub = start_hub(tmp)
+        procs.append(hub.proc)
+        dead = free_port()  # nothing listens there: connection refused
+        extra = {
+            "office": ("--direct", f"127.0.0.1:{free_port()}"),
+            "natted": ("--direct", f"127.0.0.1:{free_port()}", "--direct-announce", f"127.0.0.1:{dead}"),
+        }
+        agents = {}
+        for name in ("home", "office", "natted", "bob", "carol"):
+            agents[name] = start_agent(tmp, name, extra=extra.get(name, ()))
+            procs.append(agents[name].proc)
+        for name in ("home", "office", "natted"):
+            agents[name].join(MESH, name, hub.permit)
+        for name in ("bob", "carol"):
+            agents[name].join(MESH, name, invite(agents["home"], agents[name], name, tmp / f"{name}.json"))
+        yield World(hub, *agents.values(), servers, servers.echo(), servers.check())  # type: ignore[call-arg]
+    finally:
+        servers.close()
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def metric(agent: Agent, name: str) -> int:
+    status, body = agent.api("GET", "/api/metrics")
+    assert status == 200, body
+    for line in str(body).splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def test_direct_path_is_used_and_byte_exact_with_half_close(world: World) -> None:
+    office, home = world.office, world.home
+    open_outbound(office, "tcp/d-echo", world.echo)
+    open_outbound(office, "tcp/d-check", world.check)
+    echo_port = open_inbound(home, "tcp/d-echo")
+    check_port = open_inbound(home, "tcp/d-check")
+
+    data = bytes(range(256)) * 4096 + b"tail"  # 1 MiB + 4
+    assert wait_until(lambda: echo_roundtrip(echo_port, data) == data, 20, "a byte-exact echo through the tunnel")
+    upload = hashlib.sha256(b"seed").digest() * 50_000  # 1.6 MB up, then half-close, then 1 MiB + 32 down
+    answer = check_roundtrip(check_port, upload)
+    digest = hashlib.sha256(upload).digest()
+    assert answer == digest + reply(digest)
+
+    for _ in range(5):
+        assert echo_roundtrip(echo_port, b"x" * 1000) == b"x" * 1000
+    # every connection after the first (which may race the exit's announcement) went direct, on both sides
+    entrance, exit_ = described(home, "inbound", "tcp/d-echo"), described(office, "outbound", "tcp/d-echo")
+    assert entrance["direct"] >= entrance["streams"] - 1 >= 5, entrance
+    assert exit_["direct"] == entrance["direct"], exit_
+    assert described(office, "outbound", "tcp/d-check")["direct"] == 1
+    assert metric(home, "ztm_agent_direct_opened_total") >= 6
+    assert metric(office, "ztm_agent_direct_accepted_total") >= 6
+    assert entrance["bytes_sent"] >= len(data) + 5000 and entrance["bytes_received"] >= len(data) + 5000
+
+
+def test_server_first_and_resets_on_the_direct_path(world: World) -> None:
+    office, home = world.office, world.home
+    port, uploads = world.servers.greeter()
+    open_outbound(office, "tcp/d-greeter", port)
+    entrance = open_inbound(home, "tcp/d-greeter")
+    with socket.create_connection(("127.0.0.1", entrance), timeout=10) as sock:
+        assert recv_all(sock) == b"hello, then EOF"  # the server's end arrives while ours is open
+        sock.sendall(b"late upload")
+        sock.shutdown(socket.SHUT_WR)
+    wait_until(lambda: uploads == [b"late upload"], 10, "the upload sent after the server's half-close")
+
+    rec_port, ends = world.servers.recorder()
+    open_outbound(office, "tcp/d-recorder", rec_port)
+    rec_entrance = open_inbound(home, "tcp/d-recorder")
+    with socket.create_connection(("127.0.0.1", rec_entrance), timeout=10) as sock:
+        assert sock.recv(5) == b"ready"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    wait_until(lambda: ends == ["reset"], 10, "the client's reset to reach the server as a reset")
+    assert described(office, "outbound", "tcp/d-recorder")["direct"] == 1
+
+
+def test_unreachable_direct_address_falls_back_to_the_relay(world: World) -> None:
+    natted, home = world.natted, world.home
+    open_outbound(natted, "tcp/n-echo", world.echo)
+    port = open_inbound(home, "tcp/n-echo")
+    for i in range(4):
+        payload = f"through the hub {i}".encode()
+        assert wait_until(lambda p=payload: echo_roundtrip(port, p) == p, 20, "an echo through the relay")  # type: ignore[misc]
+    view = described(home, "inbound", "tcp/n-echo")
+    assert view["direct"] == 0 and view["streams"] >= 4, view
+    assert view["direct_fallbacks"] >= 1, view  # tried once, then backing off: straight to the relay
+    assert described(natted, "outbound", "tcp/n-echo")["direct"] == 0
+    assert metric(home, "ztm_agent_direct_failures_total") >= 1
+
+
+def test_acls_hold_on_the_direct_path(world: World) -> None:
+    office = world.office
+    open_outbound(office, "tcp/d-only-home", world.echo, extra=("--entrances", "home"))
+    open_outbound(office, "tcp/d-only-root", world.echo, extra=("--users", "root"))
+    home_ports = {n: open_inbound(world.home, n) for n in ("tcp/d-only-home", "tcp/d-only-root")}
+    bob_ports = {n: open_inbound(world.bob, n) for n in ("tcp/d-only-home", "tcp/d-only-root")}
+    for name, port in home_ports.items():
+        payload = b"allowed " + name.encode()
+        assert wait_until(lambda p=port, d=payload: echo_roundtrip(p, d) == d, 20, "the allowed entrance")  # type: ignore[misc]
+    for name, port in bob_ports.items():
+        wait_until(lambda p=port: closed_within(p, 3.0) is not None, 20, "bob's connections closed at once")  # type: ignore[misc]
+        assert described(office, "outbound", name)["direct"] >= 1  # home's went direct
+    log = agent_log(office)
+    assert "refused tcp/d-only-home from bob (user bob): endpoint 'bob' is not an allowed entrance" in log
+    assert "refused tcp/d-only-root from bob (user bob): user 'bob' is not allowed" in log
+    for name in bob_ports:
+        view = described(world.bob, "inbound", name)
+        assert view["refused"] >= 1 and view["direct_fallbacks"] == 0, view  # refused on the direct path itself
+    assert metric(world.bob, "ztm_agent_direct_opened_total") == 0
+
+
+def test_evicted_users_direct_connections_close_and_new_ones_are_refused(world: World) -> None:
+    office, carol, home = world.office, world.carol, world.home
+    open_outbound(office, "tcp/d-carol", world.echo)
+    port = open_inbound(carol, "tcp/d-carol")
+    assert wait_until(lambda: echo_roundtrip(port, b"before") == b"before", 20, "carol's tunnel to work")
+    wait_until(lambda: described(office, "outbound", "tcp/d-carol")["direct"] >= 1, 10, "a direct connection")
+
+    live = socket.create_connection(("127.0.0.1", port), timeout=15)
+    with contextlib.closing(live):
+        live.sendall(b"ping")
+        assert live.recv(4) == b"ping"
+        wait_until(lambda: described(office, "outbound", "tcp/d-carol")["active"] >= 1, 10, "the live connection")
+        before = metric(office, "ztm_agent_direct_revoked_closed_total")
+        home.cli("evict", "carol")
+        start = time.monotonic()
+        try:
+            rest = recv_all(live)
+        except ConnectionError:
+            rest = b""
+        assert rest == b"", rest
+        assert time.monotonic() - start < 10
+    wait_until(lambda: metric(office, "ztm_agent_direct_revoked_closed_total") > before, 10, "the exit to close it")
+    closed_within(port, 5.0)  # a new connection: carol's certificate is refused directly, and by the hub
+    assert described(office, "outbound", "tcp/d-carol")["active"] == 0
+
+
+def test_direct_option_errors(tmp_path: Path) -> None:
+    base = [*ZTM, "run", "agent", "--listen", f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "d")]
+    env = base_env(None, home=tmp_path)
+    cp = run([*base, "--direct-announce", "127.0.0.1:9"], env=env, check=False, timeout=20)
+    assert "--direct-announce needs --direct" in one_line_error(cp)
+    cp = run([*base, "--direct", "127.0.0.1:99999"], env=env, check=False, timeout=20)
+    assert "--direct" in one_line_error(cp) and "65535" in cp.stderr
+    with socket.socket() as taken:  # a port in use: a clear error, and the agent does not start
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cp = run([*base, "--direct", f"127.0.0.1:{taken.getsockname()[1]}"], env=env, check=False, timeout=20)
+        assert "cannot listen for direct connections on 127.0.0.1:" in one_line_error(cp)

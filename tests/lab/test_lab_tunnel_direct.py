@@ -1,0 +1,94 @@
+"""Direct channels across the seed's picture: every agent runs with `--direct 0.0.0.0:7771`.
+
+The exit in the data center is reachable, so home reaches it directly (no hub in the data path); the workplace is
+behind NAT, whose router drops connections from outside, so home's direct attempt to it fails and its tunnel goes
+through the hub exactly as without direct channels. Both transfers are byte-exact with half-close.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from lab.netlab import Lab
+from support import Agent, base_env, start_agent, start_hub, wait_until
+
+from .test_lab_tunnel import SERVER
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+MESH = "my-mesh"
+SERVICE_PORT = 9000
+DIRECT = ("--direct", "0.0.0.0:7771")
+
+
+def transfer(lab: Lab, port: int, size: int) -> None:
+    """Upload `size` random bytes through home's entrance `port`, half-close, check the service's answer."""
+    data = os.urandom(size)
+    with lab.connect("home", "127.0.0.1", port, timeout=20) as sock:
+        sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+        sender.start()
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+        sender.join(20)
+    got = b"".join(chunks)
+    assert got[:32] == hashlib.sha256(data).digest(), "the service did not get the upload byte-exact"
+    assert got[32:] == data[::-1], "home did not get the answer byte-exact"
+
+
+def inbound(agent: Agent, name: str) -> dict[str, int]:
+    view = agent.cli_json("tunnel", "describe", "inbound", name)
+    assert isinstance(view, dict)
+    return view
+
+
+def test_datacenter_exit_is_reached_directly_and_natted_workplace_through_the_hub(lab: Lab, tmp_path: Path) -> None:
+    dc = lab.addr("datacenter")
+    hub = start_hub(tmp_path, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
+    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777, extra=DIRECT)
+    work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777, extra=DIRECT)
+    server = start_agent(tmp_path, "dc-server", netns=lab.ns("datacenter"), port=7778, extra=DIRECT)
+    for agent, name in ((home, "home"), (work, "workplace"), (server, "dc-server")):
+        agent.join(MESH, name, hub.permit)
+
+    env = base_env()
+    services = [
+        lab.popen(host, [sys.executable, "-c", SERVER, str(SERVICE_PORT)], env=env, name=f"service-{host}")
+        for host in ("workplace", "datacenter")
+    ]
+
+    def listening() -> bool:
+        for proc in services:
+            proc.assert_alive()
+        return all(lab.can_connect(h, "127.0.0.1", SERVICE_PORT) for h in ("workplace", "datacenter"))
+
+    wait_until(listening, 10, "the services to listen at the workplace and in the data center")
+    assert not lab.can_connect("home", lab.addr("workplace"), 7771, timeout=1.0), "home reaches work directly"
+
+    work.cli("tunnel", "open", "outbound", "tcp/office-app", "--targets", f"127.0.0.1:{SERVICE_PORT}")
+    server.cli("tunnel", "open", "outbound", "tcp/dc-app", "--targets", f"127.0.0.1:{SERVICE_PORT}")
+    home.cli("tunnel", "open", "inbound", "tcp/office-app", "--listen", "19000")
+    home.cli("tunnel", "open", "inbound", "tcp/dc-app", "--listen", "19001")
+
+    # the data-center exit: directly (after the hub relayed the very first one, if the direct address was not
+    # known yet when it opened)
+    for _ in range(3):
+        transfer(lab, 19001, 1 << 20)
+    wait_until(lambda: inbound(home, "tcp/dc-app")["direct"] >= 2, 10, "home to reach the data center directly")
+    dc_view = server.cli_json("tunnel", "describe", "outbound", "tcp/dc-app")
+    assert dc_view["direct"] >= 2 and dc_view["bytes_received"] == 3 << 20, dc_view
+
+    # the workplace behind NAT: the direct attempt fails (the router drops it), the hub relays, as before
+    for _ in range(2):
+        transfer(lab, 19000, 1 << 20)
+    office = inbound(home, "tcp/office-app")
+    assert office["direct"] == 0 and office["streams"] == 2, office
+    assert office["direct_fallbacks"] >= 1, office
+    assert work.cli_json("tunnel", "describe", "outbound", "tcp/office-app")["bytes_received"] == 2 << 20

@@ -1,0 +1,181 @@
+"""Direct channels (`ztm.agent.direct`) in one process over real TLS on 127.0.0.1: who may connect.
+
+The sessions are stand-ins (files, record, permit, apps); the TLS, the SNI switch to the mesh's context, the CRL
+and the identity checks are the product's. A client is taken in only with an endpoint certificate of the mesh's CA
+that the current CRL does not revoke; the client takes only the endpoint it meant to reach; a new CRL closes live
+channels of revoked peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+import uvloop
+from cryptography import x509
+
+from ztm import pki
+from ztm.addr import Address
+from ztm.agent.apps import Caller
+from ztm.agent.direct import DirectChannel, DirectServer, DirectUnreachable, MeshDirect
+from ztm.errors import Forbidden
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+class Ca:
+    def __init__(self, mesh_id: str) -> None:
+        self.mesh_id = mesh_id
+        self.key, self.cert = pki.create_ca(mesh_id, now=NOW)
+        self.revoked: list[int] = []
+        self.number = 0
+
+    def crl(self) -> str:
+        self.number += 1
+        now = NOW - dt.timedelta(seconds=600 - self.number)  # each CRL newer than the last, none in the future
+        return pki.crl_to_pem(pki.build_crl(self.key, self.cert, revoked=self.revoked, number=self.number, now=now))
+
+
+class App:
+    name = "echo"
+    running = True
+
+    def __init__(self) -> None:
+        self.callers: list[Caller] = []
+        self.refuse_user: str | None = None
+
+    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
+        self.callers.append(caller)
+        if caller.user == self.refuse_user:
+            raise Forbidden(f"user {caller.user!r} is not allowed to use {service}")
+        channel.accept()
+        closed = asyncio.get_running_loop().create_future()
+        channel.transport.set_protocol(_Sink(closed))
+        channel.transport.resume_reading()
+        await closed  # the channel is live until it closes, as it is while a tunnel splices it
+
+
+class _Sink(asyncio.Protocol):
+    def __init__(self, closed: asyncio.Future[None]) -> None:
+        self.closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class Link:
+    def __init__(self, ca: Ca) -> None:
+        self.ca = ca
+
+    async def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        assert (method, path) == ("GET", "/api/crl")
+        return {"crl": self.ca.crl(), "number": self.ca.number}
+
+
+def endpoint(tmp: Path, name: str, ca: Ca, *, trust: Ca | None = None, sign: Ca | None = None) -> Any:
+    """A stand-in session of mesh `ca` with an endpoint certificate signed by `sign` (default `ca`)."""
+    directory = tmp / name
+    directory.mkdir()
+    key = pki.new_key()
+    ep_id = str(uuid.uuid4())
+    signer = sign or ca
+    cert = pki.issue_endpoint_cert(
+        signer.key, signer.cert, user=name, ep_id=ep_id, public_key=key.public_key(), now=NOW, ttl=dt.timedelta(1)
+    )
+    pem = pki.cert_to_pem(cert)
+    (directory / "ep.crt").write_text(pem)
+    pki.write_private(directory / "ep.key", pki.key_to_pem(key))
+    (directory / "ca.pem").write_text(pki.cert_to_pem((trust or ca).cert))
+    session = SimpleNamespace(
+        name="m",
+        record=SimpleNamespace(mesh_id=ca.mesh_id, ep_id=ep_id, ep_cert=pem),
+        files=SimpleNamespace(dir=directory),
+        permit=SimpleNamespace(ca=(trust or ca).cert),
+        apps={"echo": App()},
+        peers={},
+        link=Link(trust or ca),
+        serial=cert.serial_number,
+    )
+    session.direct = MeshDirect(cast(Any, session))
+    return session
+
+
+async def serve(server_session: Any) -> tuple[DirectServer, str]:
+    server = DirectServer(lambda: [server_session])
+    await server.start(Address("127.0.0.1", 0))
+    assert server.server is not None
+    port = server.server.sockets[0].getsockname()[1]
+    return server, f"127.0.0.1:{port}"
+
+
+def run(coro: Any) -> None:
+    """On uvloop, the agents' loop."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)
+
+
+def test_who_may_open_a_direct_channel(tmp_path: Path) -> None:
+    async def main() -> None:
+        mesh, other = Ca(pki.new_mesh_id()), Ca(pki.new_mesh_id())
+        exit_ = endpoint(tmp_path, "exit", mesh)
+        alice = endpoint(tmp_path, "alice", mesh)
+        mallory = endpoint(tmp_path, "mallory", mesh, sign=other)  # trusts the mesh CA, certificate from another
+        carol = endpoint(tmp_path, "carol", mesh)
+        for s in (exit_, alice, mallory, carol):
+            await s.direct.refresh_crl()
+        exit_.peers[alice.record.ep_id] = {"name": "alice-laptop", "user": "alice"}
+        exit_.peers[carol.record.ep_id] = {"name": "carol-laptop", "user": "carol"}
+        server, address = await serve(exit_)
+        app = exit_.apps["echo"]
+        try:
+            channel = await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")
+            assert app.callers == [Caller(alice.record.ep_id, "alice-laptop", "alice")]
+            assert channel.peer.ep_id == exit_.record.ep_id
+            channel.abort()
+
+            with pytest.raises(DirectUnreachable):  # refused at the handshake: another CA signed it
+                await mallory.direct.open(exit_.record.ep_id, address, "echo", "svc")
+            with pytest.raises(DirectUnreachable, match="not"):  # alice expected another endpoint there
+                await alice.direct.open(str(uuid.uuid4()), address, "echo", "svc")
+
+            app.refuse_user = "alice"  # the app's refusal travels back as the error it raised
+            alice.direct._failed.clear()
+            with pytest.raises(Forbidden, match="user 'alice' is not allowed to use svc"):
+                await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")
+            app.refuse_user = None
+
+            live = await carol.direct.open(exit_.record.ep_id, address, "echo", "svc")
+            lost = asyncio.get_running_loop().create_future()
+            live.proto.connection_lost = lambda exc: lost.done() or lost.set_result(exc)  # type: ignore[method-assign]
+            live.transport.resume_reading()
+            mesh.revoked.append(carol.serial)  # carol is evicted: the exit closes her live channel ...
+            await exit_.direct.refresh_crl()
+            await asyncio.wait_for(lost, 5)
+            assert exit_.direct.counters["revoked_closed"] == 1
+            carol.direct._failed.clear()
+            with pytest.raises(DirectUnreachable):  # ... and refuses her next handshake
+                await carol.direct.open(exit_.record.ep_id, address, "echo", "svc")
+            alice.direct._failed.clear()
+            again = await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")  # others still get in
+            again.abort()
+        finally:
+            for s in (exit_, alice, mallory, carol):
+                s.direct.close()
+            server.close()
+
+    run(main())
+
+
+def test_a_crl_the_mesh_ca_did_not_sign_is_rejected(tmp_path: Path) -> None:
+    mesh, other = Ca(pki.new_mesh_id()), Ca(pki.new_mesh_id())
+    session = endpoint(tmp_path, "ep", mesh)
+    with pytest.raises(pki.CertificateError, match="did not sign"):
+        session.direct.apply_crl(other.crl(), 1)
+    assert session.direct.server_context() is None  # still no CRL: no direct channels at all
+    x509.load_pem_x509_crl(mesh.crl().encode())
