@@ -1,0 +1,453 @@
+"""`ProxyApp`: configuration, routing to exits, and the exit side of proxied connections.
+
+Entrance: with a listen address, the endpoint serves SOCKS5 and HTTP proxy clients on it (`entrance.py`); each
+connection (or each UDP destination of a SOCKS association) becomes one stream, service `tcp/HOST/PORT` or
+`udp/HOST/PORT`, to an exit whose published targets match the destination (`open_to_exit`).
+Exit: with targets, the endpoint publishes them (`target/KIND/VALUE`, `exclusion/KIND/VALUE`); for each stream it
+checks the destination against its targets and exclusions and its rules (for the caller's user, as the hub asserts
+it from the certificate), resolves names, connects, and only then accepts; otherwise it refuses with `CODE: reason`,
+which the entrance turns into a SOCKS5 reply code or an HTTP status. Configuration lives in the agent database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from ztm import h2, validate
+from ztm.addr import Address
+from ztm.agent.apps import AppContext, Caller, MeshApp
+from ztm.apps.proxy import spec
+from ztm.apps.proxy.spec import Destination, Refused, Rule, TargetSet
+from ztm.apps.tunnel.app import UDP_QUEUE, udp_flow
+from ztm.apps.tunnel.pipe import splice_socket
+from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, ZtmError
+
+log = logging.getLogger("ztm.proxy")
+
+EXITS_TTL = 1.0
+RESOLVE_TIMEOUT = 2.0
+CONNECT_BUDGET = 3.5
+"""Seconds an exit may spend resolving and connecting: the hub gives it 5 s to accept a stream."""
+
+
+@dataclass(frozen=True)
+class Exit:
+    ep: str
+    name: str
+    targets: TargetSet
+
+
+class ProxyApp(MeshApp):
+    name = "proxy"
+    description = "SOCKS5 and HTTP proxy through exits of the mesh"
+
+    def __init__(self, ctx: AppContext) -> None:
+        super().__init__(ctx)
+        self.listen: Address | None = None
+        self.server: asyncio.AbstractServer | None = None
+        self.targets = TargetSet()
+        self.rules: tuple[Rule, ...] = ()
+        self._rr: Counter[str] = Counter()
+        self._exits_cache: tuple[float, list[Exit]] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        items = self.ctx.config_items()
+        try:
+            self.targets = TargetSet(
+                spec.specs(validate.list_of(items.get("targets"), str, "targets"), "target"),
+                spec.specs(validate.list_of(items.get("exclusions"), str, "exclusions"), "exclusion"),
+            )
+            self.rules = spec.parse_rules(items.get("rules"))
+        except ZtmError as exc:
+            log.error("mesh %s: proxy targets or rules not restored: %s", self.ctx.mesh, exc.message)
+        listen = items.get("listen")
+        if isinstance(listen, str):
+            try:
+                self.listen = Address.parse(listen, what="listen")
+                self.server = await self._serve(self.listen)
+            except (ZtmError, OSError) as exc:
+                log.error("mesh %s: proxy not listening on %s: %s", self.ctx.mesh, listen, exc)
+        await super().start()
+        await self._publish_quietly()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        for task in list(self._tasks):
+            task.cancel()
+        await super().stop()
+
+    async def on_online(self) -> None:
+        await self._publish_quietly()
+
+    async def _publish_quietly(self) -> None:
+        with contextlib.suppress(ZtmError):
+            await self.ctx.publish(self.targets.services())
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- configuration --------------------------------------------------------------------------------------
+
+    def config_view(self) -> dict[str, Any]:
+        c = self.counters
+        view = spec.view_config(str(self.listen) if self.listen else None, self.targets, self.rules)
+        view["listening"] = self.server is not None
+        view["counters"] = {k: v for k, v in sorted(c.items()) if not k.endswith(":active") or v}
+        return view
+
+    async def configure(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Apply `{set_listen, unset_listen, add_targets, remove_targets, add_exclusions, remove_exclusions}`
+        all or nothing."""
+        known = {"set_listen", "unset_listen", "add_targets", "remove_targets", "add_exclusions", "remove_exclusions"}
+        unknown = sorted(set(body) - known)
+        if unknown:
+            raise BadInput(f"unknown field {unknown[0]!r}: expected {', '.join(sorted(known))}")
+        targets = _edit(self.targets.targets, body, "targets", "target")
+        exclusions = _edit(self.targets.exclusions, body, "exclusions", "exclusion")
+        new = TargetSet(targets, exclusions)
+        set_listen = body.get("set_listen")
+        unset = body.get("unset_listen", False)
+        if not isinstance(unset, bool):
+            raise BadInput("unset_listen must be true or false")
+        if set_listen is not None and unset:
+            raise BadInput("give set_listen or unset_listen, not both")
+        if set_listen is not None:
+            if not isinstance(set_listen, str):
+                raise BadInput("set_listen must be a string [IP:]PORT")
+            await self._relisten(Address.parse(set_listen, default_host="127.0.0.1", what="listen"))
+        elif unset:
+            await self._relisten(None)
+        if new != self.targets:
+            self.ctx.config_set("targets", [str(t) for t in new.targets])
+            self.ctx.config_set("exclusions", [str(e) for e in new.exclusions])
+            self.targets = new
+            self._exits_cache = None
+            await self._publish_quietly()
+        return self.config_view()
+
+    async def _relisten(self, address: Address | None) -> None:
+        old = self.server
+        if old is not None:
+            old.close()
+            self.server = None
+        try:
+            server = await self._serve(address) if address is not None else None
+        except OSError as exc:
+            if self.listen is not None and old is not None:  # back to the previous address, if it still works
+                with contextlib.suppress(OSError):
+                    self.server = await self._serve(self.listen)
+            raise Conflict(f"cannot listen on {address}: {exc.strerror or exc}") from None
+        self.server = server
+        self.listen = address
+        if address is None:
+            self.ctx.config_delete("listen")
+            log.info("mesh %s: proxy entrance closed", self.ctx.mesh)
+        else:
+            self.ctx.config_set("listen", str(address))
+            log.info("mesh %s: proxy listening on %s", self.ctx.mesh, address)
+
+    async def _serve(self, address: Address) -> asyncio.AbstractServer:
+        from ztm.apps.proxy.entrance import serve_client  # entrance imports this module
+
+        def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.spawn(serve_client(self, reader, writer))
+
+        return await asyncio.start_server(on_client, address.host, address.port)
+
+    def list_rules(self) -> list[dict[str, Any]]:
+        return [{"number": i, **r.to_json()} for i, r in enumerate(self.rules, 1)]
+
+    def insert_rule(self, rule: Rule, at: object = None) -> list[dict[str, Any]]:
+        if len(self.rules) >= spec.MAX_RULES:
+            raise Conflict(f"at most {spec.MAX_RULES} rules; delete one first")
+        position = len(self.rules) + 1 if at is None else validate.int_range(at, "at", 1, len(self.rules) + 1)
+        rules = (*self.rules[: position - 1], rule, *self.rules[position - 1 :])
+        self.ctx.config_set("rules", [r.to_json() for r in rules])
+        self.rules = rules
+        return self.list_rules()
+
+    def delete_rule(self, number: object) -> list[dict[str, Any]]:
+        if not self.rules:
+            raise NotFound("there are no proxy rules on this endpoint")
+        n = validate.int_range(number, "rule number", 1, len(self.rules))
+        rules = self.rules[: n - 1] + self.rules[n:]
+        self.ctx.config_set("rules", [r.to_json() for r in rules])
+        self.rules = rules
+        return self.list_rules()
+
+    async def mesh_exits(self) -> list[dict[str, Any]]:
+        found = await self.ctx.find()
+        exits: dict[str, dict[str, Any]] = {}
+        for item in found:
+            role_spec = spec.TargetSpec.from_service(str(item.get("service", "")))
+            if role_spec is None:
+                continue
+            entry = exits.setdefault(
+                str(item.get("ep")),
+                {"ep": item.get("ep"), "name": item.get("name"), "user": item.get("user"),
+                 "online": item.get("online"), "targets": [], "exclusions": []},
+            )  # fmt: skip
+            entry["targets" if role_spec[0] == "target" else "exclusions"].append(str(role_spec[1]))
+        return sorted(exits.values(), key=lambda e: str(e["name"]))
+
+    async def call(self, method: str, params: Any, caller: Caller) -> Any:
+        """Remote configuration (`ztm ep EP proxy ...`): only this endpoint's owner (or root) may."""
+        if caller.user not in (self.ctx.user, "root"):
+            owner = "root (the owner)" if self.ctx.user == "root" else f"{self.ctx.user!r} (the owner) or root"
+            raise Forbidden(f"only {owner} may configure the proxy on this endpoint")
+        body = params if isinstance(params, dict) else {}
+        if method == "get":
+            return self.config_view()
+        if method == "config":
+            return await self.configure(body)
+        if method == "rules":
+            return self.list_rules()
+        if method == "insert_rule":
+            return self.insert_rule(Rule.parse(body), body.get("at"))
+        if method == "delete_rule":
+            return self.delete_rule(body.get("number"))
+        raise NotFound(f"proxy does not answer {method!r}")
+
+    # ---- entrance: choosing an exit ----------------------------------------------------------------------------
+
+    async def _exits(self) -> list[Exit]:
+        now = time.monotonic()
+        if self._exits_cache is not None and now - self._exits_cache[0] <= EXITS_TTL:
+            return self._exits_cache[1]
+        found = await self.ctx.find()
+        services: dict[str, list[str]] = {}
+        names: dict[str, str] = {}
+        for item in found:
+            ep = str(item.get("ep"))
+            if item.get("online") and ep != self.ctx.ep_id:
+                services.setdefault(ep, []).append(str(item.get("service", "")))
+                names[ep] = str(item.get("name"))
+        exits = [Exit(ep, names[ep], TargetSet.from_services(s)) for ep, s in sorted(services.items())]
+        exits = [e for e in exits if e.targets.targets]
+        if exits:  # an empty answer is not cached: the next connection asks again
+            self._exits_cache = (now, exits)
+        return exits
+
+    async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[h2.Stream, Exit]:
+        """A stream for `dest` to the first matching exit that accepts; `Refused` otherwise."""
+        try:
+            exits = await self._exits()
+        except ZtmError as exc:
+            raise Refused(spec.FAILED, exc.message) from None
+        ranked = [(route, e) for e in exits if (route := e.targets.route(dest))]
+        if not ranked:
+            raise Refused(spec.NO_EXIT, f"no exit of mesh {self.ctx.mesh} offers {dest}")
+        start = self._rr["exits"] % len(ranked)
+        self._rr["exits"] += 1
+        ordered = [e for _, e in sorted(ranked[start:] + ranked[:start], key=lambda r: -r[0])]
+        problems: list[Refused] = []
+        for exit_ep in ordered:
+            try:
+                return await self.ctx.open_stream(exit_ep.ep, dest.service(protocol)), exit_ep
+            except Forbidden as exc:  # the exit refused: its reason starts with a refusal code
+                refused = Refused.from_reason(exc.message)
+            except Timeout as exc:
+                refused = Refused(spec.TIMEOUT, exc.message)
+            except ZtmError as exc:
+                refused = Refused(spec.FAILED, exc.message)
+            except h2.H2Error as exc:  # the hub connection is closing (GOAWAY, renewal)
+                refused = Refused(spec.FAILED, str(exc))
+            self._exits_cache = None
+            problems.append(Refused(refused.code, f"exit {exit_ep.name}: {refused.message}"))
+        first = problems[0]
+        return_message = "; ".join(p.message for p in problems)
+        raise Refused(first.code, return_message[:400])
+
+    async def pipe(
+        self, side: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: h2.Stream, peer: Exit
+    ) -> None:
+        """Splice a client (or target) socket with a stream, counting bytes for `side` and for the peer."""
+        c = self.counters
+        c[f"{side}:active"] += 1
+        traffic = self.ctx.session.traffic_of(peer.ep, peer.name)
+        traffic.streams += 1
+        sent_key, received_key = f"{side}:sent", f"{side}:received"
+
+        def count(sent: int, received: int) -> None:
+            c[sent_key] += sent
+            c[received_key] += received
+            traffic.sent += sent
+            traffic.received += received
+
+        try:
+            await splice_socket(reader, writer, stream, count)
+        finally:
+            c[f"{side}:active"] -= 1
+            traffic.streams -= 1
+
+    # ---- exit -----------------------------------------------------------------------------------------------
+
+    async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
+        try:
+            protocol, dest = Destination.from_service(service)
+        except BadInput as exc:
+            await self._refuse(stream_id, caller, service, Refused(spec.FAILED, exc.message))
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONNECT_BUDGET
+        try:
+            addresses = await self._admit(dest, protocol, caller)
+            if protocol == "tcp":
+                reader, writer = await _connect(addresses, dest.port, deadline)
+            else:
+                queue: asyncio.Queue[bytes] = asyncio.Queue(UDP_QUEUE)
+                transport = await _udp_connect(addresses[0], dest.port, queue)
+        except Refused as refused:
+            await self._refuse(stream_id, caller, service, refused)
+            return
+        peer = Exit(caller.ep_id, caller.name, TargetSet())
+        if protocol == "tcp":
+            try:
+                stream = await self.ctx.accept(stream_id)
+            except BaseException:
+                writer.transport.abort()
+                raise
+            self.counters["exit:streams"] += 1
+            await self.pipe("exit", reader, writer, stream, peer)
+            return
+        try:
+            stream = await self.ctx.accept(stream_id)
+        except BaseException:
+            transport.close()
+            raise
+        self.counters["exit-udp:streams"] += 1
+        try:
+            await udp_flow(stream, queue, transport.sendto, self.counters, "exit-udp")
+        finally:
+            transport.close()
+
+    async def _refuse(self, stream_id: str, caller: Caller, service: str, refused: Refused) -> None:
+        self.counters[f"exit:{'denied' if refused.code == spec.DENIED else 'failed'}"] += 1
+        log.warning(
+            "mesh %s: refused %s for %s (user %s): %s", self.ctx.mesh, service, caller.name, caller.user, refused.reason
+        )
+        await self.ctx.refuse(stream_id, refused.reason)
+
+    async def _admit(self, dest: Destination, protocol: str, caller: Caller) -> list[spec.IP]:
+        """The addresses this exit may connect to for `caller`, in order; `Refused` if none."""
+        if not self.targets.targets:
+            raise Refused(spec.DENIED, f"endpoint {self.ctx.session.record.name!r} is not a proxy exit")
+        if self.targets.route(dest) == 0:
+            raise Refused(spec.DENIED, f"{dest} is not among the targets of this exit")
+        ip = dest.ip
+        if ip is None:
+            early = spec.decide_by_name(self.rules, caller.user, dest.host)
+            if early is not None and not early[0]:
+                raise Refused(spec.DENIED, self._denial(early[1], caller, dest))
+        addresses = [ip] if ip is not None else await _resolve(dest, protocol)
+        allowed: list[spec.IP] = []
+        why = ""
+        for address in addresses:
+            if not self.targets.allows(dest.name, address):
+                why = f"{dest} ({address}) is not among the targets of this exit"
+                continue
+            ok, number = spec.decide(self.rules, caller.user, dest.name, address)
+            if not ok:
+                why = self._denial(number or 1, caller, dest)
+                continue
+            allowed.append(address)
+        if not allowed:
+            raise Refused(spec.DENIED, why)
+        return allowed
+
+    def _denial(self, number: int, caller: Caller, dest: Destination) -> str:
+        return f"rule {number} ({self.rules[number - 1]}) denies user {caller.user!r} access to {dest}"
+
+
+def _edit(
+    current: tuple[spec.TargetSpec, ...], body: dict[str, Any], plural: str, what: str
+) -> tuple[spec.TargetSpec, ...]:
+    add = spec.specs(validate.list_of(body.get(f"add_{plural}"), str, f"add_{plural}"), what)
+    remove = spec.specs(validate.list_of(body.get(f"remove_{plural}"), str, f"remove_{plural}"), what)
+    for item in remove:
+        if item not in current and item not in add:
+            have = ", ".join(map(str, current)) or "none"
+            raise NotFound(f"no {what} {item} to remove (the {plural}: {have})")
+    result = tuple(dict.fromkeys(x for x in (*current, *add) if x not in remove))
+    if len(result) > spec.MAX_SPECS:
+        raise BadInput(f"at most {spec.MAX_SPECS} {plural}")
+    return result
+
+
+async def _resolve(dest: Destination, protocol: str) -> list[spec.IP]:
+    loop = asyncio.get_running_loop()
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    try:
+        infos = await asyncio.wait_for(loop.getaddrinfo(dest.host, dest.port, type=kind), RESOLVE_TIMEOUT)
+    except TimeoutError:
+        raise Refused(spec.UNRESOLVED, f"resolving {dest.host} took longer than {RESOLVE_TIMEOUT:g}s") from None
+    except OSError as exc:
+        raise Refused(spec.UNRESOLVED, f"cannot resolve {dest.host}: {exc.strerror or exc}") from None
+    found = [spec.parse_ip(str(info[4][0]).partition("%")[0]) for info in infos]
+    addresses = list(dict.fromkeys(a for a in found if a is not None))
+    if not addresses:
+        raise Refused(spec.UNRESOLVED, f"{dest.host} has no address")
+    return addresses
+
+
+_ERRNO_CODES = {
+    errno.ECONNREFUSED: spec.REFUSED,
+    errno.ENETUNREACH: spec.NET_UNREACHABLE,
+    errno.EHOSTUNREACH: spec.UNREACHABLE,
+    errno.ETIMEDOUT: spec.TIMEOUT,
+}
+
+
+async def _connect(
+    addresses: list[spec.IP], port: int, deadline: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    loop = asyncio.get_running_loop()
+    problems: list[tuple[str, str]] = []
+    for i, address in enumerate(addresses):
+        share = max(0.1, (deadline - loop.time()) / (len(addresses) - i))
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(str(address), port), share)
+        except TimeoutError:
+            problems.append((spec.TIMEOUT, f"{_show(address, port)}: no answer within {share:.1f}s"))
+        except OSError as exc:
+            code = _ERRNO_CODES.get(exc.errno or 0, spec.UNREACHABLE)
+            problems.append((code, f"{_show(address, port)}: {exc.strerror or exc}"))
+    raise Refused(problems[0][0], "cannot connect to " + "; ".join(p for _, p in problems))
+
+
+async def _udp_connect(address: spec.IP, port: int, queue: asyncio.Queue[bytes]) -> asyncio.DatagramTransport:
+    loop = asyncio.get_running_loop()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UdpTarget(queue), remote_addr=(str(address), port))
+    except OSError as exc:
+        code = _ERRNO_CODES.get(exc.errno or 0, spec.UNREACHABLE)
+        raise Refused(code, f"cannot reach {_show(address, port)}: {exc.strerror or exc}") from None
+    return transport
+
+
+def _show(address: spec.IP, port: int) -> str:
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+class _UdpTarget(asyncio.DatagramProtocol):
+    def __init__(self, queue: asyncio.Queue[bytes]) -> None:
+        self.queue = queue
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(data)
