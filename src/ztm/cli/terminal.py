@@ -1,0 +1,254 @@
+"""`ztm terminal open|exec|config|help`: remote shells and commands on endpoints (the terminal app).
+
+`config` calls the app's JSON routes (`/api/meshes/MESH/apps/terminal[/config]`); `open` and `exec` carry a session
+over the agent's WebSocket route (`.../apps/terminal/endpoints/EP/session`) with `ztm.cli.terminal_session`, which
+is imported only by them (it needs asyncio and aiohttp). Names are checked here with the agent's rules, so a typo
+fails at once with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from collections.abc import Sequence
+from typing import Any
+
+from ztm.cli import output
+from ztm.cli.args import UsageError, ZtmArgumentParser, subcommands
+from ztm.cli.context import Context, expect_obj
+
+APP = "terminal"
+_EP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+_TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
+
+OVERVIEW = """\
+Open a shell on another endpoint, or run a command there, through the hub.
+
+'open' starts the target's shell on a pseudo-terminal and connects it to this terminal in raw mode, as ssh does:
+Ctrl-C, Ctrl-D, Ctrl-Z and window resizes go to the remote side, and the command exits with the remote shell's exit
+status. 'exec' runs one command without a terminal: its stdout and stderr arrive on this command's stdout and stderr,
+this command's stdin is its stdin, and its exit status becomes this command's (128+N if it was killed by signal N).
+An endpoint lets in only its owner (the user of its certificate) and the users it lists with
+'ztm terminal config --add-user USER' (run on that endpoint); others are refused. Every session is logged there
+(who, from which endpoint, what, how it ended: 'ztm log ep NAME'). The remote processes run as the OS user of that
+endpoint's agent, and are killed when the session ends."""
+
+COMMANDS = """\
+commands:
+  open EP [--term TERM]                      interactive shell on endpoint EP
+  exec EP -- COMMAND [ARG ...]               run a command on EP (no terminal)
+  config [--set-shell CMD] [--reset-shell] [--add-user USER ...] [--del-user USER ...]
+                                             this endpoint's shell and allowed users (no option: show them)
+  help [open|exec|config]                    this text, or one command's options"""
+
+DESCRIPTION = f"{OVERVIEW}\n\n{COMMANDS}"
+
+EXAMPLES = (
+    "ztm terminal open office",
+    "ztm terminal exec office -- uname -a",
+    "ztm terminal exec office -- 'df -h | sort -k5'",
+    "tar czf - dir | ztm terminal exec office -- tar xzf - -C /tmp",
+    "ztm terminal config --add-user alice",
+    "ztm terminal config --set-shell '/bin/bash --login'",
+)
+
+
+def ep_type(text: str) -> str:
+    if not _EP.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid endpoint {text!r}: an endpoint name or id (letters, digits, '.', '_', '-')"
+        )
+    return text
+
+
+ep_type.__name__ = "endpoint"
+
+
+def user_type(text: str) -> str:
+    if not _USER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid user {text!r}: 1-63 lowercase letters, digits, '.', '_' or '-'")
+    return text
+
+
+user_type.__name__ = "user"
+
+
+def term_type(text: str) -> str:
+    if not _TERM.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid terminal type {text!r}: such as xterm-256color")
+    return text
+
+
+term_type.__name__ = "terminal type"
+
+
+def shell_type(text: str) -> str:
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid shell {text!r}: {exc}") from None
+    if not words:
+        raise argparse.ArgumentTypeError("empty shell: give a command such as /bin/bash")
+    return text
+
+
+shell_type.__name__ = "shell"
+
+
+def _sub(
+    sub: argparse._SubParsersAction[ZtmArgumentParser],
+    name: str,
+    synopsis: str,
+    summary: str,
+    description: str,
+    examples: Sequence[str],
+) -> ZtmArgumentParser:
+    parser = sub.add_parser(
+        name,
+        prog=f"ztm terminal {name}",
+        usage=f"ztm terminal {synopsis} [global options]",
+        help=summary,
+        description=description,
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+    )
+    parser.topic = f"terminal {name}"
+    return parser
+
+
+def configure_terminal(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(
+        dest="target",
+        metavar="open|exec|config|help",
+        required=True,
+        prog="ztm terminal",
+        parser_class=ZtmArgumentParser,
+    )
+    opener = _sub(
+        sub,
+        "open",
+        "open EP [--term TERM]",
+        "interactive shell on an endpoint",
+        "Open the configured shell of endpoint EP on a pseudo-terminal of this terminal's size, in raw mode: every\n"
+        "key (Ctrl-C, Ctrl-D, Ctrl-Z included) goes to the remote side, and window resizes follow. The session ends\n"
+        "when the remote shell exits; its exit status becomes this command's. Closing this terminal hangs it up.",
+        ("ztm terminal open office", "ztm terminal open 0b8e6c8e-5b7a-4c39-9a0d-3c8f0e8e1d2a --term vt100"),
+    )
+    opener.add_argument("ep", metavar="EP", type=ep_type, help="endpoint name or id")
+    opener.add_argument(
+        "--term", metavar="TERM", type=term_type, default=None, help="TERM on the remote side (default: this $TERM)"
+    )
+    execer = _sub(
+        sub,
+        "exec",
+        "exec EP -- COMMAND [ARG ...]",
+        "run a command on an endpoint, without a terminal",
+        "Run COMMAND on endpoint EP through its shell ('SHELL -c'), without a terminal. One word is given to the\n"
+        "shell as it is (so 'ls | wc -l' in quotes is a pipeline there); several words are quoted one by one. The\n"
+        "command's stdout and stderr arrive on this command's stdout and stderr, this command's stdin is its stdin\n"
+        "(end it with Ctrl-D, or redirect from /dev/null), Ctrl-C interrupts it, and its exit status is this\n"
+        "command's (128+N if it was killed by signal N).",
+        (
+            "ztm terminal exec office -- uname -a",
+            "ztm terminal exec office -- 'ps aux | grep ztm'",
+            "ztm terminal exec office -- cat /etc/hostname < /dev/null",
+        ),
+    )
+    execer.add_argument("ep", metavar="EP", type=ep_type, help="endpoint name or id")
+    execer.add_argument("words", metavar="COMMAND", nargs="*", help="the command and its arguments, after --")
+    config = _sub(
+        sub,
+        "config",
+        "config [--set-shell CMD] [--reset-shell] [--add-user USER ...] [--del-user USER ...]",
+        "this endpoint's shell and the users allowed in besides its owner",
+        "Show or change the terminal settings of this endpoint: the shell sessions start (default: the login shell\n"
+        "of the agent's OS user, else /bin/sh) and the users besides the owner who may open sessions here. Changes\n"
+        "are kept by the agent and survive restarts; the sessions of this endpoint are listed with -o json.",
+        (
+            "ztm terminal config",
+            "ztm terminal config --add-user alice bob",
+            "ztm terminal config --del-user bob",
+            "ztm terminal config --set-shell /bin/zsh",
+        ),
+    )
+    config.add_argument("--set-shell", metavar="CMD", type=shell_type, help="shell command line, e.g. '/bin/bash -l'")
+    config.add_argument("--reset-shell", action="store_true", help="back to the default shell")
+    config.add_argument(
+        "--add-user", metavar="USER", type=user_type, nargs="+", action="extend", default=[], help="allow users"
+    )
+    config.add_argument(
+        "--del-user", metavar="USER", type=user_type, nargs="+", action="extend", default=[], help="disallow users"
+    )
+    helper = _sub(
+        sub,
+        "help",
+        "help [open|exec|config]",
+        "what the terminal app does, and its commands",
+        "Explain the terminal app and list its commands, or show one command's options and examples.",
+        ("ztm terminal help", "ztm terminal help exec"),
+    )
+    helper.add_argument("topic", nargs="*", metavar="COMMAND", help="command to explain")
+
+
+def cmd_terminal(ctx: Context) -> int:
+    action: str = ctx.args.target
+    if action == "help":
+        return _help(ctx)
+    if action == "config":
+        return _config(ctx)
+    from ztm.cli import terminal_session
+
+    if action == "open":
+        return terminal_session.open_shell(ctx, ctx.args.ep, ctx.args.term)
+    command: list[str] = ctx.args.words
+    if not command:
+        raise UsageError("ztm terminal exec: no command given; usage: ztm terminal exec EP -- COMMAND [ARG ...]")
+    return terminal_session.run_command(ctx, ctx.args.ep, command)
+
+
+def _help(ctx: Context) -> int:
+    parser = subcommands(ctx.parser)[APP]
+    for word in ctx.args.topic:
+        children = subcommands(parser)
+        if word not in children:
+            raise UsageError(f"'terminal' has no subcommand '{output.clean(word)}'; run 'ztm help terminal'")
+        parser = children[word]
+    ctx.print(parser.format_help().rstrip("\n"))
+    return 0
+
+
+def _config(ctx: Context) -> int:
+    args = ctx.args
+    if args.set_shell is not None and args.reset_shell:
+        raise UsageError("ztm terminal config: --set-shell and --reset-shell exclude each other")
+    body: dict[str, Any] = {}
+    if args.set_shell is not None:
+        body["shell"] = args.set_shell
+    if args.reset_shell:
+        body["shell"] = None
+    if args.add_user:
+        body["add_users"] = list(dict.fromkeys(args.add_user))
+    if args.del_user:
+        body["del_users"] = list(dict.fromkeys(args.del_user))
+    if body:
+        value = ctx.client().post(ctx.mesh_path("apps", "terminal", "config"), body)
+    else:
+        value = ctx.client().get(ctx.mesh_path("apps", "terminal"))
+    view = expect_obj(value, "the terminal configuration")
+    if ctx.json:
+        ctx.print_json(view)
+        return 0
+    users = view.get("users")
+    ctx.print(
+        output.key_values(
+            [
+                ("shell", output.cell(view.get("effective_shell")) + ("" if view.get("shell") else " (default)")),
+                ("owner", output.cell(view.get("owner"))),
+                ("users", output.cell(users) if users else "(only the owner)"),
+                ("sessions", f"{output.cell(view.get('sessions'))} ({output.cell(view.get('active'))} active)"),
+                ("refused", output.cell(view.get("refused"))),
+            ]
+        )
+    )
+    return 0
