@@ -30,6 +30,9 @@ MIGRATIONS = [
     );
     CREATE INDEX endpoints_name ON endpoints(name)
     """,
+    """
+    CREATE TABLE files (path TEXT PRIMARY KEY, entry TEXT NOT NULL)
+    """,
 ]
 
 
@@ -127,6 +130,18 @@ class HubStore:
             return
         with self.db.transaction() as c:
             c.executemany("UPDATE endpoints SET last_seen = ? WHERE id = ?", [(t, i) for i, t in seen.items()])
+
+    # files of the mesh file space (ztm.hub.files): one JSON entry per path
+    def files(self) -> list[str]:
+        return [r["entry"] for r in self.db.all("SELECT entry FROM files ORDER BY path")]
+
+    def save_file(self, path: str, entry: str) -> None:
+        with self.db.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO files(path, entry) VALUES (?, ?)", (path, entry))
+
+    def delete_file(self, path: str) -> None:
+        with self.db.transaction() as c:
+            c.execute("DELETE FROM files WHERE path = ?", (path,))
 
 
 def _endpoint(r: sqlite3.Row) -> EndpointRecord:

@@ -1,0 +1,1 @@
+"""The files app: the mesh-wide file space (see docs/files.md)."""

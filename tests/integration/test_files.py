@@ -1,0 +1,415 @@
+"""The mesh file space end to end: real hub and agent processes on 127.0.0.1 with real TLS, files published and
+downloaded through the `ztm` command line (and the agents' local API where a test must watch a transfer as it runs).
+
+Covered: publish on one endpoint and download on two others (byte-exact, several 1 MiB chunks, the second download
+using both earlier holders), a source killed mid-download (the transfer finishes from the other), resume after the
+downloading agent is killed (verified chunks are reused), a damaged chunk on one source (refused there, fetched
+from another; a clear failure when no intact source is left), a hostile source sending wrong bytes under a valid
+certificate (every such chunk rejected by the downloader), and ACLs: the hub hides what a user may not read, and
+the serving endpoint itself refuses chunk requests that a hostile client crafts with a valid certificate; and the
+index surviving a hub restart. Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from support import Agent, Hub, invite, one_line_error, restart_agent, restart_hub, wait_until
+
+MESH = "m"
+MiB = 1 << 20
+Make = Callable[..., Any]
+
+
+def mesh(make_hub: Make, make_agent: Make, *names: str) -> tuple[Hub, list[Agent]]:
+    hub = make_hub()
+    agents = [make_agent(name) for name in names]
+    for agent in agents:
+        agent.join(MESH, agent.name, hub.permit)
+    return hub, agents
+
+
+def publish(agent: Agent, path: str, data: bytes, tmp: Path, *extra: str) -> dict[str, Any]:
+    local = tmp / f"upload-{hashlib.sha256(path.encode()).hexdigest()[:8]}"
+    local.write_bytes(data)
+    view = agent.cli_json("publish", "file", path, "-i", local, *extra)
+    assert view["path"] == path and view["size"] == len(data), view
+    assert view["hash"] == hashlib.sha256(data).hexdigest(), view
+    return dict(view)
+
+
+def download_json(agent: Agent, path: str, out: Path | str) -> dict[str, Any]:
+    """`ztm download file PATH -o OUT --output json` (here `-o` names the file)."""
+    cp = agent.cli("download", "file", path, "-o", out, "--output", "json")
+    return dict(json.loads(cp.stdout))
+
+
+def describe(agent: Agent, path: str) -> dict[str, Any]:
+    return dict(agent.cli_json("describe", "file", path))
+
+
+def source_names(agent: Agent, path: str) -> set[str]:
+    return {s["name"] for s in describe(agent, path)["sources"]}
+
+
+def start_download(agent: Agent, path: str, rate: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"path": path}
+    if rate is not None:
+        body["rate"] = rate
+    status, job = agent.api("POST", f"/api/meshes/{MESH}/apps/files/downloads", body)
+    assert status == 202, (status, job)
+    return dict(job)
+
+
+def job_of(agent: Agent, path: str) -> dict[str, Any]:
+    status, jobs = agent.api("GET", f"/api/meshes/{MESH}/apps/files/downloads?" + urlencode({"path": path}))
+    assert status == 200 and jobs, (status, jobs)
+    return dict(jobs[-1])
+
+
+def finished(agent: Agent, path: str) -> dict[str, Any] | None:
+    agent.proc.assert_alive()
+    job = job_of(agent, path)
+    return job if job["state"] != "running" else None
+
+
+def chunk_files(agent: Agent) -> list[Path]:
+    root = agent.data / "meshes" / MESH / "files" / "chunks"
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+# -------------------------------------------------------------------------------------------------------- tests
+
+
+def test_publish_on_one_download_on_two_others(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    _hub, (a, b, c) = mesh(make_hub, make_agent, "a", "b", "c")
+    data = os.urandom(3 * MiB + 123_457)  # 4 chunks, the last one short
+    path = "/shared/root/data/report.bin"
+    view = publish(a, path, data, tmp_path)
+    assert view["chunks"] == 4 and view["local"] == "complete" and view["publisher"] == "root"
+
+    listed = b.cli_json("get", "file")
+    assert [(f["path"], f["size"], f["sources"], f["local"]) for f in listed] == [(path, len(data), 1, "none")]
+    assert "report.bin" in b.cli("get", "file", "/shared/root/").stdout
+    assert "no files under /users/" in b.cli("get", "file", "/users/").stdout
+
+    out_b = tmp_path / "b.bin"
+    cp = b.cli("download", "file", path, "-o", out_b)
+    assert out_b.read_bytes() == data
+    assert "4 fetched (a: 4)" in cp.stdout, cp.stdout
+    assert source_names(c, path) == {"a", "b"}
+
+    out_c = tmp_path / "c.bin"
+    job = download_json(c, path, out_c)
+    assert out_c.read_bytes() == data
+    assert job["state"] == "done" and job["fetched"] == 4 and sum(job["by_source"].values()) == 4
+    assert set(job["by_source"]) <= {"a", "b"}, job
+
+    info = describe(a, path)
+    assert info["hash"] == hashlib.sha256(data).hexdigest() and info["size"] == len(data)
+    assert {(s["name"], s["online"]) for s in info["sources"]} == {("a", True), ("b", True), ("c", True)}
+    text = a.cli("describe", "file", path).stdout
+    for word in ("size:", "hash:", info["hash"], "sources:", "a (online)", "b (online)", "c (online)"):
+        assert word in text, text
+
+    # Downloading again reuses what is on disk.
+    again = download_json(c, path, tmp_path / "again.bin")
+    assert again["reused"] == 4 and again["fetched"] == 0
+    assert (tmp_path / "again.bin").read_bytes() == data
+
+    # Erase: c stops being a source, the mesh keeps the file. Unpublish: gone for everyone.
+    c.cli("erase", "file", path)
+    assert source_names(a, path) == {"a", "b"}
+    assert describe(c, path)["local"] == "none"
+    line = one_line_error(c.cli("erase", "file", path, check=False))
+    assert "holds no copy" in line, line
+    a.cli("unpublish", "file", path)
+    assert a.cli_json("get", "file") == []
+    line = one_line_error(b.cli("download", "file", path, "-o", tmp_path / "gone.bin", check=False))
+    assert f"no file {path}" in line, line
+
+
+def test_a_source_that_dies_mid_download_is_replaced(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    _hub, (a, b, c) = mesh(make_hub, make_agent, "a", "b", "c")
+    data = os.urandom(8 * MiB)
+    path = "/shared/root/big.bin"
+    publish(a, path, data, tmp_path)
+    b.cli("download", "file", path, "-o", tmp_path / "b.bin")
+    assert source_names(c, path) == {"a", "b"}
+
+    start_download(c, path, rate=2 * MiB)  # ~4 s: time to kill a source in the middle
+    wait_until(lambda: job_of(c, path)["chunks_done"] >= 2, 30, "c to fetch its first chunks")
+    a.proc.kill9()
+    job = wait_until(lambda: finished(c, path), 60, "c's download to end")
+    assert job["state"] == "done", job
+    assert 2 <= job["chunks_done"] == job["chunks"] == 8
+    assert "a" in job["problems"], job  # a failed c at least once...
+    assert job["by_source"].get("b", 0) >= 1, job  # ...and b served the rest
+    assert job_of(c, path)["chunks_done"] == 8
+    out = tmp_path / "c.bin"
+    assert download_json(c, path, out)["reused"] == 8
+    assert out.read_bytes() == data
+
+
+def test_an_interrupted_download_resumes(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    _hub, (a, b) = mesh(make_hub, make_agent, "a", "b")
+    data = os.urandom(6 * MiB + 5)
+    path = "/shared/root/resume.bin"
+    publish(a, path, data, tmp_path)
+
+    start_download(b, path, rate=1 * MiB)
+    wait_until(lambda: job_of(b, path)["chunks_done"] >= 2, 30, "b to fetch two chunks")
+    b.proc.kill9()  # the downloading agent crashes
+    restart_agent(b)
+    wait_until(lambda: describe(b, path)["local"] == "partial", 30, "b to list its partial copy")
+
+    out = tmp_path / "b.bin"
+    job = download_json(b, path, out)
+    assert out.read_bytes() == data
+    assert job["chunks"] == 7 and job["reused"] >= 2 and job["fetched"] == 7 - job["reused"], job
+    assert describe(b, path)["local"] == "complete"
+
+
+def test_a_damaged_chunk_is_refused_and_fetched_elsewhere(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    _hub, (a, b, c) = mesh(make_hub, make_agent, "a", "b", "c")
+    data = os.urandom(4 * MiB)
+    path = "/shared/root/fragile.bin"
+    publish(a, path, data, tmp_path)
+    b.cli("download", "file", path, "-o", tmp_path / "b.bin")
+    for chunk in chunk_files(a):  # a's disk is damaged (or tampered with): one byte in every chunk
+        raw = bytearray(chunk.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(raw))
+
+    out = tmp_path / "c.bin"
+    job = download_json(c, path, out)
+    assert out.read_bytes() == data
+    assert set(job["by_source"]) == {"b"}, job
+    assert "damaged" in job["problems"].get("a", ""), job
+    a.proc.wait_for_output(r"local copy of /shared/root/fragile.bin is damaged")
+    wait_until(lambda: source_names(c, path) == {"b", "c"}, 10, "a to stop offering its damaged copy")
+    assert describe(a, path)["local"] == "partial"
+
+    # With no intact source left, a download fails with one clear line.
+    lonely = "/shared/root/lonely.bin"
+    publish(a, lonely, os.urandom(2 * MiB), tmp_path)
+    for chunk in chunk_files(a):
+        chunk.write_bytes(b"tampered" + chunk.read_bytes()[8:])
+    cp = c.cli("download", "file", lonely, "-o", tmp_path / "lonely.bin", check=False)
+    line = one_line_error(cp)
+    assert f"download of {lonely} failed" in line and "a: refused" in line and "damaged" in line, line
+    assert not (tmp_path / "lonely.bin").exists()
+
+
+# ------------------------------------------------------------------------------------------------------- ACLs
+
+
+def raw_chunk_requests(requester: Agent, target: str, requests: list[dict[str, Any]], hub: Hub) -> list[Any]:
+    """Act as a hostile agent holding `requester`'s endpoint certificate: open a `fetch` stream to `target` through
+    the hub and send each request; returns, per request, the header the serving endpoint answered and the bytes."""
+    from ztm import h2
+    from ztm.agent.tls import MeshFiles
+    from ztm.apps.files.channel import StreamReader
+
+    host, port = hub.address.rsplit(":", 1)
+
+    async def one(request: dict[str, Any]) -> Any:
+        conn = await h2.connect(host, int(port), MeshFiles(requester.data / "meshes" / MESH).ep_context(), timeout=10)
+        try:
+            stream = await conn.open_stream("CONNECT", target, [("ztm-app", "files"), ("ztm-service", "fetch")])
+            status, _ = await asyncio.wait_for(stream.response(), 10)
+            assert status == 200, status
+            await stream.write(json.dumps(request).encode() + b"\n")
+            reader = StreamReader(stream)
+            line = await asyncio.wait_for(reader.line(), 10)
+            header = json.loads(line) if line else {}
+            data = await asyncio.wait_for(reader.exactly(header["size"]), 10) if "size" in header else b""
+            return header, data
+        finally:
+            conn.close()
+            await asyncio.wait_for(conn.wait_closed(), 10)
+
+    async def all_of() -> list[Any]:
+        return [await one(r) for r in requests]
+
+    return asyncio.run(all_of())
+
+
+def test_acls_are_enforced_by_hub_and_serving_endpoint(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    hub, (root,) = mesh(make_hub, make_agent, "r")
+    bob = make_agent("bob")
+    bob.join(MESH, "bob", invite(root, bob, "bob", tmp_path / "bob.json"))
+
+    secret, blocked, lent = os.urandom(MiB + 1), os.urandom(1000), os.urandom(2 * MiB)
+    publish(root, "/users/root/secret.bin", secret, tmp_path)
+    publish(root, "/shared/root/no-bob.bin", blocked, tmp_path, "--block", "bob")
+    publish(root, "/users/root/lent.bin", lent, tmp_path, "--readonly", "bob")
+
+    # The hub shows bob only what he may read, and refuses the rest as absent.
+    assert [f["path"] for f in bob.cli_json("get", "file")] == ["/users/root/lent.bin"]
+    for path in ("/users/root/secret.bin", "/shared/root/no-bob.bin"):
+        line = one_line_error(bob.cli("download", "file", path, "-o", tmp_path / "x", check=False))
+        assert f"no file {path}" in line, line
+    bob.cli("download", "file", "/users/root/lent.bin", "-o", tmp_path / "lent.bin")
+    assert (tmp_path / "lent.bin").read_bytes() == lent
+
+    # Only the owner (or root) writes a namespace.
+    (tmp_path / "mine.txt").write_text("bob's")
+    line = one_line_error(bob.cli("publish", "file", "/shared/root/x.txt", "-i", tmp_path / "mine.txt", check=False))
+    assert "may not publish /shared/root/x.txt: only root may" in line, line
+    bob.cli("publish", "file", "/shared/bob/x.txt", "-i", tmp_path / "mine.txt")
+    line = one_line_error(bob.cli("unpublish", "file", "/users/root/lent.bin", check=False))
+    assert "may unpublish" in line, line
+    assert [f["path"] for f in root.cli_json("get", "file", "/shared/bob/")] == ["/shared/bob/x.txt"]
+    assert root.cli("download", "file", "/shared/bob/x.txt", "-o", "-").stdout == "bob's"
+
+    # A hostile bob skips the hub's index and asks root's endpoint for chunks directly: refused there.
+    contents = {"/users/root/secret.bin": secret, "/shared/root/no-bob.bin": blocked, "/users/root/lent.bin": lent}
+    sha = {p: hashlib.sha256(d).hexdigest() for p, d in contents.items()}
+    answers = raw_chunk_requests(bob, "r", [{"path": p, "hash": h, "index": 0} for p, h in sha.items()], hub)
+    (secret_hdr, _), (blocked_hdr, _), (lent_hdr, lent_data) = answers
+    assert secret_hdr["code"] == "forbidden" and "private to 'root'" in secret_hdr["error"], secret_hdr
+    assert blocked_hdr["code"] == "forbidden" and "'bob' is blocked" in blocked_hdr["error"], blocked_hdr
+    assert lent_hdr["size"] == MiB and lent_data == lent[:MiB], lent_hdr  # the positive control
+    root.proc.wait_for_output(r"refused /users/root/secret\.bin to bob \(user bob\)")
+
+    # Root takes the loan back: root's endpoint refuses bob's next chunk request (ACL checked on every read).
+    root.cli("acl", "file", "/users/root/lent.bin", "--block", "bob")
+    assert "bob" in root.cli("acl", "file", "/users/root/lent.bin").stdout
+
+    def refused() -> bool:
+        request = {"path": "/users/root/lent.bin", "hash": sha["/users/root/lent.bin"], "index": 1}
+        [(header, _)] = raw_chunk_requests(bob, "r", [request], hub)
+        return header.get("code") == "forbidden"
+
+    wait_until(refused, 10, "root's endpoint to refuse bob after the ACL change")
+    assert source_names(root, "/users/root/lent.bin") == {"r"}, "bob's copy is no source once bob may not read it"
+
+
+def test_the_index_survives_a_hub_restart(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    hub, (a, b) = mesh(make_hub, make_agent, "a", "b")
+    data = os.urandom(MiB + 10)
+    path = "/shared/root/kept.bin"
+    publish(a, path, data, tmp_path, "--block", "nobody")
+    restart_hub(hub)
+    # Entries are durable; sources come back as the agents reconnect and announce what they hold.
+    wait_until(lambda: source_names(b, path) == {"a"}, 60, "a to be a source again after the hub restart")
+    assert describe(b, path)["acl"] == {"readonly": [], "block": ["nobody"]}
+    b.cli("download", "file", path, "-o", tmp_path / "b.bin")
+    assert (tmp_path / "b.bin").read_bytes() == data
+
+
+class LyingSource(threading.Thread):
+    """Endpoint `agent` taken over by an attacker: with the endpoint's own certificate (its agent stopped), it opens
+    the event stream, announces itself as a source of `path`, and answers every chunk request with bytes of the right
+    size and a made-up hash."""
+
+    def __init__(self, agent: Agent, hub: Hub, path: str, file_hash: str) -> None:
+        super().__init__(daemon=True, name="lying-source")
+        self.agent, self.hub, self.path, self.file_hash = agent, hub, path, file_hash
+        self.ready = threading.Event()
+        self.lies = 0
+        self.error: BaseException | None = None
+        self.loop = asyncio.new_event_loop()
+        self._quit: asyncio.Future[None] | None = None
+
+    def run(self) -> None:
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:
+            self.error = exc
+            self.ready.set()
+        finally:
+            self.loop.close()
+
+    def stop(self) -> None:
+        def done() -> None:
+            if self._quit is not None and not self._quit.done():
+                self._quit.set_result(None)
+
+        self.loop.call_soon_threadsafe(done)
+        self.join(20)
+
+    async def _main(self) -> None:
+        from ztm import h2
+        from ztm.agent.link import EventReader, request
+        from ztm.agent.tls import MeshFiles
+
+        host, port = self.hub.address.rsplit(":", 1)
+        conn = await h2.connect(host, int(port), MeshFiles(self.agent.data / "meshes" / MESH).ep_context(), timeout=10)
+        self._quit = self.loop.create_future()
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            events = await conn.open_stream("GET", "/api/events")
+            status, _ = await asyncio.wait_for(events.response(), 10)
+            assert status == 200, status
+            reader = EventReader(events)
+            hello = await asyncio.wait_for(reader.next(), 10)
+            assert hello is not None and hello["type"] == "hello", hello
+            hold = {"hold": [{"path": self.path, "hash": self.file_hash}], "replace": True}
+            assert await request(conn, "POST", "/api/files/sources", hold) == {"accepted": [self.path], "stale": []}
+            self.ready.set()
+
+            async def events_loop() -> None:
+                while (event := await reader.next()) is not None:
+                    if event.get("type") == "stream":
+                        task = asyncio.ensure_future(self._lie(conn, str(event["id"])))
+                        tasks.add(task)
+
+            listener = asyncio.ensure_future(events_loop())
+            await asyncio.wait([listener, self._quit], return_when=asyncio.FIRST_COMPLETED)
+            listener.cancel()
+        finally:
+            for task in tasks:
+                task.cancel()
+            conn.close()
+            await asyncio.wait_for(conn.wait_closed(), 10)
+
+    async def _lie(self, conn: Any, stream_id: str) -> None:
+        from ztm import h2
+        from ztm.apps.files.channel import StreamReader
+
+        stream = await conn.open_stream("CONNECT", "hub", [("ztm-accept", stream_id)])
+        try:
+            await asyncio.wait_for(stream.response(), 10)
+            reader = StreamReader(stream)
+            while (line := await reader.line()) is not None:
+                index = json.loads(line)["index"]
+                self.lies += 1
+                size = min(MiB, len(LIE_DATA) - index * MiB)
+                await stream.write(json.dumps({"size": size, "sha256": "0" * 64}).encode() + b"\n")
+                await stream.write(os.urandom(size))
+            await stream.end()
+        except h2.H2Error:
+            stream.reset()
+
+
+LIE_DATA = os.urandom(4 * MiB)
+
+
+def test_chunks_from_a_lying_source_are_rejected(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    hub, (a, b, c) = mesh(make_hub, make_agent, "a", "b", "c")
+    path = "/shared/root/target.bin"
+    view = publish(a, path, LIE_DATA, tmp_path)
+    c.cli("download", "file", path, "-o", tmp_path / "c.bin")  # c legitimately holds the file...
+    c.proc.stop()  # ...then an attacker runs c's endpoint identity instead of its agent
+    liar = LyingSource(c, hub, path, view["hash"])
+    liar.start()
+    try:
+        assert liar.ready.wait(20) and liar.error is None, liar.error
+        wait_until(lambda: source_names(b, path) == {"a", "c"}, 10, "c to be listed as an online source")
+        job = download_json(b, path, tmp_path / "b.bin")
+    finally:
+        liar.stop()
+    assert (tmp_path / "b.bin").read_bytes() == LIE_DATA
+    assert liar.lies >= 1, "the download never asked the lying source"
+    assert "wrong content (tampered or damaged); rejected" in job["problems"]["c"], job
+    assert job["by_source"] == {"a": 4}, job
