@@ -18,6 +18,8 @@ T = TypeVar("T")
 _USER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _LABEL = re.compile(r"^[A-Za-z0-9_.=:/-]{1,63}$")
+APP_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
+"""An app name (the `ztm-app` header on the wire, as the hub checks it); use with `fullmatch`."""
 MAX_LABELS = 32
 
 

@@ -1,0 +1,1 @@
+"""The built-in `apps` app: announces the app packages this endpoint publishes and serves their bytes."""
