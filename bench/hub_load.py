@@ -156,6 +156,9 @@ class SimAgent:
 class Worker:
     """A worker process: simulated agents, driven by JSON commands on stdin, answering JSON lines on stdout."""
 
+    agent_class: type[SimAgent] = SimAgent
+    """What `add` makes (tests/reliability/load.py uses a subclass that also accepts app streams)."""
+
     def __init__(self, number: int, directory: Path, permit_path: Path) -> None:
         from ztm import pki
         from ztm.permit import Permit
@@ -184,7 +187,7 @@ class Worker:
         start = time.perf_counter()
         gate = asyncio.Semaphore(concurrency)
         counts = {"enroll_errors": 0, "connect_errors": 0}
-        new = [SimAgent(self, len(self.agents) + i) for i in range(count)]
+        new = [self.agent_class(self, len(self.agents) + i) for i in range(count)]
 
         async def one(agent: SimAgent) -> float:
             backoff = Backoff(0.1, 5.0)
@@ -247,6 +250,10 @@ class Worker:
             latencies.append(latency)
         return {"latencies": latencies, "sizes": [size]}
 
+    async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """A command `serve` does not know; subclasses add their own (tests/reliability/load.py)."""
+        return {"error": f"unknown command {cmd['cmd']}"}
+
     async def serve(self) -> None:
         loop = asyncio.get_running_loop()
         commands: asyncio.Queue[str | None] = asyncio.Queue()
@@ -272,7 +279,7 @@ class Worker:
             elif kind == "quit":
                 break
             else:
-                answer = {"error": f"unknown command {kind}"}
+                answer = await self.command(cmd)
             print(json.dumps(answer), flush=True)
         for agent in self.agents:
             agent.close()

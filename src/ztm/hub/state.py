@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import logging
 import time
@@ -105,6 +106,7 @@ class HubState:
         self.sessions: dict[str, Session] = {}
         self._calls: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self._seen: dict[str, float] = {}
+        self._touch_failed = False
         self.counters: collections.Counter[str] = collections.Counter()
         self.offline_hooks: list[Callable[[str], None]] = []
         """Called with an endpoint id when its session ends (the relay fails streams waiting on it)."""
@@ -113,6 +115,8 @@ class HubState:
         self._list_cache: tuple[int, float, bytes] | None = None
         self.services: dict[str, dict[str, list[str]]] = {}
         """Per endpoint id, per app: the services it offers (published by agents after every hello)."""
+        self.direct: dict[str, str] = {}
+        """Per online endpoint id: the `HOST:PORT` where it accepts direct connections from peers (POST /api/direct)."""
         self._revoked: set[int] = set(store.revoked_serials(time.time()))
         authority.rebuild_crl(self._revoked)
 
@@ -216,6 +220,7 @@ class HubState:
         session.end()
         if self.sessions.get(session.ep_id) is session:
             del self.sessions[session.ep_id]
+            self.direct.pop(session.ep_id, None)
             ep = self.endpoints.get(session.ep_id)
             if ep is not None:
                 ep.last_seen = time.time()
@@ -248,7 +253,15 @@ class HubState:
                 self.close_session(session)
                 session.close_connection()
         seen, self._seen = self._seen, {}
-        self.store.touch_endpoints(seen)
+        try:
+            self.store.touch_endpoints(seen)
+        except Unavailable as exc:  # a full disk must not stop the sweeper: keep the times for the next sweep
+            self._seen = {**seen, **self._seen}
+            if not self._touch_failed:
+                log.warning("%s", exc.message)
+            self._touch_failed = True
+        else:
+            self._touch_failed = False
 
     def refresh_crl(self) -> None:
         """Re-sign the CRL (it carries a next-update time) and drop revoked serials that have expired anyway."""
@@ -256,6 +269,7 @@ class HubState:
         self.store.prune_certs(now)
         self._revoked = set(self.store.revoked_serials(now))
         self.authority.rebuild_crl(self._revoked)
+        self.broadcast({"type": "crl", "number": self.authority.crl_number})
 
     def broadcast(self, event: dict[str, Any], *, exclude: str | None = None) -> None:
         self.version += 1
@@ -360,9 +374,28 @@ class HubState:
                             "online": ep.id in self.sessions,
                             "app": app,
                             "service": name,
+                            "direct": self.direct.get(ep.id),
                         }
                     )
         return sorted(found, key=lambda f: (f["service"], f["name"]))
+
+    def set_direct(self, peer: Peer, host: str | None, port: int | None) -> dict[str, Any]:
+        """Record (port None: forget) where an online endpoint accepts direct connections; a wildcard or missing
+        host means the address the hub sees it connect from (right unless it is behind NAT, and then direct
+        attempts fail and peers use the relay)."""
+        ep = self.require_ep(peer)
+        session = self.sessions.get(ep.id)
+        if session is None:
+            raise Unavailable("open the event stream (GET /api/events) before announcing a direct address")
+        if port is None:
+            self.direct.pop(ep.id, None)
+            return {"direct": None}
+        if host in (None, "", "0.0.0.0", "::"):
+            host = session.address[0] if session.address else None
+        if host is None:
+            raise BadInput("the hub cannot tell this endpoint's address; give host")
+        self.direct[ep.id] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return {"direct": self.direct[ep.id]}
 
     # labels
     def set_labels(self, peer: Peer, ref: str, add: list[str], delete: list[str]) -> dict[str, Any]:
@@ -373,8 +406,8 @@ class HubState:
         labels += [x for x in add if x not in labels]
         if len(labels) > 32:
             raise BadInput("an endpoint has at most 32 labels")
+        self.store.save_endpoint(dataclasses.replace(ep, labels=labels))  # saved first: a failed write changes nothing
         ep.labels = labels
-        self.store.save_endpoint(ep)
         view = self.endpoint_view(ep)
         self.broadcast({"type": "endpoint", "ep": view})
         return view
@@ -406,6 +439,7 @@ class HubState:
         self.users = {u.name: u for u in self.store.users()}
         self._revoked = set(self.store.revoked_serials(now))
         self.authority.rebuild_crl(self._revoked)
+        self.broadcast({"type": "crl", "number": self.authority.crl_number})  # direct peers reload it
         for session in [s for s in self.sessions.values() if s.user == user]:
             session.push({"type": "evicted", "reason": "root evicted this user from the mesh"})
             self.close_session(session)

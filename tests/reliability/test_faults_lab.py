@@ -1,0 +1,189 @@
+"""Network faults in the namespace lab (tests/lab/netlab.py): a tunnel from home to the workplace through the hub in
+the data center, while home's cable is unplugged and plugged back, and while home's link loses 5% of its packets and
+delays each by 100 ms.
+
+After each fault the mesh heals without anyone acting (recovery times recorded), labels acknowledged before it are
+still there, and every transfer that completes is byte-exact.
+
+Delay and loss use `tc qdisc ... netem` when the kernel has sch_netem. Without it (`tc` answers "Specified qdisc
+kind is unknown", e.g. a kernel built without CONFIG_NET_SCH_NETEM), loss is made with an nftables rule on the home
+router (`numgen random mod 100 < 5 drop`, both directions) and the delay case is skipped with that reason: nothing in
+nftables or the other qdiscs delays packets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lab import netlab
+from lab.netlab import Lab
+from reliability.traffic import EchoServer, Record, Traffic, echoes, roundtrip, time_until
+from support import Agent, Hub, start_agent, start_hub
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+MESH = "m"
+ENTRANCE_PORT = 19000
+
+
+@dataclass
+class LabMesh:
+    lab: Lab
+    hub: Hub
+    home: Agent
+    work: Agent
+
+    def online(self, agent: Agent) -> set[str]:
+        status, eps = agent.api("GET", f"/api/meshes/{MESH}/endpoints", timeout=3.0)
+        return {e["name"] for e in eps if e["online"]} if status == 200 else set()
+
+    def echoes(self, size: int = 64 << 10) -> bool:
+        return echoes(ENTRANCE_PORT, size, netns=self.lab.ns("home"))
+
+    def healed(self) -> bool:
+        both = {"home", "workplace"}
+        return both <= self.online(self.work) and both <= self.online(self.home) and self.echoes()
+
+    def labels(self) -> dict[str, list[str]]:
+        return {e["name"]: sorted(e["labels"]) for e in self.work.endpoints()}
+
+
+@pytest.fixture
+def mesh(lab: Lab, tmp_path: Path) -> Iterator[LabMesh]:
+    tmp = tmp_path
+    dc = lab.addr("datacenter")
+    hub = start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
+    home = start_agent(tmp, "home", netns=lab.ns("home"), port=7777)
+    work = start_agent(tmp, "workplace", netns=lab.ns("workplace"), port=7777)
+    home.join(MESH, "home", hub.permit)
+    work.join(MESH, "workplace", hub.permit)
+    with EchoServer(netns=lab.ns("workplace")) as echo:
+        work.cli("tunnel", "open", "outbound", "tcp/echo", "--targets", f"127.0.0.1:{echo.port}")
+        home.cli("tunnel", "open", "inbound", "tcp/echo", "--listen", str(ENTRANCE_PORT))
+        home.cli("label", "--add", "site=home")
+        m = LabMesh(lab, hub, home, work)
+        time_until(m.healed, 30, "the tunnel from home to the workplace to work")
+        yield m
+
+
+def test_link_down_and_up(mesh: LabMesh, figures: Record) -> None:
+    lab = mesh.lab
+    before = mesh.labels()
+    traffic = Traffic(ENTRANCE_PORT, size=128 << 10, netns=lab.ns("home")).start()
+    try:
+        time_until(lambda: traffic.complete >= 2, 30, "traffic to flow")
+        # A short blip: TCP rides it out, the session stays up.
+        lab.link_down("home")
+        time.sleep(2.0)  # the fault's duration (not a wait for state)
+        lab.link_up("home")
+        blip = time_until(mesh.healed, 60, "the tunnel to work after a 2 s blip")
+        figures("home link down 2 s: tunnel byte-exact again after link up", blip, "s")
+
+        # A long outage: the hub notices the missed heartbeats and marks home offline; then the cable comes back.
+        lab.link_down("home")
+        down = time.monotonic()
+        noticed = time_until(lambda: "home" not in mesh.online(mesh.work), 60, "the hub to mark home offline", down)
+        lab.link_up("home")
+        up = time.monotonic()
+        healed = time_until(mesh.healed, 60, "the mesh to heal after the link came back", up)
+        complete = traffic.complete
+        time_until(lambda: traffic.complete > complete + 1, 30, "traffic to flow again")
+    finally:
+        traffic.stop()
+    assert not traffic.corrupt, f"transfers completed with wrong bytes: {traffic.corrupt[:3]} ({traffic})"
+    assert mesh.labels() == before
+    figures("home link down: hub marked home offline after", noticed, "s")
+    figures("home link up after a long outage: mesh healed (online both ways, tunnel byte-exact) after", healed, "s")
+
+
+# ------------------------------------------------------------------------------------------------ loss and delay
+
+
+def _tc(lab: Lab, host: str, *args: str) -> tuple[int, str]:
+    cp = lab.exec(host, ["tc", *args], check=False)
+    return cp.returncode, (cp.stderr or cp.stdout).strip()
+
+
+def netem_missing(lab: Lab) -> str | None:
+    """None when `tc qdisc ... netem` works in this kernel, else the precise reason."""
+    code, err = _tc(lab, "home", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", "1ms")
+    if code == 0:
+        _tc(lab, "home", "qdisc", "del", "dev", "eth0", "root")
+        return None
+    return f"tc qdisc netem is not available in kernel {os.uname().release} (tc: {err})"
+
+
+LOSS_NFT = """
+table inet ztmloss {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        numgen random mod 100 < 5 counter drop
+    }
+}
+"""
+
+
+def impair(lab: Lab, *, loss: bool, delay: bool) -> str:
+    """Impair home's uplink in both directions; returns how it was done."""
+    reason = netem_missing(lab)
+    if reason is None:
+        spec = [*(["delay", "100ms"] if delay else []), *(["loss", "5%"] if loss else [])]
+        for host, dev in (("home", "eth0"), ("home-rtr", "lan0")):
+            code, err = _tc(lab, host, "qdisc", "add", "dev", dev, "root", "netem", *spec)
+            assert code == 0, f"tc netem on {host} {dev}: {err}"
+        return "tc netem " + " ".join(spec) + " on both ends of home's cable"
+    if delay:
+        pytest.skip(f"100 ms delay needs sch_netem: {reason}")
+    nft = netlab._nft()
+    assert nft is not None
+    lab.exec("home-rtr", [nft, "-f", "-"], input=LOSS_NFT)
+    return f"nftables numgen 5% drop in home-rtr's forward chain (both directions); {reason}"
+
+
+def dropped(lab: Lab) -> int:
+    """Packets the nftables loss rule dropped (0 when netem does the loss)."""
+    nft = netlab._nft()
+    cp = lab.exec("home-rtr", [nft or "nft", "list", "table", "inet", "ztmloss"], check=False)
+    words = cp.stdout.split()
+    return int(words[words.index("packets") + 1]) if "packets" in words else 0
+
+
+@pytest.mark.parametrize(
+    ("loss", "delay"), [(True, False), (False, True), (True, True)], ids=["loss5", "delay100", "both"]
+)
+def test_loss_and_delay(mesh: LabMesh, figures: Record, loss: bool, delay: bool) -> None:
+    lab = mesh.lab
+    data = os.urandom(4 << 20)
+    start = time.monotonic()
+    assert roundtrip(ENTRANCE_PORT, data, netns=lab.ns("home"), timeout=30) == data
+    clean = time.monotonic() - start
+
+    how = impair(lab, loss=loss, delay=delay)
+    drops = dropped(lab)
+    start = time.monotonic()
+    got = roundtrip(ENTRANCE_PORT, data, netns=lab.ns("home"), timeout=120)
+    impaired = time.monotonic() - start
+    drops = dropped(lab) - drops
+    assert got == data, f"4 MiB round trip under {how}: {len(got)} bytes back, not byte-exact"
+    # The control plane keeps working: a ping through the hub, both ends online, a CLI call.
+    mesh.home.cli("ping", "ep", "workplace", "--count", "3", timeout=60)
+    assert {"home", "workplace"} <= mesh.online(mesh.work)
+    if loss and "nftables" in how:
+        assert dropped(lab) > 0, "the loss rule dropped nothing: the fault was not applied"
+    label = "+".join(x for x, on in (("5% loss", loss), ("100 ms delay", delay)) if on)
+    extra = f", {drops} packets dropped by the nft rule during it" if "nftables" in how else ""
+    figures(f"{label}: 4 MiB tunnel round trip (clean {clean:.2f} s{extra})", impaired, "s")
+
+    # The impairment ends: the mesh is at full speed again without anyone acting.
+    if "nftables" in how:
+        lab.exec("home-rtr", [netlab._nft() or "nft", "delete", "table", "inet", "ztmloss"])
+    else:
+        for host, dev in (("home", "eth0"), ("home-rtr", "lan0")):
+            _tc(lab, host, "qdisc", "del", "dev", dev, "root")
+    time_until(mesh.healed, 30, "the mesh to work after the impairment ended")
