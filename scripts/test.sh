@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 echo "== ruff"
-.venv/bin/ruff check src tests bench
-.venv/bin/ruff format --check src tests bench
+.venv/bin/ruff check src tests bench examples
+.venv/bin/ruff format --check src tests bench examples
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"

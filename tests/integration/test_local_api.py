@@ -65,6 +65,8 @@ def server_routes() -> set[tuple[str, str]]:
         info = route.resource.get_info() if route.resource is not None else {}
         path = info.get("formatter") or info.get("path")
         assert path, f"cannot read the path of {route!r}"
+        if not path.startswith("/api/"):
+            continue  # the web GUI's pages and sign-in form: no data, tested in tests/gui/test_gui_auth.py
         routes.add((route.method, path))
     return routes
 
@@ -348,6 +350,65 @@ def _bad_bodies(template: str) -> list[tuple[str, bytes]]:
             {"tunnel": "tcp/x", "targets": ["a:1"], "users": ["Bob"]},
             {"tunnel": "tcp/x", "targets": ["a:1"], "entrances": [5]},
         ],
+        "/api/meshes/{mesh}/apps/proxy/config": [
+            {"bogus": 1},
+            {"set_listen": 5},
+            {"set_listen": "0"},
+            {"set_listen": "8080", "unset_listen": True},
+            {"unset_listen": "yes"},
+            {"add_targets": "example.com"},
+            {"add_targets": ["bad name!"]},
+            {"add_exclusions": ["10.0.0.0/33"]},
+            {"remove_targets": [5]},
+        ],
+        "/api/meshes/{mesh}/apps/proxy/rules": [
+            {},
+            {"action": "maybe", "user": "*", "target": "*"},
+            {"action": "allow", "user": "Bad!", "target": "*"},
+            {"action": "deny", "user": "*", "target": 5},
+            {"action": "deny", "user": "*", "target": "*", "at": "first"},
+            {"action": "deny", "user": "*", "target": "*", "at": 99},
+        ],
+        "/api/meshes/{mesh}/apps/terminal/config": [
+            {"shell": 5},
+            {"shell": "/no/such/shell"},
+            {"shell": "bash\nrm -rf /"},
+            {"add_users": "bob"},
+            {"add_users": ["Bob"]},
+            {"del_users": [5]},
+            {"users": ["bob"]},
+        ],
+        "/api/meshes/{mesh}/apps/files/content": [{"path": "/shared/root/x"}, {"any": "json is not file bytes"}],
+        "/api/meshes/{mesh}/apps/files/acl": [
+            {},
+            {"path": 5},
+            {"path": "/shared/root/x", "readonly": "bob"},
+            {"path": "/shared/root/x", "block": ["Bad!"]},
+            {"path": "/shared/root/x", "readonly": ["bob"], "block": ["bob"]},
+        ],
+        "/api/meshes/{mesh}/apps/files/downloads": [
+            {},
+            {"path": 5},
+            {"path": "relative/x"},
+            {"path": "/shared/root/../x"},
+            {"path": "/shared/root/x", "rate": "fast"},
+        ],
+        "/api/meshes/{mesh}/apps/cloud/config": [
+            {"local_dir": 5},
+            {"local_dir": "relative/dir"},
+            {"interval": 0},
+            {"interval": "10"},
+        ],
+        "/api/meshes/{mesh}/apps/cloud/upload": [{}, {"path": 5}, {"path": "../x"}],
+        "/api/meshes/{mesh}/apps/cloud/downloads": [{}, {"path": 5}, {"path": "a/../../x"}],
+        "/api/meshes/{mesh}/apps/cloud/mirror": [
+            {},
+            {"path": 5},
+            {"path": "docs", "download": "on", "upload": False},
+            {"path": "docs/../..", "download": True, "upload": True},
+        ],
+        "/api/meshes/{mesh}/apps/{app}/cli": [{"argv": 5}, {"argv": [1]}, {"argv": ["x"] * 65}, {"argv": ["y" * 4097]}],
+        "/api/meshes/{mesh}/apps/{app}/download": [{"from": 5}, {"sha256": 5}, {"sha256": "xyz"}, {"sha256": "A" * 64}],
         "/api/meshes/{mesh}/endpoints/{ep}/apps/{app}/call": [
             {},
             {"method": 5},

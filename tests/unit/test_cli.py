@@ -512,9 +512,9 @@ def test_get_one_ep_and_not_found(agent: FakeAgent, run: Callable[..., Result]) 
 
 def test_get_app(agent: FakeAgent, run: Callable[..., Result]) -> None:
     lines = run("get", "app").out.splitlines()
-    assert lines[0].split() == ["NAME", "PROVIDER", "VERSION", "STATE"]
-    assert lines[1].split() == ["proxy", "ztm", "1.0", "stopped"]
-    assert lines[2].split() == ["tunnel", "ztm", "1.0", "running"]
+    assert lines[0].split() == ["NAME", "PROVIDER", "VERSION", "STATE", "SOURCE", "MESH"]
+    assert lines[1].split() == ["proxy", "ztm", "1.0", "stopped", "-", "m1"]
+    assert lines[2].split() == ["tunnel", "ztm", "1.0", "running", "-", "m1"]
     assert agent.last().query == {}
     assert json.loads(run("get", "apps", "tunnel", "-o", "json", "--mesh", "m1").out)["name"] == "tunnel"
     assert agent.last().query == {"mesh": ["m1"]}

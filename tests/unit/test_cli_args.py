@@ -130,7 +130,7 @@ def test_unknown_command(run: Callable[..., Result]) -> None:
         (["run", "hub", "--cert-ttl", "soon"], "argument --cert-ttl: expected seconds such as 30"),
         (["run", "hub", "--wat"], "ztm run hub: unrecognized arguments: --wat; run 'ztm help run hub' for usage"),
         (["run", "agent", "--join", "m"], "--join, --join-as and --permit go together"),
-        (["stop", "toaster"], "ztm stop: argument hub|agent: unknown kind 'toaster': expected hub or agent"),
+        (["stop", "toaster"], "ztm stop: argument hub|agent|app: unknown kind 'toaster': expected hub, agent or app"),
         (["label", "a", "b", "c"], "ztm label: expected 'ztm label [ep NAME]"),
         (["completion", "fish"], "ztm completion: argument bash|zsh: unknown kind 'fish'"),
         (["config", "--unset", "colour"], "ztm config: argument --unset: invalid choice: 'colour'"),
@@ -175,7 +175,7 @@ def test_global_options_before_and_after(home: Path, monkeypatch: pytest.MonkeyP
 def test_completion_spec_covers_commands() -> None:
     spec = build_spec(build_parser(COMMANDS))
     assert set(spec.commands) == {c.name for c in COMMANDS}
-    assert spec.commands["get"].words == ["mesh", "hub", "ep", "app"]
+    assert spec.commands["get"].words == ["mesh", "hub", "ep", "app", "file"]
     assert spec.commands["run"].words == ["hub", "agent"]
     assert "--names" in spec.commands["start"].children["hub"].options
     assert "--join-as" in spec.commands["run"].children["agent"].options
@@ -208,7 +208,7 @@ def _bash_complete(script: str, line: str) -> list[str]:
 def test_completion_bash_completes() -> None:
     script = bash_script(build_parser(COMMANDS))
     assert "get" in _bash_complete(script, "ztm g")
-    assert _bash_complete(script, "ztm get ") == ["mesh", "hub", "ep", "app"]
+    assert _bash_complete(script, "ztm get ") == ["mesh", "hub", "ep", "app", "file"]
     assert _bash_complete(script, "ztm --agent 1.2.3.4:5 get e") == ["ep"]
     assert _bash_complete(script, "ztm start hub --na") == ["--names"]
     assert _bash_complete(script, "ztm get ep -o ") == ["table", "json"]
@@ -240,7 +240,7 @@ def test_completion_zsh(run: Callable[..., Result], tmp_path: Path) -> None:
     )
     done = subprocess.run([zsh, "-f", "-c", harness], capture_output=True, text=True, timeout=10)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["mesh hub ep app", "ep", "FILES", "FILES -/"]
+    assert done.stdout.splitlines() == ["mesh hub ep app file", "ep", "FILES", "FILES -/"]
 
 
 # ---------------------------------------------------------------- config

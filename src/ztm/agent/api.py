@@ -18,10 +18,16 @@ from aiohttp import web
 
 from ztm import validate
 from ztm.addr import Address
+from ztm.agent.appapi import add_routes as app_routes
 from ztm.agent.metrics import render_metrics
 from ztm.agent.service import Agent
+from ztm.apps.cloud.api import add_routes as cloud_routes
+from ztm.apps.files.api import add_routes as files_routes
+from ztm.apps.proxy.api import add_routes as proxy_routes
+from ztm.apps.terminal.api import add_routes as terminal_routes
 from ztm.apps.tunnel.api import add_routes as tunnel_routes
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, ZtmError
+from ztm.gui.web import Gui
 from ztm.meter import RateMeter
 from ztm.version import __version__
 
@@ -47,6 +53,7 @@ class AgentApi:
         self.log_tail = log_tail
         self.meter = RateMeter()
         self.hosts = self._allowed_hosts(listen)
+        self.gui = Gui(listen, token)
 
     @staticmethod
     def _allowed_hosts(listen: Address) -> set[str]:
@@ -78,18 +85,19 @@ class AgentApi:
                 raise Forbidden("refused: cross-origin requests are not served")
             auth = request.headers.get("Authorization", "")
             scheme, _, given = auth.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            bearer = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
+            if not bearer and not self.gui.is_public(request) and not self.gui.session_ok(request):
                 raise Unauthorized(
                     "missing or wrong API token: send 'Authorization: Bearer TOKEN' with the token from "
-                    "DATA/agent.token"
+                    "DATA/agent.token (browsers: sign in with the link from 'ztm gui')"
                 )
             return await handler(request)
         except ZtmError as exc:
             return _error(exc)
         except web.HTTPNotFound:
-            return _error(NotFound(f"no route {request.method} {request.path}"))
+            return _error(NotFound(f"no route {request.method} {request.rel_url.raw_path}"))  # encoded: one line
         except web.HTTPMethodNotAllowed:
-            return _error(BadInput(f"{request.method} is not allowed on {request.path}"))
+            return _error(BadInput(f"{request.method} is not allowed on {request.rel_url.raw_path}"))
         except web.HTTPRequestEntityTooLarge:
             return _error(BadInput(f"request body larger than {MAX_BODY} bytes"))
         except web.HTTPException as exc:
@@ -125,6 +133,12 @@ class AgentApi:
         r.add_get("/api/log", self.own_log)
         r.add_get("/api/metrics", self.metrics)
         tunnel_routes(app, self.agent, _json)
+        proxy_routes(app, self.agent, _json)
+        app_routes(app, self.agent, _json)
+        files_routes(app, self.agent, _json)
+        cloud_routes(app, self.agent, _json)
+        terminal_routes(app, self.agent, _json)
+        self.gui.add_routes(app)
         return app
 
     # helpers
@@ -224,10 +238,10 @@ class AgentApi:
     async def apps(self, request: web.Request) -> web.Response:
         mesh = request.query.get("mesh")
         sessions = [self.agent.get(mesh)] if mesh is not None else list(self.agent.meshes.values())
-        return _json([app.view() for s in sessions for app in s.apps.values()])
+        return _json([view for s in sessions for view in self.agent.library.views(s)])
 
     async def mesh_apps(self, request: web.Request) -> web.Response:
-        return _json([app.view() for app in self.agent.get(request.match_info["mesh"]).apps.values()])
+        return _json(self.agent.library.views(self.agent.get(request.match_info["mesh"])))
 
     async def app_call(self, request: web.Request) -> web.Response:
         body = await self._body(request)

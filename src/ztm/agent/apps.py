@@ -3,7 +3,9 @@
 An app opens streams to its peer on other endpoints (`AppContext.open_stream`), is handed streams peers open to it
 (`MeshApp.on_stream`, with the caller's identity as the hub asserts it from the caller's certificate), keeps its
 configuration (`AppContext.config_*`, in the agent's database), and announces the services it offers to the mesh
-(`AppContext.publish`, found by others with `AppContext.find`). Built-in apps use exactly this interface.
+(`AppContext.publish`, found by others with `AppContext.find`), reads and writes mesh files (`AppContext.read_file`,
+`write_file`, `list_files`, served by the `files` app) and may answer `ztm APP ...` (`MeshApp.cli`). Built-in apps
+use exactly this interface.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from ztm.errors import NotFound, Unavailable, ZtmError, from_json
 from ztm.version import __version__
 
 if TYPE_CHECKING:
+    from ztm.agent.direct import DirectChannel
     from ztm.agent.mesh import MeshSession
     from ztm.agent.store import AgentStore
 
@@ -112,6 +115,25 @@ class AppContext:
     def config_delete(self, key: str) -> bool:
         return self.store.app_delete(self.mesh, self.app, key)
 
+    # mesh files, through the `files` app of this mesh
+    def _files(self) -> Any:
+        files = self.session.apps.get("files")
+        if files is None or not files.running:
+            raise Unavailable(f"the files app is not running in mesh {self.mesh}: start it with `ztm start app files`")
+        return files
+
+    async def read_file(self, path: str) -> bytes:
+        """The content of the mesh file `path` (fetched from the endpoints that hold it)."""
+        return bytes(await self._files().read(path))
+
+    async def write_file(self, path: str, data: bytes) -> dict[str, Any]:
+        """Publish `data` as the mesh file `path`; returns its description."""
+        return dict(await self._files().write(path, data))
+
+    async def list_files(self, prefix: str = "/") -> list[dict[str, Any]]:
+        """The mesh files under `prefix` this endpoint's user may see."""
+        return list(await self._files().list(prefix))
+
 
 async def refuse_stream(conn: h2.Connection, stream_id: str, reason: str) -> None:
     safe = "".join(c if c.isprintable() else "?" for c in reason)[:300]
@@ -157,9 +179,18 @@ class MeshApp:
         """A peer asked for a stream; accept with `ctx.accept` or refuse with `ctx.refuse`."""
         await self.ctx.refuse(stream_id, f"app {self.name} takes no streams")
 
+    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
+        """A peer opened a direct channel (`ztm.agent.direct`, caller from its verified certificate); accept with
+        `channel.accept()` and splice it, or raise a ZtmError to refuse."""
+        raise NotFound(f"app {self.name} takes no direct channels")
+
     async def call(self, method: str, params: Any, caller: Caller) -> Any:
         """A relayed call from another endpoint (remote configuration)."""
         raise NotFound(f"app {self.name} does not answer {method!r}")
+
+    async def cli(self, argv: list[str]) -> str:
+        """`ztm APP ARGS...` on this endpoint (local API, token-guarded): the text to print."""
+        raise NotFound(f"app {self.name} has no command line")
 
     def view(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ztm import aio, logs, pki
 from ztm.agent.api import AgentApi
+from ztm.agent.direct import DirectServer
 from ztm.agent.service import Agent
 from ztm.config import AgentConfig, agents_registry_dir, token_file_name
 from ztm.errors import BadInput, Unavailable, ZtmError
@@ -29,6 +30,8 @@ def run_agent(cfg: AgentConfig) -> int:
     """Run an agent in the foreground; returns the exit code. Startup errors raise `ZtmError`."""
     if (cfg.join is None) != (cfg.join_as is None) or (cfg.join is None) != (cfg.permit is None):
         raise BadInput("--join, --join-as and --permit go together")
+    if cfg.direct_announce is not None and cfg.direct is None:
+        raise BadInput("--direct-announce needs --direct (the address to listen on), e.g. --direct 0.0.0.0:7771")
     aio.install_uvloop()
     aio.tune_malloc()
     return asyncio.run(_main(cfg))
@@ -75,9 +78,19 @@ async def _main(cfg: AgentConfig) -> int:
             await runner.cleanup()
             raise ZtmError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
         published = publish_token(cfg, token)
+        direct = DirectServer(lambda: agent.meshes.values())
+        if cfg.direct is not None:
+            try:
+                await direct.start(cfg.direct)
+            except OSError as exc:
+                await runner.cleanup()
+                raise ZtmError(f"cannot listen for direct connections on {cfg.direct}: {exc.strerror or exc}") from None
+            agent.direct_address = cfg.direct_announce or cfg.direct
+            log.info("direct connections from peers on %s", cfg.direct)
         agent.start()
         aio.spawn(_sample_rates(api), name="rate-sampler")
         log.info("agent API on http://%s (token in %s)", cfg.listen, cfg.data / "agent.token")
+        print(api.gui.startup_message(), flush=True)
         if cfg.join is not None and cfg.join not in agent.meshes:
             aio.spawn(_unattended_join(agent, cfg), name="unattended-join")
         stop = asyncio.Event()
@@ -86,6 +99,7 @@ async def _main(cfg: AgentConfig) -> int:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("agent stopping")
+        direct.close()
         await runner.cleanup()
         return 0
     finally:

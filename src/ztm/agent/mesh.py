@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import h2, pki
 from ztm.agent.apps import Caller, MeshApp, refuse_stream
+from ztm.agent.direct import MeshDirect
 from ztm.agent.link import HubLink, dial, request
 from ztm.agent.store import MeshRecord
 from ztm.agent.tls import MeshFiles
@@ -104,6 +105,8 @@ class MeshSession:
         self._renewer: asyncio.Task[None] | None = None
         self._cert_received = time.time()
         self.apps: dict[str, MeshApp] = make_apps(self) if make_apps else {}
+        self.direct = MeshDirect(self)
+        """Direct channels to and from peers of this mesh (`ztm.agent.direct`)."""
 
     @property
     def name(self) -> str:
@@ -118,17 +121,20 @@ class MeshSession:
         for app in self.apps.values():
             try:
                 await app.start()
-            except (ZtmError, OSError) as exc:
-                log.error("mesh %s: app %s failed to start: %s", self.name, app.name, exc)
+            except Exception as exc:  # an app's failure (third-party code too) must not keep the others from starting
+                log.error("mesh %s: app %s failed to start: %s: %s", self.name, app.name, type(exc).__name__, exc)
 
     async def stop(self) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        for app in self.apps.values():
-            with contextlib.suppress(ZtmError, OSError):
+        for app in list(self.apps.values()):
+            try:
                 await app.stop()
+            except Exception as exc:  # an app's failure (third-party code too) must not keep the session running
+                log.error("mesh %s: app %s failed to stop: %s: %s", self.name, app.name, type(exc).__name__, exc)
+        self.direct.close()
         await self.link.stop()
 
     def traffic_of(self, ep_id: str, name: str) -> Traffic:
@@ -186,7 +192,10 @@ class MeshSession:
             spawn(self._answer(event), name=f"call-{self.name}")
         elif kind == "stream":
             spawn(self._stream(event), name=f"stream-{self.name}")
+        elif kind == "crl":
+            spawn(self.direct.on_crl(), name=f"crl-{self.name}")
         elif kind == "hello":
+            spawn(self.direct.on_online(), name=f"direct-{self.name}")
             for app in self.apps.values():
                 spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ztm import pki, validate
-from ztm.agent.apps import AppContext, MeshApp
+from ztm.addr import Address
+from ztm.agent.applib import AppLibrary
+from ztm.agent.apps import MeshApp
 from ztm.agent.mesh import MeshSession, enroll
 from ztm.agent.store import AgentStore, MeshRecord
 from ztm.agent.tls import MeshFiles
-from ztm.apps import BUILTIN_APPS
 from ztm.errors import Conflict, NotFound, PermitError, Unavailable, ZtmError, from_json
 from ztm.permit import Permit
 
@@ -41,9 +42,12 @@ class Agent:
             pem = pki.key_to_pem(pki.new_key())
             self.store.set_meta("agent_key", pem)
         self.key = pki.key_from_pem(pem)
+        self.library = AppLibrary(data, self.store)
         self.meshes: dict[str, MeshSession] = {}
         self.started = time.time()
         self._joining: set[str] = set()
+        self.direct_address: Address | None = None
+        """Where this agent accepts direct channels (`--direct`), announced to every mesh; None: off."""
 
     def start(self) -> None:
         for record in self.store.meshes():
@@ -62,7 +66,7 @@ class Agent:
         self.store.close()
 
     def _session(self, record: MeshRecord) -> MeshSession:
-        return MeshSession(
+        session = MeshSession(
             record,
             self._files(record.name),
             self.key,
@@ -70,9 +74,11 @@ class Agent:
             log_tail=self.log_tail,
             make_apps=self._apps,
         )
+        session.direct.announce = self.direct_address
+        return session
 
     def _apps(self, session: MeshSession) -> dict[str, MeshApp]:
-        return {cls.name: cls(AppContext(session, self.store, cls.name)) for cls in BUILTIN_APPS}
+        return self.library.make_apps(session)
 
     def _files(self, mesh: str) -> MeshFiles:
         return MeshFiles(self.data / "meshes" / mesh)

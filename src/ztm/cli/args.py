@@ -155,6 +155,7 @@ MESH_KINDS = {"mesh": ("meshes",)}
 HUB_KINDS = {"hub": ("hubs",)}
 EP_KINDS = {"ep": ("endpoint", "endpoints", "eps")}
 APP_KINDS = {"app": ("apps",)}
+FILE_KINDS = {"file": ("files",)}
 
 
 def address_type(*, default_host: str | None = None, default_port: int | None = None) -> Callable[[str], Address]:
@@ -375,6 +376,18 @@ def agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--join", metavar="MESH", help="join this mesh on start (with --join-as and --permit)")
     p.add_argument("--join-as", metavar="NAME", help="endpoint name to join as")
     p.add_argument("--permit", metavar="FILE", type=path_type, help="permit file to join with")
+    p.add_argument(
+        "--direct",
+        metavar="ADDR",
+        type=address_type(default_host="0.0.0.0"),
+        help="accept direct connections from peers here, e.g. 0.0.0.0:7771 (default: off; peers use the hub relay)",
+    )
+    p.add_argument(
+        "--direct-announce",
+        metavar="ADDR",
+        type=address_type(),
+        help="the address peers dial for --direct, if not that one (e.g. a port forwarded on a NAT router)",
+    )
 
 
 def _process_subcommands(p: argparse.ArgumentParser, verb: str, description: str) -> None:
@@ -396,7 +409,9 @@ def _process_subcommands(p: argparse.ArgumentParser, verb: str, description: str
     agent = sub.add_parser(
         "agent",
         help=f"{verb} an agent",
-        usage=f"ztm {verb} agent [--listen ADDR] [--data DIR] [--join MESH --join-as NAME --permit FILE]",
+        usage=(
+            f"ztm {verb} agent [--listen ADDR] [--data DIR] [--join MESH --join-as NAME --permit FILE] [--direct ADDR]"
+        ),
         description=f"{description} an agent: the daemon that joins meshes and serves the local API.",
         epilog=(
             "examples:\n"
@@ -412,11 +427,17 @@ def configure_run(p: argparse.ArgumentParser) -> None:
 
 
 def configure_start(p: argparse.ArgumentParser) -> None:
+    from ztm.cli.apps import add_start_target
+
     _process_subcommands(p, "start", "Start in the background, as a systemd service where systemd runs,")
+    add_start_target(p)
 
 
 def configure_stop(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="hub|agent", type=Kind({"hub": (), "agent": ()}), help="what to stop")
+    p.add_argument(
+        "target", metavar="hub|agent|app", type=Kind({"hub": (), "agent": (), "app": ()}), help="what to stop"
+    )
+    p.add_argument("name", metavar="NAME", nargs="?", help="the app to stop (app only; see 'ztm get app')")
     p.add_argument("--data", metavar="DIR", type=path_type, help="state directory it was started with")
 
 
@@ -442,15 +463,21 @@ def configure_get(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "kind",
         metavar="mesh|hub|ep|app",
-        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS}),
-        help="what to list (plurals and endpoint/eps work too)",
+        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS, **FILE_KINDS}),
+        help="what to list (plurals and endpoint/eps work too; for file, NAME is a path prefix)",
     )
     p.add_argument("name", metavar="NAME", nargs="?", help="show only this one")
+    p.add_argument(
+        "--available", action="store_true", help="app only: the apps published in the mesh, to 'ztm download app'"
+    )
 
 
 def configure_describe(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "kind", metavar="mesh|hub|ep", type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS}), help="what to describe"
+        "kind",
+        metavar="mesh|hub|ep|file",
+        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **FILE_KINDS}),
+        help="what to describe",
     )
     p.add_argument("name", metavar="NAME", nargs="?", help="default: the current mesh / its only hub / this endpoint")
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ztm.cli import output
+from ztm.cli import files, output
 from ztm.cli.args import EP_KINDS, UsageError
 from ztm.cli.client import AgentClient, segment
 from ztm.cli.context import Context, UnexpectedAnswer, expect_obj
@@ -99,7 +99,7 @@ def _sort(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 def cmd_get(ctx: Context) -> int:
     kind: str = ctx.args.kind
     name: str | None = ctx.args.name
-    {"mesh": _get_mesh, "hub": _get_hub, "ep": _get_ep, "app": _get_app}[kind](ctx, name)
+    {"mesh": _get_mesh, "hub": _get_hub, "ep": _get_ep, "app": _get_app, "file": files.get_files}[kind](ctx, name)
     return 0
 
 
@@ -201,6 +201,11 @@ def _get_ep(ctx: Context, name: str | None) -> None:
 
 
 def _get_app(ctx: Context, name: str | None) -> None:
+    if getattr(ctx.args, "available", False):
+        from ztm.cli.apps import get_available
+
+        get_available(ctx, name)
+        return
     mesh = ctx.explicit_mesh()
     apps = ctx.get_list("/api/apps", query={"mesh": mesh} if mesh else None)
     value: object = apps
@@ -215,11 +220,13 @@ def _get_app(ctx: Context, name: str | None) -> None:
             output.cell(a.get("name")),
             output.cell(a.get("provider")),
             output.cell(a.get("version")),
-            "running" if a.get("running") is True else "stopped",
+            output.cell(a.get("state") or ("running" if a.get("running") is True else "stopped")),
+            output.cell(a.get("source")),
+            output.cell(a.get("mesh")),
         ]
         for a in _sort(apps, "name")
     ]
-    _show(ctx, value, ("NAME", "PROVIDER", "VERSION", "STATE"), rows, "no apps installed")
+    _show(ctx, value, ("NAME", "PROVIDER", "VERSION", "STATE", "SOURCE", "MESH"), rows, "no apps installed")
 
 
 # ---- describe ----
@@ -228,7 +235,9 @@ def _get_app(ctx: Context, name: str | None) -> None:
 def cmd_describe(ctx: Context) -> int:
     kind: str = ctx.args.kind
     name: str | None = ctx.args.name
-    if kind == "mesh":
+    if kind == "file":
+        files.describe_file(ctx, name)
+    elif kind == "mesh":
         _print_described(ctx, _mesh_obj(ctx, name or ctx.mesh()), MESH_FIELDS)
     elif kind == "hub":
         _print_described(ctx, _find_hub(ctx, _hubs(ctx), name), HUB_FIELDS)

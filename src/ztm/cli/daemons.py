@@ -67,6 +67,8 @@ def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentCon
         data=_data(args, service=service),
         join=args.join,
         join_as=args.join_as,
+        direct=args.direct,
+        direct_announce=args.direct_announce,
         permit=_absolute(args.permit) if args.permit else None,
     )
 
@@ -90,8 +92,16 @@ def cmd_run(ctx: Context) -> int:
 def cmd_start(ctx: Context) -> int:
     from ztm import service as svc
 
+    if ctx.args.target == "app":
+        from ztm.cli.apps import cmd_start_app
+
+        return cmd_start_app(ctx)
     if ctx.args.target == "agent":
-        svc.start(svc.agent_service(agent_config(ctx.args, service=True)), ctx.print)
+        from ztm.gui import cli as gui_cli
+
+        agent_cfg = agent_config(ctx.args, service=True)
+        if svc.start(svc.agent_service(agent_cfg), ctx.print):
+            gui_cli.announce(agent_cfg.listen, ctx.timeout, ctx.print)
         return 0
     cfg = hub_config(ctx.args, service=True)
     permit_existed = cfg.permit is not None and cfg.permit.exists()
@@ -111,6 +121,14 @@ def cmd_start(ctx: Context) -> int:
 def cmd_stop(ctx: Context) -> int:
     from ztm import service as svc
 
+    if ctx.args.target == "app":
+        from ztm.cli.apps import cmd_stop_app
+
+        return cmd_stop_app(ctx)
+    if ctx.args.name is not None:
+        raise UsageError(
+            f"ztm stop {ctx.args.target}: unexpected argument {ctx.args.name!r}; run 'ztm help stop' for usage"
+        )
     data = _absolute(ctx.args.data) if ctx.args.data else _absolute(svc.service_default_data())
     svc.stop(ctx.args.target, data, ctx.print)
     return 0

@@ -72,8 +72,10 @@ def _dispatch(args: list[str]) -> int:
             raise UsageError("ztm: no command given; run 'ztm help' to see the commands")
     else:
         name = args[index]
-        if find(COMMANDS, name) is None:
-            raise UsageError(f"ztm: unknown command '{clean(name)}'; run 'ztm help' to see the commands")
+        if find(COMMANDS, name) is None:  # an installed app's command line, or an unknown command
+            from ztm.cli.apps import app_command
+
+            return app_command(args[:index], name, args[index + 1 :], COMMANDS)
         before = args[:index]
         if any(a in ("-h", "--help") for a in before):
             args = [a for a in before if a not in ("-h", "--help")] + [*args[index:], "--help"]

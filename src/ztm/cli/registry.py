@@ -7,11 +7,17 @@ from __future__ import annotations
 import argparse
 
 from ztm.cli import args as a
+from ztm.cli import cloud as cl
 from ztm.cli import commands as c
 from ztm.cli import daemons as d
+from ztm.cli import files as f
 from ztm.cli import local as loc
+from ztm.cli import proxy as px
+from ztm.cli import terminal as term
 from ztm.cli import tunnel as t
+from ztm.cli import verbs as v
 from ztm.cli.context import Command
+from ztm.gui import cli as gui_cli
 
 PROCESSES = "Run hub and agent"
 MESHES = "Join meshes"
@@ -37,25 +43,29 @@ COMMANDS: list[Command] = [
     Command(
         "start",
         PROCESSES,
-        "start hub|agent [options]",
-        "start a hub or an agent in the background (systemd service if available)",
+        "start hub|agent [options] | start app NAME",
+        "start a hub or an agent in the background (systemd service if available), or an app",
         a.configure_start,
         d.cmd_start,
         "Start a hub or an agent and wait until it is ready. As root where systemd runs, it is installed as an "
         "enabled systemd unit\n(ztm-hub.service / ztm-agent.service) that restarts on failure and after reboots; "
         "elsewhere it runs as a background\nprocess with its pid in DATA/hub.pid or DATA/agent.pid and its output in "
         "DATA/hub.out or DATA/agent.out.",
-        ("ztm start hub --listen 0.0.0.0:8888 --names 1.2.3.4:8888 --permit root.json", "ztm start agent"),
+        (
+            "ztm start hub --listen 0.0.0.0:8888 --names 1.2.3.4:8888 --permit root.json",
+            "ztm start agent",
+            "ztm start app chat",
+        ),
     ),
     Command(
         "stop",
         PROCESSES,
-        "stop hub|agent [--data DIR]",
-        "stop a hub or an agent started with 'ztm start'",
+        "stop hub|agent [--data DIR] | stop app NAME",
+        "stop a hub or an agent started with 'ztm start', or an app",
         a.configure_stop,
         d.cmd_stop,
         "Stop (and disable) what 'ztm start' started with the same --data: SIGTERM, then SIGKILL after 10 s.",
-        ("ztm stop agent", "ztm stop hub --data /var/lib/ztm-hub"),
+        ("ztm stop agent", "ztm stop hub --data /var/lib/ztm-hub", "ztm stop app chat"),
     ),
     Command(
         "join",
@@ -84,7 +94,7 @@ COMMANDS: list[Command] = [
     Command(
         "get",
         INSPECT,
-        "get mesh|hub|ep|app [NAME]",
+        "get mesh|hub|ep|app|file [NAME]",
         "list meshes, hubs, endpoints or apps",
         a.configure_get,
         c.cmd_get,
@@ -95,7 +105,7 @@ COMMANDS: list[Command] = [
     Command(
         "describe",
         INSPECT,
-        "describe mesh|hub|ep [NAME]",
+        "describe mesh|hub|ep|file [NAME]",
         "every field of a mesh, hub or endpoint (and a ping for endpoints)",
         a.configure_describe,
         c.cmd_describe,
@@ -181,6 +191,77 @@ COMMANDS: list[Command] = [
         ("ztm evict alice",),
     ),
     Command(
+        "publish",
+        APPS,
+        v.synopsis("publish"),
+        "publish a local file in the mesh file space, or an installed app",
+        v.configure("publish"),
+        v.dispatch,
+        "Publish something in the mesh. 'file PATH -i LOCAL' makes LOCAL the mesh file PATH: /users/YOU/... is\n"
+        "private to you, /shared/YOU/... readable by every member (see 'ztm help publish file'). 'app NAME' offers\n"
+        "the directory app DATA/apps/NAME to the mesh (see 'ztm help publish app').",
+        ("ztm publish file /shared/alice/report.pdf -i report.pdf", "ztm publish app chat"),
+    ),
+    Command(
+        "download",
+        APPS,
+        v.synopsis("download"),
+        "download a mesh file from every endpoint that holds it, or install a published app",
+        v.configure("download"),
+        v.dispatch,
+        "Download something from the mesh. 'file PATH -o OUT' fetches the file's 1 MiB chunks in parallel from\n"
+        "every endpoint that holds it, checks each against its SHA-256, and resumes where an interrupted try stopped.\n"
+        "'app NAME' installs an app another endpoint published, once its SHA-256 checks (see 'ztm help download app').",
+        ("ztm download file /shared/alice/report.pdf -o report.pdf", "ztm download app chat"),
+    ),
+    Command(
+        "unpublish",
+        APPS,
+        v.synopsis("unpublish"),
+        "remove a file from the mesh (its owner or root)",
+        v.configure("unpublish"),
+        v.dispatch,
+        "Remove something from the mesh: 'file PATH' deletes the mesh file's entry; no endpoint serves it any more.",
+        ("ztm unpublish file /shared/alice/old.txt",),
+    ),
+    Command(
+        "erase",
+        APPS,
+        v.synopsis("erase"),
+        "delete this endpoint's copy of a mesh file",
+        v.configure("erase"),
+        v.dispatch,
+        "Delete this endpoint's local copy (whole or partly downloaded); the file stays in the mesh if others hold it.",
+        ("ztm erase file /shared/alice/big.iso",),
+    ),
+    Command(
+        "acl",
+        APPS,
+        "acl file PATH [--readonly USER,..] [--block USER,..] [--clear]",
+        "show or set who else may read a mesh file",
+        f.configure_acl,
+        f.cmd_acl,
+        "Show a mesh file's ACL, or replace it (its owner or root): --readonly USER lets USER read a private\n"
+        "/users/ file, --block USER keeps USER from reading it anywhere. Every serving endpoint enforces it.",
+        ("ztm acl file /users/alice/notes.txt --readonly bob", "ztm acl file /shared/alice/a.txt --block eve"),
+    ),
+    Command(
+        "cloud",
+        APPS,
+        "cloud config|ls|upload|download|mirror|status ...",
+        "your private cloud drive: a local directory synced with /users/YOU/ (the cloud app)",
+        cl.configure_cloud,
+        cl.cmd_cloud,
+        cl.OVERVIEW,
+        (
+            "ztm cloud config --local-dir ~/MeshDrive",
+            "ztm cloud upload docs/report.pdf",
+            "ztm cloud ls",
+            "ztm cloud download docs",
+            "ztm cloud mirror docs --download on --upload on",
+        ),
+    ),
+    Command(
         "tunnel",
         APPS,
         "tunnel open|get|describe|close|help ...",
@@ -193,17 +274,38 @@ COMMANDS: list[Command] = [
     Command(
         "ep",
         APPS,
-        "ep NAME tunnel ...",
-        "the same tunnel commands on another endpoint you own",
+        "ep NAME tunnel|proxy ...",
+        "the same tunnel or proxy commands on another endpoint you own",
         t.configure_ep,
         t.cmd_tunnel,
         "Run an app's commands on endpoint NAME instead of this one: the hub relays them, and NAME obeys only its\n"
-        "owner (or root). The only app so far is tunnel; see 'ztm help ep tunnel'.",
+        "owner (or root). Apps: tunnel and proxy; see 'ztm help ep tunnel', 'ztm help ep proxy'.",
         (
             "ztm ep office tunnel open outbound tcp/web --targets 127.0.0.1:8080",
             "ztm ep office tunnel get outbound",
             "ztm ep office tunnel close outbound tcp/web",
+            "ztm ep office proxy config --add-target '*.corp.example'",
         ),
+    ),
+    Command(
+        "terminal",
+        APPS,
+        "terminal open|exec|config|help ...",
+        "remote shells and commands on endpoints (the terminal app)",
+        term.configure_terminal,
+        term.cmd_terminal,
+        term.DESCRIPTION,
+        term.EXAMPLES,
+    ),
+    Command(
+        "proxy",
+        APPS,
+        "proxy config|rules|get|help ...",
+        "SOCKS5 and HTTP proxy through exits of the mesh (the proxy app)",
+        px.configure_proxy,
+        px.cmd_proxy,
+        px.OVERVIEW,
+        px.EXAMPLES,
     ),
     Command(
         "config",
@@ -225,6 +327,16 @@ COMMANDS: list[Command] = [
         loc.cmd_completion,
         "Print a completion script for bash or zsh.",
         ("source <(ztm completion bash)", "ztm completion zsh > ~/.zsh/completions/_ztm"),
+    ),
+    Command(
+        "gui",
+        INSPECT,
+        "gui",
+        "print a one-time sign-in link for the agent's web GUI",
+        gui_cli.configure_gui,
+        gui_cli.cmd_gui,
+        gui_cli.DESCRIPTION,
+        ("ztm gui", "ztm gui --agent 127.0.0.1:7778"),
     ),
     Command(
         "version",

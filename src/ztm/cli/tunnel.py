@@ -19,6 +19,7 @@ from typing import Any
 
 from ztm.addr import Address
 from ztm.cli import output
+from ztm.cli import proxy as px
 from ztm.cli.args import (
     GLOBAL_VALUE_OPTIONS,
     Kind,
@@ -360,7 +361,7 @@ def configure_ep(p: argparse.ArgumentParser) -> None:
     an argparse subcommand of `ep`: `ztm ep tunnel --help` would read `tunnel` as NAME)."""
     assert isinstance(p, ZtmArgumentParser)
     p.add_argument("ep_name", metavar="NAME", help="endpoint name or id (one of yours, unless you are root)")
-    p.add_argument("app", metavar="tunnel", type=Kind({APP: ()}), help="the app to configure there: tunnel")
+    p.add_argument("app", metavar="tunnel|proxy", type=Kind({APP: (), px.APP: ()}), help="the app to configure there")
     p.add_argument("words", metavar="...", nargs="*", help="the app's command: see 'ztm help ep tunnel'")
     tree = ZtmArgumentParser(
         prog="ztm ep NAME tunnel",
@@ -371,7 +372,15 @@ def configure_ep(p: argparse.ArgumentParser) -> None:
     tree.topic = "ep tunnel"
     _tree(tree, "ztm ep NAME tunnel", "ztm ep office tunnel")
     _add_globals(tree)
-    p.nested = {APP: tree}
+    proxy = ZtmArgumentParser(
+        prog="ztm ep NAME proxy",
+        usage="ztm ep NAME proxy config|rules|get|help ... [global options]",
+        description=f"{px.OVERVIEW}\n\nThese commands act on endpoint NAME: it obeys only its owner (or root).",
+    )
+    proxy.topic = "ep proxy"
+    px.proxy_tree(proxy, "ztm ep NAME proxy", "ztm ep office proxy")
+    _add_globals(proxy)
+    p.nested = {APP: tree, px.APP: proxy}
     p.nested_dest = "app"
     p.nested_after = 1
     p.takeover = _parse_ep
@@ -451,6 +460,8 @@ def _tunnel_parser(ctx: Context) -> argparse.ArgumentParser:
 
 
 def cmd_tunnel(ctx: Context) -> int:
+    if getattr(ctx.args, "app", None) == px.APP:  # `ztm ep NAME proxy ...`
+        return px.cmd_proxy(ctx)
     action: str = ctx.args.target
     if action == "help":
         return _help(ctx)
@@ -605,6 +616,8 @@ FIELDS = (
     "streams",
     "active",
     "refused",
+    "direct",
+    "direct_fallbacks",
     "bytes_sent",
     "bytes_received",
 )

@@ -14,9 +14,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ztm import h2, pki, validate
+from ztm import addr, filespec, h2, pki, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, ZtmError
 from ztm.hub.authority import ROOT_USER
+from ztm.hub.files import FileIndex
 from ztm.hub.relay import Relay, check_app, check_service, parse_services
 from ztm.hub.state import HubState, Peer
 from ztm.logs import RingHandler
@@ -24,6 +25,8 @@ from ztm.logs import RingHandler
 log = logging.getLogger("ztm.hub")
 
 MAX_BODY = 256 * 1024
+FILES_MAX_BODY = 8 << 20
+"""File entries carry one SHA-256 per MiB of file (up to 64 Ki chunks) and announcements up to 10 000 paths."""
 JSON = [("content-type", "application/json")]
 
 
@@ -34,9 +37,9 @@ class Request:
         self.match = match
         self.query = query
 
-    async def json(self) -> dict[str, Any]:
+    async def json(self, limit: int = MAX_BODY) -> dict[str, Any]:
         try:
-            body = await self.stream.read_all(MAX_BODY)
+            body = await self.stream.read_all(limit)
         except h2.StreamReset:
             raise
         except h2.H2Error as exc:
@@ -45,6 +48,10 @@ class Request:
 
     def arg(self, name: str) -> str:
         return self.match.group(name)
+
+    def str_query(self, name: str) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else None
 
     def int_query(self, name: str, default: int, lo: int, hi: int) -> int:
         values = self.query.get(name)
@@ -84,8 +91,17 @@ class HubRoutes:
             ("GET", re.compile(r"/api/log"), self.get_log),
             ("POST", re.compile(r"/api/services"), self.post_services),
             ("GET", re.compile(r"/api/services"), self.get_services),
+            ("GET", re.compile(r"/api/files"), self.get_files),
+            ("GET", re.compile(r"/api/files/entry"), self.get_file),
+            ("POST", re.compile(r"/api/files/entry"), self.post_file),
+            ("DELETE", re.compile(r"/api/files/entry"), self.delete_file),
+            ("POST", re.compile(r"/api/files/acl"), self.post_file_acl),
+            ("POST", re.compile(r"/api/files/sources"), self.post_file_sources),
+            ("GET", re.compile(r"/api/crl"), self.get_crl),
+            ("POST", re.compile(r"/api/direct"), self.post_direct),
         ]
         self.relay = Relay(state)
+        self.files = FileIndex(state, state.store)
 
     # connection admission
     def on_handshake_failure(self, peer: str, reason: str) -> None:
@@ -255,6 +271,43 @@ class HubRoutes:
         return self.state.find_services(
             check_app(apps[0] if apps else None), check_service(names[0]) if names else None
         )
+
+    async def get_crl(self, req: Request) -> Any:
+        """The CA's current CRL, for agents that check direct peers' certificates (refreshed on every `crl` event)."""
+        self.state.require_ep(req.peer)
+        return {"crl": self.state.authority.crl_pem, "number": self.state.authority.crl_number}
+
+    async def post_direct(self, req: Request) -> Any:
+        body = await req.json()
+        port = body.get("port")
+        if port is not None:
+            port = validate.int_range(port, "port", 1, 65535)
+        host = body.get("host")
+        if host is not None:
+            if not isinstance(host, str):
+                raise BadInput("host must be an IP address or host name (a string)")
+            host = addr.Address.parse(f"[{host}]:1" if ":" in host else f"{host}:1", what="host").host
+        return self.state.set_direct(req.peer, host, port)
+
+    # the mesh file space (ztm.hub.files)
+    async def get_files(self, req: Request) -> Any:
+        return self.files.listing(req.peer, filespec.check_prefix(req.str_query("prefix")))
+
+    async def get_file(self, req: Request) -> Any:
+        return self.files.get(req.peer, filespec.check_path(req.str_query("path")))
+
+    async def post_file(self, req: Request) -> Any:
+        return self.files.publish(req.peer, await req.json(FILES_MAX_BODY))
+
+    async def delete_file(self, req: Request) -> Any:
+        self.files.unpublish(req.peer, filespec.check_path(req.str_query("path")))
+        return None
+
+    async def post_file_acl(self, req: Request) -> Any:
+        return self.files.set_acl(req.peer, await req.json())
+
+    async def post_file_sources(self, req: Request) -> Any:
+        return self.files.announce(req.peer, await req.json(FILES_MAX_BODY))
 
     # the event stream
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:

@@ -6,6 +6,11 @@ to `exits` if given), failing over to the next when one refuses or is unreachabl
 caller against `entrances`/`users` (identities asserted by the hub from certificates), connects to a target
 (round-robin, failing over), and only then accepts the stream, so a refusal reaches the entrance's client at once
 as a closed connection. Configuration lives in the agent database and survives restarts.
+
+Direct path: a TCP connection goes first over a direct channel (`ztm.agent.direct`) when the exit announces a
+direct address and is not backing off; the exit then checks the caller taken from the channel's verified
+certificate, exactly as on the relay. When the direct address cannot be used the connection goes through the hub.
+UDP always goes through the hub.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 from ztm import h2
 from ztm.addr import Address
 from ztm.agent.apps import AppContext, Caller, MeshApp
+from ztm.agent.direct import DirectChannel, DirectUnreachable
+from ztm.agent.direct_pipe import splice_direct
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
 from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
@@ -144,6 +151,8 @@ class TunnelApp(MeshApp):
             "streams": c[f"{key}:streams"],
             "active": c[f"{key}:active"],
             "refused": c[f"{key}:refused"],
+            "direct": c[f"{key}:direct"],
+            "direct_fallbacks": c[f"{key}:fallbacks"],
             "bytes_sent": c[f"{key}:sent"],
             "bytes_received": c[f"{key}:received"],
         }
@@ -227,13 +236,23 @@ class TunnelApp(MeshApp):
             exits = exits[start:] + exits[:start]
         return sorted(exits, key=lambda e: self._slow.get(e["ep"], 0.0) > now)  # stable: slow ones last
 
-    async def open_to_exit(self, key: str) -> tuple[h2.Stream, dict[str, Any]]:
-        """A stream to the first exit of tunnel `key` that accepts; Unavailable if none does."""
+    async def open_to_exit(self, key: str, *, direct: bool = False) -> tuple[h2.Stream | DirectChannel, dict[str, Any]]:
+        """A stream to the first exit of tunnel `key` that accepts (with `direct`, a direct channel to it when it
+        has a usable direct address, else a stream through the hub); Unavailable if none does."""
         exits = await self._exits(key)
         if not exits:
             raise Unavailable(f"no online exit offers {key}")
         problems = []
         for exit_ep in exits:
+            address = exit_ep.get("direct")
+            if direct and isinstance(address, str) and self.ctx.session.direct.reachable(exit_ep["ep"]):
+                try:
+                    return await self.ctx.session.direct.open(exit_ep["ep"], address, self.name, key), exit_ep
+                except DirectUnreachable:
+                    self.counters[f"{key}:fallbacks"] += 1  # on to the relay
+                except ZtmError as exc:  # the exit refused: the relay would refuse too
+                    problems.append(f"{exit_ep['name']}: {exc.message}")
+                    continue
             try:
                 return await self.ctx.open_stream(exit_ep["ep"], key), exit_ep
             except (ZtmError, h2.H2Error) as exc:  # H2Error: the hub connection is closing (GOAWAY, renewal)
@@ -245,7 +264,7 @@ class TunnelApp(MeshApp):
 
     async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            stream, exit_ep = await self.open_to_exit(key)
+            stream, exit_ep = await self.open_to_exit(key, direct=True)
         except ZtmError as exc:
             self.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: connection closed: %s", self.ctx.mesh, key, exc.message)
@@ -261,12 +280,14 @@ class TunnelApp(MeshApp):
         key: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        stream: h2.Stream,
+        stream: h2.Stream | DirectChannel,
         peer: str,
         peer_name: str,
     ) -> None:
         c = self.counters
         c[f"{key}:streams"] += 1
+        if isinstance(stream, DirectChannel):
+            c[f"{key}:direct"] += 1
         c[f"{key}:active"] += 1
         traffic = self.ctx.session.traffic_of(peer, peer_name)
         traffic.streams += 1
@@ -281,13 +302,20 @@ class TunnelApp(MeshApp):
             traffic.received += received
 
         try:
-            await splice_socket(reader, writer, stream, count)
+            if isinstance(stream, DirectChannel):
+                try:
+                    await splice_direct(reader, writer, stream.transport, stream.rest, count, stream.recycle)
+                finally:
+                    stream.done()
+            else:
+                await splice_socket(reader, writer, stream, count)
         finally:
             c[f"{key}:active"] -= 1
             traffic.streams -= 1
 
     # exit
-    async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
+    def _admit(self, caller: Caller, service: str) -> tuple[TunnelName, str, Outbound]:
+        """The outbound `service` names, if `caller` may use it; a logged, counted ZtmError if not."""
         try:
             tunnel = TunnelName.parse(service)
             key = str(tunnel)
@@ -308,6 +336,13 @@ class TunnelApp(MeshApp):
                 caller.user,
                 exc.message,
             )
+            raise
+        return tunnel, key, spec
+
+    async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
+        try:
+            tunnel, key, spec = self._admit(caller, service)
+        except ZtmError as exc:
             await self.ctx.refuse(stream_id, exc.message)
             return
         if tunnel.protocol == "tcp":
@@ -320,22 +355,38 @@ class TunnelApp(MeshApp):
         self._rr[f"out:{key}"] += 1
         return list(spec.targets[start:] + spec.targets[:start])
 
-    async def _exit_tcp(self, stream_id: str, caller: Caller, key: str, spec: Outbound) -> None:
+    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
+        """A direct channel from an entrance (caller from its verified certificate): same checks as a stream."""
+        tunnel, key, spec = self._admit(caller, service)
+        if tunnel.protocol != "tcp":
+            raise BadInput(f"{key}: direct channels carry TCP tunnels only")
+        reader, writer = await self._connect_target(caller, key, spec)
+        channel.accept()
+        await self._pipe(key, reader, writer, channel, caller.ep_id, caller.name)
+
+    async def _connect_target(
+        self, caller: Caller, key: str, spec: Outbound
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to the first target that answers (round-robin); a counted, logged Unavailable if none."""
         problems = []
         targets = self._targets(key, spec)
         deadline = time.monotonic() + CONNECT_BUDGET
         for i, target in enumerate(targets):
             share = max(0.1, (deadline - time.monotonic()) / (len(targets) - i))
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), share)
-                break
+                return await asyncio.wait_for(asyncio.open_connection(target.host, target.port), share)
             except (OSError, TimeoutError) as exc:
                 problems.append(f"{target}: {getattr(exc, 'strerror', None) or exc or 'timeout'}")
-        else:
-            self.counters[f"{key}:refused"] += 1
-            reason = "cannot reach the target: " + "; ".join(problems)
-            log.warning("mesh %s: outbound %s for %s: %s", self.ctx.mesh, key, caller.name, reason)
-            await self.ctx.refuse(stream_id, reason)
+        self.counters[f"{key}:refused"] += 1
+        reason = "cannot reach the target: " + "; ".join(problems)
+        log.warning("mesh %s: outbound %s for %s: %s", self.ctx.mesh, key, caller.name, reason)
+        raise Unavailable(reason)
+
+    async def _exit_tcp(self, stream_id: str, caller: Caller, key: str, spec: Outbound) -> None:
+        try:
+            reader, writer = await self._connect_target(caller, key, spec)
+        except Unavailable as exc:
+            await self.ctx.refuse(stream_id, exc.message)
             return
         try:
             stream = await self.ctx.accept(stream_id)
@@ -408,6 +459,7 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             self.flows.pop(addr, None)
             return
         self.app.counters[f"{key}:streams"] += 1
+        assert isinstance(stream, h2.Stream)  # UDP never goes direct
 
         def send(datagram: bytes) -> None:
             if self.transport is not None:
