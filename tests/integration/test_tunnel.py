@@ -183,16 +183,18 @@ class Servers:
                 await server.wait_closed()
             await asyncio.sleep(0)
 
-        with contextlib.suppress(Exception):
-            self._run(stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        if not self.thread.is_alive():
-            self.loop.close()
-            # A connection accepted while the servers were shutting down (its handler never started) is only
-            # reachable from the closed loop: finalize it now, not in whichever later test the collector runs in.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ResourceWarning)
+        # A connection accepted just as the servers shut down (an agent that was frozen, say, dialling its target
+        # late) has a socket but no transport yet: cancelling its pending accept task drops that socket, and the
+        # rest are only reachable from the closed loop. Both are finalized here, with their ResourceWarning
+        # silenced, rather than in whichever later test the collector happens to run in.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            with contextlib.suppress(Exception):
+                self._run(stop())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            if not self.thread.is_alive():
+                self.loop.close()
                 gc.collect()
 
 
