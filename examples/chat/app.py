@@ -99,7 +99,8 @@ class ChatApp(MeshApp):
         command, args = argv[0], argv[1:]
         if command == "send" and len(args) >= 2:
             answer = await self.send(args[0], " ".join(args[1:]))
-            return f"delivered to {args[0]} (its inbox holds {answer.get('inbox')} messages)"
+            held = answer.get("inbox")
+            return f"delivered to {args[0]} (its inbox holds {held} message{'' if held == 1 else 's'})"
         if command == "inbox" and not args:
             lines = [
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(m.get('time', 0)))}  "

@@ -10,6 +10,9 @@ the router itself): home and workplace reach the data center, nobody reaches the
 198.18.0.0/15 is the RFC 2544 benchmarking range, 10.77.0.0/16 exists only inside the lab; nothing is routed
 outside the lab's namespaces (the host's own namespace is never touched: veth pairs are created inside them).
 
+`Lab.delay_link(host, ms, loss)` splices a user-space wire (tests/lab/delaywire.py, two TAP devices) into a host's
+uplink: the lab's stand-in for `tc qdisc ... netem` on kernels without sch_netem.
+
 Every namespace is named `ztmlab-<6 hex>-<host>`. While a lab lives, `/run/ztmlab/<6 hex>.json` names the process that
 owns it; `sweep_stale()` removes namespaces whose owner is gone (a crashed or killed test run), killing the processes
 still inside them first, and leaves labs of other live test runs alone. `python tests/lab/netlab.py sweep` does the
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import secrets
@@ -28,6 +32,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,7 @@ if __package__ in (None, ""):  # run as a script: make `support` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import support
-from support import IP, Proc
+from support import IP, Proc, wait_until
 
 PREFIX = "ztmlab-"
 OWNER_DIR = Path("/run/ztmlab")
@@ -68,6 +73,7 @@ _LINKS: tuple[tuple[str, str, str, str, str, str | None], ...] = (
 _UPLINK = {host: (far, far_if) for host, _, _, far, far_if, _ in _LINKS}
 """host -> the far end of its upstream cable (what `link_down` unplugs)."""
 _DEFAULT_ROUTE = {"home": "10.77.1.1", "workplace": "10.77.2.1"}
+DELAYWIRE = Path(__file__).with_name("delaywire.py")
 
 ROUTER_NFT = """\
 table inet ztmlab {
@@ -195,6 +201,7 @@ class Lab:
                 break
         self.log_dir = log_dir
         self.procs: list[Proc] = []
+        self._wires: dict[str, Wire] = {}
         self._created: list[str] = []
         self._owner_file = OWNER_DIR / f"{self.id}.json"
         self._started = False
@@ -333,12 +340,127 @@ class Lab:
         _cmd([IP, "-n", self.ns(far), "link", "set", far_if, "up"])
         if host in _DEFAULT_ROUTE:  # in case something took the host's own interface down meanwhile
             _cmd([IP, "-n", self.ns(host), "link", "set", "eth0", "up"])
+            self._default_route(host)
+
+    def delay_link(self, host: str, delay_ms: float, loss: float = 0.0, *, limit: int = 1000) -> Wire:
+        """Run `host`'s uplink through a user-space wire (`delaywire.py`), netem's stand-in: every Ethernet frame
+        crosses `delay_ms` later, in both directions (a round trip grows by 2 x `delay_ms`), and a fraction `loss`
+        is dropped, each direction on its own; at most `limit` frames wait per direction.
+
+        Two TAP devices take the place of the cable's veth ends, with their names and addresses (so the routers'
+        nft rules, `link_down` and `link_up` still apply); the veth ends wait, down, as `<name>-v`. `Wire.undo()`
+        (or leaving `with lab.delay_link(...)`) puts the veth ends back; `close()` only stops the wire.
+        """
+        if host in self._wires:
+            raise LabError(f"{host}'s uplink already runs through a wire")
+        near, far = self._ends(host)
+        taps = (f"dw{self.id}a", f"dw{self.id}b")  # created in `host`; renamed once in place
+        argv = [sys.executable, str(DELAYWIRE), "--delay-ms", str(delay_ms), "--loss", str(loss), "--limit", str(limit)]
+        wire = Wire(self, host, self.popen(host, [*argv, *taps], name=f"{host}:delaywire"))
+        self._wires[host] = wire
+        try:
+            wire.proc.wait_for_output(r"ready \S+ \S+", timeout=10)
+            _cmd([IP, "-n", near[0], "link", "set", taps[1], "netns", far[0]])
+            for (ns, ifname, cidr), tap in ((far, taps[1]), (near, taps[0])):
+                _cmd([IP, "-n", ns, "link", "set", ifname, "down"])
+                if cidr is not None:
+                    _cmd([IP, "-n", ns, "addr", "del", cidr, "dev", ifname])
+                _cmd([IP, "-n", ns, "link", "set", ifname, "name", f"{ifname}-v"])
+                _cmd([IP, "-n", ns, "link", "set", tap, "name", ifname])
+                self._plug(ns, ifname, cidr)
+            self._default_route(host)
+        except BaseException:
+            wire.undo()
+            raise
+        return wire
+
+    def _unsplice(self, wire: Wire) -> None:
+        """`Wire.undo()`: stop the wire (its taps go with it), put the veth ends back as they were."""
+        if self._closed or self._wires.get(wire.host) is not wire:
+            return
+        del self._wires[wire.host]
+        code = wire.proc.stop()
+        for ns, ifname, cidr in self._ends(wire.host):
+            if f"{ifname}-v" not in self._links(ns):
+                continue  # the splice failed before it got here
+            wait_until(lambda: ifname not in self._links(ns), 10, f"tap {ifname} to go in {ns}")  # noqa: B023
+            _cmd([IP, "-n", ns, "link", "set", f"{ifname}-v", "name", ifname])
+            self._plug(ns, ifname, cidr)
+        self._default_route(wire.host)
+        stats = re.search(r"^stats (.*)$", wire.proc.output(), re.MULTILINE)
+        if code != 0 or stats is None:
+            raise LabError(f"the wire on {wire.host}'s uplink exited {code}; its output:\n{wire.proc.tail()}")
+        wire.stats = json.loads(stats.group(1))
+
+    def _ends(self, host: str) -> tuple[tuple[str, str, str | None], tuple[str, str, str | None]]:
+        """(namespace, interface, address/prefix or None for a bridge port) of both ends of `host`'s uplink."""
+        for near, ifname, cidr, far, far_if, far_cidr in _LINKS:
+            if near == host:
+                return (self.ns(near), ifname, cidr), (self.ns(far), far_if, far_cidr)
+        raise KeyError(f"{host!r} has no uplink; hosts with one: {', '.join(_UPLINK)}")
+
+    def _plug(self, ns: str, ifname: str, cidr: str | None) -> None:
+        """Give `ifname` its cable end's address (or bridge), up."""
+        if cidr is None:
+            _cmd([IP, "-n", ns, "link", "set", ifname, "master", "br0"])
+        else:
+            _cmd([IP, "-n", ns, "addr", "replace", cidr, "dev", ifname])
+        _cmd([IP, "-n", ns, "link", "set", ifname, "up"])
+
+    def _links(self, ns: str) -> set[str]:
+        out = _cmd([IP, "-n", ns, "-o", "link", "show"]).stdout
+        return {line.split(":")[1].strip().partition("@")[0] for line in out.splitlines() if ":" in line}
+
+    def _default_route(self, host: str) -> None:
+        if host in _DEFAULT_ROUTE:
             _cmd([IP, "-n", self.ns(host), "route", "replace", "default", "via", _DEFAULT_ROUTE[host]])
+
+    def rtt(self, host: str, addr: str, port: int = 9, samples: int = 5) -> float:
+        """Seconds of the fastest of `samples` TCP handshakes from `host` to `addr:port`, a port nobody listens on:
+        the SYN is answered by a RST, so each sample is one round trip and no server is needed."""
+        best = math.inf
+        for _ in range(samples):
+            with support.netns_socket(self.ns(host)) as sock:
+                sock.settimeout(5.0)
+                start = time.monotonic()
+                try:
+                    sock.connect((addr, port))
+                except ConnectionRefusedError:
+                    best = min(best, time.monotonic() - start)
+                    continue
+                except OSError:  # lost, timed out
+                    continue
+            raise LabError(f"{addr}:{port} accepted a connection from {host}: pick a closed port")
+        if best == math.inf:
+            raise LabError(f"no answer from {addr}:{port} to {host} in {samples} tries")
+        return best
 
     def _uplink(self, host: str) -> tuple[str, str]:
         if host not in _UPLINK:
             raise KeyError(f"{host!r} has no uplink; hosts with one: {', '.join(_UPLINK)}")
         return _UPLINK[host]
+
+
+class Wire:
+    """`host`'s uplink running through `delaywire.py` (`Lab.delay_link`); a context manager that undoes it."""
+
+    def __init__(self, lab: Lab, host: str, proc: Proc) -> None:
+        self.lab = lab
+        self.host = host
+        self.proc = proc
+        self.stats: dict[str, dict[str, int]] = {}
+        """After `undo()`: frames passed, lost, overflow, failed; `a_to_b` is from `host`, `b_to_a` towards it."""
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.undo()
+
+    def undo(self) -> dict[str, dict[str, int]]:
+        """Stop the wire and put the veth ends back (names, addresses, default route); idempotent. Its `stats`."""
+        self.lab._unsplice(self)
+        return self.stats
 
 
 def main(argv: Sequence[str]) -> int:
