@@ -489,8 +489,11 @@ def test_get_ep_table(agent: FakeAgent, run: Callable[..., Result]) -> None:
     res = run("get", "ep")
     lines = res.out.splitlines()
     assert lines[0].split() == ["NAME", "USER", "STATUS", "IP", "LABELS", "HEARTBEAT"]
-    assert lines[1].split() == ["alice", "(local)", "root", "online", "10.0.0.1", "site=paris,gpu", "3s", "ago"]
-    assert lines[2].split() == ["bob", "bob", "offline", "10.0.0.2", "-", "3s", "ago"]
+    assert lines[1].split()[:-2] == ["alice", "(local)", "root", "online", "10.0.0.1", "site=paris,gpu"]
+    assert lines[2].split()[:-2] == ["bob", "bob", "offline", "10.0.0.2", "-"]
+    for line in lines[1:3]:  # heartbeats 3 s before the fixture was made; a busy machine may add a few seconds
+        age, word = line.split()[-2:]
+        assert word == "ago" and age.endswith("s") and 3 <= int(age[:-1]) <= 30, line
     # columns are aligned
     assert lines[0].index("USER") == lines[1].index("root")
 

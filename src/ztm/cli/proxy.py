@@ -14,17 +14,16 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from ztm.addr import Address
 from ztm.cli import output
+from ztm.cli.appcli import add_sub, call_app, remote_ep
 from ztm.cli.args import Kind, UsageError, ZtmArgumentParser, subcommands
 from ztm.cli.context import Context, expect_list, expect_obj
-from ztm.errors import BadInput, NotFound
+from ztm.errors import BadInput
 
 APP = "proxy"
-RELAY_EXTRA = 3.0
 
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
@@ -124,33 +123,12 @@ number_type.__name__ = "number"
 # ---- the parser tree ----
 
 
-def _sub(
-    sub: argparse._SubParsersAction[ZtmArgumentParser],
-    name: str,
-    prefix: str,
-    synopsis: str,
-    summary: str,
-    description: str,
-    examples: Sequence[str],
-) -> ZtmArgumentParser:
-    parser = sub.add_parser(
-        name,
-        prog=f"{prefix} {name}",
-        usage=f"{prefix} {synopsis} [global options]",
-        help=summary,
-        description=description,
-        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
-    )
-    parser.topic = f"{prefix} {name}".removeprefix("ztm ").replace("ep NAME ", "ep ")
-    return parser
-
-
 def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
     """`config|rules|get|help` under `p`; `prefix` is the command line so far, `cmd` what examples start with."""
     sub = p.add_subparsers(
         dest="target", metavar="config|rules|get|help", required=True, prog=prefix, parser_class=ZtmArgumentParser
     )
-    config = _sub(
+    config = add_sub(
         sub,
         "config",
         prefix,
@@ -179,7 +157,7 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
     ):
         config.add_argument(flag, metavar="T", type=target_type, nargs="+", action="extend", default=[], help=what)
 
-    rules = _sub(
+    rules = add_sub(
         sub,
         "rules",
         prefix,
@@ -203,7 +181,7 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
     action.add_argument("--delete", metavar="N", type=number_type, help="delete rule N")
     rules.add_argument("--at", metavar="N", type=number_type, help="insert at position N (default: at the end)")
 
-    getter = _sub(
+    getter = add_sub(
         sub,
         "get",
         prefix,
@@ -221,7 +199,7 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         help="what to show (default: config)",
     )
 
-    helper = _sub(
+    helper = add_sub(
         sub,
         "help",
         prefix,
@@ -238,21 +216,6 @@ def configure_proxy(p: argparse.ArgumentParser) -> None:
 
 
 # ---- the handler ----
-
-
-def _remote(ctx: Context) -> str | None:
-    name = getattr(ctx.args, "ep_name", None)
-    return name if isinstance(name, str) else None
-
-
-def _call(ctx: Context, ep: str, method: str, params: dict[str, Any]) -> Any:
-    path = ctx.mesh_path("endpoints", ep, "apps", "proxy", "call")
-    try:
-        return ctx.client().post(path, {"method": method, "params": params}, timeout=ctx.timeout + RELAY_EXTRA)
-    except NotFound as exc:
-        if "no endpoint" in exc.message or "no mesh" in exc.message:
-            raise ctx.endpoint_not_found(ep) from None
-        raise
 
 
 def cmd_proxy(ctx: Context) -> int:
@@ -286,7 +249,7 @@ def _help(ctx: Context) -> int:
 
 def _own_parser(ctx: Context) -> argparse.ArgumentParser:
     commands = subcommands(ctx.parser)
-    if _remote(ctx) is not None and "ep" in commands:
+    if remote_ep(ctx) is not None and "ep" in commands:
         nested = getattr(commands["ep"], "nested", {})
         if APP in nested:
             return nested[APP]  # type: ignore[no-any-return]
@@ -294,15 +257,15 @@ def _own_parser(ctx: Context) -> argparse.ArgumentParser:
 
 
 def _get_config(ctx: Context) -> dict[str, Any]:
-    remote = _remote(ctx)
-    res = ctx.client().get(ctx.mesh_path("apps", "proxy")) if remote is None else _call(ctx, remote, "get", {})
+    remote = remote_ep(ctx)
+    res = ctx.client().get(ctx.mesh_path("apps", "proxy")) if remote is None else call_app(ctx, APP, remote, "get", {})
     return expect_obj(res, "the proxy configuration")
 
 
 def _get_rules(ctx: Context) -> list[dict[str, Any]]:
-    remote = _remote(ctx)
+    remote = remote_ep(ctx)
     if remote is not None:
-        return expect_list(_call(ctx, remote, "rules", {}), "the proxy rules")
+        return expect_list(call_app(ctx, APP, remote, "rules", {}), "the proxy rules")
     res = ctx.client().get(ctx.mesh_path("apps", "proxy", "rules"))
     return expect_list(res, "the proxy rules")
 
@@ -321,11 +284,11 @@ def _config(ctx: Context) -> int:
     if not body:
         _show_config(ctx, _get_config(ctx))
         return 0
-    remote = _remote(ctx)
+    remote = remote_ep(ctx)
     if remote is None:
         res = ctx.client().post(ctx.mesh_path("apps", "proxy", "config"), body)
     else:
-        res = _call(ctx, remote, "config", body)
+        res = call_app(ctx, APP, remote, "config", body)
     _show_config(ctx, expect_obj(res, "proxy config"))
     return 0
 
@@ -344,7 +307,7 @@ def _show_config(ctx: Context, view: dict[str, Any]) -> None:
     rules = view.get("rules")
     counters = view.get("counters")
     pairs = [
-        ("endpoint", output.clean(_remote(ctx) or "this endpoint")),
+        ("endpoint", output.clean(remote_ep(ctx) or "this endpoint")),
         ("listen", shown),
         ("targets", _joined(targets) if targets else "- (not an exit; add targets with --add-target)"),
         ("exclusions", _joined(view.get("exclusions")) or output.MISSING),
@@ -361,7 +324,7 @@ def _joined(value: object) -> str:
 
 def _rules(ctx: Context) -> int:
     a = ctx.args
-    remote = _remote(ctx)
+    remote = remote_ep(ctx)
     if a.allow or a.deny:
         action, pair = ("allow", a.allow) if a.allow else ("deny", a.deny)
         try:
@@ -374,14 +337,14 @@ def _rules(ctx: Context) -> int:
         if remote is None:
             res: Any = ctx.client().post(ctx.mesh_path("apps", "proxy", "rules"), body)
         else:
-            res = _call(ctx, remote, "insert_rule", body)
+            res = call_app(ctx, APP, remote, "insert_rule", body)
     elif a.delete is not None:
         if a.at is not None:
             raise UsageError("ztm proxy rules: --at goes with --allow or --deny; run 'ztm help proxy rules'")
         if remote is None:
             res = ctx.client().delete(ctx.mesh_path("apps", "proxy", "rules", str(a.delete)))
         else:
-            res = _call(ctx, remote, "delete_rule", {"number": a.delete})
+            res = call_app(ctx, APP, remote, "delete_rule", {"number": a.delete})
     else:
         if a.at is not None:
             raise UsageError("ztm proxy rules: --at goes with --allow or --deny; run 'ztm help proxy rules'")

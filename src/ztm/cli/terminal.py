@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
-from collections.abc import Sequence
 from typing import Any
 
 from ztm.cli import output
+from ztm.cli.appcli import add_sub
 from ztm.cli.args import UsageError, ZtmArgumentParser, subcommands
 from ztm.cli.context import Context, expect_obj
 
@@ -97,26 +97,6 @@ def shell_type(text: str) -> str:
 shell_type.__name__ = "shell"
 
 
-def _sub(
-    sub: argparse._SubParsersAction[ZtmArgumentParser],
-    name: str,
-    synopsis: str,
-    summary: str,
-    description: str,
-    examples: Sequence[str],
-) -> ZtmArgumentParser:
-    parser = sub.add_parser(
-        name,
-        prog=f"ztm terminal {name}",
-        usage=f"ztm terminal {synopsis} [global options]",
-        help=summary,
-        description=description,
-        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
-    )
-    parser.topic = f"terminal {name}"
-    return parser
-
-
 def configure_terminal(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(
         dest="target",
@@ -125,9 +105,10 @@ def configure_terminal(p: argparse.ArgumentParser) -> None:
         prog="ztm terminal",
         parser_class=ZtmArgumentParser,
     )
-    opener = _sub(
+    opener = add_sub(
         sub,
         "open",
+        "ztm terminal",
         "open EP [--term TERM]",
         "interactive shell on an endpoint",
         "Open the configured shell of endpoint EP on a pseudo-terminal of this terminal's size, in raw mode: every\n"
@@ -139,9 +120,10 @@ def configure_terminal(p: argparse.ArgumentParser) -> None:
     opener.add_argument(
         "--term", metavar="TERM", type=term_type, default=None, help="TERM on the remote side (default: this $TERM)"
     )
-    execer = _sub(
+    execer = add_sub(
         sub,
         "exec",
+        "ztm terminal",
         "exec EP -- COMMAND [ARG ...]",
         "run a command on an endpoint, without a terminal",
         "Run COMMAND on endpoint EP through its shell ('SHELL -c'), without a terminal. One word is given to the\n"
@@ -157,9 +139,10 @@ def configure_terminal(p: argparse.ArgumentParser) -> None:
     )
     execer.add_argument("ep", metavar="EP", type=ep_type, help="endpoint name or id")
     execer.add_argument("words", metavar="COMMAND", nargs="*", help="the command and its arguments, after --")
-    config = _sub(
+    config = add_sub(
         sub,
         "config",
+        "ztm terminal",
         "config [--set-shell CMD] [--reset-shell] [--add-user USER ...] [--del-user USER ...]",
         "this endpoint's shell and the users allowed in besides its owner",
         "Show or change the terminal settings of this endpoint: the shell sessions start (default: the login shell\n"
@@ -180,9 +163,10 @@ def configure_terminal(p: argparse.ArgumentParser) -> None:
     config.add_argument(
         "--del-user", metavar="USER", type=user_type, nargs="+", action="extend", default=[], help="disallow users"
     )
-    helper = _sub(
+    helper = add_sub(
         sub,
         "help",
+        "ztm terminal",
         "help [open|exec|config]",
         "what the terminal app does, and its commands",
         "Explain the terminal app and list its commands, or show one command's options and examples.",

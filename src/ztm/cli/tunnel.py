@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from ztm.addr import Address
 from ztm.cli import output
 from ztm.cli import proxy as px
+from ztm.cli.appcli import add_sub, call_app, examples_epilog, help_topic, remote_ep
 from ztm.cli.args import (
     GLOBAL_VALUE_OPTIONS,
     Kind,
@@ -33,8 +34,6 @@ from ztm.cli.context import Context, UnexpectedAnswer, expect_list, expect_obj
 from ztm.errors import BadInput, NotFound
 
 APP = "tunnel"
-RELAY_EXTRA = 3.0
-"""Seconds a relayed call may take beyond --timeout: the hub's own answer when the endpoint does not reply."""
 
 _TUNNEL = re.compile(r"(tcp|udp)/[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _EP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -152,36 +151,6 @@ target_type = _addresses_type(None, "HOST:PORT such as 127.0.0.1:80")
 # ---- the parser tree ----
 
 
-def _sub(
-    sub: argparse._SubParsersAction[ZtmArgumentParser],
-    name: str,
-    prefix: str,
-    synopsis: str,
-    summary: str,
-    description: str,
-    examples: Sequence[str],
-) -> ZtmArgumentParser:
-    parser = sub.add_parser(
-        name,
-        prog=f"{prefix} {name}",
-        usage=f"{prefix} {synopsis} [global options]",
-        help=summary,
-        description=description,
-        epilog=_examples(examples),
-    )
-    parser.topic = _topic(f"{prefix} {name}")
-    return parser
-
-
-def _topic(prog: str) -> str:
-    """`ztm ep NAME tunnel open` -> `ep tunnel open`: what `ztm help` takes."""
-    return prog.removeprefix("ztm ").replace("ep NAME ", "ep ")
-
-
-def _examples(examples: Sequence[str]) -> str:
-    return "examples:\n" + "\n".join(f"  {e}" for e in examples)
-
-
 def _tunnel_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("tunnel", metavar="tcp/NAME", type=tunnel_type, help="tunnel name: tcp/NAME or udp/NAME")
 
@@ -196,7 +165,7 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         prog=prefix,
         parser_class=ZtmArgumentParser,
     )
-    opener = _sub(
+    opener = add_sub(
         sub,
         "open",
         prefix,
@@ -213,7 +182,7 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         prog=f"{prefix} open",
         parser_class=ZtmArgumentParser,
     )
-    inbound = _sub(
+    inbound = add_sub(
         sides,
         "inbound",
         f"{prefix} open",
@@ -248,7 +217,7 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         default=[],
         help="use only these exits, in this order (default: any exit, round-robin)",
     )
-    outbound = _sub(
+    outbound = add_sub(
         sides,
         "outbound",
         f"{prefix} open",
@@ -292,7 +261,7 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         help="accept only entrances of these users (default: any)",
     )
 
-    getter = _sub(
+    getter = add_sub(
         sub,
         "get",
         prefix,
@@ -307,7 +276,7 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
     )
     getter.add_argument("tunnel", metavar="tcp/NAME", type=tunnel_type, nargs="?", help="show only this tunnel")
 
-    describer = _sub(
+    describer = add_sub(
         sub,
         "describe",
         prefix,
@@ -320,7 +289,7 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
     describer.add_argument("kind", metavar="inbound|outbound", type=Kind(SIDE_KINDS), help="which side")
     _tunnel_arg(describer)
 
-    closer = _sub(
+    closer = add_sub(
         sub,
         "close",
         prefix,
@@ -333,7 +302,7 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
     closer.add_argument("kind", metavar="inbound|outbound", type=Kind(SIDE_KINDS), help="which side")
     _tunnel_arg(closer)
 
-    helper = _sub(
+    helper = add_sub(
         sub,
         "help",
         prefix,
@@ -367,7 +336,7 @@ def configure_ep(p: argparse.ArgumentParser) -> None:
         prog="ztm ep NAME tunnel",
         usage="ztm ep NAME tunnel open|get|describe|close|help ... [global options]",
         description=REMOTE_OVERVIEW,
-        epilog=_examples(EP_EXAMPLES),
+        epilog=examples_epilog(EP_EXAMPLES),
     )
     tree.topic = "ep tunnel"
     _tree(tree, "ztm ep NAME tunnel", "ztm ep office tunnel")
@@ -424,28 +393,13 @@ def _parse_ep(parser: ZtmArgumentParser, args: list[str], namespace: Any) -> tup
 # ---- the handler ----
 
 
-def _remote(ctx: Context) -> str | None:
-    name = getattr(ctx.args, "ep_name", None)
-    return name if isinstance(name, str) else None
-
-
-def _call(ctx: Context, ep: str, method: str, params: dict[str, Any]) -> Any:
-    path = ctx.mesh_path("endpoints", ep, "apps", "tunnel", "call")
-    try:
-        return ctx.client().post(path, {"method": method, "params": params}, timeout=ctx.timeout + RELAY_EXTRA)
-    except NotFound as exc:
-        if "no endpoint" in exc.message or "no mesh" in exc.message:
-            raise ctx.endpoint_not_found(ep) from None
-        raise
-
-
 def _help(ctx: Context) -> int:
     topic: list[str] = ctx.args.topic
     parser = _tunnel_parser(ctx)
     for word in topic:
         children = subcommands(parser)
         if word not in children:
-            where = _topic(parser.prog)
+            where = help_topic(parser.prog)
             raise UsageError(f"'{where}' has no subcommand '{output.clean(word)}'; run 'ztm help {where}'")
         parser = children[word]
     ctx.print(parser.format_help().rstrip("\n"))
@@ -454,7 +408,7 @@ def _help(ctx: Context) -> int:
 
 def _tunnel_parser(ctx: Context) -> argparse.ArgumentParser:
     commands = subcommands(ctx.parser)
-    if _remote(ctx) is not None:
+    if remote_ep(ctx) is not None:
         return help_children(commands["ep"])[APP]
     return commands["tunnel"]
 
@@ -491,13 +445,13 @@ def _open(ctx: Context) -> int:
         body["targets"] = [str(a) for a in _flat(ctx.args.targets)]
         body["entrances"] = _flat(ctx.args.entrances)
         body["users"] = _flat(ctx.args.users)
-    remote = _remote(ctx)
+    remote = remote_ep(ctx)
     if remote is None:
         inbound = side == "inbound"
         path = ctx.mesh_path("apps", "tunnel", "inbound") if inbound else ctx.mesh_path("apps", "tunnel", "outbound")
         res: Any = ctx.client().post(path, body)
     else:
-        res = _call(ctx, remote, f"open_{side}", body)
+        res = call_app(ctx, APP, remote, f"open_{side}", body)
     view = expect_obj(res, f"open {side}")
     if ctx.json:
         ctx.print_json(view)
@@ -521,8 +475,11 @@ def _any(value: object, default: str) -> str:
 
 
 def _local_list(ctx: Context) -> dict[str, Any]:
-    remote = _remote(ctx)
-    res = ctx.client().get(ctx.mesh_path("apps", "tunnel")) if remote is None else _call(ctx, remote, "list", {})
+    remote = remote_ep(ctx)
+    if remote is None:
+        res = ctx.client().get(ctx.mesh_path("apps", "tunnel"))
+    else:
+        res = call_app(ctx, APP, remote, "list", {})
     found = expect_obj(res, "the tunnel list")
     for side in ("inbound", "outbound"):
         expect_list(found.get(side), f"the tunnel list ({side})")
@@ -543,7 +500,7 @@ def _get(ctx: Context) -> int:
     items = _local_list(ctx)[kind]
     if only:
         items = [i for i in items if i.get("tunnel") == only]
-    where = output.clean(_remote(ctx) or "this endpoint")
+    where = output.clean(remote_ep(ctx) or "this endpoint")
     if kind == "inbound":
         headers: tuple[str, ...] = ("TUNNEL", "LISTEN", "EXITS", "STATE")
         rows = [
@@ -626,7 +583,7 @@ FIELDS = (
 def _describe(ctx: Context) -> int:
     kind: str = ctx.args.kind
     name: str = ctx.args.tunnel
-    remote = _remote(ctx)
+    remote = remote_ep(ctx)
     if remote is None:
         proto, _, short = name.partition("/")
         view = ctx.get_obj(ctx.mesh_path("apps", "tunnel", kind, proto, short))
@@ -658,12 +615,12 @@ def _value(key: str, value: object) -> str:
 def _close(ctx: Context) -> int:
     kind: str = ctx.args.kind
     name: str = ctx.args.tunnel
-    remote = _remote(ctx)
+    remote = remote_ep(ctx)
     if remote is None:
         proto, _, short = name.partition("/")
         ctx.client().delete(ctx.mesh_path("apps", "tunnel", kind, proto, short))
     else:
-        res = _call(ctx, remote, "close", {"kind": kind, "tunnel": name})
+        res = call_app(ctx, APP, remote, "close", {"kind": kind, "tunnel": name})
         if not isinstance(res, dict):
             raise UnexpectedAnswer("unexpected answer to close: expected a JSON object; see 'ztm version'")
     where = f" on {output.clean(remote)}" if remote else ""
