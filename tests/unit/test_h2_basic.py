@@ -386,6 +386,29 @@ def test_keepalive_closes_a_connection_whose_peer_does_not_answer(loop: str) -> 
     run(main(), loop)
 
 
+@pytest.mark.parametrize("receiving", [True, False], ids=["bytes-arriving", "silent"])
+def test_keepalive_keeps_a_connection_that_is_receiving_while_ping_answers_are_late(receiving: bool) -> None:
+    async def trickle(stream: Stream, conn: Connection) -> None:
+        await stream.respond(200)
+        while receiving:
+            await stream.write(b"x" * 100)
+            await asyncio.sleep(0.02)  # the server's pace: a slow download
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        async with h2_server(trickle) as srv, h2_client(srv.port, keepalive=0.05, keepalive_timeout=0.2) as conn:
+            stream = await conn.open_stream("GET", "/slow-download")
+            await stream.response()
+            # The server stops answering PINGs, as if each answer waited behind data on a slow link.
+            srv.connections[0]._codec._on_ping = lambda flags, sid, payload: None
+            deadline = time.monotonic() + 1.5  # several keepalive rounds, each one unanswered
+            while time.monotonic() < deadline and not conn.closed:
+                await asyncio.sleep(0.05)
+            assert conn.closed is not receiving, conn.close_reason
+
+    run(main())
+
+
 def test_request_timeout() -> None:
     async def handler(stream: Stream, conn: Connection) -> None:
         await asyncio.sleep(10)

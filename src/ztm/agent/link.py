@@ -21,7 +21,7 @@ from ztm import errors, h2
 from ztm.addr import Address
 from ztm.agent.tls import check_hub
 from ztm.aio import Backoff, spawn
-from ztm.errors import Unavailable, ZtmError
+from ztm.errors import Timeout, Unavailable, ZtmError
 
 log = logging.getLogger("ztm.agent")
 
@@ -60,6 +60,8 @@ async def request(conn: h2.Connection, method: str, path: str, body: Any = None,
     headers = [("content-type", "application/json")] if data is not None else []
     try:
         status, _headers, raw = await conn.request(method, path, body=data, headers=headers, timeout=timeout)
+    except h2.NoAnswer as exc:
+        raise Timeout(f"hub call {path} failed: {exc}") from None
     except h2.H2Error as exc:
         raise Unavailable(f"hub call {path} failed: {exc}") from None
     try:
@@ -274,9 +276,17 @@ class HubLink:
     async def _beat(self, conn: h2.Connection) -> None:
         while not conn.closed:
             await asyncio.sleep(self.heartbeat)
+            received = conn.bytes_received
             try:
                 await request(conn, "POST", "/api/heartbeat", {}, timeout=max(2.0, 2 * self.heartbeat))
                 self.last_heartbeat = time.time()
+            except Timeout:
+                if conn.closed or conn.bytes_received == received:
+                    log.warning("mesh %s: no heartbeat answer and nothing else from the hub; reconnecting", self.label)
+                    conn.close()
+                    return
+                # The hub is sending: its answer waits behind tunnel data on a slow link. Not a dead connection.
+                log.info("mesh %s: heartbeat answer late (the link is busy); keeping the connection", self.label)
             except ZtmError as exc:
                 log.warning("mesh %s: heartbeat failed (%s); reconnecting", self.label, exc.message)
                 conn.close()

@@ -12,7 +12,7 @@ See `ztm.h2.codec` for what it enforces and `ztm.h2.connection` for the copy-fre
 
 from ztm.h2.client import connect
 from ztm.h2.connection import Connection
-from ztm.h2.errors import ConnectionClosed, H2Error, StreamReset, error_name
+from ztm.h2.errors import ConnectionClosed, H2Error, NoAnswer, StreamReset, error_name
 from ztm.h2.server import Handler, serve
 from ztm.h2.settings import H2Settings
 from ztm.h2.stream import Stream
@@ -23,6 +23,7 @@ __all__ = [
     "H2Error",
     "H2Settings",
     "Handler",
+    "NoAnswer",
     "Stream",
     "StreamReset",
     "connect",

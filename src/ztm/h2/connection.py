@@ -35,7 +35,7 @@ from typing import Any, cast
 
 from ztm.h2 import events as ev
 from ztm.h2.codec import CodecError, H2Codec, NoStreamIdsError, TooManyStreamsError
-from ztm.h2.errors import ConnectionClosed, H2Error, StreamReset, error_name, tls_error_message
+from ztm.h2.errors import ConnectionClosed, H2Error, NoAnswer, StreamReset, error_name, tls_error_message
 from ztm.h2.settings import H2Settings
 from ztm.h2.stream import Stream
 
@@ -188,7 +188,7 @@ class Connection(asyncio.BufferedProtocol):
                 data = await stream.read_all(limit)
                 return status, response_headers, data
         except TimeoutError:
-            raise H2Error(f"no answer within {timeout:g}s to {method} {path} from {self._label}") from None
+            raise NoAnswer(f"no answer within {timeout:g}s to {method} {path} from {self._label}") from None
         finally:
             if stream is not None:
                 stream.reset()
@@ -210,7 +210,7 @@ class Connection(asyncio.BufferedProtocol):
             async with asyncio.timeout(timeout):
                 end = await fut
         except TimeoutError:
-            raise H2Error(f"no PING answer from {self._label} within {timeout:g}s") from None
+            raise NoAnswer(f"no PING answer from {self._label} within {timeout:g}s") from None
         finally:
             self._pings.pop(data, None)
         return end - start
@@ -363,11 +363,16 @@ class Connection(asyncio.BufferedProtocol):
             await asyncio.sleep(interval)
             if self.closed:
                 return
+            received = self.bytes_received
             try:
                 await self.ping(timeout)
             except ConnectionClosed:
                 return
-            except H2Error:
+            except NoAnswer:
+                if self.bytes_received != received:
+                    # Bytes kept arriving: the peer is alive and its answer waits behind data on a slow link.
+                    log.debug("PING answer from %s late, but the connection is receiving; keeping it", self._label)
+                    continue
                 log.info("no PING answer from %s within %gs; closing the connection", self._label, timeout)
                 self._close(f"no PING answer within {timeout:g}s (keepalive)", abort=True)
                 return

@@ -58,6 +58,10 @@ class ConnectionClosed(H2Error):
     """The HTTP/2 connection is gone (closed by either side, lost, or never established)."""
 
 
+class NoAnswer(H2Error):
+    """A request or PING got no answer in time; the connection itself may still be alive (see `bytes_received`)."""
+
+
 _TLS_HINTS = {
     "CERTIFICATE_VERIFY_FAILED": "we do not trust its certificate",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": "it requires a client certificate and got none",

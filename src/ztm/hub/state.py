@@ -57,6 +57,11 @@ class Session:
     cert_not_after: float
     since: float = field(default_factory=time.time)
     last_heartbeat: float = field(default_factory=time.time)
+    received: Callable[[], int] = lambda: 0
+    """Bytes received so far on the session's connection: traffic proves the endpoint alive when its heartbeats
+    wait behind tunnel data on a slow link."""
+    last_traffic: float = field(default_factory=time.time)
+    received_at_sweep: int = 0
     queue: asyncio.Queue[tuple[str, bytes] | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE_LIMIT)
     )
@@ -194,7 +199,9 @@ class HubState:
         return pki.cert_to_pem(cert)
 
     # sessions
-    def open_session(self, peer: Peer, close_connection: Callable[[], None]) -> Session:
+    def open_session(
+        self, peer: Peer, close_connection: Callable[[], None], received: Callable[[], int] = lambda: 0
+    ) -> Session:
         ep = self.require_ep(peer)
         old = self.sessions.get(ep.id)
         if old is None and len(self.sessions) >= self.max_agents:
@@ -203,6 +210,7 @@ class HubState:
             ep_id=ep.id,
             user=ep.user,
             close_connection=close_connection,
+            received=received,
             address=peer.address,
             cert_not_after=peer.not_after,
         )
@@ -248,7 +256,11 @@ class HubState:
         """Close sessions whose heartbeats stopped or whose certificate expired; flush last-seen times."""
         now = time.time()
         for session in list(self.sessions.values()):
-            if now - session.last_heartbeat > 3 * self.heartbeat or now > session.cert_not_after:
+            received = session.received()
+            if received != session.received_at_sweep:
+                session.received_at_sweep, session.last_traffic = received, now
+            alive = max(session.last_heartbeat, session.last_traffic)
+            if now - alive > 3 * self.heartbeat or now > session.cert_not_after:
                 log.info("endpoint %s missed its heartbeats or its certificate expired; closing", session.ep_id)
                 self.close_session(session)
                 session.close_connection()
