@@ -155,14 +155,6 @@ def impair(lab: Lab, *, loss: bool, delay: bool) -> tuple[str, Callable[[], obje
     return how, lambda: lab.exec("home-rtr", [nft, "delete", "table", "inet", "ztmloss"])
 
 
-HEARTBEAT_MISSED = "heartbeat failed (hub call /api/heartbeat failed: no answer within"
-HEARTBEAT_STARVED = (
-    "the home agent's heartbeat, queued on its hub connection behind megabytes of tunnel data that a lossy, slow "
-    "link drains at a few hundred KB/s, got no answer within its 10 s timeout; the agent dropped the hub connection "
-    "and every stream on it, this transfer included (ztm.agent.link._beat)"
-)
-
-
 def dropped(lab: Lab) -> int:
     """Packets the nftables loss rule dropped (0 when netem does the loss)."""
     nft = netlab._nft()
@@ -176,7 +168,9 @@ def dropped(lab: Lab) -> int:
 )
 def test_loss_and_delay(mesh: LabMesh, figures: Record, loss: bool, delay: bool) -> None:
     lab = mesh.lab
-    data = os.urandom(4 << 20)
+    # Both impairments together: 8 MiB, so that the transfer outlasts the agent's 10 s heartbeat timeout.
+    mib = 8 if loss and delay else 4
+    data = os.urandom(mib << 20)
     start = time.monotonic()
     assert roundtrip(ENTRANCE_PORT, data, netns=lab.ns("home"), timeout=30) == data
     clean = time.monotonic() - start
@@ -192,26 +186,19 @@ def test_loss_and_delay(mesh: LabMesh, figures: Record, loss: bool, delay: bool)
                 "ms")  # fmt: skip
     drops = dropped(lab)
     start = time.monotonic()
-    try:
-        got = roundtrip(ENTRANCE_PORT, data, netns=lab.ns("home"), timeout=120)
-    except ConnectionResetError:
-        got = b""
+    # Under 5% loss and 200 ms RTT 8 MiB take longer than the agent's heartbeat timeout (10 s): the heartbeat's
+    # answer waits behind tunnel data, and the connection must be kept because bytes keep arriving.
+    got = roundtrip(ENTRANCE_PORT, data, netns=lab.ns("home"), timeout=120)
     impaired = time.monotonic() - start
     drops = dropped(lab) - drops
-    if got != data and HEARTBEAT_MISSED in mesh.home.proc.output():
-        # Known, in the agent: see HEARTBEAT_STARVED. The mesh must still heal once the link is good again.
-        figures(f"{_label(loss, delay)}: 4 MiB round trip cut by the home agent's reconnect after", impaired, "s")
-        restore()
-        time_until(mesh.healed, 60, "the mesh to heal after the impairment ended")
-        pytest.xfail(HEARTBEAT_STARVED)
-    assert got == data, f"4 MiB round trip under {how}: {len(got)} bytes back, not byte-exact"
+    assert got == data, f"{mib} MiB round trip under {how}: {len(got)} bytes back, not byte-exact"
     # The control plane keeps working: a ping through the hub, both ends online, a CLI call.
     mesh.home.cli("ping", "ep", "workplace", "--count", "3", timeout=60)
     assert {"home", "workplace"} <= mesh.online(mesh.work)
     if loss and "nftables" in how:
         assert dropped(lab) > 0, "the loss rule dropped nothing: the fault was not applied"
     extra = f", {drops} packets dropped by the nft rule during it" if "nftables" in how else ""
-    figures(f"{_label(loss, delay)}: 4 MiB tunnel round trip (clean {clean:.2f} s{extra})", impaired, "s")
+    figures(f"{_label(loss, delay)}: {mib} MiB tunnel round trip (clean {clean:.2f} s{extra})", impaired, "s")
 
     # The impairment ends: the mesh is at full speed again without anyone acting.
     stats = restore()
