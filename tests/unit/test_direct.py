@@ -19,10 +19,11 @@ import pytest
 import uvloop
 from cryptography import x509
 
-from ztm import pki
+from ztm import aio, pki
 from ztm.addr import Address
 from ztm.agent.apps import Caller
-from ztm.agent.direct import DirectChannel, DirectServer, DirectUnreachable, MeshDirect
+from ztm.agent.direct import POOL_MAX, DirectChannel, DirectServer, DirectUnreachable, MeshDirect
+from ztm.agent.direct_pipe import splice_direct
 from ztm.errors import Forbidden
 
 NOW = dt.datetime.now(dt.UTC)
@@ -179,3 +180,125 @@ def test_a_crl_the_mesh_ca_did_not_sign_is_rejected(tmp_path: Path) -> None:
         session.direct.apply_crl(other.crl(), 1)
     assert session.direct.server_context() is None  # still no CRL: no direct channels at all
     x509.load_pem_x509_crl(mesh.crl().encode())
+
+
+class SpliceApp:
+    """The exit's side as the tunnel app has it: accept, connect to the target, splice, recycle after a clean end."""
+
+    name = "echo"
+    running = True
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.target)
+        channel.accept()
+        try:
+            await splice_direct(reader, writer, channel.transport, channel.rest, _count, channel.recycle)
+        finally:
+            channel.done()
+
+
+def _count(sent: int, received: int) -> None:
+    pass
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(await reader.read())  # everything up to the client's EOF, then close
+    writer.close()
+
+
+def test_recycled_channels_leave_nothing_behind(tmp_path: Path) -> None:
+    """Hundreds of tunnelled connections, one by one and in bursts wider than the pool, over reused TLS channels:
+    afterwards both agents' tables (live channels, per-peer counts, pool, channels waiting for a greeting, tasks)
+    are back to their size before, up to the pool itself (bench/RESULTS.md, "Direct path": RSS per round)."""
+
+    async def main() -> None:
+        mesh = Ca(pki.new_mesh_id())
+        exit_, alice = endpoint(tmp_path, "exit", mesh), endpoint(tmp_path, "alice", mesh)
+        for s in (exit_, alice):
+            await s.direct.refresh_crl()
+        exit_.peers[alice.record.ep_id] = {"name": "alice-laptop", "user": "alice"}
+        echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        exit_.apps["echo"] = SpliceApp(echo.sockets[0].getsockname()[1])
+        handshakes = 0
+        server = DirectServer(lambda: [exit_])
+        make_protocol = server._protocol
+
+        def counted() -> Any:
+            nonlocal handshakes
+            handshakes += 1
+            return make_protocol()
+
+        server._protocol = counted  # type: ignore[method-assign]
+        await server.start(Address("127.0.0.1", 0))
+        assert server.server is not None
+        address = f"127.0.0.1:{server.server.sockets[0].getsockname()[1]}"
+
+        async def entrance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            channel = await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")
+            try:
+                await splice_direct(reader, writer, channel.transport, channel.rest, _count, channel.recycle)
+            finally:
+                channel.done()
+
+        inbound = await asyncio.start_server(entrance, "127.0.0.1", 0)
+        port = inbound.sockets[0].getsockname()[1]
+
+        async def one(i: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"ping %d" % i)
+            writer.write_eof()
+            assert await asyncio.wait_for(reader.read(), 5) == b"ping %d" % i
+            writer.close()
+            await writer.wait_closed()
+
+        def tables() -> dict[str, int]:
+            return {
+                "live": len(alice.direct.live) + len(exit_.direct.live),
+                "busy": sum(alice.direct.per_peer.values()) + sum(exit_.direct.per_peer.values()),
+                "pooled": sum(len(p) for p in alice.direct._pool.values()),
+                "waiting": len(exit_.direct._waiting),
+                "tasks": len(aio._TASKS),
+            }
+
+        async def settled() -> dict[str, int]:
+            """The tables once the last ends travelled (the exit's recycled channels wait for a greeting)."""
+            for _ in range(200):
+                now = tables()
+                if now["live"] == 0 and now["waiting"] == now["pooled"]:
+                    return now
+                await asyncio.sleep(0.01)
+            return tables()
+
+        try:
+            await one(0)
+            before = await settled()
+            for i in range(200):
+                await one(i)
+            for burst in range(5):  # more at once than the pool keeps: the surplus is closed, not kept
+                await asyncio.gather(*(one(100 * burst + i) for i in range(3 * POOL_MAX)))
+            after = await settled()
+            assert after["live"] == after["busy"] == 0
+            assert before["pooled"] <= after["pooled"] <= POOL_MAX
+            assert after["waiting"] == after["pooled"]  # each pooled channel's other end, and nothing else
+            assert after["tasks"] <= before["tasks"] + POOL_MAX  # one "direct-serve" per waiting channel at most
+            assert exit_.direct.counters["accepted"] == 1 + 200 + 5 * 3 * POOL_MAX
+            assert handshakes <= 1 + 5 * 3 * POOL_MAX  # one-by-one connections reused channels
+
+            alice.direct.close()  # the pool closes: the exit's waiting channels end too
+            for _ in range(200):
+                if not exit_.direct._waiting:
+                    break
+                await asyncio.sleep(0.01)
+            idle = {"live": 0, "busy": 0, "pooled": 0, "waiting": 0}
+            assert tables() == {**idle, "tasks": before["tasks"] - before["waiting"]}  # no serve task left either
+        finally:
+            for s in (exit_, alice):
+                s.direct.close()
+            server.close()
+            inbound.close()
+            echo.close()
+
+    run(main())

@@ -301,6 +301,7 @@ class MeshDirect:
                 ctx.load_cert_chain(str(d / "ep.crt"), str(d / "ep.key"))
                 ctx.load_verify_locations(cafile=str(self._crl_file))
                 ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+            server.num_tickets = 0  # see DirectServer.start
             self._contexts = (cert, server, client)
         return self._contexts[1], self._contexts[2]
 
@@ -553,6 +554,11 @@ class DirectServer:
         base.verify_mode = ssl.CERT_REQUIRED
         base.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
         base.sni_callback = self._sni
+        # No TLS 1.3 session tickets: nobody resumes (a channel is reused instead of re-handshaken), and the two
+        # tickets a server sends by default cost handshake CPU on both sides and ~2.5 KB of OpenSSL memory on each
+        # side for as long as the channel lives (bench/RESULTS.md, "Direct path"). A connection takes this from the
+        # context it started with, not from the mesh's context the SNI callback switches to: set it here.
+        base.num_tickets = 0
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             self._protocol, address.host, address.port, ssl=base, ssl_handshake_timeout=10.0
