@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ztm import h2, pki, validate
 from ztm.agent.apps import AppContext, MeshApp
-from ztm.apps import BUILTIN_APPS
+from ztm.apps import builtin_apps
 from ztm.apps import package as pkg
 from ztm.apps.appstore.app import NAME as STORE
 from ztm.apps.appstore.app import AppStoreApp, parse_service
@@ -55,7 +55,7 @@ class AppLibrary:
         self.refresh()
 
     def refresh(self) -> dict[str, AppInfo]:
-        self.catalog = discover(BUILTIN_APPS, self.apps_dir)
+        self.catalog = discover(builtin_apps(), self.apps_dir)
         return self.catalog
 
     def info(self, name: str) -> AppInfo:

@@ -1,4 +1,4 @@
-"""Finding and importing apps: the built-ins (`ztm.apps.BUILTIN_APPS`), Python packages that declare an entry point in
+"""Finding and importing apps: the built-ins (`ztm.apps.builtin_apps()`), Python packages that declare an entry point in
 the group `ztm.apps` (`name = "module:Class"`), and directories `DATA/apps/NAME/` holding a `ztm-app.json`.
 
 Discovery reads only metadata and manifests; an app's code is imported when it is started. A directory app is

@@ -1,9 +1,10 @@
 """The client end of `ztm terminal open` and `ztm terminal exec`: a WebSocket to the agent's session route, joined
 to this process's stdin, stdout and stderr (and, for `open`, to its terminal in raw mode).
 
-Imported only by those two commands (it pulls in asyncio and aiohttp). The local terminal's settings are restored on
-every way out (the session's end, an error, a signal). Stdin is read only as fast as the WebSocket takes it; output
-is written as it arrives (blocking on a full pipe, which holds back the remote side through the stream's windows).
+Imported only by those two commands (it pulls in asyncio; the WebSocket is `ztm.cli.wsclient`'s, not aiohttp's,
+which would cost every command 0.1 s of imports). The local terminal's settings are restored on every way out (the
+session's end, an error, a signal). Stdin is read only as fast as the WebSocket takes it; output is written as it
+arrives (blocking on a full pipe, which holds back the remote side through the stream's windows).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import signal
 import termios
 import tty
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ztm.apps.terminal.protocol import (
     DEFAULT_COLS,
@@ -37,11 +38,10 @@ from ztm.apps.terminal.protocol import (
     parse_ws_text,
     ws_text,
 )
+from ztm.cli import wsclient, wscodec
 from ztm.cli.context import Context
+from ztm.cli.wscodec import WsError
 from ztm.errors import Unavailable, ZtmError, from_json
-
-if TYPE_CHECKING:
-    import aiohttp
 
 READ_CHUNK = 64 * 1024
 _TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
@@ -100,15 +100,13 @@ def _run(ctx: Context, ep: str, opened: Open, *, raw: bool) -> int:
     # A JSON call first: a wrong token, mesh or address gets the usual one-line error before the WebSocket.
     ctx.get_obj(ctx.mesh_path("apps", "terminal"))
     path = ctx.mesh_path("apps", "terminal", "endpoints", ep, "session")
-    host = f"[{client.address.host}]" if ":" in client.address.host else client.address.host
-    url = f"http://{host}:{client.address.port}{path}"
-    result = asyncio.run(_session(url, client.token().value, opened, ctx.timeout, raw=raw))
+    result = asyncio.run(
+        _session(client.address.host, client.address.port, path, client.token().value, opened, ctx.timeout, raw=raw)
+    )
     return result.status()
 
 
-async def _session(url: str, token: str, opened: Open, timeout: float, *, raw: bool) -> Exit:
-    import aiohttp
-
+async def _session(host: str, port: int, path: str, token: str, opened: Open, timeout: float, *, raw: bool) -> Exit:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     stopped: list[int] = []
@@ -118,52 +116,51 @@ async def _session(url: str, token: str, opened: Open, timeout: float, *, raw: b
         if main is not None:
             main.cancel()
 
-    async with aiohttp.ClientSession() as http:
-        try:
-            async with asyncio.timeout(timeout):
-                ws = await http.ws_connect(
-                    url, headers={"Authorization": f"Bearer {token}"}, heartbeat=30.0, max_msg_size=MAX_PAYLOAD + 1
-                )
-        except TimeoutError:
-            raise Unavailable(f"the agent did not open the session within {timeout:g}s") from None
-        except aiohttp.WSServerHandshakeError as exc:
-            raise from_json(exc.status, None) from None
-        except aiohttp.ClientError as exc:
-            raise Unavailable(f"cannot open the session at the agent: {exc}") from None
-        handlers: list[int] = []
+    try:
+        async with asyncio.timeout(timeout):
+            ws = await wsclient.connect(host, port, path, {"Authorization": f"Bearer {token}"}, MAX_PAYLOAD + 1)
+    except TimeoutError:
+        raise Unavailable(f"the agent did not open the session within {timeout:g}s") from None
+    except wsclient.Refused as exc:
+        raise from_json(exc.status, exc.body) from None
+    except (OSError, WsError) as exc:
+        raise Unavailable(f"cannot open the session at the agent: {exc}") from None
+    handlers: list[int] = []
 
-        def on(signum: int, callback: Callable[[], None]) -> None:
-            loop.add_signal_handler(signum, callback)
-            handlers.append(signum)
+    def on(signum: int, callback: Callable[[], None]) -> None:
+        loop.add_signal_handler(signum, callback)
+        handlers.append(signum)
 
-        pump: asyncio.Task[None] | None = None
-        try:
-            await ws.send_str(ws_text(opened))
-            on(signal.SIGINT, lambda: _forward(ws, Signal("INT")))
-            on(signal.SIGTERM, lambda: stop(signal.SIGTERM))
-            on(signal.SIGHUP, lambda: stop(signal.SIGHUP))
-            if opened.mode == "shell":
-                on(signal.SIGWINCH, lambda: _forward(ws, Resize(*_size())))
-            pump = asyncio.ensure_future(_stdin_pump(ws, opened.mode, raw=raw))
-            return await _receive(ws)
-        except asyncio.CancelledError:
-            if stopped:
-                name = signal.Signals(stopped[0]).name
-                raise Interrupted(f"stopped by {name}; the remote session was hung up") from None
-            raise
-        finally:
-            for signum in handlers:
-                loop.remove_signal_handler(signum)
-            if pump is not None:
-                pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
-            await ws.close()
+    pump: asyncio.Task[None] | None = None
+    try:
+        await ws.send_str(ws_text(opened))
+        on(signal.SIGINT, lambda: _forward(ws, Signal("INT")))
+        on(signal.SIGTERM, lambda: stop(signal.SIGTERM))
+        on(signal.SIGHUP, lambda: stop(signal.SIGHUP))
+        if opened.mode == "shell":
+            on(signal.SIGWINCH, lambda: _forward(ws, Resize(*_size())))
+        pump = asyncio.ensure_future(_stdin_pump(ws, opened.mode, raw=raw))
+        return await _receive(ws)
+    except WsError as exc:
+        raise Unavailable(f"the agent broke the session's WebSocket protocol: {exc}") from None
+    except asyncio.CancelledError:
+        if stopped:
+            name = signal.Signals(stopped[0]).name
+            raise Interrupted(f"stopped by {name}; the remote session was hung up") from None
+        raise
+    finally:
+        for signum in handlers:
+            loop.remove_signal_handler(signum)
+        if pump is not None:
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+        await ws.close()
 
 
 _SENDS: set[asyncio.Task[Any]] = set()
 
 
-def _forward(ws: aiohttp.ClientWebSocketResponse, message: Signal | Resize) -> None:
+def _forward(ws: wsclient.WebSocket, message: Signal | Resize) -> None:
     if ws.closed:
         return
     task = asyncio.ensure_future(_send_quietly(ws, ws_text(message)))
@@ -171,20 +168,18 @@ def _forward(ws: aiohttp.ClientWebSocketResponse, message: Signal | Resize) -> N
     task.add_done_callback(_SENDS.discard)
 
 
-async def _send_quietly(ws: aiohttp.ClientWebSocketResponse, text: str) -> None:
+async def _send_quietly(ws: wsclient.WebSocket, text: str) -> None:
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_str(text)
 
 
-async def _receive(ws: aiohttp.ClientWebSocketResponse) -> Exit:
-    import aiohttp
-
+async def _receive(ws: wsclient.WebSocket) -> Exit:
     async for msg in ws:
-        if msg.type == aiohttp.WSMsgType.BINARY:
+        if msg.opcode == wscodec.BINARY:
             data = parse_ws_output(msg.data)
             _write(2 if data.channel == STDERR else 1, data.data)
-        elif msg.type == aiohttp.WSMsgType.TEXT:
-            message = parse_ws_text(msg.data)
+        elif msg.opcode == wscodec.TEXT:
+            message = parse_ws_text(msg.data.decode("utf-8", "replace"))
             if isinstance(message, Exit):
                 return message
             if isinstance(message, Error):
@@ -235,7 +230,7 @@ def _read0() -> bytes:
         return b""
 
 
-async def _stdin_pump(ws: aiohttp.ClientWebSocketResponse, mode: str, *, raw: bool) -> None:
+async def _stdin_pump(ws: wsclient.WebSocket, mode: str, *, raw: bool) -> None:
     stdin = _Stdin()
     with contextlib.suppress(ConnectionError, RuntimeError):
         while data := await stdin.read():
