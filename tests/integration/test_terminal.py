@@ -163,6 +163,8 @@ def test_bad_command_lines_fail_at_once(world: World) -> None:
         assert wanted in one_line_error(cp), (args, cp.stderr)
     cp = home.cli("terminal", "exec", "no-such-ep", "--", "true", check=False)
     assert cp.returncode == 1 and "no-such-ep" in one_line_error(cp), cp
+    cp = home.cli("terminal", "exec", "home", "--", "true", check=False)
+    assert cp.returncode == 1 and "home is this endpoint" in one_line_error(cp), cp
 
 
 # ---------------------------------------------------------------------------------------------------- who may

@@ -153,6 +153,9 @@ class TerminalApp(MeshApp):
     # opener side
     async def open_session(self, ep: str, opened: Open) -> h2.Stream:
         """A stream to the terminal app on endpoint `ep` with the session opened; ZtmError if it is refused."""
+        record = self.ctx.session.record
+        if ep in (record.ep_id, record.ep_name):
+            raise BadInput(f"{ep} is this endpoint: a terminal session goes to another one; use a local shell here")
         stream = await self.ctx.open_stream(ep, opened.mode)
         try:
             await stream.write(encode(opened))
