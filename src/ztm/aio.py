@@ -79,3 +79,22 @@ def tune_malloc(threshold: int = 32 << 20) -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, threshold)) and bool(mallopt(M_TRIM_THRESHOLD, threshold))
+
+
+def raise_open_files(want: int = 1 << 20) -> int:
+    """Raise the soft open-files limit towards the hard one (at most `want`); returns the soft limit now in force.
+
+    Every relayed client connection, exit-side target connection and agent session holds a socket, and a process
+    started from a login shell usually gets a soft limit of 1,024 under a much higher hard one.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(hard, max(want, soft))
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft

@@ -34,6 +34,10 @@ def run_agent(cfg: AgentConfig) -> int:
         raise BadInput("--direct-announce needs --direct (the address to listen on), e.g. --direct 0.0.0.0:7771")
     aio.install_uvloop()
     aio.tune_malloc()
+    limit = aio.raise_open_files()
+    if limit < 4096:
+        log.warning("the open-files limit is %d: tunnels and proxies will refuse connections past about %d; "
+                    "raise it (ulimit -n, or LimitNOFILE= in the unit)", limit, limit // 2 - 64)  # fmt: skip
     return asyncio.run(_main(cfg))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import resource
 import signal
 
 from ztm import aio, h2, logs, pki
@@ -125,14 +124,7 @@ async def _sweep(state: HubState, authority: Authority) -> None:
 
 def _raise_file_limit(max_agents: int) -> None:
     """Each agent holds one socket: raise the soft open-files limit to the hard one, and say if it is still short."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, max_agents + 1024)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):
-            pass
+    soft = aio.raise_open_files(max(1 << 20, max_agents + 1024))
     if soft < max_agents + 64:
         log.warning(
             "the open-files limit (%d) is below --max-agents %d: raise it (ulimit -n, or LimitNOFILE= in the unit) "
