@@ -839,3 +839,142 @@ def test_keyboard_interrupt_exits_130(
     monkeypatch.setattr(commands, "_get_ep", interrupted)
     res = run("get", "ep")
     assert res.code == 130 and res.err.strip() == "ztm: interrupted"
+
+
+# ------------------------------------------------------------ the built-in apps' own CLIs: ztm APP help, ztm APP ...
+
+BUILTIN_APPS = ("apps", "cloud", "files", "proxy", "terminal", "tunnel")
+FILE_ROW = {
+    "path": "/shared/alice/a.txt",
+    "size": 2048,
+    "time": _ago(7200),
+    "publisher": "alice",
+    "sources": ["alice"],
+    "local": True,
+}
+APP_VIEW = {"name": "chat", "state": "running", "mesh": "m1"}
+
+
+def app_routes() -> dict[tuple[str, str], Any]:
+    m = "/api/meshes/m1"
+    return {
+        ("GET", f"{m}/apps/files"): [FILE_ROW],
+        ("GET", f"{m}/apps/files/file"): {**FILE_ROW, "hash": "ab" * 32, "acl": {"readonly": [], "block": ["eve"]}},
+        ("POST", f"{m}/apps/files/acl"): {**FILE_ROW, "acl": {"readonly": ["bob"], "block": []}},
+        ("DELETE", f"{m}/apps/files/file"): (204, None),
+        ("DELETE", f"{m}/apps/files/content"): (204, None),
+        ("GET", f"{m}/app-packages"): [
+            {"name": "chat", "version": "1.0", "sha256": "cd" * 32, "sources": [{"name": "bob", "user": "bob"}]}
+        ],
+        ("POST", f"{m}/apps/chat/start"): APP_VIEW,
+        ("POST", f"{m}/apps/chat/stop"): {**APP_VIEW, "state": "stopped"},
+        ("POST", f"{m}/apps/chat/publish"): {"name": "chat", "version": "1.0", "size": 900, "sha256": "cd" * 32},
+        ("POST", f"{m}/apps/chat/download"): {"name": "chat", "version": "1.0", "from": "bob", "sha256": "cd" * 32},
+    }
+
+
+@pytest.mark.parametrize("app", BUILTIN_APPS)
+def test_every_builtin_app_has_help(agent: FakeAgent, run: Callable[..., Result], app: str) -> None:
+    """`ztm APP help`, as the README tells users to type for each app `ztm get app` lists."""
+    res = run(app, "help")
+    assert res.code == 0 and res.err == ""
+    assert res.out.startswith(f"usage: ztm {app} ") and "|help ... [global options]" in res.out.splitlines()[0]
+    assert "examples:\n  ztm " in res.out and "--agent HOST:PORT" in res.out
+    for argv in (("help", app), (app, "--help")):
+        assert run(*argv).out == res.out
+    assert agent.requests == [], "help needs no agent"
+
+
+@pytest.mark.parametrize(
+    ("app_form", "verb_form"),
+    [
+        (("files", "ls"), ("get", "file")),
+        (("files", "ls", "/shared/alice/"), ("get", "files", "/shared/alice/")),
+        (("files", "describe", "/shared/alice/a.txt"), ("describe", "file", "/shared/alice/a.txt")),
+        (("files", "acl", "/shared/alice/a.txt"), ("acl", "file", "/shared/alice/a.txt")),
+        (("files", "acl", "/users/alice/a.txt", "--readonly", "bob"), ("acl", "file", "/users/alice/a.txt",
+                                                                        "--readonly", "bob")),
+        (("files", "unpublish", "/shared/alice/a.txt"), ("unpublish", "file", "/shared/alice/a.txt")),
+        (("files", "erase", "/shared/alice/a.txt"), ("erase", "file", "/shared/alice/a.txt")),
+        (("apps", "ls"), ("get", "app")),
+        (("apps", "ls", "tunnel"), ("get", "app", "tunnel")),
+        (("apps", "ls", "--available"), ("get", "app", "--available")),
+        (("apps", "start", "chat"), ("start", "app", "chat")),
+        (("apps", "stop", "chat"), ("stop", "app", "chat")),
+        (("apps", "publish", "chat"), ("publish", "app", "chat")),
+        (("apps", "download", "chat", "--from", "bob"), ("download", "app", "chat", "--from", "bob")),
+    ],
+    ids=lambda v: " ".join(v),
+)  # fmt: skip
+def test_app_forms_are_the_verb_forms(
+    agent: FakeAgent, run: Callable[..., Result], app_form: tuple[str, ...], verb_form: tuple[str, ...]
+) -> None:
+    """`ztm files ls` is `ztm get file`, `ztm apps start chat` is `ztm start app chat`...: the same requests to the
+    agent, the same output, as a table and as JSON."""
+    agent.routes.update(app_routes())
+    for output in ("table", "json"):
+        seen = []
+        for argv in (verb_form, app_form):
+            before = len(agent.requests)
+            res = run(*argv, "-o", output)
+            assert res.code == 0, res.err
+            requests = [(r.method, r.path, r.query, r.body) for r in agent.requests[before:]]
+            seen.append((res.out, res.err, requests))
+        assert seen[0] == seen[1]
+        assert any(path.startswith("/api/meshes/m1/app") or path == "/api/apps" for _, path, _, _ in seen[1][2])
+
+
+def test_files_ls_hits_the_files_route(agent: FakeAgent, run: Callable[..., Result]) -> None:
+    agent.routes.update(app_routes())
+    lines = run("files", "ls", "/shared/").out.splitlines()
+    assert lines[0].split() == ["PATH", "SIZE", "MODIFIED", "PUBLISHER", "SOURCES", "LOCAL"]
+    assert lines[1].split()[0] == "/shared/alice/a.txt"
+    last = agent.last()
+    assert (last.method, last.path, last.query) == ("GET", "/api/meshes/m1/apps/files", {"prefix": ["/shared/"]})
+    assert json.loads(run("apps", "ls", "--available", "-o", "json").out)[0]["name"] == "chat"
+    assert agent.last().path == "/api/meshes/m1/app-packages"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("files", "frob"), "ztm files: argument ls|describe|publish|download|unpublish|erase|acl|help: invalid "
+                            "choice: 'frob'"),
+        (("apps", "frob"), "ztm apps: argument ls|start|stop|publish|download|help: invalid choice: 'frob'"),
+        (("cloud", "frob"), "ztm cloud: argument config|ls|upload|download|mirror|status|help: invalid choice"),
+        (("files",), "ztm files: the following arguments are required: ls|describe|publish|download|unpublish|"
+                     "erase|acl|help; run 'ztm help files' for usage"),
+        (("files", "help", "nope"), "'files' has no subcommand 'nope'; run 'ztm help files'"),
+        (("apps", "help", "nope"), "'apps' has no subcommand 'nope'; run 'ztm help apps'"),
+        (("cloud", "help", "nope"), "'cloud' has no subcommand 'nope'; run 'ztm help cloud'"),
+        (("help", "files", "nope"), "'files' has no subcommand 'nope'"),
+        (("files", "ls", "a", "b"), "ztm files ls: unrecognized arguments: b; run 'ztm help files ls' for usage"),
+        (("files", "describe"), "ztm files describe: the following arguments are required: PATH"),
+        (("files", "describe", "x"), "ztm files describe: argument PATH: invalid path 'x'"),
+        (("files", "publish", "/shared/a/x"), "the following arguments are required: -i/--input; run 'ztm help "
+                                              "files publish' for usage"),
+        (("files", "acl", "/shared/a/x", "--bogus"), "ztm files acl: unrecognized arguments: --bogus"),
+        (("apps", "start"), "ztm apps start: the following arguments are required: NAME"),
+        (("apps", "download", "chat", "--sha256", "x"), "ztm apps download: argument --sha256: expected 64 hex"),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, tuple) else "",
+)  # fmt: skip
+def test_app_cli_bad_command_lines(
+    agent: FakeAgent, run: Callable[..., Result], argv: tuple[str, ...], expected: str
+) -> None:
+    res = run(*argv)
+    assert res.code == 2 and res.out == ""
+    assert expected in one_line_error(res)
+    assert agent.requests == [], "a bad command line reached the agent"
+
+
+def test_builtin_app_names_win_over_installed_apps(agent: FakeAgent, run: Callable[..., Result]) -> None:
+    """A third-party app named like a built-in never gets `ztm files ...`; other installed apps still get theirs."""
+    agent.routes[("GET", "/api/meshes/m1/apps")] = [{"name": "files"}, {"name": "chat"}]
+    agent.routes[("POST", "/api/meshes/m1/apps/files/cli")] = {"output": "impostor"}
+    agent.routes[("POST", "/api/meshes/m1/apps/chat/cli")] = lambda r: {"output": f"chat got {r.body['argv']}"}
+    res = run("files", "help")
+    assert res.code == 0 and res.out.startswith("usage: ztm files ") and agent.requests == []
+    res = run("chat", "help")
+    assert res.code == 0 and res.out == "chat got ['help']\n"
+    assert agent.last().path == "/api/meshes/m1/apps/chat/cli"

@@ -184,6 +184,41 @@ def test_completion_spec_covers_commands() -> None:
     assert spec.commands["help"].words == sorted(c.name for c in COMMANDS)
 
 
+def test_completion_covers_the_app_clis() -> None:
+    spec = build_spec(build_parser(COMMANDS))
+    files = spec.commands["files"]
+    assert files.words == ["ls", "describe", "publish", "download", "unpublish", "erase", "acl", "help"]
+    assert spec.commands["apps"].words == ["ls", "start", "stop", "publish", "download", "help"]
+    assert spec.commands["cloud"].words[-1] == "help"
+    assert "--available" in spec.commands["apps"].children["ls"].options
+    assert "--input" in files.children["publish"].options
+    script = bash_script(build_parser(COMMANDS))
+    assert _bash_complete(script, "ztm fil") == ["files"]
+    assert _bash_complete(script, "ztm apps ") == ["ls", "start", "stop", "publish", "download", "help"]
+    assert _bash_complete(script, "ztm help a") == ["acl", "apps"]
+
+
+@pytest.mark.parametrize(
+    ("app_form", "verb_form"),
+    [
+        (["files", "publish", "/shared/a/x", "-i", "x.txt", "--readonly", "bob,carol", "--block", "eve"],
+         ["publish", "file", "/shared/a/x", "-i", "x.txt", "--readonly", "bob,carol", "--block", "eve"]),
+        (["files", "download", "/shared/a/x", "-o", "-", "--rate", "2M", "--output", "json"],
+         ["download", "file", "/shared/a/x", "-o", "-", "--rate", "2M", "--output", "json"]),
+    ],
+    ids=lambda v: " ".join(v[:2]),
+)  # fmt: skip
+def test_files_transfers_parse_as_the_verb_forms(home: Path, app_form: list[str], verb_form: list[str]) -> None:
+    """The content transfers (raw bytes, which the JSON fake agent of test_cli does not serve): the app form runs
+    the verb form's handler with the same arguments."""
+    parser = build_parser(COMMANDS)
+    app, verb = parser.parse_args(app_form), parser.parse_args(verb_form)
+    assert app.app_handler is verb.kind_handler
+    keys = set(vars(verb)) - {"command", "kind", "kind_handler", "handler"}
+    assert keys <= set(vars(app))
+    assert {k: getattr(app, k) for k in keys} == {k: getattr(verb, k) for k in keys}
+
+
 def test_completion_bash_is_valid(run: Callable[..., Result], tmp_path: Path) -> None:
     res = run("completion", "bash")
     assert res.code == 0 and "complete -F _ztm ztm" in res.out
@@ -425,7 +460,8 @@ def test_cli_startup_imports_nothing_heavy(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         "from ztm.cli.main import main\n"
-        "for argv in (['help'], ['get', '--help'], ['help', 'run', 'hub'], ['completion', 'bash'], ['version']):\n"
+        "for argv in (['help'], ['get', '--help'], ['help', 'run', 'hub'], ['completion', 'bash'], ['version'],\n"
+        "             ['files', 'help'], ['apps', 'help'], ['cloud', 'help']):\n"
         "    main(argv)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('asyncio', 'aiohttp', 'cryptography', 'h2', "
         "'uvloop') or m in ('ztm.hub', 'ztm.agent'))\n"

@@ -1,5 +1,6 @@
-"""What the CLI modules of the apps (`tunnel`, `proxy`, `terminal`) share: their sub-command parsers' shape and the
-relayed call that configures an app on another endpoint (`ztm ep NAME APP ...`)."""
+"""What the CLI modules of the apps (`tunnel`, `proxy`, `terminal`, `cloud`, `files`, `apps`) share: their
+sub-command parsers' shape, their `help` command, and the relayed call that configures an app on another endpoint
+(`ztm ep NAME APP ...`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from ztm.cli.args import ZtmArgumentParser
+from ztm.cli import output
+from ztm.cli.args import UsageError, ZtmArgumentParser, subcommands
 from ztm.cli.context import Context
 from ztm.errors import NotFound
 
@@ -44,6 +46,37 @@ def add_sub(
     )
     parser.topic = help_topic(f"{prefix} {name}")
     return parser
+
+
+def add_help(
+    sub: argparse._SubParsersAction[ZtmArgumentParser], prefix: str, summary: str, what: str
+) -> ZtmArgumentParser:
+    """The `help [COMMAND ...]` sub-command of the app CLI `prefix` (`ztm cloud`); `what` completes "Explain ...".
+    Its handler is `show_help`."""
+    helper = add_sub(
+        sub,
+        "help",
+        prefix,
+        "help [COMMAND ...]",
+        summary,
+        f"Explain {what} and list the commands, or show one command's options and examples.",
+        (f"{prefix} help", f"{prefix} help {next(iter(sub.choices))}"),
+    )
+    helper.add_argument("topic", nargs="*", metavar="COMMAND", help="command (and subcommand) to explain")
+    return helper
+
+
+def show_help(ctx: Context, app: str) -> int:
+    """`ztm APP help [COMMAND ...]`: the help of the app's parser, or of one of its commands."""
+    parser = subcommands(ctx.parser)[app]
+    for word in ctx.args.topic:
+        children = subcommands(parser)
+        if word not in children:
+            where = help_topic(parser.prog)
+            raise UsageError(f"'{where}' has no subcommand '{output.clean(word)}'; run 'ztm help {where}'")
+        parser = children[word]
+    ctx.print(parser.format_help().rstrip("\n"))
+    return 0
 
 
 def remote_ep(ctx: Context) -> str | None:

@@ -1,5 +1,6 @@
-"""`ztm start|stop app NAME`, `ztm publish|download app NAME`, `ztm get app --available`, and `ztm APP ARGS...` for
-an installed third-party app (its `MeshApp.cli` hook, reached through the agent's local API)."""
+"""`ztm start|stop app NAME`, `ztm publish|download app NAME`, `ztm get app --available` (also spelled
+`ztm apps ...`, see `ztm.cli.verbs`), and `ztm APP ARGS...` for an installed third-party app (its `MeshApp.cli`
+hook, reached through the agent's local API; a built-in command of the same name wins)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,12 @@ def add_start_target(p: argparse.ArgumentParser) -> None:
                 "across agent restarts until 'ztm stop app NAME'.",
                 epilog="examples:\n  ztm start app chat\n  ztm start app tunnel --mesh office",
             )
-            app.add_argument("name", metavar="NAME", help="app to start (see 'ztm get app')")
+            configure_name(app)
+
+
+def configure_name(p: argparse.ArgumentParser) -> None:
+    """NAME of `ztm start|stop app NAME` and `ztm apps start|stop NAME`."""
+    p.add_argument("name", metavar="NAME", help="an installed app (see 'ztm get app')")
 
 
 def cmd_start_app(ctx: Context) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ztm.cli import output
+from ztm.cli.appcli import add_help, add_sub, show_help
 from ztm.cli.args import ZtmArgumentParser, seconds_type
 from ztm.cli.client import one_line
 from ztm.cli.context import Context, UnexpectedAnswer, expect_list, expect_obj
@@ -30,6 +31,7 @@ commands:
   download PATH                                 fetch /users/YOU/PATH into local_dir/PATH
   mirror PATH --download on|off --upload on|off keep local_dir/PATH and the mesh in sync both ways or one way
   status                                        the configuration and each mirror's last scan
+  help [COMMAND]                                this text, or one command's options
 
 PATH is relative to the drive (docs/report.pdf). Mirrors upload new and changed local files and download new
 and changed mesh files; when both sides changed, the newer one wins; deletions are not mirrored."""
@@ -47,39 +49,112 @@ def on_off(text: str) -> bool:
 on_off.__name__ = "on|off"
 
 
+EXAMPLES = (
+    "ztm cloud config --local-dir ~/MeshDrive",
+    "ztm cloud upload docs/report.pdf",
+    "ztm cloud ls",
+    "ztm cloud download docs",
+    "ztm cloud mirror docs --download on --upload on",
+)
+
+
 def configure_cloud(p: argparse.ArgumentParser) -> None:
+    prefix = "ztm cloud"
     sub = p.add_subparsers(
         dest="action",
-        metavar="config|ls|upload|download|mirror|status",
+        metavar="config|ls|upload|download|mirror|status|help",
         required=True,
-        prog=p.prog,
+        prog=prefix,
         parser_class=ZtmArgumentParser,
     )
 
-    def add(name: str, synopsis: str, summary: str, handler: Callable[[Context], int]) -> argparse.ArgumentParser:
-        child = sub.add_parser(name, help=summary, usage=f"ztm cloud {synopsis} [global options]", description=summary)
+    def add(
+        name: str,
+        synopsis: str,
+        summary: str,
+        description: str,
+        examples: tuple[str, ...],
+        handler: Callable[[Context], int],
+    ) -> argparse.ArgumentParser:
+        child = add_sub(sub, name, prefix, synopsis, summary, description, examples)
         child.set_defaults(cloud_handler=handler)
         return child
 
-    cfg = add("config", "config [--local-dir DIR] [--interval SECONDS]", "set the local directory", cmd_config)
+    cfg = add(
+        "config",
+        "config [--local-dir DIR] [--interval SECONDS]",
+        "set the local directory",
+        "Set the local directory of the drive (created if missing) and how often mirrors scan it and the mesh;\n"
+        "without options, show the configuration as 'status' does.",
+        (f"{prefix} config --local-dir ~/MeshDrive", f"{prefix} config --interval 30"),
+        cmd_config,
+    )
     cfg.add_argument("--local-dir", metavar="DIR", help="local directory of the drive (created if missing)")
     cfg.add_argument("--interval", metavar="SECONDS", type=seconds_type, help="mirror scan interval (1 s to 1 h)")
-    ls = add("ls", "ls [PATH]", "list the drive's files", cmd_ls)
+    ls = add(
+        "ls",
+        "ls [PATH]",
+        "list the drive's files",
+        "List the drive's files (below PATH): size, modification time, and whether the local directory has them.",
+        (f"{prefix} ls", f"{prefix} ls docs -o json"),
+        cmd_ls,
+    )
     ls.add_argument("path", metavar="PATH", nargs="?", default="", help="a directory of the drive")
-    up = add("upload", "upload PATH", "publish local_dir/PATH to /users/YOU/PATH", cmd_upload)
+    up = add(
+        "upload",
+        "upload PATH",
+        "publish local_dir/PATH to /users/YOU/PATH",
+        "Publish local_dir/PATH as the private mesh file /users/YOU/PATH; a directory publishes every file in it.",
+        (f"{prefix} upload docs/report.pdf", f"{prefix} upload docs"),
+        cmd_upload,
+    )
     up.add_argument("path", metavar="PATH", help="file or directory, relative to the local directory")
-    down = add("download", "download PATH", "fetch /users/YOU/PATH into local_dir/PATH", cmd_download)
+    down = add(
+        "download",
+        "download PATH",
+        "fetch /users/YOU/PATH into local_dir/PATH",
+        "Fetch /users/YOU/PATH (a file, or every file below a directory) into local_dir/PATH, from every endpoint\n"
+        "that holds it.",
+        (f"{prefix} download docs/report.pdf", f"{prefix} download docs"),
+        cmd_download,
+    )
     down.add_argument("path", metavar="PATH", help="file or directory of the drive")
-    mirror = add("mirror", "mirror PATH --download on|off --upload on|off", "keep a directory in sync", cmd_mirror)
+    mirror = add(
+        "mirror",
+        "mirror PATH --download on|off --upload on|off",
+        "keep a directory in sync",
+        "Keep local_dir/PATH and /users/YOU/PATH in sync: --download on brings new and changed mesh files here,\n"
+        "--upload on publishes new and changed local files; when both sides changed, the newer one wins. Both off\n"
+        "stops mirroring PATH. Deletions are not mirrored.",
+        (
+            f"{prefix} mirror docs --download on --upload on",
+            f"{prefix} mirror / --download on",
+            f"{prefix} mirror docs",
+        ),
+        cmd_mirror,
+    )
     mirror.add_argument("path", metavar="PATH", help="directory of the drive ('/' for all of it)")
     mirror.add_argument("--download", metavar="on|off", type=on_off, default=False, help="bring mesh changes here")
     mirror.add_argument("--upload", metavar="on|off", type=on_off, default=False, help="publish local changes")
-    add("status", "status", "the configuration and the mirrors", cmd_status)
+    add(
+        "status",
+        "status",
+        "the configuration and the mirrors",
+        "Show the drive, its local directory, the scan interval, and each mirror with its last scan and error.",
+        (f"{prefix} status", f"{prefix} status -o json"),
+        cmd_status,
+    )
+    helper = add_help(sub, prefix, "what the cloud drive is, and the commands", "the cloud drive")
+    helper.set_defaults(cloud_handler=_help)
 
 
 def cmd_cloud(ctx: Context) -> int:
     handler: Callable[[Context], int] = ctx.args.cloud_handler
     return handler(ctx)
+
+
+def _help(ctx: Context) -> int:
+    return show_help(ctx, "cloud")
 
 
 def _print_cloud(ctx: Context, view: dict[str, Any]) -> None:

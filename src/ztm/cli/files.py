@@ -1,5 +1,6 @@
-"""`ztm publish|download|unpublish|erase file ...`, `ztm get file`, `ztm describe file` and `ztm acl file`: the
-files app through its local routes (`/api/meshes/MESH/apps/files/...`).
+"""`ztm publish|download|unpublish|erase file ...`, `ztm get file`, `ztm describe file` and `ztm acl file` (also
+spelled `ztm files ...`, see `ztm.cli.verbs`): the files app through its local routes
+(`/api/meshes/MESH/apps/files/...`).
 
 Content moves between this command and the agent as raw bytes: streamed up as the body of `POST .../content`,
 streamed down from `GET .../content` (and checked against the file's SHA-256 on the way). Downloads run in the
@@ -137,9 +138,15 @@ def configure_download(p: argparse.ArgumentParser) -> None:
 
 
 def configure_acl(p: argparse.ArgumentParser) -> None:
+    """`ztm acl file PATH ...`."""
     from ztm.cli.args import Kind
 
     p.add_argument("kind", metavar="file", type=Kind({"file": ("files",)}), help="the word file")
+    configure_acl_path(p)
+
+
+def configure_acl_path(p: argparse.ArgumentParser) -> None:
+    """`PATH [--readonly USER,..] [--block USER,..] [--clear]`: `ztm acl file ...` and `ztm files acl ...`."""
     _path_arg(p)
     _acl_args(p, "give")
     p.add_argument("--clear", action="store_true", help="remove every readonly and block entry")
