@@ -68,7 +68,11 @@ def add_help(
 
 def show_help(ctx: Context, app: str) -> int:
     """`ztm APP help [COMMAND ...]`: the help of the app's parser, or of one of its commands."""
-    parser = subcommands(ctx.parser)[app]
+    return show_parser_help(ctx, subcommands(ctx.parser)[app])
+
+
+def show_parser_help(ctx: Context, parser: argparse.ArgumentParser) -> int:
+    """The help of `parser` (an app's, or `ztm ep NAME APP`'s), or of the command `ctx.args.topic` names in it."""
     for word in ctx.args.topic:
         children = subcommands(parser)
         if word not in children:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ztm.addr import Address
 from ztm.cli import output
-from ztm.cli.appcli import add_sub, call_app, remote_ep
+from ztm.cli.appcli import add_sub, call_app, remote_ep, show_parser_help
 from ztm.cli.args import Kind, UsageError, ZtmArgumentParser, subcommands
 from ztm.cli.context import Context, expect_list, expect_obj
 from ztm.errors import BadInput
@@ -237,14 +237,7 @@ def cmd_proxy(ctx: Context) -> int:
 
 
 def _help(ctx: Context) -> int:
-    parser: argparse.ArgumentParser = _own_parser(ctx)
-    for word in ctx.args.topic:
-        children = subcommands(parser)
-        if word not in children:
-            raise UsageError(f"'ztm proxy' has no subcommand '{output.clean(word)}'; run 'ztm help proxy'")
-        parser = children[word]
-    ctx.print(parser.format_help().rstrip("\n"))
-    return 0
+    return show_parser_help(ctx, _own_parser(ctx))
 
 
 def _own_parser(ctx: Context) -> argparse.ArgumentParser:

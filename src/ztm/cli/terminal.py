@@ -14,8 +14,8 @@ import shlex
 from typing import Any
 
 from ztm.cli import output
-from ztm.cli.appcli import add_sub
-from ztm.cli.args import UsageError, ZtmArgumentParser, subcommands
+from ztm.cli.appcli import add_sub, show_help
+from ztm.cli.args import UsageError, ZtmArgumentParser
 from ztm.cli.context import Context, expect_obj
 
 APP = "terminal"
@@ -192,14 +192,7 @@ def cmd_terminal(ctx: Context) -> int:
 
 
 def _help(ctx: Context) -> int:
-    parser = subcommands(ctx.parser)[APP]
-    for word in ctx.args.topic:
-        children = subcommands(parser)
-        if word not in children:
-            raise UsageError(f"'terminal' has no subcommand '{output.clean(word)}'; run 'ztm help terminal'")
-        parser = children[word]
-    ctx.print(parser.format_help().rstrip("\n"))
-    return 0
+    return show_help(ctx, APP)
 
 
 def _config(ctx: Context) -> int:

@@ -20,11 +20,10 @@ from typing import Any
 from ztm.addr import Address
 from ztm.cli import output
 from ztm.cli import proxy as px
-from ztm.cli.appcli import add_sub, call_app, examples_epilog, help_topic, remote_ep
+from ztm.cli.appcli import add_sub, call_app, examples_epilog, remote_ep, show_parser_help
 from ztm.cli.args import (
     GLOBAL_VALUE_OPTIONS,
     Kind,
-    UsageError,
     ZtmArgumentParser,
     add_global_options,
     help_children,
@@ -394,16 +393,7 @@ def _parse_ep(parser: ZtmArgumentParser, args: list[str], namespace: Any) -> tup
 
 
 def _help(ctx: Context) -> int:
-    topic: list[str] = ctx.args.topic
-    parser = _tunnel_parser(ctx)
-    for word in topic:
-        children = subcommands(parser)
-        if word not in children:
-            where = help_topic(parser.prog)
-            raise UsageError(f"'{where}' has no subcommand '{output.clean(word)}'; run 'ztm help {where}'")
-        parser = children[word]
-    ctx.print(parser.format_help().rstrip("\n"))
-    return 0
+    return show_parser_help(ctx, _tunnel_parser(ctx))
 
 
 def _tunnel_parser(ctx: Context) -> argparse.ArgumentParser:
