@@ -96,7 +96,7 @@ def test_help_has_examples(run: Callable[..., Result]) -> None:
 
 def test_help_unknown_topic(run: Callable[..., Result]) -> None:
     res = run("help", "frobnicate")
-    assert res.code == 2 and res.err.strip() == "unknown command 'frobnicate'; run 'ztm help' to see the commands"
+    assert res.code == 2 and res.err.strip() == "ztm: unknown command 'frobnicate'; run 'ztm help' to see the commands"
     res = run("help", "run", "nothing")
     assert res.code == 2 and "'run' has no subcommand 'nothing'" in res.err
 

@@ -77,7 +77,7 @@ def show_parser_help(ctx: Context, parser: argparse.ArgumentParser) -> int:
         children = subcommands(parser)
         if word not in children:
             where = help_topic(parser.prog)
-            raise UsageError(f"'{where}' has no subcommand '{output.clean(word)}'; run 'ztm help {where}'")
+            raise UsageError(f"ztm: '{where}' has no subcommand '{output.clean(word)}'; run 'ztm help {where}'")
         parser = children[word]
     ctx.print(parser.format_help().rstrip("\n"))
     return 0

@@ -51,9 +51,9 @@ def cmd_help(ctx: Context) -> int:
         children = help_children(parser)
         if word not in children:
             if i == 0:
-                raise UsageError(f"unknown command '{word}'; run 'ztm help' to see the commands")
+                raise UsageError(f"ztm: unknown command '{word}'; run 'ztm help' to see the commands")
             raise UsageError(
-                f"'{' '.join(topic[:i])}' has no subcommand '{word}'; run 'ztm help {' '.join(topic[:i])}'"
+                f"ztm: '{' '.join(topic[:i])}' has no subcommand '{word}'; run 'ztm help {' '.join(topic[:i])}'"
             )
         parser = children[word]
     ctx.print(parser.format_help().rstrip("\n"))
