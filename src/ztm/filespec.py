@@ -12,6 +12,8 @@ restricts a file's owner or root.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import math
 import re
@@ -300,6 +302,72 @@ class Hasher:
     @property
     def file_hash(self) -> str:
         return self._file.hexdigest()
+
+
+@dataclass(frozen=True)
+class ChunkSet:
+    """Which chunks of a file an endpoint holds (a partial copy), as a bitmap: bit `i` of the file's `count` chunks
+    is bit `7 - i % 8` of byte `i // 8` (most significant first, like BitTorrent's bitfield); bits past the last
+    chunk are 0. On the wire it is the bitmap in standard base64 with padding (`encode()`, `decode()`): at most
+    8 KiB of bitmap (10 924 characters) for the largest file."""
+
+    count: int
+    bits: bytes
+
+    @classmethod
+    def of(cls, indices: Iterable[int], count: int) -> ChunkSet:
+        if not 0 <= count <= MAX_CHUNKS:
+            raise BadInput(f"a file has from 0 to {MAX_CHUNKS} chunks, not {count}")
+        raw = bytearray((count + 7) // 8)
+        for index in indices:
+            if not 0 <= index < count:
+                raise BadInput(f"chunk {index} is outside a file of {count} chunks")
+            raw[index >> 3] |= 0x80 >> (index & 7)
+        return cls(count, bytes(raw))
+
+    @classmethod
+    def decode(cls, value: object, count: int, what: str = "have") -> ChunkSet:
+        """The set `value` encodes for a file of `count` chunks; BadInput saying what is wrong otherwise."""
+        if not 0 <= count <= MAX_CHUNKS:
+            raise BadInput(f"a file has from 0 to {MAX_CHUNKS} chunks, not {count}")
+        nbytes = (count + 7) // 8
+        chars = 4 * math.ceil(nbytes / 3)
+        if not isinstance(value, str):
+            raise BadInput(f"{what} must be a base64 string (a bitmap of the chunks held), got {type(value).__name__}")
+        if len(value) != chars:
+            got = len(value) if len(value) <= MAX_HAVE_CHARS else f"more than {MAX_HAVE_CHARS}"
+            raise BadInput(f"{what} must be {chars} base64 characters (a bitmap of {count} chunks), got {got}")
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadInput(f"{what} is not valid base64 (A-Z, a-z, 0-9, '+', '/', '=' padding)") from None
+        if len(raw) != nbytes or base64.b64encode(raw).decode("ascii") != value:
+            raise BadInput(f"{what} is not the canonical base64 of a {nbytes}-byte bitmap")
+        spare = nbytes * 8 - count
+        if spare and raw[-1] & ((1 << spare) - 1):
+            raise BadInput(f"{what} sets bits past the last of the file's {count} chunks")
+        return cls(count, raw)
+
+    def encode(self) -> str:
+        return base64.b64encode(self.bits).decode("ascii")
+
+    def __contains__(self, index: object) -> bool:
+        if not isinstance(index, int) or not 0 <= index < self.count:
+            return False
+        return bool(self.bits[index >> 3] & (0x80 >> (index & 7)))
+
+    def held(self) -> int:
+        """How many chunks the set holds."""
+        return sum(bin(b).count("1") for b in self.bits)
+
+    def indices(self) -> Iterator[int]:
+        for index in range(self.count):
+            if index in self:
+                yield index
+
+
+MAX_HAVE_CHARS = 4 * math.ceil(MAX_CHUNKS // 8 / 3)
+"""The longest encoded `ChunkSet`."""
 
 
 def describe(data: bytes, path: str, mtime: float | None = None) -> FileEntry:

@@ -6,8 +6,10 @@ using both earlier holders), a source killed mid-download (the transfer finishes
 downloading agent is killed (verified chunks are reused), a damaged chunk on one source (refused there, fetched
 from another; a clear failure when no intact source is left), a hostile source sending wrong bytes under a valid
 certificate (every such chunk rejected by the downloader), and ACLs: the hub hides what a user may not read, and
-the serving endpoint itself refuses chunk requests that a hostile client crafts with a valid certificate; and the
-index surviving a hub restart. Every wait polls with a deadline.
+the serving endpoint itself refuses chunk requests that a hostile client crafts with a valid certificate; the
+index surviving a hub restart; partial holders (endpoints still downloading a file) serving the chunks they have
+to a third endpoint; and an agent restarted mid-download resuming by itself, a cancelled download staying
+cancelled, and an unfinished download of a file published again being abandoned. Every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -60,10 +62,12 @@ def source_names(agent: Agent, path: str) -> set[str]:
     return {s["name"] for s in describe(agent, path)["sources"]}
 
 
-def start_download(agent: Agent, path: str, rate: int | None = None) -> dict[str, Any]:
+def start_download(agent: Agent, path: str, rate: int | None = None, output: Path | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"path": path}
     if rate is not None:
         body["rate"] = rate
+    if output is not None:
+        body["output"] = str(output)
     status, job = agent.api("POST", f"/api/meshes/{MESH}/apps/files/downloads", body)
     assert status == 202, (status, job)
     return dict(job)
@@ -413,3 +417,89 @@ def test_chunks_from_a_lying_source_are_rejected(make_hub: Make, make_agent: Mak
     assert liar.lies >= 1, "the download never asked the lying source"
     assert "wrong content (tampered or damaged); rejected" in job["problems"]["c"], job
     assert job["by_source"] == {"a": 4}, job
+
+
+# ----------------------------------------------------------------------------------- partial holders, auto-resume
+
+STALLED = 1024
+"""The lowest download rate: the first chunk goes at once, the next waits ~17 minutes in the pacer, so a download
+started with it holds exactly one chunk and stays running (a partial holder, paused deterministically)."""
+
+
+def partial_holders(agent: Agent, path: str) -> dict[str, int]:
+    return {p["name"]: p["held"] for p in describe(agent, path).get("partial", [])}
+
+
+def test_partial_holders_serve_the_chunks_they_have(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    _hub, (a, b, c, d) = mesh(make_hub, make_agent, "a", "b", "c", "d")
+    data = os.urandom(8 * MiB)
+    path = "/shared/root/popular.bin"
+    publish(a, path, data, tmp_path)
+
+    # b and c start downloading and stall after one chunk each: both are partial holders, downloads running.
+    for agent in (b, c):
+        start_download(agent, path, rate=STALLED)
+        wait_until(lambda agent=agent: job_of(agent, path)["chunks_done"] == 1, 30, f"{agent.name}'s first chunk")
+    wait_until(lambda: partial_holders(d, path) == {"b": 1, "c": 1}, 10, "the hub to list b and c as partial holders")
+    assert source_names(d, path) == {"a"}, "a partial holder is no complete source"
+
+    out = tmp_path / "d.bin"
+    job = download_json(d, path, out)
+    assert out.read_bytes() == data
+    by_source = job["by_source"]
+    # b's chunk comes from b (its workers start before any other can take it); c's from c unless it is b's chunk.
+    assert by_source["b"] == 1 and by_source.get("c", 0) <= 1, job
+    assert by_source["a"] == 8 - by_source["b"] - by_source.get("c", 0), job
+    assert job_of(b, path)["state"] == "running" and job_of(c, path)["state"] == "running", "still downloading"
+    assert source_names(b, path) == {"a", "d"}
+
+    # Cancelled, b still serves its partial copy: the chunk it has, and `not_held` (stream kept open) for the rest.
+    status, _ = b.api("DELETE", f"/api/meshes/{MESH}/apps/files/downloads?" + urlencode({"path": path}))
+    assert status == 200
+    b_hash = hashlib.sha256(data).hexdigest()
+    answers = raw_chunk_requests(d, "b", [{"path": path, "hash": b_hash, "index": i} for i in range(8)], _hub)
+    served = [
+        i for i, (header, chunk) in enumerate(answers) if "size" in header and chunk == data[i * MiB : (i + 1) * MiB]
+    ]
+    lacking = [header for header, _ in answers if header.get("code") == "not_held"]
+    assert len(served) == 1 and len(lacking) == 7, answers
+
+
+def test_a_restarted_agent_finishes_its_download(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    _hub, (a, b) = mesh(make_hub, make_agent, "a", "b")
+    data = os.urandom(6 * MiB + 5)
+    path = "/shared/root/resume-by-itself.bin"
+    publish(a, path, data, tmp_path)
+    out = tmp_path / "out" / "b.bin"
+
+    start_download(b, path, rate=1 * MiB, output=out)
+    wait_until(lambda: job_of(b, path)["chunks_done"] >= 2, 30, "b to fetch two chunks")
+    b.proc.kill9()  # the downloading agent crashes; nobody runs the download again
+    restart_agent(b)
+    job = wait_until(lambda: finished(b, path), 60, "b to finish the download by itself")
+    assert job["state"] == "done" and job["resumed"], job
+    assert job["chunks"] == 7 and job["reused"] >= 2 and job["fetched"] == 7 - job["reused"], job
+    assert out.read_bytes() == data, "the output the download was started with is written"
+    assert describe(b, path)["local"] == "complete"
+    b.proc.wait_for_output(r"resuming the unfinished download of /shared/root/resume-by-itself\.bin")
+
+    # A cancelled download stays cancelled; a file published again while the agent was down is abandoned.
+    kept, changed = "/shared/root/cancelled.bin", "/shared/root/changed.bin"
+    publish(a, kept, os.urandom(3 * MiB), tmp_path)
+    publish(a, changed, os.urandom(3 * MiB), tmp_path)
+    for p in (kept, changed):
+        start_download(b, p, rate=STALLED)
+        wait_until(lambda p=p: job_of(b, p)["chunks_done"] == 1, 30, f"b's first chunk of {p}")
+    status, view = b.api("DELETE", f"/api/meshes/{MESH}/apps/files/downloads?" + urlencode({"path": kept}))
+    assert status == 200 and view["state"] == "cancelled", view
+    status, err = b.api("DELETE", f"/api/meshes/{MESH}/apps/files/downloads?" + urlencode({"path": kept}))
+    assert status == 404 and "no download" in err["error"], err
+    b.proc.stop()
+    publish(a, changed, os.urandom(2 * MiB), tmp_path)
+    restart_agent(b)
+    b.proc.wait_for_output(r"abandoned the unfinished download of /shared/root/changed\.bin: .*published again", 30)
+    assert job_of(b, changed)["state"] == "abandoned"
+    wait_until(lambda: describe(b, changed)["local"] == "none", 10, "b to drop its copy of the old content")
+    status, jobs = b.api("GET", f"/api/meshes/{MESH}/apps/files/downloads?" + urlencode({"path": kept}))
+    assert status == 200 and jobs == [], "a cancelled download is not resumed"
+    assert describe(b, kept)["local"] == "partial"

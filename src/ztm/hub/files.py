@@ -3,7 +3,8 @@ relayed app streams between endpoints).
 
 It owns one entry per path (size, time, SHA-256 of the file and of each 1 MiB chunk, publisher, ACL), kept in the
 hub database, and, in memory, which endpoints hold each file in full (its sources, announced by the agents after
-every hello). Every decision uses the caller's identity from its verified certificate (`Peer`): writes (publish,
+every hello), and which endpoints hold some of its chunks while they download it (partial holders, with a bitmap of
+their chunks). Every decision uses the caller's identity from its verified certificate (`Peer`): writes (publish,
 unpublish, ACL) only by the path's owner or root; reads (list, describe, announcing oneself as a source) only by
 users the namespace and the ACL let read (see `ztm.filespec`). An entry a caller may not read is reported as absent.
 """
@@ -12,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from typing import Any
 
 from ztm import filespec, validate
 from ztm.errors import BadInput, Forbidden, NotFound
-from ztm.filespec import Acl, FileEntry
+from ztm.filespec import Acl, ChunkSet, FileEntry
 from ztm.hub.state import HubState, Peer
 from ztm.hub.store import HubStore
 
@@ -25,6 +27,10 @@ log = logging.getLogger("ztm.hub")
 
 MAX_ANNOUNCE = 10_000
 MAX_LIST = 10_000
+MAX_PARTIAL = 256
+"""Partial copies one endpoint may announce (per announcement, and kept per endpoint): each bitmap is up to 11 KB."""
+MAX_PARTIAL_VIEWS = 32
+"""Partial holders listed in one answer about a file (a random choice among the online ones, to spread the load)."""
 
 
 class FileIndex:
@@ -41,6 +47,8 @@ class FileIndex:
             self.entries[entry.path] = entry
         self.sources: dict[str, dict[str, str]] = {}
         """Path -> {endpoint id: the file hash it holds in full}."""
+        self.partial: dict[str, dict[str, tuple[str, ChunkSet]]] = {}
+        """Path -> {endpoint id: (file hash, the chunks it holds)}: endpoints still downloading it (partial copies)."""
 
     # reading
     def _readable(self, peer: Peer, path: str) -> FileEntry:
@@ -63,7 +71,25 @@ class FileIndex:
     def get(self, peer: Peer, path: str) -> dict[str, Any]:
         self.state.require_ep(peer)
         entry = self._readable(peer, path)
-        return {**entry.to_json(), "sources": self._source_views(entry)}
+        return {**entry.to_json(), "sources": self._source_views(entry), "partial": self._partial_views(entry)}
+
+    def _partial_views(self, entry: FileEntry) -> list[dict[str, Any]]:
+        held = self.partial.get(entry.path, {})
+        full = set(self._current_sources(entry))
+        online = [
+            (ep_id, have)
+            for ep_id, (file_hash, have) in held.items()
+            if file_hash == entry.hash and ep_id in self.state.sessions and ep_id in self.state.endpoints
+            and ep_id not in full
+        ]  # fmt: skip
+        if len(online) > MAX_PARTIAL_VIEWS:
+            online = random.sample(online, MAX_PARTIAL_VIEWS)
+        views = []
+        for ep_id, have in online:
+            ep = self.state.endpoints[ep_id]
+            views.append({"ep": ep.id, "name": ep.name, "user": ep.user, "online": True, "have": have.encode(),
+                          "held": have.held()})  # fmt: skip
+        return sorted(views, key=lambda v: v["name"])
 
     def _current_sources(self, entry: FileEntry) -> list[str]:
         held = self.sources.get(entry.path, {})
@@ -100,6 +126,10 @@ class FileIndex:
             if file_hash != entry.hash:
                 del held[other]  # old content: no longer a source of this path
         held[ep.id] = entry.hash
+        partial = self.partial.get(entry.path, {})
+        for other, (file_hash, _have) in list(partial.items()):
+            if file_hash != entry.hash or other == ep.id:
+                del partial[other]
         self.state.counters["files_published"] += 1
         log.info("user %s published %s (%d bytes) from %s", peer.user, entry.path, entry.size, ep.name)
         return self.get(peer, entry.path)
@@ -112,6 +142,7 @@ class FileIndex:
         self.store.delete_file(path)
         del self.entries[entry.path]
         self.sources.pop(path, None)
+        self.partial.pop(path, None)
         log.info("user %s unpublished %s", peer.user, path)
 
     def set_acl(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
@@ -132,29 +163,66 @@ class FileIndex:
             holder = self.state.endpoints.get(ep_id)
             if holder is None or not filespec.may_read(holder.user, path, acl):
                 del held[ep_id]
+        partial = self.partial.get(path, {})
+        for ep_id in list(partial):
+            holder = self.state.endpoints.get(ep_id)
+            if holder is None or not filespec.may_read(holder.user, path, acl):
+                del partial[ep_id]
         log.info("user %s set the acl of %s: %s", peer.user, path, acl.to_json())
         return self.get(peer, path)
 
     # sources
     def announce(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
-        """`{"hold": [{"path", "hash"}], "drop": [path], "replace": bool}`: the caller holds (no longer holds) these
-        files in full. Accepted only for current content the caller may read; the answer lists the rest as stale."""
+        """`{"hold": [{"path", "hash"}], "partial": [{"path", "hash", "have"}], "drop": [path], "replace": bool}`:
+        the caller holds these files in full (`hold`), some chunks of these (`partial`, `have` a `ChunkSet`), no
+        longer holds these (`drop`); `replace` forgets everything it announced before. Accepted only for current
+        content the caller may read; the answer lists the rest as stale (`stale`, and `partial_stale` when the
+        request had `partial`)."""
         ep = self.state.require_ep(peer)
         hold = body.get("hold", [])
         drop = validate.list_of(body.get("drop"), str, "drop")
+        partial = body.get("partial", [])
         if not isinstance(hold, list) or not all(isinstance(h, dict) for h in hold):
             raise BadInput('hold must be a list of {"path": PATH, "hash": SHA256} objects')
+        if not isinstance(partial, list) or not all(isinstance(h, dict) for h in partial):
+            raise BadInput('partial must be a list of {"path": PATH, "hash": SHA256, "have": BASE64_BITMAP} objects')
         if len(hold) + len(drop) > MAX_ANNOUNCE:
             raise BadInput(f"at most {MAX_ANNOUNCE} files per announcement")
+        if len(partial) > MAX_PARTIAL:
+            raise BadInput(f"at most {MAX_PARTIAL} partial copies per announcement")
         replace = validate.field(body, "replace", bool, required=False) or False
         wanted = {filespec.check_path(h.get("path")): filespec.check_hash(h.get("hash")) for h in hold}
         for path in drop:
             filespec.check_path(path)
+        pieces: dict[str, tuple[str, ChunkSet | None]] = {}
+        for item in partial:
+            path, file_hash = filespec.check_path(item.get("path")), filespec.check_hash(item.get("hash"))
+            have = item.get("have")
+            entry = self.entries.get(path)
+            if entry is not None and entry.hash == file_hash:
+                pieces[path] = (file_hash, ChunkSet.decode(have, len(entry.chunks), f"have of {path[:80]}"))
+            elif not isinstance(have, str) or len(have) > filespec.MAX_HAVE_CHARS:
+                raise BadInput(
+                    f"have of {path[:80]} must be a base64 bitmap of at most {filespec.MAX_HAVE_CHARS} characters"
+                )
+            else:
+                pieces[path] = (file_hash, None)  # not the current content: stale, whatever its bitmap
+        fresh = [
+            p
+            for p, (_h, have) in pieces.items()
+            if have is not None and (replace or ep.id not in self.partial.get(p, {}))
+        ]
+        mine = 0 if replace else sum(1 for copies in self.partial.values() if ep.id in copies)
+        if mine + len(fresh) > MAX_PARTIAL:
+            raise BadInput(f"at most {MAX_PARTIAL} partial copies per endpoint: finish, cancel or erase some first")
         if replace:
             for held in self.sources.values():
                 held.pop(ep.id, None)
+            for copies in self.partial.values():
+                copies.pop(ep.id, None)
         for path in drop:
             self.sources.get(path, {}).pop(ep.id, None)
+            self.partial.get(path, {}).pop(ep.id, None)
         accepted, stale = [], []
         for path, file_hash in wanted.items():
             entry = self.entries.get(path)
@@ -163,7 +231,22 @@ class FileIndex:
                 self.sources.get(path, {}).pop(ep.id, None)
                 continue
             self.sources.setdefault(path, {})[ep.id] = file_hash
+            self.partial.get(path, {}).pop(ep.id, None)
             accepted.append(path)
-        for path in [p for p, held in self.sources.items() if not held]:
-            del self.sources[path]
-        return {"accepted": accepted, "stale": stale}
+        partial_accepted, partial_stale = [], []
+        for path, (file_hash, have) in pieces.items():
+            entry = self.entries.get(path)
+            copies = self.partial.get(path, {})
+            if have is None or entry is None or not filespec.may_read(peer.user, path, entry.acl):
+                partial_stale.append(path)
+                copies.pop(ep.id, None)
+                continue
+            self.partial.setdefault(path, {})[ep.id] = (file_hash, have)
+            partial_accepted.append(path)
+        for table in (self.sources, self.partial):
+            for path in [p for p, held in table.items() if not held]:
+                del table[path]
+        answer: dict[str, Any] = {"accepted": accepted, "stale": stale}
+        if "partial" in body:
+            answer.update(partial_accepted=partial_accepted, partial_stale=partial_stale)
+        return answer

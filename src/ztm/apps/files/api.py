@@ -2,12 +2,15 @@
 
 File paths travel in the query string (`?path=/shared/alice/a.txt`), since they contain slashes. File content goes
 up as the raw body of `POST .../content` (`Content-Type: application/octet-stream`, streamed, any size) and comes
-down as the raw answer of `GET .../content`.
+down as the raw answer of `GET .../content`. `POST .../downloads` starts a download (optional `rate`, and `output`:
+an absolute path the agent writes the file to once complete), `GET .../downloads` lists them (including the ones the
+agent resumed after a restart, `resumed: true`), `DELETE .../downloads?path=P` cancels one for good.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -50,6 +53,19 @@ def parse_rate(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1024 <= value <= MAX_RATE:
         raise BadInput(f"rate must be bytes per second, a whole number from 1024 to {MAX_RATE}, got {value!r}")
     return float(value)
+
+
+def parse_output(value: object) -> Path | None:
+    """Where the agent itself writes the file once downloaded (kept with an unfinished download, so a download
+    the agent resumes after a restart still lands there): an absolute local path, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 4096 or "\0" in value:
+        raise BadInput(f"output must be an absolute path of at most 4096 characters, got {str(value)[:80]!r}")
+    target = Path(value)
+    if not target.is_absolute() or target.name in ("", ".", ".."):
+        raise BadInput(f"output must be an absolute path to a file, got {value[:80]!r}")
+    return target
 
 
 def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
@@ -115,7 +131,11 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
         body = validate.json_object(await request.read())
         path = filespec.check_path(body.get("path"))
         rate = parse_rate(body.get("rate"))
-        return reply(files(request).download(path, rate=rate).view(), 202)
+        target = parse_output(body.get("output"))
+        return reply(files(request).download(path, target, rate=rate).view(), 202)
+
+    async def cancel_download(request: web.Request) -> web.Response:
+        return reply((await files(request).cancel(query_path(request))).view(), 200)
 
     async def downloads(request: web.Request) -> web.Response:
         app = files(request)
@@ -133,6 +153,7 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
         ("POST", base + "/acl", set_acl),
         ("POST", base + "/downloads", start_download),
         ("GET", base + "/downloads", downloads),
+        ("DELETE", base + "/downloads", cancel_download),
     ]
     for method, path, handler in handlers:
         app.router.add_route(method, path, handler)

@@ -7,6 +7,10 @@
   complete (whole-file hash checked too), this endpoint holds the file and announces itself as a source.
 - Serving: peers open `fetch` streams; every chunk request is checked against the file's current ACL from the hub,
   for the caller the hub asserts from its certificate, and each chunk is verified against its hash before it goes.
+  A download in progress serves the chunks it has (a partial holder): it announces them to the hub as a bitmap
+  (at most once a second) and answers `not_held` for the others.
+- An unfinished download is recorded (`pending:PATH`: hash, output, rate) and resumed when the agent starts again;
+  `cancel(path)` stops it for good. A file unpublished or published again meanwhile is abandoned (logged).
 
 The API other apps use: `read(path)`, `write(path, data)`, `list(prefix)`; identity is this endpoint's user.
 """
@@ -20,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -33,8 +38,9 @@ from ztm.apps.files import wire
 from ztm.apps.files.channel import ChunkChannel, StreamReader
 from ztm.apps.files.fetch import Fetcher, Pacer, Progress, Source, describe_failure, unique_chunks
 from ztm.apps.files.store import ChunkStore, Corrupt
+from ztm.apps.files.wire import NotHeld
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Unavailable, ZtmError
-from ztm.filespec import Acl, FileEntry, Hasher
+from ztm.filespec import Acl, ChunkSet, FileEntry, Hasher
 from ztm.timefmt import iso
 
 log = logging.getLogger("ztm.files")
@@ -46,6 +52,10 @@ ROUNDS = 3
 """Times a download asks the hub for sources again when all it had gave up."""
 KEEP_FINISHED = 100
 HUB_TIMEOUT = 30.0
+PARTIAL_EVERY = 1.0
+"""Seconds between two announcements of the chunks a download in progress holds."""
+MAX_PARTIAL = 256
+"""Partial copies announced to the hub (the hub's limit per endpoint)."""
 
 
 @dataclass
@@ -55,6 +65,8 @@ class Download:
     path: str
     target: Path | None = None
     rate: float | None = None
+    resume_hash: str | None = None
+    """Set when the agent resumes a download it had not finished before it stopped: the hash it was fetching."""
     state: str = "running"
     error: str | None = None
     entry: FileEntry | None = None
@@ -62,6 +74,7 @@ class Download:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
 
     async def wait(self) -> FileEntry:
         await self.ended.wait()
@@ -84,8 +97,11 @@ class Download:
             "fetched": p.fetched,
             "bytes_fetched": p.bytes_fetched,
             "by_source": dict(p.by_source),
+            "not_held": dict(p.not_held),
             "problems": dict(p.problems),
             "target": str(self.target) if self.target else None,
+            "rate": self.rate,
+            "resumed": self.resume_hash is not None,
             "started": iso(self.started),
             "finished": iso(self.finished),
         }
@@ -102,7 +118,11 @@ class FilesApp(MeshApp):
         """Files this endpoint holds in full, verified (it is a source of them)."""
         self.partial: dict[str, FileEntry] = {}
         """Downloads begun and not finished: their chunks on disk are kept for a resume."""
+        self.have: dict[str, set[int]] = {}
+        """Partial copies: the chunk indices on disk (what this endpoint serves and announces of them)."""
         self.downloads: dict[str, Download] = {}
+        self._partial_task: asyncio.Task[None] | None = None
+        self._partial_last = 0.0
         self._pinned: collections.Counter[str] = collections.Counter()
         self._cache: dict[str, tuple[float, FileEntry | ZtmError]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -120,8 +140,38 @@ class FilesApp(MeshApp):
                 self.ctx.config_delete(key)
                 continue
             (self.held if kind == "held" else self.partial)[path] = entry
+        for path, entry in self.partial.items():
+            self.have[path] = await asyncio.to_thread(self._scan, entry)
         await super().start()
         await self._announce_quietly()
+        for key, value in self.ctx.config_items().items():
+            kind, _, path = key.partition(":")
+            if kind == "pending":
+                self._resume(path, value)
+
+    def _scan(self, entry: FileEntry) -> set[int]:
+        """The chunk indices of `entry` on disk."""
+        present = {h for h in set(entry.chunks) if self.store.has(h)}
+        return {i for i, h in enumerate(entry.chunks) if h in present}
+
+    def _resume(self, path: str, record: object) -> None:
+        try:
+            if not isinstance(record, dict):
+                raise BadInput("not an object")
+            path = filespec.check_path(path)
+            file_hash = filespec.check_hash(record.get("hash"))
+            target = record.get("target")
+            if target is not None and (not isinstance(target, str) or not Path(target).is_absolute()):
+                raise BadInput("bad target")
+            rate = record.get("rate")
+            if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
+                raise BadInput("bad rate")
+        except BadInput as exc:
+            log.error("mesh %s: unfinished download record %s dropped: %s", self.ctx.mesh, path[:200], exc.message)
+            self.ctx.config_delete(f"pending:{path}")
+            return
+        log.info("mesh %s: resuming the unfinished download of %s", self.ctx.mesh, path)
+        self._start(Download(path, Path(target) if target else None, float(rate) if rate else None, file_hash))
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -148,16 +198,52 @@ class FilesApp(MeshApp):
             raise Unavailable("the hub answered a file lookup with something else")
         return answer
 
-    async def _announce(self, drop: Iterable[str] = (), replace: bool = True) -> None:
-        hold = [{"path": e.path, "hash": e.hash} for e in self.held.values()]
-        answer = await self._hub("POST", "/api/files/sources", {"hold": hold, "drop": list(drop), "replace": replace})
-        stale = answer.get("stale", []) if isinstance(answer, dict) else []
-        for path in stale:
+    async def _announce(self, drop: Iterable[str] = (), replace: bool = True, hold: bool = True) -> None:
+        """Tell the hub what this endpoint holds: the files in full (unless `hold` is false) and its partial copies
+        (the chunks of each, as a `ChunkSet`)."""
+        held = [{"path": e.path, "hash": e.hash} for e in self.held.values()] if hold else []
+        body = {"hold": held, "partial": self._partial_list(), "drop": list(drop), "replace": replace}
+        answer = await self._hub("POST", "/api/files/sources", body)
+        if not isinstance(answer, dict):
+            return
+        gone = 0
+        for path in answer.get("stale", []):
             if isinstance(path, str) and path in self.held:
                 log.info("mesh %s: %s changed or went from the mesh; dropping the local copy", self.ctx.mesh, path)
-                self._forget(path)
-        if stale:
+                self._forget(path, "held")
+                gone += 1
+        for path in answer.get("partial_stale", []):
+            job = self.downloads.get(path) if isinstance(path, str) else None
+            if isinstance(path, str) and path in self.partial and (job is None or job.state != "running"):
+                log.info("mesh %s: %s changed or went from the mesh; dropping the partial copy", self.ctx.mesh, path)
+                self._forget(path, "partial")
+                gone += 1
+        if gone:
             await self._gc()
+
+    def _partial_list(self) -> builtins.list[dict[str, str]]:
+        found = []
+        for path, entry in self.partial.items():
+            have = self.have.get(path)
+            if have and entry.chunks and (path not in self.held or self.held[path].hash != entry.hash):
+                found.append({"path": path, "hash": entry.hash, "have": ChunkSet.of(have, len(entry.chunks)).encode()})
+            if len(found) >= MAX_PARTIAL:
+                break
+        return found
+
+    def _announce_partial_soon(self) -> None:
+        """Announce the partial copies now, or `PARTIAL_EVERY` seconds after the last time, whichever is later."""
+        if self._partial_task is not None and not self._partial_task.done():
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(max(0.0, self._partial_last + PARTIAL_EVERY - time.monotonic()))
+            self._partial_last = time.monotonic()
+            self._partial_task = None  # chunks stored from now on go in the next announcement
+            with contextlib.suppress(ZtmError):
+                await self._announce(replace=False, hold=False)
+
+        self._partial_task = self._spawn(later())
 
     async def _announce_quietly(self) -> None:
         with contextlib.suppress(ZtmError):
@@ -170,12 +256,16 @@ class FilesApp(MeshApp):
         if self.partial.pop(entry.path, None) is not None:
             self.ctx.config_delete(f"partial:{entry.path}")
 
-    def _forget(self, path: str) -> bool:
+    def _forget(self, path: str, only: str | None = None) -> bool:
         found = False
         for kind, table in (("held", self.held), ("partial", self.partial)):
+            if only not in (None, kind):
+                continue
             if table.pop(path, None) is not None:
                 self.ctx.config_delete(f"{kind}:{path}")
                 found = True
+            if kind == "partial":
+                self.have.pop(path, None)
         return found
 
     async def _gc(self) -> None:
@@ -267,7 +357,7 @@ class FilesApp(MeshApp):
         path = filespec.check_path(path)
         job = self.downloads.get(path)
         if job is not None and job.state == "running":
-            raise Conflict(f"{path} is being downloaded; wait for it to end, then erase it")
+            raise Conflict(f"{path} is being downloaded; wait for it to end or cancel it, then erase it")
         if not self._forget(path):
             raise NotFound(f"this endpoint holds no copy of {path}; see `ztm get file`")
         with contextlib.suppress(ZtmError):
@@ -280,6 +370,9 @@ class FilesApp(MeshApp):
         chunks = info.get("chunks")
         if isinstance(chunks, builtins.list):
             view["chunks"] = len(chunks)
+        partial = info.get("partial")
+        if isinstance(partial, builtins.list):  # the bitmaps are for downloaders, not for people
+            view["partial"] = [{k: v for k, v in p.items() if k != "have"} for p in partial if isinstance(p, dict)]
         for key in ("time", "published"):
             value = info.get(key)
             if isinstance(value, int | float) and not isinstance(value, bool):
@@ -300,19 +393,56 @@ class FilesApp(MeshApp):
                 raise Conflict(f"{path} is being downloaded to {job.target} already")
             job.target = job.target or target
             return job
-        job = Download(path, target, rate)
-        self.downloads.pop(path, None)
-        self.downloads[path] = job
+        return self._start(Download(path, target, rate))
+
+    def _start(self, job: Download) -> Download:
+        self.downloads.pop(job.path, None)
+        self.downloads[job.path] = job
         finished = [p for p, d in self.downloads.items() if d.state != "running"]
         for old in finished[: max(0, len(finished) - KEEP_FINISHED)]:
             del self.downloads[old]
-        self._spawn(self._run(job))
+        job.task = self._spawn(self._run(job))
         return job
 
+    async def cancel(self, path: str) -> Download:
+        """Stop the download of `path` for good (it is not resumed at the next start); the chunks it verified stay
+        as a partial copy (served, reused by a later download; `erase` removes them)."""
+        path = filespec.check_path(path)
+        job = self.downloads.get(path)
+        if job is None or job.state != "running" or job.task is None:
+            raise NotFound(f"no download of {path} is running; see GET .../apps/files/downloads")
+        job.state, job.error = "cancelled", "cancelled by the user"
+        job.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job.task
+        log.info("mesh %s: download of %s cancelled", self.ctx.mesh, path)
+        return job
+
+    def _abandon(self, job: Download, why: str) -> None:
+        job.state, job.error = "abandoned", f"abandoned the unfinished download: {why}"
+        log.warning("mesh %s: abandoned the unfinished download of %s: %s", self.ctx.mesh, job.path, why)
+        self._forget(job.path, "partial")
+
     async def _run(self, job: Download) -> None:
+        keep = False
         try:
-            info = await self.info(job.path)
+            if job.resume_hash is not None:
+                await self.ctx.session.link.online.wait()
+                try:
+                    info = await self.info(job.path)
+                except NotFound:
+                    self._abandon(job, "the file was unpublished (or this user may no longer read it)")
+                    await self._announce_dropped(job.path)
+                    return
+                if info.get("hash") != job.resume_hash:
+                    self._abandon(job, "the file was published again with other content (its hash changed)")
+                    await self._announce_dropped(job.path)
+                    return
+            else:
+                info = await self.info(job.path)
             entry = job.entry = FileEntry.from_json(info)
+            target = str(job.target) if job.target is not None else None
+            self.ctx.config_set(f"pending:{job.path}", {"hash": entry.hash, "target": target, "rate": job.rate})
             unique = unique_chunks(entry)
             job.progress.total = len(unique)
             held = self.held.get(entry.path)
@@ -329,28 +459,51 @@ class FilesApp(MeshApp):
         except Exception as exc:
             job.state, job.error = "failed", "internal error; see the agent log"
             log.exception("mesh %s: download of %s failed", self.ctx.mesh, job.path, exc_info=exc)
+        except asyncio.CancelledError:
+            keep = job.state != "cancelled"  # the agent stops: resume at its next start
+            raise
         finally:
+            if not keep:
+                self.ctx.config_delete(f"pending:{job.path}")
             job.finished = time.time()
             job.ended.set()
+
+    async def _announce_dropped(self, path: str) -> None:
+        with contextlib.suppress(ZtmError):
+            await self._announce(drop=[path], replace=False, hold=False)
+        await self._gc()
 
     async def _fetch(self, job: Download, entry: FileEntry, unique: dict[str, int], info: dict[str, Any]) -> None:
         self.partial[entry.path] = entry
         self.ctx.config_set(f"partial:{entry.path}", entry.to_json())
-        missing = [i for h, i in unique.items() if not await asyncio.to_thread(self.store.has, h)]
+        have = self.have[entry.path] = await asyncio.to_thread(self._scan, entry)
+        missing = [i for h, i in unique.items() if i not in have]
+        random.shuffle(missing)  # downloaders of the same file fetch different chunks first, and trade them
         job.progress.reused = len(unique) - len(missing)
-        fetcher = Fetcher(entry, missing, self._connect, self._store_chunk, job.progress, Pacer(job.rate))
+        where: dict[str, builtins.list[int]] = {}
+        for index, chunk_hash in enumerate(entry.chunks):
+            where.setdefault(chunk_hash, []).append(index)
+
+        async def store(chunk_hash: str, data: bytes) -> None:
+            await self._store_chunk(chunk_hash, data)
+            if self.partial.get(entry.path) is entry:
+                have.update(where[chunk_hash])
+                self._announce_partial_soon()
+
+        async def refresh() -> builtins.list[Source]:
+            fresh = await self.info(entry.path)
+            if fresh.get("hash") != entry.hash:
+                raise Conflict(f"{entry.path} was published again during the download; download it again")
+            return self._sources(fresh, entry)
+
+        fetcher = Fetcher(entry, missing, self._connect, store, job.progress, Pacer(job.rate))
         for _round in range(ROUNDS):
             if fetcher.complete:
                 break
-            sources = [
-                Source(str(s.get("ep")), str(s.get("name")))
-                for s in info.get("sources", [])
-                if isinstance(s, dict) and s.get("online") and s.get("ep") != self.ctx.ep_id
-            ]
-            sources = [s for s in sources if s.ep not in fetcher.dropped]
+            sources = [s for s in self._sources(info, entry) if s.ep not in fetcher.dropped]
             if not sources:
                 break
-            await fetcher.run(sources)
+            await fetcher.run(sources, refresh)
             if fetcher.complete:
                 break
             info = await self.info(entry.path)
@@ -365,6 +518,25 @@ class FilesApp(MeshApp):
         with contextlib.suppress(ZtmError):
             await self._announce(replace=False)
         log.info("mesh %s: downloaded %s (%s)", self.ctx.mesh, entry.path, dict(job.progress.by_source))
+
+    def _sources(self, info: dict[str, Any], entry: FileEntry) -> builtins.list[Source]:
+        """The online sources in a hub answer: complete holders first, then partial ones with their chunk sets
+        (a malformed bitmap only costs that holder)."""
+        found = [
+            Source(str(s.get("ep")), str(s.get("name")))
+            for s in info.get("sources", [])
+            if isinstance(s, dict) and s.get("online") and s.get("ep") != self.ctx.ep_id
+        ]
+        for s in info.get("partial", []):
+            if not isinstance(s, dict) or not s.get("online") or s.get("ep") == self.ctx.ep_id:
+                continue
+            try:
+                have = ChunkSet.decode(s.get("have"), len(entry.chunks))
+            except BadInput as exc:
+                log.warning("download of %s: ignoring partial holder %s: %s", entry.path, s.get("name"), exc.message)
+                continue
+            found.append(Source(str(s.get("ep")), str(s.get("name")), have))
+        return found
 
     async def _connect(self, source: Source) -> ChunkChannel:
         stream = await self.ctx.open_stream(source.ep, wire.SERVICE)
@@ -437,9 +609,21 @@ class FilesApp(MeshApp):
             chunk_hash = ""
             try:
                 request = wire.parse_request(line)
-                entry = await self._authorize(caller, request)
+                entry, partial = await self._authorize(caller, request)
                 chunk_hash = entry.chunks[request.index]
-                data = await asyncio.to_thread(self.store.read, chunk_hash)
+                try:
+                    data = await asyncio.to_thread(self.store.read, chunk_hash)
+                except Corrupt:
+                    if not partial:
+                        raise
+                    self.have.get(request.path, set()).difference_update(
+                        i for i, h in enumerate(entry.chunks) if h == chunk_hash
+                    )
+                    raise NotHeld(f"this endpoint lost chunk {request.index} of {request.path}") from None
+            except NotHeld as exc:  # a partial copy without that chunk: the stream goes on
+                self.counters["fetch:not_held"] += 1
+                await stream.write(wire.error_header(exc))
+                continue
             except ZtmError as exc:
                 self.counters["fetch:refused"] += 1
                 what = request.path if request else "a bad request"
@@ -456,11 +640,17 @@ class FilesApp(MeshApp):
             self.counters["fetch:bytes_served"] += len(data)
         await stream.end()
 
-    async def _authorize(self, caller: Caller, request: wire.ChunkRequest) -> FileEntry:
-        """The held entry for `request` if `caller` may read it now; the refusal otherwise."""
+    async def _authorize(self, caller: Caller, request: wire.ChunkRequest) -> tuple[FileEntry, bool]:
+        """The entry this endpoint holds for `request` (and whether it is a partial copy) if `caller` may read it now
+        and the chunk is here; the refusal otherwise (`NotHeld`, after the ACL check, for a chunk a partial copy
+        does not have yet)."""
         held = self.held.get(request.path)
+        partial = False
         if held is None or held.hash != request.hash:
-            raise NotFound(f"this endpoint holds no copy of that version of {request.path}")
+            held = self.partial.get(request.path)
+            partial = True
+            if held is None or held.hash != request.hash:
+                raise NotFound(f"this endpoint holds no copy of that version of {request.path}")
         current = await self._current(request.path)
         if current.hash != held.hash:
             raise NotFound(f"{request.path} was published again; ask the hub for its sources")
@@ -468,7 +658,9 @@ class FilesApp(MeshApp):
             raise Forbidden(filespec.read_refusal(caller.user, request.path, current.acl))
         if request.index >= len(held.chunks):
             raise BadInput(f"{request.path} has {len(held.chunks)} chunks; there is no chunk {request.index}")
-        return held
+        if partial and request.index not in self.have.get(request.path, ()):
+            raise NotHeld(f"this endpoint does not hold chunk {request.index} of {request.path} yet")
+        return held, partial
 
     async def _current(self, path: str) -> FileEntry:
         """The hub's entry of `path` (for its ACL), reused for `ACL_TTL` seconds."""
@@ -493,8 +685,9 @@ class FilesApp(MeshApp):
             log.error("mesh %s: the local copy of %s is damaged; no longer offering it", self.ctx.mesh, path)
             entry = self.held[path]
             self._forget(path)
-            self.partial[path] = entry  # what is intact stays for a later download to reuse
+            self.partial[path] = entry  # what is intact stays for a later download to reuse (and is served)
             self.ctx.config_set(f"partial:{path}", entry.to_json())
+            self.have[path] = {i for i, h in enumerate(entry.chunks) if h != chunk_hash}
         if damaged:
             with contextlib.suppress(ZtmError):
                 await self._announce(drop=damaged, replace=False)

@@ -1,13 +1,14 @@
 """`Fetcher`: gets the missing chunks of one file from several sources at once, verifying each.
 
-Each source gets `WORKERS_PER_SOURCE` workers; a worker takes the next missing chunk from a shared queue, asks its
-source for it, checks the bytes against the chunk hash from the hub's index (never trusting the source), and stores
-it. A chunk that fails (source gone, refused, timed out, wrong bytes) goes back to the queue for any other worker. A
-source that sends wrong bytes or refuses is dropped at once; one that keeps failing is dropped after `STRIKES`
-tries. The fetcher ends when every chunk is stored or every worker gave up; stored chunks stay on disk either way,
-so a later attempt only fetches what is still missing (resume). No I/O of its own: sources are reached through
-`connect`, chunks stored through `store` (both given by the files app).
-"""
+Each source gets `WORKERS_PER_SOURCE` workers; a worker takes the next missing chunk its source holds from a shared
+queue (a partial holder, still downloading the file itself, only the chunks it announced), asks its source for it,
+checks the bytes against the chunk hash from the hub's index (never trusting the source), and stores it. A chunk
+that fails (source gone, refused, timed out, wrong bytes) goes back to the queue for any other worker. A source that
+sends wrong bytes or refuses is dropped at once; one that keeps failing is dropped after `STRIKES` tries; a partial
+holder that answers `not_held` is asked for other chunks. The fetcher ends when every chunk is stored, or when
+nothing is in flight and no live source holds a missing chunk; stored chunks stay on disk either way, so a later
+attempt only fetches what is still missing (resume). No I/O of its own: sources are reached through `connect` (and
+refreshed through `refresh`), chunks stored through `store` (all given by the files app)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ztm import h2
-from ztm.apps.files.wire import ChunkRequest
-from ztm.errors import BadInput, Forbidden, NotFound, ZtmError
-from ztm.filespec import FileEntry
+from ztm.apps.files.wire import ChunkRequest, NotHeld
+from ztm.errors import BadInput, Conflict, Forbidden, NotFound, ZtmError
+from ztm.filespec import ChunkSet, FileEntry
 
 log = logging.getLogger("ztm.files")
 
@@ -32,6 +33,10 @@ WORKERS_PER_SOURCE = 2
 STRIKES = 3
 CHUNK_TIMEOUT = 30.0
 RETRY_DELAY = 0.5
+REFRESH = 2.0
+"""Seconds between two looks at the hub's list of sources during a download (new partial holders, their chunks)."""
+SCAN = 64
+"""How far down the queue a complete source looks for a chunk no partial holder has."""
 
 
 class Channel(Protocol):
@@ -44,6 +49,8 @@ class Channel(Protocol):
 class Source:
     ep: str
     name: str
+    have: ChunkSet | None = None
+    """The chunks a partial holder announced; None for an endpoint holding the whole file."""
 
 
 class Pacer:
@@ -76,6 +83,8 @@ class Progress:
     by_source: collections.Counter[str] = field(default_factory=collections.Counter)
     problems: dict[str, str] = field(default_factory=dict)
     """Source name -> why it was dropped (or its last failure)."""
+    not_held: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Source name -> requests a partial holder answered `not_held` (it did not have that chunk yet)."""
 
     @property
     def done(self) -> int:
@@ -93,41 +102,109 @@ class Fetcher:
         pacer: Pacer | None = None,
     ) -> None:
         self.entry = entry
-        self.pending: collections.deque[int] = collections.deque(missing)
+        self.pending: list[int] = list(missing)
+        """Chunks nobody is fetching, in the order they are taken (the files app shuffles them, so that endpoints
+        downloading the same file at once fetch different chunks and can serve them to each other)."""
         self.connect = connect
         self.store = store
         self.progress = progress
         self.pacer = pacer or Pacer(None)
         self.in_flight = 0
         self.dropped: set[str] = set()
+        self.sources: dict[str, Source] = {}
+        """The latest view of every source met so far (a partial holder's chunk set is refreshed)."""
+        self.lacks: dict[str, set[int]] = {}
+        """Chunks a partial holder answered `not_held` for, until its next announcement."""
+        self.failure: ZtmError | None = None
         self._changed = asyncio.Event()
+        self._workers: set[asyncio.Future[None]] = set()
 
     @property
     def complete(self) -> bool:
         return not self.pending and self.in_flight == 0
 
-    async def run(self, sources: list[Source]) -> None:
-        """Fetch with these sources until done or until all of them gave up."""
-        live = [s for s in sources if s.ep not in self.dropped]
-        workers = [asyncio.ensure_future(self._worker(source)) for source in live for _ in range(WORKERS_PER_SOURCE)]
+    async def run(self, sources: list[Source], refresh: Callable[[], Awaitable[list[Source]]] | None = None) -> None:
+        """Fetch with these sources until done or until none of them can help any more. With `refresh`, the list
+        of sources is asked for again every `REFRESH` seconds: new partial holders join, the chunk sets of known
+        ones are updated. A `ZtmError` from `refresh` (the file changed) ends the run and is raised."""
+        self._add(sources)
+        refresher = asyncio.ensure_future(self._refresh(refresh)) if refresh is not None else None
         try:
-            if workers:
-                await asyncio.gather(*workers)
+            while self._workers and self.failure is None:
+                done, _ = await asyncio.wait(self._workers, return_when=asyncio.FIRST_COMPLETED)
+                self._workers -= done
         finally:
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await refresher
+            workers, self._workers = list(self._workers), set()
             for worker in workers:
                 worker.cancel()
             for worker in workers:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await worker
+        if self.failure is not None:
+            raise self.failure
 
-    async def _next(self, source: Source) -> int | None:
-        while True:
+    def _add(self, sources: list[Source]) -> None:
+        for source in sources:
             if source.ep in self.dropped:
+                continue
+            known = source.ep in self.sources
+            self.sources[source.ep] = source
+            self.lacks.pop(source.ep, None)
+            if not known:
+                for _ in range(WORKERS_PER_SOURCE):
+                    self._workers.add(asyncio.ensure_future(self._worker(source.ep)))
+        self._changed.set()
+
+    async def _refresh(self, refresh: Callable[[], Awaitable[list[Source]]]) -> None:
+        while not self.complete:
+            await asyncio.sleep(REFRESH)
+            try:
+                self._add(await refresh())
+            except (Conflict, NotFound) as exc:
+                self.failure = exc
+                for worker in self._workers:
+                    worker.cancel()
+                return
+            except ZtmError:
+                continue  # the hub is busy or away: keep going with what we know
+
+    def _pick(self, ep: str) -> int | None:
+        """The position in `pending` of a chunk for source `ep`, or None if it holds none of them. A complete
+        source prefers chunks no partial holder has (they can come from nowhere else)."""
+        source = self.sources[ep]
+        if source.have is None:
+            partial = [s.have for e, s in self.sources.items() if s.have is not None and e not in self.dropped]
+            if partial:
+                for pos, index in enumerate(self.pending[:SCAN]):
+                    if not any(index in have for have in partial):
+                        return pos
+            return 0 if self.pending else None
+        lacks = self.lacks.get(ep, set())
+        for pos, index in enumerate(self.pending):
+            if index in source.have and index not in lacks:
+                return pos
+        return None
+
+    def _stalled(self) -> bool:
+        """Nothing in flight and no live source holds any missing chunk: waiting would not help."""
+        if self.in_flight:
+            return False
+        return all(self._pick(ep) is None for ep in self.sources if ep not in self.dropped)
+
+    async def _next(self, ep: str) -> int | None:
+        while True:
+            if ep in self.dropped or self.failure is not None:
                 return None
-            if self.pending:
+            pos = self._pick(ep)
+            if pos is not None:
                 self.in_flight += 1
-                return self.pending.popleft()
-            if self.in_flight == 0:
+                return self.pending.pop(pos)
+            if self.complete or self._stalled():
+                self._changed.set()  # the other workers see it too
                 return None
             self._changed.clear()
             await self._changed.wait()
@@ -135,7 +212,7 @@ class Fetcher:
     def _settle(self, index: int, ok: bool) -> None:
         self.in_flight -= 1
         if not ok:
-            self.pending.appendleft(index)
+            self.pending.insert(0, index)
         self._changed.set()
 
     def _drop(self, source: Source, reason: str) -> None:
@@ -145,15 +222,22 @@ class Fetcher:
         self.progress.problems[source.name] = reason
         self._changed.set()
 
-    async def _worker(self, source: Source) -> None:
+    async def _worker(self, ep: str) -> None:
         channel: Channel | None = None
         strikes = 0
+        source = self.sources[ep]
         try:
-            while (index := await self._next(source)) is not None:
+            while (index := await self._next(ep)) is not None:
+                source = self.sources[ep]
                 try:
                     if channel is None:
                         channel = await asyncio.wait_for(self.connect(source), CHUNK_TIMEOUT)
                     await self._one(channel, source, index)
+                except NotHeld:
+                    self.lacks.setdefault(ep, set()).add(index)  # a partial holder without it: ask someone else
+                    self.progress.not_held[source.name] += 1
+                    self._settle(index, False)
+                    continue
                 except _Drop as exc:
                     self._settle(index, False)
                     self._drop(source, exc.reason)

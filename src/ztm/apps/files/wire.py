@@ -6,6 +6,10 @@ for a chunk, exactly `size` bytes of data:
     -> {"path": "/shared/alice/big.iso", "hash": FILE_SHA256, "index": 3}\\n
     <- {"size": 1048576, "sha256": CHUNK_SHA256}\\n <1048576 bytes>
     <- {"error": "user 'eve' is blocked from /shared/alice/big.iso", "code": "forbidden"}\\n   (then END_STREAM)
+    <- {"error": "this endpoint does not hold chunk 3 of /shared/alice/big.iso yet", "code": "not_held"}\\n
+
+The last one comes from a partial holder (an endpoint still downloading the file) asked for a chunk it does not have
+yet; unlike every other error it leaves the stream open for the next request.
 
 The source decides from the caller's identity as the hub asserts it, never from anything in the request, and the
 downloader trusts no header: it checks every chunk against the chunk hash the hub's index lists.
@@ -17,10 +21,16 @@ import json
 from dataclasses import dataclass
 
 from ztm import filespec
-from ztm.errors import BadInput, ZtmError, from_json
+from ztm.errors import BadInput, NotFound, ZtmError, from_json
 
 SERVICE = "fetch"
 MAX_LINE = 4096
+
+
+class NotHeld(NotFound):
+    """A partial holder does not have that chunk (yet): ask another source; the stream stays usable."""
+
+    code = "not_held"
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,8 @@ def parse_header(line: bytes) -> int:
     if not isinstance(data, dict):
         raise BadInput("the source answered with a header that is not a JSON object")
     if "error" in data:
+        if data.get("code") == NotHeld.code and isinstance(data["error"], str):
+            raise NotHeld(data["error"])
         raise from_json(400, data)
     size = data.get("size")
     if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= filespec.CHUNK_SIZE:
