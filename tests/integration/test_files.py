@@ -18,13 +18,15 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from support import Agent, Hub, invite, one_line_error, restart_agent, restart_hub, wait_until
+from support import ZTM, Agent, Hub, invite, one_line_error, restart_agent, restart_hub, wait_until
 
 MESH = "m"
 MiB = 1 << 20
@@ -180,6 +182,34 @@ def test_an_interrupted_download_resumes(make_hub: Make, make_agent: Make, tmp_p
     assert out.read_bytes() == data
     assert job["chunks"] == 7 and job["reused"] >= 2 and job["fetched"] == 7 - job["reused"], job
     assert describe(b, path)["local"] == "complete"
+
+
+def test_ctrl_c_stops_the_agents_download_too_and_the_same_command_resumes(
+    make_hub: Make, make_agent: Make, tmp_path: Path
+) -> None:
+    _hub, (a, b) = mesh(make_hub, make_agent, "a", "b")
+    data = os.urandom(6 * MiB + 5)
+    path = "/shared/root/interrupted.bin"
+    publish(a, path, data, tmp_path)
+    out = tmp_path / "b.bin"
+    argv = [*ZTM, "--agent", b.api_address, "download", "file", path, "-o", str(out), "--rate", str(MiB)]
+    cli = subprocess.Popen(argv, env=b.env, cwd=b.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: job_of(b, path)["chunks_done"] >= 2, 30, "b to fetch two chunks")
+        cli.send_signal(signal.SIGINT)  # Ctrl-C
+        _out, err = cli.communicate(timeout=15)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert cli.returncode == 130, err
+    assert "stopped the download" in err and "run the same command to resume" in err, err
+    assert job_of(b, path)["state"] == "cancelled"  # the agent stopped fetching as well
+    assert not out.exists()
+
+    job = download_json(b, path, out)  # the same command again: only the missing chunks are fetched
+    assert out.read_bytes() == data
+    assert job["reused"] >= 2 and job["fetched"] == job["chunks"] - job["reused"], job
 
 
 def test_a_damaged_chunk_is_refused_and_fetched_elsewhere(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:

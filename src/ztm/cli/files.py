@@ -308,11 +308,26 @@ def wait_download(ctx: Context, path: str, rate: int | None, label: str) -> dict
             if not jobs:
                 raise UnexpectedAnswer(f"the agent lost track of the download of {output.clean(path)}")
             job = jobs[-1]
+    except KeyboardInterrupt:
+        bar.close()
+        _stop_download(ctx, path)
+        raise
     finally:
         bar.close()
     if job.get("state") != "done":
         raise ZtmError(f"download of {output.clean(path)} failed: {one_line(str(job.get('error')))}")
     return job
+
+
+def _stop_download(ctx: Context, path: str) -> None:
+    """Ctrl-C: the agent stops fetching too (else it would go on in the background); verified chunks stay, so the
+    same command resumes. Best effort: the interrupt is what the user sees either way."""
+    try:
+        ctx.client().request("DELETE", _download_path(ctx, path), query={"path": path}, timeout=2.0)
+    except ZtmError:
+        return
+    ctx.warn(f"stopped the download of {output.clean(path)}; the chunks already verified stay here: "
+             "run the same command to resume")  # fmt: skip
 
 
 def _summary(job: dict[str, Any]) -> str:

@@ -51,6 +51,7 @@ class Bar:
         if self.shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
+            self.shown = False
 
 
 def _is_tty(stream: TextIO) -> bool:
