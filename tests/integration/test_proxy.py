@@ -12,6 +12,7 @@ kept across a restart; remote configuration by the owner only; one-line errors f
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import http.server
@@ -545,6 +546,261 @@ def test_configuration_errors_and_remote_configuration(world: World) -> None:
     error = one_line_error(bob.cli("ep", "office", "proxy", "rules", "--allow", "bob", "*", check=False))
     assert "owner" in error
     assert office.cli_json("proxy", "rules") == []
+
+
+def test_credentials_on_an_entrance_reachable_from_the_network(world: World, tmp_path: Path) -> None:
+    bob, http_port, https_port = world.bob, world.servers.port("http"), world.servers.port("https")
+    echo = world.servers.port("echo")
+    exposed = free_port("0.0.0.0")
+    # Beyond loopback without credentials: allowed, with a one-line warning from the CLI and one in the agent's log.
+    cp = bob.cli("proxy", "config", "--set-listen", f"0.0.0.0:{exposed}")
+    assert cp.stderr.count("\n") == 1 and "warning: the proxy on 0.0.0.0:" in cp.stderr, cp.stderr
+    assert "no credentials" in cp.stderr and "--set-auth" in cp.stderr
+    assert "warning" in bob.cli("proxy", "get").stderr
+    try:
+        wait_until(lambda: "without credentials" in agent_log(bob), 10, "the agent's warning")
+        password = "s3cret-pass"
+        (tmp_path / "pw").write_text(password + "\nignored second line\n")
+        cp = bob.cli("proxy", "config", "--set-auth", "carol", "--password-file", tmp_path / "pw")
+        assert cp.stderr == "" and "user carol, password set" in cp.stdout, (cp.stdout, cp.stderr)
+        view = bob.cli_json("proxy", "get")
+        assert view["auth"] == {"user": "carol", "password": "set"} and password not in json.dumps(view)
+        status, body = bob.api("GET", f"/api/meshes/{MESH}/apps/proxy")
+        assert status == 200 and body["auth"] == {"user": "carol", "password": "set"} and password not in str(body)
+
+        proxy = f"127.0.0.1:{exposed}"
+        web, user = f"http://{proxy}", f"carol:{password}"
+        # The right credentials, through both protocols (HTTP absolute URI, CONNECT, SOCKS5 in the URL and option).
+        seen = curl_ok("--proxy-user", user, "-x", web, f"http://localhost:{http_port}/auth/http")
+        assert seen["target"] == "/auth/http" and seen["proxy_headers"] == []  # the credentials stay at the entrance
+        seen = curl_ok("--proxy-user", user, "-x", web, "--cacert", str(world.ca), f"https://localhost:{https_port}/c")
+        assert seen["server"] == "https"
+        seen = curl_ok("-x", f"socks5h://{user}@{proxy}", f"http://localhost:{http_port}/auth/socks")
+        assert seen["target"] == "/auth/socks"
+        seen = curl_ok("--proxy-user", user, "-x", f"socks5h://{proxy}", "-d", "x=1", f"http://127.0.0.1:{http_port}/")
+        assert seen["body"] == "x=1"
+
+        # An authenticated SOCKS session stays open through every refusal below.
+        live = socket.create_connection(("127.0.0.1", exposed), timeout=15)
+        live.sendall(b"\x05\x01\x02")
+        assert recv_exactly(live, 2) == b"\x05\x02"
+        live.sendall(b"\x01\x05carol" + bytes([len(password)]) + password.encode())
+        assert recv_exactly(live, 2) == b"\x01\x00"
+        live.sendall(b"\x05\x01\x00" + socks_address("127.0.0.1", echo))
+        assert read_reply(live)[0] == 0
+        with live:
+            live.sendall(b"before")
+            assert recv_exactly(live, 6) == b"before"
+
+            # Missing or wrong credentials, in each client's protocol.
+            for args in ((), ("--proxy-user", "carol:wrong"), ("--proxy-user", "mallory:" + password)):
+                cp = curl(*args, "-x", web, f"http://localhost:{http_port}/")
+                assert cp.stdout.endswith("\n407"), cp.stdout
+                cp = curl(*args, "-x", web, "--cacert", str(world.ca), f"https://localhost:{https_port}/")
+                assert cp.returncode != 0 and "407" in cp.stderr, cp.stderr
+            cp = curl("-x", f"socks5h://{proxy}", f"http://localhost:{http_port}/")  # offers no auth only
+            assert cp.returncode == 97, cp.stderr
+            cp = curl("-x", f"socks5h://carol:wrong@{proxy}", f"http://localhost:{http_port}/")
+            assert cp.returncode == 97, cp.stderr
+
+            # Hand-made clients: the exact answers, and malformed or overlong credentials.
+            assert raw_exchange(exposed, b"\x05\x01\x00") == b"\x05\xff"
+            assert raw_exchange(exposed, b"\x05\x01\x02\x01\x05carol\x05wrong") == b"\x05\x02\x01\x01"
+            assert raw_exchange(exposed, b"\x05\x01\x02\x05\x01\x00") == b"\x05\x02\x01\x01"  # not RFC 1929
+            assert raw_exchange(exposed, b"\x05\x01\x02\x01\x00\x01p") == b"\x05\x02\x01\x01"  # empty user
+            assert raw_exchange(exposed, b"\x05\x01\x02\x01\xffcarol") == b"\x05\x02"  # truncated, then EOF
+            head = b"GET http://localhost/ HTTP/1.1\r\n"
+            for extra, status in (
+                (b"", b"407"),
+                (b"Proxy-Authorization: Bearer abc\r\n", b"407"),
+                (b"Proxy-Authorization: Basic !!!\r\n", b"400"),
+                (b"Proxy-Authorization: Basic " + base64.b64encode(b"carol") + b"\r\n", b"400"),
+                (b"Proxy-Authorization: Basic " + base64.b64encode(b"c" * 300 + b":p") + b"\r\n", b"407"),
+                (b"Proxy-Authorization: Basic " + base64.b64encode(b"carol:" + b"p" * 300) + b"\r\n", b"407"),
+            ):
+                answer = raw_exchange(exposed, head + extra + b"\r\n")
+                assert answer.startswith(b"HTTP/1.1 " + status + b" "), (extra, answer[:200])
+                if status == b"407":
+                    assert b'\r\nProxy-Authenticate: Basic realm="ztm"\r\n' in answer, answer
+
+            live.sendall(b"after")
+            assert recv_exactly(live, 5) == b"after"
+        counters = bob.cli_json("proxy", "get")["counters"]
+        assert counters["entrance:unauthorized"] >= 12 and counters["entrance:malformed"] >= 4, counters
+        log = agent_log(bob)
+        assert "wrong user name or password (user b'mallory')" in log
+        assert password not in log and "wrong" not in log.replace("wrong user name", "")
+
+        # The password from standard input replaces the first; --clear-auth opens the proxy again (with a warning).
+        bob.cli("proxy", "config", "--set-auth", "dave", "--password-file", "-", input="from stdin\n")
+        assert (
+            curl_ok("--proxy-user", "dave:from stdin", "-x", web, f"http://localhost:{http_port}/d")["target"] == "/d"
+        )
+        assert curl("--proxy-user", user, "-x", web, f"http://localhost:{http_port}/").stdout.endswith("407")
+        for argv, expected in (
+            (("--password-file", tmp_path / "pw"), "--password-file goes with --set-auth"),
+            (("--set-auth", "dave"), "--set-auth needs --password-file"),  # stdin is not a terminal
+            (("--set-auth", "a:b", "--password-file", "-"), "invalid user name"),
+            (("--set-auth", "dave", "--clear-auth"), "not allowed with"),
+            (("--set-auth", "dave", "--password-file", tmp_path / "missing"), "cannot read the password"),
+        ):
+            cp = bob.cli("proxy", "config", *argv, check=False, input="")
+            assert cp.returncode == 2 and expected in one_line_error(cp), (argv, cp.stderr)
+        cp = bob.cli("proxy", "config", "--set-auth", "dave", "--password-file", "-", input="\n", check=False)
+        assert cp.returncode == 2 and "1 to 255 bytes" in one_line_error(cp)
+        status, body = bob.api(
+            "POST", f"/api/meshes/{MESH}/apps/proxy/config", {"set_auth": {"user": "x:y", "password": "p"}}
+        )
+        assert status == 400 and "no ':'" in body["error"]
+        assert bob.cli_json("proxy", "get")["auth"] == {"user": "dave", "password": "set"}  # unchanged
+        cp = bob.cli("proxy", "config", "--clear-auth")
+        assert "warning" in cp.stderr and "auth" in cp.stdout and "no credentials required" in cp.stdout
+        assert curl_ok("-x", web, f"http://localhost:{http_port}/open")["target"] == "/open"
+    finally:
+        bob.cli("proxy", "config", "--set-listen", f"127.0.0.1:{world.bob_proxy}", "--clear-auth")
+    assert bob.cli("proxy", "config").stderr == ""  # loopback: no warning
+
+
+def test_credentials_survive_a_restart(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path)
+    agent = start_agent(tmp_path, "solo")
+    agent.join(MESH, "solo", hub.permit)
+    port = free_port()
+    agent.cli("proxy", "config", "--set-listen", str(port), "--set-auth", "ann", "--password-file", "-", input="pw\n")
+    restart_agent(agent)
+    wait_until(lambda: agent.cli_json("proxy", "get")["listening"], 15, "the proxy to listen again")
+    assert agent.cli_json("proxy", "get")["auth"] == {"user": "ann", "password": "set"}
+    assert raw_exchange(port, b"\x05\x01\x00") == b"\x05\xff"  # still requires credentials
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+        sock.sendall(b"\x05\x01\x02\x01\x03ann\x02pw\x05\x01\x00" + socks_address("www.example.org", 80))
+        assert recv_exactly(sock, 4) == b"\x05\x02\x01\x00"
+        assert read_reply(sock)[0] == 0x03  # authenticated; no exit (it is its own only one)
+
+
+# ---------------------------------------------------------------------------------------------- direct channels
+
+
+@dataclass
+class Direct:
+    home: Agent
+    """the entrance."""
+    office: Agent
+    """an exit reachable directly (`--direct`), offering `localhost`."""
+    natted: Agent
+    """an exit whose announced direct address does not answer, offering 127.0.0.1 (but not by the name localhost,
+    so that the office is the only candidate for it)."""
+    proxy: int
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
+    tmp = tmp_path_factory.mktemp("proxy-direct")
+    procs: list[Proc] = []
+    try:
+        hub = start_hub(tmp)
+        procs.append(hub.proc)
+        extra = {
+            "office": ("--direct", f"127.0.0.1:{free_port()}"),
+            "natted": ("--direct", f"127.0.0.1:{free_port()}", "--direct-announce", f"127.0.0.1:{free_port()}"),
+        }
+        agents = {name: start_agent(tmp, name, extra=extra.get(name, ())) for name in ("home", "office", "natted")}
+        procs += [a.proc for a in agents.values()]
+        for name, agent in agents.items():
+            agent.join(MESH, name, hub.permit)
+        agents["office"].cli("proxy", "config", "--add-target", "localhost")
+        agents["natted"].cli("proxy", "config", "--add-target", "127.0.0.1", "--add-exclusion", "localhost")
+        proxy = free_port()
+        agents["home"].cli("proxy", "config", "--set-listen", str(proxy))
+        yield Direct(agents["home"], agents["office"], agents["natted"], proxy)
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+
+
+def counters(agent: Agent) -> dict[str, int]:
+    found: dict[str, int] = agent.cli_json("proxy", "get")["counters"]
+    return found
+
+
+def test_proxy_connections_go_over_direct_channels(world: World, direct: Direct) -> None:
+    http_port, echo = world.servers.port("http"), world.servers.port("echo")
+    socks = f"socks5h://127.0.0.1:{direct.proxy}"
+    url = f"http://localhost:{http_port}/direct"
+    # The first connection may race the exit's announcement and the CRL: wait for one that went direct.
+    wait_until(
+        lambda: curl_ok("-x", socks, url) and counters(direct.home).get("entrance:direct", 0) >= 1,
+        20,
+        "a proxied connection over a direct channel",
+    )
+    before = counters(direct.home)
+    body = bytes(range(1, 256)) * 1200  # ~300 KB, every byte value but NUL (curl -d would strip nothing anyway)
+    upload = Path(direct.home.dir) / "upload.bin"
+    upload.write_bytes(body)
+    for args in (
+        ("-x", socks),
+        ("-x", f"http://127.0.0.1:{direct.proxy}"),
+        ("-p", "-x", f"http://127.0.0.1:{direct.proxy}"),
+    ):
+        seen = curl_ok(*args, "--data-binary", f"@{upload}", url)
+        assert seen["body"].encode("latin-1") == body and seen["target"] == "/direct"
+    # Byte-exact both ways with the TCP echo, 1 MiB, through a hand-made SOCKS client.
+    data = bytes(range(256)) * 4096
+    sock, code, _, _ = socks_open(direct.proxy, 1, "localhost", echo)
+    with sock:
+        assert code == 0
+        sender = threading.Thread(target=sock.sendall, args=(data,))
+        sender.start()
+        assert recv_exactly(sock, len(data)) == data
+        sender.join(10)
+    after = counters(direct.home)
+    assert after["entrance:direct"] - before["entrance:direct"] == 4, after
+    assert after.get("entrance:direct_fallbacks", 0) == before.get("entrance:direct_fallbacks", 0)
+    # (what arrived with a request head, up to one read, is sent before the splice and not counted)
+    assert after["entrance:sent"] - before["entrance:sent"] >= len(body) + len(data)
+    assert after["entrance:received"] - before["entrance:received"] >= len(data)
+    exit_counters = counters(direct.office)
+    assert exit_counters["exit:direct"] == after["entrance:direct"] == exit_counters["exit:streams"], exit_counters
+    status, metrics = direct.home.api("GET", "/api/metrics")
+    assert f'ztm_agent_app_direct{{mesh="{MESH}",app="proxy",name="entrance"}}' in metrics
+    # A refusal on the direct path reaches the client in its protocol, with the exit's reason.
+    direct.office.cli("proxy", "rules", "--deny", "root", "localhost")
+    try:
+        assert socks_code(direct.proxy, "localhost", http_port) == 0x02
+        cp = curl("-x", f"http://127.0.0.1:{direct.proxy}", url)
+        body_text, _, status = cp.stdout.rpartition("\n")
+        assert status == "403" and "rule 1 (deny root localhost)" in body_text, cp.stdout
+    finally:
+        direct.office.cli("proxy", "rules", "--delete", "1")
+    assert counters(direct.home).get("entrance:direct_fallbacks", 0) == after.get("entrance:direct_fallbacks", 0)
+    # UDP ASSOCIATE stays on the relay (and works).
+    control, code, host, port = socks_open(direct.proxy, 3, "0.0.0.0", 0)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(10)
+    with control, client:
+        assert code == 0
+        client.sendto(b"\x00\x00\x00" + socks_address("localhost", world.servers.port("udp")) + b"dgram", (host, port))
+        assert client.recvfrom(65536)[0].endswith(b"echo:dgram")
+
+
+def test_proxy_falls_back_to_the_relay_when_the_direct_address_does_not_answer(world: World, direct: Direct) -> None:
+    http_port = world.servers.port("http")
+    socks = f"socks5h://127.0.0.1:{direct.proxy}"
+    before = counters(direct.home)
+    for i in range(4):  # 127.0.0.1 is only the natted exit's
+        seen = curl_ok("-x", socks, f"http://127.0.0.1:{http_port}/relay/{i}")
+        assert seen["target"] == f"/relay/{i}"
+    after = counters(direct.home)
+    assert after.get("entrance:direct", 0) == before.get("entrance:direct", 0), after
+    assert after["entrance:direct_fallbacks"] >= before.get("entrance:direct_fallbacks", 0) + 1, after
+    assert after["entrance:streams"] - before["entrance:streams"] == 4
+    natted = counters(direct.natted)
+    assert natted["exit:streams"] >= 4 and natted.get("exit:direct", 0) == 0, natted
+
+
+def agent_log(agent: Agent) -> str:
+    status, body = agent.api("GET", "/api/log?lines=2000")
+    assert status == 200, body
+    return "\n".join(body["lines"])
 
 
 def test_help() -> None:

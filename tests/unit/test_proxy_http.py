@@ -4,12 +4,14 @@ status, never another exception; a valid head cut anywhere is incomplete."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztm.apps.proxy import http1
-from ztm.apps.proxy.spec import Destination
+from ztm.apps.proxy.spec import Credentials, Destination
 
 FUZZ = settings(max_examples=400, deadline=None)
 
@@ -161,3 +163,69 @@ def test_a_valid_head_cut_anywhere_is_incomplete(host: str, port: int, path: str
     assert found[0].destination == Destination.make(host, port) and found[0].path == (path or "/")
     for cut in range(len(raw)):
         assert http1.parse_head(raw[:cut]) is None
+
+
+# --------------------------------------------------------------------------------------- Proxy-Authorization
+
+
+def basic(raw: bytes) -> tuple[tuple[str, str], ...]:
+    return (("Host", "x"), ("Proxy-Authorization", "Basic " + base64.b64encode(raw).decode()))
+
+
+def test_proxy_credentials() -> None:
+    assert http1.proxy_credentials((("Host", "x"),)) is None
+    assert http1.proxy_credentials(basic(b"alice:pa:ss")) == Credentials(b"alice", b"pa:ss")
+    assert http1.proxy_credentials((("proxy-authorization", "basic YTpi"),)) == Credentials(b"a", b"b")
+    assert http1.proxy_credentials(basic(b"\xc3\xa9:\xff")) == Credentials(b"\xc3\xa9", b"\xff")
+    req = parse(b"CONNECT h:443 HTTP/1.1\r\nProxy-Authorization: Basic YTpi\r\n\r\n")
+    assert http1.proxy_credentials(req.headers) == Credentials(b"a", b"b")
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "why"),
+    [
+        ((("Proxy-Authorization", "Bearer abc"),), 407, "use Basic"),
+        ((("Proxy-Authorization", "Basic !!!"),), 400, "not base64"),
+        ((("Proxy-Authorization", "Basic YWJj"),), 400, "no ':'"),  # "abc"
+        ((("Proxy-Authorization", "Basic YTpi"), ("Proxy-Authorization", "Basic YTpi")), 400, "several"),
+        (basic(b"u" * 256 + b":p"), 407, "longer than 255 bytes"),
+        (basic(b"u:" + b"p" * 256), 407, "longer than 255 bytes"),
+        (basic(b":p"), 407, "empty"),
+        (basic(b"u:"), 407, "empty"),
+    ],
+)
+def test_bad_proxy_credentials(headers: tuple[tuple[str, str], ...], status: int, why: str) -> None:
+    with pytest.raises(http1.HttpError) as caught:
+        http1.proxy_credentials(headers)
+    assert caught.value.status == status and why in caught.value.message
+
+
+def test_407_asks_for_basic() -> None:
+    answer = http1.response(407, "ztm proxy: proxy authentication required")
+    assert answer.startswith(b"HTTP/1.1 407 Proxy Authentication Required\r\n")
+    assert b'\r\nProxy-Authenticate: Basic realm="ztm"\r\n' in answer
+    assert b"Proxy-Authenticate" not in http1.response(403, "no")
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["Proxy-Authorization", "X"]), header_text), max_size=3))
+def test_any_proxy_authorization_gives_credentials_none_or_an_http_error(headers: list[tuple[str, str]]) -> None:
+    try:
+        creds = http1.proxy_credentials(tuple(headers))
+    except http1.HttpError as exc:
+        assert exc.status in (400, 407) and exc.message
+    else:
+        if creds is not None:
+            assert 0 < len(creds.user) <= 255 and 0 < len(creds.password) <= 255 and b":" not in creds.user
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.sampled_from(["Basic ", "basic  ", "BASIC\t"]))
+def test_any_basic_token_gives_credentials_or_an_http_error(raw: bytes, scheme: str) -> None:
+    header = (("Proxy-Authorization", scheme + base64.b64encode(raw).decode()),)
+    try:
+        creds = http1.proxy_credentials(header)
+    except http1.HttpError as exc:
+        assert exc.status in (400, 407)
+    else:
+        assert creds is not None and creds.user + b":" + creds.password == raw

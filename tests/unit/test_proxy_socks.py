@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ztm.apps.proxy import socks
-from ztm.apps.proxy.spec import Destination
+from ztm.apps.proxy.spec import Credentials, Destination
 
 FUZZ = settings(max_examples=400, deadline=None)
 
@@ -145,3 +145,60 @@ def test_a_valid_greeting_cut_anywhere_is_incomplete(methods: bytes, extra: byte
     assert socks.parse_greeting(raw + extra) == (socks.Greeting(methods), len(raw))
     for cut in range(len(raw)):
         assert socks.parse_greeting(raw[:cut]) is None
+
+
+# ------------------------------------------------------------------------------------- username/password (RFC 1929)
+
+
+def userpass(user: bytes, password: bytes) -> bytes:
+    return bytes([1, len(user)]) + user + bytes([len(password)]) + password
+
+
+def test_userpass_method_and_sub_negotiation() -> None:
+    greeting, _ = socks.parse_greeting(b"\x05\x02\x00\x02") or (None, 0)
+    assert greeting is not None and greeting.userpass and greeting.no_auth
+    greeting, _ = socks.parse_greeting(b"\x05\x01\x00") or (None, 0)
+    assert greeting is not None and not greeting.userpass
+    raw = userpass(b"alice", b"s3cret:with colon")
+    found = socks.parse_userpass(raw + b"\x05\x01\x00")
+    assert found == (Credentials(b"alice", b"s3cret:with colon"), len(raw))
+    assert "s3cret" not in repr(found[0])  # never in a log line or a traceback
+    assert socks.parse_userpass(userpass(b"u" * 255, b"p" * 255)) is not None  # the longest RFC 1929 allows
+    assert socks.auth_status(socks.AUTH_OK) == b"\x01\x00" and socks.auth_status(socks.AUTH_FAILED) == b"\x01\x01"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\x05\x05alice\x01p", "version 0x05"),  # a client that skipped the sub-negotiation
+        (b"\x00", "version 0x00"),
+        (b"\x01\x00\x01p", "empty user name"),
+        (b"\x01\x01u\x00", "empty password"),
+    ],
+)
+def test_bad_userpass_sub_negotiations(raw: bytes, why: str) -> None:
+    with pytest.raises(socks.SocksError, match=why):
+        socks.parse_userpass(raw)
+
+
+@FUZZ
+@given(st.binary(max_size=600))
+def test_any_bytes_give_credentials_none_or_a_socks_error(data: bytes) -> None:
+    try:
+        found = socks.parse_userpass(data)
+    except socks.SocksError as exc:
+        assert exc.message and exc.reply is None
+    else:
+        if found is not None:
+            creds, used = found
+            assert used == 3 + len(creds.user) + len(creds.password) <= len(data)
+            assert 0 < len(creds.user) < 256 and 0 < len(creds.password) < 256
+
+
+@FUZZ
+@given(st.binary(min_size=1, max_size=255), st.binary(min_size=1, max_size=255), st.binary(max_size=10))
+def test_a_valid_userpass_cut_anywhere_is_incomplete(user: bytes, password: bytes, extra: bytes) -> None:
+    raw = userpass(user, password)
+    assert socks.parse_userpass(raw + extra) == (Credentials(user, password), len(raw))
+    for cut in range(len(raw)):
+        assert socks.parse_userpass(raw[:cut]) is None

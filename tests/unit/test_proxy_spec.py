@@ -137,3 +137,50 @@ def test_published_targets_read_back_the_same(text: str) -> None:
     target = TargetSpec.parse(text)
     assert TargetSpec.from_service(target.service("target")) == ("target", target)
     assert TargetSpec.parse(str(target)) == target
+
+
+# ------------------------------------------------------------------------------------------------ credentials
+
+
+def test_proxy_auth_hashes_and_verifies_in_constant_form() -> None:
+    auth = spec.ProxyAuth.make("alice", "correct horse")
+    stored = auth.to_json()
+    assert stored["user"] == "alice" and stored["kdf"] == "scrypt" and "correct horse" not in str(stored)
+    assert "correct" not in repr(auth) and auth.view() == {"user": "alice", "password": "set"}
+    again = spec.ProxyAuth.from_json(stored)
+    assert again == auth
+    assert again.verify(spec.Credentials(b"alice", b"correct horse"))
+    assert not again.verify(spec.Credentials(b"alice", b"correct horse "))
+    assert not again.verify(spec.Credentials(b"bob", b"correct horse"))
+    assert not again.verify(spec.Credentials(b"alice", b"x" * 300))
+    assert spec.ProxyAuth.make("alice", "correct horse").salt != auth.salt  # salted
+    unicode = spec.ProxyAuth.make("\u00e9lise", "p\u00e4ss")
+    assert unicode.verify(spec.Credentials("\u00e9lise".encode(), "p\u00e4ss".encode()))
+    view = spec.view_config(None, TargetSet(), (), auth)
+    assert view["auth"] == {"user": "alice", "password": "set"} and "hash" not in str(view)
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "why"),
+    [
+        ("", "p", "user: expected a non-empty"),
+        ("a:b", "p", "no ':'"),
+        (" a", "p", "spaces"),
+        ("a\x00", "p", "control"),
+        ("u" * 256, "p", "at most 255"),
+        ("a", "", "password: expected a non-empty"),
+        ("a", "\u00e9" * 128, "at most 255"),
+        ("a", "p\n", "control"),
+        ("a", 5, "expected a non-empty string"),
+    ],
+)
+def test_bad_credentials_are_refused(user: object, password: object, why: str) -> None:
+    with pytest.raises(BadInput, match=why):
+        spec.ProxyAuth.make(user, password)
+
+
+def test_stored_auth_is_checked() -> None:
+    good = spec.ProxyAuth.make("alice", "pw").to_json()
+    for bad in (None, {}, {**good, "kdf": "md5"}, {**good, "n": 3}, {**good, "salt": "zz"}, {**good, "user": "a:b"}):
+        with pytest.raises(BadInput, match="proxy auth"):
+            spec.ProxyAuth.from_json(bad)

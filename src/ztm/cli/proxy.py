@@ -12,8 +12,11 @@ agent's, so a typo fails at once with exit status 2; the agent checks everything
 from __future__ import annotations
 
 import argparse
+import getpass
 import ipaddress
 import re
+import sys
+from pathlib import Path
 from typing import Any
 
 from ztm.addr import Address
@@ -37,12 +40,15 @@ The entrance (--set-listen) serves SOCKS5 (CONNECT with domain names, IPv4 and I
 destination; names are resolved at the exit. An exit is an endpoint with targets: DOMAIN (that name), *.DOMAIN
 (names below it), an IP address or CIDR (also names that resolve into it), or * (anything), minus its exclusions.
 Rules on the exit allow or deny users (or *) targets: the first match wins, no match allows. Refusals reach the
-client in its protocol: SOCKS5 reply codes, HTTP 403 (denied) or 502 (unreachable, no exit) with the reason."""
+client in its protocol: SOCKS5 reply codes, HTTP 403 (denied) or 502 (unreachable, no exit) with the reason.
+With --set-auth USER the entrance requires that user name and a password (SOCKS5 username/password, HTTP
+Proxy-Authorization: Basic); set one whenever the listen address is reachable from other machines."""
 
 COMMANDS = """\
 commands:
-  config [--set-listen [IP:]PORT | --unset-listen] [--add-target T ...] [--remove-target T ...]
-         [--add-exclusion T ...] [--remove-exclusion T ...]       change (or, without options, show) the config
+  config [--set-listen [IP:]PORT | --unset-listen] [--set-auth USER [--password-file F] | --clear-auth]
+         [--add-target T ...] [--remove-target T ...] [--add-exclusion T ...] [--remove-exclusion T ...]
+                                            change (or, without options, show) the config
   rules [--allow USER TARGET | --deny USER TARGET [--at N]] [--delete N]   list, insert or delete rules
   get [config|rules|exits]                  this endpoint's config or rules, or the mesh's exits
   help [COMMAND]                            this text, or one command's options"""
@@ -51,6 +57,7 @@ OVERVIEW = f"{CONCEPTS}\n\n{COMMANDS}"
 
 EXAMPLES = (
     "ztm proxy config --set-listen 1080",
+    "ztm proxy config --set-listen 0.0.0.0:1080 --set-auth alice --password-file ~/.ztm-proxy-password",
     "ztm proxy config --add-target '*.corp.example' 10.0.0.0/8 --add-exclusion 10.0.0.1",
     "ztm proxy rules --deny bob '*.secret.corp.example'",
     "ztm proxy rules --allow '*' '*' --at 1",
@@ -119,6 +126,20 @@ def number_type(text: str) -> int:
 
 number_type.__name__ = "number"
 
+MAX_CREDENTIAL = 255
+
+
+def auth_user_type(text: str) -> str:
+    size = len(text.encode("utf-8", "surrogateescape"))
+    if not text or size > MAX_CREDENTIAL or ":" in text or text != text.strip() or not text.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"invalid user name {text[:80]!r}: 1 to {MAX_CREDENTIAL} bytes, printable, no ':' and no outer spaces"
+        )
+    return text
+
+
+auth_user_type.__name__ = "user name"
+
 
 # ---- the parser tree ----
 
@@ -138,17 +159,33 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         "proxy on that address (IP defaults to 127.0.0.1; anyone who can reach it may use it). Targets make it an\n"
         "exit that connects for the mesh's entrances: DOMAIN, *.DOMAIN, IP or CIDR, or *. Exclusions take targets\n"
         "back out (a name is also excluded when it resolves into an excluded network). All or nothing: an error\n"
-        "changes nothing.",
+        "changes nothing.\n\n"
+        "--set-auth USER requires that user name and a password from every client (SOCKS5 username/password,\n"
+        "HTTP Proxy-Authorization: Basic). The password is read from --password-file F (its first line; '-' reads\n"
+        "standard input), or asked for on the terminal; it is never a command-line argument, and the agent keeps\n"
+        "only its scrypt hash. --clear-auth serves without credentials again. Listening on an address other than\n"
+        "loopback without credentials works (a firewall may protect it) but prints a warning.",
         (
             f"{cmd} config --set-listen 1080",
             f"{cmd} config --add-target example.com '*.example.com' 192.168.1.0/24",
             f"{cmd} config --add-exclusion 192.168.1.1 --remove-target example.com",
             f"{cmd} config --unset-listen",
+            f"{cmd} config --set-listen 0.0.0.0:1080 --set-auth alice --password-file pw.txt",
+            f"printf '%s\\n' \"$PW\" | {cmd} config --set-auth alice --password-file -",
+            f"{cmd} config --clear-auth",
         ),
     )
     listen = config.add_mutually_exclusive_group()
     listen.add_argument("--set-listen", metavar="[IP:]PORT", type=listen_type, help="serve the proxy here")
     listen.add_argument("--unset-listen", action="store_true", help="stop serving the proxy (no longer an entrance)")
+    auth = config.add_mutually_exclusive_group()
+    auth.add_argument("--set-auth", metavar="USER", type=auth_user_type, help="require this user name and a password")
+    auth.add_argument("--clear-auth", action="store_true", help="serve without credentials again")
+    config.add_argument(
+        "--password-file",
+        metavar="F",
+        help="with --set-auth: read the password from the first line of F ('-': standard input)",
+    )
     for flag, what in (
         ("--add-target", "targets to add"),
         ("--remove-target", "targets to remove"),
@@ -270,6 +307,12 @@ def _config(ctx: Context) -> int:
         body["set_listen"] = a.set_listen
     if a.unset_listen:
         body["unset_listen"] = True
+    if a.password_file is not None and a.set_auth is None:
+        raise UsageError("ztm proxy config: --password-file goes with --set-auth; run 'ztm help proxy config'")
+    if a.set_auth is not None:
+        body["set_auth"] = {"user": a.set_auth, "password": _read_password(a.password_file)}
+    if a.clear_auth:
+        body["clear_auth"] = True
     for key in ("add_target", "remove_target", "add_exclusion", "remove_exclusion"):
         values = list(dict.fromkeys(getattr(a, key)))
         if values:
@@ -286,7 +329,52 @@ def _config(ctx: Context) -> int:
     return 0
 
 
+def _read_password(path: str | None) -> str:
+    """The password from the first line of a file or stdin (`-`), or asked for twice on the terminal."""
+    if path is None:
+        if not sys.stdin.isatty():
+            raise UsageError("ztm proxy config: --set-auth needs --password-file F (or '-' for standard input)")
+        password = getpass.getpass("proxy password: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("ztm proxy config: the two passwords differ")
+    else:
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"ztm proxy config: cannot read the password from {path}: {exc}") from None
+        password = text.split("\n", 1)[0].removesuffix("\r")
+    size = len(password.encode("utf-8", "surrogateescape"))
+    if not password or size > MAX_CREDENTIAL or not password.isprintable():
+        raise UsageError(
+            f"ztm proxy config: the password must be 1 to {MAX_CREDENTIAL} bytes of printable characters ({size} given)"
+        )
+    return password
+
+
+def _exposed(view: dict[str, Any]) -> str | None:
+    """The listen address, when the entrance serves beyond loopback without credentials."""
+    listen = view.get("listen")
+    if not isinstance(listen, str) or view.get("listening") is not True or view.get("auth"):
+        return None
+    try:
+        host = Address.parse(listen).host
+    except BadInput:
+        return None
+    if host == "localhost":
+        return None
+    try:
+        return None if ipaddress.ip_address(host).is_loopback else listen
+    except ValueError:
+        return listen
+
+
 def _show_config(ctx: Context, view: dict[str, Any]) -> None:
+    exposed = _exposed(view)
+    if exposed is not None:
+        ctx.warn(
+            f"warning: the proxy on {output.clean(exposed)} has no credentials: anyone who can reach it uses the mesh "
+            "as this endpoint (add --set-auth USER)"
+        )
     if ctx.json:
         ctx.print_json(view)
         return
@@ -302,6 +390,7 @@ def _show_config(ctx: Context, view: dict[str, Any]) -> None:
     pairs = [
         ("endpoint", output.clean(remote_ep(ctx) or "this endpoint")),
         ("listen", shown),
+        ("auth", _auth_text(view.get("auth"))),
         ("targets", _joined(targets) if targets else "- (not an exit; add targets with --add-target)"),
         ("exclusions", _joined(view.get("exclusions")) or output.MISSING),
         ("rules", f"{len(rules)} (see 'ztm proxy rules')" if isinstance(rules, list) else output.MISSING),
@@ -309,6 +398,12 @@ def _show_config(ctx: Context, view: dict[str, Any]) -> None:
     if isinstance(counters, dict) and counters:
         pairs.append(("counters", ", ".join(f"{output.clean(str(k))}={output.cell(v)}" for k, v in counters.items())))
     ctx.print(output.key_values(pairs))
+
+
+def _auth_text(auth: object) -> str:
+    if isinstance(auth, dict) and auth.get("user"):
+        return f"user {output.cell(auth.get('user'))}, password set"
+    return "- (no credentials required; set them with --set-auth USER)"
 
 
 def _joined(value: object) -> str:

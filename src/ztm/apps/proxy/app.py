@@ -7,6 +7,14 @@ Exit: with targets, the endpoint publishes them (`target/KIND/VALUE`, `exclusion
 checks the destination against its targets and exclusions and its rules (for the caller's user, as the hub asserts
 it from the certificate), resolves names, connects, and only then accepts; otherwise it refuses with `CODE: reason`,
 which the entrance turns into a SOCKS5 reply code or an HTTP status. Configuration lives in the agent database.
+
+Credentials (`set_auth`): the entrance then requires SOCKS5 username/password (RFC 1929) or HTTP `Proxy-Authorization:
+Basic`; the password is kept as an scrypt hash (`spec.ProxyAuth`), checked off the event loop, and a successful check
+is remembered (as an HMAC under a per-process key) so that a client's next connections cost no scrypt.
+
+Direct path: like the tunnel app, a TCP connection goes over a direct channel (`ztm.agent.direct`) when the chosen
+exit announces a direct address and is not backing off, else through the hub; the exit applies the same checks with
+the caller from the channel's verified certificate. UDP always goes through the hub.
 """
 
 from __future__ import annotations
@@ -14,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hmac
+import ipaddress
 import logging
+import secrets
 import socket
 import time
 from collections import Counter
@@ -24,10 +35,10 @@ from typing import Any
 from ztm import h2, validate
 from ztm.addr import Address
 from ztm.agent.apps import AppContext, Caller, MeshApp
+from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.apps.proxy import spec
-from ztm.apps.proxy.spec import Destination, Refused, Rule, TargetSet
-from ztm.apps.tunnel.app import UDP_QUEUE, udp_flow
-from ztm.apps.tunnel.pipe import splice_socket
+from ztm.apps.proxy.spec import Credentials, Destination, ProxyAuth, Refused, Rule, TargetSet
+from ztm.apps.tunnel.app import UDP_QUEUE, splice, udp_flow
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, ZtmError
 
 log = logging.getLogger("ztm.proxy")
@@ -36,6 +47,10 @@ EXITS_TTL = 1.0
 RESOLVE_TIMEOUT = 2.0
 CONNECT_BUDGET = 3.5
 """Seconds an exit may spend resolving and connecting: the hub gives it 5 s to accept a stream."""
+AUTH_CACHE = 256
+"""Credentials remembered as verified (HMACs), until the credentials change or the agent restarts."""
+AUTH_CHECKS = 2
+"""scrypt checks running at a time (each takes about 16 MiB and tens of milliseconds)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,8 @@ class Exit:
     ep: str
     name: str
     targets: TargetSet
+    direct: str | None = None
+    """Where the exit takes direct channels (`--direct`), if it announces it."""
 
 
 class ProxyApp(MeshApp):
@@ -55,6 +72,10 @@ class ProxyApp(MeshApp):
         self.server: asyncio.AbstractServer | None = None
         self.targets = TargetSet()
         self.rules: tuple[Rule, ...] = ()
+        self.auth: ProxyAuth | None = None
+        self._auth_key = secrets.token_bytes(32)
+        self._verified: dict[bytes, None] = {}
+        self._auth_checks = asyncio.Semaphore(AUTH_CHECKS)
         self._rr: Counter[str] = Counter()
         self._exits_cache: tuple[float, list[Exit]] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -72,10 +93,19 @@ class ProxyApp(MeshApp):
         except ZtmError as exc:
             log.error("mesh %s: proxy targets or rules not restored: %s", self.ctx.mesh, exc.message)
         listen = items.get("listen")
+        auth_ok = True
+        if "auth" in items:
+            try:
+                self.auth = ProxyAuth.from_json(items["auth"])
+            except ZtmError as exc:  # never serve openly what was meant to require credentials
+                auth_ok = False
+                log.error("mesh %s: proxy credentials not restored (%s): not listening", self.ctx.mesh, exc.message)
         if isinstance(listen, str):
             try:
                 self.listen = Address.parse(listen, what="listen")
-                self.server = await self._serve(self.listen)
+                if auth_ok:
+                    self.server = await self._serve(self.listen)
+                    self._warn_if_open()
             except (ZtmError, OSError) as exc:
                 log.error("mesh %s: proxy not listening on %s: %s", self.ctx.mesh, listen, exc)
         await super().start()
@@ -105,15 +135,16 @@ class ProxyApp(MeshApp):
 
     def config_view(self) -> dict[str, Any]:
         c = self.counters
-        view = spec.view_config(str(self.listen) if self.listen else None, self.targets, self.rules)
+        view = spec.view_config(str(self.listen) if self.listen else None, self.targets, self.rules, self.auth)
         view["listening"] = self.server is not None
         view["counters"] = {k: v for k, v in sorted(c.items()) if not k.endswith(":active") or v}
         return view
 
     async def configure(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Apply `{set_listen, unset_listen, add_targets, remove_targets, add_exclusions, remove_exclusions}`
-        all or nothing."""
-        known = {"set_listen", "unset_listen", "add_targets", "remove_targets", "add_exclusions", "remove_exclusions"}
+        """Apply `{set_listen, unset_listen, set_auth: {user, password}, clear_auth, add_targets, remove_targets,
+        add_exclusions, remove_exclusions}` all or nothing."""
+        known = {"set_listen", "unset_listen", "add_targets", "remove_targets", "add_exclusions", "remove_exclusions",
+                 "set_auth", "clear_auth"}  # fmt: skip
         unknown = sorted(set(body) - known)
         if unknown:
             raise BadInput(f"unknown field {unknown[0]!r}: expected {', '.join(sorted(known))}")
@@ -126,12 +157,42 @@ class ProxyApp(MeshApp):
             raise BadInput("unset_listen must be true or false")
         if set_listen is not None and unset:
             raise BadInput("give set_listen or unset_listen, not both")
-        if set_listen is not None:
-            if not isinstance(set_listen, str):
-                raise BadInput("set_listen must be a string [IP:]PORT")
-            await self._relisten(Address.parse(set_listen, default_host="127.0.0.1", what="listen"))
-        elif unset:
-            await self._relisten(None)
+        if set_listen is not None and not isinstance(set_listen, str):
+            raise BadInput("set_listen must be a string [IP:]PORT")
+        address = Address.parse(set_listen, default_host="127.0.0.1", what="listen") if set_listen is not None else None
+        set_auth, clear_auth = body.get("set_auth"), body.get("clear_auth", False)
+        if not isinstance(clear_auth, bool):
+            raise BadInput("clear_auth must be true or false")
+        if set_auth is not None and clear_auth:
+            raise BadInput("give set_auth or clear_auth, not both")
+        auth = self.auth
+        if set_auth is not None:
+            if not isinstance(set_auth, dict) or set(set_auth) != {"user", "password"}:
+                raise BadInput("set_auth must be an object {user, password}")
+            spec.check_credential(set_auth["user"], "user")
+            spec.check_credential(set_auth["password"], "password")
+            auth = await asyncio.to_thread(ProxyAuth.make, set_auth["user"], set_auth["password"])
+        elif clear_auth:
+            auth = None
+        old_auth, self.auth = self.auth, auth  # before a new listener serves its first client
+        try:
+            if address is not None:
+                await self._relisten(address)
+            elif unset:
+                await self._relisten(None)
+        except BaseException:
+            self.auth = old_auth
+            raise
+        if set_auth is not None or clear_auth:
+            self._verified.clear()
+            if auth is None:
+                self.ctx.config_delete("auth")
+                log.info("mesh %s: proxy credentials cleared", self.ctx.mesh)
+            else:
+                self.ctx.config_set("auth", auth.to_json())
+                log.info("mesh %s: proxy credentials set for user %r", self.ctx.mesh, auth.user)
+        if address is not None or unset or set_auth is not None or clear_auth:
+            self._warn_if_open()
         if new != self.targets:
             self.ctx.config_set("targets", [str(t) for t in new.targets])
             self.ctx.config_set("exclusions", [str(e) for e in new.exclusions])
@@ -160,6 +221,37 @@ class ProxyApp(MeshApp):
         else:
             self.ctx.config_set("listen", str(address))
             log.info("mesh %s: proxy listening on %s", self.ctx.mesh, address)
+
+    @property
+    def open_to_network(self) -> bool:
+        """Listening beyond loopback without credentials: anyone who reaches the address uses this identity."""
+        return self.server is not None and self.auth is None and not _loopback(self.listen)
+
+    def _warn_if_open(self) -> None:
+        if self.open_to_network:
+            log.warning(
+                "mesh %s: proxy listening on %s without credentials: anyone who can reach it uses the mesh as this "
+                "endpoint (set them with 'ztm proxy config --set-auth USER')",
+                self.ctx.mesh,
+                self.listen,
+            )
+
+    async def authenticate(self, creds: Credentials) -> bool:
+        """Do `creds` match the entrance's credentials? Verified ones are remembered (an HMAC under a per-process
+        key, never the password); others cost an scrypt check in a thread, at most `AUTH_CHECKS` at a time."""
+        auth = self.auth
+        if auth is None:
+            return True
+        tag = hmac.digest(self._auth_key, len(creds.user).to_bytes(2, "big") + creds.user + creds.password, "sha256")
+        if tag in self._verified:
+            return True
+        async with self._auth_checks:
+            ok = await asyncio.to_thread(auth.verify, creds)
+        if ok and self.auth is auth:
+            if len(self._verified) >= AUTH_CACHE:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[tag] = None
+        return ok
 
     async def _serve(self, address: Address) -> asyncio.AbstractServer:
         from ztm.apps.proxy.entrance import serve_client  # entrance imports this module
@@ -232,19 +324,23 @@ class ProxyApp(MeshApp):
         found = await self.ctx.find()
         services: dict[str, list[str]] = {}
         names: dict[str, str] = {}
+        direct: dict[str, str] = {}
         for item in found:
             ep = str(item.get("ep"))
             if item.get("online") and ep != self.ctx.ep_id:
                 services.setdefault(ep, []).append(str(item.get("service", "")))
                 names[ep] = str(item.get("name"))
-        exits = [Exit(ep, names[ep], TargetSet.from_services(s)) for ep, s in sorted(services.items())]
+                if isinstance(item.get("direct"), str):
+                    direct[ep] = str(item["direct"])
+        exits = [Exit(ep, names[ep], TargetSet.from_services(s), direct.get(ep)) for ep, s in sorted(services.items())]
         exits = [e for e in exits if e.targets.targets]
         if exits:  # an empty answer is not cached: the next connection asks again
             self._exits_cache = (now, exits)
         return exits
 
-    async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[h2.Stream, Exit]:
-        """A stream for `dest` to the first matching exit that accepts; `Refused` otherwise."""
+    async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[h2.Stream | DirectChannel, Exit]:
+        """A stream for `dest` to the first matching exit that accepts (for TCP, a direct channel when the exit has
+        a usable direct address; when it does not answer, a stream through the hub); `Refused` otherwise."""
         try:
             exits = await self._exits()
         except ZtmError as exc:
@@ -256,9 +352,20 @@ class ProxyApp(MeshApp):
         self._rr["exits"] += 1
         ordered = [e for _, e in sorted(ranked[start:] + ranked[:start], key=lambda r: -r[0])]
         problems: list[Refused] = []
+        service = dest.service(protocol)
+        direct = self.ctx.session.direct
         for exit_ep in ordered:
+            if protocol == "tcp" and exit_ep.direct is not None and direct.reachable(exit_ep.ep):
+                try:
+                    return await direct.open(exit_ep.ep, exit_ep.direct, self.name, service), exit_ep
+                except DirectUnreachable:
+                    self.counters["entrance:direct_fallbacks"] += 1  # on to the relay
+                except ZtmError as exc:  # the exit refused: the relay would refuse too
+                    refused = Refused.from_reason(exc.message)
+                    problems.append(Refused(refused.code, f"exit {exit_ep.name}: {refused.message}"))
+                    continue
             try:
-                return await self.ctx.open_stream(exit_ep.ep, dest.service(protocol)), exit_ep
+                return await self.ctx.open_stream(exit_ep.ep, service), exit_ep
             except Forbidden as exc:  # the exit refused: its reason starts with a refusal code
                 refused = Refused.from_reason(exc.message)
             except Timeout as exc:
@@ -274,10 +381,18 @@ class ProxyApp(MeshApp):
         raise Refused(first.code, return_message[:400])
 
     async def pipe(
-        self, side: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, stream: h2.Stream, peer: Exit
+        self,
+        side: str,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        stream: h2.Stream | DirectChannel,
+        peer: Exit,
     ) -> None:
-        """Splice a client (or target) socket with a stream, counting bytes for `side` and for the peer."""
+        """Splice a client (or target) socket with a stream or direct channel, counting bytes for `side` and for the
+        peer."""
         c = self.counters
+        if isinstance(stream, DirectChannel):
+            c[f"{side}:direct"] += 1
         c[f"{side}:active"] += 1
         traffic = self.ctx.session.traffic_of(peer.ep, peer.name)
         traffic.streams += 1
@@ -290,7 +405,7 @@ class ProxyApp(MeshApp):
             traffic.received += received
 
         try:
-            await splice_socket(reader, writer, stream, count)
+            await splice(reader, writer, stream, count)
         finally:
             c[f"{side}:active"] -= 1
             traffic.streams -= 1
@@ -336,12 +451,35 @@ class ProxyApp(MeshApp):
         finally:
             transport.close()
 
+    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
+        """A direct channel from an entrance (caller from its verified certificate): the checks of `on_stream`;
+        a refusal goes back as `CODE: reason`, as through the hub."""
+        try:
+            try:
+                protocol, dest = Destination.from_service(service)
+            except BadInput as exc:
+                raise Refused(spec.FAILED, exc.message) from None
+            if protocol != "tcp":
+                raise Refused(spec.FAILED, "direct channels carry TCP connections only")
+            deadline = asyncio.get_running_loop().time() + CONNECT_BUDGET
+            addresses = await self._admit(dest, protocol, caller)
+            reader, writer = await _connect(addresses, dest.port, deadline)
+        except Refused as refused:
+            self._log_refusal(caller, service, refused)
+            raise Forbidden(refused.reason) from None
+        channel.accept()
+        self.counters["exit:streams"] += 1
+        await self.pipe("exit", reader, writer, channel, Exit(caller.ep_id, caller.name, TargetSet()))
+
     async def _refuse(self, stream_id: str, caller: Caller, service: str, refused: Refused) -> None:
+        self._log_refusal(caller, service, refused)
+        await self.ctx.refuse(stream_id, refused.reason)
+
+    def _log_refusal(self, caller: Caller, service: str, refused: Refused) -> None:
         self.counters[f"exit:{'denied' if refused.code == spec.DENIED else 'failed'}"] += 1
         log.warning(
             "mesh %s: refused %s for %s (user %s): %s", self.ctx.mesh, service, caller.name, caller.user, refused.reason
         )
-        await self.ctx.refuse(stream_id, refused.reason)
 
     async def _admit(self, dest: Destination, protocol: str, caller: Caller) -> list[spec.IP]:
         """The addresses this exit may connect to for `caller`, in order; `Refused` if none."""
@@ -372,6 +510,15 @@ class ProxyApp(MeshApp):
 
     def _denial(self, number: int, caller: Caller, dest: Destination) -> str:
         return f"rule {number} ({self.rules[number - 1]}) denies user {caller.user!r} access to {dest}"
+
+
+def _loopback(address: Address | None) -> bool:
+    if address is None or address.host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.host).is_loopback
+    except ValueError:
+        return False
 
 
 def _edit(

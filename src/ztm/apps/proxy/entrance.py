@@ -6,6 +6,11 @@ one-line reason), then splices the socket with the stream (the tunnel app's `spl
 after its handshake go to the stream first. A SOCKS5 UDP ASSOCIATE gets a UDP relay socket on the same address; each
 destination it sends to becomes one stream (`udp/HOST/PORT`) carrying length-prefixed datagrams, for as long as the
 client keeps its TCP connection open.
+
+With credentials configured (`ProxyApp.auth`), a SOCKS5 client must take method 0x02 (RFC 1929 username/password;
+offering only "no authentication" gets 0xFF, wrong credentials status 0x01, and the connection closes) and an HTTP
+client must send `Proxy-Authorization: Basic` (407 with `Proxy-Authenticate: Basic realm="ztm"` otherwise). A TCP
+connection may get a direct channel instead of a stream (`ProxyApp.open_to_exit`); the splice is the same.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ztm import h2
-from ztm.apps.proxy import http1, socks
+from ztm.agent.direct import DirectChannel
+from ztm.agent.direct_pipe import HEADER
+from ztm.apps.proxy import http1, socks, spec
 from ztm.apps.proxy.spec import Destination, Refused
 from ztm.apps.tunnel.app import UDP_QUEUE, udp_flow
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, reset_socket
@@ -105,11 +112,15 @@ class _Client:
             log.info("mesh %s: proxy client %s: %s", app.ctx.mesh, self.peer, exc.message)
             await self.finish(socks.choice(socks.NO_ACCEPTABLE))
             return
-        if not greeting.no_auth:
+        if app.auth is not None:
+            if not await self.socks_login(greeting):
+                return
+        elif not greeting.no_auth:
             c["entrance:malformed"] += 1
             await self.finish(socks.choice(socks.NO_ACCEPTABLE))
             return
-        self.writer.write(socks.choice(socks.NO_AUTH))
+        else:
+            self.writer.write(socks.choice(socks.NO_AUTH))
         try:
             request = await self.parse(socks.parse_request)
         except socks.SocksError as exc:
@@ -131,6 +142,34 @@ class _Client:
         c["entrance:streams"] += 1
         self.writer.write(socks.reply(socks.SUCCEEDED))
         await self.splice(stream, exit_ep, self.rest())
+
+    async def socks_login(self, greeting: socks.Greeting) -> bool:
+        """RFC 1929: True once the client's user name and password matched; else it was answered and closed."""
+        app, c = self.app, self.app.counters
+        if not greeting.userpass:
+            c["entrance:unauthorized"] += 1
+            log.info("mesh %s: proxy client %s: no username/password method offered", app.ctx.mesh, self.peer)
+            await self.finish(socks.choice(socks.NO_ACCEPTABLE))
+            return False
+        self.writer.write(socks.choice(socks.USERPASS))
+        try:
+            creds = await self.parse(socks.parse_userpass)
+        except socks.SocksError as exc:
+            c["entrance:malformed"] += 1
+            log.info("mesh %s: proxy client %s: %s", app.ctx.mesh, self.peer, exc.message)
+            await self.finish(socks.auth_status(socks.AUTH_FAILED))
+            return False
+        if not await app.authenticate(creds):
+            self.unauthorized(creds, "socks")
+            await self.finish(socks.auth_status(socks.AUTH_FAILED))
+            return False
+        self.writer.write(socks.auth_status(socks.AUTH_OK))
+        return True
+
+    def unauthorized(self, creds: spec.Credentials | None, protocol: str) -> None:
+        self.app.counters["entrance:unauthorized"] += 1
+        who = "no credentials" if creds is None else f"wrong user name or password (user {creds.user[:64]!r})"
+        log.info("mesh %s: proxy client %s (%s): %s", self.app.ctx.mesh, self.peer, protocol, who)
 
     async def udp_associate(self, request: socks.Request) -> None:
         loop = asyncio.get_running_loop()
@@ -165,6 +204,8 @@ class _Client:
             log.info("mesh %s: proxy client %s: HTTP %d %s", app.ctx.mesh, self.peer, exc.status, exc.message)
             await self.finish(http1.response(exc.status, exc.message))
             return
+        if app.auth is not None and not await self.http_login(request):
+            return
         dest = request.destination
         try:
             stream, exit_ep = await app.open_to_exit(dest, "tcp")
@@ -181,6 +222,22 @@ class _Client:
             first = request.upstream_head() + self.rest()
         await self.splice(stream, exit_ep, first)
 
+    async def http_login(self, request: http1.HttpRequest) -> bool:
+        """`Proxy-Authorization: Basic`: True once it matched; else the client got a 407 (or a 400) and is closed."""
+        try:
+            creds = http1.proxy_credentials(request.headers)
+        except http1.HttpError as exc:
+            self.app.counters["entrance:unauthorized" if exc.status == 407 else "entrance:malformed"] += 1
+            log.info("mesh %s: proxy client %s: HTTP %d %s", self.app.ctx.mesh, self.peer, exc.status, exc.message)
+            await self.finish(http1.response(exc.status, f"ztm proxy: {exc.message}"))
+            return False
+        if creds is None or not await self.app.authenticate(creds):
+            self.unauthorized(creds, "http")
+            what = "proxy authentication required" if creds is None else "wrong user name or password"
+            await self.finish(http1.response(407, f"ztm proxy: {what}"))
+            return False
+        return True
+
     # ---- both ----------------------------------------------------------------------------------------------
 
     @property
@@ -192,8 +249,11 @@ class _Client:
         self.app.counters["entrance:refused"] += 1
         log.info("mesh %s: proxy %s for %s refused: %s", self.app.ctx.mesh, what, self.peer, refused.reason)
 
-    async def splice(self, stream: h2.Stream, exit_ep: Exit, first: bytes) -> None:
-        if first:
+    async def splice(self, stream: h2.Stream | DirectChannel, exit_ep: Exit, first: bytes) -> None:
+        if isinstance(stream, DirectChannel):
+            if first:
+                stream.transport.write(HEADER.pack(len(first)) + first)  # one frame of the channel (direct_pipe)
+        elif first:
             try:
                 await stream.write(first)
             except h2.H2Error:
@@ -273,6 +333,7 @@ class _UdpRelay(asyncio.DatagramProtocol):
                 app.counters["entrance-udp:refused"] += 1
                 log.info("mesh %s: proxy UDP to %s dropped: %s", app.ctx.mesh, dest, refused.reason)
                 return
+            assert isinstance(stream, h2.Stream)  # UDP never goes direct
             app.counters["entrance-udp:streams"] += 1
 
             def send(datagram: bytes) -> None:

@@ -8,10 +8,15 @@ oversized or unsupported requests. Two kinds of request are served:
 * `GET http://HOST[:PORT]/path` and every other method with an absolute `http://` URI: the request is forwarded in
   origin form (`GET /path HTTP/1.1`), with `Host` set from the URI, hop-by-hop and `Proxy-*` headers removed and
   `Connection: close` (one request per client connection; the response and any request body travel unchanged).
+
+When the entrance requires credentials, `proxy_credentials(headers)` reads `Proxy-Authorization: Basic ...`; the
+proxy's 407 answer carries `Proxy-Authenticate: Basic realm="ztm"`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from dataclasses import dataclass
 
@@ -33,6 +38,7 @@ REASONS = {
     200: "Connection established",
     400: "Bad Request",
     403: "Forbidden",
+    407: "Proxy Authentication Required",
     414: "URI Too Long",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
@@ -188,11 +194,37 @@ def _absolute(target: str) -> tuple[spec.Destination, str]:
     return destination, path
 
 
+def proxy_credentials(headers: tuple[tuple[str, str], ...]) -> spec.Credentials | None:
+    """The `Proxy-Authorization: Basic ...` credentials, None without the header; HttpError 400 for a malformed
+    header, 407 for another scheme or a user name or password the entrance cannot have (empty, over 255 bytes)."""
+    values = [v for n, v in headers if n.lower() == "proxy-authorization"]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise HttpError(400, "several Proxy-Authorization headers")
+    scheme, _, token = values[0].partition(" ")
+    if scheme.lower() != "basic":
+        raise HttpError(407, f"proxy authentication scheme {scheme[:20]!r} is not supported: use Basic")
+    try:
+        raw = base64.b64decode(token.strip(" \t"), validate=True)
+    except (binascii.Error, ValueError):
+        raise HttpError(400, "malformed Proxy-Authorization: the Basic credentials are not base64") from None
+    user, sep, password = raw.partition(b":")
+    if not sep:
+        raise HttpError(400, "malformed Proxy-Authorization: no ':' between user name and password")
+    if len(user) > spec.MAX_CREDENTIAL or len(password) > spec.MAX_CREDENTIAL:
+        raise HttpError(407, f"user name or password longer than {spec.MAX_CREDENTIAL} bytes")
+    if not user or not password:
+        raise HttpError(407, "empty user name or password")
+    return spec.Credentials(user, password)
+
+
 def response(status: int, message: str) -> bytes:
-    """The proxy's own answer: a one-line plain-text reason, and the connection ends."""
+    """The proxy's own answer: a one-line plain-text reason, and the connection ends (407 asks for Basic)."""
     body = (message.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
+    challenge = 'Proxy-Authenticate: Basic realm="ztm"\r\n' if status == 407 else ""
     head = (
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\n{challenge}Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body

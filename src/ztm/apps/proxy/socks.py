@@ -2,7 +2,8 @@
 
 The parsers take the bytes received so far and return `(message, bytes consumed)`, or None while the message is
 incomplete; malformed input raises `SocksError` (and nothing else), which carries the reply code to send, if any.
-Only "no authentication" is offered: a proxy entrance listens on the endpoint's own addresses.
+Without credentials configured the entrance offers "no authentication"; with them it requires username/password
+(RFC 1929: `parse_userpass`, answered with `auth_status`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ from ztm.errors import BadInput
 
 VERSION = 5
 NO_AUTH = 0x00
+USERPASS = 0x02
 NO_ACCEPTABLE = 0xFF
+USERPASS_VERSION = 1
+"""The version byte of the RFC 1929 sub-negotiation."""
+AUTH_OK = 0x00
+AUTH_FAILED = 0x01
 
 CONNECT = 1
 BIND = 2
@@ -65,6 +71,10 @@ class Greeting:
     def no_auth(self) -> bool:
         return NO_AUTH in self.methods
 
+    @property
+    def userpass(self) -> bool:
+        return USERPASS in self.methods
+
 
 @dataclass(frozen=True)
 class Request:
@@ -88,6 +98,33 @@ def parse_greeting(buf: bytes) -> tuple[Greeting, int] | None:
     if len(buf) < 2 + count:
         return None
     return Greeting(bytes(buf[2 : 2 + count])), 2 + count
+
+
+def parse_userpass(buf: bytes) -> tuple[spec.Credentials, int] | None:
+    """The RFC 1929 request: VER(1) ULEN(1) UNAME(1-255) PLEN(1-255) PASSWD. A wrong version or an empty user name
+    or password is a `SocksError` (answer `auth_status(AUTH_FAILED)` and close)."""
+    if not buf:
+        return None
+    if buf[0] != USERPASS_VERSION:
+        raise SocksError(f"username/password sub-negotiation of version {buf[0]:#04x}, expected 0x01")
+    if len(buf) < 2:
+        return None
+    ulen = buf[1]
+    if ulen == 0:
+        raise SocksError("empty user name in the username/password sub-negotiation")
+    if len(buf) < 2 + ulen + 1:
+        return None
+    plen = buf[2 + ulen]
+    if plen == 0:
+        raise SocksError("empty password in the username/password sub-negotiation")
+    end = 3 + ulen + plen
+    if len(buf) < end:
+        return None
+    return spec.Credentials(bytes(buf[2 : 2 + ulen]), bytes(buf[3 + ulen : end])), end
+
+
+def auth_status(status: int) -> bytes:
+    return bytes([USERPASS_VERSION, status])
 
 
 def _address(buf: bytes, at: int) -> tuple[str, int, int] | None:

@@ -6,6 +6,7 @@
 * `TargetSet`: an exit's targets minus its exclusions; how it is published to the mesh (`target/KIND/VALUE`) and read
   back by entrances, and the entrance's routing question "may this exit serve that destination?".
 * `Rule`: allow or deny a user (or `*`) a target; `decide` applies a rule list, first match wins, no match allows.
+* `Credentials` (what a client sent) and `ProxyAuth` (the entrance's user name and scrypt-hashed password).
 * Refusal reasons: an exit refuses a stream with `CODE: message`, so the entrance can answer its client in the
   client's own protocol (a SOCKS5 reply code, an HTTP status).
 
@@ -14,8 +15,11 @@ Every parse failure is a `BadInput` naming the value and the accepted form.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -323,9 +327,12 @@ def refusal_code(reason: str) -> str:
     return code if sep and code in CODES else FAILED
 
 
-def view_config(listen: str | None, targets: TargetSet, rules: Sequence[Rule]) -> dict[str, Any]:
+def view_config(
+    listen: str | None, targets: TargetSet, rules: Sequence[Rule], auth: ProxyAuth | None = None
+) -> dict[str, Any]:
     return {
         "listen": listen,
+        "auth": auth.view() if auth is not None else None,
         "targets": [str(t) for t in targets.targets],
         "exclusions": [str(e) for e in targets.exclusions],
         "rules": [r.to_json() for r in rules],
@@ -348,3 +355,92 @@ class Refused(Exception):
     def from_reason(cls, reason: str) -> Refused:
         code = refusal_code(reason)
         return cls(code, reason.partition(": ")[2] if reason.startswith(code + ": ") else reason)
+
+
+# ------------------------------------------------------------------------------------------------ authentication
+
+MAX_CREDENTIAL = 255
+"""Longest user name and password, in UTF-8 bytes (RFC 1929 gives each one length byte)."""
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 1 << 14, 8, 1
+"""scrypt cost: about 16 MiB and a few tens of milliseconds per check (entrances cache successful checks)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A user name and password as a client sent them (bytes: neither RFC 1929 nor Basic pins an encoding)."""
+
+    user: bytes
+    password: bytes
+
+    def __repr__(self) -> str:  # never the password, not even in a traceback
+        return f"Credentials(user={self.user!r}, password=...)"
+
+
+def check_credential(value: object, what: str) -> str:
+    """A user name (`what` = "user", no ':') or password: 1 to 255 UTF-8 bytes, no control characters."""
+    if not isinstance(value, str) or not value:
+        raise BadInput(f"proxy auth {what}: expected a non-empty string")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_CREDENTIAL:
+        raise BadInput(f"proxy auth {what}: {size} bytes, at most {MAX_CREDENTIAL} (UTF-8)")
+    if _CONTROL.search(value) or any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise BadInput(f"proxy auth {what}: control characters are not allowed")
+    if what == "user" and (":" in value or value != value.strip()):
+        raise BadInput("proxy auth user: no ':' and no leading or trailing spaces (HTTP Basic separates with ':')")
+    return value
+
+
+@dataclass(frozen=True, repr=False)
+class ProxyAuth:
+    """The credentials an entrance requires: a user name and the scrypt hash of the password, with its salt."""
+
+    user: str
+    salt: bytes
+    digest: bytes
+    n: int = SCRYPT_N
+    r: int = SCRYPT_R
+    p: int = SCRYPT_P
+
+    def __repr__(self) -> str:
+        return f"ProxyAuth(user={self.user!r})"
+
+    @classmethod
+    def make(cls, user: object, password: object) -> ProxyAuth:
+        user = check_credential(user, "user")
+        password = check_credential(password, "password")
+        salt = secrets.token_bytes(16)
+        return cls(user, salt, _scrypt(password.encode(), salt, SCRYPT_N, SCRYPT_R, SCRYPT_P))
+
+    def verify(self, creds: Credentials) -> bool:
+        """Slow on purpose (scrypt): run it off the event loop. The hash is computed whatever the user name, and
+        both comparisons are constant-time, so the answer's timing tells nothing about either."""
+        if len(creds.password) > MAX_CREDENTIAL or len(creds.user) > MAX_CREDENTIAL:
+            return False
+        digest = _scrypt(creds.password, self.salt, self.n, self.r, self.p)
+        same_user = hmac.compare_digest(creds.user, self.user.encode())
+        return hmac.compare_digest(digest, self.digest) & same_user
+
+    def view(self) -> dict[str, str]:
+        return {"user": self.user, "password": "set"}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"user": self.user, "kdf": "scrypt", "n": self.n, "r": self.r, "p": self.p,
+                "salt": self.salt.hex(), "hash": self.digest.hex()}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, value: object) -> ProxyAuth:
+        if not isinstance(value, dict) or value.get("kdf") != "scrypt":
+            raise BadInput("stored proxy auth: expected an scrypt record")
+        try:
+            n, r, p = (int(value[k]) for k in ("n", "r", "p"))
+            salt, digest = bytes.fromhex(str(value["salt"])), bytes.fromhex(str(value["hash"]))
+        except (KeyError, TypeError, ValueError):
+            raise BadInput("stored proxy auth: malformed scrypt record") from None
+        if not (2 <= n <= 1 << 20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16 and salt and digest):
+            raise BadInput("stored proxy auth: scrypt parameters out of range")
+        return cls(check_credential(value.get("user"), "user"), salt, digest, n, r, p)
+
+
+def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, maxmem=256 * r * (n + p + 2), dklen=32)

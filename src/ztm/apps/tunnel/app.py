@@ -302,13 +302,7 @@ class TunnelApp(MeshApp):
             traffic.received += received
 
         try:
-            if isinstance(stream, DirectChannel):
-                try:
-                    await splice_direct(reader, writer, stream.transport, stream.rest, count, stream.recycle)
-                finally:
-                    stream.done()
-            else:
-                await splice_socket(reader, writer, stream, count)
+            await splice(reader, writer, stream, count)
         finally:
             c[f"{key}:active"] -= 1
             traffic.streams -= 1
@@ -469,6 +463,23 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             await udp_flow(stream, queue, send, self.app.counters, key)
         finally:
             self.flows.pop(addr, None)
+
+
+async def splice(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    stream: h2.Stream | DirectChannel,
+    count: Callable[[int, int], None],
+) -> None:
+    """Splice a local TCP socket with a stream through the hub or a direct channel (released when the splice ends,
+    its TLS connection reused after a clean end both ways). Also the proxy app's data path."""
+    if isinstance(stream, DirectChannel):
+        try:
+            await splice_direct(reader, writer, stream.transport, stream.rest, count, stream.recycle)
+        finally:
+            stream.done()
+    else:
+        await splice_socket(reader, writer, stream, count)
 
 
 async def udp_flow(
