@@ -38,7 +38,7 @@ from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.apps.proxy import spec
 from ztm.apps.proxy.spec import Credentials, Destination, ProxyAuth, Refused, Rule, TargetSet
-from ztm.apps.tunnel.app import UDP_QUEUE, splice, udp_flow
+from ztm.apps.tunnel.app import UDP_QUEUE, counted_splice, udp_flow
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, ZtmError
 
 log = logging.getLogger("ztm.proxy")
@@ -390,25 +390,8 @@ class ProxyApp(MeshApp):
     ) -> None:
         """Splice a client (or target) socket with a stream or direct channel, counting bytes for `side` and for the
         peer."""
-        c = self.counters
-        if isinstance(stream, DirectChannel):
-            c[f"{side}:direct"] += 1
-        c[f"{side}:active"] += 1
         traffic = self.ctx.session.traffic_of(peer.ep, peer.name)
-        traffic.streams += 1
-        sent_key, received_key = f"{side}:sent", f"{side}:received"
-
-        def count(sent: int, received: int) -> None:
-            c[sent_key] += sent
-            c[received_key] += received
-            traffic.sent += sent
-            traffic.received += received
-
-        try:
-            await splice(reader, writer, stream, count)
-        finally:
-            c[f"{side}:active"] -= 1
-            traffic.streams -= 1
+        await counted_splice(reader, writer, stream, self.counters, side, traffic)
 
     # ---- exit -----------------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from ztm.addr import Address
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.agent.direct_pipe import splice_direct
+from ztm.agent.mesh import Traffic
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
 from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
@@ -284,28 +285,9 @@ class TunnelApp(MeshApp):
         peer: str,
         peer_name: str,
     ) -> None:
-        c = self.counters
-        c[f"{key}:streams"] += 1
-        if isinstance(stream, DirectChannel):
-            c[f"{key}:direct"] += 1
-        c[f"{key}:active"] += 1
+        self.counters[f"{key}:streams"] += 1
         traffic = self.ctx.session.traffic_of(peer, peer_name)
-        traffic.streams += 1
-
-        sent_key = f"{key}:sent"
-        received_key = f"{key}:received"
-
-        def count(sent: int, received: int) -> None:
-            c[sent_key] += sent
-            c[received_key] += received
-            traffic.sent += sent
-            traffic.received += received
-
-        try:
-            await splice(reader, writer, stream, count)
-        finally:
-            c[f"{key}:active"] -= 1
-            traffic.streams -= 1
+        await counted_splice(reader, writer, stream, self.counters, key, traffic)
 
     # exit
     def _admit(self, caller: Caller, service: str) -> tuple[TunnelName, str, Outbound]:
@@ -463,6 +445,35 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             await udp_flow(stream, queue, send, self.app.counters, key)
         finally:
             self.flows.pop(addr, None)
+
+
+async def counted_splice(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    stream: h2.Stream | DirectChannel,
+    counters: Counter[str],
+    key: str,
+    traffic: Traffic,
+) -> None:
+    """`splice`, counted: `KEY:active` (and `KEY:direct` for a direct channel) while it runs, bytes in `KEY:sent` and
+    `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`). The tunnel's and the proxy's data path."""
+    if isinstance(stream, DirectChannel):
+        counters[f"{key}:direct"] += 1
+    counters[f"{key}:active"] += 1
+    traffic.streams += 1
+    sent_key, received_key = f"{key}:sent", f"{key}:received"
+
+    def count(sent: int, received: int) -> None:
+        counters[sent_key] += sent
+        counters[received_key] += received
+        traffic.sent += sent
+        traffic.received += received
+
+    try:
+        await splice(reader, writer, stream, count)
+    finally:
+        counters[f"{key}:active"] -= 1
+        traffic.streams -= 1
 
 
 async def splice(
