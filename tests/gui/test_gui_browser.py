@@ -2,9 +2,10 @@
 
 The browser talks to agent ep1 only, like a person at ep1's machine; ep2 is the other end (set up with the CLI).
 Tests run in file order on one signed-in page: sign in with the link ep1 printed, join by uploading the permit, see
-endpoints and ping one, stop and start an app, open a tunnel and carry bytes through it, configure the proxy, run a
-command in the browser terminal, upload and download files, read the log; and the refusals: no API call without a
-session, a cross-origin page cannot use the session even though the browser sends the cookie. Every page is saved
+endpoints and ping one, stop and start an app, open a tunnel and carry bytes through it, configure the proxy (and its
+credentials, with the open-proxy warning), run a command in the browser terminal, upload and download files, follow
+and cancel a slow mesh download, read the log; and the refusals: no API call without a session, a cross-origin page
+cannot use the session even though the browser sends the cookie. Every page is saved
 as a screenshot under `test-artifacts/gui/` (or `$ZTM_ARTIFACTS/gui/`).
 """
 
@@ -15,6 +16,7 @@ import http.client
 import http.server
 import json
 import os
+import secrets
 import socket
 import socketserver
 import threading
@@ -72,6 +74,7 @@ def page(browser_context: Any, world: World) -> Any:
 def shot(page: Any, artifacts: Path, name: str) -> None:
     page.wait_for_load_state("networkidle")
     page.evaluate("document.getElementById('toasts').replaceChildren()")  # notices of earlier steps
+    page.evaluate("window.scrollTo(0, 0)")  # a click scrolled: the sticky top bar would be drawn mid-page
     page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
 
 
@@ -262,7 +265,70 @@ def test_proxy_listen_targets_and_rules(page: Any, world: World, artifacts: Path
     assert config["listen"] == f"127.0.0.1:{port}"
     assert config["targets"] == ["*.lab.example"]
     assert config["rules"] == [{"action": "deny", "user": "*", "target": "secret.lab.example"}]
+
+
+def test_proxy_credentials_and_the_open_proxy_warning(page: Any, world: World, artifacts: Path) -> None:
+    goto(page, world, "proxy")
+    page.wait_for_selector("[data-testid=proxy-auth]")
+    warning = page.locator("[data-testid=proxy-open-warning]")
+    assert warning.count() == 0  # 127.0.0.1: no warning
+    assert "none" in page.inner_text("[data-testid=proxy-auth]")
+
+    port = support.free_port("0.0.0.0")
+    listen = page.locator("[data-testid=proxy-listen]")
+    listen.locator("input").fill(f"0.0.0.0:{port}")
+    listen.locator("button[type=submit]").click()
+    warning.wait_for()
+    assert f"0.0.0.0:{port}" in warning.inner_text()
+    shot(page, artifacts, "06-proxy-open")
+
+    form = page.locator("[data-testid=proxy-set-auth]")
+    for name in ("password", "confirm"):
+        box = form.locator(f"input[name={name}]")
+        assert box.get_attribute("type") == "password" and box.get_attribute("autocomplete") == "new-password", name
+    password = secrets.token_urlsafe(18)
+    form.locator("input[name=auth-user]").fill("alice")
+    form.locator("input[name=password]").fill(password)
+    form.locator("input[name=confirm]").fill(password + "x")  # two different passwords: refused before any request
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector(".toast.error:has-text('passwords differ')")
+    status, config = world.ep1.api("GET", f"/api/meshes/{MESH}/apps/proxy")
+    assert status == 200 and config["auth"] is None, config
+
+    form.locator("input[name=password]").fill(password)
+    form.locator("input[name=confirm]").fill(password)
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector("[data-testid=proxy-auth-user]:text-is('alice')")
+    assert "set" in page.inner_text("[data-testid=proxy-auth]")
+    warning.wait_for(state="detached")
+    status, config = world.ep1.api("GET", f"/api/meshes/{MESH}/apps/proxy")
+    assert status == 200 and config["auth"] == {"user": "alice", "password": "set"}, config
+    assert password not in json.dumps(config)
+    assert password not in page.content()
+    assert password not in json.dumps(page.evaluate("[...document.querySelectorAll('input')].map(i => i.value)"))
+
+    # a SOCKS5 client offering no username/password is refused, and counted on the page
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"\x05\x01\x00")
+        assert sock.recv(2) == b"\x05\xff"
+    row = page.locator("table[data-testid=proxy-counters] tr", has_text="unauthorized")
+    wait_until(lambda: row.locator("td").nth(1).inner_text(timeout=1000) == "1", 20, "1 unauthorized client counted")
+    assert page.locator("table[data-testid=proxy-counters] tr", has_text="direct fallbacks").count() == 1
     shot(page, artifacts, "06-proxy")
+
+    page.click("[data-testid=proxy-clear-auth]")
+    page.wait_for_selector("[data-testid=proxy-clear-auth]", state="detached")
+    warning.wait_for()
+    assert "none" in page.inner_text("[data-testid=proxy-auth]")
+    status, config = world.ep1.api("GET", f"/api/meshes/{MESH}/apps/proxy")
+    assert status == 200 and config["auth"] is None, config
+
+    loopback = support.free_port()
+    listen = page.locator("[data-testid=proxy-listen]")
+    listen.locator("input").fill(f"127.0.0.1:{loopback}")
+    listen.locator("button[type=submit]").click()
+    warning.wait_for(state="detached")
+    wait_until(lambda: support.tcp_accepts("127.0.0.1", loopback), 30, "the proxy to listen on loopback again")
 
 
 # ------------------------------------------------------------------------------------------------- terminal
@@ -324,6 +390,39 @@ def test_upload_and_download_files(page: Any, world: World, artifacts: Path, tmp
         assert hashlib.sha256(saved.read_bytes()).hexdigest() == hashlib.sha256(expected).hexdigest(), name
     done = "document.querySelectorAll('[data-testid=transfers] .transfer[data-state=done]').length >= 3"
     page.wait_for_function(done)
+
+
+def test_a_slow_mesh_download_is_listed_and_cancelled(page: Any, world: World, artifacts: Path) -> None:
+    path = "/shared/root/slow.bin"
+    _publish(world.ep2, path, os.urandom(3 << 20))
+    # the lowest rate: the first chunk goes at once, the next would wait ~17 minutes (a running partial holder)
+    status, job = world.ep1.api("POST", f"/api/meshes/{MESH}/apps/files/downloads", {"path": path, "rate": 1024})
+    assert status == 202, job
+
+    page.evaluate(f"sessionStorage.setItem('ztm.files.{MESH}', '/shared/root/')")  # the folder the page opens
+    goto(page, world, "meshes")
+    goto(page, world, "files")
+    page.wait_for_selector(f"[data-testid='download-state-{path}'][data-state=running]")
+    row = page.locator("table[data-testid=downloads] tr", has_text=path)
+    wait_until(lambda: "1/3 chunks" in row.inner_text(timeout=1000), 30, "the first chunk in the download's row")
+    assert "ep2 1" in row.inner_text()  # chunks per source
+
+    # the file's holders: ep2 in full, ep1 (this download) as a partial holder once the hub lists it
+    file_row = page.locator("table[data-testid=files] tr", has_text="slow.bin").locator("td").first
+
+    def partial_holder() -> bool:
+        file_row.click()
+        holder = page.locator("table[data-testid=holders] tr", has_text="ep1")
+        return "partial" in holder.inner_text(timeout=2000) and "1/3 chunks" in holder.inner_text(timeout=2000)
+
+    wait_until(partial_holder, 30, "ep1 listed as a partial holder", interval=1.0)
+    assert "whole file" in page.locator("table[data-testid=holders] tr", has_text="ep2").inner_text()
+
+    page.click(f"[data-testid='cancel-download-{path}']")
+    page.wait_for_selector(f"[data-testid='download-state-{path}'][data-state=cancelled]")
+    assert page.locator(f"[data-testid='cancel-download-{path}']").count() == 0
+    status, jobs = world.ep1.api("GET", f"/api/meshes/{MESH}/apps/files/downloads?path={path}")
+    assert status == 200 and jobs[-1]["state"] == "cancelled", jobs
     shot(page, artifacts, "08-files")
 
 
@@ -371,11 +470,6 @@ class _EvilPage(http.server.BaseHTTPRequestHandler):
     target = ""
     timeout = 5  # chromium opens spare connections it never uses: don't wait on them forever
 
-
-class _EvilServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    block_on_close = False  # closing must not wait for an idle spare connection's handler
-
     def do_GET(self) -> None:
         body = b"<!doctype html><title>elsewhere</title><p>another site"
         self.send_response(200)
@@ -388,6 +482,11 @@ class _EvilServer(socketserver.ThreadingTCPServer):
         pass
 
 
+class _EvilServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    block_on_close = False  # closing must not wait for an idle spare connection's handler
+
+
 def test_a_cross_origin_page_cannot_use_the_session(page: Any, world: World) -> None:
     """A page of another origin on the same host (same site: the SameSite=Strict cookie IS sent) is refused."""
     with _EvilServer(("127.0.0.1", 0), _EvilPage) as evil:
@@ -395,6 +494,7 @@ def test_a_cross_origin_page_cannot_use_the_session(page: Any, world: World) -> 
         other = page.context.new_page()
         try:
             other.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+            assert other.title() == "elsewhere"  # the other site's page really loaded: its scripts run there
             target = f"{world.base}/api/meshes/{MESH}/endpoints/ep1/labels"
             # a readable cross-origin request fails (no CORS), a blind "simple" POST is refused by the agent
             read = other.evaluate(
