@@ -209,6 +209,7 @@ def test_open_a_tunnel_see_it_listed_and_carry_bytes(page: Any, world: World, ar
             form.locator("input[name=targets]").fill(f"127.0.0.1:{echo.server_address[1]}")
             form.locator("button[type=submit]").click()
             page.wait_for_selector("table[data-testid=outbound] >> text=tcp/echo")
+            assert form.locator("input[name=tunnel]").input_value() == "", "the form is emptied once it worked"
 
             port = support.free_port()
             world.ep2.cli("tunnel", "open", "inbound", "tcp/echo", "--listen", str(port))

@@ -112,7 +112,7 @@ export async function render(ctx) {
           const body = { tunnel: tunnel.value.trim(), listen: words(listen.value) };
           if (words(exits.value).length) body.exits = words(exits.value);
           const done = await act(event.submitter, () => post(`${base}/inbound`, body));
-          if (done) { toast(`Inbound ${done.tunnel} listens on ${done.listen.join(", ")}`); await refresh(); }
+          if (done) { event.target.reset(); toast(`Inbound ${done.tunnel} listens on ${done.listen.join(", ")}`); await refresh(); }
         },
       },
       field("Tunnel", tunnel, "tcp/NAME or udp/NAME"),
@@ -137,7 +137,7 @@ export async function render(ctx) {
           if (words(entrances.value).length) body.entrances = words(entrances.value);
           if (words(users.value).length) body.users = words(users.value);
           const done = await act(event.submitter, () => post(`${base}/outbound`, body));
-          if (done) { toast(`Outbound ${done.tunnel} to ${done.targets.join(", ")}`); await refresh(); }
+          if (done) { event.target.reset(); toast(`Outbound ${done.tunnel} to ${done.targets.join(", ")}`); await refresh(); }
         },
       },
       field("Tunnel", tunnel, "tcp/NAME or udp/NAME"),
