@@ -6,7 +6,10 @@ instances talking to each other over the mesh with the sender's identity as the 
 on the publisher's disk refused by the downloader with nothing installed; a pinned `--sha256` that matches nothing; a
 new version replacing the announcement and the old package;
 start/stop of built-in and installed apps kept across agent restarts; the app's own command line (`ztm chat ...`)
-and an unknown command still being one.
+and an unknown command still being one; `ztm uninstall app` of a downloaded app (gone from the list, the disk and
+the command line, also after a restart, its start state forgotten) and of a published one (its offer withdrawn),
+built-ins and unknown names refused with one line; `ztm unpublish app` (only by the publisher; installed copies keep
+working).
 """
 
 from __future__ import annotations
@@ -258,3 +261,126 @@ def test_start_stop_state_survives_restarts(hub: Hub, make_agent: Any) -> None:
     state = apps(agent)
     assert (state["tunnel"]["state"], state["chat"]["state"]) == ("running", "stopped")
     ok(agent, "tunnel", "get", "inbound")
+
+
+# ------------------------------------------------------------------------------------ uninstall and unpublish
+
+
+def offered_by(agent: Agent, name: str) -> list[str]:
+    """The endpoints `ztm get app --available` on `agent` shows offering app `name`."""
+    rows = [r for r in agent.cli_json("get", "app", "--available") if r["name"] == name]
+    return sorted(s["name"] for r in rows for s in r["sources"])
+
+
+def ensure_published(world: World) -> str:
+    if not (world.one.data / "apps" / "chat").exists():
+        install_example(world.one)
+    ok(world.one, "publish", "app", "chat")
+    wait_until(lambda: offered_by(world.two, "chat") == ["one"], 20, "one's chat to be announced")
+    return published_sha(world)
+
+
+def ensure_running(agent: Agent) -> None:
+    if "chat" not in apps(agent):
+        ok(agent, "download", "app", "chat", "--from", "one")
+    ok(agent, "start", "app", "chat")
+
+
+def test_uninstall_removes_a_downloaded_app_for_good(world: World, tmp_path: Path) -> None:
+    sha = ensure_published(world)
+    fresh = start_agent(tmp_path, "fresh")
+    fresh.join(MESH, "fresh", world.hub.permit)
+    ok(fresh, "download", "app", "chat")
+    ok(fresh, "start", "app", "chat")
+    assert "no messages" in ok(fresh, "chat", "inbox")
+
+    # built-ins and unknown names: one line, nothing changes
+    before = {name: view["state"] for name, view in apps(fresh).items()}
+    assert fails(fresh, "uninstall", "app", "tunnel") == "ztm: tunnel is built in: stop it with 'ztm stop app tunnel'"
+    assert fails(fresh, "apps", "uninstall", "apps") == "ztm: apps is built in: it cannot be stopped"
+    assert fails(fresh, "uninstall", "app", "nope") == "ztm: no app named 'nope' is installed here; see `ztm get app`"
+    assert {name: view["state"] for name, view in apps(fresh).items()} == before
+    assert leftovers(fresh) == ["chat"]
+
+    out = ok(fresh, "apps", "uninstall", "chat")
+    assert out.startswith("uninstalled app chat ") and "stopped it in mesh m" in out, out
+    assert "published" not in out, out  # fresh does not publish it
+    assert "chat" not in apps(fresh)
+    assert not (fresh.data / "apps" / "chat").exists() and leftovers(fresh) == []
+    assert fails(fresh, "chat", "inbox", code=2) == "ztm: unknown command 'chat'; run 'ztm help' to see the commands"
+    assert "no app named 'chat'" in fails(fresh, "uninstall", "app", "chat")
+    assert published_sha(world) == sha, "uninstalling a downloaded copy touched the publisher"
+
+    # what an uninstall interrupted between its rename and its deletion leaves is swept at the next start
+    (fresh.data / "apps" / ".removed-ghost-0123abcd" / "pkg").mkdir(parents=True)
+    restart_agent(fresh)
+    wait_until(lambda: fresh.meshes()[0]["status"] == "online", 30, "the agent to be back online")
+    assert "chat" not in apps(fresh) and leftovers(fresh) == []
+    # its start state was forgotten: installed again, it starts stopped
+    ok(fresh, "download", "app", "chat")
+    assert apps(fresh)["chat"]["state"] == "stopped"
+
+
+def test_unpublish_withdraws_the_offer_and_installed_copies_keep_working(world: World) -> None:
+    sha = ensure_published(world)
+    for agent in (world.two, world.three):
+        ensure_running(agent)
+    error = fails(world.three, "unpublish", "app", "chat")
+    assert error == (
+        "ztm: app chat is not published by this endpoint in mesh m: it is published by one, and only a publisher "
+        "can withdraw its offer"
+    )
+    out = ok(world.one, "apps", "unpublish", "chat")
+    assert out.startswith("withdrew app chat ") and "endpoints that installed it keep their copy" in out, out
+    wait_until(lambda: offered_by(world.two, "chat") == [], 20, "the offer to be withdrawn")
+    assert "chat" not in [r["name"] for r in world.three.cli_json("get", "app", "--available")]
+    assert apps(world.one)["chat"]["published"] is None
+    assert not (world.one.data / "app-packages" / f"{sha}.tar.gz").exists()
+    assert (world.one.data / "apps" / "chat").is_dir(), "unpublish uninstalled the app"
+    # the installed copies keep working
+    assert "delivered to two" in ok(world.three, "chat", "send", "two", "after the unpublish")
+    assert "three (bob): after the unpublish" in ok(world.two, "chat", "inbox")
+    assert fails(world.one, "unpublish", "app", "chat") == (
+        "ztm: app chat is not published by this endpoint in mesh m; see `ztm get app --available`"
+    )
+    assert "invalid app name" in fails(world.one, "unpublish", "app", "Chat", code=2)
+
+
+def test_uninstalling_a_published_app_withdraws_it(world: World) -> None:
+    sha = ensure_published(world)
+    ensure_running(world.three)
+    out = ok(world.one, "uninstall", "app", "chat")
+    assert "this endpoint published it: withdrew it from mesh m" in out, out
+    wait_until(lambda: offered_by(world.two, "chat") == [], 20, "the offer to be withdrawn")
+    assert not (world.one.data / "app-packages" / f"{sha}.tar.gz").exists()
+    assert leftovers(world.one) == [] and "chat" not in apps(world.one)
+    assert "not published" in fails(world.one, "unpublish", "app", "chat")
+    ok(world.three, "chat", "inbox")  # others' copies keep working
+    assert apps(world.three)["chat"]["state"] == "running"
+
+
+def test_uninstall_refuses_a_python_package_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: an entry point of the group `ztm.apps` is pip's to remove; its shadowed namesake directory stays."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from ztm.agent.applib import AppLibrary
+    from ztm.agent.store import AgentStore
+    from ztm.apps import loader
+    from ztm.errors import Conflict
+
+    meta = {"Author": "someone", "Author-email": None, "Summary": "greets"}
+    dist = SimpleNamespace(name="hello-app", version="2.0", metadata=meta)
+    entry = SimpleNamespace(name="hello", value="hello_app.app:HelloApp", dist=dist)
+    monkeypatch.setattr(loader, "_entry_points", lambda: [entry])
+    shutil.copytree(EXAMPLE, tmp_path / "apps" / "hello", ignore=shutil.ignore_patterns("__pycache__"))
+    store = AgentStore(tmp_path / "agent.db")
+    try:
+        library = AppLibrary(tmp_path, store)
+        assert library.info("hello").source == "package"
+        with pytest.raises(Conflict) as refused:
+            asyncio.run(library.uninstall("hello", []))
+        assert "pip uninstall hello-app" in refused.value.message and "\n" not in refused.value.message
+        assert (tmp_path / "apps" / "hello" / "app.py").exists()
+    finally:
+        store.close()

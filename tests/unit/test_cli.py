@@ -870,6 +870,20 @@ def app_routes() -> dict[tuple[str, str], Any]:
         ("POST", f"{m}/apps/chat/stop"): {**APP_VIEW, "state": "stopped"},
         ("POST", f"{m}/apps/chat/publish"): {"name": "chat", "version": "1.0", "size": 900, "sha256": "cd" * 32},
         ("POST", f"{m}/apps/chat/download"): {"name": "chat", "version": "1.0", "from": "bob", "sha256": "cd" * 32},
+        ("POST", f"{m}/apps/chat/unpublish"): {
+            "name": "chat",
+            "version": "1.0",
+            "sha256": "cd" * 32,
+            "mesh": "m1",
+            "announced": True,
+        },
+        ("POST", "/api/apps/chat/uninstall"): {
+            "name": "chat",
+            "version": "1.0",
+            "location": "/data/apps/chat",
+            "stopped": ["m1"],
+            "withdrawn": ["m1"],
+        },
     }
 
 
@@ -903,6 +917,8 @@ def test_every_builtin_app_has_help(agent: FakeAgent, run: Callable[..., Result]
         (("apps", "stop", "chat"), ("stop", "app", "chat")),
         (("apps", "publish", "chat"), ("publish", "app", "chat")),
         (("apps", "download", "chat", "--from", "bob"), ("download", "app", "chat", "--from", "bob")),
+        (("apps", "unpublish", "chat"), ("unpublish", "app", "chat")),
+        (("apps", "uninstall", "chat"), ("uninstall", "app", "chat")),
     ],
     ids=lambda v: " ".join(v),
 )  # fmt: skip
@@ -921,7 +937,7 @@ def test_app_forms_are_the_verb_forms(
             requests = [(r.method, r.path, r.query, r.body) for r in agent.requests[before:]]
             seen.append((res.out, res.err, requests))
         assert seen[0] == seen[1]
-        assert any(path.startswith("/api/meshes/m1/app") or path == "/api/apps" for _, path, _, _ in seen[1][2])
+        assert any(path.startswith(("/api/meshes/m1/app", "/api/apps")) for _, path, _, _ in seen[1][2])
 
 
 def test_files_ls_hits_the_files_route(agent: FakeAgent, run: Callable[..., Result]) -> None:
@@ -940,7 +956,8 @@ def test_files_ls_hits_the_files_route(agent: FakeAgent, run: Callable[..., Resu
     [
         (("files", "frob"), "ztm files: argument ls|describe|publish|download|unpublish|erase|acl|help: invalid "
                             "choice: 'frob'"),
-        (("apps", "frob"), "ztm apps: argument ls|start|stop|publish|download|help: invalid choice: 'frob'"),
+        (("apps", "frob"), "ztm apps: argument ls|start|stop|publish|unpublish|download|uninstall|help: invalid "
+                           "choice: 'frob'"),
         (("cloud", "frob"), "ztm cloud: argument config|ls|upload|download|mirror|status|help: invalid choice"),
         (("files",), "ztm files: the following arguments are required: ls|describe|publish|download|unpublish|"
                      "erase|acl|help; run 'ztm help files' for usage"),
@@ -956,6 +973,11 @@ def test_files_ls_hits_the_files_route(agent: FakeAgent, run: Callable[..., Resu
         (("files", "acl", "/shared/a/x", "--bogus"), "ztm files acl: unrecognized arguments: --bogus"),
         (("apps", "start"), "ztm apps start: the following arguments are required: NAME"),
         (("apps", "download", "chat", "--sha256", "x"), "ztm apps download: argument --sha256: expected 64 hex"),
+        (("apps", "uninstall"), "ztm apps uninstall: the following arguments are required: NAME"),
+        (("apps", "uninstall", "Chat"), "ztm apps uninstall: argument NAME: invalid app name 'Chat'"),
+        (("apps", "uninstall", "chat", "tunnel"), "ztm apps uninstall: unrecognized arguments: tunnel"),
+        (("apps", "unpublish"), "ztm apps unpublish: the following arguments are required: NAME"),
+        (("apps", "unpublish", "a" * 40), "ztm apps unpublish: argument NAME: invalid app name"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, tuple) else "",
 )  # fmt: skip
@@ -966,6 +988,42 @@ def test_app_cli_bad_command_lines(
     assert res.code == 2 and res.out == ""
     assert expected in one_line_error(res)
     assert agent.requests == [], "a bad command line reached the agent"
+
+
+def test_uninstall_and_unpublish_app(agent: FakeAgent, run: Callable[..., Result]) -> None:
+    """`ztm uninstall app` needs no mesh (it acts on every mesh) and says what it withdrew; `ztm unpublish app` acts
+    on the mesh; the agent's refusals are one line."""
+    agent.routes.update(app_routes())
+    res = run("uninstall", "app", "chat")
+    assert res.code == 0, res.err
+    assert res.out.strip() == (
+        "uninstalled app chat 1.0; stopped it in mesh m1; this endpoint published it: withdrew it from mesh m1 "
+        "(endpoints that installed it keep their copy)"
+    )
+    assert [(r.method, r.path) for r in agent.requests] == [("POST", "/api/apps/chat/uninstall")]
+    agent.routes[("POST", "/api/apps/chat/uninstall")] = {
+        "name": "chat",
+        "version": "1.0",
+        "stopped": [],
+        "withdrawn": [],
+    }
+    assert run("uninstall", "app", "chat").out.strip() == "uninstalled app chat 1.0"
+    agent.routes[("POST", "/api/apps/tunnel/uninstall")] = (
+        409,
+        {"error": "tunnel is built in: stop it with 'ztm stop app tunnel'", "code": "conflict"},
+    )
+    res = run("uninstall", "app", "tunnel")
+    assert res.code == 1 and one_line_error(res) == "ztm: tunnel is built in: stop it with 'ztm stop app tunnel'"
+
+    res = run("unpublish", "app", "chat")
+    assert res.code == 0, res.err
+    assert res.out.strip() == (
+        "withdrew app chat 1.0 from mesh m1: no longer offered by this endpoint; endpoints that installed it keep "
+        "their copy"
+    )
+    assert agent.last().path == "/api/meshes/m1/apps/chat/unpublish"
+    agent.routes[("POST", "/api/meshes/m1/apps/chat/unpublish")] = {"name": "chat", "mesh": "m1", "announced": False}
+    assert "the hub is told when this endpoint is back online" in run("unpublish", "app", "chat").out
 
 
 def test_builtin_app_names_win_over_installed_apps(agent: FakeAgent, run: Callable[..., Result]) -> None:

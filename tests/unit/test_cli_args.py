@@ -131,6 +131,15 @@ def test_unknown_command(run: Callable[..., Result]) -> None:
         (["run", "hub", "--wat"], "ztm run hub: unrecognized arguments: --wat; run 'ztm help run hub' for usage"),
         (["run", "agent", "--join", "m"], "--join, --join-as and --permit go together"),
         (["stop", "toaster"], "ztm stop: argument hub|agent|app: unknown kind 'toaster': expected hub, agent or app"),
+        (["uninstall"], "ztm uninstall: the following arguments are required: app; run 'ztm help uninstall' for usage"),
+        (["uninstall", "toaster"], "ztm uninstall: argument app: invalid choice: 'toaster'"),
+        (["uninstall", "app"], "ztm uninstall app: the following arguments are required: NAME"),
+        (["uninstall", "app", "Bad_Name"], "ztm uninstall app: argument NAME: invalid app name 'Bad_Name'"),
+        (["uninstall", "app", "chat", "extra"], "ztm uninstall app: unrecognized arguments: extra"),
+        (["uninstall", "app", "chat", "--bogus"], "unrecognized arguments: --bogus; run 'ztm help uninstall app'"),
+        (["unpublish", "app"], "ztm unpublish app: the following arguments are required: NAME"),
+        (["unpublish", "app", "-x"], "ztm unpublish app: the following arguments are required: NAME"),
+        (["unpublish", "app", "../chat"], "ztm unpublish app: argument NAME: invalid app name '../chat'"),
         (["label", "a", "b", "c"], "ztm label: expected 'ztm label [ep NAME]"),
         (["completion", "fish"], "ztm completion: argument bash|zsh: unknown kind 'fish'"),
         (["config", "--unset", "colour"], "ztm config: argument --unset: invalid choice: 'colour'"),
@@ -184,17 +193,20 @@ def test_completion_spec_covers_commands() -> None:
     assert spec.commands["help"].words == sorted(c.name for c in COMMANDS)
 
 
+APPS_WORDS = ["ls", "start", "stop", "publish", "unpublish", "download", "uninstall", "help"]
+
+
 def test_completion_covers_the_app_clis() -> None:
     spec = build_spec(build_parser(COMMANDS))
     files = spec.commands["files"]
     assert files.words == ["ls", "describe", "publish", "download", "unpublish", "erase", "acl", "help"]
-    assert spec.commands["apps"].words == ["ls", "start", "stop", "publish", "download", "help"]
+    assert spec.commands["apps"].words == APPS_WORDS
     assert spec.commands["cloud"].words[-1] == "help"
     assert "--available" in spec.commands["apps"].children["ls"].options
     assert "--input" in files.children["publish"].options
     script = bash_script(build_parser(COMMANDS))
     assert _bash_complete(script, "ztm fil") == ["files"]
-    assert _bash_complete(script, "ztm apps ") == ["ls", "start", "stop", "publish", "download", "help"]
+    assert _bash_complete(script, "ztm apps ") == APPS_WORDS
     assert _bash_complete(script, "ztm help a") == ["acl", "apps"]
 
 

@@ -4,7 +4,10 @@
 - `POST /api/meshes/{mesh}/apps/{app}/start`      start an installed app in this mesh (state kept across restarts)
 - `POST /api/meshes/{mesh}/apps/{app}/stop`       stop it
 - `POST /api/meshes/{mesh}/apps/{app}/publish`    package a directory app and announce it to the mesh
+- `POST /api/meshes/{mesh}/apps/{app}/unpublish`  withdraw this endpoint's announcement of it in this mesh
 - `POST /api/meshes/{mesh}/apps/{app}/download`   `{"from": EP?, "sha256": HEX?}`: fetch, verify, install
+- `POST /api/apps/{app}/uninstall`                remove an installed directory app (in every mesh: stopped,
+  its start state forgotten, this endpoint's publications withdrawn)
 - `POST /api/meshes/{mesh}/apps/{app}/cli`        `{"argv": [...]}`: `ztm APP ARGS...`, answered `{"output": TEXT}`
 
 The lists of installed apps (`GET /api/apps`, `GET /api/meshes/{mesh}/apps`) are served by `ztm.agent.api` from
@@ -45,6 +48,13 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
     async def publish(request: web.Request) -> web.Response:
         return reply(await agent.library.publish(*target(request)), 200)
 
+    async def unpublish(request: web.Request) -> web.Response:
+        return reply(await agent.library.unpublish(*target(request)), 200)
+
+    async def uninstall(request: web.Request) -> web.Response:
+        name = check_name(request.match_info["app"])
+        return reply(await agent.library.uninstall(name, list(agent.meshes.values())), 200)
+
     async def download(request: web.Request) -> web.Response:
         session, name = target(request)
         body = validate.json_object(await request.read())
@@ -63,8 +73,10 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
         ("POST", base + "/start", start),
         ("POST", base + "/stop", stop),
         ("POST", base + "/publish", publish),
+        ("POST", base + "/unpublish", unpublish),
         ("POST", base + "/download", download),
         ("POST", base + "/cli", cli),
+        ("POST", "/api/apps/{app}/uninstall", uninstall),
     ]
     for method, path, handler in handlers:
         app.router.add_route(method, path, handler)

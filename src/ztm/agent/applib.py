@@ -6,6 +6,13 @@ in the agent database (configuration of the `apps` app: `state/NAME`), so it sur
 publishes directory apps, and downloads apps others published: fetched over an `apps` stream, checked against the
 announced SHA-256 (and the one the user pinned), unpacked in a scratch directory and renamed into `DATA/apps/NAME`
 only if all is well, so a refused download installs nothing.
+
+`uninstall` removes a directory app: `DATA/apps/NAME` is renamed out of the way first (the one step that can fail,
+and the commit point: before it nothing has changed, after it the app is gone), then the app is stopped in every
+mesh, its start state forgotten, any publication of it by this endpoint withdrawn (this endpoint can no longer serve
+a package it does not have), and the renamed directory deleted. Its own configuration (`ctx.config_*`) is kept, as a
+package manager keeps configuration files, so a reinstall finds it. `unpublish` withdraws this endpoint's
+announcement of an app in one mesh; what others installed stays installed.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from ztm.apps import builtin_apps
 from ztm.apps import package as pkg
 from ztm.apps.appstore.app import NAME as STORE
 from ztm.apps.appstore.app import AppStoreApp, parse_service
-from ztm.apps.loader import BUILTIN, DIRECTORY, AppInfo, discover, forget_modules
+from ztm.apps.loader import BUILTIN, DIRECTORY, PACKAGE, AppInfo, discover, forget_modules
 from ztm.apps.manifest import MANIFEST, check_name
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Unavailable, ZtmError
 
@@ -38,6 +45,8 @@ log = logging.getLogger("ztm.agent")
 
 DOWNLOAD_TIMEOUT = 120.0
 ORIGIN = ".ztm-origin.json"
+REMOVED = ".removed-"
+"""Prefix of an uninstalled app's directory between its rename and its deletion (swept at start)."""
 MAX_ARGV = 64
 MAX_ARG = 4096
 RUNNING, STOPPED = "running", "stopped"
@@ -53,6 +62,38 @@ class AppLibrary:
         """(mesh, app) -> why it could not be created or started."""
         self._lock = asyncio.Lock()
         self.refresh()
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Finish an uninstall the agent was stopped in the middle of: its renamed directory (a dot-name discovery
+        ignores) is deleted, and unless the app was installed again since, its records forgotten."""
+        if not self.apps_dir.is_dir():
+            return
+        for path in self.apps_dir.iterdir():
+            if not path.name.startswith(REMOVED) or not path.is_dir() or path.is_symlink():
+                continue
+            name = path.name.removeprefix(REMOVED).rpartition("-")[0]
+            if name and name not in self.catalog:
+                self._forget(name)
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _forget(self, name: str) -> list[str]:
+        """Drop app `name`'s start state and this endpoint's publications of it in every mesh (their packages too);
+        the meshes it was published in."""
+        withdrawn: list[str] = []
+        digests: set[str] = set()
+        for record in self.store.meshes():
+            self.store.app_delete(record.name, STORE, f"state/{name}")
+            entry = self.store.app_items(record.name, STORE).get(f"published/{name}")
+            if entry is None:
+                continue
+            self.store.app_delete(record.name, STORE, f"published/{name}")
+            withdrawn.append(record.name)
+            if isinstance(entry, dict):
+                digests.add(str(entry.get("sha256")))
+        for digest in digests:
+            self._drop_unreferenced(digest)
+        return withdrawn
 
     def refresh(self) -> dict[str, AppInfo]:
         self.catalog = discover(builtin_apps(), self.apps_dir)
@@ -242,6 +283,99 @@ class AppLibrary:
         with contextlib.suppress(OSError):
             (self.packages_dir / f"{digest}.tar.gz").unlink()
 
+    async def unpublish(self, session: MeshSession, name: str) -> dict[str, Any]:
+        """Withdraw this endpoint's announcement of app `name` in this mesh; installed copies elsewhere stay."""
+        check_name(name)
+        store = self.store_app(session)
+        if name not in store.published():
+            raise NotFound(await self._not_published(session, name))
+        async with self._lock:
+            entry = store.published().get(name)
+            if entry is None:  # withdrawn meanwhile
+                raise NotFound(f"app {name} is not published by this endpoint in mesh {session.name}")
+            store.withdraw(name)
+            announced = await _announce_quietly(store)
+            self._drop_unreferenced(str(entry.get("sha256")))
+        log.info("mesh %s: withdrew app %s %s (%s)", session.name, name, entry.get("version"), entry.get("sha256"))
+        return {**entry, "mesh": session.name, "announced": announced}
+
+    async def _not_published(self, session: MeshSession, name: str) -> str:
+        message = f"app {name} is not published by this endpoint in mesh {session.name}"
+        try:
+            rows = [r for r in await self.available(session) if r["name"] == name]
+        except ZtmError:
+            rows = []
+        others = sorted({str(s.get("name")) for r in rows for s in r["sources"]})
+        if others:
+            return f"{message}: it is published by {', '.join(others)}, and only a publisher can withdraw its offer"
+        return f"{message}; see `ztm get app --available`"
+
+    # uninstall
+    def _move_out(self, info: AppInfo) -> Path:
+        """Rename the directory of app `info` to a dot-name discovery ignores; `Conflict` (nothing changed) if not."""
+        location = Path(info.location)
+        if info.source != DIRECTORY or location.parent != self.apps_dir or location.is_symlink():
+            raise Conflict(f"app {info.name} is not a directory in {self.apps_dir}; remove it by hand")
+        trash = self.apps_dir / f"{REMOVED}{info.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            location.rename(trash)
+        except OSError as exc:
+            raise Conflict(
+                f"cannot remove {location}: {exc.strerror or exc}; app {info.name} is still installed"
+            ) from None
+        return trash
+
+    async def uninstall(self, name: str, sessions: list[MeshSession]) -> dict[str, Any]:
+        """Remove the directory app `name`: stopped in every mesh, its state forgotten, its publications withdrawn."""
+        check_name(name)
+        async with self._lock:
+            info = self.refresh().get(name)
+            if info is None:
+                raise NotFound(f"no app named {name!r} is installed here; see `ztm get app`")
+            if info.source == BUILTIN:
+                how = "it cannot be stopped" if name == STORE else f"stop it with 'ztm stop app {name}'"
+                raise Conflict(f"{name} is built in: {how}")
+            if info.source == PACKAGE:
+                dist = info.distribution or "its distribution"
+                raise Conflict(
+                    f"app {name} is installed as a Python package ({dist}, entry point {info.location}): remove it "
+                    f"with 'pip uninstall {dist}' in the agent's environment"
+                )
+            trash = self._move_out(info)  # the commit point: before it nothing changed, after it the app is gone
+            stopped: list[str] = []
+            for session in sessions:
+                app = session.apps.pop(name, None)
+                self.failures.pop((session.name, name), None)
+                if app is None:
+                    continue
+                if app.running:
+                    stopped.append(session.name)
+                await _stop_quietly(session, app)
+                with contextlib.suppress(ZtmError):
+                    await app.ctx.publish([])  # its services are gone from the mesh's registry
+            withdrawn = self._forget(name)
+            for session in sessions:
+                store = session.apps.get(STORE)
+                if session.name in withdrawn and isinstance(store, AppStoreApp):
+                    await _announce_quietly(store)
+            forget_modules(name)
+            await asyncio.to_thread(shutil.rmtree, trash, True)
+            self.refresh()
+        log.info(
+            "uninstalled app %s %s (stopped in: %s; withdrawn from: %s)",
+            name,
+            info.version,
+            ", ".join(stopped) or "none",
+            ", ".join(withdrawn) or "none",
+        )
+        return {
+            "name": name,
+            "version": info.version,
+            "location": info.location,
+            "stopped": sorted(stopped),
+            "withdrawn": sorted(withdrawn),
+        }
+
     async def available(self, session: MeshSession) -> list[dict[str, Any]]:
         """Apps published in the mesh, one row per (name, version, sha256) with the endpoints offering it."""
         found = await self.store_app(session).ctx.find()
@@ -371,6 +505,16 @@ async def _stop_quietly(session: MeshSession, app: MeshApp) -> None:
         await app.stop()
     except Exception as exc:  # third-party code must not keep the others from stopping
         log.error("mesh %s: app %s failed to stop: %s: %s", session.name, app.name, type(exc).__name__, exc)
+
+
+async def _announce_quietly(store: AppStoreApp) -> bool:
+    """Announce what `store` publishes now; False if the hub could not be told (it is, at the next reconnection)."""
+    try:
+        await store.announce()
+    except ZtmError as exc:
+        log.warning("mesh %s: announcing the published apps failed: %s", store.ctx.mesh, exc.message)
+        return False
+    return True
 
 
 async def _online_quietly(session: MeshSession, app: MeshApp) -> None:

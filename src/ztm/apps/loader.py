@@ -45,6 +45,8 @@ class AppInfo:
     """The directory of a directory app, the entry point of a package app."""
     error: str | None = None
     """Why this app cannot run (a bad manifest, a name already taken)."""
+    distribution: str | None = None
+    """The Python distribution of a package app (what `pip uninstall` takes)."""
     load: Callable[[], type[MeshApp]] | None = field(default=None, repr=False)
 
     def load_class(self) -> type[MeshApp]:
@@ -90,6 +92,7 @@ def package_infos() -> list[AppInfo]:
         provider = (meta["Author"] or meta["Author-email"] or dist.name) if meta is not None and dist else "?"
         summary = (meta["Summary"] or "") if meta is not None else ""
         info = AppInfo(ep.name, version, str(provider)[:63], str(summary)[:300], PACKAGE, ep.value)
+        info.distribution = dist.name if dist is not None else None
         if not APP_NAME.fullmatch(ep.name):
             info.error = f"entry point name {ep.name!r} is not a valid app name (lowercase letters, digits and '-')"
         else:

@@ -1,5 +1,5 @@
-"""`ztm start|stop app NAME`, `ztm publish|download app NAME`, `ztm get app --available` (also spelled
-`ztm apps ...`, see `ztm.cli.verbs`), and `ztm APP ARGS...` for an installed third-party app (its `MeshApp.cli`
+"""`ztm start|stop app NAME`, `ztm publish|unpublish|download|uninstall app NAME`, `ztm get app --available` (also
+spelled `ztm apps ...`, see `ztm.cli.verbs`), and `ztm APP ARGS...` for an installed third-party app (its `MeshApp.cli`
 hook, reached through the agent's local API; a built-in command of the same name wins)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any
 
 from ztm.cli import output
 from ztm.cli.args import UsageError, ZtmArgumentParser, add_global_options
+from ztm.cli.client import segment
 from ztm.cli.context import Command, Context, expect_obj
 from ztm.errors import ZtmError
 from ztm.validate import APP_NAME
@@ -115,6 +116,60 @@ def cmd_download_app(ctx: Context) -> int:
             f"{output.cell(got.get('from'))} (sha256 {output.cell(got.get('sha256'))} verified); start it with "
             f"'ztm start app {output.cell(got.get('name'))}'"
         )
+    return 0
+
+
+def _app_name(text: str) -> str:
+    if not APP_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"invalid app name {output.clean(text)[:40]!r}: a lowercase letter, then up to 31 lowercase letters, "
+            "digits or '-'"
+        )
+    return text
+
+
+_app_name.__name__ = "app name"
+
+
+def configure_unpublish_app(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", type=_app_name, help="an app this endpoint publishes (see 'ztm get app')")
+
+
+def cmd_unpublish_app(ctx: Context) -> int:
+    entry = expect_obj(ctx.client().post(ctx.mesh_path("apps", _name(ctx), "unpublish")), "unpublish app")
+    if ctx.json:
+        ctx.print_json(entry)
+        return 0
+    later = "" if entry.get("announced", True) else "; the hub is told when this endpoint is back online"
+    ctx.print(
+        f"withdrew app {output.cell(entry.get('name'))} {output.cell(entry.get('version'))} from mesh "
+        f"{output.cell(entry.get('mesh'))}: no longer offered by this endpoint; endpoints that installed it keep "
+        f"their copy{later}"
+    )
+    return 0
+
+
+def configure_uninstall_app(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", type=_app_name, help="an installed directory app (see 'ztm get app')")
+
+
+def cmd_uninstall_app(ctx: Context) -> int:
+    path = "/".join(["/api/apps", segment(_name(ctx)), "uninstall"])
+    got = expect_obj(ctx.client().post(path), "uninstall app")
+    if ctx.json:
+        ctx.print_json(got)
+        return 0
+    stopped = [output.cell(m) for m in got.get("stopped") or []]
+    withdrawn = [output.cell(m) for m in got.get("withdrawn") or []]
+    text = f"uninstalled app {output.cell(got.get('name'))} {output.cell(got.get('version'))}"
+    if stopped:
+        text += f"; stopped it in mesh {', '.join(stopped)}"
+    if withdrawn:
+        text += (
+            f"; this endpoint published it: withdrew it from mesh {', '.join(withdrawn)} (endpoints that installed "
+            "it keep their copy)"
+        )
+    ctx.print(text)
     return 0
 
 

@@ -218,11 +218,12 @@ COMMANDS: list[Command] = [
         "unpublish",
         APPS,
         v.synopsis("unpublish"),
-        "remove a file from the mesh (its owner or root)",
+        "remove a file from the mesh, or withdraw an app this endpoint offers",
         v.configure("unpublish"),
         v.dispatch,
-        "Remove something from the mesh: 'file PATH' deletes the mesh file's entry; no endpoint serves it any more.",
-        ("ztm unpublish file /shared/alice/old.txt",),
+        "Remove something from the mesh: 'file PATH' deletes the mesh file's entry; no endpoint serves it any more.\n"
+        "'app NAME' withdraws this endpoint's offer of the app; endpoints that installed it keep their copy.",
+        ("ztm unpublish file /shared/alice/old.txt", "ztm unpublish app chat"),
     ),
     Command(
         "erase",
@@ -233,6 +234,18 @@ COMMANDS: list[Command] = [
         v.dispatch,
         "Delete this endpoint's local copy (whole or partly downloaded); the file stays in the mesh if others hold it.",
         ("ztm erase file /shared/alice/big.iso",),
+    ),
+    Command(
+        "uninstall",
+        APPS,
+        v.synopsis("uninstall"),
+        "remove an installed app",
+        v.configure("uninstall"),
+        v.dispatch,
+        "Remove an installed app: 'app NAME' stops the directory app DATA/apps/NAME in every mesh, deletes it, and\n"
+        "withdraws it from the meshes this endpoint published it in (see 'ztm help uninstall app'). Built-ins are\n"
+        "stopped, not uninstalled ('ztm stop app NAME'); an app installed as a Python package is removed with pip.",
+        ("ztm uninstall app chat",),
     ),
     Command(
         "acl",
@@ -259,7 +272,7 @@ COMMANDS: list[Command] = [
         "apps",
         APPS,
         v.app_synopsis("apps"),
-        "list, start, stop, publish and install apps (the apps app)",
+        "list, start, stop, publish, install and remove apps (the apps app)",
         v.configure_app("apps"),
         v.dispatch_app,
         v.app_overview("apps"),

@@ -1,8 +1,8 @@
 """Commands whose first word is a kind of object: `ztm publish file PATH ...`, `ztm download app NAME ...`.
 
-Each verb (`publish`, `download`, `unpublish`, `erase`) has a table of `KindCommand`s; `configure(verb)` turns the
-table into one subparser per kind (with its own options), and `dispatch` runs the chosen kind's handler. Adding a
-kind to a verb is adding one `KindCommand` to its list in `VERBS`.
+Each verb (`publish`, `download`, `unpublish`, `erase`, `uninstall`) has a table of `KindCommand`s; `configure(verb)`
+turns the table into one subparser per kind (with its own options), and `dispatch` runs the chosen kind's handler.
+Adding a kind to a verb is adding one `KindCommand` to its list in `VERBS`.
 
 The same commands app-style (`ztm files publish PATH ...`, `ztm apps start NAME`): `APP_COMMANDS`, built by
 `configure_app(APP)` and run by `dispatch_app`, reuse these entries' options and handlers.
@@ -82,7 +82,15 @@ VERBS: dict[str, list[KindCommand]] = {
             f.configure_path,
             f.cmd_unpublish,
             ("ztm unpublish file /shared/alice/old.txt",),
-        )
+        ),
+        KindCommand(
+            "app",
+            "app NAME",
+            "withdraw this endpoint's offer of an app (others keep their copy)",
+            a.configure_unpublish_app,
+            a.cmd_unpublish_app,
+            ("ztm unpublish app chat",),
+        ),
     ],
     "erase": [
         KindCommand(
@@ -92,6 +100,16 @@ VERBS: dict[str, list[KindCommand]] = {
             f.configure_path,
             f.cmd_erase,
             ("ztm erase file /shared/alice/big.iso",),
+        )
+    ],
+    "uninstall": [
+        KindCommand(
+            "app",
+            "app NAME",
+            "remove an installed directory app, in every mesh",
+            a.configure_uninstall_app,
+            a.cmd_uninstall_app,
+            ("ztm uninstall app chat",),
         )
     ],
 }
@@ -266,7 +284,15 @@ APP_COMMANDS: dict[str, list[AppCommand]] = {
             ("ztm apps stop chat",),
         ),
         _from_verb("apps", "publish", "app", "Others install it with 'ztm apps download NAME'."),
+        _from_verb("apps", "unpublish", "app", "Only the endpoint that published an app can withdraw it."),
         _from_verb("apps", "download", "app", "Start it with 'ztm apps start NAME'."),
+        _from_verb(
+            "apps",
+            "uninstall",
+            "app",
+            "Built-ins cannot be uninstalled (stop them), nor apps\ninstalled as Python packages (pip uninstall "
+            "them). The app's own configuration is kept for a reinstall.",
+        ),
     ],
 }
 
@@ -275,9 +301,9 @@ APP_INTROS = {
     "a copy\nserves it. /users/USER/... is private to USER (and the users its ACL lets read it); /shared/USER/... "
     "is readable\nby every member but those its ACL blocks. Only USER writes either; root may read and write "
     "everything.",
-    "apps": "Install, start, stop and share apps. Every endpoint runs the built-in apps (apps, cloud, files, proxy, "
-    "terminal,\ntunnel); third-party apps (Python packages, or directories DATA/apps/NAME) run once started. An "
-    "installed app's\nown command line is 'ztm APP ...' ('ztm APP help' for its commands).",
+    "apps": "Install, start, stop, share and remove apps. Every endpoint runs the built-in apps (apps, cloud, "
+    "files,\nproxy, terminal, tunnel); third-party apps (Python packages, or directories DATA/apps/NAME) run once "
+    "started.\nAn installed app's own command line is 'ztm APP ...' ('ztm APP help' for its commands).",
 }
 APP_SUMMARIES = {"files": "what the files app does, and its commands", "apps": "what apps are, and the commands"}
 APP_VERBS = {

@@ -4,8 +4,9 @@ What this endpoint publishes is kept in its configuration (`published/NAME` -> n
 packages themselves as `DATA/app-packages/SHA256.tar.gz`. It announces each as the service `NAME/VERSION/SHA256`
 through the hub's service registry after every (re)connection, and answers a stream for the service
 `package/SHA256` with the package's bytes, to any member of the mesh (a published app is for the whole mesh), but
-only for a package it publishes. The bytes are sent as stored: the downloader checks them against the announced
-hash, so a package altered on disk here is refused there.
+only for a package it publishes: one withdrawn (`ztm unpublish app`, or `ztm uninstall app` of a published app) is
+no longer announced nor served, while the endpoints that installed it keep their copy. The bytes are sent as stored:
+the downloader checks them against the announced hash, so a package altered on disk here is refused there.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class AppStoreApp(MeshApp):
 
     def record(self, entry: dict[str, Any]) -> None:
         self.ctx.config_set(f"published/{entry['name']}", entry)
+
+    def withdraw(self, name: str) -> bool:
+        """Forget that this endpoint publishes app `name` (the caller announces the rest again)."""
+        return self.ctx.config_delete(f"published/{name}")
 
     def package_file(self, sha256: str) -> Path:
         if self.packages_dir is None:
