@@ -9,7 +9,10 @@ certificate (every such chunk rejected by the downloader), and ACLs: the hub hid
 the serving endpoint itself refuses chunk requests that a hostile client crafts with a valid certificate; the
 index surviving a hub restart; partial holders (endpoints still downloading a file) serving the chunks they have
 to a third endpoint; and an agent restarted mid-download resuming by itself, a cancelled download staying
-cancelled, and an unfinished download of a file published again being abandoned. Every wait polls with a deadline.
+cancelled, and an unfinished download of a file published again being abandoned. Direct channels: chunks from a
+source started with `--direct` come over them (byte-exact, counted, the hub relaying nothing), a source announcing a
+dead direct address is fetched through the relay, and the serving endpoint's ACL check holds on the direct path for
+a hostile client with a valid certificate. Every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ import hashlib
 import json
 import os
 import signal
+import socket
+import ssl
+import struct
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from support import ZTM, Agent, Hub, invite, one_line_error, restart_agent, restart_hub, wait_until
+from support import ZTM, Agent, Hub, free_port, invite, one_line_error, restart_agent, restart_hub, wait_until
 
 MESH = "m"
 MiB = 1 << 20
@@ -533,3 +540,181 @@ def test_a_restarted_agent_finishes_its_download(make_hub: Make, make_agent: Mak
     status, jobs = b.api("GET", f"/api/meshes/{MESH}/apps/files/downloads?" + urlencode({"path": kept}))
     assert status == 200 and jobs == [], "a cancelled download is not resumed"
     assert describe(b, kept)["local"] == "partial"
+
+
+# ---------------------------------------------------------------------------------------------- direct channels
+
+
+def hub_metric(admin: str, name: str) -> float:
+    """One counter from the hub's Prometheus admin port (0 if absent)."""
+    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def agent_metric(agent: Agent, prefix: str) -> int:
+    """The first line of the agent's /api/metrics starting with `prefix` (0 if none)."""
+    status, body = agent.api("GET", "/api/metrics")
+    assert status == 200, body
+    for line in str(body).splitlines():
+        if line.startswith(prefix):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+FETCH_DIRECT = 'ztm_agent_app_direct{mesh="m",app="files",name="fetch"}'
+FETCH_FALLBACKS = 'ztm_agent_app_direct_fallbacks{mesh="m",app="files",name="fetch"}'
+RELAYED = "ztm_hub_relayed_bytes_total"
+
+
+def direct_agent(make_agent: Make, name: str, *, announce_dead: bool = False) -> Agent:
+    """An agent taking direct channels on a free loopback port (announcing a port where nothing listens)."""
+    extra = ["--direct", f"127.0.0.1:{free_port()}"]
+    if announce_dead:
+        extra += ["--direct-announce", f"127.0.0.1:{free_port()}"]
+    return make_agent(name, extra=extra)
+
+
+def test_chunks_from_a_direct_source_come_over_direct_channels(
+    make_hub: Make, make_agent: Make, tmp_path: Path
+) -> None:
+    admin = f"127.0.0.1:{free_port()}"
+    hub = make_hub(extra=["--admin", admin])
+    a, natted, d = direct_agent(make_agent, "a"), direct_agent(make_agent, "n", announce_dead=True), make_agent("d")
+    for agent in (a, natted, d):
+        agent.join(MESH, agent.name, hub.permit)
+    for agent in (a, natted):
+        agent.proc.wait_for_output(r"direct channels announced at 127\.0\.0\.1:", 20)
+
+    # a answers at its direct address: every chunk comes straight from a, the hub relays (almost) nothing.
+    data = os.urandom(6 * MiB + 77)
+    path = "/shared/root/direct.bin"
+    publish(a, path, data, tmp_path)
+    relayed = hub_metric(admin, RELAYED)
+    job = download_json(d, path, tmp_path / "direct.bin")
+    assert (tmp_path / "direct.bin").read_bytes() == data
+    assert job["state"] == "done" and job["by_source"] == {"a": 7} and job["direct"] == {"a": 7}, job
+    assert job["direct_fallbacks"] == 0, job
+    assert hub_metric(admin, RELAYED) - relayed < 64 * 1024, "the hub relayed file data"
+    assert agent_metric(d, FETCH_DIRECT) >= 1 and agent_metric(d, FETCH_FALLBACKS) == 0
+    assert agent_metric(a, 'ztm_agent_app_direct_served{mesh="m",app="files"') >= 1
+    assert agent_metric(d, 'ztm_agent_direct_opened_total{mesh="m"}') >= 1
+    assert agent_metric(a, 'ztm_agent_direct_accepted_total{mesh="m"}') >= 1
+    d.cli("erase", "file", path)  # the human summary says so too
+    said = d.cli("download", "file", path, "-o", tmp_path / "again.bin").stdout
+    assert "7 fetched (a: 7), 7 of them over direct channels" in said, said
+
+    # n announces an address where nothing answers: its chunks come through the hub, the download finishes.
+    other = os.urandom(3 * MiB + 5)
+    path_n = "/shared/root/natted.bin"
+    publish(natted, path_n, other, tmp_path)
+    relayed = hub_metric(admin, RELAYED)
+    job = download_json(d, path_n, tmp_path / "natted.bin")
+    assert (tmp_path / "natted.bin").read_bytes() == other
+    assert job["state"] == "done" and job["by_source"] == {"n": 4} and job["direct"] == {}, job
+    assert job["direct_fallbacks"] >= 1, job
+    assert hub_metric(admin, RELAYED) - relayed >= len(other), "the relay carried the data"
+    assert agent_metric(d, FETCH_FALLBACKS) >= 1
+    assert agent_metric(d, 'ztm_agent_direct_failures_total{mesh="m"}') >= 1
+
+
+def raw_direct_requests(requester: Agent, address: str, requests: list[dict[str, Any]]) -> list[Any]:
+    """Act as a hostile agent holding `requester`'s endpoint certificate: open a `fetch` direct channel to the
+    endpoint listening at `address` (one per request, as a refusal ends the channel) and send the request in the
+    direct channel's frames; returns, per request, the header the serving endpoint answered and the bytes."""
+    from cryptography import x509
+
+    from ztm import pki
+
+    folder = requester.data / "meshes" / MESH
+    mesh_id = pki.identity_of(x509.load_pem_x509_certificate((folder / "ep.crt").read_bytes())).mesh_id
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the hostile client trusts anyone
+    context.load_cert_chain(folder / "ep.crt", folder / "ep.key")
+    host, port = address.rsplit(":", 1)
+
+    def one(request: dict[str, Any]) -> Any:
+        with (
+            socket.create_connection((host, int(port)), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=f"{mesh_id}.ztm") as tls,
+        ):
+            tls.sendall(json.dumps({"app": "files", "service": "fetch"}).encode() + b"\n")
+            received = bytearray()
+            while b"\n" not in received:
+                received += tls.recv(4096) or b"!"  # "!": the channel closed before the answer
+            answer, _, rest = bytes(received).partition(b"\n")
+            assert json.loads(answer) == {"ok": True}, answer
+            line = json.dumps(request).encode() + b"\n"
+            tls.sendall(struct.pack("!I", len(line)) + line)
+            raw_bytes, payload = bytearray(rest), bytearray()
+
+            def more() -> None:
+                data = tls.recv(1 << 16)
+                assert data, "the channel closed in the middle of a frame"
+                raw_bytes.extend(data)
+
+            def take(n: int) -> bytes:
+                while len(raw_bytes) < n:
+                    more()
+                block = bytes(raw_bytes[:n])
+                del raw_bytes[:n]
+                return block
+
+            def fill() -> bool:
+                (size,) = struct.unpack("!I", take(4))
+                payload.extend(take(size))
+                return size > 0
+
+            while b"\n" not in payload and fill():
+                pass
+            header_line, _, payload[:] = bytes(payload).partition(b"\n")
+            header = json.loads(header_line)
+            while len(payload) < header.get("size", 0) and fill():
+                pass
+            return header, bytes(payload)
+
+    return [one(r) for r in requests]
+
+
+def test_acls_hold_on_the_direct_path(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    hub = make_hub()
+    direct = f"127.0.0.1:{free_port()}"
+    root = make_agent("r", extra=["--direct", direct])
+    root.join(MESH, "r", hub.permit)
+    bob = make_agent("bob")
+    bob.join(MESH, "bob", invite(root, bob, "bob", tmp_path / "bob.json"))
+    root.proc.wait_for_output(r"direct channels announced at 127\.0\.0\.1:", 20)
+
+    blocked, lent = os.urandom(1000), os.urandom(2 * MiB)
+    publish(root, "/shared/root/no-bob.bin", blocked, tmp_path, "--block", "bob")
+    publish(root, "/users/root/lent.bin", lent, tmp_path, "--readonly", "bob")
+
+    # bob's downloader uses the direct channel for what he may read.
+    job = download_json(bob, "/users/root/lent.bin", tmp_path / "lent.bin")
+    assert (tmp_path / "lent.bin").read_bytes() == lent
+    assert job["direct"] == {"r": 2}, job
+
+    # A hostile bob asks root's endpoint for chunks over a direct channel: the same ACL check refuses him there,
+    # with his identity taken from his client certificate.
+    sha = {
+        p: hashlib.sha256(d).hexdigest()
+        for p, d in (("/shared/root/no-bob.bin", blocked), ("/users/root/lent.bin", lent))
+    }
+    answers = raw_direct_requests(bob, direct, [{"path": p, "hash": h, "index": 0} for p, h in sha.items()])
+    (blocked_hdr, blocked_data), (lent_hdr, lent_data) = answers
+    assert blocked_hdr["code"] == "forbidden" and "'bob' is blocked" in blocked_hdr["error"], blocked_hdr
+    assert blocked_data == b""
+    assert lent_hdr["size"] == MiB and lent_data == lent[:MiB], lent_hdr  # the positive control
+    root.proc.wait_for_output(r"refused /shared/root/no-bob\.bin to bob \(user bob\): user 'bob' is blocked")
+
+    # Root takes the loan back: the next direct chunk request is refused too (ACL checked on every read).
+    root.cli("acl", "file", "/users/root/lent.bin", "--block", "bob")
+
+    def refused() -> bool:
+        request = {"path": "/users/root/lent.bin", "hash": sha["/users/root/lent.bin"], "index": 1}
+        [(header, _)] = raw_direct_requests(bob, direct, [request])
+        return header.get("code") == "forbidden"
+
+    wait_until(refused, 10, "root's endpoint to refuse bob's direct request after the ACL change")

@@ -334,6 +334,9 @@ def _summary(job: dict[str, Any]) -> str:
     by_source = job.get("by_source") if isinstance(job.get("by_source"), dict) else {}
     parts = [f"{output.clean(str(k))}: {v}" for k, v in sorted((by_source or {}).items())]
     fetched = f"{job.get('fetched', 0)} fetched" + (f" ({', '.join(parts)})" if parts else "")
+    direct = job.get("direct") if isinstance(job.get("direct"), dict) else {}
+    if direct:
+        fetched += f", {sum(int(n) for n in direct.values() if isinstance(n, int))} of them over direct channels"
     size = output.human_bytes(job.get("size"))
     return f"{size}, {job.get('chunks', 0)} chunks: {fetched}, {job.get('reused', 0)} already here"
 

@@ -9,6 +9,10 @@
   for the caller the hub asserts from its certificate, and each chunk is verified against its hash before it goes.
   A download in progress serves the chunks it has (a partial holder): it announces them to the hub as a bitmap
   (at most once a second) and answers `not_held` for the others.
+- Direct channels: an agent started with `--direct` also takes `fetch` direct channels (`ztm.agent.direct`; the
+  caller from its verified client certificate, the same checks) and offers the service `fetch`, so downloaders find
+  its direct address (`GET /api/services`). A downloader fetches from such a source over a direct channel, same
+  chunk protocol (`channel.DirectStream`), and falls back to the relay when the address does not answer.
 - An unfinished download is recorded (`pending:PATH`: hash, output, rate) and resumed when the agent starts again;
   `cancel(path)` stops it for good. A file unpublished or published again meanwhile is abandoned (logged).
 
@@ -34,8 +38,9 @@ from urllib.parse import urlencode
 
 from ztm import filespec, h2
 from ztm.agent.apps import AppContext, Caller, MeshApp
+from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.apps.files import wire
-from ztm.apps.files.channel import ChunkChannel, StreamReader
+from ztm.apps.files.channel import ByteStream, ChunkChannel, DirectStream, StreamReader
 from ztm.apps.files.fetch import Fetcher, Pacer, Progress, Source, describe_failure, unique_chunks
 from ztm.apps.files.store import ChunkStore, Corrupt
 from ztm.apps.files.wire import NotHeld
@@ -56,6 +61,8 @@ PARTIAL_EVERY = 1.0
 """Seconds between two announcements of the chunks a download in progress holds."""
 MAX_PARTIAL = 256
 """Partial copies announced to the hub (the hub's limit per endpoint)."""
+DIRECT_TTL = 5.0
+"""Seconds a downloader reuses the hub's list of the direct addresses of `fetch` sources."""
 
 
 @dataclass
@@ -97,6 +104,8 @@ class Download:
             "fetched": p.fetched,
             "bytes_fetched": p.bytes_fetched,
             "by_source": dict(p.by_source),
+            "direct": dict(p.direct),
+            "direct_fallbacks": p.direct_fallbacks,
             "not_held": dict(p.not_held),
             "problems": dict(p.problems),
             "target": str(self.target) if self.target else None,
@@ -126,6 +135,9 @@ class FilesApp(MeshApp):
         self._pinned: collections.Counter[str] = collections.Counter()
         self._cache: dict[str, tuple[float, FileEntry | ZtmError]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._direct: tuple[float, dict[str, str]] = (-DIRECT_TTL, {})
+        """(when, endpoint id -> direct address) of the sources offering direct channels, from the hub."""
+        self._direct_lock = asyncio.Lock()
 
     # lifecycle
     async def start(self) -> None:
@@ -179,6 +191,9 @@ class FilesApp(MeshApp):
         await super().stop()
 
     async def on_online(self) -> None:
+        if self.ctx.session.direct.announce is not None:  # downloaders find the direct address with the service
+            with contextlib.suppress(ZtmError):
+                await self.ctx.publish([wire.SERVICE])
         await self._announce_quietly()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
@@ -496,7 +511,10 @@ class FilesApp(MeshApp):
                 raise Conflict(f"{entry.path} was published again during the download; download it again")
             return self._sources(fresh, entry)
 
-        fetcher = Fetcher(entry, missing, self._connect, store, job.progress, Pacer(job.rate))
+        async def connect(source: Source) -> ChunkChannel:
+            return await self._connect(source, job.progress)
+
+        fetcher = Fetcher(entry, missing, connect, store, job.progress, Pacer(job.rate))
         for _round in range(ROUNDS):
             if fetcher.complete:
                 break
@@ -517,7 +535,8 @@ class FilesApp(MeshApp):
         self._hold(entry)
         with contextlib.suppress(ZtmError):
             await self._announce(replace=False)
-        log.info("mesh %s: downloaded %s (%s)", self.ctx.mesh, entry.path, dict(job.progress.by_source))
+        direct = f", direct: {dict(job.progress.direct)}" if job.progress.direct else ""
+        log.info("mesh %s: downloaded %s (%s%s)", self.ctx.mesh, entry.path, dict(job.progress.by_source), direct)
 
     def _sources(self, info: dict[str, Any], entry: FileEntry) -> builtins.list[Source]:
         """The online sources in a hub answer: complete holders first, then partial ones with their chunk sets
@@ -538,14 +557,43 @@ class FilesApp(MeshApp):
             found.append(Source(str(s.get("ep")), str(s.get("name")), have))
         return found
 
-    async def _connect(self, source: Source) -> ChunkChannel:
-        stream = await self.ctx.open_stream(source.ep, wire.SERVICE)
+    async def _connect(self, source: Source, progress: Progress | None = None) -> ChunkChannel:
+        """A chunk channel to `source`: over a direct channel when it offers one that answers, else through the
+        hub's relay (a refusal over the direct channel is final: the relay would refuse too)."""
         traffic = self.ctx.session.traffic_of(source.ep, source.name)
 
         def count(n: int) -> None:
             traffic.received += n
 
+        stream: ByteStream | None = None
+        address = (await self._direct_addresses()).get(source.ep)
+        direct = self.ctx.session.direct
+        if address is not None and direct.reachable(source.ep):
+            try:
+                stream = DirectStream(await direct.open(source.ep, address, self.name, wire.SERVICE))
+                self.counters["fetch:direct"] += 1
+            except DirectUnreachable as exc:
+                self.counters["fetch:direct_fallbacks"] += 1
+                if progress is not None:
+                    progress.direct_fallbacks += 1
+                log.info("download from %s: direct channel unusable (%s); through the hub", source.name, exc)
+        if stream is None:
+            stream = await self.ctx.open_stream(source.ep, wire.SERVICE)
         return ChunkChannel(stream, source.name, count)
+
+    async def _direct_addresses(self) -> dict[str, str]:
+        """Endpoint id -> direct address of the endpoints offering `fetch` over direct channels (from the hub,
+        reused for `DIRECT_TTL` s; none when the hub cannot say)."""
+        async with self._direct_lock:  # the workers starting together share one lookup
+            when, found = self._direct
+            if time.monotonic() - when >= DIRECT_TTL:
+                try:
+                    offered = await self.ctx.find(wire.SERVICE)
+                except ZtmError:
+                    offered = []
+                found = {str(s["ep"]): s["direct"] for s in offered if isinstance(s.get("direct"), str) and s.get("ep")}
+                self._direct = (time.monotonic(), found)
+            return found
 
     async def _store_chunk(self, chunk_hash: str, data: bytes) -> None:
         await asyncio.to_thread(self.store.put, chunk_hash, data)
@@ -602,7 +650,26 @@ class FilesApp(MeshApp):
         finally:
             traffic.streams -= 1
 
-    async def _serve(self, stream: h2.Stream, caller: Caller, traffic: Any) -> None:
+    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
+        """A `fetch` direct channel (caller from its verified certificate): served exactly as a relayed stream."""
+        if service != wire.SERVICE or not caller.user or not caller.ep_id:
+            raise BadInput(f"the files app serves only {wire.SERVICE!r} direct channels")
+        channel.accept()
+        stream = DirectStream(channel)
+        self.counters["fetch:direct_served"] += 1
+        traffic = self.ctx.session.traffic_of(caller.ep_id, caller.name)
+        traffic.streams += 1
+        try:
+            await self._serve(stream, caller, traffic)
+        except (TimeoutError, ZtmError):
+            stream.reset()
+        except BaseException:
+            stream.reset()
+            raise
+        finally:
+            traffic.streams -= 1
+
+    async def _serve(self, stream: ByteStream, caller: Caller, traffic: Any) -> None:
         reader = StreamReader(stream)
         while (line := await asyncio.wait_for(reader.line(), SERVE_IDLE)) is not None:
             request: wire.ChunkRequest | None = None

@@ -81,6 +81,10 @@ class Progress:
     fetched: int = 0
     bytes_fetched: int = 0
     by_source: collections.Counter[str] = field(default_factory=collections.Counter)
+    direct: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Source name -> chunks that came over a direct channel (the rest of `by_source` came through the hub)."""
+    direct_fallbacks: int = 0
+    """Channels to a source that went through the hub because its direct address did not answer."""
     problems: dict[str, str] = field(default_factory=dict)
     """Source name -> why it was dropped (or its last failure)."""
     not_held: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -277,6 +281,8 @@ class Fetcher:
         self.progress.fetched += 1
         self.progress.bytes_fetched += len(data)
         self.progress.by_source[source.name] += 1
+        if getattr(channel, "direct", False):
+            self.progress.direct[source.name] += 1
 
 
 class _Drop(Exception):
