@@ -49,13 +49,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ztm import validate
 from ztm.errors import BadInput, CertificateError
 
 SKEW = timedelta(minutes=5)
 """How far before `now` a new certificate becomes valid, to tolerate clocks that lag."""
 
 _MESH_ID = re.compile(r"[0-9a-f]{16}")
-_USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _URI = re.compile(r"ztm://(?P<mesh>[0-9a-f]{16})/(?:(?P<ca>ca)|(?P<kind>user|ep|hub)/(?P<value>[^/]+))")
 _DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
 # what cryptography raises on malformed input (its deprecation warnings are raised, inside `_strict()`)
@@ -85,7 +85,7 @@ def new_hub_id() -> str:
 
 def is_valid_user(name: str) -> bool:
     """True for a user name: 1-63 characters `[a-z0-9][a-z0-9._-]*`."""
-    return isinstance(name, str) and _USER.fullmatch(name) is not None
+    return isinstance(name, str) and validate.USER.fullmatch(name) is not None
 
 
 def is_valid_ep_id(ep_id: str) -> bool:

@@ -15,8 +15,10 @@ from ztm.errors import BadInput
 
 T = TypeVar("T")
 
-_USER = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
+"""A user name (also in certificates); use with `fullmatch`."""
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""An endpoint, mesh or tunnel name; use with `fullmatch`."""
 _LABEL = re.compile(r"^[A-Za-z0-9_.=:/-]{1,63}$")
 APP_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 """An app name (the `ztm-app` header on the wire, as the hub checks it); use with `fullmatch`."""
@@ -24,7 +26,7 @@ MAX_LABELS = 32
 
 
 def user_name(value: object) -> str:
-    if not isinstance(value, str) or not _USER.match(value):
+    if not isinstance(value, str) or not USER.fullmatch(value):
         raise BadInput(
             f"invalid user name {value!r}: use 1-63 lowercase letters, digits, '.', '_' or '-', starting with a "
             "letter or digit"
@@ -34,7 +36,7 @@ def user_name(value: object) -> str:
 
 def name(value: object, what: str) -> str:
     """An endpoint or mesh name: 1-63 letters, digits, '.', '_', '-'."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not NAME.fullmatch(value):
         raise BadInput(
             f"invalid {what} {value!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

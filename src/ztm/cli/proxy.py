@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ztm import validate
 from ztm.addr import Address
 from ztm.cli import output
 from ztm.cli.appcli import add_sub, call_app, remote_ep, show_parser_help
@@ -30,7 +31,6 @@ APP = "proxy"
 
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*\.?")
-_USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 CONCEPTS = """\
 A SOCKS5 and HTTP proxy whose connections leave the mesh at other endpoints.
@@ -100,7 +100,7 @@ def _ip(text: str) -> bool:
 
 
 def user_type(text: str) -> str:
-    if text != "*" and not _USER.fullmatch(text):
+    if text != "*" and not validate.USER.fullmatch(text):
         raise argparse.ArgumentTypeError(f"invalid user {text!r}: a user name (lowercase letters, digits, . _ -) or *")
     return text
 

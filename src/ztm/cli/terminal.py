@@ -13,14 +13,13 @@ import re
 import shlex
 from typing import Any
 
+from ztm import validate
 from ztm.cli import output
 from ztm.cli.appcli import add_sub, show_help
 from ztm.cli.args import UsageError, ZtmArgumentParser
 from ztm.cli.context import Context, expect_obj
 
 APP = "terminal"
-_EP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _TERM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 
 OVERVIEW = """\
@@ -56,7 +55,7 @@ EXAMPLES = (
 
 
 def ep_type(text: str) -> str:
-    if not _EP.fullmatch(text):
+    if not validate.NAME.fullmatch(text):
         raise argparse.ArgumentTypeError(
             f"invalid endpoint {text!r}: an endpoint name or id (letters, digits, '.', '_', '-')"
         )
@@ -67,7 +66,7 @@ ep_type.__name__ = "endpoint"
 
 
 def user_type(text: str) -> str:
-    if not _USER.fullmatch(text):
+    if not validate.USER.fullmatch(text):
         raise argparse.ArgumentTypeError(f"invalid user {text!r}: 1-63 lowercase letters, digits, '.', '_' or '-'")
     return text
 

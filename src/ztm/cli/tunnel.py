@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ztm import validate
 from ztm.addr import Address
 from ztm.cli import output
 from ztm.cli import proxy as px
@@ -35,9 +36,7 @@ from ztm.errors import BadInput, NotFound
 APP = "tunnel"
 
 _TUNNEL = re.compile(r"(tcp|udp)/[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_EP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _EP_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 
 SIDE_KINDS = {"inbound": ("in", "entrance", "entrances"), "outbound": ("out", "exit", "exits")}
 GET_KINDS = {"tunnel": ("tunnels",), **SIDE_KINDS}
@@ -106,7 +105,7 @@ def ep_list_type(text: str) -> list[str]:
     if not refs:
         raise argparse.ArgumentTypeError("empty endpoint name")
     for ref in refs:
-        if not (_EP_NAME.fullmatch(ref) or _EP_ID.fullmatch(ref)):
+        if not (validate.NAME.fullmatch(ref) or _EP_ID.fullmatch(ref)):
             raise argparse.ArgumentTypeError(
                 f"invalid endpoint {ref!r}: an endpoint name (letters, digits, '.', '_', '-') or id"
             )
@@ -121,7 +120,7 @@ def user_list_type(text: str) -> list[str]:
     if not users:
         raise argparse.ArgumentTypeError("empty user name")
     for user in users:
-        if not _USER.fullmatch(user):
+        if not validate.USER.fullmatch(user):
             raise argparse.ArgumentTypeError(f"invalid user {user!r}: 1-63 lowercase letters, digits, '.', '_' or '-'")
     return users
 

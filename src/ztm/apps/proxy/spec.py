@@ -39,7 +39,6 @@ ANY = "*"
 
 _LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _DOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
-_USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 PROTOCOLS = ("tcp", "udp")
 
 
@@ -270,7 +269,7 @@ class Rule:
         if action not in ("allow", "deny"):
             raise BadInput(f"rule action {action!r}: expected allow or deny")
         user = body.get("user")
-        if not isinstance(user, str) or not (user == ANY or _USER.fullmatch(user)):
+        if not isinstance(user, str) or not (user == ANY or validate.USER.fullmatch(user)):
             raise BadInput(f"rule user {user!r}: expected a user name (lowercase letters, digits, . _ -) or *")
         return cls(action, user, TargetSpec.parse(body.get("target"), "rule target"))
 

@@ -3,7 +3,6 @@ untrusted JSON into frozen dataclasses; every failure is a `BadInput` naming the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +10,6 @@ from ztm import validate
 from ztm.addr import Address
 from ztm.errors import BadInput
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 PROTOCOLS = ("tcp", "udp")
 MAX_ITEMS = 64
 
@@ -32,7 +30,7 @@ class TunnelName:
         if not isinstance(text, str) or "/" not in text:
             raise BadInput(f"invalid tunnel {text!r}: {hint}")
         protocol, _, name = text.partition("/")
-        if protocol not in PROTOCOLS or not _NAME.fullmatch(name):
+        if protocol not in PROTOCOLS or not validate.NAME.fullmatch(name):
             raise BadInput(f"invalid tunnel {text!r}: {hint}")
         return cls(protocol, name)
 
