@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ztm import pki, validate
 from ztm.addr import Address
@@ -25,6 +25,8 @@ from ztm.agent.store import AgentStore, MeshRecord
 from ztm.agent.tls import MeshFiles
 from ztm.errors import Conflict, NotFound, PermitError, Unavailable, ZtmError, from_json
 from ztm.permit import Permit
+
+A = TypeVar("A", bound=MeshApp)
 
 log = logging.getLogger("ztm.agent")
 
@@ -92,6 +94,14 @@ class Agent:
             joined = ", ".join(sorted(self.meshes)) or "none"
             raise NotFound(f"no mesh named {mesh!r} is joined here (joined: {joined}); see `ztm get mesh`")
         return session
+
+    def app(self, mesh: str, name: str, kind: type[A], *, running: bool) -> A:
+        """The built-in app `name` (of class `kind`) in `mesh`, for its REST routes; NotFound if it is not there, or,
+        with `running`, if it is stopped."""
+        found = self.get(mesh).apps.get(name)
+        if not isinstance(found, kind) or (running and not found.running):
+            raise NotFound(f"the {name} app is not running in this mesh")
+        return found
 
     async def join(self, mesh: str, ep_name: str, permit_data: object, labels: list[str]) -> dict[str, Any]:
         validate.name(mesh, "mesh name")

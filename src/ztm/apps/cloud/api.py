@@ -10,7 +10,6 @@ from aiohttp import web
 from ztm import validate
 from ztm.agent.service import Agent
 from ztm.apps.cloud.app import CloudApp
-from ztm.errors import NotFound
 
 Json = Callable[[Any, int], web.Response]
 
@@ -19,10 +18,7 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
     base = "/api/meshes/{mesh}/apps/cloud"
 
     def cloud(request: web.Request) -> CloudApp:
-        found = agent.get(request.match_info["mesh"]).apps.get("cloud")
-        if not isinstance(found, CloudApp) or not found.running:
-            raise NotFound("the cloud app is not running in this mesh")
-        return found
+        return agent.app(request.match_info["mesh"], "cloud", CloudApp, running=True)
 
     async def body(request: web.Request) -> dict[str, Any]:
         return validate.json_object(await request.read())

@@ -18,7 +18,7 @@ from aiohttp import web
 from ztm import filespec, validate
 from ztm.agent.service import Agent
 from ztm.apps.files.app import FilesApp
-from ztm.errors import BadInput, NotFound
+from ztm.errors import BadInput
 from ztm.filespec import Acl
 
 Json = Callable[[Any, int], web.Response]
@@ -27,10 +27,7 @@ MAX_RATE = 1 << 40
 
 
 def files_app(agent: Agent, mesh: str) -> FilesApp:
-    found = agent.get(mesh).apps.get("files")
-    if not isinstance(found, FilesApp) or not found.running:
-        raise NotFound("the files app is not running in this mesh")
-    return found
+    return agent.app(mesh, "files", FilesApp, running=True)
 
 
 def query_path(request: web.Request) -> str:

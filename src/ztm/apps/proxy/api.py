@@ -11,7 +11,7 @@ from ztm import validate
 from ztm.agent.service import Agent
 from ztm.apps.proxy.app import ProxyApp
 from ztm.apps.proxy.spec import Rule
-from ztm.errors import BadInput, NotFound
+from ztm.errors import BadInput
 
 Json = Callable[[Any, int], web.Response]
 
@@ -20,10 +20,7 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
     base = "/api/meshes/{mesh}/apps/proxy"
 
     def proxy_app(request: web.Request) -> ProxyApp:
-        found = agent.get(request.match_info["mesh"]).apps.get("proxy")
-        if not isinstance(found, ProxyApp):
-            raise NotFound("the proxy app is not running in this mesh")
-        return found
+        return agent.app(request.match_info["mesh"], "proxy", ProxyApp, running=False)
 
     async def get_config(request: web.Request) -> web.Response:
         return reply(proxy_app(request).config_view(), 200)

@@ -37,7 +37,7 @@ from ztm.apps.terminal.protocol import (
     ws_output,
     ws_text,
 )
-from ztm.errors import BadInput, NotFound, ZtmError
+from ztm.errors import BadInput, ZtmError
 
 log = logging.getLogger("ztm.terminal")
 
@@ -52,10 +52,7 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
     base = "/api/meshes/{mesh}/apps/terminal"
 
     def terminal_app(request: web.Request) -> TerminalApp:
-        found = agent.get(request.match_info["mesh"]).apps.get("terminal")
-        if not isinstance(found, TerminalApp):
-            raise NotFound("the terminal app is not running in this mesh")
-        return found
+        return agent.app(request.match_info["mesh"], "terminal", TerminalApp, running=False)
 
     async def describe(request: web.Request) -> web.Response:
         return reply(terminal_app(request).describe(), 200)

@@ -11,7 +11,7 @@ from ztm import validate
 from ztm.agent.service import Agent
 from ztm.apps.tunnel.app import TunnelApp
 from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
-from ztm.errors import BadInput, NotFound
+from ztm.errors import BadInput
 
 Json = Callable[[Any, int], web.Response]
 
@@ -20,10 +20,7 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
     base = "/api/meshes/{mesh}/apps/tunnel"
 
     def tunnel_app(request: web.Request) -> TunnelApp:
-        found = agent.get(request.match_info["mesh"]).apps.get("tunnel")
-        if not isinstance(found, TunnelApp):
-            raise NotFound("the tunnel app is not running in this mesh")
-        return found
+        return agent.app(request.match_info["mesh"], "tunnel", TunnelApp, running=False)
 
     def kind(request: web.Request) -> str:
         value = request.match_info["kind"]
