@@ -43,6 +43,21 @@ while True:
 """
 
 
+def transfer(lab: Lab, port: int, size: int) -> None:
+    """Upload `size` random bytes through home's entrance `port`, half-close, check the service's answer."""
+    data = os.urandom(size)
+    with lab.connect("home", "127.0.0.1", port, timeout=20) as sock:
+        sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
+        sender.start()
+        chunks = []
+        while chunk := sock.recv(1 << 16):
+            chunks.append(chunk)
+        sender.join(20)
+    got = b"".join(chunks)
+    assert got[:32] == hashlib.sha256(data).digest(), "the service did not get the upload byte-exact"
+    assert got[32:] == data[::-1], "home did not get the answer byte-exact"
+
+
 def test_tcp_tunnel_from_home_to_the_workplace_through_the_hub(lab: Lab, tmp_path: Path) -> None:
     dc = lab.addr("datacenter")
     hub = start_hub(tmp_path, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
@@ -64,19 +79,10 @@ def test_tcp_tunnel_from_home_to_the_workplace_through_the_hub(lab: Lab, tmp_pat
              "--entrances", "home")  # fmt: skip
     home.cli("tunnel", "open", "inbound", "tcp/office-app", "--listen", str(ENTRANCE_PORT))
 
-    data = os.urandom(2 << 20)
-    with lab.connect("home", "127.0.0.1", ENTRANCE_PORT, timeout=20) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
-        sender.start()
-        chunks = []
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
-        sender.join(20)
-    got = b"".join(chunks)
-    assert got[:32] == hashlib.sha256(data).digest(), "the workplace service did not get the upload byte-exact"
-    assert got[32:] == data[::-1], "home did not get the answer byte-exact"
+    size = 2 << 20
+    transfer(lab, ENTRANCE_PORT, size)
 
     outbound = work.cli_json("tunnel", "describe", "outbound", "tcp/office-app")
-    assert outbound["streams"] == 1 and outbound["bytes_received"] == len(data)
+    assert outbound["streams"] == 1 and outbound["bytes_received"] == size
     tunnels = {t["tunnel"]: t for t in home.cli_json("tunnel", "get", "tunnel")}
     assert [p["name"] for p in tunnels["tcp/office-app"]["outbound"]] == ["workplace"]

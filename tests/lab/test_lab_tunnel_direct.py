@@ -7,11 +7,7 @@ through the hub exactly as without direct channels. Both transfers are byte-exac
 
 from __future__ import annotations
 
-import hashlib
-import os
-import socket
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,28 +15,13 @@ import pytest
 from lab.netlab import Lab
 from support import Agent, base_env, start_agent, start_hub, wait_until
 
-from .test_lab_tunnel import SERVER
+from .test_lab_tunnel import SERVER, transfer
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 MESH = "my-mesh"
 SERVICE_PORT = 9000
 DIRECT = ("--direct", "0.0.0.0:7771")
-
-
-def transfer(lab: Lab, port: int, size: int) -> None:
-    """Upload `size` random bytes through home's entrance `port`, half-close, check the service's answer."""
-    data = os.urandom(size)
-    with lab.connect("home", "127.0.0.1", port, timeout=20) as sock:
-        sender = threading.Thread(target=lambda: (sock.sendall(data), sock.shutdown(socket.SHUT_WR)))
-        sender.start()
-        chunks = []
-        while chunk := sock.recv(1 << 16):
-            chunks.append(chunk)
-        sender.join(20)
-    got = b"".join(chunks)
-    assert got[:32] == hashlib.sha256(data).digest(), "the service did not get the upload byte-exact"
-    assert got[32:] == data[::-1], "home did not get the answer byte-exact"
 
 
 def inbound(agent: Agent, name: str) -> dict[str, int]:
