@@ -538,8 +538,6 @@ def test_configuration_errors_and_remote_configuration(world: World) -> None:
 
     # root configures bob's endpoint remotely (root may); bob may not configure root's.
     out = home.cli("ep", "bob-laptop", "proxy", "config", "--add-target", "10.9.0.0/16", check=False)
-    if out.returncode == 2 and "proxy" in out.stderr:
-        pytest.skip("`ztm ep NAME proxy` is not wired yet")
     assert out.returncode == 0, out.stderr
     assert bob.cli_json("proxy", "get")["targets"] == ["10.9.0.0/16"]
     home.cli("ep", "bob-laptop", "proxy", "config", "--remove-target", "10.9.0.0/16")
