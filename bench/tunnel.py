@@ -40,7 +40,8 @@ PASS/FAIL):
    again, closed, opened a second time and closed again (retention or leak?);
 6. recovery: SIGKILL the exit agent and start it again on the same data directory and port, time until a new
    tunnelled connection + echo succeeds (probes every 5 ms); the same for the hub, from the hub listening again.
-   The hub's log tells when each agent came back online. No target; DESIGN.md section 9 has ZTM's figures.
+   The hub's log tells when each agent came back online. No target; ZTM's figures, with their source, are in
+   bench/RESULTS.md ("Reference figures").
 
 `--quick` scales everything down (256 MiB transfers, 1 run, 1,000 round trips, 100 connect cycles, 1,000 idle
 connections, 1 GiB before the RSS check, 1 restart each). `--py-spy` (needs `pip install py-spy` in the venv)
@@ -1114,18 +1115,18 @@ def main(argv: list[str] | None = None) -> int:
                 "6a",
                 "exit restart: start -> tunnel OK (ms, median)",
                 f"{e * 1e3:.0f}",
-                "ZTM ~15000",
                 "-",
-                "(no target)",
+                "-",
+                "(no target; ZTM: bench/RESULTS.md)",
                 None,
             )
             run.add_target(
                 "6b",
                 "hub restart: listening -> tunnel OK (ms, median)",
                 f"{h * 1e3:.0f}",
-                "ZTM ~3000",
                 "-",
-                "(no target)",
+                "-",
+                "(no target; ZTM: bench/RESULTS.md)",
                 None,
             )
     elapsed = time.perf_counter() - started

@@ -10,7 +10,7 @@ transport, and implements flow control end to end:
 * Send: `Stream.write()` waits for the peer's window (woken by WINDOW_UPDATE and SETTINGS) and for the transport
   (`pause_writing`/`resume_writing`); frames are as large as the peer allows.
 
-Hot path (DESIGN.md section 5): this is an `asyncio.BufferedProtocol` and *only* that (a class that also inherits
+Hot path (bench/RESULTS.md): this is an `asyncio.BufferedProtocol` and *only* that (a class that also inherits
 `asyncio.Protocol` makes the loop fall back to its copying path). Reads go into one 1 MiB buffer shared by all
 connections of a thread; the codec parses frames in place from it and reports DATA payloads as views of it, which
 are copied exactly once, into the `bytes` a stream buffers (anything the codec keeps between reads, it copies), so

@@ -1,6 +1,6 @@
 """HTTP/2 tuning knobs for `ztm.h2` connections.
 
-The defaults follow the measurements in DESIGN.md section 5: large frames (1 MiB) and large windows (16 MiB per
+The defaults follow the measurements in bench/RESULTS.md: large frames (1 MiB) and large windows (16 MiB per
 stream, 64 MiB per connection) are what let Python move bulk data at TLS speed, because the cost of an HTTP/2
 implementation in Python is per frame, not per byte. A slow reader still bounds what the peer may send: at most
 `stream_window` bytes are buffered per stream and `connection_window` per connection.
