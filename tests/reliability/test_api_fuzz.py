@@ -118,13 +118,20 @@ def spec_routes() -> list[Route]:
 
 
 # Real values for path parameters, so that the fuzz reaches past "no such mesh" into the routes' own parsing.
-REAL = {"mesh": [MESH], "ep": ["alpha", "beta"], "user": ["root", "nobody"], "app": ["tunnel", "nope"]}
+REAL = {
+    "mesh": [MESH], "ep": ["alpha", "beta"], "user": ["root", "nobody"], "app": ["tunnel", "nope"], "name": ["seed"],
+}  # fmt: skip
+SEED_TUNNEL = "tcp/seed"
+"""An exit the agent holds from the start, so that the tunnel part of the snapshot is never empty."""
+COUNTERS = {"streams", "active", "refused", "direct", "direct_fallbacks", "bytes_sent", "bytes_received"}
 
 
 def path_value(route: Route, name: str, schema: dict[str, Any]) -> st.SearchStrategy[str]:
     real = list(REAL.get(name, []))
     if route.method == "DELETE" and route.template == "/api/meshes/{mesh}":
         real = ["not-joined"]  # leaving the mesh is a valid request that would end the fuzz
+    if name == "app" and route.template.endswith(("/stop", "/uninstall")):
+        real = ["proxy", "nope"]  # a stopped tunnel app could not show its tunnels to `snapshot`
     schema = _ref(schema)
     real += [str(v) for v in schema.get("enum", [])]
     junk = JUNK_TEXT.map(lambda s: quote(s, safe=""))
@@ -145,6 +152,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         agent.join(MESH, "alpha", hub.permit)
         beta.join(MESH, "beta", hub.permit)
+        agent.cli("tunnel", "open", "outbound", SEED_TUNNEL, "--targets", "127.0.0.1:9")
         yield World(hub, agent)
     finally:
         beta.proc.stop()
@@ -153,16 +161,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def snapshot(agent: Agent) -> Any:
-    """What the agent holds, minus clocks and counters: meshes, labels, tunnel configuration."""
+    """What the agent holds, minus clocks and counters: meshes, labels, tunnel configuration (every entrance and
+    exit as the route describes it, without its traffic counters)."""
     _, meshes = agent.api("GET", "/api/meshes")
     _, eps = agent.api("GET", f"/api/meshes/{MESH}/endpoints")
-    _, tunnels = agent.api("GET", f"/api/meshes/{MESH}/apps/tunnel")
-    stable = [json.dumps(t, sort_keys=True) for t in (tunnels if isinstance(tunnels, list) else [tunnels])]
+    status, tunnels = agent.api("GET", f"/api/meshes/{MESH}/apps/tunnel")
+    assert status == 200 and isinstance(tunnels, dict), f"the tunnel list answered {status}: {tunnels!r}"
     return (
         sorted(m["name"] for m in meshes),
         sorted((e["name"], tuple(e["labels"])) for e in eps),
-        stable if isinstance(tunnels, list) else None,
-    )
+        {
+            side: sorted(json.dumps({k: v for k, v in t.items() if k not in COUNTERS}, sort_keys=True)
+                         for t in tunnels[side])
+            for side in ("inbound", "outbound")
+        },
+    )  # fmt: skip
 
 
 def _raw(agent: Agent, method: str, path: str, body: bytes | None) -> tuple[int, bytes, str]:
@@ -189,6 +202,7 @@ def test_every_route_answers_bad_input_with_a_json_4xx_and_changes_nothing(world
     agent = world.agent
     seen: dict[tuple[str, str], set[int]] = {(r.method, r.template): set() for r in routes}
     state = [snapshot(agent)]
+    assert SEED_TUNNEL in state[0][2]["outbound"][0], f"the seeded exit is not in the snapshot: {state[0]!r}"
 
     @settings(max_examples=EXAMPLES_PER_ROUTE, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(data=st.data())
