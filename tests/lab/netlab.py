@@ -73,6 +73,8 @@ _LINKS: tuple[tuple[str, str, str, str, str, str | None], ...] = (
 _UPLINK = {host: (far, far_if) for host, _, _, far, far_if, _ in _LINKS}
 """host -> the far end of its upstream cable (what `link_down` unplugs)."""
 _DEFAULT_ROUTE = {"home": "10.77.1.1", "workplace": "10.77.2.1"}
+_NEIGHBOUR = {"home": "home-rtr", "workplace": "work-rtr", "home-rtr": "home", "work-rtr": "workplace"}
+"""The host at the other end of a host's own cable, allowed to connect to it (the data center's is `inet`)."""
 DELAYWIRE = Path(__file__).with_name("delaywire.py")
 
 ROUTER_NFT = """\
@@ -93,6 +95,21 @@ table inet ztmlab {
     }
 }
 """
+
+
+PEER_ECHO = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(64)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    with c:
+        c.sendall(peer[0].encode())
+"""
+"""`Lab.serve`'s server: accepts forever on 0.0.0.0:PORT, answers each connection with the peer address it sees."""
 
 
 class LabError(RuntimeError):
@@ -327,6 +344,28 @@ class Lab:
 
     def can_connect(self, host: str, addr: str, port: int, timeout: float = 2.0) -> bool:
         return support.tcp_accepts(addr, port, netns=self.ns(host), timeout=timeout)
+
+    def serve(self, host: str, port: int) -> Proc:
+        """A TCP server on `0.0.0.0:port` inside `host`, reachable wherever the lab lets it be: it answers every
+        connection with the peer address it sees, then closes it. Returns once it listens."""
+        proc = self.popen(host, [sys.executable, "-c", PEER_ECHO, str(port)], name=f"peer-echo@{host}")
+        proc.wait_for_output("ready", timeout=10)
+        return proc
+
+    def assert_unreachable(self, src: str, host: str, port: int, timeout: float = 1.0) -> None:
+        """Assert that `src` cannot open a TCP connection to `host`'s lab address at `port`.
+
+        Such a check proves something only if a server there would take the connection but for the lab's routes
+        and firewall: a server that listens on loopback only (or no server) makes it pass whatever the lab does. So
+        the host on the other end of `host`'s own cable must connect first (a `LabError` if it cannot: listen on
+        0.0.0.0 or on `host`'s address)."""
+        target, near = self.addr(host), _NEIGHBOUR.get(host, "inet")
+        if not self.can_connect(near, target, port):
+            raise LabError(
+                f"nothing accepts connections on {host}'s address {target}:{port} (tried from {near}), so a check "
+                f"that {src} cannot reach it could not fail; make the server listen on 0.0.0.0 or {target}"
+            )
+        assert not self.can_connect(src, target, port, timeout=timeout), f"{src} reaches {host} at {target}:{port}"
 
     # faults
 

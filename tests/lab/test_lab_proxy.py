@@ -19,8 +19,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 MESH = "my-mesh"
 HTTP_PORT, HTTPS_PORT, PROXY_PORT = 8080, 8443, 1080
 
-# Inside the workplace namespace: an HTTP and an HTTPS server on its loopback that say where they are and what path
-# they were asked for (which shows the absolute URI became origin form).
+# Inside the workplace namespace: an HTTP and an HTTPS server that say where they are and what path they were asked
+# for (which shows the absolute URI became origin form). They listen on every address, so that the check that home
+# cannot reach them directly could fail.
 SERVER = """
 import http.server, ssl, sys, threading
 class H(http.server.BaseHTTPRequestHandler):
@@ -32,8 +33,8 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
-plain = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
-tls = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), H)
+plain = http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), H)
+tls = http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[2])), H)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[3], sys.argv[4])
 tls.socket = ctx.wrap_socket(tls.socket, server_side=True)
@@ -67,7 +68,7 @@ def test_curl_at_home_reaches_workplace_servers_through_the_proxy(lab: Lab, tmp_
         return all(lab.can_connect("workplace", "127.0.0.1", p) for p in (HTTP_PORT, HTTPS_PORT))
 
     wait_until(listening, 15, "the web servers to listen at the workplace")
-    assert not lab.can_connect("home", lab.addr("workplace"), HTTP_PORT, timeout=1.0), "home reaches work directly"
+    lab.assert_unreachable("home", "workplace", HTTP_PORT)
     assert not lab.can_connect("home", "127.0.0.1", HTTP_PORT, timeout=1.0), "a server at home?"
 
     work.cli("proxy", "config", "--add-target", "localhost", "127.0.0.1")

@@ -19,20 +19,6 @@ pytestmark = pytest.mark.lab
 
 PY = sys.executable
 
-# Accepts forever; answers every connection with the peer address it sees, then closes it.
-PEER_ECHO = """
-import socket, sys
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-s.listen(64)
-print("ready", flush=True)
-while True:
-    c, peer = s.accept()
-    with c:
-        c.sendall(peer[0].encode())
-"""
-
 # Connects, prints what the server said.
 CLIENT = """
 import socket, sys
@@ -45,9 +31,7 @@ print(data.decode())
 
 
 def serve(lab: Lab, host: str, port: int) -> support.Proc:
-    proc = lab.popen(host, [PY, "-c", PEER_ECHO, str(port)], name=f"peer-echo@{host}")
-    proc.wait_for_output("ready", timeout=10)
-    return proc
+    return lab.serve(host, port)
 
 
 def seen_as(lab: Lab, host: str, addr: str, port: int) -> str:
@@ -84,15 +68,53 @@ def test_the_datacenter_cannot_open_connections_to_home(lab: Lab) -> None:
 
 def test_home_cannot_reach_the_workplace(lab: Lab) -> None:
     serve(lab, "workplace", 9001)
+    serve(lab, "home", 9001)
     work = lab.addr("workplace")
     assert lab.can_connect("workplace", work, 9001)
     assert lab.can_connect("work-rtr", work, 9001)
     assert not lab.can_connect("home", work, 9001, timeout=1.5)
-    assert not lab.can_connect("workplace", lab.addr("home"), 9001, timeout=1.5)
+    lab.assert_unreachable("home", "workplace", 9001)
+    lab.assert_unreachable("workplace", "home", 9001)
     # Nor the other router's WAN side (no new connections to a router from the WAN).
     serve(lab, "work-rtr", 9002)
     assert lab.can_connect("work-rtr", lab.addr("work-rtr"), 9002)
-    assert not lab.can_connect("home", lab.addr("work-rtr"), 9002, timeout=1.5)
+    lab.assert_unreachable("home", "work-rtr", 9002)
+
+
+def test_the_isolation_is_the_routers_doing_and_the_check_sees_it(lab: Lab) -> None:
+    """`assert_unreachable` can fail: with a route to the workplace's LAN and without work-rtr's drop of new
+    connections from the WAN, home reaches the workplace, and the check says so. And it refuses to vouch for a server
+    that listens on loopback only."""
+    serve(lab, "workplace", 9001)
+    nft = netlab._nft()
+    assert nft is not None
+    # A route alone is not enough: work-rtr's firewall still drops the connection.
+    lab.exec("home-rtr", [support.IP, "route", "add", "10.77.2.0/24", "via", lab.addr("work-rtr")])
+    lab.assert_unreachable("home", "workplace", 9001)
+    # Without the firewall rule, the same check fails.
+    lab.exec("work-rtr", [nft, "insert", "rule", "inet", "ztmlab", "forward", "iifname", "wan0", "oifname", "lan0",
+                          "accept"])  # fmt: skip
+    assert seen_as(lab, "home", lab.addr("workplace"), 9001) == lab.addr("home-rtr")  # masqueraded by home-rtr
+    with pytest.raises(AssertionError, match="home reaches workplace"):
+        lab.assert_unreachable("home", "workplace", 9001)
+    # A server on the workplace's loopback only: the check cannot fail, so it raises instead of passing.
+    loopback = lab.popen("workplace", [PY, "-c", LOOPBACK_SERVER, "9003"], name="loopback-only")
+    loopback.wait_for_output("ready", timeout=10)
+    assert lab.can_connect("workplace", "127.0.0.1", 9003)
+    with pytest.raises(netlab.LabError, match="could not fail"):
+        lab.assert_unreachable("home", "workplace", 9003)
+
+
+# Listens on 127.0.0.1 only.
+LOOPBACK_SERVER = """
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(8)
+print("ready", flush=True)
+while True:
+    s.accept()[0].close()
+"""
 
 
 def test_link_down_and_up(lab: Lab) -> None:
