@@ -3,7 +3,8 @@
 * The hub's JSON request bodies, path parameters and query strings on **every** hub route (the route table is read
   from `ztm.hub.routes.HubRoutes`, so a route added later is fuzzed too), sent by a client holding a real endpoint
   certificate: every answer is a JSON error with a 4xx status (or a 503/504 the protocol documents), never a 500, and a
-  refused request changes nothing (endpoints, labels, users, services).
+  refused request changes nothing (endpoints, labels, users, services, the endpoint's direct address, the file index
+  with its sources; a file and a direct address are seeded so that neither is empty).
 * The agent's event-line parser (`ztm.agent.link.EventReader`): any bytes, split anywhere, give back exactly the JSON
   objects sent or a one-line `Unavailable`, never another exception.
 
@@ -16,6 +17,7 @@ test_api_fuzz.py.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import re
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from unittest import mock
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -48,8 +50,43 @@ JSON_VALUES = st.recursive(
 )
 LABELISH = st.lists(st.text(alphabet="ab=:/-_. \x00é", max_size=8), max_size=4) | JSON_VALUES
 
+# What the fuzz must not change by a refused request, seeded by the fixture: a file in the mesh file space (alpha
+# holds it, so it has a source) and a direct address of alpha, which `GET /api/services` shows beside a service
+# alpha offers in an app the fuzz never names (WATCH_APP).
+SEED_PATH = "/shared/root/seed.bin"
+SEED_DATA = b"seed\n" * 1000
+SEED_HASH = hashlib.sha256(SEED_DATA).hexdigest()
+SEED_DIRECT = {"host": "127.0.0.9", "port": 7001}
+WATCH_APP = "fuzz-watch"
+FILE_PATHS = st.sampled_from([SEED_PATH, "/shared/root/other.bin", "/users/root/x", "/shared/bob/y", "/"]) | st.text(
+    max_size=30
+)
+HASHES = st.sampled_from([SEED_HASH, "0" * 64, "F" * 64]) | st.text(max_size=70)
+ACLS = (
+    st.fixed_dictionaries(
+        {}, optional={"readonly": JSON_VALUES, "block": st.lists(st.sampled_from(["bob", "root", "Bad"]))}
+    )
+    | JSON_VALUES
+)
+HOLDINGS = st.lists(
+    st.fixed_dictionaries(
+        {}, optional={"path": FILE_PATHS, "hash": HASHES, "have": st.sampled_from(["AA==", "gA==", "!"])}
+    ),
+    max_size=3,
+)
+DIRECT_HOSTS = st.sampled_from(["127.0.0.9", "0.0.0.0", "::1", "", "bad host", "1.2.3.4:5"])
+
 # Plausible keys per route (taken from PROTOCOL.md); values are random. Routes not listed get random objects.
 ROUTE_KEYS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
+    "/api/files/entry": {"path": FILE_PATHS, "size": st.integers(-2, 5000) | JSON_VALUES,
+                         "time": st.integers(-2, 10**12) | JSON_VALUES, "hash": HASHES,
+                         "chunks": st.lists(HASHES, max_size=2) | JSON_VALUES, "acl": ACLS},
+    "/api/files/acl": {"path": FILE_PATHS, "acl": ACLS},
+    "/api/files/sources": {"hold": HOLDINGS | JSON_VALUES, "partial": HOLDINGS | JSON_VALUES,
+                           "drop": st.lists(FILE_PATHS, max_size=3) | JSON_VALUES,
+                           "replace": st.booleans() | JSON_VALUES},
+    "/api/direct": {"port": st.integers(1, 65535) | st.integers(-5, 70_000) | JSON_VALUES,
+                    "host": DIRECT_HOSTS | JSON_VALUES},
     "/api/enroll": {"ep_id": st.uuids().map(str) | JSON_VALUES, "name": st.text(max_size=12) | JSON_VALUES,
                     "csr": st.text(max_size=60) | JSON_VALUES, "hostname": JSON_VALUES, "version": JSON_VALUES,
                     "labels": LABELISH},
@@ -92,6 +129,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ep_id = pki.identity_of(pki.cert_from_pem((mesh_dir / "ep.crt").read_text())).ep_id
         assert ep_id is not None
         client = HubClient(hub.address, mesh_dir)
+        seed = tmp / "seed.bin"
+        seed.write_bytes(SEED_DATA)
+        agent.cli("publish", "file", SEED_PATH, "-i", seed)
+        status, answer = client.json("POST", "/api/services", {"app": WATCH_APP, "services": ["watch"]})
+        assert status == 204, answer
+        status, answer = client.json("POST", "/api/direct", SEED_DIRECT)
+        assert status == 200, answer
         yield World(hub, agent, client, ep_id)
     finally:
         if client is not None:
@@ -125,14 +169,21 @@ def _path_values(name: str, ep_id: str) -> st.SearchStrategy[str]:
 
 
 def snapshot(client: HubClient) -> Any:
-    """What the hub holds, minus clocks: endpoints (ids, names, labels), users, services of the tunnel app."""
+    """What the hub holds, minus clocks: endpoints (ids, names, labels), users, the services of the apps the fuzz
+    names and of WATCH_APP, each with its endpoint's direct address (`direct`), and the file index: every entry
+    with its chunks, ACL, sources and partial holders."""
     _, eps = client.json("GET", "/api/endpoints")
     _, users = client.json("GET", "/api/users")
-    _, services = client.json("GET", "/api/services?app=tunnel")
+    services = {app: client.json("GET", f"/api/services?app={app}")[1] for app in ("tunnel", "x", WATCH_APP)}
+    status, listing = client.json("GET", "/api/files?prefix=/")
+    assert status == 200 and isinstance(listing, list), f"the file list answered {status}: {listing!r}"
+    files = [client.request("GET", "/api/files/entry?" + urlencode({"path": f["path"]}))[1] for f in listing]
     return (
         sorted((e["id"], e["name"], tuple(e["labels"]), e["online"]) for e in eps),
         sorted((u["name"], u["evicted"]) for u in users),
         services,
+        listing,
+        files,
     )
 
 
@@ -142,6 +193,9 @@ def test_every_hub_route_refuses_bad_input_with_a_json_4xx_and_changes_nothing(w
     client = world.client
     seen: dict[tuple[str, str], set[int]] = {r: set() for r in routes}
     state = [snapshot(client)]
+    watched = state[0][2][WATCH_APP]
+    assert [w["direct"] for w in watched] == ["127.0.0.9:7001"], f"the seeded direct address is not seen: {watched}"
+    assert [(f["path"], f["sources"]) for f in state[0][3]] == [(SEED_PATH, 1)], f"no seeded file: {state[0][3]}"
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(data=st.data())
@@ -151,10 +205,23 @@ def test_every_hub_route_refuses_bad_input_with_a_json_4xx_and_changes_nothing(w
         for m in list(_GROUP.finditer(pattern)):
             path = path.replace(m.group(0), data.draw(_path_values(m.group("name"), world.ep_id), label=m["name"]), 1)
         if data.draw(st.booleans(), label="query"):
-            path += "?" + data.draw(
-                st.sampled_from(["lines=abc", "lines=-1", "lines=99999", "app=tunnel", "app=BAD&name=%00", "a=%zz"])
-            )
-        kind = data.draw(st.sampled_from(["object", "json", "garbage"]), label="body kind")
+            queries = [
+                "lines=abc",
+                "lines=-1",
+                "lines=99999",
+                "app=tunnel",
+                "app=BAD&name=%00",
+                "a=%zz",
+                "path=/shared/root/none.bin",
+                "path=%00",
+                "path=relative",
+                "prefix=/shared",
+                "prefix=x",
+            ]
+            if method != "DELETE":  # deleting the seed is valid, and would leave the rest of the fuzz no file
+                queries.append("path=" + quote(SEED_PATH))
+            path += "?" + data.draw(st.sampled_from(queries))
+        kind = data.draw(st.sampled_from(["object", "object", "json", "garbage"]), label="body kind")
         if kind == "object":
             body = json.dumps(data.draw(st.fixed_dictionaries({}, optional=_keys_for(pattern)))).encode()
         elif kind == "json":
