@@ -91,10 +91,17 @@ def test_a_full_disk_refuses_writes_clearly_keeps_serving_and_recovers(
         filler.unlink()
     freed = time.monotonic()
 
+    attempts: list[str] = []
+
     def writes_again() -> bool:
-        return a.cli("label", "--add", "saved-after", check=False).returncode == 0
+        cp = a.cli("label", "--add", "saved-after", check=False)
+        attempts.append(cp.stderr.strip())
+        return cp.returncode == 0
 
     recovered = time_until(writes_again, 30, "the hub to take writes again once space returned", since=freed)
+    # RELIABILITY.md: the first write after space returned is accepted (0.17 s: one CLI call); the time is mostly the
+    # CLI's start-up, so the attempt count is what holds that figure on a loaded machine.
+    assert len(attempts) == 1, f"writes were refused after space returned: {attempts[:-1]}"
     c.join(MESH, "c", hub.permit)
     figures("hub disk full: first write accepted after space returned", recovered, "s")
 

@@ -18,15 +18,18 @@ from typing import Any
 
 import pytest
 
-from reliability.traffic import EchoServer, Record, Traffic, echoes, time_until
+from reliability.traffic import EchoServer, Record, Traffic, assert_documented, echoes, time_until
 from support import Agent, Hub, by_name, free_port, invite, restart_agent, restart_hub, start_agent, start_hub
 
 pytestmark = pytest.mark.slow
 
 MESH = "m"
 RECOVERY_LIMIT = 45.0
-"""Seconds the mesh gets to heal by itself (generous for a loaded 2-core CI machine; typical figures are in
-RELIABILITY.md)."""
+"""Seconds the mesh gets to heal by itself before the test gives up (generous for a loaded 2-core CI machine)."""
+HEALED_AFTER = {"hub": 0.61, "exit agent": 0.56, "entrance agent": 0.44}
+"""Seconds from the kill to a healed mesh, as RELIABILITY.md documents them ("Faults"). Once the restarted process
+is ready, the mesh must heal within `assert_documented`'s factor of these: the process's own start-up (Python,
+imports) is left out, as it is the machine's speed, which a loaded CI machine divides by several."""
 
 
 @dataclass
@@ -104,6 +107,7 @@ def _crash_and_heal(mesh: Mesh, victim: Hub | Agent, restart: Callable[[], None]
     figures(f"{what} kill -9: process ready again after", restarted, "s")
     figures(f"{what} kill -9: mesh healed (both online, tunnel byte-exact) after", healed, "s")
     figures(f"{what} kill -9: traffic during the test", traffic.complete, f"complete round trips ({traffic})")
+    assert_documented(healed - restarted, HEALED_AFTER[what], f"healing once the restarted {what} was ready")
 
 
 def test_hub_kill9_and_restart(mesh: Mesh, figures: Record) -> None:

@@ -24,13 +24,21 @@ import pytest
 
 from lab import netlab
 from lab.netlab import Lab
-from reliability.traffic import EchoServer, Record, Traffic, echoes, roundtrip, time_until
+from reliability.traffic import EchoServer, Record, Traffic, assert_documented, echoes, roundtrip, time_until
 from support import Agent, Hub, start_agent, start_hub
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 MESH = "m"
 ENTRANCE_PORT = 19000
+# RELIABILITY.md's figures ("Faults"), in seconds, which the measured ones must stay within `assert_documented`'s
+# factor of; the waits themselves stay generous for slow machines.
+BLIP_HEALED = 0.24
+"""Tunnel byte-exact again after a 2 s link-down, from link up."""
+OUTAGE_HEALED = 0.33
+"""Mesh healed after a long outage, from link up."""
+HEARTBEAT = 5.0
+"""The hub's heartbeat interval (`ztm.config`): an endpoint is offline after 3 missed beats, checked every half."""
 
 
 @dataclass
@@ -101,6 +109,12 @@ def test_link_down_and_up(mesh: LabMesh, figures: Record) -> None:
     assert mesh.labels() == before
     figures("home link down: hub marked home offline after", noticed, "s")
     figures("home link up after a long outage: mesh healed (online both ways, tunnel byte-exact) after", healed, "s")
+    assert_documented(blip, BLIP_HEALED, "the tunnel's recovery from a 2 s link-down")
+    assert_documented(healed, OUTAGE_HEALED, "the mesh's recovery from a long outage")
+    # Offline after 3 missed heartbeats (RELIABILITY.md: 13.2 s): not before 2 beats had surely been missed (traffic
+    # counts as liveness up to the link-down), nor much after the third plus one sweep (half a beat).
+    lo, hi = 2 * HEARTBEAT, 3.5 * HEARTBEAT + 5.0
+    assert lo <= noticed <= hi, f"the hub marked home offline {noticed:.1f} s after the link went down, not {lo}-{hi} s"
 
 
 # ------------------------------------------------------------------------------------------------ loss and delay

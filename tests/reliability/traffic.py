@@ -145,6 +145,21 @@ class Traffic:
         return f"{self.complete} complete, {self.cut} cut short, {self.failed} failed, {len(self.corrupt)} corrupt"
 
 
+DOCUMENTED_FACTOR = 5.0
+"""How far above the figure RELIABILITY.md documents a measured recovery may be (`assert_documented`): room for a
+loaded machine, while a regression by an order of magnitude fails."""
+
+
+def assert_documented(measured: float, documented: float, what: str, factor: float = DOCUMENTED_FACTOR) -> None:
+    """`measured` seconds must be at most `factor` times the `documented` figure (RELIABILITY.md's): the tests wait
+    generously (for slow machines) but hold the documented order of magnitude."""
+    limit = factor * documented
+    assert measured <= limit, (
+        f"{what} took {measured:.2f} s: over {factor:g}x the {documented:g} s RELIABILITY.md documents "
+        f"({limit:.2f} s); a regression, or a machine far busier than the one that measured it"
+    )
+
+
 def time_until(predicate: Callable[[], object], timeout: float, what: str, since: float | None = None) -> float:
     """Poll `predicate` (as `support.wait_until`) and return the seconds from `since` (default: now) until it held."""
     start = time.monotonic() if since is None else since
