@@ -402,7 +402,9 @@ class ProxyApp(MeshApp):
         exits = [e for e in exits if policy.rank(e.ep, e.name, e.user) is not None]
         ranked = [(route, e) for e in exits if (route := e.targets.route(dest))]
         if not ranked:
-            raise Refused(spec.NO_EXIT, f"none of {self._whose()} in mesh {self.ctx.mesh} offers {dest}")
+            raise Refused(
+                spec.NO_EXIT, f"no exit of mesh {self.ctx.mesh} offers {dest} (this entrance uses {self._whose()})"
+            )
         start = self._rr["exits"] % len(ranked)
         self._rr["exits"] += 1
         ordered = [e for _, e in sorted(ranked[start:] + ranked[:start], key=lambda r: -r[0])]
