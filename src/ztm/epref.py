@@ -41,6 +41,22 @@ def resolve(refs: Sequence[str], endpoints: Iterable[dict[str, Any]], what: str)
     return tuple(dict.fromkeys(ids))
 
 
+def upgrade(refs: tuple[str, ...], endpoints: Iterable[dict[str, Any]]) -> tuple[str, ...]:
+    """`refs` stored before names were resolved when configured, with each name that names exactly one endpoint
+    replaced by its id; ids, and names that name none (or several), stay as they are."""
+    known = [e for e in endpoints if isinstance(e.get("id"), str) and isinstance(e.get("name"), str)]
+    out = []
+    for ref in refs:
+        found = [e["id"] for e in known if not validate.looks_like_id(ref) and e["name"] == ref]
+        out.append(found[0] if len(found) == 1 else ref)
+    return tuple(dict.fromkeys(out))
+
+
+def has_names(refs: Iterable[str]) -> bool:
+    """Whether any of `refs` is a name rather than an id."""
+    return any(not validate.looks_like_id(ref) for ref in refs)
+
+
 def shown(ref: str, names: dict[str, str]) -> str:
     """`ref` for people: `name (id)` when `names` (id -> name) knows the id, else `ref` as it is."""
     name = names.get(ref)

@@ -26,8 +26,20 @@ from pathlib import Path
 import pytest
 
 from reliability.hubclient import HubClient
-from support import Agent, Hub, Proc, free_port, invite, one_line_error, start_agent, start_hub, wait_until
+from support import (
+    Agent,
+    Hub,
+    Proc,
+    free_port,
+    invite,
+    one_line_error,
+    restart_agent,
+    start_agent,
+    start_hub,
+    wait_until,
+)
 from ztm import pki
+from ztm.agent.store import AgentStore
 
 MESH = "m"
 CONNECTIONS = 24
@@ -289,3 +301,29 @@ def test_references_are_resolved_to_ids_when_configured(world: World) -> None:
         assert ref in one_line_error(cp)
     assert w.laptop.cli_json("tunnel", "describe", "inbound", "tcp/pinned")["exits"] == [office_id]
     assert through_tunnel(port) == b"alice"
+
+
+def test_names_stored_before_they_were_resolved_become_ids(world: World) -> None:
+    """A configuration written before this change holds names: the agent resolves them to ids once it is online."""
+    w = world
+    office_id = ep_id(w.office)
+    port = free_port()
+    w.laptop.cli("tunnel", "open", "inbound", "tcp/legacy", "--listen", str(port), "--exits", "alice-office")
+    w.laptop.cli("proxy", "config", "--exits", "alice-office")
+    w.laptop.proc.stop()
+    store = AgentStore(w.laptop.data / "ztm.db")  # what an older agent stored: the names as given
+    try:
+        stored = store.app_items(MESH, "tunnel")["inbound/tcp/legacy"]
+        assert isinstance(stored, dict)
+        store.app_set(MESH, "tunnel", "inbound/tcp/legacy", {**stored, "exits": ["alice-office"]})
+        store.app_set(MESH, "proxy", "exits", ["alice-office"])
+    finally:
+        store.close()
+    restart_agent(w.laptop)
+    wait_until(
+        lambda: w.laptop.cli_json("tunnel", "describe", "inbound", "tcp/legacy")["exits"] == [office_id],
+        20,
+        "the stored name to become alice-office's id",
+    )
+    wait_until(lambda: w.laptop.cli_json("proxy", "get")["exits"] == [office_id], 20, "the proxy's too")
+    w.laptop.cli("proxy", "config", "--exits")

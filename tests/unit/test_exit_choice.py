@@ -71,6 +71,13 @@ def test_resolve_names_to_ids() -> None:
     assert epref.shown(A, {A: "office"}) == f"office ({A})" and epref.shown(M, {}) == M
 
 
+def test_stored_names_are_upgraded_to_ids_where_unambiguous() -> None:
+    eps = [{"id": A, "name": "office"}, {"id": B, "name": "hq"}, {"id": M, "name": "hq"}]
+    assert epref.upgrade(("office", "hq", "gone", M), eps) == (A, "hq", "gone", M)
+    assert epref.upgrade((A, "office"), eps) == (A,)
+    assert epref.has_names(("office",)) and not epref.has_names((A, B))
+
+
 @pytest.mark.parametrize("name", [A, A.upper(), A.replace("-", ""), "-".join(A.replace("-", ""))])
 def test_endpoint_names_may_not_read_as_ids(name: str) -> None:
     assert validate.looks_like_id(name)

@@ -140,6 +140,13 @@ class ProxyApp(MeshApp):
 
     async def on_online(self) -> None:
         await self._publish_quietly()
+        if epref.has_names(self.exit_pins):  # stored before names were resolved when configured
+            with contextlib.suppress(ZtmError):
+                endpoints = await self.ctx.endpoints()
+                pins = epref.upgrade(self.exit_pins, endpoints)  # read after the await: configure may have run
+                if pins != self.exit_pins:
+                    self.ctx.config_set("exits", list(pins))
+                    self.exit_pins = pins
 
     async def _publish_quietly(self) -> None:
         with contextlib.suppress(ZtmError):

@@ -89,6 +89,26 @@ class TunnelApp(MeshApp):
     async def on_online(self) -> None:
         with contextlib.suppress(ZtmError):
             await self._publish()
+        with contextlib.suppress(ZtmError):
+            await self._upgrade_references()
+
+    async def _upgrade_references(self) -> None:
+        """Endpoint names in `exits`/`entrances` stored before names were resolved when configured: resolved to ids
+        now, once, where the hub knows exactly one endpoint of that name (`epref.upgrade`)."""
+        specs: list[Inbound | Outbound] = [*self.inbound.values(), *self.outbound.values()]
+        if not any(epref.has_names(s.exits if isinstance(s, Inbound) else s.entrances) for s in specs):
+            return
+        endpoints = await self.ctx.endpoints()
+        for key, inbound in list(self.inbound.items()):
+            exits = epref.upgrade(inbound.exits, endpoints)
+            if exits != inbound.exits:
+                self.inbound[key] = dataclasses.replace(inbound, exits=exits)
+                self.ctx.config_set(f"inbound/{key}", self.inbound[key].to_json())
+        for key, outbound in list(self.outbound.items()):
+            entrances = epref.upgrade(outbound.entrances, endpoints)
+            if entrances != outbound.entrances:
+                self.outbound[key] = dataclasses.replace(outbound, entrances=entrances)
+                self.ctx.config_set(f"outbound/{key}", self.outbound[key].to_json())
 
     async def _publish(self) -> None:
         services = [f"outbound/{n}" for n in self.outbound] + [f"inbound/{n}" for n in self.inbound]
