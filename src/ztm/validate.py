@@ -43,6 +43,28 @@ def name(value: object, what: str) -> str:
     return value
 
 
+def looks_like_id(text: str) -> bool:
+    """True when `text` parses as an endpoint id (a UUID in any spelling Python accepts: upper case, without or with
+    moved hyphens, ...). Such text is never an endpoint name, so a reference that parses as an id means that id."""
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def endpoint_name(value: object, what: str = "endpoint name") -> str:
+    """An endpoint name: `name`, and not something that parses as an endpoint id (a name could pass for another
+    endpoint's id where a name or an id is accepted: `--entrances`, `--exits`, `--from`)."""
+    text = name(value, what)
+    if looks_like_id(text):
+        raise BadInput(
+            f"invalid {what} {text!r}: it reads as an endpoint id (a UUID), and names may not, so that no endpoint "
+            "can pass for another; choose a name such as 'laptop' or 'office-1'"
+        )
+    return text
+
+
 def label(value: object) -> str:
     if not isinstance(value, str) or not _LABEL.match(value):
         raise BadInput(f"invalid label {value!r}: use 1-63 characters of letters, digits and _ . = : / -")

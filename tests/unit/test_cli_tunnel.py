@@ -161,7 +161,7 @@ def test_open_inbound(api: Recorder, run: Callable[..., Result]) -> None:
         "listen": ["127.0.0.1:8080", "0.0.0.0:9000", "[::1]:7000"],
         "exits": ["a", "b", "c"],
     }
-    assert res.out == "inbound tcp/web: listening on 127.0.0.1:8080, forwarding to any exit\n"
+    assert res.out == "inbound tcp/web: listening on 127.0.0.1:8080, forwarding to exits of your user or root\n"
 
 
 def test_open_outbound_options_in_any_order(api: Recorder, run: Callable[..., Result]) -> None:
@@ -192,7 +192,7 @@ def test_get_inbound_and_outbound(api: Recorder, run: Callable[..., Result]) -> 
     assert res.code == 0
     assert res.out.splitlines()[0].split()[:4] == ["TUNNEL", "LISTEN", "EXITS", "STATE"]
     row = res.out.splitlines()[1]
-    assert "127.0.0.1:8080" in row and "any" in row and "listening" in row and "3.0 MiB" in row
+    assert "127.0.0.1:8080" in row and "exits of your user or root" in row and "listening" in row and "3.0 MiB" in row
     res = run("tunnel", "get", "outbound", "udp/dns")
     assert "10.0.0.53:53" in res.out and "laptop" in res.out
     res = run("tunnel", "get", "outbound", "tcp/other")
@@ -206,7 +206,7 @@ def test_describe_and_close(api: Recorder, run: Callable[..., Result]) -> None:
     assert res.code == 0
     assert api.last().path == f"{T}/inbound/tcp/web"
     assert res.out.splitlines()[0].split() == ["tunnel:", "tcp/web"]
-    assert "exits:" in res.out and "any" in res.out and "3.0 MiB (3145728 bytes)" in res.out
+    assert "exits:" in res.out and "exits of your user or root" in res.out and "3.0 MiB (3145728 bytes)" in res.out
     res = run("tunnel", "close", "inbound", "tcp/web")
     assert res.code == 0 and res.out == "closed inbound tcp/web\n"
     assert (api.last().method, api.last().path) == ("DELETE", f"{T}/inbound/tcp/web")
@@ -259,7 +259,7 @@ def test_tunnel_help(run: Callable[..., Result], argv: tuple[str, ...]) -> None:
         "exit (outbound)",
         "entrance (inbound)",
         "open outbound tcp/NAME --targets HOST:PORT [...] [--entrances EP ...] [--users USER ...]",
-        "open inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ...]",
+        "open inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ... | --exit-users USER ...]",
         "survives restarts",
         "examples:\n  ztm tunnel open outbound tcp/web --targets 127.0.0.1:8080",
     ):

@@ -74,6 +74,7 @@ def test_inbound_listen_defaults_to_loopback_and_dedupes() -> None:
         "tunnel": "tcp/web",
         "listen": ["127.0.0.1:8080", "0.0.0.0:9000", "[::1]:7000"],
         "exits": [],
+        "exit_users": [],
     }
 
 

@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ztm import h2, pki, validate
+from ztm import epref, h2, pki, validate
 from ztm.agent.apps import AppContext, MeshApp
 from ztm.apps import builtin_apps
 from ztm.apps import package as pkg
@@ -403,7 +403,7 @@ class AppLibrary:
             (row, src)
             for row in rows
             for src in row["sources"]
-            if src["ep"] != me and (source is None or source in (src["ep"], src["name"]))
+            if src["ep"] != me and (source is None or epref.matches(source, src["ep"], src["name"]))
         ]
         if sha256 is not None:
             candidates = [c for c in candidates if c[0]["sha256"] == sha256]

@@ -14,10 +14,11 @@ import asyncio
 import collections
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ztm import h2
+from ztm import epref, h2
 from ztm.errors import NotFound, Unavailable, ZtmError, from_json
 from ztm.version import __version__
 
@@ -105,6 +106,28 @@ class AppContext:
         query = f"/api/services?app={self.app}" + (f"&name={service}" if service else "")
         found = await self.session.link.request("GET", query)
         return [f for f in found if isinstance(f, dict)] if isinstance(found, list) else []
+
+    async def endpoints(self) -> list[dict[str, Any]]:
+        """The mesh's endpoints as the hub lists them (`GET /api/endpoints`)."""
+        found = await self.session.link.request("GET", "/api/endpoints")
+        return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
+
+    async def resolve_endpoints(self, refs: Sequence[str], what: str) -> tuple[str, ...]:
+        """`refs` (endpoint names or ids) as the ids they name now (`ztm.epref.resolve`), to be stored as ids."""
+        if not refs:
+            return ()
+        try:
+            endpoints = await self.endpoints()
+        except ZtmError as exc:
+            raise Unavailable(f"{what}: cannot look up {', '.join(refs)} at the hub: {exc.message}") from None
+        return epref.resolve(refs, endpoints, what)
+
+    async def endpoint_names(self) -> dict[str, str]:
+        """Endpoint id -> name, for showing stored ids; empty when the hub cannot be asked."""
+        try:
+            return {str(e.get("id")): str(e.get("name")) for e in await self.endpoints()}
+        except ZtmError:
+            return {}
 
     def config_items(self) -> dict[str, object]:
         return self.store.app_items(self.mesh, self.app)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ztm import aio, logs, pki
+from ztm import aio, logs, pki, validate
 from ztm.agent.api import AgentApi
 from ztm.agent.direct import DirectServer
 from ztm.agent.service import Agent
@@ -30,6 +30,8 @@ def run_agent(cfg: AgentConfig) -> int:
     """Run an agent in the foreground; returns the exit code. Startup errors raise `ZtmError`."""
     if (cfg.join is None) != (cfg.join_as is None) or (cfg.join is None) != (cfg.permit is None):
         raise BadInput("--join, --join-as and --permit go together")
+    if cfg.join_as is not None:
+        validate.endpoint_name(cfg.join_as, "--join-as")
     if cfg.direct_announce is not None and cfg.direct is None:
         raise BadInput("--direct-announce needs --direct (the address to listen on), e.g. --direct 0.0.0.0:7771")
     aio.install_uvloop()

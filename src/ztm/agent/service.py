@@ -105,7 +105,7 @@ class Agent:
 
     async def join(self, mesh: str, ep_name: str, permit_data: object, labels: list[str]) -> dict[str, Any]:
         validate.name(mesh, "mesh name")
-        validate.name(ep_name, "endpoint name")
+        validate.endpoint_name(ep_name)
         if mesh in self.meshes or mesh in self._joining:
             current = self.meshes.get(mesh)
             who = f" as {current.record.ep_name}" if current else ""

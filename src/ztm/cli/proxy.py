@@ -42,12 +42,15 @@ destination; names are resolved at the exit. An exit is an endpoint with targets
 Rules on the exit allow or deny users (or *) targets: the first match wins, no match allows. Refusals reach the
 client in its protocol: SOCKS5 reply codes, HTTP 403 (denied) or 502 (unreachable, no exit) with the reason.
 With --set-auth USER the entrance requires that user name and a password (SOCKS5 username/password, HTTP
-Proxy-Authorization: Basic); set one whenever the listen address is reachable from other machines."""
+Proxy-Authorization: Basic); set one whenever the listen address is reachable from other machines.
+Any member may offer any target, so the entrance uses only exits of its own user or of root, unless you name others:
+--exit-users USER ... (their exits too) or --exits EP ... (only these endpoints, resolved to ids when set)."""
 
 COMMANDS = """\
 commands:
   config [--set-listen [IP:]PORT | --unset-listen] [--set-auth USER [--password-file F] | --clear-auth]
          [--add-target T ...] [--remove-target T ...] [--add-exclusion T ...] [--remove-exclusion T ...]
+         [--exits [EP ...] | --exit-users [USER ...]]
                                             change (or, without options, show) the config
   rules [--allow USER TARGET | --deny USER TARGET [--at N]] [--delete N]   list, insert or delete rules
   get [config|rules|exits]                  this endpoint's config or rules, or the mesh's exits
@@ -108,6 +111,24 @@ def user_type(text: str) -> str:
 user_type.__name__ = "user"
 
 
+def exit_user_type(text: str) -> str:
+    if not validate.USER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid user {text!r}: a user name (lowercase letters, digits, . _ -)")
+    return text
+
+
+exit_user_type.__name__ = "user"
+
+
+def ep_type(text: str) -> str:
+    if not validate.NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid endpoint {text!r}: an endpoint name or id")
+    return text
+
+
+ep_type.__name__ = "endpoint"
+
+
 def listen_type(text: str) -> str:
     try:
         return str(Address.parse(text, default_host="127.0.0.1", what="address"))
@@ -164,7 +185,10 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         "HTTP Proxy-Authorization: Basic). The password is read from --password-file F (its first line; '-' reads\n"
         "standard input), or asked for on the terminal; it is never a command-line argument, and the agent keeps\n"
         "only its scrypt hash. --clear-auth serves without credentials again. Listening on an address other than\n"
-        "loopback without credentials works (a firewall may protect it) but prints a warning.",
+        "loopback without credentials works (a firewall may protect it) but prints a warning.\n\n"
+        "The entrance uses exits of this endpoint's user and of root only. --exit-users USER ... uses exits of\n"
+        "those users too; --exits EP ... uses only those endpoints, whoever's they are (names are resolved to\n"
+        "endpoint ids now). Either option without a value clears it.",
         (
             f"{cmd} config --set-listen 1080",
             f"{cmd} config --add-target example.com '*.example.com' 192.168.1.0/24",
@@ -173,6 +197,8 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
             f"{cmd} config --set-listen 0.0.0.0:1080 --set-auth alice --password-file pw.txt",
             f"printf '%s\\n' \"$PW\" | {cmd} config --set-auth alice --password-file -",
             f"{cmd} config --clear-auth",
+            f"{cmd} config --exit-users bob",
+            f"{cmd} config --exits office",
         ),
     )
     listen = config.add_mutually_exclusive_group()
@@ -193,6 +219,23 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         ("--remove-exclusion", "exclusions to remove"),
     ):
         config.add_argument(flag, metavar="T", type=target_type, nargs="+", action="extend", default=[], help=what)
+    choice = config.add_mutually_exclusive_group()
+    choice.add_argument(
+        "--exits",
+        metavar="EP",
+        type=ep_type,
+        nargs="*",
+        action="extend",
+        help="use only these exit endpoints, of any user (none: clear)",
+    )
+    choice.add_argument(
+        "--exit-users",
+        metavar="USER",
+        type=exit_user_type,
+        nargs="*",
+        action="extend",
+        help="also use exits of these users (none: clear)",
+    )
 
     rules = add_sub(
         sub,
@@ -317,6 +360,9 @@ def _config(ctx: Context) -> int:
         values = list(dict.fromkeys(getattr(a, key)))
         if values:
             body[key + "s"] = values
+    for key in ("exits", "exit_users"):
+        if getattr(a, key) is not None:
+            body[key] = list(dict.fromkeys(getattr(a, key)))
     if not body:
         _show_config(ctx, _get_config(ctx))
         return 0
@@ -391,6 +437,7 @@ def _show_config(ctx: Context, view: dict[str, Any]) -> None:
         ("endpoint", output.clean(remote_ep(ctx) or "this endpoint")),
         ("listen", shown),
         ("auth", _auth_text(view.get("auth"))),
+        ("exits", _exit_choice(view)),
         ("targets", _joined(targets) if targets else "- (not an exit; add targets with --add-target)"),
         ("exclusions", _joined(view.get("exclusions")) or output.MISSING),
         ("rules", f"{len(rules)} (see 'ztm proxy rules')" if isinstance(rules, list) else output.MISSING),
@@ -398,6 +445,19 @@ def _show_config(ctx: Context, view: dict[str, Any]) -> None:
     if isinstance(counters, dict) and counters:
         pairs.append(("counters", ", ".join(f"{output.clean(str(k))}={output.cell(v)}" for k, v in counters.items())))
     ctx.print(output.key_values(pairs))
+
+
+def _exit_choice(view: dict[str, Any]) -> str:
+    """Which exits the entrance uses, in words: the pinned endpoints as `name (id)`, or whose exits."""
+    pins, names = view.get("exits"), view.get("names")
+    known = names if isinstance(names, dict) else {}
+    if isinstance(pins, list) and pins:
+        shown = [f"{output.cell(known[p])} ({output.cell(p)})" if isinstance(known.get(p), str) else output.cell(p)
+                 for p in pins]  # fmt: skip
+        return "only " + ", ".join(shown)
+    users = view.get("exit_users")
+    extra = [output.cell(u) for u in users] if isinstance(users, list) else []
+    return "exits of " + " or ".join(dict.fromkeys(["this endpoint's user", "root", *extra]))
 
 
 def _auth_text(auth: object) -> str:
@@ -465,10 +525,11 @@ def _exits(ctx: Context) -> int:
         [
             output.cell(e.get("name")) + ("" if e.get("online") is True else " (offline)"),
             output.cell(e.get("user")),
+            "yes" if e.get("used") is True else "no",
             _joined(e.get("targets")) or output.MISSING,
             _joined(e.get("exclusions")) or output.MISSING,
         ]
         for e in exits
     ]
-    ctx.print(output.table(("EXIT", "USER", "TARGETS", "EXCLUSIONS"), rows))
+    ctx.print(output.table(("EXIT", "USER", "USED HERE", "TARGETS", "EXCLUSIONS"), rows))
     return 0

@@ -25,6 +25,7 @@ from ztm.cli.appcli import add_sub, call_app, examples_epilog, remote_ep, show_p
 from ztm.cli.args import (
     GLOBAL_VALUE_OPTIONS,
     Kind,
+    UsageError,
     ZtmArgumentParser,
     add_global_options,
     help_children,
@@ -50,12 +51,16 @@ clients are: it listens on local addresses and carries each connection (or each 
 offers the same tunnel name (failing over to the next exit when one is down or refuses). Each side is
 opened on its own endpoint; an endpoint may be both. --entrances and --users restrict who may use an exit: a
 refused connection is closed at once at the entrance and logged at the exit. The configuration is kept by the
-agent and survives restarts."""
+agent and survives restarts.
+
+Any member may offer any tunnel name, so an entrance uses only exits of its own user or of root, unless you name
+others: --exit-users USER ... (their exits too) or --exits EP ... (exactly these endpoints, in this order).
+Endpoint names given to --exits and --entrances are resolved to endpoint ids when the tunnel is opened."""
 
 COMMANDS = """\
 commands:
   open outbound tcp/NAME --targets HOST:PORT [...] [--entrances EP ...] [--users USER ...]
-  open inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ...]
+  open inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ... | --exit-users USER ...]
   get tunnel|inbound|outbound [tcp/NAME]     tunnels of the mesh, or the endpoint's entrances/exits
   describe inbound|outbound tcp/NAME          every field, with connection and byte counters
   close inbound|outbound tcp/NAME             stop listening / stop offering the exit
@@ -184,15 +189,17 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         sides,
         "inbound",
         f"{prefix} open",
-        "inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ...]",
+        "inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ... | --exit-users USER ...]",
         "listen locally and forward to an exit of the tunnel",
         "Open the entrance of a tunnel: listen on each --listen address (IP defaults to 127.0.0.1) and carry every\n"
-        "TCP connection, or every UDP client, to an online exit of the same tunnel name: round-robin over them, or\n"
-        "in the order of --exits when given (the first that accepts wins). Without an exit, a connection is closed\n"
-        "at once.",
+        "TCP connection, or every UDP client, to an online exit of the same tunnel name: round-robin over the exits\n"
+        "of this endpoint's user and of root (and of --exit-users), or exactly the endpoints of --exits, whoever's\n"
+        "they are, in that order (the first that accepts wins). Names in --exits are resolved to endpoint ids now.\n"
+        "Without a usable exit, a connection is closed at once.",
         (
             f"{cmd} open inbound tcp/web --listen 18080",
             f"{cmd} open inbound tcp/db --listen 127.0.0.1:15432 --exits db-1 db-2",
+            f"{cmd} open inbound tcp/web --listen 18080 --exit-users bob",
             f"{cmd} open inbound udp/dns --listen 0.0.0.0:5353",
         ),
     )
@@ -213,7 +220,16 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         nargs="+",
         action="extend",
         default=[],
-        help="use only these exits, in this order (default: any exit, round-robin)",
+        help="use only these exits, of any user, in this order (default: exits of your user and root's)",
+    )
+    inbound.add_argument(
+        "--exit-users",
+        metavar="USER",
+        type=user_list_type,
+        nargs="+",
+        action="extend",
+        default=[],
+        help="also use exits of these users (default: only your user's and root's)",
     )
     outbound = add_sub(
         sides,
@@ -430,6 +446,13 @@ def _open(ctx: Context) -> int:
     if side == "inbound":
         body["listen"] = [str(a) for a in _flat(ctx.args.listen)]
         body["exits"] = _flat(ctx.args.exits)
+        exit_users = _flat(ctx.args.exit_users)
+        if exit_users:
+            body["exit_users"] = exit_users
+        if body["exits"] and exit_users:
+            raise UsageError(
+                "ztm tunnel open inbound: give --exits (exactly these endpoints) or --exit-users, not both"
+            )
     else:
         body["targets"] = [str(a) for a in _flat(ctx.args.targets)]
         body["entrances"] = _flat(ctx.args.entrances)
@@ -449,14 +472,37 @@ def _open(ctx: Context) -> int:
     name = output.cell(view.get("tunnel"))
     if side == "inbound":
         listen = output.cell(view.get("listen"))
-        exits = _any(view.get("exits"), "any exit")
-        ctx.print(f"inbound {name}{where}: listening on {listen}, forwarding to {exits}")
+        ctx.print(f"inbound {name}{where}: listening on {listen}, forwarding to {_exit_choice(view)}")
     else:
         targets = output.cell(view.get("targets"))
-        who = _any(view.get("entrances"), "any entrance")
+        who = _any(_named(view, "entrances"), "any entrance")
         users = _any(view.get("users"), "any user")
         ctx.print(f"outbound {name}{where}: connecting to {targets} for {who} of {users}")
     return 0
+
+
+def _exit_choice(view: dict[str, Any]) -> str:
+    """Which exits an entrance uses, in words."""
+    exits = _named(view, "exits")
+    if exits:
+        return ", ".join(exits)
+    users = view.get("exit_users")
+    extra = [output.cell(u) for u in users] if isinstance(users, list) else []
+    return "exits of " + " or ".join(dict.fromkeys(["your user", "root", *extra]))
+
+
+def _named(view: dict[str, Any], key: str) -> list[str]:
+    """The endpoint references under `key`, each as `name (id)` when the view's `names` knows it."""
+    refs = view.get(key)
+    names = view.get("names")
+    known = names if isinstance(names, dict) else {}
+    if not isinstance(refs, list):
+        return []
+    shown = []
+    for ref in refs:
+        name = known.get(ref)
+        shown.append(f"{output.cell(name)} ({output.cell(ref)})" if isinstance(name, str) else output.cell(ref))
+    return shown
 
 
 def _any(value: object, default: str) -> str:
@@ -496,7 +542,7 @@ def _get(ctx: Context) -> int:
             [
                 output.cell(i.get("tunnel")),
                 output.cell(i.get("listen")),
-                _any(i.get("exits"), "any"),
+                _any(_named(i, "exits"), "") or _exit_choice(i),
                 "listening" if i.get("listening") is True else "not listening",
                 *_counters(i),
             ]
@@ -508,7 +554,7 @@ def _get(ctx: Context) -> int:
             [
                 output.cell(i.get("tunnel")),
                 output.cell(i.get("targets")),
-                _any(i.get("entrances"), "any"),
+                _any(_named(i, "entrances"), "any"),
                 _any(i.get("users"), "any"),
                 *_counters(i),
             ]
@@ -555,6 +601,8 @@ FIELDS = (
     "kind",
     "listen",
     "exits",
+    "exit_users",
+    "exit_endpoints",
     "targets",
     "entrances",
     "users",
@@ -586,16 +634,27 @@ def _describe(ctx: Context) -> int:
     if ctx.json:
         ctx.print_json(view)
         return 0
-    keys = [k for k in FIELDS if k in view] + sorted(k for k in view if k not in FIELDS)
-    ctx.print(output.key_values((k, _value(k, view[k])) for k in keys))
+    keys = [k for k in FIELDS if k in view] + sorted(k for k in view if k not in FIELDS and k != "names")
+    ctx.print(output.key_values((k, _value(k, view[k], view)) for k in keys))
     return 0
 
 
-def _value(key: str, value: object) -> str:
+def _value(key: str, value: object, view: dict[str, Any]) -> str:
     if key.startswith("bytes_") and isinstance(value, int) and not isinstance(value, bool):
         return f"{output.human_bytes(value)} ({value} bytes)"
-    if key in ("exits", "entrances", "users") and value == []:
-        return "any"
+    if key == "exits" and value == []:
+        return _exit_choice(view)
+    if key in ("exits", "entrances") and isinstance(value, list):
+        return ", ".join(_named(view, key))
+    if key == "exit_endpoints":
+        if value is None:
+            return "unknown (the hub cannot be asked)"
+        if isinstance(value, list):
+            shown = [f"{output.cell(e.get('name'))} ({output.cell(e.get('ep'))}, user {output.cell(e.get('user'))})"
+                     for e in value if isinstance(e, dict)]  # fmt: skip
+            return ", ".join(shown) or "none online"
+    if key in ("entrances", "users", "exit_users") and value == []:
+        return "any" if key != "exit_users" else "none"
     if isinstance(value, list):
         return ", ".join(output.cell(v) for v in value) or output.MISSING
     return output.cell(value)

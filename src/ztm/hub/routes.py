@@ -204,7 +204,7 @@ class HubRoutes:
         ep, cert = self.state.enroll(
             req.peer,
             ep_id=validate.ep_id(body.get("ep_id")),
-            name=validate.name(body.get("name"), "endpoint name"),
+            name=validate.endpoint_name(body.get("name")),
             public_key=pki.csr_from_pem(validate.field(body, "csr", str)),
             hostname=validate.field(body, "hostname", str, default="")[:255],
             version=validate.field(body, "version", str, default="")[:64],

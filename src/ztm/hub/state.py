@@ -19,7 +19,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ztm import pki
+from ztm import pki, validate
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.store import EndpointRecord, HubStore
@@ -326,6 +326,8 @@ class HubState:
         ep = self.endpoints.get(ref)
         if ep is not None:
             return ep
+        if validate.looks_like_id(ref):  # never a name: one enrolled before names that read as ids were refused
+            raise NotFound(f"no endpoint with id {ref!r} in this mesh")
         named = [e for e in self.endpoints.values() if e.name == ref]
         if not named:
             raise NotFound(f"no endpoint named {ref!r} in this mesh")

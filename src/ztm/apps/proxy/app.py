@@ -2,7 +2,9 @@
 
 Entrance: with a listen address, the endpoint serves SOCKS5 and HTTP proxy clients on it (`entrance.py`); each
 connection (or each UDP destination of a SOCKS association) becomes one stream, service `tcp/HOST/PORT` or
-`udp/HOST/PORT`, to an exit whose published targets match the destination (`open_to_exit`).
+`udp/HOST/PORT`, to an exit whose published targets match the destination (`open_to_exit`) among the exits it may
+use (`ztm.apps.exits`: its own user's and root's, those of `exit_users`, or exactly the endpoints of `exits`, resolved
+to ids when configured).
 Exit: with targets, the endpoint publishes them (`target/KIND/VALUE`, `exclusion/KIND/VALUE`); for each stream it
 checks the destination against its targets and exclusions and its rules (for the caller's user, as the hub asserts
 it from the certificate), resolves names, connects, and only then accepts; otherwise it refuses with `CODE: reason`,
@@ -32,10 +34,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from ztm import h2, validate
+from ztm import epref, h2, validate
 from ztm.addr import Address
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
+from ztm.apps.exits import ROOT, ExitPolicy, check_choice
 from ztm.apps.proxy import spec
 from ztm.apps.proxy.spec import Credentials, Destination, ProxyAuth, Refused, Rule, TargetSet
 from ztm.apps.tunnel.app import UDP_QUEUE, counted_splice, udp_flow
@@ -47,6 +50,8 @@ EXITS_TTL = 1.0
 RESOLVE_TIMEOUT = 2.0
 CONNECT_BUDGET = 3.5
 """Seconds an exit may spend resolving and connecting: the hub gives it 5 s to accept a stream."""
+MAX_PINS = 64
+"""Endpoints in `exits`, and users in `exit_users`, each."""
 AUTH_CACHE = 256
 """Credentials remembered as verified (HMACs), until the credentials change or the agent restarts."""
 AUTH_CHECKS = 2
@@ -60,6 +65,8 @@ class Exit:
     targets: TargetSet
     direct: str | None = None
     """Where the exit takes direct channels (`--direct`), if it announces it."""
+    user: str = ""
+    """The exit endpoint's user, as the hub enrolled it from its certificate."""
 
 
 class ProxyApp(MeshApp):
@@ -73,6 +80,12 @@ class ProxyApp(MeshApp):
         self.targets = TargetSet()
         self.rules: tuple[Rule, ...] = ()
         self.auth: ProxyAuth | None = None
+        self.exit_pins: tuple[str, ...] = ()
+        """`exits`: the only exit endpoints (ids) this entrance uses, of any user."""
+        self.exit_users: tuple[str, ...] = ()
+        """Users whose exits this entrance uses besides its own user's and root's."""
+        self._names: dict[str, str] = {}
+        """Endpoint id -> name, for showing `exit_pins`."""
         self._auth_key = secrets.token_bytes(32)
         self._verified: dict[bytes, None] = {}
         self._auth_checks = asyncio.Semaphore(AUTH_CHECKS)
@@ -84,6 +97,7 @@ class ProxyApp(MeshApp):
 
     async def start(self) -> None:
         items = self.ctx.config_items()
+        may_listen = True
         try:
             self.targets = TargetSet(
                 spec.specs(validate.list_of(items.get("targets"), str, "targets"), "target"),
@@ -92,18 +106,23 @@ class ProxyApp(MeshApp):
             self.rules = spec.parse_rules(items.get("rules"))
         except ZtmError as exc:
             log.error("mesh %s: proxy targets or rules not restored: %s", self.ctx.mesh, exc.message)
+        try:
+            self.exit_pins = _refs(items.get("exits"), "exits")
+            self.exit_users = _users(items.get("exit_users"), "exit_users")
+        except ZtmError as exc:  # never widen the exits by accident: no entrance until it is configured again
+            may_listen = False
+            log.error("mesh %s: proxy exits not restored (%s): not listening", self.ctx.mesh, exc.message)
         listen = items.get("listen")
-        auth_ok = True
         if "auth" in items:
             try:
                 self.auth = ProxyAuth.from_json(items["auth"])
             except ZtmError as exc:  # never serve openly what was meant to require credentials
-                auth_ok = False
+                may_listen = False
                 log.error("mesh %s: proxy credentials not restored (%s): not listening", self.ctx.mesh, exc.message)
         if isinstance(listen, str):
             try:
                 self.listen = Address.parse(listen, what="listen")
-                if auth_ok:
+                if may_listen:
                     self.server = await self._serve(self.listen)
                     self._warn_if_open()
             except (ZtmError, OSError) as exc:
@@ -121,6 +140,13 @@ class ProxyApp(MeshApp):
 
     async def on_online(self) -> None:
         await self._publish_quietly()
+        if epref.has_names(self.exit_pins):  # stored before names were resolved when configured
+            with contextlib.suppress(ZtmError):
+                endpoints = await self.ctx.endpoints()
+                pins = epref.upgrade(self.exit_pins, endpoints)  # read after the await: configure may have run
+                if pins != self.exit_pins:
+                    self.ctx.config_set("exits", list(pins))
+                    self.exit_pins = pins
 
     async def _publish_quietly(self) -> None:
         with contextlib.suppress(ZtmError):
@@ -136,21 +162,31 @@ class ProxyApp(MeshApp):
     def config_view(self) -> dict[str, Any]:
         c = self.counters
         view = spec.view_config(str(self.listen) if self.listen else None, self.targets, self.rules, self.auth)
+        view["exits"] = list(self.exit_pins)
+        view["exit_users"] = list(self.exit_users)
+        view["names"] = {ref: self._names[ref] for ref in self.exit_pins if ref in self._names}
         view["listening"] = self.server is not None
         view["counters"] = {k: v for k, v in sorted(c.items()) if not k.endswith(":active") or v}
         return view
 
     async def configure(self, body: dict[str, Any]) -> dict[str, Any]:
         """Apply `{set_listen, unset_listen, set_auth: {user, password}, clear_auth, add_targets, remove_targets,
-        add_exclusions, remove_exclusions}` all or nothing."""
+        add_exclusions, remove_exclusions, exits, exit_users}` all or nothing (`exits` and `exit_users` replace the
+        lists; endpoint names in `exits` are resolved to ids now)."""
         known = {"set_listen", "unset_listen", "add_targets", "remove_targets", "add_exclusions", "remove_exclusions",
-                 "set_auth", "clear_auth"}  # fmt: skip
+                 "set_auth", "clear_auth", "exits", "exit_users"}  # fmt: skip
         unknown = sorted(set(body) - known)
         if unknown:
             raise BadInput(f"unknown field {unknown[0]!r}: expected {', '.join(sorted(known))}")
         targets = _edit(self.targets.targets, body, "targets", "target")
         exclusions = _edit(self.targets.exclusions, body, "exclusions", "exclusion")
         new = TargetSet(targets, exclusions)
+        pins = _refs(body["exits"], "exits") if "exits" in body else self.exit_pins
+        exit_users = _users(body["exit_users"], "exit_users") if "exit_users" in body else self.exit_users
+        check_choice(pins, exit_users)
+        if "exits" in body:
+            pins = await self.ctx.resolve_endpoints(pins, "exits")
+            self._names.update(await self.ctx.endpoint_names() if pins else {})
         set_listen = body.get("set_listen")
         unset = body.get("unset_listen", False)
         if not isinstance(unset, bool):
@@ -193,6 +229,12 @@ class ProxyApp(MeshApp):
                 log.info("mesh %s: proxy credentials set for user %r", self.ctx.mesh, auth.user)
         if address is not None or unset or set_auth is not None or clear_auth:
             self._warn_if_open()
+        if (pins, exit_users) != (self.exit_pins, self.exit_users):
+            self.ctx.config_set("exits", list(pins))
+            self.ctx.config_set("exit_users", list(exit_users))
+            self.exit_pins, self.exit_users = pins, exit_users
+            self._exits_cache = None
+            log.info("mesh %s: proxy entrance uses %s", self.ctx.mesh, self._whose())
         if new != self.targets:
             self.ctx.config_set("targets", [str(t) for t in new.targets])
             self.ctx.config_set("exclusions", [str(e) for e in new.exclusions])
@@ -282,17 +324,29 @@ class ProxyApp(MeshApp):
         self.rules = rules
         return self.list_rules()
 
+    def policy(self) -> ExitPolicy:
+        return ExitPolicy(self.ctx.user, self.exit_pins, self.exit_users)
+
+    def _whose(self) -> str:
+        if self.exit_pins:
+            return "the exits " + ", ".join(epref.shown(ref, self._names) for ref in self.exit_pins)
+        users = dict.fromkeys((self.ctx.user, ROOT, *self.exit_users))
+        return "exits of user " + " or ".join(repr(u) for u in users)
+
     async def mesh_exits(self) -> list[dict[str, Any]]:
+        """Every proxy exit of the mesh with its endpoint, user, targets, and whether this entrance uses it."""
         found = await self.ctx.find()
         exits: dict[str, dict[str, Any]] = {}
+        policy = self.policy()
         for item in found:
             role_spec = spec.TargetSpec.from_service(str(item.get("service", "")))
             if role_spec is None:
                 continue
+            used = policy.allows(item) and item.get("ep") != self.ctx.ep_id
             entry = exits.setdefault(
                 str(item.get("ep")),
                 {"ep": item.get("ep"), "name": item.get("name"), "user": item.get("user"),
-                 "online": item.get("online"), "targets": [], "exclusions": []},
+                 "online": item.get("online"), "used": used, "targets": [], "exclusions": []},
             )  # fmt: skip
             entry["targets" if role_spec[0] == "target" else "exclusions"].append(str(role_spec[1]))
         return sorted(exits.values(), key=lambda e: str(e["name"]))
@@ -324,16 +378,22 @@ class ProxyApp(MeshApp):
         found = await self.ctx.find()
         services: dict[str, list[str]] = {}
         names: dict[str, str] = {}
+        users: dict[str, str] = {}
         direct: dict[str, str] = {}
         for item in found:
             ep = str(item.get("ep"))
             if item.get("online") and ep != self.ctx.ep_id:
                 services.setdefault(ep, []).append(str(item.get("service", "")))
                 names[ep] = str(item.get("name"))
+                users[ep] = str(item.get("user"))
                 if isinstance(item.get("direct"), str):
                     direct[ep] = str(item["direct"])
-        exits = [Exit(ep, names[ep], TargetSet.from_services(s), direct.get(ep)) for ep, s in sorted(services.items())]
+        exits = [
+            Exit(ep, names[ep], TargetSet.from_services(s), direct.get(ep), users[ep])
+            for ep, s in sorted(services.items())
+        ]
         exits = [e for e in exits if e.targets.targets]
+        self._names.update(names)
         if exits:  # an empty answer is not cached: the next connection asks again
             self._exits_cache = (now, exits)
         return exits
@@ -345,9 +405,13 @@ class ProxyApp(MeshApp):
             exits = await self._exits()
         except ZtmError as exc:
             raise Refused(spec.FAILED, exc.message) from None
+        policy = self.policy()
+        exits = [e for e in exits if policy.rank(e.ep, e.name, e.user) is not None]
         ranked = [(route, e) for e in exits if (route := e.targets.route(dest))]
         if not ranked:
-            raise Refused(spec.NO_EXIT, f"no exit of mesh {self.ctx.mesh} offers {dest}")
+            raise Refused(
+                spec.NO_EXIT, f"no exit of mesh {self.ctx.mesh} offers {dest} (this entrance uses {self._whose()})"
+            )
         start = self._rr["exits"] % len(ranked)
         self._rr["exits"] += 1
         ordered = [e for _, e in sorted(ranked[start:] + ranked[:start], key=lambda r: -r[0])]
@@ -493,6 +557,24 @@ class ProxyApp(MeshApp):
 
     def _denial(self, number: int, caller: Caller, dest: Destination) -> str:
         return f"rule {number} ({self.rules[number - 1]}) denies user {caller.user!r} access to {dest}"
+
+
+def _refs(value: object, what: str) -> tuple[str, ...]:
+    """Endpoint names or ids (as configured: ids)."""
+    items = validate.list_of(value, str, what)
+    if len(items) > MAX_PINS:
+        raise BadInput(f"{what}: at most {MAX_PINS} endpoints")
+    for item in items:
+        if not validate.looks_like_id(item):
+            validate.name(item, f"endpoint in {what}")
+    return tuple(dict.fromkeys(items))
+
+
+def _users(value: object, what: str) -> tuple[str, ...]:
+    items = validate.list_of(value, str, what)
+    if len(items) > MAX_PINS:
+        raise BadInput(f"{what}: at most {MAX_PINS} users")
+    return tuple(dict.fromkeys(validate.user_name(u) for u in items))
 
 
 def _loopback(address: Address | None) -> bool:

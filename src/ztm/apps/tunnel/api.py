@@ -32,7 +32,7 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
         return TunnelName.parse(f"{request.match_info['proto']}/{request.match_info['name']}")
 
     async def local(request: web.Request) -> web.Response:
-        return reply(tunnel_app(request).list_local(), 200)
+        return reply(await tunnel_app(request).list_local(), 200)
 
     async def mesh_wide(request: web.Request) -> web.Response:
         found = await tunnel_app(request).ctx.find()
@@ -41,7 +41,7 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
             side, _, tunnel = str(item.get("service", "")).partition("/")
             entry = tunnels.setdefault(tunnel, {"tunnel": tunnel, "inbound": [], "outbound": []})
             if side in ("inbound", "outbound"):
-                entry[side].append({"ep": item.get("ep"), "name": item.get("name"), "online": item.get("online")})
+                entry[side].append({k: item.get(k) for k in ("ep", "name", "user", "online")})
         return reply([tunnels[k] for k in sorted(tunnels)], 200)
 
     async def open_inbound(request: web.Request) -> web.Response:
@@ -55,7 +55,8 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
     async def describe(request: web.Request) -> web.Response:
         tunnels = tunnel_app(request)
         key = str(name(request))
-        found = tunnels.describe_inbound(key) if kind(request) == "inbound" else tunnels.describe_outbound(key)
+        inbound = kind(request) == "inbound"
+        found = await (tunnels.describe_inbound(key) if inbound else tunnels.describe_outbound(key))
         return reply(found, 200)
 
     async def close(request: web.Request) -> web.Response:

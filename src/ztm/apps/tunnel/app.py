@@ -1,11 +1,12 @@
 """`TunnelApp`: forwards TCP connections and UDP datagrams from an entrance endpoint to an exit endpoint.
 
 Entrance (inbound): listens on local addresses; each accepted TCP connection (or each UDP client address) becomes one
-stream through the hub to an exit that offers the same tunnel, chosen round-robin among the online exits (restricted
-to `exits` if given), failing over to the next when one refuses or is unreachable. Exit (outbound): checks the
-caller against `entrances`/`users` (identities asserted by the hub from certificates), connects to a target
-(round-robin, failing over), and only then accepts the stream, so a refusal reaches the entrance's client at once
-as a closed connection. Configuration lives in the agent database and survives restarts.
+stream through the hub to an exit that offers the same tunnel, chosen round-robin among the online exits it may use
+(`ztm.apps.exits`: its own user's and root's, those of `exit_users`, or exactly `exits` in that order), failing over
+to the next when one refuses or is unreachable. Endpoint references are resolved to ids when configured.
+Exit (outbound): checks the caller against `entrances`/`users` (identities asserted by the hub from certificates),
+connects to a target (round-robin, failing over), and only then accepts the stream, so a refusal reaches the
+entrance's client at once as a closed connection. Configuration lives in the agent database and survives restarts.
 
 Direct path: a TCP connection goes first over a direct channel (`ztm.agent.direct`) when the exit announces a
 direct address and is not backing off; the exit then checks the caller taken from the channel's verified
@@ -17,18 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ztm import h2
+from ztm import epref, h2
 from ztm.addr import Address
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.agent.direct_pipe import splice_direct
 from ztm.agent.mesh import Traffic
+from ztm.apps.exits import ROOT, ExitPolicy
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
 from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
@@ -86,6 +89,26 @@ class TunnelApp(MeshApp):
     async def on_online(self) -> None:
         with contextlib.suppress(ZtmError):
             await self._publish()
+        with contextlib.suppress(ZtmError):
+            await self._upgrade_references()
+
+    async def _upgrade_references(self) -> None:
+        """Endpoint names in `exits`/`entrances` stored before names were resolved when configured: resolved to ids
+        now, once, where the hub knows exactly one endpoint of that name (`epref.upgrade`)."""
+        specs: list[Inbound | Outbound] = [*self.inbound.values(), *self.outbound.values()]
+        if not any(epref.has_names(s.exits if isinstance(s, Inbound) else s.entrances) for s in specs):
+            return
+        endpoints = await self.ctx.endpoints()
+        for key, inbound in list(self.inbound.items()):
+            exits = epref.upgrade(inbound.exits, endpoints)
+            if exits != inbound.exits:
+                self.inbound[key] = dataclasses.replace(inbound, exits=exits)
+                self.ctx.config_set(f"inbound/{key}", self.inbound[key].to_json())
+        for key, outbound in list(self.outbound.items()):
+            entrances = epref.upgrade(outbound.entrances, endpoints)
+            if entrances != outbound.entrances:
+                self.outbound[key] = dataclasses.replace(outbound, entrances=entrances)
+                self.ctx.config_set(f"outbound/{key}", self.outbound[key].to_json())
 
     async def _publish(self) -> None:
         services = [f"outbound/{n}" for n in self.outbound] + [f"inbound/{n}" for n in self.inbound]
@@ -93,6 +116,7 @@ class TunnelApp(MeshApp):
 
     # configuration
     async def open_inbound(self, spec: Inbound) -> dict[str, Any]:
+        spec = dataclasses.replace(spec, exits=await self.ctx.resolve_endpoints(spec.exits, "exits"))
         key = str(spec.tunnel)
         old = self.listeners.pop(key, None)
         if old is not None:
@@ -107,17 +131,19 @@ class TunnelApp(MeshApp):
         self.listeners[key] = listeners
         self.ctx.config_set(f"inbound/{key}", spec.to_json())
         self.inbound[key] = spec
+        self._exits_cache.pop(key, None)
         await self._publish_quietly()
         log.info("mesh %s: inbound %s listening on %s", self.ctx.mesh, key, ", ".join(map(str, spec.listen)))
-        return self.describe_inbound(key)
+        return await self.describe_inbound(key)
 
     async def open_outbound(self, spec: Outbound) -> dict[str, Any]:
+        spec = dataclasses.replace(spec, entrances=await self.ctx.resolve_endpoints(spec.entrances, "entrances"))
         key = str(spec.tunnel)
         self.ctx.config_set(f"outbound/{key}", spec.to_json())
         self.outbound[key] = spec
         await self._publish_quietly()
         log.info("mesh %s: outbound %s to %s", self.ctx.mesh, key, ", ".join(map(str, spec.targets)))
-        return self.describe_outbound(key)
+        return await self.describe_outbound(key)
 
     async def close(self, kind: str, tunnel: TunnelName) -> None:
         key = str(tunnel)
@@ -134,17 +160,39 @@ class TunnelApp(MeshApp):
         with contextlib.suppress(ZtmError):
             await self._publish()
 
-    def describe_inbound(self, key: str) -> dict[str, Any]:
+    async def describe_inbound(self, key: str, names: dict[str, str] | None = None) -> dict[str, Any]:
+        """The entrance's configuration and counters, `names` (id -> name) of the endpoints it pins, and
+        `exit_endpoints`: the online exits it would use now, each with its endpoint and user (null when the hub
+        cannot be asked)."""
         spec = self.inbound.get(key)
         if spec is None:
             raise NotFound(f"no inbound {key} on this endpoint; see `ztm tunnel get inbound`")
-        return {**spec.to_json(), "kind": "inbound", "listening": key in self.listeners, **self._stats(key)}
+        if names is None:
+            names = await self.ctx.endpoint_names() if spec.exits else {}
+        try:
+            usable: list[dict[str, Any]] | None = [
+                {k: e.get(k) for k in ("ep", "name", "user", "direct")} for e in await self._usable_exits(key, spec)
+            ]
+        except ZtmError:
+            usable = None
+        return {
+            **spec.to_json(),
+            "kind": "inbound",
+            "listening": key in self.listeners,
+            "names": {ref: names[ref] for ref in spec.exits if ref in names},
+            "exit_endpoints": usable,
+            **self._stats(key),
+        }
 
-    def describe_outbound(self, key: str) -> dict[str, Any]:
+    async def describe_outbound(self, key: str, names: dict[str, str] | None = None) -> dict[str, Any]:
+        """The exit's configuration and counters, with `names` (id -> name) of the entrances it admits."""
         spec = self.outbound.get(key)
         if spec is None:
             raise NotFound(f"no outbound {key} on this endpoint; see `ztm tunnel get outbound`")
-        return {**spec.to_json(), "kind": "outbound", **self._stats(key)}
+        if names is None:
+            names = await self.ctx.endpoint_names() if spec.entrances else {}
+        shown = {ref: names[ref] for ref in spec.entrances if ref in names}
+        return {**spec.to_json(), "kind": "outbound", "names": shown, **self._stats(key)}
 
     def _stats(self, key: str) -> dict[str, int]:
         c = self.counters
@@ -175,13 +223,15 @@ class TunnelApp(MeshApp):
             await self.close(str(kind), TunnelName.parse(body.get("tunnel")))
             return {"closed": True}
         if method == "list":
-            return self.list_local()
+            return await self.list_local()
         raise NotFound(f"tunnel does not answer {method!r}")
 
-    def list_local(self) -> dict[str, Any]:
+    async def list_local(self) -> dict[str, Any]:
+        pinned = any(s.exits for s in self.inbound.values()) or any(s.entrances for s in self.outbound.values())
+        names = await self.ctx.endpoint_names() if pinned else {}
         return {
-            "inbound": [self.describe_inbound(k) for k in sorted(self.inbound)],
-            "outbound": [self.describe_outbound(k) for k in sorted(self.outbound)],
+            "inbound": [await self.describe_inbound(k, names) for k in sorted(self.inbound)],
+            "outbound": [await self.describe_outbound(k, names) for k in sorted(self.outbound)],
         }
 
     # entrance
@@ -217,7 +267,8 @@ class TunnelApp(MeshApp):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _exits(self, key: str) -> list[dict[str, Any]]:
+    async def _usable_exits(self, key: str, spec: Inbound | None) -> list[dict[str, Any]]:
+        """The online exits of tunnel `key` this entrance may use (`ztm.apps.exits`), pinned ones in pin order."""
         cached = self._exits_cache.get(key)
         now = time.monotonic()
         if cached is None or now - cached[0] > EXITS_TTL:
@@ -225,13 +276,15 @@ class TunnelApp(MeshApp):
             cached = (now, [f for f in found if f.get("online") and f.get("ep") != self.ctx.ep_id])
             if cached[1]:  # an empty answer is not cached: the next connection asks again (fast recovery)
                 self._exits_cache[key] = cached
-        exits = cached[1]
+        if spec is None:
+            return ExitPolicy(self.ctx.user).choose(cached[1])
+        return ExitPolicy(self.ctx.user, spec.exits, spec.exit_users).choose(cached[1])
+
+    async def _exits(self, key: str) -> list[dict[str, Any]]:
         spec = self.inbound.get(key)
-        if spec is not None and spec.exits:
-            order = {ref: i for i, ref in enumerate(spec.exits)}
-            exits = [e for e in exits if e["ep"] in order or e["name"] in order]
-            exits.sort(key=lambda e: order.get(e["ep"], order.get(e["name"], 0)))
-        elif exits:
+        exits = await self._usable_exits(key, spec)
+        now = time.monotonic()
+        if exits and (spec is None or not spec.exits):
             start = self._rr[key] % len(exits)
             self._rr[key] += 1
             exits = exits[start:] + exits[:start]
@@ -242,7 +295,7 @@ class TunnelApp(MeshApp):
         has a usable direct address, else a stream through the hub); Unavailable if none does."""
         exits = await self._exits(key)
         if not exits:
-            raise Unavailable(f"no online exit offers {key}")
+            raise Unavailable(f"no online exit of {self._whose(key)} offers {key}")
         problems = []
         for exit_ep in exits:
             address = exit_ep.get("direct")
@@ -262,6 +315,13 @@ class TunnelApp(MeshApp):
                 if isinstance(exc, Timeout):  # the hub waited for it in vain: do not make every client wait
                     self._slow[exit_ep["ep"]] = time.monotonic() + SLOW_EXIT
         raise Unavailable("every exit refused: " + "; ".join(problems))
+
+    def _whose(self, key: str) -> str:
+        spec = self.inbound.get(key)
+        if spec is not None and spec.exits:
+            return "the endpoints of --exits"
+        users = dict.fromkeys((self.ctx.user, ROOT, *(spec.exit_users if spec else ())))
+        return "user " + " or ".join(repr(u) for u in users)
 
     async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -298,7 +358,7 @@ class TunnelApp(MeshApp):
             spec = self.outbound.get(key)
             if spec is None:
                 raise NotFound(f"no outbound {key} on this endpoint")
-            if spec.entrances and caller.ep_id not in spec.entrances and caller.name not in spec.entrances:
+            if spec.entrances and not any(epref.matches(r, caller.ep_id, caller.name) for r in spec.entrances):
                 raise Forbidden(f"endpoint {caller.name!r} is not an allowed entrance of {key}")
             if spec.users and caller.user not in spec.users:
                 raise Forbidden(f"user {caller.user!r} is not allowed to use {key}")

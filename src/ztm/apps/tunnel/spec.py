@@ -8,6 +8,7 @@ from typing import Any
 
 from ztm import validate
 from ztm.addr import Address
+from ztm.apps.exits import check_choice
 from ztm.errors import BadInput
 
 PROTOCOLS = ("tcp", "udp")
@@ -47,6 +48,13 @@ def _peers(value: object, what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+def _users(value: object, what: str) -> tuple[str, ...]:
+    items = validate.list_of(value, str, what)
+    if len(items) > MAX_ITEMS:
+        raise BadInput(f"{what}: at most {MAX_ITEMS} entries")
+    return tuple(dict.fromkeys(validate.user_name(u) for u in items))
+
+
 def _addresses(value: object, what: str, default_host: str | None) -> tuple[Address, ...]:
     items = validate.list_of(value, str, what)
     if not items:
@@ -58,22 +66,33 @@ def _addresses(value: object, what: str, default_host: str | None) -> tuple[Addr
 
 @dataclass(frozen=True)
 class Inbound:
-    """The entrance side: local listen addresses forwarded to an exit of the same tunnel."""
+    """The entrance side: local listen addresses forwarded to an exit of the same tunnel: one of `exits` (endpoint
+    ids once configured) in that order, or else one of the entrance's own user, of root or of `exit_users`
+    (`ztm.apps.exits`)."""
 
     tunnel: TunnelName
     listen: tuple[Address, ...]
     exits: tuple[str, ...] = ()
+    exit_users: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Inbound:
+        exits, exit_users = _peers(body.get("exits"), "exits"), _users(body.get("exit_users"), "exit_users")
+        check_choice(exits, exit_users)
         return cls(
             TunnelName.parse(body.get("tunnel")),
             _addresses(body.get("listen"), "listen", "127.0.0.1"),
-            _peers(body.get("exits"), "exits"),
+            exits,
+            exit_users,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"tunnel": str(self.tunnel), "listen": [str(a) for a in self.listen], "exits": list(self.exits)}
+        return {
+            "tunnel": str(self.tunnel),
+            "listen": [str(a) for a in self.listen],
+            "exits": list(self.exits),
+            "exit_users": list(self.exit_users),
+        }
 
 
 @dataclass(frozen=True)
@@ -87,12 +106,11 @@ class Outbound:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Outbound:
-        users = validate.list_of(body.get("users"), str, "users")
         return cls(
             TunnelName.parse(body.get("tunnel")),
             _addresses(body.get("targets"), "targets", None),
             _peers(body.get("entrances"), "entrances"),
-            tuple(dict.fromkeys(validate.user_name(u) for u in users)),
+            _users(body.get("users"), "users"),
         )
 
     def to_json(self) -> dict[str, Any]:

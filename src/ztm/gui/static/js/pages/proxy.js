@@ -242,6 +242,7 @@ export async function render(ctx) {
         [
           { label: "Endpoint", cell: (x) => h("strong", {}, x.name || x.ep) },
           { label: "User", cell: (x) => x.user },
+          { label: "Used here", cell: (x) => (x.used ? "yes" : "no") },
           { label: "Status", cell: (x) => statusBadge(x.online ? "online" : "offline") },
           { label: "Targets", cell: (x) => chips(x.targets) },
           { label: "Excluded", cell: (x) => chips(x.exclusions) },

@@ -50,7 +50,9 @@ export async function render(ctx) {
           [
             { label: "Tunnel", cell: (t) => h("strong", { class: "mono" }, t.tunnel) },
             { label: "Listen", cell: (t) => chips(t.listen) },
-            { label: "Exits", cell: (t) => (t.exits.length ? chips(t.exits) : h("span", { class: "muted" }, "any")) },
+            { label: "Exits", cell: (t) => (t.exits.length ? chips(t.exits.map((id) => (t.names && t.names[id]) || id))
+              : h("span", { class: "muted" }, ["your user", "root", ...(t.exit_users || [])].join(", "))) },
+            { label: "Uses now", cell: (t) => (t.exit_endpoints ? chips(t.exit_endpoints.map((x) => `${x.name} (${x.user})`)) : "?") },
             { label: "State", cell: (t) => statusBadge(t.listening ? "online" : "error") },
             ...counters,
             { label: "", cell: (t) => closeButton("inbound", t) },
@@ -65,7 +67,7 @@ export async function render(ctx) {
           [
             { label: "Tunnel", cell: (t) => h("strong", { class: "mono" }, t.tunnel) },
             { label: "Targets", cell: (t) => chips(t.targets) },
-            { label: "Entrances", cell: (t) => (t.entrances.length ? chips(t.entrances) : h("span", { class: "muted" }, "any")) },
+            { label: "Entrances", cell: (t) => (t.entrances.length ? chips(t.entrances.map((id) => (t.names && t.names[id]) || id)) : h("span", { class: "muted" }, "any")) },
             { label: "Users", cell: (t) => (t.users.length ? chips(t.users) : h("span", { class: "muted" }, "any")) },
             ...counters,
             { label: "", cell: (t) => closeButton("outbound", t) },
