@@ -4,6 +4,9 @@
   that claims to be root's endpoint of mesh A, signs it with B's CA and presents it to an agent that joined both
   meshes, naming mesh B in SNI. The agent must take the identity's mesh from the CA that verified the chain: the
   channel is refused (and counted), never served as root of mesh A.
+- App package bombs: a malicious member publishes an app whose package is a gzip bomb (a ~0.5 MiB package of
+  512 MiB of zeros) or holds a GNU sparse member (a few KB that unpack to 256 MiB). The downloader must refuse
+  both with one line, install nothing, and keep its memory bounded while refusing (its peak RSS, VmHWM).
 
 Every wait polls with a deadline.
 """
@@ -12,10 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
+import shutil
 import socket
 import sqlite3
 import ssl
+import subprocess
+import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from support import Agent, Hub, free_port, start_agent, start_hub, wait_until
+from support import Agent, Hub, free_port, one_line_error, restart_agent, start_agent, start_hub, wait_until
 from ztm import pki
 
 
@@ -165,3 +173,154 @@ def test_cross_mesh_certificate_is_not_served_as_the_other_mesh(two_meshes: TwoM
         "the victim to count the refused cross-mesh certificate",
     )
     world.victim.proc.assert_alive()
+
+
+# ------------------------------------------------------------------------------------- item 11: package bombs
+
+MANIFEST = {"name": "", "version": "1.0.0", "provider": "attacker", "description": "a bomb", "entry": "app:App"}
+APP_PY = "from ztm.agent.apps import MeshApp\n\n\nclass App(MeshApp):\n    name = 'x'\n"
+
+
+@dataclass
+class Market:
+    hub: Hub
+    evil: Agent
+    """a member who publishes packages it crafted."""
+    victim: Agent
+    tmp: Path
+
+
+@pytest.fixture
+def market(tmp_path: Path) -> Iterator[Market]:
+    tmp = tmp_path
+    hub = start_hub(tmp)
+    evil, victim = start_agent(tmp, "evil"), start_agent(tmp, "victim")
+    try:
+        evil.join("m", "evil", hub.permit)
+        victim.join("m", "victim", hub.permit)
+        yield Market(hub, evil, victim, tmp)
+    finally:
+        for proc in (victim.proc, evil.proc, hub.proc):
+            proc.stop()
+
+
+def _app_dir(parent: Path, name: str) -> Path:
+    root = parent / name
+    root.mkdir()
+    (root / "ztm-app.json").write_text(json.dumps({**MANIFEST, "name": name}))
+    (root / "app.py").write_text(APP_PY)
+    return root
+
+
+def _publish_crafted(world: Market, name: str, package: bytes) -> str:
+    """The evil member publishes app `name`, then swaps in `package` (announced with its own SHA-256, as a
+    modified agent would); returns that SHA-256 once the victim sees it offered."""
+    evil = world.evil
+    shutil.copytree(_app_dir(world.tmp, name), evil.data / "apps" / name)
+    evil.cli("publish", "app", name)
+    digest = hashlib.sha256(package).hexdigest()
+    evil.proc.stop()
+    (evil.data / "app-packages" / f"{digest}.tar.gz").write_bytes(package)
+    db = sqlite3.connect(evil.data / "ztm.db")
+    try:
+        entry = {"name": name, "version": "1.0.0", "sha256": digest, "size": len(package), "published_at": 0}
+        with db:
+            db.execute(
+                "UPDATE app_config SET value = ? WHERE app = 'apps' AND key = ?",
+                (json.dumps(entry), f"published/{name}"),
+            )
+    finally:
+        db.close()
+    restart_agent(evil)
+
+    def offered() -> bool:
+        rows = world.victim.cli_json("get", "app", "--available")
+        return any(r.get("name") == name and r.get("sha256") == digest for r in rows)
+
+    wait_until(offered, 30, f"the victim to see app {name} offered with the crafted package")
+    return digest
+
+
+def _peak_rss_mib(agent: Agent) -> float:
+    for line in Path(f"/proc/{agent.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+def _installed(agent: Agent, name: str) -> bool:
+    return any(a.get("name") == name for a in agent.cli_json("get", "app")) or (agent.data / "apps" / name).exists()
+
+
+def _gzip_bomb(name: str, zeros: int) -> bytes:
+    """A .tar.gz: the app's manifest, then one member of `zeros` zero bytes, compressed at level 9."""
+    manifest = json.dumps({**MANIFEST, "name": name}).encode()
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = []
+    for member, size in ((tarfile.TarInfo("ztm-app.json"), len(manifest)), (tarfile.TarInfo("big.bin"), zeros)):
+        member.size = size
+        out.append(packer.compress(member.tobuf(format=tarfile.GNU_FORMAT)))
+        if member.name == "ztm-app.json":
+            out.append(packer.compress(manifest + bytes(-len(manifest) % 512)))
+    block = bytes(1 << 20)
+    for _ in range(zeros >> 20):
+        out.append(packer.compress(block))
+    out.append(packer.compress(bytes(1024)))  # end of archive
+    out.append(packer.flush())
+    return b"".join(out)
+
+
+def test_gzip_bomb_is_refused_with_bounded_memory(market: Market) -> None:
+    zeros = 512 << 20
+    package = _gzip_bomb("gzbomb", zeros)
+    assert len(package) < 1 << 20
+    _publish_crafted(market, "gzbomb", package)
+    before = _peak_rss_mib(market.victim)
+    cp = market.victim.cli("download", "app", "gzbomb", check=False, timeout=120)
+    peak = _peak_rss_mib(market.victim)
+    assert cp.returncode != 0, f"the gzip bomb was installed: {cp.stdout}"
+    error = one_line_error(cp)
+    assert "Traceback" not in cp.stderr and "unpacked" in error, error
+    assert peak - before < 100, (
+        f"unpacking a {len(package)}-byte package took the agent from {before:.0f} to {peak:.0f} MiB"
+    )
+    assert not _installed(market.victim, "gzbomb")
+    assert not list(market.victim.data.glob("apps/*")), "the refused package left files behind"
+    market.victim.proc.assert_alive()
+
+
+def test_gnu_sparse_member_is_refused(market: Market) -> None:
+    (market.tmp / "sparse-src").mkdir()
+    src = _app_dir(market.tmp / "sparse-src", "sparse")
+    with open(src / "big.bin", "wb") as f:
+        f.truncate(256 << 20)  # a hole: no data on disk
+    package_file = market.tmp / "sparse.tar.gz"
+    subprocess.run(
+        [
+            "tar",
+            "--sparse",
+            "--format=gnu",
+            "-czf",
+            str(package_file),
+            "-C",
+            str(src),
+            "ztm-app.json",
+            "app.py",
+            "big.bin",
+        ],
+        check=True,
+    )
+    package = package_file.read_bytes()
+    assert len(package) < 16 << 10
+    with tarfile.open(package_file) as tar:
+        assert tar.getmember("big.bin").issparse(), "GNU tar did not make a sparse member"
+    _publish_crafted(market, "sparse", package)
+    disk = shutil.disk_usage(market.victim.data).free
+    cp = market.victim.cli("download", "app", "sparse", check=False, timeout=120)
+    assert cp.returncode != 0, f"a package with a GNU sparse member was installed: {cp.stdout}"
+    error = one_line_error(cp)
+    assert "sparse" in error and "Traceback" not in cp.stderr, error
+    assert not _installed(market.victim, "sparse")
+    assert not list(market.victim.data.glob("apps/*")), "the refused package left files behind"
+    assert disk - shutil.disk_usage(market.victim.data).free < 64 << 20
+    market.victim.proc.assert_alive()
