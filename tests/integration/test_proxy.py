@@ -395,8 +395,8 @@ def test_refusals_speak_the_clients_protocol(world: World) -> None:
         assert status == "403" and "rule 1 (deny bob localhost) denies user 'bob'" in body, cp.stdout
         cp = curl("-x", f"socks5h://127.0.0.1:{world.bob_proxy}", f"http://localhost:{http_port}/")
         assert cp.returncode == 97 and ("(2)" in cp.stderr or "not allowed" in cp.stderr), cp.stderr
-        # The same address by IP is not covered by a name rule; a network rule covers both.
-        assert socks_code(world.bob_proxy, "127.0.0.1", http_port) == 0x00
+        # The same host by address is denied too (the exit resolves the rule's name); a network rule covers both.
+        assert socks_code(world.bob_proxy, "127.0.0.1", http_port) == 0x02
         world.office.cli("proxy", "rules", "--deny", "*", "127.0.0.0/8", "--at", "1")
         world.office.cli("proxy", "rules", "--allow", "root", "*", "--at", "1")
         assert socks_code(world.bob_proxy, "127.0.0.1", http_port) == 0x02

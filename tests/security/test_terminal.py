@@ -7,6 +7,8 @@
 - App package bombs: a malicious member publishes an app whose package is a gzip bomb (a ~0.5 MiB package of
   512 MiB of zeros) or holds a GNU sparse member (a few KB that unpack to 256 MiB). The downloader must refuse
   both with one line, install nothing, and keep its memory bounded while refusing (its peak RSS, VmHWM).
+- Proxy deny rules on names: `deny bob localhost` at an exit must also deny bob 127.0.0.1 (and any other name of
+  that address): the exit resolves the rule's name and denies its addresses too.
 
 Every wait polls with a deadline.
 """
@@ -33,7 +35,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from support import Agent, Hub, free_port, one_line_error, restart_agent, start_agent, start_hub, wait_until
+from integration.test_proxy import socks_code
+from support import (
+    Agent,
+    Hub,
+    free_port,
+    invite,
+    one_line_error,
+    restart_agent,
+    start_agent,
+    start_hub,
+    wait_until,
+)
 from ztm import pki
 
 
@@ -324,3 +337,30 @@ def test_gnu_sparse_member_is_refused(market: Market) -> None:
     assert not list(market.victim.data.glob("apps/*")), "the refused package left files behind"
     assert disk - shutil.disk_usage(market.victim.data).free < 64 << 20
     market.victim.proc.assert_alive()
+
+
+# ------------------------------------------------------------------------------ item 12: proxy deny by name
+
+
+def test_a_deny_rule_on_a_name_also_denies_its_addresses(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path)
+    office, bob = start_agent(tmp_path, "office"), start_agent(tmp_path, "bob")
+    target = socket.create_server(("127.0.0.1", 0))
+    try:
+        office.join("m", "office", hub.permit)
+        bob.join("m", "bob-laptop", invite(office, bob, "bob", tmp_path / "bob.json"))
+        office.cli("proxy", "config", "--add-target", "localhost", "127.0.0.0/8")
+        office.cli("proxy", "rules", "--deny", "bob", "localhost")
+        proxy = free_port()
+        bob.cli("proxy", "config", "--set-listen", str(proxy))
+        port = target.getsockname()[1]
+        wait_until(lambda: socks_code(proxy, "localhost", port) == 0x02, 20, "bob to be denied localhost by name")
+        # The same host by address: SOCKS reply 0x02 (not allowed by ruleset), not 0x00 (connected).
+        code = socks_code(proxy, "127.0.0.1", port)
+        assert code == 0x02, f"'deny bob localhost' let bob reach 127.0.0.1:{port} (SOCKS reply {code:#04x})"
+        log = (office.data / "agent.log").read_text()
+        assert "rule 1 (deny bob localhost) denies user 'bob' access to 127.0.0.1" in log, log[-2000:]
+    finally:
+        target.close()
+        for proc in (bob.proc, office.proc, hub.proc):
+            proc.stop()

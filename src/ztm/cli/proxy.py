@@ -204,7 +204,9 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         "caller's certificate identity. They are tried in order: the first rule whose user (or *) and target match\n"
         "decides; when none matches, the connection is allowed (end with '--deny * *' to allow only what is\n"
         "listed). A target in a rule matches names as in --add-target, and networks match the addresses a name\n"
-        "resolves to. Without options: list the rules with their numbers.",
+        "resolves to. A deny rule on a name also denies the addresses the exit resolves it to (deny bob localhost\n"
+        "denies 127.0.0.1 too); one on *.DOMAIN denies every address given without a name. Without options: list\n"
+        "the rules with their numbers.",
         (
             f"{cmd} rules",
             f"{cmd} rules --deny bob '*.secret.example'",
