@@ -336,6 +336,7 @@ def test_proxy_credentials_and_the_open_proxy_warning(page: Any, world: World, a
 
 
 def test_a_command_in_the_browser_terminal(page: Any, world: World, artifacts: Path) -> None:
+    world.ep2.cli("terminal", "enable")  # off by default on every endpoint
     goto(page, world, "terminal")
     page.select_option("[data-testid=term-target]", "ep2")
     page.click("[data-testid=term-connect]")

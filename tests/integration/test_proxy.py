@@ -536,16 +536,19 @@ def test_configuration_errors_and_remote_configuration(world: World) -> None:
     status, body = office.api("POST", f"/api/meshes/{MESH}/apps/proxy/config", {"add_targets": "x"})
     assert status == 400 and "add_targets" in body["error"]
 
-    # root configures bob's endpoint remotely (root may); bob may not configure root's.
+    # root configures bob's endpoint remotely once bob allows it there ('ztm root-admin on'); bob may not configure
+    # root's.
     out = home.cli("ep", "bob-laptop", "proxy", "config", "--add-target", "10.9.0.0/16", check=False)
-    if out.returncode == 2 and "proxy" in out.stderr:
-        pytest.skip("`ztm ep NAME proxy` is not wired yet")
+    assert out.returncode == 1 and "ztm root-admin on" in one_line_error(out), out.stderr
+    bob.cli("root-admin", "on")
+    out = home.cli("ep", "bob-laptop", "proxy", "config", "--add-target", "10.9.0.0/16", check=False)
     assert out.returncode == 0, out.stderr
     assert bob.cli_json("proxy", "get")["targets"] == ["10.9.0.0/16"]
     home.cli("ep", "bob-laptop", "proxy", "config", "--remove-target", "10.9.0.0/16")
     error = one_line_error(bob.cli("ep", "office", "proxy", "rules", "--allow", "bob", "*", check=False))
     assert "owner" in error
     assert office.cli_json("proxy", "rules") == []
+    bob.cli("root-admin", "off")
 
 
 def test_credentials_on_an_entrance_reachable_from_the_network(world: World, tmp_path: Path) -> None:

@@ -7,6 +7,10 @@
 - App package bombs: a malicious member publishes an app whose package is a gzip bomb (a ~0.5 MiB package of
   512 MiB of zeros) or holds a GNU sparse member (a few KB that unpack to 256 MiB). The downloader must refuse
   both with one line, install nothing, and keep its memory bounded while refusing (its peak RSS, VmHWM).
+- Terminal and root's remote configuration are opt-in: the hub's operator (who holds the CA) mints alice's identity
+  and asks alice's endpoint for a shell; root (whose key the operator also has) reconfigures alice's tunnels and
+  proxy from afar. Both are refused until alice turns them on, on that endpoint (`ztm terminal enable`, `ztm
+  root-admin on`), and no relayed call can turn them on.
 - Proxy deny rules on names: `deny bob localhost` at an exit must also deny bob 127.0.0.1 (and any other name of
   that address): the exit resolves the rule's name and denies its addresses too.
 
@@ -48,6 +52,7 @@ from support import (
     wait_until,
 )
 from ztm import pki
+from ztm.permit import make_permit
 
 
 def _hub_ca(hub: Hub) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
@@ -364,3 +369,97 @@ def test_a_deny_rule_on_a_name_also_denies_its_addresses(tmp_path: Path) -> None
         target.close()
         for proc in (bob.proc, office.proc, hub.proc):
             proc.stop()
+
+
+# ----------------------------------------------------------- item 8: terminal and root's remote config, opt-in
+
+
+@dataclass
+class Office:
+    hub: Hub
+    office: Agent
+    """alice's endpoint `office`: the target."""
+    laptop: Agent
+    """alice's other endpoint."""
+    home: Agent
+    """root's endpoint."""
+    tmp: Path
+
+
+@pytest.fixture
+def office(tmp_path: Path) -> Iterator[Office]:
+    hub = start_hub(tmp_path)
+    home, office, laptop = (start_agent(tmp_path, n) for n in ("home", "office", "laptop"))
+    try:
+        home.join("m", "home", hub.permit)
+        office.join("m", "office", invite(home, office, "alice", tmp_path / "alice-office.json"))
+        laptop.join("m", "laptop", invite(home, laptop, "alice", tmp_path / "alice-laptop.json"))
+        for agent in (home, laptop):
+            wait_until(lambda a=agent: "office" in a.online_names(), 30, f"{agent.name} to see office online")
+        yield Office(hub, office, laptop, home, tmp_path)
+    finally:
+        for proc in (laptop.proc, office.proc, home.proc, hub.proc):
+            proc.stop()
+
+
+def _minted_permit(world: Office, user: str) -> Path:
+    """What the hub's operator can make with the CA key: a permit for `user`, with a key of its own."""
+    ca_key, ca_cert = _hub_ca(world.hub)
+    key = pki.new_key()
+    cert = pki.issue_user_cert(ca_key, ca_cert, user=user, public_key=key.public_key(), now=dt.datetime.now(dt.UTC))
+    permit = make_permit(ca_cert, cert, [world.hub.address], private_key=key)
+    path = world.tmp / f"minted-{user}.json"
+    path.write_text(permit.to_json())
+    return path
+
+
+def test_terminal_is_off_until_the_owner_enables_it(office: Office) -> None:
+    world = office
+    operator = start_agent(world.tmp, "operator")
+    operator.join("m", "operator", _minted_permit(world, "alice"))  # the hub operator, posing as alice
+    wait_until(lambda: "office" in operator.online_names(), 30, "the operator to see office online")
+    cp = operator.cli("terminal", "exec", "office", "--", "echo OWNED", check=False, timeout=30)
+    assert cp.returncode != 0 and "OWNED" not in cp.stdout, (
+        f"a minted owner identity got a shell on a fresh endpoint: {cp.stdout!r}"
+    )
+    assert "the terminal is off on endpoint 'office'" in one_line_error(cp) and "ztm terminal enable" in cp.stderr
+    # No relayed call turns it on: the terminal app answers none, and root's config calls need root-admin.
+    for caller in (operator, world.home):
+        status, body = caller.api(
+            "POST",
+            "/api/meshes/m/endpoints/office/apps/terminal/call",
+            {"method": "config", "params": {"enabled": True}},
+        )
+        assert status >= 400, body
+    assert world.office.cli_json("terminal", "config")["enabled"] is False
+    # The owner turns it on, on the endpoint itself: then the owner's sessions work (from the owner's laptop).
+    assert "on" in world.office.cli("terminal", "enable").stdout
+    assert world.laptop.cli("terminal", "exec", "office", "--", "echo in").stdout == "in\n"
+    world.office.cli("terminal", "disable")
+    cp = world.laptop.cli("terminal", "exec", "office", "--", "echo in", check=False)
+    assert cp.returncode != 0 and "terminal is off" in cp.stderr
+    refused = world.office.cli_json("terminal", "config")["refused"]
+    assert refused >= 2, refused
+
+
+def test_root_configures_others_endpoints_only_when_the_owner_allows_it(office: Office) -> None:
+    world = office
+    port = free_port()
+    opened = ("ep", "office", "tunnel", "open", "outbound", "tcp/grab", "--targets", f"127.0.0.1:{port}")
+    cp = world.home.cli(*opened, check=False)
+    assert cp.returncode != 0, f"root reconfigured alice's tunnels without her consent: {cp.stdout}"
+    assert "ztm root-admin on" in one_line_error(cp), cp.stderr
+    cp = world.home.cli("ep", "office", "proxy", "config", "--add-target", "*", check=False)
+    assert cp.returncode != 0, f"root reconfigured alice's proxy without her consent: {cp.stdout}"
+    assert "ztm root-admin on" in one_line_error(cp), cp.stderr
+    assert "grab" not in json.dumps(world.office.cli_json("tunnel", "get", "outbound"))
+    # The owner may, from another endpoint of hers.
+    world.laptop.cli("ep", "office", "proxy", "config", "--add-target", "10.0.0.0/8")
+    # The owner allows root, on the endpoint: root's call works; turned off again, it is refused again.
+    assert "root may configure" in world.office.cli("root-admin", "on").stdout
+    assert world.office.cli_json("root-admin")["enabled"] is True
+    world.home.cli(*opened)
+    assert "grab" in json.dumps(world.office.cli_json("tunnel", "get", "outbound"))
+    world.office.cli("root-admin", "off")
+    cp = world.home.cli("ep", "office", "tunnel", "close", "outbound", "tcp/grab", check=False)
+    assert cp.returncode != 0 and "ztm root-admin on" in cp.stderr

@@ -3,7 +3,8 @@
 Locally the commands call the proxy app's routes (`/api/meshes/MESH/apps/proxy/...`); when the namespace carries an
 endpoint (`ep_name`, as `ztm ep NAME ...` sets it) they become relayed calls (`POST .../endpoints/EP/apps/proxy/call`
 with `{"method": "get"|"config"|"rules"|"insert_rule"|"delete_rule", "params": {...}}`), which that endpoint answers
-only for its owner or root. `configure_proxy(parser, prefix)` builds the same tree under any prefix.
+only for its owner (and for root where the owner ran `ztm root-admin on`). `configure_proxy(parser, prefix)` builds
+the same tree under any prefix.
 
 This module stays light (no agent code): targets, users and addresses are checked here with the same rules as the
 agent's, so a typo fails at once with exit status 2; the agent checks everything again.

@@ -34,6 +34,7 @@ from typing import Any
 
 from ztm import h2, validate
 from ztm.addr import Address
+from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.apps.proxy import spec
@@ -301,10 +302,9 @@ class ProxyApp(MeshApp):
         return sorted(exits.values(), key=lambda e: str(e["name"]))
 
     async def call(self, method: str, params: Any, caller: Caller) -> Any:
-        """Remote configuration (`ztm ep EP proxy ...`): only this endpoint's owner (or root) may."""
-        if caller.user not in (self.ctx.user, "root"):
-            owner = "root (the owner)" if self.ctx.user == "root" else f"{self.ctx.user!r} (the owner) or root"
-            raise Forbidden(f"only {owner} may configure the proxy on this endpoint")
+        """Remote configuration (`ztm ep EP proxy ...`): this endpoint's owner, or root if the owner allows it."""
+        ctx = self.ctx
+        optin.check_remote_config(ctx.store, ctx.mesh, ctx.user, ctx.session.record.ep_name, caller, "the proxy")
         body = params if isinstance(params, dict) else {}
         if method == "get":
             return self.config_view()
