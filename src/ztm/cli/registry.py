@@ -331,7 +331,7 @@ COMMANDS: list[Command] = [
     Command(
         "terminal",
         APPS,
-        "terminal open|exec|config|help ...",
+        "terminal open|exec|enable|disable|config|help ...",
         "remote shells and commands on endpoints (the terminal app)",
         term.configure_terminal,
         term.cmd_terminal,

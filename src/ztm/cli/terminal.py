@@ -1,4 +1,4 @@
-"""`ztm terminal open|exec|config|help`: remote shells and commands on endpoints (the terminal app).
+"""`ztm terminal open|exec|enable|disable|config|help`: remote shells and commands on endpoints (the terminal app).
 
 `config` calls the app's JSON routes (`/api/meshes/MESH/apps/terminal[/config]`); `open` and `exec` carry a session
 over the agent's WebSocket route (`.../apps/terminal/endpoints/EP/session`) with `ztm.cli.terminal_session`, which
@@ -32,9 +32,8 @@ this command's stdin is its stdin, and its exit status becomes this command's (1
 Sessions into an endpoint are off until its owner runs 'ztm terminal enable' on it (per mesh): whoever runs the
 mesh's hub holds its CA and could pose as the owner. When on, an endpoint lets in only its owner (the user of its
 certificate) and the users it lists with 'ztm terminal config --add-user USER' (run on that endpoint); others are
-refused. Every session is logged there
-(who, from which endpoint, what, how it ended: 'ztm log ep NAME'). The remote processes run as the OS user of that
-endpoint's agent, and are killed when the session ends."""
+refused. Every session is logged there (who, from which endpoint, what, how it ended: 'ztm log ep NAME'). The
+remote processes run as the OS user of that endpoint's agent, and are killed when the session ends."""
 
 COMMANDS = """\
 commands:
@@ -43,7 +42,7 @@ commands:
   enable | disable                           allow or stop sessions into this endpoint (off by default)
   config [--set-shell CMD] [--reset-shell] [--add-user USER ...] [--del-user USER ...]
                                              this endpoint's shell and allowed users (no option: show them)
-  help [open|exec|config]                    this text, or one command's options"""
+  help [open|exec|enable|disable|config]     this text, or one command's options"""
 
 DESCRIPTION = f"{OVERVIEW}\n\n{COMMANDS}"
 
@@ -186,7 +185,7 @@ def configure_terminal(p: argparse.ArgumentParser) -> None:
         sub,
         "help",
         "ztm terminal",
-        "help [open|exec|config]",
+        "help [open|exec|enable|disable|config]",
         "what the terminal app does, and its commands",
         "Explain the terminal app and list its commands, or show one command's options and examples.",
         ("ztm terminal help", "ztm terminal help exec"),
