@@ -336,6 +336,7 @@ def test_proxy_credentials_and_the_open_proxy_warning(page: Any, world: World, a
 
 
 def test_a_command_in_the_browser_terminal(page: Any, world: World, artifacts: Path) -> None:
+    world.ep2.cli("terminal", "enable")  # off by default on every endpoint
     goto(page, world, "terminal")
     page.select_option("[data-testid=term-target]", "ep2")
     page.click("[data-testid=term-connect]")
@@ -347,6 +348,13 @@ def test_a_command_in_the_browser_terminal(page: Any, world: World, artifacts: P
     shot(page, artifacts, "07-terminal")
     page.keyboard.type("exit\n")
     page.wait_for_selector("[data-testid=term-state] :text('exited 0')")
+    # This endpoint's own switch: off by default, turned on and off again from its GUI.
+    enabled = lambda: world.ep1.cli_json("terminal", "config")["enabled"]  # noqa: E731
+    assert enabled() is False
+    page.click("[data-testid=term-enable]")
+    wait_until(enabled, 30, "the GUI's toggle to turn sessions on")
+    page.click("[data-testid=term-enable]:text('Turn sessions off')")
+    wait_until(lambda: enabled() is False, 30, "the GUI's toggle to turn sessions off")
 
 
 # ---------------------------------------------------------------------------------------------------- files

@@ -369,7 +369,14 @@ def _bad_bodies(template: str) -> list[tuple[str, bytes]]:
             {"action": "deny", "user": "*", "target": "*", "at": "first"},
             {"action": "deny", "user": "*", "target": "*", "at": 99},
         ],
+        "/api/meshes/{mesh}/root-admin": [
+            {},
+            {"enabled": "yes"},
+            {"enabled": 1},
+            {"enabled": True, "root": True},
+        ],
         "/api/meshes/{mesh}/apps/terminal/config": [
+            {"enabled": "on"},
             {"shell": 5},
             {"shell": "/no/such/shell"},
             {"shell": "bash\nrm -rf /"},

@@ -395,8 +395,8 @@ def test_refusals_speak_the_clients_protocol(world: World) -> None:
         assert status == "403" and "rule 1 (deny bob localhost) denies user 'bob'" in body, cp.stdout
         cp = curl("-x", f"socks5h://127.0.0.1:{world.bob_proxy}", f"http://localhost:{http_port}/")
         assert cp.returncode == 97 and ("(2)" in cp.stderr or "not allowed" in cp.stderr), cp.stderr
-        # The same address by IP is not covered by a name rule; a network rule covers both.
-        assert socks_code(world.bob_proxy, "127.0.0.1", http_port) == 0x00
+        # The same host by address is denied too (the exit resolves the rule's name); a network rule covers both.
+        assert socks_code(world.bob_proxy, "127.0.0.1", http_port) == 0x02
         world.office.cli("proxy", "rules", "--deny", "*", "127.0.0.0/8", "--at", "1")
         world.office.cli("proxy", "rules", "--allow", "root", "*", "--at", "1")
         assert socks_code(world.bob_proxy, "127.0.0.1", http_port) == 0x02
@@ -536,7 +536,11 @@ def test_configuration_errors_and_remote_configuration(world: World) -> None:
     status, body = office.api("POST", f"/api/meshes/{MESH}/apps/proxy/config", {"add_targets": "x"})
     assert status == 400 and "add_targets" in body["error"]
 
-    # root configures bob's endpoint remotely (root may); bob may not configure root's.
+    # root configures bob's endpoint remotely once bob allows it there ('ztm root-admin on'); bob may not configure
+    # root's.
+    out = home.cli("ep", "bob-laptop", "proxy", "config", "--add-target", "10.9.0.0/16", check=False)
+    assert out.returncode == 1 and "ztm root-admin on" in one_line_error(out), out.stderr
+    bob.cli("root-admin", "on")
     out = home.cli("ep", "bob-laptop", "proxy", "config", "--add-target", "10.9.0.0/16", check=False)
     assert out.returncode == 0, out.stderr
     assert bob.cli_json("proxy", "get")["targets"] == ["10.9.0.0/16"]
@@ -544,6 +548,7 @@ def test_configuration_errors_and_remote_configuration(world: World) -> None:
     error = one_line_error(bob.cli("ep", "office", "proxy", "rules", "--allow", "bob", "*", check=False))
     assert "owner" in error
     assert office.cli_json("proxy", "rules") == []
+    bob.cli("root-admin", "off")
 
 
 def test_credentials_on_an_entrance_reachable_from_the_network(world: World, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@ command line (interactive ones driven through a pseudo-terminal with pexpect) an
 agent's local API (as a browser terminal would).
 
 Covered: exec with stdout and stderr kept apart and exit statuses (0, 3, killed by a signal), stdin piped to exec
-(1 MiB, byte-exact), the command's quoting rules, the owner admitted and another user refused until added (and
+(1 MiB, byte-exact), the command's quoting rules, sessions on once the target's owner enabled them (and the
+switch kept across a restart), the owner admitted and another user refused until added (and
 refused again once removed), configuration that survives a restart, interactive shells (commands, resize seen by
 `stty size`, Ctrl-C interrupting a remote `sleep` without ending the session, Ctrl-D and `exit 7` ending it with
 that status, the local terminal restored), processes killed when the session's client dies or the agent stops, each
@@ -73,6 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for agent in (home, bob):
             wait_until(lambda a=agent: "office" in a.online_names(), TIMEOUT, f"{agent.name} to see office online")
         office.cli("terminal", "config", "--set-shell", "/bin/sh")
+        office.cli("terminal", "enable")  # off by default (tests/security/test_terminal.py)
         yield World(hub, home, office, bob)
     finally:
         for proc in reversed(procs):
@@ -194,7 +196,8 @@ def test_only_the_owner_and_listed_users_get_in(world: World) -> None:
     cp = bob.cli("terminal", "exec", "office", "--", "true", check=False)
     assert cp.returncode == 1 and "may not open a terminal" in one_line_error(cp)
 
-    # the mesh's administrator (root) is not the owner of bob's endpoint
+    # the mesh's administrator (root) is not the owner of bob's endpoint (where bob turned sessions on)
+    world.bob.cli("terminal", "enable")
     cp = world.home.cli("terminal", "exec", "bob-laptop", "--", "true", check=False)
     assert cp.returncode == 1 and "user 'root' may not open a terminal" in one_line_error(cp)
 
@@ -216,6 +219,7 @@ def test_configuration_survives_a_restart_and_a_stop_kills_sessions(world: World
     spare.join(MESH, "spare", world.hub.permit)
     wait_until(lambda: "spare" in world.home.online_names(), TIMEOUT, "spare online")
     spare.cli("terminal", "config", "--add-user", "carol", "dave", "--set-shell", "/bin/bash --norc")
+    spare.cli("terminal", "enable")
     running = subprocess.Popen(
         [*ZTM, "--agent", world.home.api_address, "terminal", "exec", "spare", "--", "echo $$; exec sleep 600"],
         env=world.home.env,
@@ -234,7 +238,7 @@ def test_configuration_survives_a_restart_and_a_stop_kills_sessions(world: World
         running.kill()
         running.communicate(timeout=TIMEOUT)
     view = spare.cli_json("terminal", "config")
-    assert view["users"] == ["carol", "dave"]
+    assert view["enabled"] is True and view["users"] == ["carol", "dave"]
     assert view["shell"] == "/bin/bash --norc"
     assert view["effective_shell"].endswith("bash --norc")
     wait_until(lambda: "spare" in world.home.online_names(), TIMEOUT, "spare back online")

@@ -658,8 +658,12 @@ def test_remote_configuration_by_the_owner_only(world: World) -> None:
     assert remote["streams"] == 1 and remote["kind"] == "outbound"
     assert "tcp/bob-web" in ok_line(laptop.cli("ep", "bob-server", "tunnel", "get", "outbound"))
     assert "udp/bob-in" in ok_line(laptop.cli("ep", "bob-server", "tunnel", "get", "inbound"))
-    # root may look at (and configure) any endpoint.
+    # root may look at (and configure) bob's endpoint only once bob allows it there.
+    error = one_line_error(world.home.cli("ep", "bob-server", "tunnel", "get", "outbound", check=False))
+    assert "ztm root-admin on" in error, error
+    server.cli("root-admin", "on")
     assert "tcp/bob-web" in ok_line(world.home.cli("ep", "bob-server", "tunnel", "get", "outbound"))
+    server.cli("root-admin", "off")
     ok_line(laptop.cli("ep", "bob-server", "tunnel", "close", "outbound", "tcp/bob-web"))
     ok_line(laptop.cli("ep", "bob-server", "tunnel", "close", "inbound", "udp/bob-in"))
     assert listed(server, "outbound") == {} and listed(server, "inbound") == {}

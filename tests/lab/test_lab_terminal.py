@@ -23,6 +23,7 @@ def test_shell_and_command_at_the_workplace_from_home(lab: Lab, tmp_path: Path) 
     work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777)
     home.join(MESH, "home", hub.permit)
     work.join(MESH, "workplace", hub.permit)
+    work.cli("terminal", "enable")
     wait_until(lambda: "workplace" in home.online_names(), 30, "home to see the workplace online")
 
     # The command runs in the workplace's namespace: it sees the workplace's address, not home's.

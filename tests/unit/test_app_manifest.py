@@ -174,6 +174,31 @@ def test_garbage_is_refused(tmp_path: Path, data: bytes) -> None:
         unpack(data, tmp_path)
 
 
+def test_summed_sizes_are_checked_before_anything_is_written(tmp_path: Path) -> None:
+    # 64 MiB and one byte in two files: refused from the headers, before the first file is written.
+    raw = io.BytesIO()
+    for name, size in (("ztm-app.json", 32 << 20), ("b.bin", (32 << 20) + 1)):
+        info = tarfile.TarInfo(name)
+        info.size = size
+        raw.write(info.tobuf(format=tarfile.GNU_FORMAT) + bytes(size))
+    with pytest.raises(BadInput, match="MiB of files; nothing was unpacked"):
+        unpack(gzip.compress(raw.getvalue(), 1), tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pax_sparse_and_truncated_or_trailing_gzip_are_refused(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("big.bin")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": str(1 << 30)}
+    sparse = _tar([MANIFEST_ENTRY, (info, b"1\n0\n0\n" + bytes(509))])
+    with pytest.raises(BadInput, match="sparse file"):
+        unpack(sparse, tmp_path)
+    good = _tar([MANIFEST_ENTRY])
+    with pytest.raises(BadInput, match="ends early"):
+        unpack(good[: len(good) - 12], tmp_path)
+    with pytest.raises(BadInput, match="after the end of the gzip stream"):
+        unpack(good + b"more", tmp_path)
+
+
 # ---- loader ----
 
 

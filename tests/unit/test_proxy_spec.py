@@ -105,6 +105,25 @@ def test_rules_first_match_wins() -> None:
         spec.parse_rules([{"action": "allow", "user": "*", "target": "*"}] * (spec.MAX_RULES + 1))
 
 
+def test_a_deny_rule_on_a_name_covers_its_addresses() -> None:
+    rules = spec.parse_rules([
+        {"action": "deny", "user": "bob", "target": "localhost"},
+        {"action": "deny", "user": "bob", "target": "*.secret.corp"},
+        {"action": "allow", "user": "*", "target": "localhost"},
+    ])  # fmt: skip
+    named = {"localhost": frozenset({ip("127.0.0.1"), ip("::1")})}
+    assert spec.deny_names(rules, "bob") == ["localhost"] and spec.deny_names(rules, "alice") == []
+    assert spec.decide(rules, "bob", None, ip("127.0.0.1"), named) == (False, 1)  # the address given directly
+    assert spec.decide(rules, "bob", "alias.example", ip("::1"), named) == (False, 1)  # another name for it
+    assert spec.decide(rules, "bob", "other.example", ip("127.0.0.2"), named) == (True, None)
+    assert spec.decide(rules, "alice", None, ip("127.0.0.1"), named) == (True, None)
+    # A wildcard cannot be resolved: it denies every address given without a name (fail closed), not named ones.
+    assert spec.decide(rules, "bob", None, ip("10.1.2.3"), named) == (False, 2)
+    assert spec.decide(rules, "bob", "www.example", ip("10.1.2.3"), named) == (True, None)
+    # An allow rule on a name stays a name rule.
+    assert spec.decide(rules[2:], "carol", None, ip("127.0.0.1"), named) == (True, None)
+
+
 def test_refusal_reasons() -> None:
     reason = spec.Refused(spec.DENIED, "rule 1 denies").reason
     assert reason == "denied: rule 1 denies" and spec.refusal_code(reason) == spec.DENIED

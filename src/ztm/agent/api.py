@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ztm import validate
 from ztm.addr import Address
+from ztm.agent import optin
 from ztm.agent.appapi import add_routes as app_routes
 from ztm.agent.metrics import render_metrics
 from ztm.agent.service import Agent
@@ -132,6 +133,8 @@ class AgentApi:
         r.add_post(m + "/endpoints/{ep}/apps/{app}/call", self.app_call)
         r.add_get("/api/log", self.own_log)
         r.add_get("/api/metrics", self.metrics)
+        r.add_get(m + "/root-admin", self.root_admin)
+        r.add_post(m + "/root-admin", self.set_root_admin)
         tunnel_routes(app, self.agent, _json)
         proxy_routes(app, self.agent, _json)
         app_routes(app, self.agent, _json)
@@ -251,6 +254,25 @@ class AgentApi:
             request.match_info["mesh"], request.match_info["ep"], f"app.{app}.{method}", body.get("params")
         )
         return _json(result)
+
+    def _root_admin_view(self, mesh: str) -> dict[str, Any]:
+        session = self.agent.get(mesh)
+        return {"mesh": mesh, "owner": session.record.user, "enabled": optin.root_admin(self.agent.store, mesh)}
+
+    async def root_admin(self, request: web.Request) -> web.Response:
+        return _json(self._root_admin_view(request.match_info["mesh"]))
+
+    async def set_root_admin(self, request: web.Request) -> web.Response:
+        mesh = request.match_info["mesh"]
+        session = self.agent.get(mesh)
+        body = await self._body(request)
+        unknown = set(body) - {"enabled"}
+        if unknown or not isinstance(body.get("enabled"), bool):
+            raise BadInput('send {"enabled": true} or {"enabled": false}')
+        optin.set_root_admin(self.agent.store, mesh, body["enabled"])
+        state = "may" if body["enabled"] else "may no longer"
+        log.info("mesh %s: root %s configure this endpoint's tunnels and proxy remotely", session.name, state)
+        return _json(self._root_admin_view(mesh))
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=render_metrics(self.agent), content_type="text/plain")

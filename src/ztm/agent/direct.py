@@ -6,7 +6,9 @@ host becomes the address the hub sees the agent connect from). Peers find that a
 
 Trust is the mesh's, nothing new: both sides present their endpoint certificates and verify the other's against
 the mesh CA and the hub's current CRL (`GET /api/crl`, fetched after every hello and on every `crl` event, which
-the hub sends when it evicts a user). The client also checks the server is the endpoint it meant to reach. The
+the hub sends when it evicts a user). The client also checks the server is the endpoint it meant to reach. On the
+listener, the mesh of a channel is the one whose CA verified the peer's chain (the context SNI chose); a certificate
+that names another mesh in its SANs is refused and counted (`wrong_mesh`). The
 caller's identity (`Caller`) comes only from its verified certificate (endpoint id, user); its name, used by
 `--entrances`, from the hub's endpoint record. When a CRL revokes a serial, live channels with that peer close.
 
@@ -65,6 +67,13 @@ FAIL_MIN = 2.0
 FAIL_MAX = 300.0
 MAX_LINE = 4096
 OK_LINE = b'{"ok":true}\n'
+
+
+class MeshServerContext(ssl.SSLContext):
+    """The server context of one mesh's direct channels: its CA store is that mesh's CA alone, so a certificate it
+    verified belongs to `mesh_id` and no other mesh (whatever mesh its SANs name)."""
+
+    mesh_id: str = ""
 
 
 class DirectUnreachable(Exception):
@@ -292,7 +301,8 @@ class MeshDirect:
         cert = self.session.record.ep_cert
         if self._contexts is None or self._contexts[0] is not cert:
             d = self.session.files.dir
-            server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            server = MeshServerContext(ssl.PROTOCOL_TLS_SERVER)
+            server.mesh_id = self.session.record.mesh_id
             client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             client.check_hostname = False  # the peer is checked by its endpoint URI SAN (`open`)
             for ctx in (server, client):
@@ -580,14 +590,30 @@ class DirectServer:
         return proto
 
     def _accepted(self, proto: LineProtocol) -> None:
+        """A handshaken channel: its mesh is the one whose CA verified the chain (the context SNI chose), and the
+        certificate must name that mesh; one that names another mesh is refused and counted (`wrong_mesh`)."""
         assert proto.transport is not None
+        sslobj = proto.transport.get_extra_info("ssl_object")
+        context = sslobj.context if sslobj is not None else None
+        session = self._session(context.mesh_id) if isinstance(context, MeshServerContext) else None
+        if session is None:
+            self.handshake_failures += 1
+            proto.abort()
+            return
         try:
             peer = peer_of(proto.transport)
         except ZtmError:
             proto.abort()
             return
-        session = self._session(peer.mesh_id)
-        if session is None:
+        if peer.mesh_id != session.record.mesh_id:
+            session.direct.counters["wrong_mesh"] += 1
+            log.warning(
+                "mesh %s: direct channel refused: a certificate verified by this mesh's CA claims mesh %s (%s of %s)",
+                session.name,
+                peer.mesh_id,
+                peer.ep_id,
+                peer.user,
+            )
             proto.abort()
             return
         _set_nodelay(proto.transport)

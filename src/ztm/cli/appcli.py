@@ -90,7 +90,8 @@ def remote_ep(ctx: Context) -> str | None:
 
 
 def call_app(ctx: Context, app: str, ep: str, method: str, params: dict[str, Any]) -> Any:
-    """Call `method` of `app` on endpoint `ep` through the hub (only the endpoint's owner or root may)."""
+    """Call `method` of `app` on endpoint `ep` through the hub (the endpoint's owner may; root only where the owner
+    ran `ztm root-admin on`)."""
     path = ctx.mesh_path("endpoints", ep, "apps", app, "call")
     try:
         return ctx.client().post(path, {"method": method, "params": params}, timeout=ctx.timeout + RELAY_EXTRA)

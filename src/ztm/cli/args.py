@@ -535,5 +535,11 @@ def configure_evict(p: argparse.ArgumentParser) -> None:
     p.add_argument("user", metavar="USER", help="user to evict")
 
 
+def configure_root_admin(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "state", metavar="on|off", nargs="?", type=Kind({"on": (), "off": ()}), help="turn it on or off (none: show)"
+    )
+
+
 def configure_completion(p: argparse.ArgumentParser) -> None:
     p.add_argument("shell", metavar="bash|zsh", type=Kind({"bash": (), "zsh": ()}), help="shell to complete for")

@@ -607,3 +607,29 @@ def cmd_version(ctx: Context) -> int:
     else:
         ctx.print(f"agent: unknown ({problem})")
     return 0
+
+
+def cmd_root_admin(ctx: Context) -> int:
+    """`ztm root-admin [on|off]`: may root configure this endpoint's tunnels and proxy from afar (`ztm ep NAME ...`)?"""
+    path = ctx.mesh_path("root-admin")
+    state: str | None = ctx.args.state
+    client = ctx.client()
+    value = client.get(path) if state is None else client.post(path, {"enabled": state == "on"})
+    obj = expect_obj(value, "root-admin")
+    if ctx.json:
+        ctx.print_json(obj)
+        return 0
+    mesh, owner = output.clean(str(obj.get("mesh"))), output.cell(obj.get("owner"))
+    if owner == "root":
+        ctx.print(f"root owns this endpoint in mesh {mesh}: it configures it from afar whatever this setting says")
+    elif obj.get("enabled"):
+        ctx.print(
+            f"root may configure this endpoint's tunnels and proxy from afar in mesh {mesh} ('ztm ep NAME tunnel|"
+            "proxy ...'); 'ztm root-admin off' stops it"
+        )
+    else:
+        ctx.print(
+            f"only the owner ({owner}) may configure this endpoint's tunnels and proxy from afar in mesh {mesh}; "
+            "'ztm root-admin on' lets root too"
+        )
+    return 0

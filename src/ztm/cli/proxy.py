@@ -3,7 +3,8 @@
 Locally the commands call the proxy app's routes (`/api/meshes/MESH/apps/proxy/...`); when the namespace carries an
 endpoint (`ep_name`, as `ztm ep NAME ...` sets it) they become relayed calls (`POST .../endpoints/EP/apps/proxy/call`
 with `{"method": "get"|"config"|"rules"|"insert_rule"|"delete_rule", "params": {...}}`), which that endpoint answers
-only for its owner or root. `configure_proxy(parser, prefix)` builds the same tree under any prefix.
+only for its owner (and for root where the owner ran `ztm root-admin on`). `configure_proxy(parser, prefix)` builds
+the same tree under any prefix.
 
 This module stays light (no agent code): targets, users and addresses are checked here with the same rules as the
 agent's, so a typo fails at once with exit status 2; the agent checks everything again.
@@ -247,7 +248,9 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         "caller's certificate identity. They are tried in order: the first rule whose user (or *) and target match\n"
         "decides; when none matches, the connection is allowed (end with '--deny * *' to allow only what is\n"
         "listed). A target in a rule matches names as in --add-target, and networks match the addresses a name\n"
-        "resolves to. Without options: list the rules with their numbers.",
+        "resolves to. A deny rule on a name also denies the addresses the exit resolves it to (deny bob localhost\n"
+        "denies 127.0.0.1 too); one on *.DOMAIN denies every address given without a name. Without options: list\n"
+        "the rules with their numbers.",
         (
             f"{cmd} rules",
             f"{cmd} rules --deny bob '*.secret.example'",

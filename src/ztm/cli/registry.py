@@ -191,6 +191,19 @@ COMMANDS: list[Command] = [
         ("ztm evict alice",),
     ),
     Command(
+        "root-admin",
+        MANAGE,
+        "root-admin [on|off]",
+        "let root configure this endpoint's tunnels and proxy from afar (off by default)",
+        a.configure_root_admin,
+        c.cmd_root_admin,
+        "Show, or turn on or off, whether root may configure this endpoint's tunnels and proxy from another\n"
+        "endpoint ('ztm ep NAME tunnel|proxy ...'), in this mesh (--mesh). Off by default: whoever runs the mesh's\n"
+        "hub holds its CA and can pose as root. The owner's own remote configuration is always allowed. Only this\n"
+        "endpoint's own agent can change it; terminal sessions have their own switch ('ztm terminal enable').",
+        ("ztm root-admin", "ztm root-admin on", "ztm root-admin off --mesh office"),
+    ),
+    Command(
         "publish",
         APPS,
         v.synopsis("publish"),
@@ -306,7 +319,8 @@ COMMANDS: list[Command] = [
         t.configure_ep,
         t.cmd_tunnel,
         "Run an app's commands on endpoint NAME instead of this one: the hub relays them, and NAME obeys only its\n"
-        "owner (or root). Apps: tunnel and proxy; see 'ztm help ep tunnel', 'ztm help ep proxy'.",
+        "owner (and root, if the owner ran 'ztm root-admin on' there). Apps: tunnel and proxy; see\n"
+        "'ztm help ep tunnel', 'ztm help ep proxy'.",
         (
             "ztm ep office tunnel open outbound tcp/web --targets 127.0.0.1:8080",
             "ztm ep office tunnel get outbound",
@@ -317,7 +331,7 @@ COMMANDS: list[Command] = [
     Command(
         "terminal",
         APPS,
-        "terminal open|exec|config|help ...",
+        "terminal open|exec|enable|disable|config|help ...",
         "remote shells and commands on endpoints (the terminal app)",
         term.configure_terminal,
         term.cmd_terminal,

@@ -1,4 +1,4 @@
-"""`ztm terminal open|exec|config|help`: remote shells and commands on endpoints (the terminal app).
+"""`ztm terminal open|exec|enable|disable|config|help`: remote shells and commands on endpoints (the terminal app).
 
 `config` calls the app's JSON routes (`/api/meshes/MESH/apps/terminal[/config]`); `open` and `exec` carry a session
 over the agent's WebSocket route (`.../apps/terminal/endpoints/EP/session`) with `ztm.cli.terminal_session`, which
@@ -29,22 +29,25 @@ Open a shell on another endpoint, or run a command there, through the hub.
 Ctrl-C, Ctrl-D, Ctrl-Z and window resizes go to the remote side, and the command exits with the remote shell's exit
 status. 'exec' runs one command without a terminal: its stdout and stderr arrive on this command's stdout and stderr,
 this command's stdin is its stdin, and its exit status becomes this command's (128+N if it was killed by signal N).
-An endpoint lets in only its owner (the user of its certificate) and the users it lists with
-'ztm terminal config --add-user USER' (run on that endpoint); others are refused. Every session is logged there
-(who, from which endpoint, what, how it ended: 'ztm log ep NAME'). The remote processes run as the OS user of that
-endpoint's agent, and are killed when the session ends."""
+Sessions into an endpoint are off until its owner runs 'ztm terminal enable' on it (per mesh): whoever runs the
+mesh's hub holds its CA and could pose as the owner. When on, an endpoint lets in only its owner (the user of its
+certificate) and the users it lists with 'ztm terminal config --add-user USER' (run on that endpoint); others are
+refused. Every session is logged there (who, from which endpoint, what, how it ended: 'ztm log ep NAME'). The
+remote processes run as the OS user of that endpoint's agent, and are killed when the session ends."""
 
 COMMANDS = """\
 commands:
   open EP [--term TERM]                      interactive shell on endpoint EP
   exec EP -- COMMAND [ARG ...]               run a command on EP (no terminal)
+  enable | disable                           allow or stop sessions into this endpoint (off by default)
   config [--set-shell CMD] [--reset-shell] [--add-user USER ...] [--del-user USER ...]
                                              this endpoint's shell and allowed users (no option: show them)
-  help [open|exec|config]                    this text, or one command's options"""
+  help [open|exec|enable|disable|config]     this text, or one command's options"""
 
 DESCRIPTION = f"{OVERVIEW}\n\n{COMMANDS}"
 
 EXAMPLES = (
+    "ztm terminal enable",
     "ztm terminal open office",
     "ztm terminal exec office -- uname -a",
     "ztm terminal exec office -- 'df -h | sort -k5'",
@@ -99,7 +102,7 @@ shell_type.__name__ = "shell"
 def configure_terminal(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(
         dest="target",
-        metavar="open|exec|config|help",
+        metavar="open|exec|enable|disable|config|help",
         required=True,
         prog="ztm terminal",
         parser_class=ZtmArgumentParser,
@@ -138,6 +141,22 @@ def configure_terminal(p: argparse.ArgumentParser) -> None:
     )
     execer.add_argument("ep", metavar="EP", type=ep_type, help="endpoint name or id")
     execer.add_argument("words", metavar="COMMAND", nargs="*", help="the command and its arguments, after --")
+    for action, summary, description in (
+        (
+            "enable",
+            "allow terminal sessions into this endpoint (in this mesh)",
+            "Allow sessions into this endpoint, in this mesh (--mesh): its owner and the users listed with\n"
+            "'ztm terminal config --add-user' may then open shells and run commands here as the agent's OS user.\n"
+            "Off by default, because whoever runs the mesh's hub holds its CA and could pose as the owner: turn it on\n"
+            "only where you trust the hub's operator with a shell. Only this endpoint's own agent can turn it on.",
+        ),
+        (
+            "disable",
+            "refuse terminal sessions into this endpoint (the default)",
+            "Refuse every new session into this endpoint, in this mesh (sessions already open go on until they end).",
+        ),
+    ):
+        add_sub(sub, action, "ztm terminal", action, summary, description, (f"ztm terminal {action}",))
     config = add_sub(
         sub,
         "config",
@@ -166,7 +185,7 @@ def configure_terminal(p: argparse.ArgumentParser) -> None:
         sub,
         "help",
         "ztm terminal",
-        "help [open|exec|config]",
+        "help [open|exec|enable|disable|config]",
         "what the terminal app does, and its commands",
         "Explain the terminal app and list its commands, or show one command's options and examples.",
         ("ztm terminal help", "ztm terminal help exec"),
@@ -180,6 +199,8 @@ def cmd_terminal(ctx: Context) -> int:
         return _help(ctx)
     if action == "config":
         return _config(ctx)
+    if action in ("enable", "disable"):
+        return _switch(ctx, action == "enable")
     from ztm.cli import terminal_session
 
     if action == "open":
@@ -192,6 +213,21 @@ def cmd_terminal(ctx: Context) -> int:
 
 def _help(ctx: Context) -> int:
     return show_help(ctx, APP)
+
+
+def _switch(ctx: Context, enabled: bool) -> int:
+    value = ctx.client().post(ctx.mesh_path("apps", "terminal", "config"), {"enabled": enabled})
+    view = expect_obj(value, "the terminal configuration")
+    if ctx.json:
+        ctx.print_json(view)
+    elif enabled:
+        ctx.print(
+            f"terminal sessions into this endpoint are on: its owner ({output.cell(view.get('owner'))}) and the "
+            "listed users may open them ('ztm terminal disable' turns them off)"
+        )
+    else:
+        ctx.print("terminal sessions into this endpoint are off ('ztm terminal enable' turns them on)")
+    return 0
 
 
 def _config(ctx: Context) -> int:
@@ -219,6 +255,7 @@ def _config(ctx: Context) -> int:
     ctx.print(
         output.key_values(
             [
+                ("sessions in", "on" if view.get("enabled") else "off ('ztm terminal enable' turns them on)"),
                 ("shell", output.cell(view.get("effective_shell")) + ("" if view.get("shell") else " (default)")),
                 ("owner", output.cell(view.get("owner"))),
                 ("users", output.cell(users) if users else "(only the owner)"),

@@ -4,7 +4,7 @@ The same parser tree serves both: `configure_tunnel` builds it under `ztm tunnel
 `ztm ep NAME tunnel`. Locally the commands call the tunnel app's routes (`/api/meshes/MESH/apps/tunnel/...`); on
 another endpoint they become relayed calls (`POST /api/meshes/MESH/endpoints/EP/apps/tunnel/call` with
 `{"method": "open_inbound"|"open_outbound"|"close"|"list", "params": {...}}`), which that endpoint answers only for
-its owner or root.
+its owner (and root where the owner ran `ztm root-admin on`).
 
 This module stays light (no asyncio, no agent code): names and addresses are checked here with the same rules as
 the agent's, so a typo fails at once with exit status 2, and the agent checks everything again.
@@ -70,8 +70,8 @@ The same with udp/NAME."""
 
 OVERVIEW = f"{CONCEPTS}\n\n{COMMANDS} 'ztm ep NAME tunnel ...' does the same on another endpoint you own."
 REMOTE_OVERVIEW = (
-    f"{CONCEPTS}\n\nThese commands act on endpoint NAME: the hub relays them, and NAME obeys only its owner (or root)."
-    f"\n\n{COMMANDS}"
+    f"{CONCEPTS}\n\nThese commands act on endpoint NAME: the hub relays them, and NAME obeys only its owner (and\n"
+    f"root, if the owner ran 'ztm root-admin on' there).\n\n{COMMANDS}"
 )
 
 EXAMPLES = (
@@ -343,7 +343,11 @@ def configure_ep(p: argparse.ArgumentParser) -> None:
     """`ztm ep NAME APP ...`: NAME and APP are read here, the rest by APP's own parser tree (which is therefore not
     an argparse subcommand of `ep`: `ztm ep tunnel --help` would read `tunnel` as NAME)."""
     assert isinstance(p, ZtmArgumentParser)
-    p.add_argument("ep_name", metavar="NAME", help="endpoint name or id (one of yours, unless you are root)")
+    p.add_argument(
+        "ep_name",
+        metavar="NAME",
+        help="endpoint name or id (one of yours; root: one whose owner ran 'ztm root-admin on')",
+    )
     p.add_argument("app", metavar="tunnel|proxy", type=Kind({APP: (), px.APP: ()}), help="the app to configure there")
     p.add_argument("words", metavar="...", nargs="*", help="the app's command: see 'ztm help ep tunnel'")
     tree = ZtmArgumentParser(
@@ -358,7 +362,8 @@ def configure_ep(p: argparse.ArgumentParser) -> None:
     proxy = ZtmArgumentParser(
         prog="ztm ep NAME proxy",
         usage="ztm ep NAME proxy config|rules|get|help ... [global options]",
-        description=f"{px.OVERVIEW}\n\nThese commands act on endpoint NAME: it obeys only its owner (or root).",
+        description=f"{px.OVERVIEW}\n\nThese commands act on endpoint NAME: it obeys only its owner (and root,\n"
+        "if the owner ran 'ztm root-admin on' there).",
     )
     proxy.topic = "ep proxy"
     px.proxy_tree(proxy, "ztm ep NAME proxy", "ztm ep office proxy")

@@ -36,6 +36,7 @@ from typing import Any
 
 from ztm import epref, h2, validate
 from ztm.addr import Address
+from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.apps.exits import ROOT, ExitPolicy, check_choice
@@ -48,6 +49,8 @@ log = logging.getLogger("ztm.proxy")
 
 EXITS_TTL = 1.0
 RESOLVE_TIMEOUT = 2.0
+NAMED_TTL = 30.0
+"""Seconds the exit keeps the addresses of a deny rule's name before it resolves the name again."""
 CONNECT_BUDGET = 3.5
 """Seconds an exit may spend resolving and connecting: the hub gives it 5 s to accept a stream."""
 MAX_PINS = 64
@@ -91,6 +94,7 @@ class ProxyApp(MeshApp):
         self._auth_checks = asyncio.Semaphore(AUTH_CHECKS)
         self._rr: Counter[str] = Counter()
         self._exits_cache: tuple[float, list[Exit]] | None = None
+        self._named_cache: dict[str, tuple[float, frozenset[spec.IP]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
@@ -352,10 +356,9 @@ class ProxyApp(MeshApp):
         return sorted(exits.values(), key=lambda e: str(e["name"]))
 
     async def call(self, method: str, params: Any, caller: Caller) -> Any:
-        """Remote configuration (`ztm ep EP proxy ...`): only this endpoint's owner (or root) may."""
-        if caller.user not in (self.ctx.user, "root"):
-            owner = "root (the owner)" if self.ctx.user == "root" else f"{self.ctx.user!r} (the owner) or root"
-            raise Forbidden(f"only {owner} may configure the proxy on this endpoint")
+        """Remote configuration (`ztm ep EP proxy ...`): this endpoint's owner, or root if the owner allows it."""
+        ctx = self.ctx
+        optin.check_remote_config(ctx.store, ctx.mesh, ctx.user, ctx.session.record.ep_name, caller, "the proxy")
         body = params if isinstance(params, dict) else {}
         if method == "get":
             return self.config_view()
@@ -540,13 +543,14 @@ class ProxyApp(MeshApp):
             if early is not None and not early[0]:
                 raise Refused(spec.DENIED, self._denial(early[1], caller, dest))
         addresses = [ip] if ip is not None else await _resolve(dest, protocol)
+        named = await self._named(spec.deny_names(self.rules, caller.user))
         allowed: list[spec.IP] = []
         why = ""
         for address in addresses:
             if not self.targets.allows(dest.name, address):
                 why = f"{dest} ({address}) is not among the targets of this exit"
                 continue
-            ok, number = spec.decide(self.rules, caller.user, dest.name, address)
+            ok, number = spec.decide(self.rules, caller.user, dest.name, address, named)
             if not ok:
                 why = self._denial(number or 1, caller, dest)
                 continue
@@ -555,8 +559,25 @@ class ProxyApp(MeshApp):
             raise Refused(spec.DENIED, why)
         return allowed
 
+    async def _named(self, names: list[str]) -> dict[str, frozenset[spec.IP]]:
+        """The addresses of deny rules' names as resolved here (cached for `NAMED_TTL`; a name that does not
+        resolve has none), so that a rule denying a name denies the same host by address too."""
+        now = time.monotonic()
+        stale = [n for n in names if n not in self._named_cache or self._named_cache[n][0] <= now]
+        if stale:
+            found = await asyncio.gather(*(_addresses_of(n) for n in stale))
+            for name, addresses in zip(stale, found, strict=True):
+                self._named_cache[name] = (now + NAMED_TTL, addresses)
+            if len(self._named_cache) > 4 * spec.MAX_RULES:
+                self._named_cache = {n: v for n, v in self._named_cache.items() if n in names}
+        return {n: self._named_cache[n][1] for n in names}
+
     def _denial(self, number: int, caller: Caller, dest: Destination) -> str:
-        return f"rule {number} ({self.rules[number - 1]}) denies user {caller.user!r} access to {dest}"
+        rule = self.rules[number - 1]
+        reason = f"rule {number} ({rule}) denies user {caller.user!r} access to {dest}"
+        if dest.name is None and rule.target.kind == "suffix":
+            reason += " (an address given without a name may be one of those names: allow it by network before it)"
+        return reason
 
 
 def _refs(value: object, what: str) -> tuple[str, ...]:
@@ -599,6 +620,16 @@ def _edit(
     if len(result) > spec.MAX_SPECS:
         raise BadInput(f"at most {spec.MAX_SPECS} {plural}")
     return result
+
+
+async def _addresses_of(name: str) -> frozenset[spec.IP]:
+    """Every address `name` resolves to here; none if it does not resolve in time."""
+    try:
+        infos = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(name, None), RESOLVE_TIMEOUT)
+    except (OSError, TimeoutError):
+        return frozenset()
+    found = (spec.parse_ip(str(info[4][0]).partition("%")[0]) for info in infos)
+    return frozenset(a for a in found if a is not None)
 
 
 async def _resolve(dest: Destination, protocol: str) -> list[spec.IP]:

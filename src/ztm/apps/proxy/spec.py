@@ -6,6 +6,8 @@
 * `TargetSet`: an exit's targets minus its exclusions; how it is published to the mesh (`target/KIND/VALUE`) and read
   back by entrances, and the entrance's routing question "may this exit serve that destination?".
 * `Rule`: allow or deny a user (or `*`) a target; `decide` applies a rule list, first match wins, no match allows.
+  A deny rule on a name also denies that host by address (the exit resolves the names `deny_names` lists and
+  passes their addresses in); a deny rule on `*.DOMAIN` also denies addresses given without a name.
 * `Credentials` (what a client sent) and `ProxyAuth` (the entrance's user name and scrypt-hashed password).
 * Refusal reasons: an exit refuses a stream with `CODE: message`, so the entrance can answer its client in the
   client's own protocol (a SOCKS5 reply code, an HTTP status).
@@ -20,7 +22,7 @@ import hmac
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,8 @@ from ztm.errors import BadInput
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+NamedAddresses = Mapping[str, frozenset[IP]]
+"""A deny rule's name -> the addresses it resolves to at the exit."""
 
 MAX_HOST = 118
 """Longest destination host: a service name holds at most 128 characters (`tcp/` + host + `/65535`)."""
@@ -255,8 +259,19 @@ class Rule:
     def __str__(self) -> str:
         return f"{self.action} {self.user} {self.target}"
 
-    def matches(self, user: str, name: str | None, ip: IP | None) -> bool:
-        return self.user in (ANY, user) and self.target.matches(name, ip)
+    def matches(self, user: str, name: str | None, ip: IP | None, named: NamedAddresses | None = None) -> bool:
+        """Does the rule apply to `user` going to `name` (None: an IP literal) at `ip`? A deny rule on a name also
+        covers that host by address: the addresses the exit resolved the name to (`named`); a deny rule on
+        `*.DOMAIN`, whose names cannot be resolved, covers every address given without a name."""
+        if self.user not in (ANY, user):
+            return False
+        if self.target.matches(name, ip):
+            return True
+        if self.action != "deny" or ip is None:
+            return False
+        if self.target.kind == "domain":
+            return ip in (named or {}).get(self.target.value, frozenset())
+        return self.target.kind == "suffix" and name is None
 
     def to_json(self) -> dict[str, str]:
         return {"action": self.action, "user": self.user, "target": str(self.target)}
@@ -281,10 +296,20 @@ def parse_rules(value: object) -> tuple[Rule, ...]:
     return tuple(Rule.parse(i) for i in items)
 
 
-def decide(rules: Sequence[Rule], user: str, name: str | None, ip: IP | None) -> tuple[bool, int | None]:
-    """(allowed, 1-based number of the deciding rule or None): the first rule that matches decides; none allows."""
+def deny_names(rules: Sequence[Rule], user: str) -> list[str]:
+    """The names of the deny rules that apply to `user`: the exit resolves them (`NamedAddresses`) so that the same
+    hosts are denied by address too."""
+    return list(dict.fromkeys(r.target.value for r in rules if r.action == "deny" and r.target.kind == "domain"
+                              and r.user in (ANY, user)))  # fmt: skip
+
+
+def decide(
+    rules: Sequence[Rule], user: str, name: str | None, ip: IP | None, named: NamedAddresses | None = None
+) -> tuple[bool, int | None]:
+    """(allowed, 1-based number of the deciding rule or None): the first rule that matches decides; none allows.
+    `named`: the addresses of the names in `deny_names`, as the exit resolved them."""
     for i, rule in enumerate(rules, 1):
-        if rule.matches(user, name, ip):
+        if rule.matches(user, name, ip, named):
             return rule.action == "allow", i
     return True, None
 

@@ -59,11 +59,13 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
 
     async def configure(request: web.Request) -> web.Response:
         body = validate.json_object(await request.read())
-        unknown = set(body) - {"shell", "add_users", "del_users"}
+        unknown = set(body) - {"enabled", "shell", "add_users", "del_users"}
         if unknown:
-            raise BadInput(f"unknown field {sorted(unknown)[0]!r}: expected shell, add_users, del_users")
+            raise BadInput(f"unknown field {sorted(unknown)[0]!r}: expected enabled, shell, add_users, del_users")
         terminal = terminal_app(request)
-        result = terminal.configure(body.get("shell", UNSET), body.get("add_users"), body.get("del_users"))
+        result = terminal.configure(
+            body.get("shell", UNSET), body.get("add_users"), body.get("del_users"), body.get("enabled", UNSET)
+        )
         return reply(result, 200)
 
     async def session(request: web.Request) -> web.StreamResponse:

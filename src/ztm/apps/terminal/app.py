@@ -1,11 +1,13 @@
 """`TerminalApp`: remote shells (on a PTY) and remote commands (on pipes) on this endpoint, for its owner and the
 users it lists; and, on the opener's side, the stream that carries such a session to another endpoint.
 
-Target: a stream for service `shell` or `exec` is accepted only if the caller's user, as the hub asserts it from the
-caller's certificate, is this endpoint's owner (the user of its own certificate) or listed with `--add-user`; anyone
-else is refused with a reason before anything runs. Each session is logged here (who, from which endpoint, what,
+Target: sessions are off until this endpoint's owner turns them on here, per mesh (`ztm terminal enable`, local API
+only: no relayed call can), because whoever holds the mesh's CA (its hub operator) can mint the owner's identity.
+When on, a stream for service `shell` or `exec` is accepted only if the caller's user, as the hub asserts it from
+the caller's certificate, is this endpoint's owner (the user of its own certificate) or listed with `--add-user`;
+anyone else is refused with a reason before anything runs. Each session is logged here (who, from which endpoint, what,
 how it ended) and kept in a short in-memory history. Processes run as the agent's OS user, in the agent's HOME.
-Configuration (`shell`, `users`) lives in the agent database and survives restarts.
+Configuration (`enabled`, `shell`, `users`) lives in the agent database and survives restarts.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ class TerminalApp(MeshApp):
 
     def __init__(self, ctx: AppContext) -> None:
         super().__init__(ctx)
+        self.enabled = False
+        """Sessions into this endpoint are allowed at all (`ztm terminal enable`); off by default."""
         self.shell: str | None = None
         """The configured shell command line; None = the login shell."""
         self.users: list[str] = []
@@ -82,6 +86,7 @@ class TerminalApp(MeshApp):
     async def start(self) -> None:
         items = self.ctx.config_items()
         shell, users = items.get("shell"), items.get("users")
+        self.enabled = items.get("enabled") is True
         if isinstance(shell, str):
             self.shell = shell
         if isinstance(users, list):
@@ -105,8 +110,13 @@ class TerminalApp(MeshApp):
             return ["/bin/sh"]
         return [login_shell()]
 
-    def configure(self, shell: Any = UNSET, add_users: Any = None, del_users: Any = None) -> dict[str, Any]:
-        """Change the shell (None: back to the login shell) and the user list; nothing changes if any part is bad."""
+    def configure(
+        self, shell: Any = UNSET, add_users: Any = None, del_users: Any = None, enabled: Any = UNSET
+    ) -> dict[str, Any]:
+        """Turn sessions on or off, change the shell (None: back to the login shell) and the user list; nothing
+        changes if any part is bad."""
+        if enabled is not UNSET and not isinstance(enabled, bool):
+            raise BadInput("enabled must be true or false ('ztm terminal enable' or 'ztm terminal disable')")
         new_shell = self.shell
         if shell is not UNSET:
             new_shell = None if shell is None or shell == "" else " ".join(shlex.quote(w) for w in parse_shell(shell))
@@ -128,7 +138,14 @@ class TerminalApp(MeshApp):
         if sorted(users) != self.users:
             self.ctx.config_set("users", sorted(users))
             self.users = sorted(users)
-        changes = [f"shell {self.shell or 'login shell'}"] if shell is not UNSET else []
+        if enabled is not UNSET and enabled != self.enabled:
+            if enabled:
+                self.ctx.config_set("enabled", True)
+            else:
+                self.ctx.config_delete("enabled")
+            self.enabled = enabled
+        changes = [f"sessions {'on' if self.enabled else 'off'}"] if enabled is not UNSET else []
+        changes += [f"shell {self.shell or 'login shell'}"] if shell is not UNSET else []
         changes += [f"user {u} added" for u in adding] + [f"user {u} removed" for u in removing]
         if changes:
             log.info("mesh %s: terminal configured: %s", self.ctx.mesh, ", ".join(changes))
@@ -137,6 +154,7 @@ class TerminalApp(MeshApp):
     def describe(self) -> dict[str, Any]:
         c = self.counters
         return {
+            "enabled": self.enabled,
             "shell": self.shell,
             "effective_shell": shlex.join(self.shell_argv()),
             "owner": self.ctx.user,
@@ -168,6 +186,22 @@ class TerminalApp(MeshApp):
     async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
         if service not in MODES:
             await self.ctx.refuse(stream_id, f"terminal offers {' and '.join(MODES)}, not {service[:60]!r}")
+            return
+        if not self.enabled:
+            self.counters["terminal:refused"] += 1
+            log.warning(
+                "mesh %s: terminal %s refused for user %s from endpoint %s (%s): the terminal is off here",
+                self.ctx.mesh,
+                service,
+                caller.user,
+                caller.name,
+                caller.ep_id,
+            )
+            await self.ctx.refuse(
+                stream_id,
+                f"the terminal is off on endpoint {self.ctx.session.record.ep_name!r}: its owner turns it on there "
+                "with 'ztm terminal enable'",
+            )
             return
         if not self.allowed(caller.user):
             self.counters["terminal:refused"] += 1

@@ -27,6 +27,7 @@ from typing import Any
 
 from ztm import epref, h2
 from ztm.addr import Address
+from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.agent.direct_pipe import splice_direct
@@ -207,10 +208,9 @@ class TunnelApp(MeshApp):
         }
 
     async def call(self, method: str, params: Any, caller: Caller) -> Any:
-        """Remote configuration (`ztm ep EP tunnel ...`): only this endpoint's owner (or root) may."""
-        if caller.user not in (self.ctx.user, "root"):
-            owner = "root (the owner)" if self.ctx.user == "root" else f"{self.ctx.user!r} (the owner) or root"
-            raise Forbidden(f"only {owner} may configure tunnels on this endpoint")
+        """Remote configuration (`ztm ep EP tunnel ...`): this endpoint's owner, or root if the owner allows it."""
+        ctx = self.ctx
+        optin.check_remote_config(ctx.store, ctx.mesh, ctx.user, ctx.session.record.ep_name, caller, "tunnels")
         body = params if isinstance(params, dict) else {}
         if method == "open_inbound":
             return await self.open_inbound(Inbound.parse(body))

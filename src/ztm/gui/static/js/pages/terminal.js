@@ -30,7 +30,7 @@ export async function render(ctx) {
   const config = h("div");
 
   ctx.root.append(
-    pageHead("Terminal", "A shell on an endpoint of the mesh, through the hub. The endpoint's owner and the users it lists may open one."),
+    pageHead("Terminal", "A shell on an endpoint of the mesh, through the hub. The endpoint's owner and the users it lists may open one, once its owner turned sessions on there."),
     h("section", { class: "card" },
       h("div", { class: "row", style: "margin-bottom:10px" }, field("Endpoint", target), h("div", { class: "field" }, h("div", { class: "actions" }, connect, hangup)), h("span", { class: "spacer" }), h("div", { class: "field" }, state)),
       problem,
@@ -117,11 +117,17 @@ export async function render(ctx) {
     const users = h("input", { placeholder: "alice bob", autocomplete: "off" });
     clear(config, card("Sessions on this endpoint",
       kv([
+        ["sessions in", c.enabled ? "on" : "off: nobody may open one here"],
         ["shell", h("span", { class: "mono" }, c.effective_shell)],
         ["owner", c.owner],
         ["also allowed", c.users.length ? c.users.join(", ") : "nobody else"],
         ["sessions", `${c.active} open, ${c.sessions} in all, ${c.refused} refused`],
       ]),
+      h("div", { class: "actions" }, h("button", {
+        type: "button", class: c.enabled ? "small danger" : "small", "data-testid": "term-enable",
+        title: "Whoever runs the mesh's hub could pose as the owner: turn sessions on only if you trust it with a shell.",
+        onclick: (e) => act(e.currentTarget, async () => { await post(`${base}/config`, { enabled: !c.enabled }); await drawConfig(); }, c.enabled ? "Sessions off" : "Sessions on"),
+      }, c.enabled ? "Turn sessions off" : "Turn sessions on")),
       h("form", {
         class: "row", style: "margin-top:12px",
         onsubmit: (e) => { e.preventDefault(); act(e.submitter, async () => { await post(`${base}/config`, { add_users: words(users.value) }); await drawConfig(); }, "Users allowed"); },
