@@ -248,11 +248,16 @@ class MeshDirect:
             log.warning("mesh %s: direct channels not set up: %s", self.session.name, exc)
 
     async def on_crl(self) -> None:
-        """The hub changed its CRL (an eviction): install the new one, closing revoked peers' channels."""
-        try:
-            await self.refresh_crl()
-        except (ZtmError, OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("mesh %s: could not fetch the new CRL: %s", self.session.name, exc)
+        """The hub changed its CRL (an eviction): install the new one, closing revoked peers' channels. A failed
+        fetch is retried (1 s, 2 s, 4 s, 8 s): until it is in, a revoked peer could still open channels here."""
+        for delay in (1.0, 2.0, 4.0, 8.0, None):
+            try:
+                await self.refresh_crl()
+                return
+            except (ZtmError, OSError, ValueError, TypeError, KeyError) as exc:
+                log.warning("mesh %s: could not fetch the new CRL: %s", self.session.name, exc)
+            if delay is not None:
+                await asyncio.sleep(delay)
 
     async def refresh_crl(self) -> None:
         answer = await self.session.link.request("GET", "/api/crl")

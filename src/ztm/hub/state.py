@@ -20,8 +20,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import pki
-from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable
+from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unauthorized, Unavailable
 from ztm.hub.authority import ROOT_USER, Authority
+from ztm.hub.conns import Connections
 from ztm.hub.store import EndpointRecord, HubStore
 from ztm.timefmt import iso
 from ztm.version import __version__
@@ -62,6 +63,8 @@ class Session:
     wait behind tunnel data on a slow link."""
     last_traffic: float = field(default_factory=time.time)
     received_at_sweep: int = 0
+    conn_key: int | None = None
+    """The `Connections` key of the session's connection (the session closes it after its last event)."""
     queue: asyncio.Queue[tuple[str, bytes] | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE_LIMIT)
     )
@@ -122,16 +125,34 @@ class HubState:
         """Per endpoint id, per app: the services it offers (published by agents after every hello)."""
         self.direct: dict[str, str] = {}
         """Per online endpoint id: the `HOST:PORT` where it accepts direct connections from peers (POST /api/direct)."""
+        self.conns = Connections()
+        """Every live connection and its peer: closed on eviction, revocation and certificate expiry."""
         self._revoked: set[int] = set(store.revoked_serials(time.time()))
         authority.rebuild_crl(self._revoked)
 
     # identity
-    def peer_allowed(self, peer: Peer) -> bool:
-        """Second line behind the CRL: refuse revoked serials and evicted users after the handshake too."""
+    def refusal(self, peer: Peer) -> str | None:
+        """Why `peer` may do nothing now (None: it may). Checked at accept and on every request, behind the CRL:
+        a revoked serial, an evicted or unknown user, an expired certificate."""
         if peer.serial in self._revoked:
-            return False
+            return "this certificate is revoked; ask root for a new permit"
         user = self.users.get(peer.user)
-        return user is not None and user.evicted_at is None
+        if user is None:
+            return f"user {peer.user!r} is not a member of this mesh; ask root for a permit (ztm invite)"
+        if user.evicted_at is not None:
+            return f"user {peer.user!r} was evicted from this mesh; ask root for a new permit"
+        if time.time() >= peer.not_after:
+            return "this certificate expired; the agent enrols again with its permit"
+        return None
+
+    def peer_allowed(self, peer: Peer) -> bool:
+        return self.refusal(peer) is None
+
+    def check_peer(self, peer: Peer) -> None:
+        """Raise `Unauthorized` if `peer` may do nothing now (`refusal`)."""
+        reason = self.refusal(peer)
+        if reason is not None:
+            raise Unauthorized(reason)
 
     def require_ep(self, peer: Peer) -> EndpointRecord:
         if peer.ep_id is None:
@@ -160,6 +181,7 @@ class HubState:
         """Register (or re-register) an endpoint of the peer's user; returns it and a short-lived cert PEM."""
         if peer.ep_id is not None:
             raise Forbidden("enrol with a user certificate (the permit's), not an endpoint certificate")
+        self.check_peer(peer)
         existing = self.endpoints.get(ep_id)
         if existing is not None and existing.user != peer.user:
             raise Forbidden(f"endpoint id {ep_id} belongs to another user")
@@ -193,6 +215,7 @@ class HubState:
         return ep, pki.cert_to_pem(cert)
 
     def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
+        self.check_peer(peer)
         ep = self.require_ep(peer)
         cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self.cert_ttl)
         log.info("renewed the certificate of endpoint %s (%s)", ep.name, ep.id)
@@ -200,8 +223,13 @@ class HubState:
 
     # sessions
     def open_session(
-        self, peer: Peer, close_connection: Callable[[], None], received: Callable[[], int] = lambda: 0
+        self,
+        peer: Peer,
+        close_connection: Callable[[], None],
+        received: Callable[[], int] = lambda: 0,
+        conn_key: int | None = None,
     ) -> Session:
+        self.check_peer(peer)
         ep = self.require_ep(peer)
         old = self.sessions.get(ep.id)
         if old is None and len(self.sessions) >= self.max_agents:
@@ -213,6 +241,7 @@ class HubState:
             received=received,
             address=peer.address,
             cert_not_after=peer.not_after,
+            conn_key=conn_key,
         )
         self.sessions[ep.id] = session
         if old is not None:
@@ -279,9 +308,17 @@ class HubState:
         """Re-sign the CRL (it carries a next-update time) and drop revoked serials that have expired anyway."""
         now = time.time()
         self.store.prune_certs(now)
+        self._crl_changed(now)
+
+    def _crl_changed(self, now: float, *, spare: set[int] | None = None) -> None:
+        """After revocations changed: a new CRL (and TLS context), agents told (`crl`: they reload it for direct
+        channels), and every connection of a revoked certificate closed but those in `spare` (closed by their
+        sessions after a last event)."""
         self._revoked = set(self.store.revoked_serials(now))
         self.authority.rebuild_crl(self._revoked)
         self.broadcast({"type": "crl", "number": self.authority.crl_number})
+        revoked = self._revoked
+        self.conns.close_where(lambda p: p.serial in revoked, spare=spare or set())
 
     def broadcast(self, event: dict[str, Any], *, exclude: str | None = None) -> None:
         self.version += 1
@@ -449,10 +486,13 @@ class HubState:
         self.store.upsert_user(user, evicted_at=now)
         self.store.revoke_user_certs(user)
         self.users = {u.name: u for u in self.store.users()}
-        self._revoked = set(self.store.revoked_serials(now))
-        self.authority.rebuild_crl(self._revoked)
-        self.broadcast({"type": "crl", "number": self.authority.crl_number})  # direct peers reload it
-        for session in [s for s in self.sessions.values() if s.user == user]:
+        # Each live session ends with an `evicted` event (its writer closes the connection once it is out, within
+        # 0.5 s at worst); every other connection of the user closes now. Requests in between are refused.
+        sessions = [s for s in self.sessions.values() if s.user == user]
+        spare = {s.conn_key for s in sessions if s.conn_key is not None}
+        self._crl_changed(now, spare=spare)
+        self.conns.close_where(lambda p: p.user == user, spare=spare)
+        for session in sessions:
             session.push({"type": "evicted", "reason": "root evicted this user from the mesh"})
             self.close_session(session)
             asyncio.get_running_loop().call_later(0.5, session.close_connection)
