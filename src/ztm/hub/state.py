@@ -196,6 +196,7 @@ class HubState:
                 self.store.delete_endpoint(other.id)
                 del self.endpoints[other.id]
         now = time.time()
+        ttl = self._ttl_within(peer.user, peer.not_after, now)  # the user certificate (permit) bounds the endpoint's
         ep = EndpointRecord(
             id=ep_id,
             name=name,
@@ -205,8 +206,9 @@ class HubState:
             hostname=hostname,
             first_seen=existing.first_seen if existing else now,
             last_seen=now,
+            user_not_after=peer.not_after,
         )
-        cert = self.authority.issue_endpoint(peer.user, ep_id, public_key, self.cert_ttl)
+        cert = self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
         self.store.save_endpoint(ep)
         self.endpoints[ep_id] = ep
         self.version += 1
@@ -217,9 +219,27 @@ class HubState:
     def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
         self.check_peer(peer)
         ep = self.require_ep(peer)
-        cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self.cert_ttl)
+        user_end = ep.user_not_after if ep.user_not_after is not None else self.store.user_cert_end(ep.user)
+        if user_end is not None and user_end <= peer.not_after + 1:
+            raise Forbidden(
+                f"the invitation of user {ep.user!r} ends at {iso(user_end)} and this endpoint certificate already "
+                "lasts until then; ask root for a new permit (ztm invite) and join with it"
+            )
+        cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self._ttl_within(ep.user, user_end))
         log.info("renewed the certificate of endpoint %s (%s)", ep.name, ep.id)
         return pki.cert_to_pem(cert)
+
+    def _ttl_within(self, user: str, user_end: float | None, now: float | None = None) -> float:
+        """An endpoint certificate's lifetime: `--cert-ttl`, cut at the end of the user's invitation (the user
+        certificate), so that `ztm invite --days N` bounds the access it grants."""
+        if user_end is None:
+            return self.cert_ttl
+        left = user_end - (time.time() if now is None else now)
+        if left < 1.0:
+            raise Forbidden(
+                f"the invitation of user {user!r} expired at {iso(user_end)}; ask root for a new permit (ztm invite)"
+            )
+        return min(self.cert_ttl, left)
 
     # sessions
     def open_session(
