@@ -307,7 +307,7 @@ def test_enrolment_beyond_the_per_user_quota_is_refused(make_hub: Make, make_age
         assert root.cli("delete", "ep", "bob-2").stdout.startswith("deleted endpoint bob-2")
         assert "bob-2" not in by_name(root.endpoints())
         line = one_line_error(root.cli("delete", "ep", "bob-2", check=False))
-        assert "no endpoint named 'bob-2'" in line, line
+        assert "no endpoint named bob-2" in line, line
         assert _enroll(client, files / "ep.key", "bob-4")[0] == 200
 
 

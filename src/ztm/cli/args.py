@@ -355,6 +355,12 @@ def hub_options(p: argparse.ArgumentParser) -> None:
         "--max-agents", metavar="N", type=int_range(1, 1_000_000), help="most agents connected at once (default 10000)"
     )
     p.add_argument(
+        "--max-endpoints-per-user",
+        metavar="N",
+        type=int_range(1, 1_000_000),
+        help="most endpoints a user other than root may enrol (default 100; root frees some with 'ztm delete ep')",
+    )
+    p.add_argument(
         "--cert-ttl",
         metavar="SECONDS",
         type=seconds_type,
@@ -533,6 +539,11 @@ def configure_invite(p: argparse.ArgumentParser) -> None:
 
 def configure_evict(p: argparse.ArgumentParser) -> None:
     p.add_argument("user", metavar="USER", help="user to evict")
+
+
+def configure_delete(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="ep", type=Kind(EP_KINDS), help="the word ep (endpoint)")
+    p.add_argument("name", metavar="NAME", help="endpoint name or id")
 
 
 def configure_completion(p: argparse.ArgumentParser) -> None:

@@ -81,6 +81,7 @@ class HubRoutes:
             ("POST", re.compile(r"/api/heartbeat"), self.post_heartbeat),
             ("GET", re.compile(r"/api/endpoints"), self.get_endpoints),
             ("GET", re.compile(rf"/api/endpoints/{ep}"), self.get_endpoint),
+            ("DELETE", re.compile(rf"/api/endpoints/{ep}"), self.delete_endpoint),
             ("POST", re.compile(rf"/api/endpoints/{ep}/labels"), self.post_labels),
             ("POST", re.compile(rf"/api/endpoints/{ep}/call"), self.post_call),
             ("POST", re.compile(r"/api/calls/(?P<id>[0-9a-f]{32})"), self.post_answer),
@@ -224,6 +225,9 @@ class HubRoutes:
 
     async def get_endpoint(self, req: Request) -> Any:
         return self.state.endpoint_view(self.state.find_endpoint(req.arg("ep")))
+
+    async def delete_endpoint(self, req: Request) -> Any:
+        return self.state.delete_endpoint(req.peer, req.arg("ep"))
 
     async def post_labels(self, req: Request) -> Any:
         body = await req.json()

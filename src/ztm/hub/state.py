@@ -102,10 +102,13 @@ class HubState:
         max_agents: int,
         cert_ttl: float,
         heartbeat: float,
+        max_endpoints_per_user: int = 100,
     ) -> None:
         self.store = store
         self.authority = authority
         self.max_agents = max_agents
+        self.max_endpoints_per_user = max_endpoints_per_user
+        """Most endpoint records a user other than root may hold (`--max-endpoints-per-user`)."""
         self.cert_ttl = cert_ttl
         self.heartbeat = heartbeat
         self.started = time.time()
@@ -187,14 +190,25 @@ class HubState:
             raise Forbidden(f"endpoint id {ep_id} belongs to another user")
         if existing is None and len(self.sessions) >= self.max_agents:
             raise Unavailable(f"the hub is full: it serves at most {self.max_agents} endpoints (--max-agents)")
+        if existing is None and peer.user != ROOT_USER:
+            held = sum(1 for e in self.endpoints.values() if e.user == peer.user and e.name != name)
+            if held >= self.max_endpoints_per_user:
+                raise Conflict(
+                    f"user {peer.user!r} has {held} endpoints, the most this hub allows per user "
+                    "(--max-endpoints-per-user); root can remove one with `ztm delete ep NAME`, "
+                    "or join with the name of one of them"
+                )
         for other in list(self.endpoints.values()):
             if other.name == name and other.id != ep_id:
-                if other.user != peer.user:
+                owner = self.users.get(other.user)
+                released = owner is None or owner.evicted_at is not None  # an evicted user holds no names
+                if other.user != peer.user and not released:
                     raise Conflict(f"endpoint name {name!r} is taken by user {other.user!r}; join with another --as")
                 if other.id in self.sessions:
                     raise Conflict(f"endpoint name {name!r} is in use by an online endpoint; join with another --as")
                 self.store.delete_endpoint(other.id)
                 del self.endpoints[other.id]
+                self.services.pop(other.id, None)
         now = time.time()
         ttl = self._ttl_within(peer.user, peer.not_after, now)  # the user certificate (permit) bounds the endpoint's
         ep = EndpointRecord(
@@ -519,6 +533,27 @@ class HubState:
         self.counters["evictions"] += 1
         log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
         return next(u for u in self.list_users() if u["name"] == user)
+
+    def delete_endpoint(self, peer: Peer, ref: str) -> dict[str, Any]:
+        """Root removes an endpoint record: its name and its user's quota slot are free again, its certificates
+        are revoked and its connections closed (its agent has to join again). Returns the record as it was."""
+        self._require_root(peer, "delete endpoints")
+        ep = self.find_endpoint(ref)
+        if ep.id == peer.ep_id:
+            raise BadInput(f"{ep.name!r} is the endpoint you ask from; delete it from another one, or `ztm leave`")
+        view = self.endpoint_view(ep)
+        self.store.delete_endpoint(ep.id)  # saved first: a failed write changes nothing
+        self.store.revoke_endpoint_certs(ep.id)
+        del self.endpoints[ep.id]
+        self.services.pop(ep.id, None)
+        session = self.sessions.get(ep.id)
+        if session is not None:
+            self.close_session(session)
+        self._crl_changed(time.time())
+        self.conns.close_where(lambda p: p.ep_id == ep.id)
+        self.broadcast({"type": "endpoint", "ep": {**view, "online": False, "deleted": True}})
+        log.info("root deleted endpoint %s (%s) of user %s", ep.name, ep.id, ep.user)
+        return view
 
     # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
     async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:

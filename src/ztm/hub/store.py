@@ -113,6 +113,10 @@ class HubStore:
                           (user,))  # fmt: skip
         return None if row is None or row["end"] is None else float(row["end"])
 
+    def revoke_endpoint_certs(self, ep_id: str) -> None:
+        with self.db.transaction() as c:
+            c.execute("UPDATE certs SET revoked = 1 WHERE ep_id = ?", (ep_id,))
+
     def revoked_serials(self, now: float) -> list[int]:
         rows = self.db.all("SELECT serial FROM certs WHERE revoked = 1 AND not_after > ?", (now,))
         return [int(r["serial"], 16) for r in rows]
