@@ -198,6 +198,8 @@ class HubState:
                     "(--max-endpoints-per-user); root can remove one with `ztm delete ep NAME`, "
                     "or join with the name of one of them"
                 )
+        now = time.time()
+        ttl = self._ttl_within(peer.user, peer.not_after, now)  # the user certificate (permit) bounds the endpoint's
         for other in list(self.endpoints.values()):
             if other.name == name and other.id != ep_id:
                 owner = self.users.get(other.user)
@@ -209,8 +211,6 @@ class HubState:
                 self.store.delete_endpoint(other.id)
                 del self.endpoints[other.id]
                 self.services.pop(other.id, None)
-        now = time.time()
-        ttl = self._ttl_within(peer.user, peer.not_after, now)  # the user certificate (permit) bounds the endpoint's
         ep = EndpointRecord(
             id=ep_id,
             name=name,
