@@ -311,6 +311,23 @@ def test_enrolment_beyond_the_per_user_quota_is_refused(make_hub: Make, make_age
         assert _enroll(client, files / "ep.key", "bob-4")[0] == 200
 
 
+def test_one_user_cannot_hoard_endpoint_records(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+    """The attack of the review: on a hub with --max-agents 5, one user enrolled 105 records (names held for good),
+    because only sessions were counted. Now the default per-user quota (100) stops it."""
+    hub = make_hub(extra=["--max-agents", "5"])
+    root, bob = make_agent("root"), make_agent("bob")
+    root.join(MESH, "alice", hub.permit)
+    bob.join(MESH, "bob-laptop", invite(root, bob, "bob", tmp_path / "bob.json"))
+    files = bob.data / "meshes" / MESH
+    with HubClient(hub.address, files, user_cert=True) as client:
+        answers = [_enroll(client, files / "ep.key", f"hoard-{i}") for i in range(105)]
+    enrolled = sum(1 for status, _ in answers if status == 200)
+    assert enrolled == 99, f"bob enrolled {enrolled} more records beside bob-laptop (the quota is 100 in all)"
+    status, got = answers[-1]
+    assert status == 409 and "100 endpoints" in got["error"], (status, got)
+    assert sum(1 for e in root.endpoints() if e["user"] == "bob") == 100
+
+
 def test_an_evicted_users_endpoint_names_are_released(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
     _hub, root, _bob, _permit = mesh_with_bob(make_hub, make_agent, tmp_path)
     carol = make_agent("carol")
