@@ -37,6 +37,8 @@ class HubConfig:
     permit: Path | None = None
     data: Path = field(default_factory=default_data_dir)
     max_agents: int = 10000
+    max_endpoints_per_user: int = 100
+    """Most endpoint records a user other than root may hold (enrolments past it are refused; root deletes some)."""
     cert_ttl: float = 24 * 3600.0
     """Lifetime of endpoint certificates in seconds; agents renew at half-life."""
     heartbeat: float = 5.0

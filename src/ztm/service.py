@@ -124,6 +124,8 @@ def hub_argv(cfg: HubConfig, python: str = sys.executable) -> list[str]:
         argv += ["--permit", str(cfg.permit)]
     if cfg.max_agents != default.max_agents:
         argv += ["--max-agents", str(cfg.max_agents)]
+    if cfg.max_endpoints_per_user != default.max_endpoints_per_user:
+        argv += ["--max-endpoints-per-user", str(cfg.max_endpoints_per_user)]
     if cfg.cert_ttl != default.cert_ttl:
         argv += ["--cert-ttl", repr(cfg.cert_ttl)]
     if cfg.admin is not None:

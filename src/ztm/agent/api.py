@@ -120,6 +120,7 @@ class AgentApi:
         r.add_get(m + "/hubs", self.hubs)
         r.add_get(m + "/endpoints", self.endpoints)
         r.add_get(m + "/endpoints/{ep}", self.endpoint)
+        r.add_delete(m + "/endpoints/{ep}", self.delete_endpoint)
         r.add_post(m + "/endpoints/{ep}/ping", self.ping)
         r.add_post(m + "/endpoints/{ep}/labels", self.labels)
         r.add_get(m + "/endpoints/{ep}/log", self.ep_log)
@@ -194,6 +195,10 @@ class AgentApi:
 
     async def endpoint(self, request: web.Request) -> web.Response:
         return _json(await self.agent.endpoint(request.match_info["mesh"], request.match_info["ep"]))
+
+    async def delete_endpoint(self, request: web.Request) -> web.Response:
+        ep = validate.name(request.match_info["ep"], "endpoint")
+        return _json(await self.agent.hub_call(request.match_info["mesh"], "DELETE", f"/api/endpoints/{ep}"))
 
     async def ping(self, request: web.Request) -> web.Response:
         body = await self._body(request)

@@ -92,6 +92,8 @@ class PeerCert:
     ep_id: str
     user: str
     serial: int
+    not_after: float
+    """When the certificate expires: the channel is closed then."""
 
 
 def peer_of(transport: asyncio.BaseTransport) -> PeerCert:
@@ -104,7 +106,9 @@ def peer_of(transport: asyncio.BaseTransport) -> PeerCert:
     identity = pki.identity_of(cert)
     if identity.ep_id is None or identity.user is None:
         raise CertificateError(f"the peer's certificate names no endpoint ({identity})")
-    return PeerCert(identity.mesh_id, identity.ep_id, identity.user, cert.serial_number)
+    return PeerCert(
+        identity.mesh_id, identity.ep_id, identity.user, cert.serial_number, cert.not_valid_after_utc.timestamp()
+    )
 
 
 class LineProtocol(asyncio.Protocol):
@@ -169,6 +173,14 @@ class DirectChannel:
         self._owner = owner
         owner.live.add(self)
         owner.per_peer[peer.ep_id] += 1
+        self._expiry = asyncio.get_running_loop().call_later(
+            max(0.0, peer.not_after - time.time()), self._expired
+        )  # a certificate's end ends its channels, as the hub closes its connections then
+
+    def _expired(self) -> None:
+        log.info("mesh %s: closing the direct channel of %s: its certificate expired", self._owner.session.name,
+                 self.peer.user)  # fmt: skip
+        self.abort()
 
     @property
     def rest(self) -> bytes:
@@ -188,6 +200,7 @@ class DirectChannel:
         self.done()
 
     def done(self) -> None:
+        self._expiry.cancel()
         owner = self._owner
         if self in owner.live:
             owner.live.discard(self)
@@ -197,7 +210,7 @@ class DirectChannel:
         """The splice ended cleanly both ways: the TLS connection carries the next channel (`rest` is its start)."""
         self.done()
         owner = self._owner
-        if self.peer.serial in owner.revoked or not owner.running:
+        if self.peer.serial in owner.revoked or not owner.running or time.time() >= self.peer.not_after:
             transport.close()
             return
         proto = LineProtocol()
@@ -257,11 +270,16 @@ class MeshDirect:
             log.warning("mesh %s: direct channels not set up: %s", self.session.name, exc)
 
     async def on_crl(self) -> None:
-        """The hub changed its CRL (an eviction): install the new one, closing revoked peers' channels."""
-        try:
-            await self.refresh_crl()
-        except (ZtmError, OSError, ValueError, TypeError, KeyError) as exc:
-            log.warning("mesh %s: could not fetch the new CRL: %s", self.session.name, exc)
+        """The hub changed its CRL (an eviction): install the new one, closing revoked peers' channels. A failed
+        fetch is retried (1 s, 2 s, 4 s, 8 s): until it is in, a revoked peer could still open channels here."""
+        for delay in (1.0, 2.0, 4.0, 8.0, None):
+            try:
+                await self.refresh_crl()
+                return
+            except (ZtmError, OSError, ValueError, TypeError, KeyError) as exc:
+                log.warning("mesh %s: could not fetch the new CRL: %s", self.session.name, exc)
+            if delay is not None:
+                await asyncio.sleep(delay)
 
     async def refresh_crl(self) -> None:
         answer = await self.session.link.request("GET", "/api/crl")

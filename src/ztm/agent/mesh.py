@@ -45,6 +45,12 @@ async def enroll(
     labels: list[str],
 ) -> dict[str, Any]:
     """Ask a hub for an endpoint certificate, authenticating with the permit's user certificate."""
+    end = permit.certificate.not_valid_after_utc
+    if end <= dt.datetime.now(dt.UTC):
+        raise Forbidden(
+            f"the invitation of user {permit.user!r} to this mesh expired at {iso(end.timestamp())}; "
+            "ask root for a new permit (ztm invite), then ztm leave and ztm join with it"
+        )
     conn, _hub = await dial(list(permit.bootstraps), permit.mesh_id, files.user_context())
     try:
         csr = pki.csr_to_pem(pki.make_csr(key, name=ep_id))
@@ -89,7 +95,8 @@ class MeshSession:
         self.record = record
         self.files = files
         self.key = key
-        self.permit = Permit.parse(record.permit)
+        # Checked as of the join: a permit that expired since still names the mesh, and the link says it expired.
+        self.permit = Permit.parse(record.permit, now=dt.datetime.fromtimestamp(record.joined_at, dt.UTC))
         self._save = save
         self._log_tail = log_tail
         self.peers: dict[str, dict[str, Any]] = {}
@@ -178,6 +185,9 @@ class MeshSession:
                 self._store_cert(answer["certificate"])
                 log.info("mesh %s: renewed the endpoint certificate", self.name)
                 self.link.renew_now()
+            except Forbidden as exc:  # e.g. the invitation ends with this certificate: no use asking before it does
+                log.warning("mesh %s: certificate renewal refused: %s", self.name, exc.message)
+                await asyncio.sleep(max(30.0, end - time.time()))
             except (ZtmError, KeyError, TypeError) as exc:
                 log.warning("mesh %s: certificate renewal failed (%s); retrying in 30 s", self.name, exc)
                 await asyncio.sleep(30.0)

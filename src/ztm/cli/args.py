@@ -355,6 +355,12 @@ def hub_options(p: argparse.ArgumentParser) -> None:
         "--max-agents", metavar="N", type=int_range(1, 1_000_000), help="most agents connected at once (default 10000)"
     )
     p.add_argument(
+        "--max-endpoints-per-user",
+        metavar="N",
+        type=int_range(1, 1_000_000),
+        help="most endpoints a user other than root may enrol (default 100; root frees some with 'ztm delete ep')",
+    )
+    p.add_argument(
         "--cert-ttl",
         metavar="SECONDS",
         type=seconds_type,
@@ -539,6 +545,11 @@ def configure_root_admin(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "state", metavar="on|off", nargs="?", type=Kind({"on": (), "off": ()}), help="turn it on or off (none: show)"
     )
+
+
+def configure_delete(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", metavar="ep", type=Kind(EP_KINDS), help="the word ep (endpoint)")
+    p.add_argument("name", metavar="NAME", help="endpoint name or id")
 
 
 def configure_completion(p: argparse.ArgumentParser) -> None:

@@ -583,6 +583,23 @@ def cmd_evict(ctx: Context) -> int:
     return 0
 
 
+def cmd_delete(ctx: Context) -> int:
+    name: str = ctx.args.name
+    try:
+        res = ctx.client().delete(ctx.mesh_path("endpoints", name))
+    except NotFound:
+        raise ctx.endpoint_not_found(name) from None
+    ep = expect_obj(res, "delete")
+    if ctx.json:
+        ctx.print_json(ep)
+        return 0
+    ctx.print(
+        f"deleted endpoint {output.clean(name)} (user {output.cell(ep.get('user'))}) from mesh "
+        f"{output.clean(ctx.mesh())}: its name is free and its certificates are refused from now on"
+    )
+    return 0
+
+
 # ---- version ----
 
 

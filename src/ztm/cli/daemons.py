@@ -50,6 +50,8 @@ def hub_config(args: argparse.Namespace, *, service: bool = False) -> HubConfig:
     )
     if args.max_agents is not None:
         cfg = replace(cfg, max_agents=args.max_agents)
+    if args.max_endpoints_per_user is not None:
+        cfg = replace(cfg, max_endpoints_per_user=args.max_endpoints_per_user)
     if args.cert_ttl is not None:
         cfg = replace(cfg, cert_ttl=args.cert_ttl)
     return cfg

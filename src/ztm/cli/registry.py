@@ -204,6 +204,17 @@ COMMANDS: list[Command] = [
         ("ztm root-admin", "ztm root-admin on", "ztm root-admin off --mesh office"),
     ),
     Command(
+        "delete",
+        MANAGE,
+        "delete ep NAME",
+        "remove an endpoint's record, freeing its name (root only)",
+        a.configure_delete,
+        c.cmd_delete,
+        "Remove the endpoint NAME from the mesh: its name and its user's endpoint quota slot are free again, its\n"
+        "certificates are refused from now on and its connections closed (its agent has to join again).",
+        ("ztm delete ep old-laptop",),
+    ),
+    Command(
         "publish",
         APPS,
         v.synopsis("publish"),

@@ -39,7 +39,14 @@ async def _main(cfg: HubConfig) -> int:
     try:
         store.lock()
         authority = Authority(store, cfg.data, names)
-        state = HubState(store, authority, max_agents=cfg.max_agents, cert_ttl=cfg.cert_ttl, heartbeat=cfg.heartbeat)
+        state = HubState(
+            store,
+            authority,
+            max_agents=cfg.max_agents,
+            cert_ttl=cfg.cert_ttl,
+            heartbeat=cfg.heartbeat,
+            max_endpoints_per_user=cfg.max_endpoints_per_user,
+        )
         routes = HubRoutes(state, ring)
         try:
             server = await h2.serve(

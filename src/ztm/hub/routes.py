@@ -71,7 +71,6 @@ class HubRoutes:
     def __init__(self, state: HubState, ring: RingHandler) -> None:
         self.state = state
         self.ring = ring
-        self.peers: dict[int, Peer] = {}
         self._log_window = 0.0
         self._logged = 0
         ep = r"(?P<ep>[A-Za-z0-9._-]{1,64})"
@@ -82,6 +81,7 @@ class HubRoutes:
             ("POST", re.compile(r"/api/heartbeat"), self.post_heartbeat),
             ("GET", re.compile(r"/api/endpoints"), self.get_endpoints),
             ("GET", re.compile(rf"/api/endpoints/{ep}"), self.get_endpoint),
+            ("DELETE", re.compile(rf"/api/endpoints/{ep}"), self.delete_endpoint),
             ("POST", re.compile(rf"/api/endpoints/{ep}/labels"), self.post_labels),
             ("POST", re.compile(rf"/api/endpoints/{ep}/call"), self.post_call),
             ("POST", re.compile(r"/api/calls/(?P<id>[0-9a-f]{32})"), self.post_answer),
@@ -137,27 +137,27 @@ class HubRoutes:
             not_after=cert.not_valid_after_utc.timestamp(),
             address=conn.peer_address,
         )
-        if not self.state.peer_allowed(peer):
-            log.info("refused %s from %s: evicted or revoked", peer.user, conn.peer_address)
+        refusal = self.state.refusal(peer)
+        if refusal is not None:
+            log.info("refused %s from %s: %s", peer.user, conn.peer_address, refusal)
             self.state.counters["connections_refused"] += 1
             return False
         key = id(conn)
-        self.peers[key] = peer
+        self.state.conns.add(key, peer, conn.close)
         self.state.counters["connections"] += 1
-        conn.add_close_callback(lambda _c: self._forget(key))
+        conn.add_close_callback(lambda _c: self.state.conns.discard(key))
         return True
-
-    def _forget(self, key: int) -> None:
-        self.peers.pop(key, None)
 
     # dispatch
     async def handle(self, stream: h2.Stream, conn: h2.Connection) -> None:
-        peer = self.peers.get(id(conn))
+        peer = self.state.conns.peer(id(conn))
         method = stream.header(":method") or ""
         target = urlsplit(stream.header(":path") or "/")
         try:
             if peer is None:
                 raise Unauthorized("no verified client certificate on this connection")
+            # Every request, not only the connection, answers to the certificate's current standing.
+            self.state.check_peer(peer)
             if method == "GET" and target.path == "/api/events":
                 await self.events(stream, conn, peer)
                 return
@@ -225,6 +225,9 @@ class HubRoutes:
 
     async def get_endpoint(self, req: Request) -> Any:
         return self.state.endpoint_view(self.state.find_endpoint(req.arg("ep")))
+
+    async def delete_endpoint(self, req: Request) -> Any:
+        return self.state.delete_endpoint(req.peer, req.arg("ep"))
 
     async def post_labels(self, req: Request) -> Any:
         body = await req.json()
@@ -311,7 +314,7 @@ class HubRoutes:
 
     # the event stream
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:
-        session = self.state.open_session(peer, conn.close, lambda: conn.bytes_received)
+        session = self.state.open_session(peer, conn.close, lambda: conn.bytes_received, id(conn))
         reader = asyncio.get_running_loop().create_task(_drain(stream))
         reader.add_done_callback(lambda _t: session.end())
         conn.add_close_callback(lambda _c: session.end())

@@ -20,8 +20,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import pki, validate
-from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable
+from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unauthorized, Unavailable
 from ztm.hub.authority import ROOT_USER, Authority
+from ztm.hub.conns import Connections
 from ztm.hub.store import EndpointRecord, HubStore
 from ztm.timefmt import iso
 from ztm.version import __version__
@@ -62,6 +63,8 @@ class Session:
     wait behind tunnel data on a slow link."""
     last_traffic: float = field(default_factory=time.time)
     received_at_sweep: int = 0
+    conn_key: int | None = None
+    """The `Connections` key of the session's connection (the session closes it after its last event)."""
     queue: asyncio.Queue[tuple[str, bytes] | None] = field(
         default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE_LIMIT)
     )
@@ -99,10 +102,13 @@ class HubState:
         max_agents: int,
         cert_ttl: float,
         heartbeat: float,
+        max_endpoints_per_user: int = 100,
     ) -> None:
         self.store = store
         self.authority = authority
         self.max_agents = max_agents
+        self.max_endpoints_per_user = max_endpoints_per_user
+        """Most endpoint records a user other than root may hold (`--max-endpoints-per-user`)."""
         self.cert_ttl = cert_ttl
         self.heartbeat = heartbeat
         self.started = time.time()
@@ -122,16 +128,34 @@ class HubState:
         """Per endpoint id, per app: the services it offers (published by agents after every hello)."""
         self.direct: dict[str, str] = {}
         """Per online endpoint id: the `HOST:PORT` where it accepts direct connections from peers (POST /api/direct)."""
+        self.conns = Connections()
+        """Every live connection and its peer: closed on eviction, revocation and certificate expiry."""
         self._revoked: set[int] = set(store.revoked_serials(time.time()))
         authority.rebuild_crl(self._revoked)
 
     # identity
-    def peer_allowed(self, peer: Peer) -> bool:
-        """Second line behind the CRL: refuse revoked serials and evicted users after the handshake too."""
+    def refusal(self, peer: Peer) -> str | None:
+        """Why `peer` may do nothing now (None: it may). Checked at accept and on every request, behind the CRL:
+        a revoked serial, an evicted or unknown user, an expired certificate."""
         if peer.serial in self._revoked:
-            return False
+            return "this certificate is revoked; ask root for a new permit"
         user = self.users.get(peer.user)
-        return user is not None and user.evicted_at is None
+        if user is None:
+            return f"user {peer.user!r} is not a member of this mesh; ask root for a permit (ztm invite)"
+        if user.evicted_at is not None:
+            return f"user {peer.user!r} was evicted from this mesh; ask root for a new permit"
+        if time.time() >= peer.not_after:
+            return "this certificate expired; the agent enrols again with its permit"
+        return None
+
+    def peer_allowed(self, peer: Peer) -> bool:
+        return self.refusal(peer) is None
+
+    def check_peer(self, peer: Peer) -> None:
+        """Raise `Unauthorized` if `peer` may do nothing now (`refusal`)."""
+        reason = self.refusal(peer)
+        if reason is not None:
+            raise Unauthorized(reason)
 
     def require_ep(self, peer: Peer) -> EndpointRecord:
         if peer.ep_id is None:
@@ -160,20 +184,33 @@ class HubState:
         """Register (or re-register) an endpoint of the peer's user; returns it and a short-lived cert PEM."""
         if peer.ep_id is not None:
             raise Forbidden("enrol with a user certificate (the permit's), not an endpoint certificate")
+        self.check_peer(peer)
         existing = self.endpoints.get(ep_id)
         if existing is not None and existing.user != peer.user:
             raise Forbidden(f"endpoint id {ep_id} belongs to another user")
         if existing is None and len(self.sessions) >= self.max_agents:
             raise Unavailable(f"the hub is full: it serves at most {self.max_agents} endpoints (--max-agents)")
+        if existing is None and peer.user != ROOT_USER:
+            held = sum(1 for e in self.endpoints.values() if e.user == peer.user and e.name != name)
+            if held >= self.max_endpoints_per_user:
+                raise Conflict(
+                    f"user {peer.user!r} has {held} endpoints, the most this hub allows per user "
+                    "(--max-endpoints-per-user); root can remove one with `ztm delete ep NAME`, "
+                    "or join with the name of one of them"
+                )
+        now = time.time()
+        ttl = self._ttl_within(peer.user, peer.not_after, now)  # the user certificate (permit) bounds the endpoint's
         for other in list(self.endpoints.values()):
             if other.name == name and other.id != ep_id:
-                if other.user != peer.user:
+                owner = self.users.get(other.user)
+                released = owner is None or owner.evicted_at is not None  # an evicted user holds no names
+                if other.user != peer.user and not released:
                     raise Conflict(f"endpoint name {name!r} is taken by user {other.user!r}; join with another --as")
                 if other.id in self.sessions:
                     raise Conflict(f"endpoint name {name!r} is in use by an online endpoint; join with another --as")
                 self.store.delete_endpoint(other.id)
                 del self.endpoints[other.id]
-        now = time.time()
+                self.services.pop(other.id, None)
         ep = EndpointRecord(
             id=ep_id,
             name=name,
@@ -183,8 +220,9 @@ class HubState:
             hostname=hostname,
             first_seen=existing.first_seen if existing else now,
             last_seen=now,
+            user_not_after=peer.not_after,
         )
-        cert = self.authority.issue_endpoint(peer.user, ep_id, public_key, self.cert_ttl)
+        cert = self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
         self.store.save_endpoint(ep)
         self.endpoints[ep_id] = ep
         self.version += 1
@@ -193,15 +231,39 @@ class HubState:
         return ep, pki.cert_to_pem(cert)
 
     def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
+        self.check_peer(peer)
         ep = self.require_ep(peer)
-        cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self.cert_ttl)
+        user_end = ep.user_not_after if ep.user_not_after is not None else self.store.user_cert_end(ep.user)
+        if user_end is not None and user_end <= peer.not_after + 1:
+            raise Forbidden(
+                f"the invitation of user {ep.user!r} ends at {iso(user_end)} and this endpoint certificate already "
+                "lasts until then; ask root for a new permit (ztm invite) and join with it"
+            )
+        cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self._ttl_within(ep.user, user_end))
         log.info("renewed the certificate of endpoint %s (%s)", ep.name, ep.id)
         return pki.cert_to_pem(cert)
 
+    def _ttl_within(self, user: str, user_end: float | None, now: float | None = None) -> float:
+        """An endpoint certificate's lifetime: `--cert-ttl`, cut at the end of the user's invitation (the user
+        certificate), so that `ztm invite --days N` bounds the access it grants."""
+        if user_end is None:
+            return self.cert_ttl
+        left = user_end - (time.time() if now is None else now)
+        if left < 1.0:
+            raise Forbidden(
+                f"the invitation of user {user!r} expired at {iso(user_end)}; ask root for a new permit (ztm invite)"
+            )
+        return min(self.cert_ttl, left)
+
     # sessions
     def open_session(
-        self, peer: Peer, close_connection: Callable[[], None], received: Callable[[], int] = lambda: 0
+        self,
+        peer: Peer,
+        close_connection: Callable[[], None],
+        received: Callable[[], int] = lambda: 0,
+        conn_key: int | None = None,
     ) -> Session:
+        self.check_peer(peer)
         ep = self.require_ep(peer)
         old = self.sessions.get(ep.id)
         if old is None and len(self.sessions) >= self.max_agents:
@@ -213,6 +275,7 @@ class HubState:
             received=received,
             address=peer.address,
             cert_not_after=peer.not_after,
+            conn_key=conn_key,
         )
         self.sessions[ep.id] = session
         if old is not None:
@@ -279,9 +342,17 @@ class HubState:
         """Re-sign the CRL (it carries a next-update time) and drop revoked serials that have expired anyway."""
         now = time.time()
         self.store.prune_certs(now)
+        self._crl_changed(now)
+
+    def _crl_changed(self, now: float, *, spare: set[int] | None = None) -> None:
+        """After revocations changed: a new CRL (and TLS context), agents told (`crl`: they reload it for direct
+        channels), and every connection of a revoked certificate closed but those in `spare` (closed by their
+        sessions after a last event)."""
         self._revoked = set(self.store.revoked_serials(now))
         self.authority.rebuild_crl(self._revoked)
         self.broadcast({"type": "crl", "number": self.authority.crl_number})
+        revoked = self._revoked
+        self.conns.close_where(lambda p: p.serial in revoked, spare=spare or set())
 
     def broadcast(self, event: dict[str, Any], *, exclude: str | None = None) -> None:
         self.version += 1
@@ -451,16 +522,40 @@ class HubState:
         self.store.upsert_user(user, evicted_at=now)
         self.store.revoke_user_certs(user)
         self.users = {u.name: u for u in self.store.users()}
-        self._revoked = set(self.store.revoked_serials(now))
-        self.authority.rebuild_crl(self._revoked)
-        self.broadcast({"type": "crl", "number": self.authority.crl_number})  # direct peers reload it
-        for session in [s for s in self.sessions.values() if s.user == user]:
+        # Each live session ends with an `evicted` event (its writer closes the connection once it is out, within
+        # 0.5 s at worst); every other connection of the user closes now. Requests in between are refused.
+        sessions = [s for s in self.sessions.values() if s.user == user]
+        spare = {s.conn_key for s in sessions if s.conn_key is not None}
+        self._crl_changed(now, spare=spare)
+        self.conns.close_where(lambda p: p.user == user, spare=spare)
+        for session in sessions:
             session.push({"type": "evicted", "reason": "root evicted this user from the mesh"})
             self.close_session(session)
             asyncio.get_running_loop().call_later(0.5, session.close_connection)
         self.counters["evictions"] += 1
         log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
         return next(u for u in self.list_users() if u["name"] == user)
+
+    def delete_endpoint(self, peer: Peer, ref: str) -> dict[str, Any]:
+        """Root removes an endpoint record: its name and its user's quota slot are free again, its certificates
+        are revoked and its connections closed (its agent has to join again). Returns the record as it was."""
+        self._require_root(peer, "delete endpoints")
+        ep = self.find_endpoint(ref)
+        if ep.id == peer.ep_id:
+            raise BadInput(f"{ep.name!r} is the endpoint you ask from; delete it from another one, or `ztm leave`")
+        view = self.endpoint_view(ep)
+        self.store.delete_endpoint(ep.id)  # saved first: a failed write changes nothing
+        self.store.revoke_endpoint_certs(ep.id)
+        del self.endpoints[ep.id]
+        self.services.pop(ep.id, None)
+        session = self.sessions.get(ep.id)
+        if session is not None:
+            self.close_session(session)
+        self._crl_changed(time.time())
+        self.conns.close_where(lambda p: p.ep_id == ep.id)
+        self.broadcast({"type": "endpoint", "ep": {**view, "online": False, "deleted": True}})
+        log.info("root deleted endpoint %s (%s) of user %s", ep.name, ep.id, ep.user)
+        return view
 
     # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
     async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:

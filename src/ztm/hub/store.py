@@ -33,6 +33,9 @@ MIGRATIONS = [
     """
     CREATE TABLE files (path TEXT PRIMARY KEY, entry TEXT NOT NULL)
     """,
+    """
+    ALTER TABLE endpoints ADD COLUMN user_not_after REAL
+    """,
 ]
 
 
@@ -46,6 +49,9 @@ class EndpointRecord:
     hostname: str = ""
     first_seen: float = 0.0
     last_seen: float | None = None
+    user_not_after: float | None = None
+    """When the user certificate the endpoint enrolled with expires: its endpoint certificates never outlive it
+    (None for records from before this was kept: the user's latest user certificate counts)."""
 
 
 @dataclass
@@ -101,6 +107,16 @@ class HubStore:
         with self.db.transaction() as c:
             c.execute("UPDATE certs SET revoked = 1 WHERE user = ?", (user,))
 
+    def user_cert_end(self, user: str) -> float | None:
+        """When the user's latest unrevoked user certificate expires (None: no such certificate recorded)."""
+        row = self.db.one("SELECT MAX(not_after) AS end FROM certs WHERE user = ? AND kind = 'user' AND revoked = 0",
+                          (user,))  # fmt: skip
+        return None if row is None or row["end"] is None else float(row["end"])
+
+    def revoke_endpoint_certs(self, ep_id: str) -> None:
+        with self.db.transaction() as c:
+            c.execute("UPDATE certs SET revoked = 1 WHERE ep_id = ?", (ep_id,))
+
     def revoked_serials(self, now: float) -> list[int]:
         rows = self.db.all("SELECT serial FROM certs WHERE revoked = 1 AND not_after > ?", (now,))
         return [int(r["serial"], 16) for r in rows]
@@ -116,10 +132,13 @@ class HubStore:
     def save_endpoint(self, ep: EndpointRecord) -> None:
         with self.db.transaction() as c:
             c.execute(
-                "INSERT OR REPLACE INTO endpoints(id, name, user, labels, version, hostname, first_seen, last_seen) "
-                "VALUES (?,?,?,?,?,?,?,?)",
-                (ep.id, ep.name, ep.user, json.dumps(ep.labels), ep.version, ep.hostname, ep.first_seen, ep.last_seen),
-            )
+                "INSERT OR REPLACE INTO endpoints(id, name, user, labels, version, hostname, first_seen, last_seen, "
+                "user_not_after) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    ep.id, ep.name, ep.user, json.dumps(ep.labels), ep.version, ep.hostname, ep.first_seen,
+                    ep.last_seen, ep.user_not_after,
+                ),
+            )  # fmt: skip
 
     def delete_endpoint(self, ep_id: str) -> None:
         with self.db.transaction() as c:
@@ -154,4 +173,5 @@ def _endpoint(r: sqlite3.Row) -> EndpointRecord:
         hostname=r["hostname"],
         first_seen=r["first_seen"],
         last_seen=r["last_seen"],
+        user_not_after=r["user_not_after"],
     )
