@@ -21,14 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import pki
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable
+from ztm.hub import limits
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.store import EndpointRecord, HubStore
 from ztm.timefmt import iso
 from ztm.version import __version__
 
 log = logging.getLogger("ztm.hub")
-
-EVENT_QUEUE_LIMIT = 4096
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -62,32 +61,52 @@ class Session:
     wait behind tunnel data on a slow link."""
     last_traffic: float = field(default_factory=time.time)
     received_at_sweep: int = 0
-    queue: asyncio.Queue[tuple[str, bytes] | None] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE_LIMIT)
-    )
+    queue: asyncio.Queue[tuple[str, bytes] | None] = field(default_factory=asyncio.Queue)
+    queued_bytes: int = 0
+    """Bytes of event lines waiting in `queue`: a budget (`limits.EVENT_QUEUE_BYTES`), not a count of events."""
     closed: bool = False
 
     def push(self, event: dict[str, Any]) -> None:
         self.push_line(str(event.get("type")), encode_event(event))
 
     def push_line(self, kind: str, line: bytes) -> None:
-        """Queue an already encoded event line (broadcasts encode once for every session)."""
+        """Queue an already encoded event line (broadcasts encode once for every session); an endpoint that lets
+        more than `EVENT_QUEUE_BYTES` pile up does not read its events, and its session ends."""
         if self.closed:
             return
-        try:
-            self.queue.put_nowait((kind, line))
-        except asyncio.QueueFull:
+        if self.queued_bytes + len(line) > limits.EVENT_QUEUE_BYTES:
             log.warning("endpoint %s does not read its events; closing its session", self.ep_id)
             self.end()
+            return
+        self._put(kind, line)
+
+    def offer(self, event: dict[str, Any]) -> bool:
+        """Queue an event another endpoint caused (a `call` or a `stream`) if that fits in the share of the budget
+        such events may take (`PEER_EVENT_BYTES`); False when it does not: the caller is refused, and a flood
+        never ends this session."""
+        line = encode_event(event)
+        if self.closed or self.queued_bytes + len(line) > limits.PEER_EVENT_BYTES:
+            return False
+        self._put(str(event.get("type")), line)
+        return True
+
+    def _put(self, kind: str, line: bytes) -> None:
+        self.queued_bytes += len(line)
+        self.queue.put_nowait((kind, line))
+
+    async def take(self, most: int) -> list[tuple[str, bytes] | None]:
+        """Wait for queued events and take up to `most` of them (None: the session ended)."""
+        items = [await self.queue.get()]
+        while not self.queue.empty() and len(items) < most:
+            items.append(self.queue.get_nowait())
+        self.queued_bytes -= sum(len(item[1]) for item in items if item is not None)
+        return items
 
     def end(self) -> None:
         """Stop the session: the event writer drains what is queued, then closes the connection."""
         if not self.closed:
             self.closed = True
-            try:
-                self.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                self.close_connection()
+            self.queue.put_nowait(None)
 
 
 class HubState:
@@ -110,6 +129,9 @@ class HubState:
         self.users = {u.name: u for u in store.users()}
         self.sessions: dict[str, Session] = {}
         self._calls: dict[str, tuple[asyncio.Future[Any], str]] = {}
+        self.pending_calls = limits.PendingCounts(
+            "calls", limits.MAX_PENDING_CALLS_PER_CALLER, limits.MAX_PENDING_CALLS_PER_TARGET
+        )
         self._seen: dict[str, float] = {}
         self._touch_failed = False
         self.counters: collections.Counter[str] = collections.Counter()
@@ -465,27 +487,35 @@ class HubState:
         caller = self.require_ep(peer)
         target = self.find_endpoint(ref)
         session = self.sessions.get(target.id)
-        if session is None:
+        if session is None or session.closed:
             raise Unavailable(f"endpoint {target.name!r} is offline")
-        call_id = uuid.uuid4().hex
-        self.counters["calls"] += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = (future, target.id)
-        session.push(
-            {
+        size = len(json.dumps(params, separators=(",", ":")).encode())
+        if size > limits.MAX_CALL_PARAMS:
+            raise BadInput(f"call params are {size} bytes of JSON; the hub relays at most {limits.MAX_CALL_PARAMS}")
+        self.pending_calls.reserve(caller.id, target.id, target.name)
+        try:
+            call_id = uuid.uuid4().hex
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            event = {
                 "type": "call",
                 "id": call_id,
                 "from": {"ep": caller.id, "name": caller.name, "user": caller.user},
                 "method": method,
                 "params": params,
             }
-        )
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise Timeout(f"endpoint {target.name!r} did not answer within {timeout:g}s") from None
+            if not session.offer(event):
+                self.counters["calls_refused"] += 1
+                raise Unavailable(f"endpoint {target.name!r} has too many events waiting to be read; try again later")
+            self.counters["calls"] += 1
+            self._calls[call_id] = (future, target.id)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise Timeout(f"endpoint {target.name!r} did not answer within {timeout:g}s") from None
+            finally:
+                self._calls.pop(call_id, None)
         finally:
-            self._calls.pop(call_id, None)
+            self.pending_calls.release(caller.id, target.id)
 
     def answer(self, peer: Peer, call_id: str, body: dict[str, Any]) -> None:
         ep = self.require_ep(peer)
