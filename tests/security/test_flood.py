@@ -30,7 +30,7 @@ import hpack
 import pytest
 from bench.common import rss_kib
 
-from reliability import conftest as reliability_conftest
+from reliability.conftest import figures  # noqa: F401 (the reliability suite's fixture: measured figures)
 from reliability.hubclient import HubClient
 from reliability.traffic import Record, time_until
 from support import Agent, Hub, invite, split_hostport, start_agent, start_hub
@@ -41,9 +41,6 @@ from ztm.h2 import frames as f
 from ztm.hub import limits
 
 pytestmark = pytest.mark.slow
-
-_figures = reliability_conftest.figures
-"""The reliability suite's `figures` fixture (`-p reliability.conftest`, with tests/ on PYTHONPATH, prints them)."""
 
 MESH = "m"
 FLOOD = 5000
@@ -199,7 +196,10 @@ def _enrol(w: World, agent_dir: Path, name: str, tmp: Path) -> tuple[Path, str]:
 
 @pytest.mark.parametrize("kind", ["streams", "calls"])
 def test_a_flood_at_an_endpoint_refuses_the_caller_and_keeps_the_target_online(
-    world: World, kind: str, tmp_path: Path, figures: Record
+    world: World,
+    kind: str,
+    tmp_path: Path,
+    figures: Record,  # noqa: F811
 ) -> None:
     w = world
     victim_dir, victim_id = _enrol(w, w.root_dir, f"victim-{kind}", tmp_path)
@@ -253,7 +253,9 @@ def test_a_flood_at_an_endpoint_refuses_the_caller_and_keeps_the_target_online(
 
 
 def test_call_params_are_capped_and_a_non_reading_endpoint_cannot_grow_the_hub(
-    world: World, tmp_path: Path, figures: Record
+    world: World,
+    tmp_path: Path,
+    figures: Record,  # noqa: F811
 ) -> None:
     w = world
     sink_dir, sink_id = _enrol(w, w.mallory_dir, "mallory-sink", tmp_path)
@@ -317,7 +319,7 @@ def _entry(path: str, chunks: int) -> bytes:
                        "chunks": hashes}).encode()  # fmt: skip
 
 
-def test_file_entries_are_held_to_a_per_user_quota(world: World, figures: Record) -> None:
+def test_file_entries_are_held_to_a_per_user_quota(world: World, figures: Record) -> None:  # noqa: F811
     w = world
     per_file = filespec.MAX_CHUNKS
     fit = limits.MAX_FILE_CHUNKS_PER_USER // per_file
