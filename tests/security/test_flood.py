@@ -319,6 +319,11 @@ def _entry(path: str, chunks: int) -> bytes:
                        "chunks": hashes}).encode()  # fmt: skip
 
 
+def _db_bytes(hub: Hub) -> int:
+    """The hub database's size on disk, with its write-ahead log."""
+    return sum(p.stat().st_size for p in hub.data.glob("ztm-hub.db*"))
+
+
 def test_file_entries_are_held_to_a_per_user_quota(world: World, figures: Record) -> None:  # noqa: F811
     w = world
     per_file = filespec.MAX_CHUNKS
@@ -326,6 +331,7 @@ def test_file_entries_are_held_to_a_per_user_quota(world: World, figures: Record
     tried = 40
     headers = [("content-type", "application/json")]
     with HubClient(w.hub.address, w.mallory_dir) as client:
+        db0 = _db_bytes(w.hub)
         with PeakRss(w.hub.proc.pid) as rss:
             results = [
                 client.request("POST", "/api/files/entry", _entry(f"/shared/mallory/big-{i}", per_file), headers)
@@ -334,6 +340,8 @@ def test_file_entries_are_held_to_a_per_user_quota(world: World, figures: Record
         statuses = [s for s, _ in results]
         figures(f"{tried} file entries of {per_file} chunks from one user: hub RSS growth", rss.growth_mib,
                 f"MiB ({statuses.count(200)} accepted, {statuses.count(403)} refused)")  # fmt: skip
+        figures(f"{tried} file entries of {per_file} chunks from one user: hub database growth",
+                (_db_bytes(w.hub) - db0) / (1 << 20), "MiB")  # fmt: skip
         assert rss.growth_mib < 128, f"the hub grew by {rss.growth_mib:.0f} MiB"
         assert statuses[:fit] == [200] * fit, statuses
         refused = results[fit]
