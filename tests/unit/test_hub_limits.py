@@ -55,13 +55,14 @@ def test_peers_events_stop_at_their_share_and_never_end_the_session() -> None:
 
 def test_an_endpoint_that_lets_its_own_events_pile_up_past_the_budget_is_ended() -> None:
     async def go() -> None:
-        session = _session([])
+        closed: list[bool] = []
+        session = _session(closed)
         line = encode_event({"type": "endpoint", "ep": "x" * 10000})
         for _ in range(limits.EVENT_QUEUE_BYTES // len(line)):
             session.push_line("endpoint", line)
-        assert not session.closed
+        assert not session.closed and not closed
         session.push_line("endpoint", line)
-        assert session.closed
+        assert session.closed and closed == [True]
         items = await session.take(1 << 20)
         assert items[-1] is None and session.queued_bytes == 0
 

@@ -71,12 +71,13 @@ class Session:
 
     def push_line(self, kind: str, line: bytes) -> None:
         """Queue an already encoded event line (broadcasts encode once for every session); an endpoint that lets
-        more than `EVENT_QUEUE_BYTES` pile up does not read its events, and its session ends."""
+        more than `EVENT_QUEUE_BYTES` pile up does not read its events: its session ends and its connection closes."""
         if self.closed:
             return
         if self.queued_bytes + len(line) > limits.EVENT_QUEUE_BYTES:
             log.warning("endpoint %s does not read its events; closing its session", self.ep_id)
             self.end()
+            self.close_connection()  # what is queued would wait behind the stalled stream: drop it with the connection
             return
         self._put(kind, line)
 
