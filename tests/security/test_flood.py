@@ -44,6 +44,8 @@ pytestmark = pytest.mark.slow
 
 MESH = "m"
 FLOOD = 5000
+REFUSED = -7
+"""A stream refused by the hub's HTTP/2 layer (RST_STREAM REFUSED_STREAM: past SETTINGS_MAX_CONCURRENT_STREAMS)."""
 
 
 @dataclass
@@ -107,10 +109,13 @@ class PeakRss:
 # ---------------------------------------------------------------------------------------------------- item 9
 
 
-async def _raw_flood(w: World, requests: list[tuple[list[tuple[str, str]], bytes | None]]) -> dict[int, int]:
+async def _raw_flood(
+    w: World, requests: list[tuple[list[tuple[str, str]], bytes | None]], wait: float = 60.0
+) -> dict[int, int]:
     """Send every request at once, on one TLS connection with mallory's endpoint certificate, as raw HTTP/2 frames
-    written in one go (the way an attacker would, not paced by a client library); returns {status: count}, -1
-    for a stream the hub reset (REFUSED_STREAM) or never answered within 60 s."""
+    written in one go (the way an attacker would, not paced by a client library; a None body leaves the stream
+    open); returns {status: count}, REFUSED for a stream the hub refused with REFUSED_STREAM, -1 for one it reset
+    otherwise or did not answer within `wait` seconds."""
     host, port = split_hostport(w.hub.address)
     reader, writer = await asyncio.open_connection(host, port, ssl=MeshFiles(w.mallory_dir).ep_context())
     out = [f.PREFACE, f.settings({f.INITIAL_WINDOW_SIZE: 1 << 20, f.MAX_FRAME_SIZE: 1 << 20}),
@@ -125,7 +130,7 @@ async def _raw_flood(w: World, requests: list[tuple[list[tuple[str, str]], bytes
     decoder = hpack.Decoder()
     statuses: dict[int, int] = {}
     buf = b""
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + wait
     try:
         while len(statuses) < len(requests) and time.monotonic() < deadline:
             try:
@@ -149,7 +154,7 @@ async def _raw_flood(w: World, requests: list[tuple[list[tuple[str, str]], bytes
                     headers = dict(decoder.decode(payload))
                     statuses[sid] = int(headers[":status"])
                 elif kind == f.RST_STREAM and sid not in statuses:
-                    statuses[sid] = -1
+                    statuses[sid] = REFUSED if int.from_bytes(payload[:4], "big") == f.REFUSED_STREAM else -1
                 elif kind == f.PING and not flags & f.ACK:
                     writer.write(f.ping(payload, ack=True))
     finally:
@@ -243,10 +248,22 @@ def test_a_flood_at_an_endpoint_refuses_the_caller_and_keeps_the_target_online(
         f"the flood of {kind} ended the target's session: online since {before['online_since']} -> "
         f"{after['online_since']}, online {after['online']} ({counts})"
     )
-    assert set(counts) <= {503, 504, -1}, counts  # the victim answers nothing: refused, timed out, or reset
+    assert set(counts) <= {503, 504, REFUSED}, counts  # the victim answers nothing: refused or timed out
     assert counts.get(503, 0) > 0, f"the flooding caller was never told to back off: {counts}"
     w.hub.proc.assert_alive()
     figures(f"{FLOOD} {kind} from mallory to a slow endpoint", seconds, f"s; statuses {counts}; its session kept")
+
+
+def test_the_hub_takes_4096_streams_at_once_per_connection(world: World) -> None:
+    """Requests whose bodies never end stay open at the hub; past 4,096 on one connection they are refused by the
+    HTTP/2 layer instead of each holding a handler (the hub used to allow 100,000)."""
+    w = world
+    post = [(":method", "POST"), (":scheme", "https"), (":path", "/api/heartbeat"), (":authority", "hub"),
+            ("content-type", "application/json")]  # fmt: skip
+    extra = 20
+    counts = asyncio.run(_raw_flood(w, [(post, None)] * (limits.MAX_CONCURRENT_STREAMS + extra), wait=10))
+    assert counts.get(REFUSED) == extra, counts
+    w.hub.proc.assert_alive()
 
 
 # ---------------------------------------------------------------------------------------------------- item 10
