@@ -254,6 +254,62 @@ def test_a_flood_at_an_endpoint_refuses_the_caller_and_keeps_the_target_online(
     figures(f"{FLOOD} {kind} from mallory to a slow endpoint", seconds, f"s; statuses {counts}; its session kept")
 
 
+def test_a_flood_of_label_changes_does_not_knock_a_slow_endpoint_off(world: World, tmp_path: Path) -> None:
+    """Every label change is an `endpoint` event to every online endpoint; mallory changing its own labels 20,000
+    times must not fill a slow endpoint's event queue (the hub keeps one pending `endpoint` event per endpoint)."""
+    w = world
+    victim_dir, victim_id = _enrol(w, w.root_dir, "victim-labels", tmp_path)
+    host, port = split_hostport(w.hub.address)
+    changes = 20_000
+
+    async def attack() -> tuple[dict[str, Any], dict[str, Any], dict[int, int]]:
+        victim = await h2.connect(host, port, MeshFiles(victim_dir).ep_context(), keepalive=None,
+                                  settings=h2.H2Settings(stream_window=65535))  # fmt: skip
+        mallory = await h2.connect(host, port, MeshFiles(w.mallory_dir).ep_context(), keepalive=None)
+        beats: asyncio.Future[None] | None = None
+        try:
+            events = await victim.open_stream("GET", "/api/events")
+            assert (await asyncio.wait_for(events.response(), 10))[0] == 200
+            beats = asyncio.ensure_future(_heartbeats(victim))
+
+            async def view() -> dict[str, Any]:
+                status, _, body = await mallory.request("GET", f"/api/endpoints/{victim_id}", timeout=30)
+                assert status == 200, (status, body)
+                ep: dict[str, Any] = json.loads(body)
+                return ep
+
+            gate = asyncio.Semaphore(256)
+
+            async def change(i: int) -> int:
+                body = json.dumps({"add": ["x"]} if i % 2 else {"delete": ["x"]}).encode()
+                async with gate:
+                    status, _, _ = await mallory.request(
+                        "POST", "/api/endpoints/mallory/labels", body=body,
+                        headers=[("content-type", "application/json")], timeout=60,
+                    )  # fmt: skip
+                    return status
+
+            before = await view()
+            statuses = await asyncio.gather(*(change(i) for i in range(changes)))
+            return before, await view(), {s: statuses.count(s) for s in sorted(set(statuses))}
+        finally:
+            if beats is not None:
+                beats.cancel()
+            for conn in (victim, mallory):
+                conn.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(conn.wait_closed(), 5)
+            await asyncio.sleep(0)  # let the transports' close callbacks run
+
+    before, after, counts = asyncio.run(attack())
+    assert counts == {200: changes}, counts
+    assert after["online"] and after["online_since"] == before["online_since"], (
+        f"{changes} label changes ended the slow endpoint's session: online since {before['online_since']} -> "
+        f"{after['online_since']}, online {after['online']}"
+    )
+    w.hub.proc.assert_alive()
+
+
 def test_the_hub_takes_4096_streams_at_once_per_connection(world: World) -> None:
     """Requests whose bodies never end stay open at the hub; past 4,096 on one connection they are refused by the
     HTTP/2 layer instead of each holding a handler (the hub used to allow 100,000)."""

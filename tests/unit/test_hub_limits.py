@@ -67,3 +67,21 @@ def test_an_endpoint_that_lets_its_own_events_pile_up_past_the_budget_is_ended()
         assert items[-1] is None and session.queued_bytes == 0
 
     asyncio.run(go())
+
+
+def test_a_waiting_endpoint_event_is_replaced_by_a_newer_one_of_the_same_endpoint() -> None:
+    async def go() -> None:
+        session = _session([])
+        first = encode_event({"type": "endpoint", "ep": {"id": "a", "labels": []}})
+        for i in range(10_000):
+            session.push_line("endpoint", encode_event({"type": "endpoint", "ep": {"id": "a", "labels": [str(i)]}}),
+                              "endpoint/a")  # fmt: skip
+        session.push_line("endpoint", first, "endpoint/b")
+        session.push_line("crl", b'{"type":"crl"}\n')
+        newest = encode_event({"type": "endpoint", "ep": {"id": "a", "labels": ["9999"]}})
+        assert session.queued_bytes == len(newest) + len(first) + len(b'{"type":"crl"}\n')
+        items = await session.take(100)
+        assert items == [("endpoint", newest), ("endpoint", first), ("crl", b'{"type":"crl"}\n')]
+        assert session.queued_bytes == 0 and not session.latest
+
+    asyncio.run(go())

@@ -61,7 +61,11 @@ class Session:
     wait behind tunnel data on a slow link."""
     last_traffic: float = field(default_factory=time.time)
     received_at_sweep: int = 0
-    queue: asyncio.Queue[tuple[str, bytes] | None] = field(default_factory=asyncio.Queue)
+    queue: asyncio.Queue[tuple[str, bytes, str | None] | None] = field(default_factory=asyncio.Queue)
+    """(kind, line, key): a keyed item's line is the latest one in `latest` when it is taken."""
+    latest: dict[str, bytes] = field(default_factory=dict)
+    """Key -> the newest line of a keyed event still waiting (one `endpoint` event per endpoint): a peer that
+    changes its labels or goes on- and offline in a loop replaces its waiting event instead of adding one."""
     queued_bytes: int = 0
     """Bytes of event lines waiting in `queue`: a budget (`limits.EVENT_QUEUE_BYTES`), not a count of events."""
     closed: bool = False
@@ -69,15 +73,24 @@ class Session:
     def push(self, event: dict[str, Any]) -> None:
         self.push_line(str(event.get("type")), encode_event(event))
 
-    def push_line(self, kind: str, line: bytes) -> None:
-        """Queue an already encoded event line (broadcasts encode once for every session); an endpoint that lets
-        more than `EVENT_QUEUE_BYTES` pile up does not read its events: its session ends and its connection closes."""
+    def push_line(self, kind: str, line: bytes, key: str | None = None) -> None:
+        """Queue an already encoded event line (broadcasts encode once for every session); a line with a `key`
+        replaces a waiting one with the same key. An endpoint that lets more than `EVENT_QUEUE_BYTES` pile up does
+        not read its events: its session ends and its connection closes."""
         if self.closed:
             return
-        if self.queued_bytes + len(line) > limits.EVENT_QUEUE_BYTES:
+        waiting = self.latest.get(key) if key is not None else None
+        grows = len(line) - (len(waiting) if waiting is not None else 0)
+        if self.queued_bytes + grows > limits.EVENT_QUEUE_BYTES:
             log.warning("endpoint %s does not read its events; closing its session", self.ep_id)
             self.end()
             self.close_connection()  # what is queued would wait behind the stalled stream: drop it with the connection
+            return
+        if key is not None:
+            self.latest[key] = line
+            self.queued_bytes += grows
+            if waiting is None:
+                self.queue.put_nowait((kind, b"", key))
             return
         self._put(kind, line)
 
@@ -93,14 +106,23 @@ class Session:
 
     def _put(self, kind: str, line: bytes) -> None:
         self.queued_bytes += len(line)
-        self.queue.put_nowait((kind, line))
+        self.queue.put_nowait((kind, line, None))
 
     async def take(self, most: int) -> list[tuple[str, bytes] | None]:
         """Wait for queued events and take up to `most` of them (None: the session ended)."""
-        items = [await self.queue.get()]
-        while not self.queue.empty() and len(items) < most:
-            items.append(self.queue.get_nowait())
-        self.queued_bytes -= sum(len(item[1]) for item in items if item is not None)
+        raw = [await self.queue.get()]
+        while not self.queue.empty() and len(raw) < most:
+            raw.append(self.queue.get_nowait())
+        items: list[tuple[str, bytes] | None] = []
+        for item in raw:
+            if item is None:
+                items.append(None)
+                continue
+            kind, line, key = item
+            if key is not None:
+                line = self.latest.pop(key, b"")
+            self.queued_bytes -= len(line)
+            items.append((kind, line))
         return items
 
     def end(self) -> None:
@@ -309,9 +331,10 @@ class HubState:
     def broadcast(self, event: dict[str, Any], *, exclude: str | None = None) -> None:
         self.version += 1
         kind, line = str(event.get("type")), encode_event(event)
+        key = f"endpoint/{event['ep']['id']}" if kind == "endpoint" else None  # only the newest view matters
         for ep_id, session in self.sessions.items():
             if ep_id != exclude:
-                session.push_line(kind, line)
+                session.push_line(kind, line, key)
 
     # views
     def status(self) -> dict[str, Any]:
