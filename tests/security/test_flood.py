@@ -254,6 +254,7 @@ def test_a_flood_at_an_endpoint_refuses_the_caller_and_keeps_the_target_online(
     figures(f"{FLOOD} {kind} from mallory to a slow endpoint", seconds, f"s; statuses {counts}; its session kept")
 
 
+@pytest.mark.timeout(300)
 def test_a_flood_of_label_changes_does_not_knock_a_slow_endpoint_off(world: World, tmp_path: Path) -> None:
     """Every label change is an `endpoint` event to every online endpoint; mallory changing its own labels 20,000
     times must not fill a slow endpoint's event queue (the hub keeps one pending `endpoint` event per endpoint)."""
@@ -325,6 +326,7 @@ def test_the_hub_takes_4096_streams_at_once_per_connection(world: World) -> None
 # ---------------------------------------------------------------------------------------------------- item 10
 
 
+@pytest.mark.timeout(300)
 def test_call_params_are_capped_and_a_non_reading_endpoint_cannot_grow_the_hub(
     world: World,
     tmp_path: Path,
@@ -397,6 +399,7 @@ def _db_bytes(hub: Hub) -> int:
     return sum(p.stat().st_size for p in hub.data.glob("ztm-hub.db*"))
 
 
+@pytest.mark.timeout(300)
 def test_file_entries_are_held_to_a_per_user_quota(world: World, figures: Record) -> None:  # noqa: F811
     w = world
     per_file = filespec.MAX_CHUNKS
@@ -436,6 +439,7 @@ def test_file_entries_are_held_to_a_per_user_quota(world: World, figures: Record
     w.hub.proc.assert_alive()
 
 
+@pytest.mark.timeout(300)
 def test_small_file_entries_are_held_to_a_per_user_count(world: World) -> None:
     w = world
     quota = limits.MAX_FILES_PER_USER
