@@ -399,6 +399,28 @@ def _db_bytes(hub: Hub) -> int:
     return sum(p.stat().st_size for p in hub.data.glob("ztm-hub.db*"))
 
 
+def test_service_announcements_are_held_to_64_apps_per_endpoint(world: World) -> None:
+    w = world
+    services = [f"s{i}/{'x' * 100}" for i in range(256)]  # the most per app: 256 services of up to 128 characters
+    with HubClient(w.hub.address, w.mallory_dir) as client:
+        answers = []
+        for i in range(limits.MAX_APPS_PER_ENDPOINT + 1):  # on top of the apps mallory's agent announced itself
+            answers.append(client.json("POST", "/api/services", {"app": f"junk-{i}", "services": services}))
+            if answers[-1][0] != 204:
+                break
+        accepted = sum(1 for status, _ in answers if status == 204)
+        status, answer = answers[-1]
+        assert status == 400 and "64 apps" in answer["error"], (accepted, status, answer)
+        assert limits.MAX_APPS_PER_ENDPOINT - 16 <= accepted <= limits.MAX_APPS_PER_ENDPOINT, accepted
+        # Replacing or withdrawing an app already announced still works, and a withdrawal makes room.
+        assert client.json("POST", "/api/services", {"app": "junk-0", "services": ["one"]})[0] == 204
+        assert client.json("POST", "/api/services", {"app": "junk-0", "services": []})[0] == 204
+        assert client.json("POST", "/api/services", {"app": "junk-more", "services": ["one"]})[0] == 204
+        for name in [f"junk-{i}" for i in range(accepted)] + ["junk-more"]:
+            assert client.json("POST", "/api/services", {"app": name, "services": []})[0] == 204
+    w.hub.proc.assert_alive()
+
+
 @pytest.mark.timeout(300)
 def test_file_entries_are_held_to_a_per_user_quota(world: World, figures: Record) -> None:  # noqa: F811
     w = world

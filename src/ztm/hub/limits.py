@@ -22,6 +22,8 @@ MAX_PENDING_CALLS_PER_CALLER = 64
 """Relayed calls one endpoint may have waiting for answers."""
 MAX_PENDING_CALLS_PER_TARGET = 256
 """Relayed calls, from all callers, that may wait for one target's answers."""
+MAX_APPS_PER_ENDPOINT = 64
+"""Apps one endpoint may announce services for (`POST /api/services`, up to 256 services each)."""
 MAX_CALL_PARAMS = 64 * 1024
 """Bytes of a relayed call's `params`, encoded as compact JSON."""
 

@@ -412,6 +412,11 @@ class HubState:
         ep = self.require_ep(peer)
         offered = self.services.setdefault(ep.id, {})
         if services:
+            if app not in offered and len(offered) >= limits.MAX_APPS_PER_ENDPOINT:
+                raise BadInput(
+                    f"this endpoint announces services for {len(offered)} apps, the most the hub keeps; withdraw some "
+                    "(an empty list of services) first"
+                )
             offered[app] = sorted(set(services))
         else:
             offered.pop(app, None)
