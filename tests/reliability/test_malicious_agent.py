@@ -201,10 +201,11 @@ def test_floods_of_requests_and_streams_leave_neighbours_working(world: World, f
                         return -1
 
                 start = time.monotonic()
-                statuses = await asyncio.gather(*(req(i) for i in range(3000)), *(stream(i) for i in range(2000)))
+                # 4,000 streams at once: within the hub's 4,096 concurrent streams per connection (ztm.hub.limits).
+                statuses = await asyncio.gather(*(req(i) for i in range(2000)), *(stream(i) for i in range(2000)))
                 outcome["seconds"] = time.monotonic() - start
-                outcome["requests"] = sorted(set(statuses[:3000]))
-                outcome["streams"] = sorted(set(statuses[3000:]))
+                outcome["requests"] = sorted(set(statuses[:2000]))
+                outcome["streams"] = sorted(set(statuses[2000:]))
 
             client.run(flood(), 240)
     finally:
@@ -212,14 +213,15 @@ def test_floods_of_requests_and_streams_leave_neighbours_working(world: World, f
         pinger.join(30)
         traffic.stop()
     # Mallory's requests were answered (the list is not secret among members); the streams to an exit that does
-    # not let mallory in were all refused (403), none relayed.
+    # not let mallory in were all refused, none relayed: 403 by the exit, or 503 by the hub past the streams one
+    # endpoint may have waiting for their targets (ztm.hub.limits, tests/security/test_flood.py).
     assert outcome["requests"] == [200], outcome
-    assert outcome["streams"] == [403], outcome
+    assert set(outcome["streams"]) <= {403, 503} and 403 in outcome["streams"], outcome
     assert not traffic.corrupt and traffic.failed == 0 and traffic.cut == 0, f"friend's tunnel suffered: {traffic}"
     assert traffic.complete > 0
     assert pings and max(pings) < 5000, f"friend's pings during the flood: max {max(pings):.0f} ms"
     _neighbour_ok(w)
-    figures("mallory flood (3,000 requests + 2,000 refused streams): flood lasted", outcome["seconds"], "s")
+    figures("mallory flood (2,000 requests + 2,000 refused streams): flood lasted", outcome["seconds"], "s")
     figures("friend's ping through the hub before the flood, median", statistics.median(baseline), "ms")
     figures("friend's ping during the flood, median", statistics.median(pings), f"ms (max {max(pings):.0f} ms)")
     figures("friend's tunnel during the flood", traffic.complete, f"byte-exact 32 KiB round trips ({traffic})")

@@ -20,6 +20,7 @@ from typing import Any
 from ztm import filespec, validate
 from ztm.errors import BadInput, Forbidden, NotFound
 from ztm.filespec import Acl, ChunkSet, FileEntry
+from ztm.hub import limits
 from ztm.hub.state import HubState, Peer
 from ztm.hub.store import HubStore
 
@@ -45,6 +46,11 @@ class FileIndex:
                 log.error("file index: skipping an unreadable entry: %s", exc)
                 continue
             self.entries[entry.path] = entry
+        self.usage: dict[str, tuple[int, int]] = {}
+        """User -> (file entries, chunk hashes) it published: held to `limits.MAX_FILES_PER_USER` and
+        `limits.MAX_FILE_CHUNKS_PER_USER` (counted for the publisher, also in another user's namespace)."""
+        for entry in self.entries.values():
+            self._count(entry, 1)
         self.sources: dict[str, dict[str, str]] = {}
         """Path -> {endpoint id: the file hash it holds in full}."""
         self.partial: dict[str, dict[str, tuple[str, ChunkSet]]] = {}
@@ -102,6 +108,32 @@ class FileIndex:
             views.append({"ep": ep.id, "name": ep.name, "user": ep.user, "online": ep.id in self.state.sessions})
         return sorted(views, key=lambda v: (not v["online"], v["name"]))
 
+    # quotas
+    def _count(self, entry: FileEntry, sign: int) -> None:
+        files, chunks = self.usage.get(entry.publisher, (0, 0))
+        files, chunks = files + sign, chunks + sign * len(entry.chunks)
+        if files > 0:
+            self.usage[entry.publisher] = (files, chunks)
+        else:
+            self.usage.pop(entry.publisher, None)
+
+    def _check_quota(self, user: str, new: FileEntry, old: FileEntry | None) -> None:
+        """Refuse (403) a publish that would take `user` past its quota; replacing its own entry frees that one."""
+        files, chunks = self.usage.get(user, (0, 0))
+        if old is not None and old.publisher == user:
+            files, chunks = files - 1, chunks - len(old.chunks)
+        if files + 1 > limits.MAX_FILES_PER_USER:
+            raise Forbidden(
+                f"user {user!r} has published {files} files, its quota of {limits.MAX_FILES_PER_USER}; unpublish some "
+                "(ztm unpublish file PATH) before publishing more"
+            )
+        if chunks + len(new.chunks) > limits.MAX_FILE_CHUNKS_PER_USER:
+            raise Forbidden(
+                f"publishing {new.path} would take user {user!r} past its quota of {limits.MAX_FILE_CHUNKS_PER_USER} "
+                f"chunks (1 MiB each) in the file index ({chunks} in use); unpublish some (ztm unpublish file PATH) "
+                "first"
+            )
+
     # writing
     def publish(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
         ep = self.state.require_ep(peer)
@@ -119,7 +151,12 @@ class FileIndex:
             acl=parsed.acl,
             published=time.time(),
         )
+        old = self.entries.get(entry.path)
+        self._check_quota(peer.user, entry, old)
         self.store.save_file(entry.path, json.dumps(entry.to_json()))
+        if old is not None:
+            self._count(old, -1)
+        self._count(entry, 1)
         self.entries[entry.path] = entry
         held = self.sources.setdefault(entry.path, {})
         for other, file_hash in list(held.items()):
@@ -141,6 +178,7 @@ class FileIndex:
             raise Forbidden(f"only {filespec.writers(path)} may unpublish {path}")
         self.store.delete_file(path)
         del self.entries[entry.path]
+        self._count(entry, -1)
         self.sources.pop(path, None)
         self.partial.pop(path, None)
         log.info("user %s unpublished %s", peer.user, path)

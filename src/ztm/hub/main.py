@@ -11,6 +11,7 @@ from ztm import aio, h2, logs, pki
 from ztm.addr import Address
 from ztm.config import HubConfig
 from ztm.errors import BadInput, ZtmError
+from ztm.hub import limits
 from ztm.hub.admin import serve_admin
 from ztm.hub.authority import Authority
 from ztm.hub.routes import HubRoutes
@@ -56,6 +57,7 @@ async def _main(cfg: HubConfig) -> int:
                 authority.server_context,
                 on_connect=routes.on_connect,
                 on_handshake_failure=routes.on_handshake_failure,
+                settings=h2.H2Settings(max_concurrent_streams=limits.MAX_CONCURRENT_STREAMS),
             )
         except OSError as exc:
             raise ZtmError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None

@@ -21,7 +21,10 @@ from dataclasses import dataclass
 
 from ztm import h2, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Timeout, Unavailable, ZtmError
-from ztm.hub.state import HubState, Peer
+from ztm.hub import limits
+from ztm.hub.limits import PendingCounts
+from ztm.hub.state import HubState, Peer, Session
+from ztm.hub.store import EndpointRecord
 
 log = logging.getLogger("ztm.hub")
 
@@ -61,6 +64,10 @@ class Relay:
     def __init__(self, state: HubState) -> None:
         self.state = state
         self.pending: dict[str, Pending] = {}
+        self.waiting = PendingCounts(
+            "streams", limits.MAX_PENDING_STREAMS_PER_CALLER, limits.MAX_PENDING_STREAMS_PER_TARGET
+        )
+        """Streams waiting for their targets to accept, per caller and per target (a flood is refused, 503)."""
         self.active = 0
         state.offline_hooks.append(self._target_offline)
 
@@ -77,34 +84,21 @@ class Relay:
             service = check_service(stream.header("ztm-service"))
             target = self.state.find_endpoint(stream.authority or "")
             session = self.state.sessions.get(target.id)
-            if session is None:
+            if session is None or session.closed:
                 raise Unavailable(f"endpoint {target.name!r} is offline")
             if target.id == caller.id:
                 raise BadInput("an endpoint cannot open a stream to itself through the hub")
+            self.waiting.reserve(caller.id, target.id, target.name)
         except ZtmError as exc:
             self.state.counters["streams_refused"] += 1
             await _answer_error(stream, exc)
             return
-        stream_id = uuid.uuid4().hex
-        pending = Pending(target.id, asyncio.get_running_loop().create_future())
-        self.pending[stream_id] = pending
-        session.push(
-            {
-                "type": "stream",
-                "id": stream_id,
-                "from": {"ep": caller.id, "name": caller.name, "user": caller.user},
-                "app": app,
-                "service": service,
-            }
-        )
         try:
-            outcome = await asyncio.wait_for(pending.future, ACCEPT_TIMEOUT)
-        except TimeoutError:
-            self.state.counters["streams_refused"] += 1
-            await _answer_error(stream, Timeout(f"endpoint {target.name!r} did not accept within {ACCEPT_TIMEOUT:g}s"))
-            return
+            outcome = await self._offer(session, stream, caller, target, app, service)
         finally:
-            self.pending.pop(stream_id, None)
+            self.waiting.release(caller.id, target.id)
+        if outcome is None:
+            return
         if isinstance(outcome, Refusal):
             self.state.counters["streams_refused"] += 1
             await _answer_error(stream, outcome.error())
@@ -123,6 +117,37 @@ class Relay:
             self.active -= 1
             if not done.done():
                 done.set_result(None)
+
+    async def _offer(
+        self, session: Session, stream: h2.Stream, caller: EndpointRecord, target: EndpointRecord, app: str,
+        service: str,
+    ) -> tuple[h2.Stream, asyncio.Future[None]] | Refusal | None:  # fmt: skip
+        """Announce the stream to the target and wait for its answer; None once the caller was answered (503 when
+        the target's event queue has no room for peers' events, 504 when the target did not answer in time)."""
+        stream_id = uuid.uuid4().hex
+        pending = Pending(target.id, asyncio.get_running_loop().create_future())
+        event = {
+            "type": "stream",
+            "id": stream_id,
+            "from": {"ep": caller.id, "name": caller.name, "user": caller.user},
+            "app": app,
+            "service": service,
+        }
+        if not session.offer(event):
+            self.state.counters["streams_refused"] += 1
+            await _answer_error(
+                stream, Unavailable(f"endpoint {target.name!r} has too many events waiting to be read; try again later")
+            )
+            return None
+        self.pending[stream_id] = pending
+        try:
+            return await asyncio.wait_for(pending.future, ACCEPT_TIMEOUT)
+        except TimeoutError:
+            self.state.counters["streams_refused"] += 1
+            await _answer_error(stream, Timeout(f"endpoint {target.name!r} did not accept within {ACCEPT_TIMEOUT:g}s"))
+            return None
+        finally:
+            self.pending.pop(stream_id, None)
 
     async def accept(self, stream: h2.Stream, peer: Peer, stream_id: str) -> None:
         """The target's answer to a `stream` event: hand its stream to the waiting entrance, or refuse."""

@@ -322,9 +322,7 @@ class HubRoutes:
             await stream.respond(200, [("content-type", "application/x-ndjson")])
             ended = False
             while not ended:
-                items = [await session.queue.get()]
-                while not session.queue.empty() and len(items) < 256:
-                    items.append(session.queue.get_nowait())
+                items = await session.take(256)
                 lines: list[bytes] = []
                 for item in items:
                     if item is None:

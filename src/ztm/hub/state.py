@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import pki, validate
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unauthorized, Unavailable
+from ztm.hub import limits
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.conns import Connections
 from ztm.hub.store import EndpointRecord, HubStore
@@ -28,8 +29,6 @@ from ztm.timefmt import iso
 from ztm.version import __version__
 
 log = logging.getLogger("ztm.hub")
-
-EVENT_QUEUE_LIMIT = 4096
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -65,32 +64,75 @@ class Session:
     received_at_sweep: int = 0
     conn_key: int | None = None
     """The `Connections` key of the session's connection (the session closes it after its last event)."""
-    queue: asyncio.Queue[tuple[str, bytes] | None] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=EVENT_QUEUE_LIMIT)
-    )
+    queue: asyncio.Queue[tuple[str, bytes, str | None] | None] = field(default_factory=asyncio.Queue)
+    """(kind, line, key): a keyed item's line is the latest one in `latest` when it is taken."""
+    latest: dict[str, bytes] = field(default_factory=dict)
+    """Key -> the newest line of a keyed event still waiting (one `endpoint` event per endpoint): a peer that
+    changes its labels or goes on- and offline in a loop replaces its waiting event instead of adding one."""
+    queued_bytes: int = 0
+    """Bytes of event lines waiting in `queue`: a budget (`limits.EVENT_QUEUE_BYTES`), not a count of events."""
     closed: bool = False
 
     def push(self, event: dict[str, Any]) -> None:
         self.push_line(str(event.get("type")), encode_event(event))
 
-    def push_line(self, kind: str, line: bytes) -> None:
-        """Queue an already encoded event line (broadcasts encode once for every session)."""
+    def push_line(self, kind: str, line: bytes, key: str | None = None) -> None:
+        """Queue an already encoded event line (broadcasts encode once for every session); a line with a `key`
+        replaces a waiting one with the same key. An endpoint that lets more than `EVENT_QUEUE_BYTES` pile up does
+        not read its events: its session ends and its connection closes."""
         if self.closed:
             return
-        try:
-            self.queue.put_nowait((kind, line))
-        except asyncio.QueueFull:
+        waiting = self.latest.get(key) if key is not None else None
+        grows = len(line) - (len(waiting) if waiting is not None else 0)
+        if self.queued_bytes + grows > limits.EVENT_QUEUE_BYTES:
             log.warning("endpoint %s does not read its events; closing its session", self.ep_id)
             self.end()
+            self.close_connection()  # what is queued would wait behind the stalled stream: drop it with the connection
+            return
+        if key is not None:
+            self.latest[key] = line
+            self.queued_bytes += grows
+            if waiting is None:
+                self.queue.put_nowait((kind, b"", key))
+            return
+        self._put(kind, line)
+
+    def offer(self, event: dict[str, Any]) -> bool:
+        """Queue an event another endpoint caused (a `call` or a `stream`) if that fits in the share of the budget
+        such events may take (`PEER_EVENT_BYTES`); False when it does not: the caller is refused, and a flood
+        never ends this session."""
+        line = encode_event(event)
+        if self.closed or self.queued_bytes + len(line) > limits.PEER_EVENT_BYTES:
+            return False
+        self._put(str(event.get("type")), line)
+        return True
+
+    def _put(self, kind: str, line: bytes) -> None:
+        self.queued_bytes += len(line)
+        self.queue.put_nowait((kind, line, None))
+
+    async def take(self, most: int) -> list[tuple[str, bytes] | None]:
+        """Wait for queued events and take up to `most` of them (None: the session ended)."""
+        raw = [await self.queue.get()]
+        while not self.queue.empty() and len(raw) < most:
+            raw.append(self.queue.get_nowait())
+        items: list[tuple[str, bytes] | None] = []
+        for item in raw:
+            if item is None:
+                items.append(None)
+                continue
+            kind, line, key = item
+            if key is not None:
+                line = self.latest.pop(key, b"")
+            self.queued_bytes -= len(line)
+            items.append((kind, line))
+        return items
 
     def end(self) -> None:
         """Stop the session: the event writer drains what is queued, then closes the connection."""
         if not self.closed:
             self.closed = True
-            try:
-                self.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                self.close_connection()
+            self.queue.put_nowait(None)
 
 
 class HubState:
@@ -116,6 +158,9 @@ class HubState:
         self.users = {u.name: u for u in store.users()}
         self.sessions: dict[str, Session] = {}
         self._calls: dict[str, tuple[asyncio.Future[Any], str]] = {}
+        self.pending_calls = limits.PendingCounts(
+            "calls", limits.MAX_PENDING_CALLS_PER_CALLER, limits.MAX_PENDING_CALLS_PER_TARGET
+        )
         self._seen: dict[str, float] = {}
         self._touch_failed = False
         self.counters: collections.Counter[str] = collections.Counter()
@@ -357,9 +402,10 @@ class HubState:
     def broadcast(self, event: dict[str, Any], *, exclude: str | None = None) -> None:
         self.version += 1
         kind, line = str(event.get("type")), encode_event(event)
+        key = f"endpoint/{event['ep']['id']}" if kind == "endpoint" else None  # only the newest view matters
         for ep_id, session in self.sessions.items():
             if ep_id != exclude:
-                session.push_line(kind, line)
+                session.push_line(kind, line, key)
 
     # views
     def status(self) -> dict[str, Any]:
@@ -439,6 +485,11 @@ class HubState:
         ep = self.require_ep(peer)
         offered = self.services.setdefault(ep.id, {})
         if services:
+            if app not in offered and len(offered) >= limits.MAX_APPS_PER_ENDPOINT:
+                raise BadInput(
+                    f"this endpoint announces services for {len(offered)} apps, the most the hub keeps; withdraw some "
+                    "(an empty list of services) first"
+                )
             offered[app] = sorted(set(services))
         else:
             offered.pop(app, None)
@@ -562,27 +613,35 @@ class HubState:
         caller = self.require_ep(peer)
         target = self.find_endpoint(ref)
         session = self.sessions.get(target.id)
-        if session is None:
+        if session is None or session.closed:
             raise Unavailable(f"endpoint {target.name!r} is offline")
-        call_id = uuid.uuid4().hex
-        self.counters["calls"] += 1
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[call_id] = (future, target.id)
-        session.push(
-            {
+        size = len(json.dumps(params, separators=(",", ":")).encode())
+        if size > limits.MAX_CALL_PARAMS:
+            raise BadInput(f"call params are {size} bytes of JSON; the hub relays at most {limits.MAX_CALL_PARAMS}")
+        self.pending_calls.reserve(caller.id, target.id, target.name)
+        try:
+            call_id = uuid.uuid4().hex
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            event = {
                 "type": "call",
                 "id": call_id,
                 "from": {"ep": caller.id, "name": caller.name, "user": caller.user},
                 "method": method,
                 "params": params,
             }
-        )
-        try:
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise Timeout(f"endpoint {target.name!r} did not answer within {timeout:g}s") from None
+            if not session.offer(event):
+                self.counters["calls_refused"] += 1
+                raise Unavailable(f"endpoint {target.name!r} has too many events waiting to be read; try again later")
+            self.counters["calls"] += 1
+            self._calls[call_id] = (future, target.id)
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise Timeout(f"endpoint {target.name!r} did not answer within {timeout:g}s") from None
+            finally:
+                self._calls.pop(call_id, None)
         finally:
-            self._calls.pop(call_id, None)
+            self.pending_calls.release(caller.id, target.id)
 
     def answer(self, peer: Peer, call_id: str, body: dict[str, Any]) -> None:
         ep = self.require_ep(peer)
