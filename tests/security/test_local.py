@@ -14,9 +14,12 @@ import http.client
 import http.server
 import os
 import re
+import shutil
 import socket
 import socketserver
 import stat
+import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +28,18 @@ from typing import Any
 import pytest
 
 from gui import conftest as gui_fixtures
-from support import ZTM, free_port, one_line_error, restart_agent, restart_hub, run, start_agent, start_hub, wait_until
+from support import (
+    ZTM,
+    base_env,
+    free_port,
+    one_line_error,
+    restart_agent,
+    restart_hub,
+    run,
+    start_agent,
+    start_hub,
+    wait_until,
+)
 from ztm.h2.server import MAX_UNAUTHENTICATED_PER_SOURCE
 
 
@@ -281,3 +295,97 @@ def test_a_web_server_on_another_port_gets_no_gui_credential(tmp_path: Path, chr
             status, _ = agent.api("GET", "/api/meshes", token="", headers={**forged, **header})
             assert status == 401, f"a page on another port collected a working credential ({header})"
     assert '"read":"refused"' in collected.replace(" ", ""), collected  # and could not read the API itself
+
+
+# ------------------------------------------------------------------ item 6: the local socket and other OS users
+
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"  # stdlib only: the venv's python lives under /root, closed to others
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv") or not Path(SYSTEM_PYTHON).exists(),
+    reason="needs root, setpriv and /usr/bin/python3 to act as another OS user",
+)
+
+
+def _as_nobody(code: str, **kwargs: Any) -> subprocess.Popen[str]:
+    argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", SYSTEM_PYTHON, "-c", code]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _open_dir() -> Path:
+    shared = Path(tempfile.mkdtemp(prefix="ztm-sec-", dir="/tmp"))
+    shared.chmod(0o777)
+    return shared
+
+
+@needs_root
+def test_the_agent_serves_no_other_os_user_on_its_socket(tmp_path: Path) -> None:
+    agent = start_agent(tmp_path, "a")
+    shared = _open_dir()
+    try:
+        # a mistake that opens the socket to everyone: a world-writable link to it in a directory all can enter
+        (agent.data / "agent.sock").chmod(0o666)
+        os.link(agent.data / "agent.sock", shared / "agent.sock")
+        ask = (
+            "import socket\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({str(shared / 'agent.sock')!r})\n"
+            f"s.sendall(b'GET /api/meshes HTTP/1.1\\r\\nHost: 127.0.0.1:{agent.port}\\r\\n'\n"
+            "          b'Connection: close\\r\\n\\r\\n')\n"
+            "data = b''\n"
+            "while chunk := s.recv(65536):\n"
+            "    data += chunk\n"
+            "print(data.decode())\n"
+        )
+        out, err = _as_nobody(ask).communicate(timeout=20)
+        assert out.startswith("HTTP/1.1 403"), (out, err)
+        assert "serves only the OS user who runs this agent" in out
+        # the same request as the agent's own user through the same link: served
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(shared / "agent.sock"))
+            s.sendall(f"GET /api/meshes HTTP/1.1\r\nHost: 127.0.0.1:{agent.port}\r\nConnection: close\r\n\r\n".encode())
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@needs_root
+def test_the_cli_talks_to_no_socket_of_another_os_user(tmp_path: Path) -> None:
+    shared = _open_dir()
+    home = tmp_path / "home"
+    server = None
+    try:
+        sock = shared / "planted.sock"
+        listen = (
+            "import os, socket\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.bind({str(sock)!r})\n"
+            f"os.chmod({str(sock)!r}, 0o666)\n"
+            "s.listen(4)\n"
+            "s.settimeout(20)\n"
+            "conn, _ = s.accept()\n"
+            "conn.settimeout(3)\n"
+            "data = b''\n"
+            "try:\n"
+            "    while chunk := conn.recv(65536):\n"
+            "        data += chunk\n"
+            "except OSError:\n"
+            "    pass\n"
+            "print(repr(data))\n"
+        )
+        server = _as_nobody(listen)
+        wait_until(sock.exists, 10, "the other user's socket")
+        port = free_port()
+        registry = home / ".ztm" / "agents"
+        registry.mkdir(parents=True)
+        (registry / f"127.0.0.1_{port}.sock").symlink_to(sock)
+        cp = run([*ZTM, "--agent", f"127.0.0.1:{port}", "get", "mesh"], env=base_env(home=home), check=False)
+        line = one_line_error(cp)
+        assert f"served by OS user id {NOBODY}, not by you" in line, line
+        out, _err = server.communicate(timeout=20)
+        assert out.strip() == "b''", f"the CLI sent {out.strip()} to another user's socket"
+    finally:
+        if server is not None and server.poll() is None:
+            server.kill()
+            server.wait()
+        shutil.rmtree(shared, ignore_errors=True)
