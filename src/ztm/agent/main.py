@@ -105,7 +105,7 @@ async def _main(cfg: AgentConfig) -> int:
             log.info("direct connections from peers on %s", cfg.direct)
         agent.start()
         aio.spawn(_sample_rates(api), name="rate-sampler")
-        log.info("agent API on http://%s (token in %s)", cfg.listen, cfg.data / "agent.token")
+        log.info("agent API on http://%s (token in %s) and on %s", cfg.listen, cfg.data / "agent.token", sock_path)
         _announce_signin(api, cfg.data)
         if cfg.join is not None and cfg.join not in agent.meshes:
             aio.spawn(_unattended_join(agent, cfg), name="unattended-join")
