@@ -148,13 +148,6 @@ class AgentClient:
             self._token = token
         return self._dial_tcp(timeout), {"Authorization": f"Bearer {self._token.value}"}
 
-    @property
-    def via(self) -> str:
-        """How requests reach the agent, for people: the socket path or `TCP with env ZTM_TOKEN`."""
-        if self._local is not None:
-            return str(self._local)
-        return f"TCP with {self._token.source}" if self._token is not None else "not connected yet"
-
     def _dial_local(self, path: Path, timeout: float) -> socket.socket:
         try:
             sock = localsock.connect(path, timeout)
