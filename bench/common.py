@@ -299,10 +299,10 @@ class Workspace:
 
         def ready() -> bool:
             proc.check_alive()
+            # read every time: the agent makes a new token at each start, the file may still hold the last run's
+            agent.token = token_file.read_text().strip() if token_file.exists() else ""
             if not agent.token:
-                agent.token = token_file.read_text().strip() if token_file.exists() else ""
-                if not agent.token:
-                    return False
+                return False
             status, _ = agent.api("GET", "/api/version", timeout=2.0)
             return status == 200
 

@@ -41,7 +41,7 @@ if ! "$PY" -c 'import ztm.cli' 2>/dev/null; then
 fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ztm-demo.XXXXXX")
-export HOME=$WORK/home # both agents leave their API tokens under $HOME/.ztm/agents/; the CLI finds them there
+export HOME=$WORK/home # both agents link their local sockets under $HOME/.ztm/agents/; the CLI finds them there
 mkdir -p "$HOME"
 
 pids=()

@@ -695,11 +695,10 @@ def _wait_agent_ready(agent: Agent, timeout: float) -> None:
 
     def ready() -> bool:
         proc.assert_alive()
+        # read every time: the agent makes a new token at each start, and the file may still hold the last run's
+        agent.token = token_file.read_text().strip() if token_file.exists() else ""
         if not agent.token:
-            text = token_file.read_text().strip() if token_file.exists() else ""
-            if not text:
-                return False
-            agent.token = text
+            return False
         status, _ = agent.api("GET", "/api/version", timeout=2.0)
         return status == 200
 

@@ -20,7 +20,7 @@ def default_data_dir() -> Path:
 
 
 def agents_registry_dir() -> Path:
-    """Per-OS-user directory where each running agent leaves a copy of its API token, named by listen address."""
+    """Per-OS-user directory where each running agent leaves a link to its local socket, named by listen address."""
     return Path.home() / ".ztm" / "agents"
 
 
@@ -28,6 +28,12 @@ def token_file_name(listen: Address) -> str:
     """File name (in `agents_registry_dir()`) of the token of the agent listening on `listen`."""
     host = listen.host.replace(":", "_")
     return f"{host}_{listen.port}.token"
+
+
+def socket_link_name(listen: Address) -> str:
+    """Name (in `agents_registry_dir()`) of the link to the local socket of the agent listening on `listen`."""
+    host = listen.host.replace(":", "_")
+    return f"{host}_{listen.port}.sock"
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """Process logging: a file in the data directory, stderr, and an in-memory ring that the APIs serve (`ztm log`).
 
-Nothing secret is logged: keys, tokens and permits never pass through a log call.
+Nothing secret is logged: keys, tokens and permits never pass through a log call. The log file is 0600 all the same
+(it names peers, endpoints and addresses).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +31,15 @@ class RingHandler(logging.Handler):
         return list(self.lines)[len(self.lines) - n :]
 
 
+def _private(path: Path) -> None:
+    """Create `path` readable by the owner only, or make an existing one so (an older version made it 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -48,7 +59,8 @@ def setup(log_file: Path | None, *, level: int = logging.INFO, stderr: bool = Tr
         err.setFormatter(formatter)
         logger.addHandler(err)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private(log_file)
         fh = logging.FileHandler(log_file)
         fh.setFormatter(formatter)
         logger.addHandler(fh)

@@ -1,20 +1,20 @@
-"""The GUI's sign-in and the session-cookie half of the API guard, spoken to with raw HTTP (no browser): a real agent.
+"""The GUI's sign-in and the session half of the API guard, spoken to with raw HTTP (no browser): a real agent.
 
 Covered: `/` and the static app are served without credentials but carry no data; `ztm gui` and the agent's own
-start-up line print single-use links; the cookie is HttpOnly + SameSite=Strict and named per port; a cookie opens the
-API for reads, and for writes only with the agent's own Origin (CSRF); foreign Origin/Host are refused with or
-without a cookie; the token typed into the sign-in form works, a wrong one does not; signing out ends the session;
-codes never reach the agent's log. The `SignIn` bookkeeping (expiry, single use, bounds) is checked with a fake clock.
+start-up link (in `DATA/gui-signin.txt`) are single-use; the link lands on the app with the code in the fragment and
+the app's script exchanges it at `POST /gui/session` for a session sent as `X-Ztm-Session` (never a cookie); foreign
+Origin/Host are refused with or without a session; a WebSocket upgrade needs a single-use ticket; the token typed into
+the sign-in form works, a wrong one does not; signing out ends the session; codes never reach the agent's log. The
+`SignIn` bookkeeping (expiry, single use, bounds) is checked with a fake clock.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.cookies import SimpleCookie
-from urllib.parse import urlencode
 
 import pytest
 from hypothesis import given, settings
@@ -24,7 +24,7 @@ import support
 from support import Agent, start_agent
 from ztm.gui import auth
 
-LINK = re.compile(r"http://127\.0\.0\.1:(\d+)(/gui/signin\?code=[A-Za-z0-9_-]+)")
+LINK = re.compile(r"http://127\.0\.0\.1:(\d+)(/gui/signin\?code=([A-Za-z0-9_-]+))")
 EVIL = "http://evil.example"
 pytestmark = pytest.mark.gui
 
@@ -35,13 +35,8 @@ class Answer:
     headers: http.client.HTTPMessage
     body: bytes = field(repr=False)
 
-    def cookie(self, name: str) -> str | None:
-        for raw in self.headers.get_all("Set-Cookie") or []:
-            jar = SimpleCookie()
-            jar.load(raw)
-            if name in jar:
-                return raw
-        return None
+    def json(self) -> object:
+        return json.loads(self.body)
 
 
 def call(
@@ -56,12 +51,13 @@ def call(
         conn.close()
 
 
-def session_of(agent: Agent, answer: Answer) -> str:
-    raw = answer.cookie(f"ztm_session_{agent.port}")
-    assert raw is not None, f"no session cookie in {answer.headers}"
-    jar = SimpleCookie()
-    jar.load(raw)
-    return jar[f"ztm_session_{agent.port}"].value
+def own(agent: Agent) -> dict[str, str]:
+    return {"Origin": f"http://127.0.0.1:{agent.port}", "Content-Type": "application/json"}
+
+
+def exchange(agent: Agent, code: str, headers: dict[str, str] | None = None) -> Answer:
+    """What the app's script does with a code: `POST /gui/session`."""
+    return call(agent, "POST", "/gui/session", body=json.dumps({"code": code}).encode(), headers=headers or own(agent))
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +67,23 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
     started.proc.stop()
 
 
-def fresh_link(agent: Agent) -> str:
+def fresh_link(agent: Agent) -> re.Match[str]:
     out = agent.cli("gui").stdout
     match = LINK.search(out)
     assert match and int(match.group(1)) == agent.port, out
-    return match.group(2)
+    return match
 
 
 def signed_in(agent: Agent) -> str:
-    answer = call(agent, "GET", fresh_link(agent))
-    assert answer.status == 303 and answer.headers["Location"] == "/gui/", answer
-    return session_of(agent, answer)
+    link = fresh_link(agent)
+    landing = call(agent, "GET", link.group(2))
+    assert landing.status == 303 and landing.headers["Location"] == f"/gui/#signin={link.group(3)}", landing
+    assert "Set-Cookie" not in landing.headers
+    answer = exchange(agent, link.group(3))
+    assert answer.status == 201, answer
+    body = answer.json()
+    assert isinstance(body, dict) and isinstance(body["session"], str)
+    return body["session"]
 
 
 def test_the_app_is_served_without_credentials_and_holds_no_data(agent: Agent) -> None:
@@ -107,84 +109,66 @@ def test_the_app_is_served_without_credentials_and_holds_no_data(agent: Agent) -
         assert call(agent, method, path, body=b"{}" if method == "POST" else None).status == 401, path
 
 
-def test_the_agent_prints_a_link_at_start_that_works_once(agent: Agent) -> None:
-    match = agent.proc.wait_for_output(LINK.pattern, timeout=20)
-    first = call(agent, "GET", match.group(2))
-    assert first.status == 303 and first.headers["Location"] == "/gui/"
-    raw = first.cookie(f"ztm_session_{agent.port}")
-    assert raw is not None
-    attrs = {a.strip().split("=")[0].lower() for a in raw.split(";")}
-    assert {"httponly", "path", "samesite"} <= attrs and "SameSite=Strict" in raw
-    again = call(agent, "GET", match.group(2))
-    assert again.status == 303 and again.headers["Location"] == "/gui/?signin=expired"
-    assert again.cookie(f"ztm_session_{agent.port}") is None
-    code = match.group(2).split("code=")[1]
+def test_the_agent_writes_a_link_at_start_that_works_once(agent: Agent) -> None:
+    link_file = agent.data / "gui-signin.txt"
+    support.wait_until(link_file.exists, 20, "the agent's sign-in link file")
+    match = LINK.search(link_file.read_text())
+    assert match, link_file.read_text()
+    assert exchange(agent, match.group(3)).status == 201
+    again = exchange(agent, match.group(3))
+    assert again.status == 401 and b"not right" in again.body
+    landing = call(agent, "GET", "/gui/signin?code=<script>")
+    assert landing.status == 303 and landing.headers["Location"] == "/gui/?signin=expired"
     log = (agent.data / "agent.log").read_text()
-    assert code not in log and "a browser signed in" in log
+    assert match.group(3) not in log and "a browser signed in" in log
 
 
-def test_a_session_cookie_opens_the_api_and_writes_need_the_own_origin(agent: Agent) -> None:
+def test_a_session_header_opens_the_api_and_nothing_else_does(agent: Agent) -> None:
     session = signed_in(agent)
-    cookie = {"Cookie": f"ztm_session_{agent.port}={session}"}
-    own = {"Origin": f"http://127.0.0.1:{agent.port}"}
-    assert call(agent, "GET", "/api/meshes", headers=cookie).status == 200
-    # a state-changing request with the cookie but no Origin: refused (CSRF), and nothing is minted
-    refused = call(agent, "POST", "/api/gui/signin-codes", body=b"{}", headers=cookie)
-    assert refused.status == 403 and b"Origin" in refused.body
-    minted = call(agent, "POST", "/api/gui/signin-codes", body=b"{}", headers={**cookie, **own})
+    header = {"X-Ztm-Session": session}
+    assert call(agent, "GET", "/api/meshes", headers=header).status == 200
+    minted = call(agent, "POST", "/api/gui/signin-codes", body=b"{}", headers=header)
     assert minted.status == 201 and b'"code"' in minted.body
-    # foreign Origin or Host: refused even with a live cookie
-    assert call(agent, "GET", "/api/meshes", headers={**cookie, "Origin": EVIL}).status == 403
-    assert call(agent, "POST", "/api/gui/signin-codes", body=b"{}", headers={**cookie, "Origin": EVIL}).status == 403
-    host = {"Host": f"evil.example:{agent.port}"}
-    assert call(agent, "GET", "/api/meshes", headers={**cookie, **host}).status == 403
-    # a WebSocket upgrade with the cookie needs the Origin too
-    upgrade = {**cookie, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
-               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}  # fmt: skip
-    assert call(agent, "GET", "/api/meshes/m/apps/terminal/endpoints/x/session", headers=upgrade).status == 403
-    # wrong cookie, or the right value under another port's name: 401
-    assert call(agent, "GET", "/api/meshes", headers={"Cookie": f"ztm_session_{agent.port}=x{session}"}).status == 401
-    assert (
-        call(agent, "GET", "/api/meshes", headers={"Cookie": f"ztm_session_{agent.port + 1}={session}"}).status == 401
-    )
+    # the same session as a cookie (what any server on the host would have collected): nothing
+    for name in ("ztm_session", f"ztm_session_{agent.port}", "session"):
+        assert call(agent, "GET", "/api/meshes", headers={"Cookie": f"{name}={session}"}).status == 401
+    # foreign Origin or Host: refused even with a live session
+    assert call(agent, "GET", "/api/meshes", headers={**header, "Origin": EVIL}).status == 403
+    assert call(agent, "POST", "/api/gui/signin-codes", body=b"{}", headers={**header, "Origin": EVIL}).status == 403
+    assert call(agent, "GET", "/api/meshes", headers={**header, "Host": f"evil.example:{agent.port}"}).status == 403
+    # a WebSocket upgrade: a ticket from a session, once
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Origin": f"http://127.0.0.1:{agent.port}"}  # fmt: skip
+    ws = "/api/meshes/m/apps/terminal/endpoints/x/session"
+    assert call(agent, "GET", ws, headers=upgrade).status == 401
+    made = call(agent, "POST", "/api/gui/ws-tickets", body=b"{}", headers=header)
+    assert made.status == 201
+    ticket = made.json()["ticket"]  # type: ignore[index]
+    assert call(agent, "GET", f"{ws}?ticket={ticket}", headers=upgrade).status != 401  # past the guard (no mesh m)
+    assert call(agent, "GET", f"{ws}?ticket={ticket}", headers=upgrade).status == 401  # spent
+    assert call(agent, "GET", f"/api/meshes?ticket={ticket}").status == 401  # and never a plain request's key
+    # a wrong session: 401
+    assert call(agent, "GET", "/api/meshes", headers={"X-Ztm-Session": "x" + session}).status == 401
 
 
 def test_the_sign_in_form_takes_a_code_or_the_token(agent: Agent) -> None:
-    form = {"Content-Type": "application/x-www-form-urlencoded", "Origin": f"http://127.0.0.1:{agent.port}"}
-    by_token = call(agent, "POST", "/gui/signin", body=urlencode({"code": agent.token}).encode(), headers=form)
-    assert by_token.status == 303 and by_token.headers["Location"] == "/gui/"
-    assert (
-        call(
-            agent, "GET", "/api/version", headers={"Cookie": f"ztm_session_{agent.port}={session_of(agent, by_token)}"}
-        ).status
-        == 200
-    )
-    code = fresh_link(agent).split("code=")[1]
-    by_code = call(agent, "POST", "/gui/signin", body=urlencode({"code": code}).encode(), headers=form)
-    assert by_code.status == 303 and by_code.cookie(f"ztm_session_{agent.port}") is not None
-    wrong = call(agent, "POST", "/gui/signin", body=urlencode({"code": "nope" * 10}).encode(), headers=form)
-    assert wrong.status == 303 and wrong.headers["Location"] == "/gui/?signin=wrong"
-    assert wrong.cookie(f"ztm_session_{agent.port}") is None
-    no_origin = {"Content-Type": "application/x-www-form-urlencoded"}
-    assert (
-        call(agent, "POST", "/gui/signin", body=urlencode({"code": agent.token}).encode(), headers=no_origin).status
-        == 403
-    )
-    evil = {**form, "Origin": EVIL}
-    assert (
-        call(agent, "POST", "/gui/signin", body=urlencode({"code": agent.token}).encode(), headers=evil).status == 403
-    )
+    by_token = exchange(agent, agent.token)
+    assert by_token.status == 201
+    session = by_token.json()["session"]  # type: ignore[index]
+    assert call(agent, "GET", "/api/version", headers={"X-Ztm-Session": session}).status == 200
+    assert exchange(agent, fresh_link(agent).group(3)).status == 201
+    wrong = exchange(agent, "nope" * 10)
+    assert wrong.status == 401 and "Set-Cookie" not in wrong.headers
+    assert exchange(agent, agent.token, {"Content-Type": "application/json"}).status == 403  # no Origin
+    assert exchange(agent, agent.token, {**own(agent), "Origin": EVIL}).status == 403
+    assert call(agent, "POST", "/gui/session", body=b"code=x", headers=own(agent)).status == 400
 
 
 def test_sign_out_ends_the_session(agent: Agent) -> None:
     session = signed_in(agent)
-    cookie = {"Cookie": f"ztm_session_{agent.port}={session}"}
-    own = {"Origin": f"http://127.0.0.1:{agent.port}"}
-    assert call(agent, "POST", "/gui/signout", headers=cookie).status == 403  # no Origin: not from the GUI
-    out = call(agent, "POST", "/gui/signout", headers={**cookie, **own})
-    assert out.status == 303 and out.headers["Location"] == "/gui/?signin=out"
-    assert "Max-Age=0" in (out.cookie(f"ztm_session_{agent.port}") or "")
-    assert call(agent, "GET", "/api/meshes", headers=cookie).status == 401
+    header = {"X-Ztm-Session": session}
+    assert call(agent, "POST", "/gui/signout", headers={**header, **own(agent)}).status == 204
+    assert call(agent, "GET", "/api/meshes", headers=header).status == 401
 
 
 def test_ztm_gui_names_a_missing_agent_plainly(tmp_path: object) -> None:
@@ -243,6 +227,20 @@ def test_the_tables_stay_bounded() -> None:
     for _ in range(auth.MAX_SESSIONS + 10):
         signin.open_session()
     assert len(signin.sessions) == auth.MAX_SESSIONS
+    for _ in range(auth.MAX_TICKETS + 10):
+        signin.mint_ticket()
+    assert len(signin.tickets) == auth.MAX_TICKETS
+
+
+def test_tickets_are_single_use_and_expire() -> None:
+    clock = Clock()
+    signin = auth.SignIn(clock)
+    ticket = signin.mint_ticket()
+    assert signin.spend_ticket(ticket) and not signin.spend_ticket(ticket)
+    late = signin.mint_ticket()
+    clock.now += auth.TICKET_TTL + 1
+    assert not signin.spend_ticket(late)
+    assert not signin.check(signin.mint_ticket())  # a ticket is no session
 
 
 @settings(max_examples=300, deadline=None)

@@ -5,7 +5,7 @@ Tests run in file order on one signed-in page: sign in with the link ep1 printed
 endpoints and ping one, stop and start an app, open a tunnel and carry bytes through it, configure the proxy (and its
 credentials, with the open-proxy warning), run a command in the browser terminal, upload and download files, follow
 and cancel a slow mesh download, read the log; and the refusals: no API call without a session, a cross-origin page
-cannot use the session even though the browser sends the cookie. Every page is saved
+(another port of the same host) can neither read the session nor use it. Every page is saved
 as a screenshot under `test-artifacts/gui/` (or `$ZTM_ARTIFACTS/gui/`).
 """
 
@@ -16,6 +16,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import secrets
 import socket
 import socketserver
@@ -85,7 +86,12 @@ def goto(page: Any, world: World, name: str) -> None:
 
 
 def api_status(page: Any, path: str, method: str = "GET") -> int:
-    return int(page.evaluate("([p, m]) => fetch(p, {method: m}).then(r => r.status)", [path, method]))
+    """A request as the app makes it: the session from this origin's storage in `X-Ztm-Session`, if there is one."""
+    script = (
+        "([p, m]) => fetch(p, {method: m, headers: {'X-Ztm-Session': localStorage.getItem('ztm.session') || ''}})"
+        ".then(r => r.status)"
+    )
+    return int(page.evaluate(script, [path, method]))
 
 
 # ------------------------------------------------------------------------------------------------- sign-in
@@ -104,16 +110,17 @@ def test_without_signin_the_api_refuses_and_the_app_asks_to_sign_in(page: Any, w
 
 
 def test_sign_in_with_the_link_the_agent_printed(page: Any, world: World, artifacts: Path) -> None:
-    link = world.ep1.proc.wait_for_output(LINK, timeout=30).group(1)
-    page.goto(link)
+    link_file = world.ep1.data / "gui-signin.txt"  # stdout is not a terminal here: the link went to this 0600 file
+    wait_until(link_file.exists, 30, "ep1's sign-in link")
+    match = re.search(LINK, link_file.read_text())
+    assert match, link_file.read_text()
+    page.goto(match.group(1))
     page.wait_for_selector("#shell:not([hidden])")
     assert page.url.startswith(f"{world.base}/gui/")
-    assert "code=" not in page.url
-    cookies = [c for c in page.context.cookies(world.base) if c["name"] == f"ztm_session_{world.ep1.port}"]
-    assert len(cookies) == 1
-    assert cookies[0]["httpOnly"] is True
-    assert cookies[0]["sameSite"] == "Strict"
-    assert page.evaluate("document.cookie") == ""  # HttpOnly: no script can read the session
+    assert "code=" not in page.url and "signin=" not in page.url
+    assert page.context.cookies() == []  # no cookie: browsers send cookies to every port of a host
+    assert page.evaluate("document.cookie") == ""
+    assert page.evaluate("localStorage.getItem('ztm.session')")  # this origin's storage (scheme, host and port)
     assert api_status(page, "/api/meshes") == 200
     shot(page, artifacts, "01-meshes-empty")
 
@@ -450,11 +457,13 @@ def test_logs_and_settings(page: Any, world: World, artifacts: Path) -> None:
     page.click("text=Make a sign-in link")
     made = page.locator("#page pre:has-text('/gui/signin?code=')").inner_text()
     assert made.startswith(f"{world.base}/gui/signin?code="), made
+    code = made.split("code=")[1]
     conn = http.client.HTTPConnection("127.0.0.1", world.ep1.port, timeout=10)
-    try:
-        conn.request("GET", made.removeprefix(world.base))
+    try:  # the link is good: its code opens a session (what the app's script does with it)
+        conn.request("POST", "/gui/session", body=json.dumps({"code": code}),
+                     headers={"Origin": world.base, "Content-Type": "application/json"})  # fmt: skip
         answer = conn.getresponse()
-        assert answer.status == 303 and f"ztm_session_{world.ep1.port}=" in (answer.getheader("Set-Cookie") or "")
+        assert answer.status == 201 and b'"session"' in answer.read()
     finally:
         conn.close()
     shot(page, artifacts, "10-settings")
@@ -497,13 +506,14 @@ class _EvilServer(socketserver.ThreadingTCPServer):
 
 
 def test_a_cross_origin_page_cannot_use_the_session(page: Any, world: World) -> None:
-    """A page of another origin on the same host (same site: the SameSite=Strict cookie IS sent) is refused."""
+    """A page of another origin on the same host can neither read the session nor make the browser send it."""
     with _EvilServer(("127.0.0.1", 0), _EvilPage) as evil:
         threading.Thread(target=evil.serve_forever, daemon=True).start()
         other = page.context.new_page()
         try:
             other.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
             assert other.title() == "elsewhere"  # the other site's page really loaded: its scripts run there
+            assert other.evaluate("localStorage.getItem('ztm.session')") is None  # storage is per origin
             target = f"{world.base}/api/meshes/{MESH}/endpoints/ep1/labels"
             # a readable cross-origin request fails (no CORS), a blind "simple" POST is refused by the agent
             read = other.evaluate(
@@ -518,10 +528,11 @@ def test_a_cross_origin_page_cannot_use_the_session(page: Any, world: World) -> 
             )
             status, ep = world.ep1.api("GET", f"/api/meshes/{MESH}/endpoints/ep1")
             assert status == 200 and "pwned" not in ep["labels"], ep
-            # the same request from the GUI's own origin works: the refusal above was the Origin check
+            # the same request from the GUI's own origin, with its session, works
             status = page.evaluate(
-                "(url) => fetch(url, {method: 'POST', headers: {'Content-Type': 'application/json'}, "
-                "body: JSON.stringify({add: ['mine']})}).then(r => r.status)",
+                "(url) => fetch(url, {method: 'POST', headers: {'Content-Type': 'application/json', "
+                "'X-Ztm-Session': localStorage.getItem('ztm.session')}, body: JSON.stringify({add: ['mine']})})"
+                ".then(r => r.status)",
                 f"/api/meshes/{MESH}/endpoints/ep1/labels",
             )
             assert status == 200

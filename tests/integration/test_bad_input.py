@@ -404,9 +404,14 @@ def test_agent_address_is_the_hub(world: World) -> None:
 
 
 def test_agent_refuses_a_wrong_token(world: World) -> None:
-    cp = _cli_at(world, world.agent.api_address, "get", "mesh", token="not-the-token")
+    # another OS user (no link to the agent's local socket in their HOME) with a wrong ZTM_TOKEN: over TCP, refused
+    other_home = world.tmp / "other-user-home"
+    other_home.mkdir(exist_ok=True)
+    env = base_env({"ZTM_TOKEN": "not-the-token"}, home=other_home)
+    cp = run([*ZTM, "--agent", world.agent.api_address, "get", "mesh"], env=env, cwd=world.tmp, check=False, timeout=20)
     line = assert_one_line_error(cp, r"refused the API token", code=1)
     assert "not-the-token" not in line and world.agent.token not in line, line
+    assert "new one at every start" in line, line
 
 
 # -------------------------------------------------------------------------------------------- a full hub (max agents)

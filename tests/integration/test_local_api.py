@@ -462,9 +462,13 @@ def _mode(path: Path) -> int:
 
 def test_secret_files_are_private(world: World) -> None:
     agent, hub = world.agent, world.hub
-    token_files = [agent.data / "agent.token", agent.home / ".ztm" / "agents" / f"127.0.0.1_{agent.port}.token"]
-    for path in token_files:
-        assert path.read_text().strip() == agent.token, path
+    token_files = [agent.data / "agent.token"]
+    assert token_files[0].read_text().strip() == agent.token
+    # no copy of the token in HOME: the CLI reaches its agent over the local socket, 0600 in the 0700 data directory
+    link = agent.home / ".ztm" / "agents" / f"127.0.0.1_{agent.port}.sock"
+    assert link.resolve() == (agent.data / "agent.sock").resolve() and link.is_socket()
+    assert not list((agent.home / ".ztm" / "agents").glob("*.token"))
+    assert _mode(agent.data / "agent.sock") == 0o600
     mesh_dir = agent.data / "meshes" / MESH
     keys = sorted(mesh_dir.glob("*.key"))
     assert len(keys) >= 2, f"expected the user and endpoint keys in {mesh_dir}, found {keys}"
@@ -473,7 +477,7 @@ def test_secret_files_are_private(world: World) -> None:
     private = [*token_files, *keys, *dbs, hub.permit, *sorted((hub.data / "hub-tls").glob("*.key"))]
     wrong = {str(p): oct(_mode(p)) for p in private if _mode(p) != 0o600}
     assert not wrong, f"files that hold secrets are not 0600: {wrong}"
-    dirs = [mesh_dir, hub.data / "hub-tls"]
+    dirs = [mesh_dir, hub.data / "hub-tls", agent.data, hub.data]
     open_dirs = {str(d): oct(_mode(d)) for d in dirs if _mode(d) & 0o077}
     assert not open_dirs, f"directories of key material are open to others: {open_dirs}"
 

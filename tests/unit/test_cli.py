@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import socketserver
 import stat
 import threading
 import time
@@ -23,9 +24,9 @@ import pytest
 
 from ztm.addr import Address
 from ztm.cli import commands
-from ztm.cli.client import discover_token, token_files
+from ztm.cli.client import socket_files
 from ztm.cli.main import main
-from ztm.config import agents_registry_dir, token_file_name
+from ztm.config import agents_registry_dir, socket_link_name
 
 TOKEN = "secret-token-123"
 PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
@@ -247,9 +248,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def agent(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAgent]:
     fake = FakeAgent()
-    registry = agents_registry_dir()
-    registry.mkdir(parents=True)
-    (registry / token_file_name(Address("127.0.0.1", fake.port))).write_text(TOKEN + "\n")
+    monkeypatch.setenv("ZTM_TOKEN", TOKEN)  # a fake agent on TCP: the token must be given (no local socket)
     monkeypatch.setenv("ZTM_AGENT", fake.address)
     try:
         yield fake
@@ -278,54 +277,89 @@ def one_line_error(res: Result) -> str:
 # ---------------------------------------------------------------- token discovery and transport errors
 
 
-def test_token_found_in_registry_with_only_ztm_agent_set(agent: FakeAgent, run: Callable[..., Result]) -> None:
+def test_the_env_token_is_sent_over_tcp(agent: FakeAgent, run: Callable[..., Result]) -> None:
     res = run("get", "ep")
     assert res.code == 0, res.err
     assert agent.last().headers["Authorization"] == f"Bearer {TOKEN}"
 
 
-def test_localhost_also_tries_the_127_0_0_1_token(
+class UnixAgent(socketserver.ThreadingUnixStreamServer):
+    """The fake agent's answers on a UNIX socket (no token: the caller is known from the socket)."""
+
+    daemon_threads = True
+
+
+def _unix_agent(path: Path, fake: FakeAgent) -> UnixAgent:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            fake.requests.append(Request("GET", self.path, {}, dict(self.headers), None))
+            data = json.dumps(fake.routes.get(("GET", self.path))).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = UnixAgent(str(path), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.005,), daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "localhost", "0.0.0.0"])
+def test_the_local_socket_is_found_from_the_address_and_no_token_is_sent(
+    home: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, listen: str
+) -> None:
+    fake = FakeAgent()  # also on TCP: it must not be used
+    try:
+        registry = agents_registry_dir()
+        registry.mkdir(parents=True)
+        sock = tmp_path / "agent.sock"
+        server = _unix_agent(sock, fake)
+        (registry / socket_link_name(Address(listen, fake.port))).symlink_to(sock)
+        (home / "agent.token").write_text(TOKEN + "\n")
+        monkeypatch.setenv("ZTM_AGENT", f"127.0.0.1:{fake.port}")
+        res = run("get", "mesh")
+        assert res.code == 0, res.err
+        assert [r.path for r in fake.requests] == ["/api/meshes"]
+        assert "Authorization" not in fake.requests[0].headers
+        server.shutdown()
+        server.server_close()
+    finally:
+        fake.close()
+    # never offered to a remote host
+    assert socket_files(Address("192.0.2.7", 7000)) == [registry / "192.0.2.7_7000.sock"]
+
+
+def test_default_address_uses_the_data_dir_socket(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    monkeypatch.setenv("ZTM_DATA", str(data))
+    assert data / "agent.sock" in socket_files(Address("127.0.0.1", 7777))
+    assert data / "agent.sock" not in socket_files(Address("127.0.0.1", 7778))
+
+
+def test_env_token_is_named_when_refused(
     agent: FakeAgent, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ZTM_AGENT", f"localhost:{agent.port}")
-    assert run("get", "mesh").code == 0
-
-
-def test_agent_listening_on_wildcard_leaves_a_token_usable_via_loopback(home: Path) -> None:
-    registry = agents_registry_dir()
-    registry.mkdir(parents=True)
-    (registry / token_file_name(Address("0.0.0.0", 7000))).write_text("wild\n")
-    token, problems = discover_token(Address("127.0.0.1", 7000))
-    assert token is not None and token.value == "wild" and not problems
-    # never offered to a remote host
-    assert discover_token(Address("192.0.2.7", 7000))[0] is None
-
-
-def test_default_address_uses_data_dir_token(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "agent.token").write_text("from-data\n")
-    monkeypatch.setenv("ZTM_DATA", str(data))
-    token, _ = discover_token(Address("127.0.0.1", 7777))
-    assert token is not None and token.value == "from-data"
-    assert data / "agent.token" not in token_files(Address("127.0.0.1", 7778))
-
-
-def test_env_token_wins(agent: FakeAgent, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZTM_TOKEN", "wrong")
     err = one_line_error(run("get", "ep"))
     assert f"the agent at {agent.address} refused the API token" in err
-    assert "env ZTM_TOKEN" in err and "bad or missing API token" in err
+    assert "env ZTM_TOKEN" in err and "bad or missing API token" in err and "new one at every start" in err
 
 
-def test_no_token_message(agent: FakeAgent, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch) -> None:
-    for path in agents_registry_dir().glob("*.token"):
-        path.unlink()
+def test_no_socket_and_no_token_message(
+    agent: FakeAgent, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ZTM_TOKEN")
+    (agents_registry_dir()).mkdir(parents=True)
+    (agents_registry_dir() / f"127.0.0.1_{agent.port}.token").write_text(TOKEN + "\n")  # an old version's copy
     err = one_line_error(run("get", "ep"))
-    assert err == (
-        f"ztm: no API token for the agent at {agent.address}: run ztm as the OS user who started that agent, "
-        "or set ZTM_TOKEN"
-    )
+    assert err.startswith(f"ztm: no local socket of the agent at {agent.address} for your OS user")
+    assert err.endswith("run ztm as the OS user who started that agent, or set ZTM_TOKEN to the content of its "
+                        "DATA/agent.token")  # fmt: skip
+    assert all("Authorization" not in r.headers for r in agent.requests)  # the file's token was never sent
 
 
 def test_no_token_and_nothing_listening_names_the_address(
@@ -335,15 +369,6 @@ def test_no_token_and_nothing_listening_names_the_address(
     monkeypatch.setenv("ZTM_AGENT", f"127.0.0.1:{port}")
     err = one_line_error(run("get", "ep"))
     assert err.startswith(f"ztm: cannot reach the agent at 127.0.0.1:{port} (connection refused)")
-
-
-def test_401_names_the_token_file(agent: FakeAgent, run: Callable[..., Result]) -> None:
-    registry = agents_registry_dir()
-    (registry / token_file_name(Address("127.0.0.1", agent.port))).write_text("stale\n")
-    res = run("get", "ep")
-    err = one_line_error(res)
-    assert res.code == 1
-    assert f"refused the API token ({registry}" in err
 
 
 def _free_port() -> int:

@@ -298,7 +298,7 @@ def test_config_show_defaults(run: Callable[..., Result], home: Path) -> None:
     assert res.code == 0
     assert "agent: 127.0.0.1:7777  (default)" in res.out
     assert "mesh:  -  (not set: the agent's only mesh is used)" in res.out
-    assert f"{home}/.ztm/agents/127.0.0.1_7777.token" in res.out
+    assert f"{home}/.ztm/agents/127.0.0.1_7777.sock" in res.out
     assert "(not written yet)" in res.out
 
 

@@ -1,8 +1,10 @@
 """The agent's local REST API (aiohttp), documented in `ztm/openapi.yaml`.
 
-Every `/api/` route needs the agent's token (`Authorization: Bearer TOKEN`). Requests with a foreign `Host` header
-(DNS rebinding) or a foreign `Origin` (cross-origin pages) are refused before routing, and no CORS headers are ever
-sent. Errors are `{"error": ..., "code": ...}` with the status of the matching `ZtmError`.
+Every `/api/` route needs the caller to be known, on every request: on the local UNIX socket, the kernel's word
+(`SO_PEERCRED`) that it runs as the agent's own OS user or root; on TCP, the agent's token
+(`Authorization: Bearer TOKEN`) or a GUI session. Requests with a foreign `Host` header (DNS rebinding) or a
+foreign `Origin` (cross-origin pages) are refused before routing, and no CORS headers are ever sent. Errors are
+`{"error": ..., "code": ...}` with the status of the matching `ZtmError`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import hmac
 import ipaddress
 import json
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from ztm import validate
+from ztm import localsock, validate
 from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.appapi import add_routes as app_routes
@@ -73,11 +77,27 @@ class AgentApi:
             return address.port == self.listen.port
         return False
 
+    @staticmethod
+    def _local_peer(request: web.Request) -> bool:
+        """True when the request came over the local UNIX socket from the agent's own OS user (or root); raises
+        `Forbidden` for another user there; False on TCP."""
+        sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+        if sock is None or sock.family != socket.AF_UNIX:
+            return False
+        uid = localsock.peer_uid(sock)
+        if not localsock.trusted_uid(uid):
+            raise Forbidden(
+                f"refused: the local socket serves only the OS user who runs this agent (uid {os.getuid()}), "
+                f"not uid {uid}; use the TCP address with the API token"
+            )
+        return True
+
     @web.middleware
     async def guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             host = request.headers.get("Host", "")
-            if not self._host_ok(host):
+            local = self._local_peer(request)
+            if not local and not self._host_ok(host):
                 raise Forbidden(f"refused: Host {host!r} is not this agent's address (possible DNS rebinding)")
             origin = request.headers.get("Origin")
             if origin is not None and origin not in {f"http://{h}" for h in self.hosts | {host}}:
@@ -87,10 +107,11 @@ class AgentApi:
             auth = request.headers.get("Authorization", "")
             scheme, _, given = auth.partition(" ")
             bearer = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), self.token.encode())
-            if not bearer and not self.gui.is_public(request) and not self.gui.session_ok(request):
+            if not (local or bearer or self.gui.is_public(request) or self.gui.session_ok(request)):
                 raise Unauthorized(
                     "missing or wrong API token: send 'Authorization: Bearer TOKEN' with the token from "
-                    "DATA/agent.token (browsers: sign in with the link from 'ztm gui')"
+                    "DATA/agent.token, which changes at every agent start (browsers: sign in with the link from "
+                    "'ztm gui')"
                 )
             return await handler(request)
         except ZtmError as exc:

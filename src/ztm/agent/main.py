@@ -1,7 +1,10 @@
 """`ztm run agent`: open the agent's state, reconnect every joined mesh, serve the local API until signalled.
 
-The API token is made once (`DATA/agent.token`, 0600) and copied to `~/.ztm/agents/HOST_PORT.token` so the CLI of
-the OS user who started the agent finds it from the agent's address alone.
+The API serves on TCP (`--listen`, for the GUI and for clients that present the token) and on the local UNIX socket
+`DATA/agent.sock` (0600 in the 0700 data directory; the caller is known from `SO_PEERCRED`), linked from
+`~/.ztm/agents/HOST_PORT.sock` so the CLI of the OS user who started the agent finds it from the agent's address
+alone. The API token (`DATA/agent.token`, 0600) is made anew at every start: a token someone saw is dead after a
+restart.
 """
 
 from __future__ import annotations
@@ -11,15 +14,16 @@ import contextlib
 import logging
 import secrets
 import signal
+import sys
 from pathlib import Path
 
 from aiohttp import web
 
-from ztm import aio, logs, pki, validate
+from ztm import aio, datadir, localsock, logs, pki, validate
 from ztm.agent.api import AgentApi
 from ztm.agent.direct import DirectServer
 from ztm.agent.service import Agent
-from ztm.config import AgentConfig, agents_registry_dir, token_file_name
+from ztm.config import AgentConfig, agents_registry_dir, socket_link_name, token_file_name
 from ztm.errors import BadInput, Unavailable, ZtmError
 from ztm.permit import Permit
 
@@ -43,37 +47,40 @@ def run_agent(cfg: AgentConfig) -> int:
     return asyncio.run(_main(cfg))
 
 
-def load_token(data: Path) -> str:
-    path = data / "agent.token"
-    if path.exists():
-        token = path.read_text().strip()
-        if len(token) >= 32:
-            return token
+def new_token(data: Path) -> str:
+    """A fresh API token in `DATA/agent.token` (0600), replacing the one of the previous run."""
     token = secrets.token_urlsafe(32)
-    pki.write_private(path, token + "\n")
+    pki.write_private(data / "agent.token", token + "\n")
     return token
 
 
-def publish_token(cfg: AgentConfig, token: str) -> Path | None:
-    """Copy the token where this OS user's CLI looks for it; a failure only costs the convenience."""
+def publish_socket(cfg: AgentConfig, sock_path: Path) -> Path | None:
+    """Link the local socket where this OS user's CLI looks for it; a failure only costs the convenience."""
     registry = agents_registry_dir()
     try:
         registry.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = registry / token_file_name(cfg.listen)
-        pki.write_private(path, token + "\n")
+        path = registry / socket_link_name(cfg.listen)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp.symlink_to(sock_path.absolute())
+        tmp.replace(path)
+        # a copy of the token left there by an older version is dead now: remove it
+        (registry / token_file_name(cfg.listen)).unlink(missing_ok=True)
     except OSError as exc:
-        log.warning("could not publish the API token in %s: %s", registry, exc)
+        log.warning("could not link the local socket in %s: %s", registry, exc)
         return None
     return path
 
 
 async def _main(cfg: AgentConfig) -> int:
-    cfg.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    made_private = datadir.prepare(cfg.data)
     ring = logs.setup(cfg.data / "agent.log")
+    if made_private is not None:
+        log.warning("%s", made_private)
     agent = Agent(cfg.data, ring.tail)
     published: Path | None = None
+    sock_path = cfg.data / localsock.SOCKET_NAME
     try:
-        token = load_token(cfg.data)
+        token = new_token(cfg.data)
         api = AgentApi(agent, cfg.listen, token, ring.tail)
         runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
         await runner.setup()
@@ -83,7 +90,12 @@ async def _main(cfg: AgentConfig) -> int:
         except OSError as exc:
             await runner.cleanup()
             raise ZtmError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
-        published = publish_token(cfg, token)
+        try:
+            await web.SockSite(runner, localsock.bind(sock_path)).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ZtmError(f"cannot listen on the local socket {sock_path}: {exc.strerror or exc}") from None
+        published = publish_socket(cfg, sock_path)
         direct = DirectServer(lambda: agent.meshes.values())
         if cfg.direct is not None:
             try:
@@ -95,8 +107,8 @@ async def _main(cfg: AgentConfig) -> int:
             log.info("direct connections from peers on %s", cfg.direct)
         agent.start()
         aio.spawn(_sample_rates(api), name="rate-sampler")
-        log.info("agent API on http://%s (token in %s)", cfg.listen, cfg.data / "agent.token")
-        print(api.gui.startup_message(), flush=True)
+        log.info("agent API on http://%s (token in %s) and on %s", cfg.listen, cfg.data / "agent.token", sock_path)
+        _announce_signin(api, cfg.data)
         if cfg.join is not None and cfg.join not in agent.meshes:
             aio.spawn(_unattended_join(agent, cfg), name="unattended-join")
         stop = asyncio.Event()
@@ -110,10 +122,30 @@ async def _main(cfg: AgentConfig) -> int:
         return 0
     finally:
         await agent.close_quietly()
-        if published is not None:
-            with contextlib.suppress(OSError):
-                if published.read_text().strip() == load_token(cfg.data):
-                    published.unlink()
+        with contextlib.suppress(OSError):
+            if published is not None and published.readlink() == sock_path.absolute():
+                published.unlink()
+        with contextlib.suppress(OSError):
+            sock_path.unlink()
+
+
+SIGNIN_FILE = "gui-signin.txt"
+
+
+def _announce_signin(api: AgentApi, data: Path) -> None:
+    """The GUI's one-time sign-in link: on stdout only when it is a terminal (under systemd or in the background
+    stdout is a journal or a file others may read), else in `DATA/gui-signin.txt` (0600), which stdout names."""
+    message = api.gui.startup_message()
+    if sys.stdout.isatty():
+        print(message, flush=True)
+        return
+    path = data / SIGNIN_FILE
+    try:
+        pki.write_private(path, message + "\n")
+    except OSError as exc:
+        log.warning("could not write the GUI sign-in link to %s: %s; run 'ztm gui' for one", path, exc)
+        return
+    print(f"GUI sign-in link in {path} (readable by you only); 'ztm gui' makes another", flush=True)
 
 
 async def _unattended_join(agent: Agent, cfg: AgentConfig) -> None:

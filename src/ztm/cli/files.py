@@ -160,12 +160,8 @@ def configure_get_file(p: argparse.ArgumentParser) -> None:
 
 
 def _connection(ctx: Context) -> tuple[http.client.HTTPConnection, dict[str, str]]:
-    client = ctx.client()
-    token = client.token()
-    address = client.address
-    conn = http.client.HTTPConnection(address.host, address.port, timeout=max(ctx.timeout, TRANSFER_TIMEOUT))
-    headers = {"Authorization": f"Bearer {token.value}", "User-Agent": f"ztm-cli/{__version__}"}
-    return conn, headers
+    conn, auth = ctx.client().connection(max(ctx.timeout, TRANSFER_TIMEOUT))
+    return conn, {**auth, "User-Agent": f"ztm-cli/{__version__}"}
 
 
 def _failure(ctx: Context, exc: BaseException) -> ZtmError:
@@ -186,7 +182,8 @@ def _answer(ctx: Context, resp: http.client.HTTPResponse) -> Any:
         raise UnexpectedAnswer(f"the agent answered HTTP {resp.status} with something that is not JSON") from None
     if resp.status == 401:
         raise Unauthorized(
-            f"the agent refused the API token: run ztm as the OS user who started it, or set {ENV_TOKEN}"
+            f"the agent refused the API token: it makes a new one at every start; set {ENV_TOKEN} to the current "
+            "content of its DATA/agent.token, or run ztm as the OS user who started it"
         )
     if not 200 <= resp.status < 300:
         err = from_json(resp.status, value)

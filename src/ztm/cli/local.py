@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ztm.cli import output, settings
 from ztm.cli.args import UsageError, help_children
-from ztm.cli.client import discover_token, token_files
+from ztm.cli.client import env_token, socket_files
 from ztm.cli.context import Command, Context
 from ztm.errors import BadInput
 
@@ -95,17 +95,21 @@ def cmd_config(ctx: Context) -> int:
 def _show_config(ctx: Context) -> int:
     address, agent_source = settings.resolve_agent(None)
     mesh = settings.resolve_mesh(None)
-    token, problems = discover_token(address)
+    token = env_token()
     path = settings.config_path()
-    token_where = token.source if token else "none found (looked in " + ", ".join(map(str, token_files(address))) + ")"
-    if problems:
-        token_where += "; " + "; ".join(problems)
+    local = next((p for p in socket_files(address) if p.is_socket()), None)
+    if local is not None:
+        via = f"local socket {local}"
+    elif token is not None:
+        via = f"TCP with the token in {token.source}"
+    else:
+        via = "none found (no local socket: looked for " + ", ".join(map(str, socket_files(address))) + ")"
     if ctx.json:
         ctx.print_json(
             {
                 "agent": {"value": str(address), "source": agent_source},
                 "mesh": {"value": mesh.value, "source": mesh.source},
-                "token": token.source if token else None,
+                "via": str(local) if local is not None else (token.source if token else None),
                 "file": str(path),
             }
         )
@@ -113,7 +117,7 @@ def _show_config(ctx: Context) -> int:
     rows = [
         ("agent", f"{address}  ({agent_source})"),
         ("mesh", f"{output.clean(mesh.value)}  ({mesh.source})" if mesh.value else f"-  ({mesh.source})"),
-        ("token", token_where),
+        ("via", via),
         ("file", str(path) + ("" if path.exists() else " (not written yet)")),
     ]
     ctx.print(output.key_values(rows))

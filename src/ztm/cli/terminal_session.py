@@ -14,11 +14,13 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import termios
 import tty
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ztm.addr import Address
 from ztm.apps.terminal.protocol import (
     DEFAULT_COLS,
     DEFAULT_ROWS,
@@ -100,13 +102,14 @@ def _run(ctx: Context, ep: str, opened: Open, *, raw: bool) -> int:
     # A JSON call first: a wrong token, mesh or address gets the usual one-line error before the WebSocket.
     ctx.get_obj(ctx.mesh_path("apps", "terminal"))
     path = ctx.mesh_path("apps", "terminal", "endpoints", ep, "session")
-    result = asyncio.run(
-        _session(client.address.host, client.address.port, path, client.token().value, opened, ctx.timeout, raw=raw)
-    )
+    sock, auth = client.dial(ctx.timeout)
+    result = asyncio.run(_session(client.address, sock, auth, path, opened, ctx.timeout, raw=raw))
     return result.status()
 
 
-async def _session(host: str, port: int, path: str, token: str, opened: Open, timeout: float, *, raw: bool) -> Exit:
+async def _session(
+    address: Address, sock: socket.socket, auth: dict[str, str], path: str, opened: Open, timeout: float, *, raw: bool
+) -> Exit:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     stopped: list[int] = []
@@ -118,7 +121,7 @@ async def _session(host: str, port: int, path: str, token: str, opened: Open, ti
 
     try:
         async with asyncio.timeout(timeout):
-            ws = await wsclient.connect(host, port, path, {"Authorization": f"Bearer {token}"}, MAX_PAYLOAD + 1)
+            ws = await wsclient.connect(address.host, address.port, path, auth, MAX_PAYLOAD + 1, sock=sock)
     except TimeoutError:
         raise Unavailable(f"the agent did not open the session within {timeout:g}s") from None
     except wsclient.Refused as exc:

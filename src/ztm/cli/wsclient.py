@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -101,9 +102,16 @@ class WebSocket:
             self._writer.close()
 
 
-async def connect(host: str, port: int, path: str, headers: dict[str, str], max_size: int) -> WebSocket:
-    """Open and upgrade a connection to ws://HOST:PORT/PATH. Raises OSError, `Refused` or `wscodec.WsError`."""
-    reader, writer = await asyncio.open_connection(host, port)
+async def connect(
+    host: str, port: int, path: str, headers: dict[str, str], max_size: int, sock: socket.socket | None = None
+) -> WebSocket:
+    """Open and upgrade a connection to ws://HOST:PORT/PATH (over `sock` when given: a connected socket, e.g. the
+    agent's local UNIX socket; HOST:PORT is then only the Host header). Raises OSError, `Refused` or `WsError`."""
+    if sock is not None:
+        sock.setblocking(False)
+        reader, writer = await asyncio.open_connection(sock=sock)
+    else:
+        reader, writer = await asyncio.open_connection(host, port)
     try:
         key = wc.new_key()
         name = f"[{host}]" if ":" in host else host

@@ -16,8 +16,9 @@ from ztm.gui.links import CODES_PATH, signin_url
 
 DESCRIPTION = (
     "Print a sign-in link for the agent's web GUI. The link works once, within 10 minutes, from a browser on a\n"
-    "machine that reaches the agent's address; it sets a session cookie (HttpOnly, SameSite=Strict) that lasts until\n"
-    "the agent restarts or the GUI's 'Sign out'. Anyone who can read the agent's API token can make such a link."
+    "machine that reaches the agent's address; it opens a session (kept by the GUI in its origin's storage, never a\n"
+    "cookie) that lasts until the agent restarts or the GUI's 'Sign out'. Anyone who can read the agent's API token\n"
+    "can make such a link."
 )
 
 

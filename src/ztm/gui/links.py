@@ -6,6 +6,9 @@ from ztm.addr import Address
 
 SIGNIN_PATH = "/gui/signin"
 CODES_PATH = "/api/gui/signin-codes"
+SESSION_PATH = "/gui/session"
+TICKETS_PATH = "/api/gui/ws-tickets"
+SESSION_HEADER = "X-Ztm-Session"
 
 
 def signin_url(address: Address, code: str) -> str:

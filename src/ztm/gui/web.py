@@ -1,10 +1,13 @@
-"""aiohttp routes of the GUI on the agent's local API server, and the session-cookie half of the API guard.
+"""aiohttp routes of the GUI on the agent's local API server, and the session half of the API guard.
 
 Served without credentials (after the guard's Host and Origin checks): `/` (a redirect), the app's static files
-under `/gui/`, and the sign-in form at `/gui/signin`. None of them carries data: everything the app shows comes from
-`/api/` routes, which need the API token or a session cookie. The cookie is HttpOnly and SameSite=Strict, named per
-port (cookies are not isolated by port, and two agents may run on one host), and a cookie-authenticated request that
-changes state (any method but GET/HEAD, or a WebSocket upgrade) must carry the agent's own `Origin` (CSRF).
+under `/gui/`, the sign-in link's landing at `/gui/signin` and the exchange of a code for a session at
+`/gui/session`. None of them carries data: everything the app shows comes from `/api/` routes, which need the API
+token or a GUI session. The session is sent in the `X-Ztm-Session` header by the app's script, which keeps it in its
+origin's `localStorage`: a page of another origin (another port of the same host included) can neither read it nor
+make the browser send it, unlike a cookie, which browsers send to every port of a host. A custom header cannot be
+sent cross-origin without a CORS preflight, which the guard refuses, so it is CSRF-proof as well. WebSocket upgrades
+(browsers cannot add headers to them) carry a single-use ticket that a session minted (`?ticket=`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,12 @@ from pathlib import PurePosixPath
 from aiohttp import web
 
 from ztm.addr import Address
-from ztm.errors import Forbidden
-from ztm.gui.auth import CODE_TTL, SESSION_TTL, SignIn
-from ztm.gui.links import CODES_PATH, SIGNIN_PATH, signin_url
+from ztm.errors import BadInput, Forbidden, Unauthorized
+from ztm.gui.auth import CODE_TTL, TICKET_TTL, SignIn
+from ztm.gui.links import CODES_PATH, SESSION_HEADER, SESSION_PATH, SIGNIN_PATH, TICKETS_PATH, signin_url
 
 log = logging.getLogger("ztm.agent")
 
-SAFE_METHODS = frozenset({"GET", "HEAD"})
 TYPES = {
     ".html": "text/html",
     ".js": "text/javascript",
@@ -67,7 +69,6 @@ class Gui:
         self.listen = listen
         self.token = token
         self.signin = signin or SignIn()
-        self.cookie = f"ztm_session_{listen.port}"
         self.files = static_files()
 
     # ---- the guard's questions ----
@@ -79,18 +80,14 @@ class Gui:
         return path in ("/", "/gui") or path.startswith("/gui/")
 
     def session_ok(self, request: web.Request) -> bool:
-        """True when the request carries a live session cookie; raises `Forbidden` for a cookie-authenticated
-        state-changing request without the agent's own Origin (the guard has already refused a foreign one)."""
-        given = request.cookies.get(self.cookie)
-        if not given or not self.signin.check(given):
-            return False
+        """True when the request carries a live session in its `X-Ztm-Session` header, or is a WebSocket upgrade
+        with a live ticket (spent by this check)."""
+        given = request.headers.get(SESSION_HEADER)
+        if given and self.signin.check(given):
+            return True
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-        if (request.method not in SAFE_METHODS or upgrade) and "Origin" not in request.headers:
-            raise Forbidden(
-                "refused: a request that changes state with a GUI session cookie must come from the GUI's own page "
-                "(no Origin header); scripts use 'Authorization: Bearer TOKEN' instead"
-            )
-        return True
+        ticket = request.query.get("ticket")
+        return bool(upgrade and ticket and self.signin.spend_ticket(ticket))
 
     def startup_message(self) -> str:
         """What the agent prints on stdout at start (never logged: the log is served to remote owners)."""
@@ -104,10 +101,11 @@ class Gui:
         r.add_get("/", self.root)
         r.add_get("/gui", self.root)
         r.add_get(SIGNIN_PATH, self.signin_link)
-        r.add_post(SIGNIN_PATH, self.signin_form)
+        r.add_post(SESSION_PATH, self.open_session)
         r.add_post("/gui/signout", self.signout)
         r.add_get("/gui/{path:.*}", self.static)
         r.add_post(CODES_PATH, self.mint)
+        r.add_post(TICKETS_PATH, self.ticket)
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         return {
@@ -135,44 +133,48 @@ class Gui:
     def _redirect(self, request: web.Request, location: str, status: int = 303) -> web.Response:
         return web.Response(status=status, headers={**self._headers(request), "Location": location})
 
-    def _signed_in(self, request: web.Request, session: str) -> web.StreamResponse:
-        response = self._redirect(request, "/gui/")
-        response.set_cookie(self.cookie, session, path="/", httponly=True, samesite="Strict", max_age=int(SESSION_TTL))
-        log.info("GUI: a browser signed in")
-        return response
-
-    def _refused(self, request: web.Request, reason: str) -> web.StreamResponse:
-        return self._redirect(request, f"/gui/?signin={reason}")
-
     async def signin_link(self, request: web.Request) -> web.StreamResponse:
-        """`GET /gui/signin?code=CODE`: spend the one-time code, set the session cookie, go to the app."""
-        session = self.signin.redeem(request.query.get("code", ""))
-        if session is None:
-            return self._refused(request, "expired")
-        return self._signed_in(request, session)
+        """`GET /gui/signin?code=CODE`: on to the app with the code in the fragment (never sent to a server, nor in a
+        Referer); the app's script spends it at `POST /gui/session`. The code is not spent here."""
+        code = request.query.get("code", "")
+        if not code.replace("-", "").replace("_", "").isalnum() or len(code) > 128:
+            return self._redirect(request, "/gui/?signin=expired")
+        return self._redirect(request, f"/gui/#signin={code}")
 
-    async def signin_form(self, request: web.Request) -> web.StreamResponse:
-        """`POST /gui/signin` from the app's own form: a one-time code, or the API token itself."""
+    async def open_session(self, request: web.Request) -> web.StreamResponse:
+        """`POST /gui/session` from the app's own page, JSON `{"code": CODE_OR_TOKEN}`: a new session id, for the
+        script to keep in its origin's storage and send as `X-Ztm-Session`."""
         if "Origin" not in request.headers:
-            raise Forbidden("refused: the sign-in form must be posted from the GUI's own page")
-        form = await request.post()
-        given = str(form.get("code", "")).strip()
+            raise Forbidden("refused: sign in from the GUI's own page")
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            raise BadInput('send JSON {"code": "..."}: a sign-in code or the API token') from None
+        given = body.get("code") if isinstance(body, dict) else None
+        if not isinstance(given, str) or not given.strip():
+            raise BadInput('send JSON {"code": "..."}: a sign-in code or the API token')
+        given = given.strip()
         session = self.signin.redeem(given)
-        if session is None and given and hmac.compare_digest(given.encode(), self.token.encode()):
+        if session is None and hmac.compare_digest(given.encode(), self.token.encode()):
             session = self.signin.open_session()
         if session is None:
-            return self._refused(request, "wrong")
-        return self._signed_in(request, session)
+            raise Unauthorized("that sign-in code or token is not right (a code works once, for 10 minutes)")
+        log.info("GUI: a browser signed in")
+        return web.Response(
+            body=json.dumps({"session": session}).encode(), status=201, content_type="application/json",
+            headers={"Cache-Control": "no-store"},
+        )  # fmt: skip
 
     async def signout(self, request: web.Request) -> web.StreamResponse:
-        if "Origin" not in request.headers:
-            raise Forbidden("refused: sign out from the GUI's own page")
-        given = request.cookies.get(self.cookie)
+        given = request.headers.get(SESSION_HEADER)
         if given:
             self.signin.close(given)
-        response = self._redirect(request, "/gui/?signin=out")
-        response.del_cookie(self.cookie, path="/")
-        return response
+        return web.Response(status=204)
+
+    async def ticket(self, request: web.Request) -> web.Response:
+        """`POST /api/gui/ws-tickets` (guarded like every API route): a single-use ticket for one WebSocket."""
+        body = {"ticket": self.signin.mint_ticket(), "expires_in": int(TICKET_TTL)}
+        return web.Response(body=json.dumps(body).encode(), status=201, content_type="application/json")
 
     async def mint(self, request: web.Request) -> web.Response:
         """`POST /api/gui/signin-codes` (guarded like every API route): a one-time sign-in code and its link."""

@@ -39,6 +39,8 @@ T = TypeVar("T")
 _INTERNAL_ERROR = 0x2
 _CANCEL = 0x8
 _NO_ERROR = 0x0
+MAX_UNAUTHENTICATED_PER_SOURCE = 128
+"""Connections one source address may have in the TLS handshake (or `on_connect`) at once."""
 
 
 async def serve(
@@ -52,6 +54,7 @@ async def serve(
     settings: H2Settings = H2Settings(),  # noqa: B008 (frozen dataclass)
     handshake_timeout: float = 10.0,
     reuse_port: bool = False,
+    max_unauthenticated_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE,
 ) -> asyncio.Server:
     """Listen on host:port; serve each TLS (ALPN h2) connection's request streams with `handler`.
 
@@ -59,9 +62,21 @@ async def serve(
     returned server stops accepting; connections already accepted stay open until closed (track them with
     `on_connect` and `Connection.add_close_callback` to close them on shutdown). `on_handshake_failure(peer,
     reason)` hears of every TLS handshake that failed or negotiated no HTTP/2 (for counters and logs).
+
+    At most `max_unauthenticated_per_source` connections from one source address may be between accept and the end
+    of `on_connect` (each may take `handshake_timeout`): one more is closed at once, so a single host cannot hold
+    the listener's file descriptors with connections that never authenticate.
     """
     loop = asyncio.get_running_loop()
     accepting: set[asyncio.Task[None]] = set()
+    pending: dict[str, int] = {}
+
+    def release(source: str) -> None:
+        left = pending[source] - 1
+        if left:
+            pending[source] = left
+        else:
+            del pending[source]
 
     def on_request(stream: Stream) -> None:
         conn = stream._conn
@@ -71,6 +86,16 @@ async def serve(
 
     def on_raw(conn: Connection, raw: asyncio.Transport) -> None:
         # Called from connection_made of the plain TCP transport: start TLS before anything is read.
+        source = _source(raw)
+        if pending.get(source, 0) >= max_unauthenticated_per_source:
+            raw.abort()
+            conn._abandon("too many unauthenticated connections from its source")
+            if on_handshake_failure is not None:
+                on_handshake_failure(
+                    conn._label, f"more than {max_unauthenticated_per_source} unauthenticated connections from {source}"
+                )
+            return
+        pending[source] = pending.get(source, 0) + 1
         try:
             context = ssl_context()
             context.set_alpn_protocols(["h2"])
@@ -78,11 +103,13 @@ async def serve(
             log.exception("no TLS context for the connection from %s", conn._label)
             raw.abort()
             conn._abandon("no TLS context")
+            release(source)
             return
         handshake = _start_tls_now(loop, raw, conn, context, handshake_timeout)
         task = loop.create_task(_accept(conn, raw, handshake, on_connect, handshake_timeout, on_handshake_failure))
         accepting.add(task)
         task.add_done_callback(accepting.discard)
+        task.add_done_callback(lambda _task: release(source))
 
     def factory() -> Connection:
         conn = Connection(is_client=False, settings=settings)
@@ -91,6 +118,12 @@ async def serve(
         return conn
 
     return await loop.create_server(factory, host, port, reuse_port=reuse_port or None)
+
+
+def _source(raw: asyncio.Transport) -> str:
+    """The source address (no port) of an accepted connection, the key of the per-source cap."""
+    peer = raw.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
 
 
 def _start_tls_now(

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 
-from ztm import aio, h2, logs, pki
+from ztm import aio, datadir, h2, logs, pki
 from ztm.addr import Address
 from ztm.config import HubConfig
 from ztm.errors import BadInput, ZtmError
@@ -34,8 +34,10 @@ def run_hub(cfg: HubConfig) -> int:
 async def _main(cfg: HubConfig) -> int:
     names = cfg.names or _default_names(cfg)
     _raise_file_limit(cfg.max_agents)
-    cfg.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    made_private = datadir.prepare(cfg.data)
     ring = logs.setup(cfg.data / "hub.log")
+    if made_private is not None:
+        log.warning("%s", made_private)
     store = HubStore(cfg.data / DB_NAME)
     try:
         store.lock()

@@ -1,4 +1,11 @@
-// The agent's local API, as the GUI calls it: same origin, the session cookie does the authentication.
+// The agent's local API, as the GUI calls it: same origin, the session in the X-Ztm-Session header. The session is
+// kept in this origin's localStorage (scheme, host AND port): a page on another port of the same host cannot read it,
+// and the browser never sends it anywhere by itself (a cookie would go to every port of the host).
+
+const SESSION_KEY = "ztm.session";
+export const session = () => localStorage.getItem(SESSION_KEY);
+const forget = () => localStorage.removeItem(SESSION_KEY);
+const auth = () => (session() ? { "X-Ztm-Session": session() } : {});
 
 export class ApiError extends Error {
   constructor(status, message, code) {
@@ -8,8 +15,9 @@ export class ApiError extends Error {
   }
 }
 
-let onUnauthorized = () => {};
-export function whenSignedOut(callback) { onUnauthorized = callback; }
+let signedOut = () => {};
+const onUnauthorized = () => { forget(); signedOut(); };
+export function whenSignedOut(callback) { signedOut = callback; }
 
 async function decode(response, what) {
   const text = await response.text();
@@ -26,7 +34,7 @@ async function decode(response, what) {
 }
 
 export async function api(method, path, body) {
-  const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+  const init = { method, credentials: "omit", headers: { Accept: "application/json", ...auth() } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
@@ -44,16 +52,43 @@ export const get = (path) => api("GET", path);
 export const post = (path, body = {}) => api("POST", path, body);
 export const del = (path) => api("DELETE", path);
 
+// Sign in with a one-time code (or the API token): the agent answers with a session for this origin's storage.
+export async function signIn(code) {
+  const response = await fetch("/gui/session", {
+    method: "POST", credentials: "omit", headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ code }),
+  });
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok || typeof body.session !== "string") throw new ApiError(response.status, body.error || `HTTP ${response.status}`, body.code);
+  localStorage.setItem(SESSION_KEY, body.session);
+}
+
+export async function signOut() {
+  try {
+    await fetch("/gui/signout", { method: "POST", credentials: "omit", headers: auth() });
+  } finally {
+    forget();
+  }
+}
+
+// A WebSocket URL for `path` with a single-use ticket (a browser cannot add headers to a WebSocket).
+export async function wsUrl(path) {
+  const { ticket } = await api("POST", "/api/gui/ws-tickets", {});
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}${path}?ticket=${encodeURIComponent(ticket)}`;
+}
+
 export const seg = (value) => encodeURIComponent(value);
 export const meshPath = (mesh, ...parts) => ["/api/meshes", seg(mesh), ...parts].join("/");
 
-// Byte transfers with progress (fetch has no upload progress): XMLHttpRequest, same origin, cookie sent.
+// Byte transfers with progress (fetch has no upload progress): XMLHttpRequest, same origin, session header.
 export function transfer({ method, url, body, contentType, onProgress, responseType = "json" }) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
     xhr.open(method, url);
     xhr.responseType = responseType;
     if (contentType) xhr.setRequestHeader("Content-Type", contentType);
+    for (const [name, value] of Object.entries(auth())) xhr.setRequestHeader(name, value);
     const report = (event) => onProgress && onProgress(event.loaded, event.lengthComputable ? event.total : null);
     (body ? xhr.upload : xhr).addEventListener("progress", report);
     xhr.addEventListener("load", async () => {

@@ -1,6 +1,6 @@
 // The app shell: sign-in gate, mesh picker, theme, hash router. Each page is a module exporting `render(ctx)`.
 
-import { ApiError, get, whenSignedOut } from "./api.js";
+import { ApiError, get, signIn, signOut, whenSignedOut } from "./api.js";
 import { clear, errorBanner, h, statusBadge } from "./ui.js";
 
 const PAGES = ["meshes", "endpoints", "apps", "tunnel", "proxy", "terminal", "files", "logs", "settings"];
@@ -115,11 +115,32 @@ async function route() {
   }
 }
 
-// ---- start ----
+// ---- sign in: the link's code (in the fragment, never sent to a server) or the form ----
+document.getElementById("signin-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const input = event.currentTarget.elements.code;
+  try {
+    await signIn(input.value.trim());
+  } catch (exc) {
+    showSignin(exc instanceof ApiError && exc.status === 401 ? SIGNIN_REASONS.wrong : exc.message);
+    return;
+  }
+  input.value = "";
+  location.replace("/gui/");
+});
+
 async function start() {
   const params = new URLSearchParams(location.search);
-  const reason = SIGNIN_REASONS[params.get("signin")];
-  if (params.has("signin")) history.replaceState(null, "", location.pathname + location.hash);
+  let reason = SIGNIN_REASONS[params.get("signin")];
+  const code = location.hash.startsWith("#signin=") ? decodeURIComponent(location.hash.slice(8)) : null;
+  if (params.has("signin") || code !== null) history.replaceState(null, "", location.pathname + (code === null ? location.hash : ""));
+  if (code !== null) {
+    try {
+      await signIn(code);
+    } catch {
+      reason = SIGNIN_REASONS.expired;
+    }
+  }
   let version;
   try {
     version = await get("/api/version");
@@ -135,6 +156,7 @@ async function start() {
   document.getElementById("shell").hidden = false;
   document.getElementById("agent-version").textContent = `agent ${version.ztm}`;
   document.getElementById("mesh-select").addEventListener("change", (e) => { setMesh(e.target.value); loadMeshes(); route(); });
+  document.getElementById("signout").addEventListener("click", async () => { await signOut(); location.replace("/gui/?signin=out"); });
   document.getElementById("menu").addEventListener("click", () => document.getElementById("nav").classList.toggle("open"));
   document.getElementById("theme").addEventListener("click", () => {
     const dark = document.documentElement.dataset.theme === "dark";

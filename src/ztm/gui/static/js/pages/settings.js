@@ -1,6 +1,6 @@
 // Settings: theme, default mesh, this agent's identity, a sign-in link for another browser, sign out.
 
-import { get, post } from "../api.js";
+import { get, post, signOut } from "../api.js";
 import { applyTheme } from "../main.js";
 import { act, card, field, h, kv, pageHead, toast } from "../ui.js";
 
@@ -49,7 +49,7 @@ export async function render(ctx) {
         link),
       card("Session",
         h("p", {}, "Your session lasts until you sign out or the agent restarts. Scripts use the API token instead ('Authorization: Bearer TOKEN')."),
-        h("form", { method: "post", action: "/gui/signout", class: "actions" }, h("button", { class: "danger", type: "submit" }, "Sign out"))),
+        h("div", { class: "actions" }, h("button", { class: "danger", type: "button", onclick: async () => { await signOut(); location.replace("/gui/?signin=out"); } }, "Sign out"))),
     ),
   );
 }

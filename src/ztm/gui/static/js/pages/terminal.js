@@ -3,7 +3,7 @@
 
 import { Terminal } from "../../vendor/xterm/xterm.mjs";
 import { FitAddon } from "../../vendor/xterm/addon-fit.mjs";
-import { get, meshPath, post, seg } from "../api.js";
+import { get, meshPath, post, seg, wsUrl } from "../api.js";
 import { act, badge, card, clear, errorBanner, field, h, kv, pageHead, words } from "../ui.js";
 
 function ensureCss() {
@@ -67,14 +67,20 @@ export async function render(ctx) {
     hangup.disabled = true;
   }
 
-  connect.addEventListener("click", () => {
+  connect.addEventListener("click", async () => {
     close();
     clear(problem);
     const ep = target.value;
     if (!ep) { clear(problem, errorBanner("No endpoint is online.")); return; }
     term.reset();
     fit.fit();
-    const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}${base}/endpoints/${seg(ep)}/session`;
+    let url;
+    try {
+      url = await wsUrl(`${base}/endpoints/${seg(ep)}/session`);
+    } catch (exc) {
+      clear(problem, errorBanner(exc.message));
+      return;
+    }
     ws = new WebSocket(url);
     ws.binaryType = "arraybuffer";
     connect.disabled = true;
