@@ -244,7 +244,7 @@ class Stream:
             self._buffered -= n
             self.bytes_received += n
             sink.stream_data(chunk)
-            if self._sink_paused:
+            if self._sink_paused and self._sink is sink:  # a sink failed meanwhile: nothing will resume it
                 self._withheld += n
             else:
                 self._conn._consumed(self.id, n)
