@@ -1,4 +1,5 @@
-"""Issue 18: a relayed stream must never stall for good after other streams were reset with data in flight.
+"""Issue 18: a relayed stream must never stall for good after other streams were reset with data in flight, and a
+stream that does wait for credit is visible (`ztm tunnel describe`, `/api/metrics`, a warning in the agent's log).
 
 Real hub and agent processes on 127.0.0.1, a relayed TCP tunnel (entrance -> hub -> exit -> a local server), and
 the pattern that stalled a 1 GiB transfer after iperf3 runs: first many connections whose server resets them
@@ -8,6 +9,10 @@ bytes, answers one byte) that counts what was *delivered*. The bulk transfer mus
 count stops moving, the test fails at once, naming where it stopped (it stopped at one stream window, 16 MiB, before
 the fix: the codec counted each DATA frame on a reset stream twice against the connection's in-flight bytes, and
 `acknowledge()` capped later credit by that under-count, so the new stream's WINDOW_UPDATEs were swallowed).
+
+Visibility: a target that accepts and reads nothing holds a transfer back (legitimately), so the entrance's stream
+waits for credit; the entrance reports it while it lasts, warns once the wait passes `CREDIT_WARN` with the hub alive,
+and counts the finished wait once the target reads again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from support import Abort, Agent, free_port, start_agent, start_hub, wait_until
+from ztm.h2.connection import CREDIT_WARN
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +46,8 @@ STALL = 20.0
 
 class Target:
     """The exit's target on one port: `mode` "reset" resets each connection after RESET_AFTER bytes; "count" is the
-    counting sink (delivered bytes and their sha256 in `delivered` / `digest`)."""
+    counting sink (delivered bytes and their sha256 in `delivered` / `digest`); "hold" reads nothing until
+    `release` is set, then counts like "count"."""
 
     def __init__(self) -> None:
         self.sock = socket.socket()
@@ -52,6 +59,7 @@ class Target:
         self.resets = 0
         self.delivered = 0
         self.digest = ""
+        self.release = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._accept, name="stall-target", daemon=True)
         self._thread.start()
@@ -62,7 +70,7 @@ class Target:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            handler = self._reset if self.mode == "reset" else self._count
+            handler = {"reset": self._reset, "count": self._count, "hold": self._hold}[self.mode]
             threading.Thread(target=handler, args=(conn,), daemon=True).start()
 
     def _reset(self, conn: socket.socket) -> None:
@@ -74,6 +82,10 @@ class Target:
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         with self._lock:
             self.resets += 1
+
+    def _hold(self, conn: socket.socket) -> None:
+        self.release.wait(300)
+        self._count(conn)
 
     def _count(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
@@ -94,6 +106,7 @@ class Target:
             conn.sendall(b"k")
 
     def close(self) -> None:
+        self.release.set()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
@@ -170,4 +183,63 @@ def test_a_long_relayed_stream_after_resets_with_data_in_flight_never_stalls(
     assert answer == [b"k"]
     assert target.delivered == BULK
     assert target.digest == hashlib.sha256(data).hexdigest(), "the delivered bytes differ from the sent ones"
+    sender.join(10)
+
+
+def _waits(agent: Agent) -> dict[str, int]:
+    view = agent.cli_json("tunnel", "describe", "inbound", "tcp/sink")
+    return {"ms": int(view["credit_wait_ms"]), "waiting": int(view["waiting_for_credit"])}
+
+
+def _metric(agent: Agent, name: str) -> float:
+    status, text = agent.api("GET", "/api/metrics")
+    assert status == 200, text
+    for line in str(text).splitlines():
+        if line.startswith(f'{name}{{mesh="{MESH}"}} '):
+            return float(line.rpartition(" ")[2])
+    raise AssertionError(f"{name} missing from /api/metrics")
+
+
+def _log(agent: Agent) -> str:
+    status, body = agent.api("GET", "/api/log?lines=2000")
+    assert status == 200, body
+    return "\n".join(body["lines"])
+
+
+def test_a_stream_waiting_for_credit_shows_in_describe_metrics_and_the_log(
+    tunnel: tuple[Agent, Agent, Target, int],
+) -> None:
+    entrance, _exit, target, port = tunnel
+    assert _waits(entrance) == {"ms": 0, "waiting": 0}
+    target.mode = "hold"
+    size = 96 << 20  # more than the windows (entrance -> hub, hub -> exit) and the socket buffers on the way
+    data = pattern(size)
+    answer: list[bytes] = []
+
+    def send() -> None:
+        with socket.create_connection(("127.0.0.1", port), timeout=300) as s, contextlib.suppress(OSError):
+            s.sendall(struct.pack("!Q", size))
+            s.sendall(data)
+            answer.append(s.recv(1))
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    first = wait_until(lambda: (w := _waits(entrance))["waiting"] == 1 and w, 60, "the entrance's stream waiting")
+    wait_until(lambda: _waits(entrance)["ms"] > first["ms"] + 500, 30, "the wait in progress to grow in describe")
+    assert _metric(entrance, "ztm_agent_hub_streams_waiting_for_credit") == 1
+    wait_until(lambda: _metric(entrance, "ztm_agent_hub_credit_wait_seconds_total") > 1, 30, "the metric to grow")
+    # the hub answers PINGs all along, so after CREDIT_WARN seconds (plus one keepalive round) the agent warns
+    warning = "tcp/sink) with"
+    wait_until(lambda: warning in _log(entrance), CREDIT_WARN + 60, "the agent's warning about the waiting stream")
+    line = next(x for x in _log(entrance).splitlines() if warning in x)
+    assert "WARNING" in line and "waited" in line and "flow-control credit" in line, line
+
+    target.release.set()
+    wait_until(lambda: answer, 120, "the held transfer to finish once the target reads")
+    assert answer == [b"k"] and target.delivered == size
+    assert target.digest == hashlib.sha256(data).hexdigest()
+    done = wait_until(lambda: (w := _waits(entrance))["waiting"] == 0 and w, 30, "no stream waiting any more")
+    assert done["ms"] >= CREDIT_WARN * 1000  # the finished wait stays counted
+    assert _metric(entrance, "ztm_agent_hub_streams_waiting_for_credit") == 0
+    wait_until(lambda: "got flow-control credit" in _log(entrance), 30, "the agent's note that credit came")
     sender.join(10)
