@@ -19,19 +19,27 @@ Baselines in the same run, against the same servers:
   server (TLS in, plain TCP out to the server), ECDSA P-256 certificate made with `openssl`, TCP_NODELAY on every
   socket, both with `foreground = yes`.
 
-Servers: `iperf3 -s` and an echo server (a process of this script: uvloop, a `Protocol` that writes back what it
-reads, closes on EOF, backlog 4096, open-files limit raised).
+Servers: `iperf3 -s`, an echo server (a process of this script: uvloop, a `Protocol` that writes back what it
+reads, closes on EOF, backlog 4096, open-files limit raised) and a counting sink (a process of this script too: reads
+an 8-byte length and that many bytes, counts them, answers one byte), each behind its own tunnel and stunnel section.
 
 Measurements, in this order (the targets come from the issue; each is printed with its baseline, the ratio and
 PASS/FAIL):
 
-3. 1-byte ping-pong on one connection, 5,000 round trips per path in 4 interleaved rounds (500 warm-up each):
-   p50 <= 1.5 x and p99 <= 3 x stunnel4; CPU µs per round trip of each relay process;
+3. 1-byte ping-pong on one connection, 5,000 round trips per path in `--rounds` interleaved rounds (default 5, 500
+   warm-up each): p50 <= 1.5 x and p99 <= 3 x stunnel4; CPU µs per round trip of each process of each path. The
+   issue-18 targets use the median over the rounds of each round's ratio to stunnel4 in that round: relayed p50 <=
+   1.7 x, p99 <= 2 x; direct p50 <= 1.05 x; CPU per round trip (all processes of the path) relayed <= 1.8 x
+   stunnel4's two, direct <= 1.05 x;
 4. new connection + first 1-byte round trip (connect, send, receive; the close is not timed), 300 sequential
    cycles after 20 warm-up: p50 <= 2 ms; CPU µs per cycle;
 1. one TCP stream, `iperf3 -n 1G`, `--reps` runs per path (default 5, interleaved raw/stunnel4/ztm; median, the
    receiver's rate): ztm >= 0.6 x stunnel4; CPU seconds of every process per GiB;
 2. 16 streams, `iperf3 -P 16 -n 1G` (1 GiB in all), the same way: ztm >= 0.6 x stunnel4;
+2s. delivered: right after the iperf3 runs (which end many streams by reset with data in flight), 1 GiB on one
+   connection to the counting sink, `--reps` runs per path interleaved; the clock stops when the sink's answer
+   (sent after the last byte arrived) is back, and the rate counts bytes the sink received. Every transfer must
+   deliver all its bytes (issue 18: one stalled at 16 MiB); CPU seconds per GiB of each process;
 5. memory: VmRSS of ep1, hub and ep2 once >= 4 GiB went through the tunnel (topped up with `-P 4` if needed):
    <= 150 MB each (VmHWM, the peak, shown too). Then hub, ep1 and ep2 are restarted (SIGTERM, same data) so that
    the idle test starts from fresh processes: a client process (open-files limit raised to the hard limit) opens
@@ -102,6 +110,13 @@ from bench.common import (
 )
 
 MESH = "bench"
+_PATH_PROCS = {
+    "raw": (),
+    "stunnel4": ("stunnel-client", "stunnel-server"),
+    "ztm": ("ep1", "hub", "ep2"),
+    "ztm-direct": ("ep1", "ep3"),
+}
+"""The processes each path goes through (besides client and server): their CPU is the path's."""
 _ONLINE = re.compile(r"^(\S+ \S+) INFO ztm\.hub: endpoint (\S+) \(.*\) is online")
 GiB = 1 << 30
 MiB = 1 << 20
@@ -149,6 +164,73 @@ def role_echo(port: int) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def role_sink(port: int) -> int:
+    """The counting sink: per connection, an 8-byte big-endian length, then that many bytes (counted, not kept),
+    then a 1-byte answer. Command `take` (stdin) answers with the connections finished since the last `take`."""
+    _use_uvloop()
+    done: list[dict[str, int]] = []
+
+    class Sink(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+            self.head = b""
+            self.size = -1
+            self.count = 0
+            self.answered = False
+
+        def data_received(self, data: bytes) -> None:
+            if self.size < 0:
+                self.head += data
+                if len(self.head) < 8:
+                    return
+                self.size = int.from_bytes(self.head[:8], "big")
+                data = self.head[8:]
+            self.count += len(data)
+            if self.count >= self.size and not self.answered:
+                self.answered = True
+                done.append({"expected": self.size, "delivered": self.count})  # before the answer leaves
+                self.transport.write(b"k")
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.answered and self.size >= 0:
+                done.append({"expected": self.size, "delivered": self.count})
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Sink, HOST, port, backlog=256)
+        print(json.dumps({"ready": True}), flush=True)
+        async with server:
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                if json.loads(line).get("cmd") == "take":
+                    print(json.dumps({"done": done[:]}), flush=True)
+                    done.clear()
+
+    asyncio.run(main())
+    return 0
+
+
+def sink_transfer(port: int, nbytes: int, timeout: float = 60.0) -> tuple[float, str]:
+    """Send an 8-byte length and `nbytes` to a counting sink; seconds until its answer ("" or what went wrong: a
+    transfer that makes no progress for `timeout` seconds is a stall)."""
+    block = bytes(range(256)) * (16 * 1024)  # 4 MiB
+    start = time.perf_counter()
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.sendall(nbytes.to_bytes(8, "big"))
+            left = nbytes
+            while left:
+                n = min(left, len(block))
+                sock.sendall(block if n == len(block) else block[:n])
+                left -= n
+            got = sock.recv(1)
+            end = time.perf_counter()
+    except TimeoutError:
+        return time.perf_counter() - start, f"stalled (nothing moved for {timeout:g}s)"
+    except OSError as exc:
+        return time.perf_counter() - start, f"{type(exc).__name__}: {exc}"
+    return end - start, "" if got == b"k" else f"answer {got!r}"
 
 
 def role_hold(port: int, batch: int) -> int:
@@ -398,6 +480,8 @@ class Run:
         )
         ws.procs.append(self.iperf_srv)
         self.echo = Child(ws, "echo", ["--role", "echo", "--port", str(self.echo_port)])
+        self.sink_port = free_port()
+        self.sink = Child(ws, "sink", ["--role", "sink", "--port", str(self.sink_port)])
         wait_until(lambda: tcp_accepts(self.iperf_port), 10, "iperf3 -s to listen")
         self.progress(f"iperf3 server :{self.iperf_port}, echo server :{self.echo_port} ({self.echo.hello})")
 
@@ -415,6 +499,11 @@ class Run:
         self.ep1.cli("tunnel", "open", "inbound", "tcp/bench", "--listen", f"{HOST}:{self.bench_port}")
         self.ep1.cli("tunnel", "open", "inbound", "tcp/echo", "--listen", f"{HOST}:{self.echo_in_port}")
         wait_until(lambda: probe(self.echo_in_port), 30, "the echo tunnel to carry a round trip")
+        self.sink_in_port, self.sink_d_port = free_port(), free_port()
+        self.ep2.cli("tunnel", "open", "outbound", "tcp/sink", "--targets", f"{HOST}:{self.sink_port}")
+        self.ep1.cli("tunnel", "open", "inbound", "tcp/sink", "--listen", f"{HOST}:{self.sink_in_port}")
+        self.ep3.cli("tunnel", "open", "outbound", "tcp/sink-d", "--targets", f"{HOST}:{self.sink_port}")
+        self.ep1.cli("tunnel", "open", "inbound", "tcp/sink-d", "--listen", f"{HOST}:{self.sink_d_port}")
         self.bench_d_port, self.echo_d_port = free_port(), free_port()
         self.ep3.cli("tunnel", "open", "outbound", "tcp/bench-d", "--targets", f"{HOST}:{self.iperf_port}")
         self.ep3.cli("tunnel", "open", "outbound", "tcp/echo-d", "--targets", f"{HOST}:{self.echo_port}")
@@ -434,6 +523,12 @@ class Run:
             "stunnel4": (self.st_iperf, self.st_echo),
             "ztm": (self.bench_port, self.echo_in_port),
             "ztm-direct": (self.bench_d_port, self.echo_d_port),
+        }
+        self.sink_ports = {
+            "raw": self.sink_port,
+            "stunnel4": self.st_sink,
+            "ztm": self.sink_in_port,
+            "ztm-direct": self.sink_d_port,
         }
 
     def direct_count(self) -> int:
@@ -468,8 +563,8 @@ class Run:
             capture_output=True,
             timeout=30,
         )
-        srv_iperf, srv_echo = free_port(), free_port()
-        self.st_iperf, self.st_echo = free_port(), free_port()
+        srv_iperf, srv_echo, srv_sink = free_port(), free_port(), free_port()
+        self.st_iperf, self.st_echo, self.st_sink = free_port(), free_port(), free_port()
         common = "foreground = yes\npid =\nsyslog = no\ndebug = warning\n"
         sock_opts = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n"
         server = common
@@ -477,6 +572,7 @@ class Run:
         for name, srv, cli, target in (
             ("iperf", srv_iperf, self.st_iperf, self.iperf_port),
             ("echo", srv_echo, self.st_echo, self.echo_port),
+            ("sink", srv_sink, self.st_sink, self.sink_port),
         ):
             server += (
                 f"[{name}]\naccept = {HOST}:{srv}\nconnect = {HOST}:{target}\ncert = {cert}\nkey = {key}\n{sock_opts}"
@@ -492,7 +588,7 @@ class Run:
         self.ws.procs.append(self.st_server)
         self.st_client = Proc(["stunnel4", str(d / "client.conf")], log_path=d / "client.out", env=env, cwd=d)
         self.ws.procs.append(self.st_client)
-        for port in (srv_iperf, srv_echo, self.st_iperf, self.st_echo):
+        for port in (srv_iperf, srv_echo, srv_sink, self.st_iperf, self.st_echo, self.st_sink):
             wait_until(lambda p=port: tcp_accepts(p), 10, f"stunnel4 to listen on {port}")  # type: ignore[misc]
         wait_until(lambda: probe(self.st_echo), 10, "an echo through stunnel4")
 
@@ -569,22 +665,80 @@ class Run:
         )
         return med
 
-    # 3: ping-pong -----------------------------------------------------------------------------------------
+    # 2s: delivered to the counting sink ---------------------------------------------------------------------
 
-    def latency(self) -> dict[str, dict[str, float]]:
-        n, warm = self.args.rtts, max(100, self.args.rtts // 10)
-        out: dict[str, list[float]] = {p: [] for p in self.paths}
-        cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.paths}
-        rounds = 4
-        for r in range(rounds):  # interleaved rounds, so drift on the machine touches every path alike
-            for path, (_iperf, port) in self.paths.items():
+    def delivered(self, nbytes: int) -> tuple[dict[str, float], list[str]]:
+        """`nbytes` on one connection to the counting sink, `--reps` interleaved runs per path; median MB/s of bytes
+        the sink received, and the transfers that did not deliver everything."""
+        reps = self.args.reps
+        results: dict[str, list[float]] = {p: [] for p in self.sink_ports}
+        cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.sink_ports}
+        moved: dict[str, float] = defaultdict(float)
+        problems: list[str] = []
+        for rep in range(reps):
+            for path, port in self.sink_ports.items():
                 before = self.cpu()
-                out[path] += pingpong(port, n // rounds, warm)
+                seconds, problem = sink_transfer(port, nbytes)
                 after = self.cpu()
                 for k in after:
                     cpu_used[path][k] += after[k] - before[k]
+                finished = self.sink.ask(30.0, cmd="take")["done"]
+                got = max((int(d["delivered"]) for d in finished), default=0)
+                if got != nbytes or problem:
+                    problems.append(f"{path} run {rep + 1}: {got:,} of {nbytes:,} bytes delivered {problem}".strip())
+                results[path].append(got / seconds / 1e6)
+                moved[path] += got
+                self.progress(f"sink rep {rep + 1}/{reps} {path}: {got / seconds / 1e6:.0f} MB/s delivered {problem}")
+        med = {p: statistics.median(v) for p, v in results.items()}
+        rows = [
+            [p, f"{med[p]:.0f}", " ".join(f"{v:.0f}" for v in results[p]), f"{med[p] / (med['stunnel4'] or 1):.2f}"]
+            for p in self.sink_ports
+        ]
+        names = ["ep1", "hub", "ep2", "ep3", "stunnel-client", "stunnel-server"]
+        cpu_rows = []
+        for p in self.sink_ports:
+            gib = max(moved[p], 1.0) / GiB
+            cpu_rows.append([p, *(f"{cpu_used[p][n] / gib:.2f}" if cpu_used[p][n] >= 0.005 else "-" for n in names)])
+        verdict = "not delivered in full: " + "; ".join(problems) if problems else "every transfer delivered all bytes"
+        self.say(
+            f"\n### Delivered to a counting sink, one connection, {nbytes / MiB:.0f} MiB per run, {reps} run(s) per"
+            " path (MB/s of bytes received, clock stopped by the sink's answer)\n\n"
+            + table(["path", "median MB/s", "runs MB/s", "x stunnel4"], rows)
+            + "\n\nCPU seconds per GiB delivered\n\n"
+            + table(["path", *names], cpu_rows)
+            + f"\n\n{verdict}"
+        )
+        return med, problems
+
+    # 3: ping-pong -----------------------------------------------------------------------------------------
+
+    def latency(self) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+        """Ping-pong statistics per path, and per path the median over the rounds of each round's ratio to
+        stunnel4 in that round (`p50`, `p99`, `cpu`: CPU per round trip of all the path's processes)."""
+        n, warm = self.args.rtts, max(100, self.args.rtts // 10)
+        out: dict[str, list[float]] = {p: [] for p in self.paths}
+        cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.paths}
+        rounds = self.args.rounds
+        per_round: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in self.paths}
+        for r in range(rounds):  # interleaved rounds, so drift on the machine touches every path alike
+            this: dict[str, tuple[float, float, float]] = {}
+            for path, (_iperf, port) in self.paths.items():
+                before = self.cpu()
+                samples = pingpong(port, n // rounds, warm)
+                after = self.cpu()
+                out[path] += samples
+                for k in after:
+                    cpu_used[path][k] += after[k] - before[k]
+                cpu = sum(after[k] - before[k] for k in _PATH_PROCS[path]) / (len(samples) + warm)
+                this[path] = (percentile(samples, 50), percentile(samples, 99), cpu)
+            for path, (p50, p99, cpu) in this.items():
+                base = this["stunnel4"]
+                per_round[path]["p50"].append(p50 / base[0])
+                per_round[path]["p99"].append(p99 / base[1])
+                per_round[path]["cpu"].append(cpu / base[2] if base[2] > 0 else float("nan"))
             self.progress(f"ping-pong round {r + 1}/{rounds} done")
         stats = {p: summary(v) for p, v in out.items()}
+        ratios = {p: {k: statistics.median(v) for k, v in m.items()} for p, m in per_round.items()}
         rows = [
             [
                 p,
@@ -600,17 +754,36 @@ class Run:
             + table(["path", "n", "min", "p50", "p90", "p99", "max", "p50 x stunnel4", "p99 x stunnel4"], rows)
             + "\n\n"
             + self.cpu_table(cpu_used, {p: len(v) + rounds * warm for p, v in out.items()}, "round trip")
+            + "\n\nMedian over the rounds of each round's ratio to stunnel4 in that round (CPU: the path's processes)"
+            + "\n\n"
+            + table(
+                ["path", "p50 x stunnel4", "p99 x stunnel4", "CPU per round trip x stunnel4", "rounds p50 ratios"],
+                [
+                    [
+                        p,
+                        f"{r['p50']:.2f}",
+                        f"{r['p99']:.2f}",
+                        f"{r['cpu']:.2f}",
+                        " ".join(f"{x:.2f}" for x in per_round[p]["p50"]),
+                    ]
+                    for p, r in ratios.items()
+                ],
+            )
         )
-        return stats
+        return stats, ratios
 
     def cpu_table(self, used: dict[str, dict[str, float]], counts: dict[str, int], unit: str) -> str:
         names = ["ep1", "hub", "ep2", "ep3", "stunnel-client", "stunnel-server"]
         rows = []
+        base = sum(used["stunnel4"][k] for k in _PATH_PROCS["stunnel4"]) / counts["stunnel4"] * 1e6
         for p, c in used.items():
             per = {k: c[k] / counts[p] * 1e6 for k in names}
-            total = sum(per.values())
-            rows.append([p, *(f"{per[k]:.0f}" if per[k] >= 0.5 else "-" for k in names), f"{total:.0f}"])
-        return f"CPU µs per {unit} (utime+stime; warm-up included)\n\n" + table(["path", *names, "sum"], rows)
+            total = sum(per[k] for k in _PATH_PROCS[p])
+            ratio = f"{total / base:.2f}" if base > 0 else "-"
+            rows.append([p, *(f"{per[k]:.0f}" if per[k] >= 0.5 else "-" for k in names), f"{total:.0f}", ratio])
+        return f"CPU µs per {unit} (utime+stime; warm-up included; sum: the path's own processes)\n\n" + table(
+            ["path", *names, "sum", "sum x stunnel4"], rows
+        )
 
     # 4: connection setup ----------------------------------------------------------------------------------
 
@@ -920,11 +1093,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, help="idle connections (default 10000; quick 1000)")
     parser.add_argument("--rtts", type=int, help="ping-pong round trips per path (default 5000; quick 1000)")
     parser.add_argument("--cycles", type=int, help="connect cycles per path (default 300; quick 100)")
+    parser.add_argument("--rounds", type=int, help="interleaved ping-pong rounds (default 5)")
     parser.add_argument("--restarts", type=int, help="restarts of the exit and of the hub (default 3; quick 1)")
     parser.add_argument(
-        "--skip", default="", help="comma list of parts to skip: idle,idle-direct,bulk,latency,connect,recovery"
+        "--skip", default="", help="comma list of parts to skip: idle,idle-direct,bulk,sink,latency,connect,recovery"
     )
-    parser.add_argument("--role", choices=["echo", "hold"], help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["echo", "hold", "sink"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=50, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -932,12 +1106,15 @@ def main(argv: list[str] | None = None) -> int:
         return role_echo(args.port)
     if args.role == "hold":
         return role_hold(args.port, args.batch)
+    if args.role == "sink":
+        return role_sink(args.port)
 
     q = args.quick
     args.reps = args.reps or (1 if q else 5)
     args.conns = args.conns or (1000 if q else 10000)
     args.rtts = args.rtts or (1000 if q else 5000)
     args.cycles = args.cycles or (100 if q else 300)
+    args.rounds = max(1, args.rounds or 5)
     args.restarts = args.restarts or (1 if q else 3)
     bulk = 256 * MiB if q else GiB
     rss_after = GiB if q else 4 * GiB
@@ -964,7 +1141,7 @@ def main(argv: list[str] | None = None) -> int:
             f"ep2 {fd_limit(run.pids['ep2'])}"
         )
         if "latency" not in skip:
-            lat = run.latency()
+            lat, ratios = run.latency()
             z, s = lat["ztm"], lat["stunnel4"]
             run.add_target(
                 "3a",
@@ -994,6 +1171,23 @@ def main(argv: list[str] | None = None) -> int:
                     f"{d[key] / s[key]:.2f}",
                     f"<= {limit:g}",
                     d[key] <= limit * s[key],
+                )
+            for path, key, what, limit in (
+                ("ztm", "p50", "1-byte RTT p50", 1.7),
+                ("ztm", "p99", "1-byte RTT p99", 2.0),
+                ("ztm-direct", "p50", "1-byte RTT p50, direct", 1.05),
+                ("ztm", "cpu", "CPU per round trip", 1.8),
+                ("ztm-direct", "cpu", "CPU per round trip, direct", 1.05),
+            ):
+                value = ratios[path][key]
+                run.add_target(
+                    f"18-{key}" + ("-direct" if path == "ztm-direct" else ""),
+                    f"{what} x stunnel4 (median of {args.rounds} rounds' ratios)",
+                    f"{value:.2f}",
+                    "1",
+                    f"{value:.2f}",
+                    f"<= {limit:g}",
+                    value <= limit,
                 )
         if "connect" not in skip:
             con = run.connects()
@@ -1055,6 +1249,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"{many['ztm-direct'] / many['stunnel4']:.2f}",
                 ">= 0.6",
                 many["ztm-direct"] >= 0.6 * many["stunnel4"],
+            )
+        if "sink" not in skip:
+            got, problems = run.delivered(bulk)
+            run.add_target(
+                "18-stall",
+                f"counting sink, {bulk / MiB:.0f} MiB x {args.reps} per path: transfers not delivered in full",
+                str(len(problems)),
+                "-",
+                "-",
+                "0",
+                not problems,
+            )
+            run.add_target(
+                "18-sink",
+                f"delivered to the counting sink, 1 conn, {bulk / MiB:.0f} MiB (MB/s)",
+                f"{got['ztm']:.0f}",
+                f"{got['stunnel4']:.0f}",
+                f"{got['ztm'] / (got['stunnel4'] or 1):.2f}",
+                "(no target)",
+                None,
             )
             while run.ztm_bytes < rss_after:
                 chunk = max(64 * MiB, min(GiB, rss_after - run.ztm_bytes))

@@ -136,6 +136,7 @@ class HubLink:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.connect_failures = 0
+        self.credit_wait = 0.0  # seconds streams of closed connections waited for the hub's flow-control credit
         """Dials that failed (refused, TLS handshake refused, not a hub); exported on the agent's metrics."""
 
     def start(self) -> None:
@@ -206,6 +207,7 @@ class HubLink:
     def _account(self, conn: h2.Connection) -> None:
         self.bytes_sent += conn.bytes_sent
         self.bytes_received += conn.bytes_received
+        self.credit_wait += conn.credit_wait
 
     def _failed(self, message: str) -> None:
         self.connect_failures += 1

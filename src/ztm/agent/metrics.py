@@ -1,4 +1,5 @@
-"""The agent's Prometheus exposition (`GET /api/metrics`): hub links, per-peer traffic, app counters."""
+"""The agent's Prometheus exposition (`GET /api/metrics`): hub links (with the time streams waited for the hub's
+flow-control credit, and how many wait now: a stalled stream shows there), per-peer traffic, app counters."""
 
 from __future__ import annotations
 
@@ -16,11 +17,22 @@ def render_metrics(agent: Agent) -> str:
     ]
     traffic: list[str] = []
     failures: list[str] = ["# TYPE ztm_agent_hub_connect_failures_total counter"]
+    credit: list[str] = [
+        "# HELP ztm_agent_hub_credit_wait_seconds_total time streams waited for the hub's flow-control credit",
+        "# TYPE ztm_agent_hub_credit_wait_seconds_total counter",
+        "# HELP ztm_agent_hub_streams_waiting_for_credit streams waiting for the hub's flow-control credit now",
+        "# TYPE ztm_agent_hub_streams_waiting_for_credit gauge",
+    ]
     apps: list[str] = []
     for mesh, session in sorted(agent.meshes.items()):
         m = _label(mesh)
         lines.append(f'ztm_agent_hub_connected{{mesh="{m}"}} {1 if session.link.status == "online" else 0}')
         failures.append(f'ztm_agent_hub_connect_failures_total{{mesh="{m}"}} {session.link.connect_failures}')
+        conn = session.link.conn
+        waited = session.link.credit_wait + (conn.credit_wait if conn is not None else 0.0)
+        waiting = conn.waiting_for_credit if conn is not None else 0
+        credit.append(f'ztm_agent_hub_credit_wait_seconds_total{{mesh="{m}"}} {waited:.3f}')
+        credit.append(f'ztm_agent_hub_streams_waiting_for_credit{{mesh="{m}"}} {waiting}')
         for ep_id, t in sorted(session.traffic.items()):
             labels = f'mesh="{m}",peer="{_label(t.name)}",peer_id="{_label(ep_id)}"'
             traffic += [
@@ -35,5 +47,5 @@ def render_metrics(agent: Agent) -> str:
                 name, _, metric = key.rpartition(":")
                 apps.append(f'ztm_agent_app_{metric}{{mesh="{m}",app="{app.name}",name="{_label(name)}"}} {value}')
     lines += ["# TYPE ztm_agent_peer_sent_bytes_total counter", "# TYPE ztm_agent_peer_received_bytes_total counter"]
-    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *failures]
+    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *failures, *credit]
     return "\n".join(lines) + "\n"

@@ -619,6 +619,8 @@ FIELDS = (
     "direct_fallbacks",
     "bytes_sent",
     "bytes_received",
+    "credit_wait_ms",
+    "waiting_for_credit",
 )
 
 

@@ -370,15 +370,20 @@ class H2Codec:
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         """The application consumed `n` received bytes of `stream_id`: credit them back to the peer (batched)."""
-        n = min(n, self._conn_in_flight)
         if n <= 0:
             return
-        self._conn_in_flight -= n
-        self._credit_connection(n)
+        # Each count caps only its own credit (never more than was received): the stream's credit does not depend
+        # on the connection's count, so a miscount on one can never swallow the other's WINDOW_UPDATE (issue 18).
+        conn = min(n, self._conn_in_flight)
+        if conn > 0:
+            self._conn_in_flight -= conn
+            self._credit_connection(conn)
         st = self._streams.get(stream_id)
         if st is None:
             return
         n = min(n, st.in_flight)
+        if n <= 0:
+            return
         st.in_flight -= n
         if st.state == OPEN or st.state == HALF_CLOSED_LOCAL:  # the peer may still send
             st.unacked += n
@@ -551,9 +556,10 @@ class H2Codec:
                 st.recv_window -= length
                 st.in_flight += length
                 st.received += payload
-        if st is None:
-            self._conn_in_flight -= length
-            self._credit_connection(length)
+        if st is None:  # nobody will read it: the codec credits it, the pad length byte now, the rest as it passes
+            if extra:
+                self._conn_in_flight -= extra
+                self._credit_connection(extra)
             extra = 0
         self._data_stream = st
         self._data_left = payload + pad

@@ -18,6 +18,10 @@ the shared buffer is free again when `buffer_updated` returns and an idle connec
 payloads are written with `transport.writelines([header, payload])` without being copied; small frames queued
 together go out as one buffer.
 
+Stalls are visible: `credit_wait` sums the time streams waited for the peer's flow-control credit, `waiting_for_credit`
+counts the streams waiting now, and the keepalive logs a warning for a stream that has waited `credit_warn` seconds
+while the peer still answers PINGs (so the peer is alive, and that stream alone gets no credit).
+
 A GOAWAY ends the connection at once, in both directions (no graceful drain). Answers to control frames (PING,
 SETTINGS) are not flow controlled; if the transport stays paused while its backlog grows far beyond the high-water
 mark, the peer is not reading and the connection is aborted.
@@ -45,6 +49,8 @@ _READ_BUFFER_SIZE = 1 << 20
 _MAX_PENDING = 1 << 20  # bytes accepted from a server-side peer before HTTP/2 starts (during on_connect)
 _CLOSE_GRACE = 5.0  # seconds a closing transport may take for its TLS shutdown before it is aborted
 _CORK = 64 * 1024  # small frames are collected for one write per loop iteration, up to this many bytes
+CREDIT_WARN = 30.0
+"""Seconds a stream may wait for flow-control credit while the peer is alive before the keepalive warns about it."""
 
 
 _local = threading.local()
@@ -85,7 +91,9 @@ class Connection(asyncio.BufferedProtocol):
         self._codec = H2Codec(client=is_client, settings=settings)
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, Stream] = {}
-        self._blocked: set[Stream] = set()
+        self._blocked: set[Stream] = set()  # streams waiting for the peer's flow-control credit
+        self._credit_wait_done = 0.0  # seconds streams waited for credit (finished waits)
+        self.credit_warn = CREDIT_WARN
         self._write_paused = False
         self._flush_scheduled = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -241,6 +249,17 @@ class Connection(asyncio.BufferedProtocol):
         """Streams not yet closed in both directions."""
         return len(self._streams)
 
+    @property
+    def credit_wait(self) -> float:
+        """Seconds the streams of this connection spent waiting for the peer's flow-control credit (waits in
+        progress included)."""
+        return self._credit_wait_done + sum(s.credit_waiting for s in self._blocked)
+
+    @property
+    def waiting_for_credit(self) -> int:
+        """Streams waiting for the peer's flow-control credit now."""
+        return len(self._blocked)
+
     # ---- asyncio protocol --------------------------------------------------------------------------------------
 
     def connection_made(self, base_transport: asyncio.BaseTransport) -> None:
@@ -372,10 +391,33 @@ class Connection(asyncio.BufferedProtocol):
                 if self.bytes_received != received:
                     # Bytes kept arriving: the peer is alive and its answer waits behind data on a slow link.
                     log.debug("PING answer from %s late, but the connection is receiving; keeping it", self._label)
+                    self._warn_stalled()
                     continue
                 log.info("no PING answer from %s within %gs; closing the connection", self._label, timeout)
                 self._close(f"no PING answer within {timeout:g}s (keepalive)", abort=True)
                 return
+            self._warn_stalled()
+
+    def _warn_stalled(self) -> None:
+        """The peer answered a PING: warn (once per wait) about streams that have waited long for its credit."""
+        for stream in list(self._blocked):
+            waited = stream.credit_waiting
+            if waited >= self.credit_warn and not stream._credit_warned:
+                stream._credit_warned = True
+                log.warning(
+                    "stream %d%s with %s has waited %.0fs for flow-control credit (%d bytes sent on it) although the"
+                    " peer answers PINGs: the far end does not read, or its credit was lost",
+                    stream.id,
+                    f" ({stream.label})" if stream.label else "",
+                    self._label,
+                    waited,
+                    stream.bytes_sent,
+                )
+
+    def _credit_resumed(self, stream: Stream, waited: float) -> None:
+        """A stream we warned about got credit again."""
+        label = f" ({stream.label})" if stream.label else ""
+        log.info("stream %d%s with %s got flow-control credit after %.0fs", stream.id, label, self._label, waited)
 
     def _check_open(self) -> None:
         if self.closed or self._closing:

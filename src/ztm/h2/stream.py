@@ -12,6 +12,9 @@ ever buffered here; `write()` waits for the peer's window and for the transport.
 Copies: received data arrives as `bytes` chunks (as large as the TLS reads), and `read()` returns a whole chunk
 without copying it; only small chunks are joined. Large writes of immutable data go to the transport by reference.
 
+Stalls are visible: `credit_wait` is the time `write()` spent waiting for the peer's flow-control credit (including
+a wait in progress, `credit_waiting`); the connection sums them and warns about a long wait while the peer is alive.
+
 Errors: after the peer reset the stream, `read()`/`write()`/`response()` raise `StreamReset`; after the connection
 is gone they raise `ConnectionClosed`. Data the peer fully sent (END_STREAM received) stays readable either way.
 """
@@ -57,6 +60,8 @@ class Stream:
         "_closed_event",
         "_conn",
         "_conn_error",
+        "_credit_wait",
+        "_credit_warned",
         "_eof",
         "_finished",
         "_headers_waiter",
@@ -69,6 +74,7 @@ class Stream:
         "_sink",
         "_sink_paused",
         "_status",
+        "_wait_start",
         "_window_waiter",
         "_withheld",
         "_write_waiters",
@@ -77,6 +83,7 @@ class Stream:
         "bytes_sent",
         "headers",
         "id",
+        "label",
         "trailers",
     )
 
@@ -107,6 +114,10 @@ class Stream:
         self._sink: StreamSink | None = None
         self._sink_paused = False
         self._withheld = 0  # delivered to the paused sink, not yet credited to the peer
+        self._credit_wait = 0.0  # seconds write() waited for the peer's credit (finished waits)
+        self._wait_start: float | None = None  # loop time the current wait for credit began
+        self._credit_warned = False
+        self.label = ""  # what the stream carries, for log messages (e.g. "tunnel tcp/web")
 
     def __repr__(self) -> str:
         return f"<ztm.h2.Stream {self.id} on {self._conn!r}>"
@@ -140,6 +151,17 @@ class Stream:
     def status(self) -> int | None:
         """Client side: the response status once `response()` has it."""
         return self._status
+
+    @property
+    def credit_waiting(self) -> float:
+        """Seconds the write in progress has been waiting for the peer's flow-control credit (0.0: not waiting)."""
+        start = self._wait_start
+        return 0.0 if start is None else self._conn._loop.time() - start
+
+    @property
+    def credit_wait(self) -> float:
+        """Seconds writes on this stream spent waiting for the peer's flow-control credit, the current wait included."""
+        return self._credit_wait + self.credit_waiting
 
     # ---- reading -----------------------------------------------------------------------------------------------
 
@@ -244,7 +266,7 @@ class Stream:
             self._buffered -= n
             self.bytes_received += n
             sink.stream_data(chunk)
-            if self._sink_paused:
+            if self._sink_paused and self._sink is sink:  # a sink failed meanwhile: nothing will resume it
                 self._withheld += n
             else:
                 self._conn._consumed(self.id, n)
@@ -413,13 +435,22 @@ class Stream:
 
     async def _wait_window(self) -> None:
         conn = self._conn
-        waiter = self._window_waiter = conn._loop.create_future()
+        loop = conn._loop
+        waiter = self._window_waiter = loop.create_future()
         conn._blocked.add(self)
+        start = self._wait_start = loop.time()
         try:
             await waiter
         finally:
             self._window_waiter = None
             conn._blocked.discard(self)
+            self._wait_start = None
+            waited = loop.time() - start
+            self._credit_wait += waited
+            conn._credit_wait_done += waited
+            if self._credit_warned:
+                self._credit_warned = False
+                conn._credit_resumed(self, waited)
 
     def _check_can_send(self) -> None:
         self._raise_failure()

@@ -33,6 +33,7 @@ from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.agent.direct_pipe import splice_direct
 from ztm.agent.mesh import Traffic
 from ztm.apps.exits import ROOT, ExitPolicy
+from ztm.apps.tunnel.credit import CreditWaits
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
 from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
@@ -59,6 +60,7 @@ class TunnelApp(MeshApp):
         self.outbound: dict[str, Outbound] = {}
         self.listeners: dict[str, list[asyncio.AbstractServer | asyncio.DatagramTransport]] = {}
         self._rr: Counter[str] = Counter()
+        self.credit_waits = CreditWaits()
         self._exits_cache: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._slow: dict[str, float] = {}
         """Exit endpoint id -> until when it is tried last (it let a stream time out)."""
@@ -205,6 +207,7 @@ class TunnelApp(MeshApp):
             "direct_fallbacks": c[f"{key}:fallbacks"],
             "bytes_sent": c[f"{key}:sent"],
             "bytes_received": c[f"{key}:received"],
+            **self.credit_waits.stats(key),
         }
 
     async def call(self, method: str, params: Any, caller: Caller) -> Any:
@@ -347,7 +350,7 @@ class TunnelApp(MeshApp):
     ) -> None:
         self.counters[f"{key}:streams"] += 1
         traffic = self.ctx.session.traffic_of(peer, peer_name)
-        await counted_splice(reader, writer, stream, self.counters, key, traffic)
+        await counted_splice(reader, writer, stream, self.counters, key, traffic, self.credit_waits)
 
     # exit
     def _admit(self, caller: Caller, service: str) -> tuple[TunnelName, str, Outbound]:
@@ -514,11 +517,17 @@ async def counted_splice(
     counters: Counter[str],
     key: str,
     traffic: Traffic,
+    waits: CreditWaits | None = None,
 ) -> None:
     """`splice`, counted: `KEY:active` (and `KEY:direct` for a direct channel) while it runs, bytes in `KEY:sent` and
-    `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`). The tunnel's and the proxy's data path."""
+    `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`); a relayed stream's waits for credit in
+    `waits`. The tunnel's and the proxy's data path."""
     if isinstance(stream, DirectChannel):
         counters[f"{key}:direct"] += 1
+    else:
+        stream.label = key
+        if waits is not None:
+            waits.add(key, stream)
     counters[f"{key}:active"] += 1
     traffic.streams += 1
     sent_key, received_key = f"{key}:sent", f"{key}:received"
@@ -534,6 +543,8 @@ async def counted_splice(
     finally:
         counters[f"{key}:active"] -= 1
         traffic.streams -= 1
+        if waits is not None and isinstance(stream, h2.Stream):
+            waits.remove(key, stream)
 
 
 async def splice(
