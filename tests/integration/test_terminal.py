@@ -74,7 +74,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for agent in (home, bob):
             wait_until(lambda a=agent: "office" in a.online_names(), TIMEOUT, f"{agent.name} to see office online")
         office.cli("terminal", "config", "--set-shell", "/bin/sh")
-        office.cli("terminal", "enable")  # off by default (tests/security/test_terminal.py)
+        office.cli("terminal", "enable")  # off by default (tests/security/test_endpoint_guards.py)
         yield World(hub, home, office, bob)
     finally:
         for proc in reversed(procs):
