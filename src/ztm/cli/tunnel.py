@@ -659,7 +659,11 @@ def _value(key: str, value: object, view: dict[str, Any]) -> str:
         if isinstance(value, list):
             shown = [f"{output.cell(e.get('name'))} ({output.cell(e.get('ep'))}, user {output.cell(e.get('user'))})"
                      for e in value if isinstance(e, dict)]  # fmt: skip
-            return ", ".join(shown) or "none online"
+            if shown:
+                return ", ".join(shown)
+            if view.get("exits"):
+                return "none of them online"
+            return "none online of the users it uses (another user's exits need --exit-users or --exits)"
     if key in ("entrances", "users", "exit_users") and value == []:
         return "any" if key != "exit_users" else "none"
     if isinstance(value, list):
