@@ -499,6 +499,18 @@ class Hub:
     def permit_json(self) -> dict[str, Any]:
         return dict(json.loads(self.permit.read_text()))
 
+    def ca_pems(self) -> tuple[str, str]:
+        """What the hub's operator holds: the mesh CA's private key and certificate (PEM), read from the hub's
+        database, so a test can mint certificates as the hub (or an attacker with its disk) would."""
+        import sqlite3
+
+        db = sqlite3.connect(f"file:{self.data / 'ztm-hub.db'}?mode=ro", uri=True)
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            db.close()
+        return str(meta["ca_key"]), str(meta["ca_cert"])
+
 
 def start_hub(
     tmp_path: Path,

@@ -15,7 +15,6 @@ import datetime as dt
 import os
 import re
 import socket
-import sqlite3
 import ssl
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -107,19 +106,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ep_cert = pki.cert_from_pem((files / "ep.crt").read_text())
         identity = pki.identity_of(ep_cert)
         assert identity.ep_id is not None
-        db = sqlite3.connect(f"file:{hub.data / 'ztm-hub.db'}?mode=ro", uri=True)
-        try:
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        finally:
-            db.close()
+        ca_key, ca_cert = hub.ca_pems()
         yield World(
             hub=hub,
             admin=admin,
             root=root,
             mesh_id=identity.mesh_id,
             ep_id=identity.ep_id,
-            ca_key=pki.key_from_pem(meta["ca_key"]),
-            ca_cert=pki.cert_from_pem(meta["ca_cert"]),
+            ca_key=pki.key_from_pem(ca_key),
+            ca_cert=pki.cert_from_pem(ca_cert),
             files=files,
             tmp=tmp,
         )

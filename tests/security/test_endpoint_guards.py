@@ -57,12 +57,8 @@ from ztm.permit import make_permit
 
 def _hub_ca(hub: Hub) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """What the hub's operator holds: the mesh CA's key and certificate (from the hub's database)."""
-    db = sqlite3.connect(f"file:{hub.data / 'ztm-hub.db'}?mode=ro", uri=True)
-    try:
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    finally:
-        db.close()
-    return pki.key_from_pem(meta["ca_key"]), pki.cert_from_pem(meta["ca_cert"])
+    key, cert = hub.ca_pems()
+    return pki.key_from_pem(key), pki.cert_from_pem(cert)
 
 
 def _identity(agent: Agent, mesh: str) -> pki.Identity:

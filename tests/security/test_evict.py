@@ -20,7 +20,6 @@ import datetime as dt
 import hashlib
 import json
 import shutil
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -48,12 +47,8 @@ Make = Callable[..., Any]
 
 def ca_of(hub: Hub) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """The mesh CA's key and certificate, read from the hub's database (to mint certificates as root's hub would)."""
-    db = sqlite3.connect(f"file:{hub.data / 'ztm-hub.db'}?mode=ro", uri=True)
-    try:
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-    finally:
-        db.close()
-    return pki.key_from_pem(meta["ca_key"]), pki.cert_from_pem(meta["ca_cert"])
+    key, cert = hub.ca_pems()
+    return pki.key_from_pem(key), pki.cert_from_pem(cert)
 
 
 def cert_file(path: Path) -> x509.Certificate:
