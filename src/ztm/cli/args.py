@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite
 
+from ztm import validate
 from ztm.addr import Address
 from ztm.config import DEFAULT_HUB_PORT
 from ztm.errors import BadInput
@@ -207,6 +208,16 @@ def int_range(lo: int, hi: int) -> Callable[[str], int]:
 
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def user_type(text: str) -> str:
+    """One user name (`validate.USER`), for options such as the terminal's `--add-user` and `--exit-users`."""
+    if not validate.USER.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid user {text!r}: 1-63 lowercase letters, digits, '.', '_' or '-'")
+    return text
+
+
+user_type.__name__ = "user"
 
 
 def seconds_type(text: str) -> float:

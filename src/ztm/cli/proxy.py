@@ -25,6 +25,7 @@ from ztm.addr import Address
 from ztm.cli import output
 from ztm.cli.appcli import add_sub, call_app, remote_ep, show_parser_help
 from ztm.cli.args import Kind, UsageError, ZtmArgumentParser, subcommands
+from ztm.cli.args import user_type as one_user_type
 from ztm.cli.context import Context, expect_list, expect_obj
 from ztm.errors import BadInput
 
@@ -110,15 +111,6 @@ def user_type(text: str) -> str:
 
 
 user_type.__name__ = "user"
-
-
-def exit_user_type(text: str) -> str:
-    if not validate.USER.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"invalid user {text!r}: a user name (lowercase letters, digits, . _ -)")
-    return text
-
-
-exit_user_type.__name__ = "user"
 
 
 def ep_type(text: str) -> str:
@@ -232,7 +224,7 @@ def proxy_tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
     choice.add_argument(
         "--exit-users",
         metavar="USER",
-        type=exit_user_type,
+        type=one_user_type,
         nargs="*",
         action="extend",
         help="also use exits of these users (none: clear)",

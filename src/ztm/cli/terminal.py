@@ -16,7 +16,7 @@ from typing import Any
 from ztm import validate
 from ztm.cli import output
 from ztm.cli.appcli import add_sub, show_help
-from ztm.cli.args import UsageError, ZtmArgumentParser
+from ztm.cli.args import UsageError, ZtmArgumentParser, user_type
 from ztm.cli.context import Context, expect_obj
 
 APP = "terminal"
@@ -66,15 +66,6 @@ def ep_type(text: str) -> str:
 
 
 ep_type.__name__ = "endpoint"
-
-
-def user_type(text: str) -> str:
-    if not validate.USER.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"invalid user {text!r}: 1-63 lowercase letters, digits, '.', '_' or '-'")
-    return text
-
-
-user_type.__name__ = "user"
 
 
 def term_type(text: str) -> str:
