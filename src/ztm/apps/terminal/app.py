@@ -182,42 +182,41 @@ class TerminalApp(MeshApp):
             raise ZtmError(f"the session to {ep} broke while opening: {exc}") from None
         return stream
 
+    def _refusal(self, user: str) -> tuple[str, str] | None:
+        """Why `user` may not open a session here (what the log says, what the caller is told), or None."""
+        ep = self.ctx.session.record.ep_name
+        if not self.enabled:
+            return (
+                "the terminal is off here",
+                f"the terminal is off on endpoint {ep!r}: its owner turns it on there with 'ztm terminal enable'",
+            )
+        if not self.allowed(user):
+            return (
+                "not the owner nor a listed user",
+                f"user {user!r} may not open a terminal on endpoint {ep!r}: only its owner ({self.ctx.user}) and the "
+                "users it lists with 'ztm terminal config --add-user'",
+            )
+        return None
+
     # target side
     async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
         if service not in MODES:
             await self.ctx.refuse(stream_id, f"terminal offers {' and '.join(MODES)}, not {service[:60]!r}")
             return
-        if not self.enabled:
+        refusal = self._refusal(caller.user)
+        if refusal is not None:
+            reason, message = refusal
             self.counters["terminal:refused"] += 1
             log.warning(
-                "mesh %s: terminal %s refused for user %s from endpoint %s (%s): the terminal is off here",
+                "mesh %s: terminal %s refused for user %s from endpoint %s (%s): %s",
                 self.ctx.mesh,
                 service,
                 caller.user,
                 caller.name,
                 caller.ep_id,
+                reason,
             )
-            await self.ctx.refuse(
-                stream_id,
-                f"the terminal is off on endpoint {self.ctx.session.record.ep_name!r}: its owner turns it on there "
-                "with 'ztm terminal enable'",
-            )
-            return
-        if not self.allowed(caller.user):
-            self.counters["terminal:refused"] += 1
-            log.warning(
-                "mesh %s: terminal %s refused for user %s from endpoint %s (%s): not the owner nor a listed user",
-                self.ctx.mesh,
-                service,
-                caller.user,
-                caller.name,
-                caller.ep_id,
-            )
-            await self.ctx.refuse(
-                stream_id,
-                f"user {caller.user!r} may not open a terminal on endpoint {self.ctx.session.record.ep_name!r}: "
-                f"only its owner ({self.ctx.user}) and the users it lists with 'ztm terminal config --add-user'",
-            )
+            await self.ctx.refuse(stream_id, message)
             return
         stream = await self.ctx.accept(stream_id)
         task = asyncio.current_task()
