@@ -123,6 +123,14 @@ def list_of(value: object, kind: type[T], what: str) -> list[T]:
     return list(value)
 
 
+def user_names(value: object, what: str, most: int) -> tuple[str, ...]:
+    """A JSON list of at most `most` user names (None: none), duplicates dropped, order kept."""
+    items = list_of(value, str, what)
+    if len(items) > most:
+        raise BadInput(f"{what}: at most {most} users")
+    return tuple(dict.fromkeys(user_name(u) for u in items))
+
+
 def int_range(value: object, what: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise BadInput(f"{what} must be a whole number from {lo} to {hi}, got {value!r}")

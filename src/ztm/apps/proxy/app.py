@@ -112,7 +112,7 @@ class ProxyApp(MeshApp):
             log.error("mesh %s: proxy targets or rules not restored: %s", self.ctx.mesh, exc.message)
         try:
             self.exit_pins = _refs(items.get("exits"), "exits")
-            self.exit_users = _users(items.get("exit_users"), "exit_users")
+            self.exit_users = validate.user_names(items.get("exit_users"), "exit_users", MAX_PINS)
         except ZtmError as exc:  # never widen the exits by accident: no entrance until it is configured again
             may_listen = False
             log.error("mesh %s: proxy exits not restored (%s): not listening", self.ctx.mesh, exc.message)
@@ -186,7 +186,9 @@ class ProxyApp(MeshApp):
         exclusions = _edit(self.targets.exclusions, body, "exclusions", "exclusion")
         new = TargetSet(targets, exclusions)
         pins = _refs(body["exits"], "exits") if "exits" in body else self.exit_pins
-        exit_users = _users(body["exit_users"], "exit_users") if "exit_users" in body else self.exit_users
+        exit_users = self.exit_users
+        if "exit_users" in body:
+            exit_users = validate.user_names(body["exit_users"], "exit_users", MAX_PINS)
         check_choice(pins, exit_users)
         if "exits" in body:
             pins = await self.ctx.resolve_endpoints(pins, "exits")
@@ -589,13 +591,6 @@ def _refs(value: object, what: str) -> tuple[str, ...]:
         if not validate.looks_like_id(item):
             validate.name(item, f"endpoint in {what}")
     return tuple(dict.fromkeys(items))
-
-
-def _users(value: object, what: str) -> tuple[str, ...]:
-    items = validate.list_of(value, str, what)
-    if len(items) > MAX_PINS:
-        raise BadInput(f"{what}: at most {MAX_PINS} users")
-    return tuple(dict.fromkeys(validate.user_name(u) for u in items))
 
 
 def _loopback(address: Address | None) -> bool:

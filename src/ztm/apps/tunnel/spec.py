@@ -48,13 +48,6 @@ def _peers(value: object, what: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _users(value: object, what: str) -> tuple[str, ...]:
-    items = validate.list_of(value, str, what)
-    if len(items) > MAX_ITEMS:
-        raise BadInput(f"{what}: at most {MAX_ITEMS} entries")
-    return tuple(dict.fromkeys(validate.user_name(u) for u in items))
-
-
 def _addresses(value: object, what: str, default_host: str | None) -> tuple[Address, ...]:
     items = validate.list_of(value, str, what)
     if not items:
@@ -77,7 +70,8 @@ class Inbound:
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Inbound:
-        exits, exit_users = _peers(body.get("exits"), "exits"), _users(body.get("exit_users"), "exit_users")
+        exits = _peers(body.get("exits"), "exits")
+        exit_users = validate.user_names(body.get("exit_users"), "exit_users", MAX_ITEMS)
         check_choice(exits, exit_users)
         return cls(
             TunnelName.parse(body.get("tunnel")),
@@ -110,7 +104,7 @@ class Outbound:
             TunnelName.parse(body.get("tunnel")),
             _addresses(body.get("targets"), "targets", None),
             _peers(body.get("entrances"), "entrances"),
-            _users(body.get("users"), "users"),
+            validate.user_names(body.get("users"), "users", MAX_ITEMS),
         )
 
     def to_json(self) -> dict[str, Any]:
