@@ -193,9 +193,6 @@ class HubState:
             return "this certificate expired; the agent enrols again with its permit"
         return None
 
-    def peer_allowed(self, peer: Peer) -> bool:
-        return self.refusal(peer) is None
-
     def check_peer(self, peer: Peer) -> None:
         """Raise `Unauthorized` if `peer` may do nothing now (`refusal`)."""
         reason = self.refusal(peer)
