@@ -1,0 +1,211 @@
+"""The record layer of one stream: AES-256-GCM records with counter nonces, END, and key update.
+
+A `Channel` holds this side's two keys for one stream (send and receive). `seal` makes RECORD frames
+(`header | AESGCM(key, nonce=counter, inner type | payload, aad=header)`), `feed` opens them in order from any
+chunking of the stream's bytes. A record that does not open (tampered, reordered, replayed, dropped, truncated) is
+`E2EError("integrity")`; the channel then stays failed. After `KEY_UPDATE_AFTER` records under one key the sender
+sends a KEY_UPDATE record and both sides move to `HKDF-Expand(old_key, "ztm-e2e v1 key update")`, counters at 0.
+
+Lean on purpose (it is on the data path of every relayed byte): one `AESGCM` per key, nonces from
+`int.to_bytes`, and a fast path in `feed` for input made of whole frames. Measured on the development VM (2 vCPU,
+shared; `python -m timeit`, CPython 3.12, cryptography 4x, seal then feed of one record):
+
+    payload      e2e seal+feed       ssl.MemoryBIO TLS 1.3 write+read (same sizes, for comparison)
+    1 byte       MEASURE_1           TLS_1
+    16 KiB       MEASURE_16K         TLS_16K
+"""
+
+from __future__ import annotations
+
+import hmac
+import struct
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ztm.e2e import frames
+from ztm.e2e.errors import E2EError
+
+DATA, END, OPEN, OK, REFUSE, KEY_UPDATE = 0, 1, 2, 3, 4, 5
+OVERHEAD = 4 + 1 + 16
+"""Bytes a record adds to its payload: the frame header, the inner type, the GCM tag."""
+KEY_UPDATE_AFTER = 2**24
+"""Records sent under one key before the sender moves to the next key."""
+
+_KEY_UPDATE_INFO = b"ztm-e2e v1 key update"
+_HDR = struct.Struct(">I")
+_RECORD_TYPE = frames.RECORD << 24
+_MAX_PAYLOAD = frames.MAX_PAYLOAD
+_MIN_BODY = frames.MIN_RECORD_BODY
+_MAX_BODY = frames.MAX_RECORD_BODY
+_INNER_NAMES = ("DATA", "END", "OPEN", "OK", "REFUSE", "KEY_UPDATE")
+_INNER = [bytes([i]) for i in range(len(_INNER_NAMES))]
+
+
+def expand(key: bytes, info: bytes) -> bytes:
+    """HKDF-Expand(key, info, 32) with SHA-256 (one block: HMAC(key, info | 0x01))."""
+    return hmac.digest(key, info + b"\x01", "sha256")
+
+
+def next_key(key: bytes) -> bytes:
+    """The key that follows `key` after a KEY_UPDATE."""
+    return expand(key, _KEY_UPDATE_INFO)
+
+
+class Channel:
+    """This side's record layer for one stream: `seal` what it sends, `feed` what it receives."""
+
+    __slots__ = (
+        "_buf",
+        "_ended",
+        "_failed",
+        "_limit",
+        "_recv_aead",
+        "_recv_ctr",
+        "_recv_key",
+        "_send_aead",
+        "_send_ctr",
+        "_send_key",
+        "records_received",
+        "records_sent",
+    )
+
+    def __init__(self, send_key: bytes, recv_key: bytes, *, key_update_after: int = KEY_UPDATE_AFTER) -> None:
+        if not 1 <= key_update_after <= KEY_UPDATE_AFTER:
+            raise ValueError(f"key_update_after must be in 1..{KEY_UPDATE_AFTER}")
+        self._limit = key_update_after
+        self._send_key = send_key
+        self._send_aead = AESGCM(send_key)
+        self._send_ctr = 0
+        self._recv_key = recv_key
+        self._recv_aead = AESGCM(recv_key)
+        self._recv_ctr = 0
+        self._buf = bytearray()
+        self._ended = False
+        self._failed: E2EError | None = None
+        self.records_sent = 0
+        self.records_received = 0
+
+    # ------------------------------------------------------------------------------------------------- sending
+
+    def seal(self, inner: int, payload: bytes | memoryview = b"") -> bytes:
+        """One RECORD frame of inner type `inner` (preceded by a KEY_UPDATE record when one is due)."""
+        n = len(payload)
+        if n > _MAX_PAYLOAD or not 0 <= inner < KEY_UPDATE:
+            raise ValueError(f"cannot seal a record of inner type {inner} with {n} bytes of payload")
+        ctr = self._send_ctr
+        prefix = b""
+        if ctr >= self._limit:
+            prefix = self._seal_key_update()
+            ctr = 0
+        self._send_ctr = ctr + 1
+        self.records_sent += 1
+        header = _HDR.pack(_RECORD_TYPE | (n + 17))
+        sealed = self._send_aead.encrypt(ctr.to_bytes(12, "big"), _INNER[inner] + payload, header)
+        return prefix + header + sealed
+
+    def seal_data(self, data: bytes | memoryview) -> bytes:
+        """DATA records carrying `data`, split at `MAX_PAYLOAD` (one record for an empty `data`)."""
+        if len(data) <= _MAX_PAYLOAD:
+            return self.seal(DATA, data)
+        view = memoryview(data)
+        return b"".join(self.seal(DATA, view[i : i + _MAX_PAYLOAD]) for i in range(0, len(view), _MAX_PAYLOAD))
+
+    def _seal_key_update(self) -> bytes:
+        header = _HDR.pack(_RECORD_TYPE | 17)
+        frame = header + self._send_aead.encrypt(self._send_ctr.to_bytes(12, "big"), _INNER[KEY_UPDATE], header)
+        self.records_sent += 1
+        self._send_key = next_key(self._send_key)
+        self._send_aead = AESGCM(self._send_key)
+        self._send_ctr = 0
+        return frame
+
+    # ----------------------------------------------------------------------------------------------- receiving
+
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
+        """The records completed by `data`, opened in order as (inner type, payload); KEY_UPDATE is handled here.
+
+        `E2EError` ("integrity", "malformed", or the reason of an ERROR/UNKNOWN frame) on a bad record; once it
+        has raised, every later call raises again.
+        """
+        if self._failed is not None:
+            raise E2EError(self._failed.reason, self._failed.message)
+        buf = self._buf
+        if buf:
+            buf += data
+            data = bytes(buf)
+            buf.clear()
+        out: list[tuple[int, bytes]] = []
+        view = memoryview(data)
+        pos = 0
+        end = len(view)
+        try:
+            while end - pos >= 4:
+                (word,) = _HDR.unpack_from(view, pos)
+                length = word & 0xFFFFFF
+                if word >> 24 != frames.RECORD or not _MIN_BODY <= length <= _MAX_BODY:
+                    self._not_a_record(view, pos, word)
+                    break  # an ERROR frame still incomplete
+                stop = pos + 4 + length
+                if stop > end:
+                    break
+                ctr = self._recv_ctr
+                try:
+                    plain = self._recv_aead.decrypt(ctr.to_bytes(12, "big"), view[pos + 4 : stop], view[pos : pos + 4])
+                except InvalidTag:
+                    raise E2EError(
+                        "integrity",
+                        "end-to-end record failed its integrity check (tampered, reordered, replayed or lost on "
+                        "the way): the stream is closed",
+                    ) from None
+                pos = stop
+                self.records_received += 1
+                inner = plain[0]
+                if inner == KEY_UPDATE:
+                    self._key_update(plain)
+                    continue
+                if ctr >= self._limit:
+                    raise E2EError("integrity", "end-to-end record past the key's limit without a key update")
+                self._recv_ctr = ctr + 1
+                if inner > KEY_UPDATE or self._ended:
+                    what = "after END" if self._ended else f"of unknown inner type {inner}"
+                    raise E2EError("malformed", f"malformed end-to-end record: a record {what}")
+                if inner == END:
+                    self._ended = True
+                out.append((inner, plain[1:]))
+        except E2EError as e:
+            self._failed = e
+            raise
+        if pos < end:
+            buf += view[pos:]
+        return out
+
+    def _key_update(self, plain: bytes) -> None:
+        if len(plain) != 1:
+            raise E2EError("malformed", "malformed end-to-end record: a KEY_UPDATE with a payload")
+        self._recv_key = next_key(self._recv_key)
+        self._recv_aead = AESGCM(self._recv_key)
+        self._recv_ctr = 0
+
+    def _not_a_record(self, view: memoryview, pos: int, word: int) -> None:
+        """Raise the error a non-RECORD frame means here; return only for an ERROR frame not complete yet."""
+        ftype, length = word >> 24, word & 0xFFFFFF
+        if ftype == frames.UNKNOWN and length == 0 and self.records_received == 0:
+            raise E2EError("unknown_session", "the peer no longer knows this end-to-end session: do a full handshake")
+        if ftype == frames.ERROR and length <= frames.MAX_ERROR_TEXT and self.records_received == 0:
+            if len(view) - pos - 4 < length:
+                return
+            text = frames.parse_error(bytes(view[pos : pos + 4 + length]))
+            raise E2EError("refused", f"the peer refused the end-to-end stream: {text}")
+        frames.check_header(ftype, length)
+        raise E2EError("malformed", f"malformed end-to-end stream: a {frames.NAMES[ftype]} frame among records")
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete record held back: a stream that ends with some was cut mid-record."""
+        return len(self._buf)
+
+    @property
+    def ended(self) -> bool:
+        """The peer sent END (an authenticated end of its direction)."""
+        return self._ended
