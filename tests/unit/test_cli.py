@@ -27,6 +27,7 @@ from ztm.cli import commands
 from ztm.cli.client import socket_files
 from ztm.cli.main import main
 from ztm.config import agents_registry_dir, socket_link_name
+from ztm.e2e import SUITE
 
 TOKEN = "secret-token-123"
 PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n"
@@ -60,7 +61,7 @@ def endpoint(name: str, *, local: bool = False, online: bool = True, **extra: An
         "user": "root" if local else name,
         "online": online,
         "labels": ["site=paris", "gpu"] if local else [],
-        "version": "0.1.0",
+        "version": "0.2.0",
         "hostname": f"{name}-pc",
         "ip": "10.0.0.1" if local else "10.0.0.2",
         "port": 40000,
@@ -79,7 +80,7 @@ HUB = {
     "error": None,
     "rtt_ms": 1.234,
     "since": _ago(120),
-    "version": "0.1.0",
+    "version": "0.2.0",
     "bytes_sent": 2048,
     "bytes_received": 3 * 1024 * 1024,
 }
@@ -88,7 +89,7 @@ HUB = {
 def default_routes() -> dict[tuple[str, str], Any]:
     m = "/api/meshes/m1"
     return {
-        ("GET", "/api/version"): {"ztm": "0.1.0", "api": 1},
+        ("GET", "/api/version"): {"ztm": "0.2.0", "api": 1},
         ("GET", "/api/identity"): {"public_key": PEM},
         ("GET", "/api/meshes"): [mesh()],
         ("GET", m): mesh(),
@@ -114,6 +115,7 @@ def default_routes() -> dict[tuple[str, str], Any]:
                 "send_rate": 0,
                 "receive_rate": 10.0,
                 "streams": 1,
+                "encryption": "TLS 1.3 to the hub",
             },
             {
                 "ep_id": "ep-bob",
@@ -123,6 +125,7 @@ def default_routes() -> dict[tuple[str, str], Any]:
                 "send_rate": 1024 * 1024,
                 "receive_rate": 2048,
                 "streams": 3,
+                "encryption": "e2e X25519-ECDSA-P256-AES256GCM",
             },
         ],
         ("GET", f"{m}/users"): [
@@ -663,9 +666,21 @@ def test_log_kinds(agent: FakeAgent, run: Callable[..., Result]) -> None:
 
 def test_stats(agent: FakeAgent, run: Callable[..., Result]) -> None:
     lines = run("stats", "ep").out.splitlines()
-    assert lines[0] == "PEER  SENT     RECEIVED  SEND RATE  RECV RATE  STREAMS"
-    assert lines[1].split() == ["hub", "512", "B", "1.5", "KiB", "0", "B/s", "10", "B/s", "1"]
-    assert lines[2].split() == ["bob", "5.0", "MiB", "2.0", "KiB", "1.0", "MiB/s", "2.0", "KiB/s", "3"]
+    assert lines[0].split() == ["PEER", "SENT", "RECEIVED", "SEND", "RATE", "RECV", "RATE", "STREAMS", "ENCRYPTION"]
+    assert lines[1].split() == [
+        "hub",
+        "512",
+        "B",
+        "1.5",
+        "KiB",
+        "0",
+        "B/s",
+        "10",
+        "B/s",
+        "1",
+        *["TLS", "1.3", "to", "the", "hub"],
+    ]
+    assert lines[2].split() == ["bob", "5.0", "MiB", "2.0", "KiB", "1.0", "MiB/s", "2.0", "KiB/s", "3", "e2e", SUITE]
     assert len(run("stats", "ep", "bob").out.splitlines()) == 2
     assert "no traffic with carol" in one_line_error(run("stats", "ep", "carol"))
 
@@ -785,7 +800,7 @@ def test_version_with_and_without_agent(
     agent: FakeAgent, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     res = run("version")
-    assert res.out.splitlines() == ["ztm 0.1.0 (command line)", f"agent 0.1.0 (API 1) at {agent.address}"]
+    assert res.out.splitlines() == ["ztm 0.2.0 (command line)", f"agent 0.2.0 (API 1) at {agent.address}"]
     monkeypatch.setenv("ZTM_AGENT", f"127.0.0.1:{_free_port()}")
     res = run("version")
     assert res.code == 0 and "agent: unknown (cannot reach the agent" in res.out

@@ -18,9 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ztm import epref, h2
-from ztm.errors import NotFound, Unavailable, ZtmError, from_json
-from ztm.version import __version__
+from ztm import epref, h2, pki
+from ztm.agent.e2estream import E2EStream
+from ztm.e2e import E2EError
+from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError, from_json
+from ztm.version import E2E_VERSION, __version__
 
 if TYPE_CHECKING:
     from ztm.agent.direct import DirectChannel
@@ -34,16 +36,12 @@ OPEN_TIMEOUT = 6.0
 
 @dataclass(frozen=True)
 class Caller:
-    """The endpoint on the other side of a stream or call, as the hub asserts it from its verified certificate."""
+    """The endpoint on the other side of a stream or call: endpoint id and user from its verified certificate (the
+    end-to-end handshake for streams, TLS for direct channels); the name from the hub's endpoint record."""
 
     ep_id: str
     name: str
     user: str
-
-    @classmethod
-    def from_event(cls, value: object) -> Caller:
-        data = value if isinstance(value, dict) else {}
-        return cls(str(data.get("ep", "")), str(data.get("name", "")), str(data.get("user", "")))
 
 
 class AppContext:
@@ -72,31 +70,37 @@ class AppContext:
             )
         return conn
 
-    async def open_stream(self, ep: str, service: str) -> h2.Stream:
-        """A byte stream to this app on endpoint `ep` (id or name), for `service`; ZtmError if refused."""
-        conn = self._conn()
-        stream = await conn.open_stream("CONNECT", ep, [("ztm-app", self.app), ("ztm-service", service)])
-        try:
-            status, _ = await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
-        except TimeoutError:
-            stream.reset()
-            raise Unavailable(f"the hub did not answer within {OPEN_TIMEOUT:g}s") from None
-        except h2.H2Error as exc:
-            raise Unavailable(f"stream to {ep} failed: {exc}") from None
-        if status != 200:
-            raise await _error_of(stream, status)
-        return stream
+    async def open_stream(self, ep: str, service: str) -> E2EStream:
+        """A byte stream to this app on endpoint `ep` (id or name), for `service`, sealed end to end; ZtmError if
+        refused (by the hub, or by the peer's app) or if the peer failed the end-to-end checks."""
+        return await open_app_stream(self.session, await self._ep_id(ep), self.app, service)
 
-    async def accept(self, stream_id: str) -> h2.Stream:
-        """Take a stream a peer asked for (the `stream` event's id)."""
-        stream = await self._conn().open_stream("CONNECT", "hub", [("ztm-accept", stream_id)])
-        status, _ = await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
-        if status != 200:
-            raise await _error_of(stream, status)
+    async def _ep_id(self, ep: str) -> str:
+        """The endpoint id `ep` names (an id as it is; a name through the hub's endpoint list)."""
+        if pki.is_valid_ep_id(ep):
+            return ep
+        for known in self.session.peers.values():
+            if known.get("name") == ep and isinstance(known.get("id"), str):
+                return str(known["id"])
+        for found in await self.endpoints():
+            if found.get("name") == ep and isinstance(found.get("id"), str):
+                return str(found["id"])
+        raise NotFound(f"no endpoint named {ep!r} in mesh {self.mesh}")
+
+    async def accept(self, stream_id: str) -> E2EStream:
+        """Take a stream a peer asked for (the id `on_stream` got): the opener learns it was accepted."""
+        stream = self.session.e2e.pending.pop(stream_id, None)
+        if stream is None:
+            raise NotFound("no such stream is waiting (it was answered already, or timed out)")
+        stream.accept()
         return stream
 
     async def refuse(self, stream_id: str, reason: str) -> None:
-        """Refuse a stream a peer asked for; the peer's opener gets `reason`."""
+        """Refuse a stream a peer asked for; the opener gets `reason` (sealed, so the hub cannot change it)."""
+        stream = self.session.e2e.pending.pop(stream_id, None)
+        if stream is not None:
+            stream.refuse(Forbidden(reason))
+            return
         await refuse_stream(self._conn(), stream_id, reason)
 
     async def publish(self, services: list[str]) -> None:
@@ -156,6 +160,40 @@ class AppContext:
     async def list_files(self, prefix: str = "/") -> list[dict[str, Any]]:
         """The mesh files under `prefix` this endpoint's user may see."""
         return list(await self._files().list(prefix))
+
+
+async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: str) -> E2EStream:
+    """A stream through the hub to `app` on endpoint `ep_id`, sealed end to end (`ztm.agent.e2e`)."""
+    conn = session.link.conn
+    if conn is None or conn.closed:
+        raise Unavailable(f"not connected to the hub of mesh {session.name}: {session.link.error or 'connecting'}")
+    headers = [("ztm-app", app), ("ztm-service", service), ("ztm-e2e", E2E_VERSION)]
+    stream = await conn.open_stream("CONNECT", ep_id, headers)
+
+    async def answered() -> None:
+        try:
+            status, _ = await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
+        except TimeoutError:
+            stream.reset()
+            raise Unavailable(f"the hub did not answer within {OPEN_TIMEOUT:g}s") from None
+        except h2.H2Error as exc:
+            raise Unavailable(f"stream to {ep_id} failed: {exc}") from None
+        if status != 200:
+            raise await _error_of(stream, status)
+
+    try:
+        return await session.e2e.open(stream, ep_id, app, service, answered)
+    except E2EError as exc:
+        raise Unavailable(f"end-to-end encryption with {ep_id} failed ({exc.reason}): {exc.message}") from None
+
+
+async def accept_relayed(conn: h2.Connection, stream_id: str) -> h2.Stream:
+    """Take the stream of a `stream` event at the hub (the outer stream, before the end-to-end opening)."""
+    stream = await conn.open_stream("CONNECT", "hub", [("ztm-accept", stream_id)])
+    status, _ = await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
+    if status != 200:
+        raise await _error_of(stream, status)
+    return stream
 
 
 async def refuse_stream(conn: h2.Connection, stream_id: str, reason: str) -> None:

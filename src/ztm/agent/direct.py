@@ -295,6 +295,7 @@ class MeshDirect:
         tmp.replace(self._crl_file)
         self.revoked = frozenset(r.serial_number for r in crl)
         self.crl_number = number
+        self.session.e2e.revoke(self.revoked)
         self._contexts = None
         for channel in [c for c in self.live if c.peer.serial in self.revoked]:
             log.info(

@@ -22,6 +22,7 @@ from ztm.addr import Address
 from ztm.agent.tls import check_hub
 from ztm.aio import Backoff, spawn
 from ztm.errors import Timeout, Unavailable, ZtmError
+from ztm.version import E2E_VERSION
 
 log = logging.getLogger("ztm.agent")
 
@@ -224,7 +225,7 @@ class HubLink:
     async def _open(self) -> tuple[h2.Connection, EventReader]:
         conn, _hub_id = await dial(self.addresses, self.mesh_id, self._context())
         try:
-            stream = await conn.open_stream("GET", "/api/events")
+            stream = await conn.open_stream("GET", "/api/events", [("ztm-e2e", E2E_VERSION)])
             status, _ = await asyncio.wait_for(stream.response(), CONNECT_TIMEOUT)
             if status != 200:
                 body = await stream.read_all(1 << 16)

@@ -21,16 +21,19 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import h2, pki
-from ztm.agent.apps import Caller, MeshApp, refuse_stream
+from ztm.agent import peercall
+from ztm.agent.apps import Caller, MeshApp, accept_relayed, refuse_stream
 from ztm.agent.direct import MeshDirect
+from ztm.agent.e2e import MeshE2E
 from ztm.agent.link import HubLink, dial, request
 from ztm.agent.store import MeshRecord
 from ztm.agent.tls import MeshFiles
 from ztm.aio import spawn
-from ztm.errors import Forbidden, NotFound, ZtmError
+from ztm.e2e import E2EError
+from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError
 from ztm.permit import Permit
 from ztm.timefmt import iso
-from ztm.version import __version__
+from ztm.version import E2E_SINCE, __version__
 
 log = logging.getLogger("ztm.agent")
 
@@ -79,6 +82,8 @@ class Traffic:
     sent: int = 0
     received: int = 0
     streams: int = 0
+    protection: str = ""
+    """How the latest stream with the peer was protected ("e2e SUITE" relayed, "TLS 1.3 direct")."""
 
 
 class MeshSession:
@@ -112,6 +117,8 @@ class MeshSession:
         self._renewer: asyncio.Task[None] | None = None
         self._cert_received = time.time()
         self.apps: dict[str, MeshApp] = make_apps(self) if make_apps else {}
+        self.e2e = MeshE2E(self)
+        """End-to-end sessions with peers of this mesh (`ztm.agent.e2e`); every relayed app stream is sealed."""
         self.direct = MeshDirect(self)
         """Direct channels to and from peers of this mesh (`ztm.agent.direct`)."""
 
@@ -210,48 +217,78 @@ class MeshSession:
                 spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
 
     async def _stream(self, event: dict[str, Any]) -> None:
+        """A peer asked (through the hub) for a stream to one of our apps: take it, run the end-to-end opening, and
+        hand it to the app the sealed OPEN names, with the caller its certificate names (not the hub's claim)."""
         stream_id, app_name, service = event.get("id"), event.get("app"), event.get("service")
         if not isinstance(stream_id, str) or not isinstance(service, str):
             return
         app = self.apps.get(str(app_name))
+        conn = self.link.conn
+        if conn is None:
+            return
         try:
-            if app is None or not app.running:
-                if self.link.conn is not None:
-                    await refuse_stream(self.link.conn, stream_id, f"app {app_name!r} is not running there")
+            if app_name != peercall.CALLS_APP and (app is None or not app.running):
+                await refuse_stream(conn, stream_id, f"app {app_name!r} is not running there")
                 return
-            await app.on_stream(stream_id, Caller.from_event(event.get("from")), service)
+            outer = await accept_relayed(conn, stream_id)
         except (ZtmError, h2.H2Error, TimeoutError) as exc:
             log.info("mesh %s: stream %s for %s/%s failed: %s", self.name, stream_id, app_name, service, exc)
+            return
+        claimed = event.get("from")
+        try:
+            stream, app_name, service = await self.e2e.respond(outer)
+        except E2EError as exc:
+            who = claimed.get("name") if isinstance(claimed, dict) else None
+            self.e2e.failed(exc.reason, exc.message, f"refused a stream from {who or 'an unknown caller'}")
+            return
+        caller = self.e2e.caller(stream.peer, claimed)
+        if app_name == peercall.CALLS_APP:
+            await peercall.serve(self, stream, caller, service)
+            return
+        app = self.apps.get(app_name)
+        if app is None or not app.running:
+            stream.refuse(NotFound(f"app {app_name!r} is not running there"))
+            return
+        self.e2e.pending[stream_id] = stream
+        try:
+            await app.on_stream(stream_id, caller, service)
+        except (ZtmError, h2.H2Error, TimeoutError) as exc:
+            log.info("mesh %s: stream %s for %s/%s failed: %s", self.name, stream_id, app_name, service, exc)
+        finally:
+            left = self.e2e.pending.pop(stream_id, None)
+            if left is not None:
+                left.refuse(Unavailable(f"app {app_name} did not take the stream"))
 
     async def _answer(self, event: dict[str, Any]) -> None:
+        """A `call` event from the hub: only `ping`, which carries nothing and permits nothing, is answered this way;
+        everything else comes over an end-to-end stream (`ztm.agent.peercall`), where the caller is proven."""
         call_id = event.get("id")
         if not isinstance(call_id, str):
             return
-        sender = event.get("from")
-        caller: dict[str, Any] = sender if isinstance(sender, dict) else {}
         method = str(event.get("method"))
-        try:
-            if method.startswith("app."):
-                app_name, _, app_method = method[4:].partition(".")
-                app = self.apps.get(app_name)
-                if app is None:
-                    raise NotFound(f"app {app_name!r} is not installed on this endpoint")
-                value = await app.call(app_method, event.get("params"), Caller.from_event(caller))
-            else:
-                value = self._dispatch(method, event.get("params"), caller)
-            result: dict[str, Any] = {"result": value}
-        except ZtmError as exc:
-            result = exc.to_json()
+        if method == "ping":
+            result: dict[str, Any] = {"result": {"time": time.time()}}
+        else:
+            result = Forbidden(
+                f"{method!r} is answered only over an end-to-end stream: upgrade the calling agent to ztm {E2E_SINCE}"
+            ).to_json()
         with contextlib.suppress(ZtmError):
             await self.link.request("POST", f"/api/calls/{call_id}", result)
 
-    def _dispatch(self, method: str, params: Any, caller: dict[str, Any]) -> Any:
+    async def dispatch(self, method: str, params: Any, caller: Caller) -> Any:
+        """Run a call from `caller` (its identity proven by the end-to-end handshake)."""
+        if method.startswith("app."):
+            app_name, _, app_method = method[4:].partition(".")
+            app = self.apps.get(app_name)
+            if app is None:
+                raise NotFound(f"app {app_name!r} is not installed on this endpoint")
+            return await app.call(app_method, params, caller)
         if method == "ping":
             return {"time": time.time()}
         if method == "info":
             return {"version": __version__, "hostname": platform.node(), "python": platform.python_version()}
         if method == "log":
-            if caller.get("user") not in (self.record.user, "root"):
+            if caller.user not in (self.record.user, "root"):
                 raise Forbidden(f"only {self.record.user!r} (the owner) or root may read this endpoint's log")
             lines = params.get("lines", 100) if isinstance(params, dict) else 100
             lines = lines if isinstance(lines, int) and 0 < lines <= 2000 else 100

@@ -1,5 +1,6 @@
 """The agent's Prometheus exposition (`GET /api/metrics`): hub links (with the time streams waited for the hub's
-flow-control credit, and how many wait now: a stalled stream shows there), per-peer traffic, app counters."""
+flow-control credit, and how many wait now: a stalled stream shows there), per-peer traffic, app counters, and the
+end-to-end layer's handshakes, streams, failures by reason and caller mismatches (`ztm.agent.e2e`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,18 @@ def render_metrics(agent: Agent) -> str:
         "# TYPE ztm_agent_hub_streams_waiting_for_credit gauge",
     ]
     apps: list[str] = []
+    e2e: list[str] = [
+        "# HELP ztm_agent_e2e_handshakes_total end-to-end sessions made, by role",
+        "# TYPE ztm_agent_e2e_handshakes_total counter",
+        "# HELP ztm_agent_e2e_streams_total end-to-end streams opened, by role",
+        "# TYPE ztm_agent_e2e_streams_total counter",
+        "# HELP ztm_agent_e2e_failures_total end-to-end handshakes and streams that failed, by reason",
+        "# TYPE ztm_agent_e2e_failures_total counter",
+        "# HELP ztm_agent_e2e_caller_mismatch_total streams whose caller's certificate differed from the hub's claim",
+        "# TYPE ztm_agent_e2e_caller_mismatch_total counter",
+        "# HELP ztm_agent_e2e_resumed_total streams opened on an existing end-to-end session (no handshake)",
+        "# TYPE ztm_agent_e2e_resumed_total counter",
+    ]
     for mesh, session in sorted(agent.meshes.items()):
         m = _label(mesh)
         lines.append(f'ztm_agent_hub_connected{{mesh="{m}"}} {1 if session.link.status == "online" else 0}')
@@ -40,6 +53,15 @@ def render_metrics(agent: Agent) -> str:
                 f"ztm_agent_peer_received_bytes_total{{{labels}}} {t.received}",
                 f"ztm_agent_peer_streams{{{labels}}} {t.streams}",
             ]
+        counts = session.e2e.counters
+        for role in ("initiator", "responder"):
+            e2e.append(f'ztm_agent_e2e_handshakes_total{{mesh="{m}",role="{role}"}} {counts[f"handshakes:{role}"]}')
+            e2e.append(f'ztm_agent_e2e_streams_total{{mesh="{m}",role="{role}"}} {counts[f"streams:{role}"]}')
+        for key, value in sorted(counts.items()):
+            if key.startswith("failures:"):
+                e2e.append(f'ztm_agent_e2e_failures_total{{mesh="{m}",reason="{_label(key[9:])}"}} {value}')
+        e2e.append(f'ztm_agent_e2e_caller_mismatch_total{{mesh="{m}"}} {counts["caller_mismatch"]}')
+        e2e.append(f'ztm_agent_e2e_resumed_total{{mesh="{m}"}} {counts["resumed"]}')
         for metric, value in sorted(session.direct.counters.items()):
             apps.append(f'ztm_agent_direct_{metric}_total{{mesh="{m}"}} {value}')
         for app in session.apps.values():
@@ -47,5 +69,5 @@ def render_metrics(agent: Agent) -> str:
                 name, _, metric = key.rpartition(":")
                 apps.append(f'ztm_agent_app_{metric}{{mesh="{m}",app="{app.name}",name="{_label(name)}"}} {value}')
     lines += ["# TYPE ztm_agent_peer_sent_bytes_total counter", "# TYPE ztm_agent_peer_received_bytes_total counter"]
-    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *failures, *credit]
+    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *failures, *credit, *e2e]
     return "\n".join(lines) + "\n"

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 
 from ztm import pki, validate
 from ztm.addr import Address
+from ztm.agent import peercall
 from ztm.agent.applib import AppLibrary
-from ztm.agent.apps import MeshApp
+from ztm.agent.apps import Caller, MeshApp
 from ztm.agent.mesh import MeshSession, enroll
 from ztm.agent.store import AgentStore, MeshRecord
 from ztm.agent.tls import MeshFiles
@@ -194,11 +195,21 @@ class Agent:
         return ep
 
     async def call(self, mesh: str, ref: str, method: str, params: Any = None, timeout: int = 10) -> Any:
+        """Call `method` on endpoint `ref` (id or name) over an end-to-end stream (`ztm.agent.peercall`)."""
+        session = self.get(mesh)
+        ep_id = ref if pki.is_valid_ep_id(ref) else str((await self.endpoint(mesh, ref))["id"])
+        if ep_id == session.record.ep_id:
+            me = Caller(ep_id, session.record.ep_name, session.record.user)
+            return await session.dispatch(method, params, me)
+        return await peercall.call(session, ep_id, method, params, timeout)
+
+    async def ping_call(self, mesh: str, ref: str, method: str, timeout: int = 10) -> Any:
+        """A call answered through the hub's `call` events (only `ping`: it measures the hub's path)."""
         session = self.get(mesh)
         answer = await session.link.request(
             "POST",
             f"/api/endpoints/{_ref(ref)}/call",
-            {"method": method, "params": params, "timeout": timeout},
+            {"method": method, "params": None, "timeout": timeout},
             timeout=timeout + 2,
         )
         if isinstance(answer, dict) and "error" in answer:
@@ -212,7 +223,7 @@ class Agent:
         rtts = []
         for _ in range(count):
             start = time.perf_counter()
-            await self.call(mesh, ep["id"], "ping", timeout=5)
+            await self.ping_call(mesh, ep["id"], "ping", timeout=5)
             rtts.append(round((time.perf_counter() - start) * 1000, 3))
         return {"ep": ep["id"], "name": ep["name"], "rtt_ms": rtts}
 
@@ -238,6 +249,7 @@ class Agent:
                     "send_rate": peer_send,
                     "receive_rate": peer_receive,
                     "streams": traffic.streams,
+                    "encryption": traffic.protection,
                 }
             )
         return [
@@ -249,6 +261,7 @@ class Agent:
                 "send_rate": send_rate,
                 "receive_rate": receive_rate,
                 "streams": 1 if conn is not None and not conn.closed else 0,
+                "encryption": "TLS 1.3 to the hub",
             },
             *peers,
         ]

@@ -414,10 +414,11 @@ def cmd_stats(ctx: Context) -> int:
             output.human_rate(s.get("send_rate")),
             output.human_rate(s.get("receive_rate")),
             output.cell(s.get("streams")),
+            output.cell(s.get("encryption") or "-"),
         ]
         for s in stats
     ]
-    headers = ("PEER", "SENT", "RECEIVED", "SEND RATE", "RECV RATE", "STREAMS")
+    headers = ("PEER", "SENT", "RECEIVED", "SEND RATE", "RECV RATE", "STREAMS", "ENCRYPTION")
     _show(ctx, stats, headers, rows, f"no traffic yet in mesh {output.clean(ctx.mesh())}")
     return 0
 

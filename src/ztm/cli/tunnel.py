@@ -617,6 +617,8 @@ FIELDS = (
     "refused",
     "direct",
     "direct_fallbacks",
+    "e2e",
+    "encryption",
     "bytes_sent",
     "bytes_received",
     "credit_wait_ms",

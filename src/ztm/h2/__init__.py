@@ -15,7 +15,7 @@ from ztm.h2.connection import Connection
 from ztm.h2.errors import ConnectionClosed, H2Error, NoAnswer, StreamReset, error_name
 from ztm.h2.server import Handler, serve
 from ztm.h2.settings import H2Settings
-from ztm.h2.stream import Stream
+from ztm.h2.stream import Stream, StreamSink
 
 __all__ = [
     "Connection",
@@ -26,6 +26,7 @@ __all__ = [
     "NoAnswer",
     "Stream",
     "StreamReset",
+    "StreamSink",
     "connect",
     "error_name",
     "serve",

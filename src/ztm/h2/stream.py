@@ -371,6 +371,17 @@ class Stream:
                 conn._flush_soon()
         return offset
 
+    def send_capacity(self) -> int:
+        """How many bytes `write_nowait` would take now (0 while a write is in progress, the transport is paused, or
+        the stream cannot send)."""
+        conn = self._conn
+        if self._writing or conn._write_paused or conn._closing or self._local_done:
+            return 0
+        try:
+            return max(0, conn._codec.send_window(self.id))
+        except CodecError:
+            return 0
+
     def end_nowait(self) -> None:
         """`end()` without waiting: at once if no `write()` is in progress, else from a task after it."""
         if self._local_done:

@@ -20,11 +20,12 @@ import uuid
 from dataclasses import dataclass
 
 from ztm import h2, validate
-from ztm.errors import BadInput, Forbidden, NotFound, Timeout, Unavailable, ZtmError
+from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
 from ztm.hub import limits
 from ztm.hub.limits import PendingCounts
 from ztm.hub.state import HubState, Peer, Session
 from ztm.hub.store import EndpointRecord
+from ztm.version import E2E_SINCE
 
 log = logging.getLogger("ztm.hub")
 
@@ -46,6 +47,24 @@ class Refusal:
 class Pending:
     target: str
     future: asyncio.Future[tuple[h2.Stream, asyncio.Future[None]] | Refusal]
+
+
+def check_e2e(caller: str, target: str, target_name: str) -> None:
+    """Both ends of a relayed stream must speak the same end-to-end layer (PROTOCOL.md section 11): an agent of an
+    older release gets a refusal naming the release to upgrade to, instead of a stream that would hang."""
+    if caller == target:
+        return
+    if not caller:
+        raise Conflict(
+            f"endpoint {target_name!r} accepts only end-to-end encrypted streams, which this agent's release cannot "
+            f"make: upgrade it to ztm {E2E_SINCE} or later"
+        )
+    if not target:
+        raise Conflict(
+            f"endpoint {target_name!r} runs a ztm release without end-to-end encryption: upgrade it to ztm "
+            f"{E2E_SINCE} or later"
+        )
+    raise Conflict(f"endpoint {target_name!r} speaks end-to-end layer version {target}, this agent {caller}")
 
 
 def check_app(value: str | None) -> str:
@@ -88,6 +107,7 @@ class Relay:
                 raise Unavailable(f"endpoint {target.name!r} is offline")
             if target.id == caller.id:
                 raise BadInput("an endpoint cannot open a stream to itself through the hub")
+            check_e2e(stream.header("ztm-e2e") or "", session.e2e, target.name)
             self.waiting.reserve(caller.id, target.id, target.name)
         except ZtmError as exc:
             self.state.counters["streams_refused"] += 1

@@ -315,6 +315,7 @@ class HubRoutes:
     # the event stream
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:
         session = self.state.open_session(peer, conn.close, lambda: conn.bytes_received, id(conn))
+        session.e2e = stream.header("ztm-e2e") or ""
         reader = asyncio.get_running_loop().create_task(_drain(stream))
         reader.add_done_callback(lambda _t: session.end())
         conn.add_close_callback(lambda _c: session.end())

@@ -70,6 +70,8 @@ class Session:
     """Key -> the newest line of a keyed event still waiting (one `endpoint` event per endpoint): a peer that
     changes its labels or goes on- and offline in a loop replaces its waiting event instead of adding one."""
     queued_bytes: int = 0
+    e2e: str = ""
+    """The end-to-end layer version the agent announced on its event stream (`ztm-e2e`); "" for older agents."""
     """Bytes of event lines waiting in `queue`: a budget (`limits.EVENT_QUEUE_BYTES`), not a count of events."""
     closed: bool = False
 

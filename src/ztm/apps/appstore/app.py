@@ -19,6 +19,7 @@ from typing import Any
 
 from ztm import h2
 from ztm.agent.apps import AppContext, Caller, MeshApp
+from ztm.agent.e2estream import E2EStream
 from ztm.errors import ZtmError
 
 log = logging.getLogger("ztm.apps")
@@ -105,7 +106,7 @@ class AppStoreApp(MeshApp):
             log.info("mesh %s: serving app %s to %s failed: %s", self.ctx.mesh, entry["name"], caller.name, exc)
 
     @staticmethod
-    async def _send(stream: h2.Stream, data: bytes) -> None:
+    async def _send(stream: E2EStream, data: bytes) -> None:
         view = memoryview(data)
         for offset in range(0, len(view), SERVE_CHUNK):
             await stream.write(view[offset : offset + SERVE_CHUNK])

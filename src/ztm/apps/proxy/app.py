@@ -39,6 +39,7 @@ from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
+from ztm.agent.e2estream import E2EStream
 from ztm.apps.exits import ROOT, ExitPolicy, check_choice
 from ztm.apps.proxy import spec
 from ztm.apps.proxy.spec import Credentials, Destination, ProxyAuth, Refused, Rule, TargetSet
@@ -403,7 +404,7 @@ class ProxyApp(MeshApp):
             self._exits_cache = (now, exits)
         return exits
 
-    async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[h2.Stream | DirectChannel, Exit]:
+    async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[E2EStream | DirectChannel, Exit]:
         """A stream for `dest` to the first matching exit that accepts (for TCP, a direct channel when the exit has
         a usable direct address; when it does not answer, a stream through the hub); `Refused` otherwise."""
         try:
@@ -454,7 +455,7 @@ class ProxyApp(MeshApp):
         side: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        stream: h2.Stream | DirectChannel,
+        stream: E2EStream | DirectChannel,
         peer: Exit,
     ) -> None:
         """Splice a client (or target) socket with a stream or direct channel, counting bytes for `side` and for the

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ztm import h2
 from ztm.agent.direct import DirectChannel
 from ztm.agent.direct_pipe import HEADER
+from ztm.agent.e2estream import E2EStream
 from ztm.apps.proxy import http1, socks, spec
 from ztm.apps.proxy.spec import Destination, Refused
 from ztm.apps.tunnel.app import UDP_QUEUE, udp_flow
@@ -249,7 +250,7 @@ class _Client:
         self.app.counters["entrance:refused"] += 1
         log.info("mesh %s: proxy %s for %s refused: %s", self.app.ctx.mesh, what, self.peer, refused.reason)
 
-    async def splice(self, stream: h2.Stream | DirectChannel, exit_ep: Exit, first: bytes) -> None:
+    async def splice(self, stream: E2EStream | DirectChannel, exit_ep: Exit, first: bytes) -> None:
         if isinstance(stream, DirectChannel):
             if first:
                 stream.transport.write(HEADER.pack(len(first)) + first)  # one frame of the channel (direct_pipe)
@@ -333,7 +334,7 @@ class _UdpRelay(asyncio.DatagramProtocol):
                 app.counters["entrance-udp:refused"] += 1
                 log.info("mesh %s: proxy UDP to %s dropped: %s", app.ctx.mesh, dest, refused.reason)
                 return
-            assert isinstance(stream, h2.Stream)  # UDP never goes direct
+            assert isinstance(stream, E2EStream)  # UDP never goes direct
             app.counters["entrance-udp:streams"] += 1
 
             def send(datagram: bytes) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from ztm import h2, validate
+from ztm.agent.e2estream import E2EStream
 from ztm.agent.service import Agent
 from ztm.apps.terminal.app import UNSET, TerminalApp
 from ztm.apps.terminal.protocol import (
@@ -151,7 +152,7 @@ async def _bridge(ws: web.WebSocketResponse, terminal: TerminalApp, ep: str) -> 
         stream.reset()  # a no-op after a clean end; otherwise the target hangs up the process
 
 
-async def _down(stream: h2.Stream, ws: web.WebSocketResponse) -> None:
+async def _down(stream: E2EStream, ws: web.WebSocketResponse) -> None:
     """Target -> client, until the target's exit or error (then the WebSocket is closed)."""
     decoder = Decoder()
     while data := await stream.read():
@@ -172,7 +173,7 @@ async def _down(stream: h2.Stream, ws: web.WebSocketResponse) -> None:
     await _fail(ws, Error("unavailable", "the target ended the session without an exit status"))
 
 
-async def _up(ws: web.WebSocketResponse, stream: h2.Stream) -> None:
+async def _up(ws: web.WebSocketResponse, stream: E2EStream) -> None:
     """Client -> target, until the client closes the WebSocket."""
     async for msg in ws:
         if msg.type == WSMsgType.BINARY:

@@ -27,6 +27,7 @@ from typing import Any
 
 from ztm import h2, validate
 from ztm.agent.apps import AppContext, Caller, MeshApp
+from ztm.agent.e2estream import E2EStream
 from ztm.apps.terminal import session
 from ztm.apps.terminal.protocol import MODES, Decoder, Error, Open, ProtocolError, encode
 from ztm.errors import BadInput, NotFound, ZtmError
@@ -169,7 +170,7 @@ class TerminalApp(MeshApp):
         return bool(user) and (user == self.ctx.user or user in self.users)
 
     # opener side
-    async def open_session(self, ep: str, opened: Open) -> h2.Stream:
+    async def open_session(self, ep: str, opened: Open) -> E2EStream:
         """A stream to the terminal app on endpoint `ep` with the session opened; ZtmError if it is refused."""
         record = self.ctx.session.record
         if ep in (record.ep_id, record.ep_name):
@@ -229,7 +230,7 @@ class TerminalApp(MeshApp):
                 self._tasks.discard(task)
             stream.reset()
 
-    async def _serve(self, stream: h2.Stream, caller: Caller, service: str) -> None:
+    async def _serve(self, stream: E2EStream, caller: Caller, service: str) -> None:
         decoder = Decoder()
         try:
             opened, pending = await asyncio.wait_for(session.read_open(stream, decoder), session.OPEN_WAIT)

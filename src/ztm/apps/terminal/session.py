@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ztm import h2
+from ztm.agent.e2estream import E2EStream
 from ztm.apps.terminal import process
 from ztm.apps.terminal.protocol import (
     STDIN,
@@ -64,7 +65,7 @@ def describe_command(argv: Sequence[str]) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-async def read_open(stream: h2.Stream, decoder: Decoder) -> tuple[Open, list[Message]]:
+async def read_open(stream: E2EStream, decoder: Decoder) -> tuple[Open, list[Message]]:
     """The opener's first message, which must be `Open`, and any messages that came with it."""
     messages: list[Message] = []
     while not messages:
@@ -81,7 +82,7 @@ async def read_open(stream: h2.Stream, decoder: Decoder) -> tuple[Open, list[Mes
 class Runner:
     """Carries one started process over one stream; `run()` returns what became of it (for the log)."""
 
-    def __init__(self, stream: h2.Stream, child: process.Child, decoder: Decoder) -> None:
+    def __init__(self, stream: E2EStream, child: process.Child, decoder: Decoder) -> None:
         self.stream = stream
         self.child = child
         self.decoder = decoder
@@ -208,7 +209,7 @@ class Runner:
             raise ProtocolError(f"unexpected {type(message).__name__.lower()} frame from the opener")
 
 
-async def start(stream: h2.Stream, plan: Plan, opened: Open) -> process.Child:
+async def start(stream: E2EStream, plan: Plan, opened: Open) -> process.Child:
     """Spawn the process of `plan` and tell the opener (`Started`); OSError if it cannot start."""
     if opened.mode == "shell":
         child = process.spawn_pty(plan.argv, plan.env, plan.cwd, opened.cols, opened.rows)

@@ -31,13 +31,18 @@ from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.direct import DirectChannel, DirectUnreachable
 from ztm.agent.direct_pipe import splice_direct
+from ztm.agent.e2estream import E2EStream
 from ztm.agent.mesh import Traffic
 from ztm.apps.exits import ROOT, ExitPolicy
 from ztm.apps.tunnel.credit import CreditWaits
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
 from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
+from ztm.e2e import SUITE
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
 
+DIRECT_PROTECTION = "TLS 1.3 direct"
+ENCRYPTION = f"relayed: end to end ({SUITE}); direct: TLS 1.3, endpoint certificates"
+"""How a tunnel's connections are protected, shown by `ztm tunnel describe` (PROTOCOL.md sections 9 and 11)."""
 log = logging.getLogger("ztm.tunnel")
 
 CONNECT_BUDGET = 4.0
@@ -197,7 +202,7 @@ class TunnelApp(MeshApp):
         shown = {ref: names[ref] for ref in spec.entrances if ref in names}
         return {**spec.to_json(), "kind": "outbound", "names": shown, **self._stats(key)}
 
-    def _stats(self, key: str) -> dict[str, int]:
+    def _stats(self, key: str) -> dict[str, Any]:
         c = self.counters
         return {
             "streams": c[f"{key}:streams"],
@@ -205,9 +210,11 @@ class TunnelApp(MeshApp):
             "refused": c[f"{key}:refused"],
             "direct": c[f"{key}:direct"],
             "direct_fallbacks": c[f"{key}:fallbacks"],
+            "e2e": c[f"{key}:e2e"],
             "bytes_sent": c[f"{key}:sent"],
             "bytes_received": c[f"{key}:received"],
             **self.credit_waits.stats(key),
+            "encryption": ENCRYPTION,
         }
 
     async def call(self, method: str, params: Any, caller: Caller) -> Any:
@@ -293,7 +300,7 @@ class TunnelApp(MeshApp):
             exits = exits[start:] + exits[:start]
         return sorted(exits, key=lambda e: self._slow.get(e["ep"], 0.0) > now)  # stable: slow ones last
 
-    async def open_to_exit(self, key: str, *, direct: bool = False) -> tuple[h2.Stream | DirectChannel, dict[str, Any]]:
+    async def open_to_exit(self, key: str, *, direct: bool = False) -> tuple[E2EStream | DirectChannel, dict[str, Any]]:
         """A stream to the first exit of tunnel `key` that accepts (with `direct`, a direct channel to it when it
         has a usable direct address, else a stream through the hub); Unavailable if none does."""
         exits = await self._exits(key)
@@ -344,7 +351,7 @@ class TunnelApp(MeshApp):
         key: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        stream: h2.Stream | DirectChannel,
+        stream: E2EStream | DirectChannel,
         peer: str,
         peer_name: str,
     ) -> None:
@@ -498,7 +505,7 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             self.flows.pop(addr, None)
             return
         self.app.counters[f"{key}:streams"] += 1
-        assert isinstance(stream, h2.Stream)  # UDP never goes direct
+        assert isinstance(stream, E2EStream)  # UDP never goes direct
 
         def send(datagram: bytes) -> None:
             if self.transport is not None:
@@ -513,7 +520,7 @@ class _UdpEntrance(asyncio.DatagramProtocol):
 async def counted_splice(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    stream: h2.Stream | DirectChannel,
+    stream: E2EStream | DirectChannel,
     counters: Counter[str],
     key: str,
     traffic: Traffic,
@@ -524,7 +531,10 @@ async def counted_splice(
     `waits`. The tunnel's and the proxy's data path."""
     if isinstance(stream, DirectChannel):
         counters[f"{key}:direct"] += 1
+        traffic.protection = DIRECT_PROTECTION
     else:
+        counters[f"{key}:e2e"] += 1
+        traffic.protection = f"e2e {stream.suite}"
         stream.label = key
         if waits is not None:
             waits.add(key, stream)
@@ -543,14 +553,14 @@ async def counted_splice(
     finally:
         counters[f"{key}:active"] -= 1
         traffic.streams -= 1
-        if waits is not None and isinstance(stream, h2.Stream):
+        if waits is not None and isinstance(stream, E2EStream):
             waits.remove(key, stream)
 
 
 async def splice(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    stream: h2.Stream | DirectChannel,
+    stream: E2EStream | DirectChannel,
     count: Callable[[int, int], None],
 ) -> None:
     """Splice a local TCP socket with a stream through the hub or a direct channel (released when the splice ends,
@@ -565,7 +575,7 @@ async def splice(
 
 
 async def udp_flow(
-    stream: h2.Stream,
+    stream: E2EStream,
     queue: asyncio.Queue[bytes],
     send: Callable[[bytes], None],
     counters: Counter[str],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ztm import h2
+from ztm.agent.e2estream import E2EStream
 
 
 class CreditWaits:
@@ -18,12 +18,12 @@ class CreditWaits:
 
     def __init__(self) -> None:
         self._done: defaultdict[str, float] = defaultdict(float)  # seconds, streams that finished
-        self._live: defaultdict[str, set[h2.Stream]] = defaultdict(set)
+        self._live: defaultdict[str, set[E2EStream]] = defaultdict(set)
 
-    def add(self, key: str, stream: h2.Stream) -> None:
+    def add(self, key: str, stream: E2EStream) -> None:
         self._live[key].add(stream)
 
-    def remove(self, key: str, stream: h2.Stream) -> None:
+    def remove(self, key: str, stream: E2EStream) -> None:
         live = self._live[key]
         live.discard(stream)
         if not live:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import cast
 
 from ztm import h2
+from ztm.agent.e2estream import E2EStream
 
 CHUNK = 256 * 1024
 MAX_DATAGRAM = 65535
@@ -29,7 +30,7 @@ MAX_DATAGRAM = 65535
 async def splice_socket(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    stream: h2.Stream,
+    stream: E2EStream,
     count: Callable[[int, int], None],
 ) -> None:
     """Copy socket <-> stream until both directions ended; errors on either side abort both.
@@ -71,7 +72,7 @@ class _SocketSplice(asyncio.Protocol):
     paused, which withholds the HTTP/2 credit, so the peer stops after one window.
     """
 
-    def __init__(self, transport: asyncio.Transport, stream: h2.Stream, count: Callable[[int, int], None]) -> None:
+    def __init__(self, transport: asyncio.Transport, stream: E2EStream, count: Callable[[int, int], None]) -> None:
         self.transport = transport
         self.stream = stream
         self.count = count

@@ -1,0 +1,388 @@
+"""End-to-end sessions of one mesh: who we are to peers, the sessions we hold, and opening/answering app streams.
+
+Every app stream between two endpoints is sealed end to end (`ztm.e2e`, PROTOCOL.md section 11): the hub relays
+ciphertext and cannot tell, change or fake what it carries. `MeshE2E` runs the I/O around the sans-IO layer:
+
+- the initiator side (`open`): on the outer stream the hub opened to the peer, either RESUME an existing session
+  with that peer (no round trip: the OPEN record follows at once) or make a new one (HELLO, HELLO_R, AUTH: one round
+  trip more); concurrent openers to the same peer wait for one handshake instead of making one each. The peer must
+  prove it is the endpoint we asked for (its certificate's endpoint id).
+- the responder side (`respond`): the first frame is a HELLO (new session) or a RESUME (known session, a stream
+  number not used before); an unknown or expired session is answered UNKNOWN and the initiator makes a new one on
+  the same stream. The caller is whoever the certificate in the handshake says, whatever the hub's `stream` event
+  claimed; a difference is logged and counted (`caller_mismatch`).
+
+Trust is the mesh's: the mesh CA (from the permit), our endpoint certificate and key, and the hub's CRL (installed by
+`ztm.agent.direct.MeshDirect.apply_crl`, which calls `revoke` here so sessions and streams of a revoked peer end).
+Until the first CRL arrived after a (re)connection, handshakes wait for it (`CRL_WAIT`) rather than trust a peer
+blindly. Counters (`counters`): handshakes by role, streams by role, failures by reason, caller mismatches, all on
+the agent's `/api/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import json
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ztm import h2, pki
+from ztm.agent.apps import Caller
+from ztm.agent.e2estream import E2EStream, E2EStreamError
+from ztm.e2e import Credentials, E2EError, Initiator, Peer, Responder, Session
+from ztm.e2e.frames import (
+    AUTH,
+    ERROR,
+    HELLO,
+    HELLO_R,
+    RECORD,
+    RESUME,
+    UNKNOWN,
+    FrameReader,
+    encode,
+    error_frame,
+    parse_resume,
+    resume_frame,
+)
+from ztm.e2e.record import OK, OPEN, REFUSE, Channel
+
+if TYPE_CHECKING:
+    from ztm.agent.mesh import MeshSession
+
+log = logging.getLogger("ztm.agent.e2e")
+
+HANDSHAKE_TIMEOUT = 6.0
+"""Seconds for a handshake (or resume) and the peer's answer to OPEN."""
+CRL_WAIT = 5.0
+"""Seconds a handshake waits for the first CRL from the hub after a (re)connection."""
+MAX_SESSIONS_PER_PEER = 8
+MAX_SESSIONS = 4096
+
+
+class MeshE2E:
+    """End-to-end sessions and streams of one mesh session (see the module docstring)."""
+
+    def __init__(self, session: MeshSession) -> None:
+        self.session = session
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.crl_ready = asyncio.Event()
+        self._revoked: frozenset[int] = frozenset()
+        self._creds: tuple[str, Credentials] | None = None
+        self._outgoing: dict[str, Session] = {}
+        """Peer endpoint id -> the session we initiated with it (the one new streams resume)."""
+        self._handshakes: dict[str, asyncio.Future[Session]] = {}
+        self._incoming: collections.OrderedDict[bytes, Session] = collections.OrderedDict()
+        """Session id -> sessions peers initiated with us (oldest first)."""
+        self.pending: dict[str, E2EStream] = {}
+        """Accepted-but-undecided streams by the id apps use with `AppContext.accept`/`refuse`."""
+        self._live: weakref.WeakSet[E2EStream] = weakref.WeakSet()
+
+    # ---- trust -----------------------------------------------------------------------------------------------------
+
+    def credentials(self) -> Credentials:
+        record = self.session.record
+        if self._creds is None or self._creds[0] != record.ep_cert:
+            creds = Credentials(
+                mesh_id=record.mesh_id,
+                ca_cert=self.session.permit.ca,
+                cert=pki.cert_from_pem(record.ep_cert),
+                key=self.session.key,
+                revoked=self._is_revoked,
+            )
+            self._creds = (record.ep_cert, creds)
+        return self._creds[1]
+
+    def _is_revoked(self, serial: int) -> bool:
+        return serial in self._revoked
+
+    def revoke(self, revoked: frozenset[int]) -> None:
+        """A new CRL: drop sessions with revoked peers and reset their live streams."""
+        self._revoked = revoked
+        self.crl_ready.set()
+        for table in (self._outgoing, self._incoming):
+            for key in [k for k, s in table.items() if s.peer.serial in revoked]:
+                del table[key]  # type: ignore[arg-type]
+        for stream in [s for s in self._live if s.peer.serial in revoked]:
+            log.info("mesh %s: e2e stream with %s closed: its certificate was revoked", self.name, stream.peer.ep_id)
+            stream.reset()
+
+    def offline(self) -> None:
+        """The hub link dropped: the next handshake waits for a fresh CRL."""
+        self.crl_ready.clear()
+
+    async def _await_crl(self) -> None:
+        if self.crl_ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.crl_ready.wait(), CRL_WAIT)
+        except TimeoutError:
+            raise E2EError("revoked", "no CRL from the hub yet: cannot tell whether the peer was revoked") from None
+
+    @property
+    def name(self) -> str:
+        return self.session.name
+
+    # ---- counting ----------------------------------------------------------------------------------------------------
+
+    def failed(self, reason: str, message: str, whom: str) -> None:
+        self.counters[f"failures:{reason}"] += 1
+        log.warning("mesh %s: e2e: %s: %s: %s", self.name, whom, reason, message)
+
+    def _make_stream(self, outer: h2.Stream, session: Session, channel: Channel) -> E2EStream:
+        peer = session.peer
+
+        def report(exc: E2EStreamError) -> None:
+            self.failed(exc.reason, str(exc), f"stream with {peer.ep_id} (user {peer.user}) failed")
+
+        stream = E2EStream(outer, channel, peer, suite=session.suite, session_id=session.id, on_failure=report)
+        self._live.add(stream)
+        return stream
+
+    # ---- initiator ---------------------------------------------------------------------------------------------------
+
+    def _usable(self, table_session: Session | None) -> bool:
+        if table_session is None:
+            return False
+        now = dt.datetime.now(dt.UTC)
+        return table_session.usable(time.monotonic(), now) and table_session.peer.serial not in self._revoked
+
+    async def open(
+        self, outer: h2.Stream, peer_ep: str, app: str, service: str, answered: Callable[[], Awaitable[None]]
+    ) -> E2EStream:
+        """Make `outer` (a stream the hub is opening to `peer_ep`) an end-to-end stream for `app`/`service`.
+
+        The first flight goes out before the hub's answer; `answered()` waits for that answer (raising the hub's
+        refusal). Raises ZtmError if the peer refused, E2EError if the end-to-end checks failed (counted, logged)."""
+        try:
+            return await asyncio.wait_for(self._open(outer, peer_ep, app, service, answered), HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            outer.reset()
+            self.failed("timeout", f"no answer within {HANDSHAKE_TIMEOUT:g}s", f"stream to {peer_ep}")
+            raise E2EError("timeout", f"endpoint {peer_ep} did not answer within {HANDSHAKE_TIMEOUT:g}s") from None
+        except E2EError as exc:
+            outer.reset()
+            self.failed(exc.reason, exc.message, f"stream to {peer_ep}")
+            raise
+
+    async def _open(
+        self, outer: h2.Stream, peer_ep: str, app: str, service: str, answered: Callable[[], Awaitable[None]]
+    ) -> E2EStream:
+        opening = json.dumps({"app": app, "service": service}).encode()
+        reader = FrameReader()
+        session = self._outgoing.get(peer_ep)
+        if not self._usable(session) and peer_ep in self._handshakes:
+            session = await asyncio.shield(self._handshakes[peer_ep])  # another opener is making one
+        if session is not None and self._usable(session):
+            stream_no = session.next_stream()
+            channel = session.channel(stream_no)
+            await outer.write(resume_frame(session.id, stream_no) + channel.seal(OPEN, opening))
+            await answered()
+            ftype, frame = await _read_frame(outer, reader)
+            if ftype == RECORD:
+                self.counters["resumed"] += 1
+                return await self._opened(outer, session, channel, frame + reader.take_rest())
+            if ftype != UNKNOWN:
+                raise _unexpected(ftype, frame, "UNKNOWN or a record")
+            if self._outgoing.get(peer_ep) is session:
+                del self._outgoing[peer_ep]
+            self.counters["unknown_session"] += 1
+            answered = _nothing
+        session, auth = await self._handshake(outer, reader, peer_ep, answered)
+        channel = session.channel(0)
+        await outer.write(auth + channel.seal(OPEN, opening))
+        ftype, frame = await _read_frame(outer, reader)
+        if ftype != RECORD:
+            raise _unexpected(ftype, frame, "a record")
+        return await self._opened(outer, session, channel, frame + reader.take_rest())
+
+    async def _handshake(
+        self, outer: h2.Stream, reader: FrameReader, peer_ep: str, answered: Callable[[], Awaitable[None]]
+    ) -> tuple[Session, bytes]:
+        """A new session with `peer_ep` on `outer`: (session, the AUTH frame to send)."""
+        future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
+        self._handshakes[peer_ep] = future
+        try:
+            await self._await_crl()
+            initiator = Initiator(self.credentials(), peer_ep)
+            await outer.write(initiator.hello())
+            await answered()
+            ftype, frame = await _read_frame(outer, reader)
+            if ftype != HELLO_R:
+                raise _unexpected(ftype, frame, "HELLO_R")
+            auth = initiator.on_hello_r(frame)
+            session = initiator.session
+            assert session is not None
+            self._outgoing[peer_ep] = session
+            self.counters["handshakes:initiator"] += 1
+            future.set_result(session)
+            return session, auth
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else E2EError("timeout", "handshake cancelled"))
+            future.exception()
+            raise
+        finally:
+            if self._handshakes.get(peer_ep) is future:
+                del self._handshakes[peer_ep]
+
+    async def _opened(self, outer: h2.Stream, session: Session, channel: Channel, received: bytes) -> E2EStream:
+        stream = self._make_stream(outer, session, channel)
+        stream.start(received)
+        try:
+            inner, payload = await stream.control(HANDSHAKE_TIMEOUT)
+        except E2EStreamError as exc:
+            raise E2EError(exc.reason, str(exc)) from None
+        except h2.H2Error as exc:
+            raise E2EError("truncated", f"the stream failed before the peer answered: {exc}") from None
+        if inner == REFUSE:
+            stream.reset()
+            raise stream.refusal(payload)
+        if inner != OK:
+            stream.reset()
+            raise E2EError("malformed", f"expected OK or REFUSE, got record type {inner}")
+        self.counters["streams:initiator"] += 1
+        return stream
+
+    # ---- responder ---------------------------------------------------------------------------------------------------
+
+    async def respond(self, outer: h2.Stream) -> tuple[E2EStream, str, str]:
+        """Run the responder side on an accepted stream: (stream, app, service) once the initiator's OPEN arrived.
+
+        E2EError (counted and logged by the caller's `failed`) if any check fails; an ERROR frame tells the peer
+        why when no keys exist yet."""
+        try:
+            return await asyncio.wait_for(self._respond(outer), HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            outer.reset()
+            raise E2EError("timeout", f"the caller did not open within {HANDSHAKE_TIMEOUT:g}s") from None
+        except E2EError as exc:
+            if exc.reason not in ("integrity", "truncated"):
+                with _suppress_h2():
+                    outer.write_nowait(error_frame(f"{exc.reason}: {exc.message}"))
+                    outer.end_nowait()
+            else:
+                outer.reset()
+            raise
+
+    async def _respond(self, outer: h2.Stream) -> tuple[E2EStream, str, str]:
+        reader = FrameReader()
+        ftype, frame = await _read_frame(outer, reader)
+        session: Session | None = None
+        stream_no = 0
+        if ftype == RESUME:
+            session_id, stream_no = parse_resume(frame)
+            found = self._incoming.get(session_id)
+            if found is not None and self._usable(found):
+                found.admit(stream_no)  # E2EError("replay") for a number seen before
+                session = found
+            else:
+                self.counters["unknown_session"] += 1
+                await outer.write(encode(UNKNOWN, b""))
+                while ftype != HELLO:  # the records sealed for the unknown session are dropped
+                    ftype, frame = await _read_frame(outer, reader)
+                    if ftype not in (RECORD, HELLO):
+                        raise _unexpected(ftype, frame, "HELLO")
+        if session is None:
+            if ftype != HELLO:
+                raise _unexpected(ftype, frame, "HELLO or RESUME")
+            await self._await_crl()
+            responder = Responder(self.credentials())
+            await outer.write(responder.on_hello(frame))
+            ftype, frame = await _read_frame(outer, reader)
+            if ftype != AUTH:
+                raise _unexpected(ftype, frame, "AUTH")
+            session = responder.on_auth(frame)
+            stream_no = 0
+            self._keep_incoming(session)
+            self.counters["handshakes:responder"] += 1
+        stream = self._make_stream(outer, session, session.channel(stream_no))
+        stream.start(reader.take_rest())
+        try:
+            inner, payload = await stream.control(HANDSHAKE_TIMEOUT)
+        except E2EStreamError as exc:
+            raise E2EError(exc.reason, str(exc)) from None
+        except h2.H2Error as exc:
+            raise E2EError("truncated", f"the stream failed before the opening: {exc}") from None
+        if inner != OPEN:
+            raise E2EError("malformed", f"expected OPEN, got record type {inner}")
+        app, service = _parse_open(payload)
+        self.counters["streams:responder"] += 1
+        return stream, app, service
+
+    def _keep_incoming(self, session: Session) -> None:
+        self._incoming[session.id] = session
+        mine = [k for k, s in self._incoming.items() if s.peer.ep_id == session.peer.ep_id]
+        for key in mine[:-MAX_SESSIONS_PER_PEER]:
+            del self._incoming[key]
+        while len(self._incoming) > MAX_SESSIONS:
+            self._incoming.popitem(last=False)
+
+    def caller(self, peer: Peer, claimed: object) -> Caller:
+        """The caller as its certificate says; the hub's claim supplies only the name, if it names that endpoint."""
+        data = claimed if isinstance(claimed, dict) else {}
+        if data.get("ep") == peer.ep_id and data.get("user") == peer.user:
+            return Caller(peer.ep_id, str(data.get("name", "")), peer.user)
+        self.counters["caller_mismatch"] += 1
+        log.warning(
+            "mesh %s: e2e: the hub named %s (user %s) as the caller but the certificate is endpoint %s (user %s); "
+            "acting on the certificate",
+            self.name, data.get("name") or data.get("ep"), data.get("user"), peer.ep_id, peer.user,
+        )  # fmt: skip
+        known = self.session.peers.get(peer.ep_id, {})
+        return Caller(peer.ep_id, str(known.get("name") or peer.ep_id), peer.user)
+
+    # ---- views -------------------------------------------------------------------------------------------------------
+
+    def view(self) -> dict[str, Any]:
+        suites = {s.suite for s in (*self._outgoing.values(), *self._incoming.values())}
+        return {
+            "sessions": len(self._outgoing) + len(self._incoming),
+            "streams": len(self._live),
+            "suite": sorted(suites)[0] if suites else "X25519-ECDSA-P256-AES256GCM",
+        }
+
+
+class _suppress_h2:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], h2.H2Error)  # type: ignore[arg-type]
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _read_frame(outer: h2.Stream, reader: FrameReader) -> tuple[int, bytes]:
+    while (frame := reader.next()) is None:
+        try:
+            chunk = await outer.read()
+        except h2.H2Error as exc:
+            raise E2EError("truncated", f"the stream failed during the end-to-end opening: {exc}") from None
+        if not chunk:
+            raise E2EError("truncated", "the stream ended during the end-to-end opening")
+        reader.feed(chunk)
+    ftype, whole = frame
+    if ftype == ERROR:
+        text = whole[4:].decode("utf-8", "replace")
+        raise E2EError("refused", f"the peer refused the end-to-end opening: {text}")
+    return ftype, whole
+
+
+def _unexpected(ftype: int, frame: bytes, wanted: str) -> E2EError:
+    return E2EError("malformed", f"expected {wanted}, got frame type {ftype} ({len(frame)} bytes)")
+
+
+def _parse_open(payload: bytes) -> tuple[str, str]:
+    try:
+        body = json.loads(payload)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("app"), str) or not isinstance(body.get("service"), str):
+        raise E2EError("malformed", 'the OPEN record is not {"app": ..., "service": ...}')
+    return body["app"], body["service"]

@@ -1,0 +1,426 @@
+"""An app stream sealed end to end: the byte stream apps read and write, carried by an HTTP/2 stream through a hub.
+
+`E2EStream` offers what apps use of `ztm.h2.Stream` (read/write/end/reset, the sink interface with pause/resume,
+`write_nowait`, credit-wait figures), but every byte goes out as a `ztm.e2e` RECORD sealed with this stream's keys,
+and every byte received was opened (authenticated) with the peer's: the hub in between forwards ciphertext. The
+handshake or resume that made the keys happened before (`ztm.agent.e2e`); this module owns only the data phase.
+
+Integrity: a record that fails to open (tampered, reordered, replayed, dropped by a hub) fails the stream: it is
+reset, readers and the sink get `E2EStreamError`, and nothing after the bad record is delivered. The end of the
+peer's data is the authenticated END record: an outer END_STREAM without it (a hub cutting the stream short) is a
+failure too ("truncated"), never a clean end.
+
+Flow control stays the outer stream's: while the app's sink is paused, or more than `READ_BUFFER` opened bytes wait
+for a reader, the outer stream's sink is paused, so its credit is withheld and at most one window plus one chunk is
+held here. Sealing costs `OVERHEAD` bytes per record, so `write_nowait` seals only what the outer window takes now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ztm import h2
+from ztm.e2e import E2EError, Peer
+from ztm.e2e.frames import MAX_PAYLOAD
+from ztm.e2e.record import DATA, END, OK, OPEN, OVERHEAD, REFUSE, Channel
+from ztm.errors import ZtmError, from_json
+
+log = logging.getLogger("ztm.agent.e2e")
+
+READ_BUFFER = 256 * 1024
+"""Opened bytes held for a reader before the outer stream's credit is withheld."""
+
+
+class E2EStreamError(h2.H2Error):
+    """The stream failed its end-to-end checks (integrity, truncation, protocol); `reason` is the counted reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"end-to-end {reason}: {message}")
+        self.reason = reason
+
+
+class E2EStream:
+    """One app stream, end-to-end sealed, over `outer` (see the module docstring)."""
+
+    __slots__ = (
+        "__weakref__",
+        "_buffered",
+        "_channel",
+        "_chunks",
+        "_control",
+        "_eof",
+        "_error",
+        "_failed",
+        "_local_ended",
+        "_on_failure",
+        "_outer",
+        "_outer_paused",
+        "_read_waiter",
+        "_sink",
+        "_sink_paused",
+        "_spilling",
+        "bytes_received",
+        "bytes_sent",
+        "path",
+        "peer",
+        "session_id",
+        "suite",
+    )
+
+    def __init__(
+        self,
+        outer: h2.Stream,
+        channel: Channel,
+        peer: Peer,
+        *,
+        suite: str,
+        session_id: bytes,
+        on_failure: Callable[[E2EStreamError], None],
+    ) -> None:
+        self._outer = outer
+        self._channel = channel
+        self.peer = peer
+        self.suite = suite
+        self.session_id = session_id
+        self.path = "relay"
+        self._on_failure = on_failure
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False  # the peer's END record arrived
+        self._error: h2.H2Error | None = None
+        self._failed = False  # an end-to-end failure was reported (once)
+        self._local_ended = False
+        self._sink: h2.StreamSink | None = None
+        self._sink_paused = False
+        self._outer_paused = False
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._control: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
+        self._spilling = False
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def start(self, rest: bytes) -> None:
+        """Take over the outer stream's receive path; `rest` is what the handshake reader got past its last frame."""
+        if rest:
+            self.stream_data(rest)
+        self._outer.set_sink(self)
+
+    # ---- what h2.Stream users read ------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        return self._outer.id
+
+    @property
+    def label(self) -> str:
+        return self._outer.label
+
+    @label.setter
+    def label(self, value: str) -> None:
+        self._outer.label = value
+
+    @property
+    def closed(self) -> bool:
+        return self._outer.closed
+
+    @property
+    def credit_wait(self) -> float:
+        return self._outer.credit_wait
+
+    @property
+    def credit_waiting(self) -> float:
+        return self._outer.credit_waiting
+
+    def describe(self) -> dict[str, Any]:
+        """How this stream is protected, for views (`ztm tunnel describe`, stats)."""
+        return {"path": self.path, "e2e": self.suite, "peer": self.peer.ep_id, "user": self.peer.user}
+
+    async def wait_closed(self) -> None:
+        await self._outer.wait_closed()
+
+    # ---- control records (opening) -------------------------------------------------------------------------------
+
+    async def control(self, timeout: float) -> tuple[int, bytes]:
+        """The first control record (OPEN on the responder, OK/REFUSE on the initiator)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._control), timeout)
+        except TimeoutError:
+            raise E2EError("timeout", f"the peer did not answer within {timeout:g}s") from None
+
+    def send_control(self, inner: int, payload: bytes = b"") -> None:
+        """Seal and queue a control record (OPEN/OK/REFUSE) before any data."""
+        frame = self._channel.seal(inner, payload)
+        if self._outer.write_nowait(frame) != len(frame):  # pragma: no cover - a fresh stream has a window
+            raise h2.H2Error("the stream cannot take a control record")
+
+    def accept(self) -> None:
+        self.send_control(OK)
+
+    def refuse(self, error: ZtmError) -> None:
+        """Send the refusal to the opener and end the stream."""
+        with contextlib.suppress(h2.H2Error):
+            self.send_control(REFUSE, json.dumps(error.to_json()).encode())
+            self.end_nowait()
+
+    @staticmethod
+    def refusal(payload: bytes) -> ZtmError:
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            body = None
+        return from_json(403, body)
+
+    # ---- receive path (the outer stream's sink) ------------------------------------------------------------------
+
+    def stream_data(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        try:
+            records = self._channel.feed(data)
+        except E2EError as exc:
+            self._fail(E2EStreamError(exc.reason, exc.message))
+            return
+        for inner, payload in records:
+            if inner == DATA:
+                if self._eof:
+                    self._fail(E2EStreamError("malformed", "data after the end record"))
+                    return
+                if not payload:
+                    continue
+                self.bytes_received += len(payload)
+                sink = self._sink
+                if sink is not None and not self._sink_paused and not self._chunks:
+                    sink.stream_data(payload)
+                else:
+                    self._chunks.append(payload)
+                    self._buffered += len(payload)
+                    self._wake()
+            elif inner == END:
+                if self._eof:
+                    self._fail(E2EStreamError("malformed", "a second end record"))
+                    return
+                self._eof = True
+                self._wake()
+                self._sink_end()
+            elif inner in (OPEN, OK, REFUSE) and not self._control.done():
+                self._control.set_result((inner, payload))
+            else:
+                self._fail(E2EStreamError("malformed", f"unexpected record type {inner}"))
+                return
+        if not self._outer_paused and (self._sink_paused or self._buffered > READ_BUFFER):
+            self._outer_paused = True
+            self._outer.pause_sink()
+
+    def stream_end(self) -> None:
+        if not self._eof and self._error is None:
+            self._fail(E2EStreamError("truncated", "the stream ended without its end record (cut on the way)"))
+
+    def stream_error(self, exc: h2.H2Error) -> None:
+        if self._error is None and not (self._eof and not self._chunks):
+            self._set_error(exc)
+
+    def _fail(self, exc: E2EStreamError) -> None:
+        if self._failed:
+            return
+        self._failed = True
+        self._set_error(exc)
+        self._outer.reset()
+        self._on_failure(exc)
+
+    def _set_error(self, exc: h2.H2Error) -> None:
+        self._error = exc
+        self._chunks.clear()
+        self._buffered = 0
+        if not self._control.done():
+            self._control.set_exception(exc)
+            self._control.exception()  # retrieved: nobody may be waiting
+        self._wake()
+        sink = self._sink
+        if sink is not None:
+            self._sink = None
+            sink.stream_error(exc)
+
+    def _sink_end(self) -> None:
+        sink = self._sink
+        if sink is not None and not self._chunks and not self._sink_paused:
+            self._sink = None
+            sink.stream_end()
+
+    def _wake(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _maybe_resume_outer(self) -> None:
+        if self._outer_paused and not self._sink_paused and self._buffered <= READ_BUFFER // 2:
+            self._outer_paused = False
+            self._outer.resume_sink()
+
+    # ---- reading --------------------------------------------------------------------------------------------------
+
+    async def read(self, max_bytes: int = 1 << 20) -> bytes:
+        """Up to `max_bytes` of the peer's data; b"" after its end record."""
+        if self._sink is not None:
+            raise h2.H2Error("stream has a sink (set_sink); it cannot be read")
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            if self._read_waiter is not None:
+                raise h2.H2Error("stream is already being read by another task")
+            waiter = self._read_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
+        chunk = self._chunks[0]
+        if len(chunk) > max_bytes:
+            self._chunks[0] = chunk[max_bytes:]
+            chunk = chunk[:max_bytes]
+        else:
+            self._chunks.popleft()
+        self._buffered -= len(chunk)
+        self._maybe_resume_outer()
+        return chunk
+
+    async def read_all(self, limit: int = 1 << 20) -> bytes:
+        parts: list[bytes] = []
+        total = 0
+        while chunk := await self.read():
+            total += len(chunk)
+            if total > limit:
+                raise h2.H2Error(f"body exceeds {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def set_sink(self, sink: h2.StreamSink) -> None:
+        if self._sink is not None or self._read_waiter is not None:
+            raise h2.H2Error("stream is already being read")
+        self._sink = sink
+        self._deliver()
+
+    def pause_sink(self) -> None:
+        self._sink_paused = True
+        if not self._outer_paused:
+            self._outer_paused = True
+            self._outer.pause_sink()
+
+    def resume_sink(self) -> None:
+        if not self._sink_paused:
+            return
+        self._sink_paused = False
+        self._deliver()
+
+    def _deliver(self) -> None:
+        while (sink := self._sink) is not None:
+            if self._error is not None:
+                self._sink = None
+                sink.stream_error(self._error)
+                return
+            if self._sink_paused:
+                return
+            if not self._chunks:
+                if self._eof:
+                    self._sink = None
+                    sink.stream_end()
+                    return
+                break
+            chunk = self._chunks.popleft()
+            self._buffered -= len(chunk)
+            sink.stream_data(chunk)
+        self._maybe_resume_outer()
+
+    # ---- writing --------------------------------------------------------------------------------------------------
+
+    def _check_send(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._local_ended:
+            raise h2.H2Error("stream already ended (end() was called)")
+
+    def write_nowait(self, data: bytes | memoryview) -> int:
+        """Seal and send as much of `data` as the outer windows take now; the number of bytes taken."""
+        self._check_send()
+        outer = self._outer
+        total = len(data)
+        offset = 0
+        while offset < total:
+            room = outer.send_capacity() - 2 * OVERHEAD  # a key update record may come first
+            if room <= 0:
+                break
+            n = min(total - offset, room, MAX_PAYLOAD)
+            frame = self._channel.seal(DATA, data[offset : offset + n])
+            sent = outer.write_nowait(frame)
+            offset += n
+            if sent < len(frame):  # pragma: no cover - send_capacity said it fits
+                self._spill(frame[sent:])
+                break
+        self.bytes_sent += offset
+        return offset
+
+    def _spill(self, rest: bytes) -> None:
+        self._spilling = True
+        task = asyncio.ensure_future(self._outer.write(rest))
+        task.add_done_callback(self._spilled)
+
+    def _spilled(self, task: asyncio.Future[None]) -> None:
+        self._spilling = False
+        if not task.cancelled() and task.exception() is not None:
+            self._outer.reset()
+
+    async def write(self, data: bytes | memoryview, *, end_stream: bool = False) -> None:
+        """Seal and send `data` (waiting for the outer windows); with `end_stream`, the end record follows."""
+        self._check_send()
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        total = len(view)
+        offset = 0
+        while offset < total:
+            n = min(total - offset, MAX_PAYLOAD)
+            frame = self._channel.seal(DATA, view[offset : offset + n])
+            offset += n
+            self.bytes_sent += n
+            if end_stream and offset == total:
+                self._local_ended = True
+                frame += self._channel.seal(END)
+                await self._outer.write(frame, end_stream=True)
+                return
+            await self._outer.write(frame)
+        if end_stream:
+            await self.end()
+
+    async def end(self) -> None:
+        """Send the end record and END_STREAM (half-close). Idempotent."""
+        if self._local_ended or self._error is not None:
+            return
+        self._local_ended = True
+        with contextlib.suppress(h2.H2Error):
+            await self._outer.write(self._channel.seal(END), end_stream=True)
+
+    def end_nowait(self) -> None:
+        if self._local_ended or self._error is not None:
+            return
+        self._local_ended = True
+        frame = self._channel.seal(END)
+        outer = self._outer
+        if outer.send_capacity() >= len(frame):
+            with contextlib.suppress(h2.H2Error):
+                outer.write_nowait(frame)
+                outer.end_nowait()
+            return
+        task = asyncio.ensure_future(outer.write(frame, end_stream=True))
+        task.add_done_callback(_ignore_result)
+
+    def reset(self, error_code: int = 8) -> None:
+        self._outer.reset(error_code)
+
+
+def _ignore_result(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
