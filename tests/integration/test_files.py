@@ -255,19 +255,21 @@ def test_a_damaged_chunk_is_refused_and_fetched_elsewhere(make_hub: Make, make_a
 
 def raw_chunk_requests(requester: Agent, target: str, requests: list[dict[str, Any]], hub: Hub) -> list[Any]:
     """Act as a hostile agent holding `requester`'s endpoint certificate: open a `fetch` stream to `target` through
-    the hub and send each request; returns, per request, the header the serving endpoint answered and the bytes."""
+    the hub (end-to-end sealed, as every app stream must be) and send each request; returns, per request, the header
+    the serving endpoint answered and the bytes."""
+    from e2eclient import layer_of, open_e2e
     from ztm import h2
     from ztm.agent.tls import MeshFiles
     from ztm.apps.files.channel import StreamReader
 
     host, port = hub.address.rsplit(":", 1)
+    files = MeshFiles(requester.data / "meshes" / MESH)
+    target_id = next(e["id"] for e in requester.endpoints() if e["name"] == target)
 
     async def one(request: dict[str, Any]) -> Any:
-        conn = await h2.connect(host, int(port), MeshFiles(requester.data / "meshes" / MESH).ep_context(), timeout=10)
+        conn = await h2.connect(host, int(port), files.ep_context(), timeout=10)
         try:
-            stream = await conn.open_stream("CONNECT", target, [("ztm-app", "files"), ("ztm-service", "fetch")])
-            status, _ = await asyncio.wait_for(stream.response(), 10)
-            assert status == 200, status
+            stream = await open_e2e(conn, layer_of(files), target_id, "files", "fetch")
             await stream.write(json.dumps(request).encode() + b"\n")
             reader = StreamReader(stream)
             line = await asyncio.wait_for(reader.line(), 10)

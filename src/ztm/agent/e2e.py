@@ -31,6 +31,9 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from ztm import h2, pki
 from ztm.agent.apps import Caller
 from ztm.agent.e2estream import E2EStream, E2EStreamError
@@ -67,8 +70,23 @@ MAX_SESSIONS = 4096
 class MeshE2E:
     """End-to-end sessions and streams of one mesh session (see the module docstring)."""
 
-    def __init__(self, session: MeshSession) -> None:
-        self.session = session
+    def __init__(
+        self,
+        name: str,
+        mesh_id: str,
+        ca_cert: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        ep_cert: Callable[[], str],
+        peer_name: Callable[[str], str | None] = lambda _ep: None,
+    ) -> None:
+        self.name = name
+        self._mesh_id = mesh_id
+        self._ca_cert = ca_cert
+        self._key = key
+        self._ep_cert = ep_cert
+        """Our current endpoint certificate (PEM): renewals show up at the next handshake."""
+        self._peer_name = peer_name
+        """An endpoint's name as the hub lists it (for callers the hub misnamed)."""
         self.counters: collections.Counter[str] = collections.Counter()
         self.crl_ready = asyncio.Event()
         self._revoked: frozenset[int] = frozenset()
@@ -84,17 +102,30 @@ class MeshE2E:
 
     # ---- trust -----------------------------------------------------------------------------------------------------
 
+    @classmethod
+    def of(cls, session: MeshSession) -> MeshE2E:
+        """The end-to-end layer of a mesh session: its CA, key, current certificate, and peers' names."""
+
+        def peer_name(ep_id: str) -> str | None:
+            known = session.peers.get(ep_id)
+            return str(known["name"]) if known and known.get("name") else None
+
+        return cls(
+            session.name, session.record.mesh_id, session.permit.ca, session.key, lambda: session.record.ep_cert,
+            peer_name,
+        )  # fmt: skip
+
     def credentials(self) -> Credentials:
-        record = self.session.record
-        if self._creds is None or self._creds[0] != record.ep_cert:
+        pem = self._ep_cert()
+        if self._creds is None or self._creds[0] != pem:
             creds = Credentials(
-                mesh_id=record.mesh_id,
-                ca_cert=self.session.permit.ca,
-                cert=pki.cert_from_pem(record.ep_cert),
-                key=self.session.key,
+                mesh_id=self._mesh_id,
+                ca_cert=self._ca_cert,
+                cert=pki.cert_from_pem(pem),
+                key=self._key,
                 revoked=self._is_revoked,
             )
-            self._creds = (record.ep_cert, creds)
+            self._creds = (pem, creds)
         return self._creds[1]
 
     def _is_revoked(self, serial: int) -> bool:
@@ -111,10 +142,6 @@ class MeshE2E:
             log.info("mesh %s: e2e stream with %s closed: its certificate was revoked", self.name, stream.peer.ep_id)
             stream.reset()
 
-    def offline(self) -> None:
-        """The hub link dropped: the next handshake waits for a fresh CRL."""
-        self.crl_ready.clear()
-
     async def _await_crl(self) -> None:
         if self.crl_ready.is_set():
             return
@@ -122,10 +149,6 @@ class MeshE2E:
             await asyncio.wait_for(self.crl_ready.wait(), CRL_WAIT)
         except TimeoutError:
             raise E2EError("revoked", "no CRL from the hub yet: cannot tell whether the peer was revoked") from None
-
-    @property
-    def name(self) -> str:
-        return self.session.name
 
     # ---- counting ----------------------------------------------------------------------------------------------------
 
@@ -332,8 +355,7 @@ class MeshE2E:
             "acting on the certificate",
             self.name, data.get("name") or data.get("ep"), data.get("user"), peer.ep_id, peer.user,
         )  # fmt: skip
-        known = self.session.peers.get(peer.ep_id, {})
-        return Caller(peer.ep_id, str(known.get("name") or peer.ep_id), peer.user)
+        return Caller(peer.ep_id, self._peer_name(peer.ep_id) or peer.ep_id, peer.user)
 
     # ---- views -------------------------------------------------------------------------------------------------------
 

@@ -117,7 +117,7 @@ class MeshSession:
         self._renewer: asyncio.Task[None] | None = None
         self._cert_received = time.time()
         self.apps: dict[str, MeshApp] = make_apps(self) if make_apps else {}
-        self.e2e = MeshE2E(self)
+        self.e2e = MeshE2E.of(self)
         """End-to-end sessions with peers of this mesh (`ztm.agent.e2e`); every relayed app stream is sealed."""
         self.direct = MeshDirect(self)
         """Direct channels to and from peers of this mesh (`ztm.agent.direct`)."""

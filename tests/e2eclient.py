@@ -1,0 +1,42 @@
+"""End-to-end streams opened from a test, as a given agent's endpoint (for hostile-agent tests).
+
+A hostile member holds its own endpoint certificate and key (the files in its agent's data directory) and may send
+anything through the hub; since every app stream is sealed end to end (PROTOCOL.md section 11), it must first
+complete the handshake with the target like a real agent does. `open_e2e` does that with the agent's own code
+(`ztm.agent.e2e.MeshE2E`) on a raw hub connection, so a test can then send whatever bytes it likes inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from ztm import h2, pki
+from ztm.agent.e2e import MeshE2E
+from ztm.agent.e2estream import E2EStream
+from ztm.agent.tls import MeshFiles
+from ztm.errors import from_json
+from ztm.version import E2E_VERSION
+
+
+def layer_of(files: MeshFiles, name: str = "test") -> MeshE2E:
+    """The end-to-end layer of the endpoint whose files are `files` (its CA, certificate and key; no CRL)."""
+    ca = pki.cert_from_pem((files.dir / "ca.pem").read_text())
+    key = pki.key_from_pem((files.dir / "ep.key").read_text())
+    pem = (files.dir / "ep.crt").read_text()
+    layer = MeshE2E(name, pki.cert_mesh_id(ca), ca, key, lambda: pem)
+    layer.revoke(frozenset())
+    return layer
+
+
+async def open_e2e(conn: h2.Connection, layer: MeshE2E, target_id: str, app: str, service: str) -> E2EStream:
+    """An end-to-end stream to `app`/`service` on endpoint `target_id` through the hub behind `conn`."""
+    headers = [("ztm-app", app), ("ztm-service", service), ("ztm-e2e", E2E_VERSION)]
+    outer = await conn.open_stream("CONNECT", target_id, headers)
+
+    async def answered() -> None:
+        status, _ = await asyncio.wait_for(outer.response(), 10)
+        if status != 200:
+            raise from_json(status, json.loads(await outer.read_all() or b"null"))
+
+    return await layer.open(outer, target_id, app, service, answered)
