@@ -2,9 +2,10 @@
 (tests/security/evil_hub.py), real TLS on 127.0.0.1, a relayed TCP tunnel (no --direct) from bob's entrance
 (`bob-laptop`, user bob) to alice's exit (`alice-office`, user alice); root's endpoint `hq` invites both.
 
-* tamper: the hub flips one bit of the bytes bob sends, 16 KiB into a stream. Alice's target never receives an
-  altered byte (only a prefix of what bob sent), bob's client sees the connection end before the full answer, and
-  other streams between the same agents keep working.
+* tamper: the hub flips one bit 16 KiB into a stream, of the bytes bob sends (`to-target`) or of those alice's exit
+  sends back (`to-caller`). Neither alice's target nor bob's client ever receives an altered byte (only a prefix of
+  what was sent), bob's client sees the connection end before the full answer, and other streams between the same
+  agents keep working.
 * forge-caller: every `stream` event names root's endpoint as the caller. Bob still cannot use alice's exit that
   admits only root (`--users root`); he can use one open to every user.
 * ignore-evict: after `ztm evict bob` the hub revokes bob's certificates in the CRL it serves but keeps relaying his
@@ -28,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from integration.test_tunnel import agent_log, described, open_inbound, open_outbound
@@ -172,12 +174,11 @@ def logged(agent: Agent, *words: str) -> str | None:
 # --------------------------------------------------------------------------------------------------- tamper
 
 
-def test_a_tampering_hub_never_delivers_altered_bytes(tmp_path: Path) -> None:
-    env = {
-        "ZTM_EVIL_HUB": "tamper",
-        "ZTM_EVIL_TAMPER_AFTER": str(TAMPER_AFTER),
-        "ZTM_EVIL_TAMPER_DIRECTION": "to-target",
-    }
+@pytest.mark.parametrize("direction", ["to-target", "to-caller"])
+def test_a_tampering_hub_never_delivers_altered_bytes(tmp_path: Path, direction: str) -> None:
+    """`to-target`: the hub alters what bob's entrance sends (alice's exit must notice); `to-caller`: what alice's
+    exit sends back (bob's entrance must notice)."""
+    env = {"ZTM_EVIL_HUB": "tamper", "ZTM_EVIL_TAMPER_AFTER": str(TAMPER_AFTER), "ZTM_EVIL_TAMPER_DIRECTION": direction}
     mesh = hostile_mesh(tmp_path, env)
     with Recorder() as target:
         open_outbound(mesh.alice, "tcp/rec", target.port)
@@ -193,20 +194,24 @@ def test_a_tampering_hub_never_delivers_altered_bytes(tmp_path: Path) -> None:
             index = wait_until(lambda: target.connection_with(b"tampered"), 10, "the tampered stream at the target")
             wait_until(lambda: target.ended[index], 15, "the target's connection of the tampered stream to end")
             received = bytes(target.received[index])
-            at = first_difference(received, data)
-            assert data.startswith(received), (
-                f"alice's target received altered bytes: {len(received)} bytes, the first difference at offset {at} "
-                f"(the hub flips the byte at {TAMPER_AFTER})"
+            target_intact = data.startswith(received)
+            assert target_intact, (
+                f"alice's target received altered bytes: {len(received)} bytes, the first difference at offset "
+                f"{first_difference(received, data)} (the hub flips the byte at {TAMPER_AFTER})"
+            )
+            client_intact = data.startswith(answer)  # the target echoes: bob's client may only get back what was sent
+            assert client_intact, (
+                f"bob's client received altered bytes: {len(answer)} bytes, the first difference at offset "
+                f"{first_difference(answer, data)} (the hub flips the byte at {TAMPER_AFTER})"
             )
             assert len(answer) < len(data), (
-                f"bob's client got the whole answer ({len(answer)} bytes) of a tampered stream; "
-                f"{'identical' if answer == data else f'differing at offset {first_difference(answer, data)}'}"
+                f"bob's client got the whole answer ({len(answer)} bytes) of a tampered stream"
             )
             # Other streams between the same agents keep working: the held one and a new one.
             held.sendall(b"held-2")
             assert _recv_exactly(held, 6) == b"held-2", "the stream held open across the tampering stopped working"
         assert exchange(port, b"after") == b"after", "a new stream after the tampered one did not work"
-    e2e_integrity_failure_counted(mesh.alice)
+    e2e_integrity_failure_counted(mesh.alice if direction == "to-target" else mesh.bob)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
