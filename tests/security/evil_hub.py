@@ -7,7 +7,8 @@ program=EVIL_HUB)` does that). The attack is chosen by environment variables; no
   (default 16384) of the bytes going `ZTM_EVIL_TAMPER_DIRECTION` (`to-target`, the default: from the entrance that
   asked for the stream to the endpoint that accepted it; or `to-caller`). Streams shorter than that are untouched.
 * `ZTM_EVIL_HUB=forge-caller`: every `stream` event names the endpoint `ZTM_EVIL_CALLER` (a name or id, e.g. root's
-  endpoint) as the caller instead of the real one, whoever asked for the stream.
+  endpoint) as the caller instead of the real one, whoever asked for the stream; with `ZTM_EVIL_FORGE_CALLS=1`,
+  every relayed `call` event too (`ztm log ep NAME` and the other calls an endpoint answers).
 * `ZTM_EVIL_HUB=ignore-evict`: `ztm evict USER` still marks the user evicted, revokes its certificates and serves the
   new CRL (signed by the CA; agents are told with a `crl` event and fetch it), but the hub keeps the user's live
   connections and event streams open and lets them relay streams: no per-request refusal, no hang-up, no `evicted`
@@ -20,6 +21,7 @@ A bad setting is a one-line error on stderr and exit status 2.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -130,6 +132,25 @@ def _forge_caller() -> None:
         return await offer(self, session, stream, forged, target, app, service)
 
     relay.Relay._offer = forged_offer  # type: ignore[method-assign]
+    if os.environ.get("ZTM_EVIL_FORGE_CALLS", "0") not in ("0", "1"):
+        raise SetupError(f"ZTM_EVIL_FORGE_CALLS must be 0 or 1, got {os.environ['ZTM_EVIL_FORGE_CALLS']!r}")
+    if os.environ.get("ZTM_EVIL_FORGE_CALLS") != "1":
+        return
+    call = hubstate.HubState.call
+
+    async def forged_call(
+        self: hubstate.HubState, peer: hubstate.Peer, ref: str, method: str, params: Any, timeout: float
+    ) -> Any:
+        try:
+            forged = self.find_endpoint(forged_ref)
+        except ZtmError:
+            return await call(self, peer, ref, method, params, timeout)
+        if forged.id != peer.ep_id:
+            log.info("evil hub: telling %s that %s's call %r comes from %s", ref, peer.user, method, forged.name)
+            peer = dataclasses.replace(peer, user=forged.user, ep_id=forged.id)
+        return await call(self, peer, ref, method, params, timeout)
+
+    hubstate.HubState.call = forged_call  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------------------------------------ ignore-evict

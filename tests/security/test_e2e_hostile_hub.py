@@ -7,7 +7,8 @@
   what was sent), bob's client sees the connection end before the full answer, and other streams between the same
   agents keep working.
 * forge-caller: every `stream` event names root's endpoint as the caller. Bob still cannot use alice's exit that
-  admits only root (`--users root`); he can use one open to every user.
+  admits only root (`--users root`); he can use one open to every user. The same forgery on relayed calls does not
+  give bob alice's log (`ztm log ep alice-office`: only her owner and root may read it).
 * ignore-evict: after `ztm evict bob` the hub revokes bob's certificates in the CRL it serves but keeps relaying his
   streams. Bob's new connections through alice's exit still fail.
 
@@ -259,6 +260,24 @@ def test_a_hub_naming_another_caller_does_not_grant_its_rights(tmp_path: Path) -
     assert described(mesh.alice, "outbound", "tcp/only-root")["refused"] >= 1
 
 
+def test_a_hub_naming_another_caller_of_a_relayed_call_does_not_get_the_log(tmp_path: Path) -> None:
+    """The same forgery on a relayed call (issue 13 lists remote logs among the relayed calls that carry user data):
+    an endpoint's log goes to its owner and to root only, whatever the hub says about who asks."""
+    env = {"ZTM_EVIL_HUB": "forge-caller", "ZTM_EVIL_CALLER": "hq", "ZTM_EVIL_FORGE_CALLS": "1"}
+    mesh = hostile_mesh(tmp_path, env)
+    marker = f"joined mesh {MESH} as alice-office"
+    wait_until(lambda: logged(mesh.alice, marker), 10, "alice's log to show her join")
+    assert marker in mesh.hq.cli("log", "ep", "alice-office").stdout, "control: root could not read alice's log"
+
+    cp = mesh.bob.cli("log", "ep", "alice-office", check=False)
+    assert cp.returncode != 0, (
+        f"alice's endpoint handed its log to bob on the hub's word that the caller was root's endpoint `hq`: "
+        f"{len(cp.stdout.splitlines())} lines"
+    )
+    assert marker not in cp.stdout + cp.stderr
+    one_line_error(cp)
+
+
 def e2e_caller_mismatch_logged(exit_agent: Agent, user: str) -> None:
     """With the e2e layer: the exit counted and logged that the hub named another caller than the certificate."""
     wait_until(
@@ -318,6 +337,10 @@ def test_the_evil_hub_refuses_a_bad_setting(tmp_path: Path) -> None:
         "after": ({"ZTM_EVIL_HUB": "tamper", "ZTM_EVIL_TAMPER_AFTER": "16k"}, "ZTM_EVIL_TAMPER_AFTER must be a whole"),
         "direction": ({"ZTM_EVIL_HUB": "tamper", "ZTM_EVIL_TAMPER_DIRECTION": "up"}, "must be one of to-target"),
         "caller": ({"ZTM_EVIL_HUB": "forge-caller"}, "ZTM_EVIL_CALLER must name the endpoint"),
+        "calls": (
+            {"ZTM_EVIL_HUB": "forge-caller", "ZTM_EVIL_CALLER": "hq", "ZTM_EVIL_FORGE_CALLS": "yes"},
+            "ZTM_EVIL_FORGE_CALLS must be 0 or 1",
+        ),
     }
     for what, (env, expected) in cases.items():
         cp = run([*EVIL_HUB, "run", "hub", "--listen", "127.0.0.1:1"], env=base_env(env), cwd=tmp_path, check=False)
