@@ -257,6 +257,7 @@ def test_a_hub_naming_another_caller_does_not_grant_its_rights(tmp_path: Path) -
                 f"endpoint `hq`: it answered {answer!r}"
             )
     e2e_caller_mismatch_logged(mesh.alice, "bob")
+    # With e2e too: the exit refused on the rights of the certificate's user and counted it as a refusal.
     assert described(mesh.alice, "outbound", "tcp/only-root")["refused"] >= 1
 
 
