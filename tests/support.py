@@ -522,12 +522,14 @@ def start_hub(
     env: Mapping[str, str | None] | None = None,
     name: str = "hub",
     timeout: float = 30.0,
+    program: Sequence[str] = ZTM,
 ) -> Hub:
     """Start `ztm run hub` and return once its port accepts TCP connections and the root permit exists.
 
     Defaults: `listen` is `127.0.0.1:<free port>` (`0.0.0.0:8888` inside a namespace, which is ours alone), `names`
     is the listen address (required when listening on a wildcard address). Files go to `tmp_path/<name>/`: `data/`,
-    `home/` (its HOME) and `root.json`.
+    `home/` (its HOME) and `root.json`. `program` replaces `python -m ztm` (same arguments), e.g. with a test-only
+    hub variant (tests/security/evil_hub.py).
     """
     if listen is None:
         listen = "0.0.0.0:8888" if netns else f"127.0.0.1:{free_port()}"
@@ -542,7 +544,7 @@ def start_hub(
     data, home, permit = base / "data", base / "home", base / "root.json"
     home.mkdir()
     full_env = base_env(env, home=home)
-    argv = [*ZTM, "run", "hub", "--listen", listen, "--names", ",".join(names), "--permit", str(permit)]
+    argv = [*program, "run", "hub", "--listen", listen, "--names", ",".join(names), "--permit", str(permit)]
     argv += ["--data", str(data), *extra]
     proc = Proc(argv, env=full_env, cwd=base, netns=netns, name=name, log_dir=base)
     hub = Hub(proc, listen, names[0], permit, data, home, base, netns, full_env)
