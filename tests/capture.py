@@ -12,9 +12,10 @@ nothing to ztm's own code, for proofs of what the hub can and cannot read.
   values; `Decoded.streams()` is the DATA of each (connection, direction, stream id) joined in order, so a marker
   split across frames is still found; `Decoded.where(marker)` lists every place a byte string occurs.
 
-The session keys come from the process under test (`SSLKEYLOGFILE`, see `ztm.keylog`); a frame whose keys are
-missing stays encrypted and shows as TLS records only, so tests check that the decode is not empty (a control marker
-that must be found). Network rule: tcpdump listens on `lo` only, with a filter for the one port under test.
+The session keys come from the process under test (`SSLKEYLOGFILE`, see `ztm.keylog`); a record whose keys are
+missing stays encrypted (counted in `Decoded.undecrypted`), so tests check that the decode is complete and not empty
+(a control marker that must be found). Network rule: tcpdump listens on `lo` only, filtered to the one port under
+test.
 """
 
 from __future__ import annotations
@@ -177,8 +178,10 @@ class Frame:
 @dataclass
 class Decoded:
     frames: list[Frame]
-    tls_records: dict[int, int]
-    """TLS application-data records per TCP connection: with `frames`, shows which connections the keys opened."""
+    encrypted_records: int
+    """TLS records sent encrypted (TLS 1.3: every record after the ServerHello)."""
+    undecrypted: list[int]
+    """Packets holding an encrypted record tshark could not decrypt (no key for its session): must be empty."""
 
     def streams(self) -> dict[tuple[int, str, str, int], bytes]:
         """The DATA of each (connection, sender, receiver, stream id), joined in capture order."""
@@ -206,11 +209,6 @@ class Decoded:
     def count(self, frame_type: int) -> int:
         return sum(1 for f in self.frames if f.type == frame_type)
 
-    def undecoded(self) -> list[int]:
-        """TCP connections that carried TLS application data but yielded no HTTP/2 frame (their keys are missing)."""
-        opened = {f.conn for f in self.frames}
-        return sorted(conn for conn in self.tls_records if conn not in opened)
-
     def data_bytes(self, after: int, until: int) -> dict[tuple[str, str], int]:
         """DATA payload bytes per (sender, receiver) in packets `after` < number <= `until` (see `Capture.mark`)."""
         sizes: dict[tuple[str, str], int] = {}
@@ -225,15 +223,17 @@ def decode(pcap: Path, keylog: Path, port: int, *, timeout: float = 120.0) -> De
     ALPN)."""
     assert TSHARK is not None, unavailable_reason()
     argv = [TSHARK, "-n", "-r", str(pcap), "-o", f"tls.keylog_file:{keylog}", "-d", f"tcp.port=={port},tls",
-            "-T", "json", "-J", "ip ipv6 tcp tls http2"]  # fmt: skip
+            "-T", "json", "-J", "frame ip ipv6 tcp tls http2"]  # fmt: skip
     cp = subprocess.run(argv, capture_output=True, text=True, errors="replace", timeout=timeout, check=False)
     if cp.returncode != 0:
         raise AssertionError(f"tshark failed with status {cp.returncode}: {' '.join(argv)}\n{cp.stderr}")
     packets = json.loads(cp.stdout or "[]", object_pairs_hook=_merge_duplicates)
     frames: list[Frame] = []
-    records: dict[int, int] = {}
-    for number, packet in enumerate(packets, 1):
+    encrypted = 0
+    undecrypted: list[int] = []
+    for packet in packets:
         layers = packet["_source"]["layers"]
+        number = int(layers["frame"]["frame.number"])
         ip = layers.get("ip") or layers.get("ipv6") or {}
         tcp = layers.get("tcp") or {}
         src_ip = str(ip.get("ip.src") or ip.get("ipv6.src"))
@@ -241,12 +241,15 @@ def decode(pcap: Path, keylog: Path, port: int, *, timeout: float = 120.0) -> De
         src = f"{src_ip}:{tcp.get('tcp.srcport')}"
         dst = f"{dst_ip}:{tcp.get('tcp.dstport')}"
         conn = int(tcp.get("tcp.stream", -1))
-        app_data = sum(1 for r in _walk(layers.get("tls"), "tls.record") if _is_app_data(r))
-        if app_data:
-            records[conn] = records.get(conn, 0) + app_data
+        for record in _walk(layers.get("tls"), "tls.record"):
+            # an encrypted record shows its outer type (`opaque_type`); decrypted, it shows its inner content type too
+            if "tls.record.opaque_type" in record:
+                encrypted += 1
+                if "tls.record.content_type" not in record:
+                    undecrypted.append(number)
         for h2 in _walk(layers.get("http2"), "http2.stream"):
             frames.append(_frame(h2, number, conn, src, dst))
-    return Decoded(frames, records)
+    return Decoded(frames, encrypted, undecrypted)
 
 
 def _merge_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -278,10 +281,6 @@ def _walk(layer: Any, key: str) -> Iterator[dict[str, Any]]:
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, dict):
                 yield item
-
-
-def _is_app_data(record: dict[str, Any]) -> bool:
-    return str(record.get("tls.record.opaque_type", record.get("tls.record.content_type"))) == "23"
 
 
 def _frame(h2: dict[str, Any], number: int, conn: int, src: str, dst: str) -> Frame:
