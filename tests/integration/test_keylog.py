@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from integration.test_bad_input import _run, assert_one_line_error
-from support import free_port, start_agent, start_hub, wait_until
+from integration.test_bad_input import assert_one_line_error, timed
+from support import ZTM, base_env, free_port, run, start_agent, start_hub, wait_until
 from ztm import keylog
 from ztm.errors import BadInput
 
@@ -32,13 +32,13 @@ def test_hub_and_agent_log_their_tls_secrets(tmp_path: Path) -> None:
     hub = start_hub(tmp_path, env={"SSLKEYLOGFILE": str(hub_keys)})
     agent = start_agent(tmp_path, "a", env={"SSLKEYLOGFILE": str(agent_keys)})
     agent.join("m", "a", hub.permit)
+
     # the join's two connections (user certificate to enrol, then endpoint certificate), seen from both ends
-    both = wait_until(
-        lambda: len(found := sessions(hub_keys) & sessions(agent_keys)) >= 2 and found,
-        10,
-        "the hub's and the agent's key logs to name the same two TLS sessions",
-    )
-    assert len(both) >= 2, both
+    def shared() -> set[str] | None:
+        found = sessions(hub_keys) & sessions(agent_keys)
+        return found if len(found) >= 2 else None
+
+    wait_until(shared, 10, "the hub's and the agent's key logs to name the same two TLS sessions")
     for path in (hub_keys, agent_keys):
         assert path.stat().st_mode & 0o777 == 0o600, f"{path} is {oct(path.stat().st_mode)}"
         assert "SERVER_TRAFFIC_SECRET_0" in path.read_text()
@@ -63,11 +63,13 @@ def test_an_unwritable_key_log_stops_hub_and_agent_at_start(tmp_path: Path, monk
     monkeypatch.setenv("SSLKEYLOGFILE", str(bad))
     with pytest.raises(BadInput, match=r"SSLKEYLOGFILE=.*unset it"):
         keylog.check()
+    env = base_env({"SSLKEYLOGFILE": str(bad)}, home=tmp_path)
     permit = tmp_path / "root.json"
-    listen = f"127.0.0.1:{free_port()}"
-    cp, took = _run(tmp_path, "run", "hub", "--listen", listen, "--permit", str(permit), "--data", str(tmp_path / "h"))
-    line = assert_one_line_error(cp, r"SSLKEYLOGFILE=.*no-such-dir.*cannot write TLS secrets")
-    assert took < 15 and not permit.exists(), (line, took)
-    cp, took = _run(tmp_path, "run", "agent", "--listen", f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "a"))
-    assert_one_line_error(cp, r"SSLKEYLOGFILE=.*no-such-dir.*cannot write TLS secrets")
-    assert took < 15 and not bad.parent.exists()
+    for args in (
+        ["hub", "--listen", f"127.0.0.1:{free_port()}", "--permit", str(permit), "--data", str(tmp_path / "h")],
+        ["agent", "--listen", f"127.0.0.1:{free_port()}", "--data", str(tmp_path / "a")],
+    ):
+        cp, took = timed(lambda a=args: run([*ZTM, "run", *a], env=env, check=False, timeout=20))  # type: ignore[misc]
+        line = assert_one_line_error(cp, r"SSLKEYLOGFILE=.*no-such-dir.*cannot write TLS secrets")
+        assert took < 15, (line, took)
+    assert not permit.exists() and not bad.parent.exists()
