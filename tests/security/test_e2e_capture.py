@@ -3,20 +3,24 @@
 One hub started with `SSLKEYLOGFILE` (its TLS secrets logged, `ztm.keylog`) and two agents on loopback (`home`, the
 entrance, and `office`, the exit; no `--direct`, so every app stream goes through the hub). `tcpdump` records the
 hub's port from before the agents join, and `tshark` (Debian's Wireshark, no ztm code) decrypts the capture with the
-hub's keys and decodes every HTTP/2 frame (tests/capture.py). One capture covers three actions, told apart by packet
+hub's keys and decodes every HTTP/2 frame (tests/capture.py). One capture covers four actions, told apart by packet
 numbers:
 
 * control: `ztm label --add MARKER` is a request to the hub, which must read it: the marker IS in the decoded DATA,
   the request's `:path` is in the decoded headers, every TLS connection decoded to HTTP/2 and the frame counts are
-  sane, so an empty or failed decode cannot pass the other two tests;
+  sane, so an empty or failed decode cannot pass the others;
 * tunnel: a random marker through a relayed TCP tunnel to an echo server at the exit, and back;
 * terminal: `ztm terminal exec office -- echo MARKER`: the marker travels as the command's argument and comes back
-  in its output.
+  in its output;
+* shell: an interactive `ztm terminal open office` (on a pseudo-terminal, pexpect) where `echo MARKER` is typed in
+  two parts, the second only once the remote terminal echoed the first (keystrokes as a user sends them), and the
+  command prints it back. The typed marker crosses in two stdin frames of the terminal protocol, whose headers
+  split it even in the joined stream, so each typed part (12 random hex digits or more) is looked for too.
 
-For the tunnel and the terminal the marker must be absent from every decoded DATA frame and header value, and from
-each HTTP/2 stream's DATA joined in order (a marker split across frames), in both directions, while the same packets
-show DATA frames in both directions on both agents' connections (the bytes did cross the hub, decoded). Before the
-end-to-end layer of issue 13 these two fail: the hub relays the plaintext.
+For the tunnel, the exec and the shell the marker must be absent from every decoded DATA frame and header value,
+and from each HTTP/2 stream's DATA joined in order (a marker split across frames), in both directions, while the
+same packets show DATA frames in both directions on both agents' connections (the bytes did cross the hub, decoded).
+Before the end-to-end layer of issue 13 these three fail: the hub relays the plaintext.
 
 Needs root (tcpdump on `lo`), like the namespace lab: skipped with the reason otherwise. As root, a missing
 tcpdump or tshark fails (scripts/setup.sh installs both). Every wait polls with a deadline (tests/support.py).
@@ -33,10 +37,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pexpect
 import pytest
 
 import capture
-from support import Agent, Hub, Proc, free_port, start_agent, start_hub, wait_until
+from support import ZTM, Agent, Hub, Proc, free_port, start_agent, start_hub, wait_until
 
 MESH = "m"
 TIMEOUT = 30.0
@@ -61,6 +66,9 @@ class Run:
     control: bytes
     tunnel: bytes
     terminal: bytes
+    shell: bytes
+    shell_parts: tuple[bytes, bytes]
+    """The two parts the shell's marker was typed in."""
     windows: dict[str, Window]
     keys: Path
     """The hub's `SSLKEYLOGFILE`."""
@@ -105,6 +113,34 @@ def echo_through(port: int, payload: bytes) -> bytes:
 
 def marker(kind: str) -> bytes:
     return f"e2e-{kind}-{secrets.token_hex(12)}".encode()
+
+
+def type_in_a_shell(home: Agent, first: str, second: str) -> None:
+    """`ztm terminal open office` on a pseudo-terminal: type `echo FIRST` then, once the remote terminal echoed it,
+    `SECOND` and Enter; see FIRSTSECOND printed on a line of its own, and exit."""
+    child = pexpect.spawn(
+        ZTM[0],
+        [*ZTM[1:], "--agent", home.api_address, "terminal", "open", "office"],
+        env={**home.env, "TERM": "xterm"},
+        cwd=str(home.dir),
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=TIMEOUT,
+    )
+    try:
+        # the session is up and the local terminal raw (the CLI reads keys as typed) once a computed answer is back
+        child.send("echo ready-$((6*7))\r")
+        child.expect_exact("ready-42")
+        child.send(f"echo {first}")
+        child.expect_exact(first)  # the remote terminal's echo: the first part crossed on its own
+        child.send(f"{second}\r")
+        child.expect_exact(f"\n{first}{second}")  # the command's output (the typed line shows `echo ` before it)
+        child.sendline("exit 0")
+        child.expect(pexpect.EOF)
+        child.wait()
+        assert child.exitstatus == 0, child.exitstatus
+    finally:
+        child.close(force=True)
 
 
 @pytest.fixture(scope="module")
@@ -153,20 +189,29 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         windows["terminal"] = Window(start, cap.mark())
         assert out.strip() == terminal.decode(), f"the terminal printed {out!r}, not the marker"
 
+        shell = marker("shell")
+        cut = len(shell) - 12  # both parts hold 12 random hex digits or more
+        parts = (shell[:cut], shell[cut:])
+        start = cap.mark()
+        type_in_a_shell(home, parts[0].decode(), parts[1].decode())
+        windows["shell"] = Window(start, cap.mark())
+
         pcap = cap.stop()
         for proc in reversed(procs):
             proc.stop()
         decoded = capture.decode(pcap, keys, hub.port)
-        yield Run(hub, home, office, decoded, control, tunnel, terminal, windows, keys)
+        yield Run(hub, home, office, decoded, control, tunnel, terminal, shell, parts, windows, keys)
     finally:
         echo.close()
         for proc in reversed(procs):
             proc.stop()
 
 
-def assert_absent(run: Run, secret: bytes, window: Window) -> None:
-    found = run.decoded.where(secret)
-    assert not found, f"the hub's decrypted traffic holds the marker {secret.decode()}: " + "; ".join(found[:6])
+def assert_absent(run: Run, window: Window, secret: bytes, *parts: bytes) -> None:
+    """Neither `secret` nor any of `parts` is anywhere in the decoded capture, though the action that carried them
+    (`window`) was seen."""
+    found = [f"{text.decode()!r} in {place}" for text in (secret, *parts) for place in run.decoded.where(text)]
+    assert not found, f"the hub's decrypted traffic holds the marker: {len(found)} places: " + "; ".join(found[:8])
     # Not vacuous: during the action, DATA crossed the hub both ways on the entrance's and the exit's connections
     # (at least two client connections), and tshark decoded it.
     sizes = run.decoded.data_bytes(window.after, window.until)
@@ -199,18 +244,22 @@ def test_control_the_decoder_reads_what_the_hub_legitimately_sees(run: Run) -> N
 
 
 def test_a_relayed_tunnel_carries_no_plaintext_through_the_hub(run: Run) -> None:
-    assert_absent(run, run.tunnel, run.windows["tunnel"])
+    assert_absent(run, run.windows["tunnel"], run.tunnel)
 
 
 def test_a_relayed_terminal_session_carries_no_plaintext_through_the_hub(run: Run) -> None:
-    assert_absent(run, run.terminal, run.windows["terminal"])
+    assert_absent(run, run.windows["terminal"], run.terminal)
+
+
+def test_a_relayed_interactive_shell_carries_no_plaintext_through_the_hub(run: Run) -> None:
+    assert_absent(run, run.windows["shell"], run.shell, *run.shell_parts)
 
 
 def test_the_check_holds_for_a_marker_never_sent(run: Run) -> None:
     """The absence check itself: with a marker nobody sent, it passes on the very windows the two tests above use,
     so once the hub relays only ciphertext nothing else stands in their way."""
-    for name in ("tunnel", "terminal"):
-        assert_absent(run, marker("unsent"), run.windows[name])
+    for name in ("tunnel", "terminal", "shell"):
+        assert_absent(run, run.windows[name], marker("unsent"))
 
 
 def test_the_key_log_holds_the_hubs_tls_secrets_privately(run: Run) -> None:
