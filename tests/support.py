@@ -48,12 +48,13 @@ ZTM: list[str] = [sys.executable, "-m", "ztm"]
 
 IP = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip") if Path(p).exists()), "ip")
 
-# Variables that would make a ztm process talk to something other than the test's own hosts, or read a developer's
-# own state. They are removed from every environment a helper builds.
+# Variables that would make a ztm process talk to something other than the test's own hosts, read a developer's
+# own state, or write the tests' TLS secrets into a developer's key log. They are removed from every environment a
+# helper builds (a test that wants one passes it in `env`).
 _SCRUBBED = (
     "http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy",
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY",
-    "ZTM_DATA", "ZTM_AGENT", "ZTM_MESH", "ZTM_TOKEN",
+    "ZTM_DATA", "ZTM_AGENT", "ZTM_MESH", "ZTM_TOKEN", "SSLKEYLOGFILE",
 )  # fmt: skip
 
 

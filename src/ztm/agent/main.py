@@ -19,7 +19,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ztm import aio, datadir, localsock, logs, pki, validate
+from ztm import aio, datadir, keylog, localsock, logs, pki, validate
 from ztm.agent.api import AgentApi
 from ztm.agent.direct import DirectServer
 from ztm.agent.service import Agent
@@ -76,6 +76,9 @@ async def _main(cfg: AgentConfig) -> int:
     ring = logs.setup(cfg.data / "agent.log")
     if made_private is not None:
         log.warning("%s", made_private)
+    secrets_file = keylog.check()
+    if secrets_file is not None:
+        log.warning("%s", keylog.warning(secrets_file))
     agent = Agent(cfg.data, ring.tail)
     published: Path | None = None
     sock_path = cfg.data / localsock.SOCKET_NAME

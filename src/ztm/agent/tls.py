@@ -1,7 +1,8 @@
 """TLS material of one joined mesh on disk (`DATA/meshes/MESH/`, 0700) and the client contexts built from it.
 
 `ssl` loads certificates and keys only from files, so each mesh keeps: the CA, the permit's user certificate (and
-root's key for a root permit), and the endpoint certificate with the agent's key. Key files are 0600.
+root's key for a root permit), and the endpoint certificate with the agent's key. Key files are 0600. With
+`SSLKEYLOGFILE` set, the client contexts log their sessions' secrets there (`ztm.keylog`, for debugging).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import shutil
 import ssl
 from pathlib import Path
 
-from ztm import pki
+from ztm import keylog, pki
 from ztm.errors import CertificateError
 from ztm.h2 import Connection
 
@@ -51,7 +52,7 @@ def _context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     ctx.load_verify_locations(cafile=str(ca))
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["h2"])
-    return ctx
+    return keylog.apply(ctx)
 
 
 def check_hub(conn: Connection, mesh_id: str, address: str) -> str:

@@ -9,6 +9,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from ztm import keylog
 from ztm.addr import Address
 from ztm.cli.args import UsageError
 from ztm.cli.context import Context
@@ -76,6 +77,9 @@ def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentCon
 
 
 def cmd_run(ctx: Context) -> int:
+    # Before the imports: aiohttp builds an SSL context when imported, and `ssl.create_default_context` opens the file
+    # SSLKEYLOGFILE names, so an unusable value would surface there as a traceback rather than as this one line.
+    keylog.check()
     if ctx.args.target == "hub":
         hub_cfg = hub_config(ctx.args)
         try:

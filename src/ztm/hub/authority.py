@@ -3,7 +3,8 @@ the TLS server context that enforces all of it at the handshake.
 
 TLS policy: TLS 1.3 only, a client certificate is required and must chain to the mesh CA, the leaf is checked
 against the CRL (evicted users' certificates), ALPN `h2`. A fresh `ssl.SSLContext` is built whenever the CRL
-changes; the server asks for the current one on every accepted connection.
+changes; the server asks for the current one on every accepted connection. With `SSLKEYLOGFILE` set, each context
+logs its sessions' secrets there (`ztm.keylog`, for debugging).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ztm import pki
+from ztm import keylog, pki
 from ztm.addr import Address
 from ztm.hub.store import HubStore
 
@@ -123,5 +124,5 @@ class Authority:
             ctx.load_verify_locations(cafile=str(self._tls_dir / "ca-crl.pem"))
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
             ctx.set_alpn_protocols(["h2"])
-            self._context = ctx
+            self._context = keylog.apply(ctx)
         return self._context

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 
-from ztm import aio, datadir, h2, logs, pki
+from ztm import aio, datadir, h2, keylog, logs, pki
 from ztm.addr import Address
 from ztm.config import HubConfig
 from ztm.errors import BadInput, ZtmError
@@ -38,6 +38,9 @@ async def _main(cfg: HubConfig) -> int:
     ring = logs.setup(cfg.data / "hub.log")
     if made_private is not None:
         log.warning("%s", made_private)
+    secrets_file = keylog.check()
+    if secrets_file is not None:
+        log.warning("%s", keylog.warning(secrets_file))
     store = HubStore(cfg.data / DB_NAME)
     try:
         store.lock()
