@@ -31,6 +31,8 @@ export async function render(ctx) {
     { label: "Refused", class: "num", cell: (t) => String(t.refused) },
     { label: "Sent", class: "num", cell: (t) => bytes(t.bytes_sent) },
     { label: "Received", class: "num", cell: (t) => bytes(t.bytes_received) },
+    // relayed streams are sealed end to end (the hub sees ciphertext); direct channels are TLS between the endpoints
+    { label: "Encryption", cell: (t) => `end-to-end ${t.e2e ?? 0} · direct TLS ${t.direct ?? 0}` },
   ];
 
   async function refresh() {
