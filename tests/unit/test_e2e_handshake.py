@@ -319,3 +319,14 @@ def test_expand_matches_cryptography_hkdf() -> None:
 
     key, info = bytes(range(32)), b"ztm-e2e v1 stream i2r" + (7).to_bytes(8, "big")
     assert expand(key, info) == HKDFExpand(hashes.SHA256(), 32, info).derive(key)
+
+
+def test_credentials_and_initiator_refuse_bad_local_input() -> None:
+    mesh, other = Mesh(), Mesh()
+    key, cert = mesh.endpoint_cert("alice")
+    with pytest.raises(ValueError, match="not mesh"):
+        Credentials(mesh_id=mesh.mesh_id, ca_cert=other.ca_cert, cert=cert, key=key, revoked=lambda _: False)
+    with pytest.raises(ValueError, match="not an endpoint certificate of mesh"):
+        Credentials(mesh_id=other.mesh_id, ca_cert=other.ca_cert, cert=cert, key=key, revoked=lambda _: False)
+    with pytest.raises(ValueError, match="not an endpoint id"):
+        Initiator(mesh.wrap(key, cert), "bob é")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
+import pytest
 from e2e_mesh import Mesh, handshake
 
-from ztm.e2e import SESSION_MAX_AGE, SessionStore
+from ztm.e2e import SESSION_MAX_AGE, E2EError, SessionStore
 
 
 def test_store_bounds_and_lookups() -> None:
@@ -31,6 +32,14 @@ def test_store_bounds_and_lookups() -> None:
     now = s_a.peer.not_after - timedelta(hours=1)
     mono = time.monotonic()
     assert at_alice.for_peer(bob.ep_id, mono, now) is s_a  # the newest
+    newest = from_alice[-1]
+    assert at_bob.resume(newest.id, 1, mono, now) is newest
+    with pytest.raises(E2EError) as e:
+        at_bob.resume(newest.id, 1, mono, now)
+    assert e.value.reason == "replay"
+    assert at_bob.resume(newest.id, 2, newest.created + SESSION_MAX_AGE, now) is None  # too old: UNKNOWN
+    assert at_bob.resume(bytes(16), 1, mono, now) is None
+    assert at_alice.resume(s_a.id, 1, mono, now) is None  # alice initiated it: never resumed at her end
     assert at_alice.for_peer(carol.ep_id, mono, now) is None
     assert at_bob.for_peer(alice.ep_id, mono, now) is None  # bob responded to those: not his to resume
     assert at_alice.for_peer(bob.ep_id, s_a.created + SESSION_MAX_AGE, now) is None

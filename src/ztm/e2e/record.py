@@ -95,7 +95,7 @@ class Channel:
 
     # ------------------------------------------------------------------------------------------------- sending
 
-    def seal(self, inner: int, payload: bytes | memoryview = b"") -> bytes:
+    def seal(self, inner: int, payload: bytes | bytearray | memoryview = b"") -> bytes:
         """One RECORD frame of inner type `inner` (preceded by a KEY_UPDATE record when one is due)."""
         n = len(payload)
         if n > _MAX_PAYLOAD or not 0 <= inner < KEY_UPDATE:
@@ -109,7 +109,7 @@ class Channel:
         header = (_RECORD_TYPE | (n + 17)).to_bytes(4, "big")
         return header + self._send_aead.encrypt(ctr.to_bytes(12, "big"), _INNER[inner] + payload, header)
 
-    def seal_data(self, data: bytes | memoryview) -> bytes:
+    def seal_data(self, data: bytes | bytearray | memoryview) -> bytes:
         """DATA records carrying `data`, split at `MAX_PAYLOAD` (one record for an empty `data`)."""
         if len(data) <= _MAX_PAYLOAD:
             return self.seal(DATA, data)
@@ -127,7 +127,7 @@ class Channel:
 
     # ----------------------------------------------------------------------------------------------- receiving
 
-    def feed(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, bytes]]:
         """The records completed by `data`, opened in order as (inner type, payload); KEY_UPDATE is handled here.
 
         `E2EError` ("integrity", "malformed", or the reason of an ERROR/UNKNOWN frame) on a bad record; once it
@@ -151,7 +151,7 @@ class Channel:
             return self._feed(data, plain)
         return self._feed(data, None)
 
-    def _feed(self, data: bytes | memoryview, first: bytes | None) -> list[tuple[int, bytes]]:
+    def _feed(self, data: bytes | bytearray | memoryview, first: bytes | None) -> list[tuple[int, bytes]]:
         """`feed` in general: buffered bytes, several or partial records, errors (`first`: the plaintext of the
         first record in `data` when the fast path opened it already)."""
         if self._failed is not None:

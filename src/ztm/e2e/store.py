@@ -40,6 +40,16 @@ class SessionStore:
         """The session with this id, if kept (usable or not: the caller checks `usable` for a new stream)."""
         return self._by_id.get(session_id)
 
+    def resume(self, session_id: bytes, stream_no: int, now_mono: float, now: datetime) -> Session | None:
+        """Responder, on a RESUME: the session, with `stream_no` admitted; None (answer UNKNOWN, the initiator then
+        makes a full handshake) if it is not kept or can take no new stream; `E2EError("replay")` for a stream
+        number already used."""
+        s = self._by_id.get(session_id)
+        if s is None or s.initiator or not s.usable(now_mono, now):
+            return None
+        s.admit(stream_no)
+        return s
+
     def for_peer(self, ep_id: str, now_mono: float, now: datetime) -> Session | None:
         """The newest session with endpoint `ep_id` that this side initiated and that can take a new stream."""
         for s in reversed(self._by_id.values()):
