@@ -2,8 +2,9 @@
 
 A `Channel` holds this side's two keys for one stream (send and receive). `seal` makes RECORD frames
 (`header | AESGCM(key, nonce=counter, inner type | payload, aad=header)`), `feed` opens them in order from any
-chunking of the stream's bytes. A record that does not open (tampered, reordered, replayed, dropped, truncated) is
-`E2EError("integrity")`; the channel then stays failed. After `KEY_UPDATE_AFTER` records under one key the sender
+chunking of the stream's bytes. A record that does not open (tampered, reordered, replayed, or one after a dropped
+record) is `E2EError("integrity")`; the channel then stays failed. A stream cut short shows as `pending` bytes and
+no END (the agent calls that "truncated"). After `KEY_UPDATE_AFTER` records under one key the sender
 sends a KEY_UPDATE record and both sides move to `HKDF-Expand(old_key, "ztm-e2e v1 key update")`, counters at 0.
 
 Lean on purpose (it is on the data path of every relayed byte): one `AESGCM` per key, nonces and headers from
