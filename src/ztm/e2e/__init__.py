@@ -5,6 +5,14 @@ Diffie-Hellman handshake (SIGMA-I; `handshake`) makes a `Session` per pair of en
 own keys (`Session.channel`) and a `Channel` of AES-GCM records (`record`); an endpoint keeps its sessions in a
 `SessionStore` (`store`); frames are in `frames`; every refusal is an `E2EError` (`errors`). The protocol is
 PROTOCOL.md section 11.
+
+How an agent drives it, per outer stream. Initiator: `store.for_peer(ep)` gives a usable session -> send
+`resume_frame(s.id, n := s.next_stream())` and records of `s.channel(n)`; else `Initiator(creds, ep)`: send
+`hello()`, read HELLO_R with a `FrameReader`, send `on_hello_r(frame)` (AUTH) and records of
+`session.channel(0)`, `store.add(session)`. Responder: the first frame is HELLO (`Responder(creds)`: answer
+`on_hello`, then `on_auth` gives the session, stream 0) or RESUME (`store.resume(...)`: the session with the stream
+admitted, or None: answer `unknown_frame()`). Then `channel.feed(reader.take_rest())` and `feed` every later chunk.
+On `E2EError` before keys exist, send `error_frame(e.message)`; after, just end the stream.
 """
 
 from ztm.e2e.errors import REASONS, E2EError
