@@ -276,3 +276,17 @@ def test_resume_frame_rules() -> None:
         assert e.value.reason == "malformed"
     with pytest.raises(ValueError):
         resume_frame(sid, 0)
+
+
+def test_key_update_one_record_per_feed() -> None:
+    """Each record fed on its own (the fast path), KEY_UPDATE records included."""
+    ca, cb = _pair(key_update_after=2)
+    wire = b"".join(ca.seal(DATA, b"%d" % i) for i in range(9)) + ca.seal(END)
+    got = []
+    pos = 0
+    while pos < len(wire):
+        end = pos + 4 + int.from_bytes(wire[pos + 1 : pos + 4], "big")
+        got += cb.feed(wire[pos:end])
+        pos = end
+    assert got == [(DATA, b"%d" % i) for i in range(9)] + [(END, b"")]
+    assert cb.records_received == ca.records_sent == 10 + 4 and cb.ended

@@ -33,7 +33,7 @@ class E2EError(Exception):
     def __init__(self, reason: str, message: str) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown E2EError reason {reason!r}")
-        super().__init__(message)
+        super().__init__(reason, message)  # both in args: it pickles
         self.reason = reason
         self.message = message
 

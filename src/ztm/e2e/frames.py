@@ -78,7 +78,7 @@ class FrameReader:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
 
     def next(self) -> tuple[int, bytes] | None:
@@ -167,7 +167,7 @@ class Cursor:
 
     def ascii(self) -> str:
         raw = self.u8_bytes()
-        if not _printable_ascii(raw):
+        if not printable_ascii(raw):
             raise E2EError("malformed", f"malformed end-to-end {self._what}: an id is not printable ASCII")
         return raw.decode("ascii")
 
@@ -176,7 +176,8 @@ class Cursor:
             raise E2EError("malformed", f"malformed end-to-end {self._what}: trailing bytes")
 
 
-def _printable_ascii(raw: bytes) -> bool:
+def printable_ascii(raw: bytes) -> bool:
+    """Every byte is a printable ASCII character other than space (as in mesh and endpoint ids)."""
     return all(0x21 <= b < 0x7F for b in raw)
 
 

@@ -61,7 +61,8 @@ class Peer:
 @dataclass
 class Credentials:
     """What one endpoint brings to handshakes in one mesh: the mesh CA, its endpoint certificate and key, the
-    revocation check (serial -> revoked now?) and a clock (aware UTC)."""
+    revocation check (serial -> revoked now?) and a clock (aware UTC). `ValueError` if the certificate is not an
+    endpoint certificate of `mesh_id` or the CA is not that mesh's."""
 
     mesh_id: str
     ca_cert: x509.Certificate
@@ -79,6 +80,12 @@ class Credentials:
             raise ValueError(f"own certificate: {e}") from None
         if not own.is_endpoint or own.ep_id is None or own.mesh_id != self.mesh_id:
             raise ValueError(f"own certificate is not an endpoint certificate of mesh {self.mesh_id} ({own})")
+        try:
+            ca_mesh = pki.cert_mesh_id(self.ca_cert)
+        except CertificateError as e:
+            raise ValueError(f"mesh CA certificate: {e}") from None
+        if ca_mesh != self.mesh_id:
+            raise ValueError(f"the CA certificate is mesh {ca_mesh}'s, not mesh {self.mesh_id}'s")
         self.ep_id = own.ep_id
         self.cert_der = self.cert.public_bytes(serialization.Encoding.DER)
 
@@ -151,6 +158,8 @@ class Initiator:
     """The calling side: `hello()`, then `on_hello_r(frame)` returns AUTH and sets `session`."""
 
     def __init__(self, creds: Credentials, expected_ep: str) -> None:
+        if not frames.printable_ascii(expected_ep.encode("utf-8")) or len(expected_ep) > 255:
+            raise ValueError(f"not an endpoint id: {expected_ep!r}")
         self.creds = creds
         self.expected_ep = expected_ep
         self.session: Session | None = None
