@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ztm import h2, pki
 from ztm.agent.apps import Caller
 from ztm.agent.e2estream import E2EStream, E2EStreamError
-from ztm.e2e import Credentials, E2EError, Initiator, Peer, Responder, Session
+from ztm.e2e import SUITE, Credentials, E2EError, Initiator, Peer, Responder, Session
 from ztm.e2e.frames import (
     AUTH,
     ERROR,
@@ -53,6 +53,7 @@ from ztm.e2e.frames import (
     resume_frame,
 )
 from ztm.e2e.record import OK, OPEN, REFUSE, Channel
+from ztm.e2e.store import SessionStore
 
 if TYPE_CHECKING:
     from ztm.agent.mesh import MeshSession
@@ -63,8 +64,6 @@ HANDSHAKE_TIMEOUT = 6.0
 """Seconds for a handshake (or resume) and the peer's answer to OPEN."""
 CRL_WAIT = 5.0
 """Seconds a handshake waits for the first CRL from the hub after a (re)connection."""
-MAX_SESSIONS_PER_PEER = 8
-MAX_SESSIONS = 4096
 
 
 class MeshE2E:
@@ -94,8 +93,8 @@ class MeshE2E:
         self._outgoing: dict[str, Session] = {}
         """Peer endpoint id -> the session we initiated with it (the one new streams resume)."""
         self._handshakes: dict[str, asyncio.Future[Session]] = {}
-        self._incoming: collections.OrderedDict[bytes, Session] = collections.OrderedDict()
-        """Session id -> sessions peers initiated with us (oldest first)."""
+        self._incoming = SessionStore()
+        """Sessions peers initiated with us, by id (bounded per peer and in all)."""
         self.pending: dict[str, E2EStream] = {}
         """Accepted-but-undecided streams by the id apps use with `AppContext.accept`/`refuse`."""
         self._live: weakref.WeakSet[E2EStream] = weakref.WeakSet()
@@ -135,9 +134,9 @@ class MeshE2E:
         """A new CRL: drop sessions with revoked peers and reset their live streams."""
         self._revoked = revoked
         self.crl_ready.set()
-        for table in (self._outgoing, self._incoming):
-            for key in [k for k, s in table.items() if s.peer.serial in revoked]:
-                del table[key]  # type: ignore[arg-type]
+        self._incoming.drop_revoked(revoked)
+        for peer_ep in [k for k, s in self._outgoing.items() if s.peer.serial in revoked]:
+            self._outgoing.pop(peer_ep).close()
         for stream in [s for s in self._live if s.peer.serial in revoked]:
             log.info("mesh %s: e2e stream with %s closed: its certificate was revoked", self.name, stream.peer.ep_id)
             stream.reset()
@@ -213,6 +212,7 @@ class MeshE2E:
                 raise _unexpected(ftype, frame, "UNKNOWN or a record")
             if self._outgoing.get(peer_ep) is session:
                 del self._outgoing[peer_ep]
+                session.close()
             self.counters["unknown_session"] += 1
             answered = _nothing
         session, auth = await self._handshake(outer, reader, peer_ep, answered)
@@ -240,7 +240,10 @@ class MeshE2E:
             auth = initiator.on_hello_r(frame)
             session = initiator.session
             assert session is not None
+            old = self._outgoing.get(peer_ep)
             self._outgoing[peer_ep] = session
+            if old is not None:
+                old.close()  # streams already open keep their keys; the secret goes
             self.counters["handshakes:initiator"] += 1
             future.set_result(session)
             return session, auth
@@ -298,9 +301,8 @@ class MeshE2E:
         stream_no = 0
         if ftype == RESUME:
             session_id, stream_no = parse_resume(frame)
-            found = self._incoming.get(session_id)
-            if found is not None and self._usable(found):
-                found.admit(stream_no)  # E2EError("replay") for a number seen before
+            found = self._incoming.resume(session_id, stream_no, time.monotonic(), dt.datetime.now(dt.UTC))
+            if found is not None and found.peer.serial not in self._revoked:  # resume: E2EError("replay") if reused
                 session = found
             else:
                 self.counters["unknown_session"] += 1
@@ -320,7 +322,7 @@ class MeshE2E:
                 raise _unexpected(ftype, frame, "AUTH")
             session = responder.on_auth(frame)
             stream_no = 0
-            self._keep_incoming(session)
+            self._incoming.add(session)
             self.counters["handshakes:responder"] += 1
         stream = self._make_stream(outer, session, session.channel(stream_no))
         stream.start(reader.take_rest())
@@ -335,14 +337,6 @@ class MeshE2E:
         app, service = _parse_open(payload)
         self.counters["streams:responder"] += 1
         return stream, app, service
-
-    def _keep_incoming(self, session: Session) -> None:
-        self._incoming[session.id] = session
-        mine = [k for k, s in self._incoming.items() if s.peer.ep_id == session.peer.ep_id]
-        for key in mine[:-MAX_SESSIONS_PER_PEER]:
-            del self._incoming[key]
-        while len(self._incoming) > MAX_SESSIONS:
-            self._incoming.popitem(last=False)
 
     def caller(self, peer: Peer, claimed: object) -> Caller:
         """The caller as its certificate says; the hub's claim supplies only the name, if it names that endpoint."""
@@ -360,11 +354,10 @@ class MeshE2E:
     # ---- views -------------------------------------------------------------------------------------------------------
 
     def view(self) -> dict[str, Any]:
-        suites = {s.suite for s in (*self._outgoing.values(), *self._incoming.values())}
         return {
             "sessions": len(self._outgoing) + len(self._incoming),
             "streams": len(self._live),
-            "suite": sorted(suites)[0] if suites else "X25519-ECDSA-P256-AES256GCM",
+            "suite": SUITE,
         }
 
 

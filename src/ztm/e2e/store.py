@@ -68,6 +68,11 @@ class SessionStore:
         for sid in [sid for sid, s in self._by_id.items() if s.peer.ep_id == ep_id]:
             self.drop(sid)
 
+    def drop_revoked(self, serials: frozenset[int]) -> None:
+        """Forget every session whose peer's certificate serial is in `serials` (a new CRL)."""
+        for sid in [sid for sid, s in self._by_id.items() if s.peer.serial in serials]:
+            self.drop(sid)
+
     def expire(self, now_mono: float, now: datetime) -> None:
         """Forget the sessions that can take no new stream any more."""
         for sid in [sid for sid, s in self._by_id.items() if not s.usable(now_mono, now)]:
