@@ -32,7 +32,7 @@ PASS/FAIL):
    1.7 x, p99 <= 2 x; direct p50 <= 1.05 x; CPU per round trip (all processes of the path) relayed <= 1.8 x
    stunnel4's two, direct <= 1.05 x;
 4. new connection + first 1-byte round trip (connect, send, receive; the close is not timed), 300 sequential
-   cycles after 20 warm-up: p50 <= 2 ms; CPU µs per cycle;
+   cycles per path after 20 warm-up, in `--rounds` interleaved rounds: p50 <= 2 ms; CPU µs per cycle;
 1. one TCP stream, `iperf3 -n 1G`, `--reps` runs per path (default 5, interleaved raw/stunnel4/ztm; median, the
    receiver's rate): ztm >= 0.6 x stunnel4; CPU seconds of every process per GiB;
 2. 16 streams, `iperf3 -P 16 -n 1G` (1 GiB in all), the same way: ztm >= 0.6 x stunnel4;
@@ -56,7 +56,21 @@ connections, 1 GiB before the RSS check, 1 restart each). `--py-spy` (needs `pip
 profiles ep1, hub and ep2 during one extra 1 GiB stream, a ping-pong and 1,000 connect cycles before the
 recovery part. `--skip` leaves parts out.
 
-Run:  .venv/bin/python -m bench.tunnel [--quick] [--py-spy] [--keep]
+Same-run baseline, `--baseline-rev REV` (issue 13: the end-to-end layer's cost against the code without it): REV's
+`src/` is exported with `git archive` into the temporary directory (the repository is only read: no worktree, no
+checkout) and a second hub and agents `hub@base`, `ep1@base`, `ep2@base`, `ep3@base` run it with the same venv
+(`PYTHONPATH=<export>/src`; checked before the run: `ztm` must import from the export), with the same tunnels to
+the same servers. The paths `ztm@base` and `ztm-direct@base` join every interleaved part (ping-pong, connect cycles,
+iperf3, counting sink): in each round or run, each current path and its baseline run back to back, A then B in even
+rounds and B then A in odd ones. Next to the ratios to stunnel4, each table then has the ratio current/baseline:
+the median over the rounds of each round's ratio and their spread (min-max); the hub's CPU seconds per relayed GiB
+(utime+stime from /proc/PID/stat before and after each transfer) is printed for both hubs, and a closing table lists
+every comparison. Targets `13-rtt` (relayed 1-byte RTT p50 <= 1.15 x baseline) and `13-hub-cpu`/`13-hub-cpu-16`
+(hub CPU per relayed GiB must not rise: FAIL when the median ratio is over 1.05 or every run's ratio is over 1)
+join the table. Use >= 5 rounds and runs (the defaults) for figures to keep. Memory, idle connections, recovery and
+profiles measure the current code only.
+
+Run:  .venv/bin/python -m bench.tunnel [--quick] [--py-spy] [--keep] [--baseline-rev REV]
 """
 
 from __future__ import annotations
@@ -1056,7 +1070,12 @@ class Run:
             self.ws.procs.append(agent.proc)
         self.pids["ep1"], self.pids["ep3"] = self.ep1.proc.pid, self.ep3.proc.pid
         # a fresh ep1 counts from 0: one probe carried directly means ep3 announced itself and ep1 has the CRL
-        wait_until(lambda: probe(self.echo_d_port) and self.direct_count_safe() > 0, 60, "a direct round trip")
+
+        def direct_again() -> bool:
+            self.ep1.token = (self.ep1.data / "agent.token").read_text().strip()  # the agent makes one at each start
+            return probe(self.echo_d_port) and self.direct_count_safe() > 0
+
+        wait_until(direct_again, 60, "a direct round trip")
         time.sleep(1.0)
         return self._idle(self.echo_d_port, ("ep1", "hub", "ep3"), "connections over direct channels")
 
