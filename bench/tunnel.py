@@ -1087,7 +1087,8 @@ class Run:
 
     def _idle(self, port: int, names: tuple[str, str, str], what: str) -> dict[str, float]:
         target = self.args.conns
-        holder = Child(self.ws, "holder", ["--role", "hold", "--port", str(port), "--batch", "50"])
+        # one directory per exit: idle (ep2) and idle-direct (ep3) each start a holder
+        holder = Child(self.ws, f"holder-{names[-1]}", ["--role", "hold", "--port", str(port), "--batch", "50"])
         echo_pid = self.echo.proc.pid
         self.progress(f"holder nofile {holder.hello['nofile']}; opening {target} idle connections")
         time.sleep(1.0)
