@@ -67,9 +67,9 @@ class RoundRatios:
         return statistics.median(self.values) if self.values else float("nan")
 
     def rose(self, allowance: float = 1.05) -> bool:
-        """Did the measure rise? The median ratio is over `allowance`, or every round's ratio is over 1 (a sign test:
-        with no real change that happens by chance in 1 of 2**rounds runs, 1/32 with 5 rounds)."""
-        return bool(self.values) and (self.median > allowance or min(self.values) > 1.0)
+        """Did the measure rise beyond noise? The median of the rounds' ratios is over `allowance` (two same-code
+        runs on the shared 2-core machine gave medians of 0.85 to 1.13 with 5 runs of 256 MiB: repeat a FAIL)."""
+        return bool(self.values) and self.median > allowance
 
     @property
     def spread(self) -> tuple[float, float]:
