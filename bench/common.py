@@ -90,9 +90,10 @@ def raise_nofile(want: int) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------------- processes
 
 
-def bench_env(home: Path, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+def bench_env(home: Path, overrides: Mapping[str, str] | None = None, src: Path = SRC) -> dict[str, str]:
+    """The environment of a benchmark process: `src` (the code to run) first on PYTHONPATH, HOME = `home`."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     env["HOME"] = str(home)
     env.update(overrides or {})
@@ -267,14 +268,23 @@ class Workspace:
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def start_hub(self, *, extra: Sequence[str] = (), nofile: int | None = None, timeout: float = 30.0) -> Hub:
+    def start_hub(
+        self,
+        *,
+        extra: Sequence[str] = (),
+        nofile: int | None = None,
+        timeout: float = 30.0,
+        name: str = "hub",
+        src: Path = SRC,
+    ) -> Hub:
+        """A hub in the directory `name`, running the code under `src` (another revision's export for a baseline)."""
         port = free_port()
-        base = self.dir / "hub"
+        base = self.dir / name
         home = base / "home"
         home.mkdir(parents=True)
         data, permit = base / "data", base / "root.json"
         argv = [*ZTM, "run", "hub", "--listen", f"{HOST}:{port}", "--permit", str(permit), "--data", str(data)]
-        proc = Proc([*argv, *extra], log_path=base / "hub.out", env=bench_env(home), cwd=base, nofile=nofile)
+        proc = Proc([*argv, *extra], log_path=base / "hub.out", env=bench_env(home, src=src), cwd=base, nofile=nofile)
         self.procs.append(proc)
 
         def ready() -> bool:
@@ -284,13 +294,14 @@ class Workspace:
         _wait_or_raise(ready, timeout, "the hub to listen")
         return Hub(proc, port, permit, data)
 
-    def start_agent(self, name: str, *, timeout: float = 30.0, extra: Sequence[str] = ()) -> Agent:
+    def start_agent(self, name: str, *, timeout: float = 30.0, extra: Sequence[str] = (), src: Path = SRC) -> Agent:
+        """An agent in the directory `agent-NAME`, running the code under `src`; its CLI (`Agent.cli`) runs it too."""
         port = free_port()
         base = self.dir / f"agent-{name}"
         home = base / "home"
         home.mkdir(parents=True)
         data = base / "data"
-        env = bench_env(home)
+        env = bench_env(home, src=src)
         argv = [*ZTM, "run", "agent", "--listen", f"{HOST}:{port}", "--data", str(data), *extra]
         proc = Proc(argv, log_path=base / "agent.out", env=env, cwd=base)
         self.procs.append(proc)
@@ -424,9 +435,18 @@ def machine_facts() -> str:
     return "\n".join(lines)
 
 
+def src_digest(src: Path = SRC) -> str:
+    """sha256 (first 12 hex digits) of `src/ztm/**/*.py`, names and contents: which code a process ran."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((src / "ztm").rglob("*.py")):
+        digest.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def tree_facts() -> str:
     """Which code was measured: git HEAD (read-only), the files changed since, a hash of `src/ztm/**/*.py`."""
-    import hashlib
 
     def git(*args: str) -> str:
         try:
@@ -435,14 +455,11 @@ def tree_facts() -> str:
             return "?"
         return cp.stdout.strip() if cp.returncode == 0 else "?"
 
-    digest = hashlib.sha256()
-    for path in sorted((SRC / "ztm").rglob("*.py")):
-        digest.update(str(path.relative_to(SRC)).encode() + b"\0" + path.read_bytes())
     changed = [line.split(None, 1)[-1] for line in git("status", "--porcelain", "--", "src").splitlines()]
     h2 = SRC / "ztm" / "h2" / "connection.py"
     lib = "h2 library" if h2.exists() and "from h2." in h2.read_text() else "own codec"
     return (
-        f"git HEAD: {git('rev-parse', '--short', 'HEAD')}; src/ztm sha256: {digest.hexdigest()[:12]}; "
+        f"git HEAD: {git('rev-parse', '--short', 'HEAD')}; src/ztm sha256: {src_digest()}; "
         f"ztm.h2 on: {lib}\nuncommitted in src/: {', '.join(changed) or 'none'}"
     )
 

@@ -32,7 +32,7 @@ PASS/FAIL):
    1.7 x, p99 <= 2 x; direct p50 <= 1.05 x; CPU per round trip (all processes of the path) relayed <= 1.8 x
    stunnel4's two, direct <= 1.05 x;
 4. new connection + first 1-byte round trip (connect, send, receive; the close is not timed), 300 sequential
-   cycles after 20 warm-up: p50 <= 2 ms; CPU µs per cycle;
+   cycles per path after 20 warm-up, in `--rounds` interleaved rounds: p50 <= 2 ms; CPU µs per cycle;
 1. one TCP stream, `iperf3 -n 1G`, `--reps` runs per path (default 5, interleaved raw/stunnel4/ztm; median, the
    receiver's rate): ztm >= 0.6 x stunnel4; CPU seconds of every process per GiB;
 2. 16 streams, `iperf3 -P 16 -n 1G` (1 GiB in all), the same way: ztm >= 0.6 x stunnel4;
@@ -56,7 +56,21 @@ connections, 1 GiB before the RSS check, 1 restart each). `--py-spy` (needs `pip
 profiles ep1, hub and ep2 during one extra 1 GiB stream, a ping-pong and 1,000 connect cycles before the
 recovery part. `--skip` leaves parts out.
 
-Run:  .venv/bin/python -m bench.tunnel [--quick] [--py-spy] [--keep]
+Same-run baseline, `--baseline-rev REV` (issue 13: the end-to-end layer's cost against the code without it): REV's
+`src/` is exported with `git archive` into the temporary directory (the repository is only read: no worktree, no
+checkout) and a second hub and agents `hub@base`, `ep1@base`, `ep2@base`, `ep3@base` run it with the same venv
+(`PYTHONPATH=<export>/src`; checked before the run: `ztm` must import from the export), with the same tunnels to
+the same servers. The paths `ztm@base` and `ztm-direct@base` join every interleaved part (ping-pong, connect cycles,
+iperf3, counting sink): in each round or run, each current path and its baseline run back to back, A then B in even
+rounds and B then A in odd ones. Next to the ratios to stunnel4, each table then has the ratio current/baseline:
+the median over the rounds of each round's ratio and their spread (min-max); the hub's CPU seconds per relayed GiB
+(utime+stime from /proc/PID/stat before and after each transfer) is printed for both hubs, and a closing table lists
+every comparison. Targets `13-rtt` (relayed 1-byte RTT p50 <= 1.15 x baseline) and `13-hub-cpu`/`13-hub-cpu-16`
+(hub CPU per relayed GiB must not rise: FAIL when the median ratio is over 1.05)
+join the table. Use >= 5 rounds and runs (the defaults) for figures to keep. Memory, idle connections, recovery and
+profiles measure the current code only.
+
+Run:  .venv/bin/python -m bench.tunnel [--quick] [--py-spy] [--keep] [--baseline-rev REV]
 """
 
 from __future__ import annotations
@@ -84,10 +98,22 @@ from typing import IO, Any
 if not __package__:  # run as a file (python bench/NAME.py): make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.baseline import (
+    BASE,
+    BaselineError,
+    RoundRatios,
+    base_of,
+    check_imports_from,
+    export_revision,
+    is_base,
+    resolve_revision,
+    round_order,
+)
 from bench.common import (
     HOST,
     PYTHON,
     REPO,
+    SRC,
     Agent,
     Hub,
     Proc,
@@ -103,6 +129,7 @@ from bench.common import (
     py_spy,
     raise_nofile,
     rss_kib,
+    src_digest,
     table,
     tcp_accepts,
     tree_facts,
@@ -116,7 +143,9 @@ _PATH_PROCS = {
     "ztm": ("ep1", "hub", "ep2"),
     "ztm-direct": ("ep1", "ep3"),
 }
-"""The processes each path goes through (besides client and server): their CPU is the path's."""
+"""The processes each path goes through (besides client and server): their CPU is the path's. With `--baseline-rev`,
+`ztm@base` and `ztm-direct@base` go through the baseline's `ep1@base`, `hub@base`, `ep2@base` and `ep3@base`."""
+_ZTM_PROCS = ("ep1", "hub", "ep2", "ep3")
 _ONLINE = re.compile(r"^(\S+ \S+) INFO ztm\.hub: endpoint (\S+) \(.*\) is online")
 GiB = 1 << 30
 MiB = 1 << 20
@@ -448,6 +477,26 @@ class Target:
 
 
 @dataclass
+class Stack:
+    """One revision's hub and agents and the entrance's tunnel ports: relayed ep1 -> hub -> ep2 (`bench`, `echo`,
+    `sink`) and direct ep1 -> ep3 (`*_d`)."""
+
+    hub: Hub
+    ep1: Agent
+    ep2: Agent
+    ep3: Agent
+    bench: int
+    echo: int
+    sink: int
+    bench_d: int
+    echo_d: int
+    sink_d: int
+
+    def pids(self, suffix: str = "") -> dict[str, int]:
+        return {f"{n}{suffix}": getattr(self, n).proc.pid for n in _ZTM_PROCS}
+
+
+@dataclass
 class Run:
     args: argparse.Namespace
     ws: Workspace
@@ -457,6 +506,16 @@ class Run:
     targets: list[Target] = field(default_factory=list)
     sections: list[str] = field(default_factory=list)
     ztm_bytes: float = 0.0
+    base_src: Path | None = None
+    """`--baseline-rev`: the exported revision's `src/`; its processes are `*@base` and its paths `ztm*@base`."""
+    base_pids: dict[str, int] = field(default_factory=dict)
+    versus: list[list[object]] = field(default_factory=list)
+    """Rows of the closing current/baseline table: measure, path, current, baseline, ratio over the rounds."""
+    path_procs: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(_PATH_PROCS))
+    rtt_vs_base: dict[str, dict[str, RoundRatios]] = field(default_factory=dict)
+    hub_vs_base: dict[str, tuple[float, float, RoundRatios]] = field(default_factory=dict)
+    """Per transfer kind: the hub's CPU-s per relayed GiB, current and baseline (medians), and the runs' ratios."""
+    """Per current path with a baseline: `p50`, `p99`, `cpu` of the ping-pong, current/baseline by round."""
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -487,35 +546,11 @@ class Run:
 
         self.stunnel_setup()
 
-        self.hub = ws.start_hub()
-        self.ep1 = ws.start_agent("ep1")
-        self.ep2 = ws.start_agent("ep2")
-        self.ep3 = ws.start_agent("ep3", extra=["--direct", f"{HOST}:{free_port()}"])
-        for ep in (self.ep1, self.ep2, self.ep3):
-            ep.cli("join", MESH, "--as", ep.name, "--permit", str(self.hub.permit))
-        self.bench_port, self.echo_in_port = free_port(), free_port()
-        self.ep2.cli("tunnel", "open", "outbound", "tcp/bench", "--targets", f"{HOST}:{self.iperf_port}")
-        self.ep2.cli("tunnel", "open", "outbound", "tcp/echo", "--targets", f"{HOST}:{self.echo_port}")
-        self.ep1.cli("tunnel", "open", "inbound", "tcp/bench", "--listen", f"{HOST}:{self.bench_port}")
-        self.ep1.cli("tunnel", "open", "inbound", "tcp/echo", "--listen", f"{HOST}:{self.echo_in_port}")
-        wait_until(lambda: probe(self.echo_in_port), 30, "the echo tunnel to carry a round trip")
-        self.sink_in_port, self.sink_d_port = free_port(), free_port()
-        self.ep2.cli("tunnel", "open", "outbound", "tcp/sink", "--targets", f"{HOST}:{self.sink_port}")
-        self.ep1.cli("tunnel", "open", "inbound", "tcp/sink", "--listen", f"{HOST}:{self.sink_in_port}")
-        self.ep3.cli("tunnel", "open", "outbound", "tcp/sink-d", "--targets", f"{HOST}:{self.sink_port}")
-        self.ep1.cli("tunnel", "open", "inbound", "tcp/sink-d", "--listen", f"{HOST}:{self.sink_d_port}")
-        self.bench_d_port, self.echo_d_port = free_port(), free_port()
-        self.ep3.cli("tunnel", "open", "outbound", "tcp/bench-d", "--targets", f"{HOST}:{self.iperf_port}")
-        self.ep3.cli("tunnel", "open", "outbound", "tcp/echo-d", "--targets", f"{HOST}:{self.echo_port}")
-        self.ep1.cli("tunnel", "open", "inbound", "tcp/bench-d", "--listen", f"{HOST}:{self.bench_d_port}")
-        self.ep1.cli("tunnel", "open", "inbound", "tcp/echo-d", "--listen", f"{HOST}:{self.echo_d_port}")
-        wait_until(lambda: probe(self.echo_d_port) and self.direct_count() > 0, 30, "a direct round trip")
-        self.pids = {
-            "ep1": self.ep1.proc.pid,
-            "hub": self.hub.proc.pid,
-            "ep2": self.ep2.proc.pid,
-            "ep3": self.ep3.proc.pid,
-        }
+        cur = self.start_stack("", SRC)
+        self.hub, self.ep1, self.ep2, self.ep3 = cur.hub, cur.ep1, cur.ep2, cur.ep3
+        self.bench_port, self.echo_in_port, self.sink_in_port = cur.bench, cur.echo, cur.sink
+        self.bench_d_port, self.echo_d_port, self.sink_d_port = cur.bench_d, cur.echo_d, cur.sink_d
+        self.pids = cur.pids()
         for name, pid in self.pids.items():
             self.progress(f"{name} pid {pid}, open-files limit {fd_limit(pid)}, RSS {rss_kib(pid) / 1024:.1f} MiB")
         self.paths = {
@@ -530,10 +565,61 @@ class Run:
             "ztm": self.sink_in_port,
             "ztm-direct": self.sink_d_port,
         }
+        if self.base_src is not None:
+            base = self.start_stack(BASE, self.base_src)
+            self.base_pids = base.pids(BASE)
+            self.progress(f"baseline processes: {self.base_pids}")
+            # each baseline path right after its current one: round_order() alternates A, B and B, A
+            self.paths = {
+                "raw": self.paths["raw"],
+                "stunnel4": self.paths["stunnel4"],
+                "ztm": self.paths["ztm"],
+                base_of("ztm"): (base.bench, base.echo),
+                "ztm-direct": self.paths["ztm-direct"],
+                base_of("ztm-direct"): (base.bench_d, base.echo_d),
+            }
+            self.sink_ports = {
+                "raw": self.sink_ports["raw"],
+                "stunnel4": self.sink_ports["stunnel4"],
+                "ztm": self.sink_ports["ztm"],
+                base_of("ztm"): base.sink,
+                "ztm-direct": self.sink_ports["ztm-direct"],
+                base_of("ztm-direct"): base.sink_d,
+            }
+            for path in ("ztm", "ztm-direct"):
+                self.path_procs[base_of(path)] = tuple(base_of(n) for n in _PATH_PROCS[path])
 
-    def direct_count(self) -> int:
+    def start_stack(self, suffix: str, src: Path) -> Stack:
+        """Start a hub and agents ep1, ep2, ep3 (directories named with `suffix`) running the code under `src`, join
+        them and open the tunnels to this run's servers; wait until a relayed and a direct round trip work."""
+        ws = self.ws
+        hub = ws.start_hub(name=f"hub{suffix}", src=src)
+        ep1 = ws.start_agent(f"ep1{suffix}", src=src)
+        ep2 = ws.start_agent(f"ep2{suffix}", src=src)
+        ep3 = ws.start_agent(f"ep3{suffix}", extra=["--direct", f"{HOST}:{free_port()}"], src=src)
+        for role, ep in (("ep1", ep1), ("ep2", ep2), ("ep3", ep3)):
+            ep.cli("join", MESH, "--as", role, "--permit", str(hub.permit))
+        bench, echo, sink = free_port(), free_port(), free_port()
+        bench_d, echo_d, sink_d = free_port(), free_port(), free_port()
+        ep2.cli("tunnel", "open", "outbound", "tcp/bench", "--targets", f"{HOST}:{self.iperf_port}")
+        ep2.cli("tunnel", "open", "outbound", "tcp/echo", "--targets", f"{HOST}:{self.echo_port}")
+        ep1.cli("tunnel", "open", "inbound", "tcp/bench", "--listen", f"{HOST}:{bench}")
+        ep1.cli("tunnel", "open", "inbound", "tcp/echo", "--listen", f"{HOST}:{echo}")
+        wait_until(lambda: probe(echo), 30, f"the echo tunnel{suffix} to carry a round trip")
+        ep2.cli("tunnel", "open", "outbound", "tcp/sink", "--targets", f"{HOST}:{self.sink_port}")
+        ep1.cli("tunnel", "open", "inbound", "tcp/sink", "--listen", f"{HOST}:{sink}")
+        ep3.cli("tunnel", "open", "outbound", "tcp/sink-d", "--targets", f"{HOST}:{self.sink_port}")
+        ep1.cli("tunnel", "open", "inbound", "tcp/sink-d", "--listen", f"{HOST}:{sink_d}")
+        ep3.cli("tunnel", "open", "outbound", "tcp/bench-d", "--targets", f"{HOST}:{self.iperf_port}")
+        ep3.cli("tunnel", "open", "outbound", "tcp/echo-d", "--targets", f"{HOST}:{self.echo_port}")
+        ep1.cli("tunnel", "open", "inbound", "tcp/bench-d", "--listen", f"{HOST}:{bench_d}")
+        ep1.cli("tunnel", "open", "inbound", "tcp/echo-d", "--listen", f"{HOST}:{echo_d}")
+        wait_until(lambda: probe(echo_d) and self.direct_count(ep1) > 0, 30, f"a direct round trip{suffix}")
+        return Stack(hub, ep1, ep2, ep3, bench, echo, sink, bench_d, echo_d, sink_d)
+
+    def direct_count(self, ep1: Agent | None = None) -> int:
         """Connections ep1 sent over direct channels (`ztm tunnel describe`'s `direct`)."""
-        status, view = self.ep1.api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/echo-d")
+        status, view = (ep1 or self.ep1).api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/echo-d")
         return int(view.get("direct", 0)) if status == 200 and isinstance(view, dict) else 0
 
     def stunnel_setup(self) -> None:
@@ -608,6 +694,7 @@ class Run:
     def cpu(self) -> dict[str, float]:
         pids = {
             **self.pids,
+            **self.base_pids,
             "stunnel-client": self.st_client.pid,
             "stunnel-server": self.st_server.pid,
             "iperf3-server": self.iperf_srv.pid,
@@ -620,20 +707,62 @@ class Run:
     def add_target(self, *args: Any) -> None:
         self.targets.append(Target(*args))
 
+    def col(self, path: str, name: str) -> str:
+        """The process shown in column `name` of a path's row: the baseline's own for a baseline path."""
+        return base_of(name) if is_base(path) and name in _ZTM_PROCS else name
+
+    def compared(self) -> list[str]:
+        """The current paths that have a baseline path in this run."""
+        return [p for p in self.paths if base_of(p) in self.paths]
+
+    def against_base(
+        self, measure: str, path: str, current: str, baseline: str, ratios: RoundRatios, unit: str = ""
+    ) -> str:
+        """Note one current/baseline comparison for the closing table; returns the ratio's text for a table cell."""
+        self.versus.append([measure, path, f"{current}{unit}", f"{baseline}{unit}", ratios.text()])
+        return ratios.text()
+
+    def hub_cpu_table(self, title: str, cpu_gib: dict[str, list[float]]) -> str:
+        """The hub's CPU-s per relayed GiB (utime+stime before/after each transfer) of the current and the baseline
+        relayed path: each run's figure, and the median and spread of the runs' ratios (each pair back to back)."""
+        rows = []
+        for path in self.compared():
+            if "hub" not in self.path_procs[path]:
+                continue
+            b = base_of(path)
+            rr = RoundRatios()
+            for c, d in zip(cpu_gib[path], cpu_gib[b], strict=True):
+                rr.add(c, d)
+            cur, base = statistics.median(cpu_gib[path]), statistics.median(cpu_gib[b])
+            ratio = self.against_base(f"{title}: hub CPU-s per GiB", path, f"{cur:.2f}", f"{base:.2f}", rr)
+            if path == "ztm":
+                self.hub_vs_base[title] = (cur, base, rr)
+            for p in (path, b):
+                runs = " ".join(f"{v:.2f}" for v in cpu_gib[p])
+                rows.append([p, f"{statistics.median(cpu_gib[p]):.2f}", runs, ratio if p == path else ""])
+        return (
+            f"\nHub CPU seconds per relayed GiB, {title} (utime+stime from /proc/PID/stat before and after each run)"
+            "\n\n" + table(["path", "median CPU-s/GiB", "runs", "x baseline (median of runs' ratios, spread)"], rows)
+        )
+
     # 1 and 2: throughput ----------------------------------------------------------------------------------
 
     def throughput(self, parallel: int, nbytes: int) -> dict[str, float]:
         reps = self.args.reps
         results: dict[str, list[float]] = {p: [] for p in self.paths}
         cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.paths}
+        hub_gib: dict[str, list[float]] = {p: [] for p in self.paths}
         moved: dict[str, float] = defaultdict(float)
         for rep in range(reps):
-            for path, (port, _echo) in self.paths.items():
+            for path in round_order(list(self.paths), rep):
+                port = self.paths[path][0]
                 before = self.cpu()
                 r = iperf(port, nbytes, parallel)
                 after = self.cpu()
                 for k in after:
                     cpu_used[path][k] += after[k] - before[k]
+                hub = self.col(path, "hub")
+                hub_gib[path].append((after[hub] - before[hub]) / (r["bytes"] / GiB))
                 results[path].append(r["MBps"])
                 moved[path] += r["bytes"]
                 if path == "ztm":
@@ -647,9 +776,14 @@ class Run:
             [p, f"{med[p]:.0f}", " ".join(f"{v:.0f}" for v in results[p]), f"{med[p] / med['stunnel4']:.2f}"]
             for p in self.paths
         ]
+        headers = ["path", "median MB/s", "runs MB/s", "x stunnel4"]
+        if self.base_pids:
+            headers.append("x baseline (median of runs' ratios, spread)")
+            for cells, p in zip(rows, self.paths, strict=True):
+                cells.append(self.rate_vs_base(f"{label}, MB/s", p, results) if base_of(p) in self.paths else "")
         self.say(
             f"\n### Throughput, {label}, {nbytes / MiB:.0f} MiB per run, {reps} run(s) per path (MB/s = 10^6 B/s)\n\n"
-            + table(["path", "median MB/s", "runs MB/s", "x stunnel4"], rows)
+            + table(headers, rows)
         )
         names = ["ep1", "hub", "ep2", "ep3", "stunnel-client", "stunnel-server", "iperf3-client", "iperf3-server"]
         cpu_rows = []
@@ -657,13 +791,28 @@ class Run:
             gib = moved[p] / GiB
             row: list[object] = [p]
             for n in names:
-                row.append(f"{cpu_used[p][n]:.2f} ({cpu_used[p][n] / gib:.2f})" if cpu_used[p][n] >= 0.005 else "-")
+                used = cpu_used[p][self.col(p, n)]
+                row.append(f"{used:.2f} ({used / gib:.2f})" if used >= 0.005 else "-")
             cpu_rows.append(row)
         self.say(
             f"\nCPU seconds during those runs, in all {' / '.join(f'{p} {moved[p] / GiB:.2f}' for p in self.paths)}"
-            " GiB; in brackets: CPU-s per GiB\n\n" + table(["path", *names], cpu_rows)
+            " GiB; in brackets: CPU-s per GiB"
+            + ("; the rows `@base` show the baseline's processes" if self.base_pids else "")
+            + "\n\n"
+            + table(["path", *names], cpu_rows)
         )
+        if self.base_pids:
+            self.say(self.hub_cpu_table(f"iperf3 {label}", hub_gib))
         return med
+
+    def rate_vs_base(self, measure: str, path: str, runs: dict[str, list[float]]) -> str:
+        """Ratio current/baseline of a rate, run by run (run i of both measured back to back), for a table cell."""
+        b = base_of(path)
+        rr = RoundRatios()
+        for c, d in zip(runs[path], runs[b], strict=True):
+            rr.add(c, d)
+        cur, base = statistics.median(runs[path]), statistics.median(runs[b])
+        return self.against_base(measure, path, f"{cur:.0f}", f"{base:.0f}", rr)
 
     # 2s: delivered to the counting sink ---------------------------------------------------------------------
 
@@ -673,10 +822,12 @@ class Run:
         reps = self.args.reps
         results: dict[str, list[float]] = {p: [] for p in self.sink_ports}
         cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.sink_ports}
+        hub_gib: dict[str, list[float]] = {p: [] for p in self.sink_ports}
         moved: dict[str, float] = defaultdict(float)
         problems: list[str] = []
         for rep in range(reps):
-            for path, port in self.sink_ports.items():
+            for path in round_order(list(self.sink_ports), rep):
+                port = self.sink_ports[path]
                 before = self.cpu()
                 seconds, problem = sink_transfer(port, nbytes)
                 after = self.cpu()
@@ -686,6 +837,8 @@ class Run:
                 got = max((int(d["delivered"]) for d in finished), default=0)
                 if got != nbytes or problem:
                     problems.append(f"{path} run {rep + 1}: {got:,} of {nbytes:,} bytes delivered {problem}".strip())
+                hub = self.col(path, "hub")
+                hub_gib[path].append((after[hub] - before[hub]) / (max(got, 1) / GiB))
                 results[path].append(got / seconds / 1e6)
                 moved[path] += got
                 self.progress(f"sink rep {rep + 1}/{reps} {path}: {got / seconds / 1e6:.0f} MB/s delivered {problem}")
@@ -694,20 +847,28 @@ class Run:
             [p, f"{med[p]:.0f}", " ".join(f"{v:.0f}" for v in results[p]), f"{med[p] / (med['stunnel4'] or 1):.2f}"]
             for p in self.sink_ports
         ]
+        headers = ["path", "median MB/s", "runs MB/s", "x stunnel4"]
+        if self.base_pids:
+            headers.append("x baseline (median of runs' ratios, spread)")
+            for row, p in zip(rows, self.sink_ports, strict=True):
+                row.append(self.rate_vs_base("delivered, MB/s", p, results) if base_of(p) in self.sink_ports else "")
         names = ["ep1", "hub", "ep2", "ep3", "stunnel-client", "stunnel-server"]
         cpu_rows = []
         for p in self.sink_ports:
             gib = max(moved[p], 1.0) / GiB
-            cpu_rows.append([p, *(f"{cpu_used[p][n] / gib:.2f}" if cpu_used[p][n] >= 0.005 else "-" for n in names)])
+            used = {n: cpu_used[p][self.col(p, n)] for n in names}
+            cpu_rows.append([p, *(f"{used[n] / gib:.2f}" if used[n] >= 0.005 else "-" for n in names)])
         verdict = "not delivered in full: " + "; ".join(problems) if problems else "every transfer delivered all bytes"
         self.say(
             f"\n### Delivered to a counting sink, one connection, {nbytes / MiB:.0f} MiB per run, {reps} run(s) per"
             " path (MB/s of bytes received, clock stopped by the sink's answer)\n\n"
-            + table(["path", "median MB/s", "runs MB/s", "x stunnel4"], rows)
+            + table(headers, rows)
             + "\n\nCPU seconds per GiB delivered\n\n"
             + table(["path", *names], cpu_rows)
             + f"\n\n{verdict}"
         )
+        if self.base_pids:
+            self.say(self.hub_cpu_table("counting sink", hub_gib))
         return med, problems
 
     # 3: ping-pong -----------------------------------------------------------------------------------------
@@ -720,25 +881,71 @@ class Run:
         cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.paths}
         rounds = self.args.rounds
         per_round: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in self.paths}
+        vs_base: dict[str, dict[str, RoundRatios]] = {p: defaultdict(RoundRatios) for p in self.compared()}
         for r in range(rounds):  # interleaved rounds, so drift on the machine touches every path alike
             this: dict[str, tuple[float, float, float]] = {}
-            for path, (_iperf, port) in self.paths.items():
+            for path in round_order(list(self.paths), r):
+                port = self.paths[path][1]
                 before = self.cpu()
                 samples = pingpong(port, n // rounds, warm)
                 after = self.cpu()
                 out[path] += samples
                 for k in after:
                     cpu_used[path][k] += after[k] - before[k]
-                cpu = sum(after[k] - before[k] for k in _PATH_PROCS[path]) / (len(samples) + warm)
+                cpu = sum(after[k] - before[k] for k in self.path_procs[path]) / (len(samples) + warm)
                 this[path] = (percentile(samples, 50), percentile(samples, 99), cpu)
             for path, (p50, p99, cpu) in this.items():
                 base = this["stunnel4"]
                 per_round[path]["p50"].append(p50 / base[0])
                 per_round[path]["p99"].append(p99 / base[1])
                 per_round[path]["cpu"].append(cpu / base[2] if base[2] > 0 else float("nan"))
+            for path, by in vs_base.items():
+                for i, key in enumerate(("p50", "p99", "cpu")):
+                    by[key].add(this[path][i], this[base_of(path)][i])
             self.progress(f"ping-pong round {r + 1}/{rounds} done")
         stats = {p: summary(v) for p, v in out.items()}
         ratios = {p: {k: statistics.median(v) for k, v in m.items()} for p, m in per_round.items()}
+        self.rtt_vs_base = vs_base
+        ratio_rows: list[list[object]] = [
+            [
+                p,
+                f"{r['p50']:.2f}",
+                f"{r['p99']:.2f}",
+                f"{r['cpu']:.2f}",
+                " ".join(f"{x:.2f}" for x in per_round[p]["p50"]),
+            ]
+            for p, r in ratios.items()
+        ]
+        ratio_headers = [
+            "path",
+            "p50 x stunnel4",
+            "p99 x stunnel4",
+            "CPU per round trip x stunnel4",
+            "rounds p50 ratios",
+        ]
+        if vs_base:
+            ratio_headers += ["p50 x baseline", "p99 x baseline", "CPU per round trip x baseline"]
+            for row, p in zip(ratio_rows, ratios, strict=True):
+                if p not in vs_base:
+                    row += ["", "", ""]
+                    continue
+                b = base_of(p)
+                cpu_cur = sum(cpu_used[p][k] for k in self.path_procs[p]) / (len(out[p]) + rounds * warm) * 1e6
+                cpu_base = sum(cpu_used[b][k] for k in self.path_procs[b]) / (len(out[b]) + rounds * warm) * 1e6
+                row += [
+                    self.against_base(
+                        "1-byte RTT p50", p, f"{stats[p]['p50'] * 1e6:.0f}", f"{stats[b]['p50'] * 1e6:.0f}",
+                        vs_base[p]["p50"], " µs",
+                    ),
+                    self.against_base(
+                        "1-byte RTT p99", p, f"{stats[p]['p99'] * 1e6:.0f}", f"{stats[b]['p99'] * 1e6:.0f}",
+                        vs_base[p]["p99"], " µs",
+                    ),
+                    self.against_base(
+                        "CPU per round trip, path's processes", p, f"{cpu_cur:.0f}", f"{cpu_base:.0f}",
+                        vs_base[p]["cpu"], " µs",
+                    ),
+                ]  # fmt: skip
         rows = [
             [
                 p,
@@ -755,65 +962,89 @@ class Run:
             + "\n\n"
             + self.cpu_table(cpu_used, {p: len(v) + rounds * warm for p, v in out.items()}, "round trip")
             + "\n\nMedian over the rounds of each round's ratio to stunnel4 in that round (CPU: the path's processes)"
+            + ("; x baseline: the median of each round's ratio current/baseline (min-max)" if vs_base else "")
             + "\n\n"
-            + table(
-                ["path", "p50 x stunnel4", "p99 x stunnel4", "CPU per round trip x stunnel4", "rounds p50 ratios"],
-                [
-                    [
-                        p,
-                        f"{r['p50']:.2f}",
-                        f"{r['p99']:.2f}",
-                        f"{r['cpu']:.2f}",
-                        " ".join(f"{x:.2f}" for x in per_round[p]["p50"]),
-                    ]
-                    for p, r in ratios.items()
-                ],
-            )
+            + table(ratio_headers, ratio_rows)
         )
         return stats, ratios
 
     def cpu_table(self, used: dict[str, dict[str, float]], counts: dict[str, int], unit: str) -> str:
         names = ["ep1", "hub", "ep2", "ep3", "stunnel-client", "stunnel-server"]
         rows = []
-        base = sum(used["stunnel4"][k] for k in _PATH_PROCS["stunnel4"]) / counts["stunnel4"] * 1e6
+        base = sum(used["stunnel4"][k] for k in self.path_procs["stunnel4"]) / counts["stunnel4"] * 1e6
+        totals = {p: sum(c[k] for k in self.path_procs[p]) / counts[p] * 1e6 for p, c in used.items()}
         for p, c in used.items():
-            per = {k: c[k] / counts[p] * 1e6 for k in names}
-            total = sum(per[k] for k in _PATH_PROCS[p])
+            per = {k: c[self.col(p, k)] / counts[p] * 1e6 for k in names}
+            total = totals[p]
             ratio = f"{total / base:.2f}" if base > 0 else "-"
-            rows.append([p, *(f"{per[k]:.0f}" if per[k] >= 0.5 else "-" for k in names), f"{total:.0f}", ratio])
-        return f"CPU µs per {unit} (utime+stime; warm-up included; sum: the path's own processes)\n\n" + table(
-            ["path", *names, "sum", "sum x stunnel4"], rows
+            row: list[object] = [p, *(f"{per[k]:.0f}" if per[k] >= 0.5 else "-" for k in names), f"{total:.0f}", ratio]
+            if self.base_pids:
+                b = base_of(p)
+                row.append(f"{total / totals[b]:.2f}" if b in totals and totals[b] > 0 else "")
+            rows.append(row)
+        headers = ["path", *names, "sum", "sum x stunnel4"] + (["sum x baseline"] if self.base_pids else [])
+        return (
+            f"CPU µs per {unit} (utime+stime; warm-up included; sum: the path's own processes"
+            + ("; rows `@base`: the baseline's processes" if self.base_pids else "")
+            + ")\n\n"
+            + table(headers, rows)
         )
 
     # 4: connection setup ----------------------------------------------------------------------------------
 
     def connects(self) -> dict[str, dict[str, float]]:
-        n, warm = self.args.cycles, 20
+        """`--cycles` connect cycles per path after 20 warm-up, in `--rounds` interleaved rounds."""
+        n, warm, rounds = self.args.cycles, 20, self.args.rounds
         out: dict[str, list[float]] = {p: [] for p in self.paths}
         failures: Counter[str] = Counter()
         cpu_used: dict[str, dict[str, float]] = {p: defaultdict(float) for p in self.paths}
-        for path, (_iperf, port) in self.paths.items():
-            before = self.cpu()
-            for i in range(warm + n):
-                try:
-                    t = connect_cycle(port)
-                except OSError as exc:
-                    failures[f"{path}: {type(exc).__name__}"] += 1
-                    continue
-                if i >= warm:
-                    out[path].append(t)
-            time.sleep(0.2)  # let the last close finish everywhere
-            after = self.cpu()
-            for k in after:
-                cpu_used[path][k] += after[k] - before[k]
-            self.progress(f"connect cycles {path} done")
+        vs_base: dict[str, RoundRatios] = {p: RoundRatios() for p in self.compared()}
+        for r in range(rounds):
+            this: dict[str, float] = {}
+            for path in round_order(list(self.paths), r):
+                port = self.paths[path][1]
+                first = warm if r == 0 else 0
+                count = n // rounds + (1 if r < n % rounds else 0)
+                samples: list[float] = []
+                before = self.cpu()
+                for i in range(first + count):
+                    try:
+                        t = connect_cycle(port)
+                    except OSError as exc:
+                        failures[f"{path}: {type(exc).__name__}"] += 1
+                        continue
+                    if i >= first:
+                        samples.append(t)
+                time.sleep(0.2)  # let the last close finish everywhere
+                after = self.cpu()
+                for k in after:
+                    cpu_used[path][k] += after[k] - before[k]
+                out[path] += samples
+                this[path] = percentile(samples, 50)
+            for path, rr in vs_base.items():
+                rr.add(this[path], this[base_of(path)])
+            self.progress(f"connect cycles round {r + 1}/{rounds} done")
         stats = {p: summary(v) for p, v in out.items()}
-        rows = [
+        rows: list[list[object]] = [
             [p, s["n"], *(f"{s[k] * 1e3:.2f}" for k in ("min", "p50", "p90", "p99", "max"))] for p, s in stats.items()
         ]
+        headers = ["path", "n", "min", "p50", "p90", "p99", "max"]
+        if vs_base:
+            headers.append("p50 x baseline (median of rounds' ratios, spread)")
+            for row, p in zip(rows, stats, strict=True):
+                b = base_of(p)
+                row.append(
+                    self.against_base(
+                        "new connection + first RTT p50", p, f"{stats[p]['p50'] * 1e3:.2f}",
+                        f"{stats[b]['p50'] * 1e3:.2f}", vs_base[p], " ms",
+                    )
+                    if p in vs_base
+                    else ""
+                )  # fmt: skip
         self.say(
-            f"\n### New connection + first 1-byte round trip ({n} sequential cycles after {warm} warm-up; ms)\n\n"
-            + table(["path", "n", "min", "p50", "p90", "p99", "max"], rows)
+            f"\n### New connection + first 1-byte round trip ({n} sequential cycles per path after {warm} warm-up, in"
+            f" {rounds} interleaved rounds; ms)\n\n"
+            + table(headers, rows)
             + (f"\n\nfailed cycles: {dict(failures)}" if failures else "")
             + "\n\n"
             + self.cpu_table(cpu_used, {p: n + warm for p in self.paths}, "cycle (close included)")
@@ -839,7 +1070,12 @@ class Run:
             self.ws.procs.append(agent.proc)
         self.pids["ep1"], self.pids["ep3"] = self.ep1.proc.pid, self.ep3.proc.pid
         # a fresh ep1 counts from 0: one probe carried directly means ep3 announced itself and ep1 has the CRL
-        wait_until(lambda: probe(self.echo_d_port) and self.direct_count_safe() > 0, 60, "a direct round trip")
+
+        def direct_again() -> bool:
+            self.ep1.token = (self.ep1.data / "agent.token").read_text().strip()  # the agent makes one at each start
+            return probe(self.echo_d_port) and self.direct_count_safe() > 0
+
+        wait_until(direct_again, 60, "a direct round trip")
         time.sleep(1.0)
         return self._idle(self.echo_d_port, ("ep1", "hub", "ep3"), "connections over direct channels")
 
@@ -851,7 +1087,8 @@ class Run:
 
     def _idle(self, port: int, names: tuple[str, str, str], what: str) -> dict[str, float]:
         target = self.args.conns
-        holder = Child(self.ws, "holder", ["--role", "hold", "--port", str(port), "--batch", "50"])
+        # one directory per exit: idle (ep2) and idle-direct (ep3) each start a holder
+        holder = Child(self.ws, f"holder-{names[-1]}", ["--role", "hold", "--port", str(port), "--batch", "50"])
         echo_pid = self.echo.proc.pid
         self.progress(f"holder nofile {holder.hello['nofile']}; opening {target} idle connections")
         time.sleep(1.0)
@@ -1098,6 +1335,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip", default="", help="comma list of parts to skip: idle,idle-direct,bulk,sink,latency,connect,recovery"
     )
+    parser.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="also run REV's hub and agents (git archive of its src/, same venv) beside the current ones, interleaved,"
+        " and print current/baseline ratios (median of the rounds' ratios and their spread)",
+    )
     parser.add_argument("--role", choices=["echo", "hold", "sink"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=50, help=argparse.SUPPRESS)
@@ -1124,6 +1367,12 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("iperf3", "stunnel4", "openssl"):
         if subprocess.run(["which", tool], capture_output=True, check=False).returncode != 0:
             parser.error(f"{tool} is not installed")
+    base_commit = ""
+    if args.baseline_rev is not None:
+        try:
+            base_commit = resolve_revision(REPO, args.baseline_rev)
+        except BaselineError as exc:
+            parser.error(str(exc))
     raise_nofile(65536)
 
     print(machine_facts())
@@ -1132,6 +1381,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with Workspace("tunnel", keep=args.keep) as ws:
         run = Run(args, ws)
+        if base_commit:
+            try:
+                run.base_src = export_revision(REPO, base_commit, ws.dir / "baseline")
+                check_imports_from(PYTHON, run.base_src, bench_env(ws.dir, src=run.base_src))
+            except BaselineError as exc:
+                parser.error(str(exc))
+            print(
+                f"baseline: --baseline-rev {args.baseline_rev} = {base_commit[:12]}, src/ztm sha256: "
+                f"{src_digest(run.base_src)} (exported to {run.base_src}); paths `@base` run it"
+            )
         run.setup()
         base_rss = run.rss()
         run.say(
@@ -1188,6 +1447,17 @@ def main(argv: list[str] | None = None) -> int:
                     f"{value:.2f}",
                     f"<= {limit:g}",
                     value <= limit,
+                )
+            if "ztm" in run.rtt_vs_base:
+                rr = run.rtt_vs_base["ztm"]["p50"]
+                run.add_target(
+                    "13-rtt",
+                    f"1-byte RTT p50 x baseline {base_commit[:7]} (µs; median of {args.rounds} rounds' ratios)",
+                    f"{z['p50'] * 1e6:.0f}",
+                    f"@base {lat[base_of('ztm')]['p50'] * 1e6:.0f}",
+                    rr.text(),
+                    "<= 1.15",
+                    rr.median <= 1.15,
                 )
         if "connect" not in skip:
             con = run.connects()
@@ -1250,6 +1520,16 @@ def main(argv: list[str] | None = None) -> int:
                 ">= 0.6",
                 many["ztm-direct"] >= 0.6 * many["stunnel4"],
             )
+            for title, (cur, base, rr) in run.hub_vs_base.items():
+                run.add_target(
+                    "13-hub-cpu" + ("-16" if "16" in title else ""),
+                    f"hub CPU-s per relayed GiB x baseline {base_commit[:7]}, {title} (median of {args.reps} runs)",
+                    f"{cur:.2f}",
+                    f"@base {base:.2f}",
+                    rr.text(),
+                    "<= 1.05 (must not rise)",
+                    not rr.rose(),
+                )
         if "sink" not in skip:
             got, problems = run.delivered(bulk)
             run.add_target(
@@ -1349,7 +1629,15 @@ def main(argv: list[str] | None = None) -> int:
     print("\n## Targets\n")
     print(
         table(
-            ["#", "measure", "ztm", "stunnel4 1 hop", "ratio", "target", "result"],
+            [
+                "#",
+                "measure",
+                "ztm",
+                "stunnel4 1 hop" + (" / @base" if base_commit else ""),
+                "ratio",
+                "target",
+                "result",
+            ],
             [
                 [
                     t.number,
@@ -1364,6 +1652,13 @@ def main(argv: list[str] | None = None) -> int:
             ],
         )
     )
+    if run.versus:
+        print(
+            f"\n## Current / baseline {base_commit[:12]} (same run, interleaved A, B then B, A)\n\n"
+            "ratio: the median over the rounds (runs) of each round's current/baseline ratio, then min-max of those"
+            " ratios and their count\n"
+        )
+        print(table(["measure", "path", "current", f"@base {base_commit[:7]}", "x baseline"], run.versus))
     print(f"\nrun took {elapsed:.0f}s; load average at start {' '.join(load_start)}, at end {' '.join(load_end)}")
     return 0
 
