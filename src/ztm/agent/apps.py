@@ -172,7 +172,8 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
 
     async def answered() -> None:
         try:
-            status, _ = await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                status, _ = await stream.response()
         except TimeoutError:
             stream.reset()
             raise Unavailable(f"the hub did not answer within {OPEN_TIMEOUT:g}s") from None
@@ -190,7 +191,8 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
 async def accept_relayed(conn: h2.Connection, stream_id: str) -> h2.Stream:
     """Take the stream of a `stream` event at the hub (the outer stream, before the end-to-end opening)."""
     stream = await conn.open_stream("CONNECT", "hub", [("ztm-accept", stream_id)])
-    status, _ = await asyncio.wait_for(stream.response(), OPEN_TIMEOUT)
+    async with asyncio.timeout(OPEN_TIMEOUT):
+        status, _ = await stream.response()
     if status != 200:
         raise await _error_of(stream, status)
     return stream

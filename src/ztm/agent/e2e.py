@@ -181,7 +181,8 @@ class MeshE2E:
         The first flight goes out before the hub's answer; `answered()` waits for that answer (raising the hub's
         refusal). Raises ZtmError if the peer refused, E2EError if the end-to-end checks failed (counted, logged)."""
         try:
-            return await asyncio.wait_for(self._open(outer, peer_ep, app, service, answered), HANDSHAKE_TIMEOUT)
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):  # no task per opening, unlike wait_for
+                return await self._open(outer, peer_ep, app, service, answered)
         except TimeoutError:
             outer.reset()
             self.failed("timeout", f"no answer within {HANDSHAKE_TIMEOUT:g}s", f"stream to {peer_ep}")
@@ -259,7 +260,7 @@ class MeshE2E:
         stream = self._make_stream(outer, session, channel)
         stream.start(received)
         try:
-            inner, payload = await stream.control(HANDSHAKE_TIMEOUT)
+            inner, payload = await stream.control()
         except E2EStreamError as exc:
             raise E2EError(exc.reason, str(exc)) from None
         except h2.H2Error as exc:
@@ -281,7 +282,8 @@ class MeshE2E:
         E2EError (counted and logged by the caller's `failed`) if any check fails; an ERROR frame tells the peer
         why when no keys exist yet."""
         try:
-            return await asyncio.wait_for(self._respond(outer), HANDSHAKE_TIMEOUT)
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                return await self._respond(outer)
         except TimeoutError:
             outer.reset()
             raise E2EError("timeout", f"the caller did not open within {HANDSHAKE_TIMEOUT:g}s") from None
@@ -327,7 +329,7 @@ class MeshE2E:
         stream = self._make_stream(outer, session, session.channel(stream_no))
         stream.start(reader.take_rest())
         try:
-            inner, payload = await stream.control(HANDSHAKE_TIMEOUT)
+            inner, payload = await stream.control()
         except E2EStreamError as exc:
             raise E2EError(exc.reason, str(exc)) from None
         except h2.H2Error as exc:

@@ -146,12 +146,9 @@ class E2EStream:
 
     # ---- control records (opening) -------------------------------------------------------------------------------
 
-    async def control(self, timeout: float) -> tuple[int, bytes]:
-        """The first control record (OPEN on the responder, OK/REFUSE on the initiator)."""
-        try:
-            return await asyncio.wait_for(asyncio.shield(self._control), timeout)
-        except TimeoutError:
-            raise E2EError("timeout", f"the peer did not answer within {timeout:g}s") from None
+    async def control(self) -> tuple[int, bytes]:
+        """The first control record (OPEN on the responder, OK/REFUSE on the initiator); the caller bounds the wait."""
+        return await self._control
 
     def send_control(self, inner: int, payload: bytes = b"") -> None:
         """Seal and queue a control record (OPEN/OK/REFUSE) before any data."""
