@@ -360,6 +360,7 @@ class LyingSource(threading.Thread):
         self.agent, self.hub, self.path, self.file_hash = agent, hub, path, file_hash
         self.ready = threading.Event()
         self.lies = 0
+        self.layer: Any = None  # c's end-to-end layer (ztm.agent.e2e.MeshE2E), made on the thread's loop
         self.error: BaseException | None = None
         self.loop = asyncio.new_event_loop()
         self._quit: asyncio.Future[None] | None = None
@@ -382,16 +383,20 @@ class LyingSource(threading.Thread):
         self.join(20)
 
     async def _main(self) -> None:
+        from e2eclient import layer_of
         from ztm import h2
         from ztm.agent.link import EventReader, request
         from ztm.agent.tls import MeshFiles
+        from ztm.version import E2E_VERSION
 
         host, port = self.hub.address.rsplit(":", 1)
-        conn = await h2.connect(host, int(port), MeshFiles(self.agent.data / "meshes" / MESH).ep_context(), timeout=10)
+        files = MeshFiles(self.agent.data / "meshes" / MESH)
+        self.layer = layer_of(files)
+        conn = await h2.connect(host, int(port), files.ep_context(), timeout=10)
         self._quit = self.loop.create_future()
         tasks: set[asyncio.Task[None]] = set()
         try:
-            events = await conn.open_stream("GET", "/api/events")
+            events = await conn.open_stream("GET", "/api/events", [("ztm-e2e", E2E_VERSION)])
             status, _ = await asyncio.wait_for(events.response(), 10)
             assert status == 200, status
             reader = EventReader(events)
@@ -420,9 +425,13 @@ class LyingSource(threading.Thread):
         from ztm import h2
         from ztm.apps.files.channel import StreamReader
 
-        stream = await conn.open_stream("CONNECT", "hub", [("ztm-accept", stream_id)])
+        outer = await conn.open_stream("CONNECT", "hub", [("ztm-accept", stream_id)])
+        stream: Any = outer
         try:
-            await asyncio.wait_for(stream.response(), 10)
+            await asyncio.wait_for(outer.response(), 10)
+            # the attacker holds c's key: it completes the end-to-end opening like c's agent would
+            stream, _app, _service = await self.layer.respond(outer)
+            stream.accept()
             reader = StreamReader(stream)
             while (line := await reader.line()) is not None:
                 index = json.loads(line)["index"]

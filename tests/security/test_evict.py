@@ -30,6 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from e2eclient import layer_of, open_e2e
 from integration.test_users import listed_offline, mesh_with_bob, save_certs
 from reliability.hubclient import HubClient
 from reliability.traffic import EchoServer
@@ -69,14 +70,16 @@ def answered(client: HubClient, method: str, path: str, body: Any = None) -> str
 
 
 def relayed(client: HubClient, target: str, service: str) -> str | None:
-    """An app stream to `target` through the hub carries bytes both ways: a description; else None."""
+    """An app stream to `target` (a name) through the hub, end-to-end sealed as every app stream must be, carries
+    bytes both ways: a description; else None."""
 
     async def attempt() -> str | None:
-        stream = await client.conn.open_stream("CONNECT", target, [("ztm-app", "tunnel"), ("ztm-service", service)])
+        status, _headers, raw = await client.conn.request("GET", "/api/endpoints", timeout=10)
+        found = [e["id"] for e in json.loads(raw) if e.get("name") == target] if status == 200 else []
+        if not found:
+            return None
+        stream = await open_e2e(client.conn, layer_of(client.files), found[0], "tunnel", service)
         try:
-            status, _ = await asyncio.wait_for(stream.response(), 10)
-            if status != 200:
-                return None
             await stream.write(b"evicted-but-still-here")
             data = await asyncio.wait_for(stream.read(), 5)
             return f"a relayed stream to {target} echoed {data!r}" if data else None

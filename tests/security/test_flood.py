@@ -311,9 +311,9 @@ def test_a_flood_of_label_changes_does_not_knock_a_slow_endpoint_off(world: Worl
     w.hub.proc.assert_alive()
 
 
-def test_the_hub_takes_4096_streams_at_once_per_connection(world: World) -> None:
-    """Requests whose bodies never end stay open at the hub; past 4,096 on one connection they are refused by the
-    HTTP/2 layer instead of each holding a handler (the hub used to allow 100,000)."""
+def test_the_hub_takes_a_bounded_number_of_streams_at_once_per_connection(world: World) -> None:
+    """Requests whose bodies never end stay open at the hub; past MAX_CONCURRENT_STREAMS (16,384) on one connection
+    they are refused by the HTTP/2 layer instead of each holding a handler (the hub used to allow 100,000)."""
     w = world
     post = [(":method", "POST"), (":scheme", "https"), (":path", "/api/heartbeat"), (":authority", "hub"),
             ("content-type", "application/json")]  # fmt: skip

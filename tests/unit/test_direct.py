@@ -24,6 +24,7 @@ from ztm.addr import Address
 from ztm.agent.apps import Caller
 from ztm.agent.direct import POOL_MAX, DirectChannel, DirectServer, DirectUnreachable, MeshDirect
 from ztm.agent.direct_pipe import splice_direct
+from ztm.agent.e2e import MeshE2E
 from ztm.errors import Forbidden
 
 NOW = dt.datetime.now(dt.UTC)
@@ -103,6 +104,7 @@ def endpoint(tmp: Path, name: str, ca: Ca, *, trust: Ca | None = None, sign: Ca 
         link=Link(trust or ca),
         serial=cert.serial_number,
     )
+    session.e2e = MeshE2E("m", ca.mesh_id, (trust or ca).cert, key, lambda: pem)
     session.direct = MeshDirect(cast(Any, session))
     return session
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from ztm.errors import Unavailable
 
-MAX_CONCURRENT_STREAMS = 4096
+MAX_CONCURRENT_STREAMS = 16384
 """HTTP/2 streams one connection may have open towards the hub at once (SETTINGS_MAX_CONCURRENT_STREAMS): the
-event stream, requests and one stream per relayed app connection (a tunnelled TCP connection, a UDP flow)."""
+event stream, requests and one stream per relayed app connection (a tunnelled TCP connection, a UDP flow). Above
+the 10,000 idle tunnelled connections one entrance is meant to hold (bench/tunnel.py; about 11 KB each at the hub)."""
 
 MAX_PENDING_STREAMS_PER_CALLER = 256
 """App streams one endpoint may have waiting for their targets to accept (at most 5 s each)."""
