@@ -25,10 +25,14 @@ from typing import Any
 
 import pytest
 
+from e2eclient import layer_of, open_e2e
 from reliability.hubclient import HubClient
 from reliability.traffic import EchoServer, Record, Traffic, echoes, time_until
 from support import Agent, Hub, free_port, invite, split_hostport, start_agent, start_hub
 from ztm import h2, pki
+from ztm.agent.tls import MeshFiles
+from ztm.e2e import E2EError
+from ztm.errors import ZtmError
 from ztm.h2 import frames as f
 
 pytestmark = pytest.mark.slow
@@ -189,19 +193,22 @@ def test_floods_of_requests_and_streams_leave_neighbours_working(world: World, f
                     except h2.H2Error:
                         return -1
 
+                layer = layer_of(MeshFiles(w.mallory_dir))
+
                 async def stream(i: int) -> int:
+                    """Mallory completes the end-to-end opening (her certificate is valid); the exit refuses."""
                     try:
-                        s = await client.conn.open_stream(
-                            "CONNECT", "exit", [("ztm-app", "tunnel"), ("ztm-service", "tcp/echo")]
-                        )
-                        status, _ = await asyncio.wait_for(s.response(), 60)
+                        s = await asyncio.wait_for(open_e2e(client.conn, layer, w.exit_id, "tunnel", "tcp/echo"), 60)
                         s.reset()
-                        return status
-                    except (h2.H2Error, TimeoutError):
+                        return 200
+                    except ZtmError as exc:
+                        return exc.status
+                    except (h2.H2Error, TimeoutError, E2EError) as exc:
+                        outcome.setdefault("errors", set()).add(f"{type(exc).__name__}: {exc}"[:200])
                         return -1
 
                 start = time.monotonic()
-                # 4,000 streams at once: within the hub's 4,096 concurrent streams per connection (ztm.hub.limits).
+                # 4,000 streams at once: within the hub's 16,384 concurrent streams per connection (ztm.hub.limits).
                 statuses = await asyncio.gather(*(req(i) for i in range(2000)), *(stream(i) for i in range(2000)))
                 outcome["seconds"] = time.monotonic() - start
                 outcome["requests"] = sorted(set(statuses[:2000]))
@@ -213,8 +220,9 @@ def test_floods_of_requests_and_streams_leave_neighbours_working(world: World, f
         pinger.join(30)
         traffic.stop()
     # Mallory's requests were answered (the list is not secret among members); the streams to an exit that does
-    # not let mallory in were all refused, none relayed: 403 by the exit, or 503 by the hub past the streams one
-    # endpoint may have waiting for their targets (ztm.hub.limits, tests/security/test_flood.py).
+    # not let mallory in were all refused, none relayed: 403 by the exit (a sealed refusal after the end-to-end
+    # opening), or 503 by the hub past the streams one endpoint may have waiting for their targets
+    # (ztm.hub.limits, tests/security/test_flood.py).
     assert outcome["requests"] == [200], outcome
     assert set(outcome["streams"]) <= {403, 503} and 403 in outcome["streams"], outcome
     assert not traffic.corrupt and traffic.failed == 0 and traffic.cut == 0, f"friend's tunnel suffered: {traffic}"
@@ -237,6 +245,21 @@ def _ping_ms_safe(w: World) -> float:
 # ------------------------------------------------------------------------------ streams it may not open, identities
 
 
+def _open_e2e(client: HubClient, files: Path, target_id: str, service: str) -> tuple[int, str]:
+    """An end-to-end stream to the tunnel app on `target_id`, as the endpoint of `files`: (status, message) of
+    the refusal, or (200, "") if it was accepted."""
+
+    async def go() -> tuple[int, str]:
+        try:
+            stream = await open_e2e(client.conn, layer_of(MeshFiles(files)), target_id, "tunnel", service)
+        except ZtmError as exc:
+            return exc.status, exc.message
+        stream.reset()
+        return 200, ""
+
+    return client.run(go())
+
+
 def _connect(client: HubClient, target: str, headers: list[tuple[str, str]]) -> tuple[int, Any]:
     async def go() -> tuple[int, Any]:
         s = await client.conn.open_stream("CONNECT", target, headers)
@@ -252,12 +275,15 @@ def test_streams_it_may_not_open_are_refused(world: World) -> None:
     w = world
     tunnel = [("ztm-app", "tunnel"), ("ztm-service", "tcp/echo")]
     with HubClient(w.hub.address, w.mallory_dir) as client:
+        status, message = _open_e2e(client, w.mallory_dir, w.exit_id, "tcp/echo")
+        assert status == 403 and "mallory" in message, (status, message)
+        # A stream without the end-to-end layer is not relayed at all (there is no plaintext mode).
         status, body = _connect(client, "exit", tunnel)
-        assert status == 403 and "mallory" in body["error"], (status, body)
+        assert status == 409 and "end-to-end" in body["error"], (status, body)
         # Headers claiming another caller change nothing: identity comes from the certificate only.
         spoof = [*tunnel, ("ztm-from", w.exit_id), ("ztm-user", "root"), ("ztm-ep", "friend"), ("from", "friend")]
         status, body = _connect(client, "exit", spoof)
-        assert status == 403 and "mallory" in body["error"], (status, body)
+        assert status == 409, (status, body)
         assert _connect(client, "nobody", tunnel)[0] == 404
         assert _connect(client, w.mallory_id, tunnel)[0] == 400  # to itself
         assert _connect(client, "exit", [("ztm-app", "BAD APP"), ("ztm-service", "x")])[0] == 400

@@ -203,8 +203,7 @@ class MeshE2E:
         if session is not None and self._usable(session):
             stream_no = session.next_stream()
             channel = session.channel(stream_no)
-            await outer.write(resume_frame(session.id, stream_no) + channel.seal(OPEN, opening))
-            await answered()
+            await _first_flight(outer, resume_frame(session.id, stream_no) + channel.seal(OPEN, opening), answered)
             ftype, frame = await _read_frame(outer, reader)
             if ftype == RECORD:
                 self.counters["resumed"] += 1
@@ -233,8 +232,7 @@ class MeshE2E:
         try:
             await self._await_crl()
             initiator = Initiator(self.credentials(), peer_ep)
-            await outer.write(initiator.hello())
-            await answered()
+            await _first_flight(outer, initiator.hello(), answered)
             ftype, frame = await _read_frame(outer, reader)
             if ftype != HELLO_R:
                 raise _unexpected(ftype, frame, "HELLO_R")
@@ -373,6 +371,17 @@ class _suppress_h2:
 
 async def _nothing() -> None:
     return None
+
+
+async def _first_flight(outer: h2.Stream, data: bytes, answered: Callable[[], Awaitable[None]]) -> None:
+    """Send the opening's first flight (before the hub answered), then wait for the hub's answer. A hub that
+    refused at once may have reset the stream under the write: its refusal is what the caller gets."""
+    try:
+        await outer.write(data)
+    except h2.H2Error as exc:
+        await answered()  # raises the hub's refusal if it sent one
+        raise E2EError("truncated", f"the stream failed before the peer answered: {exc}") from None
+    await answered()
 
 
 async def _read_frame(outer: h2.Stream, reader: FrameReader) -> tuple[int, bytes]:
