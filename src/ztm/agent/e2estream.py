@@ -35,6 +35,8 @@ log = logging.getLogger("ztm.agent.e2e")
 
 READ_BUFFER = 256 * 1024
 """Opened bytes held for a reader before the outer stream's credit is withheld."""
+WRITE_BATCH = 256 * 1024
+"""Plaintext bytes sealed per outer write by `write()`."""
 
 
 class E2EStreamError(h2.H2Error):
@@ -352,7 +354,7 @@ class E2EStream:
             room = outer.send_capacity() - 2 * OVERHEAD  # a key update record may come first
             if room <= 0:
                 break
-            n = min(total - offset, room, MAX_PAYLOAD)
+            n = min(total - offset, room, self._record_size())
             frame = self._channel.seal(DATA, data[offset : offset + n])
             sent = outer.write_nowait(frame)
             offset += n
@@ -361,6 +363,11 @@ class E2EStream:
                 break
         self.bytes_sent += offset
         return offset
+
+    def _record_size(self) -> int:
+        """Payload per DATA record: one record fills one outer DATA frame exactly, so the hub forwards as many frames
+        as it did for plaintext (a 64 KiB record would be cut into four full frames and a 21-byte one)."""
+        return max(1024, min(MAX_PAYLOAD, self._outer.max_frame_size - OVERHEAD))
 
     def _spill(self, rest: bytes) -> None:
         self._spilling = True
@@ -373,24 +380,32 @@ class E2EStream:
             self._outer.reset()
 
     async def write(self, data: bytes | memoryview, *, end_stream: bool = False) -> None:
-        """Seal and send `data` (waiting for the outer windows); with `end_stream`, the end record follows."""
+        """Seal and send `data` (waiting for the outer windows); with `end_stream`, the end record follows.
+
+        Records go out in batches of up to `WRITE_BATCH` bytes, one outer write each."""
         self._check_send()
         view = data if isinstance(data, memoryview) else memoryview(data)
         total = len(view)
         offset = 0
-        while offset < total:
-            n = min(total - offset, MAX_PAYLOAD)
-            frame = self._channel.seal(DATA, view[offset : offset + n])
-            offset += n
-            self.bytes_sent += n
-            if end_stream and offset == total:
+        step = self._record_size()
+        seal = self._channel.seal
+        while offset < total or end_stream:
+            frames = []
+            batch_end = min(total, offset + WRITE_BATCH)
+            while offset < batch_end:
+                n = min(batch_end - offset, step)
+                frames.append(seal(DATA, view[offset : offset + n]))
+                offset += n
+                self.bytes_sent += n
+            last = end_stream and offset == total
+            if last:
+                if self._local_ended:
+                    raise h2.H2Error("stream already ended (end() was called)")
                 self._local_ended = True
-                frame += self._channel.seal(END)
-                await self._outer.write(frame, end_stream=True)
+                frames.append(seal(END))
+            await self._outer.write(frames[0] if len(frames) == 1 else b"".join(frames), end_stream=last)
+            if last:
                 return
-            await self._outer.write(frame)
-        if end_stream:
-            await self.end()
 
     async def end(self) -> None:
         """Send the end record and END_STREAM (half-close). Idempotent."""

@@ -371,6 +371,11 @@ class Stream:
                 conn._flush_soon()
         return offset
 
+    @property
+    def max_frame_size(self) -> int:
+        """The largest DATA frame the peer takes (its SETTINGS_MAX_FRAME_SIZE): a write is cut into frames of this."""
+        return int(self._conn._codec.max_outbound_frame_size)
+
     def send_capacity(self) -> int:
         """How many bytes `write_nowait` would take now (0 while a write is in progress, the transport is paused, or
         the stream cannot send)."""
