@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -470,6 +471,13 @@ def test_tcp_is_byte_exact_both_ways_with_half_close(world: World) -> None:
     assert stats["office"]["bytes_sent"] >= 7 << 20 and stats["office"]["bytes_received"] >= 5 << 20
     status, metrics = home.api("GET", "/api/metrics")
     assert status == 200 and f'ztm_agent_app_streams{{mesh="{MESH}",app="tunnel",name="tcp/echo"}} 3' in metrics
+    # Every relayed stream is sealed end to end, and it shows: the describe fields, stats, both ends' metrics.
+    assert inbound["e2e"] == inbound["streams"] and "end to end" in inbound["encryption"], inbound
+    assert stats["office"]["encryption"].startswith("e2e X25519"), stats["office"]
+    status, exit_metrics = office.api("GET", "/api/metrics")
+    # the exit began each opening from the first flight the hub put in the stream event (no extra round trip)
+    first = re.search(rf'ztm_agent_e2e_first_in_event_total{{mesh="{MESH}"}} (\d+)', exit_metrics)
+    assert status == 200 and first is not None and int(first.group(1)) >= 1, exit_metrics
     apps = home.cli_json("get", "app")
     assert ("tunnel", True, MESH) in [(a["name"], a["running"], a["mesh"]) for a in apps]  # among other built-ins
     assert "tunnel" in ok_line(home.cli("get", "app"))

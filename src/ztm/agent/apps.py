@@ -188,9 +188,12 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
         raise Unavailable(f"end-to-end encryption with {ep_id} failed ({exc.reason}): {exc.message}") from None
 
 
-async def accept_relayed(conn: h2.Connection, stream_id: str) -> h2.Stream:
-    """Take the stream of a `stream` event at the hub (the outer stream, before the end-to-end opening)."""
+async def accept_relayed(conn: h2.Connection, stream_id: str, *, wait: bool = True) -> h2.Stream:
+    """Take the stream of a `stream` event at the hub (the outer stream, before the end-to-end opening); with
+    `wait`, once the hub said yes (else a refusal shows as the stream failing)."""
     stream = await conn.open_stream("CONNECT", "hub", [("ztm-accept", stream_id)])
+    if not wait:
+        return stream
     async with asyncio.timeout(OPEN_TIMEOUT):
         status, _ = await stream.response()
     if status != 200:

@@ -274,14 +274,14 @@ class MeshE2E:
 
     # ---- responder ---------------------------------------------------------------------------------------------------
 
-    async def respond(self, outer: h2.Stream) -> tuple[E2EStream, str, str]:
+    async def respond(self, outer: h2.Stream, first: bytes = b"") -> tuple[E2EStream, str, str]:
         """Run the responder side on an accepted stream: (stream, app, service) once the initiator's OPEN arrived.
 
         E2EError (counted and logged by the caller's `failed`) if any check fails; an ERROR frame tells the peer
         why when no keys exist yet."""
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                return await self._respond(outer)
+                return await self._respond(outer, first)
         except TimeoutError:
             outer.reset()
             raise E2EError("timeout", f"the caller did not open within {HANDSHAKE_TIMEOUT:g}s") from None
@@ -294,8 +294,11 @@ class MeshE2E:
                 outer.reset()
             raise
 
-    async def _respond(self, outer: h2.Stream) -> tuple[E2EStream, str, str]:
+    async def _respond(self, outer: h2.Stream, first: bytes) -> tuple[E2EStream, str, str]:
         reader = FrameReader()
+        if first:
+            reader.feed(first)  # what the hub passed in the `stream` event; the rest follows on the stream
+            self.counters["first_in_event"] += 1
         ftype, frame = await _read_frame(outer, reader)
         session: Session | None = None
         stream_no = 0

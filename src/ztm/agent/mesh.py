@@ -9,6 +9,7 @@ which the hub took from the caller's verified certificate.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import logging
@@ -230,13 +231,15 @@ class MeshSession:
             if app_name != peercall.CALLS_APP and (app is None or not app.running):
                 await refuse_stream(conn, stream_id, f"app {app_name!r} is not running there")
                 return
-            outer = await accept_relayed(conn, stream_id)
+            first = _first_flight(event.get("first"))
+            # With the first flight in the event, the opening goes on while the accept travels to the hub.
+            outer = await accept_relayed(conn, stream_id, wait=not first)
         except (ZtmError, h2.H2Error, TimeoutError) as exc:
             log.info("mesh %s: stream %s for %s/%s failed: %s", self.name, stream_id, app_name, service, exc)
             return
         claimed = event.get("from")
         try:
-            stream, app_name, service = await self.e2e.respond(outer)
+            stream, app_name, service = await self.e2e.respond(outer, first)
         except E2EError as exc:
             who = claimed.get("name") if isinstance(claimed, dict) else None
             self.e2e.failed(exc.reason, exc.message, f"refused a stream from {who or 'an unknown caller'}")
@@ -336,3 +339,13 @@ class MeshSession:
                 "bytes_received": received,
             }
         ]
+
+
+def _first_flight(value: object) -> bytes:
+    """The opening's first bytes the hub passed in a `stream` event (base64, at most 512 bytes); b"" if none."""
+    if not isinstance(value, str) or len(value) > 1024:
+        return b""
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        return b""

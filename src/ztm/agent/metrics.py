@@ -36,6 +36,8 @@ def render_metrics(agent: Agent) -> str:
         "# TYPE ztm_agent_e2e_caller_mismatch_total counter",
         "# HELP ztm_agent_e2e_resumed_total streams opened on an existing end-to-end session (no handshake)",
         "# TYPE ztm_agent_e2e_resumed_total counter",
+        "# HELP ztm_agent_e2e_first_in_event_total streams whose opening began from the hub's stream event",
+        "# TYPE ztm_agent_e2e_first_in_event_total counter",
     ]
     for mesh, session in sorted(agent.meshes.items()):
         m = _label(mesh)
@@ -62,6 +64,7 @@ def render_metrics(agent: Agent) -> str:
                 e2e.append(f'ztm_agent_e2e_failures_total{{mesh="{m}",reason="{_label(key[9:])}"}} {value}')
         e2e.append(f'ztm_agent_e2e_caller_mismatch_total{{mesh="{m}"}} {counts["caller_mismatch"]}')
         e2e.append(f'ztm_agent_e2e_resumed_total{{mesh="{m}"}} {counts["resumed"]}')
+        e2e.append(f'ztm_agent_e2e_first_in_event_total{{mesh="{m}"}} {counts["first_in_event"]}')
         for metric, value in sorted(session.direct.counters.items()):
             apps.append(f'ztm_agent_direct_{metric}_total{{mesh="{m}"}} {value}')
         for app in session.apps.values():

@@ -209,6 +209,31 @@ class Stream:
         self._conn._consumed(self.id, n)
         return chunk
 
+    def take_buffered(self, limit: int) -> bytes:
+        """Up to `limit` bytes of the peer's body that already arrived (read and credited, as by `read()`), without
+        waiting; b"" if none arrived yet (or the stream has a sink or a reader)."""
+        if self._sink is not None or self._read_waiter is not None:
+            return b""
+        parts: list[bytes] = []
+        n = 0
+        chunks = self._chunks
+        while chunks and n < limit:
+            chunk = chunks[0]
+            start = self._offset
+            take = min(len(chunk) - start, limit - n)
+            parts.append(chunk[start : start + take])
+            if start + take == len(chunk):
+                chunks.popleft()
+                self._offset = 0
+            else:
+                self._offset = start + take
+            n += take
+        if n:
+            self._buffered -= n
+            self.bytes_received += n
+            self._conn._consumed(self.id, n)
+        return b"".join(parts)
+
     def set_sink(self, sink: StreamSink) -> None:
         """Deliver the peer's body to `sink` as it arrives, without a reading task (see `StreamSink`).
 

@@ -12,12 +12,14 @@ on either side resets the other.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import re
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from ztm import h2, validate
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
@@ -30,6 +32,9 @@ from ztm.version import E2E_SINCE
 log = logging.getLogger("ztm.hub")
 
 ACCEPT_TIMEOUT = 5.0
+FIRST_BYTES = 512
+"""Bytes of a stream's first flight (an end-to-end RESUME and OPEN, or a HELLO: about 100) the hub hands the target
+in the `stream` event, so the target decides without waiting for its accept to come back (PROTOCOL.md section 7)."""
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}")
 _APP = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
@@ -146,13 +151,17 @@ class Relay:
         the target's event queue has no room for peers' events, 504 when the target did not answer in time)."""
         stream_id = uuid.uuid4().hex
         pending = Pending(target.id, asyncio.get_running_loop().create_future())
-        event = {
+        event: dict[str, Any] = {
             "type": "stream",
             "id": stream_id,
             "from": {"ep": caller.id, "name": caller.name, "user": caller.user},
             "app": app,
             "service": service,
         }
+        first = stream.take_buffered(FIRST_BYTES)
+        if first:  # the opening's first flight, usually here already: the target starts on it before accepting
+            event["first"] = base64.b64encode(first).decode()
+            self.state.counters["streams_first_flight"] += 1
         if not session.offer(event):
             self.state.counters["streams_refused"] += 1
             await _answer_error(
