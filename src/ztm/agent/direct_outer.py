@@ -195,6 +195,11 @@ class DirectOuter:
     def data_received(self, data: bytes) -> None:
         """Bytes from the connection: delivered up to the peer's END record; what follows is the next stream's."""
         end = len(data)
+        if not self._need and not self._head and end > 4:  # the common case: one whole record, not END-sized
+            word = int.from_bytes(data[:4], "big")
+            if word & 0xFFFFFF == end - 4 and word != _END_WORD:
+                self._deliver(data)
+                return
         pos = start = 0
         while pos < end:
             if self._need:
@@ -303,9 +308,10 @@ class DirectOuter:
     # ---- send path -----------------------------------------------------------------------------------------------
 
     def send_capacity(self) -> int:
+        """`WINDOW` until the transport's buffer passes its high-water mark (`pause_writing`), then 0."""
         if self._error is not None or self.conn.write_paused:
             return 0
-        return max(0, WINDOW - self.transport.get_write_buffer_size())
+        return WINDOW
 
     def write_nowait(self, data: bytes | memoryview) -> int:
         if self._error is not None:
