@@ -3,15 +3,19 @@
 A hostile member holds its own endpoint certificate and key (the files in its agent's data directory) and may send
 anything through the hub; since every app stream is sealed end to end (PROTOCOL.md section 11), it must first
 complete the handshake with the target like a real agent does. `open_e2e` does that with the agent's own code
-(`ztm.agent.e2e.MeshE2E`) on a raw hub connection, so a test can then send whatever bytes it likes inside.
+(`ztm.agent.e2e.MeshE2E`) on a raw hub connection, so a test can then send whatever bytes it likes inside;
+`open_direct` does the same over a direct channel (mutual TLS straight to the target's `--direct` address).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
+from pathlib import Path
 
 from ztm import h2, pki
+from ztm.agent.direct_outer import DirectConn, DirectOuter
 from ztm.agent.e2e import MeshE2E
 from ztm.agent.e2estream import E2EStream
 from ztm.agent.tls import MeshFiles
@@ -40,3 +44,37 @@ async def open_e2e(conn: h2.Connection, layer: MeshE2E, target_id: str, app: str
             raise from_json(status, json.loads(await outer.read_all() or b"null"))
 
     return await layer.open(outer, target_id, app, service, answered)
+
+
+def direct_context(folder: Path) -> ssl.SSLContext:
+    """A TLS client context with the endpoint certificate in `folder` (a hostile client: it trusts any server)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.load_cert_chain(folder / "ep.crt", folder / "ep.key")
+    return context
+
+
+async def dial_direct(folder: Path, address: str) -> DirectConn:
+    """A TLS connection to the direct listener at `address`, as the endpoint whose files are in `folder`."""
+    mesh_id = pki.cert_mesh_id(pki.cert_from_pem((folder / "ca.pem").read_text()))
+    host, port = address.rsplit(":", 1)
+    _transport, conn = await asyncio.wait_for(
+        asyncio.get_running_loop().create_connection(
+            lambda: DirectConn(server=False),
+            host,
+            int(port),
+            ssl=direct_context(folder),
+            server_hostname=f"{mesh_id}.ztm",
+        ),
+        10,
+    )
+    return conn
+
+
+async def open_direct(conn: DirectConn, layer: MeshE2E, target_id: str, app: str, service: str) -> E2EStream:
+    """An end-to-end stream to `app`/`service` on endpoint `target_id` over the direct channel `conn`."""
+
+    async def answered() -> None:
+        return None
+
+    return await layer.open(DirectOuter(conn), target_id, app, service, answered)

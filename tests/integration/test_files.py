@@ -22,9 +22,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
-import ssl
-import struct
 import subprocess
 import threading
 import urllib.request
@@ -631,62 +628,35 @@ def test_chunks_from_a_direct_source_come_over_direct_channels(
     assert agent_metric(d, 'ztm_agent_direct_failures_total{mesh="m"}') >= 1
 
 
-def raw_direct_requests(requester: Agent, address: str, requests: list[dict[str, Any]]) -> list[Any]:
-    """Act as a hostile agent holding `requester`'s endpoint certificate: open a `fetch` direct channel to the
-    endpoint listening at `address` (one per request, as a refusal ends the channel) and send the request in the
-    direct channel's frames; returns, per request, the header the serving endpoint answered and the bytes."""
-    from cryptography import x509
+def raw_direct_requests(requester: Agent, address: str, target: str, requests: list[dict[str, Any]]) -> list[Any]:
+    """Act as a hostile agent holding `requester`'s endpoint certificate: open a direct channel to endpoint `target`
+    listening at `address` and, on it, a `fetch` stream sealed end to end (as every app stream must be; one per
+    request, as a refusal ends the stream); returns, per request, the header the serving endpoint answered and the
+    bytes."""
+    from e2eclient import dial_direct, layer_of, open_direct
+    from ztm.agent.tls import MeshFiles
+    from ztm.apps.files.channel import StreamReader
 
-    from ztm import pki
+    files = MeshFiles(requester.data / "meshes" / MESH)
+    target_id = next(e["id"] for e in requester.endpoints() if e["name"] == target)
 
-    folder = requester.data / "meshes" / MESH
-    mesh_id = pki.identity_of(x509.load_pem_x509_certificate((folder / "ep.crt").read_bytes())).mesh_id
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE  # the hostile client trusts anyone
-    context.load_cert_chain(folder / "ep.crt", folder / "ep.key")
-    host, port = address.rsplit(":", 1)
+    async def one(request: dict[str, Any]) -> Any:
+        conn = await dial_direct(files.dir, address)
+        try:
+            stream = await open_direct(conn, layer_of(files), target_id, "files", "fetch")
+            await stream.write(json.dumps(request).encode() + b"\n")
+            reader = StreamReader(stream)
+            line = await asyncio.wait_for(reader.line(), 10)
+            header = json.loads(line) if line else {}
+            data = await asyncio.wait_for(reader.exactly(header["size"]), 10) if "size" in header else b""
+            return header, data
+        finally:
+            conn.abort()
 
-    def one(request: dict[str, Any]) -> Any:
-        with (
-            socket.create_connection((host, int(port)), timeout=10) as raw,
-            context.wrap_socket(raw, server_hostname=f"{mesh_id}.ztm") as tls,
-        ):
-            tls.sendall(json.dumps({"app": "files", "service": "fetch"}).encode() + b"\n")
-            received = bytearray()
-            while b"\n" not in received:
-                received += tls.recv(4096) or b"!"  # "!": the channel closed before the answer
-            answer, _, rest = bytes(received).partition(b"\n")
-            assert json.loads(answer) == {"ok": True}, answer
-            line = json.dumps(request).encode() + b"\n"
-            tls.sendall(struct.pack("!I", len(line)) + line)
-            raw_bytes, payload = bytearray(rest), bytearray()
+    async def all_of() -> list[Any]:
+        return [await one(r) for r in requests]
 
-            def more() -> None:
-                data = tls.recv(1 << 16)
-                assert data, "the channel closed in the middle of a frame"
-                raw_bytes.extend(data)
-
-            def take(n: int) -> bytes:
-                while len(raw_bytes) < n:
-                    more()
-                block = bytes(raw_bytes[:n])
-                del raw_bytes[:n]
-                return block
-
-            def fill() -> bool:
-                (size,) = struct.unpack("!I", take(4))
-                payload.extend(take(size))
-                return size > 0
-
-            while b"\n" not in payload and fill():
-                pass
-            header_line, _, payload[:] = bytes(payload).partition(b"\n")
-            header = json.loads(header_line)
-            while len(payload) < header.get("size", 0) and fill():
-                pass
-            return header, bytes(payload)
-
-    return [one(r) for r in requests]
+    return asyncio.run(all_of())
 
 
 def test_acls_hold_on_the_direct_path(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
@@ -713,7 +683,7 @@ def test_acls_hold_on_the_direct_path(make_hub: Make, make_agent: Make, tmp_path
         p: hashlib.sha256(d).hexdigest()
         for p, d in (("/shared/root/no-bob.bin", blocked), ("/users/root/lent.bin", lent))
     }
-    answers = raw_direct_requests(bob, direct, [{"path": p, "hash": h, "index": 0} for p, h in sha.items()])
+    answers = raw_direct_requests(bob, direct, "r", [{"path": p, "hash": h, "index": 0} for p, h in sha.items()])
     (blocked_hdr, blocked_data), (lent_hdr, lent_data) = answers
     assert blocked_hdr["code"] == "forbidden" and "'bob' is blocked" in blocked_hdr["error"], blocked_hdr
     assert blocked_data == b""
@@ -725,7 +695,7 @@ def test_acls_hold_on_the_direct_path(make_hub: Make, make_agent: Make, tmp_path
 
     def refused() -> bool:
         request = {"path": "/users/root/lent.bin", "hash": sha["/users/root/lent.bin"], "index": 1}
-        [(header, _)] = raw_direct_requests(bob, direct, [request])
+        [(header, _)] = raw_direct_requests(bob, direct, "r", [request])
         return header.get("code") == "forbidden"
 
     wait_until(refused, 10, "root's endpoint to refuse bob's direct request after the ACL change")

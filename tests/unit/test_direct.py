@@ -1,7 +1,8 @@
 """Direct channels (`ztm.agent.direct`) in one process over real TLS on 127.0.0.1: who may connect.
 
-The sessions are stand-ins (files, record, permit, apps); the TLS, the SNI switch to the mesh's context, the CRL
-and the identity checks are the product's. A client is taken in only with an endpoint certificate of the mesh's CA
+The sessions are stand-ins (files, record, permit, apps); the TLS, the SNI switch to the mesh's context, the CRL,
+the identity checks, the end-to-end layer on each channel and the dispatch to apps (`MeshSession.serve_stream`) are
+the product's. A client is taken in only with an endpoint certificate of the mesh's CA
 that the current CRL does not revoke; the client takes only the endpoint it meant to reach; a new CRL closes live
 channels of revoked peers.
 """
@@ -12,19 +13,20 @@ import asyncio
 import datetime as dt
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Any, cast
 
 import pytest
 import uvloop
 from cryptography import x509
 
-from ztm import aio, pki
+from ztm import aio, h2, pki
 from ztm.addr import Address
 from ztm.agent.apps import Caller
-from ztm.agent.direct import POOL_MAX, DirectChannel, DirectServer, DirectUnreachable, MeshDirect
-from ztm.agent.direct_pipe import splice_direct
+from ztm.agent.direct import POOL_MAX, DirectServer, DirectUnreachable, MeshDirect
 from ztm.agent.e2e import MeshE2E
+from ztm.agent.mesh import MeshSession
+from ztm.apps.tunnel.pipe import splice_socket
 from ztm.errors import Forbidden
 
 NOW = dt.datetime.now(dt.UTC)
@@ -50,25 +52,16 @@ class App:
     def __init__(self) -> None:
         self.callers: list[Caller] = []
         self.refuse_user: str | None = None
+        self.session: Any = None
 
-    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
+    async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
         self.callers.append(caller)
+        stream = self.session.e2e.pending.pop(stream_id)
         if caller.user == self.refuse_user:
-            raise Forbidden(f"user {caller.user!r} is not allowed to use {service}")
-        channel.accept()
-        closed = asyncio.get_running_loop().create_future()
-        channel.transport.set_protocol(_Sink(closed))
-        channel.transport.resume_reading()
-        await closed  # the channel is live until it closes, as it is while a tunnel splices it
-
-
-class _Sink(asyncio.Protocol):
-    def __init__(self, closed: asyncio.Future[None]) -> None:
-        self.closed = closed
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
+            stream.refuse(Forbidden(f"user {caller.user!r} is not allowed to use {service}"))
+            return
+        stream.accept()
+        await stream.wait_closed()  # the stream is live until it closes, as it is while a tunnel splices it
 
 
 class Link:
@@ -106,6 +99,9 @@ def endpoint(tmp: Path, name: str, ca: Ca, *, trust: Ca | None = None, sign: Ca 
     )
     session.e2e = MeshE2E("m", ca.mesh_id, (trust or ca).cert, key, lambda: pem)
     session.direct = MeshDirect(cast(Any, session))
+    session.e2e = MeshE2E(name, signer.mesh_id, signer.cert, key, lambda: session.record.ep_cert)
+    session.serve_stream = MethodType(MeshSession.serve_stream, session)
+    session.apps["echo"].session = session
     return session
 
 
@@ -139,8 +135,8 @@ def test_who_may_open_a_direct_channel(tmp_path: Path) -> None:
         try:
             channel = await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")
             assert app.callers == [Caller(alice.record.ep_id, "alice-laptop", "alice")]
-            assert channel.peer.ep_id == exit_.record.ep_id
-            channel.abort()
+            assert channel.peer.ep_id == exit_.record.ep_id and channel.path == "direct"
+            channel.reset()
 
             with pytest.raises(DirectUnreachable):  # refused at the handshake: another CA signed it
                 await mallory.direct.open(exit_.record.ep_id, address, "echo", "svc")
@@ -154,19 +150,18 @@ def test_who_may_open_a_direct_channel(tmp_path: Path) -> None:
             app.refuse_user = None
 
             live = await carol.direct.open(exit_.record.ep_id, address, "echo", "svc")
-            lost = asyncio.get_running_loop().create_future()
-            live.proto.connection_lost = lambda exc: lost.done() or lost.set_result(exc)  # type: ignore[method-assign]
-            live.transport.resume_reading()
             mesh.revoked.append(carol.serial)  # carol is evicted: the exit closes her live channel ...
             await exit_.direct.refresh_crl()
-            await asyncio.wait_for(lost, 5)
+            await asyncio.wait_for(live.wait_closed(), 5)
+            with pytest.raises(h2.H2Error):
+                await live.read()
             assert exit_.direct.counters["revoked_closed"] == 1
             carol.direct._failed.clear()
             with pytest.raises(DirectUnreachable):  # ... and refuses her next handshake
                 await carol.direct.open(exit_.record.ep_id, address, "echo", "svc")
             alice.direct._failed.clear()
             again = await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")  # others still get in
-            again.abort()
+            again.reset()
         finally:
             for s in (exit_, alice, mallory, carol):
                 s.direct.close()
@@ -185,21 +180,21 @@ def test_a_crl_the_mesh_ca_did_not_sign_is_rejected(tmp_path: Path) -> None:
 
 
 class SpliceApp:
-    """The exit's side as the tunnel app has it: accept, connect to the target, splice, recycle after a clean end."""
+    """The exit's side as the tunnel app has it: connect to the target, accept, splice (the channel is reused after a
+    clean end)."""
 
     name = "echo"
     running = True
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, session: Any) -> None:
         self.target = target
+        self.session = session
 
-    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
+    async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", self.target)
-        channel.accept()
-        try:
-            await splice_direct(reader, writer, channel.transport, channel.rest, _count, channel.recycle)
-        finally:
-            channel.done()
+        stream = self.session.e2e.pending.pop(stream_id)
+        stream.accept()
+        await splice_socket(reader, writer, stream, _count)
 
 
 def _count(sent: int, received: int) -> None:
@@ -213,7 +208,7 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 def test_recycled_channels_leave_nothing_behind(tmp_path: Path) -> None:
     """Hundreds of tunnelled connections, one by one and in bursts wider than the pool, over reused TLS channels:
-    afterwards both agents' tables (live channels, per-peer counts, pool, channels waiting for a greeting, tasks)
+    afterwards both agents' tables (live streams, per-peer counts, pool, channels waiting for a stream, tasks)
     are back to their size before, up to the pool itself (bench/RESULTS.md, "Direct path": RSS per round)."""
 
     async def main() -> None:
@@ -223,7 +218,7 @@ def test_recycled_channels_leave_nothing_behind(tmp_path: Path) -> None:
             await s.direct.refresh_crl()
         exit_.peers[alice.record.ep_id] = {"name": "alice-laptop", "user": "alice"}
         echo = await asyncio.start_server(_echo, "127.0.0.1", 0)
-        exit_.apps["echo"] = SpliceApp(echo.sockets[0].getsockname()[1])
+        exit_.apps["echo"] = SpliceApp(echo.sockets[0].getsockname()[1], exit_)
         handshakes = 0
         server = DirectServer(lambda: [exit_])
         make_protocol = server._protocol
@@ -239,11 +234,8 @@ def test_recycled_channels_leave_nothing_behind(tmp_path: Path) -> None:
         address = f"127.0.0.1:{server.server.sockets[0].getsockname()[1]}"
 
         async def entrance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            channel = await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")
-            try:
-                await splice_direct(reader, writer, channel.transport, channel.rest, _count, channel.recycle)
-            finally:
-                channel.done()
+            stream = await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")
+            await splice_socket(reader, writer, stream, _count)
 
         inbound = await asyncio.start_server(entrance, "127.0.0.1", 0)
         port = inbound.sockets[0].getsockname()[1]
@@ -266,7 +258,7 @@ def test_recycled_channels_leave_nothing_behind(tmp_path: Path) -> None:
             }
 
         async def settled() -> dict[str, int]:
-            """The tables once the last ends travelled (the exit's recycled channels wait for a greeting)."""
+            """The tables once the last ends travelled (the exit's reused channels wait for the next stream)."""
             for _ in range(200):
                 now = tables()
                 if now["live"] == 0 and now["waiting"] == now["pooled"]:

@@ -43,11 +43,8 @@ def test_a_direct_channel_is_closed_when_the_peers_certificate_expires(tmp_path:
         server, address = await serve(exit_)
         try:
             live = await alice.direct.open(exit_.record.ep_id, address, "echo", "svc")
-            lost = asyncio.get_running_loop().create_future()
-            live.proto.connection_lost = lambda exc: lost.done() or lost.set_result(exc)  # type: ignore[method-assign]
-            live.transport.resume_reading()
             assert len(exit_.direct.live) == 1, "the exit did not take alice's channel in while her cert was valid"
-            await asyncio.wait_for(lost, end - time.time() + 2)
+            await asyncio.wait_for(live.wait_closed(), end - time.time() + 2)
             assert time.time() >= end - 0.5, "the channel closed before alice's certificate expired"
             assert not exit_.direct.live
         finally:

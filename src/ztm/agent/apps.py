@@ -25,7 +25,6 @@ from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError, from_json
 from ztm.version import E2E_VERSION, __version__
 
 if TYPE_CHECKING:
-    from ztm.agent.direct import DirectChannel
     from ztm.agent.mesh import MeshSession
     from ztm.agent.store import AgentStore
 
@@ -242,13 +241,9 @@ class MeshApp:
         """Called after every (re)connection to the hub: re-announce services here."""
 
     async def on_stream(self, stream_id: str, caller: Caller, service: str) -> None:
-        """A peer asked for a stream; accept with `ctx.accept` or refuse with `ctx.refuse`."""
+        """A peer asked for a stream (relayed through the hub or over a direct channel: the same end-to-end stream,
+        `E2EStream.path` says which); accept with `ctx.accept` or refuse with `ctx.refuse`."""
         await self.ctx.refuse(stream_id, f"app {self.name} takes no streams")
-
-    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
-        """A peer opened a direct channel (`ztm.agent.direct`, caller from its verified certificate); accept with
-        `channel.accept()` and splice it, or raise a ZtmError to refuse."""
-        raise NotFound(f"app {self.name} takes no direct channels")
 
     async def call(self, method: str, params: Any, caller: Caller) -> Any:
         """A relayed call from another endpoint (remote configuration)."""

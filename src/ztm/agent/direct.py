@@ -12,14 +12,16 @@ that names another mesh in its SANs is refused and counted (`wrong_mesh`). The
 caller's identity (`Caller`) comes only from its verified certificate (endpoint id, user); its name, used by
 `--entrances`, from the hub's endpoint record. When a CRL revokes a serial, live channels with that peer close.
 
-Per channel (`MeshDirect.open` on the entrance side): the client sends one JSON line `{"app": APP, "service":
-SERVICE}`; the server's app answers one line, `{"ok": true}` or `{"error": ..., "code": ...}`; then the channel
-belongs to the app (`ztm.agent.direct_pipe` frames it). A channel carries one tunnelled connection at a time: after
-both directions ended cleanly it carries the next one (the client puts it back in its pool, the server waits for the
-next greeting). So that a new connection costs no handshake, the client keeps at least `POOL_SIZE` (at most
-`POOL_MAX`) handshaken channels per peer and dials missing ones in the background. A peer that cannot be reached
-(connect, TLS, identity) is skipped for a backoff (`FAIL_MIN` doubling to `FAIL_MAX`), and the caller uses the hub
-relay.
+Per tunnelled connection, a channel carries an end-to-end stream exactly like a relayed one (`ztm.agent.e2e`,
+PROTOCOL.md section 11; `ztm.agent.direct_outer` adapts the TLS connection): RESUME + OPEN on the session the two
+endpoints already share (sessions are per peer pair, whichever path made them) or a handshake, then sealed records;
+the server hands it to the same dispatch as relayed streams (`MeshSession.serve_stream`), so apps see
+`on_stream(id, caller, service)` with the caller from the end-to-end certificate, which must be the endpoint the TLS
+certificate names. A channel carries one stream at a time: after both END records it carries the next one (the
+client puts it back in its pool, the server waits for the next first flight). So that a new connection costs no TLS
+handshake, the client keeps at least `POOL_SIZE` (at most `POOL_MAX`) handshaken channels per peer and dials missing
+ones in the background. A peer that cannot be reached (connect, TLS, identity, end-to-end opening) is skipped for a
+backoff (`FAIL_MIN` doubling to `FAIL_MAX`), and the caller uses the hub relay.
 """
 
 from __future__ import annotations
@@ -27,12 +29,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,21 +41,21 @@ from cryptography import x509
 
 from ztm import pki
 from ztm.addr import Address
-from ztm.agent.apps import Caller
+from ztm.agent.direct_outer import DirectConn, DirectOuter
 from ztm.aio import spawn
-from ztm.errors import CertificateError, ZtmError, from_json
+from ztm.e2e import E2EError
+from ztm.errors import CertificateError, ZtmError
 
 if TYPE_CHECKING:
+    from ztm.agent.e2estream import E2EStream
     from ztm.agent.mesh import MeshSession
 
 log = logging.getLogger("ztm.agent.direct")
 
 CONNECT_TIMEOUT = 1.0
 """Seconds for TCP connect + TLS handshake to a peer's direct address before the relay is used."""
-ANSWER_TIMEOUT = 6.0
-"""Seconds the server's app may take to answer a greeting (it connects to its target first)."""
 GREETING_TIMEOUT = 60.0
-"""Seconds an accepted channel may wait for its greeting (pooled channels wait idle this long at most)."""
+"""Seconds an accepted channel may wait for a stream's first flight (pooled channels wait idle this long at most)."""
 POOL_IDLE = 45.0
 """Seconds a pooled channel is kept before the client closes it (less than the server's GREETING_TIMEOUT)."""
 POOL_SIZE = 2
@@ -65,8 +66,6 @@ about 40 KB on each side, against about 10 KB for a relayed stream, so this boun
 connections cost (bench/RESULTS.md, "Direct path")."""
 FAIL_MIN = 2.0
 FAIL_MAX = 300.0
-MAX_LINE = 4096
-OK_LINE = b'{"ok":true}\n'
 
 
 class MeshServerContext(ssl.SSLContext):
@@ -111,121 +110,8 @@ def peer_of(transport: asyncio.BaseTransport) -> PeerCert:
     )
 
 
-class LineProtocol(asyncio.Protocol):
-    """A channel before it is handed over: reads one line (what follows it is kept in `rest`)."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.line: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self.rest = b""
-        self.lost = False
-        self.made = time.monotonic()
-        self.on_made: Callable[[LineProtocol], None] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        if self.on_made is not None:
-            self.on_made(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.line.done():
-            self.rest += data
-            return
-        self.rest += data
-        end = self.rest.find(b"\n")
-        if end < 0:
-            if len(self.rest) > MAX_LINE:
-                self.abort()
-            return
-        line, self.rest = self.rest[:end], self.rest[end + 1 :]
-        assert self.transport is not None
-        self.transport.pause_reading()  # the next owner resumes
-        self.line.set_result(line)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-        if not self.line.done():
-            self.line.set_exception(ConnectionError("the channel closed"))
-            self.line.exception()  # retrieved: nobody may be waiting (an idle pooled channel)
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    @property
-    def usable(self) -> bool:
-        return self.transport is not None and not self.lost and not self.transport.is_closing()
-
-
-class DirectChannel:
-    """One handshaken, greeted channel: the app accepts/refuses it, then splices `transport` (from `rest` on)."""
-
-    def __init__(self, proto: LineProtocol, peer: PeerCert, owner: MeshDirect, *, server: bool) -> None:
-        assert proto.transport is not None
-        self.transport: asyncio.Transport = proto.transport
-        self.proto = proto
-        self.peer = peer
-        self.server = server
-        self.accepted = False
-        self._owner = owner
-        owner.live.add(self)
-        owner.per_peer[peer.ep_id] += 1
-        self._expiry = asyncio.get_running_loop().call_later(
-            max(0.0, peer.not_after - time.time()), self._expired
-        )  # a certificate's end ends its channels, as the hub closes its connections then
-
-    def _expired(self) -> None:
-        log.info("mesh %s: closing the direct channel of %s: its certificate expired", self._owner.session.name,
-                 self.peer.user)  # fmt: skip
-        self.abort()
-
-    @property
-    def rest(self) -> bytes:
-        return self.proto.rest
-
-    def accept(self) -> None:
-        self.accepted = True
-        self.transport.write(OK_LINE)
-
-    def refuse(self, exc: ZtmError) -> None:
-        self.transport.write(json.dumps(exc.to_json()).encode() + b"\n")
-        self.transport.close()
-        self.done()
-
-    def abort(self) -> None:
-        self.transport.abort()
-        self.done()
-
-    def done(self) -> None:
-        self._expiry.cancel()
-        owner = self._owner
-        if self in owner.live:
-            owner.live.discard(self)
-            owner.per_peer[self.peer.ep_id] -= 1
-
-    def recycle(self, transport: asyncio.Transport, rest: bytes) -> None:
-        """The splice ended cleanly both ways: the TLS connection carries the next channel (`rest` is its start)."""
-        self.done()
-        owner = self._owner
-        if self.peer.serial in owner.revoked or not owner.running or time.time() >= self.peer.not_after:
-            transport.close()
-            return
-        proto = LineProtocol()
-        proto.transport = transport
-        transport.set_protocol(proto)
-        transport.resume_reading()
-        if rest:
-            proto.data_received(rest)
-        if self.server:
-            spawn(owner.serve(proto, self.peer), name="direct-serve")
-        else:
-            owner.put_back(self.peer.ep_id, proto)
-
-
-DirectHandler = Callable[[DirectChannel, Caller, str], Awaitable[None]]
+async def _answered() -> None:
+    """A direct channel has no hub to answer the opening: the peer's records are the answer."""
 
 
 class MeshDirect:
@@ -235,20 +121,21 @@ class MeshDirect:
         self.session = session
         self.announce: Address | None = None
         """Set by the agent when it listens for direct channels: announced to the hub after every hello."""
-        self.live: set[DirectChannel] = set()
+        self.live: dict[DirectOuter, PeerCert] = {}
+        """Streams on channels (both directions), and whose they are."""
         self.per_peer: collections.Counter[str] = collections.Counter()
         """Live channels by peer endpoint id (`MAX_CHANNELS`)."""
         self.revoked: frozenset[int] = frozenset()
         self.crl_number = -1
         self.counters: collections.Counter[str] = collections.Counter()
         self._contexts: tuple[str, ssl.SSLContext, ssl.SSLContext] | None = None
-        self._pool: dict[str, collections.deque[LineProtocol]] = {}
+        self._pool: dict[str, collections.deque[DirectConn]] = {}
         self._refilling: set[str] = set()
         self._failed: dict[str, tuple[float, float]] = {}
         """Peer endpoint id -> (skip until, last delay)."""
         self.running = True
-        self._waiting: dict[LineProtocol, PeerCert] = {}
-        """Accepted channels waiting for their (next) greeting, and whose they are."""
+        self._waiting: dict[DirectConn, PeerCert] = {}
+        """Accepted channels waiting for their (next) stream, and whose they are."""
 
     # ---- CRL and contexts --------------------------------------------------------------------------------------
 
@@ -295,16 +182,12 @@ class MeshDirect:
         tmp.replace(self._crl_file)
         self.revoked = frozenset(r.serial_number for r in crl)
         self.crl_number = number
-        self.session.e2e.revoke(self.revoked)
         self._contexts = None
-        for channel in [c for c in self.live if c.peer.serial in self.revoked]:
-            log.info(
-                "mesh %s: closing the direct channel of %s: its certificate is revoked",
-                self.session.name,
-                channel.peer.user,
-            )
+        for outer, peer in [(o, p) for o, p in self.live.items() if p.serial in self.revoked]:
+            log.info("mesh %s: closing the direct channel of %s: its certificate is revoked", self.session.name,
+                     peer.user)  # fmt: skip
             self.counters["revoked_closed"] += 1
-            channel.abort()
+            outer.reset()
         for proto, peer in list(self._waiting.items()):
             if peer.serial in self.revoked:
                 proto.abort()
@@ -312,6 +195,7 @@ class MeshDirect:
             for proto in pool:
                 proto.abort()
             pool.clear()
+        self.session.e2e.revoke(self.revoked)  # after the direct streams above, which are counted
 
     def _ensure_contexts(self) -> tuple[ssl.SSLContext, ssl.SSLContext] | None:
         """(server, client) contexts, rebuilt after a CRL or certificate change; None before the first CRL."""
@@ -340,54 +224,85 @@ class MeshDirect:
 
     # ---- server side -------------------------------------------------------------------------------------------
 
-    async def serve(self, proto: LineProtocol, peer: PeerCert) -> None:
-        """A greeted channel from a peer of this mesh: hand it to the app it names."""
+    async def serve(self, conn: DirectConn, peer: PeerCert) -> None:
+        """A channel from a peer of this mesh, idle: its next stream's first flight goes to the end-to-end layer,
+        then to the app it opens, exactly as a relayed stream (`MeshSession.serve_stream`)."""
         if peer.ep_id == self.session.record.ep_id or peer.serial in self.revoked:
-            proto.abort()
+            conn.abort()
             return
-        self._waiting[proto] = peer
+        self._waiting[conn] = peer
         try:
-            line = await asyncio.wait_for(asyncio.shield(proto.line), GREETING_TIMEOUT)
-        except (ConnectionError, TimeoutError):  # closed, or idle too long
-            proto.abort()
+            await asyncio.wait_for(conn.first_flight(), GREETING_TIMEOUT)
+        except TimeoutError:  # idle too long
+            conn.abort()
             return
         except BaseException:  # the agent stops
-            proto.abort()
+            conn.abort()
             raise
         finally:
-            self._waiting.pop(proto, None)
+            self._waiting.pop(conn, None)
+        if conn.lost:
+            return
         if peer.serial in self.revoked:  # revoked while the channel waited (apply_crl aborts those, too)
-            proto.abort()
+            conn.abort()
             return
         if self.per_peer[peer.ep_id] >= MAX_CHANNELS:  # an honest peer keeps to the same limit
-            proto.abort()
+            conn.abort()
             return
-        channel = DirectChannel(proto, peer, self, server=True)
-        try:
-            request = json.loads(line)
-            app_name, service = request["app"], request["service"]
-            if not isinstance(app_name, str) or not isinstance(service, str):
-                raise ValueError("app and service must be strings")
-        except (ValueError, KeyError, TypeError):
-            channel.abort()
-            return
+        outer = self._outer(conn, peer)
         self.counters["accepted"] += 1
+        e2e = self.session.e2e
         try:
-            caller = Caller(peer.ep_id, await self._name_of(peer), peer.user)
-            app = self.session.apps.get(app_name)
-            if app is None or not app.running:
-                raise ZtmError(f"app {app_name!r} is not running there")
-            await app.on_direct(channel, caller, service)
-        except ZtmError as exc:
-            if channel.accepted:
-                channel.abort()
-            else:
-                channel.refuse(exc)
+            stream, app_name, service = await e2e.respond(outer)
+        except E2EError as exc:
+            e2e.failed(exc.reason, exc.message, f"refused a direct stream from {peer.ep_id} (user {peer.user})")
+            outer.close()  # after the ERROR frame, if any
+            return
         except BaseException:  # cancelled (the agent stops) or a bug: never leave the peer hanging
-            channel.abort()
+            outer.reset()
             raise
-        finally:
-            channel.done()
+        stream.path = "direct"
+        if (stream.peer.ep_id, stream.peer.user) != (peer.ep_id, peer.user):
+            e2e.failed(
+                "identity",
+                f"the end-to-end certificate is endpoint {stream.peer.ep_id} (user {stream.peer.user}), the TLS one "
+                f"{peer.ep_id} (user {peer.user})",
+                "refused a direct stream",
+            )
+            stream.reset()
+            return
+        try:
+            name = await self._name_of(peer)
+        except ZtmError as exc:
+            stream.refuse(exc)
+            return
+        except BaseException:
+            stream.reset()
+            raise
+        claimed = {"ep": peer.ep_id, "user": peer.user, "name": name}
+        await self.session.serve_stream(f"direct-{outer.id}", stream, e2e.caller(stream.peer, claimed), app_name,
+                                        service)  # fmt: skip
+
+    def _outer(self, conn: DirectConn, peer: PeerCert) -> DirectOuter:
+        """A stream on `conn` (counted live, per peer, until it is done)."""
+        outer = DirectOuter(conn, self._stream_done)
+        self.live[outer] = peer
+        self.per_peer[peer.ep_id] += 1
+        return outer
+
+    def _stream_done(self, outer: DirectOuter) -> None:
+        peer = self.live.pop(outer, None)
+        if peer is not None:
+            self.per_peer[peer.ep_id] -= 1
+
+    def _reuse(self, conn: DirectConn, peer: PeerCert) -> None:
+        """A stream on `conn` finished cleanly both ways: the connection carries the next one."""
+        if peer.serial in self.revoked or not self.running or time.time() >= peer.not_after:
+            conn.close()
+        elif conn.server:
+            spawn(self.serve(conn, peer), name="direct-serve")
+        else:
+            self.put_back(peer.ep_id, conn)
 
     async def _name_of(self, peer: PeerCert) -> str:
         """The peer's endpoint name from the hub (events or a lookup); the certificate carries only its id."""
@@ -412,8 +327,8 @@ class MeshDirect:
         self.counters["failures"] += 1
         log.info("mesh %s: direct channel to %s failed (%s); relay for %.0f s", self.session.name, ep_id, reason, delay)
 
-    async def open(self, ep_id: str, address: str, app: str, service: str) -> DirectChannel:
-        """A channel to `app` on endpoint `ep_id` at `address`, accepted for `service`.
+    async def open(self, ep_id: str, address: str, app: str, service: str) -> E2EStream:
+        """An end-to-end stream to `app` on endpoint `ep_id` at `address`, accepted for `service`.
 
         DirectUnreachable: use the relay. ZtmError: the peer's app refused (the relay would refuse too).
         """
@@ -422,52 +337,45 @@ class MeshDirect:
         if self.per_peer[ep_id] >= MAX_CHANNELS:
             self.counters["over_limit"] += 1
             raise DirectUnreachable(f"{MAX_CHANNELS} channels to it are open")
-        greeting = json.dumps({"app": app, "service": service}).encode() + b"\n"
         for _attempt in range(3):
-            proto = self._take(ep_id)
-            pooled = proto is not None
-            if proto is None:
+            conn = self._take(ep_id)
+            pooled = conn is not None
+            if conn is None:
                 try:
-                    proto, _peer = await self._dial(ep_id, address)
+                    conn, _peer = await self._dial(ep_id, address)
                 except DirectUnreachable as exc:
                     self._mark_failed(ep_id, str(exc))
                     raise
             self._refill(ep_id, address)
-            assert proto.transport is not None
-            proto.transport.write(greeting)
+            assert conn.peer is not None
+            outer = self._outer(conn, conn.peer)
             try:
-                line = await asyncio.wait_for(asyncio.shield(proto.line), ANSWER_TIMEOUT)
-            except ConnectionError:
-                if pooled:
+                stream = await self.session.e2e.open(outer, ep_id, app, service, _answered)
+            except E2EError as exc:
+                outer.reset()
+                if pooled and exc.reason == "truncated":
                     continue  # the server closed it meanwhile (restart, idle): take another
-                self._mark_failed(ep_id, "closed before it answered (certificate refused?)")
-                raise DirectUnreachable("closed before it answered") from None
-            except TimeoutError:
-                proto.abort()
-                raise DirectUnreachable("no answer") from None
-            except BaseException:  # cancelled: the client went away or the agent stops
-                proto.abort()
+                self._mark_failed(ep_id, exc.message)
+                raise DirectUnreachable(exc.message) from None
+            except BaseException:  # a refusal (ZtmError), or cancelled: the client went away or the agent stops
+                outer.reset()
                 raise
             self._failed.pop(ep_id, None)
-            answer = _parse_answer(line)
-            channel = DirectChannel(proto, _peer_checked(proto), self, server=False)
-            if answer is not None:
-                channel.abort()
-                raise answer
+            stream.path = "direct"
             self.counters["opened"] += 1
-            return channel
+            return stream
         raise DirectUnreachable("every pooled channel was closed")
 
-    def put_back(self, ep_id: str, proto: LineProtocol) -> None:
-        """A recycled channel back into the pool (closed if the pool is full)."""
+    def put_back(self, ep_id: str, conn: DirectConn) -> None:
+        """A reused channel back into the pool (closed if the pool is full)."""
         pool = self._pool.setdefault(ep_id, collections.deque())
         if len(pool) >= POOL_MAX:
-            proto.abort()
+            conn.abort()
             return
-        proto.made = time.monotonic()
-        pool.append(proto)
+        conn.made = time.monotonic()
+        pool.append(conn)
 
-    def _take(self, ep_id: str) -> LineProtocol | None:
+    def _take(self, ep_id: str) -> DirectConn | None:
         pool = self._pool.get(ep_id)
         now = time.monotonic()
         while pool:
@@ -496,7 +404,7 @@ class MeshDirect:
         finally:
             self._refilling.discard(ep_id)
 
-    async def _dial(self, ep_id: str, address: str) -> tuple[LineProtocol, PeerCert]:
+    async def _dial(self, ep_id: str, address: str) -> tuple[DirectConn, PeerCert]:
         contexts = self._ensure_contexts()
         if contexts is None:
             raise DirectUnreachable("no CRL from the hub yet")
@@ -508,7 +416,7 @@ class MeshDirect:
         try:
             _transport, proto = await asyncio.wait_for(
                 loop.create_connection(
-                    LineProtocol,
+                    lambda: DirectConn(server=False),
                     target.host,
                     target.port,
                     ssl=contexts[1],
@@ -527,7 +435,22 @@ class MeshDirect:
             proto.abort()
             raise DirectUnreachable(exc.message) from None
         _set_nodelay(proto.transport)
+        self._adopt(proto, peer)
         return proto, peer
+
+    def _adopt(self, conn: DirectConn, peer: PeerCert) -> None:
+        """`conn` is a channel with `peer` (verified): reused after each clean stream, closed when its certificate
+        ends (as the hub closes its connections then)."""
+        conn.peer = peer
+        conn.on_release = lambda c: self._reuse(c, peer)
+        timer = asyncio.get_running_loop().call_later(max(0.0, peer.not_after - time.time()), self._expired, conn)
+        conn.on_lost = timer.cancel
+
+    def _expired(self, conn: DirectConn) -> None:
+        if conn.peer is not None:
+            log.info("mesh %s: closing a direct channel of %s: its certificate expired", self.session.name,
+                     conn.peer.user)  # fmt: skip
+        conn.abort()
 
     def close(self) -> None:
         self.running = False
@@ -535,26 +458,13 @@ class MeshDirect:
             for proto in pool:
                 proto.abort()
             pool.clear()
-        for channel in list(self.live):
-            channel.abort()
+        for outer in list(self.live):
+            outer.reset()
 
 
-def _peer_checked(proto: LineProtocol) -> PeerCert:
+def _peer_checked(proto: DirectConn) -> PeerCert:
     assert proto.transport is not None
     return peer_of(proto.transport)
-
-
-def _parse_answer(line: bytes) -> ZtmError | None:
-    """None for `{"ok": true}`, else the peer's refusal as a ZtmError."""
-    if line == OK_LINE[:-1]:
-        return None
-    try:
-        body = json.loads(line)
-    except ValueError:
-        return ZtmError("the peer answered the direct channel with garbage")
-    if isinstance(body, dict) and body.get("ok") is True:
-        return None
-    return from_json(403, body)
 
 
 def _set_nodelay(transport: asyncio.BaseTransport | None) -> None:
@@ -603,12 +513,12 @@ class DirectServer:
         sslobj.context = context
         return None
 
-    def _protocol(self) -> LineProtocol:
-        proto = LineProtocol()
+    def _protocol(self) -> DirectConn:
+        proto = DirectConn(server=True)
         proto.on_made = self._accepted
         return proto
 
-    def _accepted(self, proto: LineProtocol) -> None:
+    def _accepted(self, proto: DirectConn) -> None:
         """A handshaken channel: its mesh is the one whose CA verified the chain (the context SNI chose), and the
         certificate must name that mesh; one that names another mesh is refused and counted (`wrong_mesh`)."""
         assert proto.transport is not None
@@ -636,6 +546,7 @@ class DirectServer:
             proto.abort()
             return
         _set_nodelay(proto.transport)
+        session.direct._adopt(proto, peer)
         spawn(session.direct.serve(proto, peer), name="direct-serve")
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import h2, pki
 from ztm.agent.apps import Caller
-from ztm.agent.e2estream import E2EStream, E2EStreamError
+from ztm.agent.e2estream import E2EStream, E2EStreamError, Outer
 from ztm.e2e import SUITE, Credentials, E2EError, Initiator, Peer, Responder, Session
 from ztm.e2e.frames import (
     AUTH,
@@ -155,7 +155,7 @@ class MeshE2E:
         self.counters[f"failures:{reason}"] += 1
         log.warning("mesh %s: e2e: %s: %s: %s", self.name, whom, reason, message)
 
-    def _make_stream(self, outer: h2.Stream, session: Session, channel: Channel) -> E2EStream:
+    def _make_stream(self, outer: Outer, session: Session, channel: Channel) -> E2EStream:
         peer = session.peer
 
         def report(exc: E2EStreamError) -> None:
@@ -174,7 +174,7 @@ class MeshE2E:
         return table_session.usable(time.monotonic(), now) and table_session.peer.serial not in self._revoked
 
     async def open(
-        self, outer: h2.Stream, peer_ep: str, app: str, service: str, answered: Callable[[], Awaitable[None]]
+        self, outer: Outer, peer_ep: str, app: str, service: str, answered: Callable[[], Awaitable[None]]
     ) -> E2EStream:
         """Make `outer` (a stream the hub is opening to `peer_ep`) an end-to-end stream for `app`/`service`.
 
@@ -193,7 +193,7 @@ class MeshE2E:
             raise
 
     async def _open(
-        self, outer: h2.Stream, peer_ep: str, app: str, service: str, answered: Callable[[], Awaitable[None]]
+        self, outer: Outer, peer_ep: str, app: str, service: str, answered: Callable[[], Awaitable[None]]
     ) -> E2EStream:
         opening = json.dumps({"app": app, "service": service}).encode()
         reader = FrameReader()
@@ -224,7 +224,7 @@ class MeshE2E:
         return await self._opened(outer, session, channel, frame + reader.take_rest())
 
     async def _handshake(
-        self, outer: h2.Stream, reader: FrameReader, peer_ep: str, answered: Callable[[], Awaitable[None]]
+        self, outer: Outer, reader: FrameReader, peer_ep: str, answered: Callable[[], Awaitable[None]]
     ) -> tuple[Session, bytes]:
         """A new session with `peer_ep` on `outer`: (session, the AUTH frame to send)."""
         future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
@@ -254,7 +254,7 @@ class MeshE2E:
             if self._handshakes.get(peer_ep) is future:
                 del self._handshakes[peer_ep]
 
-    async def _opened(self, outer: h2.Stream, session: Session, channel: Channel, received: bytes) -> E2EStream:
+    async def _opened(self, outer: Outer, session: Session, channel: Channel, received: bytes) -> E2EStream:
         stream = self._make_stream(outer, session, channel)
         stream.start(received)
         try:
@@ -274,7 +274,7 @@ class MeshE2E:
 
     # ---- responder ---------------------------------------------------------------------------------------------------
 
-    async def respond(self, outer: h2.Stream, first: bytes = b"") -> tuple[E2EStream, str, str]:
+    async def respond(self, outer: Outer, first: bytes = b"") -> tuple[E2EStream, str, str]:
         """Run the responder side on an accepted stream: (stream, app, service) once the initiator's OPEN arrived.
 
         E2EError (counted and logged by the caller's `failed`) if any check fails; an ERROR frame tells the peer
@@ -294,7 +294,7 @@ class MeshE2E:
                 outer.reset()
             raise
 
-    async def _respond(self, outer: h2.Stream, first: bytes) -> tuple[E2EStream, str, str]:
+    async def _respond(self, outer: Outer, first: bytes) -> tuple[E2EStream, str, str]:
         reader = FrameReader()
         if first:
             reader.feed(first)  # what the hub passed in the `stream` event; the rest follows on the stream
@@ -376,7 +376,7 @@ async def _nothing() -> None:
     return None
 
 
-async def _first_flight(outer: h2.Stream, data: bytes, answered: Callable[[], Awaitable[None]]) -> None:
+async def _first_flight(outer: Outer, data: bytes, answered: Callable[[], Awaitable[None]]) -> None:
     """Send the opening's first flight (before the hub answered), then wait for the hub's answer. A hub that
     refused at once may have reset the stream under the write: its refusal is what the caller gets."""
     try:
@@ -387,7 +387,7 @@ async def _first_flight(outer: h2.Stream, data: bytes, answered: Callable[[], Aw
     await answered()
 
 
-async def _read_frame(outer: h2.Stream, reader: FrameReader) -> tuple[int, bytes]:
+async def _read_frame(outer: Outer, reader: FrameReader) -> tuple[int, bytes]:
     while (frame := reader.next()) is None:
         try:
             chunk = await outer.read()

@@ -23,7 +23,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ztm import h2
 from ztm.e2e import E2EError, Peer
@@ -37,6 +37,51 @@ READ_BUFFER = 256 * 1024
 """Opened bytes held for a reader before the outer stream's credit is withheld."""
 WRITE_BATCH = 256 * 1024
 """Plaintext bytes sealed per outer write by `write()`."""
+
+
+class Outer(Protocol):
+    """What carries an end-to-end stream: an `h2.Stream` through the hub, or a direct channel's
+    `ztm.agent.direct_outer.DirectOuter`. `stream_finished` is called once both END records went through and
+    nothing is pending (a direct channel then carries the next stream)."""
+
+    @property
+    def id(self) -> int: ...
+
+    label: str
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def credit_wait(self) -> float: ...
+
+    @property
+    def credit_waiting(self) -> float: ...
+
+    @property
+    def max_frame_size(self) -> int: ...
+
+    async def read(self, max_bytes: int = ...) -> bytes: ...
+
+    async def write(self, data: bytes | memoryview, *, end_stream: bool = False) -> None: ...
+
+    def write_nowait(self, data: bytes | memoryview) -> int: ...
+
+    def send_capacity(self) -> int: ...
+
+    def end_nowait(self) -> None: ...
+
+    def reset(self, error_code: int = ...) -> None: ...
+
+    def set_sink(self, sink: h2.StreamSink) -> None: ...
+
+    def pause_sink(self) -> None: ...
+
+    def resume_sink(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+    def stream_finished(self) -> None: ...
 
 
 class E2EStreamError(h2.H2Error):
@@ -56,6 +101,7 @@ class E2EStream:
         "_channel",
         "_chunks",
         "_control",
+        "_end_sent",
         "_eof",
         "_error",
         "_failed",
@@ -77,7 +123,7 @@ class E2EStream:
 
     def __init__(
         self,
-        outer: h2.Stream,
+        outer: Outer,
         channel: Channel,
         peer: Peer,
         *,
@@ -91,6 +137,7 @@ class E2EStream:
         self.suite = suite
         self.session_id = session_id
         self.path = "relay"
+        """"relay" (through the hub) or "direct" (a direct channel): the same protocol either way."""
         self._on_failure = on_failure
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -98,6 +145,7 @@ class E2EStream:
         self._error: h2.H2Error | None = None
         self._failed = False  # an end-to-end failure was reported (once)
         self._local_ended = False
+        self._end_sent = False  # the END record went to the outer stream (nothing of ours pending)
         self._sink: h2.StreamSink | None = None
         self._sink_paused = False
         self._outer_paused = False
@@ -207,6 +255,7 @@ class E2EStream:
                 self._eof = True
                 self._wake()
                 self._sink_end()
+                self._maybe_finished()
             elif inner in (OPEN, OK, REFUSE) and not self._control.done():
                 self._control.set_result((inner, payload))
             else:
@@ -347,8 +396,8 @@ class E2EStream:
     def write_nowait(self, data: bytes | memoryview) -> int:
         """Seal and send as much of `data` as the outer windows take now; the number of bytes taken.
 
-        The records go to the outer stream in one write (one flush, full frames: one record per frame), not one
-        write each, which would cut the TLS records and the hub's reads into sixteen times as many."""
+        The records go to the outer stream in one write (one flush; records fill whole frames), not one write
+        each, which would cut the TLS records and the hub's reads into many more."""
         self._check_send()
         outer = self._outer
         total = len(data)
@@ -390,6 +439,8 @@ class E2EStream:
         self._spilling = False
         if not task.cancelled() and task.exception() is not None:
             self._outer.reset()
+        else:
+            self._maybe_finished()
 
     async def write(self, data: bytes | memoryview, *, end_stream: bool = False) -> None:
         """Seal and send `data` (waiting for the outer windows); with `end_stream`, the end record follows.
@@ -417,6 +468,7 @@ class E2EStream:
                 frames.append(seal(END))
             await self._outer.write(frames[0] if len(frames) == 1 else b"".join(frames), end_stream=last)
             if last:
+                self._sent_end()
                 return
 
     async def end(self) -> None:
@@ -426,6 +478,7 @@ class E2EStream:
         self._local_ended = True
         with contextlib.suppress(h2.H2Error):
             await self._outer.write(self._channel.seal(END), end_stream=True)
+            self._sent_end()
 
     def end_nowait(self) -> None:
         if self._local_ended or self._error is not None:
@@ -433,13 +486,28 @@ class E2EStream:
         self._local_ended = True
         frame = self._channel.seal(END)
         outer = self._outer
-        if outer.send_capacity() >= len(frame):
+        if outer.send_capacity() >= len(frame) and not self._spilling:
             with contextlib.suppress(h2.H2Error):
                 outer.write_nowait(frame)
                 outer.end_nowait()
+                self._sent_end()
             return
-        task = asyncio.ensure_future(outer.write(frame, end_stream=True))
+        task = asyncio.ensure_future(self._write_end(frame))
         task.add_done_callback(_ignore_result)
+
+    async def _write_end(self, frame: bytes) -> None:
+        await self._outer.write(frame, end_stream=True)
+        self._sent_end()
+
+    def _sent_end(self) -> None:
+        self._end_sent = True
+        self._maybe_finished()
+
+    def _maybe_finished(self) -> None:
+        """Both END records went through and nothing of ours is pending: tell the outer stream (once)."""
+        if self._end_sent and self._eof and self._error is None and not self._spilling:
+            self._end_sent = False  # once
+            self._outer.stream_finished()
 
     def reset(self, error_code: int = 8) -> None:
         self._outer.reset(error_code)

@@ -26,6 +26,7 @@ from ztm.agent import peercall
 from ztm.agent.apps import Caller, MeshApp, accept_relayed, refuse_stream
 from ztm.agent.direct import MeshDirect
 from ztm.agent.e2e import MeshE2E
+from ztm.agent.e2estream import E2EStream
 from ztm.agent.link import HubLink, dial, request
 from ztm.agent.store import MeshRecord
 from ztm.agent.tls import MeshFiles
@@ -84,7 +85,7 @@ class Traffic:
     received: int = 0
     streams: int = 0
     protection: str = ""
-    """How the latest stream with the peer was protected ("e2e SUITE" relayed, "TLS 1.3 direct")."""
+    """How the latest stream with the peer was protected ("e2e SUITE" relayed, "e2e SUITE direct")."""
 
 
 class MeshSession:
@@ -244,7 +245,13 @@ class MeshSession:
             who = claimed.get("name") if isinstance(claimed, dict) else None
             self.e2e.failed(exc.reason, exc.message, f"refused a stream from {who or 'an unknown caller'}")
             return
-        caller = self.e2e.caller(stream.peer, claimed)
+        await self.serve_stream(stream_id, stream, self.e2e.caller(stream.peer, claimed), app_name, service)
+
+    async def serve_stream(
+        self, stream_id: str, stream: E2EStream, caller: Caller, app_name: str, service: str
+    ) -> None:
+        """An end-to-end stream a peer opened, relayed or direct (`stream.path`), after its opening: hand it to the
+        app its OPEN names (`on_stream`, then `AppContext.accept/refuse`), with the caller its certificate names."""
         if app_name == peercall.CALLS_APP:
             await peercall.serve(self, stream, caller, service)
             return

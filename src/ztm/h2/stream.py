@@ -527,6 +527,9 @@ class Stream:
         conn._flush_soon()
         self._maybe_finish()
 
+    def stream_finished(self) -> None:
+        """An end-to-end stream over this one ended cleanly both ways (`ztm.agent.e2estream.Outer`): nothing to do."""
+
     def reset(self, error_code: int = 8) -> None:
         """Abort the stream with RST_STREAM (default CANCEL). Idempotent, never raises."""
         if self._reset_code is not None or self._conn_error is not None or (self._local_ended and self._eof):

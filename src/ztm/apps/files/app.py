@@ -9,10 +9,10 @@
   for the caller the hub asserts from its certificate, and each chunk is verified against its hash before it goes.
   A download in progress serves the chunks it has (a partial holder): it announces them to the hub as a bitmap
   (at most once a second) and answers `not_held` for the others.
-- Direct channels: an agent started with `--direct` also takes `fetch` direct channels (`ztm.agent.direct`; the
-  caller from its verified client certificate, the same checks) and offers the service `fetch`, so downloaders find
-  its direct address (`GET /api/services`). A downloader fetches from such a source over a direct channel, same
-  chunk protocol (`channel.DirectStream`), and falls back to the relay when the address does not answer.
+- Direct channels: an agent started with `--direct` also takes `fetch` streams over direct channels
+  (`ztm.agent.direct`: the same end-to-end stream and checks as through the hub) and offers the service `fetch`, so
+  downloaders find its direct address (`GET /api/services`). A downloader fetches from such a source over a direct
+  channel and falls back to the relay when the address does not answer.
 - An unfinished download is recorded (`pending:PATH`: hash, output, rate) and resumed when the agent starts again;
   `cancel(path)` stops it for good. A file unpublished or published again meanwhile is abandoned (logged).
 
@@ -38,9 +38,9 @@ from urllib.parse import urlencode
 
 from ztm import filespec, h2
 from ztm.agent.apps import AppContext, Caller, MeshApp
-from ztm.agent.direct import DirectChannel, DirectUnreachable
+from ztm.agent.direct import DirectUnreachable
 from ztm.apps.files import wire
-from ztm.apps.files.channel import ByteStream, ChunkChannel, DirectStream, StreamReader
+from ztm.apps.files.channel import ByteStream, ChunkChannel, StreamReader
 from ztm.apps.files.fetch import Fetcher, Pacer, Progress, Source, describe_failure, unique_chunks
 from ztm.apps.files.store import ChunkStore, Corrupt
 from ztm.apps.files.wire import NotHeld
@@ -570,7 +570,7 @@ class FilesApp(MeshApp):
         direct = self.ctx.session.direct
         if address is not None and direct.reachable(source.ep):
             try:
-                stream = DirectStream(await direct.open(source.ep, address, self.name, wire.SERVICE))
+                stream = await direct.open(source.ep, address, self.name, wire.SERVICE)
                 self.counters["fetch:direct"] += 1
             except DirectUnreachable as exc:
                 self.counters["fetch:direct_fallbacks"] += 1
@@ -641,31 +641,14 @@ class FilesApp(MeshApp):
             await self.ctx.refuse(stream_id, f"the files app serves only {wire.SERVICE!r} streams")
             return
         stream = await self.ctx.accept(stream_id)
+        if stream.path == "direct":
+            self.counters["fetch:direct_served"] += 1
         traffic = self.ctx.session.traffic_of(caller.ep_id, caller.name)
         traffic.streams += 1
         try:
             await self._serve(stream, caller, traffic)
         except (h2.H2Error, TimeoutError, ZtmError):
             stream.reset()
-        finally:
-            traffic.streams -= 1
-
-    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
-        """A `fetch` direct channel (caller from its verified certificate): served exactly as a relayed stream."""
-        if service != wire.SERVICE or not caller.user or not caller.ep_id:
-            raise BadInput(f"the files app serves only {wire.SERVICE!r} direct channels")
-        channel.accept()
-        stream = DirectStream(channel)
-        self.counters["fetch:direct_served"] += 1
-        traffic = self.ctx.session.traffic_of(caller.ep_id, caller.name)
-        traffic.streams += 1
-        try:
-            await self._serve(stream, caller, traffic)
-        except (TimeoutError, ZtmError):
-            stream.reset()
-        except BaseException:
-            stream.reset()
-            raise
         finally:
             traffic.streams -= 1
 

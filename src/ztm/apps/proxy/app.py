@@ -38,7 +38,7 @@ from ztm import epref, h2, validate
 from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
-from ztm.agent.direct import DirectChannel, DirectUnreachable
+from ztm.agent.direct import DirectUnreachable
 from ztm.agent.e2estream import E2EStream
 from ztm.apps.exits import ROOT, ExitPolicy, check_choice
 from ztm.apps.proxy import spec
@@ -404,7 +404,7 @@ class ProxyApp(MeshApp):
             self._exits_cache = (now, exits)
         return exits
 
-    async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[E2EStream | DirectChannel, Exit]:
+    async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[E2EStream, Exit]:
         """A stream for `dest` to the first matching exit that accepts (for TCP, a direct channel when the exit has
         a usable direct address; when it does not answer, a stream through the hub); `Refused` otherwise."""
         try:
@@ -455,11 +455,11 @@ class ProxyApp(MeshApp):
         side: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        stream: E2EStream | DirectChannel,
+        stream: E2EStream,
         peer: Exit,
     ) -> None:
-        """Splice a client (or target) socket with a stream or direct channel, counting bytes for `side` and for the
-        peer."""
+        """Splice a client (or target) socket with an end-to-end stream (relayed or direct), counting bytes for `side`
+        and for the peer."""
         traffic = self.ctx.session.traffic_of(peer.ep, peer.name)
         await counted_splice(reader, writer, stream, self.counters, side, traffic)
 
@@ -503,26 +503,6 @@ class ProxyApp(MeshApp):
             await udp_flow(stream, queue, transport.sendto, self.counters, "exit-udp")
         finally:
             transport.close()
-
-    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
-        """A direct channel from an entrance (caller from its verified certificate): the checks of `on_stream`;
-        a refusal goes back as `CODE: reason`, as through the hub."""
-        try:
-            try:
-                protocol, dest = Destination.from_service(service)
-            except BadInput as exc:
-                raise Refused(spec.FAILED, exc.message) from None
-            if protocol != "tcp":
-                raise Refused(spec.FAILED, "direct channels carry TCP connections only")
-            deadline = asyncio.get_running_loop().time() + CONNECT_BUDGET
-            addresses = await self._admit(dest, protocol, caller)
-            reader, writer = await _connect(addresses, dest.port, deadline)
-        except Refused as refused:
-            self._log_refusal(caller, service, refused)
-            raise Forbidden(refused.reason) from None
-        channel.accept()
-        self.counters["exit:streams"] += 1
-        await self.pipe("exit", reader, writer, channel, Exit(caller.ep_id, caller.name, TargetSet()))
 
     async def _refuse(self, stream_id: str, caller: Caller, service: str, refused: Refused) -> None:
         self._log_refusal(caller, service, refused)

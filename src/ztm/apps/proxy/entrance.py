@@ -22,8 +22,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ztm import h2
-from ztm.agent.direct import DirectChannel
-from ztm.agent.direct_pipe import HEADER
 from ztm.agent.e2estream import E2EStream
 from ztm.apps.proxy import http1, socks, spec
 from ztm.apps.proxy.spec import Destination, Refused
@@ -250,11 +248,8 @@ class _Client:
         self.app.counters["entrance:refused"] += 1
         log.info("mesh %s: proxy %s for %s refused: %s", self.app.ctx.mesh, what, self.peer, refused.reason)
 
-    async def splice(self, stream: E2EStream | DirectChannel, exit_ep: Exit, first: bytes) -> None:
-        if isinstance(stream, DirectChannel):
-            if first:
-                stream.transport.write(HEADER.pack(len(first)) + first)  # one frame of the channel (direct_pipe)
-        elif first:
+    async def splice(self, stream: E2EStream, exit_ep: Exit, first: bytes) -> None:
+        if first:
             try:
                 await stream.write(first)
             except h2.H2Error:

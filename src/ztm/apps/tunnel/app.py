@@ -9,8 +9,9 @@ connects to a target (round-robin, failing over), and only then accepts the stre
 entrance's client at once as a closed connection. Configuration lives in the agent database and survives restarts.
 
 Direct path: a TCP connection goes first over a direct channel (`ztm.agent.direct`) when the exit announces a
-direct address and is not backing off; the exit then checks the caller taken from the channel's verified
-certificate, exactly as on the relay. When the direct address cannot be used the connection goes through the hub.
+direct address and is not backing off; it is the same end-to-end stream as through the hub (`E2EStream.path` is
+"direct"), and the exit takes it in `on_stream` and checks its caller exactly as on the relay. When the direct
+address cannot be used the connection goes through the hub.
 UDP always goes through the hub.
 """
 
@@ -29,8 +30,7 @@ from ztm import epref, h2
 from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
-from ztm.agent.direct import DirectChannel, DirectUnreachable
-from ztm.agent.direct_pipe import splice_direct
+from ztm.agent.direct import DirectUnreachable
 from ztm.agent.e2estream import E2EStream
 from ztm.agent.mesh import Traffic
 from ztm.apps.exits import ROOT, ExitPolicy
@@ -40,8 +40,7 @@ from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
 from ztm.e2e import SUITE
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
 
-DIRECT_PROTECTION = "TLS 1.3 direct"
-ENCRYPTION = f"relayed: end to end ({SUITE}); direct: TLS 1.3, endpoint certificates"
+ENCRYPTION = f"end to end ({SUITE}), relayed or direct"
 """How a tunnel's connections are protected, shown by `ztm tunnel describe` (PROTOCOL.md sections 9 and 11)."""
 log = logging.getLogger("ztm.tunnel")
 
@@ -300,7 +299,7 @@ class TunnelApp(MeshApp):
             exits = exits[start:] + exits[:start]
         return sorted(exits, key=lambda e: self._slow.get(e["ep"], 0.0) > now)  # stable: slow ones last
 
-    async def open_to_exit(self, key: str, *, direct: bool = False) -> tuple[E2EStream | DirectChannel, dict[str, Any]]:
+    async def open_to_exit(self, key: str, *, direct: bool = False) -> tuple[E2EStream, dict[str, Any]]:
         """A stream to the first exit of tunnel `key` that accepts (with `direct`, a direct channel to it when it
         has a usable direct address, else a stream through the hub); Unavailable if none does."""
         exits = await self._exits(key)
@@ -351,7 +350,7 @@ class TunnelApp(MeshApp):
         key: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        stream: E2EStream | DirectChannel,
+        stream: E2EStream,
         peer: str,
         peer_name: str,
     ) -> None:
@@ -400,15 +399,6 @@ class TunnelApp(MeshApp):
         start = self._rr[f"out:{key}"] % len(spec.targets)
         self._rr[f"out:{key}"] += 1
         return list(spec.targets[start:] + spec.targets[:start])
-
-    async def on_direct(self, channel: DirectChannel, caller: Caller, service: str) -> None:
-        """A direct channel from an entrance (caller from its verified certificate): same checks as a stream."""
-        tunnel, key, spec = self._admit(caller, service)
-        if tunnel.protocol != "tcp":
-            raise BadInput(f"{key}: direct channels carry TCP tunnels only")
-        reader, writer = await self._connect_target(caller, key, spec)
-        channel.accept()
-        await self._pipe(key, reader, writer, channel, caller.ep_id, caller.name)
 
     async def _connect_target(
         self, caller: Caller, key: str, spec: Outbound
@@ -505,7 +495,6 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             self.flows.pop(addr, None)
             return
         self.app.counters[f"{key}:streams"] += 1
-        assert isinstance(stream, E2EStream)  # UDP never goes direct
 
         def send(datagram: bytes) -> None:
             if self.transport is not None:
@@ -520,7 +509,7 @@ class _UdpEntrance(asyncio.DatagramProtocol):
 async def counted_splice(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    stream: E2EStream | DirectChannel,
+    stream: E2EStream,
     counters: Counter[str],
     key: str,
     traffic: Traffic,
@@ -529,15 +518,15 @@ async def counted_splice(
     """`splice`, counted: `KEY:active` (and `KEY:direct` for a direct channel) while it runs, bytes in `KEY:sent` and
     `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`); a relayed stream's waits for credit in
     `waits`. The tunnel's and the proxy's data path."""
-    if isinstance(stream, DirectChannel):
+    if stream.path == "direct":
         counters[f"{key}:direct"] += 1
-        traffic.protection = DIRECT_PROTECTION
+        traffic.protection = f"e2e {stream.suite} direct"
     else:
         counters[f"{key}:e2e"] += 1
         traffic.protection = f"e2e {stream.suite}"
-        stream.label = key
-        if waits is not None:
-            waits.add(key, stream)
+    stream.label = key
+    if waits is not None:
+        waits.add(key, stream)
     counters[f"{key}:active"] += 1
     traffic.streams += 1
     sent_key, received_key = f"{key}:sent", f"{key}:received"
@@ -553,25 +542,19 @@ async def counted_splice(
     finally:
         counters[f"{key}:active"] -= 1
         traffic.streams -= 1
-        if waits is not None and isinstance(stream, E2EStream):
+        if waits is not None:
             waits.remove(key, stream)
 
 
 async def splice(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    stream: E2EStream | DirectChannel,
+    stream: E2EStream,
     count: Callable[[int, int], None],
 ) -> None:
-    """Splice a local TCP socket with a stream through the hub or a direct channel (released when the splice ends,
-    its TLS connection reused after a clean end both ways). Also the proxy app's data path."""
-    if isinstance(stream, DirectChannel):
-        try:
-            await splice_direct(reader, writer, stream.transport, stream.rest, count, stream.recycle)
-        finally:
-            stream.done()
-    else:
-        await splice_socket(reader, writer, stream, count)
+    """Splice a local TCP socket with an end-to-end stream, relayed or direct (a direct channel's TLS connection
+    is reused after a clean end both ways). Also the proxy app's data path."""
+    await splice_socket(reader, writer, stream, count)
 
 
 async def udp_flow(
