@@ -513,9 +513,9 @@ class Run:
     """Rows of the closing current/baseline table: measure, path, current, baseline, ratio over the rounds."""
     path_procs: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(_PATH_PROCS))
     rtt_vs_base: dict[str, dict[str, RoundRatios]] = field(default_factory=dict)
+    """Per current path with a baseline: `p50`, `p99`, `cpu` of the ping-pong, current/baseline by round."""
     hub_vs_base: dict[str, tuple[float, float, RoundRatios]] = field(default_factory=dict)
     """Per transfer kind: the hub's CPU-s per relayed GiB, current and baseline (medians), and the runs' ratios."""
-    """Per current path with a baseline: `p50`, `p99`, `cpu` of the ping-pong, current/baseline by round."""
 
     def say(self, text: str) -> None:
         print(text, flush=True)
@@ -762,7 +762,7 @@ class Run:
                 for k in after:
                     cpu_used[path][k] += after[k] - before[k]
                 hub = self.col(path, "hub")
-                hub_gib[path].append((after[hub] - before[hub]) / (r["bytes"] / GiB))
+                hub_gib[path].append((after[hub] - before[hub]) / (max(r["bytes"], 1.0) / GiB))
                 results[path].append(r["MBps"])
                 moved[path] += r["bytes"]
                 if path == "ztm":
@@ -1069,9 +1069,9 @@ class Run:
             )
             self.ws.procs.append(agent.proc)
         self.pids["ep1"], self.pids["ep3"] = self.ep1.proc.pid, self.ep3.proc.pid
-        # a fresh ep1 counts from 0: one probe carried directly means ep3 announced itself and ep1 has the CRL
 
         def direct_again() -> bool:
+            # a fresh ep1 counts from 0: one probe carried directly means ep3 announced itself and ep1 has the CRL
             self.ep1.token = (self.ep1.data / "agent.token").read_text().strip()  # the agent makes one at each start
             return probe(self.echo_d_port) and self.direct_count_safe() > 0
 
