@@ -18,6 +18,7 @@ a hostile client with a valid certificate. Every wait polls with a deadline.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -406,7 +407,8 @@ class LyingSource(threading.Thread):
             async def events_loop() -> None:
                 while (event := await reader.next()) is not None:
                     if event.get("type") == "stream":
-                        task = asyncio.ensure_future(self._lie(conn, str(event["id"])))
+                        first = base64.b64decode(event.get("first", ""))  # the opening's start, if the hub had it
+                        task = asyncio.ensure_future(self._lie(conn, str(event["id"]), first))
                         tasks.add(task)
 
             listener = asyncio.ensure_future(events_loop())
@@ -418,7 +420,7 @@ class LyingSource(threading.Thread):
             conn.close()
             await asyncio.wait_for(conn.wait_closed(), 10)
 
-    async def _lie(self, conn: Any, stream_id: str) -> None:
+    async def _lie(self, conn: Any, stream_id: str, first: bytes) -> None:
         from ztm import h2
         from ztm.apps.files.channel import StreamReader
 
@@ -427,7 +429,7 @@ class LyingSource(threading.Thread):
         try:
             await asyncio.wait_for(outer.response(), 10)
             # the attacker holds c's key: it completes the end-to-end opening like c's agent would
-            stream, _app, _service = await self.layer.respond(outer)
+            stream, _app, _service = await self.layer.respond(outer, first)
             stream.accept()
             reader = StreamReader(stream)
             while (line := await reader.line()) is not None:
