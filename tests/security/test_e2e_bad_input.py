@@ -100,6 +100,7 @@ def test_bad_openings_are_refused_counted_and_logged_and_others_keep_working(tmp
                 return answers
             finally:
                 conn.close()
+                await asyncio.wait_for(conn.wait_closed(), 10)
 
         # while the attacks run, bob's real tunnel keeps working
         answers = asyncio.run(attacks())

@@ -37,7 +37,7 @@ def test_store_bounds_and_lookups() -> None:
     with pytest.raises(E2EError) as e:
         at_bob.resume(newest.id, 1, mono, now)
     assert e.value.reason == "replay"
-    assert at_bob.resume(newest.id, 2, newest.created + SESSION_MAX_AGE, now) is None  # too old: UNKNOWN
+    assert at_bob.resume(newest.id, 2, newest.created + SESSION_MAX_AGE + 1, now) is None  # too old: UNKNOWN
     assert at_bob.resume(bytes(16), 1, mono, now) is None
     assert at_alice.resume(s_a.id, 1, mono, now) is None  # alice initiated it: never resumed at her end
     assert at_alice.for_peer(carol.ep_id, mono, now) is None
