@@ -251,6 +251,18 @@ def test_a_damaged_chunk_is_refused_and_fetched_elsewhere(make_hub: Make, make_a
 # ------------------------------------------------------------------------------------------------------- ACLs
 
 
+async def fetch_one(stream: Any, request: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """Send one chunk request on a `fetch` stream; the header the serving endpoint answered and the bytes."""
+    from ztm.apps.files.channel import StreamReader
+
+    await stream.write(json.dumps(request).encode() + b"\n")
+    reader = StreamReader(stream)
+    line = await asyncio.wait_for(reader.line(), 10)
+    header = json.loads(line) if line else {}
+    data = await asyncio.wait_for(reader.exactly(header["size"]), 10) if "size" in header else b""
+    return header, data
+
+
 def raw_chunk_requests(requester: Agent, target: str, requests: list[dict[str, Any]], hub: Hub) -> list[Any]:
     """Act as a hostile agent holding `requester`'s endpoint certificate: open a `fetch` stream to `target` through
     the hub (end-to-end sealed, as every app stream must be) and send each request; returns, per request, the header
@@ -258,7 +270,6 @@ def raw_chunk_requests(requester: Agent, target: str, requests: list[dict[str, A
     from e2eclient import layer_of, open_e2e
     from ztm import h2
     from ztm.agent.tls import MeshFiles
-    from ztm.apps.files.channel import StreamReader
 
     host, port = hub.address.rsplit(":", 1)
     files = MeshFiles(requester.data / "meshes" / MESH)
@@ -267,13 +278,7 @@ def raw_chunk_requests(requester: Agent, target: str, requests: list[dict[str, A
     async def one(request: dict[str, Any]) -> Any:
         conn = await h2.connect(host, int(port), files.ep_context(), timeout=10)
         try:
-            stream = await open_e2e(conn, layer_of(files), target_id, "files", "fetch")
-            await stream.write(json.dumps(request).encode() + b"\n")
-            reader = StreamReader(stream)
-            line = await asyncio.wait_for(reader.line(), 10)
-            header = json.loads(line) if line else {}
-            data = await asyncio.wait_for(reader.exactly(header["size"]), 10) if "size" in header else b""
-            return header, data
+            return await fetch_one(await open_e2e(conn, layer_of(files), target_id, "files", "fetch"), request)
         finally:
             conn.close()
             await asyncio.wait_for(conn.wait_closed(), 10)
@@ -637,7 +642,6 @@ def raw_direct_requests(requester: Agent, address: str, target: str, requests: l
     bytes."""
     from e2eclient import dial_direct, layer_of, open_direct
     from ztm.agent.tls import MeshFiles
-    from ztm.apps.files.channel import StreamReader
 
     files = MeshFiles(requester.data / "meshes" / MESH)
     target_id = next(e["id"] for e in requester.endpoints() if e["name"] == target)
@@ -645,13 +649,7 @@ def raw_direct_requests(requester: Agent, address: str, target: str, requests: l
     async def one(request: dict[str, Any]) -> Any:
         conn = await dial_direct(files.dir, address)
         try:
-            stream = await open_direct(conn, layer_of(files), target_id, "files", "fetch")
-            await stream.write(json.dumps(request).encode() + b"\n")
-            reader = StreamReader(stream)
-            line = await asyncio.wait_for(reader.line(), 10)
-            header = json.loads(line) if line else {}
-            data = await asyncio.wait_for(reader.exactly(header["size"]), 10) if "size" in header else b""
-            return header, data
+            return await fetch_one(await open_direct(conn, layer_of(files), target_id, "files", "fetch"), request)
         finally:
             conn.abort()
 

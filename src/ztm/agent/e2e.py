@@ -257,12 +257,7 @@ class MeshE2E:
     async def _opened(self, outer: Outer, session: Session, channel: Channel, received: bytes) -> E2EStream:
         stream = self._make_stream(outer, session, channel)
         stream.start(received)
-        try:
-            inner, payload = await stream.control()
-        except E2EStreamError as exc:
-            raise E2EError(exc.reason, str(exc)) from None
-        except h2.H2Error as exc:
-            raise E2EError("truncated", f"the stream failed before the peer answered: {exc}") from None
+        inner, payload = await _first_record(stream, "before the peer answered")
         if inner == REFUSE:
             stream.reset()
             raise stream.refusal(payload)
@@ -329,12 +324,7 @@ class MeshE2E:
             self.counters["handshakes:responder"] += 1
         stream = self._make_stream(outer, session, session.channel(stream_no))
         stream.start(reader.take_rest())
-        try:
-            inner, payload = await stream.control()
-        except E2EStreamError as exc:
-            raise E2EError(exc.reason, str(exc)) from None
-        except h2.H2Error as exc:
-            raise E2EError("truncated", f"the stream failed before the opening: {exc}") from None
+        inner, payload = await _first_record(stream, "before the opening")
         if inner != OPEN:
             raise E2EError("malformed", f"expected OPEN, got record type {inner}")
         app, service = _parse_open(payload)
@@ -370,6 +360,16 @@ class _suppress_h2:
 
     def __exit__(self, *exc: object) -> bool:
         return exc[0] is not None and issubclass(exc[0], h2.H2Error)  # type: ignore[arg-type]
+
+
+async def _first_record(stream: E2EStream, when: str) -> tuple[int, bytes]:
+    """The stream's first control record (OPEN, OK or REFUSE); its failure as an E2EError with its reason."""
+    try:
+        return await stream.control()
+    except E2EStreamError as exc:
+        raise E2EError(exc.reason, str(exc)) from None
+    except h2.H2Error as exc:
+        raise E2EError("truncated", f"the stream failed {when}: {exc}") from None
 
 
 async def _nothing() -> None:
