@@ -612,3 +612,10 @@ def test_random_json_bodies_are_refused_with_4xx_json(world: World) -> None:
     assert_healthy(world)
     log = (agent.data / "agent.log").read_text()
     assert "Traceback" not in log and "internal error" not in log, "the agent logged an internal error"
+
+
+def test_a_digit_that_is_not_ascii_is_not_a_number(world: World) -> None:
+    """`?lines=²` (found by tests/reliability/test_api_fuzz.py): `isdigit` says yes, `int` raises: a 400, not a 500."""
+    for path in ("/api/log?lines=%C2%B2", f"/api/meshes/{MESH}/hub/log?lines=%C2%B2"):
+        answer = request(world.agent, "GET", path)
+        assert answer.status == 400 and "lines" in answer.json()["error"], (path, answer.status, answer.raw[:200])

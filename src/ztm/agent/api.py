@@ -174,7 +174,7 @@ class AgentApi:
     @staticmethod
     def _lines(request: web.Request) -> int:
         raw = request.query.get("lines", "100")
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:  # "²" is a digit to isdigit() but not to int()
             raise BadInput("query parameter 'lines' must be a number from 1 to 2000")
         return validate.int_range(int(raw), "lines", 1, 2000)
 

@@ -38,7 +38,10 @@ async def call(session: MeshSession, ep_id: str, method: str, params: Any, timeo
 
 
 async def _call(session: MeshSession, ep_id: str, method: str, params: Any) -> Any:
-    stream = await open_app_stream(session, ep_id, CALLS_APP, method)
+    try:
+        stream = await open_app_stream(session, ep_id, CALLS_APP, method)
+    except h2.H2Error as exc:  # the hub connection went away under the opening
+        raise Unavailable(f"the call to {ep_id} failed: {exc}") from None
     try:
         await stream.write(json.dumps(params).encode(), end_stream=True)
         raw = await stream.read_all(MAX_BODY)
