@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import json
 import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ztm import h2, pki
 from ztm.agent.apps import Caller
 from ztm.agent.e2estream import E2EStream, E2EStreamError, Outer
-from ztm.e2e import SUITE, Credentials, E2EError, Initiator, Peer, Responder, Session
+from ztm.e2e import Credentials, E2EError, Initiator, Peer, Responder, Session
 from ztm.e2e.frames import (
     AUTH,
     ERROR,
@@ -282,7 +283,7 @@ class MeshE2E:
             raise E2EError("timeout", f"the caller did not open within {HANDSHAKE_TIMEOUT:g}s") from None
         except E2EError as exc:
             if exc.reason not in ("integrity", "truncated"):
-                with _suppress_h2():
+                with contextlib.suppress(h2.H2Error):
                     outer.write_nowait(error_frame(f"{exc.reason}: {exc.message}"))
                     outer.end_nowait()
             else:
@@ -343,23 +344,6 @@ class MeshE2E:
             self.name, data.get("name") or data.get("ep"), data.get("user"), peer.ep_id, peer.user,
         )  # fmt: skip
         return Caller(peer.ep_id, self._peer_name(peer.ep_id) or peer.ep_id, peer.user)
-
-    # ---- views -------------------------------------------------------------------------------------------------------
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "sessions": len(self._outgoing) + len(self._incoming),
-            "streams": len(self._live),
-            "suite": SUITE,
-        }
-
-
-class _suppress_h2:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> bool:
-        return exc[0] is not None and issubclass(exc[0], h2.H2Error)  # type: ignore[arg-type]
 
 
 async def _first_record(stream: E2EStream, when: str) -> tuple[int, bytes]:

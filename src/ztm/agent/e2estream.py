@@ -20,18 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from ztm import h2
 from ztm.e2e import E2EError, Peer
 from ztm.e2e.frames import MAX_PAYLOAD
 from ztm.e2e.record import DATA, END, OK, OPEN, OVERHEAD, REFUSE, Channel
 from ztm.errors import ZtmError, from_json
-
-log = logging.getLogger("ztm.agent.e2e")
 
 READ_BUFFER = 256 * 1024
 """Opened bytes held for a reader before the outer stream's credit is withheld."""
@@ -186,10 +183,6 @@ class E2EStream:
     @property
     def credit_waiting(self) -> float:
         return self._outer.credit_waiting
-
-    def describe(self) -> dict[str, Any]:
-        """How this stream is protected, for views (`ztm tunnel describe`, stats)."""
-        return {"path": self.path, "e2e": self.suite, "peer": self.peer.ep_id, "user": self.peer.user}
 
     async def wait_closed(self) -> None:
         await self._outer.wait_closed()
