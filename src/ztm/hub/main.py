@@ -66,6 +66,15 @@ async def _main(cfg: HubConfig) -> int:
             )
         except OSError as exc:
             raise ZtmError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
+        # Every listener is up before the permit is written: the permit is what tells an operator (and the
+        # tests) that the hub is ready.
+        admin = None
+        if cfg.admin is not None:
+            try:
+                admin = await serve_admin(state, cfg.admin.host, cfg.admin.port)
+            except OSError as exc:
+                server.close()
+                raise ZtmError(f"cannot listen on admin address {cfg.admin}: {exc.strerror or exc}") from None
         _write_permit(cfg, authority)
         log.info(
             "hub %s of mesh %s listening on %s (agents dial %s)",
@@ -74,13 +83,6 @@ async def _main(cfg: HubConfig) -> int:
             cfg.listen,
             ", ".join(map(str, names)),
         )
-        admin = None
-        if cfg.admin is not None:
-            try:
-                admin = await serve_admin(state, cfg.admin.host, cfg.admin.port)
-            except OSError as exc:
-                server.close()
-                raise ZtmError(f"cannot listen on admin address {cfg.admin}: {exc.strerror or exc}") from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
