@@ -24,7 +24,7 @@ from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unautho
 from ztm.hub import limits
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.conns import Connections
-from ztm.hub.store import EndpointRecord, HubStore, UserRecord
+from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
 from ztm.timefmt import iso
 from ztm.version import __version__
 
@@ -179,6 +179,10 @@ class HubState:
         """Per endpoint id, per app: the services it offers (published by agents after every hello)."""
         self.direct: dict[str, str] = {}
         """Per online endpoint id: the `HOST:PORT` where it accepts direct connections from peers (POST /api/direct)."""
+        self.hubs: dict[str, HubInfo] = {}
+        """Every hub of the mesh, this one included, as last read from the store (`ztm.hub.cluster`)."""
+        self.remote: dict[str, Presence] = {}
+        """Endpoint id -> its session on another online hub of the cluster (empty on a single hub)."""
         self.conns = Connections()
         """Every live connection and its peer: closed on eviction, revocation and certificate expiry."""
         self._revoked: set[int] = set(revoked)
@@ -229,8 +233,15 @@ class HubState:
             raise Unauthorized(reason)
 
     def is_online(self, ep_id: str) -> bool:
-        """Whether the endpoint has a live session on this hub."""
-        return ep_id in self.sessions
+        """Whether the endpoint has a live session on this hub or on another online hub of the cluster."""
+        return ep_id in self.sessions or ep_id in self.remote
+
+    def location(self, ep_id: str) -> str | None:
+        """The id of the other hub that holds the endpoint's live session; None when it is here or offline."""
+        if ep_id in self.sessions:
+            return None
+        presence = self.remote.get(ep_id)
+        return presence.hub_id if presence is not None else None
 
     def require_ep(self, peer: Peer) -> EndpointRecord:
         if peer.ep_id is None:
