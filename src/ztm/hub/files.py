@@ -35,11 +35,12 @@ MAX_PARTIAL_VIEWS = 32
 
 
 class FileIndex:
-    def __init__(self, state: HubState, store: HubStore) -> None:
+    def __init__(self, state: HubState, store: HubStore, texts: list[str]) -> None:
+        """`texts`: the store's entries (`HubStore.files()`)."""
         self.state = state
         self.store = store
         self.entries: dict[str, FileEntry] = {}
-        for text in store.files():
+        for text in texts:
             try:
                 entry = FileEntry.from_json(json.loads(text))
             except (ValueError, BadInput) as exc:
@@ -135,7 +136,7 @@ class FileIndex:
             )
 
     # writing
-    def publish(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
+    async def publish(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
         ep = self.state.require_ep(peer)
         parsed = FileEntry.parse(body)
         if not filespec.may_write(peer.user, parsed.path):
@@ -153,7 +154,7 @@ class FileIndex:
         )
         old = self.entries.get(entry.path)
         self._check_quota(peer.user, entry, old)
-        self.store.save_file(entry.path, json.dumps(entry.to_json()))
+        await self.store.save_file(entry.path, json.dumps(entry.to_json()))
         if old is not None:
             self._count(old, -1)
         self._count(entry, 1)
@@ -171,19 +172,19 @@ class FileIndex:
         log.info("user %s published %s (%d bytes) from %s", peer.user, entry.path, entry.size, ep.name)
         return self.get(peer, entry.path)
 
-    def unpublish(self, peer: Peer, path: str) -> None:
+    async def unpublish(self, peer: Peer, path: str) -> None:
         self.state.require_ep(peer)
         entry = self._readable(peer, path)
         if not filespec.may_write(peer.user, path):
             raise Forbidden(f"only {filespec.writers(path)} may unpublish {path}")
-        self.store.delete_file(path)
+        await self.store.delete_file(path)
         del self.entries[entry.path]
         self._count(entry, -1)
         self.sources.pop(path, None)
         self.partial.pop(path, None)
         log.info("user %s unpublished %s", peer.user, path)
 
-    def set_acl(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
+    async def set_acl(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
         self.state.require_ep(peer)
         path = filespec.check_path(body.get("path"))
         acl = Acl.parse(body.get("acl")).check_for(path)
@@ -194,7 +195,7 @@ class FileIndex:
             entry.path, entry.size, entry.time, entry.hash, entry.chunks, entry.publisher, entry.ep, acl,
             entry.published,
         )  # fmt: skip
-        self.store.save_file(path, json.dumps(updated.to_json()))
+        await self.store.save_file(path, json.dumps(updated.to_json()))
         self.entries[path] = updated
         held = self.sources.get(path, {})
         for ep_id in list(held):  # a holder who may no longer read it is no source either

@@ -10,13 +10,13 @@ import signal
 from ztm import aio, datadir, h2, keylog, logs, pki
 from ztm.addr import Address
 from ztm.config import HubConfig
-from ztm.errors import BadInput, ZtmError
+from ztm.errors import BadInput, Unavailable, ZtmError
 from ztm.hub import limits
 from ztm.hub.admin import serve_admin
 from ztm.hub.authority import Authority
 from ztm.hub.routes import HubRoutes
 from ztm.hub.state import HubState
-from ztm.hub.store import HubStore
+from ztm.hub.store_sqlite import SqliteStore
 from ztm.permit import make_permit
 
 log = logging.getLogger("ztm.hub")
@@ -41,11 +41,11 @@ async def _main(cfg: HubConfig) -> int:
     secrets_file = keylog.check()
     if secrets_file is not None:
         log.warning("%s", keylog.warning(secrets_file))
-    store = HubStore(cfg.data / DB_NAME)
+    store = SqliteStore(cfg.data / DB_NAME)
     try:
         store.lock()
-        authority = Authority(store, cfg.data, names)
-        state = HubState(
+        authority = await Authority.load(store, cfg.data, names)
+        state = await HubState.load(
             store,
             authority,
             max_agents=cfg.max_agents,
@@ -53,7 +53,7 @@ async def _main(cfg: HubConfig) -> int:
             heartbeat=cfg.heartbeat,
             max_endpoints_per_user=cfg.max_endpoints_per_user,
         )
-        routes = HubRoutes(state, ring)
+        routes = HubRoutes(state, ring, await store.files())
         try:
             server = await h2.serve(
                 routes.handle,
@@ -98,10 +98,10 @@ async def _main(cfg: HubConfig) -> int:
             session.close_connection()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 2)
-        state.sweep()
+        await state.sweep()
         return 0
     finally:
-        store.close()
+        await store.close()
 
 
 def _default_names(cfg: HubConfig) -> tuple[Address, ...]:
@@ -131,11 +131,15 @@ async def _sweep(state: HubState, authority: Authority) -> None:
     interval = max(0.2, state.heartbeat / 2)
     while True:
         await asyncio.sleep(interval)
-        state.sweep()
+        await state.sweep()
         ticks += 1
         if ticks * interval >= 86400:
-            ticks = 0
-            state.refresh_crl()
+            try:
+                await state.refresh_crl()
+            except Unavailable as exc:  # the store is away: try again at the next tick
+                log.warning("could not refresh the CRL: %s", exc.message)
+            else:
+                ticks = 0
 
 
 def _raise_file_limit(max_agents: int) -> None:

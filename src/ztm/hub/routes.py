@@ -68,7 +68,8 @@ Route = Callable[[Request], Awaitable[Any]]
 
 
 class HubRoutes:
-    def __init__(self, state: HubState, ring: RingHandler) -> None:
+    def __init__(self, state: HubState, ring: RingHandler, files: list[str]) -> None:
+        """`files`: the store's file entries (`HubStore.files()`)."""
         self.state = state
         self.ring = ring
         self._log_window = 0.0
@@ -101,7 +102,7 @@ class HubRoutes:
             ("POST", re.compile(r"/api/direct"), self.post_direct),
         ]
         self.relay = Relay(state)
-        self.files = FileIndex(state, state.store)
+        self.files = FileIndex(state, state.store, files)
 
     # connection admission
     def on_handshake_failure(self, peer: str, reason: str) -> None:
@@ -201,7 +202,7 @@ class HubRoutes:
 
     async def post_enroll(self, req: Request) -> Any:
         body = await req.json()
-        ep, cert = self.state.enroll(
+        ep, cert = await self.state.enroll(
             req.peer,
             ep_id=validate.ep_id(body.get("ep_id")),
             name=validate.endpoint_name(body.get("name")),
@@ -214,7 +215,7 @@ class HubRoutes:
 
     async def post_renew(self, req: Request) -> Any:
         body = await req.json()
-        return {"certificate": self.state.renew(req.peer, pki.csr_from_pem(validate.field(body, "csr", str)))}
+        return {"certificate": await self.state.renew(req.peer, pki.csr_from_pem(validate.field(body, "csr", str)))}
 
     async def post_heartbeat(self, req: Request) -> Any:
         await req.json()
@@ -227,11 +228,11 @@ class HubRoutes:
         return self.state.endpoint_view(self.state.find_endpoint(req.arg("ep")))
 
     async def delete_endpoint(self, req: Request) -> Any:
-        return self.state.delete_endpoint(req.peer, req.arg("ep"))
+        return await self.state.delete_endpoint(req.peer, req.arg("ep"))
 
     async def post_labels(self, req: Request) -> Any:
         body = await req.json()
-        return self.state.set_labels(
+        return await self.state.set_labels(
             req.peer, req.arg("ep"), validate.labels(body.get("add")), validate.labels(body.get("delete"))
         )
 
@@ -253,10 +254,10 @@ class HubRoutes:
         user = validate.user_name(req.arg("user"))
         days = validate.int_range(body.get("days", 365), "days", 1, 3650)
         public_key = pki.public_key_from_pem(validate.field(body, "public_key", str))
-        return self.state.invite(req.peer, user, public_key, days)
+        return await self.state.invite(req.peer, user, public_key, days)
 
     async def post_evict(self, req: Request) -> Any:
-        return self.state.evict(req.peer, validate.user_name(req.arg("user")))
+        return await self.state.evict(req.peer, validate.user_name(req.arg("user")))
 
     async def get_log(self, req: Request) -> Any:
         if req.peer.user != ROOT_USER:
@@ -300,14 +301,14 @@ class HubRoutes:
         return self.files.get(req.peer, filespec.check_path(req.str_query("path")))
 
     async def post_file(self, req: Request) -> Any:
-        return self.files.publish(req.peer, await req.json(FILES_MAX_BODY))
+        return await self.files.publish(req.peer, await req.json(FILES_MAX_BODY))
 
     async def delete_file(self, req: Request) -> Any:
-        self.files.unpublish(req.peer, filespec.check_path(req.str_query("path")))
+        await self.files.unpublish(req.peer, filespec.check_path(req.str_query("path")))
         return None
 
     async def post_file_acl(self, req: Request) -> Any:
-        return self.files.set_acl(req.peer, await req.json())
+        return await self.files.set_acl(req.peer, await req.json())
 
     async def post_file_sources(self, req: Request) -> Any:
         return self.files.announce(req.peer, await req.json(FILES_MAX_BODY))

@@ -24,7 +24,7 @@ from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unautho
 from ztm.hub import limits
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.conns import Connections
-from ztm.hub.store import EndpointRecord, HubStore
+from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
 from ztm.timefmt import iso
 from ztm.version import __version__
 
@@ -143,11 +143,15 @@ class HubState:
         store: HubStore,
         authority: Authority,
         *,
+        endpoints: list[EndpointRecord],
+        users: list[UserRecord],
+        revoked: list[int],
         max_agents: int,
         cert_ttl: float,
         heartbeat: float,
         max_endpoints_per_user: int = 100,
     ) -> None:
+        """Use `load` (the store is asynchronous)."""
         self.store = store
         self.authority = authority
         self.max_agents = max_agents
@@ -156,8 +160,8 @@ class HubState:
         self.cert_ttl = cert_ttl
         self.heartbeat = heartbeat
         self.started = time.time()
-        self.endpoints: dict[str, EndpointRecord] = {ep.id: ep for ep in store.endpoints()}
-        self.users = {u.name: u for u in store.users()}
+        self.endpoints: dict[str, EndpointRecord] = {ep.id: ep for ep in endpoints}
+        self.users = {u.name: u for u in users}
         self.sessions: dict[str, Session] = {}
         self._calls: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self.pending_calls = limits.PendingCounts(
@@ -175,10 +179,37 @@ class HubState:
         """Per endpoint id, per app: the services it offers (published by agents after every hello)."""
         self.direct: dict[str, str] = {}
         """Per online endpoint id: the `HOST:PORT` where it accepts direct connections from peers (POST /api/direct)."""
+        self.hubs: dict[str, HubInfo] = {}
+        """Every hub of the mesh, this one included, as last read from the store (`ztm.hub.cluster`)."""
+        self.remote: dict[str, Presence] = {}
+        """Endpoint id -> its session on another online hub of the cluster (empty on a single hub)."""
         self.conns = Connections()
         """Every live connection and its peer: closed on eviction, revocation and certificate expiry."""
-        self._revoked: set[int] = set(store.revoked_serials(time.time()))
+        self._revoked: set[int] = set(revoked)
         authority.rebuild_crl(self._revoked)
+
+    @classmethod
+    async def load(
+        cls,
+        store: HubStore,
+        authority: Authority,
+        *,
+        max_agents: int,
+        cert_ttl: float,
+        heartbeat: float,
+        max_endpoints_per_user: int = 100,
+    ) -> HubState:
+        return cls(
+            store,
+            authority,
+            endpoints=await store.endpoints(),
+            users=await store.users(),
+            revoked=await store.revoked_serials(time.time()),
+            max_agents=max_agents,
+            cert_ttl=cert_ttl,
+            heartbeat=heartbeat,
+            max_endpoints_per_user=max_endpoints_per_user,
+        )
 
     # identity
     def refusal(self, peer: Peer) -> str | None:
@@ -201,6 +232,17 @@ class HubState:
         if reason is not None:
             raise Unauthorized(reason)
 
+    def is_online(self, ep_id: str) -> bool:
+        """Whether the endpoint has a live session on this hub or on another online hub of the cluster."""
+        return ep_id in self.sessions or ep_id in self.remote
+
+    def location(self, ep_id: str) -> str | None:
+        """The id of the other hub that holds the endpoint's live session; None when it is here or offline."""
+        if ep_id in self.sessions:
+            return None
+        presence = self.remote.get(ep_id)
+        return presence.hub_id if presence is not None else None
+
     def require_ep(self, peer: Peer) -> EndpointRecord:
         if peer.ep_id is None:
             raise Forbidden("this route needs an endpoint certificate; enrol first (POST /api/enroll)")
@@ -214,7 +256,7 @@ class HubState:
             raise Forbidden(f"only root may {what}; you are {peer.user!r}")
 
     # enrolment
-    def enroll(
+    async def enroll(
         self,
         peer: Peer,
         *,
@@ -244,17 +286,16 @@ class HubState:
                 )
         now = time.time()
         ttl = self._ttl_within(peer.user, peer.not_after, now)  # the user certificate (permit) bounds the endpoint's
+        replaces: list[str] = []
         for other in list(self.endpoints.values()):
             if other.name == name and other.id != ep_id:
                 owner = self.users.get(other.user)
                 released = owner is None or owner.evicted_at is not None  # an evicted user holds no names
                 if other.user != peer.user and not released:
                     raise Conflict(f"endpoint name {name!r} is taken by user {other.user!r}; join with another --as")
-                if other.id in self.sessions:
+                if self.is_online(other.id):
                     raise Conflict(f"endpoint name {name!r} is in use by an online endpoint; join with another --as")
-                self.store.delete_endpoint(other.id)
-                del self.endpoints[other.id]
-                self.services.pop(other.id, None)
+                replaces.append(other.id)
         ep = EndpointRecord(
             id=ep_id,
             name=name,
@@ -266,24 +307,27 @@ class HubState:
             last_seen=now,
             user_not_after=peer.not_after,
         )
-        cert = self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
-        self.store.save_endpoint(ep)
+        await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write or a lost race changes nothing
+        cert = await self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
+        for other_id in replaces:
+            self.endpoints.pop(other_id, None)
+            self.services.pop(other_id, None)
         self.endpoints[ep_id] = ep
         self.version += 1
         self.counters["enrollments"] += 1
         log.info("enrolled endpoint %s (%s) of user %s", name, ep_id, peer.user)
         return ep, pki.cert_to_pem(cert)
 
-    def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
+    async def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
         self.check_peer(peer)
         ep = self.require_ep(peer)
-        user_end = ep.user_not_after if ep.user_not_after is not None else self.store.user_cert_end(ep.user)
+        user_end = ep.user_not_after if ep.user_not_after is not None else await self.store.user_cert_end(ep.user)
         if user_end is not None and user_end <= peer.not_after + 1:
             raise Forbidden(
                 f"the invitation of user {ep.user!r} ends at {iso(user_end)} and this endpoint certificate already "
                 "lasts until then; ask root for a new permit (ztm invite) and join with it"
             )
-        cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self._ttl_within(ep.user, user_end))
+        cert = await self.authority.issue_endpoint(ep.user, ep.id, public_key, self._ttl_within(ep.user, user_end))
         log.info("renewed the certificate of endpoint %s (%s)", ep.name, ep.id)
         return pki.cert_to_pem(cert)
 
@@ -359,7 +403,7 @@ class HubState:
         self._seen[ep.id] = ep.last_seen
         return {"time": iso(session.last_heartbeat), "interval": self.heartbeat}
 
-    def sweep(self) -> None:
+    async def sweep(self) -> None:
         """Close sessions whose heartbeats stopped or whose certificate expired; flush last-seen times."""
         now = time.time()
         for session in list(self.sessions.values()):
@@ -373,7 +417,7 @@ class HubState:
                 session.close_connection()
         seen, self._seen = self._seen, {}
         try:
-            self.store.touch_endpoints(seen)
+            await self.store.touch_endpoints(seen)
         except Unavailable as exc:  # a full disk must not stop the sweeper: keep the times for the next sweep
             self._seen = {**seen, **self._seen}
             if not self._touch_failed:
@@ -382,17 +426,17 @@ class HubState:
         else:
             self._touch_failed = False
 
-    def refresh_crl(self) -> None:
+    async def refresh_crl(self) -> None:
         """Re-sign the CRL (it carries a next-update time) and drop revoked serials that have expired anyway."""
         now = time.time()
-        self.store.prune_certs(now)
-        self._crl_changed(now)
+        await self.store.prune_certs(now)
+        await self._crl_changed(now)
 
-    def _crl_changed(self, now: float, *, spare: set[int] | None = None) -> None:
+    async def _crl_changed(self, now: float, *, spare: set[int] | None = None) -> None:
         """After revocations changed: a new CRL (and TLS context), agents told (`crl`: they reload it for direct
         channels), and every connection of a revoked certificate closed but those in `spare` (closed by their
         sessions after a last event)."""
-        self._revoked = set(self.store.revoked_serials(now))
+        self._revoked = set(await self.store.revoked_serials(now))
         self.authority.rebuild_crl(self._revoked)
         self.broadcast({"type": "crl", "number": self.authority.crl_number})
         revoked = self._revoked
@@ -533,7 +577,7 @@ class HubState:
         return {"direct": self.direct[ep.id]}
 
     # labels
-    def set_labels(self, peer: Peer, ref: str, add: list[str], delete: list[str]) -> dict[str, Any]:
+    async def set_labels(self, peer: Peer, ref: str, add: list[str], delete: list[str]) -> dict[str, Any]:
         ep = self.find_endpoint(ref)
         if peer.user not in (ep.user, ROOT_USER):
             raise Forbidden(f"only {ep.user!r} (the owner) or root may label endpoint {ep.name!r}")
@@ -541,20 +585,20 @@ class HubState:
         labels += [x for x in add if x not in labels]
         if len(labels) > 32:
             raise BadInput("an endpoint has at most 32 labels")
-        self.store.save_endpoint(dataclasses.replace(ep, labels=labels))  # saved first: a failed write changes nothing
+        await self.store.save_endpoint(dataclasses.replace(ep, labels=labels))  # first: a failed write changes nothing
         ep.labels = labels
         view = self.endpoint_view(ep)
         self.broadcast({"type": "endpoint", "ep": view})
         return view
 
     # users
-    def invite(self, peer: Peer, user: str, public_key: ec.EllipticCurvePublicKey, days: int) -> dict[str, Any]:
+    async def invite(self, peer: Peer, user: str, public_key: ec.EllipticCurvePublicKey, days: int) -> dict[str, Any]:
         self._require_root(peer, "invite users")
         if user == ROOT_USER:
             raise BadInput("root exists already; invite another user name")
-        cert = self.authority.issue_user(user, public_key, days)
-        self.store.upsert_user(user, evicted_at=None)
-        self.users = {u.name: u for u in self.store.users()}
+        cert = await self.authority.issue_user(user, public_key, days)
+        await self.store.upsert_user(user, evicted_at=None)
+        self.users = {u.name: u for u in await self.store.users()}
         log.info("root invited user %s (certificate valid %d days)", user, days)
         return {
             "ca": self.authority.ca_pem,
@@ -562,21 +606,20 @@ class HubState:
             "bootstraps": [str(a) for a in self.authority.names],
         }
 
-    def evict(self, peer: Peer, user: str) -> dict[str, Any]:
+    async def evict(self, peer: Peer, user: str) -> dict[str, Any]:
         self._require_root(peer, "evict users")
         if user == ROOT_USER:
             raise BadInput("root cannot be evicted")
         if user not in self.users:
             raise NotFound(f"no user named {user!r}; see `ztm get user`")
         now = time.time()
-        self.store.upsert_user(user, evicted_at=now)
-        self.store.revoke_user_certs(user)
-        self.users = {u.name: u for u in self.store.users()}
+        await self.store.evict_user(user, now)
+        self.users = {u.name: u for u in await self.store.users()}
         # Each live session ends with an `evicted` event (its writer closes the connection once it is out, within
         # 0.5 s at worst); every other connection of the user closes now. Requests in between are refused.
         sessions = [s for s in self.sessions.values() if s.user == user]
         spare = {s.conn_key for s in sessions if s.conn_key is not None}
-        self._crl_changed(now, spare=spare)
+        await self._crl_changed(now, spare=spare)
         self.conns.close_where(lambda p: p.user == user, spare=spare)
         for session in sessions:
             session.push({"type": "evicted", "reason": "root evicted this user from the mesh"})
@@ -586,7 +629,7 @@ class HubState:
         log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
         return next(u for u in self.list_users() if u["name"] == user)
 
-    def delete_endpoint(self, peer: Peer, ref: str) -> dict[str, Any]:
+    async def delete_endpoint(self, peer: Peer, ref: str) -> dict[str, Any]:
         """Root removes an endpoint record: its name and its user's quota slot are free again, its certificates
         are revoked and its connections closed (its agent has to join again). Returns the record as it was."""
         self._require_root(peer, "delete endpoints")
@@ -594,14 +637,13 @@ class HubState:
         if ep.id == peer.ep_id:
             raise BadInput(f"{ep.name!r} is the endpoint you ask from; delete it from another one, or `ztm leave`")
         view = self.endpoint_view(ep)
-        self.store.delete_endpoint(ep.id)  # saved first: a failed write changes nothing
-        self.store.revoke_endpoint_certs(ep.id)
+        await self.store.delete_endpoint(ep.id)  # saved first: a failed write changes nothing
         del self.endpoints[ep.id]
         self.services.pop(ep.id, None)
         session = self.sessions.get(ep.id)
         if session is not None:
             self.close_session(session)
-        self._crl_changed(time.time())
+        await self._crl_changed(time.time())
         self.conns.close_where(lambda p: p.ep_id == ep.id)
         self.broadcast({"type": "endpoint", "ep": {**view, "online": False, "deleted": True}})
         log.info("root deleted endpoint %s (%s) of user %s", ep.name, ep.id, ep.user)
