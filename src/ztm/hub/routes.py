@@ -342,7 +342,7 @@ class HubRoutes:
         return await self.files.set_acl(req.peer, await req.json())
 
     async def post_file_sources(self, req: Request) -> Any:
-        return self.files.announce(req.peer, await req.json(FILES_MAX_BODY))
+        return await self.files.announce(req.peer, await req.json(FILES_MAX_BODY))
 
     # the event stream
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:
