@@ -101,6 +101,7 @@ class HubRoutes:
             ("POST", re.compile(r"/api/files/acl"), self.post_file_acl),
             ("POST", re.compile(r"/api/files/sources"), self.post_file_sources),
             ("GET", re.compile(r"/api/crl"), self.get_crl),
+            ("GET", re.compile(r"/api/hubs"), self.get_hubs),
             ("POST", re.compile(r"/api/direct"), self.post_direct),
         ]
         self.peers = HubPeers(state)
@@ -306,6 +307,10 @@ class HubRoutes:
         return self.state.find_services(
             check_app(apps[0] if apps else None), check_service(names[0]) if names else None
         )
+
+    async def get_hubs(self, req: Request) -> Any:
+        cluster = self.state.cluster
+        return {"hubs": cluster.hub_views() if cluster is not None else []}
 
     async def get_crl(self, req: Request) -> Any:
         """The CA's current CRL, for agents that check direct peers' certificates (refreshed on every `crl` event)."""
