@@ -36,12 +36,10 @@ from integration.test_tunnel import (
     rst,
 )
 from reliability.hubclient import HubClient
-from support import ZTM, Agent, Hub, Proc, free_port, holds_for, start_agent, start_hub, wait_until
+from support import Agent, Hub, Proc, free_port, holds_for, start_agent, start_cluster, wait_until
 
 MESH = "m"
 TIMEOUT = 15.0
-CLUSTER_HUB = os.environ.get("ZTM_TEST_CLUSTER_HUB")
-"""A program to run instead of `python -m ztm` for the hubs (same arguments), e.g. a patched hub; unset: ztm."""
 
 
 @dataclass
@@ -71,15 +69,6 @@ class Cluster:
         return found
 
 
-def start_cluster_hub(tmp: Path, db: str, server: pgserver.PgServer, name: str, admin: str) -> Hub:
-    program = [*ZTM[:1], CLUSTER_HUB] if CLUSTER_HUB else ZTM
-    key = tmp / "ca.key"
-    return start_hub(
-        tmp, name=name, program=program, env={"PGPASSWORD": server.password},
-        extra=["--store", server.url(db), "--ca-key-file", str(key), "--admin", admin],
-    )  # fmt: skip
-
-
 def _hub_of(agent: Agent, name: str) -> str | None:
     for ep in agent.endpoints():
         if ep["name"] == name and ep.get("online"):
@@ -97,15 +86,15 @@ def cluster(pg_server: pgserver.PgServer, tmp_path_factory: pytest.TempPathFacto
     servers = Servers()
     try:
         admins = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-        hubs = []
-        for i in range(3):
-            hubs.append(start_cluster_hub(tmp, db, pg_server, f"hub-{i}", admins[i]))
-            procs.append(hubs[-1].proc)
+        env = {"PGPASSWORD": pg_server.password}
+        names = (("hub-a", ""), ("hub-b", ""), ("hub-c", ""))
+        hubs = start_cluster(tmp, pg_server.url(db), env, names, admin=admins).hubs
+        procs += [hub.proc for hub in hubs]
         agents = []
         for i, name in enumerate(("home", "office", "lab")):
             agent = start_agent(tmp, name)
             procs.append(agent.proc)
-            agent.join(MESH, name, hubs[i].permit)  # each hub's root permit names that hub
+            agent.join(MESH, name, hubs[i].permit)  # each hub's root permit names that hub first
             agents.append(agent)
         home, office, lab = agents
         for agent in agents:
