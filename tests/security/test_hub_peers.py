@@ -7,7 +7,8 @@ hub. The tests:
 
 - a hub peer asks for everything else (users, endpoints, files, enrolment, the event stream, the log, invitations,
   accepting a stream, answering a call, the CRL): 403 every time;
-- a hub peer forwards a call to an endpoint of this hub: it is run, as from the caller the header names;
+- a hub peer forwards a call to an endpoint of this hub: it is run, as from the caller the header names, which
+  must be an endpoint of the registry whose user is a member (not evicted);
 - a forwarded stream or call for an endpoint that is not on this hub is never forwarded again (503);
 - a hub certificate of this mesh whose hub id is not a registered hub, and a hub certificate of another mesh, are
   refused at connect;
@@ -161,6 +162,12 @@ def test_a_hub_peer_may_only_forward(world: World) -> None:
             "POST", f"/api/endpoints/{world.exit_id}/call", CALL, [*JSON, _caller(world.mallory_id, "m", "root")]
         )
         assert status == 403 and "belongs to user 'mallory'" in answer["error"], (status, answer)
+        # ... whose user is a member now: once mallory is evicted, no hub may forward for her endpoint.
+        world.exit.cli("evict", "mallory")
+        status, answer = peer.request(
+            "POST", f"/api/endpoints/{world.exit_id}/call", CALL, [*JSON, _caller(world.mallory_id, "m", "mallory")]
+        )
+        assert status == 403 and "not a member" in answer["error"], (status, answer)
 
 
 def test_a_forwarded_request_is_never_forwarded_again(world: World) -> None:
