@@ -237,6 +237,11 @@ def test_bad_input_at_open(pg_url: PgDb, tmp_path: Path, monkeypatch: pytest.Mon
         (pg_url.url, None, BadInput, "needs a password for user 'ztm'"),
         (f"postgresql://ztm@127.0.0.1:{port}/no_such_db", pg_url.password, BadInput, "'no_such_db' does not exist"),
     ]
+    foreign = f"owned_by_postgres_{pg_url.name}"
+    pg_url.server.psql("postgres", f"CREATE DATABASE {foreign}")  # PostgreSQL 15: no CREATE for others in public
+    cases.append(
+        (f"postgresql://ztm@127.0.0.1:{port}/{foreign}", pg_url.password, BadInput, "refused to set up the ztm schema")
+    )
     for url, password, cls, words in cases:
         start = time.monotonic()
         with pytest.raises(ZtmError) as err:

@@ -24,9 +24,9 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerrors
 
-from ztm.errors import Conflict, ZtmError
+from ztm.errors import BadInput, Conflict, ZtmError
 from ztm.hub.pgconn import CHANNEL, Conn, Notify, PgLink
-from ztm.hub.store import EndpointRecord, HubInfo, Presence, UserRecord
+from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
 from ztm.hub.storeurl import StoreUrl
 
 MIGRATIONS: list[str] = [
@@ -106,6 +106,12 @@ class PgStore:
         store = cls(link)
         try:
             await link.run(lambda c: _migrate(c, migrations, url.redacted()))
+        except psycopg.Error as exc:
+            await link.close()
+            raise BadInput(
+                f"the store {url.redacted()} refused to set up the ztm schema: {link.cause(exc)}; make user "
+                f"{url.user!r} the owner of database {url.dbname!r} (ALTER DATABASE ... OWNER TO ...)"
+            ) from None
         except BaseException:
             await link.close()
             raise
@@ -402,3 +408,7 @@ async def _migrate(c: Conn, migrations: Sequence[str], where: str) -> None:
                     await c.execute(statement.encode())
         if version < len(migrations):
             await c.execute("UPDATE ztm_schema SET version = %s", (len(migrations),))
+
+
+def _conforms(store: PgStore) -> HubStore:
+    return store  # mypy checks that PgStore implements every method of the interface
