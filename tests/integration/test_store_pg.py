@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from conftest import PgDb
-from ztm.errors import BadInput, Unavailable, ZtmError
+from ztm.errors import BadInput, Conflict, Unavailable, ZtmError
 from ztm.hub.store import EndpointRecord, HubInfo, Presence
 from ztm.hub.store_pg import MIGRATIONS, PgStore
 from ztm.hub.storeurl import parse_store_url
@@ -298,6 +298,31 @@ def test_outage_fails_fast_and_recovers_with_a_resync(pg_url: PgDb) -> None:
         finally:
             if not server.running:
                 await asyncio.to_thread(server.start)
+            await s.close()
+
+    run(main())
+
+
+def test_refusals_and_cancelled_calls_do_not_drain_the_pool(pg_url: PgDb) -> None:
+    async def main() -> None:
+        s = await open_store(pg_url, pool_size=2)
+        try:
+            await s.enroll_endpoint(ep("e1", "taken"), replaces=[])
+            for i in range(5):  # more refusals than connections
+                with pytest.raises(Conflict):
+                    await s.enroll_endpoint(ep(f"x{i}", "taken"), replaces=[])
+            for _ in range(3):  # calls cancelled in the middle of a statement: their connections are replaced
+                task = asyncio.ensure_future(s._rows("SELECT pg_sleep(3)"))
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            start = time.monotonic()
+            await until(s.endpoints, 5, "the store to answer")
+            results = await asyncio.gather(*(s.endpoints() for _ in range(6)))
+            assert all(len(r) == 1 for r in results) and time.monotonic() - start < 3
+            assert s.available
+        finally:
             await s.close()
 
     run(main())

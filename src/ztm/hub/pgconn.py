@@ -67,6 +67,8 @@ class PgLink:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._subscribers: list[Notify] = []
         self._closed = False
+        self._generation = 0
+        """Counts the losses: a replacement connection made for an earlier pool is not added to a newer one."""
         self.available = False
         self.problem = "not connected yet"
 
@@ -166,8 +168,6 @@ class PgLink:
             ) from None
         keep = False
         try:
-            if conn not in self._conns:  # from before a reconnect
-                raise psycopg.OperationalError("the connection was replaced")
             async with asyncio.timeout(STATEMENT_TIMEOUT + 1):
                 result = await work(conn)
             keep = True
@@ -176,20 +176,39 @@ class PgLink:
             self._lost(f"no answer within {STATEMENT_TIMEOUT + 1:.0f} s")
             raise self._unavailable() from None
         except psycopg.OperationalError as exc:
-            if conn.broken or conn.closed or conn not in self._conns:
+            if conn.broken or conn.closed:
                 self._lost(self.cause(exc))
                 raise self._unavailable() from None
             keep = True  # e.g. the statement timeout: the connection itself is fine
             raise Unavailable(f"store unavailable, retrying: {self.cause(exc)}") from None
-        except psycopg.Error:
+        except Exception:  # a refusal (unique violation, Conflict, ...): rolled back, the connection is fine
             keep = not (conn.broken or conn.closed)
             raise
         finally:
-            if keep and conn in self._conns and not self._closed:
-                self._idle.put_nowait(conn)
-            else:
-                self._conns.discard(conn)
-                spawn(_close(conn), name="store-close")
+            self._give_back(conn, keep)
+
+    def _give_back(self, conn: Conn, keep: bool) -> None:
+        if keep and conn in self._conns and not self._closed:
+            self._idle.put_nowait(conn)
+            return
+        spawn(_close(conn), name="store-close")
+        if conn in self._conns:  # lost while the store is up (a call cancelled mid-statement): replace it
+            self._conns.discard(conn)
+            spawn(self._replace(self._generation), name="store-replace")
+
+    async def _replace(self, generation: int) -> None:
+        try:
+            conn = await self._connect()
+        except (psycopg.Error, OSError) as exc:
+            if generation == self._generation:
+                self._lost(self.cause(exc))
+            return
+        if self._closed or generation != self._generation:  # a reconnect made a whole new pool meanwhile
+            await _close(conn)
+            return
+        self._conns.add(conn)
+        self._pids.add(conn.info.backend_pid)
+        self._idle.put_nowait(conn)
 
     def _unavailable(self) -> Unavailable:
         return Unavailable(f"store unavailable, retrying: {self.problem or 'reconnecting'}")
@@ -202,6 +221,7 @@ class PgLink:
             log.warning("store %s unavailable: %s; retrying", self.url.redacted(), cause)
         self.available = False
         self.problem = cause
+        self._generation += 1
         old = [*self._conns, *([self._listen] if self._listen is not None else [])]
         self._conns = set()
         self._pids = set()
