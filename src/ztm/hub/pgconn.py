@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -38,7 +40,11 @@ Notify = Callable[[str, dict[str, Any]], None]
 CHANNEL = "ztm_mesh"
 CONNECT_TIMEOUT = 3
 STATEMENT_TIMEOUT = 5.0
-"""Seconds one statement may run on the server; a call's own deadline is a little longer."""
+"""Seconds one statement may run on the server."""
+CALL_DEADLINE = STATEMENT_TIMEOUT + 1
+"""Seconds one call may take here, whatever the link does: then its connection is shut down under it (a silently
+cut link never answers, and cancelling the call would make psycopg wait up to 10 s more trying to cancel the query
+on the server through that same dead link)."""
 POOL_SIZE = 4
 _DEFAULTS = {
     "connect_timeout": str(CONNECT_TIMEOUT),
@@ -159,32 +165,34 @@ class PgLink:
         if not self.available:
             raise self._unavailable()
         try:
-            async with asyncio.timeout(STATEMENT_TIMEOUT + 1):
+            async with asyncio.timeout(CALL_DEADLINE):
                 conn = await self._idle.get()
         except TimeoutError:
             raise Unavailable(
-                f"store unavailable, retrying: all {self._size} store connections stayed busy for "
-                f"{STATEMENT_TIMEOUT + 1:.0f} s"
+                f"store unavailable, retrying: all {self._size} store connections stayed busy for {CALL_DEADLINE:.0f} s"
             ) from None
         keep = False
+        aborted: list[bool] = []
+        watchdog = asyncio.get_running_loop().call_later(CALL_DEADLINE, _abort, conn, aborted)
         try:
-            async with asyncio.timeout(STATEMENT_TIMEOUT + 1):
+            async with asyncio.timeout(CALL_DEADLINE + 2):  # a backstop: the watchdog ends the call before
                 result = await work(conn)
             keep = True
             return result
         except TimeoutError:
-            self._lost(f"no answer within {STATEMENT_TIMEOUT + 1:.0f} s")
+            self._lost(f"no answer within {CALL_DEADLINE:.0f} s")
             raise self._unavailable() from None
         except psycopg.OperationalError as exc:
-            if conn.broken or conn.closed:
-                self._lost(self.cause(exc))
+            if aborted or conn.broken or conn.closed:
+                self._lost(f"no answer within {CALL_DEADLINE:.0f} s" if aborted else self.cause(exc))
                 raise self._unavailable() from None
             keep = True  # e.g. the statement timeout: the connection itself is fine
             raise Unavailable(f"store unavailable, retrying: {self.cause(exc)}") from None
         except Exception:  # a refusal (unique violation, Conflict, ...): rolled back, the connection is fine
-            keep = not (conn.broken or conn.closed)
+            keep = not (aborted or conn.broken or conn.closed)
             raise
         finally:
+            watchdog.cancel()
             self._give_back(conn, keep)
 
     def _give_back(self, conn: Conn, keep: bool) -> None:
@@ -296,6 +304,23 @@ class PgLink:
         self._listen = None
         for c in conns:
             await _close(c)
+
+
+def _abort(conn: Conn, aborted: list[bool]) -> None:
+    """End a call that is past its deadline: shut the connection's socket down (both ways) under it, so the wait
+    inside psycopg ends at once with an error (the descriptor itself stays open for the event loop's reader)."""
+    aborted.append(True)
+    try:
+        fd = conn.pgconn.socket
+        dup = socket.socket(fileno=os.dup(fd))
+    except (OSError, ValueError, psycopg.Error):
+        return
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
 
 
 async def _close(conn: Conn) -> None:
