@@ -128,6 +128,13 @@ def pg_url(pg_server: pgserver.PgServer) -> PgDb:
     return PgDb(pg_server, name, pg_server.url(name), pg_server.password, env)
 
 
+@pytest.fixture
+def make_cluster(tmp_path: Path, pg_url: PgDb) -> Callable[..., support.Cluster]:
+    """`make_cluster(hubs=[("a", "zone-a"), ("b", "zone-b")], **kw)`: hubs of one mesh on a fresh PostgreSQL
+    database (`support.start_cluster`)."""
+    return functools.partial(support.start_cluster, tmp_path, pg_url.url, pg_url.env)
+
+
 # ------------------------------------------------------------------------------------------------------------ lab
 
 

@@ -380,6 +380,29 @@ def hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--admin", metavar="ADDR", type=address_type(default_host="127.0.0.1"), help="local admin/metrics address"
     )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="postgresql://USER@HOST[:PORT]/DB shared by every hub of the mesh (default: SQLite in the data "
+        "directory); the password comes from PGPASSWORD, PGPASSFILE or --store-password-file",
+    )
+    p.add_argument("--store-password-file", metavar="FILE", type=path_type, help="file holding the database password")
+    p.add_argument(
+        "--ca-key-file",
+        metavar="FILE",
+        type=path_type,
+        help="with --store: the key sealing the mesh's CA key in the database (default DATA/ca.key; the first hub "
+        "makes it, copy it to every other hub, mode 0600)",
+    )
+    p.add_argument("--zone", metavar="NAME", type=zone_type, help="this hub's zone (agents of that zone prefer it)")
+
+
+def zone_type(text: str) -> str:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", text):
+        raise argparse.ArgumentTypeError(
+            f"invalid zone {text!r}: 1-32 lowercase letters, digits and '-', starting with a letter or digit"
+        )
+    return text
 
 
 def agent_options(p: argparse.ArgumentParser) -> None:

@@ -48,7 +48,15 @@ def hub_config(args: argparse.Namespace, *, service: bool = False) -> HubConfig:
         permit=_absolute(args.permit) if args.permit else None,
         data=_data(args, service=service),
         admin=args.admin,
+        store=args.store,
+        store_password_file=_absolute(args.store_password_file) if args.store_password_file else None,
+        ca_key_file=_absolute(args.ca_key_file) if args.ca_key_file else None,
+        zone=args.zone or "",
     )
+    if args.store_password_file is not None and args.store is None:
+        raise UsageError("--store-password-file goes with --store postgresql://...")
+    if args.ca_key_file is not None and args.store is None:
+        raise UsageError("--ca-key-file goes with --store postgresql://... (a SQLite hub keeps its keys in its file)")
     if args.max_agents is not None:
         cfg = replace(cfg, max_agents=args.max_agents)
     if args.max_endpoints_per_user is not None:

@@ -20,6 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import keylog, pki
 from ztm.addr import Address
+from ztm.errors import BadInput
+from ztm.hub import cakey
 from ztm.hub.store import HubStore
 
 ROOT_USER = "root"
@@ -30,17 +32,19 @@ def utcnow() -> dt.datetime:
 
 
 class Authority:
-    def __init__(self, store: HubStore, data: Path, names: Sequence[Address], meta: dict[str, str]) -> None:
-        """Use `load` (the store is asynchronous)."""
+    def __init__(
+        self, store: HubStore, data: Path, names: Sequence[Address], meta: dict[str, str], keys: dict[str, str]
+    ) -> None:
+        """Use `load` (the store is asynchronous). `keys`: the CA and root private keys (PEM), unsealed."""
         self.store = store
         self.data = data
         now = utcnow()
         self.mesh_id = meta["mesh_id"]
         self.hub_id = meta["hub_id"] if not store.shared else _own_hub_id(data)
-        self.ca_key = pki.key_from_pem(meta["ca_key"])
+        self.ca_key = pki.key_from_pem(keys["ca_key"])
         self.ca_cert = pki.cert_from_pem(meta["ca_cert"])
         self.ca_pem = meta["ca_cert"]
-        self.root_key = pki.key_from_pem(meta["root_key"])
+        self.root_key = pki.key_from_pem(keys["root_key"])
         self.root_cert = pki.cert_from_pem(meta["root_cert"])
         self.crl_number = int(meta.get("crl_number", "0"))
         """Increases with every CRL this hub signs (seconds since the epoch, or one more than the last): hubs of a
@@ -54,27 +58,45 @@ class Authority:
         """The current CRL alone (PEM); agents fetch it (`GET /api/crl`) to check direct peers' certificates."""
 
     @classmethod
-    async def load(cls, store: HubStore, data: Path, names: Sequence[Address]) -> Authority:
-        """The mesh in `store`, created (CA, root user) when the store has none yet."""
+    async def load(
+        cls, store: HubStore, data: Path, names: Sequence[Address], *, seal_key: bytes | None = None,
+        key_file: Path | None = None,
+    ) -> Authority:  # fmt: skip
+        """The mesh in `store`, created (CA, root user) when the store has none yet. With `seal_key` (a shared
+        store) the private keys are kept sealed in the store (`ztm.hub.cakey`); a key that does not open them is a
+        one-line `BadInput` naming `key_file`."""
         meta = await store.get_meta()
         if "ca_cert" not in meta:
-            meta = await cls._create(store, utcnow())
-        return cls(store, data, names, meta)
+            meta = await cls._create(store, utcnow(), seal_key)
+        keys = {"ca_key": meta["ca_key"], "root_key": meta["root_key"]}
+        if seal_key is not None:
+            for what in keys:
+                if not cakey.is_sealed(keys[what]):
+                    raise BadInput(
+                        f"the store holds this mesh's {what.replace('_', ' ')} unsealed; move the mesh with "
+                        "'ztm hub migrate', which seals it"
+                    )
+                keys[what] = cakey.unseal(keys[what], seal_key, meta["mesh_id"], what, key_file=key_file or "given")
+        return cls(store, data, names, meta, keys)
 
     @staticmethod
-    async def _create(store: HubStore, now: dt.datetime) -> dict[str, str]:
+    async def _create(store: HubStore, now: dt.datetime, seal_key: bytes | None) -> dict[str, str]:
         mesh_id = pki.new_mesh_id()
         ca_key, ca_cert = pki.create_ca(mesh_id, now=now)
         root_key = pki.new_key()
         root_cert = pki.issue_user_cert(
             ca_key, ca_cert, user=ROOT_USER, public_key=root_key.public_key(), now=now, days=3650
         )
+        ca_pem, root_pem = pki.key_to_pem(ca_key), pki.key_to_pem(root_key)
+        if seal_key is not None:
+            ca_pem = cakey.seal(ca_pem, seal_key, mesh_id, "ca_key")
+            root_pem = cakey.seal(root_pem, seal_key, mesh_id, "root_key")
         meta = {
             "mesh_id": mesh_id,
             "hub_id": pki.new_hub_id(),
-            "ca_key": pki.key_to_pem(ca_key),
+            "ca_key": ca_pem,
             "ca_cert": pki.cert_to_pem(ca_cert),
-            "root_key": pki.key_to_pem(root_key),
+            "root_key": root_pem,
             "root_cert": pki.cert_to_pem(root_cert),
             "crl_number": "0",
         }

@@ -30,6 +30,8 @@ MAX_ANNOUNCE = 10_000
 MAX_LIST = 10_000
 MAX_PARTIAL = 256
 """Partial copies one endpoint may announce (per announcement, and kept per endpoint): each bitmap is up to 11 KB."""
+MAX_NOTIFY_SOURCES = 6000
+"""Bytes of paths and hashes in one `sources` notification to the other hubs (the store's limit is 8000)."""
 MAX_PARTIAL_VIEWS = 32
 """Partial holders listed in one answer about a file (a random choice among the online ones, to spread the load)."""
 
@@ -155,6 +157,7 @@ class FileIndex:
         old = self.entries.get(entry.path)
         self._check_quota(peer.user, entry, old)
         await self.store.save_file(entry.path, json.dumps(entry.to_json()))
+        await self.state.publish("file", {"path": entry.path})
         if old is not None:
             self._count(old, -1)
         self._count(entry, 1)
@@ -178,6 +181,7 @@ class FileIndex:
         if not filespec.may_write(peer.user, path):
             raise Forbidden(f"only {filespec.writers(path)} may unpublish {path}")
         await self.store.delete_file(path)
+        await self.state.publish("file", {"path": path})
         del self.entries[entry.path]
         self._count(entry, -1)
         self.sources.pop(path, None)
@@ -196,7 +200,13 @@ class FileIndex:
             entry.published,
         )  # fmt: skip
         await self.store.save_file(path, json.dumps(updated.to_json()))
+        await self.state.publish("file", {"path": path})
         self.entries[path] = updated
+        self._drop_unreadable(path, acl)
+        log.info("user %s set the acl of %s: %s", peer.user, path, acl.to_json())
+        return self.get(peer, path)
+
+    def _drop_unreadable(self, path: str, acl: Acl) -> None:
         held = self.sources.get(path, {})
         for ep_id in list(held):  # a holder who may no longer read it is no source either
             holder = self.state.endpoints.get(ep_id)
@@ -207,11 +217,56 @@ class FileIndex:
             holder = self.state.endpoints.get(ep_id)
             if holder is None or not filespec.may_read(holder.user, path, acl):
                 del partial[ep_id]
-        log.info("user %s set the acl of %s: %s", peer.user, path, acl.to_json())
-        return self.get(peer, path)
+
+    # another hub of the cluster changed the index or an endpoint of its announced what it holds
+    async def on_notify(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "file":
+            await self.reload(str(payload["path"]))
+        elif kind == "sources":
+            self.apply_sources(payload)
+        elif kind == "resync":
+            for path in set(self.entries) | {json.loads(t)["path"] for t in await self.store.files()}:
+                await self.reload(path)
+
+    async def reload(self, path: str) -> None:
+        text = await self.store.file(path)
+        old = self.entries.pop(path, None)
+        if old is not None:
+            self._count(old, -1)
+        if text is None:
+            self.sources.pop(path, None)
+            self.partial.pop(path, None)
+            return
+        try:
+            entry = FileEntry.from_json(json.loads(text))
+        except (ValueError, BadInput) as exc:
+            log.error("file index: skipping an unreadable entry: %s", exc)
+            return
+        self.entries[path] = entry
+        self._count(entry, 1)
+        held = self.sources.setdefault(path, {})
+        for other, file_hash in list(held.items()):
+            if file_hash != entry.hash:
+                del held[other]
+        if old is None or old.hash != entry.hash:
+            held[entry.ep] = entry.hash  # the publisher holds what it published
+        self._drop_unreadable(path, entry.acl)
+
+    def apply_sources(self, payload: dict[str, Any]) -> None:
+        """Another hub's endpoint announced full copies it holds (`announce`'s `hold`, checked there)."""
+        ep_id = str(payload["ep"])
+        if payload.get("replace"):
+            for held in self.sources.values():
+                held.pop(ep_id, None)
+        for path in payload.get("drop", []):
+            self.sources.get(str(path), {}).pop(ep_id, None)
+        for path, file_hash in payload.get("hold", []):
+            entry = self.entries.get(str(path))
+            if entry is not None and entry.hash == file_hash:
+                self.sources.setdefault(entry.path, {})[ep_id] = entry.hash
 
     # sources
-    def announce(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
+    async def announce(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
         """`{"hold": [{"path", "hash"}], "partial": [{"path", "hash", "have"}], "drop": [path], "replace": bool}`:
         the caller holds these files in full (`hold`), some chunks of these (`partial`, `have` a `ChunkSet`), no
         longer holds these (`drop`); `replace` forgets everything it announced before. Accepted only for current
@@ -285,7 +340,26 @@ class FileIndex:
         for table in (self.sources, self.partial):
             for path in [p for p, held in table.items() if not held]:
                 del table[path]
+        await self._share_sources(ep.id, [(p, wanted[p]) for p in accepted], drop, replace)
         answer: dict[str, Any] = {"accepted": accepted, "stale": stale}
         if "partial" in body:
             answer.update(partial_accepted=partial_accepted, partial_stale=partial_stale)
         return answer
+
+    async def _share_sources(self, ep_id: str, hold: list[tuple[str, str]], drop: list[str], replace: bool) -> None:
+        """Tell the other hubs what the endpoint holds in full (partial copies stay with its own hub), in
+        notifications that fit the store's size limit."""
+        if not self.store.shared or not (hold or drop or replace):
+            return
+        batch: dict[str, Any] = {"ep": ep_id, "replace": replace, "hold": [], "drop": []}
+        size = 100
+        for key, items in (("drop", [(p, "") for p in drop]), ("hold", hold)):
+            for path, file_hash in items:
+                item: Any = path if key == "drop" else [path, file_hash]
+                grows = len(path) + len(file_hash) + 8
+                if size + grows > MAX_NOTIFY_SOURCES:
+                    await self.state.publish("sources", batch)
+                    batch, size = {"ep": ep_id, "replace": False, "hold": [], "drop": []}, 100
+                batch[key].append(item)
+                size += grows
+        await self.state.publish("sources", batch)

@@ -99,6 +99,7 @@ class HubRoutes:
             ("POST", re.compile(r"/api/files/acl"), self.post_file_acl),
             ("POST", re.compile(r"/api/files/sources"), self.post_file_sources),
             ("GET", re.compile(r"/api/crl"), self.get_crl),
+            ("GET", re.compile(r"/api/hubs"), self.get_hubs),
             ("POST", re.compile(r"/api/direct"), self.post_direct),
         ]
         self.relay = Relay(state)
@@ -276,6 +277,10 @@ class HubRoutes:
             check_app(apps[0] if apps else None), check_service(names[0]) if names else None
         )
 
+    async def get_hubs(self, req: Request) -> Any:
+        cluster = self.state.cluster
+        return {"hubs": cluster.hub_views() if cluster is not None else []}
+
     async def get_crl(self, req: Request) -> Any:
         """The CA's current CRL, for agents that check direct peers' certificates (refreshed on every `crl` event)."""
         self.state.require_ep(req.peer)
@@ -311,7 +316,7 @@ class HubRoutes:
         return await self.files.set_acl(req.peer, await req.json())
 
     async def post_file_sources(self, req: Request) -> Any:
-        return self.files.announce(req.peer, await req.json(FILES_MAX_BODY))
+        return await self.files.announce(req.peer, await req.json(FILES_MAX_BODY))
 
     # the event stream
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -27,6 +27,9 @@ from ztm.hub.conns import Connections
 from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
 from ztm.timefmt import iso
 from ztm.version import __version__
+
+if TYPE_CHECKING:
+    from ztm.hub.cluster import Cluster
 
 log = logging.getLogger("ztm.hub")
 
@@ -183,6 +186,8 @@ class HubState:
         """Every hub of the mesh, this one included, as last read from the store (`ztm.hub.cluster`)."""
         self.remote: dict[str, Presence] = {}
         """Endpoint id -> its session on another online hub of the cluster (empty on a single hub)."""
+        self.cluster: Cluster | None = None
+        """This hub among the hubs of its store (`ztm.hub.cluster`; it sets itself here)."""
         self.conns = Connections()
         """Every live connection and its peer: closed on eviction, revocation and certificate expiry."""
         self._revoked: set[int] = set(revoked)
@@ -315,6 +320,8 @@ class HubState:
         self.endpoints[ep_id] = ep
         self.version += 1
         self.counters["enrollments"] += 1
+        for changed in [*replaces, ep_id]:
+            await self.publish("endpoint", {"id": changed})
         log.info("enrolled endpoint %s (%s) of user %s", name, ep_id, peer.user)
         return ep, pki.cert_to_pem(cert)
 
@@ -373,6 +380,8 @@ class HubState:
         ep.last_seen = time.time()
         session.push({"type": "hello", "ep": self.endpoint_view(ep), "heartbeat": self.heartbeat, "hub": self.status()})
         self.broadcast({"type": "endpoint", "ep": self.endpoint_view(ep)}, exclude=ep.id)
+        if self.cluster is not None:
+            self.cluster.session_changed(session)
         return session
 
     def close_session(self, session: Session) -> None:
@@ -386,12 +395,29 @@ class HubState:
                 self._seen[ep.id] = ep.last_seen
                 log.info("endpoint %s (%s) is offline", ep.name, ep.id)
                 self.broadcast({"type": "endpoint", "ep": self.endpoint_view(ep)})
-            for hook in self.offline_hooks:
-                hook(session.ep_id)
-            for call_id, (future, target) in list(self._calls.items()):
-                if target == session.ep_id and not future.done():
-                    future.set_exception(Unavailable("the endpoint went offline before it answered"))
-                    self._calls.pop(call_id, None)
+            if self.cluster is not None:
+                self.cluster.session_changed(session)
+            self._session_gone(session)
+
+    def supersede(self, session: Session, why: str) -> None:
+        """The endpoint opened a newer session at another hub (it moved): end this one without calling the
+        endpoint offline. Its connection stays until its streams end (the agent retires it)."""
+        if self.sessions.get(session.ep_id) is not session:
+            return
+        log.info("endpoint %s moved: %s", session.ep_id, why)
+        session.end()
+        del self.sessions[session.ep_id]
+        self.direct.pop(session.ep_id, None)
+        self._session_gone(session)
+
+    def _session_gone(self, session: Session) -> None:
+        """Fail what waits on the session: streams it was offered, calls it was asked."""
+        for hook in self.offline_hooks:
+            hook(session.ep_id)
+        for call_id, (future, target) in list(self._calls.items()):
+            if target == session.ep_id and not future.done():
+                future.set_exception(Unavailable("the endpoint went offline before it answered"))
+                self._calls.pop(call_id, None)
 
     def beat(self, peer: Peer) -> dict[str, Any]:
         ep = self.require_ep(peer)
@@ -442,8 +468,10 @@ class HubState:
         revoked = self._revoked
         self.conns.close_where(lambda p: p.serial in revoked, spare=spare or set())
 
-    def broadcast(self, event: dict[str, Any], *, exclude: str | None = None) -> None:
-        self.version += 1
+    def broadcast(self, event: dict[str, Any], *, exclude: str | None = None, bump: bool = True) -> None:
+        """Queue `event` for every session here; `bump`: it changes the endpoint list (drop the list cache)."""
+        if bump:
+            self.version += 1
         kind, line = str(event.get("type")), encode_event(event)
         key = f"endpoint/{event['ep']['id']}" if kind == "endpoint" else None  # only the newest view matters
         for ep_id, session in self.sessions.items():
@@ -461,16 +489,23 @@ class HubState:
             "online": len(self.sessions),
             "max_agents": self.max_agents,
             "started": iso(self.started),
+            "zone": self.cluster.me.zone if self.cluster is not None else "",
+            "hubs": self.cluster.hub_views() if self.cluster is not None else [],
         }
 
     def endpoint_view(self, ep: EndpointRecord) -> dict[str, Any]:
         session = self.sessions.get(ep.id)
         address = session.address if session else None
+        remote = self.remote.get(ep.id) if session is None else None
+        if remote is not None and remote.address:
+            host, _, port = remote.address.rpartition(":")
+            address = (host.strip("[]"), int(port)) if port.isdecimal() else None
         return {
             "id": ep.id,
             "name": ep.name,
             "user": ep.user,
-            "online": session is not None,
+            "online": session is not None or remote is not None,
+            "hub": (session and self.authority.hub_id) or (remote.hub_id if remote is not None else None),
             "labels": list(ep.labels),
             "version": ep.version,
             "hostname": ep.hostname,
@@ -479,7 +514,7 @@ class HubState:
             "first_seen": iso(ep.first_seen),
             "last_seen": iso(ep.last_seen),
             "heartbeat": iso(session.last_heartbeat) if session else None,
-            "online_since": iso(session.since) if session else None,
+            "online_since": iso(session.since) if session else (iso(remote.since) if remote is not None else None),
         }
 
     def find_endpoint(self, ref: str) -> EndpointRecord:
@@ -491,7 +526,7 @@ class HubState:
         named = [e for e in self.endpoints.values() if e.name == ref]
         if not named:
             raise NotFound(f"no endpoint named {ref!r} in this mesh")
-        return max(named, key=lambda e: (e.id in self.sessions, e.last_seen or 0))
+        return max(named, key=lambda e: (self.is_online(e.id), e.last_seen or 0))
 
     def list_endpoints(self) -> list[dict[str, Any]]:
         return [self.endpoint_view(ep) for ep in sorted(self.endpoints.values(), key=lambda e: (e.name, e.id))]
@@ -536,10 +571,15 @@ class HubState:
             offered[app] = sorted(set(services))
         else:
             offered.pop(app, None)
+        session = self.sessions.get(ep.id)
+        if session is not None and self.cluster is not None:
+            self.cluster.session_changed(session)
 
     def find_services(self, app: str, service: str | None) -> list[dict[str, Any]]:
         found = []
-        for ep_id, offered in self.services.items():
+        everywhere = {ep_id: p.services for ep_id, p in self.remote.items()}
+        everywhere.update(self.services)  # what a session here announced wins over an older one elsewhere
+        for ep_id, offered in everywhere.items():
             ep = self.endpoints.get(ep_id)
             if ep is None:
                 continue
@@ -550,13 +590,20 @@ class HubState:
                             "ep": ep.id,
                             "name": ep.name,
                             "user": ep.user,
-                            "online": ep.id in self.sessions,
+                            "online": self.is_online(ep.id),
                             "app": app,
                             "service": name,
-                            "direct": self.direct.get(ep.id),
+                            "direct": self._direct_of(ep.id),
                         }
                     )
         return sorted(found, key=lambda f: (f["service"], f["name"]))
+
+    def _direct_of(self, ep_id: str) -> str | None:
+        here = self.direct.get(ep_id)
+        if here is not None or ep_id in self.sessions:
+            return here
+        remote = self.remote.get(ep_id)
+        return (remote.direct or None) if remote is not None else None
 
     def set_direct(self, peer: Peer, host: str | None, port: int | None) -> dict[str, Any]:
         """Record (port None: forget) where an online endpoint accepts direct connections; a wildcard or missing
@@ -566,6 +613,8 @@ class HubState:
         session = self.sessions.get(ep.id)
         if session is None:
             raise Unavailable("open the event stream (GET /api/events) before announcing a direct address")
+        if self.cluster is not None:
+            self.cluster.session_changed(session)
         if port is None:
             self.direct.pop(ep.id, None)
             return {"direct": None}
@@ -589,6 +638,7 @@ class HubState:
         ep.labels = labels
         view = self.endpoint_view(ep)
         self.broadcast({"type": "endpoint", "ep": view})
+        await self.publish("endpoint", {"id": ep.id})
         return view
 
     # users
@@ -599,12 +649,20 @@ class HubState:
         cert = await self.authority.issue_user(user, public_key, days)
         await self.store.upsert_user(user, evicted_at=None)
         self.users = {u.name: u for u in await self.store.users()}
+        await self.publish("users", {"user": user})
         log.info("root invited user %s (certificate valid %d days)", user, days)
         return {
             "ca": self.authority.ca_pem,
             "agent": {"certificate": pki.cert_to_pem(cert)},
-            "bootstraps": [str(a) for a in self.authority.names],
+            "bootstraps": self.bootstraps(),
         }
+
+    def bootstraps(self) -> list[str]:
+        """Every address of every hub of the mesh, this hub's first: what permits list."""
+        addresses = [str(a) for a in self.authority.names]
+        for hub in sorted(self.hubs.values(), key=lambda h: h.id):
+            addresses += [a for a in hub.addresses if a not in addresses]
+        return addresses
 
     async def evict(self, peer: Peer, user: str) -> dict[str, Any]:
         self._require_root(peer, "evict users")
@@ -615,6 +673,14 @@ class HubState:
         now = time.time()
         await self.store.evict_user(user, now)
         self.users = {u.name: u for u in await self.store.users()}
+        await self._cut_user(user, now)
+        await self.publish("evict", {"user": user})
+        self.counters["evictions"] += 1
+        log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
+        return next(u for u in self.list_users() if u["name"] == user)
+
+    async def _cut_user(self, user: str, now: float) -> None:
+        """The user is evicted (here or at another hub): new CRL, sessions told and closed, connections closed."""
         # Each live session ends with an `evicted` event (its writer closes the connection once it is out, within
         # 0.5 s at worst); every other connection of the user closes now. Requests in between are refused.
         sessions = [s for s in self.sessions.values() if s.user == user]
@@ -625,9 +691,6 @@ class HubState:
             session.push({"type": "evicted", "reason": "root evicted this user from the mesh"})
             self.close_session(session)
             asyncio.get_running_loop().call_later(0.5, session.close_connection)
-        self.counters["evictions"] += 1
-        log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
-        return next(u for u in self.list_users() if u["name"] == user)
 
     async def delete_endpoint(self, peer: Peer, ref: str) -> dict[str, Any]:
         """Root removes an endpoint record: its name and its user's quota slot are free again, its certificates
@@ -646,8 +709,63 @@ class HubState:
         await self._crl_changed(time.time())
         self.conns.close_where(lambda p: p.ep_id == ep.id)
         self.broadcast({"type": "endpoint", "ep": {**view, "online": False, "deleted": True}})
+        await self.publish("endpoint", {"id": ep.id})
         log.info("root deleted endpoint %s (%s) of user %s", ep.name, ep.id, ep.user)
         return view
+
+    # changes made at other hubs of the cluster (`ztm.hub.cluster` applies their notifications here)
+    async def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        """Tell the other hubs of the cluster that shared state changed (after the store write)."""
+        if self.cluster is not None:
+            await self.cluster.publish(kind, payload)
+
+    async def reload_endpoint(self, ep_id: str) -> None:
+        """Another hub enrolled, relabelled or deleted this endpoint: take the store's record."""
+        record = await self.store.endpoint(ep_id)
+        old = self.endpoints.get(ep_id)
+        if record is None:
+            if old is None:
+                return
+            view = self.endpoint_view(old)
+            del self.endpoints[ep_id]
+            self.services.pop(ep_id, None)
+            self.remote.pop(ep_id, None)
+            session = self.sessions.get(ep_id)
+            if session is not None:
+                self.close_session(session)
+            await self._crl_changed(time.time())
+            self.conns.close_where(lambda p: p.ep_id == ep_id)
+            self.broadcast({"type": "endpoint", "ep": {**view, "online": False, "deleted": True}})
+            return
+        if old is not None and (old.last_seen or 0) > (record.last_seen or 0):
+            record.last_seen = old.last_seen
+        self.endpoints[ep_id] = record
+        self.broadcast({"type": "endpoint", "ep": self.endpoint_view(record)})
+
+    async def reload_users(self) -> None:
+        self.users = {u.name: u for u in await self.store.users()}
+
+    async def reload_crl(self) -> None:
+        await self._crl_changed(time.time())
+
+    async def evicted_elsewhere(self, user: str) -> None:
+        """Root evicted `user` at another hub: the same cut here (CRL, sessions, connections)."""
+        await self.reload_users()
+        await self._cut_user(user, time.time())
+        log.info("user %s was evicted at another hub; its sessions here are closed", user)
+
+    async def reload_all(self) -> None:
+        """Notifications may have been missed (the store was away): reload what other hubs change."""
+        records = {ep.id: ep for ep in await self.store.endpoints()}
+        for ep_id in set(self.endpoints) | set(records):
+            if self.endpoints.get(ep_id) != records.get(ep_id):
+                await self.reload_endpoint(ep_id)
+        evicted_before = {u.name for u in self.users.values() if u.evicted_at is not None}
+        await self.reload_users()
+        for user in self.users.values():
+            if user.evicted_at is not None and user.name not in evicted_before:
+                await self._cut_user(user.name, time.time())
+        await self._crl_changed(time.time())
 
     # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
     async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:

@@ -86,6 +86,16 @@ class HubStore(Protocol):
     """True when other hubs may use the same store (PostgreSQL): the hub then encrypts the CA key, registers
     itself in the hubs table, publishes presence and listens for notifications."""
 
+    @property
+    def available(self) -> bool:
+        """False while the store cannot be reached (calls raise `Unavailable`; it reconnects by itself)."""
+        ...
+
+    @property
+    def problem(self) -> str:
+        """Why it is unavailable ("" when it is available)."""
+        ...
+
     async def close(self) -> None: ...
 
     # meta: mesh id, CA certificate, (sealed) CA and root keys, CRL number

@@ -47,6 +47,9 @@ MIGRATIONS = [
 class SqliteStore:
     kind = "sqlite"
     shared = False
+    available = True
+    problem = ""
+    """A local file is always there (a full disk fails single writes with `Unavailable`, not the store)."""
 
     def __init__(self, path: Path) -> None:
         self.db = Database(path, MIGRATIONS)
