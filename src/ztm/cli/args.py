@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 from ztm import validate
 from ztm.addr import Address
+from ztm.agent.hubpick import check_zone
 from ztm.config import DEFAULT_HUB_PORT
 from ztm.errors import BadInput
 
@@ -257,6 +258,17 @@ def label_type(text: str) -> list[str]:
 label_type.__name__ = "label"
 
 
+def zone_type(text: str) -> str:
+    """`--zone NAME`: a zone name, or "" for none."""
+    try:
+        return check_zone(text.strip(), "zone")
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("zone: ")) from None
+
+
+zone_type.__name__ = "zone"
+
+
 def path_type(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path")
@@ -405,6 +417,12 @@ def agent_options(p: argparse.ArgumentParser) -> None:
         type=address_type(),
         help="the address peers dial for --direct, if not that one (e.g. a port forwarded on a NAT router)",
     )
+    p.add_argument(
+        "--zone",
+        metavar="NAME",
+        type=zone_type,
+        help="prefer the online hubs of this zone (kept for later starts; --zone '' for none; default none)",
+    )
 
 
 def _process_subcommands(p: argparse.ArgumentParser, verb: str, description: str) -> None:
@@ -428,6 +446,7 @@ def _process_subcommands(p: argparse.ArgumentParser, verb: str, description: str
         help=f"{verb} an agent",
         usage=(
             f"ztm {verb} agent [--listen ADDR] [--data DIR] [--join MESH --join-as NAME --permit FILE] [--direct ADDR]"
+            " [--zone NAME]"
         ),
         description=f"{description} an agent: the daemon that joins meshes and serves the local API.",
         epilog=(
