@@ -16,11 +16,11 @@ unless nothing else is left. Nothing here does I/O: `HubLink` (agent/link.py) di
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ztm import validate
 from ztm.addr import Address
 from ztm.errors import BadInput, ZtmError
 
@@ -30,18 +30,9 @@ MAX_ADDRESSES = 8
 """Addresses kept per hub."""
 MAX_TEXT = 128
 """Longest id, version or timestamp kept from a hub's list."""
-ZONE_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 ZONE_TIERS = 3
-
-
-def check_zone(value: str, what: str = "--zone") -> str:
-    """`value` if it is a zone name (`[a-z0-9][a-z0-9-]{0,31}`) or "" (no zone); BadInput saying what to fix."""
-    if value == "" or ZONE_PATTERN.fullmatch(value):
-        return value
-    raise BadInput(
-        f"{what}: {value[:40]!r} is not a zone name: use 1 to 32 lowercase letters, digits and '-', "
-        "starting with a letter or digit (e.g. eu-west-1)"
-    )
+check_zone = validate.zone
+"""A zone name (`[a-z0-9][a-z0-9-]{0,31}`) or "" (no zone); BadInput saying what to fix."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
 from ztm import validate
 from ztm.addr import Address
-from ztm.agent.hubpick import check_zone
 from ztm.config import DEFAULT_HUB_PORT
 from ztm.errors import BadInput
 
@@ -261,7 +260,7 @@ label_type.__name__ = "label"
 def zone_type(text: str) -> str:
     """`--zone NAME`: a zone name, or "" for none."""
     try:
-        return check_zone(text.strip(), "zone")
+        return validate.zone(text.strip(), "zone")
     except BadInput as exc:
         raise argparse.ArgumentTypeError(exc.message.removeprefix("zone: ")) from None
 
