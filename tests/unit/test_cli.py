@@ -50,6 +50,7 @@ def mesh(name: str = "m1", **extra: Any) -> dict[str, Any]:
         "joined_at": _ago(3600),
         "connected_since": _ago(60),
         "cert_expires": "2099-01-01T00:00:00Z",
+        "zone": "",
         **extra,
     }
 

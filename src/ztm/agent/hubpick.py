@@ -119,9 +119,10 @@ def parse_hubs(value: object, problem: Callable[[str], None]) -> list[HubView] |
     hubs: list[HubView] = []
     seen: set[str] = set()
     dropped: list[str] = []
+    cut = False
     for item in value:
         if len(hubs) >= MAX_HUBS:
-            dropped.append(f"entries past the first {MAX_HUBS} hubs")
+            cut = True
             break
         try:
             hub = parse_hub(item)
@@ -131,8 +132,13 @@ def parse_hubs(value: object, problem: Callable[[str], None]) -> list[HubView] |
         if hub.id not in seen:
             seen.add(hub.id)
             hubs.append(hub)
+    said: list[str] = []
     if dropped:
-        problem(f"ignored {len(dropped)} malformed hub list entr{'y' if len(dropped) == 1 else 'ies'}: {dropped[0]}")
+        said.append(f"ignored {len(dropped)} malformed entr{'y' if len(dropped) == 1 else 'ies'} ({dropped[0]})")
+    if cut:
+        said.append(f"kept the first {MAX_HUBS} hubs of a list of {len(value)} entries")
+    if said:
+        problem("; ".join(said))
     return hubs
 
 

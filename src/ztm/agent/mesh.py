@@ -398,6 +398,7 @@ class MeshSession:
             "joined_at": iso(self.record.joined_at),
             "connected_since": iso(link.since) if link.status == "online" else None,
             "cert_expires": iso(end),
+            "zone": link.zone,
         }
 
     async def hub_views(self) -> list[dict[str, Any]]:
@@ -427,7 +428,7 @@ class MeshSession:
                     "hub_id": hub.id,
                     "address": link.address if current else str(hub.addresses[0]),
                     "connected": current,
-                    "status": link.status if current else ("online" if hub.online else "offline"),
+                    "status": link.status if current else ("standby" if hub.online else "offline"),
                     "error": link.error if current else None,
                     "rtt_ms": rtt if current else None,
                     "connect_ms": None if connect is None else round(connect * 1000, 3),

@@ -28,6 +28,7 @@ MESH_FIELDS = (
     "joined_at",
     "connected_since",
     "cert_expires",
+    "zone",
 )
 HUB_FIELDS = (
     "id",
