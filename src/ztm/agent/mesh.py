@@ -237,9 +237,7 @@ class MeshSession:
             self._hub_list(event.get("hubs"))
         elif kind == "hello":
             hub = event.get("hub")
-            if isinstance(hub, dict) and "hubs" in hub:
-                self._hub_list(hub.get("hubs"))
-            elif isinstance(hub, dict):
+            if isinstance(hub, dict) and not self._hub_list(hub.get("hubs")):
                 self._hub_itself(hub)
             spawn(self.direct.on_online(), name=f"direct-{self.name}")
             for app in self.apps.values():
@@ -249,19 +247,22 @@ class MeshSession:
     def _bad_hub_list(self, problem: str) -> None:
         log.warning("mesh %s: the hub list: %s", self.name, problem)
 
-    def _hub_list(self, value: object) -> None:
-        """A hub's list of the mesh's hubs (`hello` or `hubs` event): keep it, store it, let the link reconsider."""
+    def _hub_list(self, value: object) -> bool:
+        """A hub's list of the mesh's hubs (`hello` or `hubs` event): keep it, store it, let the link reconsider.
+        False when there is none to keep: a hub on its own (no cluster) sends an empty list, older hubs none."""
+        if value is None or value == []:
+            return False
         hubs = hubpick.parse_hubs(value, self._bad_hub_list)
         if hubs is None:
             log.warning("mesh %s: ignored a hub list that is not a list", self.name)
-            return
+            return False
         if not hubs:
-            log.warning("mesh %s: ignored an empty hub list", self.name)
-            return
+            return False
         self._keep_hubs(hubs)
+        return True
 
     def _hub_itself(self, status: dict[str, Any]) -> None:
-        """A hub that sends no list (a version before hub lists) describes only itself: update its entry."""
+        """A hub that sends no list (alone on its store, or older) describes only itself: update its entry."""
         hub_id = self.link.hub_id
         if hub_id is None:
             return
