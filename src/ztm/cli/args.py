@@ -408,14 +408,6 @@ def hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zone", metavar="NAME", type=zone_type, help="this hub's zone (agents of that zone prefer it)")
 
 
-def zone_type(text: str) -> str:
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", text):
-        raise argparse.ArgumentTypeError(
-            f"invalid zone {text!r}: 1-32 lowercase letters, digits and '-', starting with a letter or digit"
-        )
-    return text
-
-
 def agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--listen",
