@@ -272,7 +272,7 @@ class HubRoutes:
         hub_id = self.state.location(target.id)
         if hub_id is not None:  # its session is on another hub of the cluster
             return await self.peers.forward_call(hub_id, caller, target, method, params, timeout)
-        return await self.state.call_as(caller, target.id, method, params, timeout)
+        return await self.state.call(req.peer, target.id, method, params, timeout)
 
     async def post_answer(self, req: Request) -> Any:
         self.state.answer(req.peer, req.arg("id"), await req.json())
