@@ -17,7 +17,21 @@ from typing import Any
 
 from integration.test_users import save_certs
 from reliability.hubclient import HubClient
-from support import ZTM, Agent, Cluster, Hub, by_name, free_port, holds_for, invite, one_line_error, run, wait_until
+from support import (
+    ZTM,
+    Agent,
+    Cluster,
+    Hub,
+    Proc,
+    by_name,
+    free_port,
+    holds_for,
+    invite,
+    one_line_error,
+    run,
+    start_hub,
+    wait_until,
+)
 
 MESH = "m"
 Make = Callable[..., Any]
@@ -232,3 +246,37 @@ def test_a_single_sqlite_hub_lists_itself(hub: Hub, make_agent: Make) -> None:
     a.join(MESH, "alice", hub.permit)
     wait_until(lambda: "alice" in a.online_names(), 10, "alice online")
     assert hub_of(a, "alice") is not None
+
+
+def test_a_single_hub_moves_to_postgresql_and_its_agents_keep_working(
+    make_hub: Make, make_agent: Make, pg_url: Any, tmp_path: Path
+) -> None:
+    hub: Hub = make_hub()
+    root: Agent = make_agent("root")
+    root.join(MESH, "root-ep", hub.permit)
+    bob: Agent = make_agent("bob")
+    invite(root, bob, "bob", tmp_path / "bob.json")
+    bob.join(MESH, "bob-ep", tmp_path / "bob.json")
+    root.cli("label", "ep", "bob-ep", "--add", "db")
+    wait_until(lambda: {"root-ep", "bob-ep"} <= root.online_names(), 10, "both online on the SQLite hub")
+    hub.proc.stop()
+    env = {**hub.env, "PGPASSWORD": pg_url.password}
+    # a running hub's directory is refused, a bad URL is one line, and neither leaves a key file behind
+    cp = run([*ZTM, "hub", "migrate", "--from", hub.data, "--to", "mysql://x/y"], env=env, check=False)
+    assert "postgresql://" in one_line_error(cp)
+    assert not (hub.data / "ca.key").exists()
+    cp = run([*ZTM, "hub", "migrate", "--from", hub.data, "--to", pg_url.url], env=env, timeout=60)
+    assert "moved mesh" in cp.stdout and "2 endpoints" in cp.stdout, cp.stdout
+    assert pg_url.password not in cp.stdout + cp.stderr
+    # the same hub again, now on PostgreSQL: the same permits and agents work on
+    hub.proc = Proc([*hub.proc.argv, "--store", pg_url.url], env=env, cwd=hub.dir, name="hub-pg", log_dir=hub.dir)
+    wait_until(lambda: {"root-ep", "bob-ep"} <= root.online_names(), 30, "both online again on the PostgreSQL hub")
+    assert "db" in by_name(root.endpoints())["bob-ep"]["labels"]
+    assert root.cli("ping", "ep", "bob-ep").returncode == 0
+    # and a second hub can join the mesh with the key file the migration made
+    second = start_hub(tmp_path, name="hub-2", env=env,
+                       extra=["--store", pg_url.url, "--ca-key-file", str(hub.data / "ca.key")])  # fmt: skip
+    files = save_certs(root, tmp_path / "root-certs")
+    with HubClient(second.address, files) as client:
+        status, answer = client.json("GET", "/api/endpoints")
+    assert status == 200 and {"root-ep", "bob-ep"} <= {e["name"] for e in answer if e["online"]}, answer
