@@ -280,3 +280,26 @@ def test_a_single_hub_moves_to_postgresql_and_its_agents_keep_working(
     with HubClient(second.address, files) as client:
         status, answer = client.json("GET", "/api/endpoints")
     assert status == 200 and {"root-ep", "bob-ep"} <= {e["name"] for e in answer if e["online"]}, answer
+
+
+def test_bad_stores_are_one_line_errors_and_write_nothing(pg_url: Any, tmp_path: Path) -> None:
+    port = free_port()
+    cases = {
+        "a malformed URL": ("postgresql://ztm@/", pg_url.env, "postgresql://"),
+        "a password in the URL": (pg_url.url.replace("ztm@", "ztm:secret@"), pg_url.env, "PGPASSWORD"),
+        "an unreachable server": (f"postgresql://ztm@127.0.0.1:{port}/x", pg_url.env, f"127.0.0.1:{port}"),
+        "a wrong password": (pg_url.url, {**pg_url.env, "PGPASSWORD": "wrong"}, "password"),
+        "a missing database": (pg_url.url.rsplit("/", 1)[0] + "/nosuchdb", pg_url.env, "nosuchdb"),
+    }
+    for what, (url, env, named) in cases.items():
+        data = tmp_path / what.replace(" ", "-")
+        cp = run(
+            [*ZTM, "run", "hub", "--listen", f"127.0.0.1:{free_port()}", "--data", data, "--store", url],
+            env=env,
+            check=False,
+            timeout=30,
+        )
+        message = one_line_error(cp)
+        assert named in message, f"{what}: {message}"
+        assert "secret" not in message and pg_url.password not in cp.stdout + cp.stderr, f"{what}: {message}"
+        assert not (data / "ca.key").exists(), f"{what}: a key file was made"
