@@ -68,6 +68,17 @@ def admin(address: str, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def failed_hub(env: dict[str, str], data: Path, *args: str) -> str:
+    """`ztm run hub ... ARGS` that must fail at start: its one-line error (nothing else on stderr)."""
+    cp = run(
+        [*ZTM, "run", "hub", "--listen", f"127.0.0.1:{free_port()}", "--data", str(data), *args],
+        env=env,
+        check=False,
+        timeout=30,
+    )
+    return one_line_error(cp)
+
+
 def test_endpoints_on_two_hubs_see_each_other_within_a_second(make_cluster: Make, make_agent: Make) -> None:
     cluster: Cluster = make_cluster(hubs=[("hub-a", "a"), ("hub-b", "b")])
     a = agent_at(make_agent, "a", cluster.hubs[0])
@@ -175,34 +186,14 @@ def test_a_hub_with_the_wrong_ca_key_file_refuses_to_start(make_cluster: Make, t
     from ztm.hub import cakey
 
     cakey.create_key_file(wrong)
-    cp = run(
-        [
-            *ZTM, "run", "hub", "--listen", f"127.0.0.1:{free_port()}", "--data",
-            str(tmp_path / "other-data"), "--store", pg_url.url, "--ca-key-file", str(wrong),
-        ],
-        env=pg_url.env,
-        check=False,
-        timeout=30,
-    )  # fmt: skip
-    assert cp.returncode != 0
-    message = one_line_error(cp)
+    message = failed_hub(pg_url.env, tmp_path / "other-data", "--store", pg_url.url, "--ca-key-file", str(wrong))
     assert "CA key file" in message and str(wrong) in message, message
-    assert pg_url.password not in cp.stdout + cp.stderr
+    assert pg_url.password not in message
 
 
 def test_a_later_hub_without_the_key_file_says_to_copy_it(make_cluster: Make, tmp_path: Path, pg_url: Any) -> None:
     make_cluster(hubs=[("hub-a", "")])
-    cp = run(
-        [
-            *ZTM, "run", "hub", "--listen", f"127.0.0.1:{free_port()}", "--data",
-            str(tmp_path / "other-data"), "--store", pg_url.url,
-        ],
-        env=pg_url.env,
-        check=False,
-        timeout=30,
-    )  # fmt: skip
-    assert cp.returncode != 0
-    message = one_line_error(cp)
+    message = failed_hub(pg_url.env, tmp_path / "other-data", "--store", pg_url.url)
     assert "copy the first hub's key file" in message, message
 
 
@@ -293,13 +284,7 @@ def test_bad_stores_are_one_line_errors_and_write_nothing(pg_url: Any, tmp_path:
     }
     for what, (url, env, named) in cases.items():
         data = tmp_path / what.replace(" ", "-")
-        cp = run(
-            [*ZTM, "run", "hub", "--listen", f"127.0.0.1:{free_port()}", "--data", data, "--store", url],
-            env=env,
-            check=False,
-            timeout=30,
-        )
-        message = one_line_error(cp)
+        message = failed_hub(env, data, "--store", url)
         assert named in message, f"{what}: {message}"
-        assert "secret" not in message and pg_url.password not in cp.stdout + cp.stderr, f"{what}: {message}"
+        assert "secret" not in message and pg_url.password not in message, f"{what}: {message}"
         assert not (data / "ca.key").exists(), f"{what}: a key file was made"
