@@ -17,15 +17,41 @@ from typing import Any
 
 from integration.test_users import save_certs
 from reliability.hubclient import HubClient
-from support import ZTM, Agent, Cluster, Hub, by_name, free_port, holds_for, invite, one_line_error, run, wait_until
+from support import (
+    ZTM,
+    Agent,
+    Cluster,
+    Hub,
+    Proc,
+    by_name,
+    free_port,
+    holds_for,
+    invite,
+    one_line_error,
+    run,
+    start_hub,
+    wait_until,
+)
 
 MESH = "m"
 Make = Callable[..., Any]
 
 
-def permit_via(hub: Hub) -> Path:
-    """A root permit whose first hub is `hub` (the one it wrote): an agent joining with it lands there."""
-    return hub.permit
+def hub_id(hub: Hub) -> str:
+    """The hub's own id (a hub on a shared store keeps it in its data directory)."""
+    return (hub.data / "hub-id").read_text().strip()
+
+
+def settle(watcher: Agent, name: str, hub: Hub) -> None:
+    """Wait until `watcher` sees endpoint `name` online at `hub` (an agent of a zone moves to its zone's hub)."""
+    wait_until(lambda: hub_of(watcher, name) == hub_id(hub), 30, f"{name} online at {hub.proc.name}")
+
+
+def agent_at(make_agent: Make, name: str, hub: Hub) -> Agent:
+    """An agent of `hub`'s zone: it connects to that hub while it is online (its zone's only hub)."""
+    assert hub.zone, "give each hub of the test its own zone"
+    agent: Agent = make_agent(name, extra=["--zone", hub.zone])
+    return agent
 
 
 def hub_of(agent: Agent, name: str) -> str | None:
@@ -42,19 +68,31 @@ def admin(address: str, path: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+def failed_hub(env: dict[str, str], data: Path, *args: str) -> str:
+    """`ztm run hub ... ARGS` that must fail at start: its one-line error (nothing else on stderr)."""
+    cp = run(
+        [*ZTM, "run", "hub", "--listen", f"127.0.0.1:{free_port()}", "--data", str(data), *args],
+        env=env,
+        check=False,
+        timeout=30,
+    )
+    return one_line_error(cp)
+
+
 def test_endpoints_on_two_hubs_see_each_other_within_a_second(make_cluster: Make, make_agent: Make) -> None:
-    cluster: Cluster = make_cluster(hubs=[("hub-a", ""), ("hub-b", "")])
-    a: Agent = make_agent("a")
-    b: Agent = make_agent("b")
-    a.join(MESH, "alice", permit_via(cluster.hubs[0]))
+    cluster: Cluster = make_cluster(hubs=[("hub-a", "a"), ("hub-b", "b")])
+    a = agent_at(make_agent, "a", cluster.hubs[0])
+    b = agent_at(make_agent, "b", cluster.hubs[1])
+    a.join(MESH, "alice", cluster.permit)
     wait_until(lambda: "alice" in a.online_names(), 10, "alice online")
     started = time.monotonic()
-    b.join(MESH, "bob", permit_via(cluster.hubs[1]))
-    wait_until(lambda: "bob" in a.online_names(), 10, "bob, on the other hub, online for alice")
+    b.join(MESH, "bob", cluster.permit)
+    wait_until(lambda: "bob" in a.online_names(), 10, "bob online for alice")
     seen = time.monotonic() - started
-    print(f"join at hub B -> online for an endpoint of hub A = {seen:.3f} s (including the join itself)")
-    assert hub_of(a, "alice") != hub_of(a, "bob"), "both endpoints landed on one hub: the test proves nothing"
-    assert hub_of(b, "alice") == hub_of(a, "alice")
+    print(f"join -> online for another endpoint = {seen:.3f} s (including the join itself)")
+    settle(a, "alice", cluster.hubs[0])
+    settle(a, "bob", cluster.hubs[1])
+    assert hub_of(b, "alice") == hub_id(cluster.hubs[0])
     # one mesh: the same CA in both permits, every endpoint listed at both hubs
     assert cluster.hubs[0].permit_json()["ca"] == cluster.hubs[1].permit_json()["ca"]
     assert {"alice", "bob"} <= set(by_name(b.endpoints()))
@@ -69,7 +107,7 @@ def test_endpoints_on_two_hubs_see_each_other_within_a_second(make_cluster: Make
 def test_every_hub_lists_every_hub_with_its_zone(make_cluster: Make, make_agent: Make, tmp_path: Path) -> None:
     cluster: Cluster = make_cluster(hubs=[("hub-a", "east"), ("hub-b", "west")])
     a: Agent = make_agent("a")
-    a.join(MESH, "alice", permit_via(cluster.hubs[1]))
+    a.join(MESH, "alice", cluster.permit)
     wait_until(lambda: "alice" in a.online_names(), 10, "alice online")
     files = save_certs(a, tmp_path / "alice-certs")
     for hub in cluster.hubs:
@@ -94,20 +132,15 @@ def test_every_hub_lists_every_hub_with_its_zone(make_cluster: Make, make_agent:
 def test_an_eviction_at_one_hub_cuts_the_user_at_every_hub_within_a_second(
     make_cluster: Make, make_agent: Make, tmp_path: Path
 ) -> None:
-    cluster: Cluster = make_cluster(hubs=[("hub-a", ""), ("hub-b", ""), ("hub-c", "")])
-    root: Agent = make_agent("root")
-    root.join(MESH, "root-ep", permit_via(cluster.hubs[0]))
-    bob: Agent = make_agent("bob")
+    cluster: Cluster = make_cluster(hubs=[("hub-a", "a"), ("hub-b", "b"), ("hub-c", "c")])
+    root = agent_at(make_agent, "root", cluster.hubs[0])
+    root.join(MESH, "root-ep", cluster.permit)
+    bob = agent_at(make_agent, "bob", cluster.hubs[2])
     permit = invite(root, bob, "bob", tmp_path / "bob.json")
-    # bob's permit lists every hub; put hub C first so that bob's agent lands there
-    obj = json.loads(permit.read_text())
-    c_address = cluster.hubs[2].address
-    assert c_address in obj["bootstraps"], f"the permit does not list hub C: {obj['bootstraps']}"
-    obj["bootstraps"] = [c_address] + [x for x in obj["bootstraps"] if x != c_address]
-    permit.write_text(json.dumps(obj))
+    assert cluster.hubs[2].address in json.loads(permit.read_text())["bootstraps"], "the permit does not list hub C"
     bob.join(MESH, "bob-ep", permit)
-    wait_until(lambda: "bob-ep" in root.online_names(), 10, "bob online for root")
-    assert hub_of(root, "bob-ep") != hub_of(root, "root-ep")
+    settle(root, "root-ep", cluster.hubs[0])
+    settle(root, "bob-ep", cluster.hubs[2])
     started = time.monotonic()
     root.cli("evict", "bob")
     wait_until(lambda: "bob-ep" not in root.online_names(), 5, "bob's endpoint offline after the eviction")
@@ -153,34 +186,14 @@ def test_a_hub_with_the_wrong_ca_key_file_refuses_to_start(make_cluster: Make, t
     from ztm.hub import cakey
 
     cakey.create_key_file(wrong)
-    cp = run(
-        [
-            *ZTM, "run", "hub", "--listen", f"127.0.0.1:{free_port()}", "--data",
-            str(tmp_path / "other-data"), "--store", pg_url.url, "--ca-key-file", str(wrong),
-        ],
-        env=pg_url.env,
-        check=False,
-        timeout=30,
-    )  # fmt: skip
-    assert cp.returncode != 0
-    message = one_line_error(cp)
+    message = failed_hub(pg_url.env, tmp_path / "other-data", "--store", pg_url.url, "--ca-key-file", str(wrong))
     assert "CA key file" in message and str(wrong) in message, message
-    assert pg_url.password not in cp.stdout + cp.stderr
+    assert pg_url.password not in message
 
 
 def test_a_later_hub_without_the_key_file_says_to_copy_it(make_cluster: Make, tmp_path: Path, pg_url: Any) -> None:
     make_cluster(hubs=[("hub-a", "")])
-    cp = run(
-        [
-            *ZTM, "run", "hub", "--listen", f"127.0.0.1:{free_port()}", "--data",
-            str(tmp_path / "other-data"), "--store", pg_url.url,
-        ],
-        env=pg_url.env,
-        check=False,
-        timeout=30,
-    )  # fmt: skip
-    assert cp.returncode != 0
-    message = one_line_error(cp)
+    message = failed_hub(pg_url.env, tmp_path / "other-data", "--store", pg_url.url)
     assert "copy the first hub's key file" in message, message
 
 
@@ -224,3 +237,54 @@ def test_a_single_sqlite_hub_lists_itself(hub: Hub, make_agent: Make) -> None:
     a.join(MESH, "alice", hub.permit)
     wait_until(lambda: "alice" in a.online_names(), 10, "alice online")
     assert hub_of(a, "alice") is not None
+
+
+def test_a_single_hub_moves_to_postgresql_and_its_agents_keep_working(
+    make_hub: Make, make_agent: Make, pg_url: Any, tmp_path: Path
+) -> None:
+    hub: Hub = make_hub()
+    root: Agent = make_agent("root")
+    root.join(MESH, "root-ep", hub.permit)
+    bob: Agent = make_agent("bob")
+    invite(root, bob, "bob", tmp_path / "bob.json")
+    bob.join(MESH, "bob-ep", tmp_path / "bob.json")
+    root.cli("label", "ep", "bob-ep", "--add", "db")
+    wait_until(lambda: {"root-ep", "bob-ep"} <= root.online_names(), 10, "both online on the SQLite hub")
+    hub.proc.stop()
+    env = {**hub.env, "PGPASSWORD": pg_url.password}
+    # a running hub's directory is refused, a bad URL is one line, and neither leaves a key file behind
+    cp = run([*ZTM, "hub", "migrate", "--from", hub.data, "--to", "mysql://x/y"], env=env, check=False)
+    assert "postgresql://" in one_line_error(cp)
+    assert not (hub.data / "ca.key").exists()
+    cp = run([*ZTM, "hub", "migrate", "--from", hub.data, "--to", pg_url.url], env=env, timeout=60)
+    assert "moved mesh" in cp.stdout and "2 endpoints" in cp.stdout, cp.stdout
+    assert pg_url.password not in cp.stdout + cp.stderr
+    # the same hub again, now on PostgreSQL: the same permits and agents work on
+    hub.proc = Proc([*hub.proc.argv, "--store", pg_url.url], env=env, cwd=hub.dir, name="hub-pg", log_dir=hub.dir)
+    wait_until(lambda: {"root-ep", "bob-ep"} <= root.online_names(), 30, "both online again on the PostgreSQL hub")
+    assert "db" in by_name(root.endpoints())["bob-ep"]["labels"]
+    assert root.cli("ping", "ep", "bob-ep").returncode == 0
+    # and a second hub can join the mesh with the key file the migration made
+    second = start_hub(tmp_path, name="hub-2", env=env,
+                       extra=["--store", pg_url.url, "--ca-key-file", str(hub.data / "ca.key")])  # fmt: skip
+    files = save_certs(root, tmp_path / "root-certs")
+    with HubClient(second.address, files) as client:
+        status, answer = client.json("GET", "/api/endpoints")
+    assert status == 200 and {"root-ep", "bob-ep"} <= {e["name"] for e in answer if e["online"]}, answer
+
+
+def test_bad_stores_are_one_line_errors_and_write_nothing(pg_url: Any, tmp_path: Path) -> None:
+    port = free_port()
+    cases = {
+        "a malformed URL": ("postgresql://ztm@/", pg_url.env, "postgresql://"),
+        "a password in the URL": (pg_url.url.replace("ztm@", "ztm:secret@"), pg_url.env, "PGPASSWORD"),
+        "an unreachable server": (f"postgresql://ztm@127.0.0.1:{port}/x", pg_url.env, f"127.0.0.1:{port}"),
+        "a wrong password": (pg_url.url, {**pg_url.env, "PGPASSWORD": "wrong"}, "password"),
+        "a missing database": (pg_url.url.rsplit("/", 1)[0] + "/nosuchdb", pg_url.env, "nosuchdb"),
+    }
+    for what, (url, env, named) in cases.items():
+        data = tmp_path / what.replace(" ", "-")
+        message = failed_hub(env, data, "--store", url)
+        assert named in message, f"{what}: {message}"
+        assert "secret" not in message and pg_url.password not in message, f"{what}: {message}"
+        assert not (data / "ca.key").exists(), f"{what}: a key file was made"
