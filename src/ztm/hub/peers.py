@@ -123,8 +123,13 @@ class HubPeers:
         if dialling is None:
             dialling = asyncio.ensure_future(self._dial(hub_id))
             self._dialling[hub_id] = dialling
-            dialling.add_done_callback(lambda _f: self._dialling.pop(hub_id, None))
+            dialling.add_done_callback(lambda f: self._dial_done(hub_id, f))
         return await asyncio.shield(dialling)
+
+    def _dial_done(self, hub_id: str, dialling: asyncio.Future[h2.Connection]) -> None:
+        self._dialling.pop(hub_id, None)
+        if not dialling.cancelled():
+            dialling.exception()  # retrieved here: every waiter may have gone (their streams were reset)
 
     async def _dial(self, hub_id: str) -> h2.Connection:
         info = self.state.hubs.get(hub_id)
