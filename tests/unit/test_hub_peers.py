@@ -5,16 +5,21 @@ tests/security/test_hub_peers.py)."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import datetime as dt
 import json
+import socket
 import uuid
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from ztm.errors import BadInput, Forbidden
-from ztm.hub.peers import Relayed, caller_from, caller_header
-from ztm.hub.store import EndpointRecord, UserRecord
+from ztm import pki
+from ztm.errors import BadInput, Forbidden, Unavailable
+from ztm.hub.peers import HubPeers, Relayed, caller_from, caller_header
+from ztm.hub.store import EndpointRecord, HubInfo, UserRecord
 
 ALICE = EndpointRecord(id=str(uuid.uuid4()), name="laptop", user="alice")
 NEWCOMER = EndpointRecord(id=str(uuid.uuid4()), name="new", user="alice")
@@ -71,3 +76,35 @@ def test_the_far_hubs_error_passes_unchanged() -> None:
     assert (err.status, err.to_json(), err.message) == (409, body, body["error"])
     odd = Relayed(502, "not an object")
     assert odd.status == 502 and odd.to_json()["error"] == "the hub of the endpoint answered HTTP 502"
+
+
+def _state_with_hub(tmp_path: Path, addresses: list[str]) -> tuple[Any, str]:
+    """A hub's state as `HubPeers` sees it: its hub certificate on disk, the mesh CA, one other hub's row."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key, ca_cert = pki.create_ca(pki.new_mesh_id(), now=now)
+    key = pki.new_key()
+    cert = pki.issue_hub_cert(
+        ca_key, ca_cert, hub_id=pki.new_hub_id(), names=["127.0.0.1"], public_key=key.public_key(), now=now
+    )
+    tls = tmp_path / "hub-tls"
+    tls.mkdir()
+    (tls / "hub.crt").write_text(pki.cert_to_pem(cert))
+    pki.write_private(tls / "hub.key", pki.key_to_pem(key))
+    other = pki.new_hub_id()
+    authority = SimpleNamespace(data=tmp_path, ca_pem=pki.cert_to_pem(ca_cert), mesh_id=pki.cert_mesh_id(ca_cert))
+    state = SimpleNamespace(authority=authority, hubs={other: HubInfo(id=other, addresses=addresses)},
+                            counters=collections.Counter())  # fmt: skip
+    return state, other
+
+
+def test_a_hub_that_cannot_be_reached_is_a_503_naming_each_address(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    state, other = _state_with_hub(tmp_path, [f"127.0.0.1:{closed}", "no port"])
+    peers = HubPeers(state)
+    with pytest.raises(Unavailable, match=f"cannot reach hub {other}: 127.0.0.1:{closed}: .*refused.*; no port: "):
+        asyncio.run(peers.link(other))
+    assert state.counters["hub_link_failures"] == 1
+    with pytest.raises(Unavailable, match="is not a hub of this mesh any more"):
+        asyncio.run(peers.link(pki.new_hub_id()))
