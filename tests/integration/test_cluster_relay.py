@@ -3,10 +3,11 @@ entrance -> hub A -> hub B -> exit over the hub-to-hub link. Real hub and agent 
 PostgreSQL (tests/pgserver.py), real TCP and UDP servers.
 
 Covered: endpoints on other hubs listed online; `ztm ping` and relayed calls (the log of an endpoint on another
-hub); TCP tunnels byte-exact with half-close both ways, resets both ways, UDP datagrams; the proxy; terminal exec; a
-file published at one hub's endpoint downloaded at another's; end-to-end back-pressure (a target that reads nothing
-holds the sender back at a bounded amount in flight, then everything arrives byte-exact); the far hub's refusals
-reach the entrance unchanged; the hubs' counters. Every wait polls with a deadline.
+hub, remote app configuration); TCP tunnels byte-exact with half-close both ways, resets both ways, UDP datagrams;
+the proxy; terminal exec; a file published at one hub's endpoint downloaded at another's; end-to-end back-pressure
+(a target that reads nothing holds the sender back at a bounded amount in flight, then everything arrives
+byte-exact); the far hub's refusals reach the entrance unchanged; the hubs' counters; a lost hub-to-hub link dialled
+again. Every wait polls with a deadline.
 """
 
 from __future__ import annotations
@@ -148,6 +149,11 @@ def test_ping_and_calls_across_hubs(cluster: Cluster) -> None:
     lines = cluster.lab.cli_json("log", "ep", "home", "-n", "5")
     assert isinstance(lines, dict) and lines["lines"], lines
     assert forwarded(cluster, 2, "streams_forwarded") >= 1 and forwarded(cluster, 2, "hub_links") >= 1
+    # Remote app configuration (an end-to-end call too): root's lab configures root's office on another hub.
+    out = cluster.lab.cli("ep", "office", "tunnel", "open", "outbound", "tcp/remote", "--targets", "127.0.0.1:9")
+    assert "outbound tcp/remote on office" in out.stdout, out.stdout
+    assert "tcp/remote" in cluster.lab.cli("ep", "office", "tunnel", "get", "outbound").stdout
+    assert "tcp/remote" in cluster.office.cli("tunnel", "get", "outbound").stdout
 
 
 def test_tcp_across_hubs_is_byte_exact_with_half_close(cluster: Cluster) -> None:
