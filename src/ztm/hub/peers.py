@@ -34,8 +34,11 @@ CALLER_HEADER = "ztm-caller"
 """The caller of a forwarded request, as the forwarding hub verified it: `{"ep": ID, "name": NAME, "user": USER}`."""
 CONNECT_TIMEOUT = 3.0
 """Seconds for TCP, TLS and the far hub's HTTP/2 preface, per address."""
-KEEPALIVE = 15.0
-KEEPALIVE_TIMEOUT = 10.0
+KEEPALIVE = 2.0
+KEEPALIVE_TIMEOUT = 3.0
+"""PING every 2 s, the link dead after 3 s without an answer (unless other bytes arrived meanwhile), as an agent's
+link to its hub (`ztm.agent.link`): a far hub that vanished silently is noticed within 5 s, and the next stream or
+call dials again."""
 ANSWER_MARGIN = 5.0
 """Seconds a forwarding hub waits beyond the far hub's own deadline (its accept timeout, the call's timeout)."""
 
