@@ -9,6 +9,10 @@ for pair in ip:iproute2 nft:nftables curl:curl chromium:chromium zsh:zsh tcpdump
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# PostgreSQL server binaries for the store tests (tests/pgserver.py): Debian keeps them off PATH
+if ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && ! command -v initdb >/dev/null 2>&1; then
+  need+=(postgresql)
+fi
 if ((${#need[@]})); then
   if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
     echo "setup: installing Debian packages: ${need[*]}"

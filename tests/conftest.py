@@ -5,6 +5,8 @@
   end of the session.
 * When a test fails, the report gets a "ztm processes" section: the log of every process the test started (and of
   older ones still running) and the CLI calls it made.
+* `pg_server` is one real PostgreSQL for the session (`pgserver.PgServer`, skipped without the Debian binaries);
+  `pg_url` gives each test a fresh database on it, with the URL, the password and an environment for hub processes.
 * `lab` builds `lab.netlab.Lab` (skipped without root, `ip` or `nft`) and always tears it down; the first use in a
   session sweeps namespaces left behind by crashed runs.
 """
@@ -12,8 +14,10 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ import pytest
 if str(Path(__file__).resolve().parent) not in sys.path:  # `import support` / `lab.netlab` from any test
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pgserver
 import support
 from lab import netlab
 from support import Agent, Hub
@@ -86,6 +91,48 @@ def make_agent(tmp_path: Path) -> Callable[..., Agent]:
 def hub(tmp_path: Path) -> Hub:
     """A hub on loopback with a free port, ready (port open, root permit written)."""
     return support.start_hub(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    """One real PostgreSQL server for the whole run (stopped and removed at the end)."""
+    reason = pgserver.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with pgserver.PgServer() as server:
+        yield server
+    # A test that stopped it (outage tests) must have started it again; the next test needs it.
+
+
+@dataclass
+class PgDb:
+    """A fresh database for one test: `url` (no password in it), `password`, and `env` (os.environ plus
+    PGPASSWORD) for the hub processes the test starts."""
+
+    server: pgserver.PgServer
+    name: str
+    url: str
+    password: str
+    env: dict[str, str]
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PgServer) -> PgDb:
+    if not pg_server.running:  # an earlier test stopped it and failed before starting it again
+        pg_server.start()
+    name = pg_server.create_db()
+    env = dict(os.environ, PGPASSWORD=pg_server.password)
+    return PgDb(pg_server, name, pg_server.url(name), pg_server.password, env)
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, pg_url: PgDb) -> Callable[..., support.Cluster]:
+    """`make_cluster(hubs=[("a", "zone-a"), ("b", "zone-b")], **kw)`: hubs of one mesh on a fresh PostgreSQL
+    database (`support.start_cluster`)."""
+    return functools.partial(support.start_cluster, tmp_path, pg_url.url, pg_url.env)
 
 
 # ------------------------------------------------------------------------------------------------------------ lab

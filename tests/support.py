@@ -492,6 +492,7 @@ class Hub:
     dir: Path
     netns: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    zone: str = ""
 
     @property
     def port(self) -> int:
@@ -551,6 +552,69 @@ def start_hub(
     hub = Hub(proc, listen, names[0], permit, data, home, base, netns, full_env)
     _wait_hub_ready(hub, timeout)
     return hub
+
+
+@dataclass
+class Cluster:
+    """Hubs of one mesh on one PostgreSQL database (`start_cluster`)."""
+
+    hubs: list[Hub]
+    store: str
+    """The `--store` URL (the password is in each hub's environment, PGPASSWORD)."""
+
+    @property
+    def permit(self) -> Path:
+        """The root permit, written by the first hub (it lists the hubs online when it was written)."""
+        return self.hubs[0].permit
+
+    def kill(self, i: int) -> None:
+        """kill -9 hub `i` (its process group)."""
+        self.hubs[i].proc.kill9()
+
+    def restart(self, i: int, timeout: float = 30.0) -> Hub:
+        """Start hub `i` again with the very same command (after `kill` or a stop)."""
+        return restart_hub(self.hubs[i], timeout=timeout)
+
+
+def start_cluster(
+    tmp_path: Path,
+    store: str,
+    env: Mapping[str, str | None],
+    hubs: Sequence[tuple[str, str]] = (("hub-a", ""), ("hub-b", "")),
+    *,
+    extra: Sequence[str] = (),
+    netns: Sequence[str | None] | None = None,
+    listen: Sequence[str | None] | None = None,
+    names: Sequence[str | None] | None = None,
+) -> Cluster:
+    """Start one hub per `(name, zone)` on the PostgreSQL database `store` (`env` carries PGPASSWORD): the first
+    creates the mesh and its CA key file, which the others get a copy of (as an operator would copy it), each
+    with its own data directory, port and `--zone`."""
+    started: list[Hub] = []
+    key_file: Path | None = None
+    for i, (name, zone) in enumerate(hubs):
+        args = ["--store", store, *extra]
+        if zone:
+            args += ["--zone", zone]
+        if key_file is not None:
+            copy = unique_dir(tmp_path, f"{name}-key") / "ca.key"
+            copy.write_bytes(key_file.read_bytes())
+            copy.chmod(0o600)
+            args += ["--ca-key-file", str(copy)]
+        hub = start_hub(
+            tmp_path,
+            name=name,
+            extra=args,
+            env=env,
+            netns=netns[i] if netns else None,
+            listen=listen[i] if listen else None,
+            names=names[i] if names else None,
+        )
+        hub.zone = zone
+        if key_file is None:
+            key_file = hub.data / "ca.key"
+        started.append(hub)
+    return Cluster(started, store)
 
 
 def _wait_hub_ready(hub: Hub, timeout: float) -> None:

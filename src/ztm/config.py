@@ -51,6 +51,14 @@ class HubConfig:
     """Interval agents are told to heartbeat at; an endpoint is offline after 3 missed beats or a closed session."""
     admin: Address | None = None
     """Optional localhost admin address (metrics); off unless set."""
+    store: str | None = None
+    """`postgresql://USER@HOST[:PORT]/DB`: a store shared with the other hubs of a cluster; None: SQLite in `data`."""
+    store_password_file: Path | None = None
+    """Where the database password is (else libpq's PGPASSWORD / PGPASSFILE)."""
+    ca_key_file: Path | None = None
+    """The key that seals the mesh's private keys in a shared store (default: `data/ca.key`, made by the first hub)."""
+    zone: str = ""
+    """The hub's zone (agents of the same zone prefer it); "" for none."""
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ would expose whatever a bug or an old version left readable. One that belongs to
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
 from pathlib import Path
 
-from ztm.errors import BadInput
+from ztm.errors import BadInput, Conflict
 
 log = logging.getLogger("ztm")
 
@@ -33,3 +34,23 @@ def prepare(path: Path) -> str | None:
         path.chmod(0o700)
         return f"made the data directory {path} private (mode 0700; it was {mode:04o})"
     return None
+
+
+_held: list[int] = []
+
+
+def lock(path: Path, what: str, lock_path: Path | None = None) -> int:
+    """Refuse to run beside another process serving the data directory `path`: an advisory lock on `lock_path`
+    (default `path/lock`), held until the process exits. Returns the descriptor."""
+    lock_path = lock_path or path / "lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Conflict(
+            f"another {what} is already running on {path} (lock {lock_path} is held); "
+            f"stop it first, or give this one its own --data directory"
+        ) from None
+    _held.append(fd)
+    return fd

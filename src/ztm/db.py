@@ -8,14 +8,14 @@ advisory lock beside the file so that two processes never serve one data directo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from ztm.errors import Conflict, Unavailable, ZtmError
+from ztm import datadir
+from ztm.errors import Unavailable, ZtmError
 
 
 class Database:
@@ -41,17 +41,7 @@ class Database:
 
     def lock_exclusive(self, what: str) -> None:
         """Refuse to run beside another process that serves the same database."""
-        lock_path = self.path.with_suffix(self.path.suffix + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise Conflict(
-                f"another {what} is already running on {self.path.parent} (lock {lock_path} is held); "
-                f"stop it first, or give this one its own --data directory"
-            ) from None
-        self._lock_fd = fd
+        self._lock_fd = datadir.lock(self.path.parent, what, self.path.with_suffix(self.path.suffix + ".lock"))
 
     def _migrate(self, migrations: Sequence[str]) -> None:
         version = int(self.conn.execute("PRAGMA user_version").fetchone()[0])

@@ -130,6 +130,14 @@ def hub_argv(cfg: HubConfig, python: str = sys.executable) -> list[str]:
         argv += ["--cert-ttl", repr(cfg.cert_ttl)]
     if cfg.admin is not None:
         argv += ["--admin", str(cfg.admin)]
+    if cfg.store is not None:
+        argv += ["--store", cfg.store]
+    if cfg.store_password_file is not None:
+        argv += ["--store-password-file", str(cfg.store_password_file)]
+    if cfg.ca_key_file is not None:
+        argv += ["--ca-key-file", str(cfg.ca_key_file)]
+    if cfg.zone:
+        argv += ["--zone", cfg.zone]
     return argv
 
 

@@ -146,7 +146,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 def hub_routes() -> list[tuple[str, str]]:
     """(method, path regex) of every hub route, from the hub's own table."""
-    routes = HubRoutes(mock.MagicMock(), mock.MagicMock())  # only the table is used
+    routes = HubRoutes(mock.MagicMock(), mock.MagicMock(), [])  # only the table is used
     return [(method, pattern.pattern) for method, pattern, _ in routes.routes]
 
 

@@ -166,13 +166,13 @@ def _ignore_evict() -> None:
             return "this certificate expired" if time.time() >= peer.not_after else None
         return refusal(self, peer)
 
-    def evict_but_keep(self: hubstate.HubState, peer: hubstate.Peer, user: str) -> dict[str, Any]:
+    async def evict_but_keep(self: hubstate.HubState, peer: hubstate.Peer, user: str) -> dict[str, Any]:
         kept = {ep_id: s for ep_id, s in self.sessions.items() if s.user == user}
         for ep_id in kept:  # hidden from evict(): no `evicted` event, no closing; the user is online as before
             del self.sessions[ep_id]
         self.conns.close_where = lambda *_a, **_k: 0  # type: ignore[method-assign]
         try:
-            result = evict(self, peer, user)
+            result = await evict(self, peer, user)
         finally:
             del self.conns.close_where
             self.sessions.update(kept)

@@ -391,6 +391,21 @@ def hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--admin", metavar="ADDR", type=address_type(default_host="127.0.0.1"), help="local admin/metrics address"
     )
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="postgresql://USER@HOST[:PORT]/DB shared by every hub of the mesh (default: SQLite in the data "
+        "directory); the password comes from PGPASSWORD, PGPASSFILE or --store-password-file",
+    )
+    p.add_argument("--store-password-file", metavar="FILE", type=path_type, help="file holding the database password")
+    p.add_argument(
+        "--ca-key-file",
+        metavar="FILE",
+        type=path_type,
+        help="with --store: the key sealing the mesh's CA key in the database (default DATA/ca.key; the first hub "
+        "makes it, copy it to every other hub, mode 0600)",
+    )
+    p.add_argument("--zone", metavar="NAME", type=zone_type, help="this hub's zone (agents of that zone prefer it)")
 
 
 def agent_options(p: argparse.ArgumentParser) -> None:
@@ -455,6 +470,25 @@ def _process_subcommands(p: argparse.ArgumentParser, verb: str, description: str
         ),
     )
     agent_options(agent)
+
+
+def configure_hub(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="hub_command", metavar="migrate", required=True)
+    m = sub.add_parser(
+        "migrate",
+        help="move a single hub's mesh from its SQLite store into PostgreSQL",
+        description="Copy the mesh of a stopped hub (its data directory) into an empty PostgreSQL database, its "
+        "private keys sealed with the CA key file (made if missing). Then start the hub (and more hubs) with "
+        "--store: permits and joined agents keep working.",
+    )
+    m.add_argument("--from", dest="source", metavar="DATA_DIR", type=path_type, required=True,
+                   help="the data directory of the hub to move (its --data); the hub must be stopped")  # fmt: skip
+    m.add_argument("--to", dest="target", metavar="URL", required=True,
+                   help="postgresql://USER@HOST[:PORT]/DB, an empty database (password: PGPASSWORD, PGPASSFILE or "
+                   "--store-password-file)")  # fmt: skip
+    m.add_argument("--store-password-file", metavar="FILE", type=path_type, help="file holding the database password")
+    m.add_argument("--ca-key-file", metavar="FILE", type=path_type,
+                   help="the CA key file to seal the keys with (default DATA_DIR/ca.key, made if missing)")  # fmt: skip
 
 
 def configure_run(p: argparse.ArgumentParser) -> None:

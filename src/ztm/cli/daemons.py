@@ -48,7 +48,15 @@ def hub_config(args: argparse.Namespace, *, service: bool = False) -> HubConfig:
         permit=_absolute(args.permit) if args.permit else None,
         data=_data(args, service=service),
         admin=args.admin,
+        store=args.store,
+        store_password_file=_absolute(args.store_password_file) if args.store_password_file else None,
+        ca_key_file=_absolute(args.ca_key_file) if args.ca_key_file else None,
+        zone=args.zone or "",
     )
+    if args.store_password_file is not None and args.store is None:
+        raise UsageError("--store-password-file goes with --store postgresql://...")
+    if args.ca_key_file is not None and args.store is None:
+        raise UsageError("--ca-key-file goes with --store postgresql://... (a SQLite hub keeps its keys in its file)")
     if args.max_agents is not None:
         cfg = replace(cfg, max_agents=args.max_agents)
     if args.max_endpoints_per_user is not None:
@@ -94,6 +102,45 @@ def cmd_run(ctx: Context) -> int:
     except ImportError as exc:
         raise ZtmError(f"cannot run the agent: {exc} (is ztm installed completely?)") from None
     return int(run_agent(agent_cfg))
+
+
+def cmd_hub(ctx: Context) -> int:
+    """`ztm hub migrate --from DATA_DIR --to URL`: a single hub's mesh into PostgreSQL (`ztm.hub.migrate`)."""
+    import asyncio
+
+    from ztm.hub import cakey, migrate
+    from ztm.hub.store_pg import PgStore
+    from ztm.hub.storeurl import parse_store_url, read_password_file
+
+    args = ctx.args
+    source: Path = _absolute(args.source)
+    url = parse_store_url(args.target)
+    password = read_password_file(args.store_password_file) if args.store_password_file else None
+    key_path: Path = _absolute(args.ca_key_file) if args.ca_key_file else source / "ca.key"
+
+    async def move(key: bytes) -> dict[str, object]:
+        target = await PgStore.open(url, password)
+        try:
+            snapshot = await migrate.migrate(source, target, key)
+            return {**migrate.snapshot_counts(snapshot), "store": url.redacted(), "ca_key_file": str(key_path)}
+        finally:
+            await target.close()
+
+    made = not key_path.exists()
+    key = cakey.create_key_file(key_path) if made else cakey.read_key_file(key_path)
+    try:
+        moved = asyncio.run(move(key))
+    except BaseException:
+        if made:  # nothing was moved: leave no key file behind that seals nothing
+            key_path.unlink(missing_ok=True)
+        raise
+    ctx.print(
+        f"moved mesh {moved['mesh']} into {moved['store']}: {moved['users']} users ({moved['evicted']} evicted), "
+        f"{moved['endpoints']} endpoints, {moved['certificates']} certificates, {moved['files']} files.\n"
+        f"The keys are sealed with {moved['ca_key_file']}: copy it (mode 0600) to every other hub. Start this hub "
+        f"again with --store {moved['store']} (and --ca-key-file if the file is elsewhere than DATA/ca.key)."
+    )
+    return 0
 
 
 def cmd_start(ctx: Context) -> int:

@@ -58,6 +58,20 @@ COMMANDS: list[Command] = [
         ),
     ),
     Command(
+        "hub",
+        PROCESSES,
+        "hub migrate --from DATA_DIR --to URL",
+        "move a single hub's mesh from SQLite into PostgreSQL (for a hub cluster)",
+        a.configure_hub,
+        d.cmd_hub,
+        "Move the mesh of a stopped hub from its SQLite store (DATA_DIR/ztm-hub.db) into an empty PostgreSQL\n"
+        "database, then start the hub with --store: permits and joined agents keep working, and more hubs can join.",
+        (
+            "ztm hub migrate --from /var/lib/ztm-hub --to postgresql://ztm@db.internal/ztm",
+            "PGPASSWORD=... ztm hub migrate --from ~/.ztm --to postgresql://ztm@127.0.0.1:5432/mesh",
+        ),
+    ),
+    Command(
         "stop",
         PROCESSES,
         "stop hub|agent [--data DIR] | stop app NAME",

@@ -24,6 +24,9 @@ def render(state: HubState) -> str:
         "ztm_hub_users": ("users of the mesh", len(state.users)),
         "ztm_hub_users_evicted": ("evicted users", sum(1 for u in state.users.values() if u.evicted_at)),
         "ztm_hub_uptime_seconds": ("seconds since the hub started", round(time.time() - state.started, 3)),
+        "ztm_hub_endpoints_remote": ("endpoints online at other hubs of the cluster", len(state.remote)),
+        "ztm_hub_hubs_online": ("hubs of the mesh online, this one included", _hubs_online(state)),
+        "ztm_hub_store_available": ("1 while the store answers", int(state.store.available)),
     }
     lines: list[str] = []
     for name, (help_text, value) in gauges.items():
@@ -35,6 +38,19 @@ def render(state: HubState) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _hubs_online(state: HubState) -> int:
+    return len(state.cluster.online_hubs()) if state.cluster is not None else 1
+
+
+def health(state: HubState) -> tuple[str, str, str]:
+    """`/healthz`: 200 "ok", or 503 with the reason when the store cannot be reached (the hub still serves its
+    live sessions and relayed streams, but refuses changes)."""
+    if not state.store.available:
+        problem = state.store.problem or "unreachable"
+        return "503 Service Unavailable", f"store unavailable, retrying: {problem}\n", "text/plain"
+    return "200 OK", "ok\n", "text/plain"
+
+
 async def serve_admin(state: HubState, host: str, port: int) -> asyncio.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -44,7 +60,7 @@ async def serve_admin(state: HubState, host: str, port: int) -> asyncio.Server:
             if line[:1] == ["GET"] and path == "/metrics":
                 status, body, ctype = "200 OK", render(state), "text/plain; version=0.0.4"
             elif line[:1] == ["GET"] and path == "/healthz":
-                status, body, ctype = "200 OK", "ok\n", "text/plain"
+                status, body, ctype = health(state)
             else:
                 status, body, ctype = "404 Not Found", "only GET /metrics and /healthz are served\n", "text/plain"
             data = body.encode()

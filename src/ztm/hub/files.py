@@ -30,16 +30,19 @@ MAX_ANNOUNCE = 10_000
 MAX_LIST = 10_000
 MAX_PARTIAL = 256
 """Partial copies one endpoint may announce (per announcement, and kept per endpoint): each bitmap is up to 11 KB."""
+MAX_NOTIFY_SOURCES = 6000
+"""Bytes of paths and hashes in one `sources` notification to the other hubs (the store's limit is 8000)."""
 MAX_PARTIAL_VIEWS = 32
 """Partial holders listed in one answer about a file (a random choice among the online ones, to spread the load)."""
 
 
 class FileIndex:
-    def __init__(self, state: HubState, store: HubStore) -> None:
+    def __init__(self, state: HubState, store: HubStore, texts: list[str]) -> None:
+        """`texts`: the store's entries (`HubStore.files()`)."""
         self.state = state
         self.store = store
         self.entries: dict[str, FileEntry] = {}
-        for text in store.files():
+        for text in texts:
             try:
                 entry = FileEntry.from_json(json.loads(text))
             except (ValueError, BadInput) as exc:
@@ -85,7 +88,7 @@ class FileIndex:
         online = [
             (ep_id, have)
             for ep_id, (file_hash, have) in held.items()
-            if file_hash == entry.hash and ep_id in self.state.sessions and ep_id in self.state.endpoints
+            if file_hash == entry.hash and self.state.is_online(ep_id) and ep_id in self.state.endpoints
             and ep_id not in full
         ]  # fmt: skip
         if len(online) > MAX_PARTIAL_VIEWS:
@@ -105,7 +108,7 @@ class FileIndex:
         views = []
         for ep_id in self._current_sources(entry):
             ep = self.state.endpoints[ep_id]
-            views.append({"ep": ep.id, "name": ep.name, "user": ep.user, "online": ep.id in self.state.sessions})
+            views.append({"ep": ep.id, "name": ep.name, "user": ep.user, "online": self.state.is_online(ep.id)})
         return sorted(views, key=lambda v: (not v["online"], v["name"]))
 
     # quotas
@@ -135,7 +138,7 @@ class FileIndex:
             )
 
     # writing
-    def publish(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
+    async def publish(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
         ep = self.state.require_ep(peer)
         parsed = FileEntry.parse(body)
         if not filespec.may_write(peer.user, parsed.path):
@@ -153,7 +156,8 @@ class FileIndex:
         )
         old = self.entries.get(entry.path)
         self._check_quota(peer.user, entry, old)
-        self.store.save_file(entry.path, json.dumps(entry.to_json()))
+        await self.store.save_file(entry.path, json.dumps(entry.to_json()))
+        await self.state.publish("file", {"path": entry.path})
         if old is not None:
             self._count(old, -1)
         self._count(entry, 1)
@@ -171,19 +175,20 @@ class FileIndex:
         log.info("user %s published %s (%d bytes) from %s", peer.user, entry.path, entry.size, ep.name)
         return self.get(peer, entry.path)
 
-    def unpublish(self, peer: Peer, path: str) -> None:
+    async def unpublish(self, peer: Peer, path: str) -> None:
         self.state.require_ep(peer)
         entry = self._readable(peer, path)
         if not filespec.may_write(peer.user, path):
             raise Forbidden(f"only {filespec.writers(path)} may unpublish {path}")
-        self.store.delete_file(path)
+        await self.store.delete_file(path)
+        await self.state.publish("file", {"path": path})
         del self.entries[entry.path]
         self._count(entry, -1)
         self.sources.pop(path, None)
         self.partial.pop(path, None)
         log.info("user %s unpublished %s", peer.user, path)
 
-    def set_acl(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
+    async def set_acl(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
         self.state.require_ep(peer)
         path = filespec.check_path(body.get("path"))
         acl = Acl.parse(body.get("acl")).check_for(path)
@@ -194,8 +199,14 @@ class FileIndex:
             entry.path, entry.size, entry.time, entry.hash, entry.chunks, entry.publisher, entry.ep, acl,
             entry.published,
         )  # fmt: skip
-        self.store.save_file(path, json.dumps(updated.to_json()))
+        await self.store.save_file(path, json.dumps(updated.to_json()))
+        await self.state.publish("file", {"path": path})
         self.entries[path] = updated
+        self._drop_unreadable(path, acl)
+        log.info("user %s set the acl of %s: %s", peer.user, path, acl.to_json())
+        return self.get(peer, path)
+
+    def _drop_unreadable(self, path: str, acl: Acl) -> None:
         held = self.sources.get(path, {})
         for ep_id in list(held):  # a holder who may no longer read it is no source either
             holder = self.state.endpoints.get(ep_id)
@@ -206,11 +217,56 @@ class FileIndex:
             holder = self.state.endpoints.get(ep_id)
             if holder is None or not filespec.may_read(holder.user, path, acl):
                 del partial[ep_id]
-        log.info("user %s set the acl of %s: %s", peer.user, path, acl.to_json())
-        return self.get(peer, path)
+
+    # another hub of the cluster changed the index or an endpoint of its announced what it holds
+    async def on_notify(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == "file":
+            await self.reload(str(payload["path"]))
+        elif kind == "sources":
+            self.apply_sources(payload)
+        elif kind == "resync":
+            for path in set(self.entries) | {json.loads(t)["path"] for t in await self.store.files()}:
+                await self.reload(path)
+
+    async def reload(self, path: str) -> None:
+        text = await self.store.file(path)
+        old = self.entries.pop(path, None)
+        if old is not None:
+            self._count(old, -1)
+        if text is None:
+            self.sources.pop(path, None)
+            self.partial.pop(path, None)
+            return
+        try:
+            entry = FileEntry.from_json(json.loads(text))
+        except (ValueError, BadInput) as exc:
+            log.error("file index: skipping an unreadable entry: %s", exc)
+            return
+        self.entries[path] = entry
+        self._count(entry, 1)
+        held = self.sources.setdefault(path, {})
+        for other, file_hash in list(held.items()):
+            if file_hash != entry.hash:
+                del held[other]
+        if old is None or old.hash != entry.hash:
+            held[entry.ep] = entry.hash  # the publisher holds what it published
+        self._drop_unreadable(path, entry.acl)
+
+    def apply_sources(self, payload: dict[str, Any]) -> None:
+        """Another hub's endpoint announced full copies it holds (`announce`'s `hold`, checked there)."""
+        ep_id = str(payload["ep"])
+        if payload.get("replace"):
+            for held in self.sources.values():
+                held.pop(ep_id, None)
+        for path in payload.get("drop", []):
+            self.sources.get(str(path), {}).pop(ep_id, None)
+        for path, file_hash in payload.get("hold", []):
+            entry = self.entries.get(str(path))
+            if entry is not None and entry.hash == file_hash:
+                self.sources.setdefault(entry.path, {})[ep_id] = entry.hash
 
     # sources
-    def announce(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
+    async def announce(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
         """`{"hold": [{"path", "hash"}], "partial": [{"path", "hash", "have"}], "drop": [path], "replace": bool}`:
         the caller holds these files in full (`hold`), some chunks of these (`partial`, `have` a `ChunkSet`), no
         longer holds these (`drop`); `replace` forgets everything it announced before. Accepted only for current
@@ -284,7 +340,26 @@ class FileIndex:
         for table in (self.sources, self.partial):
             for path in [p for p, held in table.items() if not held]:
                 del table[path]
+        await self._share_sources(ep.id, [(p, wanted[p]) for p in accepted], drop, replace)
         answer: dict[str, Any] = {"accepted": accepted, "stale": stale}
         if "partial" in body:
             answer.update(partial_accepted=partial_accepted, partial_stale=partial_stale)
         return answer
+
+    async def _share_sources(self, ep_id: str, hold: list[tuple[str, str]], drop: list[str], replace: bool) -> None:
+        """Tell the other hubs what the endpoint holds in full (partial copies stay with its own hub), in
+        notifications that fit the store's size limit."""
+        if not self.store.shared or not (hold or drop or replace):
+            return
+        batch: dict[str, Any] = {"ep": ep_id, "replace": replace, "hold": [], "drop": []}
+        size = 100
+        for key, items in (("drop", [(p, "") for p in drop]), ("hold", hold)):
+            for path, file_hash in items:
+                item: Any = path if key == "drop" else [path, file_hash]
+                grows = len(path) + len(file_hash) + 8
+                if size + grows > MAX_NOTIFY_SOURCES:
+                    await self.state.publish("sources", batch)
+                    batch, size = {"ep": ep_id, "replace": False, "hold": [], "drop": []}, 100
+                batch[key].append(item)
+                size += grows
+        await self.state.publish("sources", batch)

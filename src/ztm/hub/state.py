@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -24,9 +24,12 @@ from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unautho
 from ztm.hub import limits
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.conns import Connections
-from ztm.hub.store import EndpointRecord, HubStore
+from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
 from ztm.timefmt import iso
 from ztm.version import __version__
+
+if TYPE_CHECKING:
+    from ztm.hub.cluster import Cluster
 
 log = logging.getLogger("ztm.hub")
 
@@ -44,6 +47,9 @@ class Peer:
     serial: int
     not_after: float
     address: tuple[str, int] | None
+    hub_id: str | None = None
+    """Set for another hub of the mesh (a hub certificate; `user` is "" and `ep_id` None): such a peer may use only
+    the two forwarding routes (`ztm.hub.peers`)."""
 
 
 @dataclass
@@ -143,11 +149,15 @@ class HubState:
         store: HubStore,
         authority: Authority,
         *,
+        endpoints: list[EndpointRecord],
+        users: list[UserRecord],
+        revoked: list[int],
         max_agents: int,
         cert_ttl: float,
         heartbeat: float,
         max_endpoints_per_user: int = 100,
     ) -> None:
+        """Use `load` (the store is asynchronous)."""
         self.store = store
         self.authority = authority
         self.max_agents = max_agents
@@ -156,8 +166,8 @@ class HubState:
         self.cert_ttl = cert_ttl
         self.heartbeat = heartbeat
         self.started = time.time()
-        self.endpoints: dict[str, EndpointRecord] = {ep.id: ep for ep in store.endpoints()}
-        self.users = {u.name: u for u in store.users()}
+        self.endpoints: dict[str, EndpointRecord] = {ep.id: ep for ep in endpoints}
+        self.users = {u.name: u for u in users}
         self.sessions: dict[str, Session] = {}
         self._calls: dict[str, tuple[asyncio.Future[Any], str]] = {}
         self.pending_calls = limits.PendingCounts(
@@ -175,10 +185,39 @@ class HubState:
         """Per endpoint id, per app: the services it offers (published by agents after every hello)."""
         self.direct: dict[str, str] = {}
         """Per online endpoint id: the `HOST:PORT` where it accepts direct connections from peers (POST /api/direct)."""
+        self.hubs: dict[str, HubInfo] = {}
+        """Every hub of the mesh, this one included, as last read from the store (`ztm.hub.cluster`)."""
+        self.remote: dict[str, Presence] = {}
+        """Endpoint id -> its session on another online hub of the cluster (empty on a single hub)."""
+        self.cluster: Cluster | None = None
+        """This hub among the hubs of its store (`ztm.hub.cluster`; it sets itself here)."""
         self.conns = Connections()
         """Every live connection and its peer: closed on eviction, revocation and certificate expiry."""
-        self._revoked: set[int] = set(store.revoked_serials(time.time()))
+        self._revoked: set[int] = set(revoked)
         authority.rebuild_crl(self._revoked)
+
+    @classmethod
+    async def load(
+        cls,
+        store: HubStore,
+        authority: Authority,
+        *,
+        max_agents: int,
+        cert_ttl: float,
+        heartbeat: float,
+        max_endpoints_per_user: int = 100,
+    ) -> HubState:
+        return cls(
+            store,
+            authority,
+            endpoints=await store.endpoints(),
+            users=await store.users(),
+            revoked=await store.revoked_serials(time.time()),
+            max_agents=max_agents,
+            cert_ttl=cert_ttl,
+            heartbeat=heartbeat,
+            max_endpoints_per_user=max_endpoints_per_user,
+        )
 
     # identity
     def refusal(self, peer: Peer) -> str | None:
@@ -186,6 +225,10 @@ class HubState:
         a revoked serial, an evicted or unknown user, an expired certificate."""
         if peer.serial in self._revoked:
             return "this certificate is revoked; ask root for a new permit"
+        if peer.hub_id is not None:
+            if peer.hub_id not in self.hubs:
+                return f"hub {peer.hub_id} is not a hub of this mesh (not in the store's hubs table)"
+            return "this hub certificate expired" if time.time() >= peer.not_after else None
         user = self.users.get(peer.user)
         if user is None:
             return f"user {peer.user!r} is not a member of this mesh; ask root for a permit (ztm invite)"
@@ -201,6 +244,17 @@ class HubState:
         if reason is not None:
             raise Unauthorized(reason)
 
+    def is_online(self, ep_id: str) -> bool:
+        """Whether the endpoint has a live session on this hub or on another online hub of the cluster."""
+        return ep_id in self.sessions or ep_id in self.remote
+
+    def location(self, ep_id: str) -> str | None:
+        """The id of the other hub that holds the endpoint's live session; None when it is here or offline."""
+        if ep_id in self.sessions:
+            return None
+        presence = self.remote.get(ep_id)
+        return presence.hub_id if presence is not None else None
+
     def require_ep(self, peer: Peer) -> EndpointRecord:
         if peer.ep_id is None:
             raise Forbidden("this route needs an endpoint certificate; enrol first (POST /api/enroll)")
@@ -214,7 +268,7 @@ class HubState:
             raise Forbidden(f"only root may {what}; you are {peer.user!r}")
 
     # enrolment
-    def enroll(
+    async def enroll(
         self,
         peer: Peer,
         *,
@@ -244,17 +298,16 @@ class HubState:
                 )
         now = time.time()
         ttl = self._ttl_within(peer.user, peer.not_after, now)  # the user certificate (permit) bounds the endpoint's
+        replaces: list[str] = []
         for other in list(self.endpoints.values()):
             if other.name == name and other.id != ep_id:
                 owner = self.users.get(other.user)
                 released = owner is None or owner.evicted_at is not None  # an evicted user holds no names
                 if other.user != peer.user and not released:
                     raise Conflict(f"endpoint name {name!r} is taken by user {other.user!r}; join with another --as")
-                if other.id in self.sessions:
+                if self.is_online(other.id):
                     raise Conflict(f"endpoint name {name!r} is in use by an online endpoint; join with another --as")
-                self.store.delete_endpoint(other.id)
-                del self.endpoints[other.id]
-                self.services.pop(other.id, None)
+                replaces.append(other.id)
         ep = EndpointRecord(
             id=ep_id,
             name=name,
@@ -266,24 +319,29 @@ class HubState:
             last_seen=now,
             user_not_after=peer.not_after,
         )
-        cert = self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
-        self.store.save_endpoint(ep)
+        await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write or a lost race changes nothing
+        cert = await self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
+        for other_id in replaces:
+            self.endpoints.pop(other_id, None)
+            self.services.pop(other_id, None)
         self.endpoints[ep_id] = ep
         self.version += 1
         self.counters["enrollments"] += 1
+        for changed in [*replaces, ep_id]:
+            await self.publish("endpoint", {"id": changed})
         log.info("enrolled endpoint %s (%s) of user %s", name, ep_id, peer.user)
         return ep, pki.cert_to_pem(cert)
 
-    def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
+    async def renew(self, peer: Peer, public_key: ec.EllipticCurvePublicKey) -> str:
         self.check_peer(peer)
         ep = self.require_ep(peer)
-        user_end = ep.user_not_after if ep.user_not_after is not None else self.store.user_cert_end(ep.user)
+        user_end = ep.user_not_after if ep.user_not_after is not None else await self.store.user_cert_end(ep.user)
         if user_end is not None and user_end <= peer.not_after + 1:
             raise Forbidden(
                 f"the invitation of user {ep.user!r} ends at {iso(user_end)} and this endpoint certificate already "
                 "lasts until then; ask root for a new permit (ztm invite) and join with it"
             )
-        cert = self.authority.issue_endpoint(ep.user, ep.id, public_key, self._ttl_within(ep.user, user_end))
+        cert = await self.authority.issue_endpoint(ep.user, ep.id, public_key, self._ttl_within(ep.user, user_end))
         log.info("renewed the certificate of endpoint %s (%s)", ep.name, ep.id)
         return pki.cert_to_pem(cert)
 
@@ -329,6 +387,8 @@ class HubState:
         ep.last_seen = time.time()
         session.push({"type": "hello", "ep": self.endpoint_view(ep), "heartbeat": self.heartbeat, "hub": self.status()})
         self.broadcast({"type": "endpoint", "ep": self.endpoint_view(ep)}, exclude=ep.id)
+        if self.cluster is not None:
+            self.cluster.session_changed(session)
         return session
 
     def close_session(self, session: Session) -> None:
@@ -342,12 +402,29 @@ class HubState:
                 self._seen[ep.id] = ep.last_seen
                 log.info("endpoint %s (%s) is offline", ep.name, ep.id)
                 self.broadcast({"type": "endpoint", "ep": self.endpoint_view(ep)})
-            for hook in self.offline_hooks:
-                hook(session.ep_id)
-            for call_id, (future, target) in list(self._calls.items()):
-                if target == session.ep_id and not future.done():
-                    future.set_exception(Unavailable("the endpoint went offline before it answered"))
-                    self._calls.pop(call_id, None)
+            if self.cluster is not None:
+                self.cluster.session_changed(session)
+            self._session_gone(session)
+
+    def supersede(self, session: Session, why: str) -> None:
+        """The endpoint opened a newer session at another hub (it moved): end this one without calling the
+        endpoint offline. Its connection stays until its streams end (the agent retires it)."""
+        if self.sessions.get(session.ep_id) is not session:
+            return
+        log.info("endpoint %s moved: %s", session.ep_id, why)
+        session.end()
+        del self.sessions[session.ep_id]
+        self.direct.pop(session.ep_id, None)
+        self._session_gone(session)
+
+    def _session_gone(self, session: Session) -> None:
+        """Fail what waits on the session: streams it was offered, calls it was asked."""
+        for hook in self.offline_hooks:
+            hook(session.ep_id)
+        for call_id, (future, target) in list(self._calls.items()):
+            if target == session.ep_id and not future.done():
+                future.set_exception(Unavailable("the endpoint went offline before it answered"))
+                self._calls.pop(call_id, None)
 
     def beat(self, peer: Peer) -> dict[str, Any]:
         ep = self.require_ep(peer)
@@ -359,7 +436,7 @@ class HubState:
         self._seen[ep.id] = ep.last_seen
         return {"time": iso(session.last_heartbeat), "interval": self.heartbeat}
 
-    def sweep(self) -> None:
+    async def sweep(self) -> None:
         """Close sessions whose heartbeats stopped or whose certificate expired; flush last-seen times."""
         now = time.time()
         for session in list(self.sessions.values()):
@@ -373,7 +450,7 @@ class HubState:
                 session.close_connection()
         seen, self._seen = self._seen, {}
         try:
-            self.store.touch_endpoints(seen)
+            await self.store.touch_endpoints(seen)
         except Unavailable as exc:  # a full disk must not stop the sweeper: keep the times for the next sweep
             self._seen = {**seen, **self._seen}
             if not self._touch_failed:
@@ -382,24 +459,26 @@ class HubState:
         else:
             self._touch_failed = False
 
-    def refresh_crl(self) -> None:
+    async def refresh_crl(self) -> None:
         """Re-sign the CRL (it carries a next-update time) and drop revoked serials that have expired anyway."""
         now = time.time()
-        self.store.prune_certs(now)
-        self._crl_changed(now)
+        await self.store.prune_certs(now)
+        await self._crl_changed(now)
 
-    def _crl_changed(self, now: float, *, spare: set[int] | None = None) -> None:
+    async def _crl_changed(self, now: float, *, spare: set[int] | None = None) -> None:
         """After revocations changed: a new CRL (and TLS context), agents told (`crl`: they reload it for direct
         channels), and every connection of a revoked certificate closed but those in `spare` (closed by their
         sessions after a last event)."""
-        self._revoked = set(self.store.revoked_serials(now))
+        self._revoked = set(await self.store.revoked_serials(now))
         self.authority.rebuild_crl(self._revoked)
         self.broadcast({"type": "crl", "number": self.authority.crl_number})
         revoked = self._revoked
         self.conns.close_where(lambda p: p.serial in revoked, spare=spare or set())
 
-    def broadcast(self, event: dict[str, Any], *, exclude: str | None = None) -> None:
-        self.version += 1
+    def broadcast(self, event: dict[str, Any], *, exclude: str | None = None, bump: bool = True) -> None:
+        """Queue `event` for every session here; `bump`: it changes the endpoint list (drop the list cache)."""
+        if bump:
+            self.version += 1
         kind, line = str(event.get("type")), encode_event(event)
         key = f"endpoint/{event['ep']['id']}" if kind == "endpoint" else None  # only the newest view matters
         for ep_id, session in self.sessions.items():
@@ -417,16 +496,23 @@ class HubState:
             "online": len(self.sessions),
             "max_agents": self.max_agents,
             "started": iso(self.started),
+            "zone": self.cluster.me.zone if self.cluster is not None else "",
+            "hubs": self.cluster.hub_views() if self.cluster is not None else [],
         }
 
     def endpoint_view(self, ep: EndpointRecord) -> dict[str, Any]:
         session = self.sessions.get(ep.id)
         address = session.address if session else None
+        remote = self.remote.get(ep.id) if session is None else None
+        if remote is not None and remote.address:
+            host, _, port = remote.address.rpartition(":")
+            address = (host.strip("[]"), int(port)) if port.isdecimal() else None
         return {
             "id": ep.id,
             "name": ep.name,
             "user": ep.user,
-            "online": session is not None,
+            "online": session is not None or remote is not None,
+            "hub": (session and self.authority.hub_id) or (remote.hub_id if remote is not None else None),
             "labels": list(ep.labels),
             "version": ep.version,
             "hostname": ep.hostname,
@@ -435,7 +521,7 @@ class HubState:
             "first_seen": iso(ep.first_seen),
             "last_seen": iso(ep.last_seen),
             "heartbeat": iso(session.last_heartbeat) if session else None,
-            "online_since": iso(session.since) if session else None,
+            "online_since": iso(session.since) if session else (iso(remote.since) if remote is not None else None),
         }
 
     def find_endpoint(self, ref: str) -> EndpointRecord:
@@ -447,7 +533,7 @@ class HubState:
         named = [e for e in self.endpoints.values() if e.name == ref]
         if not named:
             raise NotFound(f"no endpoint named {ref!r} in this mesh")
-        return max(named, key=lambda e: (e.id in self.sessions, e.last_seen or 0))
+        return max(named, key=lambda e: (self.is_online(e.id), e.last_seen or 0))
 
     def list_endpoints(self) -> list[dict[str, Any]]:
         return [self.endpoint_view(ep) for ep in sorted(self.endpoints.values(), key=lambda e: (e.name, e.id))]
@@ -492,10 +578,15 @@ class HubState:
             offered[app] = sorted(set(services))
         else:
             offered.pop(app, None)
+        session = self.sessions.get(ep.id)
+        if session is not None and self.cluster is not None:
+            self.cluster.session_changed(session)
 
     def find_services(self, app: str, service: str | None) -> list[dict[str, Any]]:
         found = []
-        for ep_id, offered in self.services.items():
+        everywhere = {ep_id: p.services for ep_id, p in self.remote.items()}
+        everywhere.update(self.services)  # what a session here announced wins over an older one elsewhere
+        for ep_id, offered in everywhere.items():
             ep = self.endpoints.get(ep_id)
             if ep is None:
                 continue
@@ -506,13 +597,20 @@ class HubState:
                             "ep": ep.id,
                             "name": ep.name,
                             "user": ep.user,
-                            "online": ep.id in self.sessions,
+                            "online": self.is_online(ep.id),
                             "app": app,
                             "service": name,
-                            "direct": self.direct.get(ep.id),
+                            "direct": self._direct_of(ep.id),
                         }
                     )
         return sorted(found, key=lambda f: (f["service"], f["name"]))
+
+    def _direct_of(self, ep_id: str) -> str | None:
+        here = self.direct.get(ep_id)
+        if here is not None or ep_id in self.sessions:
+            return here
+        remote = self.remote.get(ep_id)
+        return (remote.direct or None) if remote is not None else None
 
     def set_direct(self, peer: Peer, host: str | None, port: int | None) -> dict[str, Any]:
         """Record (port None: forget) where an online endpoint accepts direct connections; a wildcard or missing
@@ -522,6 +620,8 @@ class HubState:
         session = self.sessions.get(ep.id)
         if session is None:
             raise Unavailable("open the event stream (GET /api/events) before announcing a direct address")
+        if self.cluster is not None:
+            self.cluster.session_changed(session)
         if port is None:
             self.direct.pop(ep.id, None)
             return {"direct": None}
@@ -533,7 +633,7 @@ class HubState:
         return {"direct": self.direct[ep.id]}
 
     # labels
-    def set_labels(self, peer: Peer, ref: str, add: list[str], delete: list[str]) -> dict[str, Any]:
+    async def set_labels(self, peer: Peer, ref: str, add: list[str], delete: list[str]) -> dict[str, Any]:
         ep = self.find_endpoint(ref)
         if peer.user not in (ep.user, ROOT_USER):
             raise Forbidden(f"only {ep.user!r} (the owner) or root may label endpoint {ep.name!r}")
@@ -541,52 +641,65 @@ class HubState:
         labels += [x for x in add if x not in labels]
         if len(labels) > 32:
             raise BadInput("an endpoint has at most 32 labels")
-        self.store.save_endpoint(dataclasses.replace(ep, labels=labels))  # saved first: a failed write changes nothing
+        await self.store.save_endpoint(dataclasses.replace(ep, labels=labels))  # first: a failed write changes nothing
         ep.labels = labels
         view = self.endpoint_view(ep)
         self.broadcast({"type": "endpoint", "ep": view})
+        await self.publish("endpoint", {"id": ep.id})
         return view
 
     # users
-    def invite(self, peer: Peer, user: str, public_key: ec.EllipticCurvePublicKey, days: int) -> dict[str, Any]:
+    async def invite(self, peer: Peer, user: str, public_key: ec.EllipticCurvePublicKey, days: int) -> dict[str, Any]:
         self._require_root(peer, "invite users")
         if user == ROOT_USER:
             raise BadInput("root exists already; invite another user name")
-        cert = self.authority.issue_user(user, public_key, days)
-        self.store.upsert_user(user, evicted_at=None)
-        self.users = {u.name: u for u in self.store.users()}
+        cert = await self.authority.issue_user(user, public_key, days)
+        await self.store.upsert_user(user, evicted_at=None)
+        self.users = {u.name: u for u in await self.store.users()}
+        await self.publish("users", {"user": user})
         log.info("root invited user %s (certificate valid %d days)", user, days)
         return {
             "ca": self.authority.ca_pem,
             "agent": {"certificate": pki.cert_to_pem(cert)},
-            "bootstraps": [str(a) for a in self.authority.names],
+            "bootstraps": self.bootstraps(),
         }
 
-    def evict(self, peer: Peer, user: str) -> dict[str, Any]:
+    def bootstraps(self) -> list[str]:
+        """Every address of every hub of the mesh, this hub's first: what permits list."""
+        addresses = [str(a) for a in self.authority.names]
+        for hub in sorted(self.hubs.values(), key=lambda h: h.id):
+            addresses += [a for a in hub.addresses if a not in addresses]
+        return addresses
+
+    async def evict(self, peer: Peer, user: str) -> dict[str, Any]:
         self._require_root(peer, "evict users")
         if user == ROOT_USER:
             raise BadInput("root cannot be evicted")
         if user not in self.users:
             raise NotFound(f"no user named {user!r}; see `ztm get user`")
         now = time.time()
-        self.store.upsert_user(user, evicted_at=now)
-        self.store.revoke_user_certs(user)
-        self.users = {u.name: u for u in self.store.users()}
+        await self.store.evict_user(user, now)
+        self.users = {u.name: u for u in await self.store.users()}
+        await self._cut_user(user, now)
+        await self.publish("evict", {"user": user})
+        self.counters["evictions"] += 1
+        log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
+        return next(u for u in self.list_users() if u["name"] == user)
+
+    async def _cut_user(self, user: str, now: float) -> None:
+        """The user is evicted (here or at another hub): new CRL, sessions told and closed, connections closed."""
         # Each live session ends with an `evicted` event (its writer closes the connection once it is out, within
         # 0.5 s at worst); every other connection of the user closes now. Requests in between are refused.
         sessions = [s for s in self.sessions.values() if s.user == user]
         spare = {s.conn_key for s in sessions if s.conn_key is not None}
-        self._crl_changed(now, spare=spare)
+        await self._crl_changed(now, spare=spare)
         self.conns.close_where(lambda p: p.user == user, spare=spare)
         for session in sessions:
             session.push({"type": "evicted", "reason": "root evicted this user from the mesh"})
             self.close_session(session)
             asyncio.get_running_loop().call_later(0.5, session.close_connection)
-        self.counters["evictions"] += 1
-        log.info("root evicted user %s; its certificates are revoked and its sessions closed", user)
-        return next(u for u in self.list_users() if u["name"] == user)
 
-    def delete_endpoint(self, peer: Peer, ref: str) -> dict[str, Any]:
+    async def delete_endpoint(self, peer: Peer, ref: str) -> dict[str, Any]:
         """Root removes an endpoint record: its name and its user's quota slot are free again, its certificates
         are revoked and its connections closed (its agent has to join again). Returns the record as it was."""
         self._require_root(peer, "delete endpoints")
@@ -594,25 +707,86 @@ class HubState:
         if ep.id == peer.ep_id:
             raise BadInput(f"{ep.name!r} is the endpoint you ask from; delete it from another one, or `ztm leave`")
         view = self.endpoint_view(ep)
-        self.store.delete_endpoint(ep.id)  # saved first: a failed write changes nothing
-        self.store.revoke_endpoint_certs(ep.id)
+        await self.store.delete_endpoint(ep.id)  # saved first: a failed write changes nothing
         del self.endpoints[ep.id]
         self.services.pop(ep.id, None)
         session = self.sessions.get(ep.id)
         if session is not None:
             self.close_session(session)
-        self._crl_changed(time.time())
+        await self._crl_changed(time.time())
         self.conns.close_where(lambda p: p.ep_id == ep.id)
         self.broadcast({"type": "endpoint", "ep": {**view, "online": False, "deleted": True}})
+        await self.publish("endpoint", {"id": ep.id})
         log.info("root deleted endpoint %s (%s) of user %s", ep.name, ep.id, ep.user)
         return view
 
+    # changes made at other hubs of the cluster (`ztm.hub.cluster` applies their notifications here)
+    async def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        """Tell the other hubs of the cluster that shared state changed (after the store write)."""
+        if self.cluster is not None:
+            await self.cluster.publish(kind, payload)
+
+    async def reload_endpoint(self, ep_id: str) -> None:
+        """Another hub enrolled, relabelled or deleted this endpoint: take the store's record."""
+        record = await self.store.endpoint(ep_id)
+        old = self.endpoints.get(ep_id)
+        if record is None:
+            if old is None:
+                return
+            view = self.endpoint_view(old)
+            del self.endpoints[ep_id]
+            self.services.pop(ep_id, None)
+            self.remote.pop(ep_id, None)
+            session = self.sessions.get(ep_id)
+            if session is not None:
+                self.close_session(session)
+            await self._crl_changed(time.time())
+            self.conns.close_where(lambda p: p.ep_id == ep_id)
+            self.broadcast({"type": "endpoint", "ep": {**view, "online": False, "deleted": True}})
+            return
+        if old is not None and (old.last_seen or 0) > (record.last_seen or 0):
+            record.last_seen = old.last_seen
+        self.endpoints[ep_id] = record
+        self.broadcast({"type": "endpoint", "ep": self.endpoint_view(record)})
+
+    async def reload_users(self) -> None:
+        self.users = {u.name: u for u in await self.store.users()}
+
+    async def reload_crl(self) -> None:
+        await self._crl_changed(time.time())
+
+    async def evicted_elsewhere(self, user: str) -> None:
+        """Root evicted `user` at another hub: the same cut here (CRL, sessions, connections)."""
+        await self.reload_users()
+        await self._cut_user(user, time.time())
+        log.info("user %s was evicted at another hub; its sessions here are closed", user)
+
+    async def reload_all(self) -> None:
+        """Notifications may have been missed (the store was away): reload what other hubs change."""
+        records = {ep.id: ep for ep in await self.store.endpoints()}
+        for ep_id in set(self.endpoints) | set(records):
+            if self.endpoints.get(ep_id) != records.get(ep_id):
+                await self.reload_endpoint(ep_id)
+        evicted_before = {u.name for u in self.users.values() if u.evicted_at is not None}
+        await self.reload_users()
+        for user in self.users.values():
+            if user.evicted_at is not None and user.name not in evicted_before:
+                await self._cut_user(user.name, time.time())
+        await self._crl_changed(time.time())
+
     # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
     async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:
-        caller = self.require_ep(peer)
+        return await self.call_as(self.require_ep(peer), ref, method, params, timeout)
+
+    async def call_as(
+        self, caller: EndpointRecord, ref: str, method: str, params: Any, timeout: float, *, forwarded: bool = False
+    ) -> Any:
+        """A call from `caller` (verified here, or by the hub that `forwarded` it) to an endpoint of this hub."""
         target = self.find_endpoint(ref)
         session = self.sessions.get(target.id)
         if session is None or session.closed:
+            if forwarded:  # never forwarded twice: a stale presence or a loop ends here
+                raise Unavailable(f"endpoint {target.name!r} is not on this hub")
             raise Unavailable(f"endpoint {target.name!r} is offline")
         size = len(json.dumps(params, separators=(",", ":")).encode())
         if size > limits.MAX_CALL_PARAMS:

@@ -1,42 +1,24 @@
-"""The hub's durable state in SQLite: CA material, users, issued certificates, endpoints and evictions.
+"""What the hub keeps durably, as one interface with two back ends: the records (`EndpointRecord`, `UserRecord`,
+`HubInfo`, `Presence`) and the `HubStore` protocol that `HubState` and `Authority` call.
 
-Only `HubState` calls this module; every write is one transaction, so a crash loses nothing acknowledged.
-Private keys live in this file, which is created 0600.
+Back ends: `ztm.hub.store_sqlite.SqliteStore` (the embedded default, one hub per data directory) and
+`ztm.hub.store_pg.PgStore` (PostgreSQL: every hub started on the same database serves the same mesh). Every method
+that writes is one transaction: it either happens whole or raises `Unavailable` (the store cannot be reached or
+written: "store unavailable, retrying") or `Conflict` (a uniqueness rule, e.g. an endpoint name taken by a
+concurrent join at another hub), and the caller changes its in-memory view only after it returned.
+
+Change notification (cluster): a hub that changed shared state calls `notify(kind, payload)`; every other hub on
+the same store gets `(kind, payload)` through the callback given to `subscribe` (PostgreSQL LISTEN/NOTIFY; the
+SQLite store has no other hub and delivers nothing). Payloads are small JSON objects (< 7,000 bytes encoded):
+they name what changed, and receivers reload it from the store (`endpoint`, `file`, ...) or apply it
+(`presence`).
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-
-from ztm.db import Database
-
-MIGRATIONS = [
-    """
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE users (name TEXT PRIMARY KEY, created REAL NOT NULL, evicted_at REAL);
-    CREATE TABLE certs (
-        serial TEXT PRIMARY KEY, user TEXT NOT NULL, ep_id TEXT, kind TEXT NOT NULL,
-        issued REAL NOT NULL, not_after REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX certs_user ON certs(user);
-    CREATE TABLE endpoints (
-        id TEXT PRIMARY KEY, name TEXT NOT NULL, user TEXT NOT NULL, labels TEXT NOT NULL DEFAULT '[]',
-        version TEXT NOT NULL DEFAULT '', hostname TEXT NOT NULL DEFAULT '',
-        first_seen REAL NOT NULL, last_seen REAL
-    );
-    CREATE INDEX endpoints_name ON endpoints(name)
-    """,
-    """
-    CREATE TABLE files (path TEXT PRIMARY KEY, entry TEXT NOT NULL)
-    """,
-    """
-    ALTER TABLE endpoints ADD COLUMN user_not_after REAL
-    """,
-]
+from typing import Any, Protocol
 
 
 @dataclass
@@ -61,117 +43,125 @@ class UserRecord:
     evicted_at: float | None = None
 
 
-class HubStore:
-    def __init__(self, path: Path) -> None:
-        self.db = Database(path, MIGRATIONS)
+@dataclass
+class HubInfo:
+    """One hub of the mesh, as it registers itself in the store's hubs table and refreshes it (`heartbeat`)."""
 
-    def lock(self) -> None:
-        self.db.lock_exclusive("hub")
+    id: str
+    addresses: list[str]
+    """Where agents dial it (`HOST:PORT`, its `--names`)."""
+    zone: str = ""
+    version: str = ""
+    started: float = 0.0
+    heartbeat: float = 0.0
+    """When the hub last refreshed its row (store clock seconds since the epoch)."""
+    online: int = 0
+    """Endpoints with a live session on it, as of its last heartbeat."""
+    admin: str = ""
+    """Its admin address (`HOST:PORT`) or ""."""
 
-    def close(self) -> None:
-        self.db.close()
 
-    # meta
-    def get_meta(self) -> dict[str, str]:
-        return {row["key"]: row["value"] for row in self.db.all("SELECT key, value FROM meta")}
+@dataclass
+class Presence:
+    """Which hub holds an endpoint's live session, where it came from, and its direct address (if it announced
+    one): the cluster-wide "online" view."""
 
-    def set_meta(self, values: dict[str, str]) -> None:
-        with self.db.transaction() as c:
-            for key, value in values.items():
-                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+    ep_id: str
+    hub_id: str
+    since: float
+    address: str = ""
+    direct: str = ""
+    e2e: str = ""
+    services: dict[str, list[str]] = field(default_factory=dict)
+    """App -> the services it offers (published by the agent after every hello)."""
+
+
+Notify = Callable[[str, dict[str, Any]], None]
+
+
+class HubStore(Protocol):
+    kind: str
+    """"sqlite" or "postgresql"."""
+    shared: bool
+    """True when other hubs may use the same store (PostgreSQL): the hub then encrypts the CA key, registers
+    itself in the hubs table, publishes presence and listens for notifications."""
+
+    @property
+    def available(self) -> bool:
+        """False while the store cannot be reached (calls raise `Unavailable`; it reconnects by itself)."""
+        ...
+
+    @property
+    def problem(self) -> str:
+        """Why it is unavailable ("" when it is available)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    # meta: mesh id, CA certificate, (sealed) CA and root keys, CRL number
+    async def get_meta(self) -> dict[str, str]: ...
+    async def set_meta(self, values: dict[str, str]) -> None: ...
+    async def create_meta(self, values: dict[str, str]) -> dict[str, str]:
+        """Store `values` if the store has no mesh yet (no `ca_cert`), atomically; return the meta now stored
+        (the caller's, or the mesh another hub created first)."""
+        ...
 
     # users
-    def users(self) -> list[UserRecord]:
-        return [
-            UserRecord(r["name"], r["created"], r["evicted_at"])
-            for r in self.db.all("SELECT * FROM users ORDER BY name")
-        ]
-
-    def upsert_user(self, name: str, *, evicted_at: float | None = None) -> None:
-        with self.db.transaction() as c:
-            c.execute(
-                "INSERT INTO users(name, created, evicted_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET evicted_at = excluded.evicted_at",
-                (name, time.time(), evicted_at),
-            )
+    async def users(self) -> list[UserRecord]: ...
+    async def upsert_user(self, name: str, *, evicted_at: float | None = None) -> None: ...
+    async def evict_user(self, name: str, at: float) -> None:
+        """Mark the user evicted and revoke every certificate of theirs, in one transaction."""
+        ...
 
     # certificates
-    def record_cert(self, serial: int, user: str, ep_id: str | None, kind: str, not_after: float) -> None:
-        with self.db.transaction() as c:
-            c.execute(
-                "INSERT OR REPLACE INTO certs(serial, user, ep_id, kind, issued, not_after) VALUES (?,?,?,?,?,?)",
-                (format(serial, "x"), user, ep_id, kind, time.time(), not_after),
-            )
-
-    def revoke_user_certs(self, user: str) -> None:
-        with self.db.transaction() as c:
-            c.execute("UPDATE certs SET revoked = 1 WHERE user = ?", (user,))
-
-    def user_cert_end(self, user: str) -> float | None:
-        """When the user's latest unrevoked user certificate expires (None: no such certificate recorded)."""
-        row = self.db.one("SELECT MAX(not_after) AS end FROM certs WHERE user = ? AND kind = 'user' AND revoked = 0",
-                          (user,))  # fmt: skip
-        return None if row is None or row["end"] is None else float(row["end"])
-
-    def revoke_endpoint_certs(self, ep_id: str) -> None:
-        with self.db.transaction() as c:
-            c.execute("UPDATE certs SET revoked = 1 WHERE ep_id = ?", (ep_id,))
-
-    def revoked_serials(self, now: float) -> list[int]:
-        rows = self.db.all("SELECT serial FROM certs WHERE revoked = 1 AND not_after > ?", (now,))
-        return [int(r["serial"], 16) for r in rows]
-
-    def prune_certs(self, now: float) -> None:
-        with self.db.transaction() as c:
-            c.execute("DELETE FROM certs WHERE not_after < ?", (now - 86400,))
+    async def record_cert(self, serial: int, user: str, ep_id: str | None, kind: str, not_after: float) -> None: ...
+    async def user_cert_end(self, user: str) -> float | None: ...
+    async def revoked_serials(self, now: float) -> list[int]: ...
+    async def prune_certs(self, now: float) -> None: ...
 
     # endpoints
-    def endpoints(self) -> list[EndpointRecord]:
-        return [_endpoint(r) for r in self.db.all("SELECT * FROM endpoints ORDER BY name, id")]
+    async def endpoints(self) -> list[EndpointRecord]: ...
+    async def endpoint(self, ep_id: str) -> EndpointRecord | None: ...
+    async def enroll_endpoint(self, ep: EndpointRecord, *, replaces: list[str]) -> None:
+        """Delete the records `replaces` (ids whose name `ep` takes over) and save `ep`, in one transaction.
+        `Conflict` if another endpoint record holds `ep.name` (names are unique in the store), one line naming it."""
+        ...
 
-    def save_endpoint(self, ep: EndpointRecord) -> None:
-        with self.db.transaction() as c:
-            c.execute(
-                "INSERT OR REPLACE INTO endpoints(id, name, user, labels, version, hostname, first_seen, last_seen, "
-                "user_not_after) VALUES (?,?,?,?,?,?,?,?,?)",
-                (
-                    ep.id, ep.name, ep.user, json.dumps(ep.labels), ep.version, ep.hostname, ep.first_seen,
-                    ep.last_seen, ep.user_not_after,
-                ),
-            )  # fmt: skip
+    async def save_endpoint(self, ep: EndpointRecord) -> None: ...
+    async def delete_endpoint(self, ep_id: str) -> None:
+        """Delete the record and revoke the endpoint's certificates, in one transaction."""
+        ...
 
-    def delete_endpoint(self, ep_id: str) -> None:
-        with self.db.transaction() as c:
-            c.execute("DELETE FROM endpoints WHERE id = ?", (ep_id,))
+    async def touch_endpoints(self, seen: dict[str, float]) -> None: ...
 
-    def touch_endpoints(self, seen: dict[str, float]) -> None:
-        if not seen:
-            return
-        with self.db.transaction() as c:
-            c.executemany("UPDATE endpoints SET last_seen = ? WHERE id = ?", [(t, i) for i, t in seen.items()])
+    # the mesh file space (ztm.hub.files): one JSON entry per path
+    async def files(self) -> list[str]: ...
+    async def file(self, path: str) -> str | None: ...
+    async def save_file(self, path: str, entry: str) -> None: ...
+    async def delete_file(self, path: str) -> None: ...
 
-    # files of the mesh file space (ztm.hub.files): one JSON entry per path
-    def files(self) -> list[str]:
-        return [r["entry"] for r in self.db.all("SELECT entry FROM files ORDER BY path")]
+    # cluster
+    async def register_hub(self, hub: HubInfo) -> None:
+        """Insert or replace this hub's row (and drop presence rows it left from an earlier run)."""
+        ...
 
-    def save_file(self, path: str, entry: str) -> None:
-        with self.db.transaction() as c:
-            c.execute("INSERT OR REPLACE INTO files(path, entry) VALUES (?, ?)", (path, entry))
+    async def heartbeat_hub(self, hub_id: str, online: int) -> float:
+        """Refresh this hub's row; returns the store's clock (seconds), which every hub compares heartbeats
+        against (hubs' own clocks may differ)."""
+        ...
 
-    def delete_file(self, path: str) -> None:
-        with self.db.transaction() as c:
-            c.execute("DELETE FROM files WHERE path = ?", (path,))
+    async def remove_hub(self, hub_id: str) -> None:
+        """Delete the hub's row and its presence rows (a clean stop)."""
+        ...
 
+    async def hubs(self) -> list[HubInfo]: ...
+    async def set_presence(self, presence: Presence) -> None: ...
+    async def clear_presence(self, ep_id: str, hub_id: str) -> None:
+        """Delete the endpoint's presence row if `hub_id` still holds it (a newer session elsewhere stays)."""
+        ...
 
-def _endpoint(r: sqlite3.Row) -> EndpointRecord:
-    return EndpointRecord(
-        id=r["id"],
-        name=r["name"],
-        user=r["user"],
-        labels=json.loads(r["labels"]),
-        version=r["version"],
-        hostname=r["hostname"],
-        first_seen=r["first_seen"],
-        last_seen=r["last_seen"],
-        user_not_after=r["user_not_after"],
-    )
+    async def presences(self) -> list[Presence]: ...
+    async def notify(self, kind: str, payload: dict[str, Any]) -> None: ...
+    def subscribe(self, callback: Notify) -> None:
+        """Call `callback(kind, payload)` on the event loop for every notification of another hub."""
+        ...

@@ -1,0 +1,328 @@
+"""Connections of the PostgreSQL hub store: a few pooled connections, one LISTEN connection, outage and reconnect.
+
+`PgLink.open(url, password)` connects (connect timeout 3 s; every statement bounded by `statement_timeout` on the
+server and a deadline here) and turns a failure into one line naming the problem and the fix: the server cannot be
+reached, the password is wrong or missing, the database does not exist. The password never appears in a message.
+
+`run(work)` lends a connection to `work` for one call. While the store is away (`available` False) every call raises
+`Unavailable("store unavailable, retrying: CAUSE")` at once, without touching the network, so nothing waits on a
+dead server; the first call that meets a broken connection (or the LISTEN connection noticing the loss) switches
+to that state and starts one background task that reconnects every connection, LISTEN included, with a capped
+backoff. Once back, each subscriber gets `("resync", {})`: notifications sent meanwhile are lost, so they reload.
+
+Notifications: one channel (`ztm_mesh`); a notification whose sender backend pid is one of this link's own
+connections is not delivered (a hub does not hear itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+
+from ztm.aio import Backoff, spawn
+from ztm.errors import BadInput, Unavailable, ZtmError
+from ztm.hub.storeurl import StoreUrl
+
+log = logging.getLogger("ztm.hub")
+
+T = TypeVar("T")
+Conn = psycopg.AsyncConnection[tuple[Any, ...]]
+Notify = Callable[[str, dict[str, Any]], None]
+
+CHANNEL = "ztm_mesh"
+CONNECT_TIMEOUT = 3
+STATEMENT_TIMEOUT = 5.0
+"""Seconds one statement may run on the server."""
+CALL_DEADLINE = STATEMENT_TIMEOUT + 1
+"""Seconds one call may take here, whatever the link does: then its connection is shut down under it (a silently
+cut link never answers, and cancelling the call would make psycopg wait up to 10 s more trying to cancel the query
+on the server through that same dead link)."""
+POOL_SIZE = 4
+_DEFAULTS = {
+    "connect_timeout": str(CONNECT_TIMEOUT),
+    "application_name": "ztm-hub",
+    # a silently lost link is noticed in ~10 s even on an idle connection (the LISTEN one)
+    "keepalives": "1",
+    "keepalives_idle": "5",
+    "keepalives_interval": "2",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+}
+
+
+class PgLink:
+    """The connections of one `PgStore` (see the module docstring)."""
+
+    def __init__(self, url: StoreUrl, password: str | None, *, size: int = POOL_SIZE) -> None:
+        self.url = url
+        self._password = password or None
+        self._size = size
+        self._idle: asyncio.Queue[Conn] = asyncio.Queue()
+        self._conns: set[Conn] = set()
+        self._pids: set[int] = set()
+        self._listen: Conn | None = None
+        self._listen_task: asyncio.Task[None] | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._subscribers: list[Notify] = []
+        self._closed = False
+        self._generation = 0
+        """Counts the losses: a replacement connection made for an earlier pool is not added to a newer one."""
+        self.available = False
+        self.problem = "not connected yet"
+
+    # ------------------------------------------------------------------------------------------------ connecting
+
+    def _kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {**_DEFAULTS, **self.url.connect_kwargs()}
+        options = f"-c statement_timeout={int(STATEMENT_TIMEOUT * 1000)} -c idle_in_transaction_session_timeout=10000"
+        kw["options"] = f"{options} {kw['options']}" if kw.get("options") else options
+        if self._password is not None:
+            kw["password"] = self._password
+        kw["autocommit"] = True
+        return kw
+
+    async def _connect(self) -> Conn:
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT + 2):
+                conn: Conn = await psycopg.AsyncConnection.connect(**self._kwargs())
+        except TimeoutError:
+            raise psycopg.OperationalError(f"timeout expired after {CONNECT_TIMEOUT + 2} s") from None
+        return conn
+
+    async def connect_all(self) -> None:
+        """Open the pool and the LISTEN connection (all or nothing)."""
+        conns: list[Conn] = []
+        try:
+            for _ in range(self._size):
+                conns.append(await self._connect())
+            listen = await self._connect()
+            conns.append(listen)
+            await listen.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            for c in conns:
+                with contextlib.suppress(Exception):
+                    await c.close()
+            raise
+        self._listen = conns.pop()
+        self._conns = set(conns)
+        self._pids = {c.info.backend_pid for c in conns}
+        for c in conns:
+            self._idle.put_nowait(c)
+        self._listen_task = spawn(self._listen_loop(self._listen), name="store-listen")
+        self.available = True
+        self.problem = ""
+
+    def open_error(self, exc: BaseException) -> ZtmError:
+        """A failure to connect at start, as one line naming the problem and the fix."""
+        cause = self.cause(exc)
+        low = cause.lower()
+        where = f"{self.url.host}:{self.url.port}"
+        store = self.url.redacted()
+        if "password authentication failed" in low or "authentication failed" in low:
+            return BadInput(
+                f"the store {store} refused the password of user {self.url.user!r}; put the right one in PGPASSWORD, "
+                "PGPASSFILE or --store-password-file"
+            )
+        if "no password supplied" in low:
+            return BadInput(
+                f"the store {store} needs a password for user {self.url.user!r}; put it in PGPASSWORD, PGPASSFILE "
+                "or --store-password-file"
+            )
+        if "does not exist" in low and "database" in low:
+            return BadInput(
+                f"the database {self.url.dbname!r} does not exist on {where}; create it first "
+                f"(createdb -O {self.url.user} {self.url.dbname}) or fix the --store URL"
+            )
+        if "role" in low and "does not exist" in low:
+            return BadInput(f"the store {store} has no user {self.url.user!r}; create it or fix the --store URL")
+        return Unavailable(
+            f"cannot reach the store {store}: {cause}; check that PostgreSQL runs at {where} and accepts "
+            "connections from this machine"
+        )
+
+    def cause(self, exc: BaseException) -> str:
+        """One line of an exception's text, never containing the password."""
+        text = str(exc) or type(exc).__name__
+        line = "; ".join(part.strip() for part in text.splitlines() if part.strip())
+        if self._password:
+            line = line.replace(self._password, "***")
+        return line
+
+    # ------------------------------------------------------------------------------------------------ calls
+
+    async def run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run `work` on a pooled connection; `Unavailable` at once while the store is away, or when the
+        connection breaks under it (then the store is away until reconnected). Other database errors propagate
+        (the caller maps e.g. a unique violation)."""
+        if not self.available:
+            raise self._unavailable()
+        try:
+            async with asyncio.timeout(CALL_DEADLINE):
+                conn = await self._idle.get()
+        except TimeoutError:
+            raise Unavailable(
+                f"store unavailable, retrying: all {self._size} store connections stayed busy for {CALL_DEADLINE:.0f} s"
+            ) from None
+        keep = False
+        aborted: list[bool] = []
+        watchdog = asyncio.get_running_loop().call_later(CALL_DEADLINE, _abort, conn, aborted)
+        try:
+            async with asyncio.timeout(CALL_DEADLINE + 2):  # a backstop: the watchdog ends the call before
+                result = await work(conn)
+            keep = True
+            return result
+        except TimeoutError:
+            self._lost(f"no answer within {CALL_DEADLINE:.0f} s")
+            raise self._unavailable() from None
+        except psycopg.OperationalError as exc:
+            if aborted or conn.broken or conn.closed:
+                self._lost(f"no answer within {CALL_DEADLINE:.0f} s" if aborted else self.cause(exc))
+                raise self._unavailable() from None
+            keep = True  # e.g. the statement timeout: the connection itself is fine
+            raise Unavailable(f"store unavailable, retrying: {self.cause(exc)}") from None
+        except Exception:  # a refusal (unique violation, Conflict, ...): rolled back, the connection is fine
+            keep = not (aborted or conn.broken or conn.closed)
+            raise
+        finally:
+            watchdog.cancel()
+            self._give_back(conn, keep)
+
+    def _give_back(self, conn: Conn, keep: bool) -> None:
+        if keep and conn in self._conns and not self._closed:
+            self._idle.put_nowait(conn)
+            return
+        spawn(_close(conn), name="store-close")
+        if conn in self._conns:  # lost while the store is up (a call cancelled mid-statement): replace it
+            self._conns.discard(conn)
+            spawn(self._replace(self._generation), name="store-replace")
+
+    async def _replace(self, generation: int) -> None:
+        try:
+            conn = await self._connect()
+        except (psycopg.Error, OSError) as exc:
+            if generation == self._generation:
+                self._lost(self.cause(exc))
+            return
+        if self._closed or generation != self._generation:  # a reconnect made a whole new pool meanwhile
+            await _close(conn)
+            return
+        self._conns.add(conn)
+        self._pids.add(conn.info.backend_pid)
+        self._idle.put_nowait(conn)
+
+    def _unavailable(self) -> Unavailable:
+        return Unavailable(f"store unavailable, retrying: {self.problem or 'reconnecting'}")
+
+    def _lost(self, cause: str) -> None:
+        """The store went away: fail calls fast from now on and reconnect in the background."""
+        if self._closed:
+            return
+        if self.available:
+            log.warning("store %s unavailable: %s; retrying", self.url.redacted(), cause)
+        self.available = False
+        self.problem = cause
+        self._generation += 1
+        old = [*self._conns, *([self._listen] if self._listen is not None else [])]
+        self._conns = set()
+        self._pids = set()
+        self._listen = None
+        while not self._idle.empty():
+            self._idle.get_nowait()
+        for c in old:
+            spawn(_close(c), name="store-close")
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = spawn(self._reconnect(), name="store-reconnect")
+
+    async def _reconnect(self) -> None:
+        backoff = Backoff(base=0.2, cap=2.0)
+        while not self._closed:
+            await asyncio.sleep(backoff.next())
+            try:
+                await self.connect_all()
+            except (psycopg.Error, OSError) as exc:
+                self.problem = self.cause(exc)
+                continue
+            log.warning("store %s available again", self.url.redacted())
+            for callback in list(self._subscribers):
+                self._deliver(callback, "resync", {})
+            return
+
+    # ------------------------------------------------------------------------------------------------ notify
+
+    def subscribe(self, callback: Notify) -> None:
+        self._subscribers.append(callback)
+
+    async def _listen_loop(self, conn: Conn) -> None:
+        try:
+            async for note in conn.notifies():
+                if note.pid in self._pids:
+                    continue
+                self._dispatch(note.payload)
+        except psycopg.Error as exc:
+            if conn is self._listen:
+                self._lost(self.cause(exc))
+
+    def _dispatch(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+            kind, payload = message["kind"], message["payload"]
+            if not isinstance(kind, str) or not isinstance(payload, dict):
+                raise TypeError("kind or payload of the wrong type")
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("store notification dropped (not a ztm one: %s)", exc)
+            return
+        for callback in list(self._subscribers):
+            self._deliver(callback, kind, payload)
+
+    @staticmethod
+    def _deliver(callback: Notify, kind: str, payload: dict[str, Any]) -> None:
+        try:
+            callback(kind, payload)
+        except Exception:
+            log.exception("store notification %s: the subscriber failed", kind)
+
+    # ------------------------------------------------------------------------------------------------ close
+
+    async def close(self) -> None:
+        self._closed = True
+        self.available = False
+        self.problem = "closed"
+        tasks = [t for t in (self._reconnect_task, self._listen_task) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        conns = [*self._conns, *([self._listen] if self._listen is not None else [])]
+        self._conns = set()
+        self._listen = None
+        for c in conns:
+            await _close(c)
+
+
+def _abort(conn: Conn, aborted: list[bool]) -> None:
+    """End a call that is past its deadline: shut the connection's socket down (both ways) under it, so the wait
+    inside psycopg ends at once with an error (the descriptor itself stays open for the event loop's reader)."""
+    aborted.append(True)
+    try:
+        fd = conn.pgconn.socket
+        dup = socket.socket(fileno=os.dup(fd))
+    except (OSError, ValueError, psycopg.Error):
+        return
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
+
+
+async def _close(conn: Conn) -> None:
+    with contextlib.suppress(Exception):
+        await conn.close()
