@@ -131,7 +131,6 @@ def test_back_to_its_zone_make_before_break(make_cluster: Make, make_agent: Make
         cluster, entrance, exit_ = zone_b_pair(make_cluster, make_agent)
         open_outbound(exit_, "tcp/echo", servers.echo())
         port = open_inbound(entrance, "tcp/echo", "--exits", "exit")
-        moves = {agent.name: metric(agent, "ztm_agent_hub_moves_total") for agent in (entrance, exit_)}
         cluster.kill(1)
         for agent in (entrance, exit_):
             wait_until(lambda a=agent: on(a, cluster.hubs[0]), 10, f"{agent.name} on hub a")  # type: ignore[misc]
