@@ -586,16 +586,19 @@ def start_cluster(
     netns: Sequence[str | None] | None = None,
     listen: Sequence[str | None] | None = None,
     names: Sequence[str | None] | None = None,
+    admin: Sequence[str | None] | None = None,
 ) -> Cluster:
     """Start one hub per `(name, zone)` on the PostgreSQL database `store` (`env` carries PGPASSWORD): the first
     creates the mesh and its CA key file, which the others get a copy of (as an operator would copy it), each
-    with its own data directory, port and `--zone`."""
+    with its own data directory, port and `--zone` (and `--admin` when `admin` gives one)."""
     started: list[Hub] = []
     key_file: Path | None = None
     for i, (name, zone) in enumerate(hubs):
         args = ["--store", store, *extra]
         if zone:
             args += ["--zone", zone]
+        if admin and admin[i]:
+            args += ["--admin", str(admin[i])]
         if key_file is not None:
             copy = unique_dir(tmp_path, f"{name}-key") / "ca.key"
             copy.write_bytes(key_file.read_bytes())

@@ -17,13 +17,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 import pgserver
+import support
 from integration.test_proxy import socks_open
 from integration.test_tunnel import (
     Servers,
@@ -36,12 +37,10 @@ from integration.test_tunnel import (
     rst,
 )
 from reliability.hubclient import HubClient
-from support import ZTM, Agent, Hub, Proc, free_port, holds_for, start_agent, start_hub, wait_until
+from support import Agent, Hub, Proc, free_port, holds_for, start_agent, start_cluster, wait_until
 
 MESH = "m"
 TIMEOUT = 15.0
-CLUSTER_HUB = os.environ.get("ZTM_TEST_CLUSTER_HUB")
-"""A program to run instead of `python -m ztm` for the hubs (same arguments), e.g. a patched hub; unset: ztm."""
 
 
 @dataclass
@@ -59,25 +58,21 @@ class Cluster:
 
     def metrics(self, i: int) -> dict[str, float]:
         """Hub `i`'s counters (its admin port)."""
-        host, port = self.admins[i].rsplit(":", 1)
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
-            text = recv_all(sock).decode()
-        found: dict[str, float] = {}
-        for line in text.split("\r\n\r\n", 1)[1].splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                found[name] = float(value)
-        return found
+        return hub_metrics(self.admins[i])
 
 
-def start_cluster_hub(tmp: Path, db: str, server: pgserver.PgServer, name: str, admin: str) -> Hub:
-    program = [*ZTM[:1], CLUSTER_HUB] if CLUSTER_HUB else ZTM
-    key = tmp / "ca.key"
-    return start_hub(
-        tmp, name=name, program=program, env={"PGPASSWORD": server.password},
-        extra=["--store", server.url(db), "--ca-key-file", str(key), "--admin", admin],
-    )  # fmt: skip
+def hub_metrics(admin: str) -> dict[str, float]:
+    """A hub's counters and gauges, from its admin port's `/metrics`."""
+    host, port = admin.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        text = recv_all(sock).decode()
+    found: dict[str, float] = {}
+    for line in text.split("\r\n\r\n", 1)[1].splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            found[name] = float(value)
+    return found
 
 
 def _hub_of(agent: Agent, name: str) -> str | None:
@@ -97,26 +92,44 @@ def cluster(pg_server: pgserver.PgServer, tmp_path_factory: pytest.TempPathFacto
     servers = Servers()
     try:
         admins = [f"127.0.0.1:{free_port()}" for _ in range(3)]
-        hubs = []
-        for i in range(3):
-            hubs.append(start_cluster_hub(tmp, db, pg_server, f"hub-{i}", admins[i]))
-            procs.append(hubs[-1].proc)
+        env = {"PGPASSWORD": pg_server.password}
+        names = (("hub-a", "za"), ("hub-b", "zb"), ("hub-c", "zc"))  # each agent stays on its zone's hub
+        hubs = start_cluster(tmp, pg_server.url(db), env, names, admin=admins).hubs
+        procs += [hub.proc for hub in hubs]
         agents = []
         for i, name in enumerate(("home", "office", "lab")):
-            agent = start_agent(tmp, name)
+            agent = start_agent(tmp, name, extra=["--zone", names[i][1]])
             procs.append(agent.proc)
-            agent.join(MESH, name, hubs[i].permit)  # each hub's root permit names that hub
+            agent.join(MESH, name, hubs[i].permit)  # each hub's root permit names that hub first
             agents.append(agent)
         home, office, lab = agents
         for agent in agents:
             wait_until(lambda a=agent: {"home", "office", "lab"} <= a.online_names(), TIMEOUT, f"{agent.name} sees all")
-        hub_ids = {_hub_of(home, n) for n in ("home", "office", "lab")}
-        assert len(hub_ids) == 3, f"the agents are not on three different hubs: {hub_ids}"
+        ids = [(hub.data / "hub-id").read_text().strip() for hub in hubs]
+
+        def placed() -> bool:  # an agent may land elsewhere first, then moves to its zone's hub
+            return [_hub_of(home, n) for n in ("home", "office", "lab")] == ids
+
+        wait_until(placed, 30, "each agent on its zone's hub")
         yield Cluster(hubs, admins, home, office, lab, servers, tmp)
     finally:
         servers.close()
         for proc in reversed(procs):
             proc.stop()
+
+
+def tunnel(entrance: Agent, exit_agent: Agent, name: str, target: int | str) -> int:
+    """`tunnel open outbound NAME` on `exit_agent` and `inbound NAME` on `entrance`; returns the entrance's port once
+    the entrance lists the exit (its service announcement reached the entrance's hub through the store)."""
+    open_outbound(exit_agent, name, target)
+    port = open_inbound(entrance, name)
+
+    def known() -> bool:
+        tunnels = {t["tunnel"]: t for t in entrance.cli_json("tunnel", "get", "tunnel")}
+        return exit_agent.name in [peer["name"] for peer in tunnels.get(name, {}).get("outbound", [])]
+
+    wait_until(known, TIMEOUT, f"{entrance.name} to know the exit of {name}")
+    return port
 
 
 def forwarded(cluster: Cluster, i: int, counter: str) -> float:
@@ -139,9 +152,8 @@ def test_ping_and_calls_across_hubs(cluster: Cluster) -> None:
 
 def test_tcp_across_hubs_is_byte_exact_with_half_close(cluster: Cluster) -> None:
     office, home = cluster.office, cluster.home
-    open_outbound(office, "tcp/echo", cluster.servers.echo())
-    open_outbound(office, "tcp/check", cluster.servers.check())
-    echo_port, check_port = open_inbound(home, "tcp/echo"), open_inbound(home, "tcp/check")
+    echo_port = tunnel(home, office, "tcp/echo", cluster.servers.echo())
+    check_port = tunnel(home, office, "tcp/check", cluster.servers.check())
     before = forwarded(cluster, 0, "streams_forwarded")
     data = os.urandom(4 << 20)
     assert echo_roundtrip(echo_port, data) == data
@@ -150,8 +162,7 @@ def test_tcp_across_hubs_is_byte_exact_with_half_close(cluster: Cluster) -> None
     digest = hashlib.sha256(data).digest()
     assert got[:32] == digest and got[32:] == reply(digest)
     greeter, uploads = cluster.servers.greeter()  # the server ends first; the client's upload still arrives
-    open_outbound(office, "tcp/greet", greeter)
-    greet_port = open_inbound(home, "tcp/greet")
+    greet_port = tunnel(home, office, "tcp/greet", greeter)
     with socket.create_connection(("127.0.0.1", greet_port), timeout=10) as sock:
         assert recv_all(sock) == b"hello, then EOF"
         data = os.urandom(1 << 20)
@@ -167,10 +178,8 @@ def test_tcp_across_hubs_is_byte_exact_with_half_close(cluster: Cluster) -> None
 
 def test_resets_travel_both_ways_across_hubs(cluster: Cluster) -> None:
     recorder, ends = cluster.servers.recorder()
-    open_outbound(cluster.office, "tcp/rst-client", recorder)
-    open_outbound(cluster.office, "tcp/rst-target", cluster.servers.resetter())
-    client_port = open_inbound(cluster.home, "tcp/rst-client")
-    target_port = open_inbound(cluster.home, "tcp/rst-target")
+    client_port = tunnel(cluster.home, cluster.office, "tcp/rst-client", recorder)
+    target_port = tunnel(cluster.home, cluster.office, "tcp/rst-target", cluster.servers.resetter())
     with socket.create_connection(("127.0.0.1", client_port), timeout=10) as sock:
         assert sock.recv(5) == b"ready"
         rst(sock)
@@ -183,8 +192,7 @@ def test_resets_travel_both_ways_across_hubs(cluster: Cluster) -> None:
 
 
 def test_udp_across_hubs(cluster: Cluster) -> None:
-    open_outbound(cluster.office, "udp/echo", cluster.servers.udp_echo())
-    port = open_inbound(cluster.home, "udp/echo")
+    port = tunnel(cluster.home, cluster.office, "udp/echo", cluster.servers.udp_echo())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(5.0)
         for size in (1, 1400, 65000):
@@ -198,6 +206,8 @@ def test_proxy_across_hubs(cluster: Cluster) -> None:
     proxy = free_port()
     cluster.home.cli("proxy", "config", "--set-listen", str(proxy))
     echo = cluster.servers.echo()
+    exits = lambda: [e["name"] for e in cluster.home.cli_json("proxy", "get", "exits")]  # noqa: E731
+    wait_until(lambda: "office" in exits(), TIMEOUT, "home to know the proxy exit on another hub")
     sock, code, _, _ = socks_open(proxy, 1, "127.0.0.1", echo)
     with sock:
         assert code == 0
@@ -259,8 +269,7 @@ def test_back_pressure_holds_across_hubs(cluster: Cluster) -> None:
     total = 160 << 20
     held = _HeldServer()
     try:
-        open_outbound(cluster.office, "tcp/held", f"127.0.0.1:{held.port}")
-        port = open_inbound(cluster.home, "tcp/held")
+        port = tunnel(cluster.home, cluster.office, "tcp/held", f"127.0.0.1:{held.port}")
         block = hashlib.sha256(b"held").digest() * 32768  # 1 MiB
         sent = [0]
 
@@ -316,3 +325,30 @@ def test_the_far_hubs_refusals_reach_the_entrance_unchanged(cluster: Cluster) ->
         body = json.loads(raw)
         assert status == 409 and "speaks end-to-end layer version" in body["error"], (status, body)
         assert body["code"] == "conflict"
+
+
+def test_a_lost_hub_link_is_dialled_again(make_cluster: Callable[..., support.Cluster], tmp_path: Path) -> None:
+    """Hub B dies (kill -9) and comes back; its agent returns to it (its zone's hub); the next stream from hub A's
+    entrance dials the hub-to-hub link again and goes through."""
+    admins = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+    cluster = make_cluster(hubs=[("hub-a", "za"), ("hub-b", "zb")], admin=admins)
+    home = start_agent(tmp_path, "home", extra=["--zone", "za"])
+    office = start_agent(tmp_path, "office", extra=["--zone", "zb"])
+    servers = Servers()
+    try:
+        home.join(MESH, "home", cluster.hubs[0].permit)
+        office.join(MESH, "office", cluster.hubs[1].permit)
+        hub_b = (cluster.hubs[1].data / "hub-id").read_text().strip()
+        wait_until(lambda: _hub_of(home, "office") == hub_b, TIMEOUT, "home to see office on hub B")
+        port = tunnel(home, office, "tcp/echo", servers.echo())
+        assert echo_roundtrip(port, b"before") == b"before"
+        links = hub_metrics(admins[0])["ztm_hub_hub_links_total"]
+        cluster.kill(1)
+        cluster.restart(1)
+        wait_until(lambda: _hub_of(home, "office") == hub_b, 30, "office back on hub B, as home sees it")
+        wait_until(lambda: echo_roundtrip(port, b"after") == b"after", TIMEOUT, "a stream through the new link")
+        assert hub_metrics(admins[0])["ztm_hub_hub_links_total"] >= links + 1
+    finally:
+        servers.close()
+        office.proc.stop()
+        home.proc.stop()

@@ -7,8 +7,11 @@ hub. The tests:
 
 - a hub peer asks for everything else (users, endpoints, files, enrolment, the event stream, the log, invitations,
   accepting a stream, answering a call, the CRL): 403 every time;
-- a hub peer forwards a call to an endpoint of this hub: it is run, as from the caller the header names;
+- a hub peer forwards a call to an endpoint of this hub: it is run, as from the caller the header names, which
+  must be an endpoint of the registry whose user is a member (not evicted);
 - a forwarded stream or call for an endpoint that is not on this hub is never forwarded again (503);
+- the per-caller cap on streams waiting for their targets holds for forwarded streams too (the caller named by the
+  forwarding hub is counted like a local one);
 - a hub certificate of this mesh whose hub id is not a registered hub, and a hub certificate of another mesh, are
   refused at connect;
 - an endpoint (a member) names another caller in `ztm-caller` on a stream or a call: refused (403), so a member can
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import signal
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ import pytest
 from reliability.hubclient import HubClient
 from support import Agent, Hub, invite, split_hostport, start_agent, start_hub
 from ztm import h2, pki
+from ztm.version import E2E_VERSION
 
 MESH = "m"
 CALL = json.dumps({"method": "ping", "params": None, "timeout": 5}).encode()
@@ -161,6 +167,12 @@ def test_a_hub_peer_may_only_forward(world: World) -> None:
             "POST", f"/api/endpoints/{world.exit_id}/call", CALL, [*JSON, _caller(world.mallory_id, "m", "root")]
         )
         assert status == 403 and "belongs to user 'mallory'" in answer["error"], (status, answer)
+        # ... whose user is a member now: once mallory is evicted, no hub may forward for her endpoint.
+        world.exit.cli("evict", "mallory")
+        status, answer = peer.request(
+            "POST", f"/api/endpoints/{world.exit_id}/call", CALL, [*JSON, _caller(world.mallory_id, "m", "mallory")]
+        )
+        assert status == 403 and "not a member" in answer["error"], (status, answer)
 
 
 def test_a_forwarded_request_is_never_forwarded_again(world: World) -> None:
@@ -216,3 +228,29 @@ def test_a_member_cannot_name_another_caller(world: World) -> None:
         # Without the header, the same call is an ordinary member's call (the control).
         status, answer = client.request("POST", f"/api/endpoints/{world.exit_id}/call", CALL, JSON)
         assert status == 200 and "time" in answer["result"], (status, answer)
+
+
+def test_the_callers_cap_holds_for_forwarded_streams(world: World) -> None:
+    """A hub forwards a flood of streams from mallory to an exit that does not answer (frozen): the receiving hub
+    holds at most 256 of them waiting, as for a local caller, and refuses the next with 503."""
+    pid = world.exit.proc.pid
+    os.kill(pid, signal.SIGSTOP)  # still online at the hub, but it accepts nothing
+    try:
+        with world.hub_peer() as peer:
+            headers = [("ztm-app", "tunnel"), ("ztm-service", "tcp/x"), ("ztm-e2e", E2E_VERSION)]
+            headers.append(_caller(world.mallory_id, "m", "mallory"))
+
+            async def flood() -> tuple[int, bytes]:
+                streams = [await peer.conn.open_stream("CONNECT", world.exit_id, headers) for _ in range(257)]
+                try:
+                    status, _ = await streams[-1].response()
+                    return status, await streams[-1].read_all()
+                finally:
+                    for stream in streams:
+                        stream.reset()
+
+            status, raw = peer.run(flood(), 30)
+            answer = json.loads(raw)
+            assert status == 503 and "already has 256 streams waiting" in answer["error"], (status, answer)
+    finally:
+        os.kill(pid, signal.SIGCONT)

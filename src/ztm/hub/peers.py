@@ -58,10 +58,11 @@ def caller_header(caller: EndpointRecord) -> str:
     return json.dumps({"ep": caller.id, "name": caller.name, "user": caller.user}, separators=(",", ":"))
 
 
-def caller_from(value: str | None, state: HubState) -> EndpointRecord:
-    """The caller a hub peer names in `ztm-caller` (only hub peers may name one). When this hub knows the endpoint,
-    the header must name its user (the registry is shared); one joined a moment ago at the other hub may not be
-    here yet, and then the header's name is used."""
+async def caller_from(value: str | None, state: HubState) -> EndpointRecord:
+    """The caller a hub peer names in `ztm-caller` (only hub peers may name one): an endpoint of the mesh's registry
+    (read from the store when this hub has not heard of it yet, e.g. one that joined at the other hub a moment
+    ago) whose user is the one named and a member now. The forwarding hub verified the caller's certificate; this
+    checks that it names nobody the registry does not back (an evicted user, a deleted endpoint)."""
     if value is None:
         raise BadInput(f"a request forwarded by a hub carries the caller in the {CALLER_HEADER} header")
     try:
@@ -72,13 +73,15 @@ def caller_from(value: str | None, state: HubState) -> EndpointRecord:
         raise BadInput(f'the {CALLER_HEADER} header must be {{"ep": ID, "name": NAME, "user": USER}}')
     ep_id = validate.ep_id(parsed.get("ep"))
     user = validate.user_name(parsed.get("user"))
-    name = validate.name(parsed.get("name"), "endpoint name")
-    known = state.endpoints.get(ep_id)
-    if known is not None:
-        if known.user != user:
-            raise Forbidden(f"endpoint {ep_id} belongs to user {known.user!r}, not {user!r}")
-        return known
-    return EndpointRecord(id=ep_id, name=name, user=user)
+    known = state.endpoints.get(ep_id) or await state.store.endpoint(ep_id)
+    if known is None:
+        raise Forbidden(f"endpoint {ep_id} is not an endpoint of this mesh")
+    if known.user != user:
+        raise Forbidden(f"endpoint {ep_id} belongs to user {known.user!r}, not {user!r}")
+    member = state.users.get(user)
+    if member is None or member.evicted_at is not None:
+        raise Forbidden(f"user {user!r} is not a member of this mesh")
+    return known
 
 
 def check_forward_params(params: Any) -> None:
@@ -120,8 +123,13 @@ class HubPeers:
         if dialling is None:
             dialling = asyncio.ensure_future(self._dial(hub_id))
             self._dialling[hub_id] = dialling
-            dialling.add_done_callback(lambda _f: self._dialling.pop(hub_id, None))
+            dialling.add_done_callback(lambda f: self._dial_done(hub_id, f))
         return await asyncio.shield(dialling)
+
+    def _dial_done(self, hub_id: str, dialling: asyncio.Future[h2.Connection]) -> None:
+        self._dialling.pop(hub_id, None)
+        if not dialling.cancelled():
+            dialling.exception()  # retrieved here: every waiter may have gone (their streams were reset)
 
     async def _dial(self, hub_id: str) -> h2.Connection:
         info = self.state.hubs.get(hub_id)

@@ -112,7 +112,10 @@ class Relay:
         forwarded = peer.hub_id is not None
         hub_id: str | None = None
         try:
-            caller = caller_from(stream.header(CALLER_HEADER), self.state) if forwarded else self.state.require_ep(peer)
+            if forwarded:
+                caller = await caller_from(stream.header(CALLER_HEADER), self.state)
+            else:
+                caller = self.state.require_ep(peer)
             app = check_app(stream.header("ztm-app"))
             service = check_service(stream.header("ztm-service"))
             target = self.state.find_endpoint(stream.authority or "")

@@ -265,14 +265,14 @@ class HubRoutes:
         timeout = float(validate.int_range(body.get("timeout", 10), "timeout", 1, 60))
         params = body.get("params")
         if req.peer.hub_id is not None:  # forwarded by the hub of the caller: run here or nowhere
-            caller = caller_from(req.stream.header(CALLER_HEADER), self.state)
+            caller = await caller_from(req.stream.header(CALLER_HEADER), self.state)
             return await self.state.call_as(caller, req.arg("ep"), method, params, timeout, forwarded=True)
         caller = self.state.require_ep(req.peer)
         target = self.state.find_endpoint(req.arg("ep"))
         hub_id = self.state.location(target.id)
         if hub_id is not None:  # its session is on another hub of the cluster
             return await self.peers.forward_call(hub_id, caller, target, method, params, timeout)
-        return await self.state.call_as(caller, target.id, method, params, timeout)
+        return await self.state.call(req.peer, target.id, method, params, timeout)
 
     async def post_answer(self, req: Request) -> Any:
         self.state.answer(req.peer, req.arg("id"), await req.json())

@@ -584,8 +584,10 @@ class HubState:
 
     def find_services(self, app: str, service: str | None) -> list[dict[str, Any]]:
         found = []
-        everywhere = {ep_id: p.services for ep_id, p in self.remote.items()}
-        everywhere.update(self.services)  # what a session here announced wins over an older one elsewhere
+        everywhere = dict(self.services)
+        for ep_id, presence in self.remote.items():
+            if ep_id not in self.sessions:  # live elsewhere: newer than what it announced here before it moved
+                everywhere[ep_id] = presence.services
         for ep_id, offered in everywhere.items():
             ep = self.endpoints.get(ep_id)
             if ep is None:
