@@ -11,7 +11,9 @@ packets dropped, no reset) leaves home's agent with a dead connection that only 
 so within 5 s), after which it dials dc2: the tunnel works again through dc2 within FAILOVER_BOUND (5 s + the dial,
 with headroom for a loaded machine; the measured time is printed). When the cable is back, dc1 catches up with the
 database, the other hub sees it online again, and home's agent moves back to its zone's hub make-before-break: a
-connection opened through the tunnel before the move keeps working.
+connection opened through the tunnel before the move keeps working, and new ones work at once.
+
+An exit that enrolled at dc1 and moved to dc2 must still be found at dc1 by the offer it made at dc2 (the last test).
 """
 
 from __future__ import annotations
