@@ -6,6 +6,10 @@ otherwise) on a free loopback TCP port with `listen_addresses=127.0.0.1` and fsy
 * the role `ztm` with a random password over TCP (`scram-sha-256`): what hubs use, so the password paths are real;
 * the superuser `postgres` by trust on the Unix socket inside the temporary directory only (`psql()`, `create_db()`).
 
+`PgServer(netns=NS, listen=ADDR, clients=[CIDR, ...])` runs it inside a network namespace (the lab's `db` host,
+`Lab.start_db()`), listening on that namespace's address ADDR, port 5432, and taking the `ztm` role only from the
+given client networks; the Unix socket is a file, so `psql()` works from the host namespace all the same.
+
 `stop()` and `start()` keep the data directory and the port, so store-outage tests can take the server away under a
 running store and bring it back. `close()` (or leaving the `with` block) stops it and removes the directory.
 `unavailable_reason()` says why no server can be started here (no binaries), for a clean skip.
@@ -19,8 +23,11 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+from support import in_netns
 
 _SEARCH = ("/usr/lib/postgresql/15/bin",)
 
@@ -73,7 +80,9 @@ def _free_port() -> int:
 class PgServer:
     """One PostgreSQL cluster in a temporary directory (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, netns: str | None = None, listen: str = "127.0.0.1", clients: Sequence[str] = ("127.0.0.1/32",)
+    ) -> None:
         found = bindir()
         if found is None:
             raise RuntimeError(unavailable_reason() or "no PostgreSQL binaries")
@@ -82,7 +91,10 @@ class PgServer:
         self.root = Path(tempfile.mkdtemp(prefix="ztm-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
-        self.port = _free_port()
+        self.netns = netns
+        self.host = listen
+        self.clients = list(clients)
+        self.port = 5432 if netns else _free_port()  # a namespace of its own has every port free
         self.password = secrets.token_urlsafe(18)
         self._dbs = 0
         self.running = False
@@ -101,6 +113,7 @@ class PgServer:
     def _run(self, argv: list[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         if self.as_root:
             argv = ["runuser", "-u", "postgres", "--", *argv]
+        argv = in_netns(argv, self.netns)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C.UTF-8"
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root, env=env)
@@ -116,7 +129,7 @@ class PgServer:
         )  # fmt: skip
         conf = (
             f"port = {self.port}\n"
-            "listen_addresses = '127.0.0.1'\n"
+            f"listen_addresses = '{self.host}'\n"
             f"unix_socket_directories = '{self.root}'\n"
             "unix_socket_permissions = 0700\n"
             "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
@@ -125,7 +138,8 @@ class PgServer:
         )
         with (self.data / "postgresql.conf").open("a") as f:
             f.write("\n# ztm tests\n" + conf)
-        (self.data / "pg_hba.conf").write_text("local all postgres trust\nhost all ztm 127.0.0.1/32 scram-sha-256\n")
+        hba = "".join(f"host all ztm {cidr} scram-sha-256\n" for cidr in self.clients)
+        (self.data / "pg_hba.conf").write_text("local all postgres trust\n" + hba)
 
     def start(self) -> None:
         """Start (again) on the same data directory and port."""
@@ -156,7 +170,7 @@ class PgServer:
     # ------------------------------------------------------------------------------------------------ use
 
     def url(self, db: str) -> str:
-        return f"postgresql://ztm@127.0.0.1:{self.port}/{db}"
+        return f"postgresql://ztm@{self.host}:{self.port}/{db}"
 
     def psql(self, db: str, sql: str) -> str:
         """Run `sql` as the superuser over the Unix socket; return psql's unaligned output."""

@@ -5,14 +5,16 @@ working)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
-from integration.test_hub_list import MESH, hubs, metric
+from integration.test_hub_list import MESH, SilentWire, hubs, metric
 from integration.test_tunnel import Servers, echo_roundtrip, open_inbound, open_outbound
-from support import Agent, Hub, wait_until
+from support import Agent, Hub, free_port, restart_agent, wait_until
+from ztm.agent import link
 
 Make = Callable[..., Any]
 FAILOVER_BOUND = 2.0
@@ -82,6 +84,45 @@ def test_kill9_of_the_hub_fails_over_within_the_bound(make_cluster: Make, make_a
             assert metric(agent, "ztm_agent_hub_failovers_total") == 1
     finally:
         servers.close()
+
+
+def test_a_hub_the_permit_did_not_name_takes_over_after_an_agent_restart(make_cluster: Make, make_agent: Make) -> None:
+    cluster = make_cluster(hubs=[("a", "zone-a"), ("b", "zone-b")])
+    first, later = cluster.hubs
+    assert json.loads(cluster.permit.read_text())["bootstraps"] == [first.address], "hub b started after the permit"
+    agent = make_agent("late", extra=["--zone", "zone-a"])
+    agent.join(MESH, "late", cluster.permit)
+    wait_until(lambda: len(hubs(agent)) == 2, 10, "the agent to learn both hubs")
+    # After this restart only the agent's store knows hub b: the permit does not name it.
+    restart_agent(agent)
+    wait_until(lambda: on(agent, first), 10, "the agent of zone-a back on hub a")
+    killed = time.monotonic()
+    cluster.kill(0)
+    wait_until(lambda: on(agent, later), 5, "the agent on hub b, known only from the stored list", interval=0.02)
+    print(f"\nkill -9 of the permit's only hub -> the agent on the hub it learned: {time.monotonic() - killed:.2f} s")
+
+
+def test_a_silent_link_fails_over_within_the_keepalive_bound(make_cluster: Make, make_agent: Make) -> None:
+    port = free_port()
+    wire = SilentWire(("127.0.0.1", port))
+    try:
+        cluster = make_cluster(
+            hubs=[("a", "zone-a"), ("b", "zone-b")],
+            listen=[None, f"127.0.0.1:{port}"],
+            names=[None, f"127.0.0.1:{wire.port}"],
+        )
+        agent = make_agent("b", extra=["--zone", "zone-b"])
+        agent.join(MESH, "bee", cluster.permit)
+        wait_until(lambda: on(agent, cluster.hubs[1]), 15, "the agent on zone-b's hub (through the wire)")
+        cut = time.monotonic()
+        wire.cut()  # hub b lives on; only this agent's link to it goes silent
+        wait_until(lambda: on(agent, cluster.hubs[0]), 15, "the agent on hub a", interval=0.05)
+        took = time.monotonic() - cut
+        bound = link.KEEPALIVE_INTERVAL + link.KEEPALIVE_TIMEOUT
+        print(f"\nsilent link to hub b -> the agent on hub a: {took:.2f} s (keepalive bound {bound:g} s)")
+        assert took <= bound + FAILOVER_BOUND, f"{took:.2f}s after the link went silent"
+    finally:
+        wire.close()
 
 
 def test_back_to_its_zone_make_before_break(make_cluster: Make, make_agent: Make) -> None:

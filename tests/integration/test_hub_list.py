@@ -4,8 +4,11 @@ the hub and its restart on the same address, and `--zone` kept across `ztm start
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from integration.test_mesh_lifecycle import mesh_status, table_rows
 from integration.test_process_control import Background
 from integration.test_tunnel import Servers, echo_roundtrip, open_inbound, open_outbound
 from support import Agent, Hub, free_port, restart_agent, restart_hub, start_agent, start_hub, wait_until
+from ztm.agent import link
 
 MESH = "m"
 
@@ -120,6 +124,63 @@ def test_back_online_after_a_kill9_and_restart_of_the_hub(tmp_path: Path) -> Non
         assert metric(entrance, "ztm_agent_hub_moves_total") == 0
     finally:
         servers.close()
+
+
+class SilentWire:
+    """A TCP relay on 127.0.0.1 in front of the hub that can go silent: once `cut()`, it drops every byte both ways
+    without closing anything (no FIN, no RST), as a link that loses every packet looks to both ends."""
+
+    def __init__(self, upstream: tuple[str, int]) -> None:
+        self.upstream = upstream
+        self.silent = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut(self) -> None:
+        self.silent.set()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                self.sockets.append(client)
+                if self.silent.is_set():
+                    continue  # accepted (the kernel did), never answered
+                server = socket.create_connection(self.upstream)
+                self.sockets.append(server)
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(1 << 16):
+                if not self.silent.is_set():
+                    dst.sendall(data)
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.sockets]:
+            sock.close()
+
+
+def test_a_silent_link_is_detected_within_the_keepalive_bound(tmp_path: Path) -> None:
+    upstream = free_port()
+    wire = SilentWire(("127.0.0.1", upstream))
+    try:
+        hub = start_hub(tmp_path, listen=f"127.0.0.1:{upstream}", names=[f"127.0.0.1:{wire.port}"])
+        a = start_agent(tmp_path, "a")
+        a.join(MESH, "alice", hub.permit)
+        wait_until(lambda: online(a), 10, "alice online through the wire")
+        cut = time.monotonic()
+        wire.cut()
+        wait_until(lambda: not online(a), 15, "the agent to notice the silent link", interval=0.05)
+        took = time.monotonic() - cut
+        bound = link.KEEPALIVE_INTERVAL + link.KEEPALIVE_TIMEOUT
+        print(f"\nsilent link -> the agent knows its hub is gone: {took:.2f} s (bound {bound:g} s)")
+        assert took <= bound + 1.0, f"a silent link took {took:.2f}s to detect (documented bound {bound:g}s)"
+    finally:
+        wire.close()
 
 
 @pytest.fixture

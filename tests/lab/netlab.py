@@ -1,12 +1,16 @@
 """The seed's picture as Linux network namespaces: a hub in a data center, agents at home and at work behind NAT.
 
     198.18.0.0/24 "Internet" (bridge br0 in namespace `inet`, which itself is 198.18.0.1)
-      |-- datacenter  198.18.0.10                      (the hub)
+      |-- db          198.18.0.5                       (a hub cluster's PostgreSQL, `Lab.start_db()`)
+      |-- datacenter  198.18.0.10                      (the hub; also called `dc1`)
+      |-- dc2         198.18.0.11                      (a second data center: a hub cluster's second hub)
       |-- home-rtr    198.18.0.21 wan0 | lan0 10.77.1.1 -- home       10.77.1.10 (default via 10.77.1.1)
       '-- work-rtr    198.18.0.22 wan0 | lan0 10.77.2.1 -- workplace  10.77.2.10 (default via 10.77.2.1)
 
 The routers forward IPv4, masquerade what leaves `wan0`, and drop new connections from the WAN (forwarded or to
-the router itself): home and workplace reach the data center, nobody reaches them, and they do not reach each other.
+the router itself): home and workplace reach the data centers, nobody reaches them, and they do not reach each
+other. The data centers and `db` sit on the Internet without NAT and reach each other (`db` takes PostgreSQL
+connections only from the two data centers: its pg_hba.conf).
 198.18.0.0/15 is the RFC 2544 benchmarking range, 10.77.0.0/16 exists only inside the lab; nothing is routed
 outside the lab's namespaces (the host's own namespace is never touched: veth pairs are created inside them).
 
@@ -40,6 +44,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `support` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pgserver
 import support
 from support import IP, Proc, wait_until
 
@@ -47,12 +52,16 @@ PREFIX = "ztmlab-"
 OWNER_DIR = Path("/run/ztmlab")
 _NAME_RX = re.compile(rf"^{PREFIX}([0-9a-f]{{6}})-")
 
-HOSTS = ("inet", "datacenter", "home-rtr", "work-rtr", "home", "workplace")
+HOSTS = ("inet", "datacenter", "dc2", "db", "home-rtr", "work-rtr", "home", "workplace")
 ROUTERS = ("home-rtr", "work-rtr")
+ALIASES = {"dc1": "datacenter"}
+"""Other names of hosts: `dc1` is `datacenter` (the first data center of a hub cluster)."""
 
 ADDR = {
     "inet": "198.18.0.1",
+    "db": "198.18.0.5",
     "datacenter": "198.18.0.10",
+    "dc2": "198.18.0.11",
     "home-rtr": "198.18.0.21",
     "work-rtr": "198.18.0.22",
     "home": "10.77.1.10",
@@ -65,6 +74,8 @@ LAN_ADDR = {"home-rtr": "10.77.1.1", "work-rtr": "10.77.2.1"}
 # (host, interface, address/prefix) <-> (far host, far interface, address/prefix or None for a bridge port)
 _LINKS: tuple[tuple[str, str, str, str, str, str | None], ...] = (
     ("datacenter", "eth0", "198.18.0.10/24", "inet", "p-datacenter", None),
+    ("dc2", "eth0", "198.18.0.11/24", "inet", "p-dc2", None),
+    ("db", "eth0", "198.18.0.5/24", "inet", "p-db", None),
     ("home-rtr", "wan0", "198.18.0.21/24", "inet", "p-home-rtr", None),
     ("work-rtr", "wan0", "198.18.0.22/24", "inet", "p-work-rtr", None),
     ("home", "eth0", "10.77.1.10/24", "home-rtr", "lan0", "10.77.1.1/24"),
@@ -76,6 +87,8 @@ _DEFAULT_ROUTE = {"home": "10.77.1.1", "workplace": "10.77.2.1"}
 _NEIGHBOUR = {"home": "home-rtr", "workplace": "work-rtr", "home-rtr": "home", "work-rtr": "workplace"}
 """The host at the other end of a host's own cable, allowed to connect to it (the data center's is `inet`)."""
 DELAYWIRE = Path(__file__).with_name("delaywire.py")
+DB_CLIENTS = ("datacenter", "dc2")
+"""The hosts whose PostgreSQL connections `db` takes (`Lab.start_db`)."""
 
 ROUTER_NFT = """\
 table inet ztmlab {
@@ -206,7 +219,7 @@ def sweep_stale() -> list[str]:
 class Lab:
     """Namespaces, veths, routes and NAT of the seed's picture. Use as a context manager; `close()` is idempotent.
 
-    Hosts: `inet`, `datacenter`, `home-rtr`, `work-rtr`, `home`, `workplace`.
+    Hosts: `inet`, `datacenter` (alias `dc1`), `dc2`, `db`, `home-rtr`, `work-rtr`, `home`, `workplace`.
     """
 
     def __init__(self, *, log_dir: Path | None = None) -> None:
@@ -219,6 +232,7 @@ class Lab:
         self.log_dir = log_dir
         self.procs: list[Proc] = []
         self._wires: dict[str, Wire] = {}
+        self._dbs: list[pgserver.PgServer] = []
         self._created: list[str] = []
         self._owner_file = OWNER_DIR / f"{self.id}.json"
         self._started = False
@@ -286,6 +300,9 @@ class Lab:
         mine = set(self._created)
         procs = [p for p in support.registered_procs() if p.netns in mine]
         support.stop_all([*procs, *(p for p in self.procs if p not in procs)])
+        for db in reversed(self._dbs):
+            with contextlib.suppress(Exception):  # killed with the namespace anyway; this also removes its files
+                db.close()
         try:
             _kill_and_delete([ns for ns in self._created if ns in set(list_namespaces())])
         finally:
@@ -300,7 +317,8 @@ class Lab:
     # naming
 
     def ns(self, host: str) -> str:
-        """Full namespace name of `host`."""
+        """Full namespace name of `host` (or of the host an alias names)."""
+        host = ALIASES.get(host, host)
         if host not in HOSTS:
             raise KeyError(f"no host {host!r} in the lab; hosts: {', '.join(HOSTS)}")
         return f"{self.prefix}{host}"
@@ -311,6 +329,7 @@ class Lab:
 
     def addr(self, host: str, side: str = "wan") -> str:
         """`host`'s IPv4 address; routers: `side="wan"` (the default) or `side="lan"`."""
+        host = ALIASES.get(host, host)
         if host not in ADDR:
             raise KeyError(f"no host {host!r} in the lab; hosts: {', '.join(HOSTS)}")
         if side == "lan":
@@ -359,6 +378,7 @@ class Lab:
         and firewall: a server that listens on loopback only (or no server) makes it pass whatever the lab does. So
         the host on the other end of `host`'s own cable must connect first (a `LabError` if it cannot: listen on
         0.0.0.0 or on `host`'s address)."""
+        host = ALIASES.get(host, host)
         target, near = self.addr(host), _NEIGHBOUR.get(host, "inet")
         if not self.can_connect(near, target, port):
             raise LabError(
@@ -367,14 +387,28 @@ class Lab:
             )
         assert not self.can_connect(src, target, port, timeout=timeout), f"{src} reaches {host} at {target}:{port}"
 
+    def start_db(self, host: str = "db") -> pgserver.PgServer:
+        """A real PostgreSQL (`pgserver.PgServer`) in `host`, listening on its lab address, port 5432, taking the
+        `ztm` role (password) only from the data centers (`DB_CLIENTS`); `create_db()` and `url()` as usual. It
+        runs until `close()`, which stops it before the namespaces go (`stop()`/`start()` work meanwhile)."""
+        reason = pgserver.unavailable_reason()
+        if reason:
+            raise LabError(reason)
+        clients = [f"{self.addr(h)}/32" for h in DB_CLIENTS]
+        server = pgserver.PgServer(netns=self.ns(host), listen=self.addr(host), clients=clients)
+        self._dbs.append(server)
+        return server
+
     # faults
 
     def link_down(self, host: str) -> None:
-        """Unplug `host`'s upstream cable: the far end goes down, so `host` sees no carrier and keeps its routes."""
+        """Unplug `host`'s upstream cable: the far end goes down, so `host` sees no carrier and keeps its routes.
+        A silent cut: whatever `host` and the others send across it is dropped, nobody gets a reset."""
         far, far_if = self._uplink(host)
         _cmd([IP, "-n", self.ns(far), "link", "set", far_if, "down"])
 
     def link_up(self, host: str) -> None:
+        host = ALIASES.get(host, host)
         far, far_if = self._uplink(host)
         _cmd([IP, "-n", self.ns(far), "link", "set", far_if, "up"])
         if host in _DEFAULT_ROUTE:  # in case something took the host's own interface down meanwhile
@@ -390,6 +424,7 @@ class Lab:
         nft rules, `link_down` and `link_up` still apply); the veth ends wait, down, as `<name>-v`. `Wire.undo()`
         (or leaving `with lab.delay_link(...)`) puts the veth ends back; `close()` only stops the wire.
         """
+        host = ALIASES.get(host, host)
         if host in self._wires:
             raise LabError(f"{host}'s uplink already runs through a wire")
         near, far = self._ends(host)
@@ -475,6 +510,7 @@ class Lab:
         return best
 
     def _uplink(self, host: str) -> tuple[str, str]:
+        host = ALIASES.get(host, host)
         if host not in _UPLINK:
             raise KeyError(f"{host!r} has no uplink; hosts with one: {', '.join(_UPLINK)}")
         return _UPLINK[host]

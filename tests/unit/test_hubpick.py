@@ -193,3 +193,9 @@ def test_any_json_gives_a_valid_list_or_is_ignored(value: object) -> None:
     assert len(problems) <= 1
     for tier in plan(hubs, [], "zone-b", {}):
         assert tier
+
+
+def test_bootstrap_addresses_keep_the_permits_order() -> None:
+    first, later = Address.parse("10.0.0.9:8888"), Address.parse("10.0.0.10:8888")  # not in string order
+    tiers = hubpick.plan([], [first, later], "", {})
+    assert [c.address for c in tiers[0]] == [first, later]

@@ -189,10 +189,10 @@ def plan(
             listed.add(address)
             tiers[t].append((rtt, hub.id, Candidate(address, hub.id, t)))
     last = ZONE_TIERS - 1
-    for address in bootstraps:
-        if address not in listed:
+    for i, address in enumerate(bootstraps):
+        if address not in listed:  # after the listed hubs, in the permit's order ("~" sorts after hub ids)
             listed.add(address)
-            tiers[last].append((rtts.get(str(address), math.inf), "~" + str(address), Candidate(address, None, last)))
+            tiers[last].append((rtts.get(str(address), math.inf), f"~{i:04d}", Candidate(address, None, last)))
 
     def ordered(keep: Callable[[Candidate], bool]) -> list[list[Candidate]]:
         out: list[list[Candidate]] = []

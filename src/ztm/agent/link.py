@@ -46,7 +46,8 @@ meanwhile (then the answer is only queued behind data on a busy link, and the co
 DIAL_STAGGER = 0.25
 """Seconds between starting the dials of one tier's addresses (happy eyeballs): the first that completes wins."""
 MIN_DWELL = 10.0
-"""Seconds at least between voluntary moves to a better hub (and after a failover), so the link never flaps."""
+"""Seconds at least between voluntary moves to a better hub, and from a failover to a move, so the link never flaps.
+The first connection of a run moves at once (it dialled before it knew the hub list)."""
 SHORT_SESSION = 2.0
 """A session shorter than this ends with a backoff pause before the next dial rather than at once."""
 
@@ -276,8 +277,8 @@ class HubLink:
                 continue
             skip = None
             self._adopt(conn)
-            self._chosen_at = time.monotonic()
             if lost_at is not None:
+                self._chosen_at = time.monotonic()  # no move back to the hub that just failed before MIN_DWELL
                 self.failovers += 1
                 self.last_failover = time.monotonic() - lost_at
                 log.info(

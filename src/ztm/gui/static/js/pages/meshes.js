@@ -54,9 +54,13 @@ export async function render(ctx) {
           `Hubs of ${ctx.mesh}`,
           table(
             [
+              { label: "Hub", cell: (x) => h("span", { class: "mono", title: (x.addresses || []).join(", ") }, x.id || x.address) },
+              { label: "Zone", cell: (x) => x.zone || "–" },
               { label: "Address", cell: (x) => h("span", { class: "mono" }, x.address) },
+              { label: "Used", cell: (x) => (x.connected ? "✓" : "") },
               { label: "Status", cell: (x) => statusBadge(x.status || (x.connected ? "online" : "offline")) },
-              { label: "RTT", class: "num", cell: (x) => (x.rtt_ms == null ? "–" : `${x.rtt_ms.toFixed(1)} ms`) },
+              { label: "Endpoints", class: "num", cell: (x) => (x.endpoints == null ? "–" : String(x.endpoints)) },
+              { label: "RTT", class: "num", cell: (x) => (x.rtt_ms != null ? `${x.rtt_ms.toFixed(1)} ms` : x.connect_ms != null ? `~${x.connect_ms.toFixed(1)} ms` : "–") },
               { label: "Since", cell: (x) => ago(x.since) },
               { label: "Version", cell: (x) => x.version || "–" },
             ],
