@@ -8,6 +8,12 @@ invitations and evictions (the CRL and the evicted user's sessions here), file e
 offline on other hubs (`HubState.remote`). On a single hub the same code runs against `SqliteStore`, which has no
 other hub: the hubs table holds this hub alone and no notification ever arrives.
 
+Other hubs' notifications are applied one at a time, in the order they came, by one task (`_consume`): no
+burst of them can take every store connection. One that cannot be applied (the store is away or busy past its
+deadline) is never just dropped: the hub reloads everything once the store answers again (`resync`), and so it
+does when more notifications wait than `MAX_INBOX`. Endpoint records travel inside their notification when they fit,
+so applying one usually costs no store call at all.
+
 A store outage stops nothing that runs: sessions and relayed streams live in memory; heartbeats and presence
 writes fail, are logged once, and are made again when the store is back (a `resync` reloads everything).
 """
@@ -37,6 +43,9 @@ DEAD_AFTER = 3.5
 elsewhere, and agents are told (`hubs` event)."""
 MAX_NOTIFY = 7000
 """Bytes of a notification payload: PostgreSQL's limit is 8000."""
+MAX_INBOX = 20_000
+"""Notifications waiting to be applied; past this they are dropped for one `resync` (a hub that fell that far
+behind reloads faster than it would apply them one by one)."""
 
 
 class Cluster:
@@ -60,6 +69,11 @@ class Cluster:
         """The store's clock as of the last heartbeat (hubs compare heartbeats with it, not with their own)."""
         self.apply_hooks: list[Callable[[str, dict[str, Any]], Awaitable[None]]] = []
         """Called with every notification after the state applied it (the file index reloads its entries)."""
+        self._inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._consumer: asyncio.Task[None] | None = None
+        self.resync_needed = False
+        """A notification could not be applied (or too many waited): reload everything at the next beat."""
+        self.resyncs = 0
         state.cluster = self
 
     # life
@@ -69,10 +83,12 @@ class Cluster:
         await self._load_everything()
         await self.store.notify("hub", {"id": self.me.id})
         self._task = spawn(self._beat_loop(), name="hub-cluster")
+        self._consumer = spawn(self._consume(), name="hub-notifications")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._consumer):
+            if task is not None:
+                task.cancel()
         try:
             await self.store.remove_hub(self.me.id)
             await self.store.notify("hub", {"id": self.me.id})
@@ -81,6 +97,10 @@ class Cluster:
 
     async def _load_everything(self) -> None:
         await self._read_hubs()
+        await self._load_remote()
+
+    async def _load_remote(self) -> None:
+        """Every session on another online hub, from the presence table."""
         live = {h.id for h in self.online_hubs()}
         remote: dict[str, Presence] = {}
         for presence in await self.store.presences():
@@ -104,17 +124,23 @@ class Cluster:
     async def beat(self) -> None:
         self._clock = await self.store.heartbeat_hub(self.me.id, len(self.state.sessions))
         if not self._store_ok:
-            log.info("hub cluster: the store is back; publishing this hub's sessions again")
+            log.info("hub cluster: the store answers again")
             self._store_ok = True
-            await self.store.register_hub(self.me)  # a restarted database may have lost nothing, or the row
-            self._dirty.update(self.state.sessions)
-        for ep_id in list(self._dirty):
+            await self.store.register_hub(self.me)  # in case the database lost the row (a restore)
+        for ep_id in list(self._dirty):  # presence writes that failed (the rows of the others are still there)
             self._dirty.discard(ep_id)
             await self._publish(ep_id)
+        if self.resync_needed:
+            await self._resync()
         before = self._online_ids()
         await self._read_hubs()
-        if self._online_ids() != before:
+        now = self._online_ids()
+        if now != before:
             self._drop_dead_hubs()
+            if now - before:  # a hub came (back): its sessions may predate what this hub heard
+                await self._load_remote()
+                for ep_id in self.state.remote:
+                    self._endpoint_changed(ep_id)
             self.push_hubs()
 
     # the hubs
@@ -201,17 +227,57 @@ class Cluster:
 
     # other hubs' changes
     def _on_notify(self, kind: str, payload: dict[str, Any]) -> None:
-        spawn(self._apply(kind, payload), name=f"hub-notify-{kind}")
+        if kind == "resync":
+            self.resync_needed = True  # the listening connection was lost: notifications may be missing
+        if self._inbox.qsize() >= MAX_INBOX:
+            if not self.resync_needed:
+                log.warning("hub cluster: %d changes from other hubs wait; reloading everything instead", MAX_INBOX)
+            self.resync_needed = True
+            while not self._inbox.empty():
+                self._inbox.get_nowait()
+            return
+        self._inbox.put_nowait((kind, payload))
 
-    async def _apply(self, kind: str, payload: dict[str, Any]) -> None:
+    async def _consume(self) -> None:
+        while True:
+            kind, payload = await self._inbox.get()
+            if kind == "resync" or (self.resync_needed and self._inbox.empty()):
+                await self._resync()
+                continue
+            try:
+                await self._apply_one(kind, payload)
+                for hook in self.apply_hooks:
+                    await hook(kind, payload)
+            except ZtmError as exc:  # the store is away or busy: reload everything once it answers
+                if not self.resync_needed:
+                    log.warning(
+                        "hub cluster: could not apply a change from another hub (%s): %s; will reload", kind,
+                        exc.message,
+                    )  # fmt: skip
+                self.resync_needed = True
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("hub cluster: ignored a malformed notification %s: %r", kind, exc)
+            except Exception:  # a bug in one change must not stop the others
+                log.exception("hub cluster: applying %s failed", kind)
+                self.resync_needed = True
+
+    async def _resync(self) -> None:
+        """Reload what other hubs change (endpoints, users, CRL, files, presence, hubs); on failure, try again at
+        the next beat."""
+        self.resync_needed = False
         try:
-            await self._apply_one(kind, payload)
+            await self._load_everything()
+            await self.state.reload_all()
             for hook in self.apply_hooks:
-                await hook(kind, payload)
-        except Unavailable as exc:
-            log.warning("hub cluster: could not apply a change from another hub (%s): %s", kind, exc.message)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("hub cluster: ignored a malformed notification %s: %r", kind, exc)
+                await hook("resync", {})
+        except ZtmError as exc:
+            log.warning("hub cluster: reloading from the store failed: %s; trying again", exc.message)
+            self.resync_needed = True
+            return
+        self.resyncs += 1
+        for ep_id in self.state.remote:
+            self._endpoint_changed(ep_id)
+        self.push_hubs()
 
     async def _apply_one(self, kind: str, payload: dict[str, Any]) -> None:
         state = self.state
@@ -232,7 +298,7 @@ class Cluster:
                 presence = found[0]
             else:
                 presence = _presence_of(payload["presence"])
-            if presence.hub_id not in self._online_ids():
+            if presence.hub_id not in self.state.hubs:
                 await self._read_hubs()  # a hub that just started: its row is new
             state.remote[ep_id] = presence
             local = state.sessions.get(ep_id)
@@ -240,7 +306,9 @@ class Cluster:
                 state.supersede(local, f"the endpoint connected to hub {presence.hub_id}")
             self._endpoint_changed(ep_id)
         elif kind == "endpoint":
-            await state.reload_endpoint(str(payload["id"]))
+            record = payload.get("record")
+            await state.reload_endpoint(str(payload["id"]), record if isinstance(record, dict) else None,
+                                        deleted=payload.get("deleted") is True)  # fmt: skip
         elif kind == "users":
             await state.reload_users()
         elif kind == "evict":
@@ -252,11 +320,6 @@ class Cluster:
             await self._read_hubs()
             if self._online_ids() != before or payload.get("id") not in state.hubs:
                 self._drop_dead_hubs()
-            self.push_hubs()
-        elif kind == "resync":
-            await self._load_everything()
-            await state.reload_all()
-            self._dirty.update(state.sessions)
             self.push_hubs()
 
     def _endpoint_changed(self, ep_id: str) -> None:

@@ -168,6 +168,8 @@ class HubRoutes:
                 raise Unauthorized("no verified client certificate on this connection")
             # Every request, not only the connection, answers to the certificate's current standing.
             self.state.check_peer(peer)
+            if peer.ep_id is not None and peer.ep_id not in self.state.endpoints:
+                await self.state.ensure_endpoint(peer.ep_id)  # enrolled at another hub, not heard of here yet
             self._check_forwarding(stream, peer, method, target.path)
             if method == "GET" and target.path == "/api/events":
                 await self.events(stream, conn, peer)

@@ -328,7 +328,7 @@ class HubState:
         self.version += 1
         self.counters["enrollments"] += 1
         for changed in [*replaces, ep_id]:
-            await self.publish("endpoint", {"id": changed})
+            await self.publish_endpoint(changed)
         log.info("enrolled endpoint %s (%s) of user %s", name, ep_id, peer.user)
         return ep, pki.cert_to_pem(cert)
 
@@ -647,7 +647,7 @@ class HubState:
         ep.labels = labels
         view = self.endpoint_view(ep)
         self.broadcast({"type": "endpoint", "ep": view})
-        await self.publish("endpoint", {"id": ep.id})
+        await self.publish_endpoint(ep.id)
         return view
 
     # users
@@ -718,7 +718,7 @@ class HubState:
         await self._crl_changed(time.time())
         self.conns.close_where(lambda p: p.ep_id == ep.id)
         self.broadcast({"type": "endpoint", "ep": {**view, "online": False, "deleted": True}})
-        await self.publish("endpoint", {"id": ep.id})
+        await self.publish_endpoint(ep.id)
         log.info("root deleted endpoint %s (%s) of user %s", ep.name, ep.id, ep.user)
         return view
 
@@ -728,9 +728,27 @@ class HubState:
         if self.cluster is not None:
             await self.cluster.publish(kind, payload)
 
-    async def reload_endpoint(self, ep_id: str) -> None:
-        """Another hub enrolled, relabelled or deleted this endpoint: take the store's record."""
-        record = await self.store.endpoint(ep_id)
+    async def publish_endpoint(self, ep_id: str) -> None:
+        """Tell the other hubs that the endpoint's record changed, with the record when it fits (they then need no
+        store call), or that it was deleted."""
+        ep = self.endpoints.get(ep_id)
+        payload: dict[str, Any] = {"id": ep_id, "deleted": True}
+        if ep is not None:
+            payload = {"id": ep_id, "record": dataclasses.asdict(ep)}
+            if len(json.dumps(payload)) > 6000:
+                payload = {"id": ep_id}
+        await self.publish("endpoint", payload)
+
+    async def reload_endpoint(self, ep_id: str, sent: dict[str, Any] | None = None, *, deleted: bool = False) -> None:
+        """Another hub enrolled, relabelled or deleted this endpoint: take the record it sent, or the store's."""
+        if deleted:
+            record = None
+        elif sent is not None:
+            record = EndpointRecord(**sent)
+            if record.id != ep_id or not isinstance(record.labels, list):
+                raise ValueError("the record names another endpoint")
+        else:
+            record = await self.store.endpoint(ep_id)
         old = self.endpoints.get(ep_id)
         if record is None:
             if old is None:
@@ -749,7 +767,19 @@ class HubState:
         if old is not None and (old.last_seen or 0) > (record.last_seen or 0):
             record.last_seen = old.last_seen
         self.endpoints[ep_id] = record
-        self.broadcast({"type": "endpoint", "ep": self.endpoint_view(record)})
+        if old is None and not self.is_online(ep_id):
+            self.version += 1  # new and not online yet: its presence, a moment later, tells the agents
+        elif record != old:
+            self.broadcast({"type": "endpoint", "ep": self.endpoint_view(record)})
+
+    async def ensure_endpoint(self, ep_id: str) -> None:
+        """Before refusing an endpoint certificate as unknown: read its record from the store (a hub that missed
+        the enrolment at another hub, e.g. while it reloads, still knows every endpoint that exists)."""
+        if ep_id not in self.endpoints and self.store.shared:
+            record = await self.store.endpoint(ep_id)
+            if record is not None and ep_id not in self.endpoints:
+                self.endpoints[ep_id] = record
+                self.version += 1
 
     async def reload_users(self) -> None:
         self.users = {u.name: u for u in await self.store.users()}
