@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import ssl
+import time
 from typing import Any
 
 from ztm import h2, keylog, validate
@@ -39,6 +40,8 @@ KEEPALIVE_TIMEOUT = 3.0
 """PING every 2 s, the link dead after 3 s without an answer (unless other bytes arrived meanwhile), as an agent's
 link to its hub (`ztm.agent.link`): a far hub that vanished silently is noticed within 5 s, and the next stream or
 call dials again."""
+IDLE_LANE = 120.0
+"""Seconds after which a lane's link (one per other hub and caller user) that carries nothing is closed."""
 ANSWER_MARGIN = 5.0
 """Seconds a forwarding hub waits beyond the far hub's own deadline (its accept timeout, the call's timeout)."""
 
@@ -94,11 +97,17 @@ def check_forward_params(params: Any) -> None:
 
 
 class HubPeers:
-    """This hub's links to the other hubs of its mesh (one HTTP/2 connection per hub, dialled on demand)."""
+    """This hub's links to the other hubs of its mesh, dialled on demand: one HTTP/2 connection per other hub and
+    per **lane**, the caller's user. Streams of one link share its connection window; a member whose streams the
+    far side does not read fills only their own user's lane, never another user's (one user's own streams can hold
+    each other up, as they can on a single hub, where an entrance's streams share its connection)."""
 
     def __init__(self, state: HubState) -> None:
         self.state = state
         self._links: dict[str, h2.Connection] = {}
+        self._used: dict[str, float] = {}
+        """Link key -> when a stream or call last took it (lanes idle for `IDLE_LANE` seconds are closed)."""
+        self._reaped = time.monotonic()
         self._dialling: dict[str, asyncio.Future[h2.Connection]] = {}
         self._context: ssl.SSLContext | None = None
         self._closed = False
@@ -115,26 +124,32 @@ class HubPeers:
             self._context = keylog.apply(ctx)
         return self._context
 
-    async def link(self, hub_id: str) -> h2.Connection:
-        """The live connection to hub `hub_id`, dialled now if there is none; `Unavailable` if it cannot be had."""
+    async def link(self, hub_id: str, lane: str = "") -> h2.Connection:
+        """The live connection to hub `hub_id` for `lane` (a user name), dialled now if there is none;
+        `Unavailable` if it cannot be had."""
         if self._closed:
             raise Unavailable("this hub is stopping")
-        conn = self._links.get(hub_id)
+        key = f"{hub_id}/{lane}"
+        now = time.monotonic()
+        self._used[key] = now
+        if now - self._reaped > IDLE_LANE / 4:
+            self._reap(now)
+        conn = self._links.get(key)
         if conn is not None and not conn.closed:
             return conn
-        dialling = self._dialling.get(hub_id)
+        dialling = self._dialling.get(key)
         if dialling is None:
-            dialling = asyncio.ensure_future(self._dial(hub_id))
-            self._dialling[hub_id] = dialling
-            dialling.add_done_callback(lambda f: self._dial_done(hub_id, f))
+            dialling = asyncio.ensure_future(self._dial(hub_id, key))
+            self._dialling[key] = dialling
+            dialling.add_done_callback(lambda f: self._dial_done(key, f))
         return await asyncio.shield(dialling)
 
-    def _dial_done(self, hub_id: str, dialling: asyncio.Future[h2.Connection]) -> None:
-        self._dialling.pop(hub_id, None)
+    def _dial_done(self, key: str, dialling: asyncio.Future[h2.Connection]) -> None:
+        self._dialling.pop(key, None)
         if not dialling.cancelled():
             dialling.exception()  # retrieved here: every waiter may have gone (their streams were reset)
 
-    async def _dial(self, hub_id: str) -> h2.Connection:
+    async def _dial(self, hub_id: str, key: str) -> h2.Connection:
         info = self.state.hubs.get(hub_id)
         if info is None or not info.addresses:
             self.state.counters["hub_link_failures"] += 1
@@ -161,8 +176,8 @@ class HubPeers:
             if self._closed:
                 conn.close()
                 raise Unavailable("this hub is stopping")
-            self._links[hub_id] = conn
-            conn.add_close_callback(lambda c: self._lost(hub_id, c))
+            self._links[key] = conn
+            conn.add_close_callback(lambda c: self._lost(key, c))
             self.state.counters["hub_links"] += 1
             log.info("linked to hub %s at %s", hub_id, text)
             return conn
@@ -171,15 +186,26 @@ class HubPeers:
         log.warning("%s", message)
         raise Unavailable(message)
 
-    def _lost(self, hub_id: str, conn: h2.Connection) -> None:
-        if self._links.get(hub_id) is conn:
-            del self._links[hub_id]
-            if not self._closed:
-                log.info("link to hub %s closed: %s", hub_id, conn.close_reason or "closed")
+    def _reap(self, now: float) -> None:
+        """Close the links of lanes nothing used for `IDLE_LANE` seconds and that carry no stream."""
+        self._reaped = now
+        for key, conn in list(self._links.items()):
+            if now - self._used.get(key, now) > IDLE_LANE and conn.open_streams == 0:
+                self._used.pop(key, None)
+                conn.close()
 
-    async def open_connect(self, hub_id: str, target: str, headers: list[tuple[str, str]], first: bytes) -> h2.Stream:
-        """Open a forwarded `CONNECT` to `target` at hub `hub_id`, its first flight `first` sent with the headers."""
-        conn = await self.link(hub_id)
+    def _lost(self, key: str, conn: h2.Connection) -> None:
+        if self._links.get(key) is conn:
+            del self._links[key]
+            if not self._closed:
+                log.info("link to hub %s closed: %s", key, conn.close_reason or "closed")
+
+    async def open_connect(
+        self, hub_id: str, target: str, headers: list[tuple[str, str]], first: bytes, *, lane: str
+    ) -> h2.Stream:
+        """Open a forwarded `CONNECT` to `target` at hub `hub_id` on `lane`'s link (the caller's user), its first
+        flight `first` sent with the headers."""
+        conn = await self.link(hub_id, lane)
         try:
             stream = await conn.open_stream("CONNECT", target, headers)
             if first:
@@ -196,7 +222,7 @@ class HubPeers:
         check_forward_params(params)
         self.state.pending_calls.reserve(caller.id, target.id, target.name)
         try:
-            conn = await self.link(hub_id)
+            conn = await self.link(hub_id, caller.user)
             body = json.dumps({"method": method, "params": params, "timeout": int(timeout)}).encode()
             headers = [("content-type", "application/json"), (CALLER_HEADER, caller_header(caller))]
             self.state.counters["calls_forwarded"] += 1

@@ -218,7 +218,9 @@ class Relay:
         other: h2.Stream | None = None
         try:
             # The first flight goes with the headers, so the far hub can hand it to the target in the `stream` event.
-            other = await self.peers.open_connect(hub_id, target.id, headers, stream.take_buffered(FIRST_BYTES))
+            other = await self.peers.open_connect(
+                hub_id, target.id, headers, stream.take_buffered(FIRST_BYTES), lane=caller.user
+            )
             async with asyncio.timeout(ACCEPT_TIMEOUT + ANSWER_MARGIN):
                 status, _ = await other.response()
                 if status == 200:
