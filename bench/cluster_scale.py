@@ -407,6 +407,7 @@ class Run:
         before, self.current = self.current, ctotals(self.workers)["agents"]
         # fan-out over: every hub lists every agent online, and the agents' event counts have been still for 3 s
         last, still_since, deadline = -1, time.perf_counter(), time.perf_counter() + self.args.give_up
+        listed: list[int] = []
         while True:
             for h in self.cluster.hubs:
                 h.proc.check_alive()
@@ -414,12 +415,21 @@ class Run:
             now = time.perf_counter()
             if events != last:
                 last, still_since = events, now
-            if now - still_since >= 3.0 and all(
-                self.listed_online(h)[1] >= self.current for h in range(len(self.cluster.hubs))
-            ):
-                break
+            if now - still_since >= 3.0:
+                listed = [self.listed_online(h)[1] for h in range(len(self.cluster.hubs))]
+                if all(n >= self.current for n in listed):
+                    break
+                if now - still_since >= 30.0:  # no event for 30 s: the fan-out is over, whatever is missing
+                    self.notes.append(
+                        f"at {self.current} agents the fan-out ended (no endpoint event for 30 s) with the hubs "
+                        f"listing {' / '.join(str(n) for n in listed)} endpoints online"
+                    )
+                    break
             if now > deadline:
-                self.notes.append(f"fan-out to {self.current} not over after {self.args.give_up:g}s")
+                self.notes.append(
+                    f"fan-out to {self.current} not over after {self.args.give_up:g}s: the hubs list "
+                    f"{' / '.join(str(n) for n in listed)} endpoints online"
+                )
                 break
             time.sleep(0.5)
         settled = still_since - t0
