@@ -73,3 +73,5 @@ class AgentConfig:
     direct_announce: Address | None = None
     """The address peers dial for `direct` if not that one (a port forwarded on a NAT); default: `direct`, with a
     wildcard host replaced by the address the hub sees."""
+    zone: str | None = None
+    """`--zone`: the agent prefers online hubs of this zone. None: keep the zone saved by an earlier run ("" none)."""

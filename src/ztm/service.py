@@ -149,6 +149,8 @@ def agent_argv(cfg: AgentConfig, python: str = sys.executable) -> list[str]:
         argv += ["--direct", str(cfg.direct)]
     if cfg.direct_announce is not None:
         argv += ["--direct-announce", str(cfg.direct_announce)]
+    if cfg.zone is not None:
+        argv += ["--zone", cfg.zone]
     return argv
 
 

@@ -23,6 +23,8 @@ _LABEL = re.compile(r"^[A-Za-z0-9_.=:/-]{1,63}$")
 APP_NAME = re.compile(r"[a-z][a-z0-9-]{0,31}")
 """An app name (the `ztm-app` header on the wire, as the hub checks it); use with `fullmatch`."""
 MAX_LABELS = 32
+ZONE = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+"""A hub's or agent's zone (`--zone`); use with `fullmatch`."""
 
 
 def user_name(value: object) -> str:
@@ -41,6 +43,16 @@ def name(value: object, what: str) -> str:
             f"invalid {what} {value!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return value
+
+
+def zone(value: str, what: str = "--zone") -> str:
+    """`value` if it is a zone name or "" (no zone); BadInput saying what to fix."""
+    if value == "" or ZONE.fullmatch(value):
+        return value
+    raise BadInput(
+        f"{what}: {value[:40]!r} is not a zone name: use 1 to 32 lowercase letters, digits and '-', "
+        "starting with a letter or digit (e.g. eu-west-1)"
+    )
 
 
 def looks_like_id(text: str) -> bool:

@@ -118,7 +118,8 @@ def test_two_agents_see_each_other_and_describe_the_mesh(make_hub: Make, make_ag
     versions = a.cli_json("version")
     assert versions["agent"]["ztm"] == versions["cli"] == h["version"], (versions, h)
     [hub_row] = table_rows(a.cli("get", "hub").stdout)
-    assert hub_row[:2] == [hub.address, "online"] and hub_row[2].endswith(" ms")
+    assert hub_row[2:4] == [hub.address, "yes"] and hub_row[5:8] == ["*", hub_row[6], "online"], hub_row
+    assert hub_row[0] == h["id"] and hub_row[6].endswith(" ms"), hub_row
 
     # describe mesh / hub / ep
     described = key_values(a.cli("describe", "mesh", MESH).stdout)

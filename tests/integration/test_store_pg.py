@@ -4,6 +4,7 @@ migrations, races between two stores on one database, notifications, bad input a
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 
 from conftest import PgDb
-from ztm.errors import BadInput, Unavailable, ZtmError
+from ztm.errors import BadInput, Conflict, Unavailable, ZtmError
 from ztm.hub.store import EndpointRecord, HubInfo, Presence
 from ztm.hub.store_pg import MIGRATIONS, PgStore
 from ztm.hub.storeurl import parse_store_url
@@ -237,6 +238,11 @@ def test_bad_input_at_open(pg_url: PgDb, tmp_path: Path, monkeypatch: pytest.Mon
         (pg_url.url, None, BadInput, "needs a password for user 'ztm'"),
         (f"postgresql://ztm@127.0.0.1:{port}/no_such_db", pg_url.password, BadInput, "'no_such_db' does not exist"),
     ]
+    foreign = f"owned_by_postgres_{pg_url.name}"
+    pg_url.server.psql("postgres", f"CREATE DATABASE {foreign}")  # PostgreSQL 15: no CREATE for others in public
+    cases.append(
+        (f"postgresql://ztm@127.0.0.1:{port}/{foreign}", pg_url.password, BadInput, "refused to set up the ztm schema")
+    )
     for url, password, cls, words in cases:
         start = time.monotonic()
         with pytest.raises(ZtmError) as err:
@@ -294,5 +300,124 @@ def test_outage_fails_fast_and_recovers_with_a_resync(pg_url: PgDb) -> None:
             if not server.running:
                 await asyncio.to_thread(server.start)
             await s.close()
+
+    run(main())
+
+
+def test_refusals_and_cancelled_calls_do_not_drain_the_pool(pg_url: PgDb) -> None:
+    async def main() -> None:
+        s = await open_store(pg_url, pool_size=2)
+        try:
+            await s.enroll_endpoint(ep("e1", "taken"), replaces=[])
+            for i in range(5):  # more refusals than connections
+                with pytest.raises(Conflict):
+                    await s.enroll_endpoint(ep(f"x{i}", "taken"), replaces=[])
+            for _ in range(3):  # calls cancelled in the middle of a statement: their connections are replaced
+                task = asyncio.ensure_future(s._rows("SELECT pg_sleep(3)"))
+                await asyncio.sleep(0.2)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            start = time.monotonic()
+            await until(s.endpoints, 5, "the store to answer")
+            results = await asyncio.gather(*(s.endpoints() for _ in range(6)))
+            assert all(len(r) == 1 for r in results) and time.monotonic() - start < 3
+            assert s.available
+        finally:
+            await s.close()
+
+    run(main())
+
+
+class FreezableProxy:
+    """A TCP relay in front of the server that can go silent (forward nothing, close nothing, accept but never
+    answer): a link that is cut without a reset, as when a router or a datacenter link dies."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = False
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers = [writer]
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            while self.frozen:
+                await asyncio.sleep(0.05)  # accepted, not answered while frozen
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+            writers.append(up_w)
+            await asyncio.gather(self._pump(reader, up_w), self._pump(up_r, writer))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            for w in writers:
+                w.close()
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                while self.frozen:
+                    await asyncio.sleep(0.05)  # hold the bytes: nothing passes, nothing closes
+                dst.write(data)
+                await dst.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            dst.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def test_a_silently_cut_link_fails_calls_in_bounded_time_without_blocking_the_loop(pg_url: PgDb) -> None:
+    async def main() -> None:
+        proxy = FreezableProxy(pg_url.server.port)
+        port = await proxy.start()
+        url = parse_store_url(pg_url.url.replace(f":{pg_url.server.port}/", f":{port}/"))
+        s = await PgStore.open(url, pg_url.password)
+        seen: list[str] = []
+        s.subscribe(lambda kind, _p: seen.append(kind))
+        ticks: list[float] = []
+
+        async def ticker() -> None:
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.05)
+
+        tick_task = asyncio.ensure_future(ticker())
+        try:
+            await s.enroll_endpoint(ep("ep1", "one"), replaces=[])
+            proxy.frozen = True
+            start = time.monotonic()
+            with pytest.raises(Unavailable, match="store unavailable, retrying: "):
+                await s.endpoints()
+            first = time.monotonic() - start
+            assert first < 8, first  # the call deadline (6 s), not forever
+            gaps = [b - a for a, b in itertools.pairwise(ticks) if a >= start]
+            assert gaps and max(gaps) < 0.5, max(gaps)  # the event loop kept running meanwhile
+            for _ in range(5):  # then every call fails at once
+                t = time.monotonic()
+                with pytest.raises(Unavailable):
+                    await s.get_meta()
+                assert time.monotonic() - t < 1.0
+            assert not s.available and s.problem
+            proxy.frozen = False
+            await until(s.endpoints, 15, "the store to answer again after the link is back")
+            await until(lambda: "resync" in seen, 5, "a resync")
+        finally:
+            tick_task.cancel()
+            await s.close()
+            await proxy.close()
 
     run(main())

@@ -140,3 +140,18 @@ def test_any_text_unseals_to_bad_input(token: str) -> None:
 def test_key_length_is_checked() -> None:
     with pytest.raises(ValueError):
         cakey.seal(PEM, b"short", MESH, "ca_key")
+
+
+def test_seal_meta_round_trip_and_binding() -> None:
+    meta = {"mesh_id": MESH, "ca_cert": "CERT", "ca_key": PEM, "root_key": PEM + "root", "hub_id": "h"}
+    sealed = cakey.seal_meta(meta, KEY)
+    assert sealed["ca_cert"] == "CERT" and sealed["hub_id"] == "h"
+    assert cakey.is_sealed(sealed["ca_key"]) and cakey.is_sealed(sealed["root_key"])
+    assert cakey.seal_meta(sealed, KEY) == sealed  # idempotent
+    assert cakey.unseal_meta(sealed, KEY) == meta
+    assert cakey.unseal_meta(meta, KEY) == meta  # plain values stay
+    swapped = dict(sealed, ca_key=sealed["root_key"], root_key=sealed["ca_key"])
+    with pytest.raises(BadInput, match="does not open"):  # a token moved to the other slot
+        cakey.unseal_meta(swapped, KEY, key_file="k")
+    with pytest.raises(BadInput, match="the CA key file k does not open"):
+        cakey.unseal_meta(sealed, bytes(32), key_file="k")

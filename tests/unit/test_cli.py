@@ -50,6 +50,7 @@ def mesh(name: str = "m1", **extra: Any) -> dict[str, Any]:
         "joined_at": _ago(3600),
         "connected_since": _ago(60),
         "cert_expires": "2099-01-01T00:00:00Z",
+        "zone": "",
         **extra,
     }
 
@@ -74,6 +75,13 @@ def endpoint(name: str, *, local: bool = False, online: bool = True, **extra: An
 
 
 HUB = {
+    "id": "0123456789abcdef",
+    "zone": "zone-b",
+    "addresses": ["1.2.3.4:8888", "[::1]:8888"],
+    "online": True,
+    "endpoints": 7,
+    "connect_ms": 3.5,
+    "hub_id": "0123456789abcdef",
     "address": "1.2.3.4:8888",
     "connected": True,
     "status": "connected",
@@ -507,9 +515,12 @@ def test_get_one_mesh(agent: FakeAgent, run: Callable[..., Result]) -> None:
 def test_get_hub(agent: FakeAgent, run: Callable[..., Result]) -> None:
     HUB["since"] = _ago(120)  # the module-level value ages while a long test session runs
     lines = run("get", "hubs").out.splitlines()
-    assert lines[0].split() == ["ADDRESS", "STATUS", "RTT", "SINCE"]
-    assert lines[1].split() == ["1.2.3.4:8888", "connected", "1.23", "ms", "2m", "ago"]
+    assert lines[0].split() == ["ID", "ZONE", "ADDRESSES", "ONLINE", "ENDPOINTS", "CONNECTED", "RTT", "STATUS", "SINCE"]
+    row = ["0123456789abcdef", "zone-b", "1.2.3.4:8888,[::1]:8888", "yes", "7", "*", "1.23", "ms", "connected"]
+    assert lines[1].split() == [*row, "2m", "ago"]
     assert json.loads(run("-o", "json", "get", "hub", "1.2.3.4:8888").out) == HUB
+    assert json.loads(run("-o", "json", "get", "hub", "[::1]:8888").out) == HUB
+    assert json.loads(run("-o", "json", "get", "hub", "0123456789abcdef").out) == HUB
     assert one_line_error(run("get", "hub", "9.9.9.9:1")) == "ztm: no hub 9.9.9.9:1 in mesh m1; see 'ztm get hub'"
 
 
@@ -581,6 +592,9 @@ def test_describe_hub(agent: FakeAgent, run: Callable[..., Result]) -> None:
     out = run("describe", "hub").out
     assert "bytes_received: 3.0 MiB (3145728 bytes)" in out
     assert "rtt_ms:" in out and "1.23 ms" in out
+    described = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+    assert described["zone"] == "zone-b" and described["connect_ms"] == "3.50 ms" and described["online"] == "yes"
+    assert described["id"] == "0123456789abcdef" and described["addresses"] == "1.2.3.4:8888, [::1]:8888"
 
 
 def test_describe_ep_with_ping(agent: FakeAgent, run: Callable[..., Result]) -> None:

@@ -411,6 +411,27 @@ def test_run_agent(run: Callable[..., Result], fake_daemons: dict[str, Any], tmp
     assert fake_daemons["agent"].listen == Address("127.0.0.1", 7777)
 
 
+def test_run_agent_zone(run: Callable[..., Result], fake_daemons: dict[str, Any]) -> None:
+    assert run("run", "agent", "--zone", "eu-west-1").code == 3
+    assert fake_daemons["agent"].zone == "eu-west-1"
+    assert run("run", "agent", "--zone", "").code == 3
+    assert fake_daemons["agent"].zone == "", "--zone '' clears a saved zone"
+    assert run("run", "agent").code == 3
+    assert fake_daemons["agent"].zone is None, "no --zone keeps the saved one"
+    for bad in ("EU", "-a", "a_b", "a" * 33):
+        res = run("run", "agent", f"--zone={bad}")
+        assert res.code == 2 and len(res.err.strip().splitlines()) == 1, res.err
+        assert "is not a zone name" in res.err and "lowercase letters" in res.err, res.err
+
+
+def test_start_agent_passes_the_zone_on() -> None:
+    from ztm.service import agent_argv
+
+    argv = agent_argv(AgentConfig(zone="zone-b"), "python3")
+    assert argv[argv.index("--zone") + 1] == "zone-b"
+    assert "--zone" not in agent_argv(AgentConfig(), "python3")
+
+
 def test_run_hub_startup_error_is_one_line(
     run: Callable[..., Result], fake_daemons: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

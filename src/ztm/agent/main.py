@@ -22,6 +22,7 @@ from aiohttp import web
 from ztm import aio, datadir, keylog, localsock, logs, pki, validate
 from ztm.agent.api import AgentApi
 from ztm.agent.direct import DirectServer
+from ztm.agent.hubpick import check_zone
 from ztm.agent.service import Agent
 from ztm.config import AgentConfig, agents_registry_dir, socket_link_name, token_file_name
 from ztm.errors import BadInput, Unavailable, ZtmError
@@ -36,6 +37,8 @@ def run_agent(cfg: AgentConfig) -> int:
         raise BadInput("--join, --join-as and --permit go together")
     if cfg.join_as is not None:
         validate.endpoint_name(cfg.join_as, "--join-as")
+    if cfg.zone is not None:
+        check_zone(cfg.zone)
     if cfg.direct_announce is not None and cfg.direct is None:
         raise BadInput("--direct-announce needs --direct (the address to listen on), e.g. --direct 0.0.0.0:7771")
     aio.install_uvloop()
@@ -80,6 +83,7 @@ async def _main(cfg: AgentConfig) -> int:
     if secrets_file is not None:
         log.warning("%s", keylog.warning(secrets_file))
     agent = Agent(cfg.data, ring.tail)
+    agent.zone = _zone(agent, cfg.zone)
     published: Path | None = None
     sock_path = cfg.data / localsock.SOCKET_NAME
     try:
@@ -130,6 +134,22 @@ async def _main(cfg: AgentConfig) -> int:
                 published.unlink()
         with contextlib.suppress(OSError):
             sock_path.unlink()
+
+
+def _zone(agent: Agent, given: str | None) -> str:
+    """The agent's zone: `--zone` (saved for the next runs, so `ztm start agent` without it keeps it), else the saved
+    one ("" none; `--zone ''` clears it)."""
+    if given is not None:
+        agent.store.set_meta("zone", given)
+        if given:
+            log.info("zone %s: hubs of this zone first", given)
+        return given
+    saved = agent.store.get_meta("zone") or ""
+    try:
+        return check_zone(saved)
+    except BadInput:
+        log.warning("ignoring the saved zone %r: not a zone name", saved[:40])
+        return ""
 
 
 SIGNIN_FILE = "gui-signin.txt"

@@ -3,7 +3,8 @@
 It enrols with the permit's user certificate to obtain a short-lived endpoint certificate, renews that certificate
 at half-life (or enrols again if it expired while the agent was down), runs the `HubLink`, and answers calls the hub
 relays from other endpoints (`ping`, `log`, `info`), deciding who may ask from the hub-asserted caller identity,
-which the hub took from the caller's verified certificate.
+which the hub took from the caller's verified certificate. It keeps the mesh's hub list (from the `hello` and `hubs`
+events, stored so that it outlives a restart) for the link's choice of hub and for `ztm get hub`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import h2, pki
-from ztm.agent import peercall
+from ztm.addr import Address
+from ztm.agent import hubpick, peercall
 from ztm.agent.apps import Caller, MeshApp, accept_relayed, refuse_stream
 from ztm.agent.direct import MeshDirect
 from ztm.agent.e2e import MeshE2E
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.hubpick import HubView
 from ztm.agent.link import HubLink, dial, request
 from ztm.agent.store import MeshRecord
 from ztm.agent.tls import MeshFiles
@@ -48,15 +51,17 @@ async def enroll(
     ep_id: str,
     name: str,
     labels: list[str],
+    addresses: list[Address] | None = None,
 ) -> dict[str, Any]:
-    """Ask a hub for an endpoint certificate, authenticating with the permit's user certificate."""
+    """Ask a hub for an endpoint certificate, authenticating with the permit's user certificate (at `addresses`,
+    default the permit's bootstraps)."""
     end = permit.certificate.not_valid_after_utc
     if end <= dt.datetime.now(dt.UTC):
         raise Forbidden(
             f"the invitation of user {permit.user!r} to this mesh expired at {iso(end.timestamp())}; "
             "ask root for a new permit (ztm invite), then ztm leave and ztm join with it"
         )
-    conn, _hub = await dial(list(permit.bootstraps), permit.mesh_id, files.user_context())
+    conn, _hub = await dial(addresses or list(permit.bootstraps), permit.mesh_id, files.user_context())
     try:
         csr = pki.csr_to_pem(pki.make_csr(key, name=ep_id))
         body = {
@@ -98,6 +103,9 @@ class MeshSession:
         save: Callable[[MeshRecord], None],
         log_tail: Callable[[int], list[str]],
         make_apps: Callable[[MeshSession], dict[str, MeshApp]] | None = None,
+        saved_hubs: object = None,
+        save_hubs: Callable[[str, list[dict[str, Any]]], None] | None = None,
+        zone: str = "",
     ) -> None:
         self.record = record
         self.files = files
@@ -108,13 +116,18 @@ class MeshSession:
         self._log_tail = log_tail
         self.peers: dict[str, dict[str, Any]] = {}
         self.traffic: dict[str, Traffic] = {}
+        self._save_hubs = save_hubs
+        self.hubs: list[HubView] = hubpick.parse_hubs(saved_hubs, self._bad_hub_list) or []
+        """The mesh's hubs as they last told this agent (stored: it outlives restarts)."""
         self.link = HubLink(
             label=record.name,
-            addresses=list(self.permit.bootstraps),
+            bootstraps=list(self.permit.bootstraps),
             mesh_id=record.mesh_id,
             context=files.ep_context,
             before_connect=self._ensure_cert,
             on_event=self._on_event,
+            hubs=lambda: self.hubs,
+            zone=zone,
         )
         self._renewer: asyncio.Task[None] | None = None
         self._cert_received = time.time()
@@ -173,8 +186,15 @@ class MeshSession:
         if time.time() < end - (end - start) * 0.1:
             return
         log.info("mesh %s: endpoint certificate expired or about to; enrolling again", self.name)
+        listed = [a for hub in self.hubs for a in hub.addresses]
         answer = await enroll(
-            self.permit, self.files, self.key, ep_id=self.record.ep_id, name=self.record.ep_name, labels=[]
+            self.permit,
+            self.files,
+            self.key,
+            ep_id=self.record.ep_id,
+            name=self.record.ep_name,
+            labels=[],
+            addresses=[*self.permit.bootstraps, *(a for a in listed if a not in self.permit.bootstraps)],
         )
         self._store_cert(answer["certificate"])
 
@@ -213,10 +233,68 @@ class MeshSession:
             spawn(self._stream(event), name=f"stream-{self.name}")
         elif kind == "crl":
             spawn(self.direct.on_crl(), name=f"crl-{self.name}")
+        elif kind == "hubs":
+            self._hub_list(event.get("hubs"))
         elif kind == "hello":
+            hub = event.get("hub")
+            if isinstance(hub, dict) and not self._hub_list(hub.get("hubs")):
+                self._hub_itself(hub)
             spawn(self.direct.on_online(), name=f"direct-{self.name}")
             for app in self.apps.values():
                 spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
+
+    # the hub list
+    def _bad_hub_list(self, problem: str) -> None:
+        log.warning("mesh %s: the hub list: %s", self.name, problem)
+
+    def _hub_list(self, value: object) -> bool:
+        """A hub's list of the mesh's hubs (`hello` or `hubs` event): keep it, store it, let the link reconsider.
+        False when there is none to keep: a hub on its own (no cluster) sends an empty list, older hubs none."""
+        if value is None or value == []:
+            return False
+        hubs = hubpick.parse_hubs(value, self._bad_hub_list)
+        if hubs is None:
+            log.warning("mesh %s: ignored a hub list that is not a list", self.name)
+            return False
+        if not hubs:
+            return False
+        self._keep_hubs(hubs)
+        return True
+
+    def _hub_itself(self, status: dict[str, Any]) -> None:
+        """A hub that sends no list (alone on its store, or older) describes only itself: update its entry."""
+        hub_id = self.link.hub_id
+        if hub_id is None:
+            return
+        addresses: list[str] = [a for a in status.get("names") or [] if isinstance(a, str)]
+        if self.link.address is not None and not addresses:
+            addresses.append(self.link.address)
+        entry = {
+            "id": hub_id,
+            "zone": status.get("zone") if isinstance(status.get("zone"), str) else "",
+            "addresses": addresses,
+            "online": True,
+            "endpoints": status.get("online"),
+            "version": status.get("version"),
+            "started": status.get("started"),
+            "last_seen": iso(time.time()),
+        }
+        try:
+            hub = hubpick.parse_hub(entry)
+        except ValueError as exc:
+            log.warning("mesh %s: ignored the hub's description of itself: %s", self.name, exc)
+            return
+        self._keep_hubs(hubpick.merge_one(self.hubs, hub))
+
+    def _keep_hubs(self, hubs: list[HubView]) -> None:
+        changed = hubs != self.hubs
+        self.hubs = hubs
+        if changed and self._save_hubs is not None:
+            try:
+                self._save_hubs(self.name, [h.to_json() for h in hubs])
+            except Exception as exc:  # a full disk must not break the link: the list in memory still serves
+                log.warning("mesh %s: could not store the hub list: %s", self.name, exc)
+        self.link.reconsider()
 
     async def _stream(self, event: dict[str, Any]) -> None:
         """A peer asked (through the hub) for a stream to one of our apps: take it, run the end-to-end opening, and
@@ -321,9 +399,12 @@ class MeshSession:
             "joined_at": iso(self.record.joined_at),
             "connected_since": iso(link.since) if link.status == "online" else None,
             "cert_expires": iso(end),
+            "zone": link.zone,
         }
 
     async def hub_views(self) -> list[dict[str, Any]]:
+        """Every hub of the mesh (the stored list; the permit's bootstraps while none is known), the one this agent
+        is connected to marked `connected`, with its live RTT (an HTTP/2 PING) and traffic."""
         link = self.link
         rtt: float | None = None
         conn = link.conn
@@ -332,20 +413,57 @@ class MeshSession:
                 rtt = round(await conn.ping(timeout=2.0) * 1000, 3)
         sent = link.bytes_sent + (conn.bytes_sent if conn else 0)
         received = link.bytes_received + (conn.bytes_received if conn else 0)
-        return [
-            {
-                "address": link.address or str(self.permit.bootstraps[0]),
-                "connected": link.status == "online",
-                "status": link.status,
-                "error": link.error,
-                "rtt_ms": rtt,
-                "since": iso(link.since) if link.status == "online" else None,
-                "version": link.hub.get("version"),
-                "hub_id": link.hub.get("hub_id"),
-                "bytes_sent": sent,
-                "bytes_received": received,
-            }
-        ]
+        online = link.status == "online"
+        views: list[dict[str, Any]] = []
+        hubs = list(self.hubs)
+        if link.hub_id is not None and all(h.id != link.hub_id for h in hubs) and link.address:
+            with contextlib.suppress(ValueError):
+                hubs.insert(0, hubpick.parse_hub({"id": link.hub_id, "addresses": [link.address], "online": online}))
+        listed = {a for h in hubs for a in h.addresses}
+        for hub in hubs:
+            current = online and hub.id == link.hub_id
+            connect = link.rtts.get(hub.id)
+            view = hub.to_json()
+            view.update(
+                {
+                    "hub_id": hub.id,
+                    "address": link.address if current else str(hub.addresses[0]),
+                    "connected": current,
+                    "status": link.status if current else ("standby" if hub.online else "offline"),
+                    "error": link.error if current else None,
+                    "rtt_ms": rtt if current else None,
+                    "connect_ms": None if connect is None else round(connect * 1000, 3),
+                    "since": iso(link.since) if current and link.since else None,
+                    "version": (link.hub.get("version") if current else None) or hub.version,
+                    "bytes_sent": sent if current else 0,
+                    "bytes_received": received if current else 0,
+                }
+            )
+            views.append(view)
+        for address in self.permit.bootstraps:
+            if address not in listed:
+                current = online and link.hub_id is None and link.address == str(address)
+                views.append(
+                    {
+                        "id": None,
+                        "hub_id": None,
+                        "zone": "",
+                        "addresses": [str(address)],
+                        "online": None,
+                        "endpoints": None,
+                        "address": str(address),
+                        "connected": current,
+                        "status": link.status if current else "unknown",
+                        "error": link.error if not online else None,
+                        "rtt_ms": rtt if current else None,
+                        "connect_ms": None,
+                        "since": None,
+                        "version": None,
+                        "bytes_sent": sent if current else 0,
+                        "bytes_received": received if current else 0,
+                    }
+                )
+        return views
 
 
 def _first_flight(value: object) -> bytes:

@@ -1,6 +1,7 @@
-"""The agent's Prometheus exposition (`GET /api/metrics`): hub links (with the time streams waited for the hub's
-flow-control credit, and how many wait now: a stalled stream shows there), per-peer traffic, app counters, and the
-end-to-end layer's handshakes, streams, failures by reason and caller mismatches (`ztm.agent.e2e`)."""
+"""The agent's Prometheus exposition (`GET /api/metrics`): hub links (failovers and moves between hubs, the time
+streams waited for the hub's flow-control credit, and how many wait now: a stalled stream shows there), per-peer
+traffic, app counters, and the end-to-end layer's handshakes, streams, failures by reason and caller mismatches
+(`ztm.agent.e2e`)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ def render_metrics(agent: Agent) -> str:
         "# TYPE ztm_agent_hub_connected gauge",
     ]
     traffic: list[str] = []
-    failures: list[str] = ["# TYPE ztm_agent_hub_connect_failures_total counter"]
+    failures: list[str] = [
+        "# TYPE ztm_agent_hub_connect_failures_total counter",
+        "# HELP ztm_agent_hub_failovers_total sessions re-established after the hub connection was lost",
+        "# TYPE ztm_agent_hub_failovers_total counter",
+        "# HELP ztm_agent_hub_moves_total voluntary make-before-break moves to a better hub (own zone, better tier)",
+        "# TYPE ztm_agent_hub_moves_total counter",
+    ]
     credit: list[str] = [
         "# HELP ztm_agent_hub_credit_wait_seconds_total time streams waited for the hub's flow-control credit",
         "# TYPE ztm_agent_hub_credit_wait_seconds_total counter",
@@ -43,6 +50,8 @@ def render_metrics(agent: Agent) -> str:
         m = _label(mesh)
         lines.append(f'ztm_agent_hub_connected{{mesh="{m}"}} {1 if session.link.status == "online" else 0}')
         failures.append(f'ztm_agent_hub_connect_failures_total{{mesh="{m}"}} {session.link.connect_failures}')
+        failures.append(f'ztm_agent_hub_failovers_total{{mesh="{m}"}} {session.link.failovers}')
+        failures.append(f'ztm_agent_hub_moves_total{{mesh="{m}"}} {session.link.moves}')
         conn = session.link.conn
         waited = session.link.credit_wait + (conn.credit_wait if conn is not None else 0.0)
         waiting = conn.waiting_for_credit if conn is not None else 0

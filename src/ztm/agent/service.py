@@ -51,6 +51,8 @@ class Agent:
         self._joining: set[str] = set()
         self.direct_address: Address | None = None
         """Where this agent accepts direct channels (`--direct`), announced to every mesh; None: off."""
+        self.zone = ""
+        """This agent's zone (`--zone`): it prefers the online hubs of that zone (`ztm.agent.hubpick`); "" none."""
 
     def start(self) -> None:
         for record in self.store.meshes():
@@ -76,6 +78,9 @@ class Agent:
             save=self.store.save_mesh,
             log_tail=self.log_tail,
             make_apps=self._apps,
+            saved_hubs=self.store.hubs(record.name),
+            save_hubs=self.store.save_hubs,
+            zone=self.zone,
         )
         session.direct.announce = self.direct_address
         return session

@@ -1,4 +1,4 @@
-"""The agent's durable state in SQLite (`DATA/ztm.db`, 0600): its key and the meshes it joined.
+"""The agent's durable state in SQLite (`DATA/ztm.db`, 0600): its key, the meshes it joined and their hub lists.
 
 Only `Agent` (agent/service.py) writes here; every write is one transaction.
 """
@@ -27,6 +27,9 @@ MIGRATIONS = [
         mesh TEXT NOT NULL, app TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
         PRIMARY KEY (mesh, app, key)
     )
+    """,
+    """
+    CREATE TABLE mesh_hubs (mesh TEXT PRIMARY KEY, hubs TEXT NOT NULL, updated REAL NOT NULL)
     """,
 ]
 
@@ -78,6 +81,24 @@ class AgentStore:
         with self.db.transaction() as c:
             c.execute("DELETE FROM meshes WHERE name = ?", (name,))
             c.execute("DELETE FROM app_config WHERE mesh = ?", (name,))
+            c.execute("DELETE FROM mesh_hubs WHERE mesh = ?", (name,))
+
+    # the hub list of each mesh, as its hubs last told it (JSON list of HUBVIEW objects, checked again when loaded)
+    def hubs(self, mesh: str) -> object:
+        row = self.db.one("SELECT hubs FROM mesh_hubs WHERE mesh = ?", (mesh,))
+        if row is None:
+            return None
+        try:
+            return json.loads(row["hubs"])
+        except ValueError:
+            return None
+
+    def save_hubs(self, mesh: str, hubs: list[dict[str, object]]) -> None:
+        with self.db.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO mesh_hubs(mesh, hubs, updated) VALUES (?, ?, ?)",
+                (mesh, json.dumps(hubs), time.time()),
+            )
 
     # app configuration: JSON values under (mesh, app, key)
     def app_items(self, mesh: str, app: str) -> dict[str, object]:

@@ -257,6 +257,17 @@ def label_type(text: str) -> list[str]:
 label_type.__name__ = "label"
 
 
+def zone_type(text: str) -> str:
+    """`--zone NAME`: a zone name, or "" for none."""
+    try:
+        return validate.zone(text.strip(), "zone")
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(exc.message.removeprefix("zone: ")) from None
+
+
+zone_type.__name__ = "zone"
+
+
 def path_type(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path")
@@ -397,14 +408,6 @@ def hub_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zone", metavar="NAME", type=zone_type, help="this hub's zone (agents of that zone prefer it)")
 
 
-def zone_type(text: str) -> str:
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,31}", text):
-        raise argparse.ArgumentTypeError(
-            f"invalid zone {text!r}: 1-32 lowercase letters, digits and '-', starting with a letter or digit"
-        )
-    return text
-
-
 def agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--listen",
@@ -427,6 +430,12 @@ def agent_options(p: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         type=address_type(),
         help="the address peers dial for --direct, if not that one (e.g. a port forwarded on a NAT router)",
+    )
+    p.add_argument(
+        "--zone",
+        metavar="NAME",
+        type=zone_type,
+        help="prefer the online hubs of this zone (kept for later starts; --zone '' for none; default none)",
     )
 
 
@@ -451,6 +460,7 @@ def _process_subcommands(p: argparse.ArgumentParser, verb: str, description: str
         help=f"{verb} an agent",
         usage=(
             f"ztm {verb} agent [--listen ADDR] [--data DIR] [--join MESH --join-as NAME --permit FILE] [--direct ADDR]"
+            " [--zone NAME]"
         ),
         description=f"{description} an agent: the daemon that joins meshes and serves the local API.",
         epilog=(

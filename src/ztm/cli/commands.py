@@ -28,8 +28,27 @@ MESH_FIELDS = (
     "joined_at",
     "connected_since",
     "cert_expires",
+    "zone",
 )
-HUB_FIELDS = ("address", "connected", "status", "error", "rtt_ms", "since", "version", "bytes_sent", "bytes_received")
+HUB_FIELDS = (
+    "id",
+    "zone",
+    "addresses",
+    "online",
+    "endpoints",
+    "address",
+    "connected",
+    "status",
+    "error",
+    "rtt_ms",
+    "connect_ms",
+    "since",
+    "version",
+    "started",
+    "last_seen",
+    "bytes_sent",
+    "bytes_received",
+)
 EP_FIELDS = (
     "id",
     "name",
@@ -55,6 +74,7 @@ TIME_FIELDS = {
     "heartbeat",
     "created",
     "evicted_at",
+    "started",
 }
 
 
@@ -72,7 +92,7 @@ def _field(key: str, value: object) -> str:
         return output.time_with_ago(value)
     if key.startswith("bytes_") and isinstance(value, int) and not isinstance(value, bool):
         return f"{output.human_bytes(value)} ({value} bytes)"
-    if key == "rtt_ms":
+    if key in ("rtt_ms", "connect_ms"):
         return output.milliseconds(value)
     if isinstance(value, list):
         return ", ".join(output.cell(v) for v in value) or output.MISSING
@@ -146,15 +166,27 @@ def _hubs(ctx: Context) -> list[dict[str, Any]]:
 
 
 def _find_hub(ctx: Context, hubs: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
+    """The hub `name` (its id, or one of its addresses); without a name the only hub, else the one connected to."""
     if name is None:
-        if len(hubs) == 1:
-            return hubs[0]
-        listed = ", ".join(output.cell(h.get("address")) for h in hubs) or "none"
+        connected = [h for h in hubs if h.get("connected") is True]
+        if len(hubs) == 1 or len(connected) == 1:
+            return hubs[0] if len(hubs) == 1 else connected[0]
+        listed = ", ".join(output.cell(h.get("id") or h.get("address")) for h in hubs) or "none"
         raise BadInput(f"mesh {output.clean(ctx.mesh())} has several hubs ({listed}): name one")
     for hub in hubs:
-        if hub.get("address") == name:
+        addresses = hub.get("addresses")
+        if name in (hub.get("id"), hub.get("address")) or (isinstance(addresses, list) and name in addresses):
             return hub
     raise NotFound(f"no hub {output.clean(name)} in mesh {output.clean(ctx.mesh())}; see 'ztm get hub'")
+
+
+def _hub_rtt(hub: dict[str, Any]) -> str:
+    """The live RTT of the hub connected to; for the others the last connect time (TCP + TLS + HTTP/2), as `~N ms`."""
+    if hub.get("rtt_ms") is not None:
+        return output.milliseconds(hub.get("rtt_ms"))
+    if hub.get("connect_ms") is not None:
+        return "~" + output.milliseconds(hub.get("connect_ms"))
+    return output.MISSING
 
 
 def _get_hub(ctx: Context, name: str | None) -> None:
@@ -164,10 +196,21 @@ def _get_hub(ctx: Context, name: str | None) -> None:
         value = _find_hub(ctx, hubs, name)
         hubs = [value]
     rows = [
-        [output.cell(h.get("address")), _status(h), output.milliseconds(h.get("rtt_ms")), output.ago(h.get("since"))]
+        [
+            output.cell(h.get("id")),
+            output.cell(h.get("zone")),
+            output.cell(h.get("addresses")),
+            output.cell(h.get("online")),
+            output.cell(h.get("endpoints")),
+            "*" if h.get("connected") is True else output.MISSING,
+            _hub_rtt(h),
+            _status(h),
+            output.ago(h.get("since")),
+        ]
         for h in hubs
     ]
-    _show(ctx, value, ("ADDRESS", "STATUS", "RTT", "SINCE"), rows, f"mesh {output.clean(ctx.mesh())} lists no hubs")
+    headers = ("ID", "ZONE", "ADDRESSES", "ONLINE", "ENDPOINTS", "CONNECTED", "RTT", "STATUS", "SINCE")
+    _show(ctx, value, headers, rows, f"mesh {output.clean(ctx.mesh())} lists no hubs")
 
 
 def _endpoint(ctx: Context, name: str) -> dict[str, Any]:

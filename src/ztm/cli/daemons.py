@@ -80,6 +80,7 @@ def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentCon
         join_as=args.join_as,
         direct=args.direct,
         direct_announce=args.direct_announce,
+        zone=args.zone,
         permit=_absolute(args.permit) if args.permit else None,
     )
 

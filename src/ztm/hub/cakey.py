@@ -6,6 +6,8 @@ and copied by the operator. A dump of the database alone therefore cannot mint c
 
 * `create_key_file(path)`: 32 random bytes, base64 on one line, created 0600 and never over an existing file.
 * `read_key_file(path)`: refuses a missing, malformed or group/other-readable file (one line saying `chmod 600`).
+* `seal_meta(meta, key)` / `unseal_meta(meta, key, key_file=...)`: the same for the private keys among a mesh's meta
+  values (`SEALED_META`: "ca_key", "root_key", each sealed with its own meta key name as `what`).
 * `seal(pem, key, mesh_id, what)` -> `"v1:" + base64(nonce || ciphertext || tag)`, with a fresh 12-byte nonce and
   the mesh id and `what` (e.g. "ca_key") bound as associated data, so a token cannot be moved to another mesh or
   swapped between two keys of one mesh. `unseal(...)` gives the PEM back or a one-line `BadInput` (wrong key file,
@@ -29,6 +31,8 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 VERSION = "v1:"
+SEALED_META = ("ca_key", "root_key")
+"""The meta values that are private keys: sealed in a shared store, plain PEM in a single hub's SQLite file."""
 
 
 def create_key_file(path: Path) -> bytes:
@@ -129,3 +133,22 @@ def unseal(token: str, key: bytes, mesh_id: str, what: str, *, key_file: str | P
         return pem.decode()
     except UnicodeDecodeError:  # authenticated, so only a sealer that sealed non-text; never ours
         raise BadInput(f"the store's sealed {what} is not text; restore the database from a backup") from None
+
+
+def seal_meta(meta: dict[str, str], key: bytes) -> dict[str, str]:
+    """`meta` with its private keys (`SEALED_META`) sealed under `key`, bound to `meta["mesh_id"]` (values that
+    are sealed already stay as they are)."""
+    out = dict(meta)
+    for what in SEALED_META:
+        if what in out and not is_sealed(out[what]):
+            out[what] = seal(out[what], key, meta["mesh_id"], what)
+    return out
+
+
+def unseal_meta(meta: dict[str, str], key: bytes, *, key_file: str | Path = "given") -> dict[str, str]:
+    """`meta` with its sealed private keys opened; `BadInput` naming `key_file` when the key does not open them."""
+    out = dict(meta)
+    for what in SEALED_META:
+        if what in out and is_sealed(out[what]):
+            out[what] = unseal(out[what], key, meta.get("mesh_id", ""), what, key_file=key_file)
+    return out

@@ -88,7 +88,7 @@ class FileIndex:
         online = [
             (ep_id, have)
             for ep_id, (file_hash, have) in held.items()
-            if file_hash == entry.hash and ep_id in self.state.sessions and ep_id in self.state.endpoints
+            if file_hash == entry.hash and self.state.is_online(ep_id) and ep_id in self.state.endpoints
             and ep_id not in full
         ]  # fmt: skip
         if len(online) > MAX_PARTIAL_VIEWS:
@@ -108,7 +108,7 @@ class FileIndex:
         views = []
         for ep_id in self._current_sources(entry):
             ep = self.state.endpoints[ep_id]
-            views.append({"ep": ep.id, "name": ep.name, "user": ep.user, "online": ep.id in self.state.sessions})
+            views.append({"ep": ep.id, "name": ep.name, "user": ep.user, "online": self.state.is_online(ep.id)})
         return sorted(views, key=lambda v: (not v["online"], v["name"]))
 
     # quotas

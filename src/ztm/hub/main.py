@@ -102,6 +102,7 @@ async def _main(cfg: HubConfig) -> int:
         log.info("hub stopping")
         sweeper.cancel()
         server.close()
+        routes.peers.close()
         if admin is not None:
             admin.close()
         for session in list(state.sessions.values()):

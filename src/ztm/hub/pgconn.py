@@ -20,6 +20,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -38,7 +40,11 @@ Notify = Callable[[str, dict[str, Any]], None]
 CHANNEL = "ztm_mesh"
 CONNECT_TIMEOUT = 3
 STATEMENT_TIMEOUT = 5.0
-"""Seconds one statement may run on the server; a call's own deadline is a little longer."""
+"""Seconds one statement may run on the server."""
+CALL_DEADLINE = STATEMENT_TIMEOUT + 1
+"""Seconds one call may take here, whatever the link does: then its connection is shut down under it (a silently
+cut link never answers, and cancelling the call would make psycopg wait up to 10 s more trying to cancel the query
+on the server through that same dead link)."""
 POOL_SIZE = 4
 _DEFAULTS = {
     "connect_timeout": str(CONNECT_TIMEOUT),
@@ -67,6 +73,8 @@ class PgLink:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._subscribers: list[Notify] = []
         self._closed = False
+        self._generation = 0
+        """Counts the losses: a replacement connection made for an earlier pool is not added to a newer one."""
         self.available = False
         self.problem = "not connected yet"
 
@@ -157,39 +165,58 @@ class PgLink:
         if not self.available:
             raise self._unavailable()
         try:
-            async with asyncio.timeout(STATEMENT_TIMEOUT + 1):
+            async with asyncio.timeout(CALL_DEADLINE):
                 conn = await self._idle.get()
         except TimeoutError:
             raise Unavailable(
-                f"store unavailable, retrying: all {self._size} store connections stayed busy for "
-                f"{STATEMENT_TIMEOUT + 1:.0f} s"
+                f"store unavailable, retrying: all {self._size} store connections stayed busy for {CALL_DEADLINE:.0f} s"
             ) from None
         keep = False
+        aborted: list[bool] = []
+        watchdog = asyncio.get_running_loop().call_later(CALL_DEADLINE, _abort, conn, aborted)
         try:
-            if conn not in self._conns:  # from before a reconnect
-                raise psycopg.OperationalError("the connection was replaced")
-            async with asyncio.timeout(STATEMENT_TIMEOUT + 1):
+            async with asyncio.timeout(CALL_DEADLINE + 2):  # a backstop: the watchdog ends the call before
                 result = await work(conn)
             keep = True
             return result
         except TimeoutError:
-            self._lost(f"no answer within {STATEMENT_TIMEOUT + 1:.0f} s")
+            self._lost(f"no answer within {CALL_DEADLINE:.0f} s")
             raise self._unavailable() from None
         except psycopg.OperationalError as exc:
-            if conn.broken or conn.closed or conn not in self._conns:
-                self._lost(self.cause(exc))
+            if aborted or conn.broken or conn.closed:
+                self._lost(f"no answer within {CALL_DEADLINE:.0f} s" if aborted else self.cause(exc))
                 raise self._unavailable() from None
             keep = True  # e.g. the statement timeout: the connection itself is fine
             raise Unavailable(f"store unavailable, retrying: {self.cause(exc)}") from None
-        except psycopg.Error:
-            keep = not (conn.broken or conn.closed)
+        except Exception:  # a refusal (unique violation, Conflict, ...): rolled back, the connection is fine
+            keep = not (aborted or conn.broken or conn.closed)
             raise
         finally:
-            if keep and conn in self._conns and not self._closed:
-                self._idle.put_nowait(conn)
-            else:
-                self._conns.discard(conn)
-                spawn(_close(conn), name="store-close")
+            watchdog.cancel()
+            self._give_back(conn, keep)
+
+    def _give_back(self, conn: Conn, keep: bool) -> None:
+        if keep and conn in self._conns and not self._closed:
+            self._idle.put_nowait(conn)
+            return
+        spawn(_close(conn), name="store-close")
+        if conn in self._conns:  # lost while the store is up (a call cancelled mid-statement): replace it
+            self._conns.discard(conn)
+            spawn(self._replace(self._generation), name="store-replace")
+
+    async def _replace(self, generation: int) -> None:
+        try:
+            conn = await self._connect()
+        except (psycopg.Error, OSError) as exc:
+            if generation == self._generation:
+                self._lost(self.cause(exc))
+            return
+        if self._closed or generation != self._generation:  # a reconnect made a whole new pool meanwhile
+            await _close(conn)
+            return
+        self._conns.add(conn)
+        self._pids.add(conn.info.backend_pid)
+        self._idle.put_nowait(conn)
 
     def _unavailable(self) -> Unavailable:
         return Unavailable(f"store unavailable, retrying: {self.problem or 'reconnecting'}")
@@ -202,6 +229,7 @@ class PgLink:
             log.warning("store %s unavailable: %s; retrying", self.url.redacted(), cause)
         self.available = False
         self.problem = cause
+        self._generation += 1
         old = [*self._conns, *([self._listen] if self._listen is not None else [])]
         self._conns = set()
         self._pids = set()
@@ -276,6 +304,23 @@ class PgLink:
         self._listen = None
         for c in conns:
             await _close(c)
+
+
+def _abort(conn: Conn, aborted: list[bool]) -> None:
+    """End a call that is past its deadline: shut the connection's socket down (both ways) under it, so the wait
+    inside psycopg ends at once with an error (the descriptor itself stays open for the event loop's reader)."""
+    aborted.append(True)
+    try:
+        fd = conn.pgconn.socket
+        dup = socket.socket(fileno=os.dup(fd))
+    except (OSError, ValueError, psycopg.Error):
+        return
+    try:
+        dup.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        dup.close()
 
 
 async def _close(conn: Conn) -> None:

@@ -25,6 +25,7 @@ from ztm import h2, validate
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
 from ztm.hub import limits
 from ztm.hub.limits import PendingCounts
+from ztm.hub.peers import ANSWER_MARGIN, CALLER_HEADER, HubPeers, Relayed, caller_from, caller_header
 from ztm.hub.state import HubState, Peer, Session
 from ztm.hub.store import EndpointRecord
 from ztm.version import E2E_SINCE
@@ -85,8 +86,10 @@ def check_service(value: str | None) -> str:
 
 
 class Relay:
-    def __init__(self, state: HubState) -> None:
+    def __init__(self, state: HubState, peers: HubPeers | None = None) -> None:
         self.state = state
+        self.peers = peers
+        """Links to the other hubs of a cluster: a stream to an endpoint whose session is there goes through."""
         self.pending: dict[str, Pending] = {}
         self.waiting = PendingCounts(
             "streams", limits.MAX_PENDING_STREAMS_PER_CALLER, limits.MAX_PENDING_STREAMS_PER_TARGET
@@ -101,25 +104,45 @@ class Relay:
                 pending.future.set_result(Refusal("the endpoint went offline before it accepted", offline=True))
 
     async def connect(self, stream: h2.Stream, peer: Peer) -> None:
-        """An entrance asks for a stream to `:authority`; answer once the target accepted or refused."""
+        """An entrance asks for a stream to `:authority`; answer once the target accepted or refused.
+
+        The entrance is `peer`'s endpoint, or, when `peer` is another hub of the cluster forwarding the stream, the
+        caller that hub names (`ztm-caller`). A target whose session is on another hub is reached through it; a
+        forwarded stream is never forwarded again."""
+        forwarded = peer.hub_id is not None
+        hub_id: str | None = None
         try:
-            caller = self.state.require_ep(peer)
+            caller = caller_from(stream.header(CALLER_HEADER), self.state) if forwarded else self.state.require_ep(peer)
             app = check_app(stream.header("ztm-app"))
             service = check_service(stream.header("ztm-service"))
             target = self.state.find_endpoint(stream.authority or "")
             session = self.state.sessions.get(target.id)
             if session is None or session.closed:
-                raise Unavailable(f"endpoint {target.name!r} is offline")
+                session = None
+                hub_id = None if forwarded or self.peers is None else self.state.location(target.id)
+                if hub_id is None:
+                    where = "is not on this hub" if forwarded else "is offline"
+                    raise Unavailable(f"endpoint {target.name!r} {where}")
             if target.id == caller.id:
                 raise BadInput("an endpoint cannot open a stream to itself through the hub")
-            check_e2e(stream.header("ztm-e2e") or "", session.e2e, target.name)
+            if session is not None:
+                check_e2e(stream.header("ztm-e2e") or "", session.e2e, target.name)
             self.waiting.reserve(caller.id, target.id, target.name)
         except ZtmError as exc:
             self.state.counters["streams_refused"] += 1
             await _answer_error(stream, exc)
             return
         try:
-            outcome = await self._offer(session, stream, caller, target, app, service)
+            if session is None:
+                assert hub_id is not None
+                other = await self._forward(stream, caller, target, app, service, hub_id)
+                if other is None:
+                    return
+                outcome: tuple[h2.Stream, asyncio.Future[None]] | Refusal | None = (
+                    other, asyncio.get_running_loop().create_future()
+                )  # fmt: skip
+            else:
+                outcome = await self._offer(session, stream, caller, target, app, service)
         finally:
             self.waiting.release(caller.id, target.id)
         if outcome is None:
@@ -133,7 +156,8 @@ class Relay:
         self.active += 1
         try:
             await stream.respond(200)
-            await other.respond(200)
+            if session is not None:  # a forwarded stream (the hub link's) was answered by the far hub already
+                await other.respond(200)
             await splice(stream, other, self.state)
         except h2.H2Error:
             stream.reset()
@@ -177,6 +201,44 @@ class Relay:
             return None
         finally:
             self.pending.pop(stream_id, None)
+
+    async def _forward(
+        self, stream: h2.Stream, caller: EndpointRecord, target: EndpointRecord, app: str, service: str, hub_id: str
+    ) -> h2.Stream | None:
+        """Open the stream at hub `hub_id`, which holds the target's session, and wait for its answer: the stream on
+        the hub link once it answered 200; None once the entrance got the far hub's error (or ours)."""
+        assert self.peers is not None
+        headers = [("ztm-app", app), ("ztm-service", service), (CALLER_HEADER, caller_header(caller))]
+        e2e = stream.header("ztm-e2e")
+        if e2e is not None:
+            headers.append(("ztm-e2e", e2e))
+        other: h2.Stream | None = None
+        try:
+            # The first flight goes with the headers, so the far hub can hand it to the target in the `stream` event.
+            other = await self.peers.open_connect(hub_id, target.id, headers, stream.take_buffered(FIRST_BYTES))
+            async with asyncio.timeout(ACCEPT_TIMEOUT + ANSWER_MARGIN):
+                status, _ = await other.response()
+                if status == 200:
+                    return other
+                raw = await other.read_all(64 * 1024)
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            error: ZtmError = Relayed(status, body)
+        except ZtmError as exc:
+            error = exc
+        except TimeoutError:
+            error = Timeout(
+                f"the hub of endpoint {target.name!r} did not answer within {ACCEPT_TIMEOUT + ANSWER_MARGIN:g}s"
+            )
+        except h2.H2Error as exc:
+            error = Unavailable(f"the link to the hub of endpoint {target.name!r} failed: {exc}")
+        if other is not None:
+            other.reset()
+        self.state.counters["streams_refused"] += 1
+        await _answer_error(stream, error)
+        return None
 
     async def accept(self, stream: h2.Stream, peer: Peer, stream_id: str) -> None:
         """The target's answer to a `stream` event: hand its stream to the waiting entrance, or refuse."""

@@ -18,6 +18,7 @@ from ztm import addr, filespec, h2, pki, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, ZtmError
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.files import FileIndex
+from ztm.hub.peers import CALLER_HEADER, HubPeers, caller_from
 from ztm.hub.relay import Relay, check_app, check_service, parse_services
 from ztm.hub.state import HubState, Peer
 from ztm.logs import RingHandler
@@ -75,6 +76,7 @@ class HubRoutes:
         self._log_window = 0.0
         self._logged = 0
         ep = r"(?P<ep>[A-Za-z0-9._-]{1,64})"
+        self._call_path = re.compile(rf"/api/endpoints/{ep}/call")
         self.routes: list[tuple[str, re.Pattern[str], Route]] = [
             ("GET", re.compile(r"/api/status"), self.get_status),
             ("POST", re.compile(r"/api/enroll"), self.post_enroll),
@@ -84,7 +86,7 @@ class HubRoutes:
             ("GET", re.compile(rf"/api/endpoints/{ep}"), self.get_endpoint),
             ("DELETE", re.compile(rf"/api/endpoints/{ep}"), self.delete_endpoint),
             ("POST", re.compile(rf"/api/endpoints/{ep}/labels"), self.post_labels),
-            ("POST", re.compile(rf"/api/endpoints/{ep}/call"), self.post_call),
+            ("POST", self._call_path, self.post_call),
             ("POST", re.compile(r"/api/calls/(?P<id>[0-9a-f]{32})"), self.post_answer),
             ("GET", re.compile(r"/api/users"), self.get_users),
             ("POST", re.compile(r"/api/users/(?P<user>[^/]{1,64})/invite"), self.post_invite),
@@ -102,7 +104,9 @@ class HubRoutes:
             ("GET", re.compile(r"/api/hubs"), self.get_hubs),
             ("POST", re.compile(r"/api/direct"), self.post_direct),
         ]
-        self.relay = Relay(state)
+        self.peers = HubPeers(state)
+        """Links to the other hubs of a cluster, for streams and calls to endpoints whose session is there."""
+        self.relay = Relay(state, self.peers)
         self.files = FileIndex(state, state.store, files)
 
     # connection admission
@@ -128,20 +132,24 @@ class HubRoutes:
             log.info("refused a connection from %s: %s", conn.peer_address, exc.message)
             self.state.counters["connections_refused"] += 1
             return False
-        if identity.mesh_id != self.state.authority.mesh_id or identity.user is None:
-            log.info("refused a connection from %s: not a user or endpoint certificate of this mesh", conn.peer_address)
+        if identity.mesh_id != self.state.authority.mesh_id or not (identity.user or identity.is_hub):
+            log.info(
+                "refused a connection from %s: not a user, endpoint or hub certificate of this mesh", conn.peer_address
+            )
             self.state.counters["connections_refused"] += 1
             return False
         peer = Peer(
-            user=identity.user,
+            user=identity.user or "",
             ep_id=identity.ep_id,
             serial=cert.serial_number,
             not_after=cert.not_valid_after_utc.timestamp(),
             address=conn.peer_address,
+            hub_id=identity.hub_id if identity.is_hub else None,
         )
         refusal = self.state.refusal(peer)
         if refusal is not None:
-            log.info("refused %s from %s: %s", peer.user, conn.peer_address, refusal)
+            who = f"hub {peer.hub_id}" if peer.hub_id is not None else peer.user
+            log.info("refused %s from %s: %s", who, conn.peer_address, refusal)
             self.state.counters["connections_refused"] += 1
             return False
         key = id(conn)
@@ -160,6 +168,7 @@ class HubRoutes:
                 raise Unauthorized("no verified client certificate on this connection")
             # Every request, not only the connection, answers to the certificate's current standing.
             self.state.check_peer(peer)
+            self._check_forwarding(stream, peer, method, target.path)
             if method == "GET" and target.path == "/api/events":
                 await self.events(stream, conn, peer)
                 return
@@ -184,6 +193,19 @@ class HubRoutes:
         if body:
             await stream.write(body)
             await stream.end()
+
+    def _check_forwarding(self, stream: h2.Stream, peer: Peer, method: str, path: str) -> None:
+        """A hub peer may only forward a stream (CONNECT) or a call; only a hub peer may name the caller."""
+        if peer.hub_id is not None:
+            forwarding = (method == "CONNECT" and stream.header("ztm-accept") is None) or (
+                method == "POST" and self._call_path.fullmatch(path) is not None
+            )
+            if not forwarding:
+                raise Forbidden(
+                    "a hub of the mesh may only forward streams (CONNECT) and calls (POST /api/endpoints/EP/call)"
+                )
+        elif stream.header(CALLER_HEADER) is not None:
+            raise Forbidden(f"the {CALLER_HEADER} header is accepted only from a hub of this mesh")
 
     def _find(self, method: str, path: str) -> tuple[Route, re.Match[str]]:
         allowed = False
@@ -241,7 +263,16 @@ class HubRoutes:
         body = await req.json()
         method = validate.name(body.get("method"), "method")
         timeout = float(validate.int_range(body.get("timeout", 10), "timeout", 1, 60))
-        return await self.state.call(req.peer, req.arg("ep"), method, body.get("params"), timeout)
+        params = body.get("params")
+        if req.peer.hub_id is not None:  # forwarded by the hub of the caller: run here or nowhere
+            caller = caller_from(req.stream.header(CALLER_HEADER), self.state)
+            return await self.state.call_as(caller, req.arg("ep"), method, params, timeout, forwarded=True)
+        caller = self.state.require_ep(req.peer)
+        target = self.state.find_endpoint(req.arg("ep"))
+        hub_id = self.state.location(target.id)
+        if hub_id is not None:  # its session is on another hub of the cluster
+            return await self.peers.forward_call(hub_id, caller, target, method, params, timeout)
+        return await self.state.call_as(caller, target.id, method, params, timeout)
 
     async def post_answer(self, req: Request) -> Any:
         self.state.answer(req.peer, req.arg("id"), await req.json())

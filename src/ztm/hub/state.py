@@ -47,6 +47,9 @@ class Peer:
     serial: int
     not_after: float
     address: tuple[str, int] | None
+    hub_id: str | None = None
+    """Set for another hub of the mesh (a hub certificate; `user` is "" and `ep_id` None): such a peer may use only
+    the two forwarding routes (`ztm.hub.peers`)."""
 
 
 @dataclass
@@ -222,6 +225,10 @@ class HubState:
         a revoked serial, an evicted or unknown user, an expired certificate."""
         if peer.serial in self._revoked:
             return "this certificate is revoked; ask root for a new permit"
+        if peer.hub_id is not None:
+            if peer.hub_id not in self.hubs:
+                return f"hub {peer.hub_id} is not a hub of this mesh (not in the store's hubs table)"
+            return "this hub certificate expired" if time.time() >= peer.not_after else None
         user = self.users.get(peer.user)
         if user is None:
             return f"user {peer.user!r} is not a member of this mesh; ask root for a permit (ztm invite)"
@@ -769,10 +776,17 @@ class HubState:
 
     # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
     async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:
-        caller = self.require_ep(peer)
+        return await self.call_as(self.require_ep(peer), ref, method, params, timeout)
+
+    async def call_as(
+        self, caller: EndpointRecord, ref: str, method: str, params: Any, timeout: float, *, forwarded: bool = False
+    ) -> Any:
+        """A call from `caller` (verified here, or by the hub that `forwarded` it) to an endpoint of this hub."""
         target = self.find_endpoint(ref)
         session = self.sessions.get(target.id)
         if session is None or session.closed:
+            if forwarded:  # never forwarded twice: a stale presence or a loop ends here
+                raise Unavailable(f"endpoint {target.name!r} is not on this hub")
             raise Unavailable(f"endpoint {target.name!r} is offline")
         size = len(json.dumps(params, separators=(",", ":")).encode())
         if size > limits.MAX_CALL_PARAMS:

@@ -19,15 +19,18 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pgerrors
 
-from ztm.errors import Conflict, ZtmError
+from ztm.errors import BadInput, Conflict, ZtmError
 from ztm.hub.pgconn import CHANNEL, Conn, Notify, PgLink
-from ztm.hub.store import EndpointRecord, HubInfo, Presence, UserRecord
+from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
 from ztm.hub.storeurl import StoreUrl
+
+if TYPE_CHECKING:
+    from ztm.hub.migrate import MeshSnapshot
 
 MIGRATIONS: list[str] = [
     # 1: what the SQLite store keeps
@@ -106,6 +109,12 @@ class PgStore:
         store = cls(link)
         try:
             await link.run(lambda c: _migrate(c, migrations, url.redacted()))
+        except psycopg.Error as exc:
+            await link.close()
+            raise BadInput(
+                f"the store {url.redacted()} refused to set up the ztm schema: {link.cause(exc)}; make user "
+                f"{url.user!r} the owner of database {url.dbname!r} (ALTER DATABASE ... OWNER TO ...)"
+            ) from None
         except BaseException:
             await link.close()
             raise
@@ -171,6 +180,39 @@ class PgStore:
                 return {k: v for k, v in await cur.fetchall()}
 
         return await self._link.run(work)
+
+    async def import_mesh(self, snap: MeshSnapshot) -> None:
+        """Write a whole mesh (`ztm.hub.migrate`) in one transaction; `Conflict` when this store holds a mesh
+        already (nothing is written then)."""
+
+        async def work(c: Conn) -> None:
+            async with c.transaction():
+                await c.execute("SELECT pg_advisory_xact_lock(%s)", (_META_LOCK,))
+                cur = await c.execute("SELECT value FROM meta WHERE key = 'mesh_id'")
+                row = await cur.fetchone()
+                cur = await c.execute("SELECT count(*) FROM endpoints")
+                count = await cur.fetchone()
+                if row is not None or (count is not None and count[0]):
+                    held = f"mesh {row[0]}" if row is not None else "endpoints"
+                    raise Conflict(
+                        f"the store {self._link.url.redacted()} already holds a mesh ({held}); migrate into an "
+                        "empty database"
+                    )
+                cur = c.cursor()
+                await cur.executemany("INSERT INTO meta(key, value) VALUES (%s, %s)", list(snap.meta.items()))
+                await cur.executemany(
+                    "INSERT INTO users(name, created, evicted_at) VALUES (%s, %s, %s)",
+                    [(u.name, u.created, u.evicted_at) for u in snap.users],
+                )
+                await cur.executemany(
+                    'INSERT INTO certs(serial, "user", ep_id, kind, issued, not_after, revoked) '
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                    snap.certs,
+                )
+                await cur.executemany(_EP_UPSERT, [_ep_params(e) for e in snap.endpoints])
+                await cur.executemany("INSERT INTO files(path, entry) VALUES (%s, %s)", snap.files)
+
+        await self._link.run(work)
 
     # ------------------------------------------------------------------------------------------------ users
 
@@ -402,3 +444,7 @@ async def _migrate(c: Conn, migrations: Sequence[str], where: str) -> None:
                     await c.execute(statement.encode())
         if version < len(migrations):
             await c.execute("UPDATE ztm_schema SET version = %s", (len(migrations),))
+
+
+def _conforms(store: PgStore) -> HubStore:
+    return store  # mypy checks that PgStore implements every method of the interface
