@@ -182,6 +182,7 @@ class Run:
         watcher.start()
         try:
             works = self.wait_working(self.args.give_up) - t0
+            watcher.join(15.0)  # both agents' moves noted (or 15 s more)
         finally:
             stop.set()
             watcher.join(5)

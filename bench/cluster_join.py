@@ -111,8 +111,10 @@ class Watcher:
                 continue
             ep = event["ep"]
             now = time.perf_counter()
-            book = self.online if ep.get("online") else self.offline
-            book.setdefault(ep["id"], now)
+            if ep.get("online"):
+                self.online.setdefault(ep["id"], now)
+            elif ep["id"] in self.online:  # offline after online (an enrolment announces it offline first)
+                self.offline.setdefault(ep["id"], now)
             self.changed.set()
 
 
