@@ -381,6 +381,8 @@ class Run:
         self.steady: list[list[object]] = []
         self.lists: list[list[object]] = []
         self.failover: list[str] = []
+        self.probe_rows: list[list[object]] = []
+        self.steady_facts: list[str] = []
         self.notes: list[str] = []
         self.problems: dict[str, int] = {}
 
@@ -474,7 +476,7 @@ class Run:
             cpu = cpu_seconds(p) - cpu0[p]
             self.steady.append(
                 [
-                    f"hub {hub.index}",
+                    f"{self.current}: hub {hub.index}",
                     after["per_hub"][hub.index],
                     f"{rss_kib(p) / 1024:.0f}",
                     f"{peak[p] / 1024:.0f}",
@@ -482,16 +484,18 @@ class Run:
                     f"{100 * cpu / elapsed:.1f}",
                 ]
             )
-        self.steady.append(["PostgreSQL (all its processes)", "", "", "", "", f"{100 * pg / elapsed:.1f}"])
+        self.steady.append([f"{self.current}: PostgreSQL (all)", "", "", "", "", f"{100 * pg / elapsed:.1f}"])
         self.steady.append(
-            [f"{len(self.workers)} workers (load generator)", after["agents"], "", "", "",
+            [f"{self.current}: {len(self.workers)} workers (load generator)", after["agents"], "", "", "",
              f"{100 * (after['cpu'] - before['cpu']) / elapsed:.0f}"]
         )  # fmt: skip
-        self.steady_facts = (
-            f"window {elapsed:.0f}s: {beats} heartbeats ({beats / elapsed:.0f}/s), "
+        self.steady_facts.append(
+            f"{self.current} agents, window {elapsed:.0f}s: {beats} heartbeats ({beats / elapsed:.0f}/s), "
             f"{after['beat_errors'] - before['beat_errors']} failed; offline agents at the end: {after['offline']}"
         )
-        print(f"steady window done: {self.steady_facts}", file=sys.stderr)
+        print(f"steady window done: {self.steady_facts[-1]}", file=sys.stderr)
+        for r in self.steady[-(len(pids) + 2) :]:
+            print("  steady " + " | ".join(str(c) for c in r), file=sys.stderr)
 
     def list_calls(self) -> None:
         for hub in range(len(self.cluster.hubs)):
@@ -502,8 +506,8 @@ class Run:
             wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
             s = summary(a["latencies"])
             self.lists.append(
-                [f"hub {hub}", len(a["latencies"]), ms(s["p50"]), ms(s["p90"]), ms(s["p99"]), ms(s["max"]),
-                 ms(cpu / len(a["latencies"])), a["entries"], a["online"], f"{wall:.1f}"]
+                [f"{self.current}: hub {hub}", len(a["latencies"]), ms(s["p50"]), ms(s["p90"]), ms(s["p99"]),
+                 ms(s["max"]), ms(cpu / len(a["latencies"])), a["entries"], a["online"], f"{wall:.1f}"]
             )  # fmt: skip
 
     def kill_one(self) -> None:
@@ -577,19 +581,29 @@ class Run:
         lat_row(
             f"GET /api/endpoints at hub {survivors[0]}, during", [(r[2], r[3]) for r in lists if r[2] <= after_wait]
         )
-        self.probe_rows = rows
+        self.probe_rows += rows
         self.failover.append(
             "CPU from the kill until 3 s after all were back "
             f"({spent:.1f}s): " + ", ".join(f"hub {i} {c:.1f}s" for i, c in cpu.items()) + f", PostgreSQL {pgcpu:.1f}s"
         )
 
     def run(self) -> None:
-        for level in sorted({int(x) for x in self.args.levels.split(",")}):
+        levels = sorted({int(x) for x in self.args.levels.split(",")})
+        kill_at = {int(x) for x in self.args.kill_at.split(",")} if self.args.kill_at else {levels[-1]}
+        for level in levels:
             self.ramp_to(level)
-        self.window()
-        self.list_calls()
-        if self.args.kill >= 0:
-            self.kill_one()
+            self.window()
+            self.list_calls()
+            for r in self.lists[-len(self.cluster.hubs) :]:
+                print("  list " + " | ".join(str(c) for c in r), file=sys.stderr)
+            if self.args.kill >= 0 and level in kill_at:
+                self.kill_one()
+                for line in self.failover[-4:]:
+                    print("  failover " + line, file=sys.stderr)
+                for r in self.probe_rows[-7:]:
+                    print("  probe " + " | ".join(str(c) for c in r), file=sys.stderr)
+                if level != levels[-1]:  # bring the hub back for the next level (its agents stay where they went)
+                    self.cluster.restart(self.args.kill)
         self.problems = ctotals(self.workers)["problems"]
 
     def report(self) -> None:
@@ -608,7 +622,7 @@ class Run:
         )  # fmt: skip
         if self.steady:
             print()
-            print(f"Steady state at {self.current} agents ({self.steady_facts}):")
+            print("Steady state (" + "; ".join(self.steady_facts) + "):")
             print(table(["process", "agents", "RSS MiB", "peak RSS MiB", "fds", "CPU %"], self.steady))
         if self.lists:
             print()
@@ -649,6 +663,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=30.0, help="steady-state seconds (default %(default)s)")
     parser.add_argument("--seq", type=int, default=50, help="list calls in a row per hub (default %(default)s)")
     parser.add_argument("--kill", type=int, default=2, help="hub to SIGKILL at the end, -1: none (default 2)")
+    parser.add_argument(
+        "--kill-at",
+        default="",
+        help="levels after which to kill it (comma-separated; default: the top level); "
+        "below the top the hub is restarted afterwards and the ramp goes on",
+    )
     parser.add_argument("--give-up", type=float, default=900.0, help="seconds any phase may take (default 900)")
     parser.add_argument("--hub-nofile", type=int, default=1 << 16, help="the hubs' soft open-files limit")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) at the end")
