@@ -548,7 +548,7 @@ class Run:
         self.failover.append(
             f"hub {k} (SIGKILL) held {moving} agents; {len(back)} of them had a hello at another hub again: after "
             f"p50 {s['p50']:.2f}s, p90 {s['p90']:.2f}s, max {s['max']:.2f}s (all {before['agents']} online, none on "
-            f"hub {k}: {back_all if back_all is None else f'{back_all:.2f}'}s)"
+            f"hub {k}: " + ("never within --give-up" if back_all is None else f"{back_all:.2f}s") + ")"
         )
         where: dict[int, int] = {}
         for m in moves:
