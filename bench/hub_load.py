@@ -300,10 +300,12 @@ def worker_main(number: int, directory: str, permit: str) -> int:
 
 
 class WorkerHandle:
-    def __init__(self, ws: Workspace, number: int, permit: Path) -> None:
+    def __init__(self, ws: Workspace, number: int, permit: Path, module: str = "bench.hub_load") -> None:
+        """`module`: the script whose `--worker NUMBER DIR PERMIT` runs the worker (bench/cluster_scale.py has its
+        own subclass of `Worker`)."""
         directory = ws.dir / f"worker-{number}"
         directory.mkdir()
-        argv = [PYTHON, "-m", "bench.hub_load", "--worker", str(number), str(directory), str(permit)]
+        argv = [PYTHON, "-m", module, "--worker", str(number), str(directory), str(permit)]
         env = bench_env(directory)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env["PYTHONPATH"]])  # so that `-m bench.hub_load` imports
         self.proc = Proc(argv, log_path=directory / "worker.err", env=env, cwd=directory, pipes=True)
