@@ -27,8 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from support import in_netns
-
 _SEARCH = ("/usr/lib/postgresql/15/bin",)
 
 
@@ -113,7 +111,10 @@ class PgServer:
     def _run(self, argv: list[str], *, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         if self.as_root:
             argv = ["runuser", "-u", "postgres", "--", *argv]
-        argv = in_netns(argv, self.netns)
+        if self.netns:  # the lab's database host (tests/lab/netlab.py); benches import this module without it
+            from support import in_netns
+
+            argv = in_netns(argv, self.netns)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_ALL"] = "C.UTF-8"
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root, env=env)
