@@ -158,7 +158,9 @@ def test_notifications_reach_other_stores_only(pg_url: PgDb) -> None:
             a._link._dispatch = raw.append  # type: ignore[method-assign]
             await b.notify("presence", {"id": "ep2"})
             await until(lambda: raw, 5, "the raw notification")
-            assert json.loads(raw[0]) == {"hub": "hub-b", "kind": "presence", "payload": {"id": "ep2"}}
+            assert json.loads(raw[0]) == {
+                "hub": "hub-b", "sender": b._link.sender, "kind": "presence", "payload": {"id": "ep2"}
+            }  # fmt: skip
             with pytest.raises(ValueError, match="limit 8000"):
                 await a.notify("endpoint", {"x": "y" * 8000})
         finally:

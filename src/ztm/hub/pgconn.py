@@ -10,8 +10,10 @@ dead server; the first call that meets a broken connection (or the LISTEN connec
 to that state and starts one background task that reconnects every connection, LISTEN included, with a capped
 backoff. Once back, each subscriber gets `("resync", {})`: notifications sent meanwhile are lost, so they reload.
 
-Notifications: one channel (`ztm_mesh`); a notification whose sender backend pid is one of this link's own
-connections is not delivered (a hub does not hear itself).
+Notifications: one channel (`ztm_mesh`); each carries its sender's random token (`sender`), and one with this
+link's own token is not delivered (a hub does not hear itself). (Backend pids would not do: a connection replaced
+after a cancelled call frees its pid, which PostgreSQL may give to another hub's new connection, whose notifications
+would then be taken for this hub's own and dropped.)
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -67,7 +70,8 @@ class PgLink:
         self._size = size
         self._idle: asyncio.Queue[Conn] = asyncio.Queue()
         self._conns: set[Conn] = set()
-        self._pids: set[int] = set()
+        self.sender = secrets.token_hex(8)
+        """Put into every notification this link sends (`PgStore.notify`), to recognise its own."""
         self._listen: Conn | None = None
         self._listen_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -113,7 +117,6 @@ class PgLink:
             raise
         self._listen = conns.pop()
         self._conns = set(conns)
-        self._pids = {c.info.backend_pid for c in conns}
         for c in conns:
             self._idle.put_nowait(c)
         self._listen_task = spawn(self._listen_loop(self._listen), name="store-listen")
@@ -215,7 +218,6 @@ class PgLink:
             await _close(conn)
             return
         self._conns.add(conn)
-        self._pids.add(conn.info.backend_pid)
         self._idle.put_nowait(conn)
 
     def _unavailable(self) -> Unavailable:
@@ -232,7 +234,6 @@ class PgLink:
         self._generation += 1
         old = [*self._conns, *([self._listen] if self._listen is not None else [])]
         self._conns = set()
-        self._pids = set()
         self._listen = None
         while not self._idle.empty():
             self._idle.get_nowait()
@@ -263,8 +264,6 @@ class PgLink:
     async def _listen_loop(self, conn: Conn) -> None:
         try:
             async for note in conn.notifies():
-                if note.pid in self._pids:
-                    continue
                 self._dispatch(note.payload)
         except psycopg.Error as exc:
             if conn is self._listen:
@@ -273,6 +272,8 @@ class PgLink:
     def _dispatch(self, text: str) -> None:
         try:
             message = json.loads(text)
+            if message.get("sender") == self.sender:
+                return
             kind, payload = message["kind"], message["payload"]
             if not isinstance(kind, str) or not isinstance(payload, dict):
                 raise TypeError("kind or payload of the wrong type")

@@ -11,7 +11,7 @@ SQLite store) and, for the cluster, `hubs` (heartbeats in the database's clock) 
 
 Cross-hub rules enforced here: `create_meta` stores a new mesh only if there is none (advisory lock), and a name
 taken by a concurrent enrolment at another hub is a `Conflict` from the unique index, never a second record.
-Notifications go out on channel `ztm_mesh` as `{"hub", "kind", "payload"}` JSON (< 8,000 bytes).
+Notifications go out on channel `ztm_mesh` as `{"hub", "sender", "kind", "payload"}` JSON (< 8,000 bytes).
 """
 
 from __future__ import annotations
@@ -389,7 +389,8 @@ class PgStore:
 
     async def notify(self, kind: str, payload: dict[str, Any]) -> None:
         """Tell every other hub on this store; `ValueError` for a message of 8,000 bytes or more (send ids)."""
-        text = json.dumps({"hub": self.hub_id, "kind": kind, "payload": payload}, separators=(",", ":"))
+        message = {"hub": self.hub_id, "sender": self._link.sender, "kind": kind, "payload": payload}
+        text = json.dumps(message, separators=(",", ":"))
         if len(text.encode()) >= MAX_NOTIFY:
             size = len(text.encode())
             raise ValueError(f"store notification {kind!r} is {size} bytes (limit {MAX_NOTIFY}): send ids")
