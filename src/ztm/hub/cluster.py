@@ -43,6 +43,9 @@ DEAD_AFTER = 3.5
 elsewhere, and agents are told (`hubs` event)."""
 MAX_NOTIFY = 7000
 """Bytes of a notification payload: PostgreSQL's limit is 8000."""
+REPAIR_EVERY = 10
+"""Beats between two reads of the whole presence table, compared with what the notifications built (anti-entropy:
+a change missed for any reason is repaired within this many seconds, and counted in `presence_repairs`)."""
 MAX_INBOX = 20_000
 """Notifications waiting to be applied; past this they are dropped for one `resync` (a hub that fell that far
 behind reloads faster than it would apply them one by one)."""
@@ -74,6 +77,7 @@ class Cluster:
         self.resync_needed = False
         """A notification could not be applied (or too many waited): reload everything at the next beat."""
         self.resyncs = 0
+        self._beats = 0
         state.cluster = self
 
     # life
@@ -99,15 +103,21 @@ class Cluster:
         await self._read_hubs()
         await self._load_remote()
 
-    async def _load_remote(self) -> None:
-        """Every session on another online hub, from the presence table."""
+    async def _load_remote(self) -> int:
+        """Every session on another online hub, from the presence table; returns how many endpoints' presence
+        differed from what this hub had (their views are sent to this hub's agents)."""
         live = {h.id for h in self.online_hubs()}
         remote: dict[str, Presence] = {}
         for presence in await self.store.presences():
             if presence.hub_id != self.me.id and presence.hub_id in live:
                 remote[presence.ep_id] = presence
-        self.state.remote = remote
-        self.state.version += 1
+        before, self.state.remote = self.state.remote, remote
+        changed = [e for e in set(before) | set(remote) if before.get(e) != remote.get(e)]
+        if changed:
+            self.state.version += 1
+            for ep_id in changed:
+                self._endpoint_changed(ep_id)
+        return len(changed)
 
     async def _beat_loop(self) -> None:
         while True:
@@ -115,23 +125,28 @@ class Cluster:
             try:
                 await self.beat()
             except Unavailable as exc:
-                if self._store_ok:
-                    log.warning("hub cluster: %s", exc.message)
-                self._store_ok = False
+                self._store_failed(exc)
             except Exception:  # the loop must outlive a bug in one beat
                 log.exception("hub cluster: heartbeat failed")
 
     async def beat(self) -> None:
         self._clock = await self.store.heartbeat_hub(self.me.id, len(self.state.sessions))
-        if not self._store_ok:
-            log.info("hub cluster: the store answers again")
+        if not self._store_ok:  # back from an outage (not mere busy moments): the database may have lost rows
+            log.info("hub cluster: the store answers again; publishing this hub and its sessions again")
+            await self.store.register_hub(self.me)  # (this also clears this hub's presence rows: written again below)
+            self._dirty.update(self.state.sessions)
             self._store_ok = True
-            await self.store.register_hub(self.me)  # in case the database lost the row (a restore)
         for ep_id in list(self._dirty):  # presence writes that failed (the rows of the others are still there)
             self._dirty.discard(ep_id)
             await self._publish(ep_id)
         if self.resync_needed:
             await self._resync()
+        self._beats += 1
+        if self._beats % REPAIR_EVERY == 0 and self._inbox.empty():
+            repaired = await self._load_remote()
+            if repaired:
+                self.state.counters["presence_repairs"] += repaired
+                log.info("hub cluster: %d endpoints' presence repaired from the store", repaired)
         before = self._online_ids()
         await self._read_hubs()
         now = self._online_ids()
@@ -139,8 +154,6 @@ class Cluster:
             self._drop_dead_hubs()
             if now - before:  # a hub came (back): its sessions may predate what this hub heard
                 await self._load_remote()
-                for ep_id in self.state.remote:
-                    self._endpoint_changed(ep_id)
             self.push_hubs()
 
     # the hubs
@@ -213,10 +226,18 @@ class Cluster:
                 payload = {"ep": ep_id, "hub": self.me.id, "online": True, "reload": True}
             await self.store.notify("presence", payload)
         except Unavailable as exc:
-            if self._store_ok:
-                log.warning("hub cluster: could not publish endpoint %s: %s", ep_id, exc.message)
-            self._store_ok = False
-            self._dirty.add(ep_id)
+            self._dirty.add(ep_id)  # written again by the next beat
+            self._store_failed(exc, f"could not publish endpoint {ep_id}")
+
+    def _store_failed(self, exc: Unavailable, what: str = "") -> None:
+        """A store call failed: the store is away (log once; re-register when it is back), or only busy past a
+        call's deadline (the call is made again by the next beat)."""
+        if self.store.available:
+            log.warning("hub cluster: %s", f"{what}: {exc.message}" if what else exc.message)
+            return
+        if self._store_ok:
+            log.warning("hub cluster: %s", exc.message)
+        self._store_ok = False
 
     async def publish(self, kind: str, payload: dict[str, Any]) -> None:
         """Tell the other hubs that shared state changed (after the store write succeeded)."""
@@ -275,8 +296,6 @@ class Cluster:
             self.resync_needed = True
             return
         self.resyncs += 1
-        for ep_id in self.state.remote:
-            self._endpoint_changed(ep_id)
         self.push_hubs()
 
     async def _apply_one(self, kind: str, payload: dict[str, Any]) -> None:
