@@ -4,6 +4,7 @@ fuzz over arbitrary input that never gets anything else."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -130,15 +131,20 @@ class _State:
     def require_ep(self, peer: Any) -> Any:
         return self.endpoints[peer.ep]
 
+    def is_online(self, ep_id: str) -> bool:
+        return ep_id in self.sessions
+
+    async def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        pass  # no other hub
+
 
 class _Store:
-    def files(self) -> list[str]:
-        return []
+    shared = False
 
-    def save_file(self, path: str, text: str) -> None:
+    async def save_file(self, path: str, text: str) -> None:
         pass
 
-    def delete_file(self, path: str) -> None:
+    async def delete_file(self, path: str) -> None:
         pass
 
 
@@ -150,10 +156,23 @@ class _Peer:
 def _index() -> tuple[Any, dict[str, Any]]:
     from ztm.hub.files import FileIndex
 
-    index = FileIndex(_State(), _Store())  # type: ignore[arg-type]
+    index = FileIndex(_State(), _Store(), [])  # type: ignore[arg-type]
     entry = filespec.describe(bytes(3 * filespec.CHUNK_SIZE + 1), "/users/root/a.bin", 1.0)
-    index.publish(_Peer("e1", "root"), entry.to_json())  # type: ignore[arg-type]
-    return index, entry.to_json()
+    asyncio.run(index.publish(_Peer("e1", "root"), entry.to_json()))  # type: ignore[arg-type]
+    return _Sync(index), entry.to_json()
+
+
+class _Sync:
+    """The index with its async writing methods run to completion (nothing in them waits: the store is a stub)."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+
+    def announce(self, peer: Any, body: Any) -> Any:
+        return asyncio.run(self.index.announce(peer, body))
+
+    def get(self, peer: Any, path: str) -> Any:
+        return self.index.get(peer, path)
 
 
 def test_hub_lists_partial_holders_and_refuses_malformed_bitmaps() -> None:
