@@ -39,35 +39,14 @@ from pathlib import Path
 if not __package__:  # run as a file (python bench/NAME.py): make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench.cluster_common import ClusterHubs
 from bench.common import HOST, PYTHON, REPO, Agent, Workspace, free_port, machine_facts, summary, table, tree_facts
+from reliability.traffic import EchoServer  # tests/reliability/traffic.py: the tests' threaded echo server
 
 MESH = "bench"
 TABLE = "ztm_cbench_cut"
 PAYLOAD = b"ztm-failover-16b"
-
-
-class Echo(threading.Thread):
-    """A TCP echo server on 127.0.0.1 (the tunnel's target), one thread per connection."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.create_server((HOST, 0))
-        self.port = int(self.sock.getsockname()[1])
-
-    def run(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _serve(conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            while data := conn.recv(65536):
-                conn.sendall(data)
 
 
 def tunnel_works(port: int, timeout: float = 2.0) -> bool:
@@ -123,8 +102,7 @@ class Run:
         self.args = args
         self.ws = ws
         self.cluster = ClusterHubs.start(ws, 2)
-        self.echo = Echo()
-        self.echo.start()
+        self.echo = EchoServer(HOST)
         permit = self.cluster.permit_for([0, 1], ws.dir / "permit.json")
         self.exit = ws.start_agent("exit")
         self.entrance = ws.start_agent("entrance")

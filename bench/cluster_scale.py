@@ -61,7 +61,7 @@ from bench.common import (
     table,
     tree_facts,
 )
-from bench.hub_load import SimAgent, Worker, WorkerHandle, ask_all
+from bench.hub_load import SimAgent, Worker, WorkerHandle, ask_all, open_session
 
 MARK = b'{"type":"endpoint"'
 
@@ -117,22 +117,8 @@ class ClusterAgent(SimAgent):
 
     async def _open(self, order: list[Any]) -> Any:
         """Dial `order` (first that answers), open the event stream, wait for hello; start the heartbeats."""
-        from ztm.agent.link import CONNECT_TIMEOUT, EventReader, dial
-
         w = self.worker
-        conn, hub_id = await dial(order, w.permit.mesh_id, self.files.ep_context())
-        try:
-            stream = await conn.open_stream("GET", "/api/events")
-            status, _ = await asyncio.wait_for(stream.response(), CONNECT_TIMEOUT)
-            if status != 200:
-                raise RuntimeError(f"event stream answered {status}")
-            reader = EventReader(stream)
-            hello = await asyncio.wait_for(reader.next(), CONNECT_TIMEOUT)
-            if not hello or hello.get("type") != "hello":
-                raise RuntimeError(f"no hello: {hello!r}")
-        except BaseException:
-            conn.close()
-            raise
+        conn, hub_id, reader, hello = await open_session(order, w.permit.mesh_id, self.files)
         self.conn = conn
         port = conn.peer_address[1] if conn.peer_address else 0
         self.hub = next((i for i, a in enumerate(w.hubs) if a.port == port), -1)

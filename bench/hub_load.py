@@ -64,6 +64,27 @@ from bench.common import (
 # ------------------------------------------------------------------------------------------------------- worker
 
 
+async def open_session(addresses: list[Any], mesh_id: str, files: Any) -> tuple[Any, str, Any, dict[str, Any]]:
+    """As `HubLink`: dial the first of `addresses` that answers as a hub of `mesh_id` with the endpoint certificate
+    of `files`, open the event stream and wait for `hello`; (connection, hub id, event reader, hello)."""
+    from ztm.agent.link import CONNECT_TIMEOUT, EventReader, dial
+
+    conn, hub_id = await dial(addresses, mesh_id, files.ep_context())
+    try:
+        stream = await conn.open_stream("GET", "/api/events")
+        status, _ = await asyncio.wait_for(stream.response(), CONNECT_TIMEOUT)
+        if status != 200:
+            raise RuntimeError(f"event stream answered {status}")
+        reader = EventReader(stream)
+        hello = await asyncio.wait_for(reader.next(), CONNECT_TIMEOUT)
+        if not hello or hello.get("type") != "hello":
+            raise RuntimeError(f"no hello: {hello!r}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn, hub_id, reader, hello
+
+
 class SimAgent:
     """One simulated agent: its TLS files, its hub connection, its event reader and heartbeat tasks."""
 
@@ -97,22 +118,8 @@ class SimAgent:
 
     async def connect(self) -> None:
         """Connect as `HubLink` does: dial with the endpoint certificate, open the event stream, wait for hello."""
-        from ztm.agent.link import CONNECT_TIMEOUT, EventReader, dial
-
         w = self.worker
-        conn, _hub_id = await dial(list(w.permit.bootstraps), w.permit.mesh_id, self.files.ep_context())
-        try:
-            stream = await conn.open_stream("GET", "/api/events")
-            status, _ = await asyncio.wait_for(stream.response(), CONNECT_TIMEOUT)
-            if status != 200:
-                raise RuntimeError(f"event stream answered {status}")
-            reader = EventReader(stream)
-            hello = await asyncio.wait_for(reader.next(), CONNECT_TIMEOUT)
-            if not hello or hello.get("type") != "hello":
-                raise RuntimeError(f"no hello: {hello!r}")
-        except BaseException:
-            conn.close()
-            raise
+        conn, _hub_id, reader, hello = await open_session(list(w.permit.bootstraps), w.permit.mesh_id, self.files)
         self.conn = conn
         interval = float(hello.get("heartbeat", 5.0))
         loop = asyncio.get_running_loop()
