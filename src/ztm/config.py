@@ -73,5 +73,9 @@ class AgentConfig:
     direct_announce: Address | None = None
     """The address peers dial for `direct` if not that one (a port forwarded on a NAT); default: `direct`, with a
     wildcard host replaced by the address the hub sees."""
+    p2p: bool = True
+    """Punch direct channels to peers behind NAT (`ztm.agent.punch`); `--no-p2p` turns it off."""
+    p2p_keepalive: float = 25.0
+    """`--p2p-keepalive`: seconds between TCP keepalives on idle punched channels (holds NAT mappings open)."""
     zone: str | None = None
     """`--zone`: the agent prefers online hubs of this zone. None: keep the zone saved by an earlier run ("" none)."""

@@ -104,7 +104,11 @@ def default_routes() -> dict[tuple[str, str], Any]:
         ("POST", "/api/meshes/new"): (201, mesh("new", ep_id="ep-new", ep_name="home")),
         ("DELETE", m): (204, None),
         ("GET", f"{m}/hubs"): [HUB],
-        ("GET", f"{m}/endpoints"): [endpoint("bob", online=False), endpoint("alice", local=True)],
+        ("GET", f"{m}/endpoints"): [
+            endpoint("bob", online=False, path="punched", path_via=None, path_rtt_ms=0.42),
+            endpoint("alice", local=True, path=None, path_via=None, path_rtt_ms=None),
+            endpoint("carol", path="relay", path_via="hub-1", path_rtt_ms=None),
+        ],
         ("GET", f"{m}/endpoints/bob"): endpoint("bob", online=False),
         ("GET", f"{m}/endpoints/ep-alice"): endpoint("alice", local=True),
         ("GET", f"{m}/endpoints/nobody"): (404, {"error": "no such endpoint", "code": "not_found"}),
@@ -527,11 +531,14 @@ def test_get_hub(agent: FakeAgent, run: Callable[..., Result]) -> None:
 def test_get_ep_table(agent: FakeAgent, run: Callable[..., Result]) -> None:
     res = run("get", "ep")
     lines = res.out.splitlines()
-    assert lines[0].split() == ["NAME", "USER", "STATUS", "IP", "LABELS", "HEARTBEAT"]
-    assert lines[1].split()[:-2] == ["alice", "(local)", "root", "online", "10.0.0.1", "site=paris,gpu"]
-    assert lines[2].split()[:-2] == ["bob", "bob", "offline", "10.0.0.2", "-"]
+    assert lines[0].split() == ["NAME", "USER", "STATUS", "IP", "LABELS", "HEARTBEAT", "PATH"]
+    assert lines[1].split()[:-3] == ["alice", "(local)", "root", "online", "10.0.0.1", "site=paris,gpu"]
+    assert lines[1].split()[-1] == "-"
+    assert lines[2].split()[:-4] == ["bob", "bob", "offline", "10.0.0.2", "-"]
+    assert lines[2].split()[-2:] == ["punched", "0.42ms"]
+    assert lines[3].split()[-3:] == ["relay", "via", "hub-1"]
     for line in lines[1:3]:  # heartbeats 3 s before the fixture was made; a busy machine may add a few seconds
-        age, word = line.split()[-2:]
+        age, word = line.split()[-3 - (line.split()[0] == "bob") :][:2]
         assert word == "ago" and age.endswith("s") and 3 <= int(age[:-1]) <= 30, line
     # columns are aligned
     assert lines[0].index("USER") == lines[1].index("root")

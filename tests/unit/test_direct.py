@@ -67,6 +67,7 @@ class App:
 class Link:
     def __init__(self, ca: Ca) -> None:
         self.ca = ca
+        self.conn = None  # no hub connection: these stand-ins never punch
 
     async def request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
         assert (method, path) == ("GET", "/api/crl")

@@ -104,7 +104,7 @@ def test_session_lifetime() -> None:
     now = s_a.peer.not_after - timedelta(hours=1)
     mono = time.monotonic()
     assert s_a.usable(mono, now) and s_b.usable(mono, now)
-    assert not s_a.usable(s_a.created + SESSION_MAX_AGE, now)
+    assert not s_a.usable(s_a.created + SESSION_MAX_AGE + 0.001, now)  # float: a millisecond past
     assert not s_a.usable(mono, s_a.peer.not_after)  # the peer's certificate ends
     assert not s_b.usable(mono, s_b.own_not_after + timedelta(seconds=1))  # this side's own ends
     ca = s_a.channel(1)

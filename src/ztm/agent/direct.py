@@ -22,6 +22,14 @@ client puts it back in its pool, the server waits for the next first flight). So
 handshake, the client keeps at least `POOL_SIZE` (at most `POOL_MAX`) handshaken channels per peer and dials missing
 ones in the background. A peer that cannot be reached (connect, TLS, identity, end-to-end opening) is skipped for a
 backoff (`FAIL_MIN` doubling to `FAIL_MAX`), and the caller uses the hub relay.
+
+Peers without a reachable listener (behind NAT, or with none) are punched (`ztm.agent.punch`, on unless
+`--no-p2p`): candidates go through an end-to-end call (`punch`, answered by `on_punch`), both sides connect from a
+fresh port at once, and the TCP connection that comes up carries a channel exactly like a dialled one (the entrance
+is the TLS client). Punching runs in the background (the pool's refill): a connection never waits for it, it takes
+the relay until a punched channel is pooled. Punched channels are kept idle much longer (`PUNCHED_IDLE`), with TCP
+keepalives holding the NAT mappings, since a new one costs a punch; each channel has a `kind` (the stream's path):
+`direct` (dialled listener), `lan` (punched, same NAT, LAN address) or `punched` (through the routers' mappings).
 """
 
 from __future__ import annotations
@@ -29,7 +37,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ipaddress
 import logging
+import secrets
 import socket
 import ssl
 import time
@@ -41,12 +51,15 @@ from cryptography import x509
 
 from ztm import pki
 from ztm.addr import Address
+from ztm.agent import peercall, punchmsg
 from ztm.agent.direct_outer import DirectConn, DirectOuter
+from ztm.agent.punch import WINDOW, PunchError, PunchPort, keep_alive, rtt_ms
 from ztm.aio import spawn
 from ztm.e2e import E2EError
-from ztm.errors import CertificateError, ZtmError
+from ztm.errors import BadInput, CertificateError, Forbidden, Unavailable, ZtmError
 
 if TYPE_CHECKING:
+    from ztm.agent.apps import Caller
     from ztm.agent.e2estream import E2EStream
     from ztm.agent.mesh import MeshSession
 
@@ -66,6 +79,15 @@ about 40 KB on each side, against about 10 KB for a relayed stream, so this boun
 connections cost (bench/RESULTS.md, "Direct path")."""
 FAIL_MIN = 2.0
 FAIL_MAX = 300.0
+PUNCHED_IDLE = 540.0
+"""Seconds a pooled punched channel is kept idle by the client (a new one costs a punch; keepalives hold the NAT
+mappings); the server waits `PUNCHED_GREETING` for its next stream."""
+PUNCHED_GREETING = 600.0
+PUNCH_CALL_TIMEOUT = 5.0
+"""Seconds the peer has to answer a punch offer (it asks its hub for its mapping first)."""
+PUNCH_LIMIT = punchmsg.RateLimit(per_peer=4, total=16, window=10.0)
+"""How often peers may make this agent punch (per caller, all callers): each punch sends SYNs to the caller's
+candidates for up to `punch.WINDOW` seconds. One limit for the agent, shared by its meshes."""
 
 
 class MeshServerContext(ssl.SSLContext):
@@ -134,6 +156,12 @@ class MeshDirect:
         self._failed: dict[str, tuple[float, float]] = {}
         """Peer endpoint id -> (skip until, last delay)."""
         self.running = True
+        self.p2p = True
+        """Punch channels to peers without a reachable listener (`--no-p2p`: off)."""
+        self.keepalive = 25.0
+        """Seconds between TCP keepalives on idle punched channels (`--p2p-keepalive`)."""
+        self._listener_failed: dict[str, tuple[float, float]] = {}
+        """Peer endpoint id -> (skip its listener until, last delay): punch instead meanwhile."""
         self._waiting: dict[DirectConn, PeerCert] = {}
         """Accepted channels waiting for their (next) stream, and whose they are."""
 
@@ -232,7 +260,7 @@ class MeshDirect:
             return
         self._waiting[conn] = peer
         try:
-            await asyncio.wait_for(conn.first_flight(), GREETING_TIMEOUT)
+            await asyncio.wait_for(conn.first_flight(), conn.idle_limit or GREETING_TIMEOUT)
         except TimeoutError:  # idle too long
             conn.abort()
             return
@@ -261,7 +289,7 @@ class MeshDirect:
         except BaseException:  # cancelled (the agent stops) or a bug: never leave the peer hanging
             outer.reset()
             raise
-        stream.path = "direct"
+        stream.path = conn.kind
         if (stream.peer.ep_id, stream.peer.user) != (peer.ep_id, peer.user):
             e2e.failed(
                 "identity",
@@ -320,6 +348,14 @@ class MeshDirect:
         failed = self._failed.get(ep_id)
         return failed is None or time.monotonic() >= failed[0]
 
+    def usable(self, ep_id: str, address: str | None) -> bool:
+        """Whether a stream to `ep_id` (announcing `address`, or no listener) should try a direct channel first."""
+        if not self.reachable(ep_id):
+            return False
+        if self._pool.get(ep_id):
+            return True
+        return address is not None or self.p2p_blocker() is None
+
     def _mark_failed(self, ep_id: str, reason: str) -> None:
         _until, last = self._failed.get(ep_id, (0.0, 0.0))
         delay = min(FAIL_MAX, max(FAIL_MIN, last * 2))
@@ -327,8 +363,19 @@ class MeshDirect:
         self.counters["failures"] += 1
         log.info("mesh %s: direct channel to %s failed (%s); relay for %.0f s", self.session.name, ep_id, reason, delay)
 
-    async def open(self, ep_id: str, address: str, app: str, service: str) -> E2EStream:
-        """An end-to-end stream to `app` on endpoint `ep_id` at `address`, accepted for `service`.
+    def _listener_usable(self, ep_id: str) -> bool:
+        failed = self._listener_failed.get(ep_id)
+        return failed is None or time.monotonic() >= failed[0]
+
+    def _listener_down(self, ep_id: str) -> None:
+        _until, last = self._listener_failed.get(ep_id, (0.0, 0.0))
+        delay = min(FAIL_MAX, max(FAIL_MIN, last * 2))
+        self._listener_failed[ep_id] = (time.monotonic() + delay, delay)
+
+    async def open(self, ep_id: str, address: str | None, app: str, service: str) -> E2EStream:
+        """An end-to-end stream to `app` on endpoint `ep_id`, accepted for `service`, on a direct channel: a pooled
+        one, else a new one to its listener at `address`. With no listener to dial (None, or it failed lately), the
+        pool is refilled by punching in the background and DirectUnreachable says to use the relay meanwhile.
 
         DirectUnreachable: use the relay. ZtmError: the peer's app refused (the relay would refuse too).
         """
@@ -341,10 +388,19 @@ class MeshDirect:
             conn = self._take(ep_id)
             pooled = conn is not None
             if conn is None:
+                if address is None or not self._listener_usable(ep_id):
+                    if self.p2p_blocker() is not None:
+                        raise DirectUnreachable("its listener failed lately" if address else "it has no listener")
+                    self._refill(ep_id, address)
+                    raise DirectUnreachable("no channel yet: punching one in the background")
                 try:
-                    conn, _peer = await self._dial(ep_id, address)
+                    conn, _peer = await self._dial_listener(ep_id, address)
                 except DirectUnreachable as exc:
-                    self._mark_failed(ep_id, str(exc))
+                    self._listener_down(ep_id)
+                    if self.p2p_blocker() is None:
+                        self._refill(ep_id, address)  # punch instead
+                    else:
+                        self._mark_failed(ep_id, str(exc))
                     raise
             self._refill(ep_id, address)
             assert conn.peer is not None
@@ -361,7 +417,7 @@ class MeshDirect:
                 outer.reset()
                 raise
             self._failed.pop(ep_id, None)
-            stream.path = "direct"
+            stream.path = conn.kind
             self.counters["opened"] += 1
             return stream
         raise DirectUnreachable("every pooled channel was closed")
@@ -380,31 +436,46 @@ class MeshDirect:
         now = time.monotonic()
         while pool:
             proto = pool.popleft()
-            if proto.usable and now - proto.made < POOL_IDLE:
+            if proto.usable and now - proto.made < (proto.idle_limit or POOL_IDLE):
                 return proto
             proto.abort()
         return None
 
-    def _refill(self, ep_id: str, address: str) -> None:
-        if ep_id in self._refilling:
+    def _refill(self, ep_id: str, address: str | None) -> None:
+        if ep_id in self._refilling or not self.running:
             return
         self._refilling.add(ep_id)
         spawn(self._fill(ep_id, address), name=f"direct-pool-{ep_id}")
 
-    async def _fill(self, ep_id: str, address: str) -> None:
+    async def _fill(self, ep_id: str, address: str | None) -> None:
         try:
             pool = self._pool.setdefault(ep_id, collections.deque())
-            while sum(1 for p in pool if p.usable) < POOL_SIZE and self.reachable(ep_id):
+            while sum(1 for p in pool if p.usable) < POOL_SIZE and self.reachable(ep_id) and self.running:
                 try:
                     proto, _peer = await self._dial(ep_id, address)
                 except DirectUnreachable as exc:
                     self._mark_failed(ep_id, str(exc))
                     return
+                if not self.running:
+                    proto.abort()
+                    return
                 pool.append(proto)
         finally:
             self._refilling.discard(ep_id)
 
-    async def _dial(self, ep_id: str, address: str) -> tuple[DirectConn, PeerCert]:
+    async def _dial(self, ep_id: str, address: str | None) -> tuple[DirectConn, PeerCert]:
+        """A new channel to `ep_id`: its listener if it has one that did not fail lately, else (or if that fails)
+        a punched one."""
+        if address is not None and self._listener_usable(ep_id):
+            try:
+                return await self._dial_listener(ep_id, address)
+            except DirectUnreachable:
+                self._listener_down(ep_id)
+                if self.p2p_blocker() is not None:
+                    raise
+        return await self._punch(ep_id)
+
+    async def _dial_listener(self, ep_id: str, address: str) -> tuple[DirectConn, PeerCert]:
         contexts = self._ensure_contexts()
         if contexts is None:
             raise DirectUnreachable("no CRL from the hub yet")
@@ -437,6 +508,252 @@ class MeshDirect:
         _set_nodelay(proto.transport)
         self._adopt(proto, peer)
         return proto, peer
+
+    # ---- punching (ztm.agent.punch) --------------------------------------------------------------------------
+
+    def p2p_blocker(self) -> str | None:
+        """Why this endpoint cannot punch now (None: it can)."""
+        if not self.p2p:
+            return "punching is off (--no-p2p)"
+        if not self.running:
+            return "the mesh session is stopping"
+        conn = self.session.link.conn
+        if conn is None or conn.closed or conn.local_address is None or conn.peer_address is None:
+            return "not connected to the hub"
+        try:
+            loopback = ipaddress.ip_address(conn.local_address[0]).is_loopback
+        except ValueError:
+            return "the hub connection's address is unknown"
+        if loopback:
+            return "this endpoint reaches its hub over loopback (it runs on the hub's machine)"
+        if self._ensure_contexts() is None:
+            return "no CRL from the hub yet"
+        return None
+
+    def _punch_port(self) -> tuple[PunchPort, str, tuple[str, int], int]:
+        """A fresh punch port in the family of the hub connection; this endpoint's LAN address; the hub's address;
+        the family as 4 or 6."""
+        conn = self.session.link.conn
+        assert conn is not None and conn.local_address is not None and conn.peer_address is not None
+        lan = conn.local_address[0]
+        version = ipaddress.ip_address(lan).version
+        try:
+            port = PunchPort(socket.AF_INET6 if version == 6 else socket.AF_INET)
+        except OSError as exc:
+            raise PunchError("socket", f"cannot open a punch port: {exc.strerror or exc}") from None
+        return port, lan, conn.peer_address, version
+
+    async def _reflexive(self, port: PunchPort, hub: tuple[str, int]) -> tuple[str, int] | None:
+        try:
+            return await port.reflect(hub, self.session.files.ep_context(), self.session.record.mesh_id)
+        except PunchError as exc:
+            self.counters["punch_reflect_failures"] += 1
+            log.info("mesh %s: %s", self.session.name, exc.message)
+            return None
+
+    @staticmethod
+    def _candidates(lan: str, port: int, reflexive: tuple[str, int] | None) -> tuple[punchmsg.Candidate, ...]:
+        found = [punchmsg.Candidate("lan", lan, port)]
+        if reflexive is not None:
+            found.append(punchmsg.Candidate("reflexive", reflexive[0], reflexive[1]))
+        return tuple(found)
+
+    def _plausible(self, peer: punchmsg.Punch, our_public: str | None, version: int) -> list[tuple[str, int]]:
+        kept, dropped = punchmsg.plausible(peer, our_public, version)
+        for reason in dropped:
+            self.counters[f"punch_candidates_refused_{reason}"] += 1
+        return [c.address for c in kept]
+
+    async def _punch(self, ep_id: str) -> tuple[DirectConn, PeerCert]:
+        """Punch a channel to `ep_id` (this side is the entrance: the TLS client). DirectUnreachable if it fails."""
+        blocker = self.p2p_blocker()
+        if blocker is not None:
+            raise DirectUnreachable(f"cannot punch: {blocker}")
+        self.counters["punch_attempts"] += 1
+        started = time.monotonic()
+        port: PunchPort | None = None
+        try:
+            port, lan, hub, version = self._punch_port()
+            reflexive = await self._reflexive(port, hub)
+            offer = punchmsg.Punch(secrets.token_hex(16), self._candidates(lan, port.port, reflexive))
+            try:
+                raw = await peercall.call(self.session, ep_id, "punch", offer.to_json(), PUNCH_CALL_TIMEOUT)
+            except ZtmError as exc:
+                raise PunchError("refused", f"the peer did not take the punch: {exc.message}") from None
+            try:
+                answer = punchmsg.parse(raw)
+            except BadInput as exc:
+                raise PunchError("bad_answer", f"the peer's answer: {exc.message}") from None
+            if answer.id != offer.id:
+                raise PunchError("bad_answer", "the peer answered another punch")
+            our_public = reflexive[0] if reflexive else None
+            remotes = self._plausible(answer, our_public, version)
+            if not remotes:
+                raise PunchError("no_candidates", "the peer offered no address this endpoint may dial")
+            attempt = port.attempt(remotes)
+            try:
+                sock, remote = await attempt.next()
+            except TimeoutError:
+                raise PunchError("timeout", f"no TCP connection within {WINDOW:g}s ({attempt.tries} tries)") from None
+            attempt.close()
+            kind = punchmsg.path_kind(remote, answer, our_public)
+            conn, peer = await self._tls_client(sock, ep_id, kind)
+        except PunchError as exc:
+            self.counters[f"punch_failures_{exc.reason}"] += 1
+            raise DirectUnreachable(f"punch: {exc.message}") from None
+        finally:
+            if port is not None:
+                port.close()
+        self.counters["punch_successes"] += 1
+        log.info("mesh %s: punched a %s channel to %s (%s:%d) in %.0f ms", self.session.name, kind, ep_id, remote[0],
+                 remote[1], (time.monotonic() - started) * 1000)  # fmt: skip
+        return conn, peer
+
+    async def _tls_client(self, sock: socket.socket, ep_id: str, kind: str) -> tuple[DirectConn, PeerCert]:
+        contexts = self._ensure_contexts()
+        if contexts is None:
+            sock.close()
+            raise PunchError("tls", "no CRL from the hub yet")
+        keep_alive(sock, self.keepalive)
+        loop = asyncio.get_running_loop()
+        try:
+            _transport, proto = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: DirectConn(server=False),
+                    sock=sock,
+                    ssl=contexts[1],
+                    server_hostname=sni_name(self.session.record.mesh_id),
+                    ssl_handshake_timeout=3 * CONNECT_TIMEOUT,
+                ),
+                3 * CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            raise PunchError("tls", f"TLS on the punched connection failed: {exc or 'timeout'}") from None
+        try:
+            peer = _peer_checked(proto)
+            if peer.ep_id != ep_id or peer.mesh_id != self.session.record.mesh_id:
+                raise CertificateError(f"the punched connection leads to endpoint {peer.ep_id}, not {ep_id}")
+        except ZtmError as exc:
+            proto.abort()
+            raise PunchError("identity", exc.message) from None
+        proto.kind = kind
+        proto.idle_limit = PUNCHED_IDLE
+        self._adopt(proto, peer)
+        return proto, peer
+
+    async def on_punch(self, params: object, caller: Caller) -> dict[str, object]:
+        """A peer's punch offer (an end-to-end call: `caller` is proven): answer with this endpoint's candidates and
+        start connecting to the peer's; the channel that comes up is served like an accepted one."""
+        if not self.p2p:
+            self.counters["punch_refused_off"] += 1
+            raise Forbidden("this endpoint does not punch (--no-p2p): use the hub relay")
+        blocker = self.p2p_blocker()
+        if blocker is not None:
+            self.counters["punch_refused_unable"] += 1
+            raise Unavailable(f"this endpoint cannot punch now: {blocker}")
+        if caller.ep_id == self.session.record.ep_id:
+            raise BadInput("an endpoint does not punch to itself")
+        try:
+            offer = punchmsg.parse(params)
+        except BadInput:
+            self.counters["punch_refused_bad"] += 1
+            raise
+        if not PUNCH_LIMIT.allow(f"{self.session.record.mesh_id}/{caller.ep_id}"):
+            self.counters["punch_refused_rate"] += 1
+            raise Unavailable("too many punches asked of this endpoint; try again in a few seconds")
+        try:
+            port, lan, hub, version = self._punch_port()
+        except PunchError as exc:
+            raise Unavailable(exc.message) from None
+        reflexive = await self._reflexive(port, hub)
+        answer = punchmsg.Punch(offer.id, self._candidates(lan, port.port, reflexive))
+        our_public = reflexive[0] if reflexive else None
+        remotes = self._plausible(offer, our_public, version)
+        self.counters["punch_answered"] += 1
+        spawn(self._punch_serve(port, remotes, caller.ep_id, offer, our_public), name=f"punch-{caller.ep_id}")
+        return answer.to_json()
+
+    async def _punch_serve(
+        self, port: PunchPort, remotes: list[tuple[str, int]], ep_id: str, offer: punchmsg.Punch, public: str | None
+    ) -> None:
+        """Connect to the caller's candidates (and accept on the port) until one connection is a TLS channel with
+        the caller, or the window ends."""
+        attempt = port.attempt(remotes)
+        done = asyncio.Event()
+        handshakes: set[asyncio.Task[None]] = set()
+        try:
+            while not done.is_set():
+                got = asyncio.ensure_future(attempt.next())
+                stop = asyncio.ensure_future(done.wait())
+                await asyncio.wait({got, stop}, return_when=asyncio.FIRST_COMPLETED)
+                stop.cancel()
+                if not got.done():
+                    got.cancel()
+                    break
+                if got.exception() is not None:  # TimeoutError: the window is over
+                    break
+                sock, remote = got.result()
+                kind = punchmsg.path_kind(remote, offer, public)
+                task = asyncio.ensure_future(self._tls_server(sock, ep_id, kind, done))
+                handshakes.add(task)
+                task.add_done_callback(handshakes.discard)
+            if handshakes:
+                await asyncio.wait(handshakes, timeout=3 * CONNECT_TIMEOUT)
+            if not done.is_set():
+                self.counters["punch_failures_timeout"] += 1
+        finally:
+            for task in handshakes:
+                task.cancel()
+            port.close()
+
+    async def _tls_server(self, sock: socket.socket, ep_id: str, kind: str, done: asyncio.Event) -> None:
+        context = self.server_context()
+        if context is None or done.is_set():
+            sock.close()
+            return
+        keep_alive(sock, self.keepalive)
+        loop = asyncio.get_running_loop()
+        try:
+            transport, proto = await asyncio.wait_for(
+                loop.connect_accepted_socket(
+                    lambda: DirectConn(server=True), sock, ssl=context, ssl_handshake_timeout=3 * CONNECT_TIMEOUT
+                ),
+                3 * CONNECT_TIMEOUT,
+            )
+        except (OSError, TimeoutError):
+            sock.close()
+            return
+        try:
+            peer = peer_of(transport)
+        except ZtmError:
+            proto.abort()
+            return
+        if peer.ep_id != ep_id or peer.mesh_id != self.session.record.mesh_id:
+            self.counters["punch_wrong_peer"] += 1
+            log.warning("mesh %s: a punched connection for %s presented endpoint %s (user %s); closed",
+                        self.session.name, ep_id, peer.ep_id, peer.user)  # fmt: skip
+            proto.abort()
+            return
+        done.set()
+        proto.kind = kind
+        proto.idle_limit = PUNCHED_GREETING
+        self.counters["punch_accepted"] += 1
+        self._adopt(proto, peer)
+        spawn(self.serve(proto, peer), name="direct-serve")
+
+    def paths(self) -> dict[str, dict[str, object]]:
+        """Per peer endpoint id with a direct channel (in use, pooled or waiting): its kind and TCP round-trip time."""
+        conns: list[DirectConn] = [outer.conn for outer in self.live]
+        conns += [c for pool in self._pool.values() for c in pool]
+        conns += list(self._waiting)
+        found: dict[str, dict[str, object]] = {}
+        for conn in conns:
+            if conn.peer is None or not conn.usable or conn.peer.ep_id in found:
+                continue
+            sock = conn.transport.get_extra_info("socket") if conn.transport is not None else None
+            found[conn.peer.ep_id] = {"path": conn.kind, "rtt_ms": rtt_ms(sock)}
+        return found
 
     def _adopt(self, conn: DirectConn, peer: PeerCert) -> None:
         """`conn` is a channel with `peer` (verified): reused after each clean stream, closed when its certificate

@@ -57,6 +57,11 @@ class DirectConn(asyncio.Protocol):
         self.peer: PeerCert | None = None
         """Who is on the other side (its verified certificate), once the owner adopted the connection."""
         self.on_lost: Callable[[], object] | None = None
+        self.kind = "direct"
+        """How the channel was made, the path of its streams: `direct` (dialled to the peer's listener), `lan` or
+        `punched` (`ztm.agent.punch`)."""
+        self.idle_limit: float | None = None
+        """Seconds it may stay idle (pooled, or waiting for the next stream) if not the default of its side."""
         self.on_release: Callable[[DirectConn], None] | None = None
         """Called after a stream finished cleanly: the owner reuses the connection (pool, or the next stream)."""
         self.write_paused = False

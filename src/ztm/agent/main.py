@@ -84,6 +84,8 @@ async def _main(cfg: AgentConfig) -> int:
         log.warning("%s", keylog.warning(secrets_file))
     agent = Agent(cfg.data, ring.tail)
     agent.zone = _zone(agent, cfg.zone)
+    agent.p2p = cfg.p2p
+    agent.p2p_keepalive = cfg.p2p_keepalive
     published: Path | None = None
     sock_path = cfg.data / localsock.SOCKET_NAME
     try:

@@ -373,6 +373,8 @@ class MeshSession:
             return await app.call(app_method, params, caller)
         if method == "ping":
             return {"time": time.time()}
+        if method == "punch":
+            return await self.direct.on_punch(params, caller)
         if method == "info":
             return {"version": __version__, "hostname": platform.node(), "python": platform.python_version()}
         if method == "log":

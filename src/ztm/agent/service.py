@@ -51,6 +51,9 @@ class Agent:
         self._joining: set[str] = set()
         self.direct_address: Address | None = None
         """Where this agent accepts direct channels (`--direct`), announced to every mesh; None: off."""
+        self.p2p = True
+        """Punch direct channels to peers behind NAT (`--no-p2p`: off)."""
+        self.p2p_keepalive = 25.0
         self.zone = ""
         """This agent's zone (`--zone`): it prefers the online hubs of that zone (`ztm.agent.hubpick`); "" none."""
 
@@ -83,6 +86,8 @@ class Agent:
             zone=self.zone,
         )
         session.direct.announce = self.direct_address
+        session.direct.p2p = self.p2p
+        session.direct.keepalive = self.p2p_keepalive
         return session
 
     def _apps(self, session: MeshSession) -> dict[str, MeshApp]:
@@ -186,9 +191,11 @@ class Agent:
         eps = await session.link.request("GET", "/api/endpoints")
         if not isinstance(eps, list):
             raise Unavailable("the hub answered the endpoint list with something else")
+        paths = session.direct.paths()
         for ep in eps:
             if isinstance(ep, dict):
                 ep["is_local"] = ep.get("id") == session.record.ep_id
+                _path_of(ep, paths, session)
         return [ep for ep in eps if isinstance(ep, dict)]
 
     async def endpoint(self, mesh: str, ref: str) -> dict[str, Any]:
@@ -197,6 +204,7 @@ class Agent:
         if not isinstance(ep, dict):
             raise Unavailable("the hub answered with something else than an endpoint")
         ep["is_local"] = ep.get("id") == session.record.ep_id
+        _path_of(ep, session.direct.paths(), session)
         return ep
 
     async def call(self, mesh: str, ref: str, method: str, params: Any = None, timeout: int = 10) -> Any:
@@ -282,3 +290,17 @@ def _ref(ref: str) -> str:
         return validate.ep_id(ref)
     except ZtmError:
         return validate.name(ref, "endpoint name")
+
+
+def _path_of(ep: dict[str, Any], paths: dict[str, dict[str, object]], session: MeshSession) -> None:
+    """How this endpoint's streams reach `ep` now: `path` (`direct`, `lan`, `punched`: a direct channel is up;
+    `relay`: through the hub, `path_via` names it; None for this endpoint itself) and the direct channel's TCP
+    round-trip time `path_rtt_ms`."""
+    if ep["is_local"]:
+        ep.update(path=None, path_via=None, path_rtt_ms=None)
+        return
+    found = paths.get(str(ep.get("id")))
+    if found is not None:
+        ep.update(path=found["path"], path_via=None, path_rtt_ms=found["rtt_ms"])
+    else:
+        ep.update(path="relay", path_via=session.link.hub_id or session.link.address, path_rtt_ms=None)

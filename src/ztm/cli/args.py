@@ -268,6 +268,20 @@ def zone_type(text: str) -> str:
 zone_type.__name__ = "zone"
 
 
+def keepalive_type(text: str) -> float:
+    """`--p2p-keepalive SECONDS`: 5 to 3600 (NAT routers forget idle TCP mappings after minutes to hours)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. 25") from None
+    if not 5 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 5 to 3600 seconds")
+    return value
+
+
+keepalive_type.__name__ = "seconds"
+
+
 def path_type(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path")
@@ -430,6 +444,17 @@ def agent_options(p: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         type=address_type(),
         help="the address peers dial for --direct, if not that one (e.g. a port forwarded on a NAT router)",
+    )
+    p.add_argument(
+        "--no-p2p",
+        action="store_true",
+        help="do not punch direct channels to peers behind NAT (default: on; the hub relays what cannot be punched)",
+    )
+    p.add_argument(
+        "--p2p-keepalive",
+        metavar="SECONDS",
+        type=keepalive_type,
+        help="seconds between keepalives on idle punched channels, to hold NAT mappings open (default 25)",
     )
     p.add_argument(
         "--zone",

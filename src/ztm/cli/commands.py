@@ -63,6 +63,9 @@ EP_FIELDS = (
     "last_seen",
     "heartbeat",
     "is_local",
+    "path",
+    "path_via",
+    "path_rtt_ms",
 )
 TIME_FIELDS = {
     "joined_at",
@@ -236,11 +239,24 @@ def _get_ep(ctx: Context, name: str | None) -> None:
             output.cell(ep.get("ip")),
             output.cell(ep.get("labels")),
             output.ago(ep.get("heartbeat")),
+            _path_cell(ep),
         ]
         for ep in _sort(eps, "name")
     ]
-    headers = ("NAME", "USER", "STATUS", "IP", "LABELS", "HEARTBEAT")
+    headers = ("NAME", "USER", "STATUS", "IP", "LABELS", "HEARTBEAT", "PATH")
     _show(ctx, value, headers, rows, f"no endpoints in mesh {output.clean(ctx.mesh())}")
+
+
+def _path_cell(ep: dict[str, Any]) -> str:
+    """`punched 0.4ms`, `lan 0.1ms`, `direct`, `relay via HUB`, `-` (this endpoint, or a hub too old to say)."""
+    path = ep.get("path")
+    if not isinstance(path, str):
+        return "-"
+    if path == "relay":
+        via = ep.get("path_via")
+        return output.clean(f"relay via {via}" if isinstance(via, str) and via else "relay")
+    rtt = ep.get("path_rtt_ms")
+    return output.clean(f"{path} {rtt:g}ms" if isinstance(rtt, (int, float)) else path)
 
 
 def _get_app(ctx: Context, name: str | None) -> None:

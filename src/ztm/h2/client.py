@@ -33,10 +33,12 @@ async def connect(
     settings: H2Settings = H2Settings(),  # noqa: B008 (frozen dataclass)
     keepalive: float | None = 15.0,
     keepalive_timeout: float = 10.0,
+    sock: socket.socket | None = None,
 ) -> Connection:
     """Connect to an HTTP/2-over-TLS server; `timeout` covers TCP, TLS and the server's HTTP/2 preface.
 
-    ALPN `h2` is set on `ssl_context`. Raises `H2Error` with a one-line message on any failure.
+    ALPN `h2` is set on `ssl_context`. Raises `H2Error` with a one-line message on any failure. With `sock` (a
+    non-blocking socket, bound or not), TCP connects from it to host:port first (a punch needs its own local port).
     """
     loop = asyncio.get_running_loop()
     label = _label(host, port)
@@ -44,7 +46,11 @@ async def connect(
     conn = Connection(is_client=True, settings=settings, label=label)
     try:
         async with asyncio.timeout(timeout):
-            await loop.create_connection(lambda: conn, host, port, ssl=ssl_context, server_hostname=server_hostname)
+            if sock is None:
+                await loop.create_connection(lambda: conn, host, port, ssl=ssl_context, server_hostname=server_hostname)
+            else:
+                await loop.sock_connect(sock, (host, port))
+                await loop.create_connection(lambda: conn, sock=sock, ssl=ssl_context, server_hostname=server_hostname)
             await conn._wait_ready()
     except TimeoutError:
         conn._close("timed out while connecting", goaway=False, abort=True)

@@ -82,6 +82,8 @@ class Connection(asyncio.BufferedProtocol):
         self.closed = False
         self.peer_cert_der: bytes | None = None
         self.peer_address: tuple[str, int] | None = None
+        self.local_address: tuple[str, int] | None = None
+        """This side's address and port of the TCP connection (what a NAT maps)."""
         self.alpn: str | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -340,6 +342,7 @@ class Connection(asyncio.BufferedProtocol):
             self.alpn = ssl_object.selected_alpn_protocol()
         if self.peer_address is None:
             self.peer_address = _address(transport.get_extra_info("peername"))
+        self.local_address = _address(transport.get_extra_info("sockname"))
         if not self._label:
             self._label = _peer_label(self.peer_address)
         frame = self._settings.max_frame_size

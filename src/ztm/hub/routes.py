@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from ztm import addr, filespec, h2, pki, validate
-from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, ZtmError
+from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, Unavailable, ZtmError
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.files import FileIndex
 from ztm.hub.peers import CALLER_HEADER, HubPeers, caller_from
@@ -103,6 +103,7 @@ class HubRoutes:
             ("GET", re.compile(r"/api/crl"), self.get_crl),
             ("GET", re.compile(r"/api/hubs"), self.get_hubs),
             ("POST", re.compile(r"/api/direct"), self.post_direct),
+            ("GET", re.compile(r"/api/reflect"), self.get_reflect),
         ]
         self.peers = HubPeers(state)
         """Links to the other hubs of a cluster, for streams and calls to endpoints whose session is there."""
@@ -330,6 +331,14 @@ class HubRoutes:
                 raise BadInput("host must be an IP address or host name (a string)")
             host = addr.Address.parse(f"[{host}]:1" if ":" in host else f"{host}:1", what="host").host
         return self.state.set_direct(req.peer, host, port)
+
+    async def get_reflect(self, req: Request) -> Any:
+        """The address and port this connection comes from, as the hub sees it: what an endpoint behind NAT learns
+        its mapping from (the hub is the mesh's reflector; no public STUN server). Endpoint certificates only."""
+        self.state.require_ep(req.peer)
+        if req.peer.address is None:
+            raise Unavailable("the hub cannot tell this connection's address")
+        return {"ip": req.peer.address[0], "port": req.peer.address[1]}
 
     # the mesh file space (ztm.hub.files)
     async def get_files(self, req: Request) -> Any:

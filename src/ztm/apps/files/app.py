@@ -641,7 +641,7 @@ class FilesApp(MeshApp):
             await self.ctx.refuse(stream_id, f"the files app serves only {wire.SERVICE!r} streams")
             return
         stream = await self.ctx.accept(stream_id)
-        if stream.path == "direct":
+        if stream.path != "relay":
             self.counters["fetch:direct_served"] += 1
         traffic = self.ctx.session.traffic_of(caller.ep_id, caller.name)
         traffic.streams += 1

@@ -76,7 +76,7 @@ class ChunkChannel:
         self.name = name
         self.reader = StreamReader(stream)
         self.count = count
-        self.direct = stream.path == "direct"
+        self.direct = stream.path != "relay"
         self._busy = False
         """A request is out whose answer was not read in full: the stream is not clean."""
 

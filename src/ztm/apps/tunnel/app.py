@@ -307,8 +307,9 @@ class TunnelApp(MeshApp):
             raise Unavailable(f"no online exit of {self._whose(key)} offers {key}")
         problems = []
         for exit_ep in exits:
-            address = exit_ep.get("direct")
-            if direct and isinstance(address, str) and self.ctx.session.direct.reachable(exit_ep["ep"]):
+            announced = exit_ep.get("direct")
+            address = announced if isinstance(announced, str) else None
+            if direct and self.ctx.session.direct.usable(exit_ep["ep"], address):
                 try:
                     return await self.ctx.session.direct.open(exit_ep["ep"], address, self.name, key), exit_ep
                 except DirectUnreachable:
@@ -518,7 +519,7 @@ async def counted_splice(
     """`splice`, counted: `KEY:active` (and `KEY:direct` for a direct channel) while it runs, bytes in `KEY:sent` and
     `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`); a relayed stream's waits for credit in
     `waits`. The tunnel's and the proxy's data path."""
-    if stream.path == "direct":
+    if stream.path != "relay":
         counters[f"{key}:direct"] += 1
         traffic.protection = f"e2e {stream.suite} direct"
     else:
