@@ -714,10 +714,11 @@ class MeshDirect:
             return
         keep_alive(sock, self.keepalive)
         loop = asyncio.get_running_loop()
+        proto = DirectConn(server=True)  # uvloop returns its SSL protocol here, not ours: keep ours
         try:
-            transport, proto = await asyncio.wait_for(
+            transport, _ = await asyncio.wait_for(
                 loop.connect_accepted_socket(
-                    lambda: DirectConn(server=True), sock, ssl=context, ssl_handshake_timeout=3 * CONNECT_TIMEOUT
+                    lambda: proto, sock, ssl=context, ssl_handshake_timeout=3 * CONNECT_TIMEOUT
                 ),
                 3 * CONNECT_TIMEOUT,
             )

@@ -50,7 +50,8 @@ async def connect(
                 await loop.create_connection(lambda: conn, host, port, ssl=ssl_context, server_hostname=server_hostname)
             else:
                 await loop.sock_connect(sock, (host, port))
-                await loop.create_connection(lambda: conn, sock=sock, ssl=ssl_context, server_hostname=server_hostname)
+                name = server_hostname if server_hostname is not None else host  # uvloop needs one with `sock`
+                await loop.create_connection(lambda: conn, sock=sock, ssl=ssl_context, server_hostname=name)
             await conn._wait_ready()
     except TimeoutError:
         conn._close("timed out while connecting", goaway=False, abort=True)
