@@ -53,6 +53,9 @@ MOVE_BACK_BOUND = 60.0
 """Seconds from link up until home's agent is back on dc1: dc1 reconnects to the database and heartbeats again, dc2
 tells its agents (hubs event), and the agent moves once MIN_DWELL (10 s) has passed since its failover."""
 
+RELAY_ONLY = ("--no-p2p",)
+"""These tests are about the hubs' relay: the agents do not punch a direct channel past it (test_lab_p2p.py)."""
+
 
 @dataclass
 class LabCluster:
@@ -133,8 +136,10 @@ def lab_cluster(lab: Lab, tmp_path: Path, *, first: str) -> Iterator[LabCluster]
         netns=[lab.ns(dc) for dc in order], listen=["0.0.0.0:8888"] * 2,
         names=[f"{lab.addr(dc)}:8888" for dc in order], extra=["--admin", f"127.0.0.1:{ADMIN_PORT}"],
     )  # fmt: skip
-    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777, extra=["--zone", "dc1"])
-    work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777, extra=["--zone", "dc2"])
+    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777, extra=["--zone", "dc1", *RELAY_ONLY])
+    work = start_agent(
+        tmp_path, "workplace", netns=lab.ns("workplace"), port=7777, extra=["--zone", "dc2", *RELAY_ONLY]
+    )
     with EchoServer(netns=lab.ns("workplace")) as echo:
         m = LabCluster(lab, cluster, home, work, echo)
         home.join(MESH, "home", m.dc1.permit)
