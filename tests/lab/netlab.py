@@ -398,6 +398,21 @@ class Lab:
         proc.wait_for_output("ready", timeout=10)
         return proc
 
+    def mapped(self, host: str, local_port: int, server: str, server_port: int) -> tuple[str, int]:
+        """Connect from `host`'s port `local_port` (SO_REUSEADDR + SO_REUSEPORT, as a hole puncher binds it) to a
+        `serve(..., show_port=True)` reflector at `server:server_port` (an address); the address and port it saw,
+        i.e. how `host`'s router (if any) mapped this connection."""
+        with support.netns_socket(self.ns(host)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("0.0.0.0", local_port))
+            sock.settimeout(5.0)
+            sock.connect((server, server_port))
+            data = b""
+            while chunk := sock.recv(100):
+                data += chunk
+        return support.split_hostport(data.decode())
+
     def assert_unreachable(self, src: str, host: str, port: int, timeout: float = 1.0) -> None:
         """Assert that `src` cannot open a TCP connection to `host`'s lab address at `port`.
 

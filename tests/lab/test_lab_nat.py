@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-import support
 from lab.netlab import KINDS, Lab
 from support import Proc
 
@@ -84,16 +83,8 @@ class Outcome:
 
 def reflect(lab: Lab, host: str, port: int) -> str:
     """Connect from `host`'s port `port` to the data center's reflector; the `IP:PORT` it saw."""
-    with support.netns_socket(lab.ns(host)) as sock:
-        sock.setsockopt(support.socket.SOL_SOCKET, support.socket.SO_REUSEADDR, 1)
-        sock.setsockopt(support.socket.SOL_SOCKET, support.socket.SO_REUSEPORT, 1)
-        sock.bind(("0.0.0.0", port))
-        sock.settimeout(5)
-        sock.connect((lab.addr("datacenter"), REFLECTOR_PORT))
-        data = b""
-        while chunk := sock.recv(100):
-            data += chunk
-    return data.decode()
+    ip, mapped_port = lab.mapped(host, port, lab.addr("datacenter"), REFLECTOR_PORT)
+    return f"{ip}:{mapped_port}"
 
 
 def pairs() -> Iterator[tuple[tuple[str, str], str, str]]:
