@@ -18,11 +18,12 @@ That is the default, `Lab(sites={"home": "eim", "workplace": "eim"})`. Each site
 (`KINDS`, tests/lab/sites.py has the rules) and a lab can have more sites (site number N: home 1, workplace 2, the
 others 3, 4, ... in the order given), and `twins=("home",)` puts a second host on a site's LAN:
 
-      |-- S-rtr       198.18.0.(20+N) wan0 | lan0 10.77.N.1 -- S   10.77.N.10, S2 10.77.N.11   eim: masquerade
-      |                                                                              symmetric: masquerade random
-      |-- S-rtr       198.18.0.(20+N) wan0 | lan0 198.19.N.1 -- S  198.19.N.10, S2 198.19.N.11  firewall: no NAT,
-      |                   (every host on the Internet routes 198.19.N.0/24 via 198.18.0.(20+N))   outbound only
-      '-- S           198.18.0.(40+N)                                                            public: no router
+      |-- S-rtr   198.18.0.(20+N) wan0 | lan0 10.77.N.1  -- S 10.77.N.10 (and twin S2 10.77.N.11)
+      |               eim: masquerade; symmetric: masquerade random,fully-random; new inbound dropped
+      |-- S-rtr   198.18.0.(20+N) wan0 | lan0 198.19.N.1 -- S 198.19.N.10 (and twin S2 198.19.N.11)
+      |               firewall: no NAT, outbound and replies only; every host on the Internet routes
+      |               198.19.N.0/24 via 198.18.0.(20+N)
+      '-- S       198.18.0.(40+N)                            public: no router
 
 With a twin, the router's `lan0` is a bridge with ports `l-S` and `l-S2`. `Lab.reboot_router(router)` makes a
 router forget its mappings (conntrack -F), `Lab.readdress(host, ip)` gives a host a new address on its LAN.

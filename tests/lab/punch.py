@@ -1,10 +1,11 @@
 """TCP simultaneous open with plain sockets, run inside a lab host (`Lab.popen`): the raw-socket proof of what each
 NAT kind allows, without ztm.
 
-    punch.py --port P --peer IP:PORT --name NAME [--listen] [--start-at EPOCH] [--duration 3] [--interval 0.05]
+    punch.py --port P --peer IP:PORT --name NAME [--listen] [--go FILE] [--duration 3] [--interval 0.05]
 
 Binds local port P (SO_REUSEADDR + SO_REUSEPORT) and, with `--listen`, also listens on it (a second socket sharing
-the port). From `--start-at` (wall clock, so that two sides started by one test begin together) it `connect()`s
+the port), prints `ready`, and once the file `--go` exists (so that two sides started by one test begin together
+whatever their start-up took) it `connect()`s
 from P to the peer's candidate `IP:PORT` again and again: an attempt that is refused, unreachable or not answered
 within `--attempt-timeout` is closed and the next one starts `--interval` later, until `--duration` seconds have
 passed. The first connection that completes (by connect, or by the listener's accept) carries one line each way:
@@ -23,6 +24,7 @@ import selectors
 import socket
 import sys
 import time
+from pathlib import Path
 
 
 def bound_socket(port: int) -> socket.socket:
@@ -80,7 +82,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--peer", type=hostport, required=True)
     ap.add_argument("--name", required=True)
     ap.add_argument("--listen", action="store_true")
-    ap.add_argument("--start-at", type=float, default=0.0)
+    ap.add_argument("--go", type=Path, help="wait for this file to exist before the first attempt")
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--interval", type=float, default=0.05)
     ap.add_argument("--attempt-timeout", type=float, default=0.25)
@@ -94,7 +96,12 @@ def main(argv: list[str]) -> int:
         listener.listen(16)
         sel.register(listener, selectors.EVENT_READ, "listener")
     print(f"ready port={args.port} listen={args.listen}", flush=True)
-    time.sleep(max(0.0, args.start_at - time.time()))
+    waited_until = time.monotonic() + 120
+    while args.go is not None and not args.go.exists():
+        if time.monotonic() > waited_until:
+            print(f"fail: {args.go} did not appear in 120 s", flush=True)
+            return 1
+        time.sleep(0.002)
 
     start = time.monotonic()
     deadline = start + args.duration

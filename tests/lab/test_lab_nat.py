@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import re
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,8 +93,9 @@ def pairs() -> Iterator[tuple[tuple[str, str], str, str]]:
     yield ("twins", "twins"), "home", "home2"
 
 
-def punch_all(lab: Lab, *, listen: bool, base_port: int) -> list[Outcome]:
-    """Run every pair at once (each side on its own port), return what each side printed."""
+def punch_all(lab: Lab, workdir: Path, *, listen: bool, base_port: int) -> list[Outcome]:
+    """Run every pair at once (each side on its own port), return what each side printed. The sides start when
+    all are ready: when the file `workdir/go` appears."""
     setups: list[tuple[tuple[str, str], Side, Side]] = []
     for i, (pair, a, b) in enumerate(pairs()):
         pa, pb = base_port + 10 * i, base_port + 10 * i + 1
@@ -104,15 +104,20 @@ def punch_all(lab: Lab, *, listen: bool, base_port: int) -> list[Outcome]:
         else:
             sa, sb = Side(a, pa, reflect(lab, a, pa)), Side(b, pb, reflect(lab, b, pb))
         setups.append((pair, sa, sb))
-    start_at = time.time() + 1.5  # every process started and listening by then, even on a busy machine
+    go = workdir / "go"
+    go.unlink(missing_ok=True)
     running: list[tuple[tuple[str, str], Side, Side, Proc, Proc]] = []
     for pair, sa, sb in setups:
         procs = []
         for me, peer in ((sa, sb), (sb, sa)):
             argv = [sys.executable, str(PUNCH), "--port", str(me.port), "--peer", peer.candidate, "--name", me.host,
-                    "--start-at", f"{start_at:.3f}", *(["--listen"] if listen else [])]  # fmt: skip
+                    "--go", str(go), *(["--listen"] if listen else [])]  # fmt: skip
             procs.append(lab.popen(me.host, argv, name=f"punch-{me.host}-{me.port}"))
         running.append((pair, sa, sb, procs[0], procs[1]))
+    for _, _, _, pa, pb in running:
+        for proc in (pa, pb):
+            proc.wait_for_output(r"ready port=", timeout=30)
+    go.touch()  # every side starts now
     outcomes = []
     for pair, sa, sb, pa, pb in running:
         for proc in (pa, pb):
@@ -157,9 +162,9 @@ def test_candidates_are_what_each_kind_promises(reflector: Lab) -> None:
     assert reflect(lab, "pub1", 31000) == f"{lab.addr('pub1')}:31000"
 
 
-def test_simultaneous_open_matrix(reflector: Lab) -> None:
+def test_simultaneous_open_matrix(reflector: Lab, tmp_path: Path) -> None:
     lab = reflector
-    outcomes = punch_all(lab, listen=True, base_port=20000)
+    outcomes = punch_all(lab, tmp_path, listen=True, base_port=20000)
     observed = {o.pair: o.direct for o in outcomes}
     table = matrix(outcomes)
     print(table)
