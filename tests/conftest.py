@@ -8,8 +8,9 @@
 * `pg_server` is one real PostgreSQL for the session (`pgserver.PgServer`, skipped without the Debian binaries);
   `pg_url` gives each test a fresh database on it, with the URL, the password and an environment for hub processes.
 * `lab` builds `lab.netlab.Lab` (skipped without root, `ip` or `nft`) and always tears it down; the first use in a
-  session sweeps namespaces left behind by crashed runs. `module_lab` is one lab for a whole module (its sites from
-  the module's `LAB_SITES` and `LAB_TWINS`).
+  session sweeps namespaces left behind by crashed runs. `make_lab(sites=..., twins=...)` builds labs of other
+  router kinds for one test; `module_lab` is one lab for a whole module (its sites from the module's `LAB_SITES`
+  and `LAB_TWINS`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,6 +158,26 @@ def lab(_lab_host: None, tmp_path: Path) -> Iterator[netlab.Lab]:
     finally:
         the_lab.close()
     left = the_lab.leftovers()
+    assert not left, f"lab teardown left namespaces behind: {left}"
+
+
+@pytest.fixture
+def make_lab(_lab_host: None, tmp_path: Path) -> Iterator[Callable[..., netlab.Lab]]:
+    """`make_lab(sites={...}, twins=(...))`: a started `lab.netlab.Lab` of those sites, removed after the test even
+    if it fails (for a test that needs router kinds of its own, or a lab it may break)."""
+    labs: list[netlab.Lab] = []
+
+    def make(*, sites: Mapping[str, str] | None = None, twins: Sequence[str] = ()) -> netlab.Lab:
+        the_lab = netlab.Lab(log_dir=tmp_path / f"lab-logs-{len(labs)}", sites=sites, twins=twins)
+        labs.append(the_lab)
+        return the_lab.start()
+
+    try:
+        yield make
+    finally:
+        for the_lab in reversed(labs):
+            the_lab.close()
+    left = [ns for the_lab in labs for ns in the_lab.leftovers()]
     assert not left, f"lab teardown left namespaces behind: {left}"
 
 

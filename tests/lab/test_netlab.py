@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 
@@ -460,3 +460,20 @@ def test_readdress_refuses_a_bad_address_and_changes_nothing(kinds_lab: Lab, hos
     assert seen_as(lab, host, lab.addr("pub"), 9200) in (before, lab.addr("home-rtr"))
     with pytest.raises(KeyError, match="not a site's host"):
         lab.readdress("datacenter", "198.18.0.99")
+
+
+def test_home_and_workplace_of_other_kinds_with_twins(make_lab: Callable[..., Lab]) -> None:
+    """`make_lab`: a lab of its own for one test. The default sites' names keep their routers and numbers whatever
+    their kind; twins share the LAN of a symmetric NAT and of a firewall."""
+    lab = make_lab(sites={"home": "symmetric", "workplace": "firewall"}, twins=("home", "workplace"))
+    assert lab.routers == ["home-rtr", "work-rtr"]
+    assert [lab.addr(h) for h in ("home", "home2", "workplace", "workplace2")] == [
+        "10.77.1.10", "10.77.1.11", "198.19.2.10", "198.19.2.11"
+    ]  # fmt: skip
+    lab.serve("home", 9200)
+    lab.serve("workplace", 9200)
+    assert seen_as(lab, "home2", lab.addr("home"), 9200) == lab.addr("home2")
+    assert seen_as(lab, "workplace2", lab.addr("workplace"), 9200) == lab.addr("workplace2")
+    # Between the sites: the firewall drops what the symmetric NAT sends it, like anything new from outside.
+    lab.assert_unreachable("home2", "workplace", 9200)
+    lab.assert_unreachable("workplace2", "home", 9200)
