@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in ip:iproute2 nft:nftables curl:curl chromium:chromium zsh:zsh tcpdump:tcpdump tshark:tshark; do
+for pair in ip:iproute2 nft:nftables conntrack:conntrack curl:curl chromium:chromium zsh:zsh tcpdump:tcpdump tshark:tshark; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -8,7 +8,9 @@
 * `pg_server` is one real PostgreSQL for the session (`pgserver.PgServer`, skipped without the Debian binaries);
   `pg_url` gives each test a fresh database on it, with the URL, the password and an environment for hub processes.
 * `lab` builds `lab.netlab.Lab` (skipped without root, `ip` or `nft`) and always tears it down; the first use in a
-  session sweeps namespaces left behind by crashed runs.
+  session sweeps namespaces left behind by crashed runs. `make_lab(sites=..., twins=...)` builds labs of other
+  router kinds for one test; `module_lab` is one lab for a whole module (its sites from the module's `LAB_SITES`
+  and `LAB_TWINS`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +152,46 @@ def _lab_host() -> None:
 def lab(_lab_host: None, tmp_path: Path) -> Iterator[netlab.Lab]:
     """The seed's picture in network namespaces (see `lab.netlab`), removed after the test even if it fails."""
     the_lab = netlab.Lab(log_dir=tmp_path / "lab-logs")
+    try:
+        the_lab.start()
+        yield the_lab
+    finally:
+        the_lab.close()
+    left = the_lab.leftovers()
+    assert not left, f"lab teardown left namespaces behind: {left}"
+
+
+@pytest.fixture
+def make_lab(_lab_host: None, tmp_path: Path) -> Iterator[Callable[..., netlab.Lab]]:
+    """`make_lab(sites={...}, twins=(...))`: a started `lab.netlab.Lab` of those sites, removed after the test even
+    if it fails (for a test that needs router kinds of its own, or a lab it may break)."""
+    labs: list[netlab.Lab] = []
+
+    def make(*, sites: Mapping[str, str] | None = None, twins: Sequence[str] = ()) -> netlab.Lab:
+        the_lab = netlab.Lab(log_dir=tmp_path / f"lab-logs-{len(labs)}", sites=sites, twins=twins)
+        labs.append(the_lab)
+        return the_lab.start()
+
+    try:
+        yield make
+    finally:
+        for the_lab in reversed(labs):
+            the_lab.close()
+    left = [ns for the_lab in labs for ns in the_lab.leftovers()]
+    assert not left, f"lab teardown left namespaces behind: {left}"
+
+
+@pytest.fixture(scope="module")
+def module_lab(
+    _lab_host: None, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[netlab.Lab]:
+    """One lab shared by every test of a module (build it once: the module's tests must not leave changes behind
+    that the next test would trip on). The module's `LAB_SITES` (site -> kind) and `LAB_TWINS`, when it defines
+    them, choose the lab's sites (`netlab.Lab(sites=..., twins=...)`); otherwise it is the default lab."""
+    sites = getattr(request.module, "LAB_SITES", None)
+    twins = getattr(request.module, "LAB_TWINS", ())
+    log_dir = tmp_path_factory.mktemp(f"lab-{request.module.__name__.rpartition('.')[2]}")
+    the_lab = netlab.Lab(log_dir=log_dir, sites=sites, twins=twins)
     try:
         the_lab.start()
         yield the_lab

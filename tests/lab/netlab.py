@@ -14,6 +14,20 @@ connections only from the two data centers: its pg_hba.conf).
 198.18.0.0/15 is the RFC 2544 benchmarking range, 10.77.0.0/16 exists only inside the lab; nothing is routed
 outside the lab's namespaces (the host's own namespace is never touched: veth pairs are created inside them).
 
+That is the default, `Lab(sites={"home": "eim", "workplace": "eim"})`. Each site can be of another kind
+(`KINDS`, tests/lab/sites.py has the rules) and a lab can have more sites (site number N: home 1, workplace 2, the
+others 3, 4, ... in the order given), and `twins=("home",)` puts a second host on a site's LAN:
+
+      |-- S-rtr   198.18.0.(20+N) wan0 | lan0 10.77.N.1  -- S 10.77.N.10 (and twin S2 10.77.N.11)
+      |               eim: masquerade; symmetric: masquerade random,fully-random; new inbound dropped
+      |-- S-rtr   198.18.0.(20+N) wan0 | lan0 198.19.N.1 -- S 198.19.N.10 (and twin S2 198.19.N.11)
+      |               firewall: no NAT, outbound and replies only; every host on the Internet routes
+      |               198.19.N.0/24 via 198.18.0.(20+N)
+      '-- S       198.18.0.(40+N)                            public: no router
+
+With a twin, the router's `lan0` is a bridge with ports `l-S` and `l-S2`. `Lab.reboot_router(router)` makes a
+router forget its mappings (conntrack -F), `Lab.readdress(host, ip)` gives a host a new address on its LAN.
+
 `Lab.delay_link(host, ms, loss)` splices a user-space wire (tests/lab/delaywire.py, two TAP devices) into a host's
 uplink: the lab's stand-in for `tc qdisc ... netem` on kernels without sch_netem.
 
@@ -26,6 +40,7 @@ same by hand.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import math
 import os
@@ -46,68 +61,32 @@ if __package__ in (None, ""):  # run as a script: make `support` importable
 
 import pgserver
 import support
+from lab import sites as topo
 from support import IP, Proc, wait_until
 
 PREFIX = "ztmlab-"
 OWNER_DIR = Path("/run/ztmlab")
 _NAME_RX = re.compile(rf"^{PREFIX}([0-9a-f]{{6}})-")
 
-HOSTS = ("inet", "datacenter", "dc2", "db", "home-rtr", "work-rtr", "home", "workplace")
-ROUTERS = ("home-rtr", "work-rtr")
+DEFAULT_PLAN = topo.plan()
+"""The default lab: home and workplace, each behind an `eim` router."""
+KINDS = topo.KINDS
+HOSTS = tuple(DEFAULT_PLAN.hosts)
+"""The default lab's hosts (`Lab.hosts` has a lab's own)."""
+ROUTERS = tuple(DEFAULT_PLAN.routers)
 ALIASES = {"dc1": "datacenter"}
 """Other names of hosts: `dc1` is `datacenter` (the first data center of a hub cluster)."""
 
-ADDR = {
-    "inet": "198.18.0.1",
-    "db": "198.18.0.5",
-    "datacenter": "198.18.0.10",
-    "dc2": "198.18.0.11",
-    "home-rtr": "198.18.0.21",
-    "work-rtr": "198.18.0.22",
-    "home": "10.77.1.10",
-    "workplace": "10.77.2.10",
-}
-"""Each host's main address: WAN side for routers."""
-LAN_ADDR = {"home-rtr": "10.77.1.1", "work-rtr": "10.77.2.1"}
-"""Routers' LAN side."""
-
-# (host, interface, address/prefix) <-> (far host, far interface, address/prefix or None for a bridge port)
-_LINKS: tuple[tuple[str, str, str, str, str, str | None], ...] = (
-    ("datacenter", "eth0", "198.18.0.10/24", "inet", "p-datacenter", None),
-    ("dc2", "eth0", "198.18.0.11/24", "inet", "p-dc2", None),
-    ("db", "eth0", "198.18.0.5/24", "inet", "p-db", None),
-    ("home-rtr", "wan0", "198.18.0.21/24", "inet", "p-home-rtr", None),
-    ("work-rtr", "wan0", "198.18.0.22/24", "inet", "p-work-rtr", None),
-    ("home", "eth0", "10.77.1.10/24", "home-rtr", "lan0", "10.77.1.1/24"),
-    ("workplace", "eth0", "10.77.2.10/24", "work-rtr", "lan0", "10.77.2.1/24"),
-)
-_UPLINK = {host: (far, far_if) for host, _, _, far, far_if, _ in _LINKS}
-"""host -> the far end of its upstream cable (what `link_down` unplugs)."""
-_DEFAULT_ROUTE = {"home": "10.77.1.1", "workplace": "10.77.2.1"}
-_NEIGHBOUR = {"home": "home-rtr", "workplace": "work-rtr", "home-rtr": "home", "work-rtr": "workplace"}
-"""The host at the other end of a host's own cable, allowed to connect to it (the data center's is `inet`)."""
+ADDR = dict(DEFAULT_PLAN.addr)
+"""The default lab's main address of each host: WAN side for routers (`Lab.addr` answers for any lab)."""
+LAN_ADDR = dict(DEFAULT_PLAN.lan_addr)
+"""The default lab's routers' LAN side."""
 DELAYWIRE = Path(__file__).with_name("delaywire.py")
 DB_CLIENTS = ("datacenter", "dc2")
 """The hosts whose PostgreSQL connections `db` takes (`Lab.start_db`)."""
 
-ROUTER_NFT = """\
-table inet ztmlab {
-    chain postrouting {
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "wan0" masquerade
-    }
-    chain forward {
-        type filter hook forward priority filter; policy drop;
-        ct state established,related accept
-        iifname "lan0" oifname "wan0" accept
-    }
-    chain input {
-        type filter hook input priority filter; policy accept;
-        iifname "wan0" ct state established,related accept
-        iifname "wan0" drop
-    }
-}
-"""
+ROUTER_NFT = topo.router_nft("eim")
+"""The ruleset of an `eim` router (the default lab's two); `lab.sites.router_nft(kind)` for the others."""
 
 
 PEER_ECHO = """
@@ -116,17 +95,23 @@ s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("0.0.0.0", int(sys.argv[1])))
 s.listen(64)
+show_port = sys.argv[2:] == ["port"]
 print("ready", flush=True)
 while True:
     c, peer = s.accept()
     with c:
-        c.sendall(peer[0].encode())
+        c.sendall(f"{peer[0]}:{peer[1]}".encode() if show_port else peer[0].encode())
 """
-"""`Lab.serve`'s server: accepts forever on 0.0.0.0:PORT, answers each connection with the peer address it sees."""
+"""`Lab.serve`'s server: accepts forever on 0.0.0.0:PORT, answers each connection with the peer address it sees
+(`IP`, or `IP:PORT` when its second argument is `port`), then closes it first (no TIME_WAIT on the client's side)."""
 
 
 class LabError(RuntimeError):
     pass
+
+
+_End = tuple[str, str, str | None, str | None]
+"""One end of a cable: (namespace, interface, address/prefix or None for a bridge port, that bridge)."""
 
 
 _OPEN: list[Lab] = []
@@ -151,6 +136,12 @@ def unavailable_reason() -> str | None:
 
 def _nft() -> str | None:
     return shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if Path(p).exists()), None)
+
+
+def _conntrack() -> str | None:
+    return shutil.which("conntrack") or next(
+        (p for p in ("/usr/sbin/conntrack", "/sbin/conntrack") if Path(p).exists()), None
+    )
 
 
 def _cmd(argv: Sequence[str], *, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -219,10 +210,23 @@ def sweep_stale() -> list[str]:
 class Lab:
     """Namespaces, veths, routes and NAT of the seed's picture. Use as a context manager; `close()` is idempotent.
 
-    Hosts: `inet`, `datacenter` (alias `dc1`), `dc2`, `db`, `home-rtr`, `work-rtr`, `home`, `workplace`.
+    Hosts: `inet`, `datacenter` (alias `dc1`), `dc2`, `db`, and per site its host and router (by default `home-rtr`,
+    `work-rtr`, `home`, `workplace`). `sites` maps site name -> kind (`KINDS`; see `lab.sites` for names and
+    addresses); `twins` names sites that get a second host `<site>2` on the same LAN behind the same router.
+    A lab that cannot be built as asked raises `LabError` here, before anything is made.
     """
 
-    def __init__(self, *, log_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        log_dir: Path | None = None,
+        sites: Mapping[str, str] | None = None,
+        twins: Sequence[str] = (),
+    ) -> None:
+        try:
+            self.plan = topo.plan(sites, twins)
+        except topo.PlanError as exc:
+            raise LabError(str(exc)) from None
         existing = set(list_namespaces())
         while True:
             self.id = secrets.token_hex(3)
@@ -262,35 +266,37 @@ class Lab:
     def _build(self) -> None:
         OWNER_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._owner_file.write_text(json.dumps({"pid": os.getpid(), "start": _start_time(os.getpid())}))
-        for host in HOSTS:
+        plan = self.plan
+        for host in plan.hosts:
             ns = self.ns(host)
             _cmd([IP, "netns", "add", ns])
             self._created.append(ns)
             _cmd([IP, "-n", ns, "link", "set", "lo", "up"])
             sysctls = ["net.ipv6.conf.default.disable_ipv6=1"]  # no IPv6 on the lab's cables; lo keeps ::1
-            if host in ROUTERS:
-                sysctls.append("net.ipv4.ip_forward=1")
+            if host in plan.routers:
+                # A router's LAN bridge (twins) only bridges: br_netfilter must not run its frames through the
+                # router's own firewall (-e: the key exists only while the br_netfilter module is loaded).
+                sysctls += ["net.ipv4.ip_forward=1", "net.bridge.bridge-nf-call-iptables=0"]
             _cmd([IP, "netns", "exec", ns, "sysctl", "-q", "-e", "-w", *sysctls])
-        inet = self.ns("inet")
-        _cmd([IP, "-n", inet, "link", "add", "br0", "type", "bridge"])
-        _cmd([IP, "-n", inet, "addr", "add", f"{ADDR['inet']}/24", "dev", "br0"])
-        _cmd([IP, "-n", inet, "link", "set", "br0", "up"])
-        for host, ifname, cidr, far, far_if, far_cidr in _LINKS:
-            ns, far_ns = self.ns(host), self.ns(far)
-            _cmd([IP, "-n", ns, "link", "add", ifname, "type", "veth", "peer", "name", far_if, "netns", far_ns])
-            _cmd([IP, "-n", ns, "addr", "add", cidr, "dev", ifname])
-            _cmd([IP, "-n", ns, "link", "set", ifname, "up"])
-            if far_cidr is None:
-                _cmd([IP, "-n", far_ns, "link", "set", far_if, "master", "br0"])
-            else:
-                _cmd([IP, "-n", far_ns, "addr", "add", far_cidr, "dev", far_if])
-            _cmd([IP, "-n", far_ns, "link", "set", far_if, "up"])
-        for host, gateway in _DEFAULT_ROUTE.items():
+        for host, (bridge, cidr) in plan.bridges.items():
+            ns = self.ns(host)
+            _cmd([IP, "-n", ns, "link", "add", bridge, "type", "bridge"])
+            _cmd([IP, "-n", ns, "addr", "add", cidr, "dev", bridge])
+            _cmd([IP, "-n", ns, "link", "set", bridge, "up"])
+        for c in plan.cables:
+            ns, far_ns = self.ns(c.host), self.ns(c.far)
+            _cmd([IP, "-n", ns, "link", "add", c.ifname, "type", "veth", "peer", "name", c.far_if, "netns", far_ns])
+            _cmd([IP, "-n", ns, "addr", "add", c.cidr, "dev", c.ifname])
+            _cmd([IP, "-n", ns, "link", "set", c.ifname, "up"])
+            self._plug(far_ns, c.far_if, c.far_cidr, c.far_bridge)
+        for host, gateway in plan.default_route.items():
             _cmd([IP, "-n", self.ns(host), "route", "add", "default", "via", gateway])
+        for host, subnet, via in plan.routes:
+            _cmd([IP, "-n", self.ns(host), "route", "add", subnet, "via", via])
         nft = _nft()
         assert nft is not None
-        for router in ROUTERS:
-            _cmd([IP, "netns", "exec", self.ns(router), nft, "-f", "-"], input=ROUTER_NFT)
+        for router in plan.routers:
+            _cmd([IP, "netns", "exec", self.ns(router), nft, "-f", "-"], input=plan.router_nft[router])
 
     def close(self) -> None:
         """Stop every process in the lab, delete its namespaces (veths, routes and nft tables go with them)."""
@@ -319,22 +325,42 @@ class Lab:
     def ns(self, host: str) -> str:
         """Full namespace name of `host` (or of the host an alias names)."""
         host = ALIASES.get(host, host)
-        if host not in HOSTS:
-            raise KeyError(f"no host {host!r} in the lab; hosts: {', '.join(HOSTS)}")
+        if host not in self.plan.hosts:
+            raise KeyError(f"no host {host!r} in the lab; hosts: {', '.join(self.plan.hosts)}")
         return f"{self.prefix}{host}"
 
     @property
+    def hosts(self) -> list[str]:
+        return list(self.plan.hosts)
+
+    @property
+    def routers(self) -> list[str]:
+        return list(self.plan.routers)
+
+    @property
     def namespaces(self) -> list[str]:
-        return [self.ns(h) for h in HOSTS]
+        return [self.ns(h) for h in self.plan.hosts]
 
     def addr(self, host: str, side: str = "wan") -> str:
-        """`host`'s IPv4 address; routers: `side="wan"` (the default) or `side="lan"`."""
+        """`host`'s IPv4 address (its current one, after `readdress`); routers: `side="wan"` (the default) or
+        `side="lan"`."""
         host = ALIASES.get(host, host)
-        if host not in ADDR:
-            raise KeyError(f"no host {host!r} in the lab; hosts: {', '.join(HOSTS)}")
+        if host not in self.plan.addr:
+            raise KeyError(f"no host {host!r} in the lab; hosts: {', '.join(self.plan.hosts)}")
         if side == "lan":
-            return LAN_ADDR[host]
-        return ADDR[host]
+            return self.plan.lan_addr[host]
+        return self.plan.addr[host]
+
+    def kind(self, site: str) -> str:
+        """The kind of `site` (`KINDS`): how its router maps and filters, or `public`."""
+        if site not in self.plan.kinds:
+            raise KeyError(f"no site {site!r} in the lab; sites: {', '.join(self.plan.kinds)}")
+        return self.plan.kinds[site]
+
+    def router(self, site: str) -> str | None:
+        """The router of `site` (None for a public one)."""
+        router = topo.router_name(site)
+        return router if router in self.plan.routers else None
 
     # processes and sockets
 
@@ -364,12 +390,29 @@ class Lab:
     def can_connect(self, host: str, addr: str, port: int, timeout: float = 2.0) -> bool:
         return support.tcp_accepts(addr, port, netns=self.ns(host), timeout=timeout)
 
-    def serve(self, host: str, port: int) -> Proc:
+    def serve(self, host: str, port: int, *, show_port: bool = False) -> Proc:
         """A TCP server on `0.0.0.0:port` inside `host`, reachable wherever the lab lets it be: it answers every
-        connection with the peer address it sees, then closes it. Returns once it listens."""
-        proc = self.popen(host, [sys.executable, "-c", PEER_ECHO, str(port)], name=f"peer-echo@{host}")
+        connection with the peer address it sees (`IP`, or `IP:PORT` with `show_port`: a reflector, telling a
+        client behind NAT its mapped address), then closes it. Returns once it listens."""
+        argv = [sys.executable, "-c", PEER_ECHO, str(port), *(["port"] if show_port else [])]
+        proc = self.popen(host, argv, name=f"peer-echo@{host}")
         proc.wait_for_output("ready", timeout=10)
         return proc
+
+    def mapped(self, host: str, local_port: int, server: str, server_port: int) -> tuple[str, int]:
+        """Connect from `host`'s port `local_port` (SO_REUSEADDR + SO_REUSEPORT, as a hole puncher binds it) to a
+        `serve(..., show_port=True)` reflector at `server:server_port` (an address); the address and port it saw,
+        i.e. how `host`'s router (if any) mapped this connection."""
+        with support.netns_socket(self.ns(host)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("0.0.0.0", local_port))
+            sock.settimeout(5.0)
+            sock.connect((server, server_port))
+            data = b""
+            while chunk := sock.recv(100):
+                data += chunk
+        return support.split_hostport(data.decode())
 
     def assert_unreachable(self, src: str, host: str, port: int, timeout: float = 1.0) -> None:
         """Assert that `src` cannot open a TCP connection to `host`'s lab address at `port`.
@@ -379,7 +422,7 @@ class Lab:
         the host on the other end of `host`'s own cable must connect first (a `LabError` if it cannot: listen on
         0.0.0.0 or on `host`'s address)."""
         host = ALIASES.get(host, host)
-        target, near = self.addr(host), _NEIGHBOUR.get(host, "inet")
+        target, near = self.addr(host), self.plan.neighbour.get(host, "inet")
         if not self.can_connect(near, target, port):
             raise LabError(
                 f"nothing accepts connections on {host}'s address {target}:{port} (tried from {near}), so a check "
@@ -411,9 +454,58 @@ class Lab:
         host = ALIASES.get(host, host)
         far, far_if = self._uplink(host)
         _cmd([IP, "-n", self.ns(far), "link", "set", far_if, "up"])
-        if host in _DEFAULT_ROUTE:  # in case something took the host's own interface down meanwhile
+        if host in self.plan.default_route:  # in case something took the host's own interface down meanwhile
             _cmd([IP, "-n", self.ns(host), "link", "set", "eth0", "up"])
             self._default_route(host)
+
+    def reboot_router(self, router: str) -> None:
+        """`router` forgets every NAT mapping and connection it tracks, as a reboot would (`conntrack -F` in its
+        namespace); its rules, addresses and routes stay. Packets of connections it knew now count as new: from the
+        WAN they are dropped, from the LAN they get a new mapping (a new random port behind a symmetric NAT)."""
+        router = ALIASES.get(router, router)
+        if router not in self.plan.routers:
+            raise KeyError(f"{router!r} is not a router of the lab; routers: {', '.join(self.plan.routers) or 'none'}")
+        conntrack = _conntrack()
+        if conntrack is None:
+            raise LabError("reboot_router needs `conntrack` (Debian package conntrack; scripts/setup.sh installs it)")
+        cp = _cmd([IP, "netns", "exec", self.ns(router), conntrack, "-F"], check=False)
+        if cp.returncode != 0:
+            raise LabError(f"conntrack -F in {router} failed ({cp.returncode}): {cp.stderr.strip()}")
+
+    def conntrack_count(self, router: str) -> int:
+        """How many connections `router` tracks now (`conntrack -C`)."""
+        conntrack = _conntrack()
+        if conntrack is None:
+            raise LabError("conntrack_count needs `conntrack` (Debian package conntrack; scripts/setup.sh installs it)")
+        return int(_cmd([IP, "netns", "exec", self.ns(router), conntrack, "-C"]).stdout.split()[0])
+
+    def readdress(self, host: str, new_ip: str) -> None:
+        """`host` gets a new address on its own network, as a new DHCP lease or a move would give it: the old one is
+        removed, `new_ip` added with the same prefix, the default route restored. Connections the host had stay
+        bound to the old address, so they stop carrying data (nothing resets them); `addr(host)` is `new_ip` after.
+        A `LabError` (and nothing changed) when `new_ip` is not a free address of the host's subnet."""
+        host = ALIASES.get(host, host)
+        if host not in self.plan.site_of or host in self.plan.routers:
+            hosts = [h for h in self.plan.site_of if h not in self.plan.routers]
+            raise KeyError(f"{host!r} is not a site's host; those are: {', '.join(hosts)}")
+        cable = self.plan.uplink(host)
+        try:
+            net = ipaddress.ip_interface(cable.cidr).network
+            new = ipaddress.ip_address(new_ip)
+        except ValueError:
+            raise LabError(f"bad address {new_ip!r} for {host}: give an IPv4 address such as 10.77.1.20") from None
+        if new not in net or new in (net.network_address, net.broadcast_address):
+            raise LabError(f"{new_ip} is not a host address of {host}'s network {net}: pick one inside it")
+        taken = {h: a for h, a in [*self.plan.addr.items(), *self.plan.lan_addr.items()] if a == str(new)}
+        if taken:
+            raise LabError(f"{new_ip} is already {', '.join(taken)}'s address: pick a free one in {net}")
+        ns, cidr = self.ns(host), f"{new}/{net.prefixlen}"
+        # Old one first: a second address of the same subnet would be a secondary, deleted with the primary.
+        _cmd([IP, "-n", ns, "addr", "del", cable.cidr, "dev", cable.ifname])
+        _cmd([IP, "-n", ns, "addr", "add", cidr, "dev", cable.ifname])
+        cable.cidr = cidr
+        self.plan.addr[host] = str(new)
+        self._default_route(host)
 
     def delay_link(self, host: str, delay_ms: float, loss: float = 0.0, *, limit: int = 1000) -> Wire:
         """Run `host`'s uplink through a user-space wire (`delaywire.py`), netem's stand-in: every Ethernet frame
@@ -435,13 +527,13 @@ class Lab:
         try:
             wire.proc.wait_for_output(r"ready \S+ \S+", timeout=10)
             _cmd([IP, "-n", near[0], "link", "set", taps[1], "netns", far[0]])
-            for (ns, ifname, cidr), tap in ((far, taps[1]), (near, taps[0])):
+            for (ns, ifname, cidr, bridge), tap in ((far, taps[1]), (near, taps[0])):
                 _cmd([IP, "-n", ns, "link", "set", ifname, "down"])
                 if cidr is not None:
                     _cmd([IP, "-n", ns, "addr", "del", cidr, "dev", ifname])
                 _cmd([IP, "-n", ns, "link", "set", ifname, "name", f"{ifname}-v"])
                 _cmd([IP, "-n", ns, "link", "set", tap, "name", ifname])
-                self._plug(ns, ifname, cidr)
+                self._plug(ns, ifname, cidr, bridge)
             self._default_route(host)
         except BaseException:
             wire.undo()
@@ -454,29 +546,29 @@ class Lab:
             return
         del self._wires[wire.host]
         code = wire.proc.stop()
-        for ns, ifname, cidr in self._ends(wire.host):
+        for ns, ifname, cidr, bridge in self._ends(wire.host):
             if f"{ifname}-v" not in self._links(ns):
                 continue  # the splice failed before it got here
             wait_until(lambda: ifname not in self._links(ns), 10, f"tap {ifname} to go in {ns}")  # noqa: B023
             _cmd([IP, "-n", ns, "link", "set", f"{ifname}-v", "name", ifname])
-            self._plug(ns, ifname, cidr)
+            self._plug(ns, ifname, cidr, bridge)
         self._default_route(wire.host)
         stats = re.search(r"^stats (.*)$", wire.proc.output(), re.MULTILINE)
         if code != 0 or stats is None:
             raise LabError(f"the wire on {wire.host}'s uplink exited {code}; its output:\n{wire.proc.tail()}")
         wire.stats = json.loads(stats.group(1))
 
-    def _ends(self, host: str) -> tuple[tuple[str, str, str | None], tuple[str, str, str | None]]:
-        """(namespace, interface, address/prefix or None for a bridge port) of both ends of `host`'s uplink."""
-        for near, ifname, cidr, far, far_if, far_cidr in _LINKS:
-            if near == host:
-                return (self.ns(near), ifname, cidr), (self.ns(far), far_if, far_cidr)
-        raise KeyError(f"{host!r} has no uplink; hosts with one: {', '.join(_UPLINK)}")
+    def _ends(self, host: str) -> tuple[_End, _End]:
+        """(namespace, interface, address/prefix or None for a bridge port, bridge) of both ends of `host`'s
+        uplink."""
+        c = self.plan.uplink(host)
+        return (self.ns(c.host), c.ifname, c.cidr, None), (self.ns(c.far), c.far_if, c.far_cidr, c.far_bridge)
 
-    def _plug(self, ns: str, ifname: str, cidr: str | None) -> None:
-        """Give `ifname` its cable end's address (or bridge), up."""
+    def _plug(self, ns: str, ifname: str, cidr: str | None, bridge: str | None = None) -> None:
+        """Give `ifname` its cable end's address (or make it a port of `bridge`), up."""
         if cidr is None:
-            _cmd([IP, "-n", ns, "link", "set", ifname, "master", "br0"])
+            assert bridge is not None
+            _cmd([IP, "-n", ns, "link", "set", ifname, "master", bridge])
         else:
             _cmd([IP, "-n", ns, "addr", "replace", cidr, "dev", ifname])
         _cmd([IP, "-n", ns, "link", "set", ifname, "up"])
@@ -486,8 +578,8 @@ class Lab:
         return {line.split(":")[1].strip().partition("@")[0] for line in out.splitlines() if ":" in line}
 
     def _default_route(self, host: str) -> None:
-        if host in _DEFAULT_ROUTE:
-            _cmd([IP, "-n", self.ns(host), "route", "replace", "default", "via", _DEFAULT_ROUTE[host]])
+        if host in self.plan.default_route:
+            _cmd([IP, "-n", self.ns(host), "route", "replace", "default", "via", self.plan.default_route[host]])
 
     def rtt(self, host: str, addr: str, port: int = 9, samples: int = 5) -> float:
         """Seconds of the fastest of `samples` TCP handshakes from `host` to `addr:port`, a port nobody listens on:
@@ -510,10 +602,9 @@ class Lab:
         return best
 
     def _uplink(self, host: str) -> tuple[str, str]:
-        host = ALIASES.get(host, host)
-        if host not in _UPLINK:
-            raise KeyError(f"{host!r} has no uplink; hosts with one: {', '.join(_UPLINK)}")
-        return _UPLINK[host]
+        """host -> the far end of its upstream cable (what `link_down` unplugs)."""
+        c = self.plan.uplink(ALIASES.get(host, host))
+        return c.far, c.far_if
 
 
 class Wire:
