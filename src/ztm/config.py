@@ -75,7 +75,8 @@ class AgentConfig:
     wildcard host replaced by the address the hub sees."""
     p2p: bool = True
     """Punch direct channels to peers behind NAT (`ztm.agent.punch`); `--no-p2p` turns it off."""
-    p2p_keepalive: float = 25.0
-    """`--p2p-keepalive`: seconds between TCP keepalives on idle punched channels (holds NAT mappings open)."""
+    p2p_keepalive: float = 5.0
+    """`--p2p-keepalive`: seconds between TCP keepalives on idle punched channels: they hold NAT mappings open, and
+    after a router lost its mappings (a reboot), the side behind it re-creates them with its next keepalive."""
     zone: str | None = None
     """`--zone`: the agent prefers online hubs of this zone. None: keep the zone saved by an earlier run ("" none)."""

@@ -151,7 +151,7 @@ def agent_argv(cfg: AgentConfig, python: str = sys.executable) -> list[str]:
         argv += ["--direct-announce", str(cfg.direct_announce)]
     if not cfg.p2p:
         argv += ["--no-p2p"]
-    if cfg.p2p_keepalive != 25.0:
+    if cfg.p2p_keepalive != 5.0:
         argv += ["--p2p-keepalive", f"{cfg.p2p_keepalive:g}"]
     if cfg.zone is not None:
         argv += ["--zone", cfg.zone]

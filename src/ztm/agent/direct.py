@@ -158,8 +158,10 @@ class MeshDirect:
         self.running = True
         self.p2p = True
         """Punch channels to peers without a reachable listener (`--no-p2p`: off)."""
-        self.keepalive = 25.0
+        self.keepalive = 5.0
         """Seconds between TCP keepalives on idle punched channels (`--p2p-keepalive`)."""
+        self._local_ip: str | None = None
+        """This endpoint's address on its hub connection at the last hello (a change means it moved)."""
         self._listener_failed: dict[str, tuple[float, float]] = {}
         """Peer endpoint id -> (skip its listener until, last delay): punch instead meanwhile."""
         self._waiting: dict[DirectConn, PeerCert] = {}
@@ -172,7 +174,9 @@ class MeshDirect:
         return self.session.files.dir / "direct-ca-crl.pem"
 
     async def on_online(self) -> None:
-        """After every hello: fetch the CRL, announce the direct address."""
+        """After every hello: drop punched channels if this endpoint's address changed, fetch the CRL, announce the
+        direct address."""
+        self._check_address()
         try:
             await self.refresh_crl()
             if self.announce is not None:
@@ -183,6 +187,34 @@ class MeshDirect:
                 log.info("mesh %s: direct channels announced at %s", self.session.name, answer.get("direct"))
         except (ZtmError, OSError, ValueError, TypeError, AttributeError) as exc:
             log.warning("mesh %s: direct channels not set up: %s", self.session.name, exc)
+
+    def _check_address(self) -> None:
+        """A new hub session from another local address (the endpoint moved: a new lease, another network): its
+        punched channels are bound to the old address and carry nothing any more; close them so that new
+        connections take the relay at once and a new punch starts, rather than waiting on a dead path."""
+        conn = self.session.link.conn
+        local = conn.local_address[0] if conn is not None and conn.local_address is not None else None
+        if local is None:
+            return
+        before, self._local_ip = self._local_ip, local
+        if before is None or before == local:
+            return
+        dropped = 0
+        for pool in self._pool.values():
+            for proto in [p for p in pool if p.kind != "direct"]:
+                pool.remove(proto)
+                proto.abort()
+                dropped += 1
+        for proto in [p for p in self._waiting if p.kind != "direct"]:
+            proto.abort()
+            dropped += 1
+        for outer in [o for o in self.live if o.conn.kind != "direct"]:
+            outer.reset()
+            dropped += 1
+        self._failed.clear()  # the old address's failures say nothing about the new one
+        self.counters["moved"] += 1
+        log.info("mesh %s: this endpoint's address changed (%s -> %s): %d punched channels closed",
+                 self.session.name, before, local, dropped)  # fmt: skip
 
     async def on_crl(self) -> None:
         """The hub changed its CRL (an eviction): install the new one, closing revoked peers' channels. A failed

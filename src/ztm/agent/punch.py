@@ -58,15 +58,16 @@ def port_socket(family: int, port: int) -> socket.socket:
 
 
 def keep_alive(sock: socket.socket, idle: float) -> None:
-    """TCP keepalives every `idle` seconds on an idle connection (they hold NAT mappings open), a dead path noticed
-    after three unanswered probes 5 s apart, and unacknowledged data given up after 20 s."""
+    """TCP keepalives every `idle` seconds on an idle connection (they hold NAT mappings open, and re-create them
+    after a router lost them: packets of the far side are dropped until this side sends one), a dead path noticed
+    after three unanswered probes 5 s apart, and unacknowledged data given up after 30 s."""
     with contextlib.suppress(OSError, AttributeError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(idle)))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 5)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 20_000)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
 
 
 def rtt_ms(sock: socket.socket | None) -> float | None:

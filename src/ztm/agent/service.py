@@ -53,7 +53,7 @@ class Agent:
         """Where this agent accepts direct channels (`--direct`), announced to every mesh; None: off."""
         self.p2p = True
         """Punch direct channels to peers behind NAT (`--no-p2p`: off)."""
-        self.p2p_keepalive = 25.0
+        self.p2p_keepalive = 5.0
         self.zone = ""
         """This agent's zone (`--zone`): it prefers the online hubs of that zone (`ztm.agent.hubpick`); "" none."""
 

@@ -269,13 +269,13 @@ zone_type.__name__ = "zone"
 
 
 def keepalive_type(text: str) -> float:
-    """`--p2p-keepalive SECONDS`: 5 to 3600 (NAT routers forget idle TCP mappings after minutes to hours)."""
+    """`--p2p-keepalive SECONDS`: 1 to 3600 (NAT routers forget idle TCP mappings after minutes to hours)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. 25") from None
-    if not 5 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give 5 to 3600 seconds")
+    if not 1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 to 3600 seconds")
     return value
 
 
@@ -454,7 +454,7 @@ def agent_options(p: argparse.ArgumentParser) -> None:
         "--p2p-keepalive",
         metavar="SECONDS",
         type=keepalive_type,
-        help="seconds between keepalives on idle punched channels, to hold NAT mappings open (default 25)",
+        help="seconds between keepalives on idle punched channels, to hold NAT mappings open (default 5)",
     )
     p.add_argument(
         "--zone",

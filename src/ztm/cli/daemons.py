@@ -81,7 +81,7 @@ def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentCon
         direct=args.direct,
         direct_announce=args.direct_announce,
         p2p=not args.no_p2p,
-        p2p_keepalive=args.p2p_keepalive if args.p2p_keepalive is not None else 25.0,
+        p2p_keepalive=args.p2p_keepalive if args.p2p_keepalive is not None else 5.0,
         zone=args.zone,
         permit=_absolute(args.permit) if args.permit else None,
     )
