@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 PATHS = ("relay", "direct", "lan", "punched")
-"""The paths every `paths` object lists (zero or not), in this order; another path is listed after them once seen."""
+"""The paths every `paths` object lists, zero or not, in this order (a new kind of path is added here)."""
 PREFIX = "path_"
 """Counter keys `KEY:path_PATH`."""
 
@@ -28,15 +28,8 @@ def count(counters: Counter[str], key: str, path: str) -> None:
 
 
 def view(counters: Counter[str], *keys: str) -> dict[str, int]:
-    """`{"relay": n, "direct": n, "lan": n, "punched": n}` (and any other path seen), summed over `keys`."""
-    found = dict.fromkeys(PATHS, 0)
-    for key in keys:
-        head = f"{key}:{PREFIX}"
-        for name, value in counters.items():
-            if name.startswith(head):
-                path = name[len(head) :]
-                found[path] = found.get(path, 0) + value
-    return found
+    """`{"relay": n, "direct": n, "lan": n, "punched": n}`, summed over `keys`."""
+    return {path: sum(counters[f"{key}:{PREFIX}{path}"] for key in keys) for path in PATHS}
 
 
 def shown(paths: Any) -> str:
