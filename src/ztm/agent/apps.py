@@ -196,9 +196,11 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
 
 
 def direct_first(session: MeshSession, ep_id: str, address: object) -> str | None:
-    """Whether a stream to `ep_id` tries a direct channel first, and at which address: when the peer announced
-    one (`address`, from the hub's service registry) and is not backing off (`MeshDirect.reachable`). The one
-    place that decides it for the tunnel (TCP and UDP) and the proxy (every kind of connection)."""
+    """Whether a stream to `ep_id` tries a direct channel first, and at which address (None: it does not): when
+    the peer announced one (`address`, from the hub's service registry) and is not backing off
+    (`MeshDirect.reachable`). The one place that decides it for the tunnel (TCP and UDP) and the proxy (every kind
+    of connection). Once `MeshDirect.open` also takes peers without an announced address (punched channels), the
+    condition becomes `reachable` alone and the address passed on may be None."""
     if isinstance(address, str) and session.direct.reachable(ep_id):
         return address
     return None
