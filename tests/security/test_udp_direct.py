@@ -144,3 +144,32 @@ def test_an_entrance_the_exit_does_not_admit_is_refused_on_the_direct_path(world
     view = described(world.bob, "inbound", "udp/home-only")
     assert view["direct_fallbacks"] == 0 and view["streams"] == 0, view
     assert relayed(world) - before == 0, "bob's refused flow went through the hub, not over the direct channel"
+
+
+def test_the_exits_proxy_rules_hold_for_udp_on_the_direct_path(world: World) -> None:
+    """A deny rule at the exit refuses a SOCKS UDP destination over the direct channel, the hub relaying nothing."""
+
+    def refused() -> int:
+        return int(world.home.cli_json("proxy", "get")["counters"].get("entrance-udp:refused", 0))
+
+    def direct_ok() -> bool:
+        socks_open(world.proxy, 1, "127.0.0.1", world.tcp_echo)[0].close()
+        return bool(world.home.cli_json("proxy", "get")["counters"].get("entrance:direct", 0) >= 1)
+
+    wait_until(direct_ok, 20, "a SOCKS CONNECT over the direct channel")
+    world.alice.cli("proxy", "rules", "--deny", "root", "127.0.0.1")
+    try:
+        before, count = relayed(world), refused()
+        control, code, host, port = socks_open(world.proxy, 3, "0.0.0.0", 0)
+        with control, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            assert code == 0
+            client.sendto(b"\x00\x00\x00" + socks_address("127.0.0.1", world.udp_echo) + b"denied", (host, port))
+            wait_until(lambda: refused() > count, 10, "the UDP destination refused")
+            client.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                client.recvfrom(1 << 16)
+        denial = "denied: rule 1 (deny root 127.0.0.1/32) denies user 'root' access to 127.0.0.1:"
+        assert denial in agent_log(world.alice)
+        assert relayed(world) == before, "the refused UDP destination went through the hub"
+    finally:
+        world.alice.cli("proxy", "rules", "--delete", "1")
