@@ -5,8 +5,9 @@ flow went through the hub even when the exit took direct channels, so the hub sa
 (sealed, but traffic analysis needs no plaintext) and carried its bandwidth. Now such a flow goes straight to an
 exit that answers directly: the hub relays not one byte of it (its admin metric `ztm_hub_relayed_bytes_total`).
 
-And a member may not use the direct path to get around an exit's rules: bob, whom the exit does not admit, is
-refused over the direct channel itself (the caller from his verified certificate), with the hub relaying nothing.
+And nobody gets around an exit's rules on the direct path: bob, whom the exit's tunnel does not admit, is refused
+over the direct channel itself (the caller from his verified certificate), and a proxy deny rule refuses a SOCKS UDP
+destination there too, with the hub relaying nothing of either.
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ def warm_up(world: World, entrance: Agent, name: str) -> None:
     )
 
 
+def socks_warm_up(world: World) -> None:
+    """SOCKS CONNECTs through home's proxy until one went over the direct channel to alice."""
+
+    def went_direct() -> bool:
+        socks_open(world.proxy, 1, "127.0.0.1", world.tcp_echo)[0].close()
+        return bool(world.home.cli_json("proxy", "get")["counters"].get("entrance:direct", 0) >= 1)
+
+    wait_until(went_direct, 20, "a SOCKS CONNECT over the direct channel")
+
+
 def udp_exchange(port: int, datagrams: list[bytes], wrap: bytes = b"", to: tuple[str, int] | None = None) -> None:
     """Each datagram (with the SOCKS header `wrap`) out and back, byte-exact, from one fresh client socket."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -110,14 +121,11 @@ def test_the_hub_relays_no_byte_of_a_udp_tunnel_flow(world: World) -> None:
     udp_exchange(port, datagrams)
     assert relayed(world) - before == 0, f"the hub relayed {relayed(world) - before:.0f} bytes of the UDP flow"
     assert described(world.alice, "outbound", "udp/echo")["streams"] == 1
+    assert described(world.home, "inbound", "udp/echo")["paths"]["direct"] == 1
 
 
 def test_the_hub_relays_no_byte_of_a_socks_udp_flow(world: World) -> None:
-    def connected_directly() -> bool:
-        socks_open(world.proxy, 1, "127.0.0.1", world.tcp_echo)[0].close()
-        return bool(world.home.cli_json("proxy", "get")["counters"].get("entrance:direct", 0) >= 1)
-
-    wait_until(connected_directly, 20, "a SOCKS CONNECT over the direct channel")
+    socks_warm_up(world)
     control, code, host, port = socks_open(world.proxy, 3, "0.0.0.0", 0)
     with control:
         assert code == 0
@@ -152,11 +160,7 @@ def test_the_exits_proxy_rules_hold_for_udp_on_the_direct_path(world: World) -> 
     def refused() -> int:
         return int(world.home.cli_json("proxy", "get")["counters"].get("entrance-udp:refused", 0))
 
-    def direct_ok() -> bool:
-        socks_open(world.proxy, 1, "127.0.0.1", world.tcp_echo)[0].close()
-        return bool(world.home.cli_json("proxy", "get")["counters"].get("entrance:direct", 0) >= 1)
-
-    wait_until(direct_ok, 20, "a SOCKS CONNECT over the direct channel")
+    socks_warm_up(world)
     world.alice.cli("proxy", "rules", "--deny", "root", "127.0.0.1")
     try:
         before, count = relayed(world), refused()
