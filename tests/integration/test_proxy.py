@@ -18,11 +18,13 @@ import datetime
 import http.server
 import ipaddress
 import json
+import os
 import socket
 import ssl
 import struct
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -685,6 +687,8 @@ def test_credentials_survive_a_restart(tmp_path: Path) -> None:
 
 @dataclass
 class Direct:
+    admin: str
+    """the hub's admin (metrics) address."""
     home: Agent
     """the entrance."""
     office: Agent
@@ -700,7 +704,8 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
     tmp = tmp_path_factory.mktemp("proxy-direct")
     procs: list[Proc] = []
     try:
-        hub = start_hub(tmp)
+        admin = f"127.0.0.1:{free_port()}"
+        hub = start_hub(tmp, extra=["--admin", admin])
         procs.append(hub.proc)
         extra = {
             "office": ("--direct", f"127.0.0.1:{free_port()}"),
@@ -714,7 +719,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
         agents["natted"].cli("proxy", "config", "--add-target", "127.0.0.1", "--add-exclusion", "localhost")
         proxy = free_port()
         agents["home"].cli("proxy", "config", "--set-listen", str(proxy))
-        yield Direct(agents["home"], agents["office"], agents["natted"], proxy)
+        yield Direct(admin, agents["home"], agents["office"], agents["natted"], proxy)
     finally:
         for proc in reversed(procs):
             proc.stop()
@@ -723,6 +728,34 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
 def counters(agent: Agent) -> dict[str, int]:
     found: dict[str, int] = agent.cli_json("proxy", "get")["counters"]
     return found
+
+
+def by_path(agent: Agent, side: str) -> dict[str, int]:
+    """The proxy view's connections per path of `side` (entrance or exit, TCP and UDP together)."""
+    found: dict[str, int] = agent.cli_json("proxy", "get")["paths"][side]
+    return found
+
+
+def relayed(direct: Direct) -> float:
+    """The hub's `ztm_hub_relayed_bytes_total`: every byte it forwarded between endpoints."""
+    with urllib.request.urlopen(f"http://{direct.admin}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("ztm_hub_relayed_bytes_total "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def socks_udp_echoes(proxy: int, host: str, port: int, payloads: list[bytes]) -> None:
+    """One SOCKS5 UDP association; each payload to the UDP echo server at host:port and back, byte-exact."""
+    control, code, relay_host, relay_port = socks_open(proxy, 3, "0.0.0.0", 0)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(10)
+    with control, client:
+        assert code == 0
+        header = b"\x00\x00\x00" + socks_address(host, port)
+        for payload in payloads:
+            client.sendto(header + payload, (relay_host, relay_port))
+            assert client.recvfrom(1 << 17)[0] == header + b"echo:" + payload
 
 
 def test_proxy_connections_go_over_direct_channels(world: World, direct: Direct) -> None:
@@ -775,14 +808,34 @@ def test_proxy_connections_go_over_direct_channels(world: World, direct: Direct)
     finally:
         direct.office.cli("proxy", "rules", "--delete", "1")
     assert counters(direct.home).get("entrance:direct_fallbacks", 0) == after.get("entrance:direct_fallbacks", 0)
-    # UDP ASSOCIATE stays on the relay (and works).
-    control, code, host, port = socks_open(direct.proxy, 3, "0.0.0.0", 0)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.settimeout(10)
-    with control, client:
-        assert code == 0
-        client.sendto(b"\x00\x00\x00" + socks_address("localhost", world.servers.port("udp")) + b"dgram", (host, port))
-        assert client.recvfrom(65536)[0].endswith(b"echo:dgram")
+    # Connections per path: every one of the entrance's went direct, and the exit saw them so.
+    paths = by_path(direct.home, "entrance")
+    assert paths["direct"] == after["entrance:direct"] and paths["lan"] == paths["punched"] == 0, paths
+    assert paths["relay"] == after.get("entrance:e2e", 0), (paths, after)
+    assert by_path(direct.office, "exit")["direct"] == exit_counters["exit:direct"]
+    labels = f'mesh="{MESH}",app="proxy",name="entrance",path="direct"'
+    assert f"ztm_agent_app_streams_by_path{{{labels}}} {paths['direct']}" in metrics
+    shown = direct.home.cli("proxy", "get").stdout
+    assert f"paths (entrance): direct {paths['direct']}" in " ".join(shown.split()), shown
+
+
+def test_socks_udp_goes_direct_byte_exact_and_the_hub_relays_none(world: World, direct: Direct) -> None:
+    udp = world.servers.port("udp")
+    # The first association may race the exit's announcement and the CRL: wait for one that went direct.
+    wait_until(
+        lambda: socks_udp_echoes(direct.proxy, "localhost", udp, [b"warm"]) or counters(direct.home).get(
+            "entrance-udp:direct", 0) >= 1, 20, "a UDP flow over a direct channel")  # fmt: skip
+    before, hub_before = counters(direct.home), relayed(direct)
+    payloads = [os.urandom(n) for n in (1, 700, 1400, 9000, 30000)]
+    socks_udp_echoes(direct.proxy, "localhost", udp, payloads)
+    assert relayed(direct) == hub_before, "the hub relayed bytes of a SOCKS UDP flow that had a direct path"
+    after = counters(direct.home)
+    assert after["entrance-udp:direct"] == before["entrance-udp:direct"] + 1, after
+    assert after.get("entrance:direct_fallbacks", 0) == before.get("entrance:direct_fallbacks", 0), after
+    assert after["entrance-udp:sent"] - before["entrance-udp:sent"] == sum(map(len, payloads))
+    exit_udp = counters(direct.office)
+    assert exit_udp["exit-udp:direct"] == after["entrance-udp:direct"] == exit_udp["exit-udp:streams"], exit_udp
+    assert by_path(direct.home, "entrance")["direct"] == after["entrance:direct"] + after["entrance-udp:direct"]
 
 
 def test_proxy_falls_back_to_the_relay_when_the_direct_address_does_not_answer(world: World, direct: Direct) -> None:
@@ -798,6 +851,12 @@ def test_proxy_falls_back_to_the_relay_when_the_direct_address_does_not_answer(w
     assert after["entrance:streams"] - before["entrance:streams"] == 4
     natted = counters(direct.natted)
     assert natted["exit:streams"] >= 4 and natted.get("exit:direct", 0) == 0, natted
+    # A SOCKS UDP flow to the natted exit falls back to the relay too, and works.
+    socks_udp_echoes(direct.proxy, "127.0.0.1", world.servers.port("udp"), [b"via the hub", os.urandom(2000)])
+    udp = counters(direct.home)
+    assert udp["entrance-udp:e2e"] == after.get("entrance-udp:e2e", 0) + 1, udp
+    assert udp.get("entrance-udp:direct", 0) == after.get("entrance-udp:direct", 0), udp
+    assert by_path(direct.natted, "exit") == {"relay": natted["exit:streams"] + 1, "direct": 0, "lan": 0, "punched": 0}
 
 
 def agent_log(agent: Agent) -> str:

@@ -1,8 +1,9 @@
 """The tunnel's direct path (`ztm.agent.direct`) end to end: real hub and agent processes on 127.0.0.1.
 
 An exit started with `--direct` is reached straight from the entrance over mutual TLS (seen in the `direct` counter
-of `ztm tunnel describe` and the agents' /api/metrics); an exit whose announced direct address does not answer is
-reached through the hub as before; ACLs by entrance and user hold on the direct path (the caller comes from its
+and the `paths` of `ztm tunnel describe` and the agents' /api/metrics), by TCP connections and UDP flows alike, with
+the hub relaying none of their bytes; an exit whose announced direct address does not answer is reached through the
+hub as before; ACLs by entrance and user hold on the direct path (the caller comes from its
 certificate); an evicted user's live direct connections close and new ones are refused; transfers are byte-exact
 both ways with half-close. Every wait polls with a deadline.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import socket
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +55,8 @@ from .test_tunnel import (
 @dataclass
 class World:
     hub: Hub
+    admin: str
+    """The hub's admin (metrics) address."""
     home: Agent
     """root's entrance."""
     office: Agent
@@ -73,7 +78,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     procs: list[Proc] = []
     servers = Servers()
     try:
-        hub = start_hub(tmp)
+        admin = f"127.0.0.1:{free_port()}"
+        hub = start_hub(tmp, extra=["--admin", admin])
         procs.append(hub.proc)
         dead = free_port()  # nothing listens there: connection refused
         extra = {
@@ -88,7 +94,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             agents[name].join(MESH, name, hub.permit)
         for name in ("bob", "carol"):
             agents[name].join(MESH, name, invite(agents["home"], agents[name], name, tmp / f"{name}.json"))
-        yield World(hub, *agents.values(), servers, servers.echo(), servers.check())  # type: ignore[call-arg]
+        yield World(hub, admin, *agents.values(), servers, servers.echo(), servers.check())  # type: ignore[call-arg]
     finally:
         servers.close()
         for proc in reversed(procs):
@@ -102,6 +108,26 @@ def metric(agent: Agent, name: str) -> int:
         if line.startswith(name + "{") or line.startswith(name + " "):
             return int(float(line.rsplit(" ", 1)[1]))
     return 0
+
+
+def relayed(world: World) -> float:
+    """The hub's `ztm_hub_relayed_bytes_total`: every byte it forwarded between endpoints."""
+    with urllib.request.urlopen(f"http://{world.admin}/metrics", timeout=5) as answer:
+        for line in answer.read().decode().splitlines():
+            if line.startswith("ztm_hub_relayed_bytes_total "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def udp_echoes(port: int, datagrams: list[bytes]) -> bool:
+    """Each datagram out and back byte-exact, from one fresh client socket (one flow, one stream)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        for datagram in datagrams:
+            client.sendto(datagram, ("127.0.0.1", port))
+            if client.recvfrom(1 << 17)[0] != datagram:
+                return False
+    return True
 
 
 def test_direct_path_is_used_and_byte_exact_with_half_close(world: World) -> None:
@@ -125,9 +151,56 @@ def test_direct_path_is_used_and_byte_exact_with_half_close(world: World) -> Non
     assert entrance["direct"] >= entrance["streams"] - 1 >= 5, entrance
     assert exit_["direct"] == entrance["direct"], exit_
     assert described(office, "outbound", "tcp/d-check")["direct"] == 1
+    assert entrance["paths"] == {"relay": entrance["e2e"], "direct": entrance["direct"], "lan": 0, "punched": 0}
+    assert exit_["paths"] == {"relay": exit_["e2e"], "direct": exit_["direct"], "lan": 0, "punched": 0}
+    assert entrance["paths"]["relay"] + entrance["paths"]["direct"] == entrance["streams"]
     assert metric(home, "ztm_agent_direct_opened_total") >= 6
     assert metric(office, "ztm_agent_direct_accepted_total") >= 6
     assert entrance["bytes_sent"] >= len(data) + 5000 and entrance["bytes_received"] >= len(data) + 5000
+
+
+def test_udp_flows_go_direct_byte_exact_and_the_hub_relays_none(world: World) -> None:
+    office, home = world.office, world.home
+    open_outbound(office, "udp/d-echo", world.servers.udp_echo())
+    port = open_inbound(home, "udp/d-echo")
+    # The first flow may race the exit's announcement and the CRL: wait for one that went direct.
+    wait_until(
+        lambda: udp_echoes(port, [b"warm"]) and described(home, "inbound", "udp/d-echo")["paths"]["direct"] >= 1,
+        20,
+        "a UDP flow over a direct channel",
+    )
+    before, hub_before = described(home, "inbound", "udp/d-echo"), relayed(world)
+    flows = [[os.urandom(n) for n in (1, 100, 1400, 8000, 30000, 65000)] for _ in range(3)]
+    for datagrams in flows:
+        assert udp_echoes(port, datagrams)
+    assert relayed(world) == hub_before, "the hub relayed bytes of UDP flows that had a direct path"
+    after = described(home, "inbound", "udp/d-echo")
+    assert after["paths"]["direct"] - before["paths"]["direct"] == 3, after  # one stream per flow, each direct
+    assert after["paths"]["relay"] == before["paths"]["relay"] and after["direct_fallbacks"] == 0, after
+    assert after["bytes_sent"] - before["bytes_sent"] == sum(len(d) for datagrams in flows for d in datagrams)
+    exit_ = described(office, "outbound", "udp/d-echo")
+    assert exit_["paths"] == after["paths"] and exit_["streams"] == after["streams"], (exit_, after)
+    labels = 'mesh="m",app="tunnel",name="udp/d-echo",path="direct"'
+    assert metric(home, f"ztm_agent_app_streams_by_path{{{labels}}}") == after["paths"]["direct"]
+    assert metric(office, f"ztm_agent_app_streams_by_path{{{labels}}}") == after["paths"]["direct"]
+    # The human table and describe show them in one column / line.
+    table = home.cli("tunnel", "get", "inbound").stdout
+    assert "PATHS" in table and f"direct {after['paths']['direct']}" in table, table
+    shown = home.cli("tunnel", "describe", "inbound", "udp/d-echo").stdout
+    assert any(line.split()[:2] == ["paths:", "direct"] for line in shown.splitlines()), shown
+
+
+def test_udp_falls_back_to_the_relay_when_the_direct_address_does_not_answer(world: World) -> None:
+    natted, home = world.natted, world.home
+    open_outbound(natted, "udp/n-echo", world.servers.udp_echo())
+    port = open_inbound(home, "udp/n-echo")
+    for i in range(3):
+        payload = os.urandom(1000 + i)
+        assert wait_until(lambda p=payload: udp_echoes(port, [p]), 20, "a UDP flow through the relay")  # type: ignore[misc]
+    view = described(home, "inbound", "udp/n-echo")
+    assert view["paths"]["direct"] == 0 and view["paths"]["relay"] == view["streams"] >= 3, view
+    assert view["direct_fallbacks"] >= 1, view
+    assert described(natted, "outbound", "udp/n-echo")["paths"]["direct"] == 0
 
 
 def test_server_first_and_resets_on_the_direct_path(world: World) -> None:

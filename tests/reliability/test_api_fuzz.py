@@ -123,7 +123,7 @@ REAL = {
 }  # fmt: skip
 SEED_TUNNEL = "tcp/seed"
 """An exit the agent holds from the start, so that the tunnel part of the snapshot is never empty."""
-COUNTERS = {"streams", "active", "refused", "direct", "direct_fallbacks", "bytes_sent", "bytes_received"}
+COUNTERS = {"streams", "active", "refused", "direct", "direct_fallbacks", "bytes_sent", "bytes_received", "paths"}
 
 
 def path_value(route: Route, name: str, schema: dict[str, Any]) -> st.SearchStrategy[str]:

@@ -14,11 +14,12 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ztm import epref, h2, pki
+from ztm.agent.direct import DirectUnreachable
 from ztm.agent.e2estream import E2EStream
 from ztm.e2e import E2EError
 from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError, from_json
@@ -73,6 +74,13 @@ class AppContext:
         """A byte stream to this app on endpoint `ep` (id or name), for `service`, sealed end to end; ZtmError if
         refused (by the hub, or by the peer's app) or if the peer failed the end-to-end checks."""
         return await open_app_stream(self.session, await self._ep_id(ep), self.app, service)
+
+    async def open_stream_direct_first(
+        self, ep_id: str, service: str, address: object, on_fallback: Callable[[str], None]
+    ) -> E2EStream:
+        """A stream to this app on endpoint `ep_id` (an id), over a direct channel when there is one
+        (`open_direct_first`), else through the hub."""
+        return await open_direct_first(self.session, ep_id, address, self.app, service, on_fallback)
 
     async def _ep_id(self, ep: str) -> str:
         """The endpoint id `ep` names (an id as it is; a name through the hub's endpoint list)."""
@@ -185,6 +193,30 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
         return await session.e2e.open(stream, ep_id, app, service, answered)
     except E2EError as exc:
         raise Unavailable(f"end-to-end encryption with {ep_id} failed ({exc.reason}): {exc.message}") from None
+
+
+def direct_first(session: MeshSession, ep_id: str, address: object) -> tuple[bool, str | None]:
+    """Whether a stream to `ep_id` tries a direct channel first, and the peer's announced listener address (None:
+    it has none; a punched channel may still serve, `ztm.agent.punch`): yes when a channel is pooled, or the peer
+    announced a listener, or this endpoint can punch, and the peer is not backing off (`MeshDirect.usable`). The one
+    place that decides it for the tunnel (TCP and UDP) and the proxy (every kind of connection)."""
+    announced = address if isinstance(address, str) else None
+    return session.direct.usable(ep_id, announced), announced
+
+
+async def open_direct_first(
+    session: MeshSession, ep_id: str, address: object, app: str, service: str, on_fallback: Callable[[str], None]
+) -> E2EStream:
+    """A stream to `app` on endpoint `ep_id` for `service`: over a direct channel when `direct_first` says so, else
+    (or when the channel cannot be used now: `on_fallback` is told why) through the hub. The stream's `path` says
+    which. A refusal over the direct channel (ZtmError) is final: the relay would refuse too."""
+    try_direct, announced = direct_first(session, ep_id, address)
+    if try_direct:
+        try:
+            return await session.direct.open(ep_id, announced, app, service)
+        except DirectUnreachable as exc:
+            on_fallback(str(exc))
+    return await open_app_stream(session, ep_id, app, service)
 
 
 async def accept_relayed(conn: h2.Connection, stream_id: str, *, wait: bool = True) -> h2.Stream:

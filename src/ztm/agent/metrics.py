@@ -1,11 +1,12 @@
 """The agent's Prometheus exposition (`GET /api/metrics`): hub links (failovers and moves between hubs, the time
 streams waited for the hub's flow-control credit, and how many wait now: a stalled stream shows there), per-peer
-traffic, app counters, and the end-to-end layer's handshakes, streams, failures by reason and caller mismatches
-(`ztm.agent.e2e`)."""
+traffic, app counters (connections by path, `ztm.apps.paths`, as one metric with a `path` label), and the end-to-end
+layer's handshakes, streams, failures by reason and caller mismatches (`ztm.agent.e2e`)."""
 
 from __future__ import annotations
 
 from ztm.agent.service import Agent
+from ztm.apps.paths import PREFIX as PATH_PREFIX
 
 
 def _label(value: str) -> str:
@@ -32,6 +33,11 @@ def render_metrics(agent: Agent) -> str:
         "# TYPE ztm_agent_hub_streams_waiting_for_credit gauge",
     ]
     apps: list[str] = []
+    by_path: list[str] = [
+        "# HELP ztm_agent_app_streams_by_path connections an app opened or accepted, by path (relay, direct, lan, "
+        "punched)",
+        "# TYPE ztm_agent_app_streams_by_path counter",
+    ]
     e2e: list[str] = [
         "# HELP ztm_agent_e2e_handshakes_total end-to-end sessions made, by role",
         "# TYPE ztm_agent_e2e_handshakes_total counter",
@@ -79,7 +85,12 @@ def render_metrics(agent: Agent) -> str:
         for app in session.apps.values():
             for key, value in sorted(app.counters.items()):
                 name, _, metric = key.rpartition(":")
+                if metric.startswith(PATH_PREFIX):
+                    path = _label(metric[len(PATH_PREFIX) :])
+                    labels = f'mesh="{m}",app="{app.name}",name="{_label(name)}",path="{path}"'
+                    by_path.append(f"ztm_agent_app_streams_by_path{{{labels}}} {value}")
+                    continue
                 apps.append(f'ztm_agent_app_{metric}{{mesh="{m}",app="{app.name}",name="{_label(name)}"}} {value}')
     lines += ["# TYPE ztm_agent_peer_sent_bytes_total counter", "# TYPE ztm_agent_peer_received_bytes_total counter"]
-    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *failures, *credit, *e2e]
+    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *by_path, *failures, *credit, *e2e]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from typing import Any
 
 from ztm import validate
 from ztm.addr import Address
+from ztm.apps import paths
 from ztm.cli import output
 from ztm.cli.appcli import add_sub, call_app, remote_ep, show_parser_help
 from ztm.cli.args import Kind, UsageError, ZtmArgumentParser, subcommands
@@ -437,6 +438,9 @@ def _show_config(ctx: Context, view: dict[str, Any]) -> None:
         ("exclusions", _joined(view.get("exclusions")) or output.MISSING),
         ("rules", f"{len(rules)} (see 'ztm proxy rules')" if isinstance(rules, list) else output.MISSING),
     ]
+    by_path = view.get("paths")
+    if isinstance(by_path, dict):
+        pairs += [(f"paths ({side})", output.clean(paths.shown(by_path.get(side)))) for side in ("entrance", "exit")]
     if isinstance(counters, dict) and counters:
         pairs.append(("counters", ", ".join(f"{output.clean(str(k))}={output.cell(v)}" for k, v in counters.items())))
     ctx.print(output.key_values(pairs))

@@ -19,6 +19,7 @@ from typing import Any
 
 from ztm import validate
 from ztm.addr import Address
+from ztm.apps import paths
 from ztm.cli import output
 from ztm.cli import proxy as px
 from ztm.cli.appcli import add_sub, call_app, examples_epilog, remote_ep, show_parser_help
@@ -565,7 +566,7 @@ def _get(ctx: Context) -> int:
             ]
             for i in items
         ]
-    headers += ("STREAMS", "ACTIVE", "REFUSED", "SENT", "RECEIVED")
+    headers += ("STREAMS", "ACTIVE", "REFUSED", "PATHS", "SENT", "RECEIVED")
     empty = f"no {kind} tunnels on {where}" + (f" named {only}" if only else "")
     _show(ctx, items, headers, rows, empty)
     return 0
@@ -576,6 +577,7 @@ def _counters(item: dict[str, Any]) -> list[str]:
         output.cell(item.get("streams")),
         output.cell(item.get("active")),
         output.cell(item.get("refused")),
+        output.clean(paths.shown(item.get("paths"))),
         output.human_bytes(item.get("bytes_sent")),
         output.human_bytes(item.get("bytes_received")),
     ]
@@ -618,6 +620,7 @@ FIELDS = (
     "direct",
     "direct_fallbacks",
     "e2e",
+    "paths",
     "encryption",
     "bytes_sent",
     "bytes_received",
@@ -655,6 +658,8 @@ def _value(key: str, value: object, view: dict[str, Any]) -> str:
         return _exit_choice(view)
     if key in ("exits", "entrances") and isinstance(value, list):
         return ", ".join(_named(view, key))
+    if key == "paths":
+        return output.clean(paths.shown(value))
     if key == "exit_endpoints":
         if value is None:
             return "unknown (the hub cannot be asked)"

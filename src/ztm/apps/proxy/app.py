@@ -14,9 +14,10 @@ Credentials (`set_auth`): the entrance then requires SOCKS5 username/password (R
 Basic`; the password is kept as an scrypt hash (`spec.ProxyAuth`), checked off the event loop, and a successful check
 is remembered (as an HMAC under a per-process key) so that a client's next connections cost no scrypt.
 
-Direct path: like the tunnel app, a TCP connection goes over a direct channel (`ztm.agent.direct`) when the chosen
-exit announces a direct address and is not backing off, else through the hub; the exit applies the same checks with
-the caller from the channel's verified certificate. UDP always goes through the hub.
+Direct path: like the tunnel app, every connection (SOCKS5 CONNECT, HTTP CONNECT and forwarding, and each
+destination of a SOCKS5 UDP ASSOCIATE) goes over a direct channel (`ztm.agent.direct`) when the chosen exit has one
+(`ztm.agent.apps.direct_first` decides), else through the hub; the exit applies the same checks with the caller from
+the channel's verified certificate. Both sides count connections per path (`paths` in the view, `ztm.apps.paths`).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from ztm import epref, h2, validate
 from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
-from ztm.agent.direct import DirectUnreachable
 from ztm.agent.e2estream import E2EStream
+from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy, check_choice
 from ztm.apps.proxy import spec
 from ztm.apps.proxy.spec import Credentials, Destination, ProxyAuth, Refused, Rule, TargetSet
@@ -171,7 +172,13 @@ class ProxyApp(MeshApp):
         view["exit_users"] = list(self.exit_users)
         view["names"] = {ref: self._names[ref] for ref in self.exit_pins if ref in self._names}
         view["listening"] = self.server is not None
-        view["counters"] = {k: v for k, v in sorted(c.items()) if not k.endswith(":active") or v}
+        view["counters"] = {
+            k: v for k, v in sorted(c.items()) if (not k.endswith(":active") or v) and f":{paths.PREFIX}" not in k
+        }
+        view["paths"] = {
+            "entrance": paths.view(c, "entrance", "entrance-udp"),
+            "exit": paths.view(c, "exit", "exit-udp"),
+        }
         return view
 
     async def configure(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -405,8 +412,9 @@ class ProxyApp(MeshApp):
         return exits
 
     async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[E2EStream, Exit]:
-        """A stream for `dest` to the first matching exit that accepts (for TCP, a direct channel when the exit has
-        a usable direct address; when it does not answer, a stream through the hub); `Refused` otherwise."""
+        """A stream for `dest` to the first matching exit that accepts, over a direct channel when the exit has one
+        (when it does not answer, a stream through the hub: `AppContext.open_stream_direct_first`); `Refused`
+        otherwise."""
         try:
             exits = await self._exits()
         except ZtmError as exc:
@@ -423,20 +431,14 @@ class ProxyApp(MeshApp):
         ordered = [e for _, e in sorted(ranked[start:] + ranked[:start], key=lambda r: -r[0])]
         problems: list[Refused] = []
         service = dest.service(protocol)
-        direct = self.ctx.session.direct
+
+        def fallback(_why: str) -> None:
+            self.counters["entrance:direct_fallbacks"] += 1  # on to the relay
+
         for exit_ep in ordered:
-            if protocol == "tcp" and exit_ep.direct is not None and direct.reachable(exit_ep.ep):
-                try:
-                    return await direct.open(exit_ep.ep, exit_ep.direct, self.name, service), exit_ep
-                except DirectUnreachable:
-                    self.counters["entrance:direct_fallbacks"] += 1  # on to the relay
-                except ZtmError as exc:  # the exit refused: the relay would refuse too
-                    refused = Refused.from_reason(exc.message)
-                    problems.append(Refused(refused.code, f"exit {exit_ep.name}: {refused.message}"))
-                    continue
             try:
-                return await self.ctx.open_stream(exit_ep.ep, service), exit_ep
-            except Forbidden as exc:  # the exit refused: its reason starts with a refusal code
+                return await self.ctx.open_stream_direct_first(exit_ep.ep, service, exit_ep.direct, fallback), exit_ep
+            except Forbidden as exc:  # the exit refused (over either path): its reason starts with a refusal code
                 refused = Refused.from_reason(exc.message)
             except Timeout as exc:
                 refused = Refused(spec.TIMEOUT, exc.message)
@@ -499,6 +501,7 @@ class ProxyApp(MeshApp):
             transport.close()
             raise
         self.counters["exit-udp:streams"] += 1
+        paths.count(self.counters, "exit-udp", stream.path)
         try:
             await udp_flow(stream, queue, transport.sendto, self.counters, "exit-udp")
         finally:

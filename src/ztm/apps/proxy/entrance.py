@@ -9,8 +9,9 @@ client keeps its TCP connection open.
 
 With credentials configured (`ProxyApp.auth`), a SOCKS5 client must take method 0x02 (RFC 1929 username/password;
 offering only "no authentication" gets 0xFF, wrong credentials status 0x01, and the connection closes) and an HTTP
-client must send `Proxy-Authorization: Basic` (407 with `Proxy-Authenticate: Basic realm="ztm"` otherwise). A TCP
-connection may get a direct channel instead of a stream (`ProxyApp.open_to_exit`); the splice is the same.
+client must send `Proxy-Authorization: Basic` (407 with `Proxy-Authenticate: Basic realm="ztm"` otherwise). Any
+connection, and each UDP destination, may go over a direct channel instead of the hub (`ProxyApp.open_to_exit`);
+the splice and the datagram framing are the same.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ztm import h2
 from ztm.agent.e2estream import E2EStream
+from ztm.apps import paths
 from ztm.apps.proxy import http1, socks, spec
 from ztm.apps.proxy.spec import Destination, Refused
 from ztm.apps.tunnel.app import UDP_QUEUE, udp_flow
@@ -329,8 +331,8 @@ class _UdpRelay(asyncio.DatagramProtocol):
                 app.counters["entrance-udp:refused"] += 1
                 log.info("mesh %s: proxy UDP to %s dropped: %s", app.ctx.mesh, dest, refused.reason)
                 return
-            assert isinstance(stream, E2EStream)  # UDP never goes direct
             app.counters["entrance-udp:streams"] += 1
+            paths.count(app.counters, "entrance-udp", stream.path)
 
             def send(datagram: bytes) -> None:
                 if self.transport is not None:

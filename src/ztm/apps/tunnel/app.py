@@ -8,11 +8,12 @@ Exit (outbound): checks the caller against `entrances`/`users` (identities asser
 connects to a target (round-robin, failing over), and only then accepts the stream, so a refusal reaches the
 entrance's client at once as a closed connection. Configuration lives in the agent database and survives restarts.
 
-Direct path: a TCP connection goes first over a direct channel (`ztm.agent.direct`) when the exit announces a
-direct address and is not backing off; it is the same end-to-end stream as through the hub (`E2EStream.path` is
-"direct"), and the exit takes it in `on_stream` and checks its caller exactly as on the relay. When the direct
-address cannot be used the connection goes through the hub.
-UDP always goes through the hub.
+Direct path: a TCP connection, and a UDP flow (one stream for its whole life), goes first over a direct channel
+(`ztm.agent.direct`) when the exit has one (`ztm.agent.apps.direct_first` decides); it is the same end-to-end stream
+as through the hub (`E2EStream.path` says which path), and the exit takes it in `on_stream` and checks its caller
+exactly as on the relay. When the direct channel cannot be used the connection goes through the hub (counted in
+`direct_fallbacks`). Both sides count connections per path where the stream is opened or accepted
+(`ztm.apps.paths`).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from ztm import epref, h2
 from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
-from ztm.agent.direct import DirectUnreachable
 from ztm.agent.e2estream import E2EStream
 from ztm.agent.mesh import Traffic
+from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy
 from ztm.apps.tunnel.credit import CreditWaits
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
@@ -210,6 +211,7 @@ class TunnelApp(MeshApp):
             "direct": c[f"{key}:direct"],
             "direct_fallbacks": c[f"{key}:fallbacks"],
             "e2e": c[f"{key}:e2e"],
+            "paths": paths.view(c, key),
             "bytes_sent": c[f"{key}:sent"],
             "bytes_received": c[f"{key}:received"],
             **self.credit_waits.stats(key),
@@ -299,27 +301,23 @@ class TunnelApp(MeshApp):
             exits = exits[start:] + exits[:start]
         return sorted(exits, key=lambda e: self._slow.get(e["ep"], 0.0) > now)  # stable: slow ones last
 
-    async def open_to_exit(self, key: str, *, direct: bool = False) -> tuple[E2EStream, dict[str, Any]]:
-        """A stream to the first exit of tunnel `key` that accepts (with `direct`, a direct channel to it when it
-        has a usable direct address, else a stream through the hub); Unavailable if none does."""
+    async def open_to_exit(self, key: str) -> tuple[E2EStream, dict[str, Any]]:
+        """A stream to the first exit of tunnel `key` that accepts, over a direct channel when it has one, else
+        through the hub (`AppContext.open_stream_direct_first`); Unavailable if none does."""
         exits = await self._exits(key)
         if not exits:
             raise Unavailable(f"no online exit of {self._whose(key)} offers {key}")
         problems = []
+
+        def fallback(_why: str) -> None:
+            self.counters[f"{key}:fallbacks"] += 1  # on to the relay
+
         for exit_ep in exits:
-            announced = exit_ep.get("direct")
-            address = announced if isinstance(announced, str) else None
-            if direct and self.ctx.session.direct.usable(exit_ep["ep"], address):
-                try:
-                    return await self.ctx.session.direct.open(exit_ep["ep"], address, self.name, key), exit_ep
-                except DirectUnreachable:
-                    self.counters[f"{key}:fallbacks"] += 1  # on to the relay
-                except ZtmError as exc:  # the exit refused: the relay would refuse too
-                    problems.append(f"{exit_ep['name']}: {exc.message}")
-                    continue
             try:
-                return await self.ctx.open_stream(exit_ep["ep"], key), exit_ep
-            except (ZtmError, h2.H2Error) as exc:  # H2Error: the hub connection is closing (GOAWAY, renewal)
+                stream = await self.ctx.open_stream_direct_first(exit_ep["ep"], key, exit_ep.get("direct"), fallback)
+                return stream, exit_ep
+            # a refusal over the direct channel is final too; H2Error: the hub connection is closing (GOAWAY, renewal)
+            except (ZtmError, h2.H2Error) as exc:
                 problems.append(f"{exit_ep['name']}: {exc.message}")
                 self._exits_cache.pop(key, None)
                 if isinstance(exc, Timeout):  # the hub waited for it in vain: do not make every client wait
@@ -335,7 +333,7 @@ class TunnelApp(MeshApp):
 
     async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            stream, exit_ep = await self.open_to_exit(key, direct=True)
+            stream, exit_ep = await self.open_to_exit(key)
         except ZtmError as exc:
             self.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: connection closed: %s", self.ctx.mesh, key, exc.message)
@@ -449,6 +447,7 @@ class TunnelApp(MeshApp):
             transport.close()
             raise
         self.counters[f"{key}:streams"] += 1
+        paths.count(self.counters, key, stream.path)
         try:
             await udp_flow(stream, queue, transport.sendto, self.counters, key)
         finally:
@@ -496,6 +495,7 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             self.flows.pop(addr, None)
             return
         self.app.counters[f"{key}:streams"] += 1
+        paths.count(self.app.counters, key, stream.path)
 
         def send(datagram: bytes) -> None:
             if self.transport is not None:
@@ -516,15 +516,11 @@ async def counted_splice(
     traffic: Traffic,
     waits: CreditWaits | None = None,
 ) -> None:
-    """`splice`, counted: `KEY:active` (and `KEY:direct` for a direct channel) while it runs, bytes in `KEY:sent` and
-    `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`); a relayed stream's waits for credit in
-    `waits`. The tunnel's and the proxy's data path."""
-    if stream.path != "relay":
-        counters[f"{key}:direct"] += 1
-        traffic.protection = f"e2e {stream.suite} direct"
-    else:
-        counters[f"{key}:e2e"] += 1
-        traffic.protection = f"e2e {stream.suite}"
+    """`splice`, counted: the connection by its path (`ztm.apps.paths`), `KEY:active` while it runs, bytes in
+    `KEY:sent` and `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`); a relayed stream's waits
+    for credit in `waits`. The tunnel's and the proxy's data path."""
+    paths.count(counters, key, stream.path)
+    traffic.protection = f"e2e {stream.suite}" if stream.path == "relay" else f"e2e {stream.suite} {stream.path}"
     stream.label = key
     if waits is not None:
         waits.add(key, stream)

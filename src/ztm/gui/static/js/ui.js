@@ -119,6 +119,12 @@ export function bytes(n) {
   return `${i === 0 ? v : v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
 
+// Connections by path (`paths` of a tunnel or of the proxy's entrance/exit): "relay 3, direct 2", as the CLI shows it.
+export function paths(counts) {
+  if (!counts || typeof counts !== "object") return "–";
+  return Object.entries(counts).filter(([, n]) => Number(n) > 0).map(([p, n]) => `${p} ${n}`).join(", ") || "none";
+}
+
 export function ago(iso) {
   if (!iso) return "–";
   const t = Date.parse(iso);

@@ -2,7 +2,7 @@
 // rules, its counters; the mesh's exits.
 
 import { del, get, meshPath, post } from "../api.js";
-import { act, badge, bytes, card, chips, clear, errorBanner, field, h, kv, pageHead, statusBadge, table, toast, words } from "../ui.js";
+import { act, badge, bytes, card, chips, clear, errorBanner, field, h, kv, pageHead, paths, statusBadge, table, toast, words } from "../ui.js";
 
 // IPv6 text to its 8 groups, or null.
 function v6Groups(text) {
@@ -140,9 +140,11 @@ export async function render(ctx) {
 
   function drawCounters(config) {
     const c = config.counters || {};
-    const value = (key) => (key === null ? "" : isBytes(key) ? bytes(c[key] || 0) : String(c[key] || 0));
+    const byPath = config.paths || {};
+    const value = (key) => (key === null ? "" : key.startsWith("paths:") ? paths(byPath[key.slice(6)]) : isBytes(key) ? bytes(c[key] || 0) : String(c[key] || 0));
     const rows = COUNTERS.filter(([, a, b]) => [a, b].some((k) => k !== null && (ALWAYS.has(k) || c[k])))
       .map(([label, entrance, exit]) => ({ label, entrance, exit }));
+    rows.push({ label: "paths", entrance: "paths:entrance", exit: "paths:exit" });
     const known = new Set(COUNTERS.flatMap(([, a, b]) => [a, b]));
     const others = Object.entries(c).filter(([k, v]) => !known.has(k) && v);
     clear(countersBox, card(

@@ -1,7 +1,7 @@
 // Tunnel app: this endpoint's entrances (inbound) and exits (outbound), open and close them; every tunnel of the mesh.
 
 import { del, get, meshPath, post } from "../api.js";
-import { act, bytes, card, chips, clear, errorBanner, field, h, pageHead, statusBadge, table, toast, words } from "../ui.js";
+import { act, bytes, card, chips, clear, errorBanner, field, h, pageHead, paths, statusBadge, table, toast, words } from "../ui.js";
 
 export async function render(ctx) {
   const base = meshPath(ctx.mesh, "apps", "tunnel");
@@ -31,6 +31,7 @@ export async function render(ctx) {
     { label: "Refused", class: "num", cell: (t) => String(t.refused) },
     { label: "Sent", class: "num", cell: (t) => bytes(t.bytes_sent) },
     { label: "Received", class: "num", cell: (t) => bytes(t.bytes_received) },
+    { label: "Paths", cell: (t) => paths(t.paths) },
     // relayed streams are sealed end to end (the hub sees ciphertext); direct channels are TLS between the endpoints
     { label: "Encryption", cell: (t) => `end-to-end ${t.e2e ?? 0} · direct TLS ${t.direct ?? 0}` },
   ];
