@@ -51,7 +51,7 @@ from cryptography import x509
 
 from ztm import pki
 from ztm.addr import Address
-from ztm.agent import peercall, punchmsg
+from ztm.agent import punchmsg
 from ztm.agent.direct_outer import DirectConn, DirectOuter
 from ztm.agent.punch import WINDOW, PunchError, PunchPort, keep_alive, rtt_ms
 from ztm.aio import spawn
@@ -608,6 +608,8 @@ class MeshDirect:
             port, lan, hub, version = self._punch_port()
             reflexive = await self._reflexive(port, hub)
             offer = punchmsg.Punch(secrets.token_hex(16), self._candidates(lan, port.port, reflexive))
+            from ztm.agent import peercall  # here: peercall -> apps -> this module
+
             try:
                 raw = await peercall.call(self.session, ep_id, "punch", offer.to_json(), PUNCH_CALL_TIMEOUT)
             except ZtmError as exc:
