@@ -166,5 +166,5 @@ def test_pair_ends_up_on_the_expected_path(mesh: Mesh, entrance: str, exit_host:
         assert view["direct"] == 0, view
         assert mesh.hub_counter("relayed_bytes") - relayed >= 2 * len(data)
     else:
-        assert view["direct"] >= 1, view
+        assert view["direct"] >= 1 and view["paths"][expected] >= 1, view
         assert mesh.hub_counter("relayed_bytes") - relayed < 4096, "the hub relayed bytes of a direct transfer"
