@@ -206,3 +206,24 @@ def test_two_punch_ports_on_one_host_connect() -> None:
 def test_candidate_json() -> None:
     assert Candidate("lan", "10.0.0.1", 5000).to_json() == {"kind": "lan", "ip": "10.0.0.1", "port": 5000}
     assert Punch(NONCE, ()).public_ip is None
+
+
+def test_tcp_info_readings_on_a_live_connection() -> None:
+    """`rtt_ms` and `silent_for` read the kernel's TCP_INFO: on a fresh loopback connection whose peer just
+    acknowledged, a small round-trip time and a short silence; no probes outstanding."""
+    from ztm.agent.punch import rtt_ms, silent_for
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        client.sendall(b"x")
+        assert server.recv(1) == b"x"
+        rtt = rtt_ms(client)
+        silent = silent_for(client)
+        assert rtt is not None and 0 <= rtt < 1000
+        assert silent is not None and 0 <= silent < 5
+        assert rtt_ms(None) is None and silent_for(None) is None
+    finally:
+        for s in (client, server, listener):
+            s.close()

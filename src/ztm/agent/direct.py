@@ -53,7 +53,7 @@ from ztm import pki
 from ztm.addr import Address
 from ztm.agent import punchmsg
 from ztm.agent.direct_outer import DirectConn, DirectOuter
-from ztm.agent.punch import WINDOW, PunchError, PunchPort, keep_alive, rtt_ms
+from ztm.agent.punch import WINDOW, PunchError, PunchPort, keep_alive, rtt_ms, silent_for
 from ztm.aio import spawn
 from ztm.e2e import E2EError
 from ztm.errors import BadInput, CertificateError, Forbidden, Unavailable, ZtmError
@@ -468,10 +468,21 @@ class MeshDirect:
         now = time.monotonic()
         while pool:
             proto = pool.popleft()
-            if proto.usable and now - proto.made < (proto.idle_limit or POOL_IDLE):
+            if proto.usable and now - proto.made < (proto.idle_limit or POOL_IDLE) and not self._silent(proto):
                 return proto
             proto.abort()
         return None
+
+    def _silent(self, conn: DirectConn) -> bool:
+        """A punched channel whose peer has not answered a keepalive (its path died: the peer's machine went away,
+        a router dropped the mappings for good): not to be used, a new connection would hang on it."""
+        if conn.kind == "direct" or conn.transport is None:
+            return False
+        silent = silent_for(conn.transport.get_extra_info("socket"))
+        if silent is not None and silent > 2 * self.keepalive + 1:
+            self.counters["punched_silent_closed"] += 1
+            return True
+        return False
 
     def _refill(self, ep_id: str, address: str | None) -> None:
         if ep_id in self._refilling or not self.running:

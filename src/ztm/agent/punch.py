@@ -83,6 +83,23 @@ def rtt_ms(sock: socket.socket | None) -> float | None:
     return round(int.from_bytes(info[68:72], "little") / 1000, 3)  # tcpi_rtt, microseconds
 
 
+def silent_for(sock: socket.socket | None) -> float | None:
+    """Seconds since the peer last acknowledged anything on a TCP connection (TCP_INFO `tcpi_last_ack_recv`), or
+    None if the kernel does not say; with keepalives every K seconds, an idle channel whose peer is alive is never
+    silent much longer than K, and one unanswered probe already shows (`tcpi_probes`)."""
+    if sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except (OSError, AttributeError):
+        return None
+    if len(info) < 60:
+        return None
+    if info[3] > 0:  # tcpi_probes: keepalive probes sent and not answered
+        return float("inf")
+    return int.from_bytes(info[56:60], "little") / 1000
+
+
 class PunchPort:
     """A fresh local port for one punch: its listener, and its reflect connection to the hub."""
 
