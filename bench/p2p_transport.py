@@ -30,6 +30,9 @@ HandshakeCompleted (issuer, signature, validity against the bench CA); a stream 
 served. qh3 2.1.0 has no client certificates on the server side at all, so it cannot carry a mutual-TLS channel and
 is not measured.
 
+`BENCH_UDP_BUFFER=BYTES` (environment) sets SO_RCVBUF/SO_SNDBUF of the QUIC sockets, a diagnostic: the kernel's
+default (208 KiB) drops a few datagrams per 10,000 under load; 4 MiB removed the drops but not the slowness.
+
 Run:  .venv/bin/pip install -e '.[bench]' && .venv/bin/python -m bench.p2p_transport [--rounds 5] [--keep]
 """
 
