@@ -701,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{tool} is not installed (apt-get install {package})")
     print(machine_facts())
     print(tree_facts())
-    with Workspace("p2p", keep=args.keep) as ws:
+    with Workspace("p2p-transport", keep=args.keep) as ws:
         pki = ws.dir / "pki"
         pki.mkdir()
         make_pki(pki)
