@@ -331,12 +331,13 @@ def role_hold(port: int, batch: int) -> int:
 class Child:
     """A helper process of this script (`--role ...`), talking JSON lines over pipes."""
 
-    def __init__(self, ws: Workspace, name: str, args: list[str]) -> None:
+    def __init__(self, ws: Workspace, name: str, args: list[str], module: str = "bench.tunnel") -> None:
+        """`module`: the bench script whose `--role` this child runs."""
         directory = ws.dir / name
         directory.mkdir()
         env = bench_env(directory)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env["PYTHONPATH"]])
-        argv = [PYTHON, "-m", "bench.tunnel", *args]
+        argv = [PYTHON, "-m", module, *args]
         self.proc = Proc(argv, log_path=directory / "stderr", env=env, cwd=directory, pipes=True)
         ws.procs.append(self.proc)
         assert self.proc.popen.stdin is not None and self.proc.popen.stdout is not None
@@ -460,6 +461,72 @@ def probe(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclass
+class Stunnel:
+    """stunnel4's one hop: `client` (plain TCP in on `ports[NAME]`, TLS 1.3 out) and `server` (TLS in, TCP out)."""
+
+    server: Proc
+    client: Proc
+    ports: dict[str, int]
+
+
+def start_stunnel(ws: Workspace, targets: dict[str, int]) -> Stunnel:
+    """A stunnel4 client and server, one section per `targets` entry (name -> port of the server behind it): ECDSA
+    P-256 certificate made with `openssl`, TLS 1.3, the client verifying the server, TCP_NODELAY on every socket. Both
+    are `ws` processes; returns once every port listens and (with an "echo" section) an echo crosses."""
+    d = ws.dir / "stunnel"
+    d.mkdir()
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bench",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    common = "foreground = yes\npid =\nsyslog = no\ndebug = warning\n"
+    sock_opts = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n"
+    server = common
+    client = common + "client = yes\n"
+    ports: dict[str, int] = {}
+    listening: list[int] = []
+    for name, target in targets.items():
+        srv, cli = free_port(), free_port()
+        ports[name] = cli
+        listening += [srv, cli]
+        server += f"[{name}]\naccept = {HOST}:{srv}\nconnect = {HOST}:{target}\ncert = {cert}\nkey = {key}\n{sock_opts}"
+        client += f"[{name}]\naccept = {HOST}:{cli}\nconnect = {HOST}:{srv}\nverifyPeer = yes\nCAfile = {cert}\n"
+        client += sock_opts
+    (d / "server.conf").write_text(server)
+    (d / "client.conf").write_text(client)
+    env = bench_env(d)
+    st_server = Proc(["stunnel4", str(d / "server.conf")], log_path=d / "server.out", env=env, cwd=d)
+    ws.procs.append(st_server)
+    st_client = Proc(["stunnel4", str(d / "client.conf")], log_path=d / "client.out", env=env, cwd=d)
+    ws.procs.append(st_client)
+    for port in listening:
+        wait_until(lambda p=port: tcp_accepts(p), 10, f"stunnel4 to listen on {port}")  # type: ignore[misc]
+    if "echo" in ports:
+        wait_until(lambda: probe(ports["echo"]), 10, "an echo through stunnel4")
+    return Stunnel(st_server, st_client, ports)
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -623,60 +690,9 @@ class Run:
         return int(view.get("direct", 0)) if status == 200 and isinstance(view, dict) else 0
 
     def stunnel_setup(self) -> None:
-        d = self.ws.dir / "stunnel"
-        d.mkdir()
-        cert, key = d / "cert.pem", d / "key.pem"
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-                "-days",
-                "2",
-                "-subj",
-                "/CN=bench",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        srv_iperf, srv_echo, srv_sink = free_port(), free_port(), free_port()
-        self.st_iperf, self.st_echo, self.st_sink = free_port(), free_port(), free_port()
-        common = "foreground = yes\npid =\nsyslog = no\ndebug = warning\n"
-        sock_opts = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n"
-        server = common
-        client = common + "client = yes\n"
-        for name, srv, cli, target in (
-            ("iperf", srv_iperf, self.st_iperf, self.iperf_port),
-            ("echo", srv_echo, self.st_echo, self.echo_port),
-            ("sink", srv_sink, self.st_sink, self.sink_port),
-        ):
-            server += (
-                f"[{name}]\naccept = {HOST}:{srv}\nconnect = {HOST}:{target}\ncert = {cert}\nkey = {key}\n{sock_opts}"
-            )
-            client += (
-                f"[{name}]\naccept = {HOST}:{cli}\nconnect = {HOST}:{srv}\n"
-                f"verifyPeer = yes\nCAfile = {cert}\n{sock_opts}"
-            )
-        (d / "server.conf").write_text(server)
-        (d / "client.conf").write_text(client)
-        env = bench_env(d)
-        self.st_server = Proc(["stunnel4", str(d / "server.conf")], log_path=d / "server.out", env=env, cwd=d)
-        self.ws.procs.append(self.st_server)
-        self.st_client = Proc(["stunnel4", str(d / "client.conf")], log_path=d / "client.out", env=env, cwd=d)
-        self.ws.procs.append(self.st_client)
-        for port in (srv_iperf, srv_echo, srv_sink, self.st_iperf, self.st_echo, self.st_sink):
-            wait_until(lambda p=port: tcp_accepts(p), 10, f"stunnel4 to listen on {port}")  # type: ignore[misc]
-        wait_until(lambda: probe(self.st_echo), 10, "an echo through stunnel4")
+        st = start_stunnel(self.ws, {"iperf": self.iperf_port, "echo": self.echo_port, "sink": self.sink_port})
+        self.st_server, self.st_client = st.server, st.client
+        self.st_iperf, self.st_echo, self.st_sink = st.ports["iperf"], st.ports["echo"], st.ports["sink"]
 
     # helpers ----------------------------------------------------------------------------------------------
 
