@@ -24,6 +24,13 @@ export async function render(ctx) {
     draw();
   }
 
+  // How this agent's streams reach the endpoint now (docs/nat-traversal.md): punched, lan, direct, or the hub relay.
+  function pathText(e) {
+    if (!e.path) return "–";
+    if (e.path === "relay") return e.path_via ? `relay via ${e.path_via}` : "relay";
+    return typeof e.path_rtt_ms === "number" ? `${e.path} ${e.path_rtt_ms.toFixed(1)} ms` : e.path;
+  }
+
   function draw() {
     clear(
       list,
@@ -36,6 +43,7 @@ export async function render(ctx) {
             { label: "Status", cell: (e) => statusBadge(e.online ? "online" : "offline") },
             { label: "Address", cell: (e) => h("span", { class: "mono small" }, e.ip ? `${e.ip}${e.port ? ":" + e.port : ""}` : "–") },
             { label: "Labels", cell: (e) => chips(e.labels) },
+            { label: "Path", cell: (e) => h("span", { class: "small", "data-testid": `path-${e.name}` }, pathText(e)) },
             { label: "RTT", class: "num", cell: (e) => (rtts.has(e.id) ? `${rtts.get(e.id).toFixed(1)} ms` : "") },
             {
               label: "",
@@ -87,6 +95,7 @@ export async function render(ctx) {
           ["version", ep.version],
           ["hostname", ep.hostname],
           ["address", ep.ip ? `${ep.ip}:${ep.port}` : "–"],
+          ["path", pathText(ep)],
           ["online since", ago(ep.online_since)],
           ["last seen", ago(ep.last_seen)],
           ["first seen", ago(ep.first_seen)],
