@@ -165,7 +165,7 @@ def test_endpoints_are_listed_with_status_and_can_be_pinged(page: Any, world: Wo
     assert "site=lab" in table.locator("tr", has_text="ep1").inner_text()
     # the path to each peer (docs/nat-traversal.md): on one machine with the hub, through the hub
     assert page.locator("[data-testid=path-ep2]").inner_text().startswith("relay via ")
-    assert page.locator("[data-testid=path-ep1]").inner_text() == "–"
+    assert page.locator("[data-testid=path-ep1]").inner_text() == "\u2013"  # an en dash: no path to itself
     page.click("[data-testid=ping-ep2]")
     page.wait_for_function(
         "() => /\\d+\\.\\d ms/.test([...document.querySelectorAll('table[data-testid=endpoints] tr')]"

@@ -21,6 +21,7 @@ import pytest
 
 from lab.netlab import Lab
 from support import Agent, Proc, base_env, start_agent, start_hub, wait_until
+from ztm.agent.direct import PUNCH_LIMIT
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -130,7 +131,7 @@ def test_an_invented_second_mapping_is_dropped(world: World) -> None:
 def test_a_flood_of_offers_is_answered_only_up_to_the_limit(world: World) -> None:
     answers = world.offer([], count=12)
     refused = [a for a in answers if "error" in a]
-    assert len(answers) == 12 and len(refused) >= 12 - 4, answers
+    assert len(answers) == 12 and len(refused) >= 12 - PUNCH_LIMIT.per_peer, answers
     assert all("too many punches" in a["error"] for a in refused), refused
     assert world.counter("punch_refused_rate") >= len(refused)
 

@@ -297,3 +297,37 @@ def test_recycled_channels_leave_nothing_behind(tmp_path: Path) -> None:
             echo.close()
 
     run(main())
+
+
+def test_pooled_channels_are_used_while_new_ones_back_off(tmp_path: Path) -> None:
+    """A refill that failed (e.g. the peer refused a punch past its rate limit) backs off new channels to that peer,
+    not the healthy ones already pooled: new connections keep taking them instead of going through the hub
+    (bench/RESULTS.md "Issue 15" found whole transfers relayed that way)."""
+
+    async def main() -> None:
+        mesh = Ca(pki.new_mesh_id())
+        exit_ = endpoint(tmp_path, "exit", mesh)
+        alice = endpoint(tmp_path, "alice", mesh)
+        for s in (exit_, alice):
+            await s.direct.refresh_crl()
+        exit_.peers[alice.record.ep_id] = {"name": "alice-laptop", "user": "alice"}
+        server, address = await serve(exit_)
+        ep = exit_.record.ep_id
+        try:
+            first = await alice.direct.open(ep, address, "echo", "svc")
+            first.reset()
+            async with asyncio.timeout(5):  # the pool's background refill dials the listener
+                while not any(c.usable for c in alice.direct._pool.get(ep, ())):
+                    await asyncio.sleep(0.01)
+            alice.direct._mark_failed(ep, "a refill was refused")  # as `_fill` does when no channel is left
+            assert not alice.direct.reachable(ep)
+            assert alice.direct.usable(ep, address)
+            again = await alice.direct.open(ep, address, "echo", "svc")
+            assert again.path == "direct"
+            again.reset()
+        finally:
+            alice.direct.close()
+            exit_.direct.close()
+            server.close()
+
+    run(main())

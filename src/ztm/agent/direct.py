@@ -85,9 +85,12 @@ mappings); the server waits `PUNCHED_GREETING` for its next stream."""
 PUNCHED_GREETING = 600.0
 PUNCH_CALL_TIMEOUT = 5.0
 """Seconds the peer has to answer a punch offer (it asks its hub for its mapping first)."""
-PUNCH_LIMIT = punchmsg.RateLimit(per_peer=4, total=16, window=10.0)
+PUNCH_LIMIT = punchmsg.RateLimit(per_peer=6, total=24, window=10.0)
 """How often peers may make this agent punch (per caller, all callers): each punch sends SYNs to the caller's
 candidates for up to `punch.WINDOW` seconds. One limit for the agent, shared by its meshes."""
+PUNCH_PACE = punchmsg.RateLimit(per_peer=4, total=64, window=10.0)
+"""How often this agent punches to one peer (its pool's refills): under the peer's `PUNCH_LIMIT`, so a burst of
+connections does not get refills refused (a connection never waits for a punch anyway: the relay carries it)."""
 
 
 class MeshServerContext(ssl.SSLContext):
@@ -381,11 +384,13 @@ class MeshDirect:
         return failed is None or time.monotonic() >= failed[0]
 
     def usable(self, ep_id: str, address: str | None) -> bool:
-        """Whether a stream to `ep_id` (announcing `address`, or no listener) should try a direct channel first."""
+        """Whether a stream to `ep_id` (announcing `address`, or no listener) should try a direct channel first: a
+        pooled one is always worth taking (even while new channels to it back off), else a new one if it is not
+        backing off."""
+        if any(c.usable for c in self._pool.get(ep_id, ())):
+            return True
         if not self.reachable(ep_id):
             return False
-        if self._pool.get(ep_id):
-            return True
         return address is not None or self.p2p_blocker() is None
 
     def _mark_failed(self, ep_id: str, reason: str) -> None:
@@ -411,14 +416,14 @@ class MeshDirect:
 
         DirectUnreachable: use the relay. ZtmError: the peer's app refused (the relay would refuse too).
         """
-        if not self.reachable(ep_id):
-            raise DirectUnreachable("backing off")
         if self.per_peer[ep_id] >= MAX_CHANNELS:
             self.counters["over_limit"] += 1
             raise DirectUnreachable(f"{MAX_CHANNELS} channels to it are open")
         for _attempt in range(3):
             conn = self._take(ep_id)
             pooled = conn is not None
+            if conn is None and not self.reachable(ep_id):
+                raise DirectUnreachable("backing off")
             if conn is None:
                 if address is None or not self._listener_usable(ep_id):
                     if self.p2p_blocker() is not None:
@@ -494,10 +499,17 @@ class MeshDirect:
         try:
             pool = self._pool.setdefault(ep_id, collections.deque())
             while sum(1 for p in pool if p.usable) < POOL_SIZE and self.reachable(ep_id) and self.running:
+                punching = address is None or not self._listener_usable(ep_id)
+                if punching and not PUNCH_PACE.allow(f"{self.session.record.mesh_id}/{ep_id}"):
+                    self.counters["punch_paced"] += 1  # the exit takes so many a minute: the next refill punches
+                    return
                 try:
                     proto, _peer = await self._dial(ep_id, address)
                 except DirectUnreachable as exc:
-                    self._mark_failed(ep_id, str(exc))
+                    if any(p.usable for p in pool):  # channels left: no reason to keep new connections off them
+                        log.info("mesh %s: refilling the direct pool to %s failed (%s)", self.session.name, ep_id, exc)
+                    else:
+                        self._mark_failed(ep_id, str(exc))
                     return
                 if not self.running:
                     proto.abort()
