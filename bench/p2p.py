@@ -100,6 +100,12 @@ PUNCHED_LOG = re.compile(r"punched a (\S+) channel to \S+ \(\S+\) in (\d+) ms")
 FORWARDED = (ECHO, SINK, ST_ECHO, ST_SINK)
 
 
+def sys_seconds(pid: int) -> float:
+    """stime of `pid` in seconds (/proc/PID/stat): the kernel's share of `cpu_seconds`."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return int(text[text.rindex(")") + 2 :].split()[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def metric(text: str, name: str) -> float:
     """The value of the sample `name` (with its labels) in Prometheus text, 0 if absent."""
     for line in text.splitlines():
@@ -137,6 +143,8 @@ class Results:
     relayed_by_hub: dict[str, list[float]] = field(default_factory=lambda: {"ztm-punched": [], "ztm-relay": []})
     cpu_per_rtt: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
     """CPU µs per round trip of the path's own processes (stunnel4's two; the agents, and the hub on the relay)."""
+    sys_share: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
+    """The kernel's share (stime) of that CPU."""
     punches_during: list[int] = field(default_factory=list)
     """Punches the entrance started during each punched transfer (refills of its channel pool: one end-to-end call
     each, relayed by the hub: its bytes are control traffic, not the transfer's)."""
@@ -297,9 +305,12 @@ class Bench:
             if self.direct_sink() <= direct:
                 self.res.notes.append("a punched-path transfer was not counted direct")
         pids = self.path_pids(path)
-        cpu = sum(cpu_seconds(pid) for pid in pids)
+        cpu, kernel = sum(cpu_seconds(pid) for pid in pids), sum(sys_seconds(pid) for pid in pids)
         rtts = pingpong(0, self.args.rtts, 200, connect=self.connector(path, 0))
-        self.res.cpu_per_rtt[path].append((sum(cpu_seconds(pid) for pid in pids) - cpu) / (self.args.rtts + 200))
+        cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
+        self.res.cpu_per_rtt[path].append(cpu / (self.args.rtts + 200))
+        if pids:
+            self.res.sys_share[path].append((sum(sys_seconds(pid) for pid in pids) - kernel) / cpu if cpu else 0.0)
         self.res.rtt50[path].append(percentile(rtts, 50))
         self.res.rtt99[path].append(percentile(rtts, 99))
 
@@ -367,8 +378,12 @@ class Bench:
             "\nCPU µs per round trip of the path's processes (stunnel4: client + server; ztm-punched: the two agents;"
             " ztm-relay: the two agents + hub), median of the rounds (spread)"
         )
-        rows = [[p, spread(res.cpu_per_rtt[p], 1e6, ".0f"), f"{ratio(res.cpu_per_rtt, p):.2f}"] for p in PATHS[1:]]
-        print(table(["path", "CPU µs per round trip", "x stunnel4"], rows))
+        rows = [
+            [p, spread(res.cpu_per_rtt[p], 1e6, ".0f"), f"{ratio(res.cpu_per_rtt, p):.2f}",
+             spread(res.sys_share[p], 100, ".0f")]
+            for p in PATHS[1:]
+        ]  # fmt: skip
+        print(table(["path", "CPU µs per round trip", "x stunnel4", "of it in the kernel, % (spread)"], rows))
         print("\n3. the hub's ztm_hub_relayed_bytes_total, delta over each transfer")
         rows = []
         for path, deltas in res.relayed_by_hub.items():
