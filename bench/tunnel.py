@@ -91,6 +91,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -169,8 +170,8 @@ def _use_uvloop() -> str:
     return "uvloop"
 
 
-def role_echo(port: int) -> int:
-    """An echo server: writes back whatever it reads, closes its side on EOF."""
+def role_echo(port: int, bind: str = HOST) -> int:
+    """An echo server on `bind`: writes back whatever it reads, closes its side on EOF."""
     loop_name = _use_uvloop()
     nofile = _set_nofile_max()
 
@@ -186,7 +187,7 @@ def role_echo(port: int) -> int:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Echo, HOST, port, backlog=4096)
+        server = await loop.create_server(Echo, bind, port, backlog=4096)
         print(json.dumps({"ready": True, "loop": loop_name, "nofile": nofile}), flush=True)
         async with server:
             await server.serve_forever()
@@ -195,9 +196,9 @@ def role_echo(port: int) -> int:
     return 0
 
 
-def role_sink(port: int) -> int:
-    """The counting sink: per connection, an 8-byte big-endian length, then that many bytes (counted, not kept),
-    then a 1-byte answer. Command `take` (stdin) answers with the connections finished since the last `take`."""
+def role_sink(port: int, bind: str = HOST) -> int:
+    """The counting sink on `bind`: per connection, an 8-byte big-endian length, then that many bytes (counted, not
+    kept), then a 1-byte answer. Command `take` (stdin) answers with the connections finished since the last `take`."""
     _use_uvloop()
     done: list[dict[str, int]] = []
 
@@ -228,7 +229,7 @@ def role_sink(port: int) -> int:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(Sink, HOST, port, backlog=256)
+        server = await loop.create_server(Sink, bind, port, backlog=256)
         print(json.dumps({"ready": True}), flush=True)
         async with server:
             while line := await loop.run_in_executor(None, sys.stdin.readline):
@@ -240,13 +241,17 @@ def role_sink(port: int) -> int:
     return 0
 
 
-def sink_transfer(port: int, nbytes: int, timeout: float = 60.0) -> tuple[float, str]:
+def sink_transfer(
+    port: int, nbytes: int, timeout: float = 60.0, connect: Callable[[], socket.socket] | None = None
+) -> tuple[float, str]:
     """Send an 8-byte length and `nbytes` to a counting sink; seconds until its answer ("" or what went wrong: a
-    transfer that makes no progress for `timeout` seconds is a stall)."""
+    transfer that makes no progress for `timeout` seconds is a stall). `connect` makes the connection instead of
+    `HOST:port` (e.g. a socket in another network namespace, bench/p2p.py); the clock starts before it."""
     block = bytes(range(256)) * (16 * 1024)  # 4 MiB
     start = time.perf_counter()
     try:
-        with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        with connect() if connect else socket.create_connection((HOST, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
             sock.sendall(nbytes.to_bytes(8, "big"))
             left = nbytes
             while left:
@@ -331,13 +336,16 @@ def role_hold(port: int, batch: int) -> int:
 class Child:
     """A helper process of this script (`--role ...`), talking JSON lines over pipes."""
 
-    def __init__(self, ws: Workspace, name: str, args: list[str], module: str = "bench.tunnel") -> None:
-        """`module`: the bench script whose `--role` this child runs."""
+    def __init__(
+        self, ws: Workspace, name: str, args: list[str], module: str = "bench.tunnel", prefix: Sequence[str] = ()
+    ) -> None:
+        """`module`: the bench script whose `--role` this child runs; `prefix` goes before the command, e.g. `ip netns
+        exec NS` to run the helper in a network namespace."""
         directory = ws.dir / name
         directory.mkdir()
         env = bench_env(directory)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), env["PYTHONPATH"]])
-        argv = [PYTHON, "-m", module, *args]
+        argv = [*prefix, PYTHON, "-m", module, *args]
         self.proc = Proc(argv, log_path=directory / "stderr", env=env, cwd=directory, pipes=True)
         ws.procs.append(self.proc)
         assert self.proc.popen.stdin is not None and self.proc.popen.stdout is not None
@@ -420,11 +428,12 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
-def pingpong(port: int, count: int, warmup: int) -> list[float]:
-    """1-byte request/response on one connection; seconds per round trip (warm-up dropped)."""
+def pingpong(port: int, count: int, warmup: int, connect: Callable[[], socket.socket] | None = None) -> list[float]:
+    """1-byte request/response on one connection; seconds per round trip (warm-up dropped). `connect` makes the
+    connection instead of `HOST:port` (see `sink_transfer`)."""
     out: list[float] = []
     clock = time.perf_counter
-    with socket.create_connection((HOST, port), timeout=10.0) as sock:
+    with connect() if connect else socket.create_connection((HOST, port), timeout=10.0) as sock:
         _nodelay(sock)
         send, recv = sock.send, sock.recv
         for i in range(warmup + count):
@@ -439,10 +448,11 @@ def pingpong(port: int, count: int, warmup: int) -> list[float]:
     return out
 
 
-def connect_cycle(port: int, timeout: float = 5.0) -> float:
-    """connect + send 1 byte + receive it; seconds (the close that follows is not counted)."""
+def connect_cycle(port: int, timeout: float = 5.0, connect: Callable[[], socket.socket] | None = None) -> float:
+    """connect + send 1 byte + receive it; seconds (the close that follows is not counted). `connect` makes the
+    connection instead of `HOST:port` (see `sink_transfer`)."""
     start = time.perf_counter()
-    sock = socket.create_connection((HOST, port), timeout=timeout)
+    sock = connect() if connect else socket.create_connection((HOST, port), timeout=timeout)
     try:
         _nodelay(sock)
         sock.sendall(b"x")
@@ -1360,13 +1370,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--role", choices=["echo", "hold", "sink"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=50, help=argparse.SUPPRESS)
+    parser.add_argument("--bind", default=HOST, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.role == "echo":
-        return role_echo(args.port)
+        return role_echo(args.port, args.bind)
     if args.role == "hold":
         return role_hold(args.port, args.batch)
     if args.role == "sink":
-        return role_sink(args.port)
+        return role_sink(args.port, args.bind)
 
     q = args.quick
     args.reps = args.reps or (1 if q else 5)
