@@ -37,7 +37,7 @@ from support import (
     restart_agent,
     run,
     start_agent,
-    start_hub,
+    start_hub_and_agents,
     wait_until,
 )
 
@@ -61,12 +61,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("terminal")
     procs: list[Proc] = []
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
-        agents = {}
-        for name in ("home", "office", "bob"):
-            agents[name] = start_agent(tmp, name)
-            procs.append(agents[name].proc)
+        hub, agents = start_hub_and_agents(tmp, ("home", "office", "bob"))
+        procs += [hub.proc, *(agent.proc for agent in agents.values())]
         home, office, bob = agents["home"], agents["office"], agents["bob"]
         home.join(MESH, "home", hub.permit)
         office.join(MESH, "office", hub.permit)

@@ -29,8 +29,7 @@ from support import (
     invite,
     one_line_error,
     run,
-    start_agent,
-    start_hub,
+    start_hub_and_agents,
     wait_until,
 )
 
@@ -73,17 +72,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     procs: list[Proc] = []
     servers = Servers()
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
         dead = free_port()  # nothing listens there: connection refused
         extra = {
             "office": ("--direct", f"127.0.0.1:{free_port()}"),
             "natted": ("--direct", f"127.0.0.1:{free_port()}", "--direct-announce", f"127.0.0.1:{dead}"),
         }
-        agents = {}
-        for name in ("home", "office", "natted", "bob", "carol"):
-            agents[name] = start_agent(tmp, name, extra=extra.get(name, ()))
-            procs.append(agents[name].proc)
+        names = ("home", "office", "natted", "bob", "carol")
+        hub, agents = start_hub_and_agents(tmp, names, agent_extra=extra)
+        procs += [hub.proc, *(agent.proc for agent in agents.values())]
         for name in ("home", "office", "natted"):
             agents[name].join(MESH, name, hub.permit)
         for name in ("bob", "carol"):
