@@ -147,9 +147,11 @@ def test_two_agents_see_each_other_and_describe_the_mesh(make_mesh: Make) -> Non
     assert pinged["ep"] == by_name(b.endpoints())["alice"]["id"] and len(pinged["rtt_ms"]) == 2
 
 
-def test_join_returns_only_once_the_endpoint_is_online(make_hub: Make, make_agent: Make) -> None:
-    hub = make_hub()
-    a, b = make_agent("a"), make_agent("b")
+def test_join_returns_only_once_the_endpoint_is_online(
+    make_mesh: Make,
+) -> None:
+    hub, agents = make_mesh(("a", "b"))
+    a, b = agents.values()
     a.join(MESH, "alice", hub.permit)
     joined = json.loads(
         b.cli("join", MESH, "--as", "bob", "--permit", hub.permit, "--label", "role=db", "-o", "json").stdout
@@ -164,9 +166,9 @@ def test_join_returns_only_once_the_endpoint_is_online(make_hub: Make, make_agen
     assert by_name(b.endpoints())["alice"]["online"] is True
 
 
-def test_labels(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    a, b = make_agent("a"), make_agent("bob")
+def test_labels(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("a", "bob"))
+    a, b = agents.values()
     a.join(MESH, "alice", hub.permit)
     b.join(MESH, "bob-laptop", invite(a, b, "bob", tmp_path / "bob.json"))
 
@@ -359,9 +361,11 @@ def test_one_agent_in_two_meshes(make_hub: Make, make_agent: Make) -> None:
     assert sees_online(b, "alice", "bob")  # bob is only in mesh one and needs no selection
 
 
-def test_ztm_agent_env_finds_the_token_from_home(make_hub: Make, make_agent: Make) -> None:
-    hub = make_hub()
-    a = make_agent("a")
+def test_ztm_agent_env_finds_the_token_from_home(
+    make_mesh: Make,
+) -> None:
+    hub, agents = make_mesh(("a",))
+    a = agents["a"]
     a.join(MESH, "alice", hub.permit)
 
     env = base_env({"ZTM_AGENT": a.api_address}, home=a.home)
@@ -378,9 +382,9 @@ def test_ztm_agent_env_finds_the_token_from_home(make_hub: Make, make_agent: Mak
     assert "token" in line.lower() and a.api_address in line, line
 
 
-def test_a_data_directory_serves_one_hub_and_one_agent(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    a = make_agent("a")
+def test_a_data_directory_serves_one_hub_and_one_agent(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("a",))
+    a = agents["a"]
     a.join(MESH, "alice", hub.permit)
 
     other_permit = tmp_path / "other-root.json"
