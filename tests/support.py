@@ -824,15 +824,17 @@ def start_hub_and_agents(
     names: Sequence[str],
     *,
     hub_extra: Sequence[str] = (),
+    hub_env: Mapping[str, str | None] | None = None,
+    hub_program: Sequence[str] = ZTM,
     agent_extra: Mapping[str, Sequence[str]] | None = None,
     timeout: float = 30.0,
 ) -> tuple[Hub, dict[str, Agent]]:
-    """`start_hub(tmp_path, extra=hub_extra)` and `start_agent(tmp_path, name, extra=agent_extra[name])` for each
-    of `names`, all launched before any is waited for (their start-ups overlap), each ready on return; nothing is
-    joined. On an error, the ones already launched are stopped."""
+    """`start_hub(tmp_path, extra=hub_extra, env=hub_env, program=hub_program)` and `start_agent(tmp_path, name,
+    extra=agent_extra[name])` for each of `names`, all launched before any is waited for (their start-ups overlap),
+    each ready on return; nothing is joined. On an error, the ones already launched are stopped."""
     procs: list[Proc] = []
     try:
-        hub = _launch_hub(tmp_path, extra=hub_extra)
+        hub = _launch_hub(tmp_path, extra=hub_extra, env=hub_env, program=hub_program)
         procs.append(hub.proc)
         agents: dict[str, Agent] = {}
         for name in names:
