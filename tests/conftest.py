@@ -90,6 +90,13 @@ def make_agent(tmp_path: Path) -> Callable[..., Agent]:
 
 
 @pytest.fixture
+def make_mesh(tmp_path: Path) -> Callable[..., tuple[Hub, dict[str, Agent]]]:
+    """`make_mesh(names, **kw)` = `support.start_hub_and_agents(tmp_path, names, **kw)`: a hub and agents started at
+    once (nothing joined)."""
+    return functools.partial(support.start_hub_and_agents, tmp_path)
+
+
+@pytest.fixture
 def hub(tmp_path: Path) -> Hub:
     """A hub on loopback with a free port, ready (port open, root permit written)."""
     return support.start_hub(tmp_path)

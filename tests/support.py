@@ -7,8 +7,9 @@ Everything here is synchronous and stdlib-only so that any test (sync or async) 
 * `Proc` is one subprocess with its output in a log file; every `Proc` is registered so that the conftest can stop
   the ones a test left running and print their output when the test fails.
 * `start_hub()` / `start_agent()` start the product's foreground processes, each with its own temporary HOME, and
-  return once they are ready; `Agent.cli()` runs `python -m ztm --agent ...` with that agent's HOME, so token
-  discovery works the way it does for a real user. `restart_hub()` / `restart_agent()` stop one and run the same
+  return once they are ready (`start_hub_and_agents()` starts a hub and agents at once, so their start-ups overlap);
+  `Agent.cli()` runs `python -m ztm --agent ...` with that agent's HOME, so token discovery works the way it does for
+  a real user. `restart_hub()` / `restart_agent()` stop one and run the same
   command again on the same data directory (persistence tests); `invite()` runs `ztm identity` + `ztm invite`.
 * `netns_socket()` makes a socket *inside* a network namespace from this process (the thread that creates it enters
   the namespace; the socket stays there), so tests can probe addresses that only exist in a lab.
@@ -208,7 +209,9 @@ def in_netns(argv: Sequence[str], netns: str | None) -> list[str]:
 
 def base_env(overrides: Mapping[str, str | None] | None = None, *, home: Path | None = None) -> dict[str, str]:
     """This process's environment minus proxies and ztm settings, with `src/` importable, unbuffered output,
-    `HOME` set when given, then `overrides` applied (a value of None removes the variable)."""
+    `HOME` set when given, then `overrides` applied (a value of None removes the variable). Where the environment
+    says PYTHONDONTWRITEBYTECODE (and names no PYTHONPYCACHEPREFIX), bytecode goes to a directory of this session
+    instead, so only the first process compiles each module."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -219,7 +222,23 @@ def base_env(overrides: Mapping[str, str | None] | None = None, *, home: Path | 
             env.pop(key, None)
         else:
             env[key] = value
+    if env.get("PYTHONDONTWRITEBYTECODE") and not env.get("PYTHONPYCACHEPREFIX"):
+        # Without a bytecode cache every `ztm` process compiles its imports again (a CLI call took 3-5 s instead of
+        # 1.2 s on a loaded 2-core machine): cache them in a directory of this session, never in the source tree.
+        del env["PYTHONDONTWRITEBYTECODE"]
+        env["PYTHONPYCACHEPREFIX"] = str(_pycache_dir())
     return env
+
+
+_PYCACHE_ROOT: Path | None = None
+
+
+def _pycache_dir() -> Path:
+    """The session's `PYTHONPYCACHEPREFIX` for the processes it starts (removed by `cleanup_session`)."""
+    global _PYCACHE_ROOT
+    if _PYCACHE_ROOT is None:
+        _PYCACHE_ROOT = Path(tempfile.mkdtemp(prefix="ztm-test-pycache-"))
+    return _PYCACHE_ROOT
 
 
 def unique_dir(parent: Path, name: str) -> Path:
@@ -267,10 +286,11 @@ def stop_all(procs: Iterable[Proc] | None = None) -> None:
 def cleanup_session() -> None:
     """Session end: stop everything and drop the default log directory."""
     stop_all()
-    global _LOG_ROOT
-    if _LOG_ROOT is not None:
-        shutil.rmtree(_LOG_ROOT, ignore_errors=True)
-        _LOG_ROOT = None
+    global _LOG_ROOT, _PYCACHE_ROOT
+    for root in (_LOG_ROOT, _PYCACHE_ROOT):
+        if root is not None:
+            shutil.rmtree(root, ignore_errors=True)
+    _LOG_ROOT = _PYCACHE_ROOT = None
 
 
 def cli_log_mark() -> int:
@@ -533,6 +553,25 @@ def start_hub(
     `home/` (its HOME) and `root.json`. `program` replaces `python -m ztm` (same arguments), e.g. with a test-only
     hub variant (tests/security/evil_hub.py).
     """
+    hub = _launch_hub(
+        tmp_path, netns=netns, listen=listen, names=names, extra=extra, env=env, name=name, program=program
+    )
+    _wait_hub_ready(hub, timeout)
+    return hub
+
+
+def _launch_hub(
+    tmp_path: Path,
+    *,
+    netns: str | None = None,
+    listen: str | None = None,
+    names: str | Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str | None] | None = None,
+    name: str = "hub",
+    program: Sequence[str] = ZTM,
+) -> Hub:
+    """`start_hub` without the wait: the process is started, it may not listen yet."""
     if listen is None:
         listen = "0.0.0.0:8888" if netns else f"127.0.0.1:{free_port()}"
     host, _port = split_hostport(listen)
@@ -549,9 +588,7 @@ def start_hub(
     argv = [*program, "run", "hub", "--listen", listen, "--names", ",".join(names), "--permit", str(permit)]
     argv += ["--data", str(data), *extra]
     proc = Proc(argv, env=full_env, cwd=base, netns=netns, name=name, log_dir=base)
-    hub = Hub(proc, listen, names[0], permit, data, home, base, netns, full_env)
-    _wait_hub_ready(hub, timeout)
-    return hub
+    return Hub(proc, listen, names[0], permit, data, home, base, netns, full_env)
 
 
 @dataclass
@@ -755,6 +792,21 @@ def start_agent(
     `port` defaults to a free one (7777 inside a namespace). Files go to `tmp_path/agent-<name>/`: `data/` and
     `home/` (its HOME; the CLI calls of `Agent.cli` use the same one).
     """
+    agent = _launch_agent(tmp_path, name, netns=netns, port=port, env=env, extra=extra)
+    _wait_agent_ready(agent, timeout)
+    return agent
+
+
+def _launch_agent(
+    tmp_path: Path,
+    name: str,
+    *,
+    netns: str | None = None,
+    port: int | None = None,
+    env: Mapping[str, str | None] | None = None,
+    extra: Sequence[str] = (),
+) -> Agent:
+    """`start_agent` without the wait: the process is started, its API may not answer yet."""
     if port is None:
         port = 7777 if netns else free_port()
     api = f"127.0.0.1:{port}"
@@ -764,9 +816,37 @@ def start_agent(
     full_env = base_env(env, home=home)
     argv = [*ZTM, "run", "agent", "--listen", api, "--data", str(data), *extra]
     proc = Proc(argv, env=full_env, cwd=base, netns=netns, name=f"agent-{name}", log_dir=base)
-    agent = Agent(name, proc, api, data, home, base, "", netns, full_env)
-    _wait_agent_ready(agent, timeout)
-    return agent
+    return Agent(name, proc, api, data, home, base, "", netns, full_env)
+
+
+def start_hub_and_agents(
+    tmp_path: Path,
+    names: Sequence[str],
+    *,
+    hub_extra: Sequence[str] = (),
+    hub_env: Mapping[str, str | None] | None = None,
+    hub_program: Sequence[str] = ZTM,
+    agent_extra: Mapping[str, Sequence[str]] | None = None,
+    timeout: float = 30.0,
+) -> tuple[Hub, dict[str, Agent]]:
+    """`start_hub(tmp_path, extra=hub_extra, env=hub_env, program=hub_program)` and `start_agent(tmp_path, name,
+    extra=agent_extra[name])` for each of `names`, all launched before any is waited for (their start-ups overlap),
+    each ready on return; nothing is joined. On an error, the ones already launched are stopped."""
+    procs: list[Proc] = []
+    try:
+        hub = _launch_hub(tmp_path, extra=hub_extra, env=hub_env, program=hub_program)
+        procs.append(hub.proc)
+        agents: dict[str, Agent] = {}
+        for name in names:
+            agents[name] = _launch_agent(tmp_path, name, extra=(agent_extra or {}).get(name, ()))
+            procs.append(agents[name].proc)
+        _wait_hub_ready(hub, timeout)
+        for agent in agents.values():
+            _wait_agent_ready(agent, timeout)
+    except BaseException:
+        stop_all(procs)
+        raise
+    return hub, agents
 
 
 def _wait_agent_ready(agent: Agent, timeout: float) -> None:

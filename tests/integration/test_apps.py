@@ -24,7 +24,17 @@ from typing import Any
 
 import pytest
 
-from support import Agent, Hub, Proc, invite, one_line_error, restart_agent, start_agent, start_hub, wait_until
+from support import (
+    Agent,
+    Hub,
+    Proc,
+    invite,
+    one_line_error,
+    restart_agent,
+    start_agent,
+    start_hub_and_agents,
+    wait_until,
+)
 from ztm.apps.package import pack
 
 MESH = "m"
@@ -47,12 +57,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("apps")
     procs: list[Proc] = []
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
-        agents = {}
-        for name in ("one", "two", "three"):
-            agents[name] = start_agent(tmp, name)
-            procs.append(agents[name].proc)
+        hub, agents = start_hub_and_agents(tmp, ("one", "two", "three"))
+        procs += [hub.proc, *(a.proc for a in agents.values())]
         agents["one"].join(MESH, "one", hub.permit)
         agents["two"].join(MESH, "two", hub.permit)
         permit = invite(agents["one"], agents["three"], "bob", tmp / "bob.json")

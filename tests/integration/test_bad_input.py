@@ -21,7 +21,19 @@ from typing import Any
 
 import pytest
 
-from support import ZTM, Agent, Hub, Proc, base_env, free_port, run, start_agent, start_hub, tcp_accepts, wait_until
+from support import (
+    ZTM,
+    Agent,
+    Hub,
+    Proc,
+    base_env,
+    free_port,
+    run,
+    start_hub,
+    start_hub_and_agents,
+    tcp_accepts,
+    wait_until,
+)
 from ztm import pki
 
 MESH = "main"
@@ -111,14 +123,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("bad-input")
     procs: list[Proc] = []
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
+        hub, agents = start_hub_and_agents(tmp, ("alpha", "beta"))
+        agent, peer = agents["alpha"], agents["beta"]
+        procs += [hub.proc, agent.proc, peer.proc]
         other = start_hub(tmp, name="other-hub")
         procs.append(other.proc)
-        agent = start_agent(tmp, "alpha")
-        procs.append(agent.proc)
-        peer = start_agent(tmp, "beta")
-        procs.append(peer.proc)
         agent.join(MESH, "alpha", hub.permit)
         peer.join(MESH, "beta", hub.permit)
         wait_until(lambda: {"alpha", "beta"} <= agent.online_names(), 20, "alpha to see alpha and beta online")
@@ -418,8 +427,8 @@ def test_agent_refuses_a_wrong_token(world: World) -> None:
 
 
 def test_a_full_hub_refuses_a_third_agent_and_keeps_serving_the_first_two(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path, extra=["--max-agents", "2"])
-    one, two, three = (start_agent(tmp_path, n) for n in ("one", "two", "three"))
+    hub, agents = start_hub_and_agents(tmp_path, ("one", "two", "three"), hub_extra=["--max-agents", "2"])
+    one, two, three = agents["one"], agents["two"], agents["three"]
     one.join(MESH, "one", hub.permit)
     two.join(MESH, "two", hub.permit)
 

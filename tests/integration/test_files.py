@@ -38,9 +38,9 @@ MiB = 1 << 20
 Make = Callable[..., Any]
 
 
-def mesh(make_hub: Make, make_agent: Make, *names: str) -> tuple[Hub, list[Agent]]:
-    hub = make_hub()
-    agents = [make_agent(name) for name in names]
+def mesh(make_mesh: Make, *names: str) -> tuple[Hub, list[Agent]]:
+    hub, started = make_mesh(names)
+    agents = [started[name] for name in names]
     for agent in agents:
         agent.join(MESH, agent.name, hub.permit)
     return hub, agents
@@ -100,8 +100,8 @@ def chunk_files(agent: Agent) -> list[Path]:
 # -------------------------------------------------------------------------------------------------------- tests
 
 
-def test_publish_on_one_download_on_two_others(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, (a, b, c) = mesh(make_hub, make_agent, "a", "b", "c")
+def test_publish_on_one_download_on_two_others(make_mesh: Make, tmp_path: Path) -> None:
+    _hub, (a, b, c) = mesh(make_mesh, "a", "b", "c")
     data = os.urandom(3 * MiB + 123_457)  # 4 chunks, the last one short
     path = "/shared/root/data/report.bin"
     view = publish(a, path, data, tmp_path)
@@ -148,8 +148,8 @@ def test_publish_on_one_download_on_two_others(make_hub: Make, make_agent: Make,
     assert f"no file {path}" in line, line
 
 
-def test_a_source_that_dies_mid_download_is_replaced(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, (a, b, c) = mesh(make_hub, make_agent, "a", "b", "c")
+def test_a_source_that_dies_mid_download_is_replaced(make_mesh: Make, tmp_path: Path) -> None:
+    _hub, (a, b, c) = mesh(make_mesh, "a", "b", "c")
     data = os.urandom(8 * MiB)
     path = "/shared/root/big.bin"
     publish(a, path, data, tmp_path)
@@ -170,8 +170,8 @@ def test_a_source_that_dies_mid_download_is_replaced(make_hub: Make, make_agent:
     assert out.read_bytes() == data
 
 
-def test_an_interrupted_download_resumes(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, (a, b) = mesh(make_hub, make_agent, "a", "b")
+def test_an_interrupted_download_resumes(make_mesh: Make, tmp_path: Path) -> None:
+    _hub, (a, b) = mesh(make_mesh, "a", "b")
     data = os.urandom(6 * MiB + 5)
     path = "/shared/root/resume.bin"
     publish(a, path, data, tmp_path)
@@ -189,10 +189,8 @@ def test_an_interrupted_download_resumes(make_hub: Make, make_agent: Make, tmp_p
     assert describe(b, path)["local"] == "complete"
 
 
-def test_ctrl_c_stops_the_agents_download_too_and_the_same_command_resumes(
-    make_hub: Make, make_agent: Make, tmp_path: Path
-) -> None:
-    _hub, (a, b) = mesh(make_hub, make_agent, "a", "b")
+def test_ctrl_c_stops_the_agents_download_too_and_the_same_command_resumes(make_mesh: Make, tmp_path: Path) -> None:
+    _hub, (a, b) = mesh(make_mesh, "a", "b")
     data = os.urandom(6 * MiB + 5)
     path = "/shared/root/interrupted.bin"
     publish(a, path, data, tmp_path)
@@ -217,8 +215,8 @@ def test_ctrl_c_stops_the_agents_download_too_and_the_same_command_resumes(
     assert job["reused"] >= 2 and job["fetched"] == job["chunks"] - job["reused"], job
 
 
-def test_a_damaged_chunk_is_refused_and_fetched_elsewhere(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, (a, b, c) = mesh(make_hub, make_agent, "a", "b", "c")
+def test_a_damaged_chunk_is_refused_and_fetched_elsewhere(make_mesh: Make, tmp_path: Path) -> None:
+    _hub, (a, b, c) = mesh(make_mesh, "a", "b", "c")
     data = os.urandom(4 * MiB)
     path = "/shared/root/fragile.bin"
     publish(a, path, data, tmp_path)
@@ -289,8 +287,8 @@ def raw_chunk_requests(requester: Agent, target: str, requests: list[dict[str, A
     return asyncio.run(all_of())
 
 
-def test_acls_are_enforced_by_hub_and_serving_endpoint(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub, (root,) = mesh(make_hub, make_agent, "r")
+def test_acls_are_enforced_by_hub_and_serving_endpoint(make_mesh: Make, make_agent: Make, tmp_path: Path) -> None:
+    hub, (root,) = mesh(make_mesh, "r")
     bob = make_agent("bob")
     bob.join(MESH, "bob", invite(root, bob, "bob", tmp_path / "bob.json"))
 
@@ -340,8 +338,8 @@ def test_acls_are_enforced_by_hub_and_serving_endpoint(make_hub: Make, make_agen
     assert source_names(root, "/users/root/lent.bin") == {"r"}, "bob's copy is no source once bob may not read it"
 
 
-def test_the_index_survives_a_hub_restart(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub, (a, b) = mesh(make_hub, make_agent, "a", "b")
+def test_the_index_survives_a_hub_restart(make_mesh: Make, tmp_path: Path) -> None:
+    hub, (a, b) = mesh(make_mesh, "a", "b")
     data = os.urandom(MiB + 10)
     path = "/shared/root/kept.bin"
     publish(a, path, data, tmp_path, "--block", "nobody")
@@ -451,8 +449,8 @@ class LyingSource(threading.Thread):
 LIE_DATA = os.urandom(4 * MiB)
 
 
-def test_chunks_from_a_lying_source_are_rejected(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub, (a, b, c) = mesh(make_hub, make_agent, "a", "b", "c")
+def test_chunks_from_a_lying_source_are_rejected(make_mesh: Make, tmp_path: Path) -> None:
+    hub, (a, b, c) = mesh(make_mesh, "a", "b", "c")
     path = "/shared/root/target.bin"
     view = publish(a, path, LIE_DATA, tmp_path)
     c.cli("download", "file", path, "-o", tmp_path / "c.bin")  # c legitimately holds the file...
@@ -482,8 +480,8 @@ def partial_holders(agent: Agent, path: str) -> dict[str, int]:
     return {p["name"]: p["held"] for p in describe(agent, path).get("partial", [])}
 
 
-def test_partial_holders_serve_the_chunks_they_have(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, (a, b, c, d) = mesh(make_hub, make_agent, "a", "b", "c", "d")
+def test_partial_holders_serve_the_chunks_they_have(make_mesh: Make, tmp_path: Path) -> None:
+    _hub, (a, b, c, d) = mesh(make_mesh, "a", "b", "c", "d")
     data = os.urandom(8 * MiB)
     path = "/shared/root/popular.bin"
     publish(a, path, data, tmp_path)
@@ -517,8 +515,8 @@ def test_partial_holders_serve_the_chunks_they_have(make_hub: Make, make_agent: 
     assert len(served) == 1 and len(lacking) == 7, answers
 
 
-def test_a_restarted_agent_finishes_its_download(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, (a, b) = mesh(make_hub, make_agent, "a", "b")
+def test_a_restarted_agent_finishes_its_download(make_mesh: Make, tmp_path: Path) -> None:
+    _hub, (a, b) = mesh(make_mesh, "a", "b")
     data = os.urandom(6 * MiB + 5)
     path = "/shared/root/resume-by-itself.bin"
     publish(a, path, data, tmp_path)

@@ -52,9 +52,9 @@ def kill9_and_restart(hub: Hub) -> float:
     return time.monotonic()
 
 
-def test_the_agent_keeps_the_hub_list_and_lists_it(make_hub: Any, make_agent: Any) -> None:
-    hub: Hub = make_hub()
-    a: Agent = make_agent("a")
+def test_the_agent_keeps_the_hub_list_and_lists_it(make_mesh: Any) -> None:
+    hub, agents = make_mesh(("a",))
+    a = agents["a"]
     a.join(MESH, "alice", hub.permit)
 
     [h] = hubs(a)

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import REPO, Agent, Hub, Proc, start_agent, start_hub
+from support import REPO, Agent, Hub, Proc, start_hub_and_agents
 
 SPEC_FILE = REPO / "src" / "ztm" / "openapi.yaml"
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -166,10 +166,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("local-api")
     procs: list[Proc] = []
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
-        agent = start_agent(tmp, EP)
-        procs.append(agent.proc)
+        hub, agents = start_hub_and_agents(tmp, (EP,))
+        agent = agents[EP]
+        procs += [hub.proc, agent.proc]
         agent.join(MESH, EP, hub.permit)
         yield World(hub, agent)
     finally:

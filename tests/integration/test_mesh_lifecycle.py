@@ -71,9 +71,9 @@ def mesh_status(agent: Agent, mesh: str = MESH) -> dict[str, Any]:
     return found[0]
 
 
-def two_agents(make_hub: Make, make_agent: Make, *hub_extra: str) -> tuple[Hub, Agent, Agent]:
-    hub = make_hub(extra=list(hub_extra))
-    a, b = make_agent("a"), make_agent("b")
+def two_agents(make_mesh: Make, *hub_extra: str) -> tuple[Hub, Agent, Agent]:
+    hub, agents = make_mesh(("a", "b"), hub_extra=hub_extra)
+    a, b = agents["a"], agents["b"]
     a.join(MESH, "alice", hub.permit)
     b.join(MESH, "bob", hub.permit)
     return hub, a, b
@@ -82,8 +82,8 @@ def two_agents(make_hub: Make, make_agent: Make, *hub_extra: str) -> tuple[Hub, 
 # -------------------------------------------------------------------------------------------------------- tests
 
 
-def test_two_agents_see_each_other_and_describe_the_mesh(make_hub: Make, make_agent: Make) -> None:
-    hub, a, b = two_agents(make_hub, make_agent)
+def test_two_agents_see_each_other_and_describe_the_mesh(make_mesh: Make) -> None:
+    hub, a, b = two_agents(make_mesh)
 
     for me, other in ((a, "bob"), (b, "alice")):
         eps = by_name(me.endpoints())
@@ -147,9 +147,11 @@ def test_two_agents_see_each_other_and_describe_the_mesh(make_hub: Make, make_ag
     assert pinged["ep"] == by_name(b.endpoints())["alice"]["id"] and len(pinged["rtt_ms"]) == 2
 
 
-def test_join_returns_only_once_the_endpoint_is_online(make_hub: Make, make_agent: Make) -> None:
-    hub = make_hub()
-    a, b = make_agent("a"), make_agent("b")
+def test_join_returns_only_once_the_endpoint_is_online(
+    make_mesh: Make,
+) -> None:
+    hub, agents = make_mesh(("a", "b"))
+    a, b = agents.values()
     a.join(MESH, "alice", hub.permit)
     joined = json.loads(
         b.cli("join", MESH, "--as", "bob", "--permit", hub.permit, "--label", "role=db", "-o", "json").stdout
@@ -164,9 +166,9 @@ def test_join_returns_only_once_the_endpoint_is_online(make_hub: Make, make_agen
     assert by_name(b.endpoints())["alice"]["online"] is True
 
 
-def test_labels(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    a, b = make_agent("a"), make_agent("bob")
+def test_labels(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("a", "bob"))
+    a, b = agents.values()
     a.join(MESH, "alice", hub.permit)
     b.join(MESH, "bob-laptop", invite(a, b, "bob", tmp_path / "bob.json"))
 
@@ -201,8 +203,8 @@ def test_labels(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
     assert by_name(a.endpoints())["bob-laptop"]["labels"] == ["team=ops", "os=linux"]
 
 
-def test_logs_and_stats(make_hub: Make, make_agent: Make) -> None:
-    _hub, a, _b = two_agents(make_hub, make_agent)
+def test_logs_and_stats(make_mesh: Make) -> None:
+    _hub, a, _b = two_agents(make_mesh)
 
     cp = a.cli("log", "ep", "bob")
     lines = cp.stdout.splitlines()
@@ -225,8 +227,8 @@ def test_logs_and_stats(make_hub: Make, make_agent: Make) -> None:
     assert any(not r[1].startswith("0 ") and not r[2].startswith("0 ") for r in rows), rows
 
 
-def test_leave_and_join_again(make_hub: Make, make_agent: Make) -> None:
-    hub, a, b = two_agents(make_hub, make_agent)
+def test_leave_and_join_again(make_mesh: Make) -> None:
+    hub, a, b = two_agents(make_mesh)
     bob_id = by_name(a.endpoints())["bob"]["id"]
 
     cp = b.cli("leave", MESH)
@@ -246,8 +248,8 @@ def test_leave_and_join_again(make_hub: Make, make_agent: Make) -> None:
     assert mesh_status(b)["status"] == "online"
 
 
-def test_agent_and_hub_restarts_keep_the_mesh(make_hub: Make, make_agent: Make) -> None:
-    hub, a, b = two_agents(make_hub, make_agent)
+def test_agent_and_hub_restarts_keep_the_mesh(make_mesh: Make, make_agent: Make) -> None:
+    hub, a, b = two_agents(make_mesh)
     before_b = mesh_status(b)
     hub_before = a.cli_json("get", "hub")[0]
     permit_bytes = hub.permit.read_bytes()
@@ -278,11 +280,11 @@ def test_agent_and_hub_restarts_keep_the_mesh(make_hub: Make, make_agent: Make) 
     assert mesh_status(c)["mesh_id"] == before_b["mesh_id"]
 
 
-def test_certificate_renewal_keeps_the_endpoint_online(make_hub: Make, make_agent: Make) -> None:
+def test_certificate_renewal_keeps_the_endpoint_online(make_mesh: Make) -> None:
     """With 6-second certificates both agents renew several times in 15 s; meanwhile each lists the other online at
     every look, the listing itself never fails, and renewals come at half-life (PROTOCOL.md section 6)."""
     ttl = 6.0
-    hub, a, b = two_agents(make_hub, make_agent, "--cert-ttl", str(int(ttl)))
+    hub, a, b = two_agents(make_mesh, "--cert-ttl", str(int(ttl)))
     first = mesh_status(b)["cert_expires"]
     changes: list[tuple[float, str]] = [(time.monotonic(), first)]
     start = time.monotonic()
@@ -359,9 +361,11 @@ def test_one_agent_in_two_meshes(make_hub: Make, make_agent: Make) -> None:
     assert sees_online(b, "alice", "bob")  # bob is only in mesh one and needs no selection
 
 
-def test_ztm_agent_env_finds_the_token_from_home(make_hub: Make, make_agent: Make) -> None:
-    hub = make_hub()
-    a = make_agent("a")
+def test_ztm_agent_env_finds_the_token_from_home(
+    make_mesh: Make,
+) -> None:
+    hub, agents = make_mesh(("a",))
+    a = agents["a"]
     a.join(MESH, "alice", hub.permit)
 
     env = base_env({"ZTM_AGENT": a.api_address}, home=a.home)
@@ -378,9 +382,9 @@ def test_ztm_agent_env_finds_the_token_from_home(make_hub: Make, make_agent: Mak
     assert "token" in line.lower() and a.api_address in line, line
 
 
-def test_a_data_directory_serves_one_hub_and_one_agent(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    a = make_agent("a")
+def test_a_data_directory_serves_one_hub_and_one_agent(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("a",))
+    a = agents["a"]
     a.join(MESH, "alice", hub.permit)
 
     other_permit = tmp_path / "other-root.json"

@@ -47,6 +47,7 @@ from support import (
     restart_agent,
     start_agent,
     start_hub,
+    start_hub_and_agents,
     wait_until,
 )
 from support import run as run_cmd
@@ -300,10 +301,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     servers = Servers(tls)
     procs: list[Proc] = []
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
-        agents = {name: start_agent(tmp, name) for name in ("home", "office", "bob")}
-        procs += [a.proc for a in agents.values()]
+        hub, agents = start_hub_and_agents(tmp, ("home", "office", "bob"))
+        procs += [hub.proc, *(a.proc for a in agents.values())]
         agents["home"].join(MESH, "home", hub.permit)
         agents["office"].join(MESH, "office", hub.permit)
         agents["bob"].join(MESH, "bob-laptop", invite(agents["home"], agents["bob"], "bob", tmp / "bob.json"))
@@ -705,14 +704,14 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
     procs: list[Proc] = []
     try:
         admin = f"127.0.0.1:{free_port()}"
-        hub = start_hub(tmp, extra=["--admin", admin])
-        procs.append(hub.proc)
         extra = {
             "office": ("--direct", f"127.0.0.1:{free_port()}"),
             "natted": ("--direct", f"127.0.0.1:{free_port()}", "--direct-announce", f"127.0.0.1:{free_port()}"),
         }
-        agents = {name: start_agent(tmp, name, extra=extra.get(name, ())) for name in ("home", "office", "natted")}
-        procs += [a.proc for a in agents.values()]
+        hub, agents = start_hub_and_agents(
+            tmp, ("home", "office", "natted"), hub_extra=["--admin", admin], agent_extra=extra
+        )
+        procs += [hub.proc, *(a.proc for a in agents.values())]
         for name, agent in agents.items():
             agent.join(MESH, name, hub.permit)
         agents["office"].cli("proxy", "config", "--add-target", "localhost")

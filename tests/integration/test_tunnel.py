@@ -42,8 +42,7 @@ from support import (
     invite,
     one_line_error,
     restart_agent,
-    start_agent,
-    start_hub,
+    start_hub_and_agents,
     wait_until,
 )
 
@@ -352,8 +351,7 @@ def open_inbound(agent: Agent, name: str, *extra: str) -> int:
 
 def start_mesh(tmp: Path, *names: str) -> tuple[Hub, dict[str, Agent]]:
     """A hub and one agent per name, each joined to MESH as that name with the root permit."""
-    hub = start_hub(tmp)
-    agents = {name: start_agent(tmp, name) for name in names}
+    hub, agents = start_hub_and_agents(tmp, names)
     for name, agent in agents.items():
         agent.join(MESH, name, hub.permit)
     return hub, agents
@@ -384,12 +382,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     procs: list[Proc] = []
     servers = Servers()
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
-        agents = {}
-        for name in ("home", "office", "bob-laptop", "bob-server"):
-            agents[name] = start_agent(tmp, name)
-            procs.append(agents[name].proc)
+        hub, agents = start_hub_and_agents(tmp, ("home", "office", "bob-laptop", "bob-server"))
+        procs += [hub.proc, *(agent.proc for agent in agents.values())]
         home, office = agents["home"], agents["office"]
         home.join(MESH, "home", hub.permit)
         office.join(MESH, "office", hub.permit)

@@ -32,8 +32,7 @@ from support import (
     invite,
     one_line_error,
     run,
-    start_agent,
-    start_hub,
+    start_hub_and_agents,
     wait_until,
 )
 
@@ -79,17 +78,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     servers = Servers()
     try:
         admin = f"127.0.0.1:{free_port()}"
-        hub = start_hub(tmp, extra=["--admin", admin])
-        procs.append(hub.proc)
         dead = free_port()  # nothing listens there: connection refused
         extra = {
             "office": ("--direct", f"127.0.0.1:{free_port()}"),
             "natted": ("--direct", f"127.0.0.1:{free_port()}", "--direct-announce", f"127.0.0.1:{dead}"),
         }
-        agents = {}
-        for name in ("home", "office", "natted", "bob", "carol"):
-            agents[name] = start_agent(tmp, name, extra=extra.get(name, ()))
-            procs.append(agents[name].proc)
+        names = ("home", "office", "natted", "bob", "carol")
+        hub, agents = start_hub_and_agents(tmp, names, hub_extra=["--admin", admin], agent_extra=extra)
+        procs += [hub.proc, *(agent.proc for agent in agents.values())]
         for name in ("home", "office", "natted"):
             agents[name].join(MESH, name, hub.permit)
         for name in ("bob", "carol"):

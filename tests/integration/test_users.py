@@ -31,6 +31,7 @@ from support import (
     restart_agent,
     run,
     split_hostport,
+    start_hub_and_agents,
     wait_until,
 )
 
@@ -107,10 +108,10 @@ def save_certs(agent: Agent, into: Path) -> Path:
     return into
 
 
-def mesh_with_bob(make_hub: Make, make_agent: Make, tmp_path: Path) -> tuple[Hub, Agent, Agent, Path]:
+def mesh_with_bob(tmp_path: Path) -> tuple[Hub, Agent, Agent, Path]:
     """A hub, root's agent `alice` and bob's agent `bob-laptop` (invited), both online."""
-    hub = make_hub()
-    root, bob = make_agent("root"), make_agent("bob")
+    hub, agents = start_hub_and_agents(tmp_path, ("root", "bob"))
+    root, bob = agents["root"], agents["bob"]
     root.join(MESH, "alice", hub.permit)
     permit = invite(root, bob, "bob", tmp_path / "bob.json")
     bob.join(MESH, "bob-laptop", permit)
@@ -129,9 +130,9 @@ def evict_bob(root: Agent) -> float:
 # -------------------------------------------------------------------------------------------------------- tests
 
 
-def test_invite_flow(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    root, bob = make_agent("root"), make_agent("bob")
+def test_invite_flow(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("root", "bob"))
+    root, bob = agents.values()
     root.join(MESH, "alice", hub.permit)
 
     identity = tmp_path / "bob.pem"
@@ -173,9 +174,9 @@ def test_invite_flow(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
     assert rows[1][:3] == ["bob-laptop", "bob", "online"], rows
 
 
-def test_a_permit_for_another_identity_is_refused(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    root, bob, mallory = make_agent("root"), make_agent("bob"), make_agent("mallory")
+def test_a_permit_for_another_identity_is_refused(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("root", "bob", "mallory"))
+    root, bob, mallory = agents.values()
     root.join(MESH, "alice", hub.permit)
     permit = invite(root, bob, "bob", tmp_path / "bob.json")
 
@@ -191,8 +192,8 @@ def test_a_permit_for_another_identity_is_refused(make_hub: Make, make_agent: Ma
     assert by_name(root.endpoints())["bob-laptop"]["online"] is True
 
 
-def test_only_root_invites_and_evicts(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, root, bob, _permit = mesh_with_bob(make_hub, make_agent, tmp_path)
+def test_only_root_invites_and_evicts(tmp_path: Path) -> None:
+    _hub, root, bob, _permit = mesh_with_bob(tmp_path)
     carol = tmp_path / "carol.pem"
     carol.write_text(root.cli("identity").stdout)
 
@@ -213,8 +214,8 @@ def test_only_root_invites_and_evicts(make_hub: Make, make_agent: Make, tmp_path
     assert "root cannot be evicted" in line, line
 
 
-def test_evict_is_immediate_and_enforced_at_the_tls_handshake(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub, root, bob, _permit = mesh_with_bob(make_hub, make_agent, tmp_path)
+def test_evict_is_immediate_and_enforced_at_the_tls_handshake(make_agent: Make, tmp_path: Path) -> None:
+    hub, root, bob, _permit = mesh_with_bob(tmp_path)
     root2 = make_agent("root2")
     root2.join(MESH, "alice2", hub.permit)
     before = by_name(root.endpoints())
@@ -270,8 +271,8 @@ def test_evict_is_immediate_and_enforced_at_the_tls_handshake(make_hub: Make, ma
             assert re.search(r"alert certificate revoked", probe.error, re.I), probe
 
 
-def test_an_evicted_agent_stays_out_after_a_restart(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, root, bob, _permit = mesh_with_bob(make_hub, make_agent, tmp_path)
+def test_an_evicted_agent_stays_out_after_a_restart(tmp_path: Path) -> None:
+    _hub, root, bob, _permit = mesh_with_bob(tmp_path)
     evict_bob(root)
     restart_agent(bob)
     mark = len(bob.proc.output())
@@ -294,10 +295,8 @@ def test_an_evicted_agent_stays_out_after_a_restart(make_hub: Make, make_agent: 
     assert by_name(root.endpoints())["alice"]["online"] is True
 
 
-def test_a_new_invitation_lets_bob_back_but_old_certificates_stay_revoked(
-    make_hub: Make, make_agent: Make, tmp_path: Path
-) -> None:
-    hub, root, bob, _permit = mesh_with_bob(make_hub, make_agent, tmp_path)
+def test_a_new_invitation_lets_bob_back_but_old_certificates_stay_revoked(tmp_path: Path) -> None:
+    hub, root, bob, _permit = mesh_with_bob(tmp_path)
     old = save_certs(bob, tmp_path / "old-certs")
     old_ep_id = the_mesh(bob)["ep_id"]
     evict_bob(root)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integration.test_local_api import METHODS, SPEC_FILE
-from support import Agent, Hub, start_agent, start_hub
+from support import Agent, Hub, start_hub_and_agents
 
 pytestmark = pytest.mark.slow
 
@@ -147,8 +147,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("apifuzz")
-    hub = start_hub(tmp)
-    agent, beta = start_agent(tmp, "alpha"), start_agent(tmp, "beta")
+    hub, agents = start_hub_and_agents(tmp, ("alpha", "beta"))
+    agent, beta = agents["alpha"], agents["beta"]
     try:
         agent.join(MESH, "alpha", hub.permit)
         beta.join(MESH, "beta", hub.permit)

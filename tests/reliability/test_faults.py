@@ -19,7 +19,17 @@ from typing import Any
 import pytest
 
 from reliability.traffic import EchoServer, Record, Traffic, assert_documented, echoes, time_until
-from support import Agent, Hub, by_name, free_port, invite, restart_agent, restart_hub, start_agent, start_hub
+from support import (
+    Agent,
+    Hub,
+    by_name,
+    free_port,
+    invite,
+    restart_agent,
+    restart_hub,
+    start_agent,
+    start_hub_and_agents,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -69,8 +79,8 @@ class Mesh:
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    hub = start_hub(tmp_path)
-    exit_, entrance = start_agent(tmp_path, "exit"), start_agent(tmp_path, "entrance")
+    hub, agents = start_hub_and_agents(tmp_path, ("exit", "entrance"))
+    exit_, entrance = agents["exit"], agents["entrance"]
     exit_.join(MESH, "exit", hub.permit)
     entrance.join(MESH, "entrance", hub.permit)
     with EchoServer() as echo:

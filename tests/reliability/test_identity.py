@@ -28,7 +28,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from integration.test_hub_admin import metrics
 from integration.test_users import EMPTY_SETTINGS, H2_PREFACE, Probe, tls_probe
-from support import Agent, Hub, free_port, invite, split_hostport, start_agent, start_hub, wait_until
+from support import (
+    Agent,
+    Hub,
+    free_port,
+    invite,
+    split_hostport,
+    start_agent,
+    start_hub_and_agents,
+    wait_until,
+)
 from ztm import pki
 
 MESH = "m"
@@ -98,8 +107,8 @@ def _read_from(path: Path, offset: int) -> str:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("identity")
     admin = f"127.0.0.1:{free_port()}"
-    hub = start_hub(tmp, extra=["--admin", admin])
-    root = start_agent(tmp, "root")
+    hub, agents = start_hub_and_agents(tmp, ("root",), hub_extra=["--admin", admin])
+    root = agents["root"]
     try:
         root.join(MESH, "alpha", hub.permit)
         files = root.data / "meshes" / MESH

@@ -28,7 +28,7 @@ import pytest
 from e2eclient import layer_of, open_e2e
 from reliability.hubclient import HubClient
 from reliability.traffic import EchoServer, Record, Traffic, echoes, time_until
-from support import Agent, Hub, free_port, invite, split_hostport, start_agent, start_hub
+from support import Agent, Hub, free_port, invite, split_hostport, start_hub_and_agents
 from ztm import h2, pki
 from ztm.agent.tls import MeshFiles
 from ztm.e2e import E2EError
@@ -56,8 +56,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("mallory")
-    hub = start_hub(tmp)
-    exit_, friend, mallory = (start_agent(tmp, n) for n in ("exit", "friend", "mallory"))
+    hub, agents = start_hub_and_agents(tmp, ("exit", "friend", "mallory"))
+    exit_, friend, mallory = agents["exit"], agents["friend"], agents["mallory"]
     echo = EchoServer()
     try:
         exit_.join(MESH, "exit", hub.permit)

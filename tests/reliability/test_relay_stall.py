@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Abort, Agent, free_port, start_agent, start_hub, wait_until
+from support import Abort, Agent, free_port, start_hub_and_agents, wait_until
 from ztm.h2.connection import CREDIT_WARN
 
 pytestmark = pytest.mark.slow
@@ -115,8 +115,8 @@ class Target:
 
 @pytest.fixture
 def tunnel(tmp_path: Path) -> Iterator[tuple[Agent, Agent, Target, int]]:
-    hub = start_hub(tmp_path)
-    exit_, entrance = start_agent(tmp_path, "exit"), start_agent(tmp_path, "entrance")
+    hub, agents = start_hub_and_agents(tmp_path, ("exit", "entrance"))
+    exit_, entrance = agents["exit"], agents["entrance"]
     exit_.join(MESH, "exit", hub.permit)
     entrance.join(MESH, "entrance", hub.permit)
     target = Target()

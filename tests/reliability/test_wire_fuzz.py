@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reliability.hubclient import HubClient
-from support import Agent, Hub, start_agent, start_hub
+from support import Agent, Hub, start_hub_and_agents
 from ztm import pki
 from ztm.agent.link import EventReader
 from ztm.errors import Unavailable
@@ -120,8 +120,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("wire")
-    hub = start_hub(tmp)
-    agent = start_agent(tmp, "alpha")
+    hub, agents = start_hub_and_agents(tmp, ("alpha",))
+    agent = agents["alpha"]
     client = None
     try:
         agent.join(MESH, "alpha", hub.permit)

@@ -29,7 +29,7 @@ from e2eclient import dial_direct, direct_context, layer_of, open_direct, open_e
 from integration.test_tunnel import described, open_outbound
 from reliability.traffic import EchoServer
 from security.test_e2e_hostile_hub import metric
-from support import Agent, Hub, free_port, invite, start_agent, start_hub, wait_until
+from support import Agent, Hub, free_port, invite, start_hub_and_agents, wait_until
 from ztm import h2, pki
 from ztm.agent.e2estream import E2EStream
 from ztm.agent.tls import MeshFiles
@@ -57,13 +57,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("direct-e2e")
     procs = []
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
         direct = f"127.0.0.1:{free_port()}"
-        alice = start_agent(tmp, "alice", extra=["--direct", direct])
-        procs.append(alice.proc)
-        bob, carol = start_agent(tmp, "bob"), start_agent(tmp, "carol")
-        procs += [bob.proc, carol.proc]
+        hub, agents = start_hub_and_agents(tmp, ("alice", "bob", "carol"), agent_extra={"alice": ["--direct", direct]})
+        procs += [hub.proc, *(agent.proc for agent in agents.values())]
+        alice, bob, carol = agents["alice"], agents["bob"], agents["carol"]
         alice.join(MESH, "alice-pc", hub.permit)
         bob.join(MESH, "bob-pc", invite(alice, bob, "bob", tmp / "bob.json"))
         carol.join(MESH, "carol-pc", invite(alice, carol, "carol", tmp / "carol.json"))

@@ -41,7 +41,7 @@ import pexpect
 import pytest
 
 import capture
-from support import ZTM, Agent, Hub, Proc, free_port, start_agent, start_hub, wait_until
+from support import ZTM, Agent, Hub, Proc, free_port, start_hub_and_agents, wait_until
 
 MESH = "m"
 TIMEOUT = 30.0
@@ -155,12 +155,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     procs: list[Proc] = []
     echo = EchoServer()
     try:
-        hub = start_hub(tmp, env={"SSLKEYLOGFILE": str(keys)})
-        procs.append(hub.proc)
+        # The agents dial the hub only when they join, after the capture started.
+        hub, agents = start_hub_and_agents(tmp, ("home", "office"), hub_env={"SSLKEYLOGFILE": str(keys)})
+        home, office = agents["home"], agents["office"]
+        procs += [hub.proc, home.proc, office.proc]
         cap = capture.Capture(hub.port, tmp / "capture")
         procs.append(cap.proc)
-        home, office = start_agent(tmp, "home"), start_agent(tmp, "office")
-        procs += [home.proc, office.proc]
         home.join(MESH, "home", hub.permit)
         office.join(MESH, "office", hub.permit)
         wait_until(lambda: "office" in home.online_names(), TIMEOUT, "home to see office online")

@@ -45,8 +45,7 @@ from support import (
     invite,
     one_line_error,
     run,
-    start_agent,
-    start_hub,
+    start_hub_and_agents,
     wait_until,
 )
 from ztm import pki
@@ -74,8 +73,8 @@ class Mesh:
 
 def hostile_mesh(tmp_path: Path, env: Mapping[str, str]) -> Mesh:
     """An evil hub (`env`: its ZTM_EVIL_* settings), root's `hq`, alice's `alice-office` and bob's `bob-laptop`."""
-    hub = start_hub(tmp_path, program=EVIL_HUB, env=env)
-    hq, alice, bob = (start_agent(tmp_path, name) for name in ("hq", "alice", "bob"))
+    hub, agents = start_hub_and_agents(tmp_path, ("hq", "alice", "bob"), hub_program=EVIL_HUB, hub_env=env)
+    hq, alice, bob = agents["hq"], agents["alice"], agents["bob"]
     hq.join(MESH, "hq", hub.permit)
     alice.join(MESH, "alice-office", invite(hq, alice, "alice", tmp_path / "alice.json"))
     bob.join(MESH, "bob-laptop", invite(hq, bob, "bob", tmp_path / "bob.json"))

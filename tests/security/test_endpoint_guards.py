@@ -49,6 +49,7 @@ from support import (
     restart_agent,
     start_agent,
     start_hub,
+    start_hub_and_agents,
     wait_until,
 )
 from ztm import pki
@@ -207,8 +208,8 @@ class Market:
 @pytest.fixture
 def market(tmp_path: Path) -> Iterator[Market]:
     tmp = tmp_path
-    hub = start_hub(tmp)
-    evil, victim = start_agent(tmp, "evil"), start_agent(tmp, "victim")
+    hub, agents = start_hub_and_agents(tmp, ("evil", "victim"))
+    evil, victim = agents["evil"], agents["victim"]
     try:
         evil.join("m", "evil", hub.permit)
         victim.join("m", "victim", hub.permit)
@@ -384,8 +385,8 @@ class Office:
 
 @pytest.fixture
 def office(tmp_path: Path) -> Iterator[Office]:
-    hub = start_hub(tmp_path)
-    home, office, laptop = (start_agent(tmp_path, n) for n in ("home", "office", "laptop"))
+    hub, agents = start_hub_and_agents(tmp_path, ("home", "office", "laptop"))
+    home, office, laptop = agents["home"], agents["office"], agents["laptop"]
     try:
         home.join("m", "home", hub.permit)
         office.join("m", "office", invite(home, office, "alice", tmp_path / "alice-office.json"))

@@ -119,10 +119,8 @@ def empty_file(path: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------------------- item 1
 
 
-def test_a_connection_held_across_an_eviction_can_do_nothing_after(
-    make_hub: Make, make_agent: Make, tmp_path: Path
-) -> None:
-    hub, root, bob, _permit = mesh_with_bob(make_hub, make_agent, tmp_path)
+def test_a_connection_held_across_an_eviction_can_do_nothing_after(tmp_path: Path) -> None:
+    hub, root, bob, _permit = mesh_with_bob(tmp_path)
     echo = EchoServer()
     try:
         root.cli("tunnel", "open", "outbound", "tcp/echo", "--targets", f"127.0.0.1:{echo.port}", "--users", "bob")
@@ -176,9 +174,9 @@ def test_a_connection_held_across_an_eviction_can_do_nothing_after(
         echo.close()
 
 
-def test_a_connection_is_closed_when_its_certificate_expires(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    root = make_agent("root")
+def test_a_connection_is_closed_when_its_certificate_expires(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("root",))
+    root = agents["root"]
     root.join(MESH, "alice", hub.permit)
     files = save_certs(root, tmp_path / "short")
     ca_key, ca_cert = ca_of(hub)
@@ -227,11 +225,11 @@ def test_an_endpoint_certificate_never_outlives_the_invitation(
         assert "invitation" in got["error"], got
 
 
-def test_the_agent_says_the_invitation_expired(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+def test_the_agent_says_the_invitation_expired(make_mesh: Make, tmp_path: Path) -> None:
     """A user certificate of a few seconds (minted as `ztm invite` would, shorter than its --days allows): the
     endpoint goes offline when it ends, renewal does not extend it, and `ztm get mesh` says why."""
-    hub = make_hub()
-    root, dave = make_agent("root"), make_agent("dave")
+    hub, agents = make_mesh(("root", "dave"))
+    root, dave = agents.values()
     root.join(MESH, "alice", hub.permit)
     invited = invite(root, dave, "dave", tmp_path / "dave-invited.json")
     ca_key, ca_cert = ca_of(hub)
@@ -281,9 +279,9 @@ def _enroll(client: HubClient, key: Path, name: str) -> tuple[int, Any]:
     return client.json("POST", "/api/enroll", {"ep_id": ep_id, "name": name, "csr": csr(key, ep_id)})
 
 
-def test_enrolment_beyond_the_per_user_quota_is_refused(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub(extra=["--max-endpoints-per-user", "3"])
-    root, bob = make_agent("root"), make_agent("bob")
+def test_enrolment_beyond_the_per_user_quota_is_refused(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("root", "bob"), hub_extra=["--max-endpoints-per-user", "3"])
+    root, bob = agents.values()
     root.join(MESH, "alice", hub.permit)
     permit = tmp_path / "bob.json"
     identity = tmp_path / "bob.pem"
@@ -309,11 +307,11 @@ def test_enrolment_beyond_the_per_user_quota_is_refused(make_hub: Make, make_age
         assert _enroll(client, files / "ep.key", "bob-4")[0] == 200
 
 
-def test_one_user_cannot_hoard_endpoint_records(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
+def test_one_user_cannot_hoard_endpoint_records(make_mesh: Make, tmp_path: Path) -> None:
     """The attack of the review: on a hub with --max-agents 5, one user enrolled 105 records (names held for good),
     because only sessions were counted. Now the default per-user quota (100) stops it."""
-    hub = make_hub(extra=["--max-agents", "5"])
-    root, bob = make_agent("root"), make_agent("bob")
+    hub, agents = make_mesh(("root", "bob"), hub_extra=["--max-agents", "5"])
+    root, bob = agents.values()
     root.join(MESH, "alice", hub.permit)
     bob.join(MESH, "bob-laptop", invite(root, bob, "bob", tmp_path / "bob.json"))
     files = bob.data / "meshes" / MESH
@@ -326,8 +324,8 @@ def test_one_user_cannot_hoard_endpoint_records(make_hub: Make, make_agent: Make
     assert sum(1 for e in root.endpoints() if e["user"] == "bob") == 100
 
 
-def test_an_evicted_users_endpoint_names_are_released(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    _hub, root, _bob, _permit = mesh_with_bob(make_hub, make_agent, tmp_path)
+def test_an_evicted_users_endpoint_names_are_released(make_agent: Make, tmp_path: Path) -> None:
+    _hub, root, _bob, _permit = mesh_with_bob(tmp_path)
     carol = make_agent("carol")
     root.cli("evict", "bob")
     wait_until(lambda: listed_offline(root, "bob-laptop"), 5, "bob-laptop to go offline")
@@ -340,8 +338,8 @@ def test_an_evicted_users_endpoint_names_are_released(make_hub: Make, make_agent
     assert eps["bob-laptop"]["user"] == "carol" and eps["bob-laptop"]["online"], eps
 
 
-def test_deleting_an_online_endpoint_ends_its_access(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub, root, bob, _permit = mesh_with_bob(make_hub, make_agent, tmp_path)
+def test_deleting_an_online_endpoint_ends_its_access(tmp_path: Path) -> None:
+    hub, root, bob, _permit = mesh_with_bob(tmp_path)
     files = save_certs(bob, tmp_path / "bob-files")
     with HubClient(hub.address, files) as held:
         assert answered(held, "GET", "/api/endpoints")

@@ -35,7 +35,7 @@ from support import (
     one_line_error,
     restart_agent,
     start_agent,
-    start_hub,
+    start_hub_and_agents,
     wait_until,
 )
 from ztm import pki
@@ -136,10 +136,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     procs: list[Proc] = []
     alice_server, mallory_server = TagServer("alice"), TagServer("mallory")
     try:
-        hub = start_hub(tmp)
-        procs.append(hub.proc)
-        agents = {name: start_agent(tmp, name) for name in ("hq", "laptop", "office", "mallory")}
-        procs += [a.proc for a in agents.values()]
+        hub, agents = start_hub_and_agents(tmp, ("hq", "laptop", "office", "mallory"))
+        procs += [hub.proc, *(a.proc for a in agents.values())]
         hq = agents["hq"]
         hq.join(MESH, "hq", hub.permit)
         agents["laptop"].join(MESH, "alice-laptop", invite(hq, agents["laptop"], "alice", tmp / "laptop.json"))

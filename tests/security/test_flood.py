@@ -33,7 +33,7 @@ from bench.common import rss_kib
 from reliability.conftest import figures  # noqa: F401 (the reliability suite's fixture: measured figures)
 from reliability.hubclient import HubClient
 from reliability.traffic import Record, time_until
-from support import Agent, Hub, invite, split_hostport, start_agent, start_hub
+from support import Agent, Hub, invite, split_hostport, start_hub_and_agents
 from ztm import filespec, h2, pki
 from ztm.agent.tls import MeshFiles
 from ztm.h2 import fields
@@ -60,8 +60,8 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("flood")
-    hub = start_hub(tmp)
-    root, mallory = (start_agent(tmp, n) for n in ("root", "mallory"))
+    hub, agents = start_hub_and_agents(tmp, ("root", "mallory"))
+    root, mallory = agents["root"], agents["mallory"]
     try:
         root.join(MESH, "root", hub.permit)
         mallory.join(MESH, "mallory", invite(root, mallory, "mallory", tmp / "mallory.json"))

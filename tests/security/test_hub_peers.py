@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from reliability.hubclient import HubClient
-from support import Agent, Hub, invite, split_hostport, start_agent, start_hub
+from support import Agent, Hub, invite, split_hostport, start_hub, start_hub_and_agents
 from ztm import h2, pki
 from ztm.version import E2E_VERSION
 
@@ -90,9 +90,8 @@ def _ep_id(agent: Agent) -> str:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    hub = start_hub(tmp_path)
-    exit_agent = start_agent(tmp_path, "exit")
-    mallory = start_agent(tmp_path, "mallory")
+    hub, agents = start_hub_and_agents(tmp_path, ("exit", "mallory"))
+    exit_agent, mallory = agents["exit"], agents["mallory"]
     try:
         exit_agent.join(MESH, "exit", hub.permit)
         permit = invite(exit_agent, mallory, "mallory", tmp_path / "mallory.json")

@@ -95,6 +95,7 @@ class WebSocket:
                 while await self.receive() is not None:
                     pass
         self._end()
+        await asyncio.gather(self._writer.wait_closed(), return_exceptions=True)  # its error, e.g. EPIPE, is ours
 
     def _end(self) -> None:
         if not self.closed:
