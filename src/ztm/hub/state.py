@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from ztm.hub.cluster import Cluster
 
 log = logging.getLogger("ztm.hub")
+JOINING_GRACE = 15.0
+"""Seconds an endpoint enrolled but not yet online keeps its name against another endpoint of the same user: two
+joins with one name at once (at two hubs of a cluster) give one success and one conflict, not a takeover."""
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -307,6 +310,13 @@ class HubState:
                     raise Conflict(f"endpoint name {name!r} is taken by user {other.user!r}; join with another --as")
                 if self.is_online(other.id):
                     raise Conflict(f"endpoint name {name!r} is in use by an online endpoint; join with another --as")
+                if other.last_seen == other.first_seen and now - (other.first_seen or 0) < JOINING_GRACE:
+                    # enrolled moments ago (perhaps at another hub of the cluster) and not online yet: a join in
+                    # progress, not an old record to take over
+                    raise Conflict(
+                        f"endpoint name {name!r} was just taken by another join; join with another --as, or try "
+                        f"again in {JOINING_GRACE:g} s"
+                    )
                 replaces.append(other.id)
         ep = EndpointRecord(
             id=ep_id,

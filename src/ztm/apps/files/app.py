@@ -558,7 +558,8 @@ class FilesApp(MeshApp):
         return found
 
     async def _connect(self, source: Source, progress: Progress | None = None) -> ChunkChannel:
-        """A chunk channel to `source`: over a direct channel when it offers one that answers, else through the
+        """A chunk channel to `source`: over a direct channel when one is pooled, its listener answers or one can be
+        punched (docs/nat-traversal.md; a punch runs in the background, this chunk takes the relay), else through the
         hub's relay (a refusal over the direct channel is final: the relay would refuse too)."""
         traffic = self.ctx.session.traffic_of(source.ep, source.name)
 
@@ -568,7 +569,7 @@ class FilesApp(MeshApp):
         stream: ByteStream | None = None
         address = (await self._direct_addresses()).get(source.ep)
         direct = self.ctx.session.direct
-        if address is not None and direct.reachable(source.ep):
+        if direct.usable(source.ep, address):
             try:
                 stream = await direct.open(source.ep, address, self.name, wire.SERVICE)
                 self.counters["fetch:direct"] += 1
