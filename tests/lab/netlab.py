@@ -581,6 +581,20 @@ class Lab:
         if host in self.plan.default_route:
             _cmd([IP, "-n", self.ns(host), "route", "replace", "default", "via", self.plan.default_route[host]])
 
+    def hub_counter(self, host: str, admin_port: int, name: str) -> float:
+        """Counter `ztm_hub_NAME_total` of the hub in `host` whose admin port is `127.0.0.1:admin_port` (0 if the
+        hub never counted one)."""
+        with self.connect(host, "127.0.0.1", admin_port) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            chunks = []
+            while chunk := sock.recv(1 << 16):
+                chunks.append(chunk)
+        text = b"".join(chunks).decode()
+        for line in text.split("\r\n\r\n", 1)[1].splitlines():
+            if line.startswith(f"ztm_hub_{name}_total "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
     def rtt(self, host: str, addr: str, port: int = 9, samples: int = 5) -> float:
         """Seconds of the fastest of `samples` TCP handshakes from `host` to `addr:port`, a port nobody listens on:
         the SYN is answered by a RST, so each sample is one round trip and no server is needed."""

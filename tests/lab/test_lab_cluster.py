@@ -107,13 +107,7 @@ class LabCluster:
 
     def hub_counter(self, host: str, name: str) -> float:
         """Counter `ztm_hub_NAME_total` of the hub in data center `host`, read from its admin port."""
-        with self.lab.connect(host, "127.0.0.1", ADMIN_PORT) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            text = recv_all(sock).decode()
-        for line in text.split("\r\n\r\n", 1)[1].splitlines():
-            if line.startswith(f"ztm_hub_{name}_total "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return self.lab.hub_counter(host, ADMIN_PORT, name)
 
 
 @contextlib.contextmanager

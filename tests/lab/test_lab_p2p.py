@@ -28,21 +28,14 @@ from integration.test_tunnel import recv_all
 from lab.netlab import Lab
 from support import Agent, Hub, Proc, base_env, start_agent, start_hub, wait_until
 
+from . import test_lab_nat
 from .test_lab_tunnel import SERVER
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-LAB_SITES = {
-    "home": "eim",
-    "workplace": "eim",
-    "sym1": "symmetric",
-    "sym2": "symmetric",
-    "fw1": "firewall",
-    "fw2": "firewall",
-    "pub1": "public",
-    "pub2": "public",
-}
-LAB_TWINS = ("home",)
+LAB_SITES = test_lab_nat.LAB_SITES
+"""Two sites of each router kind, as the plain-socket matrix (tests/lab/test_lab_nat.py)."""
+LAB_TWINS = test_lab_nat.LAB_TWINS
 HOSTS = (*LAB_SITES, "home2")
 MESH = "my-mesh"
 SERVICE_PORT = 9000
@@ -77,13 +70,7 @@ class Mesh:
     ports: Iterator[int]
 
     def hub_counter(self, name: str) -> float:
-        with self.lab.connect("datacenter", "127.0.0.1", ADMIN_PORT) as sock:
-            sock.sendall(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            text = recv_all(sock).decode()
-        for line in text.split("\r\n\r\n", 1)[1].splitlines():
-            if line.startswith(f"ztm_hub_{name}_total "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
+        return self.lab.hub_counter("datacenter", ADMIN_PORT, name)
 
 
 def counter(agent: Agent, name: str) -> float:

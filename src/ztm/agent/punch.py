@@ -70,30 +70,29 @@ def keep_alive(sock: socket.socket, idle: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 30_000)
 
 
-def rtt_ms(sock: socket.socket | None) -> float | None:
-    """The kernel's smoothed round-trip time of a TCP connection (TCP_INFO), in milliseconds."""
+def _tcp_info(sock: socket.socket | None) -> bytes | None:
+    """The kernel's `struct tcp_info` of a TCP socket (the fields up to `tcpi_rtt`), or None."""
     if sock is None:
         return None
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
     except (OSError, AttributeError):
         return None
-    if len(info) < 72:
-        return None
-    return round(int.from_bytes(info[68:72], "little") / 1000, 3)  # tcpi_rtt, microseconds
+    return info if len(info) >= 72 else None
+
+
+def rtt_ms(sock: socket.socket | None) -> float | None:
+    """The kernel's smoothed round-trip time of a TCP connection (TCP_INFO), in milliseconds."""
+    info = _tcp_info(sock)
+    return None if info is None else round(int.from_bytes(info[68:72], "little") / 1000, 3)  # tcpi_rtt, us
 
 
 def silent_for(sock: socket.socket | None) -> float | None:
     """Seconds since the peer last acknowledged anything on a TCP connection (TCP_INFO `tcpi_last_ack_recv`), or
     None if the kernel does not say; with keepalives every K seconds, an idle channel whose peer is alive is never
     silent much longer than K, and one unanswered probe already shows (`tcpi_probes`)."""
-    if sock is None:
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-    except (OSError, AttributeError):
-        return None
-    if len(info) < 60:
+    info = _tcp_info(sock)
+    if info is None:
         return None
     if info[3] > 0:  # tcpi_probes: keepalive probes sent and not answered
         return float("inf")
