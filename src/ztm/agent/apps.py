@@ -195,23 +195,16 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
         raise Unavailable(f"end-to-end encryption with {ep_id} failed ({exc.reason}): {exc.message}") from None
 
 
-def direct_first(session: MeshSession, ep_id: str, address: object) -> tuple[bool, str | None]:
-    """Whether a stream to `ep_id` tries a direct channel first, and the peer's announced listener address (None:
-    it has none; a punched channel may still serve, `ztm.agent.punch`): yes when a channel is pooled, or the peer
-    announced a listener, or this endpoint can punch, and the peer is not backing off (`MeshDirect.usable`). The one
-    place that decides it for the tunnel (TCP and UDP) and the proxy (every kind of connection)."""
-    announced = address if isinstance(address, str) else None
-    return session.direct.usable(ep_id, announced), announced
-
-
 async def open_direct_first(
     session: MeshSession, ep_id: str, address: object, app: str, service: str, on_fallback: Callable[[str], None]
 ) -> E2EStream:
-    """A stream to `app` on endpoint `ep_id` for `service`: over a direct channel when `direct_first` says so, else
-    (or when the channel cannot be used now: `on_fallback` is told why) through the hub. The stream's `path` says
-    which. A refusal over the direct channel (ZtmError) is final: the relay would refuse too."""
-    try_direct, announced = direct_first(session, ep_id, address)
-    if try_direct:
+    """A stream to `app` on endpoint `ep_id` for `service`: over a direct channel when `MeshDirect.usable` says so
+    (a channel is pooled, or the peer announced a listener at `address`, or this endpoint can punch one, and the
+    peer is not backing off), else (or when the channel cannot be used now: `on_fallback` is told why) through the
+    hub. The stream's `path` says which. A refusal over the direct channel (ZtmError) is final: the relay would
+    refuse too. The one place that decides it for the tunnel (TCP and UDP), the proxy and the files app."""
+    announced = address if isinstance(address, str) else None  # None: no listener; a punched channel may serve
+    if session.direct.usable(ep_id, announced):
         try:
             return await session.direct.open(ep_id, announced, app, service)
         except DirectUnreachable as exc:

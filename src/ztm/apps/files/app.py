@@ -38,7 +38,6 @@ from urllib.parse import urlencode
 
 from ztm import filespec, h2
 from ztm.agent.apps import AppContext, Caller, MeshApp
-from ztm.agent.direct import DirectUnreachable
 from ztm.apps.files import wire
 from ztm.apps.files.channel import ByteStream, ChunkChannel, StreamReader
 from ztm.apps.files.fetch import Fetcher, Pacer, Progress, Source, describe_failure, unique_chunks
@@ -566,20 +565,16 @@ class FilesApp(MeshApp):
         def count(n: int) -> None:
             traffic.received += n
 
-        stream: ByteStream | None = None
+        def fallback(why: str) -> None:
+            self.counters["fetch:direct_fallbacks"] += 1
+            if progress is not None:
+                progress.direct_fallbacks += 1
+            log.info("download from %s: direct channel unusable (%s); through the hub", source.name, why)
+
         address = (await self._direct_addresses()).get(source.ep)
-        direct = self.ctx.session.direct
-        if direct.usable(source.ep, address):
-            try:
-                stream = await direct.open(source.ep, address, self.name, wire.SERVICE)
-                self.counters["fetch:direct"] += 1
-            except DirectUnreachable as exc:
-                self.counters["fetch:direct_fallbacks"] += 1
-                if progress is not None:
-                    progress.direct_fallbacks += 1
-                log.info("download from %s: direct channel unusable (%s); through the hub", source.name, exc)
-        if stream is None:
-            stream = await self.ctx.open_stream(source.ep, wire.SERVICE)
+        stream = await self.ctx.open_stream_direct_first(source.ep, wire.SERVICE, address, fallback)
+        if stream.path != "relay":
+            self.counters["fetch:direct"] += 1
         return ChunkChannel(stream, source.name, count)
 
     async def _direct_addresses(self) -> dict[str, str]:

@@ -15,9 +15,10 @@ Basic`; the password is kept as an scrypt hash (`spec.ProxyAuth`), checked off t
 is remembered (as an HMAC under a per-process key) so that a client's next connections cost no scrypt.
 
 Direct path: like the tunnel app, every connection (SOCKS5 CONNECT, HTTP CONNECT and forwarding, and each
-destination of a SOCKS5 UDP ASSOCIATE) goes over a direct channel (`ztm.agent.direct`) when the chosen exit has one
-(`ztm.agent.apps.direct_first` decides), else through the hub; the exit applies the same checks with the caller from
-the channel's verified certificate. Both sides count connections per path (`paths` in the view, `ztm.apps.paths`).
+destination of a SOCKS5 UDP ASSOCIATE) goes over a direct channel (`ztm.agent.direct`) when the chosen exit has
+one (`ztm.agent.apps.open_direct_first` decides), else through the hub; the exit applies the same checks with the
+caller from the channel's verified certificate. Both sides count connections per path (`paths` in the view,
+`ztm.apps.paths`).
 """
 
 from __future__ import annotations

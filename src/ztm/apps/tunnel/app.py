@@ -9,8 +9,8 @@ connects to a target (round-robin, failing over), and only then accepts the stre
 entrance's client at once as a closed connection. Configuration lives in the agent database and survives restarts.
 
 Direct path: a TCP connection, and a UDP flow (one stream for its whole life), goes first over a direct channel
-(`ztm.agent.direct`) when the exit has one (`ztm.agent.apps.direct_first` decides); it is the same end-to-end stream
-as through the hub (`E2EStream.path` says which path), and the exit takes it in `on_stream` and checks its caller
+(`ztm.agent.direct`) when the exit has one (`ztm.agent.apps.open_direct_first` decides); it is the same end-to-end
+stream as through the hub (`E2EStream.path` says which path), and the exit takes it in `on_stream` and checks its caller
 exactly as on the relay. When the direct channel cannot be used the connection goes through the hub (counted in
 `direct_fallbacks`). Both sides count connections per path where the stream is opened or accepted
 (`ztm.apps.paths`).
