@@ -380,8 +380,7 @@ class MeshDirect:
     # ---- client side -------------------------------------------------------------------------------------------
 
     def reachable(self, ep_id: str) -> bool:
-        failed = self._failed.get(ep_id)
-        return failed is None or time.monotonic() >= failed[0]
+        return _clear(self._failed, ep_id)
 
     def usable(self, ep_id: str, address: str | None) -> bool:
         """Whether a stream to `ep_id` (announcing `address`, or no listener) should try a direct channel first: a
@@ -394,20 +393,15 @@ class MeshDirect:
         return address is not None or self.p2p_blocker() is None
 
     def _mark_failed(self, ep_id: str, reason: str) -> None:
-        _until, last = self._failed.get(ep_id, (0.0, 0.0))
-        delay = min(FAIL_MAX, max(FAIL_MIN, last * 2))
-        self._failed[ep_id] = (time.monotonic() + delay, delay)
+        delay = _back_off(self._failed, ep_id)
         self.counters["failures"] += 1
         log.info("mesh %s: direct channel to %s failed (%s); relay for %.0f s", self.session.name, ep_id, reason, delay)
 
     def _listener_usable(self, ep_id: str) -> bool:
-        failed = self._listener_failed.get(ep_id)
-        return failed is None or time.monotonic() >= failed[0]
+        return _clear(self._listener_failed, ep_id)
 
     def _listener_down(self, ep_id: str) -> None:
-        _until, last = self._listener_failed.get(ep_id, (0.0, 0.0))
-        delay = min(FAIL_MAX, max(FAIL_MIN, last * 2))
-        self._listener_failed[ep_id] = (time.monotonic() + delay, delay)
+        _back_off(self._listener_failed, ep_id)
 
     async def open(self, ep_id: str, address: str | None, app: str, service: str) -> E2EStream:
         """An end-to-end stream to `app` on endpoint `ep_id`, accepted for `service`, on a direct channel: a pooled
@@ -554,15 +548,20 @@ class MeshDirect:
         except (OSError, TimeoutError) as exc:
             raise DirectUnreachable(f"{address}: {getattr(exc, 'strerror', None) or exc or 'timeout'}") from None
         try:
-            peer = _peer_checked(proto)
-            if peer.ep_id != ep_id or peer.mesh_id != self.session.record.mesh_id:
-                raise CertificateError(f"{address} is endpoint {peer.ep_id}, not {ep_id}")
+            peer = self._expected(proto, ep_id, address)
         except ZtmError as exc:
             proto.abort()
             raise DirectUnreachable(exc.message) from None
         _set_nodelay(proto.transport)
         self._adopt(proto, peer)
         return proto, peer
+
+    def _expected(self, proto: DirectConn, ep_id: str, where: str) -> PeerCert:
+        """The server's verified certificate, which must be endpoint `ep_id` of this mesh (CertificateError)."""
+        peer = _peer_checked(proto)
+        if peer.ep_id != ep_id or peer.mesh_id != self.session.record.mesh_id:
+            raise CertificateError(f"{where} is endpoint {peer.ep_id}, not {ep_id}")
+        return peer
 
     # ---- punching (ztm.agent.punch) --------------------------------------------------------------------------
 
@@ -688,9 +687,7 @@ class MeshDirect:
             sock.close()
             raise PunchError("tls", f"TLS on the punched connection failed: {exc or 'timeout'}") from None
         try:
-            peer = _peer_checked(proto)
-            if peer.ep_id != ep_id or peer.mesh_id != self.session.record.mesh_id:
-                raise CertificateError(f"the punched connection leads to endpoint {peer.ep_id}, not {ep_id}")
+            peer = self._expected(proto, ep_id, "the punched connection")
         except ZtmError as exc:
             proto.abort()
             raise PunchError("identity", exc.message) from None
@@ -835,6 +832,20 @@ class MeshDirect:
             pool.clear()
         for outer in list(self.live):
             outer.reset()
+
+
+def _clear(failures: dict[str, tuple[float, float]], ep_id: str) -> bool:
+    """Whether `ep_id` is past its backoff in `failures` (peer id -> (skip until, last delay))."""
+    failed = failures.get(ep_id)
+    return failed is None or time.monotonic() >= failed[0]
+
+
+def _back_off(failures: dict[str, tuple[float, float]], ep_id: str) -> float:
+    """One more failure of `ep_id`: skip it for `FAIL_MIN` seconds, doubling each time up to `FAIL_MAX`; the delay."""
+    _until, last = failures.get(ep_id, (0.0, 0.0))
+    delay = min(FAIL_MAX, max(FAIL_MIN, last * 2))
+    failures[ep_id] = (time.monotonic() + delay, delay)
+    return delay
 
 
 def _peer_checked(proto: DirectConn) -> PeerCert:
