@@ -155,10 +155,8 @@ def _lab_host() -> None:
     netlab.sweep_stale()
 
 
-@pytest.fixture
-def lab(_lab_host: None, tmp_path: Path) -> Iterator[netlab.Lab]:
-    """The seed's picture in network namespaces (see `lab.netlab`), removed after the test even if it fails."""
-    the_lab = netlab.Lab(log_dir=tmp_path / "lab-logs")
+def _started(the_lab: netlab.Lab) -> Iterator[netlab.Lab]:
+    """Start `the_lab`, yield it, close it even if the test fails, and check no namespace was left behind."""
     try:
         the_lab.start()
         yield the_lab
@@ -166,6 +164,12 @@ def lab(_lab_host: None, tmp_path: Path) -> Iterator[netlab.Lab]:
         the_lab.close()
     left = the_lab.leftovers()
     assert not left, f"lab teardown left namespaces behind: {left}"
+
+
+@pytest.fixture
+def lab(_lab_host: None, tmp_path: Path) -> Iterator[netlab.Lab]:
+    """The seed's picture in network namespaces (see `lab.netlab`), removed after the test even if it fails."""
+    yield from _started(netlab.Lab(log_dir=tmp_path / "lab-logs"))
 
 
 @pytest.fixture
@@ -198,11 +202,4 @@ def module_lab(
     sites = getattr(request.module, "LAB_SITES", None)
     twins = getattr(request.module, "LAB_TWINS", ())
     log_dir = tmp_path_factory.mktemp(f"lab-{request.module.__name__.rpartition('.')[2]}")
-    the_lab = netlab.Lab(log_dir=log_dir, sites=sites, twins=twins)
-    try:
-        the_lab.start()
-        yield the_lab
-    finally:
-        the_lab.close()
-    left = the_lab.leftovers()
-    assert not left, f"lab teardown left namespaces behind: {left}"
+    yield from _started(netlab.Lab(log_dir=log_dir, sites=sites, twins=twins))
