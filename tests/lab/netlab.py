@@ -53,6 +53,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -580,6 +581,23 @@ class Lab:
     def _default_route(self, host: str) -> None:
         if host in self.plan.default_route:
             _cmd([IP, "-n", self.ns(host), "route", "replace", "default", "via", self.plan.default_route[host]])
+
+    def start_mesh(
+        self, tmp_path: Path, mesh: str, joins: Mapping[str, str], *, hub_extra: Sequence[str] = ()
+    ) -> tuple[support.Hub, dict[str, support.Agent]]:
+        """A hub in `datacenter` (listening on 0.0.0.0:8888, named by its lab address) and an agent on each host of
+        `joins` (port 7777 in its namespace), joined to `mesh` as `joins[host]`; the agents start side by side."""
+        dc = self.addr("datacenter")
+        hub = support.start_hub(tmp_path, netns=self.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888",
+                                extra=hub_extra)  # fmt: skip
+
+        def agent_of(host: str) -> support.Agent:
+            agent = support.start_agent(tmp_path, host, netns=self.ns(host), port=7777)
+            agent.join(mesh, joins[host], hub.permit)
+            return agent
+
+        with ThreadPoolExecutor(len(joins)) as pool:
+            return hub, dict(zip(joins, pool.map(agent_of, joins), strict=True))
 
     def hub_counter(self, host: str, admin_port: int, name: str) -> float:
         """Counter `ztm_hub_NAME_total` of the hub in `host` whose admin port is `127.0.0.1:admin_port` (0 if the

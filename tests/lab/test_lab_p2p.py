@@ -19,14 +19,13 @@ import itertools
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
 
 from integration.test_tunnel import recv_all
 from lab.netlab import Lab
-from support import Agent, Hub, Proc, base_env, start_agent, start_hub, wait_until
+from support import Agent, Hub, Proc, base_env, wait_until
 
 from . import test_lab_nat
 from .test_lab_tunnel import SERVER
@@ -105,23 +104,13 @@ def echo(lab: Lab, host: str, port: int, data: bytes) -> None:
 def mesh(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     lab = module_lab
     tmp = tmp_path_factory.mktemp("p2p")
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888",
-                    extra=["--admin", f"127.0.0.1:{ADMIN_PORT}"])  # fmt: skip
+    hub, agents = lab.start_mesh(tmp, MESH, {h: h for h in HOSTS}, hub_extra=["--admin", f"127.0.0.1:{ADMIN_PORT}"])
     env = base_env()
-    services: list[Proc] = []
-    agents: dict[str, Agent] = {}
-    for host in HOSTS:
-        services.append(lab.popen(host, [sys.executable, "-c", SERVER, str(SERVICE_PORT)], env=env, name=f"svc-{host}"))
-
-    def agent_of(host: str) -> Agent:  # nine agents: started and joined side by side
-        agent = start_agent(tmp, host, netns=lab.ns(host), port=7777)
-        agent.join(MESH, host, hub.permit)
+    services: list[Proc] = [
+        lab.popen(h, [sys.executable, "-c", SERVER, str(SERVICE_PORT)], env=env, name=f"svc-{h}") for h in HOSTS
+    ]
+    for host, agent in agents.items():
         agent.cli("tunnel", "open", "outbound", f"tcp/svc-{host}", "--targets", f"127.0.0.1:{SERVICE_PORT}")
-        return agent
-
-    with ThreadPoolExecutor(len(HOSTS)) as pool:
-        agents.update(zip(HOSTS, pool.map(agent_of, HOSTS), strict=True))
     wait_until(lambda: all(lab.can_connect(h, "127.0.0.1", SERVICE_PORT) for h in HOSTS), 10, "the services")
     yield Mesh(lab, hub, agents, itertools.count(19000))
     for proc in services:

@@ -25,7 +25,7 @@ import pytest
 
 from integration.test_tunnel import recv_all
 from lab.netlab import Lab
-from support import Agent, base_env, start_agent, start_hub, wait_until
+from support import Agent, base_env, wait_until
 
 from .test_lab_p2p import counter, path
 from .test_lab_tunnel import SERVER
@@ -94,12 +94,8 @@ def quick(lab: Lab) -> None:
 def pair(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     lab = module_lab
     tmp = tmp_path_factory.mktemp("p2p-events")
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-    home = start_agent(tmp, "home", netns=lab.ns("home"), port=7777)
-    work = start_agent(tmp, "workplace", netns=lab.ns("workplace"), port=7777)
-    home.join(MESH, "home", hub.permit)
-    work.join(MESH, "workplace", hub.permit)
+    _hub, agents = lab.start_mesh(tmp, MESH, {"home": "home", "workplace": "workplace"})
+    home, work = agents["home"], agents["workplace"]
     service = lab.popen("workplace", [sys.executable, "-c", SERVER, str(SERVICE_PORT)], env=base_env(), name="svc")
     wait_until(lambda: lab.can_connect("workplace", "127.0.0.1", SERVICE_PORT), 10, "the service")
     work.cli("tunnel", "open", "outbound", "tcp/office", "--targets", f"127.0.0.1:{SERVICE_PORT}")

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from lab.netlab import Lab
-from support import Agent, Proc, base_env, start_agent, start_hub, wait_until
+from support import Agent, Proc, base_env, wait_until
 from ztm.agent.direct import PUNCH_LIMIT
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -74,11 +74,8 @@ def world(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     lab = module_lab
     tmp = tmp_path_factory.mktemp("punch-attacks")
     dc = lab.addr("datacenter")
-    hub = start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-    home = start_agent(tmp, "home", netns=lab.ns("home"), port=7777)
-    work = start_agent(tmp, "workplace", netns=lab.ns("workplace"), port=7777)
-    home.join(MESH, "mallory", hub.permit)
-    work.join(MESH, "workplace", hub.permit)
+    _hub, agents = lab.start_mesh(tmp, MESH, {"home": "mallory", "workplace": "workplace"})
+    home, work = agents["home"], agents["workplace"]
     listeners = []
     for host, address, port in (
         ("workplace", "127.0.0.1", 5555),  # the workplace's own loopback
