@@ -103,7 +103,7 @@ def test_implausible_candidates_are_never_dialled(world: World) -> None:
         ]
     )
     assert "result" in answers[0], answers  # answered (with the workplace's own candidates) ...
-    wait_until(lambda: world.counter("punch_failures_timeout") >= 1, 10, "the workplace's punch window to end")
+    wait_until(lambda: world.counter("punch_answer_timeouts") >= 1, 10, "the workplace's punch window to end")
     after = {r: world.counter(f"punch_candidates_refused_{r}") for r in before}
     assert {r: after[r] - before[r] for r in before} == {"scope": 1, "lan": 1, "port": 1, "reflexive": 0}
     # ... and the one plausible candidate (dc:5557, a mapping mallory could have) was tried, the others never

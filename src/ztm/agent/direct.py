@@ -755,7 +755,7 @@ class MeshDirect:
             if handshakes:
                 await asyncio.wait(handshakes, timeout=3 * CONNECT_TIMEOUT)
             if not done.is_set():
-                self.counters["punch_failures_timeout"] += 1
+                self.counters["punch_answer_timeouts"] += 1
         finally:
             for task in handshakes:
                 task.cancel()
