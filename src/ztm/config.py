@@ -78,5 +78,8 @@ class AgentConfig:
     p2p_keepalive: float = 5.0
     """`--p2p-keepalive`: seconds between TCP keepalives on idle punched channels: they hold NAT mappings open, and
     after a router lost its mappings (a reboot), the side behind it re-creates them with its next keepalive."""
+    credit_warn: float = 30.0
+    """`--credit-warn`: seconds a stream through the hub may wait for flow-control credit, with the hub alive,
+    before the agent logs a warning about it (`ztm.h2.connection.CREDIT_WARN` by default)."""
     zone: str | None = None
     """`--zone`: the agent prefers online hubs of this zone. None: keep the zone saved by an earlier run ("" none)."""

@@ -153,6 +153,8 @@ def agent_argv(cfg: AgentConfig, python: str = sys.executable) -> list[str]:
         argv += ["--no-p2p"]
     if cfg.p2p_keepalive != 5.0:
         argv += ["--p2p-keepalive", f"{cfg.p2p_keepalive:g}"]
+    if cfg.credit_warn != AgentConfig.credit_warn:
+        argv += ["--credit-warn", f"{cfg.credit_warn:g}"]
     if cfg.zone is not None:
         argv += ["--zone", cfg.zone]
     return argv

@@ -11,8 +11,8 @@ the fix: the codec counted each DATA frame on a reset stream twice against the c
 `acknowledge()` capped later credit by that under-count, so the new stream's WINDOW_UPDATEs were swallowed).
 
 Visibility: a target that accepts and reads nothing holds a transfer back (legitimately), so the entrance's stream
-waits for credit; the entrance reports it while it lasts, warns once the wait passes `CREDIT_WARN` with the hub alive,
-and counts the finished wait once the target reads again.
+waits for credit; the entrance reports it while it lasts, warns once the wait passes `--credit-warn` (WARN seconds
+here; 30 by default) with the hub alive, and counts the finished wait once the target reads again.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from support import Abort, Agent, free_port, start_hub_and_agents, wait_until
+from ztm.config import AgentConfig
 from ztm.h2.connection import CREDIT_WARN
 
 pytestmark = pytest.mark.slow
@@ -40,6 +41,8 @@ RESET_AFTER = 2 << 20
 """Bytes the server reads on each of them before it resets the connection."""
 BULK = 64 << 20
 """The long transfer afterwards: four stream windows (16 MiB each), so it needs credit back three times at least."""
+WARN = 3.0
+"""The entrance's `--credit-warn` (seconds): the warning is what is tested, not the default's length."""
 STALL = 20.0
 """Seconds without a delivered byte that count as a stall (the whole transfer takes a few seconds when it works)."""
 
@@ -115,7 +118,8 @@ class Target:
 
 @pytest.fixture
 def tunnel(tmp_path: Path) -> Iterator[tuple[Agent, Agent, Target, int]]:
-    hub, agents = start_hub_and_agents(tmp_path, ("exit", "entrance"))
+    extra = {"entrance": ("--credit-warn", f"{WARN:g}")}
+    hub, agents = start_hub_and_agents(tmp_path, ("exit", "entrance"), agent_extra=extra)
     exit_, entrance = agents["exit"], agents["entrance"]
     exit_.join(MESH, "exit", hub.permit)
     entrance.join(MESH, "entrance", hub.permit)
@@ -228,9 +232,9 @@ def test_a_stream_waiting_for_credit_shows_in_describe_metrics_and_the_log(
     wait_until(lambda: _waits(entrance)["ms"] > first["ms"] + 500, 30, "the wait in progress to grow in describe")
     assert _metric(entrance, "ztm_agent_hub_streams_waiting_for_credit") == 1
     wait_until(lambda: _metric(entrance, "ztm_agent_hub_credit_wait_seconds_total") > 1, 30, "the metric to grow")
-    # the hub answers PINGs all along, so after CREDIT_WARN seconds (plus one keepalive round) the agent warns
+    # the hub answers PINGs all along, so after WARN seconds (plus one keepalive round, 2 s) the agent warns
     warning = "tcp/sink) with"
-    wait_until(lambda: warning in _log(entrance), CREDIT_WARN + 60, "the agent's warning about the waiting stream")
+    wait_until(lambda: warning in _log(entrance), WARN + 20, "the agent's warning about the waiting stream")
     line = next(x for x in _log(entrance).splitlines() if warning in x)
     assert "WARNING" in line and "waited" in line and "flow-control credit" in line, line
 
@@ -239,7 +243,11 @@ def test_a_stream_waiting_for_credit_shows_in_describe_metrics_and_the_log(
     assert answer == [b"k"] and target.delivered == size
     assert target.digest == hashlib.sha256(data).hexdigest()
     done = wait_until(lambda: (w := _waits(entrance))["waiting"] == 0 and w, 30, "no stream waiting any more")
-    assert done["ms"] >= CREDIT_WARN * 1000  # the finished wait stays counted
+    assert done["ms"] >= WARN * 1000  # the finished wait stays counted
     assert _metric(entrance, "ztm_agent_hub_streams_waiting_for_credit") == 0
     wait_until(lambda: "got flow-control credit" in _log(entrance), 30, "the agent's note that credit came")
     sender.join(10)
+
+
+def test_the_credit_warning_defaults_to_the_connections_threshold() -> None:
+    assert AgentConfig(data=Path("d")).credit_warn == CREDIT_WARN

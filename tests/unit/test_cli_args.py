@@ -432,6 +432,22 @@ def test_start_agent_passes_the_zone_on() -> None:
     assert "--zone" not in agent_argv(AgentConfig(), "python3")
 
 
+def test_run_agent_credit_warn(run: Callable[..., Result], fake_daemons: dict[str, Any]) -> None:
+    from ztm.h2.connection import CREDIT_WARN
+    from ztm.service import agent_argv
+
+    assert run("run", "agent").code == 3
+    assert fake_daemons["agent"].credit_warn == CREDIT_WARN
+    assert "--credit-warn" not in agent_argv(fake_daemons["agent"], "python3")
+    assert run("run", "agent", "--credit-warn", "2.5").code == 3
+    assert fake_daemons["agent"].credit_warn == 2.5
+    argv = agent_argv(fake_daemons["agent"], "python3")  # `ztm start agent` passes it on
+    assert argv[argv.index("--credit-warn") + 1] == "2.5"
+    for bad, why in (("0", "out of range"), ("soon", "is not a number of seconds"), ("1e9", "out of range")):
+        res = run("run", "agent", "--credit-warn", bad)
+        assert res.code == 2 and len(res.err.strip().splitlines()) == 1 and why in res.err, res.err
+
+
 def test_run_hub_startup_error_is_one_line(
     run: Callable[..., Result], fake_daemons: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -208,6 +208,8 @@ class HubLink:
         self.hub: dict[str, Any] = {}
         self.since: float | None = None
         self.heartbeat = 5.0
+        self.credit_warn = h2.connection.CREDIT_WARN
+        """Seconds a stream on the hub connection may wait for credit (hub alive) before a warning (`--credit-warn`)."""
         self.last_heartbeat: float | None = None
         self.evicted = False
         self.online = asyncio.Event()
@@ -371,6 +373,7 @@ class HubLink:
         self, *, skip: str | None = None, below: int = hubpick.ZONE_TIERS
     ) -> tuple[h2.Connection, EventReader]:
         conn, hub_id = await self._connect(skip=skip, below=below)
+        conn.credit_warn = self.credit_warn
         try:
             stream = await conn.open_stream("GET", "/api/events", [("ztm-e2e", E2E_VERSION)])
             status, _ = await asyncio.wait_for(stream.response(), CONNECT_TIMEOUT)

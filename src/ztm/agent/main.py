@@ -86,6 +86,7 @@ async def _main(cfg: AgentConfig) -> int:
     agent.zone = _zone(agent, cfg.zone)
     agent.p2p = cfg.p2p
     agent.p2p_keepalive = cfg.p2p_keepalive
+    agent.credit_warn = cfg.credit_warn
     published: Path | None = None
     sock_path = cfg.data / localsock.SOCKET_NAME
     try:

@@ -25,6 +25,7 @@ from ztm.agent.mesh import MeshSession, enroll
 from ztm.agent.store import AgentStore, MeshRecord
 from ztm.agent.tls import MeshFiles
 from ztm.errors import Conflict, NotFound, PermitError, Unavailable, ZtmError, from_json
+from ztm.h2.connection import CREDIT_WARN
 from ztm.permit import Permit
 
 A = TypeVar("A", bound=MeshApp)
@@ -54,6 +55,8 @@ class Agent:
         self.p2p = True
         """Punch direct channels to peers behind NAT (`--no-p2p`: off)."""
         self.p2p_keepalive = 5.0
+        self.credit_warn = CREDIT_WARN
+        """`--credit-warn`: seconds a stream through the hub waits for credit before the agent warns."""
         self.zone = ""
         """This agent's zone (`--zone`): it prefers the online hubs of that zone (`ztm.agent.hubpick`); "" none."""
 
@@ -88,6 +91,7 @@ class Agent:
         session.direct.announce = self.direct_address
         session.direct.p2p = self.p2p
         session.direct.keepalive = self.p2p_keepalive
+        session.link.credit_warn = self.credit_warn
         return session
 
     def _apps(self, session: MeshSession) -> dict[str, MeshApp]:

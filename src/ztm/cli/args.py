@@ -282,6 +282,20 @@ def keepalive_type(text: str) -> float:
 keepalive_type.__name__ = "seconds"
 
 
+def credit_warn_type(text: str) -> float:
+    """`--credit-warn SECONDS`: 1 to 86400."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. 30") from None
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 to 86400 seconds")
+    return value
+
+
+credit_warn_type.__name__ = "seconds"
+
+
 def path_type(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path")
@@ -455,6 +469,13 @@ def agent_options(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         type=keepalive_type,
         help="seconds between keepalives on idle punched channels, to hold NAT mappings open (default 5)",
+    )
+    p.add_argument(
+        "--credit-warn",
+        metavar="SECONDS",
+        type=credit_warn_type,
+        help="warn in the log when a stream through the hub has waited this long for flow-control credit while the "
+        "hub answers (default 30)",
     )
     p.add_argument(
         "--zone",

@@ -73,7 +73,9 @@ def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentCon
             f"ztm {args.command} agent: --join, --join-as and --permit go together "
             "(--join MESH --join-as NAME --permit FILE); run 'ztm help run agent' for usage"
         )
+    given = {"credit_warn": args.credit_warn} if args.credit_warn is not None else {}
     return AgentConfig(
+        **given,
         listen=args.listen or DEFAULT_AGENT_LISTEN,
         data=_data(args, service=service),
         join=args.join,
