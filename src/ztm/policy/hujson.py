@@ -193,7 +193,9 @@ class _Reader:
             self.skip()
             if self.pos < len(text) and text[self.pos] == ",":
                 self.pos += 1
-            elif self.pos >= len(text) or text[self.pos] != "}":
+            elif self.pos >= len(text):
+                raise self.fail(self.pos, f"unexpected end of text: the object opened at line {line} is not closed")
+            elif text[self.pos] != "}":
                 raise self.fail(
                     self.pos,
                     f"unexpected {self.describe(self.pos)}: expected ',' or '}}' (the object opened at line {line})",
@@ -215,7 +217,9 @@ class _Reader:
             self.skip()
             if self.pos < len(text) and text[self.pos] == ",":
                 self.pos += 1
-            elif self.pos >= len(text) or text[self.pos] != "]":
+            elif self.pos >= len(text):
+                raise self.fail(self.pos, f"unexpected end of text: the array opened at line {line} is not closed")
+            elif text[self.pos] != "]":
                 raise self.fail(
                     self.pos,
                     f"unexpected {self.describe(self.pos)}: expected ',' or ']' (the array opened at line {line})",
@@ -272,6 +276,8 @@ class _Reader:
         token = match.group()
         if len(token) > _MAX_NUMBER:
             raise self.fail(self.pos, f"number too long ({len(token)} characters)")
+        if token.lstrip("-") == "0" and self.text[match.end() : match.end() + 1].isdigit():
+            raise self.fail(self.pos, "number with a leading zero: write 7, not 07")
         self.pos = match.end()
         if self.pos < len(self.text) and (self.text[self.pos].isalnum() or self.text[self.pos] in "._"):
             raise self.fail(self.pos, f"unexpected {self.describe(self.pos)} in a number")
