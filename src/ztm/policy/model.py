@@ -141,6 +141,8 @@ class Policy:
         if user == ROOT:
             return True
         owners = self._spec.tag_owners.get(tag, frozenset())
+        if user.startswith("group:"):  # a group is not a user
+            return False
         if user in owners:
             return True
         groups = self._spec.groups
