@@ -5,6 +5,7 @@ example policy of issue 16."""
 from __future__ import annotations
 
 import pytest
+from policy_examples import ISSUE_EXAMPLE
 
 from ztm.errors import BadInput
 from ztm.policy import (
@@ -20,18 +21,6 @@ from ztm.policy import (
 )
 from ztm.policy import model as policy_model
 
-ISSUE_EXAMPLE = """{
-  "groups":    {"group:ops": ["ops1", "ops2"]},
-  "tagOwners": {"tag:db": ["root"]},            // who may give an endpoint this tag (endpoints get tags from labels)
-  "acls": [
-    {"action": "accept", "src": ["group:ops"], "dst": ["tag:db:tunnel/tcp/pg", "build-01:terminal"]},
-    {"action": "accept", "src": ["*"],         "dst": ["*:files/shared/"]},
-  ],
-  "tests": [
-    {"src": "ops1", "accept": ["tag:db:tunnel/tcp/pg"], "deny": ["build-01:files/users/root/"]},
-  ],
-}
-"""
 NOBODY = Place("nowhere")
 
 
