@@ -129,7 +129,7 @@ def test_hostile_policy_texts_fail_fast_with_a_position(text: str) -> None:
     start = time.perf_counter()
     with pytest.raises(PolicyError) as caught:
         Policy.load(text)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0  # no hang (about 0.3 s each on an idle machine)
     assert caught.value.line >= 1 and caught.value.column >= 1
     assert "\n" not in caught.value.message
 
