@@ -198,6 +198,14 @@ subjects = st.builds(Subject, users, eps | st.just(""), st.frozensets(tags, max_
 places = st.builds(Place, eps, st.frozensets(tags, max_size=2))
 
 
+def scan(policy: Policy, who: Subject, where: Place, what: AppTarget) -> int:
+    """The line of the first rule that allows it, by looking at every rule (what the index must agree with)."""
+    for rule in policy._spec.rules:
+        if any(s.matches(who) for s in rule.srcs) and any(d.matches(where, what) for d in rule.dsts):
+            return rule.line
+    return 0
+
+
 def hujson(policy: dict[str, Any], trailing: bool) -> str:
     """The policy as HuJSON: one rule per line, a comment, and trailing commas if asked."""
     comma = "," if trailing else ""
@@ -220,6 +228,7 @@ def test_a_generated_policy_loads_and_decides_consistently(
         decision = loaded.decide(who, where, what)
         assert decision == Policy.load(text, version=3).decide(who, where, what)  # the memo changes nothing
         kind = loaded.decide_kind(who, where, what.kind)
+        assert decision.line == scan(loaded, who, where, what)  # the rule index finds what a scan finds
         if decision.allowed:
             assert kind.allowed  # the coarse first line never refuses what the exit allows
             index = int(decision.rule.removeprefix("acls[").partition("]")[0])
