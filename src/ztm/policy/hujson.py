@@ -27,6 +27,8 @@ _MAX_NUMBER = 40
 
 _SKIP = re.compile(r"(?:[ \t\r\n]+|//[^\n]*|/\*.*?\*/)*", re.DOTALL)
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_SKIPPABLE = frozenset(" \t\r\n/")
+_SIMPLE_STRING = re.compile(r'"([^"\\\x00-\x1f]*)"')
 _PLAIN = re.compile(r'[^"\\\x00-\x1f]*')
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 _HEX4 = re.compile(r"[0-9a-fA-F]{4}")
@@ -142,6 +144,8 @@ class _Reader:
 
     def skip(self) -> None:
         """Skip whitespace and comments."""
+        if self.text[self.pos : self.pos + 1] not in _SKIPPABLE:
+            return
         self.pos = _SKIP.match(self.text, self.pos).end()  # type: ignore[union-attr]  # always matches
         if self.text.startswith("/*", self.pos):
             raise self.fail(self.pos, "unterminated comment: '/*' has no closing '*/'")
@@ -253,6 +257,10 @@ class _Reader:
         """The string starting at the '"' at self.pos; self.pos moves past its closing quote."""
         text = self.text
         start = self.pos
+        simple = _SIMPLE_STRING.match(text, start)
+        if simple:  # no escapes: most strings
+            self.pos = simple.end()
+            return simple.group(1)
         pos = start + 1
         parts: list[str] = []
         while True:
