@@ -6,11 +6,15 @@ with the 1-based line and column of its first character, so that the policy chec
 key or value is. Duplicate keys in an object are errors (at the second one), never "the last one wins".
 
 Why our own reader: none of the libraries we keep gives positions. The stdlib `json` module returns plain values
-(positions only in its syntax errors), and `json5` on PyPI (a JSON5 superset of HuJSON) gives no positions either
-and silently keeps the last of duplicate keys. The grammar is small enough to read here in about 200 lines.
+(positions only in its syntax errors), and `json5` on PyPI (JSON5, a superset of HuJSON: single quotes, unquoted
+keys, hex numbers) gives no positions either and keeps the last of duplicate keys unless told otherwise; the few
+packages with source spans (json5kit's syntax tree, json5-document) are new or little used, and read JSON5 too, so
+each would be a new runtime dependency in the trust path that still needs the HuJSON subset enforced on top. The
+grammar is small enough to read here in a few hundred lines.
 
 Every error is a `PolicyError` at the offending token. Nesting is limited (`MAX_DEPTH`) so that hostile input cannot
-exhaust the stack; the cost is linear in the length of the text.
+exhaust the stack; the cost is linear in the length of the text (1 to 2 s of CPU for 1 MiB of the densest
+input, `[0,0,0,...]`; a 1,000-rule policy of 200 kB loads in about 0.2 s with its checks: bench/policy_decide.py).
 """
 
 from __future__ import annotations
