@@ -13,8 +13,9 @@ each would be a new runtime dependency in the trust path that still needs the Hu
 grammar is small enough to read here in a few hundred lines.
 
 Every error is a `PolicyError` at the offending token. Nesting is limited (`MAX_DEPTH`) so that hostile input cannot
-exhaust the stack; the cost is linear in the length of the text (1 to 2 s of CPU for 1 MiB of the densest
-input, `[0,0,0,...]`; a 1,000-rule policy of 200 kB loads in about 0.2 s with its checks: bench/policy_decide.py).
+exhaust the stack; the cost is linear in the length of the text (up to 3 s of CPU for 1 MiB of the densest
+input, `[0,0,0,...]`, on a loaded 2-core machine; a 1,000-rule policy of 200 kB loads in about 0.17 s with its
+checks: bench/policy_decide.py). Callers that load untrusted drafts do it off their event loop.
 """
 
 from __future__ import annotations
