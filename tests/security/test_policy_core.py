@@ -138,3 +138,12 @@ def test_a_policy_over_the_size_limit_is_refused_before_parsing() -> None:
     text = '{"acls": []}' + " " * MAX_POLICY_BYTES
     with pytest.raises(PolicyError, match="over the limit"):
         Policy.load(text)
+
+
+def test_an_endpoint_named_after_a_listed_user_gets_nothing_of_theirs() -> None:
+    """A member joins with an endpoint named "ops1" (a free name: members choose their endpoint names) while the
+    policy lists the user ops1: the bare name is a user only, so the squatter's endpoint gains nothing."""
+    policy = Policy.load('{"acls": [{"action": "accept", "src": ["ops1"], "dst": ["*:terminal"]}]}')
+    db, terminal = Place("db-1"), AppTarget("terminal", "")
+    assert policy.decide(Subject("ops1", "laptop"), db, terminal).allowed
+    assert not policy.decide(Subject("mallory", "ops1"), db, terminal).allowed

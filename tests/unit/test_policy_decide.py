@@ -65,9 +65,10 @@ def test_the_issue_example_loads_decides_and_its_test_passes() -> None:
         ("tag:web", Subject("ann", "web-1", frozenset({"tag:db"})), False),
         ("tag:web", Subject("tag:web"), False),
         ("ann", Subject("ann"), True),  # a bare name is a user ...
-        ("ann", Subject("bob", "ann"), True),  # ... or an endpoint name
+        ("ann", Subject("ann", "laptop"), True),  # ... from any of her endpoints
+        ("ann", Subject("bob", "ann"), False),  # never an endpoint name: members choose those at join
         ("ann", Subject("anne", "ann2"), False),
-        ("build-01", Subject("root", "build-01"), True),
+        ("build-01", Subject("root", "build-01"), False),
         ("ann@laptop", Subject("ann", "laptop"), True),
         ("ann@laptop", Subject("ann", "desktop"), False),
         ("ann@laptop", Subject("bob", "laptop"), False),

@@ -197,7 +197,7 @@ def _src(node: Node, groups: dict[str, frozenset[str]], owners: dict[str, frozen
         return Src(text, node.line, node.column, "name")
     raise _error(
         node,
-        f"src {_show(text)} is not one of: *, group:NAME, tag:NAME, a user or endpoint name, USER@ENDPOINT",
+        f"src {_show(text)} is not one of: *, group:NAME, tag:NAME, a user name, USER@ENDPOINT",
     )
 
 

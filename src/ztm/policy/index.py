@@ -23,8 +23,7 @@ class RuleIndex:
 
     def __init__(self, rules: tuple[Rule, ...]) -> None:
         any_src: set[int] = set()
-        by_user: defaultdict[str, set[int]] = defaultdict(set)  # bare names (as users) and group members
-        by_ep: defaultdict[str, set[int]] = defaultdict(set)  # bare names (as endpoint names)
+        by_user: defaultdict[str, set[int]] = defaultdict(set)  # bare names (users) and group members
         by_pair: defaultdict[tuple[str, str], set[int]] = defaultdict(set)
         by_src_tag: defaultdict[str, set[int]] = defaultdict(set)
         by_place: defaultdict[tuple[str, str], set[int]] = defaultdict(set)  # ("*" | "ep:NAME" | tag, kind)
@@ -34,7 +33,6 @@ class RuleIndex:
                     any_src.add(number)
                 elif src.kind == "name":
                     by_user[src.text].add(number)
-                    by_ep[src.text].add(number)
                 elif src.kind == "group":
                     for user in src.users:
                         by_user[user].add(number)
@@ -48,7 +46,6 @@ class RuleIndex:
                     by_place[(key, kind)].add(number)
         self._any_src = frozenset(any_src)
         self._by_user = {k: frozenset(v) for k, v in by_user.items()}
-        self._by_ep = {k: frozenset(v) for k, v in by_ep.items()}
         self._by_pair = {k: frozenset(v) for k, v in by_pair.items()}
         self._by_src_tag = {k: frozenset(v) for k, v in by_src_tag.items()}
         self._by_place = {k: frozenset(v) for k, v in by_place.items()}
@@ -58,7 +55,6 @@ class RuleIndex:
         found = set(self._any_src)
         found.update(self._by_user.get(who.user, _EMPTY))
         if who.ep:
-            found.update(self._by_ep.get(who.ep, _EMPTY))
             found.update(self._by_pair.get((who.user, who.ep), _EMPTY))
         for tag in who.tags:
             found.update(self._by_src_tag.get(tag, _EMPTY))

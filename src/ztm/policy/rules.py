@@ -11,8 +11,8 @@ from ztm.policy.who import Place, Subject
 
 @dataclass(frozen=True)
 class Src:
-    """One `src` entry: `kind` "any" (`*`), "group" (`users` are its members), "tag", "name" (a user OR an endpoint
-    name) or "pair" (`USER@EP`: `user` and `ep`)."""
+    """One `src` entry: `kind` "any" (`*`), "group" (`users` are its members), "tag", "name" (a user: never an
+    endpoint name, which any member may choose at join) or "pair" (`USER@EP`: `user` and `ep`)."""
 
     text: str
     line: int
@@ -27,7 +27,7 @@ class Src:
         if kind == "any":
             return True
         if kind == "name":
-            return who.user == self.text or who.ep == self.text
+            return who.user == self.text
         if kind == "group":
             return who.user in self.users
         if kind == "tag":
