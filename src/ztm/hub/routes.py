@@ -381,8 +381,6 @@ class HubRoutes:
         note = validate.field(body, "note", str, default="")
         if len(note) > 500:
             raise BadInput("note is at most 500 characters")
-        if not dry_run:  # before the text is parsed: a member cannot make the hub parse for a refusal
-            await self.state.policy.require_admin(req.peer, "set the policy")
         return await self.state.policy.set(req.peer, _policy_text(body, "text"), dry_run=dry_run, note=note)
 
     async def get_policy_history(self, req: Request) -> Any:
