@@ -23,6 +23,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ztm.errors import BadInput, Forbidden, NotFound
+from ztm.hub import limits
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.store import PolicyVersion
 from ztm.policy import Place, Policy, Subject, parse_app_target, parse_subject, tags_of_labels
@@ -42,7 +43,7 @@ NO_POLICY = PolicyVersion(version=0, text="", set_by="", set_at=0.0)
 
 
 def _encode(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 class HubPolicy:
@@ -136,6 +137,12 @@ class HubPolicy:
             if not dry_run:
                 await self.state.audit.denied(peer, action, "policy", refusal)
             raise Forbidden(refusal)
+        line = len(_encode({"type": "policy", "version": 2**31 - 1, "text": text}))
+        if line > limits.EVENT_LINE_BYTES:
+            raise BadInput(
+                f"this policy's event to the agents would be {line} bytes (the text with JSON escapes: quotes, "
+                f"backslashes, control characters); agents read at most {limits.EVENT_LINE_BYTES}: shorten it"
+            )
         if dry_run:
             return {"version": 0, "tests": tests}
         detail: dict[str, Any] = {"note": note, "sha256": hashlib.sha256(text.encode()).hexdigest(), "tests": tests}
