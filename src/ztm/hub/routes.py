@@ -397,7 +397,7 @@ class HubRoutes:
         to = validate.field(body, "to", str)
         target = validate.field(body, "target", str)
         text = _policy_text(body, "text") if body.get("text") is not None else None
-        return self.state.policy.check(source, to, target, text)
+        return await self.state.policy.check(source, to, target, text)
 
     async def _policy_body(self, req: Request) -> dict[str, Any]:
         declared = req.stream.header("content-length")
