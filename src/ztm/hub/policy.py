@@ -56,6 +56,9 @@ class HubPolicy:
         self.line = _encode({"type": "policy", "version": 0, "text": ""})
         """The current `policy` event, encoded once for every session."""
         self._parsing = asyncio.Semaphore(1)
+        self._drafts = asyncio.Semaphore(1)
+        """Members' drafts (`check`, dry runs) parse one at a time apart from sets: a member who sends drafts in a loop
+        cannot make an admin's set wait behind them."""
 
     @property
     def version(self) -> int:
@@ -127,7 +130,7 @@ class HubPolicy:
         if not dry_run:
             await self.require_admin(peer, "roll the policy back" if rollback_of else "set the policy")
         predicted = self.version + 1  # the version it will get unless another hub stores one first
-        policy = await self._load(text, 0 if dry_run else predicted)
+        policy = await self._load(text, 0 if dry_run else predicted, draft=dry_run)
         tests = policy.tests
         failures = policy.run_tests(self.tags_of)
         if failures:
@@ -185,7 +188,7 @@ class HubPolicy:
             if ep is None:
                 raise NotFound(f"no endpoint named {to!r} in this mesh; give an endpoint name or tag:NAME")
             where = Place(ep.name, tags_of_labels(ep.labels))
-        policy = await self._load(text, 0) if text is not None else self.current
+        policy = await self._load(text, 0, draft=True) if text is not None else self.current
         if policy is None:
             return {
                 "allowed": True, "line": 0, "rule": "", "why": "no policy is set: the apps' own lists decide",
@@ -197,10 +200,10 @@ class HubPolicy:
             "version": policy.version,
         }  # fmt: skip
 
-    async def _load(self, text: str, version: int) -> Policy:
-        """Parse in a thread, one text at a time: a 1,000-rule policy takes a few hundred ms to compile, which must
-        not stall the relay on the event loop, and members' drafts (`check`) cannot take more than one core."""
-        async with self._parsing:
+    async def _load(self, text: str, version: int, *, draft: bool = False) -> Policy:
+        """Parse in a thread, one text at a time (drafts apart): a long policy takes up to hundreds of ms to compile,
+        which must not stall the relay on the event loop."""
+        async with self._drafts if draft else self._parsing:
             return await asyncio.to_thread(Policy.load, text, version)
 
     # enforcement at the hub
