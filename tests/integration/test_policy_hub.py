@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sqlite3
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -335,3 +336,14 @@ def test_bad_input_is_a_one_line_400(world: World) -> None:
         assert status == 400, (path, body, got)
         assert expected in got["error"] and "\n" not in got["error"], (path, body, got)
     assert current(world)["version"] == version
+
+
+def test_a_hub_records_its_start_and_stop(hub: Hub) -> None:
+    hub.proc.stop()  # SIGTERM, as an operator stops it
+    db = sqlite3.connect(f"file:{hub.data / 'ztm-hub.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT action, actor, target, hub FROM audit ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    assert [r[0] for r in rows] == ["hub-start", "hub-stop"], rows
+    assert all(r[1] == "" and r[2] == r[3] for r in rows), rows
