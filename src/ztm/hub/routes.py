@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ztm import addr, filespec, h2, pki, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, Unavailable, ZtmError
+from ztm.hub import limits
+from ztm.hub.audit import MAX_LIMIT
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.files import FileIndex
 from ztm.hub.peers import CALLER_HEADER, HubPeers, caller_from
@@ -104,6 +107,14 @@ class HubRoutes:
             ("GET", re.compile(r"/api/hubs"), self.get_hubs),
             ("POST", re.compile(r"/api/direct"), self.post_direct),
             ("GET", re.compile(r"/api/reflect"), self.get_reflect),
+            # the mesh's access policy and the audit log (ztm.hub.policy, ztm.hub.audit): no route edits or deletes
+            # an audit row
+            ("GET", re.compile(r"/api/policy"), self.get_policy),
+            ("POST", re.compile(r"/api/policy"), self.post_policy),
+            ("GET", re.compile(r"/api/policy/history"), self.get_policy_history),
+            ("POST", re.compile(r"/api/policy/rollback"), self.post_policy_rollback),
+            ("POST", re.compile(r"/api/policy/check"), self.post_policy_check),
+            ("GET", re.compile(r"/api/audit"), self.get_audit),
         ]
         self.peers = HubPeers(state)
         """Links to the other hubs of a cluster, for streams and calls to endpoints whose session is there."""
@@ -301,7 +312,7 @@ class HubRoutes:
 
     async def post_services(self, req: Request) -> Any:
         app, services = parse_services(await req.json())
-        self.state.set_services(req.peer, app, services)
+        await self.state.set_services(req.peer, app, services)
         return None
 
     async def get_services(self, req: Request) -> Any:
@@ -360,6 +371,65 @@ class HubRoutes:
     async def post_file_sources(self, req: Request) -> Any:
         return await self.files.announce(req.peer, await req.json(FILES_MAX_BODY))
 
+    # the access policy
+    async def get_policy(self, req: Request) -> Any:
+        version = req.int_query("version", 0, 0, 2**31 - 1)
+        return await self.state.policy.get_version(version or None)
+
+    async def post_policy(self, req: Request) -> Any:
+        body = await self._policy_body(req)
+        dry_run = validate.field(body, "dry_run", bool, default=False)
+        note = validate.field(body, "note", str, default="")
+        if len(note) > 500:
+            raise BadInput("note is at most 500 characters")
+        return await self.state.policy.set(req.peer, _policy_text(body, "text"), dry_run=dry_run, note=note)
+
+    async def get_policy_history(self, req: Request) -> Any:
+        return await self.state.policy.history()
+
+    async def post_policy_rollback(self, req: Request) -> Any:
+        body = await req.json()
+        version = validate.int_range(body.get("version"), "version", 1, 2**31 - 1)
+        return await self.state.policy.rollback(req.peer, version)
+
+    async def post_policy_check(self, req: Request) -> Any:
+        body = await self._policy_body(req)
+        source = validate.field(body, "from", str)
+        to = validate.field(body, "to", str)
+        target = validate.field(body, "target", str)
+        text = _policy_text(body, "text") if body.get("text") is not None else None
+        return await self.state.policy.check(source, to, target, text)
+
+    async def _policy_body(self, req: Request) -> dict[str, Any]:
+        declared = req.stream.header("content-length")
+        too_long = BadInput(
+            f"the request is over {limits.POLICY_BODY_BYTES} bytes; a policy text may have at most "
+            f"{limits.POLICY_TEXT_BYTES} (1 MiB): split long lists into groups"
+        )
+        if declared is not None and declared.isdecimal() and int(declared) > limits.POLICY_BODY_BYTES:
+            raise too_long
+        try:
+            return await req.json(limits.POLICY_BODY_BYTES)
+        except BadInput as exc:
+            if "exceeds" in exc.message:
+                raise too_long from None
+            raise
+
+    async def get_audit(self, req: Request) -> Any:
+        await self.state.policy.require_admin(req.peer, "read the audit log")
+        since = req.str_query("since")
+        since_time: float | None = None
+        if since is not None:
+            try:
+                since_time = float(since)
+            except ValueError:
+                since_time = math.nan
+            if not math.isfinite(since_time):
+                raise BadInput("query parameter 'since' must be unix seconds, e.g. 1765000000")
+        user = req.str_query("user")
+        limit = req.int_query("limit", 1000, 1, MAX_LIMIT)
+        return await self.state.audit.query(None, since_time, validate.user_name(user) if user else None, limit)
+
     # the event stream
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:
         session = self.state.open_session(peer, conn.close, lambda: conn.bytes_received, id(conn))
@@ -391,6 +461,17 @@ class HubRoutes:
         finally:
             reader.cancel()
             self.state.close_session(session)
+
+
+def _policy_text(body: dict[str, Any], key: str) -> str:
+    text = validate.field(body, key, str)
+    size = len(text.encode())
+    if size > limits.POLICY_TEXT_BYTES:
+        raise BadInput(
+            f"the policy text is {size} bytes; the hub takes at most {limits.POLICY_TEXT_BYTES} (1 MiB): split long "
+            "lists into groups"
+        )
+    return text
 
 
 async def _drain(stream: h2.Stream) -> None:
