@@ -491,7 +491,9 @@ class MeshSession:
             left = self.e2e.pending.pop(stream_id, None)
             if left is not None:
                 left.refuse(Unavailable(f"app {app_name} did not take the stream"))
-            if untrack is not None:
+            if untrack is not None and left is not None:  # never taken: nothing to watch
+                untrack()
+            elif untrack is not None:
                 spawn(_untrack_at_end(stream, untrack), name=f"app-stream-{self.name}")
 
     async def _answer(self, event: dict[str, Any]) -> None:
