@@ -32,7 +32,7 @@ TIMEOUT = 20.0
 POLICY = """{
   "acls": [
     {"action": "accept", "src": ["bob"], "dst": ["hq:tunnel/tcp/other"]},
-    {"action": "accept", "src": ["hq"], "dst": ["hq:tunnel/tcp/pg"]},  // root's endpoint `hq` (by its name)
+    {"action": "accept", "src": ["root@hq"], "dst": ["hq:tunnel/tcp/pg"]},  // root from its endpoint `hq`
   ],
 }"""
 

@@ -254,3 +254,32 @@ def test_a_stream_the_policy_denies_is_refused_at_the_hub(world: World) -> None:
     status, got = _open(world.as_bob, "alice", "tunnel", "tcp/pg")
     assert not (status == 403 and got.get("error", "").startswith("policy: ") and "bob-laptop ->" in got["error"])
     assert metrics(world.admin)["ztm_hub_streams_denied_by_policy_total"] == denied_before + 4
+
+
+def test_a_member_publishes_only_where_the_policy_lets_him_write(world: World, tmp_path: Path) -> None:
+    """The file space lets bob write below /shared/bob/ and /users/bob/; with a policy set, he also needs a
+    `files-write` rule: the hub refuses the publication (and an unpublish or acl change) otherwise."""
+    local = tmp_path / "notes.txt"
+    local.write_text("bob's notes\n")
+    version = current(world)["version"]
+    cp = world.bob.cli("publish", "file", "/shared/bob/notes.txt", "-i", local, check=False)
+    assert cp.returncode != 0 and len(cp.stderr.strip().splitlines()) == 1, cp.stderr
+    assert f"policy: denied: no rule of policy version {version} allows it" in cp.stderr, cp.stderr
+    assert "files-write/shared/bob/notes.txt by bob@bob-laptop, to publish it" in cp.stderr, cp.stderr
+    status, listed = world.as_root.json("GET", "/api/files")
+    assert status == 200 and "/shared/bob/notes.txt" not in json.dumps(listed), listed
+    allowing = POLICY.replace(
+        '"dst": ["tag:db:tunnel/tcp/pg"]},', '"dst": ["tag:db:tunnel/tcp/pg"]},\n    {"action": "accept", '
+        '"src": ["bob"], "dst": ["bob-laptop:files-write/shared/bob/"]},'
+    )  # fmt: skip
+    assert world.as_root.json("POST", "/api/policy", {"text": allowing})[0] == 200
+    try:
+        world.bob.cli("publish", "file", "/shared/bob/notes.txt", "-i", local)
+        cp = world.bob.cli("publish", "file", "/users/bob/notes.txt", "-i", local, check=False)  # not that prefix
+        assert cp.returncode != 0 and "policy: denied" in cp.stderr, cp.stderr
+    finally:
+        assert world.as_root.json("POST", "/api/policy", {"text": POLICY})[0] == 200
+    cp = world.bob.cli("unpublish", "file", "/shared/bob/notes.txt", check=False)
+    assert cp.returncode != 0 and "to unpublish it" in cp.stderr, cp.stderr
+    status, listed = world.as_root.json("GET", "/api/files")
+    assert status == 200 and "/shared/bob/notes.txt" in json.dumps(listed), listed

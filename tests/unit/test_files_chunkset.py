@@ -120,7 +120,20 @@ class _Ep:
         self.id, self.name, self.user = ep_id, ep_id, user
 
 
+class _NoPolicy:
+    def check_write(self, caller: Any, path: str, what: str) -> None:
+        pass  # no mesh policy set
+
+
+class _Audit:
+    async def record(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 class _State:
+    policy = _NoPolicy()
+    audit = _Audit()
+
     def __init__(self) -> None:
         import collections
 

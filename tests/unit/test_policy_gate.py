@@ -20,7 +20,7 @@ POLICY = """{
   "acls": [
     {"action": "accept", "src": ["group:ops"], "dst": ["tag:db:tunnel/tcp/pg"]},
     {"action": "accept", "src": ["tag:ci"], "dst": ["db-1:terminal"]},
-    {"action": "accept", "src": ["build-7"], "dst": ["db-1:app/chat"]},
+    {"action": "accept", "src": ["bob@build-7", "dave@build-7"], "dst": ["db-1:app/chat"]},
   ],
 }"""
 PG = AppTarget("tunnel", "tcp/pg")

@@ -143,6 +143,7 @@ class FileIndex:
         parsed = FileEntry.parse(body)
         if not filespec.may_write(peer.user, parsed.path):
             raise Forbidden(f"only {filespec.writers(parsed.path)} may publish {parsed.path}")
+        self.state.policy.check_write(ep, parsed.path, "publish")
         entry = FileEntry(
             parsed.path,
             parsed.size,
@@ -177,10 +178,11 @@ class FileIndex:
         return self.get(peer, entry.path)
 
     async def unpublish(self, peer: Peer, path: str) -> None:
-        self.state.require_ep(peer)
+        ep = self.state.require_ep(peer)
         entry = self._readable(peer, path)
         if not filespec.may_write(peer.user, path):
             raise Forbidden(f"only {filespec.writers(path)} may unpublish {path}")
+        self.state.policy.check_write(ep, path, "unpublish")
         await self.store.delete_file(path)
         await self.state.publish("file", {"path": path})
         del self.entries[entry.path]
@@ -190,12 +192,13 @@ class FileIndex:
         log.info("user %s unpublished %s", peer.user, path)
 
     async def set_acl(self, peer: Peer, body: dict[str, Any]) -> dict[str, Any]:
-        self.state.require_ep(peer)
+        ep = self.state.require_ep(peer)
         path = filespec.check_path(body.get("path"))
         acl = Acl.parse(body.get("acl")).check_for(path)
         entry = self._readable(peer, path)
         if not filespec.may_write(peer.user, path):
             raise Forbidden(f"only {filespec.writers(path)} may change the acl of {path}")
+        self.state.policy.check_write(ep, path, "change the acl of")
         updated = FileEntry(
             entry.path, entry.size, entry.time, entry.hash, entry.chunks, entry.publisher, entry.ep, acl,
             entry.published,

@@ -27,7 +27,7 @@ from ztm.errors import BadInput, Forbidden, NotFound
 from ztm.hub import limits
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.store import PolicyVersion
-from ztm.policy import Place, Policy, Subject, parse_app_target, parse_subject, tags_of_labels
+from ztm.policy import AppTarget, Place, Policy, Subject, parse_app_target, parse_subject, tags_of_labels
 
 if TYPE_CHECKING:
     from ztm.hub.state import HubState, Peer, Session
@@ -231,6 +231,21 @@ class HubPolicy:
         if not decision.allowed:
             self.state.counters["streams_denied_by_policy"] += 1
             raise Forbidden(f"policy: {decision.why()} ({caller.user}@{caller.name} -> {target.name}:{kind})")
+
+    def check_write(self, caller: EndpointRecord, path: str, what: str) -> None:
+        """403 "policy: ..." if the policy does not allow `caller` to `what` (publish, unpublish, change the acl of)
+        `path` in the mesh file space: `files-write/PATH` at the caller's own endpoint, where the file is served
+        from (no policy: the file space's own rules decide alone)."""
+        policy = self.current
+        if policy is None:
+            return
+        tags = tags_of_labels(caller.labels)
+        decision = policy.decide(Subject(caller.user, caller.name, tags), Place(caller.name, tags),
+                                 AppTarget("files-write", path))  # fmt: skip
+        if not decision.allowed:
+            self.state.counters["file_writes_denied_by_policy"] += 1
+            who = f"{caller.user}@{caller.name}"
+            raise Forbidden(f"policy: {decision.why()} (files-write{path} by {who}, to {what} it)")
 
     def tags_of(self, name: str) -> frozenset[str]:
         ep = self._named(name)
