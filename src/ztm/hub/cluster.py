@@ -4,7 +4,8 @@ It owns the hub's row in the store's hubs table (registered at start, refreshed 
 clean stop), the view of the other hubs (`HubState.hubs`: a hub whose heartbeat is older than `DEAD_AFTER` seconds
 of the store's clock is offline), the publication of this hub's sessions (presence rows and notifications), and the
 application of other hubs' notifications to `HubState`: endpoints enrolled, relabelled or deleted elsewhere,
-invitations and evictions (the CRL and the evicted user's sessions here), file entries, and endpoints going on- or
+invitations and evictions (the CRL and the evicted user's sessions here), file entries, policy versions (the
+newest is reloaded from the store and sent to this hub's agents), and endpoints going on- or
 offline on other hubs (`HubState.remote`). On a single hub the same code runs against `SqliteStore`, which has no
 other hub: the hubs table holds this hub alone and no notification ever arrives.
 
@@ -334,6 +335,8 @@ class Cluster:
             await state.evicted_elsewhere(str(payload["user"]))
         elif kind == "crl":
             await state.reload_crl()
+        elif kind == "policy":
+            await state.policy.load()  # the newest version in the store (a later one may have come meanwhile)
         elif kind == "hub":
             before = self._online_ids()
             await self._read_hubs()

@@ -156,6 +156,7 @@ class FileIndex:
         )
         old = self.entries.get(entry.path)
         self._check_quota(peer.user, entry, old)
+        await self.state.audit.record(peer, "file-publish", entry.path, {"size": entry.size, "hash": entry.hash})
         await self.store.save_file(entry.path, json.dumps(entry.to_json()))
         await self.state.publish("file", {"path": entry.path})
         if old is not None:

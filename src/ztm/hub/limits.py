@@ -1,5 +1,5 @@
 """What one member may make the hub hold: caps on pending streams and calls, call params, the event queue's bytes,
-and per-user quotas of the mesh file index.
+per-user quotas of the mesh file index, and the size of a policy text.
 
 A member with a valid certificate must not be able to knock another endpoint off the hub nor exhaust the hub's
 memory or disk. Each limit is set far above what a real agent needs (tests/reliability/test_load.py stays well
@@ -9,6 +9,7 @@ under them) and is documented in PROTOCOL.md and RELIABILITY.md.
 from __future__ import annotations
 
 from ztm.errors import Unavailable
+from ztm.policy import MAX_POLICY_BYTES
 
 MAX_CONCURRENT_STREAMS = 16384
 """HTTP/2 streams one connection may have open towards the hub at once (SETTINGS_MAX_CONCURRENT_STREAMS): the
@@ -39,6 +40,12 @@ MAX_FILES_PER_USER = 10_000
 """File entries one user may have published in the mesh file index."""
 MAX_FILE_CHUNKS_PER_USER = 1 << 18
 """Chunk hashes (one per MiB of content: 256 GiB) in all the file entries one user published."""
+
+POLICY_TEXT_BYTES = MAX_POLICY_BYTES
+"""Bytes (UTF-8) of a policy text the hub takes (`POST /api/policy`, a draft in `/api/policy/check`): 1 MiB."""
+POLICY_BODY_BYTES = 6 * POLICY_TEXT_BYTES + 64 * 1024
+"""Bytes of the JSON body carrying one: JSON escapes make a text up to six times longer (`\\u00XX`). A body past
+this is refused before it is read whole."""
 
 
 class PendingCounts:

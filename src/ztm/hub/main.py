@@ -23,6 +23,7 @@ from ztm.hub.store_pg import PgStore
 from ztm.hub.store_sqlite import SqliteStore
 from ztm.hub.storeurl import parse_store_url, read_password_file
 from ztm.permit import make_permit
+from ztm.version import __version__
 
 log = logging.getLogger("ztm.hub")
 
@@ -63,6 +64,9 @@ async def _main(cfg: HubConfig) -> int:
         cluster = Cluster(state, store, zone=cfg.zone, admin=str(cfg.admin) if cfg.admin else "")
         cluster.apply_hooks.append(routes.files.on_notify)
         await cluster.start()
+        await state.audit.record(
+            None, "hub-start", authority.hub_id, {"version": __version__, "names": [str(n) for n in names]}
+        )
         try:
             server = await h2.serve(
                 routes.handle,
@@ -110,6 +114,10 @@ async def _main(cfg: HubConfig) -> int:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(server.wait_closed(), 2)
         await state.sweep()
+        try:
+            await state.audit.record(None, "hub-stop", authority.hub_id)
+        except ZtmError as exc:  # the store is away: the stop goes on (its start row shows the run)
+            log.warning("could not write the hub-stop audit row: %s", exc.message)
         return 0
     finally:
         if cluster is not None:

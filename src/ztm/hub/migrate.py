@@ -1,7 +1,8 @@
 """Moving a single hub's mesh from its SQLite store into an empty PostgreSQL store (issue 14, item 10).
 
 `read_snapshot(data_dir)` reads everything the hub keeps from `DATA/ztm-hub.db` (meta: the mesh id, CA and root
-material; users and evictions; issued certificates with their revocations; endpoints; the files index) while holding
+material; users and evictions; issued certificates with their revocations; endpoints; the files index; the policy
+versions and the audit log) while holding
 the data directory's lock, so no hub runs on it meanwhile. `migrate(data_dir, target, key)` seals the private keys
 with the CA key file's key (`ztm.hub.cakey`) and writes it all into `target` in one transaction
 (`PgStore.import_mesh`): a target that already holds a mesh is refused and nothing is written. The SQLite file is
@@ -21,7 +22,7 @@ from typing import Any
 
 from ztm.errors import BadInput
 from ztm.hub import cakey
-from ztm.hub.store import EndpointRecord, UserRecord
+from ztm.hub.store import AuditEntry, EndpointRecord, PolicyVersion, UserRecord
 from ztm.hub.store_pg import PgStore
 from ztm.hub.store_sqlite import SqliteStore
 
@@ -40,6 +41,8 @@ class MeshSnapshot:
     endpoints: list[EndpointRecord] = field(default_factory=list)
     files: list[tuple[str, str]] = field(default_factory=list)
     """(path, JSON entry)"""
+    policies: list[PolicyVersion] = field(default_factory=list)
+    audit: list[AuditEntry] = field(default_factory=list)
 
 
 async def read_snapshot(data_dir: Path) -> MeshSnapshot:
@@ -66,6 +69,8 @@ async def read_snapshot(data_dir: Path) -> MeshSnapshot:
             certs=certs,
             endpoints=await store.endpoints(),
             files=[(r["path"], r["entry"]) for r in db.all("SELECT path, entry FROM files ORDER BY path")],
+            policies=await store.policy_versions(),
+            audit=await store.audit(limit=1 << 62),
         )
     finally:
         await store.close()
@@ -96,5 +101,7 @@ def snapshot_counts(snapshot: MeshSnapshot) -> dict[str, Any]:
         "certificates": len(snapshot.certs),
         "endpoints": len(snapshot.endpoints),
         "files": len(snapshot.files),
+        "policy_versions": len(snapshot.policies),
+        "audit": len(snapshot.audit),
         "labels": json.dumps(sorted({label for e in snapshot.endpoints for label in e.labels})),
     }

@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from ztm import addr, filespec, h2, pki, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, Unavailable, ZtmError
+from ztm.hub import limits
+from ztm.hub.audit import MAX_LIMIT
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.files import FileIndex
 from ztm.hub.peers import CALLER_HEADER, HubPeers, caller_from
@@ -104,6 +106,14 @@ class HubRoutes:
             ("GET", re.compile(r"/api/hubs"), self.get_hubs),
             ("POST", re.compile(r"/api/direct"), self.post_direct),
             ("GET", re.compile(r"/api/reflect"), self.get_reflect),
+            # the mesh's access policy and the audit log (ztm.hub.policy, ztm.hub.audit): no route edits or deletes
+            # an audit row
+            ("GET", re.compile(r"/api/policy"), self.get_policy),
+            ("POST", re.compile(r"/api/policy"), self.post_policy),
+            ("GET", re.compile(r"/api/policy/history"), self.get_policy_history),
+            ("POST", re.compile(r"/api/policy/rollback"), self.post_policy_rollback),
+            ("POST", re.compile(r"/api/policy/check"), self.post_policy_check),
+            ("GET", re.compile(r"/api/audit"), self.get_audit),
         ]
         self.peers = HubPeers(state)
         """Links to the other hubs of a cluster, for streams and calls to endpoints whose session is there."""
@@ -301,7 +311,7 @@ class HubRoutes:
 
     async def post_services(self, req: Request) -> Any:
         app, services = parse_services(await req.json())
-        self.state.set_services(req.peer, app, services)
+        await self.state.set_services(req.peer, app, services)
         return None
 
     async def get_services(self, req: Request) -> Any:
@@ -360,6 +370,61 @@ class HubRoutes:
     async def post_file_sources(self, req: Request) -> Any:
         return await self.files.announce(req.peer, await req.json(FILES_MAX_BODY))
 
+    # the access policy
+    async def get_policy(self, req: Request) -> Any:
+        version = req.int_query("version", 0, 0, 2**31 - 1)
+        return await self.state.policy.get_version(version or None)
+
+    async def post_policy(self, req: Request) -> Any:
+        body = await self._policy_body(req)
+        dry_run = validate.field(body, "dry_run", bool, default=False)
+        note = validate.field(body, "note", str, default="")
+        if len(note) > 500:
+            raise BadInput("note is at most 500 characters")
+        if not dry_run:  # before the text is parsed: a member cannot make the hub parse for a refusal
+            await self.state.policy.require_admin(req.peer, "set the policy")
+        return await self.state.policy.set(req.peer, _policy_text(body, "text"), dry_run=dry_run, note=note)
+
+    async def get_policy_history(self, req: Request) -> Any:
+        return await self.state.policy.history()
+
+    async def post_policy_rollback(self, req: Request) -> Any:
+        body = await req.json()
+        version = validate.int_range(body.get("version"), "version", 1, 2**31 - 1)
+        return await self.state.policy.rollback(req.peer, version)
+
+    async def post_policy_check(self, req: Request) -> Any:
+        body = await self._policy_body(req)
+        source = validate.field(body, "from", str)
+        to = validate.field(body, "to", str)
+        target = validate.field(body, "target", str)
+        text = _policy_text(body, "text") if body.get("text") is not None else None
+        return self.state.policy.check(source, to, target, text)
+
+    async def _policy_body(self, req: Request) -> dict[str, Any]:
+        declared = req.stream.header("content-length")
+        if declared is not None and declared.isdecimal() and int(declared) > limits.POLICY_BODY_BYTES:
+            raise BadInput(_too_long(int(declared)))
+        try:
+            return await req.json(limits.POLICY_BODY_BYTES)
+        except BadInput as exc:
+            if "too large" in exc.message or "exceeds" in exc.message:
+                raise BadInput(_too_long(limits.POLICY_BODY_BYTES + 1)) from None
+            raise
+
+    async def get_audit(self, req: Request) -> Any:
+        await self.state.policy.require_admin(req.peer, "read the audit log")
+        since = req.str_query("since")
+        since_time: float | None = None
+        if since is not None:
+            try:
+                since_time = float(since)
+            except ValueError:
+                raise BadInput("query parameter 'since' must be unix seconds, e.g. 1765000000") from None
+        user = req.str_query("user")
+        limit = req.int_query("limit", 1000, 1, MAX_LIMIT)
+        return await self.state.audit.query(None, since_time, validate.user_name(user) if user else None, limit)
+
     # the event stream
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:
         session = self.state.open_session(peer, conn.close, lambda: conn.bytes_received, id(conn))
@@ -391,6 +456,21 @@ class HubRoutes:
         finally:
             reader.cancel()
             self.state.close_session(session)
+
+
+def _policy_text(body: dict[str, Any], key: str) -> str:
+    text = validate.field(body, key, str)
+    size = len(text.encode())
+    if size > limits.POLICY_TEXT_BYTES:
+        raise BadInput(_too_long(size))
+    return text
+
+
+def _too_long(size: int) -> str:
+    return (
+        f"the policy text is {size} bytes; the hub takes at most {limits.POLICY_TEXT_BYTES} (1 MiB): split long "
+        "lists into groups"
+    )
 
 
 async def _drain(stream: h2.Stream) -> None:

@@ -22,8 +22,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ztm import pki, validate
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unauthorized, Unavailable
 from ztm.hub import limits
+from ztm.hub.audit import AuditLog
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.conns import Connections
+from ztm.hub.policy import HubPolicy
 from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
 from ztm.timefmt import iso
 from ztm.version import __version__
@@ -198,6 +200,10 @@ class HubState:
         """Every live connection and its peer: closed on eviction, revocation and certificate expiry."""
         self._revoked: set[int] = set(revoked)
         authority.rebuild_crl(self._revoked)
+        self.audit = AuditLog(store, authority.hub_id, self.endpoints, self.counters)
+        """The append-only audit log (`ztm.hub.audit`)."""
+        self.policy = HubPolicy(self)
+        """The mesh's access policy (`ztm.hub.policy`; loaded by `load`)."""
 
     @classmethod
     async def load(
@@ -210,7 +216,7 @@ class HubState:
         heartbeat: float,
         max_endpoints_per_user: int = 100,
     ) -> HubState:
-        return cls(
+        state = cls(
             store,
             authority,
             endpoints=await store.endpoints(),
@@ -221,6 +227,8 @@ class HubState:
             heartbeat=heartbeat,
             max_endpoints_per_user=max_endpoints_per_user,
         )
+        await state.policy.load()
+        return state
 
     # identity
     def refusal(self, peer: Peer) -> str | None:
@@ -266,9 +274,12 @@ class HubState:
             raise Forbidden("unknown endpoint certificate; enrol again")
         return ep
 
-    def _require_root(self, peer: Peer, what: str) -> None:
+    async def _require_root(self, peer: Peer, what: str, target: str) -> None:
+        """403 unless `peer` is root; the refusal is audited (`denied`)."""
         if peer.user != ROOT_USER:
-            raise Forbidden(f"only root may {what}; you are {peer.user!r}")
+            refusal = f"only root may {what}; you are {peer.user!r}"
+            await self.audit.denied(peer, what, target, refusal)
+            raise Forbidden(refusal)
 
     # enrolment
     async def enroll(
@@ -318,6 +329,8 @@ class HubState:
                         f"again in {JOINING_GRACE:g} s"
                     )
                 replaces.append(other.id)
+        kept = existing.labels if existing is not None else []
+        self.policy.check_tags(peer.user, [x for x in labels if x not in kept])
         ep = EndpointRecord(
             id=ep_id,
             name=name,
@@ -329,6 +342,8 @@ class HubState:
             last_seen=now,
             user_not_after=peer.not_after,
         )
+        detail = {"ep": ep_id, "hostname": hostname, "version": version, "labels": ep.labels, "replaces": replaces}
+        await self.audit.record(peer, "join" if existing is None else "enroll", name, detail)
         await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write or a lost race changes nothing
         cert = await self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
         for other_id in replaces:
@@ -351,7 +366,9 @@ class HubState:
                 f"the invitation of user {ep.user!r} ends at {iso(user_end)} and this endpoint certificate already "
                 "lasts until then; ask root for a new permit (ztm invite) and join with it"
             )
-        cert = await self.authority.issue_endpoint(ep.user, ep.id, public_key, self._ttl_within(ep.user, user_end))
+        ttl = self._ttl_within(ep.user, user_end)
+        await self.audit.record(peer, "renew", ep.name, {"ep": ep.id, "ttl": round(ttl)})
+        cert = await self.authority.issue_endpoint(ep.user, ep.id, public_key, ttl)
         log.info("renewed the certificate of endpoint %s (%s)", ep.name, ep.id)
         return pki.cert_to_pem(cert)
 
@@ -396,6 +413,7 @@ class HubState:
             log.info("endpoint %s (%s) is online from %s", ep.name, ep.id, _addr(peer.address))
         ep.last_seen = time.time()
         session.push({"type": "hello", "ep": self.endpoint_view(ep), "heartbeat": self.heartbeat, "hub": self.status()})
+        self.policy.push_to(session)  # right after the hello, before any endpoint, stream or call event
         self.broadcast({"type": "endpoint", "ep": self.endpoint_view(ep)}, exclude=ep.id)
         if self.cluster is not None:
             self.cluster.session_changed(session)
@@ -576,15 +594,18 @@ class HubState:
         ]
 
     # services
-    def set_services(self, peer: Peer, app: str, services: list[str]) -> None:
+    async def set_services(self, peer: Peer, app: str, services: list[str]) -> None:
         ep = self.require_ep(peer)
         offered = self.services.setdefault(ep.id, {})
+        if services and app not in offered and len(offered) >= limits.MAX_APPS_PER_ENDPOINT:
+            raise BadInput(
+                f"this endpoint announces services for {len(offered)} apps, the most the hub keeps; withdraw some "
+                "(an empty list of services) first"
+            )
+        if offered.get(app, []) != sorted(set(services)):  # a change (agents publish again after every hello)
+            await self.audit.record(peer, "app-publish", app, {"ep": ep.id, "services": sorted(set(services))})
+            offered = self.services.setdefault(ep.id, {})
         if services:
-            if app not in offered and len(offered) >= limits.MAX_APPS_PER_ENDPOINT:
-                raise BadInput(
-                    f"this endpoint announces services for {len(offered)} apps, the most the hub keeps; withdraw some "
-                    "(an empty list of services) first"
-                )
             offered[app] = sorted(set(services))
         else:
             offered.pop(app, None)
@@ -653,6 +674,8 @@ class HubState:
         labels += [x for x in add if x not in labels]
         if len(labels) > 32:
             raise BadInput("an endpoint has at most 32 labels")
+        self.policy.check_tags(peer.user, [x for x in labels if x not in ep.labels])
+        await self.audit.record(peer, "label", ep.name, {"ep": ep.id, "add": add, "delete": delete, "labels": labels})
         await self.store.save_endpoint(dataclasses.replace(ep, labels=labels))  # first: a failed write changes nothing
         ep.labels = labels
         view = self.endpoint_view(ep)
@@ -662,9 +685,10 @@ class HubState:
 
     # users
     async def invite(self, peer: Peer, user: str, public_key: ec.EllipticCurvePublicKey, days: int) -> dict[str, Any]:
-        self._require_root(peer, "invite users")
+        await self._require_root(peer, "invite users", user)
         if user == ROOT_USER:
             raise BadInput("root exists already; invite another user name")
+        await self.audit.record(peer, "invite", user, {"days": days})
         cert = await self.authority.issue_user(user, public_key, days)
         await self.store.upsert_user(user, evicted_at=None)
         self.users = {u.name: u for u in await self.store.users()}
@@ -684,12 +708,13 @@ class HubState:
         return addresses
 
     async def evict(self, peer: Peer, user: str) -> dict[str, Any]:
-        self._require_root(peer, "evict users")
+        await self._require_root(peer, "evict users", user)
         if user == ROOT_USER:
             raise BadInput("root cannot be evicted")
         if user not in self.users:
             raise NotFound(f"no user named {user!r}; see `ztm get user`")
         now = time.time()
+        await self.audit.record(peer, "evict", user)
         await self.store.evict_user(user, now)
         self.users = {u.name: u for u in await self.store.users()}
         await self._cut_user(user, now)
@@ -714,11 +739,12 @@ class HubState:
     async def delete_endpoint(self, peer: Peer, ref: str) -> dict[str, Any]:
         """Root removes an endpoint record: its name and its user's quota slot are free again, its certificates
         are revoked and its connections closed (its agent has to join again). Returns the record as it was."""
-        self._require_root(peer, "delete endpoints")
+        await self._require_root(peer, "delete endpoints", ref)
         ep = self.find_endpoint(ref)
         if ep.id == peer.ep_id:
             raise BadInput(f"{ep.name!r} is the endpoint you ask from; delete it from another one, or `ztm leave`")
         view = self.endpoint_view(ep)
+        await self.audit.record(peer, "leave", ep.name, {"ep": ep.id, "user": ep.user})
         await self.store.delete_endpoint(ep.id)  # saved first: a failed write changes nothing
         del self.endpoints[ep.id]
         self.services.pop(ep.id, None)
@@ -815,6 +841,7 @@ class HubState:
             if user.evicted_at is not None and user.name not in evicted_before:
                 await self._cut_user(user.name, time.time())
         await self._crl_changed(time.time())
+        await self.policy.load()
 
     # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
     async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:

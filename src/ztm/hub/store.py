@@ -10,8 +10,11 @@ concurrent join at another hub), and the caller changes its in-memory view only 
 Change notification (cluster): a hub that changed shared state calls `notify(kind, payload)`; every other hub on
 the same store gets `(kind, payload)` through the callback given to `subscribe` (PostgreSQL LISTEN/NOTIFY; the
 SQLite store has no other hub and delivers nothing). Payloads are small JSON objects (< 7,000 bytes encoded):
-they name what changed, and receivers reload it from the store (`endpoint`, `file`, ...) or apply it
+they name what changed, and receivers reload it from the store (`endpoint`, `file`, `policy`, ...) or apply it
 (`presence`).
+
+Issue 16: the mesh's access policy is kept as numbered versions (`PolicyVersion`, never edited: a rollback is a new
+version), and the audit log as `AuditEntry` rows that no method edits or deletes (append-only; `seq` orders them).
 """
 
 from __future__ import annotations
@@ -74,6 +77,37 @@ class Presence:
     e2e: str = ""
     services: dict[str, list[str]] = field(default_factory=dict)
     """App -> the services it offers (published by the agent after every hello)."""
+
+
+@dataclass
+class PolicyVersion:
+    """One version of the mesh's access policy (`ztm.policy`): the text exactly as set, who set it and when."""
+
+    version: int
+    text: str
+    set_by: str
+    set_at: float
+    note: str = ""
+
+
+@dataclass
+class AuditEntry:
+    """One row of the hub's append-only audit log (`ztm.hub.audit`)."""
+
+    seq: int
+    """Its order in the store (assigned by the store; 0 before it is added)."""
+    at: float
+    hub: str
+    """The id of the hub that recorded it."""
+    actor: str
+    """The user who acted ("" for the hub itself: hub-start, hub-stop)."""
+    actor_ep: str
+    """The name of the endpoint the actor acted from ("" for a user certificate or the hub)."""
+    action: str
+    target: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    """Where the request came from (`HOST:PORT` as the hub saw it), "" for the hub itself."""
 
 
 Notify = Callable[[str, dict[str, Any]], None]
@@ -139,6 +173,33 @@ class HubStore(Protocol):
     async def file(self, path: str) -> str | None: ...
     async def save_file(self, path: str, entry: str) -> None: ...
     async def delete_file(self, path: str) -> None: ...
+
+    # the access policy: numbered versions, never edited
+    async def policy_versions(self) -> list[PolicyVersion]:
+        """Every version, oldest first."""
+        ...
+
+    async def policy(self, version: int | None = None) -> PolicyVersion | None:
+        """That version (None: the newest); None when there is no such version (or none at all)."""
+        ...
+
+    async def add_policy(self, text: str, set_by: str, note: str, audit: AuditEntry | None = None) -> int:
+        """Store `text` as the next version (one more than the newest, atomically: a concurrent add at another hub
+        gets the next number) together with its audit row, if given (its `detail` gains `version`), in one transaction;
+        returns the new version."""
+        ...
+
+    # the audit log: append-only (no method edits or deletes a row)
+    async def audit_add(self, entry: AuditEntry) -> int:
+        """Append one row; returns its `seq`."""
+        ...
+
+    async def audit(
+        self, since_seq: int | None = None, since_time: float | None = None, user: str | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        """Rows with `seq` > `since_seq`, `at` >= `since_time` and actor `user` (each when given), oldest first, at
+        most `limit`."""
+        ...
 
     # cluster
     async def register_hub(self, hub: HubInfo) -> None:

@@ -7,10 +7,12 @@ transaction, so a failure (`Unavailable` while the server is away) writes nothin
 Schema: `MIGRATIONS` is append-only (released entries are never edited); `ztm_schema(version)` records how many ran.
 All pending ones run in one transaction under an advisory lock, so hubs starting together migrate once. A database
 migrated by a newer ztm is refused. Tables: `meta`, `users`, `certs`, `endpoints` (names unique), `files` (as in the
-SQLite store) and, for the cluster, `hubs` (heartbeats in the database's clock) and `presence`.
+SQLite store), `policy_versions` and the append-only `audit` (issue 16) and, for the cluster, `hubs` (heartbeats in
+the database's clock) and `presence`.
 
 Cross-hub rules enforced here: `create_meta` stores a new mesh only if there is none (advisory lock), and a name
-taken by a concurrent enrolment at another hub is a `Conflict` from the unique index, never a second record.
+taken by a concurrent enrolment at another hub is a `Conflict` from the unique index, never a second record; a policy
+version's number is taken under an advisory lock, so concurrent sets at two hubs get two numbers.
 Notifications go out on channel `ztm_mesh` as `{"hub", "sender", "kind", "payload"}` JSON (< 8,000 bytes).
 """
 
@@ -26,7 +28,7 @@ from psycopg import errors as pgerrors
 
 from ztm.errors import BadInput, Conflict, ZtmError
 from ztm.hub.pgconn import CHANNEL, Conn, Notify, PgLink
-from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
+from ztm.hub.store import AuditEntry, EndpointRecord, HubInfo, HubStore, PolicyVersion, Presence, UserRecord
 from ztm.hub.storeurl import StoreUrl
 
 if TYPE_CHECKING:
@@ -64,10 +66,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX presence_hub ON presence(hub_id)
     """,
+    # 3: the access policy's versions and the append-only audit log (issue 16)
+    """
+    CREATE TABLE policy_versions (
+        version INTEGER PRIMARY KEY, text TEXT NOT NULL, set_by TEXT NOT NULL, set_at DOUBLE PRECISION NOT NULL,
+        note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE audit (
+        seq BIGSERIAL PRIMARY KEY, at DOUBLE PRECISION NOT NULL, hub TEXT NOT NULL, actor TEXT NOT NULL,
+        actor_ep TEXT NOT NULL DEFAULT '', action TEXT NOT NULL, target TEXT NOT NULL DEFAULT '',
+        detail JSONB NOT NULL DEFAULT '{}', source TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_at ON audit(at);
+    CREATE INDEX audit_actor ON audit(actor, seq)
+    """,
 ]
 
 _MIGRATE_LOCK = 0x7A746D01  # advisory lock ids ("ztm" + n), so that hubs starting together never race
 _META_LOCK = 0x7A746D02
+_POLICY_LOCK = 0x7A746D03
 MAX_NOTIFY = 8000
 """PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more."""
 
@@ -81,6 +98,12 @@ _EP_UPSERT = (
 )
 _HUB_SELECT = "SELECT id, addresses, zone, version, started, extract(epoch FROM heartbeat), online, admin FROM hubs"
 _PRESENCE_SELECT = "SELECT ep_id, hub_id, since, address, direct, e2e, services FROM presence"
+_POLICY_SELECT = "SELECT version, text, set_by, set_at, note FROM policy_versions"
+_AUDIT_SELECT = "SELECT seq, at, hub, actor, actor_ep, action, target, detail, source FROM audit"
+_AUDIT_INSERT = (
+    "INSERT INTO audit(at, hub, actor, actor_ep, action, target, detail, source) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) "
+    "RETURNING seq"
+)
 
 
 class PgStore:
@@ -135,7 +158,7 @@ class PgStore:
 
     # ------------------------------------------------------------------------------------------------ helpers
 
-    async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    async def _rows(self, sql: str, params: Sequence[object] | dict[str, object] = ()) -> list[tuple[Any, ...]]:
         async def work(c: Conn) -> list[tuple[Any, ...]]:
             cur = await c.execute(sql, params)
             return await cur.fetchall()
@@ -211,6 +234,17 @@ class PgStore:
                 )
                 await cur.executemany(_EP_UPSERT, [_ep_params(e) for e in snap.endpoints])
                 await cur.executemany("INSERT INTO files(path, entry) VALUES (%s, %s)", snap.files)
+                await cur.executemany(
+                    "INSERT INTO policy_versions(version, text, set_by, set_at, note) VALUES (%s, %s, %s, %s, %s)",
+                    [(p.version, p.text, p.set_by, p.set_at, p.note) for p in snap.policies],
+                )
+                await cur.executemany(
+                    "INSERT INTO audit(seq, at, hub, actor, actor_ep, action, target, detail, source) "
+                    "VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                    [(a.seq, *_audit_params(a, a.detail)) for a in snap.audit],
+                )
+                if snap.audit:  # new rows continue after the imported ones
+                    await c.execute("SELECT setval('audit_seq_seq', %s)", (max(a.seq for a in snap.audit),))
 
         await self._link.run(work)
 
@@ -321,6 +355,56 @@ class PgStore:
     async def delete_file(self, path: str) -> None:
         await self._exec("DELETE FROM files WHERE path = %s", (path,))
 
+    # ------------------------------------------------------------------------------------------------ policy
+
+    async def policy_versions(self) -> list[PolicyVersion]:
+        return [PolicyVersion(*r) for r in await self._rows(_POLICY_SELECT + " ORDER BY version")]
+
+    async def policy(self, version: int | None = None) -> PolicyVersion | None:
+        if version is None:
+            rows = await self._rows(_POLICY_SELECT + " ORDER BY version DESC LIMIT 1")
+        else:
+            rows = await self._rows(_POLICY_SELECT + " WHERE version = %s", (version,))
+        return PolicyVersion(*rows[0]) if rows else None
+
+    async def add_policy(self, text: str, set_by: str, note: str, audit: AuditEntry | None = None) -> int:
+        async def work(c: Conn) -> int:
+            async with c.transaction():
+                # one writer at a time, in every hub: each concurrent set gets its own next number
+                await c.execute("SELECT pg_advisory_xact_lock(%s)", (_POLICY_LOCK,))
+                cur = await c.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions")
+                row = await cur.fetchone()
+                version = int(row[0]) if row is not None else 1
+                await c.execute(
+                    "INSERT INTO policy_versions(version, text, set_by, set_at, note) VALUES (%s, %s, %s, %s, %s)",
+                    (version, text, set_by, time.time(), note),
+                )
+                if audit is not None:
+                    await c.execute(_AUDIT_INSERT, _audit_params(audit, {**audit.detail, "version": version}))
+                return version
+
+        return await self._link.run(work)
+
+    # ------------------------------------------------------------------------------------------------ audit
+
+    async def audit_add(self, entry: AuditEntry) -> int:
+        rows = await self._rows(_AUDIT_INSERT, _audit_params(entry, entry.detail))
+        return int(rows[0][0])
+
+    async def audit(
+        self, since_seq: int | None = None, since_time: float | None = None, user: str | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        rows = await self._rows(
+            _AUDIT_SELECT + " WHERE (%(seq)s::bigint IS NULL OR seq > %(seq)s) "
+            "AND (%(at)s::float8 IS NULL OR at >= %(at)s) AND (%(user)s::text IS NULL OR actor = %(user)s) "
+            "ORDER BY seq LIMIT %(limit)s",
+            {"seq": since_seq, "at": since_time, "user": user, "limit": limit},
+        )
+        return [
+            AuditEntry(seq=int(q), at=a, hub=h, actor=u, actor_ep=e, action=x, target=t, detail=dict(d), source=s)
+            for q, a, h, u, e, x, t, d, s in rows
+        ]
+
     # ------------------------------------------------------------------------------------------------ cluster
 
     async def register_hub(self, hub: HubInfo) -> None:
@@ -406,6 +490,10 @@ _USER_UPSERT = (
     "INSERT INTO users(name, created, evicted_at) VALUES (%s, %s, %s) "
     "ON CONFLICT (name) DO UPDATE SET evicted_at = excluded.evicted_at"
 )
+
+
+def _audit_params(e: AuditEntry, detail: dict[str, Any]) -> tuple[object, ...]:
+    return (e.at, e.hub, e.actor, e.actor_ep, e.action, e.target, json.dumps(detail), e.source)
 
 
 def _ep_params(ep: EndpointRecord) -> tuple[object, ...]:

@@ -1,5 +1,6 @@
 """`SqliteStore`: the hub's embedded store (the default), one SQLite file in the hub's data directory: CA
-material, users, issued certificates, endpoints, evictions and the file index.
+material, users, issued certificates, endpoints, evictions, the file index, the access policy's versions and the
+append-only audit log.
 
 It implements `ztm.hub.store.HubStore` for a single hub: nothing else shares the file (an advisory lock says so),
 so the cluster methods describe this hub alone and notifications go nowhere. Every write is one transaction, so a
@@ -17,7 +18,7 @@ from typing import Any
 
 from ztm.db import Database
 from ztm.errors import Conflict
-from ztm.hub.store import EndpointRecord, HubInfo, Notify, Presence, UserRecord
+from ztm.hub.store import AuditEntry, EndpointRecord, HubInfo, Notify, PolicyVersion, Presence, UserRecord
 
 MIGRATIONS = [
     """
@@ -40,6 +41,19 @@ MIGRATIONS = [
     """,
     """
     ALTER TABLE endpoints ADD COLUMN user_not_after REAL
+    """,
+    """
+    CREATE TABLE policy_versions (
+        version INTEGER PRIMARY KEY, text TEXT NOT NULL, set_by TEXT NOT NULL, set_at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, hub TEXT NOT NULL, actor TEXT NOT NULL,
+        actor_ep TEXT NOT NULL DEFAULT '', action TEXT NOT NULL, target TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT '{}', source TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_at ON audit(at);
+    CREATE INDEX audit_actor ON audit(actor, seq)
     """,
 ]
 
@@ -171,6 +185,50 @@ class SqliteStore:
         with self.db.transaction() as c:
             c.execute("DELETE FROM files WHERE path = ?", (path,))
 
+    # the access policy
+    async def policy_versions(self) -> list[PolicyVersion]:
+        return [_policy(r) for r in self.db.all("SELECT * FROM policy_versions ORDER BY version")]
+
+    async def policy(self, version: int | None = None) -> PolicyVersion | None:
+        if version is None:
+            row = self.db.one("SELECT * FROM policy_versions ORDER BY version DESC LIMIT 1")
+        else:
+            row = self.db.one("SELECT * FROM policy_versions WHERE version = ?", (version,))
+        return None if row is None else _policy(row)
+
+    async def add_policy(self, text: str, set_by: str, note: str, audit: AuditEntry | None = None) -> int:
+        with self.db.transaction() as c:
+            row = c.execute("SELECT COALESCE(MAX(version), 0) + 1 AS next FROM policy_versions").fetchone()
+            version = int(row["next"])
+            c.execute(
+                "INSERT INTO policy_versions(version, text, set_by, set_at, note) VALUES (?, ?, ?, ?, ?)",
+                (version, text, set_by, time.time(), note),
+            )
+            if audit is not None:
+                _add_audit(c, audit, {**audit.detail, "version": version})
+        return version
+
+    # the audit log: rows are only ever added
+    async def audit_add(self, entry: AuditEntry) -> int:
+        with self.db.transaction() as c:
+            return _add_audit(c, entry, entry.detail)
+
+    async def audit(
+        self, since_seq: int | None = None, since_time: float | None = None, user: str | None = None, limit: int = 1000
+    ) -> list[AuditEntry]:
+        rows = self.db.all(
+            "SELECT * FROM audit WHERE (?1 IS NULL OR seq > ?1) AND (?2 IS NULL OR at >= ?2) "
+            "AND (?3 IS NULL OR actor = ?3) ORDER BY seq LIMIT ?4",
+            (since_seq, since_time, user, limit),
+        )
+        return [
+            AuditEntry(
+                seq=r["seq"], at=r["at"], hub=r["hub"], actor=r["actor"], actor_ep=r["actor_ep"], action=r["action"],
+                target=r["target"], detail=json.loads(r["detail"]), source=r["source"],
+            )
+            for r in rows
+        ]  # fmt: skip
+
     # cluster: this hub alone
     async def register_hub(self, hub: HubInfo) -> None:
         self._hub = hub
@@ -213,6 +271,18 @@ def _save_endpoint(c: sqlite3.Connection, ep: EndpointRecord) -> None:
             ep.last_seen, ep.user_not_after,
         ),
     )  # fmt: skip
+
+
+def _policy(r: sqlite3.Row) -> PolicyVersion:
+    return PolicyVersion(r["version"], r["text"], r["set_by"], r["set_at"], r["note"])
+
+
+def _add_audit(c: sqlite3.Connection, e: AuditEntry, detail: dict[str, Any]) -> int:
+    cur = c.execute(
+        "INSERT INTO audit(at, hub, actor, actor_ep, action, target, detail, source) VALUES (?,?,?,?,?,?,?,?)",
+        (e.at, e.hub, e.actor, e.actor_ep, e.action, e.target, json.dumps(detail, separators=(",", ":")), e.source),
+    )
+    return int(cur.lastrowid or 0)
 
 
 def _endpoint(r: sqlite3.Row) -> EndpointRecord:
