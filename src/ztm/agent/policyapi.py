@@ -21,6 +21,7 @@ from ztm import validate
 from ztm.agent.service import Agent
 from ztm.errors import BadInput
 from ztm.policy import MAX_POLICY_BYTES, parse_app_target, parse_subject
+from ztm.policy.who import TAG
 
 Json = Callable[[Any, int], web.Response]
 
@@ -119,18 +120,27 @@ def set_request(body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def check_request(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The hub's `POST /api/policy/check` body: `from` USER[@EP], `to` an endpoint name, `target` an app target,
+    """The hub's `POST /api/policy/check` body: `from` USER[@EP], `to` an endpoint name or tag, `target` an app target,
     and an optional draft `text` to decide with instead of the policy in force."""
     only(body, {"from", "to", "target", "text"}, '{"from": "USER[@EP]", "to": EP, "target": "tunnel/tcp/NAME"}')
     who = validate.field(body, "from", str)
     parse_subject(who)
-    to = validate.endpoint_name(validate.field(body, "to", str), "'to' endpoint name")
+    to = place(validate.field(body, "to", str))
     target = validate.field(body, "target", str)
     parse_app_target(target)
     out: dict[str, Any] = {"from": who, "to": to, "target": target}
     if body.get("text") is not None:
         out["text"] = policy_text(body["text"])
     return out
+
+
+def place(text: str) -> str:
+    """The `to` of a check: an endpoint name, or `tag:NAME` for any endpoint with that tag."""
+    if text.startswith("tag:"):
+        if not TAG.fullmatch(text):
+            raise BadInput(f"invalid tag {text[:70]!r}: tag:NAME, NAME of letters, digits, '.', '_' or '-'")
+        return text
+    return validate.endpoint_name(text, "'to' endpoint name")
 
 
 def query_int(query: Mapping[str, str], key: str, lo: int, hi: int) -> int | None:

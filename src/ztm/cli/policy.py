@@ -21,6 +21,7 @@ from ztm.cli.args import ZtmArgumentParser, int_range, path_type
 from ztm.cli.context import Context, expect_list, expect_obj
 from ztm.errors import BadInput, ZtmError
 from ztm.policy import MAX_POLICY_BYTES, parse_app_target, parse_subject
+from ztm.policy.who import TAG
 from ztm.timefmt import iso
 
 APP = "policy"
@@ -86,14 +87,19 @@ def target_type(text: str) -> str:
 target_type.__name__ = "app target"
 
 
-def endpoint_type(text: str) -> str:
+def place_type(text: str) -> str:
+    """`--to`: an endpoint name, or `tag:NAME` (any endpoint with that tag)."""
+    if text.startswith("tag:"):
+        if not TAG.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"invalid tag {text!r}: tag:NAME, NAME of letters, digits, '.', '_', '-'")
+        return text
     try:
         return validate.endpoint_name(text)
     except BadInput as exc:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-endpoint_type.__name__ = "endpoint name"
+place_type.__name__ = "endpoint name or tag"
 
 
 def note_type(text: str) -> str:
@@ -199,8 +205,8 @@ def configure_policy(p: argparse.ArgumentParser) -> None:
     checker.add_argument("what", metavar="TARGET", type=target_type, help="the app target, e.g. tunnel/tcp/pg")
     checker.add_argument("--from", dest="source", metavar="USER[@EP]", type=subject_type, required=True,
                          help="the caller: a user, or USER@ENDPOINT")  # fmt: skip
-    checker.add_argument("--to", dest="dest", metavar="EP", type=endpoint_type, required=True,
-                         help="the endpoint that would serve")  # fmt: skip
+    checker.add_argument("--to", dest="dest", metavar="EP", type=place_type, required=True,
+                         help="the endpoint that would serve (or tag:NAME: any endpoint with that tag)")  # fmt: skip
     checker.add_argument("--file", metavar="FILE", type=path_type, help="decide with this draft policy instead")
     helper = add_sub(
         sub,
