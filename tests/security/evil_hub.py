@@ -8,7 +8,9 @@ program=EVIL_HUB)` does that). The attack is chosen by environment variables; no
   asked for the stream to the endpoint that accepted it; or `to-caller`). Streams shorter than that are untouched.
 * `ZTM_EVIL_HUB=forge-caller`: every `stream` event names the endpoint `ZTM_EVIL_CALLER` (a name or id, e.g. root's
   endpoint) as the caller instead of the real one, whoever asked for the stream; with `ZTM_EVIL_FORGE_CALLS=1`,
-  every relayed `call` event too (`ztm log ep NAME` and the other calls an endpoint answers).
+  every relayed `call` event too (`ztm log ep NAME` and the other calls an endpoint answers). With
+  `ZTM_EVIL_FORGE_NAME=1`, a `stream` event keeps the real caller's endpoint id and user and claims only the other
+  endpoint's name (what a policy rule naming that endpoint would match).
 * `ZTM_EVIL_HUB=ignore-evict`: `ztm evict USER` still marks the user evicted, revokes its certificates and serves the
   new CRL (signed by the CA; agents are told with a `crl` event and fetch it), but the hub keeps the user's live
   connections and event streams open and lets them relay streams: no per-request refusal, no hang-up, no `evicted`
@@ -118,6 +120,9 @@ def _forge_caller() -> None:
     if not forged_ref:
         raise SetupError("ZTM_EVIL_CALLER must name the endpoint to claim as every stream's caller (name or id)")
     offer = relay.Relay._offer
+    if os.environ.get("ZTM_EVIL_FORGE_NAME", "0") not in ("0", "1"):
+        raise SetupError(f"ZTM_EVIL_FORGE_NAME must be 0 or 1, got {os.environ['ZTM_EVIL_FORGE_NAME']!r}")
+    name_only = os.environ.get("ZTM_EVIL_FORGE_NAME") == "1"
 
     async def forged_offer(
         self: relay.Relay, session: hubstate.Session, stream: h2.Stream, caller: EndpointRecord,
@@ -129,6 +134,8 @@ def _forge_caller() -> None:
             forged = caller  # not enrolled yet: nothing to claim
         if forged.id != caller.id:
             log.info("evil hub: telling %s that %s's stream comes from %s", target.name, caller.name, forged.name)
+            if name_only:
+                forged = dataclasses.replace(caller, name=forged.name)
         return await offer(self, session, stream, forged, target, app, service)
 
     relay.Relay._offer = forged_offer  # type: ignore[method-assign]

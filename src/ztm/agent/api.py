@@ -158,6 +158,7 @@ class AgentApi:
         r.add_get("/api/metrics", self.metrics)
         r.add_get(m + "/root-admin", self.root_admin)
         r.add_post(m + "/root-admin", self.set_root_admin)
+        r.add_get(m + "/policy/local", self.policy_local)
         tunnel_routes(app, self.agent, _json)
         proxy_routes(app, self.agent, _json)
         app_routes(app, self.agent, _json)
@@ -301,6 +302,22 @@ class AgentApi:
         state = "may" if body["enabled"] else "may no longer"
         log.info("mesh %s: root %s configure this endpoint's tunnels and proxy remotely", session.name, state)
         return _json(self._root_admin_view(mesh))
+
+    async def policy_local(self, request: web.Request) -> web.Response:
+        """The policy this endpoint enforces (as its hub last sent it, or as stored when the hub is away) and its
+        rules that can match this endpoint: "who may reach me" (the GUI's policy page)."""
+        session = self.agent.get(request.match_info["mesh"])
+        gate = session.gate
+        place = session.place()
+        return _json(
+            {
+                "version": gate.version,
+                "endpoint": place.ep,
+                "tags": sorted(place.tags),
+                "tracked": gate.tracked,
+                "rules_for_me": [[line, rule] for line, rule in gate.rules_for_me()],
+            }
+        )
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=render_metrics(self.agent), content_type="text/plain")

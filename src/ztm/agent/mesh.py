@@ -4,7 +4,11 @@ It enrols with the permit's user certificate to obtain a short-lived endpoint ce
 at half-life (or enrols again if it expired while the agent was down), runs the `HubLink`, and answers calls the hub
 relays from other endpoints (`ping`, `log`, `info`), deciding who may ask from the hub-asserted caller identity,
 which the hub took from the caller's verified certificate. It keeps the mesh's hub list (from the `hello` and `hubs`
-events, stored so that it outlives a restart) for the link's choice of hub and for `ztm get hub`.
+events, stored so that it outlives a restart) for the link's choice of hub and for `ztm get hub`. It keeps the mesh's
+access policy (the `policy` event, which the hub sends before anything else on every session and again on each
+change; stored too, so that a restarted agent whose hub is away enforces the last one it had) in its `PolicyGate`
+(`ztm.agent.gate`), which every app asks at its exit, and the peers' endpoint names and labels the gate's subjects
+come from (the hub's endpoint list at each connection, then its `endpoint` events).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ztm.agent.apps import Caller, MeshApp, accept_relayed, refuse_stream
 from ztm.agent.direct import MeshDirect
 from ztm.agent.e2e import MeshE2E
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.gate import PolicyGate
 from ztm.agent.hubpick import HubView
 from ztm.agent.link import HubLink, dial, request
 from ztm.agent.store import MeshRecord
@@ -37,10 +42,18 @@ from ztm.aio import spawn
 from ztm.e2e import E2EError
 from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError
 from ztm.permit import Permit
+from ztm.policy import AppTarget, Place, Policy, PolicyError, tags_of_labels
 from ztm.timefmt import iso
 from ztm.version import E2E_SINCE, __version__
 
 log = logging.getLogger("ztm.agent")
+
+OWN_CHECKS = frozenset({"tunnel", "proxy", "terminal", "files"})
+"""Apps that ask the policy gate themselves, with what is asked of them (`tunnel/tcp/NAME`, `proxy/HOST:PORT`,
+`terminal`, `files/PATH`); a stream to any other app is checked here as `app/NAME` before the app gets it."""
+PEERS_WAIT = 2.0
+"""Seconds a stream from an endpoint this session does not know yet waits for the hub's endpoint list (its name and
+tags for the policy); without an answer the policy sees the caller's user only."""
 
 
 async def enroll(
@@ -106,6 +119,8 @@ class MeshSession:
         saved_hubs: object = None,
         save_hubs: Callable[[str, list[dict[str, Any]]], None] | None = None,
         zone: str = "",
+        saved_policy: tuple[int, str] | None = None,
+        save_policy: Callable[[str, int, str], None] | None = None,
     ) -> None:
         self.record = record
         self.files = files
@@ -115,6 +130,16 @@ class MeshSession:
         self._save = save
         self._log_tail = log_tail
         self.peers: dict[str, dict[str, Any]] = {}
+        """The mesh's endpoints by id, as the hub describes them (its list at each connection, then its events)."""
+        self._peers_task: asyncio.Task[None] | None = None
+        self._peers_fresh: set[str] = set()
+        self.labels: list[str] = list(record.labels)
+        """This endpoint's labels as the hub last described it (its tags are the policy's place)."""
+        self._save_policy = save_policy
+        self.gate = PolicyGate(record.name, place=self.place, peer=self._peer_view)
+        """The mesh's access policy, asked by every app at its exit (`ztm.agent.gate`)."""
+        if saved_policy is not None:
+            self._apply_policy(*saved_policy, save=False)
         self.traffic: dict[str, Traffic] = {}
         self._save_hubs = save_hubs
         self.hubs: list[HubView] = hubpick.parse_hubs(saved_hubs, self._bad_hub_list) or []
@@ -224,9 +249,10 @@ class MeshSession:
     # events and calls
     def _on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
-        if kind == "endpoint" and isinstance(event.get("ep"), dict):
-            ep = event["ep"]
-            self.peers[str(ep.get("id"))] = ep
+        if kind == "policy":
+            self._policy_event(event)
+        elif kind == "endpoint" and isinstance(event.get("ep"), dict):
+            self._endpoint_event(event["ep"])
         elif kind == "call":
             spawn(self._answer(event), name=f"call-{self.name}")
         elif kind == "stream":
@@ -239,9 +265,111 @@ class MeshSession:
             hub = event.get("hub")
             if isinstance(hub, dict) and not self._hub_list(hub.get("hubs")):
                 self._hub_itself(hub)
+            if isinstance(event.get("ep"), dict):
+                self._own_labels(event["ep"].get("labels"))
+            self._refresh_peers()
             spawn(self.direct.on_online(), name=f"direct-{self.name}")
             for app in self.apps.values():
                 spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
+
+    # the policy, and the endpoints it names
+    def _policy_event(self, event: dict[str, Any]) -> None:
+        version, text = event.get("version"), event.get("text")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0 or not isinstance(text, str):
+            log.warning("mesh %s: ignored a policy event without a version number and a text", self.name)
+            return
+        self._apply_policy(version, text, save=True)
+
+    def _apply_policy(self, version: int, text: str, *, save: bool) -> None:
+        """Enforce policy `version` (0 or an empty text: none is set) from now on; what it no longer allows closes."""
+        current = self.gate.policy
+        if current is not None and current.version == version and current.text == text:
+            return
+        if current is None and (version == 0 or not text):
+            return
+        policy: Policy | None = None
+        if version != 0 and text:
+            try:
+                policy = Policy.load(text, version)
+            except PolicyError as exc:  # the hub checked it: a newer language? Refuse everything rather than guess
+                log.error(
+                    "mesh %s: policy version %d does not load here (%s); refusing everything until one does: upgrade "
+                    "ztm on this endpoint",
+                    self.name, version, exc.message,
+                )  # fmt: skip
+                policy = Policy.load("{}", version)
+        closed = self.gate.set_policy(policy)
+        log.info(
+            "mesh %s: policy version %d in force%s", self.name, version,
+            f"; closed {closed} connection(s) it no longer allows" if closed else "",
+        )  # fmt: skip
+        if save and self._save_policy is not None:
+            try:
+                self._save_policy(self.name, version, text if policy is not None else "")
+            except Exception as exc:  # a full disk: the policy in memory still holds until the agent restarts
+                log.warning("mesh %s: could not store the policy: %s", self.name, exc)
+
+    def place(self) -> Place:
+        """This endpoint as the policy sees it: its name and its labels' tags."""
+        return Place(self.record.ep_name, tags_of_labels(self.labels))
+
+    def _peer_view(self, ep_id: str) -> tuple[str, frozenset[str]] | None:
+        ep = self.peers.get(ep_id)
+        if ep is None or not isinstance(ep.get("name"), str):
+            return None
+        labels = ep.get("labels")
+        return ep["name"], tags_of_labels(label for label in labels or () if isinstance(label, str))
+
+    def _endpoint_event(self, ep: dict[str, Any]) -> None:
+        ep_id = str(ep.get("id"))
+        if ep_id == self.record.ep_id:
+            self._own_labels(ep.get("labels"))
+            return
+        before = self._peer_view(ep_id)
+        self.peers[ep_id] = ep
+        self._peers_fresh.add(ep_id)
+        if before is not None and before != self._peer_view(ep_id):
+            self.gate.recheck()  # renamed or relabelled: its live connections are checked again
+
+    def _own_labels(self, labels: object) -> None:
+        if not isinstance(labels, list):
+            return
+        labels = [label for label in labels if isinstance(label, str)]
+        if labels != self.labels:
+            self.labels = labels
+            self.gate.recheck()
+
+    def _refresh_peers(self) -> asyncio.Task[None]:
+        """Load the hub's endpoint list into `peers` (once at a time); `endpoint` events that arrive meanwhile are
+        newer and kept."""
+        task = self._peers_task
+        if task is None or task.done():
+            task = self._peers_task = spawn(self._load_peers(), name=f"peers-{self.name}")
+        return task
+
+    async def _load_peers(self) -> None:
+        self._peers_fresh.clear()
+        try:
+            found = await self.link.request("GET", "/api/endpoints")
+        except ZtmError as exc:
+            log.info("mesh %s: could not load the endpoint list: %s", self.name, exc.message)
+            return
+        if not isinstance(found, list):
+            return
+        for ep in found:
+            if isinstance(ep, dict) and isinstance(ep.get("id"), str):
+                if ep["id"] == self.record.ep_id:
+                    self._own_labels(ep.get("labels"))
+                elif ep["id"] not in self._peers_fresh:
+                    self.peers[ep["id"]] = ep
+        self.gate.recheck()
+
+    async def _know(self, caller: Caller) -> None:
+        """With a policy in force, wait (briefly) for the hub's endpoint list when it does not know the caller."""
+        if self.gate.policy is None or caller.ep_id in self.peers or self.link.status != "online":
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._refresh_peers()), PEERS_WAIT)
 
     # the hub list
     def _bad_hub_list(self, problem: str) -> None:
@@ -337,6 +465,16 @@ class MeshSession:
         if app is None or not app.running:
             stream.refuse(NotFound(f"app {app_name!r} is not running there"))
             return
+        await self._know(caller)
+        untrack: Callable[[], None] | None = None
+        if app_name not in OWN_CHECKS:
+            what = AppTarget("app", app_name)
+            try:
+                self.gate.check(caller, what)
+            except Forbidden as exc:
+                stream.refuse(exc)
+                return
+            untrack = self.gate.track(caller, what, lambda _reason: stream.reset())
         self.e2e.pending[stream_id] = stream
         try:
             await app.on_stream(stream_id, caller, service)
@@ -346,6 +484,8 @@ class MeshSession:
             left = self.e2e.pending.pop(stream_id, None)
             if left is not None:
                 left.refuse(Unavailable(f"app {app_name} did not take the stream"))
+            if untrack is not None:
+                spawn(_untrack_at_end(stream, untrack), name=f"app-stream-{self.name}")
 
     async def _answer(self, event: dict[str, Any]) -> None:
         """A `call` event from the hub: only `ping`, which carries nothing and permits nothing, is answered this way;
@@ -466,6 +606,14 @@ class MeshSession:
                     }
                 )
         return views
+
+
+async def _untrack_at_end(stream: E2EStream, untrack: Callable[[], None]) -> None:
+    """Stop watching an installed app's stream for the policy once it ended (the app may keep it after `on_stream`)."""
+    try:
+        await stream.wait_closed()
+    finally:
+        untrack()
 
 
 def _first_flight(value: object) -> bytes:

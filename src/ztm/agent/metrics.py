@@ -1,7 +1,8 @@
 """The agent's Prometheus exposition (`GET /api/metrics`): hub links (failovers and moves between hubs, the time
 streams waited for the hub's flow-control credit, and how many wait now: a stalled stream shows there), per-peer
 traffic, app counters (connections by path, `ztm.apps.paths`, as one metric with a `path` label), and the end-to-end
-layer's handshakes, streams, failures by reason and caller mismatches (`ztm.agent.e2e`)."""
+layer's handshakes, streams, failures by reason and caller mismatches (`ztm.agent.e2e`), and the access policy's
+version, decisions and the live connections it closed, by app (`ztm.agent.gate`)."""
 
 from __future__ import annotations
 
@@ -52,8 +53,23 @@ def render_metrics(agent: Agent) -> str:
         "# HELP ztm_agent_e2e_first_in_event_total streams whose opening began from the hub's stream event",
         "# TYPE ztm_agent_e2e_first_in_event_total counter",
     ]
+    policy: list[str] = [
+        "# HELP ztm_agent_policy_version the version of the mesh's access policy enforced here (0: none is set)",
+        "# TYPE ztm_agent_policy_version gauge",
+        "# HELP ztm_agent_policy_allowed_total streams and requests the access policy allowed at this endpoint, by app",
+        "# TYPE ztm_agent_policy_allowed_total counter",
+        "# HELP ztm_agent_policy_denied_total streams and requests the access policy refused at this endpoint, by app",
+        "# TYPE ztm_agent_policy_denied_total counter",
+        "# HELP ztm_agent_policy_closed_total live connections and sessions closed because a new policy denied them",
+        "# TYPE ztm_agent_policy_closed_total counter",
+    ]
     for mesh, session in sorted(agent.meshes.items()):
         m = _label(mesh)
+        gate = session.gate
+        policy.append(f'ztm_agent_policy_version{{mesh="{m}"}} {gate.version}')
+        for key, value in sorted(gate.counters.items()):
+            outcome, _, kind = key.partition(":")
+            policy.append(f'ztm_agent_policy_{outcome}_total{{mesh="{m}",app="{_label(kind)}"}} {value}')
         lines.append(f'ztm_agent_hub_connected{{mesh="{m}"}} {1 if session.link.status == "online" else 0}')
         failures.append(f'ztm_agent_hub_connect_failures_total{{mesh="{m}"}} {session.link.connect_failures}')
         failures.append(f'ztm_agent_hub_failovers_total{{mesh="{m}"}} {session.link.failovers}')
@@ -92,5 +108,5 @@ def render_metrics(agent: Agent) -> str:
                     continue
                 apps.append(f'ztm_agent_app_{metric}{{mesh="{m}",app="{app.name}",name="{_label(name)}"}} {value}')
     lines += ["# TYPE ztm_agent_peer_sent_bytes_total counter", "# TYPE ztm_agent_peer_received_bytes_total counter"]
-    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *by_path, *failures, *credit, *e2e]
+    lines += ["# TYPE ztm_agent_peer_streams gauge", *traffic, *apps, *by_path, *failures, *credit, *e2e, *policy]
     return "\n".join(lines) + "\n"

@@ -84,6 +84,8 @@ class Agent:
             saved_hubs=self.store.hubs(record.name),
             save_hubs=self.store.save_hubs,
             zone=self.zone,
+            saved_policy=self.store.policy(record.name),
+            save_policy=self.store.save_policy,
         )
         session.direct.announce = self.direct_address
         session.direct.p2p = self.p2p

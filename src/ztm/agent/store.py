@@ -1,4 +1,5 @@
-"""The agent's durable state in SQLite (`DATA/ztm.db`, 0600): its key, the meshes it joined and their hub lists.
+"""The agent's durable state in SQLite (`DATA/ztm.db`, 0600): its key, the meshes it joined, their hub lists and the
+last access policy each mesh's hub sent (so a restarted agent that cannot reach its hub enforces it).
 
 Only `Agent` (agent/service.py) writes here; every write is one transaction.
 """
@@ -30,6 +31,11 @@ MIGRATIONS = [
     """,
     """
     CREATE TABLE mesh_hubs (mesh TEXT PRIMARY KEY, hubs TEXT NOT NULL, updated REAL NOT NULL)
+    """,
+    """
+    CREATE TABLE mesh_policy (
+        mesh TEXT PRIMARY KEY, version INTEGER NOT NULL, text TEXT NOT NULL, updated REAL NOT NULL
+    )
     """,
 ]
 
@@ -82,6 +88,7 @@ class AgentStore:
             c.execute("DELETE FROM meshes WHERE name = ?", (name,))
             c.execute("DELETE FROM app_config WHERE mesh = ?", (name,))
             c.execute("DELETE FROM mesh_hubs WHERE mesh = ?", (name,))
+            c.execute("DELETE FROM mesh_policy WHERE mesh = ?", (name,))
 
     # the hub list of each mesh, as its hubs last told it (JSON list of HUBVIEW objects, checked again when loaded)
     def hubs(self, mesh: str) -> object:
@@ -98,6 +105,18 @@ class AgentStore:
             c.execute(
                 "INSERT OR REPLACE INTO mesh_hubs(mesh, hubs, updated) VALUES (?, ?, ?)",
                 (mesh, json.dumps(hubs), time.time()),
+            )
+
+    # the mesh's access policy as its hub last sent it (version 0 and "" when none is set)
+    def policy(self, mesh: str) -> tuple[int, str] | None:
+        row = self.db.one("SELECT version, text FROM mesh_policy WHERE mesh = ?", (mesh,))
+        return None if row is None else (int(row["version"]), str(row["text"]))
+
+    def save_policy(self, mesh: str, version: int, text: str) -> None:
+        with self.db.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO mesh_policy(mesh, version, text, updated) VALUES (?, ?, ?, ?)",
+                (mesh, version, text, time.time()),
             )
 
     # app configuration: JSON values under (mesh, app, key)

@@ -5,8 +5,9 @@
 - Downloading asks the hub for the entry and its sources, then fetches the missing chunks from every source at once
   (`Fetcher`), each checked against its hash; verified chunks stay on disk, so an interrupted download resumes. Once
   complete (whole-file hash checked too), this endpoint holds the file and announces itself as a source.
-- Serving: peers open `fetch` streams; every chunk request is checked against the file's current ACL from the hub,
-  for the caller the hub asserts from its certificate, and each chunk is verified against its hash before it goes.
+- Serving: peers open `fetch` streams; every chunk request is checked against the file's current ACL from the hub
+  and the mesh's policy (`files/PATH`, `ztm.agent.gate`; both must allow), for the caller its certificate names,
+  and each chunk is verified against its hash before it goes.
   A download in progress serves the chunks it has (a partial holder): it announces them to the hub as a bitmap
   (at most once a second) and answers `not_held` for the others.
 - Direct channels: an agent started with `--direct` also takes `fetch` streams over direct channels
@@ -45,6 +46,7 @@ from ztm.apps.files.store import ChunkStore, Corrupt
 from ztm.apps.files.wire import NotHeld
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Unavailable, ZtmError
 from ztm.filespec import Acl, ChunkSet, FileEntry, Hasher
+from ztm.policy import AppTarget
 from ztm.timefmt import iso
 
 log = logging.getLogger("ztm.files")
@@ -702,6 +704,7 @@ class FilesApp(MeshApp):
             raise NotFound(f"{request.path} was published again; ask the hub for its sources")
         if not filespec.may_read(caller.user, request.path, current.acl):
             raise Forbidden(filespec.read_refusal(caller.user, request.path, current.acl))
+        self.ctx.session.gate.check(caller, AppTarget("files", request.path))  # the mesh's policy too: both must allow
         if request.index >= len(held.chunks):
             raise BadInput(f"{request.path} has {len(held.chunks)} chunks; there is no chunk {request.index}")
         if partial and request.index not in self.have.get(request.path, ()):

@@ -6,8 +6,10 @@ connection (or each UDP destination of a SOCKS association) becomes one stream, 
 use (`ztm.apps.exits`: its own user's and root's, those of `exit_users`, or exactly the endpoints of `exits`, resolved
 to ids when configured).
 Exit: with targets, the endpoint publishes them (`target/KIND/VALUE`, `exclusion/KIND/VALUE`); for each stream it
-checks the destination against its targets and exclusions and its rules (for the caller's user, as the hub asserts
-it from the certificate), resolves names, connects, and only then accepts; otherwise it refuses with `CODE: reason`,
+checks the destination as the client asked for it against the mesh's policy (`proxy/HOST:PORT`, `ztm.agent.gate`),
+its targets and exclusions and its rules (for the caller's user, from the certificate), resolves names, connects,
+and only then accepts (each live connection or UDP destination tracked by the policy gate, which resets it when a
+new policy no longer allows it); otherwise it refuses with `CODE: reason`,
 which the entrance turns into a SOCKS5 reply code or an HTTP status. Configuration lives in the agent database.
 
 Credentials (`set_auth`): the entrance then requires SOCKS5 username/password (RFC 1929) or HTTP `Proxy-Authorization:
@@ -46,7 +48,9 @@ from ztm.apps.exits import ROOT, ExitPolicy, check_choice
 from ztm.apps.proxy import spec
 from ztm.apps.proxy.spec import Credentials, Destination, ProxyAuth, Refused, Rule, TargetSet
 from ztm.apps.tunnel.app import UDP_QUEUE, counted_splice, udp_flow
+from ztm.apps.tunnel.pipe import reset_socket
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, ZtmError
+from ztm.policy import AppTarget
 
 log = logging.getLogger("ztm.proxy")
 
@@ -476,7 +480,12 @@ class ProxyApp(MeshApp):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CONNECT_BUDGET
+        what = AppTarget("proxy", str(dest))
         try:
+            try:
+                self.ctx.session.gate.check(caller, what)
+            except Forbidden as exc:
+                raise Refused(spec.DENIED, exc.message) from None
             addresses = await self._admit(dest, protocol, caller)
             if protocol == "tcp":
                 reader, writer = await _connect(addresses, dest.port, deadline)
@@ -494,7 +503,16 @@ class ProxyApp(MeshApp):
                 writer.transport.abort()
                 raise
             self.counters["exit:streams"] += 1
-            await self.pipe("exit", reader, writer, stream, peer)
+
+            def close(_reason: str) -> None:
+                stream.reset()
+                reset_socket(writer)
+
+            untrack = self.ctx.session.gate.track(caller, what, close)
+            try:
+                await self.pipe("exit", reader, writer, stream, peer)
+            finally:
+                untrack()
             return
         try:
             stream = await self.ctx.accept(stream_id)
@@ -503,9 +521,16 @@ class ProxyApp(MeshApp):
             raise
         self.counters["exit-udp:streams"] += 1
         paths.count(self.counters, "exit-udp", stream.path)
+
+        def close_udp(_reason: str) -> None:
+            stream.reset()
+            transport.close()
+
+        untrack = self.ctx.session.gate.track(caller, what, close_udp)
         try:
             await udp_flow(stream, queue, transport.sendto, self.counters, "exit-udp")
         finally:
+            untrack()
             transport.close()
 
     async def _refuse(self, stream_id: str, caller: Caller, service: str, refused: Refused) -> None:

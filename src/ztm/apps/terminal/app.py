@@ -4,8 +4,10 @@ users it lists; and, on the opener's side, the stream that carries such a sessio
 Target: sessions are off until this endpoint's owner turns them on here, per mesh (`ztm terminal enable`, local API
 only: no relayed call can), because whoever holds the mesh's CA (its hub operator) can mint the owner's identity.
 When on, a stream for service `shell` or `exec` is accepted only if the caller's user, as the hub asserts it from
-the caller's certificate, is this endpoint's owner (the user of its own certificate) or listed with `--add-user`;
-anyone else is refused with a reason before anything runs. Each session is logged here (who, from which endpoint, what,
+the caller's certificate, is this endpoint's owner (the user of its own certificate) or listed with `--add-user`,
+and the mesh's policy allows it `terminal` here (`ztm.agent.gate`; both must allow); anyone else is refused with a
+reason before anything runs. A live session a new policy no longer allows is told why and ended at once (its
+processes killed as when the opener hangs up). Each session is logged here (who, from which endpoint, what,
 how it ended) and kept in a short in-memory history. Processes run as the agent's OS user, in the agent's HOME.
 Configuration (`enabled`, `shell`, `users`) lives in the agent database and survives restarts.
 """
@@ -30,11 +32,16 @@ from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.e2estream import E2EStream
 from ztm.apps.terminal import session
 from ztm.apps.terminal.protocol import MODES, Decoder, Error, Open, ProtocolError, encode
-from ztm.errors import BadInput, NotFound, ZtmError
+from ztm.errors import BadInput, Forbidden, NotFound, ZtmError
+from ztm.policy import AppTarget
 from ztm.timefmt import iso
 
 log = logging.getLogger("ztm.terminal")
 
+POLICY_TARGET = AppTarget("terminal", "")
+"""What the mesh's policy is asked for a session here (shell and exec alike)."""
+REVOKED_LINGER = 0.5
+"""Seconds a session the policy no longer allows has to deliver its reason before its stream is reset."""
 HISTORY = 50
 """Sessions kept in the in-memory history (`GET .../apps/terminal`)."""
 MAX_USERS = 200
@@ -219,13 +226,21 @@ class TerminalApp(MeshApp):
             )
             await self.ctx.refuse(stream_id, message)
             return
+        try:
+            self.ctx.session.gate.check(caller, POLICY_TARGET)
+        except Forbidden as exc:
+            self.counters["terminal:refused"] += 1
+            await self.ctx.refuse(stream_id, exc.message)
+            return
         stream = await self.ctx.accept(stream_id)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        untrack = self.ctx.session.gate.track(caller, POLICY_TARGET, lambda reason: _revoke(stream, reason))
         try:
             await self._serve(stream, caller, service)
         finally:
+            untrack()
             if task is not None:
                 self._tasks.discard(task)
             stream.reset()
@@ -315,3 +330,17 @@ class TerminalApp(MeshApp):
         if opened.mode == "shell":
             env["TERM"] = opened.term
         return session.Plan(tuple(argv), env, home if Path(home).is_dir() else "/")
+
+
+def _revoke(stream: E2EStream, reason: str) -> None:
+    """End a session the policy no longer allows: the opener is told why (an `Error` frame and the stream's end),
+    then the stream is reset, which ends the session here (its processes get SIGHUP, then SIGKILL)."""
+    data = encode(Error("forbidden", reason))
+    try:
+        if stream.write_nowait(data) == len(data):
+            stream.end_nowait()
+            asyncio.get_running_loop().call_later(REVOKED_LINGER, stream.reset)
+            return
+    except h2.H2Error:
+        pass
+    stream.reset()

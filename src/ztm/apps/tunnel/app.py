@@ -4,9 +4,11 @@ Entrance (inbound): listens on local addresses; each accepted TCP connection (or
 stream through the hub to an exit that offers the same tunnel, chosen round-robin among the online exits it may use
 (`ztm.apps.exits`: its own user's and root's, those of `exit_users`, or exactly `exits` in that order), failing over
 to the next when one refuses or is unreachable. Endpoint references are resolved to ids when configured.
-Exit (outbound): checks the caller against `entrances`/`users` (identities asserted by the hub from certificates),
-connects to a target (round-robin, failing over), and only then accepts the stream, so a refusal reaches the
-entrance's client at once as a closed connection. Configuration lives in the agent database and survives restarts.
+Exit (outbound): checks the caller against `entrances`/`users` (identities asserted by the hub from certificates)
+and the mesh's policy (`tunnel/tcp/NAME` or `tunnel/udp/NAME`, `ztm.agent.gate`: both must allow), connects to a
+target (round-robin, failing over), and only then accepts the stream, so a refusal reaches the entrance's client at
+once as a closed connection. Each live connection and UDP flow is tracked by the policy gate, which resets it at
+once when a new policy no longer allows it. Configuration lives in the agent database and survives restarts.
 
 Direct path: a TCP connection, and a UDP flow (one stream for its whole life), goes first over a direct channel
 (`ztm.agent.direct`) when the exit has one (`ztm.agent.apps.open_direct_first` decides); it is the same end-to-end
@@ -36,10 +38,11 @@ from ztm.agent.mesh import Traffic
 from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy
 from ztm.apps.tunnel.credit import CreditWaits
-from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, splice_socket
+from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, reset_socket, splice_socket
 from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
 from ztm.e2e import SUITE
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
+from ztm.policy import AppTarget
 
 ENCRYPTION = f"end to end ({SUITE}), relayed or direct"
 """How a tunnel's connections are protected, shown by `ztm tunnel describe` (PROTOCOL.md sections 9 and 11)."""
@@ -370,6 +373,7 @@ class TunnelApp(MeshApp):
                 raise Forbidden(f"endpoint {caller.name!r} is not an allowed entrance of {key}")
             if spec.users and caller.user not in spec.users:
                 raise Forbidden(f"user {caller.user!r} is not allowed to use {key}")
+            self.ctx.session.gate.check(caller, policy_target(tunnel))
         except ZtmError as exc:
             self.counters[f"{service}:refused"] += 1
             log.warning(
@@ -428,7 +432,16 @@ class TunnelApp(MeshApp):
         except (ZtmError, h2.H2Error, TimeoutError):
             writer.transport.abort()
             raise
-        await self._pipe(key, reader, writer, stream, caller.ep_id, caller.name)
+
+        def close(_reason: str) -> None:
+            stream.reset()
+            reset_socket(writer)
+
+        untrack = self.ctx.session.gate.track(caller, policy_target(spec.tunnel), close)
+        try:
+            await self._pipe(key, reader, writer, stream, caller.ep_id, caller.name)
+        finally:
+            untrack()
 
     async def _exit_udp(self, stream_id: str, caller: Caller, key: str, spec: Outbound) -> None:
         loop = asyncio.get_running_loop()
@@ -448,10 +461,22 @@ class TunnelApp(MeshApp):
             raise
         self.counters[f"{key}:streams"] += 1
         paths.count(self.counters, key, stream.path)
+
+        def close(_reason: str) -> None:
+            stream.reset()
+            transport.close()
+
+        untrack = self.ctx.session.gate.track(caller, policy_target(spec.tunnel), close)
         try:
             await udp_flow(stream, queue, transport.sendto, self.counters, key)
         finally:
+            untrack()
             transport.close()
+
+
+def policy_target(tunnel: TunnelName) -> AppTarget:
+    """What the mesh's policy is asked for a stream to this exit: `tunnel/tcp/NAME` or `tunnel/udp/NAME`."""
+    return AppTarget("tunnel", f"{tunnel.protocol}/{tunnel.name}")
 
 
 class _UdpExit(asyncio.DatagramProtocol):
