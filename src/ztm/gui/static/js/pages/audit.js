@@ -12,9 +12,16 @@ function when(at) {
   return Number.isNaN(t) ? String(at ?? "–") : new Date(t).toISOString().replace("T", " ").slice(0, 19);
 }
 
+// `note: first · sha256: ad99f42633ea… · tests: 1`: an entry's detail on one wrapping line (hashes shortened; the
+// whole entry is in `ztm get audit -o json`).
 function detailText(detail) {
   if (detail === null || detail === undefined || detail === "") return "";
-  return typeof detail === "string" ? detail : JSON.stringify(detail);
+  if (typeof detail !== "object" || Array.isArray(detail)) return JSON.stringify(detail);
+  const show = (v) => {
+    const text = typeof v === "string" ? v : JSON.stringify(v);
+    return /^[0-9a-f]{40,}$/.test(text) ? `${text.slice(0, 12)}…` : text;
+  };
+  return Object.entries(detail).map(([k, v]) => `${k}: ${show(v)}`).join(" · ");
 }
 
 export async function render(ctx) {
@@ -53,12 +60,12 @@ export async function render(ctx) {
         table(
           [
             { label: "#", class: "num", cell: (e) => String(e.seq) },
-            { label: "Time (UTC)", cell: (e) => h("span", { class: "mono small" }, when(e.at)) },
+            { label: "Time (UTC)", class: "nowrap", cell: (e) => h("span", { class: "mono small" }, when(e.at)) },
             { label: "Actor", cell: (e) => e.actor || "–" },
             { label: "From", cell: (e) => e.actor_ep || "–" },
-            { label: "Action", cell: (e) => h("span", { class: e.action === "denied" ? "chip bad-text" : "chip" }, e.action) },
+            { label: "Action", class: "nowrap", cell: (e) => h("span", { class: e.action === "denied" ? "chip bad-text" : "chip" }, e.action) },
             { label: "Target", cell: (e) => e.target || "" },
-            { label: "Detail", cell: (e) => h("span", { class: "mono small" }, detailText(e.detail)) },
+            { label: "Detail", class: "detail", cell: (e) => h("span", { class: "small", title: JSON.stringify(e.detail) }, detailText(e.detail)) },
           ],
           entries,
           { testid: "audit", empty: "No audit entry matches." },

@@ -75,7 +75,7 @@ export async function render(ctx) {
   }
 
   // ---- draft: validate and test (dry run), set ----
-  const draft = h("textarea", { rows: 16, spellcheck: "false", class: "mono", "data-testid": "policy-draft", "aria-label": "draft policy" });
+  const draft = h("textarea", { rows: 16, wrap: "off", spellcheck: "false", class: "mono", "data-testid": "policy-draft", "aria-label": "draft policy" });
   const note = h("input", { placeholder: "why (shown in the history)", autocomplete: "off", "data-testid": "policy-note", "aria-label": "note" });
   const result = h("div", { "data-testid": "policy-result" });
   const preview = h("div");
@@ -125,7 +125,7 @@ export async function render(ctx) {
         field("Policy text", draft),
         admin ? field("Note", note) : null,
         h("div", { class: "actions" },
-          h("button", { type: "button", class: "small", onclick: () => { draft.value = policy.text || EXAMPLE; drawDraftPreview(); clear(result); } }, policy.version ? "Reset to the version in force" : "Start from an example"),
+          h("button", { type: "button", class: "small", title: "the text in force, or an example when there is none", onclick: () => { draft.value = policy.text || EXAMPLE; drawDraftPreview(); clear(result); } }, "Reset the draft"),
           h("button", { type: "button", "data-testid": "policy-test", onclick: (e) => submit(e.currentTarget, true) }, "Validate and test"),
           admin
             ? h("button", { type: "button", class: "primary", "data-testid": "policy-set", onclick: (e) => submit(e.currentTarget, false) }, "Set policy")
@@ -248,11 +248,16 @@ export async function render(ctx) {
     if (!ctx.live()) return;
     drawCurrent();
     drawHistory(versions);
-    if (!draftBox.contains(document.activeElement) && !draft.value) draft.value = policy.text || EXAMPLE;
-    drawDraft();
+    if (!draft.value && document.activeElement !== draft) draft.value = policy.text || EXAMPLE;
+    if (isAdmin() !== drawnAsAdmin) { // redrawn only when it changes: a redraw would take the focus from the draft
+      drawnAsAdmin = isAdmin();
+      drawDraft();
+    }
     await drawLocal();
   }
 
+  let drawnAsAdmin = null;
   drawCheck();
   await refresh();
+  ctx.every(5000, refresh); // a version set elsewhere; this endpoint gets a new one from its hub a moment later
 }
