@@ -72,8 +72,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def in_force(agent: Agent) -> dict[str, Any]:
-    got = agent.cli_json("policy", "get")
-    assert isinstance(got, dict), got
+    """The version in force, from the agent's API (the CLI's own output is checked where it is the subject)."""
+    got: dict[str, Any] = policy_api(agent)[0]
     return got
 
 
@@ -85,8 +85,7 @@ def policy_api(agent: Agent) -> tuple[Any, Any]:
 
 
 def history(agent: Agent) -> list[dict[str, Any]]:
-    got = agent.cli_json("policy", "history")
-    assert isinstance(got, list), got
+    got: list[dict[str, Any]] = policy_api(agent)[1]
     return got
 
 
@@ -237,26 +236,19 @@ def test_get_audit_shows_the_actions_done(world: World) -> None:
         (["policy", "set", "{tmp}/missing.hujson"], "ztm: policy file {tmp}/missing.hujson does not exist"),
         (["policy", "set", "{tmp}"], "is a directory, not a file"),
         (["policy", "set", "{tmp}/latin1.hujson"], "is not UTF-8 text (byte 0xe9 on line 2): save it as UTF-8"),
-        (["policy", "test", "{tmp}/latin1.hujson"], "is not UTF-8 text"),
-        (["policy", "diff", "{tmp}/missing.hujson"], "does not exist"),
         (
             ["policy", "set", "{tmp}/syntax.hujson"],
             "ztm: {tmp}/syntax.hujson: policy line 5, column 3: unknown key 'acl'",
         ),
         (["policy", "test", "{tmp}/syntax.hujson"], "policy line 5, column 3"),
         (["get", "audit", "--since", "yesterday"], "ztm get: argument --since: expected unix seconds"),
-        (["get", "audit", "--since", "-5"], "argument --since"),
         (["get", "audit", "--user", "Bob!"], "argument --user: invalid user"),
         (["get", "audit", "bob"], "ztm get audit takes no NAME"),
         (["policy", "check", "--from", "Bob Smith", "--to", "db-1", "terminal"], "argument --from: invalid caller"),
-        (["policy", "check", "--from", "bob@", "--to", "db-1", "terminal"], "argument --from: invalid caller"),
         (["policy", "check", "--from", "bob", "--to", "db-1", "tunel/tcp/pg"], "invalid app target 'tunel/tcp/pg'"),
         (["policy", "check", "--from", "bob", "--to", "no such", "terminal"], "argument --to: invalid"),
-        (["policy", "check", "--from", "bob", "terminal"], "the following arguments are required: --to"),
         (["policy", "check", "--from", "bob", "--to", "nobody", "terminal"], "no endpoint named 'nobody'"),
-        (["policy", "rollback", "zero"], "argument N: expected a whole number"),
         (["policy", "rollback", "999"], "999"),
-        (["policy", "get", "--version", "999"], "999"),
         (["policy", "set", "{tmp}/p1.hujson", "--note", "two\nlines"], "a note is one line"),
     ],
 )
@@ -280,3 +272,43 @@ def test_json_output_is_the_apis(world: World) -> None:
     entry = world.root.cli_json("get", "audit", "--limit", "1")[0]
     assert set(entry) == {"seq", "at", "hub", "actor", "actor_ep", "action", "target", "detail", "source"}
     assert json.loads(world.root.cli("policy", "get", "-o", "json").stdout)["version"] == policy["version"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [
+        ("POST", "/policy", {"text": "{}", "dry_run": True, "set_by": "root"}, "unknown field 'set_by'"),
+        ("POST", "/policy", {"dry_run": True}, "missing field 'text'"),
+        ("POST", "/policy", {"text": 42}, "field 'text' must be the policy's text (a string), got int"),
+        ("POST", "/policy", {"text": "{}", "dry_run": "yes"}, "field 'dry_run' must be true or false"),
+        ("POST", "/policy", {"text": "{}", "note": "a\nb"}, "field 'note' must be one line"),
+        ("POST", "/policy", {"text": " " * (1 << 20) + "{}"}, "the policy text is 1048578 bytes; at most 1048576"),
+        ("POST", "/policy", [1], "request body must be a JSON object"),
+        ("POST", "/policy/rollback", {"version": "1"}, "version must be a whole number from 1 to"),
+        ("POST", "/policy/rollback", {"version": 1, "force": True}, "unknown field 'force'"),
+        ("POST", "/policy/check", {"from": "bob", "to": "db-1"}, "missing field 'target'"),
+        ("POST", "/policy/check", {"from": "Bob", "to": "db-1", "target": "terminal"}, "invalid caller 'Bob'"),
+        ("POST", "/policy/check", {"from": "bob", "to": "tag:", "target": "terminal"}, "invalid tag 'tag:'"),
+        ("GET", "/policy?version=1%26user%3Droot", None, "query parameter 'version' must be a whole number"),
+        ("GET", "/audit?since=yesterday", None, "query parameter 'since' must be unix seconds"),
+        ("GET", "/audit?user=root%26limit%3D1", None, "invalid user name 'root&limit=1'"),
+        ("GET", "/audit?limit=0", None, "query parameter 'limit' must be a whole number from 1 to 10000"),
+        ("GET", "/audit?seq=1", None, "unknown query parameter 'seq'"),
+    ],
+)
+def test_the_agent_api_checks_requests_before_they_leave(
+    world: World, method: str, path: str, body: Any, expected: str
+) -> None:
+    before = policy_api(world.root)
+    status, got = world.root.api(method, f"/api/meshes/{MESH}{path}", body)
+    assert status == 400, (status, got)
+    assert expected in got["error"] and "\n" not in got["error"], got
+    assert policy_api(world.root) == before
+
+
+def test_a_policy_body_may_exceed_the_apis_usual_limit(world: World) -> None:
+    """1 MiB of policy text is more than 1 MiB of JSON once escaped: the pass-through takes it to the hub."""
+    text = "{}\n//" + '"' * ((1 << 20) - 6) + "\n"
+    assert len(text.encode()) == 1 << 20
+    status, got = world.root.api("POST", f"/api/meshes/{MESH}/policy", {"text": text, "dry_run": True}, timeout=30)
+    assert (status, got) == (200, {"version": 0, "tests": 0}), (status, str(got)[:200])

@@ -75,12 +75,15 @@ def add_routes(app: web.Application, agent: Agent, reply: Json) -> None:
 
 async def policy_body(request: web.Request) -> dict[str, Any]:
     """The JSON object of a request that may carry a whole policy text (larger than the API's usual body limit)."""
+    too_large = f"request body larger than {MAX_POLICY_BODY} bytes: a policy text is at most {MAX_POLICY_BYTES}"
     if request.content_length is not None and request.content_length > MAX_POLICY_BODY:
-        raise BadInput(f"request body larger than {MAX_POLICY_BODY} bytes: a policy text is at most {MAX_POLICY_BYTES}")
-    raw = await request.content.read(MAX_POLICY_BODY + 1)
-    if len(raw) > MAX_POLICY_BODY:
-        raise BadInput(f"request body larger than {MAX_POLICY_BODY} bytes: a policy text is at most {MAX_POLICY_BYTES}")
-    return validate.json_object(raw)
+        raise BadInput(too_large)
+    raw = bytearray()
+    while chunk := await request.content.read(64 * 1024):
+        raw += chunk
+        if len(raw) > MAX_POLICY_BODY:
+            raise BadInput(too_large)
+    return validate.json_object(bytes(raw))
 
 
 def only(body: Mapping[str, Any], known: set[str], shape: str) -> None:
