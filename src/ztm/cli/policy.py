@@ -379,7 +379,12 @@ def _history(ctx: Context) -> int:
 
 def _rollback(ctx: Context) -> int:
     version: int = ctx.args.version
-    res = expect_obj(ctx.client().post(ctx.mesh_path("policy", "rollback"), {"version": version}), "rollback")
+    try:
+        res = expect_obj(ctx.client().post(ctx.mesh_path("policy", "rollback"), {"version": version}), "rollback")
+    except BadInput as exc:
+        if exc.message.startswith("policy refused"):  # its tests fail with today's endpoints and tags
+            raise BadInput(f"version {version}: {exc.message}; nothing was changed") from None
+        raise
     if ctx.json:
         ctx.print_json(res)
         return 0
