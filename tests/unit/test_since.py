@@ -16,7 +16,7 @@ NOW = 1_796_652_000.0  # 2026-12-07T14:00:00Z
 SPANS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-@given(st.integers(min_value=0, max_value=int(MAX_UNIX)))
+@given(st.integers(min_value=0, max_value=int(MAX_UNIX) - 1))
 def test_unix_seconds_are_taken_as_they_are(seconds: int) -> None:
     assert parse_since(str(seconds), NOW) == seconds
     assert parse_since(f" {seconds}.5 ", NOW) == seconds + 0.5
@@ -77,3 +77,9 @@ def test_refusals_say_what_is_accepted(text: str) -> None:
         parse_since(text, NOW)
     message = str(raised.value)
     assert "unix seconds" in message or "out of range" in message or "before 1970" in message, message
+
+
+def test_the_last_second_is_9999() -> None:
+    assert parse_since(str(int(MAX_UNIX)), NOW) == MAX_UNIX
+    with pytest.raises(ValueError, match="out of range"):
+        parse_since(f"{int(MAX_UNIX)}.5", NOW)
