@@ -137,3 +137,31 @@ def test_roots_browser_shows_the_html_as_text(world: World, chromium: Any) -> No
         assert not errors, errors
     finally:
         page.close()
+
+
+OPEN = '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}'
+
+
+@pytest.mark.parametrize(
+    ("token", "headers", "status"),
+    [
+        ("", {}, 401),  # another local program without the token
+        (None, {"Origin": "http://127.0.0.1:1"}, 403),  # a page of another origin, even with the token
+        (None, {"Host": "evil.example:80"}, 403),  # DNS rebinding
+        ("", {"Content-Type": "text/plain"}, 401),  # a "simple" cross-site POST carries no credential
+    ],
+)
+def test_nobody_sets_the_policy_through_roots_agent_without_its_credential(
+    world: World, token: str | None, headers: dict[str, str], status: int
+) -> None:
+    """The policy routes sit behind the agent API's guard like every route: a request that could come from a web
+    page or another local program, setting an open policy in root's name, is refused and changes nothing."""
+    before = world.root.api("GET", f"/api/meshes/{MESH}/policy")[1]
+    for method, path, body in (
+        ("POST", "/policy", {"text": OPEN, "note": "csrf"}),
+        ("POST", "/policy/rollback", {"version": 1}),
+        ("GET", "/audit", None),
+    ):
+        got, answer = world.root.api(method, f"/api/meshes/{MESH}{path}", body, token=token, headers=headers)
+        assert got == status, (method, path, got, answer)
+    assert world.root.api("GET", f"/api/meshes/{MESH}/policy")[1] == before
