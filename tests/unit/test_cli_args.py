@@ -114,7 +114,10 @@ def test_unknown_command(run: Callable[..., Result]) -> None:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["get"], "ztm get: the following arguments are required: mesh|hub|ep|app|file|audit; run 'ztm help get' for usage"),
+        (
+            ["get"],
+            "ztm get: the following arguments are required: mesh|hub|ep|app|file|audit; run 'ztm help get' for usage",
+        ),
         (["get", "toaster"], "ztm get: argument mesh|hub|ep|app|file|audit: unknown kind 'toaster'"),
         (["get", "ep", "--bogus"], "ztm get: unrecognized arguments: --bogus; run 'ztm help get' for usage"),
         (["get", "ep", "a", "b"], "ztm get: unrecognized arguments: b"),
