@@ -116,6 +116,22 @@ def test_the_policy_page_says_when_no_policy_is_set(page: Any, world: World, art
     shot(page, artifacts, "20-policy-none")
 
 
+def test_who_may_reach_says_not_available_from_an_agent_without_the_route(page: Any, world: World) -> None:
+    """An agent that does not report its rules (an older one: 404) gets a plain "not available", no error."""
+
+    def older_agent(route: Any) -> None:
+        body = '{"error": "no route GET /api/meshes/m/policy/local", "code": "not_found"}'
+        route.fulfill(status=404, content_type="application/json", body=body)
+
+    page.route("**/api/meshes/m/policy/local", older_agent)
+    try:
+        goto(page, world, "policy")
+        page.wait_for_selector("[data-testid=policy-local] >> text=Not available")
+        assert page.locator("[data-testid=policy-local] .banner.error").count() == 0
+    finally:
+        page.unroute("**/api/meshes/m/policy/local")
+
+
 def test_a_draft_with_a_syntax_error_shows_the_line_and_column(page: Any, world: World, artifacts: Path) -> None:
     goto(page, world, "policy")
     set_draft(page, SYNTAX)
