@@ -23,6 +23,15 @@ from ztm.policy.who import GROUP, TAG, parse_subject
 TOP_KEYS = ("groups", "tagOwners", "acls", "tests", "admins")
 ACL_KEYS = ("action", "src", "dst")
 TEST_KEYS = ("src", "accept", "deny")
+HINTS = {
+    "users": "Tailscale's old 'users' is 'src' here",
+    "ports": "Tailscale's old 'ports' is 'dst' here",
+    "proto": "ztm has no 'proto': write tunnel/tcp/NAME or tunnel/udp/NAME in dst",
+    "hosts": "ztm has no 'hosts': name endpoints, tags or proxy/HOST:PORT in dst",
+    "ssh": "ztm's terminal is the dst part 'terminal'",
+    "grants": "ztm has no 'grants': write acls",
+}
+"""Hints for keys of Tailscale's policy file that ztm does not take (the policy of a Tailscale user moving over)."""
 T = TypeVar("T")
 
 
@@ -53,8 +62,8 @@ def _members(node: Node, where: str, known: tuple[str, ...], required: tuple[str
     found: dict[str, Node] = {}
     for key, value in node.members:
         if key.text not in known:
-            close = difflib.get_close_matches(key.text, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            close = difflib.get_close_matches(key.text, known, n=1) if len(key.text) < 40 else []
+            hint = f"{HINTS[key.text]}; " if key.text in HINTS else f"did you mean {close[0]!r}? " if close else ""
             raise _error(key, f"unknown key {_show(key.text)} in {where} ({hint}known: {', '.join(known)})")
         found[key.text] = value
     for name in required:
@@ -244,6 +253,8 @@ def _tests(node: Node, owners: dict[str, frozenset[str]]) -> tuple[tuple[Check, 
             _tag(src, src.text, owners)
         else:
             _checked(src, parse_subject, src.text)
+        if "accept" not in fields and "deny" not in fields:
+            raise _error(item, f'{where} has neither "accept" nor "deny": add what {src.text} must reach or not')
         for key in ("accept", "deny"):
             if key in fields:
                 for entry in _strings(fields[key], f"{where}.{key}", '["tag:db:tunnel/tcp/pg"]'):

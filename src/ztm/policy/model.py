@@ -3,8 +3,9 @@
 `Policy.load(text)` parses the HuJSON text (`ztm.policy.hujson`), checks and compiles it (`ztm.policy.check`) or
 raises `PolicyError` with the line and column of the first problem. `decide(who, where, what)` finds the first rule,
 in file order, with a `src` entry matching the caller and a `dst` entry matching the place and the app target: that
-rule allows it, and its line is reported; no such rule means denied (default deny). Decisions are memoised per
-policy in a bounded dict, so a repeated decision costs one lookup whatever the number of rules.
+rule allows it, and its line is reported; no such rule means denied (default deny). The rules that can decide are
+found through a `RuleIndex` (lookups by caller and by place, not a scan of every rule), and decisions are memoised
+per policy in a bounded dict, so a repeated decision costs one lookup whatever the number of rules.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from dataclasses import dataclass
 from ztm.policy.check import Spec, load_spec
 from ztm.policy.errors import PolicyError
 from ztm.policy.hujson import parse
-from ztm.policy.rules import Check, Rule
-from ztm.policy.target import KINDS, AppTarget
+from ztm.policy.index import RuleIndex
+from ztm.policy.rules import Check, Dst, Rule, Src
+from ztm.policy.target import AppTarget
 from ztm.policy.who import Place, Subject, parse_subject
 
 MAX_POLICY_BYTES = 1 << 20
@@ -61,11 +63,10 @@ class Policy:
         self.admins: frozenset[str] = spec.admins
         self._spec = spec
         self._rules: tuple[Rule, ...] = spec.rules
-        self._by_kind: dict[str, tuple[Rule, ...]] = {
-            kind: tuple(r for r in spec.rules if any(kind in d.part.kinds for d in r.dsts)) for kind in KINDS
-        }
+        self._index = RuleIndex(spec.rules)
         self._memo: dict[tuple[Subject, Place, AppTarget], Decision] = {}
         self._denied = Decision(False, 0, "", version)
+        self._allowing: dict[tuple[int, int, int], Decision] = {}  # per (rule, src, dst): at most every entry pair
 
     @classmethod
     def load(cls, text: str, version: int = 0) -> Policy:
@@ -114,26 +115,35 @@ class Policy:
         return decision
 
     def _decide(self, who: Subject, where: Place, what: AppTarget) -> Decision:
-        for rule in self._by_kind.get(what.kind, ()):
+        for number in self._index.candidates(who, where, {what.kind}):
+            rule = self._rules[number]
             src = next((s for s in rule.srcs if s.matches(who)), None)
             if src is None:
                 continue
             dst = next((d for d in rule.dsts if d.matches(where, what)), None)
             if dst is not None:
-                return Decision(True, rule.line, rule.describe([src], [dst]), self.version)
+                return self._allowed(rule, src, dst)
         return self._denied
+
+    def _allowed(self, rule: Rule, src: Src, dst: Dst) -> Decision:
+        key = (rule.index, id(src), id(dst))
+        found = self._allowing.get(key)
+        if found is None:
+            found = self._allowing[key] = Decision(True, rule.line, rule.describe([src], [dst]), self.version)
+        return found
 
     def decide_kind(self, who: Subject, where: Place, kind: str) -> Decision:
         """Allowed if some rule would allow `who` something of `kind` at `where` (the hub's coarse first line).
         Kind "files" counts files-write rules too (one files stream carries both)."""
         kinds = {kind, "files-write"} if kind == "files" else {kind}
-        for rule in self._rules:
+        for number in self._index.candidates(who, where, kinds):
+            rule = self._rules[number]
             src = next((s for s in rule.srcs if s.matches(who)), None)
             if src is None:
                 continue
             dst = next((d for d in rule.dsts if d.reaches(where) and d.part.kinds & kinds), None)
             if dst is not None:
-                return Decision(True, rule.line, rule.describe([src], [dst]), self.version)
+                return self._allowed(rule, src, dst)
         return self._denied
 
     def may_tag(self, user: str, tag: str) -> bool:
@@ -141,6 +151,8 @@ class Policy:
         if user == ROOT:
             return True
         owners = self._spec.tag_owners.get(tag, frozenset())
+        if user.startswith("group:"):  # a group is not a user
+            return False
         if user in owners:
             return True
         groups = self._spec.groups

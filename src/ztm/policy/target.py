@@ -31,6 +31,7 @@ PART_FORMS = (
     "app/NAME or app/*"
 )
 _HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?")
+_NUMERIC = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -115,7 +116,18 @@ def _host_port(text: str) -> tuple[str, str]:
 def _port(text: str) -> int:
     if not text.isascii() or not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= 65535:
         raise PartError(f"port {text[:12]!r} is not a number from 1 to 65535")
+    if text[0] == "0":
+        raise PartError(f"port {text!r} has a leading zero: write {int(text)}")
     return int(text)
+
+
+def host_name(text: str) -> bool:
+    """True for a DNS host name (letters, digits, '_', '-' in dot-separated labels, an optional final dot) that no
+    resolver reads as an IP address: the last label is not a number (inet_aton takes "10.5", "0x0a000005",
+    "012.0.0.5" and "167772165" as addresses, so those are neither names nor, unless canonical, IPs here)."""
+    if not _HOST_NAME.fullmatch(text):
+        return False
+    return not _NUMERIC.fullmatch(text.rstrip(".").rpartition(".")[2])
 
 
 def _ports(text: str) -> tuple[int, int]:
@@ -154,7 +166,7 @@ def _proxy_target(detail: str) -> tuple[IpAddress | None, str, int] | None:
     address = _ip(host)
     if address is not None:
         return address, "", first
-    if not _HOST_NAME.fullmatch(host):
+    if not host_name(host):
         return None
     return None, host.lower().rstrip("."), first
 
@@ -242,12 +254,15 @@ class _Proxy(Part):
                 self.network = ipaddress.ip_network(host, strict=True)
             except ValueError as exc:
                 raise PartError(f"{host!r} is not a CIDR such as 10.0.0.0/8 or fd00::/8 ({exc})") from None
-        elif host.startswith("*.") and _HOST_NAME.fullmatch(host[2:]):
+        elif host.startswith("*.") and host_name(host[2:]):
             self.suffix = "." + host[2:].lower().rstrip(".")
-        elif _HOST_NAME.fullmatch(host):
+        elif host_name(host):
             self.name = host.lower().rstrip(".")
         else:
-            raise PartError(f"proxy host {host[:80]!r} is not a host name, *.suffix, an IP, a CIDR or *")
+            raise PartError(
+                f"proxy host {host[:80]!r} is not a host name, *.suffix, an IP, a CIDR or * (an IP is written in "
+                "full: 10.0.0.5, not 10.5 or 012.0.0.5)"
+            )
 
     def matches(self, what: AppTarget) -> bool:
         if what.kind != "proxy":
