@@ -315,3 +315,23 @@ def test_admin_port_exports_json_lines(world: World) -> None:
     assert all(r["seq"] > after for r in exported)
     with urllib.request.urlopen(f"http://{world.admin}/audit", timeout=10) as resp:
         assert json.loads(resp.read().decode().splitlines()[0])["action"] == "hub-start"
+
+
+def test_bad_input_is_a_one_line_400(world: World) -> None:
+    version = current(world)["version"]
+    cases = [
+        ("GET", "/api/audit?since=yesterday", None, "query parameter 'since' must be unix seconds"),
+        ("GET", "/api/audit?since=nan", None, "query parameter 'since' must be unix seconds"),
+        ("GET", "/api/audit?limit=0", None, "limit"),
+        ("GET", "/api/policy?version=x", None, "query parameter 'version' must be a number"),
+        ("POST", "/api/policy", {"note": "no text"}, "missing field 'text'"),
+        ("POST", "/api/policy", {"text": 7}, "field 'text' must be"),
+        ("POST", "/api/policy", {"text": "{}", "note": "x" * 501}, "note is at most 500 characters"),
+        ("POST", "/api/policy/rollback", {"version": "1"}, "version"),
+        ("POST", "/api/policy/check", {"from": "bob", "to": "alice"}, "missing field 'target'"),
+    ]
+    for method, path, body, expected in cases:
+        status, got = call(world.as_root, method, path, body)
+        assert status == 400, (path, body, got)
+        assert expected in got["error"] and "\n" not in got["error"], (path, body, got)
+    assert current(world)["version"] == version

@@ -46,6 +46,7 @@ def test_a_hub_with_joined_agents_moves_whole(
     async def add_file() -> None:
         store = SqliteStore(db)
         await store.save_file("/users/bob/a.txt", '{"path": "/users/bob/a.txt"}')
+        await store.add_policy("{}", "root", "first")
         await store.close()
 
     asyncio.run(add_file())
@@ -57,6 +58,12 @@ def test_a_hub_with_joined_agents_moves_whole(
             snap = await migrate(hub.data, target, KEY)
             counts = snapshot_counts(snap)
             assert await target.files() == ['{"path": "/users/bob/a.txt"}']
+            # the policy versions and the audit log move too, and new audit rows continue after the old ones
+            assert [(p.version, p.text, p.note) for p in await target.policy_versions()] == [(1, "{}", "first")]
+            moved = await target.audit(limit=1 << 30)
+            assert counts["audit"] == len(moved) > 0 and moved[0].action == "hub-start"
+            assert {"join", "invite", "evict", "label"} <= {r.action for r in moved}
+            assert await target.audit_add(moved[-1]) == moved[-1].seq + 1
             assert counts["endpoints"] == 2 and counts["evicted"] == 1 and "blue" in str(counts["labels"])
             meta = await target.get_meta()
             plain = dict(before["meta"])  # type: ignore[arg-type]

@@ -43,6 +43,9 @@ MAX_FILE_CHUNKS_PER_USER = 1 << 18
 
 POLICY_TEXT_BYTES = MAX_POLICY_BYTES
 """Bytes (UTF-8) of a policy text the hub takes (`POST /api/policy`, a draft in `/api/policy/check`): 1 MiB."""
+EVENT_LINE_BYTES = 1 << 20
+"""The longest event line an agent reads (`ztm.agent.link.MAX_EVENT_LINE`; a longer one ends its session): a policy
+whose `policy` event would be longer is refused, or every agent would be cut off in a loop."""
 POLICY_BODY_BYTES = 6 * POLICY_TEXT_BYTES + 64 * 1024
 """Bytes of the JSON body carrying one: JSON escapes make a text up to six times longer (`\\u00XX`). A body past
 this is refused before it is read whole."""

@@ -17,12 +17,14 @@ No policy set (version 0) means today's behaviour: the apps' own lists decide, a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 from ztm.errors import BadInput, Forbidden, NotFound
+from ztm.hub import limits
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.store import PolicyVersion
 from ztm.policy import Place, Policy, Subject, parse_app_target, parse_subject, tags_of_labels
@@ -42,7 +44,7 @@ NO_POLICY = PolicyVersion(version=0, text="", set_by="", set_at=0.0)
 
 
 def _encode(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
 class HubPolicy:
@@ -53,6 +55,10 @@ class HubPolicy:
         self.record: PolicyVersion = NO_POLICY
         self.line = _encode({"type": "policy", "version": 0, "text": ""})
         """The current `policy` event, encoded once for every session."""
+        self._parsing = asyncio.Semaphore(1)
+        self._drafts = asyncio.Semaphore(1)
+        """Members' drafts (`check`, dry runs) parse one at a time apart from sets: a member who sends drafts in a loop
+        cannot make an admin's set wait behind them."""
 
     @property
     def version(self) -> int:
@@ -66,7 +72,7 @@ class HubPolicy:
         if newest is None or newest.version <= self.version:
             return False
         try:
-            loaded = Policy.load(newest.text, newest.version)
+            loaded = await self._load(newest.text, newest.version)
         except BadInput as exc:  # stored by a hub whose parser accepted it: keep enforcing the one held
             log.error("policy version %d in the store does not load here: %s", newest.version, exc.message)
             return False
@@ -123,7 +129,8 @@ class HubPolicy:
         action = "policy-rollback" if rollback_of else "policy-set"
         if not dry_run:
             await self.require_admin(peer, "roll the policy back" if rollback_of else "set the policy")
-        policy = Policy.load(text, 0)
+        predicted = self.version + 1  # the version it will get unless another hub stores one first
+        policy = await self._load(text, 0 if dry_run else predicted, draft=dry_run)
         tests = policy.tests
         failures = policy.run_tests(self.tags_of)
         if failures:
@@ -136,6 +143,12 @@ class HubPolicy:
             if not dry_run:
                 await self.state.audit.denied(peer, action, "policy", refusal)
             raise Forbidden(refusal)
+        line = len(_encode({"type": "policy", "version": 2**31 - 1, "text": text}))
+        if line > limits.EVENT_LINE_BYTES:
+            raise BadInput(
+                f"this policy's event to the agents would be {line} bytes (the text with JSON escapes: quotes, "
+                f"backslashes, control characters); agents read at most {limits.EVENT_LINE_BYTES}: shorten it"
+            )
         if dry_run:
             return {"version": 0, "tests": tests}
         detail: dict[str, Any] = {"note": note, "sha256": hashlib.sha256(text.encode()).hexdigest(), "tests": tests}
@@ -146,7 +159,7 @@ class HubPolicy:
         self.state.counters["audit_rows"] += 1
         self.state.counters["policy_versions"] += 1
         record = await self.state.store.policy(version) or PolicyVersion(version, text, peer.user, audit.at, note)
-        self._install(record, Policy.load(text, version))
+        self._install(record, policy if version == predicted else await self._load(text, version))
         await self.state.publish("policy", {"version": version})
         log.info("user %s set policy version %d (%d tests passed)%s", peer.user, version, tests,
                  f": {note}" if note else "")  # fmt: skip
@@ -159,7 +172,7 @@ class HubPolicy:
             raise NotFound(f"no policy version {version}; see GET /api/policy/history (ztm policy history)")
         return await self.set(peer, old.text, dry_run=False, note=f"rollback to {version}", rollback_of=version)
 
-    def check(self, source: str, to: str, target: str, text: str | None) -> dict[str, Any]:
+    async def check(self, source: str, to: str, target: str, text: str | None) -> dict[str, Any]:
         """What the policy (or the draft `text`) decides for `source` (USER or USER@EP) reaching `target` at `to`
         (an endpoint name, or tag:NAME for any endpoint with that tag)."""
         what = parse_app_target(target)
@@ -175,7 +188,7 @@ class HubPolicy:
             if ep is None:
                 raise NotFound(f"no endpoint named {to!r} in this mesh; give an endpoint name or tag:NAME")
             where = Place(ep.name, tags_of_labels(ep.labels))
-        policy = Policy.load(text, 0) if text is not None else self.current
+        policy = await self._load(text, 0, draft=True) if text is not None else self.current
         if policy is None:
             return {
                 "allowed": True, "line": 0, "rule": "", "why": "no policy is set: the apps' own lists decide",
@@ -186,6 +199,12 @@ class HubPolicy:
             "allowed": decision.allowed, "line": decision.line, "rule": decision.rule, "why": decision.why(),
             "version": policy.version,
         }  # fmt: skip
+
+    async def _load(self, text: str, version: int, *, draft: bool = False) -> Policy:
+        """Parse in a thread, one text at a time (drafts apart): a long policy takes up to hundreds of ms to compile,
+        which must not stall the relay on the event loop."""
+        async with self._drafts if draft else self._parsing:
+            return await asyncio.to_thread(Policy.load, text, version)
 
     # enforcement at the hub
     def check_tags(self, user: str, labels: list[str]) -> None:
