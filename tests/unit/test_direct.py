@@ -25,9 +25,11 @@ from ztm.addr import Address
 from ztm.agent.apps import Caller
 from ztm.agent.direct import POOL_MAX, DirectServer, DirectUnreachable, MeshDirect
 from ztm.agent.e2e import MeshE2E
+from ztm.agent.gate import PolicyGate
 from ztm.agent.mesh import MeshSession
 from ztm.apps.tunnel.pipe import splice_socket
 from ztm.errors import Forbidden
+from ztm.policy import Place
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -102,6 +104,8 @@ def endpoint(tmp: Path, name: str, ca: Ca, *, trust: Ca | None = None, sign: Ca 
     session.direct = MeshDirect(cast(Any, session))
     session.e2e = MeshE2E(name, signer.mesh_id, signer.cert, key, lambda: session.record.ep_cert)
     session.serve_stream = MethodType(MeshSession.serve_stream, session)
+    session.gate = PolicyGate("m", place=lambda: Place("", frozenset()), peer=lambda _ep_id: None)  # no policy set
+    session._know = MethodType(MeshSession._know, session)
     session.apps["echo"].session = session
     return session
 

@@ -133,6 +133,8 @@ class MeshSession:
         """The mesh's endpoints by id, as the hub describes them (its list at each connection, then its events)."""
         self._peers_task: asyncio.Task[None] | None = None
         self._peers_fresh: set[str] = set()
+        self._peers_stale = True
+        """True until the hub's endpoint list was loaded on this connection (fetched only while a policy is set)."""
         self.labels: list[str] = list(record.labels)
         """This endpoint's labels as the hub last described it (its tags are the policy's place)."""
         self._save_policy = save_policy
@@ -267,7 +269,9 @@ class MeshSession:
                 self._hub_itself(hub)
             if isinstance(event.get("ep"), dict):
                 self._own_labels(event["ep"].get("labels"))
-            self._refresh_peers()
+            self._peers_stale = True
+            if self.gate.policy is not None:
+                self._refresh_peers()
             spawn(self.direct.on_online(), name=f"direct-{self.name}")
             for app in self.apps.values():
                 spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
@@ -279,6 +283,8 @@ class MeshSession:
             log.warning("mesh %s: ignored a policy event without a version number and a text", self.name)
             return
         self._apply_policy(version, text, save=True)
+        if self.gate.policy is not None and self._peers_stale:
+            self._refresh_peers()
 
     def _apply_policy(self, version: int, text: str, *, save: bool) -> None:
         """Enforce policy `version` (0 or an empty text: none is set) from now on; what it no longer allows closes."""
@@ -356,6 +362,7 @@ class MeshSession:
             return
         if not isinstance(found, list):
             return
+        self._peers_stale = False
         for ep in found:
             if isinstance(ep, dict) and isinstance(ep.get("id"), str):
                 if ep["id"] == self.record.ep_id:

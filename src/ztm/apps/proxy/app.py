@@ -445,6 +445,8 @@ class ProxyApp(MeshApp):
                 return await self.ctx.open_stream_direct_first(exit_ep.ep, service, exit_ep.direct, fallback), exit_ep
             except Forbidden as exc:  # the exit refused (over either path): its reason starts with a refusal code
                 refused = Refused.from_reason(exc.message)
+                if exc.message.startswith("policy: "):  # the hub's first line refused it: not allowed, as at the exit
+                    refused = Refused(spec.DENIED, exc.message)
             except Timeout as exc:
                 refused = Refused(spec.TIMEOUT, exc.message)
             except ZtmError as exc:
