@@ -25,6 +25,7 @@ from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.appapi import add_routes as app_routes
 from ztm.agent.metrics import render_metrics
+from ztm.agent.policyapi import add_routes as policy_routes
 from ztm.agent.service import Agent
 from ztm.apps.cloud.api import add_routes as cloud_routes
 from ztm.apps.files.api import add_routes as files_routes
@@ -164,6 +165,7 @@ class AgentApi:
         files_routes(app, self.agent, _json)
         cloud_routes(app, self.agent, _json)
         terminal_routes(app, self.agent, _json)
+        policy_routes(app, self.agent, _json)
         self.gui.add_routes(app)
         return app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -21,6 +22,7 @@ from ztm import validate
 from ztm.addr import Address
 from ztm.config import DEFAULT_HUB_PORT
 from ztm.errors import BadInput
+from ztm.timefmt import parse_since
 
 GLOBAL_VALUE_OPTIONS = ("--agent", "--mesh", "--output", "-o", "--timeout")
 LABEL_RE = re.compile(r"^[A-Za-z0-9_.=:/-]{1,63}$")
@@ -157,6 +159,7 @@ HUB_KINDS = {"hub": ("hubs",)}
 EP_KINDS = {"ep": ("endpoint", "endpoints", "eps")}
 APP_KINDS = {"app": ("apps",)}
 FILE_KINDS = {"file": ("files",)}
+AUDIT_KINDS = {"audit": ("audit-log",)}
 
 
 def address_type(*, default_host: str | None = None, default_port: int | None = None) -> Callable[[str], Address]:
@@ -232,6 +235,17 @@ def seconds_type(text: str) -> float:
 
 
 seconds_type.__name__ = "duration"
+
+
+def since_type(text: str) -> float:
+    """`--since T`: unix seconds, an ISO time or a duration ago (`ztm.timefmt.parse_since`), as unix seconds."""
+    try:
+        return parse_since(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+since_type.__name__ = "time"
 
 
 def output_type(text: str) -> str:
@@ -577,13 +591,20 @@ def configure_leave(p: argparse.ArgumentParser) -> None:
 def configure_get(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "kind",
-        metavar="mesh|hub|ep|app",
-        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS, **FILE_KINDS}),
+        metavar="mesh|hub|ep|app|file|audit",
+        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS, **FILE_KINDS, **AUDIT_KINDS}),
         help="what to list (plurals and endpoint/eps work too; for file, NAME is a path prefix)",
     )
     p.add_argument("name", metavar="NAME", nargs="?", help="show only this one")
     p.add_argument(
         "--available", action="store_true", help="app only: the apps published in the mesh, to 'ztm download app'"
+    )
+    p.add_argument(
+        "--since", metavar="T", type=since_type, help="audit only: from T on (unix seconds, ISO time, or 1h, 2d ago)"
+    )
+    p.add_argument("--user", metavar="USER", type=user_type, help="audit only: the entries of this user")
+    p.add_argument(
+        "--limit", metavar="N", type=int_range(1, 10_000), help="audit only: at most N entries (default 1000)"
     )
 
 

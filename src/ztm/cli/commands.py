@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ztm.cli import files, output
+from ztm.cli import files, output, policy
 from ztm.cli.args import EP_KINDS, UsageError
 from ztm.cli.client import AgentClient, segment
 from ztm.cli.context import Context, UnexpectedAnswer, expect_obj
@@ -122,7 +122,8 @@ def _sort(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 def cmd_get(ctx: Context) -> int:
     kind: str = ctx.args.kind
     name: str | None = ctx.args.name
-    {"mesh": _get_mesh, "hub": _get_hub, "ep": _get_ep, "app": _get_app, "file": files.get_files}[kind](ctx, name)
+    getters = {"mesh": _get_mesh, "hub": _get_hub, "ep": _get_ep, "app": _get_app, "file": files.get_files}
+    {**getters, "audit": policy.get_audit}[kind](ctx, name)
     return 0
 
 

@@ -12,6 +12,7 @@ from ztm.cli import commands as c
 from ztm.cli import daemons as d
 from ztm.cli import files as f
 from ztm.cli import local as loc
+from ztm.cli import policy as pol
 from ztm.cli import proxy as px
 from ztm.cli import terminal as term
 from ztm.cli import tunnel as t
@@ -108,13 +109,15 @@ COMMANDS: list[Command] = [
     Command(
         "get",
         INSPECT,
-        "get mesh|hub|ep|app|file [NAME]",
-        "list meshes, hubs, endpoints or apps",
+        "get mesh|hub|ep|app|file [NAME] | get audit [--since T] [--user U]",
+        "list meshes, hubs, endpoints, apps, or the hub's audit log",
         a.configure_get,
         c.cmd_get,
         "List meshes, the mesh's hubs, its endpoints or the installed apps as a table (or the API's JSON with\n"
-        "-o json). Kinds also accept plurals and aliases: meshes, hubs, endpoint(s), eps, apps.",
-        ("ztm get ep", "ztm get ep bob -o json", "ztm get mesh"),
+        "-o json). Kinds also accept plurals and aliases: meshes, hubs, endpoint(s), eps, apps. 'audit' lists the\n"
+        "hub's audit log, oldest first (root and policy admins only): --since T (unix seconds, an ISO time, or a\n"
+        "duration ago such as 1h or 2d) and --user USER narrow it.",
+        ("ztm get ep", "ztm get ep bob -o json", "ztm get mesh", "ztm get audit --since 1h --user bob"),
     ),
     Command(
         "describe",
@@ -203,6 +206,16 @@ COMMANDS: list[Command] = [
         c.cmd_evict,
         "Evict USER from the mesh: their certificates are refused from now on and their live sessions closed.",
         ("ztm evict alice",),
+    ),
+    Command(
+        "policy",
+        MANAGE,
+        "policy get|set|test|diff|history|rollback|check|help ...",
+        "the mesh's access policy: view, test, set, roll back, and ask why",
+        pol.configure_policy,
+        pol.cmd_policy,
+        pol.DESCRIPTION,
+        pol.EXAMPLES,
     ),
     Command(
         "root-admin",

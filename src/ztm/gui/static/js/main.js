@@ -3,8 +3,8 @@
 import { ApiError, get, signIn, signOut, whenSignedOut } from "./api.js";
 import { clear, errorBanner, h, statusBadge } from "./ui.js";
 
-const PAGES = ["meshes", "endpoints", "apps", "tunnel", "proxy", "terminal", "files", "logs", "settings"];
-const NEEDS_MESH = new Set(["endpoints", "apps", "tunnel", "proxy", "terminal", "files"]);
+const PAGES = ["meshes", "endpoints", "apps", "tunnel", "proxy", "terminal", "files", "policy", "audit", "logs", "settings"];
+const NEEDS_MESH = new Set(["endpoints", "apps", "tunnel", "proxy", "terminal", "files", "policy", "audit"]);
 const SIGNIN_REASONS = {
   expired: "That sign-in link was used already or has expired. Run 'ztm gui' for a new one.",
   wrong: "That code or token is not right. Run 'ztm gui' for a new link.",
