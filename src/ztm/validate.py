@@ -157,3 +157,19 @@ def _kind_name(kind: type[Any]) -> str:
     return {str: "a string", int: "a number", bool: "true or false", list: "a list", dict: "an object"}.get(
         kind, kind.__name__
     )
+
+
+MAX_NOTE = 500
+"""Characters of a note (a policy version's `--note`): one line, shown in `ztm policy history` and the hub's log."""
+
+
+def note(value: object) -> str:
+    """An optional note: one line of at most `MAX_NOTE` printable characters (no control characters: it is printed
+    in terminals and written to logs); "" when absent."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadInput(f"field 'note' must be a string, got {type(value).__name__}")
+    if len(value) > MAX_NOTE or not value.isprintable():
+        raise BadInput(f"field 'note' must be one line of at most {MAX_NOTE} characters that are printable")
+    return value

@@ -283,3 +283,15 @@ def test_a_member_publishes_only_where_the_policy_lets_him_write(world: World, t
     assert cp.returncode != 0 and "to unpublish it" in cp.stderr, cp.stderr
     status, listed = world.as_root.json("GET", "/api/files")
     assert status == 200 and "/shared/bob/notes.txt" in json.dumps(listed), listed
+
+
+def test_an_admin_cannot_write_lines_into_the_hubs_log_through_a_note(world: World) -> None:
+    """A policy admin talking to the hub directly (not through an agent, which checks the note first) sends a note
+    with a newline and escape sequences: refused with 400, nothing stored, the hub's log gets no forged line."""
+    before = current(world)
+    forged = "ok\n2026-12-07 00:00:00 INFO ztm.hub: user root set policy version 99\x1b[2J"
+    status, got = world.as_carol.json("POST", "/api/policy", {"text": POLICY, "note": forged})
+    assert status == 400, got
+    assert got["error"] == "field 'note' must be one line of at most 500 characters that are printable", got
+    assert current(world) == before
+    assert "set policy version 99" not in world.hub.proc.output()

@@ -25,8 +25,6 @@ from ztm.policy.who import TAG
 
 Json = Callable[[Any, int], web.Response]
 
-MAX_NOTE = 500
-"""Characters of a policy version's note (`--note`): one line, shown in `ztm policy history`."""
 MAX_VERSION = 2**31 - 1
 MAX_AUDIT_LIMIT = 10_000
 MAX_POLICY_BODY = 6 * MAX_POLICY_BYTES + 64 * 1024
@@ -101,14 +99,7 @@ def policy_text(value: object, what: str = "text") -> str:
     return value
 
 
-def note(value: object) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise BadInput(f"field 'note' must be a string, got {type(value).__name__}")
-    if len(value) > MAX_NOTE or not value.isprintable():
-        raise BadInput(f"field 'note' must be one line of at most {MAX_NOTE} printable characters")
-    return value
+note = validate.note
 
 
 def set_request(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -379,9 +379,7 @@ class HubRoutes:
     async def post_policy(self, req: Request) -> Any:
         body = await self._policy_body(req)
         dry_run = validate.field(body, "dry_run", bool, default=False)
-        note = validate.field(body, "note", str, default="")
-        if len(note) > 500:
-            raise BadInput("note is at most 500 characters")
+        note = validate.note(body.get("note"))
         return await self.state.policy.set(req.peer, _policy_text(body, "text"), dry_run=dry_run, note=note)
 
     async def get_policy_history(self, req: Request) -> Any:
