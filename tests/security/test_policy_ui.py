@@ -1,9 +1,9 @@
 """Attacks on the people who read the policy and the audit log (issue 16), with real processes and real TLS.
 
 The attacker is bob, a member whom root made a policy admin (`"admins": ["bob"]`): he may set the policy, and he
-talks to the hub with his own certificate directly (not through his agent, which would refuse a note with control
-characters). He sets a policy whose comment, and whose note, carry terminal escape sequences (retitle the window,
-clear the screen) and HTML with a script. The victims are root at a terminal (`ztm policy get|history|diff`,
+talks to the hub with his own certificate directly (not through his agent). He sets a policy whose comment carries
+terminal escape sequences (retitle the window, clear the screen) and HTML with a script, and whose note carries the
+HTML (the hub refuses control characters in a note: tests/security/test_policy_hub.py). The victims are root at a terminal (`ztm policy get|history|diff`,
 `ztm get audit`) and root in the web GUI (the Policy and Audit pages, in chromium): the escape sequences must reach
 root's terminal as visible text, never as bytes the terminal obeys, and the HTML must show as text, never run.
 """
@@ -32,7 +32,7 @@ HOSTILE = (
     '  "acls": [{"action": "accept", "src": ["*"], "dst": ["*:files/shared/"]}],\n'
     "}\n"
 )
-NOTE = f"{ESCAPES} {HTML}"
+NOTE = HTML
 
 
 @dataclass
@@ -92,6 +92,9 @@ def test_the_hostile_policy_is_in_force(world: World) -> None:
 def test_roots_terminal_gets_the_escapes_as_text(world: World, args: tuple[str, ...]) -> None:
     got = world.root.cli(*[a.replace("{tmp}", str(world.tmp)) for a in args])
     _no_raw_escapes(got.stdout + got.stderr, "ztm " + " ".join(args))
+    if args[:2] in (("policy", "history"), ("get", "audit")):  # the note, not the text: no escapes to show
+        assert "window.__pwned=1" in got.stdout, got.stdout
+        return
     assert re.search(r"\\(x1b|u001b)\]0;owned by bob", got.stdout), got.stdout  # shown, escaped, where it was
     assert got.stdout.count("\n") < 40  # no line of the text was turned into many
 
