@@ -3,9 +3,10 @@
 The attacker is bob, a member whom root made a policy admin (`"admins": ["bob"]`): he may set the policy, and he
 talks to the hub with his own certificate directly (not through his agent). He sets a policy whose comment carries
 terminal escape sequences (retitle the window, clear the screen) and HTML with a script, and whose note carries the
-HTML (the hub refuses control characters in a note: tests/security/test_policy_hub.py). The victims are root at a terminal (`ztm policy get|history|diff`,
-`ztm get audit`) and root in the web GUI (the Policy and Audit pages, in chromium): the escape sequences must reach
-root's terminal as visible text, never as bytes the terminal obeys, and the HTML must show as text, never run.
+HTML (the hub refuses control characters in a note: tests/security/test_policy_hub.py). The victims are root at a
+terminal (`ztm policy get|history|diff`, `ztm get audit`) and root in the web GUI (the Policy and Audit pages, in
+chromium): the escape sequences must reach root's terminal as visible text, never as bytes the terminal obeys, and
+the HTML must show as text, never run.
 """
 
 from __future__ import annotations
