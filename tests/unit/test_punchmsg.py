@@ -400,3 +400,33 @@ def test_fd_limit_is_raised_or_k_capped() -> None:
         assert (k == 512 and now == hard) or k == (now - FD_SPARE) // 2  # raised to the hard limit, or K capped
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_burst_is_paced() -> None:
+    """The 2 K SYNs of a burst go out in `BATCHES` batches over `SPREAD` seconds, not in one millisecond."""
+    import asyncio
+    import time
+
+    import uvloop
+
+    from ztm.agent.punch import BATCHES, SPREAD
+
+    async def main() -> None:
+        port = PunchPort(socket.AF_INET)
+        try:
+            plan = punchmsg.Spray(("127.0.0.1", 1), "127.0.0.1", tuple(range(2, 66)), 64)
+            start = time.monotonic()
+            attempt = port.attempt([], plan)
+            await asyncio.sleep(0)
+            first = attempt.sprayed
+            while attempt.sprayed < 128 and time.monotonic() - start < 5:
+                await asyncio.sleep(0.005)
+            took = time.monotonic() - start
+            assert 0 < first <= -(-128 // BATCHES), first  # one batch at a time
+            assert attempt.sprayed == 128 and took >= SPREAD * 0.8, (attempt.sprayed, took)
+        finally:
+            port.close()
+            await asyncio.sleep(0.01)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
