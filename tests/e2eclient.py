@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 
 from ztm import h2, pki
 from ztm.agent.direct_outer import DirectConn, DirectOuter
 from ztm.agent.e2e import MeshE2E
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.punchmsg import SEEN_HEADER
 from ztm.agent.tls import MeshFiles
 from ztm.errors import from_json
 from ztm.version import E2E_VERSION
@@ -33,17 +35,29 @@ def layer_of(files: MeshFiles, name: str = "test") -> MeshE2E:
     return layer
 
 
-async def open_e2e(conn: h2.Connection, layer: MeshE2E, target_id: str, app: str, service: str) -> E2EStream:
-    """An end-to-end stream to `app`/`service` on endpoint `target_id` through the hub behind `conn`."""
-    headers = [("ztm-app", app), ("ztm-service", service), ("ztm-e2e", E2E_VERSION)]
+async def open_e2e(
+    conn: h2.Connection,
+    layer: MeshE2E,
+    target_id: str,
+    app: str,
+    service: str,
+    extra: Sequence[tuple[str, str]] = (),
+) -> E2EStream:
+    """An end-to-end stream to `app`/`service` on endpoint `target_id` through the hub behind `conn` (with `extra`
+    headers on its CONNECT); its `hub_seen` is the hub's `ztm-seen` answer header, if any."""
+    headers = [("ztm-app", app), ("ztm-service", service), ("ztm-e2e", E2E_VERSION), *extra]
     outer = await conn.open_stream("CONNECT", target_id, headers)
+    seen: list[str | None] = []
 
     async def answered() -> None:
-        status, _ = await asyncio.wait_for(outer.response(), 10)
+        status, answer = await asyncio.wait_for(outer.response(), 10)
         if status != 200:
             raise from_json(status, json.loads(await outer.read_all() or b"null"))
+        seen.append(dict(answer).get(SEEN_HEADER))
 
-    return await layer.open(outer, target_id, app, service, answered)
+    stream = await layer.open(outer, target_id, app, service, answered)
+    stream.hub_seen = seen[0] if seen else None
+    return stream
 
 
 def direct_context(folder: Path) -> ssl.SSLContext:

@@ -78,6 +78,12 @@ class AgentConfig:
     p2p_keepalive: float = 5.0
     """`--p2p-keepalive`: seconds between TCP keepalives on idle punched channels: they hold NAT mappings open, and
     after a router lost its mappings (a reboot), the side behind it re-creates them with its next keepalive."""
+    p2p_birthday: int = 512
+    """`--p2p-birthday K`: sockets a side of a birthday attempt towards a peer behind a symmetric NAT, after an
+    ordinary punch to it timed out (0: never; docs/nat-traversal.md)."""
+    p2p_birthday_every: float = 300.0
+    """`--p2p-birthday-every SECONDS`: at most one birthday attempt per peer pair this often, and 4 per agent in twice
+    that time."""
     credit_warn: float = 30.0
     """`--credit-warn`: seconds a stream through the hub may wait for flow-control credit, with the hub alive,
     before the agent logs a warning about it (`ztm.h2.connection.CREDIT_WARN` by default)."""

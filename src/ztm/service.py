@@ -153,6 +153,10 @@ def agent_argv(cfg: AgentConfig, python: str = sys.executable) -> list[str]:
         argv += ["--no-p2p"]
     if cfg.p2p_keepalive != 5.0:
         argv += ["--p2p-keepalive", f"{cfg.p2p_keepalive:g}"]
+    if cfg.p2p_birthday != AgentConfig.p2p_birthday:
+        argv += ["--p2p-birthday", str(cfg.p2p_birthday)]
+    if cfg.p2p_birthday_every != AgentConfig.p2p_birthday_every:
+        argv += ["--p2p-birthday-every", f"{cfg.p2p_birthday_every:g}"]
     if cfg.credit_warn != AgentConfig.credit_warn:
         argv += ["--credit-warn", f"{cfg.credit_warn:g}"]
     if cfg.zone is not None:

@@ -583,16 +583,23 @@ class Lab:
             _cmd([IP, "-n", self.ns(host), "route", "replace", "default", "via", self.plan.default_route[host]])
 
     def start_mesh(
-        self, tmp_path: Path, mesh: str, joins: Mapping[str, str], *, hub_extra: Sequence[str] = ()
+        self,
+        tmp_path: Path,
+        mesh: str,
+        joins: Mapping[str, str],
+        *,
+        hub_extra: Sequence[str] = (),
+        agent_extra: Sequence[str] = (),
     ) -> tuple[support.Hub, dict[str, support.Agent]]:
         """A hub in `datacenter` (listening on 0.0.0.0:8888, named by its lab address) and an agent on each host of
-        `joins` (port 7777 in its namespace), joined to `mesh` as `joins[host]`; the agents start side by side."""
+        `joins` (port 7777 in its namespace, with `agent_extra` arguments), joined to `mesh` as `joins[host]`; the
+        agents start side by side."""
         dc = self.addr("datacenter")
         hub = support.start_hub(tmp_path, netns=self.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888",
                                 extra=hub_extra)  # fmt: skip
 
         def agent_of(host: str) -> support.Agent:
-            agent = support.start_agent(tmp_path, host, netns=self.ns(host), port=7777)
+            agent = support.start_agent(tmp_path, host, netns=self.ns(host), port=7777, extra=agent_extra)
             agent.join(mesh, joins[host], hub.permit)
             return agent
 

@@ -126,7 +126,7 @@ def _forge_caller() -> None:
 
     async def forged_offer(
         self: relay.Relay, session: hubstate.Session, stream: h2.Stream, caller: EndpointRecord,
-        target: EndpointRecord, app: str, service: str,
+        target: EndpointRecord, app: str, service: str, seen: str | None = None,
     ) -> Any:  # fmt: skip
         try:
             forged = self.state.find_endpoint(forged_ref)
@@ -136,7 +136,7 @@ def _forge_caller() -> None:
             log.info("evil hub: telling %s that %s's stream comes from %s", target.name, caller.name, forged.name)
             if name_only:
                 forged = dataclasses.replace(caller, name=forged.name)
-        return await offer(self, session, stream, forged, target, app, service)
+        return await offer(self, session, stream, forged, target, app, service, seen)
 
     relay.Relay._offer = forged_offer  # type: ignore[method-assign]
     if os.environ.get("ZTM_EVIL_FORGE_CALLS", "0") not in ("0", "1"):

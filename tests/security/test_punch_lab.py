@@ -3,9 +3,11 @@
 Mallory is a member with a valid endpoint certificate (the home agent's), sending `punch` calls to the workplace's
 agent over real end-to-end streams (tests/security/punch_caller.py), with candidates chosen to make the workplace
 connect where it should not: its own loopback (its agent API, local services), its router's LAN side (a LAN it
-shares with nobody from outside), a privileged port of a host on the Internet, an invented second mapping. The
-workplace dials none of them (listeners there count every connection: none arrives), counts each refusal by
-reason, and answers a flood of offers only up to its rate limit.
+shares with nobody from outside), a privileged port of a host on the Internet, a "mapping" at an address that is not
+mallory's (the hub attests mallory's real one, its router's: PROTOCOL.md section 13), an invented second mapping.
+The workplace dials none of them (listeners there count every connection: none arrives), counts each refusal by
+reason, and answers a flood of offers only up to its rate limit. (tests/security/test_punch_birthday.py: the same
+for the birthday method's bursts.)
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def world(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         ("workplace", "127.0.0.1", 5555),  # the workplace's own loopback
         ("work-rtr", lab.addr("work-rtr", side="lan"), 5556),  # the workplace's LAN
         ("datacenter", dc, 22),  # a privileged port on the Internet
-        ("datacenter", dc, 5557),  # an invented second mapping
+        ("datacenter", dc, 5557),  # a mapping at an address that is not mallory's
     ):
         proc = lab.popen(host, [sys.executable, "-c", COUNTING_LISTENER, address, str(port)], env=base_env(),
                          name=f"count-{host}-{port}")  # fmt: skip
@@ -93,7 +95,8 @@ def world(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def test_implausible_candidates_are_never_dialled(world: World) -> None:
     dc, rtr_lan = world.lab.addr("datacenter"), world.lab.addr("work-rtr", side="lan")
-    before = {r: world.counter(f"punch_candidates_refused_{r}") for r in ("scope", "lan", "port", "reflexive")}
+    refusals = ("scope", "lan", "port", "reflexive", "attested")
+    before = {r: world.counter(f"punch_candidates_refused_{r}") for r in refusals}
     answers = world.offer(
         [
             {"kind": "reflexive", "ip": "127.0.0.1", "port": 5555},
@@ -105,22 +108,22 @@ def test_implausible_candidates_are_never_dialled(world: World) -> None:
     assert "result" in answers[0], answers  # answered (with the workplace's own candidates) ...
     wait_until(lambda: world.counter("punch_answer_timeouts") >= 1, 10, "the workplace's punch window to end")
     after = {r: world.counter(f"punch_candidates_refused_{r}") for r in before}
-    assert {r: after[r] - before[r] for r in before} == {"scope": 1, "lan": 1, "port": 1, "reflexive": 0}
-    # ... and the one plausible candidate (dc:5557, a mapping mallory could have) was tried, the others never
+    assert {r: after[r] - before[r] for r in before} == {"scope": 1, "lan": 1, "port": 1, "reflexive": 0, "attested": 1}
+    # ... and none was tried: dc:5557 is not at mallory's address as the hub saw it (the original code dialled it)
     dialled = {proc.name: proc.output().count("conn ") for proc in world.listeners}
     assert dialled == {
         "count-workplace-5555": 0,
         "count-work-rtr-5556": 0,
         "count-datacenter-22": 0,
-        "count-datacenter-5557": 1,
+        "count-datacenter-5557": 0,
     }, dialled
 
 
 def test_an_invented_second_mapping_is_dropped(world: World) -> None:
-    dc = world.lab.addr("datacenter")
+    mallory = world.lab.addr("home-rtr")  # its address as the hub sees it
     before = world.counter("punch_candidates_refused_reflexive")
     world.offer(
-        [{"kind": "reflexive", "ip": "198.18.0.99", "port": 40000}, {"kind": "reflexive", "ip": dc, "port": 5557}]
+        [{"kind": "reflexive", "ip": mallory, "port": 40000}, {"kind": "reflexive", "ip": mallory, "port": 40001}]
     )
     assert world.counter("punch_candidates_refused_reflexive") == before + 1
 

@@ -455,6 +455,28 @@ def test_run_agent_credit_warn(run: Callable[..., Result], fake_daemons: dict[st
         assert res.code == 2 and len(res.err.strip().splitlines()) == 1 and why in res.err, res.err
 
 
+def test_run_agent_birthday(run: Callable[..., Result], fake_daemons: dict[str, Any]) -> None:
+    from ztm.service import agent_argv
+
+    assert run("run", "agent").code == 3
+    cfg = fake_daemons["agent"]
+    assert (cfg.p2p_birthday, cfg.p2p_birthday_every) == (512, 300.0)
+    assert "--p2p-birthday" not in agent_argv(cfg, "python3")
+    assert run("run", "agent", "--p2p-birthday", "0", "--p2p-birthday-every", "5").code == 3
+    cfg = fake_daemons["agent"]
+    assert (cfg.p2p_birthday, cfg.p2p_birthday_every) == (0, 5.0)
+    argv = agent_argv(cfg, "python3")  # `ztm start agent` passes them on
+    assert argv[argv.index("--p2p-birthday") + 1] == "0" and argv[argv.index("--p2p-birthday-every") + 1] == "5"
+    for flag, bad, why in (
+        ("--p2p-birthday", "2000", "out of range: give 0 (off) to 1024"),
+        ("--p2p-birthday", "many", "is not a number of sockets"),
+        ("--p2p-birthday-every", "0", "out of range"),
+        ("--p2p-birthday-every", "soon", "is not a number of seconds"),
+    ):
+        res = run("run", "agent", flag, bad)
+        assert res.code == 2 and len(res.err.strip().splitlines()) == 1 and why in res.err, res.err
+
+
 def test_run_hub_startup_error_is_one_line(
     run: Callable[..., Result], fake_daemons: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

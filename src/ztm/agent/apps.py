@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ztm import epref, h2, pki
 from ztm.agent.direct import DirectUnreachable
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.punchmsg import SEEN_HEADER, normal_ip
 from ztm.e2e import E2EError
 from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError, from_json
 from ztm.version import E2E_VERSION, __version__
@@ -42,6 +43,8 @@ class Caller:
     ep_id: str
     name: str
     user: str
+    ip: str | None = None
+    """The caller's address as its hub saw its connection, on a call the hub attests (`punch`); else None."""
 
 
 class AppContext:
@@ -180,7 +183,7 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
     async def answered() -> None:
         try:
             async with asyncio.timeout(OPEN_TIMEOUT):
-                status, _ = await stream.response()
+                status, headers = await stream.response()
         except TimeoutError:
             stream.reset()
             raise Unavailable(f"the hub did not answer within {OPEN_TIMEOUT:g}s") from None
@@ -188,9 +191,13 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
             raise Unavailable(f"stream to {ep_id} failed: {exc}") from None
         if status != 200:
             raise await _error_of(stream, status)
+        seen.append(normal_ip(dict(headers).get(SEEN_HEADER)))
 
+    seen: list[str | None] = []
     try:
-        return await session.e2e.open(stream, ep_id, app, service, answered)
+        opened = await session.e2e.open(stream, ep_id, app, service, answered)
+        opened.hub_seen = seen[0] if seen else None
+        return opened
     except E2EError as exc:
         raise Unavailable(f"end-to-end encryption with {ep_id} failed ({exc.reason}): {exc.message}") from None
 

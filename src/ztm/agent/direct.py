@@ -30,6 +30,10 @@ is the TLS client). Punching runs in the background (the pool's refill): a conne
 the relay until a punched channel is pooled. Punched channels are kept idle much longer (`PUNCHED_IDLE`), with TCP
 keepalives holding the NAT mappings, since a new one costs a punch; each channel has a `kind` (the stream's path):
 `direct` (dialled listener), `lan` (punched, same NAT, LAN address) or `punched` (through the routers' mappings).
+
+After an ordinary punch to a peer timed out, the next one (after the backoff) asks for a birthday attempt
+(`punchmsg.Birthday`, `--p2p-birthday K`): both sides add a burst of 2 K sockets aimed only at the other's
+hub-attested address, within this agent's budget; the channel that comes up is the same as any punched one.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from ztm import pki
 from ztm.addr import Address
 from ztm.agent import punchmsg
 from ztm.agent.direct_outer import DirectConn, DirectOuter
-from ztm.agent.punch import WINDOW, PunchError, PunchPort, keep_alive, rtt_ms, silent_for
+from ztm.agent.punch import WINDOW, Attempt, PunchError, PunchPort, keep_alive, rtt_ms, silent_for
 from ztm.aio import spawn
 from ztm.e2e import E2EError
 from ztm.errors import BadInput, CertificateError, Forbidden, Unavailable, ZtmError
@@ -169,6 +173,10 @@ class MeshDirect:
         """Peer endpoint id -> (skip its listener until, last delay): punch instead meanwhile."""
         self._waiting: dict[DirectConn, PeerCert] = {}
         """Accepted channels waiting for their (next) stream, and whose they are."""
+        self.birthday = punchmsg.Birthday(0)
+        """The agent's birthday budget (`--p2p-birthday`), shared by its meshes; off (K = 0) until the agent sets it."""
+        self._birthday_next: set[str] = set()
+        """Peers whose last ordinary punch timed out: the next punch to them asks for a birthday attempt."""
 
     # ---- CRL and contexts --------------------------------------------------------------------------------------
 
@@ -612,8 +620,10 @@ class MeshDirect:
             found.append(punchmsg.Candidate("reflexive", reflexive[0], reflexive[1]))
         return tuple(found)
 
-    def _plausible(self, peer: punchmsg.Punch, our_public: str | None, version: int) -> list[tuple[str, int]]:
-        kept, dropped = punchmsg.plausible(peer, our_public, version)
+    def _plausible(
+        self, peer: punchmsg.Punch, our_public: str | None, version: int, attested: str | None
+    ) -> list[tuple[str, int]]:
+        kept, dropped = punchmsg.plausible(peer, our_public, version, attested)
         for reason in dropped:
             self.counters[f"punch_candidates_refused_{reason}"] += 1
         return [c.address for c in kept]
@@ -626,14 +636,23 @@ class MeshDirect:
         self.counters["punch_attempts"] += 1
         started = time.monotonic()
         port: PunchPort | None = None
+        pair = f"{self.session.record.mesh_id}/{ep_id}"
+        want = 0
+        if ep_id in self._birthday_next:
+            refused = self.birthday.refusal(pair)
+            if refused is None:
+                want = self.birthday.k
+            else:
+                self.counters[f"punch_birthday_refused_{refused}"] += 1
+        spray: punchmsg.Spray | None = None
         try:
             port, lan, hub, version = self._punch_port()
             reflexive = await self._reflexive(port, hub)
-            offer = punchmsg.Punch(secrets.token_hex(16), self._candidates(lan, port.port, reflexive))
+            offer = punchmsg.Punch(secrets.token_hex(16), self._candidates(lan, port.port, reflexive), want)
             from ztm.agent import peercall  # here: peercall -> apps -> this module
 
             try:
-                raw = await peercall.call(self.session, ep_id, "punch", offer.to_json(), PUNCH_CALL_TIMEOUT)
+                raw, seen = await peercall.call_seen(self.session, ep_id, "punch", offer.to_json(), PUNCH_CALL_TIMEOUT)
             except ZtmError as exc:
                 raise PunchError("refused", f"the peer did not take the punch: {exc.message}") from None
             try:
@@ -643,27 +662,69 @@ class MeshDirect:
             if answer.id != offer.id:
                 raise PunchError("bad_answer", "the peer answered another punch")
             our_public = reflexive[0] if reflexive else None
-            remotes = self._plausible(answer, our_public, version)
-            if not remotes:
+            if answer.birthday and 0 < answer.birthday <= want:
+                spray = self._spray(answer, seen, our_public, version, pair)
+            remotes = self._plausible(answer, our_public, version, seen)
+            if not remotes and spray is None:
                 raise PunchError("no_candidates", "the peer offered no address this endpoint may dial")
-            attempt = port.attempt(remotes)
+            attempt = port.attempt(remotes, spray)
             try:
-                sock, remote = await attempt.next()
-            except TimeoutError:
-                raise PunchError("timeout", f"no TCP connection within {WINDOW:g}s ({attempt.tries} tries)") from None
-            attempt.close()
-            kind = punchmsg.path_kind(remote, answer, our_public)
-            conn, peer = await self._tls_client(sock, ep_id, kind)
+                conn, peer, kind, remote = await self._first_channel(attempt, ep_id, answer, our_public)
+            finally:
+                self.counters["punch_birthday_sockets"] += attempt.sprayed
         except PunchError as exc:
             self.counters[f"punch_failures_{exc.reason}"] += 1
+            if exc.reason == "timeout" and spray is None:
+                self._birthday_next.add(ep_id)
             raise DirectUnreachable(f"punch: {exc.message}") from None
         finally:
             if port is not None:
                 port.close()
+            if spray is not None:
+                self.birthday.done()
         self.counters["punch_successes"] += 1
-        log.info("mesh %s: punched a %s channel to %s (%s:%d) in %.0f ms", self.session.name, kind, ep_id, remote[0],
-                 remote[1], (time.monotonic() - started) * 1000)  # fmt: skip
+        self._birthday_next.discard(ep_id)
+        if spray is not None:
+            self.counters["punch_birthday_successes"] += 1
+        log.info("mesh %s: punched a %s channel to %s (%s:%d) in %.0f ms%s", self.session.name, kind, ep_id, remote[0],
+                 remote[1], (time.monotonic() - started) * 1000, " (birthday)" if spray else "")  # fmt: skip
         return conn, peer
+
+    async def _first_channel(
+        self, attempt: Attempt, ep_id: str, answer: punchmsg.Punch, our_public: str | None
+    ) -> tuple[DirectConn, PeerCert, str, tuple[str, int]]:
+        """The first connection of `attempt` that becomes a TLS channel with `ep_id` (this side the client); the
+        others are closed with the attempt. PunchError: the last TLS failure, or `timeout` if none connected."""
+        last: PunchError | None = None
+        while True:
+            try:
+                sock, remote = await attempt.next()
+            except TimeoutError:
+                if last is not None:
+                    raise last from None
+                raise PunchError("timeout", f"no TCP connection within {WINDOW:g}s ({attempt.tries} tries)") from None
+            kind = punchmsg.path_kind(remote, answer, our_public)
+            try:
+                conn, peer = await self._tls_client(sock, ep_id, kind)
+            except PunchError as exc:
+                last = exc
+                continue
+            attempt.close()
+            return conn, peer, kind, remote
+
+    def _spray(
+        self, peer: punchmsg.Punch, attested: str | None, our_public: str | None, version: int, pair: str
+    ) -> punchmsg.Spray | None:
+        """The birthday burst to aim at `peer` (which asked for or agreed to one), if the rules allow it: its
+        reflexive candidate at its hub-attested address, and this agent's budget (each refusal counted)."""
+        refused = punchmsg.birthday_refusal(peer, attested, our_public, version)
+        if refused is None and not self.birthday.take(pair):
+            refused = self.birthday.refusal(pair) or "rate"
+        if refused is not None:
+            self.counters[f"punch_birthday_refused_{refused}"] += 1
+            return None
+        self.counters["punch_birthday_attempts"] += 1
+        return punchmsg.spray(peer, min(peer.birthday, self.birthday.k))
 
     async def _tls_client(self, sock: socket.socket, ep_id: str, kind: str) -> tuple[DirectConn, PeerCert]:
         contexts = self._ensure_contexts()
@@ -721,19 +782,29 @@ class MeshDirect:
         except PunchError as exc:
             raise Unavailable(exc.message) from None
         reflexive = await self._reflexive(port, hub)
-        answer = punchmsg.Punch(offer.id, self._candidates(lan, port.port, reflexive))
         our_public = reflexive[0] if reflexive else None
-        remotes = self._plausible(offer, our_public, version)
+        spray: punchmsg.Spray | None = None
+        if offer.birthday:
+            pair = f"{self.session.record.mesh_id}/{caller.ep_id}"
+            if self.birthday.k <= 0:
+                self.counters["punch_birthday_refused_off"] += 1
+            else:
+                spray = self._spray(offer, caller.ip, our_public, version, pair)
+        answer = punchmsg.Punch(
+            offer.id, self._candidates(lan, port.port, reflexive), spray.k if spray is not None else 0
+        )
+        remotes = self._plausible(offer, our_public, version, caller.ip)
         self.counters["punch_answered"] += 1
-        spawn(self._punch_serve(port, remotes, caller.ep_id, offer, our_public), name=f"punch-{caller.ep_id}")
+        spawn(self._punch_serve(port, remotes, caller.ep_id, offer, our_public, spray), name=f"punch-{caller.ep_id}")
         return answer.to_json()
 
     async def _punch_serve(
-        self, port: PunchPort, remotes: list[tuple[str, int]], ep_id: str, offer: punchmsg.Punch, public: str | None
-    ) -> None:
-        """Connect to the caller's candidates (and accept on the port) until one connection is a TLS channel with
-        the caller, or the window ends."""
-        attempt = port.attempt(remotes)
+        self, port: PunchPort, remotes: list[tuple[str, int]], ep_id: str, offer: punchmsg.Punch, public: str | None,
+        spray: punchmsg.Spray | None = None,
+    ) -> None:  # fmt: skip
+        """Connect to the caller's candidates (and accept on the port; and send the birthday burst `spray`) until
+        one connection is a TLS channel with the caller, or the window ends."""
+        attempt = port.attempt(remotes, spray)
         done = asyncio.Event()
         handshakes: set[asyncio.Task[None]] = set()
         try:
@@ -756,10 +827,15 @@ class MeshDirect:
                 await asyncio.wait(handshakes, timeout=3 * CONNECT_TIMEOUT)
             if not done.is_set():
                 self.counters["punch_answer_timeouts"] += 1
+            elif spray is not None:
+                self.counters["punch_birthday_successes"] += 1
         finally:
             for task in handshakes:
                 task.cancel()
             port.close()
+            if spray is not None:
+                self.counters["punch_birthday_sockets"] += attempt.sprayed
+                self.birthday.done()
 
     async def _tls_server(self, sock: socket.socket, ep_id: str, kind: str, done: asyncio.Event) -> None:
         context = self.server_context()

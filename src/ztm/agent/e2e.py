@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ztm import h2, pki
 from ztm.agent.apps import Caller
 from ztm.agent.e2estream import E2EStream, E2EStreamError, Outer
+from ztm.agent.punchmsg import normal_ip
 from ztm.e2e import Credentials, E2EError, Initiator, Peer, Responder, Session
 from ztm.e2e.frames import (
     AUTH,
@@ -336,7 +337,7 @@ class MeshE2E:
         """The caller as its certificate says; the hub's claim supplies only the name, if it names that endpoint."""
         data = claimed if isinstance(claimed, dict) else {}
         if data.get("ep") == peer.ep_id and data.get("user") == peer.user:
-            return Caller(peer.ep_id, str(data.get("name", "")), peer.user)
+            return Caller(peer.ep_id, str(data.get("name", "")), peer.user, normal_ip(data.get("ip")))
         self.counters["caller_mismatch"] += 1
         log.warning(
             "mesh %s: e2e: the hub named %s (user %s) as the caller but the certificate is endpoint %s (user %s); "

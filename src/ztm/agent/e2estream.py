@@ -112,6 +112,7 @@ class E2EStream:
         "_spilling",
         "bytes_received",
         "bytes_sent",
+        "hub_seen",
         "path",
         "peer",
         "session_id",
@@ -135,6 +136,9 @@ class E2EStream:
         self.session_id = session_id
         self.path = "relay"
         """"relay" (through the hub) or "direct" (a direct channel): the same protocol either way."""
+        self.hub_seen: str | None = None
+        """The peer's address as its hub saw it, on a stream the hub attests (a `punch` call, PROTOCOL.md section
+        13): from the hub's 200, not from the peer."""
         self._on_failure = on_failure
         self._chunks: deque[bytes] = deque()
         self._buffered = 0

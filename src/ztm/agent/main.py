@@ -20,9 +20,11 @@ from pathlib import Path
 from aiohttp import web
 
 from ztm import aio, datadir, keylog, localsock, logs, pki, validate
+from ztm.agent import punchmsg
 from ztm.agent.api import AgentApi
 from ztm.agent.direct import DirectServer
 from ztm.agent.hubpick import check_zone
+from ztm.agent.punch import FD_SPARE, raise_fd_limit
 from ztm.agent.service import Agent
 from ztm.config import AgentConfig, agents_registry_dir, socket_link_name, token_file_name
 from ztm.errors import BadInput, Unavailable, ZtmError
@@ -86,6 +88,12 @@ async def _main(cfg: AgentConfig) -> int:
     agent.zone = _zone(agent, cfg.zone)
     agent.p2p = cfg.p2p
     agent.p2p_keepalive = cfg.p2p_keepalive
+    k = raise_fd_limit(cfg.p2p_birthday)
+    if k < cfg.p2p_birthday:
+        log.warning("--p2p-birthday %d needs %d file descriptors and the limit (RLIMIT_NOFILE) allows fewer: %d "
+                    "sockets a side instead", cfg.p2p_birthday, 2 * cfg.p2p_birthday + FD_SPARE, k)  # fmt: skip
+    every = cfg.p2p_birthday_every
+    agent.birthday = punchmsg.Birthday(k, every=every, total=4, window=2 * every)
     agent.credit_warn = cfg.credit_warn
     published: Path | None = None
     sock_path = cfg.data / localsock.SOCKET_NAME

@@ -31,13 +31,21 @@ MAX_BODY = 1 << 20
 
 async def call(session: MeshSession, ep_id: str, method: str, params: Any, timeout: float) -> Any:
     """Call `method` on endpoint `ep_id`; its result, or the callee's error raised as a ZtmError."""
+    result, _seen = await call_seen(session, ep_id, method, params, timeout)
+    return result
+
+
+async def call_seen(
+    session: MeshSession, ep_id: str, method: str, params: Any, timeout: float
+) -> tuple[Any, str | None]:
+    """`call`, and the callee's address as its hub attested it (`punch` calls; None for other methods)."""
     try:
         return await asyncio.wait_for(_call(session, ep_id, method, params), timeout)
     except TimeoutError:
         raise Timeout(f"endpoint {ep_id} did not answer {method!r} within {timeout:g}s") from None
 
 
-async def _call(session: MeshSession, ep_id: str, method: str, params: Any) -> Any:
+async def _call(session: MeshSession, ep_id: str, method: str, params: Any) -> tuple[Any, str | None]:
     try:
         stream = await open_app_stream(session, ep_id, CALLS_APP, method)
     except h2.H2Error as exc:  # the hub connection went away under the opening
@@ -53,7 +61,7 @@ async def _call(session: MeshSession, ep_id: str, method: str, params: Any) -> A
     except ValueError:
         answer = None
     if isinstance(answer, dict) and "result" in answer:
-        return answer["result"]
+        return answer["result"], stream.hub_seen
     if isinstance(answer, dict) and "error" in answer:
         raise from_json(400, answer)
     raise Unavailable(f"endpoint {ep_id} answered {method!r} with something unexpected")

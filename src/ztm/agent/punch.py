@@ -12,18 +12,26 @@ connection then carries a direct channel exactly like a dialled one (mutual TLS 
 `ztm.agent.direct`), and holds its NAT mappings open with TCP keepalives (`keep_alive`).
 
 Sockets sharing the port set SO_REUSEADDR and SO_REUSEPORT (the listener, the reflect connection and every try).
+
+A birthday attempt (`punchmsg.Spray`) adds a burst to the same `Attempt`: sockets from fresh ports to the peer's
+mapping and sockets from the port to random ports of the peer's address, opened over `SPREAD` seconds (not all in
+one millisecond), each connecting without retries (the kernel retransmits its SYN); those that connect are offered
+like the others, and every one is closed with the attempt. `raise_fd_limit` makes room for them at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import resource
 import socket
 import ssl
 import time
 
 from ztm import h2
 from ztm.agent.link import request
+from ztm.agent.punchmsg import Spray
 from ztm.agent.tls import check_hub
 from ztm.errors import ZtmError
 
@@ -32,6 +40,28 @@ WINDOW = 3.0
 RETRY = 0.1
 """Seconds before a refused try is repeated (a router or host answered RST: the other side is not ready yet)."""
 REFLECT_TIMEOUT = 2.0
+SPREAD = 0.15
+"""Seconds over which a birthday burst opens its sockets (its SYNs are paced, not sent in one millisecond)."""
+BATCHES = 30
+FD_SPARE = 256
+"""Descriptors kept free for everything else while a birthday burst holds its 2 K sockets."""
+
+
+def raise_fd_limit(k: int) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit if a birthday burst of `k` sockets a side (2 k
+    descriptors, plus `FD_SPARE`) needs it; the `k` that fits (smaller than asked if the hard limit is too low)."""
+    if k <= 0:
+        return 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * k + FD_SPARE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = hard if hard == resource.RLIM_INFINITY else max(soft, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return k
+    return max(0, (soft - FD_SPARE) // 2)
 
 
 class PunchError(Exception):
@@ -128,8 +158,8 @@ class PunchPort:
         except (ZtmError, h2.H2Error, OSError, KeyError, TypeError, ValueError) as exc:
             raise PunchError("reflect", f"the hub did not say this endpoint's mapping: {exc}") from None
 
-    def attempt(self, remotes: list[tuple[str, int]]) -> Attempt:
-        attempt = Attempt(self, remotes)
+    def attempt(self, remotes: list[tuple[str, int]], spray: Spray | None = None) -> Attempt:
+        attempt = Attempt(self, remotes, spray)
         self._attempts.append(attempt)
         return attempt
 
@@ -144,19 +174,25 @@ class PunchPort:
 
 
 class Attempt:
-    """Connect from the punch port to each of `remotes` until `WINDOW` ends, and accept on the listener: every TCP
-    connection that comes up is offered by `next` (the caller keeps the ones it wants; `close` closes the rest)."""
+    """Connect from the punch port to each of `remotes` until `WINDOW` ends, and accept on the listener (and, for a
+    birthday attempt, send the `spray` burst): every TCP connection that comes up is offered by `next` (the caller
+    keeps the ones it wants; `close` closes the rest)."""
 
-    def __init__(self, port: PunchPort, remotes: list[tuple[str, int]]) -> None:
+    def __init__(self, port: PunchPort, remotes: list[tuple[str, int]], spray: Spray | None = None) -> None:
         self._port = port
         self.deadline = time.monotonic() + WINDOW
         self._ready: asyncio.Queue[tuple[socket.socket, tuple[str, int]]] = asyncio.Queue()
         self._taken: set[socket.socket] = set()
         self.tries = 0
+        self.sprayed = 0
+        """Sockets of the birthday burst opened (each sent its SYN)."""
+        self._burst: dict[int, tuple[socket.socket, tuple[str, int]]] = {}
         self._closed = False
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._dial(remote)) for remote in remotes]
         self._tasks.append(loop.create_task(self._accept()))
+        if spray is not None:
+            self._tasks.append(loop.create_task(self._spray(spray)))
 
     async def next(self) -> tuple[socket.socket, tuple[str, int]]:
         """The next connection that came up, and the remote address it goes to; TimeoutError after the window."""
@@ -202,9 +238,54 @@ class Attempt:
             sock.setblocking(False)
             self._ready.put_nowait((sock, (str(address[0]), int(address[1]))))
 
+    async def _spray(self, spray: Spray) -> None:
+        """Open the burst's sockets, `BATCHES` batches over `SPREAD` seconds; each connects on its own (the kernel
+        retransmits its SYN), and is closed at `close` unless it connected and was taken."""
+        loop = asyncio.get_running_loop()
+        targets = spray.targets()
+        per = -(-len(targets) // BATCHES)
+        for start in range(0, len(targets), per):
+            for from_port, remote in targets[start : start + per]:
+                if self._closed or time.monotonic() >= self.deadline:
+                    return
+                try:
+                    sock = self._burst_socket(from_port)
+                except OSError:
+                    return  # out of descriptors or ports: what is out already stays out
+                err = sock.connect_ex(remote)
+                if err not in (0, errno.EINPROGRESS):
+                    sock.close()
+                    continue
+                fd = sock.fileno()
+                self._burst[fd] = (sock, remote)
+                self.sprayed += 1
+                loop.add_writer(fd, self._burst_done, fd)
+            await asyncio.sleep(SPREAD / BATCHES)
+
+    def _burst_socket(self, from_port: bool) -> socket.socket:
+        if from_port:
+            return port_socket(self._port.family, self._port.port)
+        sock = socket.socket(self._port.family, socket.SOCK_STREAM)  # a fresh port: `connect` picks one
+        sock.setblocking(False)
+        return sock
+
+    def _burst_done(self, fd: int) -> None:
+        """A burst socket's connect finished: offered if it connected, else closed."""
+        asyncio.get_running_loop().remove_writer(fd)
+        sock, remote = self._burst.pop(fd)
+        if self._closed or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+            sock.close()
+            return
+        self._ready.put_nowait((sock, remote))
+
     def close(self) -> None:
         """Stop trying; close every connection nobody took."""
         self._closed = True
+        loop = asyncio.get_running_loop()
+        for fd, (sock, _remote) in self._burst.items():
+            loop.remove_writer(fd)
+            sock.close()
+        self._burst.clear()
         for task in self._tasks:
             task.cancel()  # a try in progress closes its socket as it ends
         while not self._ready.empty():

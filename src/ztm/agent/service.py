@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ztm import pki, validate
 from ztm.addr import Address
-from ztm.agent import peercall
+from ztm.agent import peercall, punchmsg
 from ztm.agent.applib import AppLibrary
 from ztm.agent.apps import Caller, MeshApp
 from ztm.agent.mesh import MeshSession, enroll
@@ -55,6 +55,9 @@ class Agent:
         self.p2p = True
         """Punch direct channels to peers behind NAT (`--no-p2p`: off)."""
         self.p2p_keepalive = 5.0
+        self.birthday = punchmsg.Birthday(0)
+        """The birthday budget of all meshes (`--p2p-birthday`, `--p2p-birthday-every`; off until `run_agent` sets
+        it)."""
         self.credit_warn = CREDIT_WARN
         """`--credit-warn`: seconds a stream through the hub waits for credit before the agent warns."""
         self.zone = ""
@@ -93,6 +96,7 @@ class Agent:
         session.direct.announce = self.direct_address
         session.direct.p2p = self.p2p
         session.direct.keepalive = self.p2p_keepalive
+        session.direct.birthday = self.birthday
         session.link.credit_warn = self.credit_warn
         return session
 

@@ -296,6 +296,36 @@ def keepalive_type(text: str) -> float:
 keepalive_type.__name__ = "seconds"
 
 
+def birthday_type(text: str) -> int:
+    """`--p2p-birthday K`: 0 (off) to `punchmsg.MAX_BIRTHDAY` sockets a side."""
+    from ztm.agent.punchmsg import MAX_BIRTHDAY
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of sockets, e.g. 512 (0: off)") from None
+    if not 0 <= value <= MAX_BIRTHDAY:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 0 (off) to {MAX_BIRTHDAY} sockets")
+    return value
+
+
+birthday_type.__name__ = "sockets"
+
+
+def birthday_every_type(text: str) -> float:
+    """`--p2p-birthday-every SECONDS`: 1 to 86400."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. 300") from None
+    if not 1 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 to 86400 seconds")
+    return value
+
+
+birthday_every_type.__name__ = "seconds"
+
+
 def credit_warn_type(text: str) -> float:
     """`--credit-warn SECONDS`: 1 to 86400."""
     try:
@@ -483,6 +513,19 @@ def agent_options(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         type=keepalive_type,
         help="seconds between keepalives on idle punched channels, to hold NAT mappings open (default 5)",
+    )
+    p.add_argument(
+        "--p2p-birthday",
+        metavar="K",
+        type=birthday_type,
+        help="to reach a peer behind a symmetric NAT after an ordinary punch failed, open K sockets a side towards "
+        "its hub-attested address (default 512; 0: never)",
+    )
+    p.add_argument(
+        "--p2p-birthday-every",
+        metavar="SECONDS",
+        type=birthday_every_type,
+        help="at most one birthday attempt per peer this often, and 4 in all in twice that time (default 300)",
     )
     p.add_argument(
         "--credit-warn",

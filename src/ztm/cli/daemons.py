@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ztm import keylog
 from ztm.addr import Address
@@ -73,7 +74,11 @@ def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentCon
             f"ztm {args.command} agent: --join, --join-as and --permit go together "
             "(--join MESH --join-as NAME --permit FILE); run 'ztm help run agent' for usage"
         )
-    given = {"credit_warn": args.credit_warn} if args.credit_warn is not None else {}
+    given: dict[str, Any] = {"credit_warn": args.credit_warn} if args.credit_warn is not None else {}
+    if args.p2p_birthday is not None:
+        given["p2p_birthday"] = args.p2p_birthday
+    if args.p2p_birthday_every is not None:
+        given["p2p_birthday_every"] = args.p2p_birthday_every
     return AgentConfig(
         **given,
         listen=args.listen or DEFAULT_AGENT_LISTEN,

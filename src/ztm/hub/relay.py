@@ -7,6 +7,12 @@ end to end: each stream's DATA is forwarded from the receive path (`Stream.set_s
 take it, and the sender is credited only once the other stream accepted the bytes, so a slow receiver slows the
 sender and each direction holds at most one stream window here. Half-close travels through (`end()`), and a reset
 on either side resets the other.
+
+A `punch` call (app `calls`, service `punch`: NAT traversal, PROTOCOL.md section 13) is attested: the target's
+`stream` event names the caller's address as this hub sees the caller's connection (`from.ip`), and the 200 to the
+caller carries the target's, as its hub sees the target's session (`ztm-seen`). Across hubs, the caller's hub
+sends its view in the forwarded `CONNECT`'s `ztm-seen` header and the target's hub its view in its 200; a hub takes
+the header only from another hub of the mesh (never from an agent).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ztm import h2, validate
+from ztm.agent.punchmsg import SEEN_HEADER, normal_ip
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
 from ztm.hub import limits
 from ztm.hub.limits import PendingCounts
@@ -38,6 +45,9 @@ FIRST_BYTES = 512
 in the `stream` event, so the target decides without waiting for its accept to come back (PROTOCOL.md section 7)."""
 _SERVICE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,127}")
 _APP = re.compile(r"[a-z][a-z0-9-]{0,31}")
+ATTESTED = ("calls", "punch")
+"""(app, service) of the streams whose ends learn each other's hub-seen address: the punch call
+(`ztm.agent.peercall.CALLS_APP`)."""
 
 
 @dataclass(frozen=True)
@@ -131,22 +141,30 @@ class Relay:
             self.state.policy.first_line(caller, target, app)  # the mesh's policy, as a first line (the exit decides)
             if session is not None:
                 check_e2e(stream.header("ztm-e2e") or "", session.e2e, target.name)
+            seen: str | None = None
+            if (app, service) == ATTESTED:
+                seen = normal_ip(stream.header(SEEN_HEADER) if forwarded else peer.address and peer.address[0])
             self.waiting.reserve(caller.id, target.id, target.name)
         except ZtmError as exc:
             self.state.counters["streams_refused"] += 1
             await _answer_error(stream, exc)
             return
+        answer: list[tuple[str, str]] = []
         try:
             if session is None:
                 assert hub_id is not None
-                other = await self._forward(stream, caller, target, app, service, hub_id)
-                if other is None:
+                forwarded_to = await self._forward(stream, caller, target, app, service, hub_id, seen)
+                if forwarded_to is None:
                     return
+                other, target_seen = forwarded_to
                 outcome: tuple[h2.Stream, asyncio.Future[None]] | Refusal | None = (
                     other, asyncio.get_running_loop().create_future()
                 )  # fmt: skip
             else:
-                outcome = await self._offer(session, stream, caller, target, app, service)
+                outcome = await self._offer(session, stream, caller, target, app, service, seen)
+                target_seen = normal_ip(session.address and session.address[0])
+            if (app, service) == ATTESTED and target_seen is not None:
+                answer.append((SEEN_HEADER, target_seen))
         finally:
             self.waiting.release(caller.id, target.id)
         if outcome is None:
@@ -159,7 +177,7 @@ class Relay:
         self.state.counters["streams"] += 1
         self.active += 1
         try:
-            await stream.respond(200)
+            await stream.respond(200, answer)
             if session is not None:  # a forwarded stream (the hub link's) was answered by the far hub already
                 await other.respond(200)
             await splice(stream, other, self.state)
@@ -173,19 +191,17 @@ class Relay:
 
     async def _offer(
         self, session: Session, stream: h2.Stream, caller: EndpointRecord, target: EndpointRecord, app: str,
-        service: str,
+        service: str, seen: str | None,
     ) -> tuple[h2.Stream, asyncio.Future[None]] | Refusal | None:  # fmt: skip
-        """Announce the stream to the target and wait for its answer; None once the caller was answered (503 when
-        the target's event queue has no room for peers' events, 504 when the target did not answer in time)."""
+        """Announce the stream to the target (with the caller's address as its hub saw it, `seen`, when attested)
+        and wait for its answer; None once the caller was answered (503 when the target's event queue has no room
+        for peers' events, 504 when the target did not answer in time)."""
         stream_id = uuid.uuid4().hex
         pending = Pending(target.id, asyncio.get_running_loop().create_future())
-        event: dict[str, Any] = {
-            "type": "stream",
-            "id": stream_id,
-            "from": {"ep": caller.id, "name": caller.name, "user": caller.user},
-            "app": app,
-            "service": service,
-        }
+        who: dict[str, str] = {"ep": caller.id, "name": caller.name, "user": caller.user}
+        if seen is not None:
+            who["ip"] = seen
+        event: dict[str, Any] = {"type": "stream", "id": stream_id, "from": who, "app": app, "service": service}
         first = stream.take_buffered(FIRST_BYTES)
         if first:  # the opening's first flight, usually here already: the target starts on it before accepting
             event["first"] = base64.b64encode(first).decode()
@@ -207,12 +223,16 @@ class Relay:
             self.pending.pop(stream_id, None)
 
     async def _forward(
-        self, stream: h2.Stream, caller: EndpointRecord, target: EndpointRecord, app: str, service: str, hub_id: str
-    ) -> h2.Stream | None:
+        self, stream: h2.Stream, caller: EndpointRecord, target: EndpointRecord, app: str, service: str, hub_id: str,
+        seen: str | None,
+    ) -> tuple[h2.Stream, str | None] | None:  # fmt: skip
         """Open the stream at hub `hub_id`, which holds the target's session, and wait for its answer: the stream on
-        the hub link once it answered 200; None once the entrance got the far hub's error (or ours)."""
+        the hub link once it answered 200, and the target's address as that hub attested it (attested streams); None
+        once the entrance got the far hub's error (or ours). `seen`: the caller's address as this hub sees it."""
         assert self.peers is not None
         headers = [("ztm-app", app), ("ztm-service", service), (CALLER_HEADER, caller_header(caller))]
+        if seen is not None:
+            headers.append((SEEN_HEADER, seen))
         e2e = stream.header("ztm-e2e")
         if e2e is not None:
             headers.append(("ztm-e2e", e2e))
@@ -223,9 +243,9 @@ class Relay:
                 hub_id, target.id, headers, stream.take_buffered(FIRST_BYTES), lane=caller.user
             )
             async with asyncio.timeout(ACCEPT_TIMEOUT + ANSWER_MARGIN):
-                status, _ = await other.response()
+                status, answer = await other.response()
                 if status == 200:
-                    return other
+                    return other, normal_ip(dict(answer).get(SEEN_HEADER))
                 raw = await other.read_all(64 * 1024)
             try:
                 body = json.loads(raw)

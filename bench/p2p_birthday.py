@@ -1,0 +1,213 @@
+"""NAT traversal's birthday method (issue 15): symmetric NAT <-> eim NAT, per K, with real agents in the NAT lab.
+
+Needs root: it builds a lab (tests/lab/netlab.py) with `home` behind an `eim` router and `sym` behind a `symmetric`
+one (`masquerade random,fully-random`), a hub in `datacenter`, an agent at each site and an echo server at `sym`
+offered to home as a tunnel (home the entrance, sym the exit). For each K of `--k`, both agents run with
+`--p2p-birthday K --p2p-birthday-every 1` (so that a failed attempt may be retried at once within a trial), and each
+of `--trials` trials:
+
+1. restarts the entrance agent (same data: a fresh process, no channel, no punch history, counters at 0) and waits
+   until it lists the exit online;
+2. t0 = the first tunnelled connection (connect, 1-byte echo, close): it goes through the hub and starts the
+   ordinary punch, which times out (3 s: no simultaneous open meets a symmetric NAT's next mapping);
+3. new connections follow every 50 ms; after the 2 s backoff one of them starts the next punch, a birthday attempt;
+   t1 = the start of the first connection counted direct by the entrance's inbound (`ztm tunnel describe`), and
+   the successful birthday attempt's own time from the agent's log ("punched ... in N ms (birthday)");
+4. reads the entrance's `punch_birthday_attempts` / `_successes` and both agents' peak open descriptors (sampled
+   every 10 ms from /proc/PID/fd while the trial runs).
+
+Reported per K: birthday attempts and successes (the success rate per attempt, against 1 - exp(-K*K/64,512)), the
+time to direct t1 - t0 (p50, p90, min, max: it includes the ordinary punch's 3 s and the 2 s backoff), and the peak
+descriptors of each agent.
+
+Run:  sudo .venv/bin/python -m bench.p2p_birthday [--k 256 512] [--trials 20] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+if not __package__:  # run as a file (python bench/NAME.py): make the `bench` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import support  # tests/support.py: hub and agent processes in a namespace
+from bench.common import machine_facts, percentile, table, tree_facts
+from bench.p2p import PUNCHED_LOG, agent_metric
+from bench.tunnel import connect_cycle
+from lab import netlab
+from lab.netlab import Lab
+
+MESH = "bench"
+SITES = {"home": "eim", "sym": "symmetric"}
+ECHO = 9101
+ENTRANCE = 19101
+ECHO_SERVER = """
+import socket, sys, threading
+def serve(c):
+    with c:
+        while data := c.recv(65536):
+            c.sendall(data)
+s = socket.create_server(("127.0.0.1", int(sys.argv[1])), backlog=128)
+print("ready", flush=True)
+while True:
+    threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
+"""
+
+
+class FdPeak:
+    """The most descriptors the processes `pids` held at once, sampled every 10 ms in a thread."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.peak = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.01):
+            for name, pid in self.pids.items():
+                with contextlib.suppress(OSError):  # between two processes (the entrance restarts)
+                    self.peak[name] = max(self.peak[name], len(os.listdir(f"/proc/{pid}/fd")))
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def inbound_direct(agent: support.Agent) -> int:
+    status, view = agent.api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/echo-sym")
+    return int(view.get("direct", 0)) if status == 200 and isinstance(view, dict) else 0
+
+
+def start_agents(lab: Lab, tmp: Path, hub: support.Hub, k: int) -> dict[str, support.Agent]:
+    extra = ["--p2p-birthday", str(k), "--p2p-birthday-every", "1"]
+    agents = {}
+    for host in SITES:
+        agent = support.start_agent(tmp, f"{host}-k{k}", netns=lab.ns(host), port=7777, extra=extra)
+        agent.join(MESH, f"{host}-k{k}", hub.permit)
+        agents[host] = agent
+    agents["sym"].cli("tunnel", "open", "outbound", "tcp/echo-sym", "--targets", f"127.0.0.1:{ECHO}")
+    agents["home"].cli("tunnel", "open", "inbound", "tcp/echo-sym", "--listen", str(ENTRANCE))
+    return agents
+
+
+def trial(lab: Lab, home: support.Agent, exit_agent: support.Agent, give_up: float) -> dict[str, float]:
+    home = support.restart_agent(home)
+    support.wait_until(lambda: exit_agent.name in home.online_names(), 30, "home to list sym online")
+    peaks = FdPeak({"entrance": home.proc.pid, "exit": exit_agent.proc.pid})
+
+    def cycle() -> float:
+        return connect_cycle(0, connect=lambda: support.tcp_connect("127.0.0.1", ENTRANCE, netns=lab.ns("home")))
+
+    deadline = time.perf_counter() + 10.0
+    while True:  # the restarted inbound may not listen yet: a refused connect reaches no agent
+        t0 = time.perf_counter()
+        try:
+            cycle()
+            break
+        except ConnectionRefusedError:
+            if t0 > deadline:
+                raise
+            time.sleep(0.005)
+    while True:
+        start = time.perf_counter()
+        cycle()
+        if inbound_direct(home) > 0:
+            break
+        if start - t0 > give_up:
+            start = math.nan
+            break
+        time.sleep(0.05)
+    peak = peaks.stop()
+    logged = [float(ms) / 1000 for kind, ms in PUNCHED_LOG.findall(home.proc.output()) if kind]
+    return {
+        "direct": start - t0,
+        "attempt": logged[-1] if logged else math.nan,
+        "attempts": agent_metric(home, "punch_birthday_attempts"),
+        "successes": agent_metric(home, "punch_birthday_successes"),
+        "fd_entrance": peak["entrance"],
+        "fd_exit": peak["exit"],
+    }
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--k", type=int, nargs="+", default=[256, 512], help="sockets a side (--p2p-birthday)")
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--give-up", type=float, default=40.0, help="seconds a trial waits for the direct path")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args(argv)
+    reason = netlab.unavailable_reason()
+    if reason:
+        print(f"p2p_birthday: {reason}", file=sys.stderr)
+        return 2
+    print(machine_facts())
+    print(tree_facts())
+    tmp = Path(tempfile.mkdtemp(prefix="ztm-bench-birthday-"))
+    rows = []
+    try:
+        with Lab(sites=SITES, log_dir=tmp / "lab-logs") as lab:
+            dc = lab.addr("datacenter")
+            hub = support.start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
+            echo = lab.popen("sym", [sys.executable, "-c", ECHO_SERVER, str(ECHO)], env=support.base_env())
+            echo.wait_for_output("ready", timeout=10)
+            for k in args.k:
+                agents = start_agents(lab, tmp, hub, k)
+                results = []
+                for n in range(args.trials):
+                    r = trial(lab, agents["home"], agents["sym"], args.give_up)
+                    results.append(r)
+                    print(f"K={k} trial {n + 1}: direct after {r['direct']:.2f} s (the attempt {r['attempt']:.3f} s), "
+                          f"birthday attempts "
+                          f"{r['attempts']:g}, successes {r['successes']:g}, peak fds entrance {r['fd_entrance']} "
+                          f"exit {r['fd_exit']}", file=sys.stderr, flush=True)  # fmt: skip
+                for agent in agents.values():
+                    agent.proc.stop()
+                times = [r["direct"] for r in results if not math.isnan(r["direct"])]
+                took = [r["attempt"] for r in results if not math.isnan(r["attempt"])]
+                attempts = sum(r["attempts"] for r in results)
+                successes = sum(r["successes"] for r in results)
+                rows.append(
+                    [
+                        str(k),
+                        f"{len(times)}/{len(results)}",
+                        f"{successes:g}/{attempts:g} = {successes / attempts:.0%}" if attempts else "-",
+                        f"{1 - math.exp(-k * k / 64512):.1%}",
+                        f"{percentile(times, 50):.2f}",
+                        f"{percentile(times, 90):.2f}",
+                        f"{min(times, default=math.nan):.2f}-{max(times, default=math.nan):.2f}",
+                        f"{percentile(took, 50):.3f} ({min(took, default=math.nan):.3f}-"
+                        f"{max(took, default=math.nan):.3f})",
+                        str(max(r["fd_entrance"] for r in results)),
+                        str(max(r["fd_exit"] for r in results)),
+                    ]
+                )
+    finally:
+        if args.keep:
+            print(f"kept: {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(
+        table(
+            ["K", "trials direct", "birthday successes / attempts", "model", "time to direct p50 s", "p90 s",
+             "min-max s", "the attempt p50 s (min-max)", "peak fds entrance", "peak fds exit"],
+            rows,
+        )
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
