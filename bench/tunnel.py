@@ -624,6 +624,8 @@ class Run:
         self.stunnel_setup()
 
         cur = self.start_stack("", SRC)
+        if self.args.policy_rules:
+            self.set_policy(cur, self.args.policy_rules)
         self.hub, self.ep1, self.ep2, self.ep3 = cur.hub, cur.ep1, cur.ep2, cur.ep3
         self.bench_port, self.echo_in_port, self.sink_in_port = cur.bench, cur.echo, cur.sink
         self.bench_d_port, self.echo_d_port, self.sink_d_port = cur.bench_d, cur.echo_d, cur.sink_d
@@ -693,6 +695,29 @@ class Run:
         ep1.cli("tunnel", "open", "inbound", "tcp/echo-d", "--listen", f"{HOST}:{echo_d}")
         wait_until(lambda: probe(echo_d) and self.direct_count(ep1) > 0, 30, f"a direct round trip{suffix}")
         return Stack(hub, ep1, ep2, ep3, bench, echo, sink, bench_d, echo_d, sink_d)
+
+    def set_policy(self, stack: Stack, rules: int) -> None:
+        """Set a mesh policy of `rules` rules on `stack`'s hub (issue 16's "a decision on the hot path" measure):
+        `rules - 1` rules any caller matches (`src` `*`) for tunnels of other names, each a candidate the exit's
+        decision must look at, then the one that allows the bench's tunnels; wait until ep2 and ep3 enforce it."""
+        others = [
+            {"action": "accept", "src": ["*"], "dst": [f"*:tunnel/tcp/other-{i}", f"ep9-{i}:terminal"]}
+            for i in range(rules - 1)
+        ]
+        allow = {"action": "accept", "src": ["root"], "dst": ["*:tunnel/tcp/*"]}
+        path = self.ws.dir / "policy.json"
+        path.write_text(json.dumps({"acls": [*others, allow]}, indent=1))
+        stack.ep1.cli("policy", "set", str(path), "--note", f"bench: {rules} rules")
+
+        def enforced() -> bool:
+            for ep in (stack.ep2, stack.ep3):
+                status, view = ep.api("GET", f"/api/meshes/{MESH}/policy/local")
+                if status != 200 or not isinstance(view, dict) or not view.get("version"):
+                    return False
+            return True
+
+        wait_until(enforced, 30, "the exits to hold the policy")
+        self.progress(f"policy of {rules} rules ({path.stat().st_size} bytes) set on the current hub")
 
     def direct_count(self, ep1: Agent | None = None) -> int:
         """Connections ep1 sent over direct channels (`ztm tunnel describe`'s `direct`)."""
@@ -1360,6 +1385,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--restarts", type=int, help="restarts of the exit and of the hub (default 3; quick 1)")
     parser.add_argument(
         "--skip", default="", help="comma list of parts to skip: idle,idle-direct,bulk,sink,latency,connect,recovery"
+    )
+    parser.add_argument(
+        "--policy-rules",
+        type=int,
+        default=0,
+        metavar="N",
+        help="set a mesh policy of N rules on the current hub (with --baseline-rev REV from before the policy: the "
+        "cost of a decision on the hot path)",
     )
     parser.add_argument(
         "--baseline-rev",

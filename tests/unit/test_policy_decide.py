@@ -360,3 +360,21 @@ def test_parse_subject_and_tags_of_labels() -> None:
             parse_subject(bad)
     assert tags_of_labels(["tag:db", "env=prod", "tag:web", "tagged"]) == frozenset({"tag:db", "tag:web"})
     assert str(Subject("ann", "laptop")) == "ann@laptop" and str(Subject("ann")) == "ann"
+
+
+def test_kind_decisions_are_memoised_apart_from_full_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = one_rule("*", "*:tunnel/tcp/pg")
+    calls: list[str] = []
+    inner = policy._decide_kind
+
+    def counted(who: Subject, where: Place, kind: str) -> Decision:
+        calls.append(kind)
+        return inner(who, where, kind)
+
+    monkeypatch.setattr(policy, "_decide_kind", counted)
+    first = policy.decide_kind(Subject("ann"), NOBODY, "tunnel")
+    assert first.allowed and policy.decide_kind(Subject("ann"), NOBODY, "tunnel") is first and calls == ["tunnel"]
+    assert not policy.decide_kind(Subject("ann"), NOBODY, "terminal").allowed
+    # a kind's answer is never taken for a full decision, nor the other way round
+    assert not policy.decide(Subject("ann"), NOBODY, AppTarget("tunnel", "tcp/other")).allowed
+    assert policy.decide_kind(Subject("ann"), NOBODY, "tunnel") is first and calls == ["tunnel", "terminal"]

@@ -64,7 +64,7 @@ class Policy:
         self._spec = spec
         self._rules: tuple[Rule, ...] = spec.rules
         self._index = RuleIndex(spec.rules)
-        self._memo: dict[tuple[Subject, Place, AppTarget], Decision] = {}
+        self._memo: dict[tuple[Subject, Place, AppTarget | str], Decision] = {}
         self._denied = Decision(False, 0, "", version)
         self._allowing: dict[tuple[int, int, int], Decision] = {}  # per (rule, src, dst): at most every entry pair
 
@@ -100,12 +100,11 @@ class Policy:
     def decide(self, who: Subject, where: Place, what: AppTarget) -> Decision:
         """Allowed by the first rule (file order) whose src matches `who` and a dst matches `where` and `what`;
         denied (line 0) if none does."""
-        key = (who, where, what)
+        found = self._memo.get((who, where, what))
+        return found if found is not None else self._remember((who, where, what), self._decide(who, where, what))
+
+    def _remember(self, key: tuple[Subject, Place, AppTarget | str], decision: Decision) -> Decision:
         memo = self._memo
-        found = memo.get(key)
-        if found is not None:
-            return found
-        decision = self._decide(who, where, what)
         if len(memo) >= MEMO_SIZE:
             try:
                 del memo[next(iter(memo))]
@@ -134,7 +133,12 @@ class Policy:
 
     def decide_kind(self, who: Subject, where: Place, kind: str) -> Decision:
         """Allowed if some rule would allow `who` something of `kind` at `where` (the hub's coarse first line).
-        Kind "files" counts files-write rules too (one files stream carries both)."""
+        Kind "files" counts files-write rules too (one files stream carries both). Memoised with `decide` (a kind
+        is a plain string, never an `AppTarget`, so the two never share a key)."""
+        found = self._memo.get((who, where, kind))
+        return found if found is not None else self._remember((who, where, kind), self._decide_kind(who, where, kind))
+
+    def _decide_kind(self, who: Subject, where: Place, kind: str) -> Decision:
         kinds = {kind, "files-write"} if kind == "files" else {kind}
         for number in self._index.candidates(who, where, kinds):
             rule = self._rules[number]
