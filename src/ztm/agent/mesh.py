@@ -157,6 +157,11 @@ class MeshSession:
             zone=zone,
         )
         self._renewer: asyncio.Task[None] | None = None
+        self._starting: set[str] = set()
+        """Apps of this session's first start whose `start` has not returned: they are not told `on_online` yet (an
+        app told before it has loaded its configuration would act on none of it)."""
+        self._hello = False
+        """A `hello` came since the session began: an app that finishes starting later is told `on_online` then."""
         self._cert_received = time.time()
         self.apps: dict[str, MeshApp] = make_apps(self) if make_apps else {}
         self.e2e = MeshE2E.of(self)
@@ -169,16 +174,22 @@ class MeshSession:
         return self.record.name
 
     def start(self) -> None:
+        self._starting = set(self.apps)  # before the link can bring a hello
         self.link.start()
         self._renewer = spawn(self._renew_loop(), name=f"renew-{self.name}")
         spawn(self._start_apps(), name=f"apps-{self.name}")
 
     async def _start_apps(self) -> None:
-        for app in self.apps.values():
+        for name, app in list(self.apps.items()):
             try:
                 await app.start()
             except Exception as exc:  # an app's failure (third-party code too) must not keep the others from starting
                 log.error("mesh %s: app %s failed to start: %s: %s", self.name, app.name, type(exc).__name__, exc)
+                continue
+            finally:
+                self._starting.discard(name)
+            if self._hello:  # the hub's hello came while this app was starting: it missed that on_online
+                spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
 
     async def stop(self) -> None:
         if self._renewer is not None:
@@ -273,8 +284,10 @@ class MeshSession:
             if self.gate.policy is not None:
                 self._refresh_peers()
             spawn(self.direct.on_online(), name=f"direct-{self.name}")
-            for app in self.apps.values():
-                spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
+            self._hello = True
+            for name, app in self.apps.items():
+                if name not in self._starting:
+                    spawn(app.on_online(), name=f"online-{self.name}-{app.name}")
 
     # the policy, and the endpoints it names
     def _policy_event(self, event: dict[str, Any]) -> None:
