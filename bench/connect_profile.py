@@ -6,15 +6,23 @@ then on the relayed path (ep1 -> hub -> ep2 -> echo server) `connect_cycle`s (co
 1. CPU µs per connect cycle of each process (utime + stime from /proc, `--cycles` cycles);
 2. system calls per cycle of each process, by name (`strace -c -f`, a separate pass, not timed);
 3. with `--py-spy` (needs `pip install py-spy` in the venv), the Python functions each process spends its samples
-   in (`py-spy record`, `--rate` Hz, `--native` for C frames), a third pass.
+   in (`py-spy record`, `--rate` Hz, `--native` for C frames), a third pass; with `--perf`, `perf record` CPU
+   samples by shared object.
 
-Run:  .venv/bin/python -m bench.connect_profile [--cycles 3000] [--py-spy] [--native]
+`--ab REV` instead: the same relayed path of revision REV (`ep1@base`, `hub@base`, `ep2@base`, as `bench.tunnel
+--baseline-rev` starts them) against this tree's, `--rounds` rounds of `--cycles` cycles each, A then B in even
+rounds and B then A in odd ones: CPU µs per cycle of each process and the median over the rounds of each round's
+ratio current/baseline with its min-max (CPU, which the load of other processes disturbs far less than latency).
+
+Run:  .venv/bin/python -m bench.connect_profile [--cycles 3000] [--py-spy] [--native] [--perf]
+      .venv/bin/python -m bench.connect_profile --ab 9439335 [--rounds 9] [--cycles 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -23,16 +31,54 @@ from pathlib import Path
 if not __package__:  # run as a file (python bench/NAME.py): make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import Spy, Workspace, machine_facts, py_spy, table, tree_facts
+from bench.baseline import BASE, BaselineError, export_revision, resolve_revision
+from bench.common import REPO, Spy, Workspace, machine_facts, percentile, py_spy, table, tree_facts
 from bench.rtt_profile import _STRACE_ROW, _times
 from bench.tunnel import Run, connect_cycle
 
 PROCS = ("ep1", "hub", "ep2")
 
 
-def cycles(port: int, count: int) -> None:
-    for _ in range(count):
-        connect_cycle(port)
+def cycles(port: int, count: int) -> list[float]:
+    return [connect_cycle(port) for _ in range(count)]
+
+
+def ab_pass(run: Run, count: int, rounds: int) -> str:
+    """This tree's relayed path against the baseline's, interleaved: a table per process and the latency."""
+    sides = {"": run.paths["ztm"][1], BASE: run.paths["ztm" + BASE][1]}
+    pids = {**run.pids, **run.base_pids}
+    cpu: dict[str, list[float]] = {f"{n}{side}": [] for n in PROCS for side in sides}
+    p50: dict[str, list[float]] = {side: [] for side in sides}
+    for r in range(rounds):
+        for side in sides if r % 2 == 0 else reversed(sides):
+            names = [f"{n}{side}" for n in PROCS]
+            before = {n: sum(_times(pids[n])) for n in names}
+            samples = cycles(sides[side], count)
+            time.sleep(0.2)  # the last close everywhere
+            for n in names:
+                cpu[n].append((sum(_times(pids[n])) - before[n]) / count * 1e6)
+            p50[side].append(percentile(samples, 50) * 1e3)
+        print(f"[{time.strftime('%H:%M:%S')}] round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+
+    def ratio(cur: list[float], base: list[float]) -> str:
+        values = [c / b for c, b in zip(cur, base, strict=True) if b > 0]
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, {len(values)} rounds)"
+
+    rows = []
+    for n in PROCS:
+        cur, base = cpu[n], cpu[n + BASE]
+        rows.append([n, f"{statistics.median(cur):.0f}", f"{statistics.median(base):.0f}", ratio(cur, base)])
+    total = [sum(cpu[n][i] for n in PROCS) for i in range(rounds)]
+    total_base = [sum(cpu[n + BASE][i] for n in PROCS) for i in range(rounds)]
+    rows.append(
+        ["sum", f"{statistics.median(total):.0f}", f"{statistics.median(total_base):.0f}", ratio(total, total_base)]
+    )
+    rows.append([
+        "connect + first RTT p50 (ms)", f"{statistics.median(p50['']):.2f}", f"{statistics.median(p50[BASE]):.2f}",
+        ratio(p50[""], p50[BASE]),
+    ])  # fmt: skip
+    heads = ["process", "CPU µs/cycle (median of rounds)", "@base", "x baseline (median of rounds' ratios, spread)"]
+    return table(heads, rows)
 
 
 def cpu_pass(run: Run, count: int) -> dict[str, tuple[float, float]]:
@@ -121,15 +167,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--perf", action="store_true", help="also a `perf record` pass (CPU by shared object)")
     parser.add_argument("--no-strace", action="store_true", help="leave the strace pass out")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, raw profiles)")
+    parser.add_argument("--ab", metavar="REV", help="compare CPU per cycle with revision REV instead of profiling")
+    parser.add_argument("--rounds", type=int, default=9, help="--ab: interleaved rounds (default 9)")
     args = parser.parse_args(argv)
+    base_commit = None
+    if args.ab:
+        try:
+            base_commit = resolve_revision(REPO, args.ab)
+        except BaselineError as exc:
+            parser.error(str(exc))
     if args.py_spy and py_spy() is None:
         parser.error("--py-spy needs py-spy (pip install py-spy into the venv)")
     print(machine_facts())
     print(tree_facts())
     with Workspace("connect-profile", keep=args.keep) as ws:
         run = Run(argparse.Namespace(), ws)
+        if base_commit:
+            run.base_src = export_revision(REPO, base_commit, ws.dir / "baseline")
         run.setup()
         cycles(run.paths["ztm"][1], 200)  # warm-up
+        if base_commit:
+            cycles(run.paths["ztm" + BASE][1], 200)
+            print(f"\n### Relayed connect cycles, this tree against {args.ab} ({base_commit[:12]}): "
+                  f"{args.rounds} interleaved rounds of {args.cycles} cycles\n")  # fmt: skip
+            print(ab_pass(run, args.cycles, args.rounds))
+            return 0
         cpu = cpu_pass(run, args.cycles)
         rows = [[n, f"{u + s:.0f}", f"{u:.0f}", f"{s:.0f}"] for n, (u, s) in cpu.items()]
         print(f"\n### CPU per relayed connect cycle ({args.cycles} cycles)\n")
