@@ -10,9 +10,10 @@ then on the relayed path (ep1 -> hub -> ep2 -> echo server) `connect_cycle`s (co
    samples by shared object.
 
 `--ab REV` instead: the same relayed path of revision REV (`ep1@base`, `hub@base`, `ep2@base`, as `bench.tunnel
---baseline-rev` starts them) against this tree's, `--rounds` rounds of `--cycles` cycles each, A then B in even
-rounds and B then A in odd ones: CPU µs per cycle of each process and the median over the rounds of each round's
-ratio current/baseline with its min-max (CPU, which the load of other processes disturbs far less than latency).
+--baseline-rev` starts them) against this tree's, `--rounds` rounds of `--cycles` cycles per side, the sides taking
+turns every `--batch` cycles (so both see the same load): CPU µs per cycle of each process and the median over the
+rounds of each round's ratio current/baseline with its min-max (CPU, which the load of other processes disturbs far
+less than latency).
 
 Run:  .venv/bin/python -m bench.connect_profile [--cycles 3000] [--py-spy] [--native] [--perf]
       .venv/bin/python -m bench.connect_profile --ab 9439335 [--rounds 9] [--cycles 1000]
@@ -43,21 +44,26 @@ def cycles(port: int, count: int) -> list[float]:
     return [connect_cycle(port) for _ in range(count)]
 
 
-def ab_pass(run: Run, count: int, rounds: int) -> str:
-    """This tree's relayed path against the baseline's, interleaved: a table per process and the latency."""
-    sides = {"": run.paths["ztm"][1], BASE: run.paths["ztm" + BASE][1]}
+def ab_pass(run: Run, path: str, count: int, rounds: int, batch: int) -> str:
+    """This tree's `path` (ztm or ztm-direct) against the baseline's: per round `count` cycles on each, in
+    alternating batches of `batch` (A, B, A, B... in even rounds, B, A... in odd ones), so both sides see the same
+    load of the machine; the sides run in different processes, so each process's CPU is its side's alone."""
+    procs = PROCS if path == "ztm" else ("ep1", "ep3")
+    sides = {"": run.paths[path][1], BASE: run.paths[path + BASE][1]}
     pids = {**run.pids, **run.base_pids}
-    cpu: dict[str, list[float]] = {f"{n}{side}": [] for n in PROCS for side in sides}
+    cpu: dict[str, list[float]] = {f"{n}{side}": [] for n in procs for side in sides}
     p50: dict[str, list[float]] = {side: [] for side in sides}
     for r in range(rounds):
-        for side in sides if r % 2 == 0 else reversed(sides):
-            names = [f"{n}{side}" for n in PROCS]
-            before = {n: sum(_times(pids[n])) for n in names}
-            samples = cycles(sides[side], count)
-            time.sleep(0.2)  # the last close everywhere
-            for n in names:
-                cpu[n].append((sum(_times(pids[n])) - before[n]) / count * 1e6)
-            p50[side].append(percentile(samples, 50) * 1e3)
+        before = {n: sum(_times(pids[n])) for n in cpu}
+        samples: dict[str, list[float]] = {side: [] for side in sides}
+        for _ in range(count // batch):
+            for side in sides if r % 2 == 0 else reversed(sides):
+                samples[side] += cycles(sides[side], batch)
+        time.sleep(0.3)  # the last close everywhere
+        for n, start in before.items():
+            cpu[n].append((sum(_times(pids[n])) - start) / len(samples[BASE if n.endswith(BASE) else ""]) * 1e6)
+        for side in sides:
+            p50[side].append(percentile(samples[side], 50) * 1e3)
         print(f"[{time.strftime('%H:%M:%S')}] round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
 
     def ratio(cur: list[float], base: list[float]) -> str:
@@ -65,20 +71,22 @@ def ab_pass(run: Run, count: int, rounds: int) -> str:
         return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}, {len(values)} rounds)"
 
     rows = []
-    for n in PROCS:
+    for n in procs:
         cur, base = cpu[n], cpu[n + BASE]
-        rows.append([n, f"{statistics.median(cur):.0f}", f"{statistics.median(base):.0f}", ratio(cur, base)])
-    total = [sum(cpu[n][i] for n in PROCS) for i in range(rounds)]
-    total_base = [sum(cpu[n + BASE][i] for n in PROCS) for i in range(rounds)]
-    rows.append(
-        ["sum", f"{statistics.median(total):.0f}", f"{statistics.median(total_base):.0f}", ratio(total, total_base)]
-    )
+        rows.append([path, n, f"{statistics.median(cur):.0f}", f"{statistics.median(base):.0f}", ratio(cur, base)])
+    total = [sum(cpu[n][i] for n in procs) for i in range(rounds)]
+    total_base = [sum(cpu[n + BASE][i] for n in procs) for i in range(rounds)]
     rows.append([
-        "connect + first RTT p50 (ms)", f"{statistics.median(p50['']):.2f}", f"{statistics.median(p50[BASE]):.2f}",
-        ratio(p50[""], p50[BASE]),
+        path, "sum", f"{statistics.median(total):.0f}", f"{statistics.median(total_base):.0f}", ratio(total, total_base)
     ])  # fmt: skip
-    heads = ["process", "CPU µs/cycle (median of rounds)", "@base", "x baseline (median of rounds' ratios, spread)"]
-    return table(heads, rows)
+    rows.append([
+        path, "connect + first RTT p50 (ms)", f"{statistics.median(p50['']):.2f}",
+        f"{statistics.median(p50[BASE]):.2f}", ratio(p50[""], p50[BASE]),
+    ])  # fmt: skip
+    return table(["path", "process", "CPU µs/cycle (median of rounds)", "@base", AB_RATIO], rows)
+
+
+AB_RATIO = "x baseline (median of rounds' ratios, spread)"
 
 
 def cpu_pass(run: Run, count: int) -> dict[str, tuple[float, float]]:
@@ -168,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-strace", action="store_true", help="leave the strace pass out")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, raw profiles)")
     parser.add_argument("--ab", metavar="REV", help="compare CPU per cycle with revision REV instead of profiling")
-    parser.add_argument("--rounds", type=int, default=9, help="--ab: interleaved rounds (default 9)")
+    parser.add_argument("--rounds", type=int, default=9, help="--ab: rounds (default 9)")
+    parser.add_argument("--batch", type=int, default=20, help="--ab: cycles per side before switching (default 20)")
     args = parser.parse_args(argv)
     base_commit = None
     if args.ab:
@@ -187,10 +196,14 @@ def main(argv: list[str] | None = None) -> int:
         run.setup()
         cycles(run.paths["ztm"][1], 200)  # warm-up
         if base_commit:
-            cycles(run.paths["ztm" + BASE][1], 200)
-            print(f"\n### Relayed connect cycles, this tree against {args.ab} ({base_commit[:12]}): "
-                  f"{args.rounds} interleaved rounds of {args.cycles} cycles\n")  # fmt: skip
-            print(ab_pass(run, args.cycles, args.rounds))
+            for path in ("ztm" + BASE, "ztm-direct", "ztm-direct" + BASE):
+                cycles(run.paths[path][1], 200)
+            print(
+                f"\n### Connect cycles, relayed and direct, this tree against {args.ab} ({base_commit[:12]}): "
+                f"{args.rounds} rounds of {args.cycles} cycles per side in alternating batches of {args.batch}\n"
+            )
+            for path in ("ztm", "ztm-direct"):
+                print(ab_pass(run, path, args.cycles, args.rounds, args.batch) + "\n")
             return 0
         cpu = cpu_pass(run, args.cycles)
         rows = [[n, f"{u + s:.0f}", f"{u:.0f}", f"{s:.0f}"] for n, (u, s) in cpu.items()]
