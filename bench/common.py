@@ -487,7 +487,7 @@ def py_spy() -> str | None:
 class Spy:
     """`py-spy record -f raw` on a running process until `stop()`; `summary()` reads the collapsed stacks."""
 
-    def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
+    def __init__(self, pid: int, out: Path, rate: int = 100, native: bool = False) -> None:
         exe = py_spy()
         if exe is None:
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
@@ -495,7 +495,8 @@ class Spy:
         self.rate = rate
         self.started = time.perf_counter()
         self.seconds = 0.0
-        argv = [exe, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-r", str(rate), "--nonblocking"]
+        argv = [exe, "record", "-p", str(pid), "-f", "raw", "-o", str(out), "-r", str(rate)]
+        argv.append("--native" if native else "--nonblocking")  # py-spy cannot unwind C frames without pausing
         self.popen = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import ipaddress
 import logging
 import secrets
@@ -583,7 +584,7 @@ class MeshDirect:
         if conn is None or conn.closed or conn.local_address is None or conn.peer_address is None:
             return "not connected to the hub"
         try:
-            loopback = ipaddress.ip_address(conn.local_address[0]).is_loopback
+            loopback = _is_loopback(conn.local_address[0])
         except ValueError:
             return "the hub connection's address is unknown"
         if loopback:
@@ -922,6 +923,13 @@ def _back_off(failures: dict[str, tuple[float, float]], ep_id: str) -> float:
     delay = min(FAIL_MAX, max(FAIL_MIN, last * 2))
     failures[ep_id] = (time.monotonic() + delay, delay)
     return delay
+
+
+@functools.lru_cache(maxsize=64)
+def _is_loopback(host: str) -> bool:
+    """Whether the address literal `host` is a loopback address (ValueError if it is no address). Cached: asked at
+    every connection an entrance opens (`p2p_blocker`), always about the same few addresses (issue 13/18)."""
+    return ipaddress.ip_address(host).is_loopback
 
 
 def _peer_checked(proto: DirectConn) -> PeerCert:

@@ -368,10 +368,12 @@ class H2Codec:
         self._buf += f.rst_stream(stream_id, error_code)
         self._remember_reset(stream_id)
 
-    def acknowledge(self, stream_id: int, n: int) -> None:
-        """The application consumed `n` received bytes of `stream_id`: credit them back to the peer (batched)."""
+    def acknowledge(self, stream_id: int, n: int) -> bool:
+        """The application consumed `n` received bytes of `stream_id`: credit them back to the peer (batched).
+        Whether that queued a WINDOW_UPDATE."""
         if n <= 0:
-            return
+            return False
+        queued = len(self._buf)
         # Each count caps only its own credit (never more than was received): the stream's credit does not depend
         # on the connection's count, so a miscount on one can never swallow the other's WINDOW_UPDATE (issue 18).
         conn = min(n, self._conn_in_flight)
@@ -379,18 +381,17 @@ class H2Codec:
             self._conn_in_flight -= conn
             self._credit_connection(conn)
         st = self._streams.get(stream_id)
-        if st is None:
-            return
-        n = min(n, st.in_flight)
-        if n <= 0:
-            return
-        st.in_flight -= n
-        if st.state == OPEN or st.state == HALF_CLOSED_LOCAL:  # the peer may still send
-            st.unacked += n
-            if st.unacked >= self._local_initial_window >> 2 and not self.closed:
-                self._buf += f.window_update(stream_id, st.unacked)
-                st.recv_window += st.unacked
-                st.unacked = 0
+        if st is not None:
+            n = min(n, st.in_flight)
+            if n > 0:
+                st.in_flight -= n
+                if st.state == OPEN or st.state == HALF_CLOSED_LOCAL:  # the peer may still send
+                    st.unacked += n
+                    if st.unacked >= self._local_initial_window >> 2 and not self.closed:
+                        self._buf += f.window_update(stream_id, st.unacked)
+                        st.recv_window += st.unacked
+                        st.unacked = 0
+        return len(self._buf) != queued
 
     def ping(self, data: bytes) -> None:
         """Send a PING with 8 bytes of `data`; the peer's answer is a `PingAcked` event."""

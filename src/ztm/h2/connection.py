@@ -49,6 +49,9 @@ _READ_BUFFER_SIZE = 1 << 20
 _MAX_PENDING = 1 << 20  # bytes accepted from a server-side peer before HTTP/2 starts (during on_connect)
 _CLOSE_GRACE = 5.0  # seconds a closing transport may take for its TLS shutdown before it is aborted
 _CORK = 64 * 1024  # small frames are collected for one write per loop iteration, up to this many bytes
+HOLD_MAX = 0.05
+"""Seconds the HEADERS of a stream opened with `hold=True` may wait for the stream's first bytes before they go out
+alone (`Connection.open_stream`)."""
 CREDIT_WARN = 30.0
 """Seconds a stream may wait for flow-control credit while the peer is alive before the keepalive warns about it."""
 
@@ -98,6 +101,7 @@ class Connection(asyncio.BufferedProtocol):
         self.credit_warn = CREDIT_WARN
         self._write_paused = False
         self._flush_scheduled = False
+        self._hold_handle: asyncio.TimerHandle | None = None  # flushes held HEADERS (open_stream(hold=True))
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         self._ping_seq = 0
@@ -136,11 +140,17 @@ class Connection(asyncio.BufferedProtocol):
         *,
         end_stream: bool = False,
         authority: str = "ztm",
+        hold: bool = False,
     ) -> Stream:
         """Open a request stream (client side) and send its headers.
 
         For `CONNECT` (RFC 9113 section 8.5) `path` is the target in authority form and is sent as `:authority`
         (falling back to `authority` when empty); `:scheme` and `:path` are omitted.
+
+        `hold`: the HEADERS wait for the stream's first bytes (or anything else written on the connection) and go out
+        with them in one TLS record and syscall, instead of alone at the end of this loop iteration; at the latest
+        after `HOLD_MAX` seconds, or as soon as a reader waits on the stream. For a stream whose peer sends nothing
+        before this side has (an exit's accept of a relayed stream: the hub splices only after it).
         """
         if not self.is_client:
             raise H2Error("open_stream() is only for client connections")
@@ -167,7 +177,10 @@ class Connection(asyncio.BufferedProtocol):
             raise H2Error(f"cannot open a stream for {method} {path}: {exc}") from None
         if end_stream:
             stream._local_ended = True
-        self._flush_soon()
+        if hold and not end_stream:
+            self._hold()
+        else:
+            self._flush_soon()
         return stream
 
     async def request(
@@ -449,6 +462,9 @@ class Connection(asyncio.BufferedProtocol):
                 self._close("the peer does not read what we send", abort=True)
 
     def _flush(self) -> None:
+        if self._hold_handle is not None:  # held HEADERS (open_stream(hold=True)) go out now
+            self._hold_handle.cancel()
+            self._hold_handle = None
         codec = self._codec
         if not codec.has_output:
             return
@@ -474,6 +490,15 @@ class Connection(asyncio.BufferedProtocol):
         self._flush_scheduled = True
         self._loop.call_soon(self._flush_deferred)
 
+    def _hold(self) -> None:
+        """Frames just queued wait for the next flush, at the latest `HOLD_MAX` seconds."""
+        if self._hold_handle is None and not self._flush_scheduled:
+            self._hold_handle = self._loop.call_later(HOLD_MAX, self._flush_held)
+
+    def _flush_held(self) -> None:
+        self._hold_handle = None
+        self._flush()
+
     def _flush_deferred(self) -> None:
         self._flush_scheduled = False
         self._flush()
@@ -482,9 +507,7 @@ class Connection(asyncio.BufferedProtocol):
         """Credit `n` received bytes of `stream_id` back to the peer (the consumer took them)."""
         if n <= 0 or self._closing:
             return
-        codec = self._codec
-        codec.acknowledge(stream_id, n)
-        if codec.has_output:
+        if self._codec.acknowledge(stream_id, n):  # not just for frames queued before (held HEADERS)
             self._flush_soon()
 
     async def _drain(self) -> None:
@@ -617,6 +640,9 @@ class Connection(asyncio.BufferedProtocol):
         for stream in streams:
             stream._on_conn_closed(message)
         self._blocked.clear()
+        if self._hold_handle is not None:
+            self._hold_handle.cancel()
+            self._hold_handle = None
         self._wake_drain()
         pings, self._pings = self._pings, {}
         for fut in pings.values():

@@ -178,6 +178,8 @@ class Stream:
             self._raise_failure()
             if self._read_waiter is not None:
                 raise H2Error(f"stream {self.id} is already being read by another task")
+            if self._conn._hold_handle is not None:  # held HEADERS (open_stream(hold=True)): the peer needs them
+                self._conn._flush()
             waiter = self._read_waiter = self._conn._loop.create_future()
             try:
                 await waiter
@@ -550,8 +552,12 @@ class Stream:
 
     # ---- server side -------------------------------------------------------------------------------------------
 
-    async def respond(self, status: int, headers: Sequence[tuple[str, str]] = (), *, end_stream: bool = False) -> None:
-        """Server side: send the response headers (and END_STREAM with `end_stream`, for an empty body)."""
+    async def respond(
+        self, status: int, headers: Sequence[tuple[str, str]] = (), *, end_stream: bool = False, hold: bool = False
+    ) -> None:
+        """Server side: send the response headers (and END_STREAM with `end_stream`, for an empty body). `hold`: they
+        wait for the stream's first bytes, as with `Connection.open_stream(hold=True)`, for a client that does not
+        wait for them."""
         conn = self._conn
         if conn.is_client:
             raise H2Error("respond() is only for streams received by a server")
@@ -569,9 +575,12 @@ class Stream:
         self._responded = True
         if end_stream:
             self._local_ended = True
-        conn._flush_soon()
-        if end_stream:
+            conn._flush_soon()
             self._maybe_finish()
+        elif hold:
+            conn._hold()
+        else:
+            conn._flush_soon()
 
     # ---- client side -------------------------------------------------------------------------------------------
 
@@ -583,6 +592,8 @@ class Stream:
             self._raise_failure()
             if self._eof:
                 raise H2Error(f"stream {self.id} ended without a response")
+            if self._conn._hold_handle is not None:  # held HEADERS: no answer comes before they went out
+                self._conn._flush()
             waiter = self._headers_waiter
             if waiter is None or waiter.done():
                 waiter = self._headers_waiter = self._conn._loop.create_future()

@@ -22,8 +22,8 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import re
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,8 +157,8 @@ class Relay:
                 if forwarded_to is None:
                     return
                 other, target_seen = forwarded_to
-                outcome: tuple[h2.Stream, asyncio.Future[None]] | Refusal | None = (
-                    other, asyncio.get_running_loop().create_future()
+                outcome: tuple[h2.Stream, asyncio.Future[None], bool] | Refusal | None = (
+                    other, asyncio.get_running_loop().create_future(), False
                 )  # fmt: skip
             else:
                 outcome = await self._offer(session, stream, caller, target, app, service, seen)
@@ -173,13 +173,15 @@ class Relay:
             self.state.counters["streams_refused"] += 1
             await _answer_error(stream, outcome.error())
             return
-        other, done = outcome
+        other, done, first = outcome
         self.state.counters["streams"] += 1
         self.active += 1
         try:
             await stream.respond(200, answer)
             if session is not None:  # a forwarded stream (the hub link's) was answered by the far hub already
-                await other.respond(200)
+                # A target that got the first flight in the event does not wait for this answer (it answers the
+                # opening at once): it goes out with the first bytes for it, one write less (issue 13/18).
+                await other.respond(200, hold=first)
             await splice(stream, other, self.state)
         except h2.H2Error:
             stream.reset()
@@ -192,11 +194,12 @@ class Relay:
     async def _offer(
         self, session: Session, stream: h2.Stream, caller: EndpointRecord, target: EndpointRecord, app: str,
         service: str, seen: str | None,
-    ) -> tuple[h2.Stream, asyncio.Future[None]] | Refusal | None:  # fmt: skip
+    ) -> tuple[h2.Stream, asyncio.Future[None], bool] | Refusal | None:  # fmt: skip
         """Announce the stream to the target (with the caller's address as its hub saw it, `seen`, when attested)
-        and wait for its answer; None once the caller was answered (503 when the target's event queue has no room
-        for peers' events, 504 when the target did not answer in time)."""
-        stream_id = uuid.uuid4().hex
+        and wait for its answer: its stream, the future to set when the relay ended, and whether the event carried
+        the first flight. None once the caller was answered (503 when the target's event queue has no room for
+        peers' events, 504 when the target did not answer in time)."""
+        stream_id = os.urandom(16).hex()  # as unguessable as uuid4's, without building a UUID (issue 13/18)
         pending = Pending(target.id, asyncio.get_running_loop().create_future())
         who: dict[str, str] = {"ep": caller.id, "name": caller.name, "user": caller.user}
         if seen is not None:
@@ -214,7 +217,9 @@ class Relay:
             return None
         self.pending[stream_id] = pending
         try:
-            return await asyncio.wait_for(pending.future, ACCEPT_TIMEOUT)
+            async with asyncio.timeout(ACCEPT_TIMEOUT):  # a timer, not wait_for's extra future and callbacks
+                answer = await pending.future
+            return answer if isinstance(answer, Refusal) else (*answer, bool(first))
         except TimeoutError:
             self.state.counters["streams_refused"] += 1
             await _answer_error(stream, Timeout(f"endpoint {target.name!r} did not accept within {ACCEPT_TIMEOUT:g}s"))
@@ -296,7 +301,8 @@ async def splice(a: h2.Stream, b: h2.Stream, state: HubState) -> None:
     try:
         a.set_sink(ab)
         b.set_sink(ba)
-        await asyncio.gather(ab.done, ba.done)
+        await ab.done  # both directions, one after the other: no gather() future per stream
+        await ba.done
     except BaseException:  # cancelled (the hub stops) or a bug: nobody copies any more
         ab.fail()
         ba.fail()

@@ -413,7 +413,8 @@ class TunnelApp(MeshApp):
         for i, target in enumerate(targets):
             share = max(0.1, (deadline - time.monotonic()) / (len(targets) - i))
             try:
-                return await asyncio.wait_for(asyncio.open_connection(target.host, target.port), share)
+                async with asyncio.timeout(share):  # no task per connection, unlike wait_for (issue 13/18)
+                    return await asyncio.open_connection(target.host, target.port)
             except (OSError, TimeoutError) as exc:
                 problems.append(f"{target}: {getattr(exc, 'strerror', None) or exc or 'timeout'}")
         self.counters[f"{key}:refused"] += 1
