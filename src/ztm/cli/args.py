@@ -282,18 +282,24 @@ def zone_type(text: str) -> str:
 zone_type.__name__ = "zone"
 
 
-def keepalive_type(text: str) -> float:
-    """`--p2p-keepalive SECONDS`: 1 to 3600 (NAT routers forget idle TCP mappings after minutes to hours)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. 25") from None
-    if not 1 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 to 3600 seconds")
-    return value
+def seconds_within(low: float, high: float, example: str) -> Callable[[str], float]:
+    """An argparse type for a number of seconds from `low` to `high` (one-line errors naming `example`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. {example}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give {low:g} to {high:g} seconds")
+        return value
+
+    parse.__name__ = "seconds"
+    return parse
 
 
-keepalive_type.__name__ = "seconds"
+keepalive_type = seconds_within(1, 3600, "25")
+"""`--p2p-keepalive SECONDS` (NAT routers forget idle TCP mappings after minutes to hours)."""
 
 
 def birthday_type(text: str) -> int:
@@ -312,32 +318,12 @@ def birthday_type(text: str) -> int:
 birthday_type.__name__ = "sockets"
 
 
-def birthday_every_type(text: str) -> float:
-    """`--p2p-birthday-every SECONDS`: 1 to 86400."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. 300") from None
-    if not 1 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 to 86400 seconds")
-    return value
+birthday_every_type = seconds_within(1, 86400, "300")
+"""`--p2p-birthday-every SECONDS`."""
 
 
-birthday_every_type.__name__ = "seconds"
-
-
-def credit_warn_type(text: str) -> float:
-    """`--credit-warn SECONDS`: 1 to 86400."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, e.g. 30") from None
-    if not 1 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{text} is out of range: give 1 to 86400 seconds")
-    return value
-
-
-credit_warn_type.__name__ = "seconds"
+credit_warn_type = seconds_within(1, 86400, "30")
+"""`--credit-warn SECONDS`."""
 
 
 def path_type(text: str) -> Path:
