@@ -415,6 +415,22 @@ def _bad_bodies(template: str) -> list[tuple[str, bytes]]:
         ],
         "/api/meshes/{mesh}/apps/{app}/cli": [{"argv": 5}, {"argv": [1]}, {"argv": ["x"] * 65}, {"argv": ["y" * 4097]}],
         "/api/meshes/{mesh}/apps/{app}/download": [{"from": 5}, {"sha256": 5}, {"sha256": "xyz"}, {"sha256": "A" * 64}],
+        "/api/meshes/{mesh}/policy": [
+            {},
+            {"text": 5},
+            {"text": "{}", "dry_run": "yes"},
+            {"text": "{}", "note": 5},
+            {"text": "{}", "note": "two\nlines"},
+            {"text": "{}", "extra": 1},
+        ],
+        "/api/meshes/{mesh}/policy/check": [
+            {},
+            {"from": 5, "to": "alpha", "target": "terminal"},
+            {"from": "Bad User", "to": "alpha", "target": "terminal"},
+            {"from": "root", "to": "alpha", "target": "nonsense/x"},
+            {"from": "root", "to": "no such name!", "target": "terminal"},
+        ],
+        "/api/meshes/{mesh}/policy/rollback": [{}, {"version": "1"}, {"version": -1}, {"version": True}],
         "/api/meshes/{mesh}/endpoints/{ep}/apps/{app}/call": [
             {},
             {"method": 5},
