@@ -195,7 +195,9 @@ def test_ctrl_c_stops_the_agents_download_too_and_the_same_command_resumes(make_
     path = "/shared/root/interrupted.bin"
     publish(a, path, data, tmp_path)
     out = tmp_path / "b.bin"
-    argv = [*ZTM, "--agent", b.api_address, "download", "file", path, "-o", str(out), "--rate", str(MiB)]
+    # 512 KiB/s: 12 s for the whole file, so a Ctrl-C after two chunks (about 4 s) comes with room to spare even
+    # when each `job_of` poll (a CLI call) is slow on a loaded machine (at 1 MiB/s a CI run finished first)
+    argv = [*ZTM, "--agent", b.api_address, "download", "file", path, "-o", str(out), "--rate", str(MiB // 2)]
     cli = subprocess.Popen(argv, env=b.env, cwd=b.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: job_of(b, path)["chunks_done"] >= 2, 30, "b to fetch two chunks")
