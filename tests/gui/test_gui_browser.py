@@ -262,6 +262,9 @@ def test_proxy_listen_targets_and_rules(page: Any, world: World, artifacts: Path
     listen.locator("input").fill(f"127.0.0.1:{port}")
     listen.locator("button[type=submit]").click()
     wait_until(lambda: support.tcp_accepts("127.0.0.1", port), 30, "the proxy to listen")
+    # the page renders again once its own request is answered: fill the next form only after that, or the new
+    # rendering replaces the filled-in box (seen on a loaded machine: the target was never added)
+    page.wait_for_selector(f"span.mono:has-text('127.0.0.1:{port}')")
     targets = page.locator("[data-testid=proxy-targets]")
     targets.locator("input").fill("*.lab.example")
     targets.locator("button[type=submit]").click()
