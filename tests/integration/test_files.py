@@ -25,6 +25,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -199,22 +200,30 @@ def test_ctrl_c_stops_the_agents_download_too_and_the_same_command_resumes(make_
     # when each `job_of` poll (a CLI call) is slow on a loaded machine (at 1 MiB/s a CI run finished first)
     argv = [*ZTM, "--agent", b.api_address, "download", "file", path, "-o", str(out), "--rate", str(MiB // 2)]
     cli = subprocess.Popen(argv, env=b.env, cwd=b.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []  # what each poll saw, for the failure message
+
+    def started() -> bool:
+        job = job_of(b, path)
+        seen.append(f"{time.monotonic() - t0:.2f}s {job['state']} {job['chunks_done']}/{job['chunks']}")
+        return bool(job["chunks_done"] >= 1)
+
+    t0 = time.monotonic()
     try:
-        wait_until(lambda: job_of(b, path)["chunks_done"] >= 2, 30, "b to fetch two chunks")
+        wait_until(started, 30, "b to fetch a chunk")
         cli.send_signal(signal.SIGINT)  # Ctrl-C
         _out, err = cli.communicate(timeout=15)
     finally:
         if cli.poll() is None:
             cli.kill()
             cli.communicate()
-    assert cli.returncode == 130, err
+    assert cli.returncode == 130, f"{err!r}; polls: {seen[:3]} ... {seen[-3:]} ({len(seen)})"
     assert "stopped the download" in err and "run the same command to resume" in err, err
     assert job_of(b, path)["state"] == "cancelled"  # the agent stopped fetching as well
     assert not out.exists()
 
     job = download_json(b, path, out)  # the same command again: only the missing chunks are fetched
     assert out.read_bytes() == data
-    assert job["reused"] >= 2 and job["fetched"] == job["chunks"] - job["reused"], job
+    assert job["reused"] >= 1 and job["fetched"] == job["chunks"] - job["reused"], job
 
 
 def test_a_damaged_chunk_is_refused_and_fetched_elsewhere(make_mesh: Make, tmp_path: Path) -> None:
