@@ -199,7 +199,12 @@ def test_ctrl_c_stops_the_agents_download_too_and_the_same_command_resumes(make_
     # 512 KiB/s: 12 s for the whole file, so a Ctrl-C after two chunks (about 4 s) comes with room to spare even
     # when each `job_of` poll (a CLI call) is slow on a loaded machine (at 1 MiB/s a CI run finished first)
     argv = [*ZTM, "--agent", b.api_address, "download", "file", path, "-o", str(out), "--rate", str(MiB // 2)]
-    cli = subprocess.Popen(argv, env=b.env, cwd=b.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: Ctrl-C's default disposition even when this suite was started in the background of a
+    # non-interactive shell (which ignores SIGINT, and children inherit that: then the download ran to its end)
+    cli = subprocess.Popen(
+        argv, env=b.env, cwd=b.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     seen: list[str] = []  # what each poll saw, for the failure message
 
     def started() -> bool:
