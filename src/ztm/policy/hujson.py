@@ -289,7 +289,11 @@ class _Reader:
                 pos += 2
                 continue
             if esc != "u":
-                raise self.fail(pos, f"bad escape '\\{esc}' in a string: use \\\" \\\\ \\/ \\b \\f \\n \\r \\t \\uXXXX")
+                raise self.fail(
+                    pos,
+                    f"bad escape '\\{esc}' in a string: use \\\" \\\\ \\/ \\b \\f \\n \\r \\t "
+                    "or \\u and four hex digits (\\u00e9)",
+                )
             code, pos = self.unicode(pos)
             if 0xD800 <= code < 0xDC00 and text.startswith("\\u", pos):
                 low, after = self.unicode(pos)
