@@ -103,9 +103,13 @@ place_type.__name__ = "endpoint name or tag"
 
 
 def note_type(text: str) -> str:
-    if len(text) > 500 or not text.isprintable():
-        raise argparse.ArgumentTypeError("a note is one line of at most 500 printable characters")
-    return text
+    """`--note`: the check the agent and the hub make (`validate.note`), said before anything is sent."""
+    try:
+        return validate.note(text)
+    except BadInput:
+        raise argparse.ArgumentTypeError(
+            f"a note is one line of at most {validate.MAX_NOTE} printable characters"
+        ) from None
 
 
 note_type.__name__ = "note"
