@@ -197,10 +197,8 @@ def test_every_hub_route_refuses_bad_input_with_a_json_4xx_and_changes_nothing(w
     assert [w["direct"] for w in watched] == ["127.0.0.9:7001"], f"the seeded direct address is not seen: {watched}"
     assert [(f["path"], f["sources"]) for f in state[0][3]] == [(SEED_PATH, 1)], f"no seeded file: {state[0][3]}"
 
-    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(data=st.data())
-    def check(data: st.DataObject) -> None:
-        method, pattern = data.draw(st.sampled_from(routes), label="route")
+    def check(data: st.DataObject, among: list[tuple[str, str]]) -> None:
+        method, pattern = data.draw(st.sampled_from(among), label="route")
         path = pattern
         for m in list(_GROUP.finditer(pattern)):
             path = path.replace(m.group(0), data.draw(_path_values(m.group("name"), world.ep_id), label=m["name"]), 1)
@@ -240,7 +238,17 @@ def test_every_hub_route_refuses_bad_input_with_a_json_4xx_and_changes_nothing(w
         else:
             state[0] = snapshot(client)  # a valid request (labels, services...) may change it
 
-    check()
+    def run(among: list[tuple[str, str]], examples: int) -> None:
+        settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), database=None)(
+            given(data=st.data())(lambda data: check(data, among))
+        )()
+
+    run(routes, 300)
+    # Sampling 300 requests over ~50 routes misses one now and then (about 1 run in 20): the routes the first
+    # pass did not reach get a pass of their own, so every route is tried on every run.
+    missed = [r for r, s in seen.items() if not s]
+    if missed:
+        run(missed, 10 * len(missed))
     missed = [r for r, s in seen.items() if not s]
     assert not missed, f"routes never exercised: {missed}"
     statuses = {code for codes in seen.values() for code in codes}
