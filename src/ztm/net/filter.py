@@ -19,7 +19,7 @@ import collections
 import socket
 from collections.abc import Callable, Sequence
 
-from ztm.net.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, BadPacket, PacketInfo, parse
+from ztm.net.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, BadPacket, PacketInfo, parse, scan
 from ztm.net.table import RouteTable, network
 
 Allow = Callable[[str, str], str | None]
@@ -76,14 +76,13 @@ class InboundFilter:
         """None: deliver the packet; else the reason it is dropped ("malformed", "spoofed-source", "not-for-us",
         "policy"), counted in `counters` like a delivery ("delivered")."""
         try:
-            info = parse(packet)
+            _, proto, src, dst, _, dport, _, _, _ = scan(packet)
         except BadPacket:
             self.counters["malformed"] += 1
             return "malformed"
-        if not self.table.may_send_from(ep_id, info.src):
+        if not self.table.may_send_from(ep_id, src):
             self.counters["spoofed-source"] += 1
             return "spoofed-source"
-        dst = info.dst
         if dst in self._own():
             routed = b""
         elif self._serves(dst):
@@ -91,12 +90,12 @@ class InboundFilter:
         else:
             self.counters["not-for-us"] += 1
             return "not-for-us"
-        key = (ep_id, info.proto, info.dport, routed)
+        key = (ep_id, proto, dport, routed)
         decided = self._decided
         try:
             why = decided[key]
         except KeyError:
-            why = self._allow(ep_id, detail_of(info, not routed))
+            why = self._allow(ep_id, detail_of(parse(packet), not routed))
             if len(decided) >= MEMO_SIZE:
                 decided.clear()
             decided[key] = why
