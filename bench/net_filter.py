@@ -9,7 +9,8 @@ decided once per flow and then memoised, as the agent runs it. Figures (ns per p
   the vnet header: `parse_vnet` + `check_vnet` of a TSO packet;
 * lookup: a peer's mesh address; a routed address (memoised: the same 256 destinations again and again); a first
   lookup of a routed address (every one new: the memo emptied between rounds);
-* check: a packet to our address, delivered (memoised decision); one routed through us, delivered; one refused by
+* check: a packet to our address, delivered (memoised decision); the same with its vnet header (`check_frame` of a
+  TSO frame, header checked against the packet); one routed through us, delivered; one refused by
   the policy (memoised); a spoofed source; a malformed packet.
 
 Times are this process's CPU time (`time.process_time`), so other work on a shared machine does not count. Prints
@@ -126,6 +127,7 @@ def one_run(count: int) -> dict[str, float]:
         "lookup routed, memoised (ns)": per_packet(lambda i: routes.lookup(routed[i & 255][16:20]), count),
         "lookup routed, first (ns)": per_packet(first_lookup, count),
         "check own address, delivered (ns)": per_packet(lambda i: inbound.check("ep7", packet4), count),
+        "check_frame TSO, delivered (ns)": per_packet(lambda i: inbound.check_frame("ep7", tso), count),
         "check routed, delivered (ns)": per_packet(lambda i: inbound.check("ep-router", routed[i & 255]), count),
         "check policy-denied (ns)": per_packet(lambda i: inbound.check("ep7", denied), count),
         "check spoofed source (ns)": per_packet(lambda i: inbound.check("ep7", spoofed), count),

@@ -128,6 +128,7 @@ def test_the_filter_on_the_kernels_frames(frames: tuple[list[tuple[str, bytes]],
         if case.startswith("udp") and case.endswith("-fragments") and not parse(packet).fragment:
             want = None  # the first fragment has its port, udp:5353, which is allowed; the later ones are udp:*
         assert inbound.check("ep-ann", packet) == want, (case, parse(packet))
+        assert inbound.check_frame("ep-ann", frame) == want, (case, parse_vnet(frame))  # with its vnet header
         assert inbound.check("ep-eve", packet) == "spoofed-source"  # another peer sending ann's packets
     assert inbound.counters["spoofed-source"] >= len(captured) - 4
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from net_packets import A4, A6, B4, B6, addr, ext, frag6, icmp, ipv4, ipv6, tcp, udp
 
 from ztm.net.filter import REASONS, InboundFilter, detail_of
-from ztm.net.packet import parse
+from ztm.net.packet import F_NEEDS_CSUM, GSO_TCPV4, GSO_UDP_L4, NO_VNET, VnetHdr, pack_vnet, parse
 from ztm.net.table import PeerAddrs, RouteTable
 from ztm.policy import AppTarget, Place, Policy, Subject
 
@@ -134,6 +134,32 @@ def test_no_policy_allows_everything_for_us_but_still_drops_spoofing() -> None:
     assert inbound.check("ep-bob", ipv4(B4, A4, 6, tcp(1, 9999))) is None
     assert inbound.check("ep-bob", ipv4(addr("100.64.0.99"), A4, 6, tcp(1, 9999))) == "spoofed-source"
     assert inbound.check("ep-bob", ipv4(B4, LAN, 6, tcp(1, 9999))) == "not-for-us"
+
+
+def test_check_frame_takes_the_vnet_header_and_refuses_one_that_does_not_fit() -> None:
+    world = World()
+    check = world.filter.check_frame
+    packet = ipv4(B4, A4, 6, tcp(1, 22, b"x" * 4000))
+    assert check("ep-bob", NO_VNET + packet) is None
+    tso = pack_vnet(VnetHdr(F_NEEDS_CSUM, GSO_TCPV4, 40, 1200, 20, 16))
+    assert check("ep-bob", memoryview(tso + packet)) is None
+    assert check("ep-bob", pack_vnet(VnetHdr(F_NEEDS_CSUM, GSO_UDP_L4, 28, 1200, 20, 6)) + packet) == "malformed"
+    assert check("ep-bob", pack_vnet(VnetHdr(0, 0, 0, 0, 20, 9000)) + packet) is None  # no checksum asked for
+    assert check("ep-bob", pack_vnet(VnetHdr(F_NEEDS_CSUM, 0, 0, 0, 20, 9000)) + packet) == "malformed"
+    assert check("ep-bob", tso) == "malformed" and check("ep-bob", b"\0" * 9) == "malformed"
+    assert check("ep-bob", tso + ipv4(B4, A4, 6, tcp(1, 23, b"x" * 4000))) == "policy"
+    assert world.filter.counters == {"delivered": 3, "malformed": 4, "policy": 1}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=16), st.binary(max_size=100))
+def test_fuzz_check_frame(head: bytes, body: bytes) -> None:
+    world = World()
+    assert world.filter.check_frame("ep-bob", head + body) in (None, *REASONS)
+    assert world.filter.check_frame("ep-bob", head[:10].ljust(10, b"\0") + ipv4(B4, A4, 6, tcp(1, 22, body))) in (
+        None,
+        *REASONS,
+    )
 
 
 @settings(max_examples=400, deadline=None)

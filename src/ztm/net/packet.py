@@ -95,7 +95,7 @@ _S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8 = (getattr(PacketInfo, name).__set__
 _new = object.__new__
 
 
-def _info(f: Fields) -> PacketInfo:
+def info_of(f: Fields) -> PacketInfo:
     """A `PacketInfo` set through its slots: a frozen dataclass's own __init__ goes through object.__setattr__ per
     field, about three times slower, and this is per packet."""
     info = _new(PacketInfo)
@@ -106,7 +106,7 @@ def _info(f: Fields) -> PacketInfo:
 
 def parse(buf: bytes | memoryview) -> PacketInfo:
     """The fields of the IP packet `buf` (after the virtio-net header); BadPacket on any malformed input."""
-    return _info(scan(buf))
+    return info_of(scan(buf))
 
 
 _V4 = struct.Struct("!BxHxxHxBxx4s4s")  # version/IHL, total length, flags/offset, protocol, source, destination
@@ -212,23 +212,46 @@ def check_vnet(h: VnetHdr, info: PacketInfo, size: int) -> None:
     (TCPv4 for IPv4 TCP, TCPv6 for IPv6 TCP, UDP_L4 for UDP; ECN only with TCP; never the old UFO), with a segment
     size and a header length inside the packet; a checksum request whose 2 bytes lie inside the packet's upper-layer
     part; no other flags. The kernel checks these too: this keeps a peer from handing it the odd ones at all."""
-    if h.flags & ~(F_NEEDS_CSUM | F_DATA_VALID):
-        raise BadPacket("vnet", f"unknown virtio-net flags {h.flags:#x}")
-    gso = h.gso_type & ~GSO_ECN
-    if gso == GSO_NONE:
-        if h.gso_type or h.gso_size:
-            raise BadPacket("vnet", "a segment size or ECN without GSO")
-    else:
-        pair = _GSO_OF.get(info.proto)
-        if pair is None or gso != pair[info.version == 6] or info.fragment:
-            raise BadPacket("vnet", f"GSO type {h.gso_type} does not fit this packet")
-        if h.gso_type & GSO_ECN and info.proto != PROTO_TCP:
+    _fits((h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset), info.version, info.proto,
+          info.fragment, size)  # fmt: skip
+
+
+VnetFields = tuple[int, int, int, int, int, int]
+"""`VnetHdr`'s fields as a plain tuple, in its order."""
+
+
+def scan_frame(frame: bytes | memoryview) -> tuple[VnetFields, Fields]:
+    """The virtio-net header's and the packet's fields of `frame` (the header then the IP packet, as the TUN reads
+    and writes it), checked against each other (`check_vnet`); BadPacket otherwise."""
+    if len(frame) < VNET_HDR_LEN:
+        raise BadPacket("short", f"a virtio-net header is {VNET_HDR_LEN} bytes, got {len(frame)}")
+    vnet: VnetFields = _VNET.unpack_from(frame)
+    packet = memoryview(frame)[VNET_HDR_LEN:]
+    fields = scan(packet)
+    _fits(vnet, fields[0], fields[1], fields[8], len(packet))
+    return vnet, fields
+
+
+def _fits(vnet: VnetFields, version: int, proto: int, fragment: bool, size: int) -> None:
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = vnet
+    if flags & ~(F_NEEDS_CSUM | F_DATA_VALID):
+        raise BadPacket("vnet", f"unknown virtio-net flags {flags:#x}")
+    if gso_type:
+        gso = gso_type & ~GSO_ECN
+        pair = _GSO_OF.get(proto)
+        if gso == GSO_NONE:
+            raise BadPacket("vnet", "ECN without GSO")
+        if pair is None or gso != pair[version == 6] or fragment:
+            raise BadPacket("vnet", f"GSO type {gso_type} does not fit this packet")
+        if gso_type & GSO_ECN and proto != PROTO_TCP:
             raise BadPacket("vnet", "ECN with a non-TCP GSO type")
-        if not 0 < h.gso_size <= size or h.hdr_len > size:
+        if not 0 < gso_size <= size or hdr_len > size:
             raise BadPacket("vnet", "a GSO segment size or header length outside the packet")
-        if not h.flags & F_NEEDS_CSUM:
+        if not flags & F_NEEDS_CSUM:
             raise BadPacket("vnet", "GSO without a checksum request")
-    if h.flags & F_NEEDS_CSUM and (h.csum_start < 20 or h.csum_start + h.csum_offset + 2 > size):
+    elif gso_size:
+        raise BadPacket("vnet", "a segment size without GSO")
+    if flags & F_NEEDS_CSUM and (csum_start < 20 or csum_start + csum_offset + 2 > size):
         raise BadPacket("vnet", "a checksum request outside the packet")
 
 
@@ -252,8 +275,10 @@ __all__ = [
     "PacketInfo",
     "VnetHdr",
     "check_vnet",
+    "info_of",
     "pack_vnet",
     "parse",
     "parse_vnet",
     "scan",
+    "scan_frame",
 ]
