@@ -4,11 +4,15 @@ IPv6, `decide_kind("ip")`, the `tests` entries, `parse_app_target`, and every er
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ztm.errors import BadInput
 from ztm.policy import AppTarget, Place, Policy, PolicyError, Subject, parse_app_target
-from ztm.policy.ip import IpError, parse_detail
+from ztm.policy.ip import IpError, parse_detail, parse_pattern
 
 ANN = Subject("ann", "laptop")
 HERE = Place("gw", frozenset({"tag:gw"}))
@@ -88,7 +92,7 @@ def test_parse_app_target() -> None:
     assert str(parse_app_target("ip/10.20.1.5/udp:53")) == "ip/10.20.1.5/udp:53"
     assert parse_app_target("ip/fd00:20::5/icmp") == AppTarget("ip", "fd00:20::5/icmp")
     for bad in ("ip/", "ip/*", "ip/tcp", "ip/tcp:1-2", "ip/tcp:65536", "ip/10.20.0.0/16/tcp:1", "ip/x/tcp:1",
-                "ip/proto:6", "ip/proto:256", "ip/tcp:022", "ip/icmp6"):  # fmt: skip
+                "ip/proto:6", "ip/proto:256", "ip/tcp:022", "ip/icmp6", "ip/fe80::1%eth0/tcp:1"):  # fmt: skip
         with pytest.raises(BadInput) as caught:
             parse_app_target(bad)
         assert caught.value.message.startswith(f"invalid app target {bad!r}: ") and "\n" not in caught.value.message
@@ -123,6 +127,7 @@ def position(part: str) -> PolicyError:
         ("ip/fd00:20::1/64/*", "did you mean fd00:20::/64"),
         ("ip/10.20.0.0/16", "says no protocol: write ip/10.20.0.0/16/* or ip/10.20.0.0/16/tcp:PORT"),
         ("ip/db.lan/tcp:22", "'db.lan' is not an IP address or CIDR"),
+        ("ip/fe80::%eth0/64/*", "'fe80::%eth0' is not an IP address or CIDR"),
         ("ip/tcp", "write ip/tcp:* for every TCP port, or ip/tcp:PORT"),
         ("ip/udp:0", "port '0' is not a number from 1 to 65535"),
         ("ip/udp:70000", "port '70000' is not a number from 1 to 65535"),
@@ -142,3 +147,18 @@ def test_errors_name_line_and_column(part: str, message: str) -> None:
     error = position(part)
     assert message in error.message, error.message
     assert error.message.startswith(f"policy line 3, column 31: dst '*:{part}': ")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="0123456789abcdef.:/%*-tcpudimorx ", max_size=40), st.text(max_size=20))
+def test_fuzz_ip_patterns_and_details(text: str, other: str) -> None:
+    """Any text after `ip/`: a pattern and a detail, or an IpError; a pattern's `matches` never raises."""
+    for candidate in (text, other):
+        try:
+            pattern = parse_pattern(candidate)
+        except IpError:
+            pattern = None
+        with contextlib.suppress(IpError):
+            parse_detail(candidate)
+        if pattern is not None:
+            assert pattern.matches(other) in (True, False) and pattern.matches(text) in (True, False)
