@@ -52,11 +52,19 @@ class VnetHdr:
     csum_offset: int
 
 
+_H0, _H1, _H2, _H3, _H4, _H5 = (getattr(VnetHdr, name).__set__ for name in VnetHdr.__slots__)
+_new_object = object.__new__
+
+
 def parse_vnet(buf: bytes | memoryview) -> VnetHdr:
     """The virtio-net header at the start of `buf`; BadPacket("short") if `buf` is shorter than VNET_HDR_LEN."""
     if len(buf) < VNET_HDR_LEN:
         raise BadPacket("short", f"a virtio-net header is {VNET_HDR_LEN} bytes, got {len(buf)}")
-    return VnetHdr(*_VNET.unpack_from(buf, 0))
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(buf, 0)
+    header = _new_object(VnetHdr)  # set through the slots: a frozen dataclass's __init__ is slower, and per frame
+    _H0(header, flags), _H1(header, gso_type), _H2(header, hdr_len), _H3(header, gso_size)
+    _H4(header, csum_start), _H5(header, csum_offset)
+    return header
 
 
 def pack_vnet(h: VnetHdr) -> bytes:
@@ -92,13 +100,12 @@ class PacketInfo:
 Fields = tuple[int, int, bytes, bytes, int | None, int | None, int | None, int, bool]
 """`PacketInfo`'s fields as a plain tuple, in its order (what `scan` returns: no object to build per packet)."""
 _S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8 = (getattr(PacketInfo, name).__set__ for name in PacketInfo.__slots__)
-_new = object.__new__
 
 
 def info_of(f: Fields) -> PacketInfo:
     """A `PacketInfo` set through its slots: a frozen dataclass's own __init__ goes through object.__setattr__ per
     field, about three times slower, and this is per packet."""
-    info = _new(PacketInfo)
+    info = _new_object(PacketInfo)
     _S0(info, f[0]), _S1(info, f[1]), _S2(info, f[2]), _S3(info, f[3]), _S4(info, f[4])
     _S5(info, f[5]), _S6(info, f[6]), _S7(info, f[7]), _S8(info, f[8])
     return info
