@@ -54,6 +54,10 @@ def test_addresses_are_allocated_in_order_and_kept(make_mesh: Make, make_agent: 
     assert ep["routes"] == [] and ep["routes_pending"] == [], ep
     own = a.cli_json("describe", "ep", "alice")
     assert own["mesh_ip"] == "100.64.0.2", own
+    header, *rows = a.cli("get", "ep").stdout.splitlines()
+    assert header.split()[3:6] == ["IP", "MESH", "IP"] and rows[1].split()[4] == "100.64.0.3", (header, rows)
+    text = " ".join(a.cli("describe", "ep", "bob").stdout.split())
+    assert f"mesh_ip: 100.64.0.3 mesh_ip6: {first['bob'][1]} routes: - routes_pending: -" in text, text
 
     # certificate renewals (6 s certificates renew every ~3 s) keep the address
     old = mesh_of(b)["cert_expires"]

@@ -152,6 +152,13 @@ def test_an_approval_names_only_the_endpoint_in_its_body(world: World) -> None:
         status, body = c.json("POST", "/api/routes/approve", {"ep": w.ids["bob"], "cidrs": [LAN]})
         assert status == 200 and body["name"] == "bob" and body["routes"] == [LAN], body
     assert w.routes() == [("bob", LAN, True), ("carol", LAN, False), ("carol", "10.40.0.0/16", False)]
+    table = [line.split() for line in w.bob.cli("get", "route").stdout.splitlines()]
+    assert table[0] == ["EP", "CIDR", "STATE", "APPROVED", "BY", "ADVERTISED"], table
+    assert [row[:4] for row in table[1:]] == [
+        ["bob", LAN, "approved", "root"], ["carol", LAN, "pending", "-"], ["carol", "10.40.0.0/16", "pending", "-"],
+    ], table  # fmt: skip
+    described = w.bob.cli("describe", "ep", "carol").stdout
+    assert f"routes_pending: {LAN}, 10.40.0.0/16" in " ".join(described.split()), described
     # withdrawing an approved route removes it: advertised again, it needs a new approval
     w.bob.cli("ep", "bob", "route", "withdraw", LAN)
     w.bob.cli("ep", "bob", "route", "advertise", LAN)
