@@ -137,6 +137,8 @@ class MeshSession:
         """True until the hub's endpoint list was loaded on this connection (fetched only while a policy is set)."""
         self.labels: list[str] = list(record.labels)
         """This endpoint's labels as the hub last described it (its tags are the policy's place)."""
+        self.mesh_ranges: tuple[str | None, str | None] = (None, None)
+        """The mesh's IPv4 range and IPv6 /48 as the hub's status last said (issue 17; None until a hello)."""
         self._save_policy = save_policy
         self.gate = PolicyGate(record.name, place=self.place, peer=self._peer_view)
         """The mesh's access policy, asked by every app at its exit (`ztm.agent.gate`)."""
@@ -278,6 +280,9 @@ class MeshSession:
             hub = event.get("hub")
             if isinstance(hub, dict) and not self._hub_list(hub.get("hubs")):
                 self._hub_itself(hub)
+            if isinstance(hub, dict):
+                ranges = hub.get("mesh_range"), hub.get("mesh_range6")
+                self.mesh_ranges = (_str_or_none(ranges[0]), _str_or_none(ranges[1]))
             if isinstance(event.get("ep"), dict):
                 self._own_labels(event["ep"].get("labels"))
             self._peers_stale = True
@@ -564,6 +569,8 @@ class MeshSession:
             "connected_since": iso(link.since) if link.status == "online" else None,
             "cert_expires": iso(end),
             "zone": link.zone,
+            "mesh_range": self.mesh_ranges[0],
+            "mesh_range6": self.mesh_ranges[1],
         }
 
     async def hub_views(self) -> list[dict[str, Any]]:
@@ -636,6 +643,10 @@ async def _untrack_at_end(stream: E2EStream, untrack: Callable[[], None]) -> Non
         await stream.wait_closed()
     finally:
         untrack()
+
+
+def _str_or_none(value: object) -> str | None:
+    return value[:64] if isinstance(value, str) else None
 
 
 def _first_flight(value: object) -> bytes:

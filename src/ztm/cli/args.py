@@ -160,6 +160,7 @@ EP_KINDS = {"ep": ("endpoint", "endpoints", "eps")}
 APP_KINDS = {"app": ("apps",)}
 FILE_KINDS = {"file": ("files",)}
 AUDIT_KINDS = {"audit": ("audit-log",)}
+ROUTE_KINDS = {"route": ("routes",)}
 
 
 def address_type(*, default_host: str | None = None, default_port: int | None = None) -> Callable[[str], Address]:
@@ -280,6 +281,19 @@ def zone_type(text: str) -> str:
 
 
 zone_type.__name__ = "zone"
+
+
+def mesh_range_type(text: str) -> str:
+    """`--mesh-range CIDR`: an IPv4 network, prefix 8..24."""
+    from ztm.hub import meshaddr  # only when given: the CLI's start-up imports no hub module
+
+    try:
+        return str(meshaddr.parse_range(text, "mesh range"))
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+mesh_range_type.__name__ = "mesh range"
 
 
 def seconds_within(low: float, high: float, example: str) -> Callable[[str], float]:
@@ -464,6 +478,13 @@ def hub_options(p: argparse.ArgumentParser) -> None:
         "makes it, copy it to every other hub, mode 0600)",
     )
     p.add_argument("--zone", metavar="NAME", type=zone_type, help="this hub's zone (agents of that zone prefer it)")
+    p.add_argument(
+        "--mesh-range",
+        metavar="CIDR",
+        type=mesh_range_type,
+        help="the IPv4 range endpoint addresses come from, fixed when the hub creates the mesh (prefix /8../24; "
+        "default 100.64.0.0/10)",
+    )
 
 
 def agent_options(p: argparse.ArgumentParser) -> None:
@@ -620,8 +641,8 @@ def configure_leave(p: argparse.ArgumentParser) -> None:
 def configure_get(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "kind",
-        metavar="mesh|hub|ep|app|file|audit",
-        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS, **FILE_KINDS, **AUDIT_KINDS}),
+        metavar="mesh|hub|ep|app|file|audit|route",
+        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS, **FILE_KINDS, **AUDIT_KINDS, **ROUTE_KINDS}),
         help="what to list (plurals and endpoint/eps work too; for file, NAME is a path prefix)",
     )
     p.add_argument("name", metavar="NAME", nargs="?", help="show only this one")
