@@ -9,7 +9,9 @@ naming the rule or "no rule allows it". Per-app lists still apply on top: both m
 
 What a check allowed and that stays open (a tunnel or proxy connection, a terminal session, an installed app's
 stream) is tracked (`track`) with a function that closes it; a new policy (`set_policy`) re-checks each one at once,
-in the same event-loop turn, and closes those it no longer allows, logged and counted. Counters (`counters`, keys
+in the same event-loop turn, and closes those it no longer allows, logged and counted. Network mode's packets ask
+`allow_ip` (a reason instead of an exception, a denial logged once per caller and detail per policy version: packets
+are many, and the inbound filter memoises the answers until the policy or the peers change). Counters (`counters`, keys
 `allowed:APP`, `denied:APP`, `closed:APP` with APP the target's kind) are exported by `ztm.agent.metrics` as
 `ztm_agent_policy_{allowed,denied,closed}_total{mesh,app}`.
 
@@ -31,6 +33,8 @@ log = logging.getLogger("ztm.agent")
 
 NO_POLICY = Decision(True, 0, "")
 """What `check` returns while no policy is set: allowed (the apps' own lists decide)."""
+IP_LOGGED_SIZE = 4096
+"""(caller, detail) pairs whose denial `allow_ip` logged under the current policy version (then emptied)."""
 
 
 @dataclass(eq=False)
@@ -60,6 +64,8 @@ class PolicyGate:
         """The mesh's policy as the hub last sent it (None: none is set)."""
         self.counters: collections.Counter[str] = collections.Counter()
         self._tracked: set[Tracked] = set()
+        self._ip_logged: set[tuple[str, str, str]] = set()
+        self._ip_logged_version = 0
 
     @property
     def version(self) -> int:
@@ -102,6 +108,32 @@ class PolicyGate:
             self.mesh, what, caller.user, caller.name, caller.ep_id, why,
         )  # fmt: skip
         raise Forbidden(f"policy: {why}")
+
+    def allow_ip(self, caller: Caller, detail: str) -> str | None:
+        """None if the policy allows `caller` the network-mode packet or port `detail` here ("tcp:22", "icmp",
+        "10.20.1.5/udp:53": `ztm.net.filter.detail_of`), else the policy's why. Counted as `allowed:ip` and
+        `denied:ip`; a denial is logged at most once per (caller, detail) per policy version. No policy: allowed
+        (network mode is opt-in by the receiving endpoint)."""
+        policy = self.policy
+        if policy is None:
+            return None
+        decision = policy.decide(self.subject(caller), self._place(), AppTarget("ip", detail))
+        if decision.allowed:
+            self.counters["allowed:ip"] += 1
+            return None
+        self.counters["denied:ip"] += 1
+        why = decision.why()
+        if self._ip_logged_version != policy.version or len(self._ip_logged) >= IP_LOGGED_SIZE:
+            self._ip_logged = set()
+            self._ip_logged_version = policy.version
+        key = (caller.ep_id, caller.user, detail)
+        if key not in self._ip_logged:
+            self._ip_logged.add(key)
+            log.warning(
+                "mesh %s: policy: dropping ip/%s from user %s at endpoint %s (%s): %s (logged once per policy "
+                "version)", self.mesh, detail, caller.user, caller.name, caller.ep_id, why,
+            )  # fmt: skip
+        return why
 
     def track(self, caller: Caller, what: AppTarget, close: Callable[[str], None]) -> Callable[[], None]:
         """Watch a live connection or session that `check` allowed; returns the function that stops watching it

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ztm.hub")
 
-APP_KINDS = {"tunnel": "tunnel", "terminal": "terminal", "proxy": "proxy", "files": "files"}
-"""App name -> the policy kind the hub's first line checks (any other app: "app")."""
+APP_KINDS = {"tunnel": "tunnel", "terminal": "terminal", "proxy": "proxy", "files": "files", "net": "ip"}
+"""App name -> the policy kind the hub's first line checks (any other app: "app"; network mode's `net` streams, packets
+and ports, are kind "ip")."""
 UNGATED_APPS = frozenset({"calls"})
 """Reserved app names the first line leaves to the callee (`ztm.agent.peercall`: root's remote calls, which the
 callee authorises itself)."""

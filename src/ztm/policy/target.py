@@ -1,12 +1,15 @@
 """What is asked for at an endpoint (`AppTarget`: "tunnel/tcp/pg", "proxy/10.0.0.5:5432", "terminal",
-"files/shared/a", "files-write/users/ann/x", "app/chat") and the APP-PART patterns of a policy's `dst` entries that
-match them ("tunnel/*", "proxy/10.0.0.0/8:5000-5999", "files/shared/", ...).
+"files/shared/a", "files-write/users/ann/x", "app/chat", "ip/tcp:22", "ip/10.20.1.5/udp:53") and the APP-PART
+patterns of a policy's `dst` entries that match them ("tunnel/*", "proxy/10.0.0.0/8:5000-5999", "files/shared/",
+"ip/udp:5000-5100", "ip/10.20.0.0/16/*", ...).
 
 A pattern is parsed once into a `Part` with a `matches(target)` test. Proxy hosts are matched with `ipaddress`: an IP
 or CIDR pattern matches a target asked for by IP literal (an IPv4-mapped IPv6 address counts as its IPv4 address);
 a name pattern (exact, or `*.suffix`) matches a target asked for by name, case-insensitively. File prefixes match at
 `/` boundaries only, and never a path with empty, `.` or `..` names (such a path is matched only by `files/`,
-`files/*` or `*`).
+`files/*` or `*`). Network-mode packets (kind "ip", `ztm.policy.ip`) are matched by protocol and port, and a packet
+routed through the endpoint (its detail starts with the destination address) only by a part naming a CIDR that holds
+that address: never by `*` nor by an `ip/` part without a CIDR, which cover the endpoint's own mesh addresses.
 """
 
 from __future__ import annotations
@@ -18,17 +21,19 @@ from dataclasses import dataclass
 
 from ztm import validate
 from ztm.errors import BadInput
+from ztm.policy import ip
 
-KINDS = ("tunnel", "proxy", "terminal", "files", "files-write", "app")
+KINDS = ("tunnel", "proxy", "terminal", "files", "files-write", "app", "ip")
 """The kinds of app target, as `AppTarget.kind` and `Policy.decide_kind` take them."""
 FORMS = (
-    "tunnel/tcp/NAME, tunnel/udp/NAME, proxy/HOST:PORT, terminal, files/PATH, files-write/PATH or app/NAME "
-    "(e.g. tunnel/tcp/pg, proxy/10.0.0.5:5432, files/shared/notes)"
+    "tunnel/tcp/NAME, tunnel/udp/NAME, proxy/HOST:PORT, terminal, files/PATH, files-write/PATH, app/NAME or "
+    "ip/[ADDRESS/]PROTO (e.g. tunnel/tcp/pg, proxy/10.0.0.5:5432, files/shared/notes, ip/tcp:22, "
+    "ip/10.20.1.5/udp:53)"
 )
 PART_FORMS = (
     "*, tunnel/*, tunnel/tcp/NAME, tunnel/udp/NAME, tunnel/tcp/*, tunnel/udp/*, proxy/HOST:PORT (HOST: a name, "
     "*.suffix, an IP, a CIDR or *; PORT: a number, A-B or *), terminal, files/PATH-PREFIX, files-write/PATH-PREFIX, "
-    "app/NAME or app/*"
+    "app/NAME, app/*, ip/* or ip/[CIDR/]PROTO (PROTO: tcp:PORT, udp:PORT, icmp, proto:N or *)"
 )
 _HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?")
 _NUMERIC = re.compile(r"[0-9]+|0[xX][0-9a-fA-F]*")
@@ -88,6 +93,12 @@ def _target(text: str) -> AppTarget:
         if not validate.APP_NAME.fullmatch(rest):
             raise PartError("an app is app/NAME (NAME: lowercase letters, digits and '-')")
         return AppTarget("app", rest)
+    if kind == "ip":
+        try:
+            ip.parse_detail(rest)
+        except ip.IpError as exc:
+            raise PartError(str(exc)) from None
+        return AppTarget("ip", rest)
     raise PartError(f"use {FORMS}")
 
 
@@ -180,7 +191,7 @@ class Part:
         self.text = text
 
     def matches(self, what: AppTarget) -> bool:
-        return True
+        return what.kind != "ip" or "/" not in what.detail  # `*` covers the mesh addresses, not a routed LAN
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.text!r})"
@@ -282,6 +293,17 @@ class _Proxy(Part):
         return bool(self.name) and name == self.name
 
 
+class _Ip(Part):
+    kinds = frozenset({"ip"})
+
+    def __init__(self, text: str, pattern: ip.IpPattern) -> None:
+        super().__init__(text)
+        self.pattern = pattern
+
+    def matches(self, what: AppTarget) -> bool:
+        return what.kind == "ip" and self.pattern.matches(what.detail)
+
+
 def parse_part(text: str) -> Part:
     """The compiled APP-PART pattern of a `dst` entry; PartError saying the accepted forms otherwise."""
     if text == "*":
@@ -313,6 +335,11 @@ def parse_part(text: str) -> Part:
                 "one, no empty, '.' or '..' names)"
             )
         return _Files(text, kind, prefix.removesuffix("/"))
+    if kind == "ip" and slash:
+        try:
+            return _Ip(text, ip.parse_pattern(rest))
+        except ip.IpError as exc:
+            raise PartError(str(exc)) from None
     if kind == "app" and slash:
         if rest == "*":
             return _App(text, "")
