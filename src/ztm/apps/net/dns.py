@@ -167,7 +167,7 @@ class MeshDns:
         }
 
     async def _split_dns(self, ip: str, ifname: str) -> None:
-        if shutil.which("resolvectl") is None or not RESOLVED_RUN.is_dir():
+        if not resolved_runs():
             log.warning(
                 "mesh %s: systemd-resolved is not running here: for names under %s add `nameserver %s` as the first "
                 "nameserver line of /etc/resolv.conf (other names are forwarded to the others there)",
@@ -332,6 +332,11 @@ async def _ask_tcp(upstream: str, port: int, query: bytes) -> bytes:
         return await reader.readexactly(size)
     finally:
         writer.close()
+
+
+def resolved_runs() -> bool:
+    """Whether systemd-resolved runs here (its runtime directory exists) and `resolvectl` is on PATH."""
+    return shutil.which("resolvectl") is not None and RESOLVED_RUN.is_dir()
 
 
 def _nameservers(path: Path) -> list[str]:

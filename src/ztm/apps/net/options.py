@@ -1,5 +1,5 @@
-"""The agent's network-mode options (`ztm run|start agent --tun --tun-name --accept-routes --dns-suffix`), as the
-`net` app of each mesh reads them from its session."""
+"""The agent's network-mode options (`ztm run|start agent --tun --tun-name --accept-routes --dns-suffix
+--expose-ports`), as the `net` app of each mesh reads them from its session."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class NetOptions:
     """Route the subnets other endpoints route (approved by root) through them (`--accept-routes`)."""
     dns_suffix: str = DEFAULT_DNS_SUFFIX
     """Names are `NAME.MESH.SUFFIX` (`--dns-suffix`)."""
+    expose_ports: bool = False
+    """Take port streams (`port/tcp/PORT`) without network mode, connecting to 127.0.0.1 (`--expose-ports`)."""
 
 
 def has_net_admin() -> bool:
