@@ -83,6 +83,7 @@ class NetApp(MeshApp):
         self._syncing = False
         self._resync = False
         self._own_addrs: frozenset[bytes] = frozenset()
+        self._served_routes: tuple[str, ...] = ()
         self._policy_version = -1
         self._found: dict[str, str | None] = {}
         self._found_at = 0.0
@@ -193,8 +194,11 @@ class NetApp(MeshApp):
             sender = self.senders.get(ep_id)
             rank = 0.0 if sender is not None and sender.path not in (None, "relay") else 1.0
             peers.append(PeerAddrs(ep_id, addrs, routes, bool(ep.get("online")), rank))
-        self.table.update(peers, accept_routes=self.ctx.session.net.accept_routes)
         self._own_addrs = frozenset(a for a in (packed(self.mesh_ip), packed(self.mesh_ip6)) if a is not None)
+        routes = self.ctx.session.me.get("routes")
+        self._served_routes = tuple(r for r in routes if isinstance(r, str)) if isinstance(routes, list) else ()
+        self.table.own = self._own_addrs
+        self.table.update(peers, accept_routes=self.ctx.session.net.accept_routes)
         self.filter.forget()
 
     def _index(self) -> int:
@@ -353,10 +357,9 @@ class NetApp(MeshApp):
     def _own(self) -> frozenset[bytes]:
         return self._own_addrs
 
-    def _served(self) -> list[str]:
-        """The approved routes this endpoint routes for the mesh."""
-        routes = self.ctx.session.me.get("routes")
-        return [r for r in routes if isinstance(r, str)] if isinstance(routes, list) else []
+    def _served(self) -> tuple[str, ...]:
+        """The approved routes this endpoint routes for the mesh (as the hub last described it)."""
+        return self._served_routes
 
     def _allow(self, ep_id: str, detail: str) -> str | None:
         caller = self._callers.get(ep_id)
@@ -414,7 +417,7 @@ class NetApp(MeshApp):
                 "mesh_ip6": self.mesh_ip6,
                 "error": self.error,
                 "accept_routes": self.ctx.session.net.accept_routes,
-                "routing": self._served() if self._snat is not None else [],
+                "routing": list(self._served()) if self._snat is not None else [],
                 "routes_in_use": self.table.routes_in_use(),
                 "routes_installed": sorted(self._routes),
                 "packets_in": counters["ip:packets_in"],
