@@ -268,9 +268,8 @@ def test_a_subnet_route_through_one_router_fails_over_to_the_other(net: Net) -> 
 
 def test_the_policy_allows_one_port_and_drops_another_at_the_receiver(net: Net, tmp_path: Path) -> None:
     policy = tmp_path / "policy.hujson"
-    policy.write_text(
-        '{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:ip/tcp:%d", "*:ip/icmp", "*:ip/udp:*"]}]}' % PORT_A
-    )
+    rules = f'"*:ip/tcp:{PORT_A}", "*:ip/icmp", "*:ip/udp:*"'
+    policy.write_text('{"acls": [{"action": "accept", "src": ["*"], "dst": [' + rules + "]}]}")
     dc, work = net.agents["dc"], net.agents["workplace"]
     work.cli("policy", "set", str(policy), "--note", "network mode test")
     version = wait_until(lambda: (v := dc.api("GET", f"/api/meshes/{MESH}/policy/local")[1]["version"]) > 0 and v,

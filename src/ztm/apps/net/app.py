@@ -195,8 +195,8 @@ class NetApp(MeshApp):
             rank = 0.0 if sender is not None and sender.path not in (None, "relay") else 1.0
             peers.append(PeerAddrs(ep_id, addrs, routes, bool(ep.get("online")), rank))
         self._own_addrs = frozenset(a for a in (packed(self.mesh_ip), packed(self.mesh_ip6)) if a is not None)
-        routes = self.ctx.session.me.get("routes")
-        self._served_routes = tuple(r for r in routes if isinstance(r, str)) if isinstance(routes, list) else ()
+        served = self.ctx.session.me.get("routes")
+        self._served_routes = tuple(r for r in served if isinstance(r, str)) if isinstance(served, list) else ()
         self.table.own = self._own_addrs
         self.table.update(peers, accept_routes=self.ctx.session.net.accept_routes)
         self.filter.forget()
@@ -229,7 +229,7 @@ class NetApp(MeshApp):
     async def _bring_up(self) -> None:
         mesh_ip = self.mesh_ip
         assert mesh_ip is not None
-        prefix = _prefix(self.ctx.session.link.hub.get("mesh_range"))
+        prefix = _prefix(self.ctx.session.mesh_ranges[0])
         name = f"{self.ctx.session.net.tun_name}{self._index()}"
         self.ifname = name
         device = self.device = tun_mod.TunDevice.open(name)
