@@ -60,6 +60,9 @@ class HubConfig:
     """The key that seals the mesh's private keys in a shared store (default: `data/ca.key`, made by the first hub)."""
     zone: str = ""
     """The hub's zone (agents of the same zone prefer it); "" for none."""
+    mesh_range: str | None = None
+    """`--mesh-range`: the IPv4 range endpoint addresses come from, used when the hub creates the mesh (default
+    100.64.0.0/10); a hub started later with a different one refuses to start (issue 17)."""
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,8 @@ def hub_argv(cfg: HubConfig, python: str = sys.executable) -> list[str]:
         argv += ["--ca-key-file", str(cfg.ca_key_file)]
     if cfg.zone:
         argv += ["--zone", cfg.zone]
+    if cfg.mesh_range is not None:
+        argv += ["--mesh-range", cfg.mesh_range]
     return argv
 
 

@@ -146,6 +146,8 @@ class MeshSession:
         """Called (synchronously) whenever `peers` or `me` changed: an event, or the hub's list loaded."""
         self.net = NetOptions()
         """The agent's network-mode options (`--tun` ...), set by the agent before `start`; the `net` app reads them."""
+        self.mesh_ranges: tuple[str | None, str | None] = (None, None)
+        """The mesh's IPv4 range and IPv6 /48 as the hub's status last said (issue 17; None until a hello)."""
         self._save_policy = save_policy
         self.gate = PolicyGate(record.name, place=self.place, peer=self._peer_view)
         """The mesh's access policy, asked by every app at its exit (`ztm.agent.gate`)."""
@@ -287,6 +289,9 @@ class MeshSession:
             hub = event.get("hub")
             if isinstance(hub, dict) and not self._hub_list(hub.get("hubs")):
                 self._hub_itself(hub)
+            if isinstance(hub, dict):
+                ranges = hub.get("mesh_range"), hub.get("mesh_range6")
+                self.mesh_ranges = (_str_or_none(ranges[0]), _str_or_none(ranges[1]))
             if isinstance(event.get("ep"), dict):
                 self.me = event["ep"]
                 self._own_labels(event["ep"].get("labels"))
@@ -597,6 +602,8 @@ class MeshSession:
             "connected_since": iso(link.since) if link.status == "online" else None,
             "cert_expires": iso(end),
             "zone": link.zone,
+            "mesh_range": self.mesh_ranges[0],
+            "mesh_range6": self.mesh_ranges[1],
         }
 
     async def hub_views(self) -> list[dict[str, Any]]:
@@ -669,6 +676,10 @@ async def _untrack_at_end(stream: E2EStream, untrack: Callable[[], None]) -> Non
         await stream.wait_closed()
     finally:
         untrack()
+
+
+def _str_or_none(value: object) -> str | None:
+    return value[:64] if isinstance(value, str) else None
 
 
 def _first_flight(value: object) -> bytes:

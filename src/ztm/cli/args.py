@@ -23,6 +23,7 @@ from ztm.addr import Address
 from ztm.apps.net.options import check_dns_suffix, check_tun_name
 from ztm.config import DEFAULT_HUB_PORT
 from ztm.errors import BadInput
+from ztm.hub import meshaddr
 from ztm.timefmt import parse_since
 
 GLOBAL_VALUE_OPTIONS = ("--agent", "--mesh", "--output", "-o", "--timeout")
@@ -305,6 +306,17 @@ def dns_suffix_type(text: str) -> str:
 dns_suffix_type.__name__ = "DNS suffix"
 
 
+def mesh_range_type(text: str) -> str:
+    """`--mesh-range CIDR`: an IPv4 network, prefix 8..24."""
+    try:
+        return str(meshaddr.parse_range(text, "mesh range"))
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+mesh_range_type.__name__ = "mesh range"
+
+
 def seconds_within(low: float, high: float, example: str) -> Callable[[str], float]:
     """An argparse type for a number of seconds from `low` to `high` (one-line errors naming `example`)."""
 
@@ -487,6 +499,13 @@ def hub_options(p: argparse.ArgumentParser) -> None:
         "makes it, copy it to every other hub, mode 0600)",
     )
     p.add_argument("--zone", metavar="NAME", type=zone_type, help="this hub's zone (agents of that zone prefer it)")
+    p.add_argument(
+        "--mesh-range",
+        metavar="CIDR",
+        type=mesh_range_type,
+        help="the IPv4 range endpoint addresses come from, fixed when the hub creates the mesh (prefix /8../24; "
+        "default 100.64.0.0/10)",
+    )
 
 
 def agent_options(p: argparse.ArgumentParser) -> None:

@@ -54,6 +54,7 @@ def hub_config(args: argparse.Namespace, *, service: bool = False) -> HubConfig:
         store_password_file=_absolute(args.store_password_file) if args.store_password_file else None,
         ca_key_file=_absolute(args.ca_key_file) if args.ca_key_file else None,
         zone=args.zone or "",
+        mesh_range=args.mesh_range,
     )
     if args.store_password_file is not None and args.store is None:
         raise UsageError("--store-password-file goes with --store postgresql://...")

@@ -2,6 +2,7 @@
 
 `AuditLog.record` writes one row (`ztm.hub.store.AuditEntry`) for an action a member made: a join or enrolment, a
 certificate renewal, an invitation, an eviction, an endpoint deleted (`leave`), labels, apps and files published,
+subnet routes advertised, withdrawn, approved and unapproved (`route.*`),
 policy versions (those are written in the policy's own transaction, `HubStore.add_policy`), the hub's start and stop.
 The row is written BEFORE the action's own store write and awaited: if it cannot be written the action fails as any
 store write would (`Unavailable`), so an action that succeeded always has its row (a row whose action then failed
@@ -33,7 +34,8 @@ log = logging.getLogger("ztm.hub")
 ACTIONS = frozenset(
     {
         "join", "leave", "enroll", "renew", "invite", "evict", "policy-set", "policy-rollback", "label",
-        "app-publish", "file-publish", "hub-start", "hub-stop", "denied",
+        "app-publish", "file-publish", "hub-start", "hub-stop", "denied", "route.advertise", "route.withdraw",
+        "route.approve", "route.unapprove",
     }
 )  # fmt: skip
 """Every action string the hub records (PROTOCOL.md, "Audit log")."""

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ztm import keylog, pki
 from ztm.addr import Address
 from ztm.errors import BadInput
-from ztm.hub import cakey
+from ztm.hub import cakey, meshaddr
 from ztm.hub.store import HubStore
 
 ROOT_USER = "root"
@@ -60,14 +60,14 @@ class Authority:
     @classmethod
     async def load(
         cls, store: HubStore, data: Path, names: Sequence[Address], *, seal_key: bytes | None = None,
-        key_file: Path | None = None,
+        key_file: Path | None = None, mesh_range: str | None = None,
     ) -> Authority:  # fmt: skip
         """The mesh in `store`, created (CA, root user) when the store has none yet. With `seal_key` (a shared
         store) the private keys are kept sealed in the store (`ztm.hub.cakey`); a key that does not open them is a
         one-line `BadInput` naming `key_file`."""
         meta = await store.get_meta()
         if "ca_cert" not in meta:
-            meta = await cls._create(store, utcnow(), seal_key)
+            meta = await cls._create(store, utcnow(), seal_key, mesh_range)
         keys = {"ca_key": meta["ca_key"], "root_key": meta["root_key"]}
         if seal_key is not None:
             for what in keys:
@@ -80,7 +80,9 @@ class Authority:
         return cls(store, data, names, meta, keys)
 
     @staticmethod
-    async def _create(store: HubStore, now: dt.datetime, seal_key: bytes | None) -> dict[str, str]:
+    async def _create(
+        store: HubStore, now: dt.datetime, seal_key: bytes | None, mesh_range: str | None = None
+    ) -> dict[str, str]:
         mesh_id = pki.new_mesh_id()
         ca_key, ca_cert = pki.create_ca(mesh_id, now=now)
         root_key = pki.new_key()
@@ -99,6 +101,9 @@ class Authority:
             "root_key": root_pem,
             "root_cert": pki.cert_to_pem(root_cert),
             "crl_number": "0",
+            # issue 17: the mesh's address ranges, fixed at creation (`ztm.hub.meshnet.settle_range`)
+            "mesh_range": str(meshaddr.parse_range(mesh_range or meshaddr.DEFAULT_RANGE)),
+            "mesh_range6": str(meshaddr.ula48(mesh_id)),
         }
         stored = await store.create_meta(meta)
         if stored.get("mesh_id") != mesh_id:

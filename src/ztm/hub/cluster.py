@@ -5,7 +5,8 @@ clean stop), the view of the other hubs (`HubState.hubs`: a hub whose heartbeat 
 of the store's clock is offline), the publication of this hub's sessions (presence rows and notifications), and the
 application of other hubs' notifications to `HubState`: endpoints enrolled, relabelled or deleted elsewhere,
 invitations and evictions (the CRL and the evicted user's sessions here), file entries, policy versions (the
-newest is reloaded from the store and sent to this hub's agents), and endpoints going on- or
+newest is reloaded from the store and sent to this hub's agents), an endpoint's subnet routes (reloaded from the
+store, then its `endpoint` event), and endpoints going on- or
 offline on other hubs (`HubState.remote`). On a single hub the same code runs against `SqliteStore`, which has no
 other hub: the hubs table holds this hub alone and no notification ever arrives.
 
@@ -337,6 +338,8 @@ class Cluster:
             await state.reload_crl()
         elif kind == "policy":
             await state.policy.load()  # the newest version in the store (a later one may have come meanwhile)
+        elif kind == "routes":
+            await state.net.reload(str(payload["ep"]))
         elif kind == "hub":
             before = self._online_ids()
             await self._read_hubs()

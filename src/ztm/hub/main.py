@@ -12,7 +12,7 @@ from ztm import aio, datadir, h2, keylog, logs, pki
 from ztm.addr import Address
 from ztm.config import HubConfig
 from ztm.errors import BadInput, Unavailable, ZtmError
-from ztm.hub import cakey, limits
+from ztm.hub import cakey, limits, meshnet
 from ztm.hub.admin import serve_admin
 from ztm.hub.authority import Authority
 from ztm.hub.cluster import Cluster
@@ -51,7 +51,10 @@ async def _main(cfg: HubConfig) -> int:
     cluster: Cluster | None = None
     try:
         seal_key, key_file = await _seal_key(cfg, store)
-        authority = await Authority.load(store, cfg.data, names, seal_key=seal_key, key_file=key_file)
+        authority = await Authority.load(
+            store, cfg.data, names, seal_key=seal_key, key_file=key_file, mesh_range=cfg.mesh_range
+        )
+        mesh_range, mesh_range6 = await meshnet.settle_range(store, authority.mesh_id, cfg.mesh_range)
         state = await HubState.load(
             store,
             authority,
@@ -59,6 +62,8 @@ async def _main(cfg: HubConfig) -> int:
             cert_ttl=cfg.cert_ttl,
             heartbeat=cfg.heartbeat,
             max_endpoints_per_user=cfg.max_endpoints_per_user,
+            mesh_range=mesh_range,
+            mesh_range6=mesh_range6,
         )
         routes = HubRoutes(state, ring, await store.files())
         cluster = Cluster(state, store, zone=cfg.zone, admin=str(cfg.admin) if cfg.admin else "")

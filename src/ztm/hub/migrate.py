@@ -2,7 +2,7 @@
 
 `read_snapshot(data_dir)` reads everything the hub keeps from `DATA/ztm-hub.db` (meta: the mesh id, CA and root
 material; users and evictions; issued certificates with their revocations; endpoints; the files index; the policy
-versions and the audit log) while holding
+versions, the audit log, the endpoints' mesh addresses and subnet routes) while holding
 the data directory's lock, so no hub runs on it meanwhile. `migrate(data_dir, target, key)` seals the private keys
 with the CA key file's key (`ztm.hub.cakey`) and writes it all into `target` in one transaction
 (`PgStore.import_mesh`): a target that already holds a mesh is refused and nothing is written. The SQLite file is
@@ -22,7 +22,7 @@ from typing import Any
 
 from ztm.errors import BadInput
 from ztm.hub import cakey
-from ztm.hub.store import AuditEntry, EndpointRecord, PolicyVersion, UserRecord
+from ztm.hub.store import AuditEntry, EndpointRecord, PolicyVersion, RouteRecord, UserRecord
 from ztm.hub.store_pg import PgStore
 from ztm.hub.store_sqlite import SqliteStore
 
@@ -43,6 +43,7 @@ class MeshSnapshot:
     """(path, JSON entry)"""
     policies: list[PolicyVersion] = field(default_factory=list)
     audit: list[AuditEntry] = field(default_factory=list)
+    routes: list[RouteRecord] = field(default_factory=list)
 
 
 async def read_snapshot(data_dir: Path) -> MeshSnapshot:
@@ -71,6 +72,7 @@ async def read_snapshot(data_dir: Path) -> MeshSnapshot:
             files=[(r["path"], r["entry"]) for r in db.all("SELECT path, entry FROM files ORDER BY path")],
             policies=await store.policy_versions(),
             audit=await store.audit(limit=1 << 62),
+            routes=await store.routes(),
         )
     finally:
         await store.close()
@@ -103,5 +105,6 @@ def snapshot_counts(snapshot: MeshSnapshot) -> dict[str, Any]:
         "files": len(snapshot.files),
         "policy_versions": len(snapshot.policies),
         "audit": len(snapshot.audit),
+        "routes": len(snapshot.routes),
         "labels": json.dumps(sorted({label for e in snapshot.endpoints for label in e.labels})),
     }

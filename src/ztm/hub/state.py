@@ -21,12 +21,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ztm import pki, validate
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unauthorized, Unavailable
-from ztm.hub import limits
+from ztm.hub import limits, meshaddr, meshnet
 from ztm.hub.audit import AuditLog
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.conns import Connections
+from ztm.hub.meshnet import MeshNet
 from ztm.hub.policy import HubPolicy
-from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence, UserRecord
+from ztm.hub.store import AddressTaken, EndpointRecord, HubInfo, HubStore, Presence, UserRecord
 from ztm.timefmt import iso
 from ztm.version import __version__
 
@@ -161,6 +162,8 @@ class HubState:
         cert_ttl: float,
         heartbeat: float,
         max_endpoints_per_user: int = 100,
+        mesh_range: str = meshaddr.DEFAULT_RANGE,
+        mesh_range6: str | None = None,
     ) -> None:
         """Use `load` (the store is asynchronous)."""
         self.store = store
@@ -204,6 +207,8 @@ class HubState:
         """The append-only audit log (`ztm.hub.audit`)."""
         self.policy = HubPolicy(self)
         """The mesh's access policy (`ztm.hub.policy`; loaded by `load`)."""
+        self.net = MeshNet(self, mesh_range, mesh_range6 or str(meshaddr.ula48(authority.mesh_id)))
+        """Endpoint addresses and subnet routes (`ztm.hub.meshnet`; loaded by `load`)."""
 
     @classmethod
     async def load(
@@ -215,6 +220,8 @@ class HubState:
         cert_ttl: float,
         heartbeat: float,
         max_endpoints_per_user: int = 100,
+        mesh_range: str = meshaddr.DEFAULT_RANGE,
+        mesh_range6: str | None = None,
     ) -> HubState:
         state = cls(
             store,
@@ -226,8 +233,11 @@ class HubState:
             cert_ttl=cert_ttl,
             heartbeat=heartbeat,
             max_endpoints_per_user=max_endpoints_per_user,
+            mesh_range=mesh_range,
+            mesh_range6=mesh_range6,
         )
         await state.policy.load()
+        await state.net.load()
         return state
 
     # identity
@@ -331,6 +341,11 @@ class HubState:
                 replaces.append(other.id)
         kept = existing.labels if existing is not None else []
         self.policy.check_tags(peer.user, [x for x in labels if x not in kept])
+        mesh_ip = existing.mesh_ip if existing is not None else None
+        for other_id in replaces:  # a re-join under the same name keeps the replaced endpoint's address
+            mesh_ip = mesh_ip or self.endpoints[other_id].mesh_ip
+        tried: set[str] = set()
+        mesh_ip = mesh_ip or self.net.pick()  # a full range refuses the join before anything is written
         ep = EndpointRecord(
             id=ep_id,
             name=name,
@@ -341,14 +356,24 @@ class HubState:
             first_seen=existing.first_seen if existing else now,
             last_seen=now,
             user_not_after=peer.not_after,
+            mesh_ip=mesh_ip,
         )
         detail = {"ep": ep_id, "hostname": hostname, "version": version, "labels": ep.labels, "replaces": replaces}
         await self.audit.record(peer, "join" if existing is None else "enroll", name, detail)
-        await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write or a lost race changes nothing
+        while True:
+            try:
+                await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write changes nothing
+                break
+            except AddressTaken:  # another hub of the cluster gave this address to another endpoint meanwhile
+                tried.add(str(ep.mesh_ip))
+                if len(tried) >= meshnet.PICK_TRIES:
+                    raise Unavailable("the hubs of this mesh keep taking the same addresses; try again") from None
+                ep.mesh_ip = self.net.pick(tried)
         cert = await self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
         for other_id in replaces:
             self.endpoints.pop(other_id, None)
             self.services.pop(other_id, None)
+            self.net.forget(other_id)
         self.endpoints[ep_id] = ep
         self.version += 1
         self.counters["enrollments"] += 1
@@ -526,6 +551,8 @@ class HubState:
             "started": iso(self.started),
             "zone": self.cluster.me.zone if self.cluster is not None else "",
             "hubs": self.cluster.hub_views() if self.cluster is not None else [],
+            "mesh_range": str(self.net.range4),
+            "mesh_range6": str(self.net.range6),
         }
 
     def endpoint_view(self, ep: EndpointRecord) -> dict[str, Any]:
@@ -550,6 +577,7 @@ class HubState:
             "last_seen": iso(ep.last_seen),
             "heartbeat": iso(session.last_heartbeat) if session else None,
             "online_since": iso(session.since) if session else (iso(remote.since) if remote is not None else None),
+            **self.net.view_fields(ep),
         }
 
     def find_endpoint(self, ref: str) -> EndpointRecord:
@@ -748,6 +776,7 @@ class HubState:
         await self.store.delete_endpoint(ep.id)  # saved first: a failed write changes nothing
         del self.endpoints[ep.id]
         self.services.pop(ep.id, None)
+        self.net.forget(ep.id)
         session = self.sessions.get(ep.id)
         if session is not None:
             self.close_session(session)
@@ -792,6 +821,7 @@ class HubState:
             view = self.endpoint_view(old)
             del self.endpoints[ep_id]
             self.services.pop(ep_id, None)
+            self.net.forget(ep_id)
             self.remote.pop(ep_id, None)
             session = self.sessions.get(ep_id)
             if session is not None:
@@ -842,6 +872,7 @@ class HubState:
                 await self._cut_user(user.name, time.time())
         await self._crl_changed(time.time())
         await self.policy.load()
+        await self.net.reload_all()
 
     # relayed calls (hub -> endpoint requests ride the endpoint's event stream)
     async def call(self, peer: Peer, ref: str, method: str, params: Any, timeout: float) -> Any:

@@ -13,6 +13,9 @@ SQLite store has no other hub and delivers nothing). Payloads are small JSON obj
 they name what changed, and receivers reload it from the store (`endpoint`, `file`, `policy`, ...) or apply it
 (`presence`).
 
+Issue 17: every endpoint record holds its mesh address (`mesh_ip`, unique: a store refuses a second record with it
+by raising `AddressTaken`), and `RouteRecord` rows keep the subnet routes endpoints advertise.
+
 Issue 16: the mesh's access policy is kept as numbered versions (`PolicyVersion`, never edited: a rollback is a new
 version), and the audit log as `AuditEntry` rows that no method edits or deletes (append-only; `seq` orders them).
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ztm.errors import Conflict
 
 
 @dataclass
@@ -37,6 +42,24 @@ class EndpointRecord:
     user_not_after: float | None = None
     """When the user certificate the endpoint enrolled with expires: its endpoint certificates never outlive it
     (None for records from before this was kept: the user's latest user certificate counts)."""
+    mesh_ip: str | None = None
+    """Its IPv4 address in the mesh range (issue 17; unique in the store; None until the hub allocated one)."""
+
+
+@dataclass
+class RouteRecord:
+    """A subnet route an endpoint advertises (issue 17): a CIDR, approved by root or pending."""
+
+    ep_id: str
+    cidr: str
+    approved: bool = False
+    advertised_at: float = 0.0
+    approved_by: str | None = None
+
+
+class AddressTaken(Conflict):
+    """The mesh address an enrolment wanted is held by another endpoint record (another hub of the cluster took it
+    first): the caller allocates again."""
 
 
 @dataclass
@@ -157,16 +180,33 @@ class HubStore(Protocol):
     async def endpoints(self) -> list[EndpointRecord]: ...
     async def endpoint(self, ep_id: str) -> EndpointRecord | None: ...
     async def enroll_endpoint(self, ep: EndpointRecord, *, replaces: list[str]) -> None:
-        """Delete the records `replaces` (ids whose name `ep` takes over) and save `ep`, in one transaction.
-        `Conflict` if another endpoint record holds `ep.name` (names are unique in the store), one line naming it."""
+        """Delete the records `replaces` (ids whose name `ep` takes over; their routes too) and save `ep`, in one
+        transaction. `Conflict` if another endpoint record holds `ep.name` (names are unique in the store), one line
+        naming it; `AddressTaken` if another holds `ep.mesh_ip`."""
         ...
 
-    async def save_endpoint(self, ep: EndpointRecord) -> None: ...
+    async def save_endpoint(self, ep: EndpointRecord) -> None:
+        """Insert or update the record; `AddressTaken` if another record holds `ep.mesh_ip`."""
+        ...
+
     async def delete_endpoint(self, ep_id: str) -> None:
-        """Delete the record and revoke the endpoint's certificates, in one transaction."""
+        """Delete the record and its routes and revoke the endpoint's certificates, in one transaction."""
         ...
 
     async def touch_endpoints(self, seen: dict[str, float]) -> None: ...
+    async def claim_address(self, ep_id: str, mesh_ip: str) -> str | None:
+        """Give the endpoint `mesh_ip` if its record has no address yet (atomically); returns the record's address
+        now (None: no such record). `AddressTaken` if another record holds `mesh_ip`."""
+        ...
+
+    # subnet routes (issue 17); an endpoint's routes go with its record (delete_endpoint, replaces)
+    async def routes(self, ep_id: str | None = None) -> list[RouteRecord]:
+        """Every route, or the endpoint's."""
+        ...
+
+    async def set_routes(self, ep_id: str, routes: list[RouteRecord]) -> None:
+        """Replace the endpoint's routes with `routes`, in one transaction."""
+        ...
 
     # the mesh file space (ztm.hub.files): one JSON entry per path
     async def files(self) -> list[str]: ...

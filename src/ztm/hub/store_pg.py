@@ -6,9 +6,9 @@ transaction, so a failure (`Unavailable` while the server is away) writes nothin
 
 Schema: `MIGRATIONS` is append-only (released entries are never edited); `ztm_schema(version)` records how many ran.
 All pending ones run in one transaction under an advisory lock, so hubs starting together migrate once. A database
-migrated by a newer ztm is refused. Tables: `meta`, `users`, `certs`, `endpoints` (names unique), `files` (as in the
-SQLite store), `policy_versions` and the append-only `audit` (issue 16) and, for the cluster, `hubs` (heartbeats in
-the database's clock) and `presence`.
+migrated by a newer ztm is refused. Tables: `meta`, `users`, `certs`, `endpoints` (names and `mesh_ip` unique),
+`files` (as in the SQLite store), `policy_versions` and the append-only `audit` (issue 16), `routes` (issue 17) and,
+for the cluster, `hubs` (heartbeats in the database's clock) and `presence`.
 
 Cross-hub rules enforced here: `create_meta` stores a new mesh only if there is none (advisory lock), and a name
 taken by a concurrent enrolment at another hub is a `Conflict` from the unique index, never a second record; a policy
@@ -28,7 +28,17 @@ from psycopg import errors as pgerrors
 
 from ztm.errors import BadInput, Conflict, ZtmError
 from ztm.hub.pgconn import CHANNEL, Conn, Notify, PgLink
-from ztm.hub.store import AuditEntry, EndpointRecord, HubInfo, HubStore, PolicyVersion, Presence, UserRecord
+from ztm.hub.store import (
+    AddressTaken,
+    AuditEntry,
+    EndpointRecord,
+    HubInfo,
+    HubStore,
+    PolicyVersion,
+    Presence,
+    RouteRecord,
+    UserRecord,
+)
 from ztm.hub.storeurl import StoreUrl
 
 if TYPE_CHECKING:
@@ -80,6 +90,15 @@ MIGRATIONS: list[str] = [
     CREATE INDEX audit_at ON audit(at);
     CREATE INDEX audit_actor ON audit(actor, seq)
     """,
+    # 4: mesh addresses (unique) and subnet routes (issue 17)
+    """
+    ALTER TABLE endpoints ADD COLUMN mesh_ip TEXT;
+    CREATE UNIQUE INDEX endpoints_mesh_ip ON endpoints(mesh_ip);
+    CREATE TABLE routes (
+        ep_id TEXT NOT NULL, cidr TEXT NOT NULL, approved BOOLEAN NOT NULL DEFAULT FALSE,
+        advertised_at DOUBLE PRECISION NOT NULL, approved_by TEXT, PRIMARY KEY (ep_id, cidr)
+    )
+    """,
 ]
 
 _MIGRATE_LOCK = 0x7A746D01  # advisory lock ids ("ztm" + n), so that hubs starting together never race
@@ -88,14 +107,17 @@ _POLICY_LOCK = 0x7A746D03
 MAX_NOTIFY = 8000
 """PostgreSQL refuses a NOTIFY payload of 8,000 bytes or more."""
 
-_EP_SELECT = 'SELECT id, name, "user", labels, version, hostname, first_seen, last_seen, user_not_after FROM endpoints'
+_EP_SELECT = (
+    'SELECT id, name, "user", labels, version, hostname, first_seen, last_seen, user_not_after, mesh_ip FROM endpoints'
+)
 _EP_UPSERT = (
-    'INSERT INTO endpoints(id, name, "user", labels, version, hostname, first_seen, last_seen, user_not_after) VALUES'
-    " (%s,%s,%s,%s,%s,%s,%s,%s,%s) "
+    'INSERT INTO endpoints(id, name, "user", labels, version, hostname, first_seen, last_seen, user_not_after, '
+    "mesh_ip) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s) "
     'ON CONFLICT (id) DO UPDATE SET name = excluded.name, "user" = excluded."user", labels = excluded.labels, '
     "version = excluded.version, hostname = excluded.hostname, first_seen = excluded.first_seen, "
-    "last_seen = excluded.last_seen, user_not_after = excluded.user_not_after"
+    "last_seen = excluded.last_seen, user_not_after = excluded.user_not_after, mesh_ip = excluded.mesh_ip"
 )
+_ROUTE_INSERT = "INSERT INTO routes(ep_id, cidr, approved, advertised_at, approved_by) VALUES (%s,%s,%s,%s,%s)"
 _HUB_SELECT = "SELECT id, addresses, zone, version, started, extract(epoch FROM heartbeat), online, admin FROM hubs"
 _PRESENCE_SELECT = "SELECT ep_id, hub_id, since, address, direct, e2e, services FROM presence"
 _POLICY_SELECT = "SELECT version, text, set_by, set_at, note FROM policy_versions"
@@ -235,6 +257,9 @@ class PgStore:
                 await cur.executemany(_EP_UPSERT, [_ep_params(e) for e in snap.endpoints])
                 await cur.executemany("INSERT INTO files(path, entry) VALUES (%s, %s)", snap.files)
                 await cur.executemany(
+                    _ROUTE_INSERT, [(r.ep_id, r.cidr, r.approved, r.advertised_at, r.approved_by) for r in snap.routes]
+                )
+                await cur.executemany(
                     "INSERT INTO policy_versions(version, text, set_by, set_at, note) VALUES (%s, %s, %s, %s, %s)",
                     [(p.version, p.text, p.set_by, p.set_at, p.note) for p in snap.policies],
                 )
@@ -300,6 +325,7 @@ class PgStore:
             async with c.transaction():
                 if replaces:
                     await c.execute("DELETE FROM endpoints WHERE id = ANY(%s)", (list(replaces),))
+                    await c.execute("DELETE FROM routes WHERE ep_id = ANY(%s)", (list(replaces),))
                 await c.execute(_EP_UPSERT, _ep_params(ep))
 
         await self._save(ep, work)
@@ -313,7 +339,11 @@ class PgStore:
     async def _save(self, ep: EndpointRecord, work: Any) -> None:
         try:
             await self._link.run(work)
-        except pgerrors.UniqueViolation:
+        except pgerrors.UniqueViolation as exc:
+            if exc.diag.constraint_name == "endpoints_mesh_ip":
+                rows = await self._rows("SELECT name FROM endpoints WHERE mesh_ip = %s", (ep.mesh_ip,))
+                holder = rows[0][0] if rows else "another endpoint"
+                raise AddressTaken(f"mesh address {ep.mesh_ip} is held by endpoint {holder!r}") from None
             rows = await self._rows('SELECT "user" FROM endpoints WHERE name = %s', (ep.name,))
             holder = rows[0][0] if rows else "another user"
             raise Conflict(f"endpoint name {ep.name!r} is taken by user {holder!r}; join with another --as") from None
@@ -324,8 +354,38 @@ class PgStore:
         await self._tx(
             [
                 ("DELETE FROM endpoints WHERE id = %s", (ep_id,)),
+                ("DELETE FROM routes WHERE ep_id = %s", (ep_id,)),
                 ("UPDATE certs SET revoked = TRUE WHERE ep_id = %s", (ep_id,)),
             ]
+        )
+
+    async def claim_address(self, ep_id: str, mesh_ip: str) -> str | None:
+        async def work(c: Conn) -> str | None:
+            async with c.transaction():
+                await c.execute("UPDATE endpoints SET mesh_ip = %s WHERE id = %s AND mesh_ip IS NULL", (mesh_ip, ep_id))
+                cur = await c.execute("SELECT mesh_ip FROM endpoints WHERE id = %s", (ep_id,))
+                row = await cur.fetchone()
+                return None if row is None else row[0]
+
+        try:
+            return await self._link.run(work)
+        except pgerrors.UniqueViolation:
+            raise AddressTaken(f"mesh address {mesh_ip} is held by another endpoint") from None
+
+    # ------------------------------------------------------------------------------------------------ routes
+
+    async def routes(self, ep_id: str | None = None) -> list[RouteRecord]:
+        rows = await self._rows(
+            "SELECT ep_id, cidr, approved, advertised_at, approved_by FROM routes "
+            "WHERE %(ep)s::text IS NULL OR ep_id = %(ep)s ORDER BY ep_id, cidr",
+            {"ep": ep_id},
+        )
+        return [RouteRecord(e, cidr, bool(a), at, by) for e, cidr, a, at, by in rows]
+
+    async def set_routes(self, ep_id: str, routes: list[RouteRecord]) -> None:
+        await self._tx(
+            [("DELETE FROM routes WHERE ep_id = %s", (ep_id,))]
+            + [(_ROUTE_INSERT, (ep_id, r.cidr, r.approved, r.advertised_at, r.approved_by)) for r in routes]
         )
 
     async def touch_endpoints(self, seen: dict[str, float]) -> None:
@@ -499,15 +559,15 @@ def _audit_params(e: AuditEntry, detail: dict[str, Any]) -> tuple[object, ...]:
 def _ep_params(ep: EndpointRecord) -> tuple[object, ...]:
     return (
         ep.id, ep.name, ep.user, json.dumps(ep.labels), ep.version, ep.hostname, ep.first_seen, ep.last_seen,
-        ep.user_not_after,
+        ep.user_not_after, ep.mesh_ip,
     )  # fmt: skip
 
 
 def _endpoint(r: tuple[Any, ...]) -> EndpointRecord:
-    i, name, user, labels, version, hostname, first_seen, last_seen, user_not_after = r
+    i, name, user, labels, version, hostname, first_seen, last_seen, user_not_after, mesh_ip = r
     return EndpointRecord(
         id=i, name=name, user=user, labels=list(labels), version=version, hostname=hostname, first_seen=first_seen,
-        last_seen=last_seen, user_not_after=user_not_after,
+        last_seen=last_seen, user_not_after=user_not_after, mesh_ip=mesh_ip,
     )  # fmt: skip
 
 

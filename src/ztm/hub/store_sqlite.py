@@ -1,6 +1,6 @@
 """`SqliteStore`: the hub's embedded store (the default), one SQLite file in the hub's data directory: CA
-material, users, issued certificates, endpoints, evictions, the file index, the access policy's versions and the
-append-only audit log.
+material, users, issued certificates, endpoints (with their mesh addresses), evictions, the file index, the access
+policy's versions, the append-only audit log and the endpoints' subnet routes.
 
 It implements `ztm.hub.store.HubStore` for a single hub: nothing else shares the file (an advisory lock says so),
 so the cluster methods describe this hub alone and notifications go nowhere. Every write is one transaction, so a
@@ -18,7 +18,17 @@ from typing import Any
 
 from ztm.db import Database
 from ztm.errors import Conflict
-from ztm.hub.store import AuditEntry, EndpointRecord, HubInfo, Notify, PolicyVersion, Presence, UserRecord
+from ztm.hub.store import (
+    AddressTaken,
+    AuditEntry,
+    EndpointRecord,
+    HubInfo,
+    Notify,
+    PolicyVersion,
+    Presence,
+    RouteRecord,
+    UserRecord,
+)
 
 MIGRATIONS = [
     """
@@ -54,6 +64,14 @@ MIGRATIONS = [
     );
     CREATE INDEX audit_at ON audit(at);
     CREATE INDEX audit_actor ON audit(actor, seq)
+    """,
+    """
+    ALTER TABLE endpoints ADD COLUMN mesh_ip TEXT;
+    CREATE UNIQUE INDEX endpoints_mesh_ip ON endpoints(mesh_ip);
+    CREATE TABLE routes (
+        ep_id TEXT NOT NULL, cidr TEXT NOT NULL, approved INTEGER NOT NULL DEFAULT 0, advertised_at REAL NOT NULL,
+        approved_by TEXT, PRIMARY KEY (ep_id, cidr)
+    )
     """,
 ]
 
@@ -149,6 +167,7 @@ class SqliteStore:
         with self.db.transaction() as c:
             for other in replaces:
                 c.execute("DELETE FROM endpoints WHERE id = ?", (other,))
+                c.execute("DELETE FROM routes WHERE ep_id = ?", (other,))
             row = c.execute("SELECT user FROM endpoints WHERE name = ? AND id != ?", (ep.name, ep.id)).fetchone()
             if row is not None:
                 raise Conflict(f"endpoint name {ep.name!r} is taken by user {row['user']!r}; join with another --as")
@@ -161,6 +180,7 @@ class SqliteStore:
     async def delete_endpoint(self, ep_id: str) -> None:
         with self.db.transaction() as c:
             c.execute("DELETE FROM endpoints WHERE id = ?", (ep_id,))
+            c.execute("DELETE FROM routes WHERE ep_id = ?", (ep_id,))
             c.execute("UPDATE certs SET revoked = 1 WHERE ep_id = ?", (ep_id,))
 
     async def touch_endpoints(self, seen: dict[str, float]) -> None:
@@ -168,6 +188,32 @@ class SqliteStore:
             return
         with self.db.transaction() as c:
             c.executemany("UPDATE endpoints SET last_seen = ? WHERE id = ?", [(t, i) for i, t in seen.items()])
+
+    async def claim_address(self, ep_id: str, mesh_ip: str) -> str | None:
+        with self.db.transaction() as c:
+            row = c.execute("SELECT mesh_ip FROM endpoints WHERE id = ?", (ep_id,)).fetchone()
+            if row is None or row["mesh_ip"] is not None:
+                return None if row is None else str(row["mesh_ip"])
+            other = c.execute("SELECT name FROM endpoints WHERE mesh_ip = ?", (mesh_ip,)).fetchone()
+            if other is not None:
+                raise AddressTaken(f"mesh address {mesh_ip} is held by endpoint {other['name']!r}")
+            c.execute("UPDATE endpoints SET mesh_ip = ? WHERE id = ?", (mesh_ip, ep_id))
+        return mesh_ip
+
+    # subnet routes
+    async def routes(self, ep_id: str | None = None) -> list[RouteRecord]:
+        rows = self.db.all("SELECT * FROM routes WHERE (?1 IS NULL OR ep_id = ?1) ORDER BY ep_id, cidr", (ep_id,))
+        return [
+            RouteRecord(r["ep_id"], r["cidr"], bool(r["approved"]), r["advertised_at"], r["approved_by"]) for r in rows
+        ]
+
+    async def set_routes(self, ep_id: str, routes: list[RouteRecord]) -> None:
+        with self.db.transaction() as c:
+            c.execute("DELETE FROM routes WHERE ep_id = ?", (ep_id,))
+            c.executemany(
+                "INSERT INTO routes(ep_id, cidr, approved, advertised_at, approved_by) VALUES (?,?,?,?,?)",
+                [(ep_id, r.cidr, int(r.approved), r.advertised_at, r.approved_by) for r in routes],
+            )
 
     # files of the mesh file space (ztm.hub.files): one JSON entry per path
     async def files(self) -> list[str]:
@@ -263,12 +309,19 @@ class SqliteStore:
 
 
 def _save_endpoint(c: sqlite3.Connection, ep: EndpointRecord) -> None:
+    if ep.mesh_ip is not None:  # an upsert never replaces another record: the unique address is checked, not taken
+        row = c.execute("SELECT name FROM endpoints WHERE mesh_ip = ? AND id != ?", (ep.mesh_ip, ep.id)).fetchone()
+        if row is not None:
+            raise AddressTaken(f"mesh address {ep.mesh_ip} is held by endpoint {row['name']!r}")
     c.execute(
-        "INSERT OR REPLACE INTO endpoints(id, name, user, labels, version, hostname, first_seen, last_seen, "
-        "user_not_after) VALUES (?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO endpoints(id, name, user, labels, version, hostname, first_seen, last_seen, "
+        "user_not_after, mesh_ip) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET name = excluded.name, "
+        "user = excluded.user, labels = excluded.labels, version = excluded.version, hostname = excluded.hostname, "
+        "first_seen = excluded.first_seen, last_seen = excluded.last_seen, user_not_after = excluded.user_not_after, "
+        "mesh_ip = excluded.mesh_ip",
         (
             ep.id, ep.name, ep.user, json.dumps(ep.labels), ep.version, ep.hostname, ep.first_seen,
-            ep.last_seen, ep.user_not_after,
+            ep.last_seen, ep.user_not_after, ep.mesh_ip,
         ),
     )  # fmt: skip
 
@@ -296,4 +349,5 @@ def _endpoint(r: sqlite3.Row) -> EndpointRecord:
         first_seen=r["first_seen"],
         last_seen=r["last_seen"],
         user_not_after=r["user_not_after"],
+        mesh_ip=r["mesh_ip"],
     )

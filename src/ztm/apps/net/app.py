@@ -86,6 +86,7 @@ class NetApp(MeshApp):
         self._syncing = False
         self._resync = False
         self._own_addrs: frozenset[bytes] = frozenset()
+        self._served_routes: tuple[str, ...] = ()
         self._policy_version = -1
         self._found: dict[str, str | None] = {}
         self._found_at = 0.0
@@ -198,8 +199,11 @@ class NetApp(MeshApp):
             sender = self.senders.get(ep_id)
             rank = 0.0 if sender is not None and sender.path not in (None, "relay") else 1.0
             peers.append(PeerAddrs(ep_id, addrs, routes, bool(ep.get("online")), rank))
-        self.table.update(peers, accept_routes=self.ctx.session.net.accept_routes)
         self._own_addrs = frozenset(a for a in (packed(self.mesh_ip), packed(self.mesh_ip6)) if a is not None)
+        served = self.ctx.session.me.get("routes")
+        self._served_routes = tuple(r for r in served if isinstance(r, str)) if isinstance(served, list) else ()
+        self.table.own = self._own_addrs
+        self.table.update(peers, accept_routes=self.ctx.session.net.accept_routes)
         self.filter.forget()
 
     def _index(self) -> int:
@@ -230,7 +234,7 @@ class NetApp(MeshApp):
     async def _bring_up(self) -> None:
         mesh_ip = self.mesh_ip
         assert mesh_ip is not None
-        prefix = _prefix(self.ctx.session.link.hub.get("mesh_range"))
+        prefix = _prefix(self.ctx.session.mesh_ranges[0])
         name = f"{self.ctx.session.net.tun_name}{self._index()}"
         self.ifname = name
         device = self.device = tun_mod.TunDevice.open(name)
@@ -358,10 +362,9 @@ class NetApp(MeshApp):
     def _own(self) -> frozenset[bytes]:
         return self._own_addrs
 
-    def _served(self) -> list[str]:
-        """The approved routes this endpoint routes for the mesh."""
-        routes = self.ctx.session.me.get("routes")
-        return [r for r in routes if isinstance(r, str)] if isinstance(routes, list) else []
+    def _served(self) -> tuple[str, ...]:
+        """The approved routes this endpoint routes for the mesh (as the hub last described it)."""
+        return self._served_routes
 
     def _allow(self, ep_id: str, detail: str) -> str | None:
         caller = self._callers.get(ep_id)
@@ -421,7 +424,7 @@ class NetApp(MeshApp):
                 "accept_routes": self.ctx.session.net.accept_routes,
                 "expose_ports": self.ctx.session.net.expose_ports,
                 "dns": self.dns.view() if self.dns is not None else None,
-                "routing": self._served() if self._snat is not None else [],
+                "routing": list(self._served()) if self._snat is not None else [],
                 "routes_in_use": self.table.routes_in_use(),
                 "routes_installed": sorted(self._routes),
                 "packets_in": counters["ip:packets_in"],

@@ -1,7 +1,7 @@
 """One sender per peer: the packets the TUN gave for that peer, queued (bounded: a full queue drops, the TUN reader
 never waits) and written in batches to one `ip` stream opened lazily, direct first (`open_stream_direct_first`).
-A stream that went through the hub is replaced by one over a direct channel once one is pooled (checked at most every
-`UPGRADE_EVERY` seconds while packets flow); a stream that fails is opened again at the next packet, after
+A stream that went through the hub is replaced by one over a direct channel once one is pooled (checked every
+`UPGRADE_EVERY` seconds, between two writes); a stream that fails is opened again at the next packet, after
 `RETRY_AFTER` seconds when opening failed (packets meanwhile are dropped and counted)."""
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class PeerSender:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._next_open = 0.0
-        self._next_upgrade = 0.0
+        self._upgrade_due = False
+        self._timer: asyncio.TimerHandle | None = None
         self.packets = 0
         self.bytes = 0
 
@@ -66,6 +67,10 @@ class PeerSender:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                if self._upgrade_due:
+                    self._upgrade_due = False
+                    if self.stream is not None and self.stream.path == "relay":
+                        await self._upgrade()
                 while self.queue:
                     stream = await self._stream()
                     if stream is None:
@@ -91,10 +96,7 @@ class PeerSender:
         stream = self.stream
         now = time.monotonic()
         if stream is not None and not stream.closed:
-            if stream.path == "relay" and now >= self._next_upgrade:
-                self._next_upgrade = now + UPGRADE_EVERY
-                await self._upgrade()
-            return self.stream
+            return stream
         self._drop_stream()
         if now < self._next_open:
             return None
@@ -136,6 +138,26 @@ class PeerSender:
         self.path = stream.path
         paths.count(self.app.counters, self.name, stream.path)
         stream.set_sink(_Ignore(lambda: self._ended(stream)))
+        self._arm()
+
+    def _arm(self) -> None:
+        """While the stream goes through the hub: every `UPGRADE_EVERY` seconds, the writer looks for a direct
+        channel (between two writes, so that frames never straddle two streams)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.stream is not None and self.stream.path == "relay":
+            self._timer = asyncio.get_running_loop().call_later(UPGRADE_EVERY, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        if self.stream is None or self.stream.path != "relay":
+            return
+        self._upgrade_due = True
+        if self._task is None:
+            self._task = spawn(self._run(), name=f"net-send-{self.ep_id}")
+        self._wake.set()
+        self._arm()
 
     def _ended(self, stream: E2EStream) -> None:
         if self.stream is stream:
@@ -147,6 +169,9 @@ class PeerSender:
             stream.reset()
 
     def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
             self._task = None

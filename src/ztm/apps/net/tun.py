@@ -18,6 +18,7 @@ import logging
 import os
 import struct
 from collections.abc import Sequence
+from pathlib import Path
 
 log = logging.getLogger("ztm.agent.net")
 
@@ -134,11 +135,24 @@ async def run_input(argv: Sequence[str], text: str) -> None:
 
 async def configure(name: str, addr4: str, prefix4: int, addr6: str | None, mtu: int = MTU) -> None:
     """Give interface `name` its mesh addresses (their prefixes route the mesh's ranges to it), the MTU, and up."""
-    await run(IP, "link", "set", "dev", name, "mtu", str(mtu))
+    await run(IP, "link", "set", "dev", name, "mtu", str(mtu), "addrgenmode", "none")  # no link-local chatter
     await run(IP, "addr", "add", f"{addr4}/{prefix4}", "dev", name)
-    if addr6 is not None:
+    if addr6 is not None and _enable_ipv6(name):
         await run(IP, "-6", "addr", "add", f"{addr6}/48", "dev", name, "nodad")
     await run(IP, "link", "set", "dev", name, "up")
+
+
+def _enable_ipv6(name: str) -> bool:
+    """IPv6 on interface `name` even where new interfaces get none (`default.disable_ipv6`): the mesh's ULA
+    addresses live there. False (logged) where the kernel has no IPv6 at all."""
+    path = Path(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6")
+    try:
+        if path.read_text().strip() != "0":
+            path.write_text("0\n")
+    except OSError as exc:
+        log.warning("interface %s: no IPv6 mesh address (%s)", name, exc.strerror)
+        return False
+    return True
 
 
 async def add_route(name: str, cidr: str) -> None:
