@@ -155,6 +155,16 @@ class MeshDns:
             return None
         return f"nameserver {self.ip}  # first line of /etc/resolv.conf: names under {self.zone_text}"
 
+    def mesh_fields(self) -> dict[str, str | None]:
+        """What the mesh's view (`ztm describe mesh`) shows: the names, where they are answered, and the line
+        /etc/resolv.conf needs where nothing sends those names here."""
+        listen = _show(self.ip, self.port) if self.listening and self.ip else None
+        return {
+            "dns_names": f"NAME.{self.zone_text}",
+            "dns_server": f"{listen} (systemd-resolved sends them)" if listen and self.split_dns else listen,
+            "dns_resolv_conf": self.hint(),
+        }
+
     def view(self) -> dict[str, Any]:
         return {
             "zone": self.zone_text,
