@@ -61,7 +61,7 @@ Endpoint names given to --exits and --entrances are resolved to endpoint ids whe
 
 An entrance may also go straight to a TCP port of an endpoint with --target EP:PORT: no exit is opened there;
 EP must run network mode (--tun) or --expose-ports, and with a mesh policy an ip/tcp:PORT rule must allow you
-(docs/network-mode.md, "Names")."""
+(docs/dns.md, "Names without TUN")."""
 
 COMMANDS = """\
 commands:

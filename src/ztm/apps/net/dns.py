@@ -1,4 +1,4 @@
-"""`MeshDns`: the agent's DNS server on its mesh address, port 53, UDP and TCP (issue 17, docs/network-mode.md).
+"""`MeshDns`: the agent's DNS server on its mesh address, port 53, UDP and TCP (issue 17, docs/dns.md).
 
 Names under `MESH.SUFFIX` are answered from the endpoints' mesh addresses (`ztm.net.dns.Zone`, built from
 `NetApp.names()` when the first query after a `changed()` comes, and at least once a second, so a join, rename or
