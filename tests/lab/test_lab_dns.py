@@ -9,14 +9,17 @@ would (UDP and TCP).
 * Names follow the mesh within 1 s: a new endpoint that joins (measured from the end of its `ztm join`) and one that
   root deletes (from the end of `ztm delete ep`).
 * Without systemd-resolved here, `ztm describe mesh` shows where names are answered and the resolv.conf line to add.
-* A TCP connection by name, through the port stream of the proxy (no TUN needed on the client side for that) is in
-  tests/integration/test_net_ports.py; this module checks the names the TUN side serves.
+* A port stream (`ztm tunnel open inbound ... --target office:PORT`) to an endpoint in network mode connects to its
+  mesh address: a server listening on all addresses answers (and sees its mesh address as the local end), one bound
+  to 127.0.0.1 only is not reachable that way (that takes `--expose-ports`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,11 +31,30 @@ import dns.rcode
 import pytest
 
 from lab.netlab import Lab
-from support import Agent, Hub, Proc, netns_socket, start_agent, start_hub, wait_until
+from support import Agent, Hub, Proc, base_env, free_port, netns_socket, start_agent, start_hub, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 MESH = "lan"
+ECHO = """
+import socket, sys, threading
+def serve(host, port):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port))
+    s.listen(16)
+    while True:
+        c, _ = s.accept()
+        with c:
+            c.sendall(c.getsockname()[0].encode() + b" " + c.recv(1024))
+threading.Thread(target=serve, args=("0.0.0.0", int(sys.argv[1])), daemon=True).start()
+threading.Thread(target=serve, args=("127.0.0.1", int(sys.argv[2])), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+"""In office's namespace: a TCP server on all addresses (port ANY_PORT) and one on 127.0.0.1 only (LOOPBACK_PORT); each
+answers `LOCAL-ADDRESS DATA`."""
+ANY_PORT, LOOPBACK_PORT = 5011, 5012
 TIMEOUT = 30.0
 UPDATE_LIMIT = 1.0
 """Seconds from a join or a deletion to the DNS answer that shows it (issue 17: within 1 s)."""
@@ -157,3 +179,29 @@ def test_describe_mesh_says_where_names_are_answered(world: World) -> None:
     assert mesh["dns_resolv_conf"].startswith(f"nameserver {w.ip['home']}"), mesh
     text = w.home.cli("describe", "mesh", MESH).stdout
     assert f"nameserver {w.ip['home']}" in text, text
+
+
+def test_a_port_stream_to_a_tun_endpoint_reaches_its_mesh_address_only(world: World) -> None:
+    w = world
+    echo = w.lab.popen("datacenter", [sys.executable, "-c", ECHO, str(ANY_PORT), str(LOOPBACK_PORT)],
+                       env=base_env(), name="echo@datacenter")  # fmt: skip
+    echo.wait_for_output("ready", timeout=10)
+    port_any, port_lo = free_port(), free_port()
+    w.home.cli("tunnel", "open", "inbound", "tcp/any", "--listen", str(port_any), "--target", f"office:{ANY_PORT}")
+    w.home.cli("tunnel", "open", "inbound", "tcp/lo", "--listen", str(port_lo), "--target", f"office:{LOOPBACK_PORT}")
+
+    def exchange(port: int) -> bytes:
+        with netns_socket(w.home.netns) as sock:
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"hi")
+            data = b""
+            with contextlib.suppress(ConnectionError):
+                while chunk := sock.recv(1024):
+                    data += chunk
+            return data
+
+    got = wait_until(lambda: exchange(port_any) or None, TIMEOUT, "the port stream to office's mesh address")
+    assert got == f"{w.ip['office']} hi".encode(), got
+    assert exchange(port_lo) == b""
+    assert "cannot connect to port 5012" in w.office.cli("log", "agent", "--lines", "300").stdout
