@@ -103,20 +103,21 @@ def world(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             proc.stop()
 
 
-def ask(w: World, name: str, rdtype: str = "A", *, tcp: bool = False) -> dns.message.Message:
-    """A query from inside home's namespace to home's DNS server on its mesh address."""
+def ask(w: World, name: str, rdtype: str = "A", *, tcp: bool = False, server: str | None = None) -> dns.message.Message:
+    """A query from inside home's namespace to home's DNS server on its mesh address (or to `server`)."""
+    server = server or w.ip["home"]
     query = dns.message.make_query(name, rdtype)
     wire = query.to_wire()
     sock = netns_socket(w.home.netns, socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
     with sock:
-        sock.settimeout(3)
+        sock.settimeout(6)
         if tcp:
-            sock.connect((w.ip["home"], 53))
+            sock.connect((server, 53))
             sock.sendall(struct.pack("!H", len(wire)) + wire)
             size = struct.unpack("!H", _exactly(sock, 2))[0]
             answer = _exactly(sock, size)
         else:
-            sock.sendto(wire, (w.ip["home"], 53))
+            sock.sendto(wire, (server, 53))
             answer = sock.recv(65535)
     reply = dns.message.from_wire(answer)
     assert reply.id == query.id
@@ -205,3 +206,16 @@ def test_a_port_stream_to_a_tun_endpoint_reaches_its_mesh_address_only(world: Wo
     assert got == f"{w.ip['office']} hi".encode(), got
     assert exchange(port_lo) == b""
     assert "cannot connect to port 5012" in w.office.cli("log", "agent", "--lines", "300").stdout
+
+
+def test_a_peer_gets_the_names_but_no_forwarding(world: World) -> None:
+    """office's server, asked by home over the TUN: the mesh's names yes, any other name REFUSED (office's resolvers,
+    say its LAN's internal names, are not an open resolver for the mesh); home asking itself is forwarded."""
+    w = world
+    office_ip = w.ip["office"]
+    assert addresses(ask(w, "home.lan.ztm", server=office_ip)) == [w.ip["home"]]
+    assert ask(w, "intranet.example", server=office_ip).rcode() == dns.rcode.REFUSED
+    assert ask(w, "intranet.example", server=office_ip, tcp=True).rcode() == dns.rcode.REFUSED
+    assert net_view(w.office)["dns"]["counters"]["refused"] >= 2
+    # home asking its own server is forwarded (to the lab host's resolver, unreachable from the namespace: SERVFAIL)
+    assert ask(w, "intranet.example").rcode() != dns.rcode.REFUSED

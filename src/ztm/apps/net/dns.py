@@ -8,15 +8,19 @@ leave shows within 1 s); every other name is forwarded to the system's resolvers
 other in a loop. Names under the zone are never forwarded at all, which is what keeps systemd-resolved (which sends
 only those here) from looping either.
 
-Forwarding: each UDP query goes out from a fresh socket connected to the upstream (a random source port, replies
-from elsewhere never arrive), the first upstream that answers within `FORWARD_TIMEOUT` wins, and at most
-`MAX_FORWARDS` are in flight (beyond: SERVFAIL at once). A TCP client's queries are forwarded over TCP.
+Forwarding is for this host's own programs only (a query from loopback or from the mesh address itself): a peer
+that reaches the server over the TUN gets the mesh's names but REFUSED for other names, so the endpoint's resolvers
+(a LAN's internal names) are no open resolver for the mesh. Each forwarded UDP query goes out from a fresh socket
+connected to the upstream (a random source port, replies from elsewhere never arrive), the first upstream that
+answers within `FORWARD_TIMEOUT` wins, and at most `MAX_FORWARDS` are in flight (beyond: SERVFAIL at once). A TCP
+client's queries are forwarded over TCP.
 
 Split DNS: on a systemd-resolved host `start` runs `resolvectl dns IFNAME IP`, `resolvectl domain IFNAME
 ~MESH.SUFFIX` and `resolvectl default-route IFNAME false` (only the mesh's names come here) and `stop` runs
 `resolvectl revert IFNAME`; elsewhere it logs the line to add to /etc/resolv.conf, which `view()` (hence `ztm
 describe mesh`) shows too. Counters: `dns:queries`, `dns:answered`, `dns:nxdomain`, `dns:forwarded`,
-`dns:forward_failed`, `dns:dropped`, `dns:errors` (FORMERR, NOTIMP...), `dns:tcp`.
+`dns:forward_failed`, `dns:refused` (a peer's query for another name), `dns:dropped`, `dns:errors` (FORMERR,
+NOTIMP...), `dns:tcp`.
 """
 
 from __future__ import annotations
@@ -234,6 +238,26 @@ class MeshDns:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def may_forward(self, client: Any) -> bool:
+        """Forwarding is for this host's own programs: a query from this endpoint's mesh address (a local program
+        asking its own mesh address) or from loopback. A peer reaching this server over the TUN gets the mesh's names
+        but REFUSED for others, so the endpoint's resolvers (a LAN's internal names) are no open resolver to the
+        mesh."""
+        host = str(client[0]) if isinstance(client, tuple) and client else ""
+        if host == self.ip:
+            return True
+        try:
+            return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+    def refused(self, query: bytes) -> bytes:
+        self.counters["dns:refused"] += 1
+        return _bare(query, dns.rcode.REFUSED)
+
+    async def forward_for(self, client: Any, query: bytes, tcp: bool) -> bytes:
+        return await self.forward(query, tcp) if self.may_forward(client) else self.refused(query)
+
     async def forward(self, query: bytes, tcp: bool) -> bytes:
         """The first upstream's answer to `query`; SERVFAIL when none answers (or too many are in flight)."""
         if self._forwards.locked():
@@ -274,7 +298,7 @@ class MeshDns:
                     query = await reader.readexactly(size)
                 reply = self.local(query, tcp=True)
                 if reply is None:
-                    reply = await self.forward(query, tcp=True)
+                    reply = await self.forward_for(writer.get_extra_info("peername"), query, tcp=True)
                 if reply == DROP:
                     break
                 writer.write(struct.pack("!H", len(reply)) + reply)
@@ -297,7 +321,10 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Any) -> None:
         reply = self.server.local(data, tcp=False)
         if reply is None:
-            self.server.spawn(self._forward(data, addr))
+            if self.server.may_forward(addr):
+                self.server.spawn(self._forward(data, addr))
+            elif self.transport is not None:
+                self.transport.sendto(self.server.refused(data), addr)
         elif reply != DROP and self.transport is not None:
             self.transport.sendto(reply, addr)
 
@@ -402,10 +429,15 @@ async def _resolvectl(*args: str) -> str | None:
 
 
 def _servfail(query: bytes) -> bytes:
+    return _bare(query, dns.rcode.SERVFAIL)
+
+
+def _bare(query: bytes, rcode: int) -> bytes:
+    """A header-only answer to `query` (its id, opcode and RD; QR and RA set) with `rcode`."""
     if len(query) < 12:
         return DROP
     ident, flags = struct.unpack_from("!HH", query)
-    return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7900) | 0x0080 | dns.rcode.SERVFAIL, 0, 0, 0, 0)
+    return struct.pack("!HHHHHH", ident, 0x8000 | (flags & 0x7900) | 0x0080 | rcode, 0, 0, 0, 0)
 
 
 def _show(ip: str | None, port: int) -> str:
