@@ -15,6 +15,7 @@ Streams for services `port/...` go to `self.ports` (h-ndns's `PortService`) when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
@@ -27,11 +28,12 @@ from ztm.aio import spawn
 from ztm.apps import paths
 from ztm.apps.net import snat as snat_mod
 from ztm.apps.net import tun as tun_mod
+from ztm.apps.net.flows import Flows
 from ztm.apps.net.frames import Deframer, FrameError
 from ztm.apps.net.sender import SERVICE, PeerSender
 from ztm.errors import ZtmError
 from ztm.net.filter import InboundFilter
-from ztm.net.packet import BadPacket, parse_vnet
+from ztm.net.packet import BadPacket, parse, parse_vnet
 from ztm.net.table import PeerAddrs, RouteTable
 
 log = logging.getLogger("ztm.agent.net")
@@ -74,6 +76,8 @@ class NetApp(MeshApp):
         self.table = RouteTable()
         self.filter = InboundFilter(self.table, self._own, self._served, self._allow)
         self.senders: dict[str, PeerSender] = {}
+        self.flows = Flows()
+        """The flows this endpoint sent, whose replies pass the policy."""
         self._callers: dict[str, Caller] = {}
         self._receivers: set[_Receiver] = set()
         self._routes: set[str] = set()
@@ -302,6 +306,8 @@ class NetApp(MeshApp):
             return
         counters = self.counters
         lookup = self.table.lookup
+        track = self.ctx.session.gate.policy is not None
+        now = time.monotonic()
         for buf in device.read_batch():
             n = len(buf)
             version = buf[10] >> 4 if n > 10 else 0
@@ -322,6 +328,9 @@ class NetApp(MeshApp):
                 sender = self.senders[ep_id] = PeerSender(self, ep_id, str(peer.get("name") or ep_id))
             counters["ip:packets_out"] += 1
             counters["ip:bytes_out"] += n - 10
+            if track:  # the replies to what this endpoint sends pass the policy (`ztm.apps.net.flows`)
+                with contextlib.suppress(BadPacket):
+                    self.flows.sent(parse(memoryview(buf)[10:]), now)
             sender.put(buf)
 
     def deliver(self, ep_id: str, frame: bytes) -> None:
@@ -345,7 +354,9 @@ class NetApp(MeshApp):
             counters["malformed:dropped"] += 1
             return
         reason = self.filter.check(ep_id, view[10:])
-        if reason is not None:
+        if reason == "policy" and self.flows.answers(parse(view[10:]), time.monotonic()):
+            counters["ip:replies"] += 1  # a reply to a flow this endpoint opened
+        elif reason is not None:
             counters[f"{reason}:dropped"] += 1
             return
         if not device.write(frame):
