@@ -308,6 +308,7 @@ class NetApp(MeshApp):
         lookup = self.table.lookup
         track = self.ctx.session.gate.policy is not None
         now = time.monotonic()
+        touched: set[PeerSender] = set()
         for buf in device.read_batch():
             n = len(buf)
             version = buf[10] >> 4 if n > 10 else 0
@@ -331,7 +332,10 @@ class NetApp(MeshApp):
             if track:  # the replies to what this endpoint sends pass the policy (`ztm.apps.net.flows`)
                 with contextlib.suppress(BadPacket):
                     self.flows.sent(parse(memoryview(buf)[10:]), now)
-            sender.put(buf)
+            if sender.put(buf):
+                touched.add(sender)
+        for sender in touched:  # one write per peer for the whole batch
+            sender.kick()
 
     def deliver(self, ep_id: str, frame: bytes) -> None:
         """A frame from peer `ep_id` (its stream's certificate): checked, then written to the TUN."""
