@@ -179,7 +179,7 @@ def test_labels(make_mesh: Make, tmp_path: Path) -> None:
     assert cp.stdout.strip() == "labels of alice: role=web"
     assert by_name(b.endpoints())["alice"]["labels"] == ["role=web"]
     rows = {r[0]: r for r in table_rows(b.cli("get", "ep").stdout)}
-    assert rows["alice"][4] == "role=web", rows["alice"]
+    assert rows["alice"][5] == "role=web", rows["alice"]
     assert a.cli_json("label")["labels"] == ["role=web"]  # no flags: show
 
     # Invalid labels: refused on one line, nothing changes.

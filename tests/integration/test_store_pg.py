@@ -176,14 +176,20 @@ def test_a_database_of_the_previous_schema_migrates_and_keeps_its_rows(pg_url: P
     async def main() -> None:
         old = await open_store(pg_url, migrations=MIGRATIONS[:-1])
         await old.create_meta({"ca_cert": "C", "mesh_id": "m"})
-        await old.enroll_endpoint(ep("ep1", "laptop", labels=["x"]), replaces=[])
         await old.save_file("/f", "{}")
-        await old.close()
+        await old.close()  # an endpoint row as that schema had it (today's store writes today's columns)
+        pg_url.server.psql(
+            pg_url.name,
+            'INSERT INTO endpoints(id, name, "user", labels, first_seen) '
+            "VALUES ('ep1', 'laptop', 'alice', '[\"x\"]', 1)",
+        )
         assert pg_url.server.psql(pg_url.name, "SELECT version FROM ztm_schema").strip() == str(len(MIGRATIONS) - 1)
         new = await open_store(pg_url)
         try:
             assert await new.get_meta() == {"ca_cert": "C", "mesh_id": "m"}
-            assert [(e.id, e.labels) for e in await new.endpoints()] == [("ep1", ["x"])]
+            assert [(e.id, e.labels, e.mesh_ip) for e in await new.endpoints()] == [("ep1", ["x"], None)]
+            assert await new.claim_address("ep1", "100.64.0.2") == "100.64.0.2"
+            assert await new.routes() == []
             assert await new.files() == ["{}"]
             await new.register_hub(HubInfo(id="h", addresses=["a:1"]))
             assert [h.id for h in await new.hubs()] == ["h"]

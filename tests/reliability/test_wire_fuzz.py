@@ -3,8 +3,8 @@
 * The hub's JSON request bodies, path parameters and query strings on **every** hub route (the route table is read
   from `ztm.hub.routes.HubRoutes`, so a route added later is fuzzed too), sent by a client holding a real endpoint
   certificate: every answer is a JSON error with a 4xx status (or a 503/504 the protocol documents), never a 500, and a
-  refused request changes nothing (endpoints, labels, users, services, the endpoint's direct address, the file index
-  with its sources; a file and a direct address are seeded so that neither is empty).
+  refused request changes nothing (endpoints, labels, users, subnet routes, services, the endpoint's direct address,
+  the file index with its sources; a file and a direct address are seeded so that neither is empty).
 * The agent's event-line parser (`ztm.agent.link.EventReader`): any bytes, split anywhere, give back exactly the JSON
   objects sent or a one-line `Unavailable`, never another exception.
 
@@ -74,6 +74,9 @@ HOLDINGS = st.lists(
     ),
     max_size=3,
 )
+CIDRISH = st.sampled_from(
+    ["10.20.0.0/16", "10.20.0.5/16", "100.64.0.0/10", "0.0.0.0/0", "fd00::/64", "::/0", "127.0.0.0/8", "10.1.2.3/32"]
+) | st.text(max_size=20)
 DIRECT_HOSTS = st.sampled_from(["127.0.0.9", "0.0.0.0", "::1", "", "bad host", "1.2.3.4:5"])
 
 # Plausible keys per route (taken from PROTOCOL.md); values are random. Routes not listed get random objects.
@@ -92,6 +95,11 @@ ROUTE_KEYS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
                     "labels": LABELISH},
     "/api/renew": {"csr": st.text(max_size=80) | JSON_VALUES},
     "labels": {"add": LABELISH, "delete": LABELISH},
+    "/api/routes/approve": {"ep": st.sampled_from(["alpha", "nobody", ""]) | JSON_VALUES,
+                            "cidrs": st.lists(CIDRISH, max_size=3) | JSON_VALUES,
+                            "approved": st.booleans() | JSON_VALUES},
+    "/routes": {"advertise": st.lists(CIDRISH, max_size=3) | JSON_VALUES,
+                "withdraw": st.lists(CIDRISH, max_size=3) | JSON_VALUES},
     "call": {"method": st.sampled_from(["ping", "info", "log", "nope", "app.x.y", ""]) | JSON_VALUES,
              "params": JSON_VALUES, "timeout": st.integers(-5, 100) | JSON_VALUES},
     "invite": {"public_key": st.text(max_size=60) | JSON_VALUES, "days": st.integers(-5, 5000) | JSON_VALUES},
@@ -175,12 +183,14 @@ def snapshot(client: HubClient) -> Any:
     _, eps = client.json("GET", "/api/endpoints")
     _, users = client.json("GET", "/api/users")
     services = {app: client.json("GET", f"/api/services?app={app}")[1] for app in ("tunnel", "x", WATCH_APP)}
+    _, routes = client.json("GET", "/api/routes")
     status, listing = client.json("GET", "/api/files?prefix=/")
     assert status == 200 and isinstance(listing, list), f"the file list answered {status}: {listing!r}"
     files = [client.request("GET", "/api/files/entry?" + urlencode({"path": f["path"]}))[1] for f in listing]
     return (
         sorted((e["id"], e["name"], tuple(e["labels"]), e["online"]) for e in eps),
         sorted((u["name"], u["evicted"]) for u in users),
+        sorted((r["ep"], r["cidr"], r["approved"]) for r in routes),
         services,
         listing,
         files,
@@ -193,9 +203,9 @@ def test_every_hub_route_refuses_bad_input_with_a_json_4xx_and_changes_nothing(w
     client = world.client
     seen: dict[tuple[str, str], set[int]] = {r: set() for r in routes}
     state = [snapshot(client)]
-    watched = state[0][2][WATCH_APP]
+    watched = state[0][3][WATCH_APP]
     assert [w["direct"] for w in watched] == ["127.0.0.9:7001"], f"the seeded direct address is not seen: {watched}"
-    assert [(f["path"], f["sources"]) for f in state[0][3]] == [(SEED_PATH, 1)], f"no seeded file: {state[0][3]}"
+    assert [(f["path"], f["sources"]) for f in state[0][4]] == [(SEED_PATH, 1)], f"no seeded file: {state[0][4]}"
 
     def check(data: st.DataObject, among: list[tuple[str, str]]) -> None:
         method, pattern = data.draw(st.sampled_from(among), label="route")

@@ -51,6 +51,8 @@ def mesh(name: str = "m1", **extra: Any) -> dict[str, Any]:
         "connected_since": _ago(60),
         "cert_expires": "2099-01-01T00:00:00Z",
         "zone": "",
+        "mesh_range": "100.64.0.0/10",
+        "mesh_range6": "fd12:3456:789a::/48",
         **extra,
     }
 
@@ -66,6 +68,7 @@ def endpoint(name: str, *, local: bool = False, online: bool = True, **extra: An
         "hostname": f"{name}-pc",
         "ip": "10.0.0.1" if local else "10.0.0.2",
         "port": 40000,
+        "mesh_ip": "100.64.0.2" if local else "100.64.0.3",
         "first_seen": _ago(7200),
         "last_seen": _ago(3),
         "heartbeat": _ago(3),
@@ -531,10 +534,10 @@ def test_get_hub(agent: FakeAgent, run: Callable[..., Result]) -> None:
 def test_get_ep_table(agent: FakeAgent, run: Callable[..., Result]) -> None:
     res = run("get", "ep")
     lines = res.out.splitlines()
-    assert lines[0].split() == ["NAME", "USER", "STATUS", "IP", "LABELS", "HEARTBEAT", "PATH"]
-    assert lines[1].split()[:-3] == ["alice", "(local)", "root", "online", "10.0.0.1", "site=paris,gpu"]
+    assert lines[0].split() == ["NAME", "USER", "STATUS", "IP", "MESH", "IP", "LABELS", "HEARTBEAT", "PATH"]
+    assert lines[1].split()[:-3] == ["alice", "(local)", "root", "online", "10.0.0.1", "100.64.0.2", "site=paris,gpu"]
     assert lines[1].split()[-1] == "-"
-    assert lines[2].split()[:-4] == ["bob", "bob", "offline", "10.0.0.2", "-"]
+    assert lines[2].split()[:-4] == ["bob", "bob", "offline", "10.0.0.2", "100.64.0.3", "-"]
     assert lines[2].split()[-2:] == ["punched", "0.42ms"]
     assert lines[3].split()[-3:] == ["relay", "via", "hub-1"]
     for line in lines[1:3]:  # heartbeats 3 s before the fixture was made; a busy machine may add a few seconds

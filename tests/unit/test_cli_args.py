@@ -116,9 +116,10 @@ def test_unknown_command(run: Callable[..., Result]) -> None:
     [
         (
             ["get"],
-            "ztm get: the following arguments are required: mesh|hub|ep|app|file|audit; run 'ztm help get' for usage",
+            "ztm get: the following arguments are required: mesh|hub|ep|app|file|audit|route; run 'ztm help get' "
+            "for usage",
         ),
-        (["get", "toaster"], "ztm get: argument mesh|hub|ep|app|file|audit: unknown kind 'toaster'"),
+        (["get", "toaster"], "ztm get: argument mesh|hub|ep|app|file|audit|route: unknown kind 'toaster'"),
         (["get", "ep", "--bogus"], "ztm get: unrecognized arguments: --bogus; run 'ztm help get' for usage"),
         (["get", "ep", "a", "b"], "ztm get: unrecognized arguments: b"),
         (["ping", "ep", "bob", "-c", "99"], "ztm ping: argument -c/--count: must be from 1 to 20, got 99"),
@@ -187,7 +188,7 @@ def test_global_options_before_and_after(home: Path, monkeypatch: pytest.MonkeyP
 def test_completion_spec_covers_commands() -> None:
     spec = build_spec(build_parser(COMMANDS))
     assert set(spec.commands) == {c.name for c in COMMANDS}
-    assert spec.commands["get"].words == ["mesh", "hub", "ep", "app", "file", "audit"]
+    assert spec.commands["get"].words == ["mesh", "hub", "ep", "app", "file", "audit", "route"]
     assert spec.commands["run"].words == ["hub", "agent"]
     policy = spec.commands["policy"]
     assert policy.words == ["get", "set", "test", "diff", "history", "rollback", "check", "help"]
@@ -262,7 +263,7 @@ def _bash_complete(script: str, line: str) -> list[str]:
 def test_completion_bash_completes() -> None:
     script = bash_script(build_parser(COMMANDS))
     assert "get" in _bash_complete(script, "ztm g")
-    assert _bash_complete(script, "ztm get ") == ["mesh", "hub", "ep", "app", "file", "audit"]
+    assert _bash_complete(script, "ztm get ") == ["mesh", "hub", "ep", "app", "file", "audit", "route"]
     assert _bash_complete(script, "ztm --agent 1.2.3.4:5 get e") == ["ep"]
     assert _bash_complete(script, "ztm start hub --na") == ["--names"]
     assert _bash_complete(script, "ztm get ep -o ") == ["table", "json"]
@@ -294,7 +295,7 @@ def test_completion_zsh(run: Callable[..., Result], tmp_path: Path) -> None:
     )
     done = subprocess.run([zsh, "-f", "-c", harness], capture_output=True, text=True, timeout=10)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["mesh hub ep app file audit", "ep", "FILES", "FILES -/"]
+    assert done.stdout.splitlines() == ["mesh hub ep app file audit route", "ep", "FILES", "FILES -/"]
 
 
 # ---------------------------------------------------------------- config

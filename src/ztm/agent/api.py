@@ -51,6 +51,17 @@ def _error(exc: ZtmError) -> web.Response:
     return _json(exc.to_json(), exc.status)
 
 
+def _cidrs(value: object, what: str) -> list[str]:
+    """A body's list of route CIDRs, shape only (the hub checks each against the mesh's ranges)."""
+    items = validate.list_of(value, str, what)
+    if len(items) > 64:
+        raise BadInput(f"{what}: {len(items)} routes; an endpoint advertises at most 64")
+    for item in items:
+        if not 0 < len(item) <= 64:
+            raise BadInput(f"{what}: {item[:64]!r} is not a CIDR, e.g. 10.20.0.0/16")
+    return items
+
+
 class AgentApi:
     def __init__(self, agent: Agent, listen: Address, token: str, log_tail: Callable[[int], list[str]]) -> None:
         self.agent = agent
@@ -146,6 +157,9 @@ class AgentApi:
         r.add_post(m + "/endpoints/{ep}/ping", self.ping)
         r.add_post(m + "/endpoints/{ep}/labels", self.labels)
         r.add_get(m + "/endpoints/{ep}/log", self.ep_log)
+        r.add_post(m + "/endpoints/{ep}/routes", self.ep_routes)
+        r.add_get(m + "/routes", self.routes)
+        r.add_post(m + "/routes/approve", self.approve_routes)
         r.add_get(m + "/stats", self.stats)
         r.add_get(m + "/users", self.users)
         r.add_post(m + "/users/{user}/invite", self.invite)
@@ -236,6 +250,39 @@ class AgentApi:
         ep = await self.agent.endpoint(mesh, request.match_info["ep"])
         result = await self.agent.hub_call(
             mesh, "POST", f"/api/endpoints/{ep['id']}/labels", {"add": add, "delete": delete}
+        )
+        if isinstance(result, dict):
+            result["is_local"] = ep.get("is_local", False)
+        return _json(result)
+
+    async def ep_routes(self, request: web.Request) -> web.Response:
+        """Advertise or withdraw subnet routes of an endpoint (the hub checks the CIDRs and who may)."""
+        body = await self._body(request)
+        change = {key: _cidrs(body.get(key), key) for key in ("advertise", "withdraw") if body.get(key) is not None}
+        if not change:
+            raise BadInput('give {"advertise": [CIDR...]} or {"withdraw": [CIDR...]}')
+        mesh = request.match_info["mesh"]
+        ep = await self.agent.endpoint(mesh, request.match_info["ep"])
+        result = await self.agent.hub_call(mesh, "POST", f"/api/endpoints/{ep['id']}/routes", change)
+        if isinstance(result, dict):
+            result["is_local"] = ep.get("is_local", False)
+        return _json(result)
+
+    async def routes(self, request: web.Request) -> web.Response:
+        return _json(await self.agent.hub_call(request.match_info["mesh"], "GET", "/api/routes"))
+
+    async def approve_routes(self, request: web.Request) -> web.Response:
+        """Root approves or unapproves routes one endpoint advertises."""
+        body = await self._body(request)
+        ref = validate.field(body, "ep", str)
+        cidrs = _cidrs(body.get("cidrs"), "cidrs")
+        approved = validate.field(body, "approved", bool, default=True)
+        if not cidrs:
+            raise BadInput('cidrs must name at least one route, e.g. ["10.20.0.0/16"]')
+        mesh = request.match_info["mesh"]
+        ep = await self.agent.endpoint(mesh, ref)
+        result = await self.agent.hub_call(
+            mesh, "POST", "/api/routes/approve", {"ep": ep["id"], "cidrs": cidrs, "approved": approved}
         )
         if isinstance(result, dict):
             result["is_local"] = ep.get("is_local", False)

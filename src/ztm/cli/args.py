@@ -23,7 +23,6 @@ from ztm.addr import Address
 from ztm.apps.net.options import check_dns_suffix, check_tun_name
 from ztm.config import DEFAULT_HUB_PORT
 from ztm.errors import BadInput
-from ztm.hub import meshaddr
 from ztm.timefmt import parse_since
 
 GLOBAL_VALUE_OPTIONS = ("--agent", "--mesh", "--output", "-o", "--timeout")
@@ -162,6 +161,7 @@ EP_KINDS = {"ep": ("endpoint", "endpoints", "eps")}
 APP_KINDS = {"app": ("apps",)}
 FILE_KINDS = {"file": ("files",)}
 AUDIT_KINDS = {"audit": ("audit-log",)}
+ROUTE_KINDS = {"route": ("routes",)}
 
 
 def address_type(*, default_host: str | None = None, default_port: int | None = None) -> Callable[[str], Address]:
@@ -308,6 +308,8 @@ dns_suffix_type.__name__ = "DNS suffix"
 
 def mesh_range_type(text: str) -> str:
     """`--mesh-range CIDR`: an IPv4 network, prefix 8..24."""
+    from ztm.hub import meshaddr  # only when given: the CLI's start-up imports no hub module
+
     try:
         return str(meshaddr.parse_range(text, "mesh range"))
     except BadInput as exc:
@@ -691,8 +693,8 @@ def configure_leave(p: argparse.ArgumentParser) -> None:
 def configure_get(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "kind",
-        metavar="mesh|hub|ep|app|file|audit",
-        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS, **FILE_KINDS, **AUDIT_KINDS}),
+        metavar="mesh|hub|ep|app|file|audit|route",
+        type=Kind({**MESH_KINDS, **HUB_KINDS, **EP_KINDS, **APP_KINDS, **FILE_KINDS, **AUDIT_KINDS, **ROUTE_KINDS}),
         help="what to list (plurals and endpoint/eps work too; for file, NAME is a path prefix)",
     )
     p.add_argument("name", metavar="NAME", nargs="?", help="show only this one")

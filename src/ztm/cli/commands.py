@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ztm.cli import files, output, policy
+from ztm.cli import files, output, policy, routes
 from ztm.cli.args import EP_KINDS, UsageError
 from ztm.cli.client import AgentClient, segment
 from ztm.cli.context import Context, UnexpectedAnswer, expect_obj
@@ -29,6 +29,8 @@ MESH_FIELDS = (
     "connected_since",
     "cert_expires",
     "zone",
+    "mesh_range",
+    "mesh_range6",
 )
 HUB_FIELDS = (
     "id",
@@ -59,6 +61,10 @@ EP_FIELDS = (
     "hostname",
     "ip",
     "port",
+    "mesh_ip",
+    "mesh_ip6",
+    "routes",
+    "routes_pending",
     "first_seen",
     "last_seen",
     "heartbeat",
@@ -123,7 +129,7 @@ def cmd_get(ctx: Context) -> int:
     kind: str = ctx.args.kind
     name: str | None = ctx.args.name
     getters = {"mesh": _get_mesh, "hub": _get_hub, "ep": _get_ep, "app": _get_app, "file": files.get_files}
-    {**getters, "audit": policy.get_audit}[kind](ctx, name)
+    {**getters, "audit": policy.get_audit, "route": routes.get_routes}[kind](ctx, name)
     return 0
 
 
@@ -238,13 +244,14 @@ def _get_ep(ctx: Context, name: str | None) -> None:
             output.cell(ep.get("user")),
             "online" if ep.get("online") is True else "offline",
             output.cell(ep.get("ip")),
+            output.cell(ep.get("mesh_ip")),
             output.cell(ep.get("labels")),
             output.ago(ep.get("heartbeat")),
             _path_cell(ep),
         ]
         for ep in _sort(eps, "name")
     ]
-    headers = ("NAME", "USER", "STATUS", "IP", "LABELS", "HEARTBEAT", "PATH")
+    headers = ("NAME", "USER", "STATUS", "IP", "MESH IP", "LABELS", "HEARTBEAT", "PATH")
     _show(ctx, value, headers, rows, f"no endpoints in mesh {output.clean(ctx.mesh())}")
 
 

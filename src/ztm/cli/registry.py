@@ -14,6 +14,7 @@ from ztm.cli import files as f
 from ztm.cli import local as loc
 from ztm.cli import policy as pol
 from ztm.cli import proxy as px
+from ztm.cli import routes as rt
 from ztm.cli import terminal as term
 from ztm.cli import tunnel as t
 from ztm.cli import verbs as v
@@ -231,6 +232,16 @@ COMMANDS: list[Command] = [
         ("ztm root-admin", "ztm root-admin on", "ztm root-admin off --mesh office"),
     ),
     Command(
+        "route",
+        MANAGE,
+        "route approve|unapprove|help EP CIDR...",
+        "approve the subnet routes an endpoint advertises (root only)",
+        rt.configure_route,
+        rt.cmd_route,
+        rt.OVERVIEW + "\nApprove or unapprove routes one endpoint advertises ('ztm get route' lists them).",
+        rt.EXAMPLES[2:4],
+    ),
+    Command(
         "delete",
         MANAGE,
         "delete ep NAME",
@@ -352,18 +363,20 @@ COMMANDS: list[Command] = [
     Command(
         "ep",
         APPS,
-        "ep NAME tunnel|proxy ...",
-        "the same tunnel or proxy commands on another endpoint you own",
+        "ep NAME tunnel|proxy|route ...",
+        "the same tunnel or proxy commands on another endpoint you own; its subnet routes",
         t.configure_ep,
         t.cmd_tunnel,
         "Run an app's commands on endpoint NAME instead of this one: the hub relays them, and NAME obeys only its\n"
         "owner (and root, if the owner ran 'ztm root-admin on' there). Apps: tunnel and proxy; see\n"
-        "'ztm help ep tunnel', 'ztm help ep proxy'.",
+        "'ztm help ep tunnel', 'ztm help ep proxy'. 'ztm ep NAME route advertise|withdraw CIDR...' changes the\n"
+        "subnet routes NAME advertises (its owner or root; see 'ztm help ep route').",
         (
             "ztm ep office tunnel open outbound tcp/web --targets 127.0.0.1:8080",
             "ztm ep office tunnel get outbound",
             "ztm ep office tunnel close outbound tcp/web",
             "ztm ep office proxy config --add-target '*.corp.example'",
+            "ztm ep office route advertise 10.20.0.0/16",
         ),
     ),
     Command(

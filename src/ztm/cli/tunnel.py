@@ -23,6 +23,7 @@ from ztm.apps import paths
 from ztm.apps.tunnel.spec import PortTarget
 from ztm.cli import output
 from ztm.cli import proxy as px
+from ztm.cli import routes as rt
 from ztm.cli.appcli import add_sub, call_app, examples_epilog, remote_ep, show_parser_help
 from ztm.cli.args import (
     GLOBAL_VALUE_OPTIONS,
@@ -376,7 +377,10 @@ def configure_ep(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="endpoint name or id (one of yours; root: one whose owner ran 'ztm root-admin on')",
     )
-    p.add_argument("app", metavar="tunnel|proxy", type=Kind({APP: (), px.APP: ()}), help="the app to configure there")
+    p.add_argument(
+        "app", metavar="tunnel|proxy|route", type=Kind({APP: (), px.APP: (), rt.APP: ()}),
+        help="the app to configure there, or its subnet routes",
+    )  # fmt: skip
     p.add_argument("words", metavar="...", nargs="*", help="the app's command: see 'ztm help ep tunnel'")
     tree = ZtmArgumentParser(
         prog="ztm ep NAME tunnel",
@@ -396,7 +400,16 @@ def configure_ep(p: argparse.ArgumentParser) -> None:
     proxy.topic = "ep proxy"
     px.proxy_tree(proxy, "ztm ep NAME proxy", "ztm ep office proxy")
     _add_globals(proxy)
-    p.nested = {APP: tree, px.APP: proxy}
+    route = ZtmArgumentParser(
+        prog="ztm ep NAME route",
+        usage="ztm ep NAME route advertise|withdraw|help ... [global options]",
+        description=f"{rt.OVERVIEW}\n\nThese commands act on endpoint NAME: only its owner and root may.",
+        epilog=examples_epilog(rt.EP_EXAMPLES),
+    )
+    route.topic = "ep route"
+    rt.ep_route_tree(route, "ztm ep NAME route")
+    _add_globals(route)
+    p.nested = {APP: tree, px.APP: proxy, rt.APP: route}
     p.nested_dest = "app"
     p.nested_after = 1
     p.takeover = _parse_ep
@@ -454,6 +467,8 @@ def _tunnel_parser(ctx: Context) -> argparse.ArgumentParser:
 def cmd_tunnel(ctx: Context) -> int:
     if getattr(ctx.args, "app", None) == px.APP:  # `ztm ep NAME proxy ...`
         return px.cmd_proxy(ctx)
+    if getattr(ctx.args, "app", None) == rt.APP:  # `ztm ep NAME route ...`
+        return rt.cmd_ep_route(ctx, help_children(subcommands(ctx.parser)["ep"])[rt.APP])
     action: str = ctx.args.target
     if action == "help":
         return _help(ctx)

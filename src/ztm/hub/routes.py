@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ztm import addr, filespec, h2, pki, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, Unavailable, ZtmError
-from ztm.hub import limits
+from ztm.hub import limits, meshaddr
 from ztm.hub.audit import MAX_LIMIT
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.files import FileIndex
@@ -89,6 +89,10 @@ class HubRoutes:
             ("GET", re.compile(rf"/api/endpoints/{ep}"), self.get_endpoint),
             ("DELETE", re.compile(rf"/api/endpoints/{ep}"), self.delete_endpoint),
             ("POST", re.compile(rf"/api/endpoints/{ep}/labels"), self.post_labels),
+            # subnet routes (issue 17, ztm.hub.meshnet)
+            ("POST", re.compile(rf"/api/endpoints/{ep}/routes"), self.post_ep_routes),
+            ("GET", re.compile(r"/api/routes"), self.get_routes),
+            ("POST", re.compile(r"/api/routes/approve"), self.post_routes_approve),
             ("POST", self._call_path, self.post_call),
             ("POST", re.compile(r"/api/calls/(?P<id>[0-9a-f]{32})"), self.post_answer),
             ("GET", re.compile(r"/api/users"), self.get_users),
@@ -272,6 +276,32 @@ class HubRoutes:
         return await self.state.set_labels(
             req.peer, req.arg("ep"), validate.labels(body.get("add")), validate.labels(body.get("delete"))
         )
+
+    async def post_ep_routes(self, req: Request) -> Any:
+        body = await req.json()
+        net = self.state.net
+        advertise, withdraw = body.get("advertise"), body.get("withdraw")
+        if advertise is None and withdraw is None:
+            raise BadInput('give {"advertise": [CIDR...]} or {"withdraw": [CIDR...]}')
+        add = meshaddr.parse_routes(advertise, net.range4, net.range6) if advertise is not None else []
+        drop = meshaddr.parse_routes(withdraw, net.range4, net.range6) if withdraw is not None else []
+        both = set(add) & set(drop)
+        if both:
+            raise BadInput(f"route {sorted(both)[0]} is both advertised and withdrawn; give it in one list")
+        return await net.change(req.peer, req.arg("ep"), add, drop)
+
+    async def get_routes(self, req: Request) -> Any:
+        return self.state.net.list_routes()
+
+    async def post_routes_approve(self, req: Request) -> Any:
+        body = await req.json()
+        net = self.state.net
+        ref = validate.field(body, "ep", str)
+        if not 0 < len(ref) <= 64:
+            raise BadInput("ep must be an endpoint id or name")
+        approved = validate.field(body, "approved", bool, default=True)
+        cidrs = meshaddr.parse_routes(body.get("cidrs"), net.range4, net.range6)
+        return await net.approve(req.peer, ref, cidrs, approved)
 
     async def post_call(self, req: Request) -> Any:
         body = await req.json()

@@ -365,6 +365,8 @@ class HubState:
                 await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write changes nothing
                 break
             except AddressTaken:  # another hub of the cluster gave this address to another endpoint meanwhile
+                self.counters["mesh_ip_retries"] += 1
+                log.info("mesh address %s was taken at another hub; %s picks again", ep.mesh_ip, name)
                 tried.add(str(ep.mesh_ip))
                 if len(tried) >= meshnet.PICK_TRIES:
                     raise Unavailable("the hubs of this mesh keep taking the same addresses; try again") from None

@@ -15,6 +15,7 @@ Streams for services `port/...` go to `self.ports` (h-ndns's `PortService`) when
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
@@ -28,12 +29,13 @@ from ztm.apps import paths
 from ztm.apps.net import snat as snat_mod
 from ztm.apps.net import tun as tun_mod
 from ztm.apps.net.dns import MeshDns
+from ztm.apps.net.flows import Flows
 from ztm.apps.net.frames import Deframer, FrameError
 from ztm.apps.net.ports import PortService
 from ztm.apps.net.sender import SERVICE, PeerSender
 from ztm.errors import ZtmError
 from ztm.net.filter import InboundFilter
-from ztm.net.packet import BadPacket, parse_vnet
+from ztm.net.packet import BadPacket, parse, parse_vnet
 from ztm.net.table import PeerAddrs, RouteTable
 
 log = logging.getLogger("ztm.agent.net")
@@ -77,6 +79,8 @@ class NetApp(MeshApp):
         self.table = RouteTable()
         self.filter = InboundFilter(self.table, self._own, self._served, self._allow)
         self.senders: dict[str, PeerSender] = {}
+        self.flows = Flows()
+        """The flows this endpoint sent, whose replies pass the policy."""
         self._callers: dict[str, Caller] = {}
         self._receivers: set[_Receiver] = set()
         self._routes: set[str] = set()
@@ -307,6 +311,9 @@ class NetApp(MeshApp):
             return
         counters = self.counters
         lookup = self.table.lookup
+        track = self.ctx.session.gate.policy is not None
+        now = time.monotonic()
+        touched: set[PeerSender] = set()
         for buf in device.read_batch():
             n = len(buf)
             version = buf[10] >> 4 if n > 10 else 0
@@ -327,7 +334,13 @@ class NetApp(MeshApp):
                 sender = self.senders[ep_id] = PeerSender(self, ep_id, str(peer.get("name") or ep_id))
             counters["ip:packets_out"] += 1
             counters["ip:bytes_out"] += n - 10
-            sender.put(buf)
+            if track:  # the replies to what this endpoint sends pass the policy (`ztm.apps.net.flows`)
+                with contextlib.suppress(BadPacket):
+                    self.flows.sent(parse(memoryview(buf)[10:]), now)
+            if sender.put(buf):
+                touched.add(sender)
+        for sender in touched:  # one write per peer for the whole batch
+            sender.kick()
 
     def deliver(self, ep_id: str, frame: bytes) -> None:
         """A frame from peer `ep_id` (its stream's certificate): checked, then written to the TUN."""
@@ -350,7 +363,9 @@ class NetApp(MeshApp):
             counters["malformed:dropped"] += 1
             return
         reason = self.filter.check(ep_id, view[10:])
-        if reason is not None:
+        if reason == "policy" and self.flows.answers(parse(view[10:]), time.monotonic()):
+            counters["ip:replies"] += 1  # a reply to a flow this endpoint opened
+        elif reason is not None:
             counters[f"{reason}:dropped"] += 1
             return
         if not device.write(frame):

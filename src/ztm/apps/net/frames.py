@@ -96,6 +96,11 @@ class SendQueue:
         self.queued += size
         return True
 
+    def push_front(self, rest: bytes) -> None:
+        """Put back what a write did not take (the tail of `take`'s bytes): it goes first, whatever the limit."""
+        self._frames.appendleft(rest)
+        self.queued += len(rest)
+
     def take(self, limit: int = BATCH_BYTES) -> bytes:
         """Whole frames from the front, at least one and up to `limit` bytes in all (b"" when empty)."""
         frames = self._frames

@@ -46,18 +46,34 @@ class PeerSender:
         self._next_open = 0.0
         self._upgrade_due = False
         self._timer: asyncio.TimerHandle | None = None
-        self.packets = 0
-        self.bytes = 0
+        self._busy = False
+        """The writer task is opening a stream or waiting in a write: `kick` leaves the queue to it."""
 
-    def put(self, packet: bytes) -> None:
-        """Queue one packet from the TUN (vnet header and IP packet); counted as sent or dropped."""
+    def put(self, packet: bytes) -> bool:
+        """Queue one packet from the TUN (vnet header and IP packet); False when dropped (counted). `kick` sends."""
         counters = self.app.counters
         if time.monotonic() < self._next_open and self.stream is None:
             counters["unreachable:dropped"] += 1
-            return
+            return False
         if not self.queue.put(packet):
             counters["queue-full:dropped"] += 1
-            return
+            return False
+        return True
+
+    def kick(self) -> None:
+        """Send what was queued: at once, in one write, when the stream is up, idle and its windows take it (no task
+        switch: the latency of a ping); else (or the rest) by the writer task."""
+        stream = self.stream
+        if not self._busy and stream is not None and not stream.closed and not self._upgrade_due:
+            data = self.queue.take()
+            try:
+                sent = stream.write_nowait(data)
+            except h2.H2Error:
+                sent = 0
+            if sent < len(data):
+                self.queue.push_front(data[sent:])
+            if not self.queue:
+                return
         if self._task is None:
             self._task = spawn(self._run(), name=f"net-send-{self.ep_id}")
         self._wake.set()
@@ -67,28 +83,32 @@ class PeerSender:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                if self._upgrade_due:
-                    self._upgrade_due = False
-                    if self.stream is not None and self.stream.path == "relay":
-                        await self._upgrade()
-                while self.queue:
-                    stream = await self._stream()
-                    if stream is None:
-                        self.app.counters["unreachable:dropped"] += self.queue.clear()
-                        break
-                    data = self.queue.take()
-                    try:
-                        await stream.write(data)
-                    except (h2.H2Error, ZtmError, OSError) as exc:
-                        log.info("mesh %s: the ip stream to %s ended: %s", self.app.ctx.mesh, self.name, exc)
-                        self._drop_stream()
-                        self.app.counters["stream-lost:dropped"] += 1
-                        continue
-                    self.packets += 1
-                    self.bytes += len(data)
+                self._busy = True
+                try:
+                    await self._drain()
+                finally:
+                    self._busy = False
         except asyncio.CancelledError:
             self._drop_stream()
             raise
+
+    async def _drain(self) -> None:
+        if self._upgrade_due:
+            self._upgrade_due = False
+            if self.stream is not None and self.stream.path == "relay":
+                await self._upgrade()
+        while self.queue:
+            stream = await self._stream()
+            if stream is None:
+                self.app.counters["unreachable:dropped"] += self.queue.clear()
+                return
+            data = self.queue.take()
+            try:
+                await stream.write(data)
+            except (h2.H2Error, ZtmError, OSError) as exc:
+                log.info("mesh %s: the ip stream to %s ended: %s", self.app.ctx.mesh, self.name, exc)
+                self._drop_stream()
+                self.app.counters["stream-lost:dropped"] += 1
 
     async def _stream(self) -> E2EStream | None:
         """The stream to use now: the current one, a direct one replacing a relayed one when a channel is pooled,
