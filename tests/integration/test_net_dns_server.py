@@ -5,7 +5,8 @@ The mesh's names come from a stand-in for the `net` app (a dict the test changes
 forwarding and resolv.conf reading are the real ones. Covered: A/AAAA, NXDOMAIN, TCP, names updated within 1 s of a
 change (measured), other names forwarded (UDP and TCP) to the upstream and never to the server's own address (a
 resolv.conf that lists only itself gets SERVFAIL at once, not a loop), garbage dropped or answered FORMERR while
-the server keeps answering.
+the server keeps answering; split DNS through `resolvectl` (a stand-in on PATH that records its calls) set up at
+start and reverted at stop, and a failed step reverted at once with the resolv.conf hint shown instead.
 """
 
 from __future__ import annotations
@@ -257,3 +258,57 @@ def test_garbage_is_dropped_or_formerr_and_the_server_goes_on(world: World) -> N
         assert tcp.recv(100) == b""
     wait_until(lambda: w.server.counters["dns:dropped"] >= 3, 3, "the drops to be counted")
     assert [r.to_text() for r in w.resolver().resolve("web.lab.ztm", "A")] == ["100.64.0.5"]
+
+
+FAKE_RESOLVECTL = """#!/bin/sh
+echo "$*" >> "$(dirname "$0")/calls"
+if [ "$1" = domain ] && [ -e "$(dirname "$0")/fail-domain" ]; then
+    echo "Failed to set domain: no such link" >&2
+    exit 1
+fi
+exit 0
+"""
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_split_dns_through_resolvectl_and_undone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool) -> None:
+    """Where systemd-resolved runs (here: a stand-in `resolvectl` on PATH that records its calls, and its runtime
+    directory), start routes the zone to the server on the interface and stop reverts it; a failed step reverts
+    what was done and leaves the resolv.conf hint instead."""
+    import ztm.apps.net.dns as meshdns
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "resolvectl"
+    fake.write_text(FAKE_RESOLVECTL)
+    fake.chmod(0o755)
+    if fails:
+        (bin_dir / "fail-domain").touch()
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(meshdns, "RESOLVED_RUN", tmp_path)
+    loop = Loop()
+    ip = loopback()
+    app = SimpleNamespace(ctx=SimpleNamespace(mesh="lab"), names=lambda: {})
+    server = MeshDns(app, "ztm", port=free_port(), resolv_conf=tmp_path / "none")  # type: ignore[arg-type]
+    try:
+        loop.run(server.start(ip, "ztm7"))
+        calls = (bin_dir / "calls").read_text().splitlines()
+        if fails:
+            assert calls == [f"dns ztm7 {ip}", "domain ztm7 ~lab.ztm", "revert ztm7"]
+            assert server.split_dns is None
+            assert (
+                server.mesh_fields()["dns_resolv_conf"]
+                == f"nameserver {ip}  # first line of /etc/resolv.conf: names under lab.ztm"
+            )
+        else:
+            assert calls == [f"dns ztm7 {ip}", "domain ztm7 ~lab.ztm", "default-route ztm7 false"]
+            assert server.split_dns == "systemd-resolved"
+            fields = server.mesh_fields()
+            assert fields["dns_resolv_conf"] is None and "systemd-resolved" in str(fields["dns_server"])
+        loop.run(server.stop())
+        after = (bin_dir / "calls").read_text().splitlines()
+        assert after[len(calls) :] == ([] if fails else ["revert ztm7"])
+        assert not server.listening
+    finally:
+        loop.run(server.stop())
+        loop.close()
