@@ -38,6 +38,7 @@ import dns.message
 import dns.name
 import dns.opcode
 import dns.rcode
+import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -76,26 +77,33 @@ class Zone:
 
     def __init__(self, names: Mapping[str, tuple[str | None, str | None]], mesh: str, suffix: str) -> None:
         self.origin = zone_name(mesh, suffix)
-        self.records: dict[dns.name.Name, tuple[str | None, str | None]] = {}
+        self.soa, self.ns = _apex(self.origin)
+        room = 255 - len(self.origin.to_wire() or b"")  # a whole name is at most 255 bytes on the wire
+        self.records: dict[tuple[bytes, ...], tuple[str | None, str | None]] = {}
+        """The endpoints' names relative to the zone, as lowercase labels -> their addresses (text, checked once
+        they are first asked for)."""
         for name in sorted(names):  # sorted: of two names equal but for case, the same one wins every time
-            owner = self._owner(name)
-            if owner is None or owner in self.records:
-                continue
-            ip4, ip6 = names[name]
-            self.records[owner] = (_valid(ip4, 4), _valid(ip6, 6))
-        soa = f"ns.{self.origin} hostmaster.{self.origin} 1 {TTL} {TTL} {TTL} {TTL}"
-        self.soa = dns.rrset.from_text(self.origin, TTL, dns.rdataclass.IN, dns.rdatatype.SOA, soa)
-        self.ns = dns.rrset.from_text(self.origin, TTL, dns.rdataclass.IN, dns.rdatatype.NS, f"ns.{self.origin}")
+            key = tuple(label.lower().encode() for label in name.split("."))
+            if key in self.records or not all(0 < len(k) < 64 for k in key) or sum(map(len, key)) + len(key) > room:
+                continue  # not a DNS name (an empty label, too long)
+            self.records[key] = names[name]
+        self._rdatas: dict[tuple[str, int], dns.rdata.Rdata | None] = {}
 
-    def _owner(self, name: str) -> dns.name.Name | None:
-        """`NAME.MESH.SUFFIX.` for endpoint `name`; None if the name cannot be a DNS name (an empty label)."""
-        labels = name.split(".")
-        if not all(labels) or any(len(label.encode()) > 63 for label in labels):
+    def _rdata(self, address: str | None, rdtype: int) -> dns.rdata.Rdata | None:
+        """The A or AAAA rdata of `address`, None if it is not an address of that family (a record the hub sent
+        wrong is left out); made once per zone."""
+        if address is None:
             return None
-        try:
-            return dns.name.Name([label.encode() for label in labels]).concatenate(self.origin)
-        except dns.exception.DNSException:  # too long as a whole
-            return None
+        key = (address, rdtype)
+        if key not in self._rdatas:
+            valid = _valid(address, 4 if rdtype == dns.rdatatype.A else 6)
+            made = (
+                None
+                if valid is None
+                else dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.RdataType(rdtype), valid)
+            )
+            self._rdatas[key] = made
+        return self._rdatas[key]
 
     def answer(self, query: bytes, *, tcp: bool = False) -> bytes | None:
         """The reply to `query`; None: not under this zone (forward it); `DROP`: send nothing."""
@@ -141,18 +149,30 @@ class Zone:
             if not response.answer:
                 response.authority.append(self.soa)
             return
-        found = self.records.get(qname)
+        relative = qname.labels[: len(qname.labels) - len(self.origin.labels)]
+        found = self.records.get(tuple(label.lower() for label in relative))
         if found is None:
             response.set_rcode(dns.rcode.NXDOMAIN)
             response.authority.append(self.soa)
             return
-        ip4, ip6 = found
-        if ip4 is not None and (rdtype == dns.rdatatype.A or any_type):
-            response.answer.append(dns.rrset.from_text(qname, TTL, dns.rdataclass.IN, dns.rdatatype.A, ip4))
-        if ip6 is not None and (rdtype == dns.rdatatype.AAAA or any_type):
-            response.answer.append(dns.rrset.from_text(qname, TTL, dns.rdataclass.IN, dns.rdatatype.AAAA, ip6))
+        for address, wanted in zip(found, (dns.rdatatype.A, dns.rdatatype.AAAA), strict=True):
+            rdata = self._rdata(address, wanted) if rdtype in (wanted, dns.rdatatype.ANY) else None
+            if rdata is not None:
+                rrset = dns.rrset.RRset(qname, dns.rdataclass.IN, wanted)
+                rrset.add(rdata, TTL)
+                response.answer.append(rrset)
         if not response.answer:
             response.authority.append(self.soa)
+
+
+@functools.lru_cache(maxsize=64)
+def _apex(origin: dns.name.Name) -> tuple[dns.rrset.RRset, dns.rrset.RRset]:
+    """The zone's SOA (its minimum, the negative TTL, is `TTL`) and NS records."""
+    soa = f"ns.{origin} hostmaster.{origin} 1 {TTL} {TTL} {TTL} {TTL}"
+    return (
+        dns.rrset.from_text(origin, TTL, dns.rdataclass.IN, dns.rdatatype.SOA, soa),
+        dns.rrset.from_text(origin, TTL, dns.rdataclass.IN, dns.rdatatype.NS, f"ns.{origin}"),
+    )
 
 
 def answer(
