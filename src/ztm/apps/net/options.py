@@ -13,6 +13,11 @@ TUN_NEEDS_CAP = (
     "starting without network mode"
 )
 
+EXPOSE_PORTS_WARNING = (
+    "--expose-ports: members of the joined meshes may open TCP connections to this machine's 127.0.0.1 ports (with "
+    "no mesh policy, every member to every port: limit it with ip/tcp:PORT rules)"
+)
+
 
 @dataclass(frozen=True)
 class NetOptions:
