@@ -190,6 +190,10 @@ def test_a_new_policy_closes_a_live_port_stream(world: World) -> None:
             data = sock.recv(100)
         except ConnectionError:
             data = b""
+        except TimeoutError:
+            raise AssertionError(
+                f"the live port stream stayed open {CLOSE_LIMIT + 3}s after the policy change"
+            ) from None
         took = time.monotonic() - at
         assert data == b"", data
         assert took < CLOSE_LIMIT, f"the live port stream was closed {took:.2f}s after the policy change"
