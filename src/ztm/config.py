@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ztm.addr import Address
+from ztm.apps.net.options import NetOptions
 
 DEFAULT_HUB_PORT = 8888
 DEFAULT_AGENT_LISTEN = Address("127.0.0.1", 7777)
@@ -92,3 +93,5 @@ class AgentConfig:
     before the agent logs a warning about it (`ztm.h2.connection.CREDIT_WARN` by default)."""
     zone: str | None = None
     """`--zone`: the agent prefers online hubs of this zone. None: keep the zone saved by an earlier run ("" none)."""
+    net: NetOptions = field(default_factory=NetOptions)
+    """Network mode: `--tun`, `--tun-name`, `--accept-routes`, `--dns-suffix` (`ztm.apps.net`)."""

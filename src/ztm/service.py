@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ztm.addr import Address
+from ztm.apps.net.options import NetOptions
 from ztm.config import AgentConfig, HubConfig
 from ztm.errors import Forbidden, Timeout, Unavailable, ZtmError
 
@@ -163,6 +164,16 @@ def agent_argv(cfg: AgentConfig, python: str = sys.executable) -> list[str]:
         argv += ["--credit-warn", f"{cfg.credit_warn:g}"]
     if cfg.zone is not None:
         argv += ["--zone", cfg.zone]
+    if cfg.net.tun:
+        argv += ["--tun"]
+    if cfg.net.tun_name != NetOptions.tun_name:
+        argv += ["--tun-name", cfg.net.tun_name]
+    if cfg.net.accept_routes:
+        argv += ["--accept-routes"]
+    if cfg.net.dns_suffix != NetOptions.dns_suffix:
+        argv += ["--dns-suffix", cfg.net.dns_suffix]
+    if cfg.net.expose_ports:
+        argv += ["--expose-ports"]
     return argv
 
 

@@ -401,6 +401,16 @@ class MeshDirect:
             return False
         return address is not None or self.p2p_blocker() is None
 
+    def pooled(self, ep_id: str) -> bool:
+        """A handshaken channel to `ep_id` waits in the pool: a stream opened now goes direct at once."""
+        return any(c.usable for c in self._pool.get(ep_id, ()))
+
+    def prepare(self, ep_id: str, address: str | None) -> None:
+        """Get channels to `ep_id` ready in the background (dial its listener at `address`, or punch), unless it is
+        backing off: a long-lived stream on the relay (the net app's) moves once one is pooled."""
+        if self.reachable(ep_id) and (address is not None or self.p2p_blocker() is None):
+            self._refill(ep_id, address)
+
     def _mark_failed(self, ep_id: str, reason: str) -> None:
         delay = _back_off(self._failed, ep_id)
         self.counters["failures"] += 1

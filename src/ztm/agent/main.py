@@ -15,6 +15,7 @@ import logging
 import secrets
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -26,6 +27,7 @@ from ztm.agent.direct import DirectServer
 from ztm.agent.hubpick import check_zone
 from ztm.agent.punch import FD_SPARE, raise_fd_limit
 from ztm.agent.service import Agent
+from ztm.apps.net.options import EXPOSE_PORTS_WARNING, TUN_NEEDS_CAP, has_net_admin
 from ztm.config import AgentConfig, agents_registry_dir, socket_link_name, token_file_name
 from ztm.errors import BadInput, Unavailable, ZtmError
 from ztm.permit import Permit
@@ -95,6 +97,12 @@ async def _main(cfg: AgentConfig) -> int:
     every = cfg.p2p_birthday_every
     agent.birthday = punchmsg.Birthday(k, every=every, total=4, window=2 * every)
     agent.credit_warn = cfg.credit_warn
+    agent.net = cfg.net
+    if cfg.net.tun and not has_net_admin():
+        log.warning("%s", TUN_NEEDS_CAP)
+        agent.net = replace(cfg.net, tun=False)
+    if cfg.net.expose_ports:
+        log.warning("%s", EXPOSE_PORTS_WARNING)
     published: Path | None = None
     sock_path = cfg.data / localsock.SOCKET_NAME
     try:

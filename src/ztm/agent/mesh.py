@@ -39,6 +39,7 @@ from ztm.agent.link import HubLink, dial, request
 from ztm.agent.store import MeshRecord
 from ztm.agent.tls import MeshFiles
 from ztm.aio import spawn
+from ztm.apps.net.options import NetOptions
 from ztm.e2e import E2EError
 from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError
 from ztm.permit import Permit
@@ -48,9 +49,10 @@ from ztm.version import E2E_SINCE, __version__
 
 log = logging.getLogger("ztm.agent")
 
-OWN_CHECKS = frozenset({"tunnel", "proxy", "terminal", "files"})
+OWN_CHECKS = frozenset({"tunnel", "proxy", "terminal", "files", "net"})
 """Apps that ask the policy gate themselves, with what is asked of them (`tunnel/tcp/NAME`, `proxy/HOST:PORT`,
-`terminal`, `files/PATH`); a stream to any other app is checked here as `app/NAME` before the app gets it."""
+`terminal`, `files/PATH`, `ip/tcp:22` per packet flow); a stream to any other app is checked here as `app/NAME`
+before the app gets it."""
 PEERS_WAIT = 2.0
 """Seconds a stream from an endpoint this session does not know yet waits for the hub's endpoint list (its name and
 tags for the policy); without an answer the policy sees the caller's user only."""
@@ -137,6 +139,13 @@ class MeshSession:
         """True until the hub's endpoint list was loaded on this connection (fetched only while a policy is set)."""
         self.labels: list[str] = list(record.labels)
         """This endpoint's labels as the hub last described it (its tags are the policy's place)."""
+        self.me: dict[str, Any] = {}
+        """This endpoint's own latest view at the hub (the `hello` event's `ep`, then its own `endpoint` events)."""
+        self._want_peers = False
+        self.peers_changed: list[Callable[[], None]] = []
+        """Called (synchronously) whenever `peers` or `me` changed: an event, or the hub's list loaded."""
+        self.net = NetOptions()
+        """The agent's network-mode options (`--tun` ...), set by the agent before `start`; the `net` app reads them."""
         self.mesh_ranges: tuple[str | None, str | None] = (None, None)
         """The mesh's IPv4 range and IPv6 /48 as the hub's status last said (issue 17; None until a hello)."""
         self._save_policy = save_policy
@@ -284,9 +293,11 @@ class MeshSession:
                 ranges = hub.get("mesh_range"), hub.get("mesh_range6")
                 self.mesh_ranges = (_str_or_none(ranges[0]), _str_or_none(ranges[1]))
             if isinstance(event.get("ep"), dict):
+                self.me = event["ep"]
                 self._own_labels(event["ep"].get("labels"))
+                self._tell_peers_changed()
             self._peers_stale = True
-            if self.gate.policy is not None:
+            if self.gate.policy is not None or self._want_peers:
                 self._refresh_peers()
             spawn(self.direct.on_online(), name=f"direct-{self.name}")
             self._hello = True
@@ -301,7 +312,7 @@ class MeshSession:
             log.warning("mesh %s: ignored a policy event without a version number and a text", self.name)
             return
         self._apply_policy(version, text, save=True)
-        if self.gate.policy is not None and self._peers_stale:
+        if (self.gate.policy is not None or self._want_peers) and self._peers_stale:
             self._refresh_peers()
 
     def _apply_policy(self, version: int, text: str, *, save: bool) -> None:
@@ -347,13 +358,32 @@ class MeshSession:
     def _endpoint_event(self, ep: dict[str, Any]) -> None:
         ep_id = str(ep.get("id"))
         if ep_id == self.record.ep_id:
+            self.me = ep
             self._own_labels(ep.get("labels"))
+            self._tell_peers_changed()
             return
         before = self._peer_view(ep_id)
         self.peers[ep_id] = ep
         self._peers_fresh.add(ep_id)
         if before is not None and before != self._peer_view(ep_id):
             self.gate.recheck()  # renamed or relabelled: its live connections are checked again
+        self._tell_peers_changed()
+
+    def want_peers(self) -> None:
+        """Keep `peers` loaded for every endpoint even without a policy (network mode and DNS need their addresses):
+        the hub's list at each connection, then its events."""
+        if self._want_peers:
+            return
+        self._want_peers = True
+        if self.link.status == "online":
+            self._refresh_peers()
+
+    def _tell_peers_changed(self) -> None:
+        for listener in list(self.peers_changed):
+            try:
+                listener()
+            except Exception as exc:  # an app's listener must not break the event stream
+                log.error("mesh %s: a peers listener failed: %s: %s", self.name, type(exc).__name__, exc)
 
     def _own_labels(self, labels: object) -> None:
         if not isinstance(labels, list):
@@ -385,9 +415,12 @@ class MeshSession:
             if isinstance(ep, dict) and isinstance(ep.get("id"), str):
                 if ep["id"] == self.record.ep_id:
                     self._own_labels(ep.get("labels"))
+                    if ep["id"] not in self._peers_fresh:
+                        self.me = ep
                 elif ep["id"] not in self._peers_fresh:
                     self.peers[ep["id"]] = ep
         self.gate.recheck()
+        self._tell_peers_changed()
 
     async def _know(self, caller: Caller) -> None:
         """With a policy in force, wait (briefly) for the hub's endpoint list when it does not know the caller."""
@@ -556,7 +589,9 @@ class MeshSession:
     def view(self) -> dict[str, Any]:
         _start, end = self.cert_window()
         link = self.link
+        dns = getattr(self.apps.get("net"), "dns", None)  # the net app's MeshDns (ztm.apps.net.dns)
         return {
+            **(dns.mesh_fields() if dns is not None else {}),
             "name": self.name,
             "mesh_id": self.record.mesh_id,
             "ep_id": self.record.ep_id,

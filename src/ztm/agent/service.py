@@ -24,6 +24,7 @@ from ztm.agent.apps import Caller, MeshApp
 from ztm.agent.mesh import MeshSession, enroll
 from ztm.agent.store import AgentStore, MeshRecord
 from ztm.agent.tls import MeshFiles
+from ztm.apps.net.options import NetOptions
 from ztm.errors import Conflict, NotFound, PermitError, Unavailable, ZtmError, from_json
 from ztm.h2.connection import CREDIT_WARN
 from ztm.permit import Permit
@@ -60,6 +61,8 @@ class Agent:
         it)."""
         self.credit_warn = CREDIT_WARN
         """`--credit-warn`: seconds a stream through the hub waits for credit before the agent warns."""
+        self.net = NetOptions()
+        """Network mode (`--tun`, `--tun-name`, `--accept-routes`, `--dns-suffix`), for every mesh's `net` app."""
         self.zone = ""
         """This agent's zone (`--zone`): it prefers the online hubs of that zone (`ztm.agent.hubpick`); "" none."""
 
@@ -98,6 +101,7 @@ class Agent:
         session.direct.keepalive = self.p2p_keepalive
         session.direct.birthday = self.birthday
         session.link.credit_warn = self.credit_warn
+        session.net = self.net
         return session
 
     def _apps(self, session: MeshSession) -> dict[str, MeshApp]:

@@ -17,8 +17,9 @@ def builtin_apps() -> tuple[type[MeshApp], ...]:
     from ztm.apps.appstore.app import AppStoreApp
     from ztm.apps.cloud.app import CloudApp
     from ztm.apps.files.app import FilesApp
+    from ztm.apps.net.app import NetApp
     from ztm.apps.proxy.app import ProxyApp
     from ztm.apps.terminal.app import TerminalApp
     from ztm.apps.tunnel.app import TunnelApp
 
-    return (TunnelApp, FilesApp, CloudApp, AppStoreApp, TerminalApp, ProxyApp)
+    return (TunnelApp, FilesApp, CloudApp, AppStoreApp, TerminalApp, ProxyApp, NetApp)

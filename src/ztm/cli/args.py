@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 from ztm import validate
 from ztm.addr import Address
+from ztm.apps.net.options import check_dns_suffix, check_tun_name
 from ztm.config import DEFAULT_HUB_PORT
 from ztm.errors import BadInput
 from ztm.timefmt import parse_since
@@ -281,6 +282,28 @@ def zone_type(text: str) -> str:
 
 
 zone_type.__name__ = "zone"
+
+
+def tun_name_type(text: str) -> str:
+    """`--tun-name PREFIX`: an interface name prefix (`ztm.apps.net.options.check_tun_name`)."""
+    try:
+        return check_tun_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+tun_name_type.__name__ = "interface prefix"
+
+
+def dns_suffix_type(text: str) -> str:
+    """`--dns-suffix SUFFIX`: DNS labels joined by dots (`ztm.apps.net.options.check_dns_suffix`)."""
+    try:
+        return check_dns_suffix(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+dns_suffix_type.__name__ = "DNS suffix"
 
 
 def mesh_range_type(text: str) -> str:
@@ -546,6 +569,35 @@ def agent_options(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         type=zone_type,
         help="prefer the online hubs of this zone (kept for later starts; --zone '' for none; default none)",
+    )
+    p.add_argument(
+        "--tun",
+        action="store_true",
+        help="network mode: an interface (ztm0, ...) with this endpoint's mesh addresses in every joined mesh; "
+        "needs CAP_NET_ADMIN (docs/network-mode.md)",
+    )
+    p.add_argument(
+        "--tun-name",
+        metavar="PREFIX",
+        type=tun_name_type,
+        help="interface name prefix with --tun: PREFIX0, PREFIX1, ... one per mesh (default ztm)",
+    )
+    p.add_argument(
+        "--accept-routes",
+        action="store_true",
+        help="with --tun: reach the subnets other endpoints route (approved by root) through them",
+    )
+    p.add_argument(
+        "--dns-suffix",
+        metavar="SUFFIX",
+        type=dns_suffix_type,
+        help="mesh names are NAME.MESH.SUFFIX (default ztm)",
+    )
+    p.add_argument(
+        "--expose-ports",
+        action="store_true",
+        help="without --tun too, let mesh members reach this machine's TCP ports on 127.0.0.1 (port streams: "
+        "the tunnel's --target EP:PORT, the proxy's NAME.MESH.ztm); with a policy, only ip/tcp:PORT rules allow it",
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from ztm import keylog
 from ztm.addr import Address
+from ztm.apps.net.options import NetOptions
 from ztm.cli.args import UsageError
 from ztm.cli.context import Context
 from ztm.config import DEFAULT_AGENT_LISTEN, DEFAULT_HUB_LISTEN, AgentConfig, HubConfig
@@ -92,6 +93,13 @@ def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentCon
         p2p_keepalive=args.p2p_keepalive if args.p2p_keepalive is not None else 5.0,
         zone=args.zone,
         permit=_absolute(args.permit) if args.permit else None,
+        net=NetOptions(
+            tun=args.tun,
+            tun_name=args.tun_name or NetOptions.tun_name,
+            accept_routes=args.accept_routes,
+            dns_suffix=args.dns_suffix or NetOptions.dns_suffix,
+            expose_ports=args.expose_ports,
+        ),
     )
 
 
