@@ -213,6 +213,11 @@ def test_ping_tcp_and_udp_by_mesh_address_across_nats_direct_where_there_is_a_pa
         "home's packets to the workplace to go over a punched channel",
     )
     assert path_to(net, "workplace", "home") is not None  # it answered over its own stream
+    status = net.agents["home"].cli("net", "status").stdout
+    assert f"network mode: up on ztm0: {net.ip['home']}" in status, status
+    assert "peer workplace: path punched" in status or "peer workplace: path lan" in status, status
+    metrics = net.agents["home"].api("GET", "/api/metrics")[1]
+    assert 'ztm_agent_app_streams_by_path{mesh="lan",app="net",name="workplace",path="punched"}' in metrics
 
 
 def test_a_packet_from_a_spoofed_source_is_dropped_and_counted(net: Net) -> None:

@@ -31,7 +31,7 @@ from ztm.apps.net import tun as tun_mod
 from ztm.apps.net.flows import Flows
 from ztm.apps.net.frames import Deframer, FrameError
 from ztm.apps.net.sender import SERVICE, PeerSender
-from ztm.errors import ZtmError
+from ztm.errors import BadInput, ZtmError
 from ztm.net.filter import InboundFilter
 from ztm.net.packet import BadPacket, parse, parse_vnet
 from ztm.net.table import PeerAddrs, RouteTable
@@ -420,6 +420,12 @@ class NetApp(MeshApp):
 
     # ---- views ---------------------------------------------------------------------------------------------------
 
+    async def cli(self, argv: list[str]) -> str:
+        """`ztm net [status]`: the interface, addresses, routes, paths per peer, packets and drops."""
+        if argv not in ([], ["status"]):
+            raise BadInput("usage: ztm net [status] (the JSON view: ztm get app net -o json)")
+        return status_text(self.view())
+
     def view(self) -> dict[str, Any]:
         view = super().view()
         counters = self.counters
@@ -483,6 +489,29 @@ class _Receiver:
 
     def stream_error(self, exc: h2.H2Error) -> None:
         self.app._receivers.discard(self)
+
+
+def status_text(view: dict[str, Any]) -> str:
+    """The lines of `ztm net status`."""
+    if view["tun_up"]:
+        lines = [f"network mode: up on {view['interface']}: {view['mesh_ip']} {view['mesh_ip6'] or ''}".rstrip()]
+    elif view["tun"]:
+        lines = [f"network mode: not up ({view['error'] or 'waiting for this endpoint addresses from the hub'})"]
+    else:
+        lines = ["network mode: off (ztm run agent --tun)"]
+    lines.append(f"this endpoint: {view['mesh_ip'] or '-'} {view['mesh_ip6'] or ''}".rstrip())
+    if view["routing"]:
+        lines.append(f"routing for the mesh (SNAT): {', '.join(view['routing'])}")
+    for cidr, ep in view["routes_in_use"].items():
+        lines.append(f"route {cidr} via {ep}{'' if cidr in view['routes_installed'] else ' (not installed)'}")
+    lines.append(f"packets: in {view['packets_in']} ({view['bytes_in']} B), out {view['packets_out']} "
+                 f"({view['bytes_out']} B)")  # fmt: skip
+    dropped = ", ".join(f"{k} {v}" for k, v in view["dropped"].items()) or "none"
+    lines.append(f"dropped: {dropped}")
+    for peer in view["peers"]:
+        lines.append(f"peer {peer['name']}: path {peer['path'] or '-'}, queued {peer['queued']} B, streams "
+                     f"{paths.shown(peer['paths'])}")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _str(value: object) -> str | None:
