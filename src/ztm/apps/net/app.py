@@ -44,6 +44,9 @@ FIND_TTL = 10.0
 GSO_OK = frozenset({0, 1, 3, 4, 5})
 """vnet GSO types a peer may send: none, TCPv4, UDP, TCPv6, UDP_L4 (anything else is dropped as malformed)."""
 INDEX_KEY = "index"
+STREAMS_PER_PEER = 4
+"""`ip` streams one peer may have open to this endpoint at once; its oldest is closed for a new one past that (a real
+agent keeps one, two while it moves to a direct channel): each holds a frame buffer of up to 64 KiB."""
 
 
 def packed(address: object) -> bytes | None:
@@ -120,7 +123,8 @@ class NetApp(MeshApp):
     async def start(self) -> None:
         await super().start()
         session = self.ctx.session
-        session.want_peers()
+        if session.net.tun:  # every endpoint's addresses, even without a policy (a hub list at each connection)
+            session.want_peers()
         if self._changed not in session.peers_changed:
             session.peers_changed.append(self._changed)
         self._changed()
@@ -413,6 +417,11 @@ class NetApp(MeshApp):
         self._callers[caller.ep_id] = caller
         paths.count(self.counters, caller.name, stream.path)
         receiver = _Receiver(self, caller.ep_id, stream)
+        theirs = sorted((r for r in self._receivers if r.ep_id == caller.ep_id), key=lambda r: r.since)
+        for old in theirs[: max(0, len(theirs) + 1 - STREAMS_PER_PEER)]:  # a real agent has one (two while moving)
+            self._receivers.discard(old)
+            old.stream.reset()
+            self.counters["too-many-streams:dropped"] += 1  # a stream closed, not a packet
         self._receivers.add(receiver)
         stream.set_sink(receiver)
         if caller.ep_id in self.senders:  # its peer view may rank a new direct path
@@ -469,6 +478,7 @@ class _Receiver:
         self.ep_id = ep_id
         self.stream = stream
         self.deframer = Deframer()
+        self.since = time.monotonic()
 
     def stream_data(self, data: bytes) -> None:
         try:
