@@ -108,3 +108,32 @@ def test_a_failing_close_does_not_keep_the_others_open() -> None:
     g.track(OPS, PG, broken)
     g.track(OPS, PG, closed.append)
     assert g.set_policy(Policy.load("{}", 4)) == 2 and len(closed) == 1
+
+
+IP_POLICY = """{
+  "groups": {"group:ops": ["ops1"]},
+  "tagOwners": {"tag:db": ["root"], "tag:ci": ["root"]},
+  "acls": [
+    {"action": "accept", "src": ["group:ops"], "dst": ["tag:db:ip/tcp:22", "db-1:ip/10.20.0.0/16/icmp"]},
+  ],
+}"""
+
+
+def test_allow_ip_decides_counts_and_logs_a_denial_once_per_version(caplog: pytest.LogCaptureFixture) -> None:
+    assert gate(None).allow_ip(BOB, "tcp:22") is None  # no policy: network mode is the receiver's opt-in
+    g = gate(IP_POLICY)
+    assert g.allow_ip(OPS, "tcp:22") is None
+    assert g.allow_ip(OPS, "10.20.1.5/icmp") is None
+    with caplog.at_level(logging.WARNING, "ztm.agent"):
+        for _ in range(3):
+            assert g.allow_ip(OPS, "tcp:23") == "denied: no rule of policy version 3 allows it"
+            assert g.allow_ip(BOB, "tcp:22") == "denied: no rule of policy version 3 allows it"
+    assert caplog.text.count("dropping ip/tcp:23 from user ops1") == 1
+    assert caplog.text.count("dropping ip/tcp:22 from user bob") == 1
+    assert g.counters == {"allowed:ip": 2, "denied:ip": 6}
+    caplog.clear()
+    g.set_policy(Policy.load(IP_POLICY, 4))
+    with caplog.at_level(logging.WARNING, "ztm.agent"):
+        assert g.allow_ip(OPS, "tcp:23") is not None
+        assert g.allow_ip(OPS, "tcp:23") is not None
+    assert caplog.text.count("dropping ip/tcp:23 from user ops1") == 1  # again, once, under the new version

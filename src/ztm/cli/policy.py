@@ -199,9 +199,11 @@ def configure_policy(p: argparse.ArgumentParser) -> None:
         "would the policy allow it? the deciding rule and its line",
         "Ask the hub whether the policy in force (or the draft in FILE) allows USER (from endpoint EP, if given) to\n"
         "reach endpoint --to through TARGET, and which rule (file line) decides. TARGET is tunnel/tcp/NAME,\n"
-        "tunnel/udp/NAME, proxy/HOST:PORT, terminal, files/PATH, files-write/PATH or app/NAME.",
+        "tunnel/udp/NAME, proxy/HOST:PORT, terminal, files/PATH, files-write/PATH, app/NAME or a network-mode\n"
+        "packet: ip/tcp:PORT, ip/udp:PORT, ip/icmp, ip/proto:N, or ip/ADDRESS/... routed through the endpoint.",
         (
             "ztm policy check --from ops1 --to db-1 tunnel/tcp/pg",
+            "ztm policy check --from ops1 --to gw ip/10.20.1.5/tcp:22",
             "ztm policy check --from bob@laptop --to build-01 terminal",
             "ztm policy check --from alice --to nas files/shared/a.txt --file draft.hujson",
         ),

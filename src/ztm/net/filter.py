@@ -19,7 +19,18 @@ import collections
 import socket
 from collections.abc import Callable, Sequence
 
-from ztm.net.packet import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, BadPacket, PacketInfo, parse
+from ztm.net.packet import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    BadPacket,
+    Fields,
+    PacketInfo,
+    info_of,
+    scan,
+    scan_frame,
+)
 from ztm.net.table import RouteTable, network
 
 Allow = Callable[[str, str], str | None]
@@ -76,14 +87,28 @@ class InboundFilter:
         """None: deliver the packet; else the reason it is dropped ("malformed", "spoofed-source", "not-for-us",
         "policy"), counted in `counters` like a delivery ("delivered")."""
         try:
-            info = parse(packet)
+            fields = scan(packet)
         except BadPacket:
             self.counters["malformed"] += 1
             return "malformed"
-        if not self.table.may_send_from(ep_id, info.src):
+        return self._check(ep_id, fields)
+
+    def check_frame(self, ep_id: str, frame: bytes | memoryview) -> str | None:
+        """`check` of a frame as the TUN takes it: the 10-byte virtio-net header, then the packet. A header that
+        does not fit the packet (`ztm.net.packet.check_vnet`: a GSO type or checksum request a peer made up) is
+        "malformed" too."""
+        try:
+            _, fields = scan_frame(frame)
+        except BadPacket:
+            self.counters["malformed"] += 1
+            return "malformed"
+        return self._check(ep_id, fields)
+
+    def _check(self, ep_id: str, fields: Fields) -> str | None:
+        _, proto, src, dst, _, dport, _, _, _ = fields
+        if not self.table.may_send_from(ep_id, src):
             self.counters["spoofed-source"] += 1
             return "spoofed-source"
-        dst = info.dst
         if dst in self._own():
             routed = b""
         elif self._serves(dst):
@@ -91,12 +116,12 @@ class InboundFilter:
         else:
             self.counters["not-for-us"] += 1
             return "not-for-us"
-        key = (ep_id, info.proto, info.dport, routed)
+        key = (ep_id, proto, dport, routed)
         decided = self._decided
         try:
             why = decided[key]
         except KeyError:
-            why = self._allow(ep_id, detail_of(info, not routed))
+            why = self._allow(ep_id, detail_of(info_of(fields), not routed))
             if len(decided) >= MEMO_SIZE:
                 decided.clear()
             decided[key] = why

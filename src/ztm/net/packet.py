@@ -52,11 +52,19 @@ class VnetHdr:
     csum_offset: int
 
 
+_H0, _H1, _H2, _H3, _H4, _H5 = (getattr(VnetHdr, name).__set__ for name in VnetHdr.__slots__)
+_new_object = object.__new__
+
+
 def parse_vnet(buf: bytes | memoryview) -> VnetHdr:
     """The virtio-net header at the start of `buf`; BadPacket("short") if `buf` is shorter than VNET_HDR_LEN."""
     if len(buf) < VNET_HDR_LEN:
         raise BadPacket("short", f"a virtio-net header is {VNET_HDR_LEN} bytes, got {len(buf)}")
-    return VnetHdr(*_VNET.unpack_from(buf, 0))
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = _VNET.unpack_from(buf, 0)
+    header = _new_object(VnetHdr)  # set through the slots: a frozen dataclass's __init__ is slower, and per frame
+    _H0(header, flags), _H1(header, gso_type), _H2(header, hdr_len), _H3(header, gso_size)
+    _H4(header, csum_start), _H5(header, csum_offset)
+    return header
 
 
 def pack_vnet(h: VnetHdr) -> bytes:
@@ -89,54 +97,71 @@ class PacketInfo:
     """True for a fragment other than the first (no upper-layer header)."""
 
 
+Fields = tuple[int, int, bytes, bytes, int | None, int | None, int | None, int, bool]
+"""`PacketInfo`'s fields as a plain tuple, in its order (what `scan` returns: no object to build per packet)."""
+_S0, _S1, _S2, _S3, _S4, _S5, _S6, _S7, _S8 = (getattr(PacketInfo, name).__set__ for name in PacketInfo.__slots__)
+
+
+def info_of(f: Fields) -> PacketInfo:
+    """A `PacketInfo` set through its slots: a frozen dataclass's own __init__ goes through object.__setattr__ per
+    field, about three times slower, and this is per packet."""
+    info = _new_object(PacketInfo)
+    _S0(info, f[0]), _S1(info, f[1]), _S2(info, f[2]), _S3(info, f[3]), _S4(info, f[4])
+    _S5(info, f[5]), _S6(info, f[6]), _S7(info, f[7]), _S8(info, f[8])
+    return info
+
+
 def parse(buf: bytes | memoryview) -> PacketInfo:
     """The fields of the IP packet `buf` (after the virtio-net header); BadPacket on any malformed input."""
+    return info_of(scan(buf))
+
+
+_V4 = struct.Struct("!BxHxxHxBxx4s4s")  # version/IHL, total length, flags/offset, protocol, source, destination
+_V6 = struct.Struct("!xxxxHBx16s16s")  # payload length, next header, source, destination
+_PORTS = struct.Struct("!HH")
+_NOT_FIRST = (_HOP, _ROUTING, _FRAGMENT, _DSTOPTS, _AH)
+
+
+def scan(buf: bytes | memoryview) -> Fields:
+    """`parse`'s fields as a tuple in `PacketInfo`'s order (the inbound filter's per-packet form)."""
     size = len(buf)
-    if size < 1:
-        raise BadPacket("short", "an empty packet")
-    version = buf[0] >> 4
-    if version == 4:
-        return _parse4(buf, size)
-    if version == 6:
-        return _parse6(buf, size)
-    raise BadPacket("version", f"IP version {version}: only 4 and 6")
-
-
-def _parse4(buf: bytes | memoryview, size: int) -> PacketInfo:
     if size < 20:
-        raise BadPacket("short", "an IPv4 header is at least 20 bytes")
-    ihl = (buf[0] & 15) << 2
+        if size and buf[0] >> 4 not in (4, 6):
+            raise BadPacket("version", f"IP version {buf[0] >> 4}: only 4 and 6")
+        raise BadPacket("short", f"an IP header is at least 20 bytes, got {size}")
+    first, total, frag, proto, src, dst = _V4.unpack_from(buf)
+    version = first >> 4
+    if version == 6:
+        return _scan6(buf, size)
+    if version != 4:
+        raise BadPacket("version", f"IP version {version}: only 4 and 6")
+    ihl = (first & 15) << 2
     if ihl < 20:
         raise BadPacket("header", f"IPv4 header length {ihl} is under 20")
-    total = (buf[2] << 8) | buf[3]
     if total < ihl:
         raise BadPacket("length", f"IPv4 total length {total} is under the header's {ihl}")
     if total > size:
         raise BadPacket("short", f"IPv4 total length {total} is over the {size} bytes read")
-    frag = (buf[6] << 8) | buf[7]
     if frag & 0x8000:
         raise BadPacket("header", "the IPv4 reserved flag is set")
     offset = frag & 0x1FFF
-    proto = buf[9]
-    src, dst = bytes(buf[12:16]), bytes(buf[16:20])
     if offset:
         if offset == 1 and proto == PROTO_TCP:
             raise BadPacket("fragment", "a TCP fragment at offset 8 overlaps the TCP header")
-        return PacketInfo(4, proto, src, dst, None, None, None, total, True)
+        return 4, proto, src, dst, None, None, None, total, True
     return _upper(buf, ihl, total, 4, proto, src, dst)
 
 
-def _parse6(buf: bytes | memoryview, size: int) -> PacketInfo:
+def _scan6(buf: bytes | memoryview, size: int) -> Fields:
     if size < 40:
         raise BadPacket("short", "an IPv6 header is 40 bytes")
-    total = 40 + ((buf[4] << 8) | buf[5])
+    payload, proto, src, dst = _V6.unpack_from(buf)
+    total = 40 + payload
     if total > size:
         raise BadPacket("short", f"IPv6 length {total} is over the {size} bytes read")
-    src, dst = bytes(buf[8:24]), bytes(buf[24:40])
-    proto = buf[6]
     at = 40
     seen = 0
-    while proto in (_HOP, _ROUTING, _FRAGMENT, _DSTOPTS, _AH):
+    while proto in _NOT_FIRST:
         if proto == _HOP and seen:
             raise BadPacket("header", "an IPv6 hop-by-hop header after the first")
         seen += 1
@@ -151,9 +176,9 @@ def _parse6(buf: bytes | memoryview, size: int) -> PacketInfo:
             if offset:
                 if offset == 1 and following == PROTO_TCP:
                     raise BadPacket("fragment", "a TCP fragment at offset 8 overlaps the TCP header")
-                if following in (_HOP, _ROUTING, _FRAGMENT, _DSTOPTS, _AH):
+                if following in _NOT_FIRST:
                     raise BadPacket("header", "an IPv6 later fragment names an extension header")
-                return PacketInfo(6, following, src, dst, None, None, None, total, True)
+                return 6, following, src, dst, None, None, None, total, True
         elif proto == _AH:
             at += (buf[at + 1] + 2) << 2
         else:
@@ -164,24 +189,26 @@ def _parse6(buf: bytes | memoryview, size: int) -> PacketInfo:
     return _upper(buf, at, total, 6, proto, src, dst)
 
 
-def _upper(
-    buf: bytes | memoryview, at: int, total: int, version: int, proto: int, src: bytes, dst: bytes
-) -> PacketInfo:
+def _upper(buf: bytes | memoryview, at: int, total: int, version: int, proto: int, src: bytes, dst: bytes) -> Fields:
     """The upper-layer fields of a whole packet or a first fragment, its header at `at`."""
     left = total - at
-    if proto in (PROTO_TCP, PROTO_UDP):
-        if left < (20 if proto == PROTO_TCP else 8):
-            raise BadPacket("short", "the TCP or UDP header runs past the packet")
-        if proto == PROTO_TCP and buf[at + 12] >> 4 < 5:
+    if proto == PROTO_TCP:
+        if left < 20:
+            raise BadPacket("short", "the TCP header runs past the packet")
+        if buf[at + 12] < 0x50:
             raise BadPacket("header", "a TCP data offset under 5")
-        return PacketInfo(
-            version, proto, src, dst, (buf[at] << 8) | buf[at + 1], (buf[at + 2] << 8) | buf[at + 3], None, total
-        )
+        sport, dport = _PORTS.unpack_from(buf, at)
+        return version, proto, src, dst, sport, dport, None, total, False
+    if proto == PROTO_UDP:
+        if left < 8:
+            raise BadPacket("short", "the UDP header runs past the packet")
+        sport, dport = _PORTS.unpack_from(buf, at)
+        return version, proto, src, dst, sport, dport, None, total, False
     if proto in (PROTO_ICMP, PROTO_ICMPV6):
         if left < 4:
             raise BadPacket("short", "the ICMP header runs past the packet")
-        return PacketInfo(version, proto, src, dst, None, None, buf[at], total)
-    return PacketInfo(version, proto, src, dst, None, None, None, total)
+        return version, proto, src, dst, None, None, buf[at], total, False
+    return version, proto, src, dst, None, None, None, total, False
 
 
 _GSO_OF = {PROTO_TCP: (GSO_TCPV4, GSO_TCPV6), PROTO_UDP: (GSO_UDP_L4, GSO_UDP_L4)}
@@ -192,23 +219,46 @@ def check_vnet(h: VnetHdr, info: PacketInfo, size: int) -> None:
     (TCPv4 for IPv4 TCP, TCPv6 for IPv6 TCP, UDP_L4 for UDP; ECN only with TCP; never the old UFO), with a segment
     size and a header length inside the packet; a checksum request whose 2 bytes lie inside the packet's upper-layer
     part; no other flags. The kernel checks these too: this keeps a peer from handing it the odd ones at all."""
-    if h.flags & ~(F_NEEDS_CSUM | F_DATA_VALID):
-        raise BadPacket("vnet", f"unknown virtio-net flags {h.flags:#x}")
-    gso = h.gso_type & ~GSO_ECN
-    if gso == GSO_NONE:
-        if h.gso_type or h.gso_size:
-            raise BadPacket("vnet", "a segment size or ECN without GSO")
-    else:
-        pair = _GSO_OF.get(info.proto)
-        if pair is None or gso != pair[info.version == 6] or info.fragment:
-            raise BadPacket("vnet", f"GSO type {h.gso_type} does not fit this packet")
-        if h.gso_type & GSO_ECN and info.proto != PROTO_TCP:
+    _fits((h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset), info.version, info.proto,
+          info.fragment, size)  # fmt: skip
+
+
+VnetFields = tuple[int, int, int, int, int, int]
+"""`VnetHdr`'s fields as a plain tuple, in its order."""
+
+
+def scan_frame(frame: bytes | memoryview) -> tuple[VnetFields, Fields]:
+    """The virtio-net header's and the packet's fields of `frame` (the header then the IP packet, as the TUN reads
+    and writes it), checked against each other (`check_vnet`); BadPacket otherwise."""
+    if len(frame) < VNET_HDR_LEN:
+        raise BadPacket("short", f"a virtio-net header is {VNET_HDR_LEN} bytes, got {len(frame)}")
+    vnet: VnetFields = _VNET.unpack_from(frame)
+    packet = memoryview(frame)[VNET_HDR_LEN:]
+    fields = scan(packet)
+    _fits(vnet, fields[0], fields[1], fields[8], len(packet))
+    return vnet, fields
+
+
+def _fits(vnet: VnetFields, version: int, proto: int, fragment: bool, size: int) -> None:
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = vnet
+    if flags & ~(F_NEEDS_CSUM | F_DATA_VALID):
+        raise BadPacket("vnet", f"unknown virtio-net flags {flags:#x}")
+    if gso_type:
+        gso = gso_type & ~GSO_ECN
+        pair = _GSO_OF.get(proto)
+        if gso == GSO_NONE:
+            raise BadPacket("vnet", "ECN without GSO")
+        if pair is None or gso != pair[version == 6] or fragment:
+            raise BadPacket("vnet", f"GSO type {gso_type} does not fit this packet")
+        if gso_type & GSO_ECN and proto != PROTO_TCP:
             raise BadPacket("vnet", "ECN with a non-TCP GSO type")
-        if not 0 < h.gso_size <= size or h.hdr_len > size:
+        if not 0 < gso_size <= size or hdr_len > size:
             raise BadPacket("vnet", "a GSO segment size or header length outside the packet")
-        if not h.flags & F_NEEDS_CSUM:
+        if not flags & F_NEEDS_CSUM:
             raise BadPacket("vnet", "GSO without a checksum request")
-    if h.flags & F_NEEDS_CSUM and (h.csum_start < 20 or h.csum_start + h.csum_offset + 2 > size):
+    elif gso_size:
+        raise BadPacket("vnet", "a segment size without GSO")
+    if flags & F_NEEDS_CSUM and (csum_start < 20 or csum_start + csum_offset + 2 > size):
         raise BadPacket("vnet", "a checksum request outside the packet")
 
 
@@ -232,7 +282,10 @@ __all__ = [
     "PacketInfo",
     "VnetHdr",
     "check_vnet",
+    "info_of",
     "pack_vnet",
     "parse",
     "parse_vnet",
+    "scan",
+    "scan_frame",
 ]

@@ -13,8 +13,9 @@ lookup for a mesh address, and one per distinct prefix length (longest first) fo
 until the next `update`. No `ipaddress` objects on the packet path: they are used only to read the CIDRs in `update`.
 
 Defence in depth against a bad endpoint list (the hub already refuses these): an address claimed by two peers is
-dropped for both; a route of prefix 0 (an exit node, a later issue) or one that is not a network address is ignored;
-a peer may never send from this endpoint's own addresses nor from another peer's mesh address, whatever its routes.
+dropped for both; a route of prefix 0 (an exit node, a later issue), one that is not a network address, or one that
+holds a mesh address (this endpoint's or a peer's) is ignored; a peer may never send from this endpoint's own
+addresses nor from another peer's mesh address, whatever its routes.
 
 Pure: no I/O.
 """
@@ -106,11 +107,12 @@ class RouteTable:
         sources: dict[str, Sources] = {}
         routers: dict[str, list[tuple[float, str]]] = {}
         parsed: dict[str, tuple[int, int, int, str]] = {}
+        meshed = [(len(a), int.from_bytes(a, "big")) for a in (*claims, *own)]
         for peer in peers:
             nets = []
             for cidr in peer.routes:
                 found = network(cidr)
-                if found is None:
+                if found is None or any(n == found[0] and v & found[1] == found[2] for n, v in meshed):
                     continue
                 nets.append(found[:3])
                 parsed[found[3]] = found

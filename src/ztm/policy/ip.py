@@ -126,6 +126,8 @@ def parse_pattern(text: str) -> IpPattern:
         return _proto_pattern(text, None)
     first = parts[0]
     try:
+        if "%" in first:
+            raise ValueError("a zone")
         address = ipaddress.ip_address(first)
     except ValueError:
         raise IpError(
@@ -163,6 +165,8 @@ def parse_detail(detail: str) -> tuple[IpAddress | None, str, int | None]:
     head, slash, rest = detail.partition("/")
     if slash:
         try:
+            if "%" in head:
+                raise ValueError("a zone")
             address = ipaddress.ip_address(head)
         except ValueError:
             raise IpError(f"{head[:60]!r} is not an IP address: use {DETAIL_FORMS}") from None
