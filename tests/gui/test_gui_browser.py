@@ -176,6 +176,30 @@ def test_endpoints_are_listed_with_status_and_can_be_pinged(page: Any, world: Wo
     shot(page, artifacts, "03-endpoints")
 
 
+def test_mesh_addresses_and_routes_root_approves(page: Any, world: World, artifacts: Path) -> None:
+    """Issue 17: the list and the detail show the mesh addresses; ep1's user (root) approves a route ep2 advertised,
+    with the button of the detail panel."""
+    eps = {e["name"]: e for e in world.ep2.endpoints()}
+    goto(page, world, "endpoints")
+    page.locator("table[data-testid=endpoints]").locator("text=ep2").wait_for()
+    assert page.locator("[data-testid=mesh-ip-ep2]").inner_text() == eps["ep2"]["mesh_ip"]
+    assert page.locator("[data-testid=mesh-ip-ep1]").inner_text() == eps["ep1"]["mesh_ip"]
+    world.ep2.cli("ep", "ep2", "route", "advertise", "10.20.0.0/16")
+    page.click("#page button:has-text('Refresh')")
+    page.locator("table[data-testid=endpoints] tr", has_text="ep2").locator("td").first.click()
+    page.wait_for_selector("#page h2:has-text('ep2')")
+    assert page.locator("[data-testid=mesh-ip6]").inner_text() == eps["ep2"]["mesh_ip6"]
+    page.locator("[data-testid='approve-10.20.0.0/16']").click()
+    wait_until(
+        lambda: {e["name"]: e for e in world.ep2.endpoints()}["ep2"]["routes"] == ["10.20.0.0/16"],
+        10,
+        "the route approved from the GUI",
+    )
+    page.locator("[data-testid='unapprove-10.20.0.0/16']").wait_for()
+    shot(page, artifacts, "03b-endpoint-routes")
+    world.ep2.cli("ep", "ep2", "route", "withdraw", "10.20.0.0/16")
+
+
 def test_apps_stop_and_start(page: Any, world: World, artifacts: Path) -> None:
     goto(page, world, "apps")
     page.wait_for_selector("table[data-testid=apps] >> text=tunnel")

@@ -273,12 +273,12 @@ def test_tunnel_help(run: Callable[..., Result], argv: tuple[str, ...]) -> None:
         (("help", "tunnel", "open", "outbound"), "usage: ztm tunnel open outbound tcp/NAME --targets"),
         (("tunnel", "open", "inbound", "--help"), "usage: ztm tunnel open inbound tcp/NAME --listen"),
         (("help", "tunnel", "get"), "usage: ztm tunnel get tunnel|inbound|outbound"),
-        (("help", "ep"), "usage: ztm ep NAME tunnel|proxy ..."),
+        (("help", "ep"), "usage: ztm ep NAME tunnel|proxy|route ..."),
         (("help", "ep", "tunnel"), "usage: ztm ep NAME tunnel open|get|describe|close|help"),
         (("help", "ep", "tunnel", "open", "outbound"), "usage: ztm ep NAME tunnel open outbound tcp/NAME"),
         (("ep", "x", "tunnel", "help", "close"), "usage: ztm ep NAME tunnel close inbound|outbound tcp/NAME"),
         (("ep", "x", "tunnel", "--help"), "usage: ztm ep NAME tunnel open|get|describe|close|help"),
-        (("ep", "--help"), "usage: ztm ep NAME tunnel|proxy ..."),
+        (("ep", "--help"), "usage: ztm ep NAME tunnel|proxy|route ..."),
     ],
 )
 def test_sub_help(run: Callable[..., Result], argv: tuple[str, ...], usage: str) -> None:
@@ -290,7 +290,7 @@ def test_sub_help(run: Callable[..., Result], argv: tuple[str, ...], usage: str)
 
 def test_overview_lists_the_tunnel_commands(run: Callable[..., Result]) -> None:
     out = run("help").out
-    assert "\n  tunnel open|get|describe|close|help ..." in out and "\n  ep NAME tunnel|proxy ..." in out
+    assert "\n  tunnel open|get|describe|close|help ..." in out and "\n  ep NAME tunnel|proxy|route ..." in out
 
 
 # ---------------------------------------------------------------------------------------------- usage errors
@@ -363,7 +363,7 @@ def test_completion_follows_the_tunnel_tree() -> None:
     spec = build_spec(build_parser(COMMANDS))
     assert spec.commands["tunnel"].words == ["open", "get", "describe", "close", "help"]
     assert "--listen" in spec.commands["tunnel"].children["open"].children["inbound"].options
-    assert spec.commands["ep"].after == 1 and spec.commands["ep"].words == ["tunnel", "proxy"]
+    assert spec.commands["ep"].after == 1 and spec.commands["ep"].words == ["tunnel", "proxy", "route"]
     assert "--targets" in spec.value_options
     assert _complete("ztm tunnel ") == ["open", "get", "describe", "close", "help"]
     assert _complete("ztm tunnel open ") == ["inbound", "outbound"]
@@ -371,6 +371,6 @@ def test_completion_follows_the_tunnel_tree() -> None:
     assert _complete("ztm tunnel get ") == ["tunnel", "inbound", "outbound"]
     assert _complete("ztm tunnel get inbound ") == []
     assert _complete("ztm ep ") == []  # an endpoint name: no dynamic completion
-    assert _complete("ztm ep office ") == ["tunnel", "proxy"]
+    assert _complete("ztm ep office ") == ["tunnel", "proxy", "route"]
     assert _complete("ztm -o json ep office tunnel close ") == ["inbound", "outbound"]
     assert _complete("ztm ep office tunnel open inbound tcp/x --listen ") == []

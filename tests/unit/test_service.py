@@ -193,6 +193,7 @@ def test_hub_argv_round_trips_through_the_cli(tmp_path: Path) -> None:
         max_agents=5,
         cert_ttl=1234.5,
         admin=Address("127.0.0.1", 9100),
+        mesh_range="10.77.0.0/16",
     )
     argv = service.hub_argv(cfg, "/usr/bin/python3")
     assert argv[:5] == ["/usr/bin/python3", "-m", "ztm", "run", "hub"]

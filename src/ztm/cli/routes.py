@@ -17,7 +17,7 @@ from ztm.errors import NotFound
 APP = "route"
 OVERVIEW = (
     "Subnet routes: an endpoint advertises networks it can reach (a LAN behind it); root approves them; then\n"
-    "endpoints in network mode with --accept-routes reach those networks through it (docs/network.md)."
+    "endpoints in network mode with --accept-routes reach those networks through it (docs/mesh-addresses.md)."
 )
 EXAMPLES = (
     "ztm ep office route advertise 10.20.0.0/16",

@@ -342,10 +342,19 @@ class HubState:
         kept = existing.labels if existing is not None else []
         self.policy.check_tags(peer.user, [x for x in labels if x not in kept])
         mesh_ip = existing.mesh_ip if existing is not None else None
+        if existing is not None and mesh_ip is None and self.store.shared:
+            stored = await self.store.endpoint(ep_id)  # another hub may have given it one since this hub loaded it
+            mesh_ip = stored.mesh_ip if stored is not None else None
         for other_id in replaces:  # a re-join under the same name keeps the replaced endpoint's address
             mesh_ip = mesh_ip or self.endpoints[other_id].mesh_ip
         tried: set[str] = set()
-        mesh_ip = mesh_ip or self.net.pick()  # a full range refuses the join before anything is written
+        if mesh_ip is None:
+            try:
+                mesh_ip = self.net.pick()
+            except Conflict:
+                if existing is None:
+                    raise  # a full range refuses a new endpoint before anything is written
+                # an endpoint recorded before addresses existed, in a full range: it enrols as before
         ep = EndpointRecord(
             id=ep_id,
             name=name,

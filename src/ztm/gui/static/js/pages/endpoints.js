@@ -1,7 +1,8 @@
-// Endpoints of the current mesh: status, labels, ping; a detail panel with every field, labels and the log.
+// Endpoints of the current mesh: status, mesh addresses, labels, ping; a detail panel with every field, labels,
+// subnet routes (advertise and withdraw for the owner and root, approve for root) and the log.
 
 import { get, meshPath, post, seg } from "../api.js";
-import { act, ago, card, chips, clear, errorBanner, field, h, kv, pageHead, statusBadge, table, toast, words } from "../ui.js";
+import { act, ago, badge, card, chips, clear, errorBanner, field, h, kv, pageHead, statusBadge, table, toast, words } from "../ui.js";
 
 export async function render(ctx) {
   const list = h("div");
@@ -9,6 +10,7 @@ export async function render(ctx) {
   const rtts = new Map();
   let selected = location.hash.split("/")[2] ? decodeURIComponent(location.hash.split("/")[2]) : null;
   let rows = [];
+  const me = (ctx.meshes.find((m) => m.name === ctx.mesh) || {}).user || "";
   ctx.root.append(
     pageHead("Endpoints", `Every endpoint of mesh ${ctx.mesh}, live from its hub.`,
       h("button", { type: "button", onclick: (e) => act(e.currentTarget, refresh) }, "Refresh")),
@@ -42,6 +44,7 @@ export async function render(ctx) {
             { label: "User", cell: (e) => e.user },
             { label: "Status", cell: (e) => statusBadge(e.online ? "online" : "offline") },
             { label: "Address", cell: (e) => h("span", { class: "mono small" }, e.ip ? `${e.ip}${e.port ? ":" + e.port : ""}` : "–") },
+            { label: "Mesh IP", cell: (e) => h("span", { class: "mono small", "data-testid": `mesh-ip-${e.name}` }, e.mesh_ip || "–") },
             { label: "Labels", cell: (e) => chips(e.labels) },
             { label: "Path", cell: (e) => h("span", { class: "small", "data-testid": `path-${e.name}` }, pathText(e)) },
             { label: "RTT", class: "num", cell: (e) => (rtts.has(e.id) ? `${rtts.get(e.id).toFixed(1)} ms` : "") },
@@ -84,6 +87,37 @@ export async function render(ctx) {
           if (updated) await refresh();
         },
       }, "✕")));
+    const routesPath = meshPath(ctx.mesh, "endpoints", seg(ep.id), "routes");
+    const changeRoutes = async (button, body, done) => {
+      const updated = await act(button, () => post(routesPath, body), done);
+      if (updated) await refresh();
+    };
+    const approve = async (button, cidr, approved) => {
+      const updated = await act(button, () => post(meshPath(ctx.mesh, "routes", "approve"), { ep: ep.id, cidrs: [cidr], approved }),
+        `${approved ? "Approved" : "Unapproved"} ${cidr}`);
+      if (updated) await refresh();
+    };
+    const mayChange = me === "root" || me === ep.user;
+    const routeItem = (cidr, approved) => h("li", { "data-testid": `route-${ep.name}-${cidr}` },
+      h("span", { class: "mono" }, cidr), " ", badge(approved ? "approved" : "pending", approved ? "ok" : "warn"),
+      me === "root" ? [" ", h("button", { class: "small", type: "button", "data-testid": `${approved ? "unapprove" : "approve"}-${cidr}`,
+        onclick: (ev) => approve(ev.currentTarget, cidr, !approved) }, approved ? "Unapprove" : "Approve")] : null,
+      mayChange ? [" ", h("button", { class: "small", type: "button", title: `withdraw ${cidr}`,
+        onclick: (ev) => changeRoutes(ev.currentTarget, { withdraw: [cidr] }, `Withdrew ${cidr}`) }, "Withdraw")] : null);
+    const routes = [...(ep.routes || []).map((c) => routeItem(c, true)), ...(ep.routes_pending || []).map((c) => routeItem(c, false))];
+    const cidrInput = h("input", { placeholder: "10.20.0.0/16", autocomplete: "off", "aria-label": "networks to advertise" });
+    const routeForm = mayChange ? h(
+      "form",
+      {
+        class: "row",
+        onsubmit: async (event) => {
+          event.preventDefault();
+          await changeRoutes(event.submitter, { advertise: words(cidrInput.value) }, "Advertised; root approves it");
+        },
+      },
+      field("Advertise networks", cidrInput),
+      h("div", { class: "field" }, h("button", { type: "submit" }, "Advertise")),
+    ) : null;
     clear(
       detail,
       card(
@@ -95,6 +129,8 @@ export async function render(ctx) {
           ["version", ep.version],
           ["hostname", ep.hostname],
           ["address", ep.ip ? `${ep.ip}:${ep.port}` : "–"],
+          ["mesh IPv4", h("span", { class: "mono", "data-testid": "mesh-ip" }, ep.mesh_ip || "–")],
+          ["mesh IPv6", h("span", { class: "mono", "data-testid": "mesh-ip6" }, ep.mesh_ip6 || "–")],
           ["path", pathText(ep)],
           ["online since", ago(ep.online_since)],
           ["last seen", ago(ep.last_seen)],
@@ -103,6 +139,10 @@ export async function render(ctx) {
         ]),
         h("h3", {}, "Labels"),
         labelForm,
+        h("h3", {}, "Subnet routes"),
+        routes.length ? h("ul", { class: "plain", "data-testid": "routes" }, routes) : h("p", { class: "muted small" }, "No routes advertised."),
+        routeForm,
+        h("p", { class: "muted small" }, "Networks this endpoint routes to for the others (network mode, --accept-routes). Its owner and root advertise and withdraw them; only root approves."),
         h("h3", {}, "Log"),
         h("button", {
           type: "button", class: "small",
