@@ -41,8 +41,6 @@ log = logging.getLogger("ztm.agent.net")
 DEFAULT_RANGE = "100.64.0.0/10"
 FIND_TTL = 10.0
 """Seconds the peers' announced direct addresses (`find("ip")`) are reused."""
-GSO_OK = frozenset({0, 1, 3, 4, 5})
-"""vnet GSO types a peer may send: none, TCPv4, UDP, TCPv6, UDP_L4 (anything else is dropped as malformed)."""
 INDEX_KEY = "index"
 STREAMS_PER_PEER = 4
 """`ip` streams one peer may have open to this endpoint at once; its oldest is closed for a new one past that (a real
@@ -352,12 +350,8 @@ class NetApp(MeshApp):
         if version != self._policy_version:
             self._policy_version = version
             self.filter.forget()
-        view = memoryview(frame)
-        if frame[1] not in GSO_OK:  # the vnet header's gso_type (`ztm.net.packet.VnetHdr`; a frame is >= 30 bytes)
-            counters["malformed:dropped"] += 1
-            return
-        reason = self.filter.check(ep_id, view[10:])
-        if reason == "policy" and self.flows.answers(parse(view[10:]), time.monotonic()):
+        reason = self.filter.check_frame(ep_id, frame)  # the vnet header must fit the packet, then `check`
+        if reason == "policy" and self.flows.answers(parse(memoryview(frame)[10:]), time.monotonic()):
             counters["ip:replies"] += 1  # a reply to a flow this endpoint opened
         elif reason is not None:
             counters[f"{reason}:dropped"] += 1
