@@ -172,6 +172,8 @@ def agent_argv(cfg: AgentConfig, python: str = sys.executable) -> list[str]:
         argv += ["--accept-routes"]
     if cfg.net.dns_suffix != NetOptions.dns_suffix:
         argv += ["--dns-suffix", cfg.net.dns_suffix]
+    if cfg.net.expose_ports:
+        argv += ["--expose-ports"]
     return argv
 
 

@@ -18,6 +18,7 @@ import pytest
 
 from ztm import service
 from ztm.addr import Address
+from ztm.apps.net.options import NetOptions
 from ztm.cli.daemons import agent_config, hub_config
 from ztm.cli.main import main
 from ztm.cli.registry import COMMANDS, build_parser
@@ -207,6 +208,10 @@ def test_agent_argv_round_trips_through_the_cli(tmp_path: Path) -> None:
         listen=Address("127.0.0.1", 7001), data=tmp_path / "a", join="m", join_as="me", permit=tmp_path / "p.json"
     )
     assert agent_config(_parse(service.agent_argv(cfg)[3:])) == cfg  # type: ignore[arg-type]
+    exposed = AgentConfig(data=tmp_path / "b", net=NetOptions(expose_ports=True, dns_suffix="mesh.example"))
+    argv = service.agent_argv(exposed)
+    assert "--expose-ports" in argv
+    assert agent_config(_parse(argv[3:])) == exposed  # type: ignore[arg-type]
 
 
 def test_unit_names(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from ztm.agent.direct import DirectServer
 from ztm.agent.hubpick import check_zone
 from ztm.agent.punch import FD_SPARE, raise_fd_limit
 from ztm.agent.service import Agent
-from ztm.apps.net.options import TUN_NEEDS_CAP, has_net_admin
+from ztm.apps.net.options import EXPOSE_PORTS_WARNING, TUN_NEEDS_CAP, has_net_admin
 from ztm.config import AgentConfig, agents_registry_dir, socket_link_name, token_file_name
 from ztm.errors import BadInput, Unavailable, ZtmError
 from ztm.permit import Permit
@@ -101,6 +101,8 @@ async def _main(cfg: AgentConfig) -> int:
     if cfg.net.tun and not has_net_admin():
         log.warning("%s", TUN_NEEDS_CAP)
         agent.net = replace(cfg.net, tun=False)
+    if cfg.net.expose_ports:
+        log.warning("%s", EXPOSE_PORTS_WARNING)
     published: Path | None = None
     sock_path = cfg.data / localsock.SOCKET_NAME
     try:

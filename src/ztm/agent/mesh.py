@@ -589,7 +589,9 @@ class MeshSession:
     def view(self) -> dict[str, Any]:
         _start, end = self.cert_window()
         link = self.link
+        dns = getattr(self.apps.get("net"), "dns", None)  # the net app's MeshDns (ztm.apps.net.dns)
         return {
+            **(dns.mesh_fields() if dns is not None else {}),
             "name": self.name,
             "mesh_id": self.record.mesh_id,
             "ep_id": self.record.ep_id,

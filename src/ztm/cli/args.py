@@ -593,6 +593,12 @@ def agent_options(p: argparse.ArgumentParser) -> None:
         type=dns_suffix_type,
         help="mesh names are NAME.MESH.SUFFIX (default ztm)",
     )
+    p.add_argument(
+        "--expose-ports",
+        action="store_true",
+        help="without --tun too, let mesh members reach this machine's TCP ports on 127.0.0.1 (port streams: "
+        "the tunnel's --target EP:PORT, the proxy's NAME.MESH.ztm); with a policy, only ip/tcp:PORT rules allow it",
+    )
 
 
 def _process_subcommands(p: argparse.ArgumentParser, verb: str, description: str) -> None:

@@ -98,6 +98,7 @@ def agent_config(args: argparse.Namespace, *, service: bool = False) -> AgentCon
             tun_name=args.tun_name or NetOptions.tun_name,
             accept_routes=args.accept_routes,
             dns_suffix=args.dns_suffix or NetOptions.dns_suffix,
+            expose_ports=args.expose_ports,
         ),
     )
 

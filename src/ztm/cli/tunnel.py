@@ -20,6 +20,7 @@ from typing import Any
 from ztm import validate
 from ztm.addr import Address
 from ztm.apps import paths
+from ztm.apps.tunnel.spec import PortTarget
 from ztm.cli import output
 from ztm.cli import proxy as px
 from ztm.cli import routes as rt
@@ -57,12 +58,17 @@ agent and survives restarts.
 
 Any member may offer any tunnel name, so an entrance uses only exits of its own user or of root, unless you name
 others: --exit-users USER ... (their exits too) or --exits EP ... (exactly these endpoints, in this order).
-Endpoint names given to --exits and --entrances are resolved to endpoint ids when the tunnel is opened."""
+Endpoint names given to --exits and --entrances are resolved to endpoint ids when the tunnel is opened.
+
+An entrance may also go straight to a TCP port of an endpoint with --target EP:PORT: no exit is opened there;
+EP must run network mode (--tun) or --expose-ports, and with a mesh policy an ip/tcp:PORT rule must allow you
+(docs/dns.md, "Names without TUN")."""
 
 COMMANDS = """\
 commands:
   open outbound tcp/NAME --targets HOST:PORT [...] [--entrances EP ...] [--users USER ...]
   open inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ... | --exit-users USER ...]
+  open inbound tcp/NAME --listen [IP:]PORT [...] --target EP:PORT   straight to a port of endpoint EP
   get tunnel|inbound|outbound [tcp/NAME]     tunnels of the mesh, or the endpoint's entrances/exits
   describe inbound|outbound tcp/NAME          every field, with connection and byte counters
   close inbound|outbound tcp/NAME             stop listening / stop offering the exit
@@ -79,6 +85,7 @@ REMOTE_OVERVIEW = (
 EXAMPLES = (
     "ztm tunnel open outbound tcp/web --targets 127.0.0.1:8080",
     "ztm tunnel open inbound tcp/web --listen 18080 --exits office",
+    "ztm tunnel open inbound tcp/pg --listen 15432 --target db:5432",
     "ztm tunnel open outbound udp/dns --targets 10.0.0.53:53 --users alice bob",
     "ztm tunnel get tunnel",
     "ztm tunnel describe inbound tcp/web",
@@ -150,6 +157,17 @@ def _addresses_type(default_host: str | None, example: str) -> Callable[[str], l
 
 
 listen_type = _addresses_type("127.0.0.1", "[IP:]PORT such as 8080 or 0.0.0.0:8080")
+
+
+def port_target_type(text: str) -> str:
+    """`--target EP:PORT` of an entrance (`ztm.apps.tunnel.spec.PortTarget`)."""
+    try:
+        return str(PortTarget.parse(text.strip()))
+    except BadInput as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+port_target_type.__name__ = "target"
 target_type = _addresses_type(None, "HOST:PORT such as 127.0.0.1:80")
 
 
@@ -191,15 +209,17 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         sides,
         "inbound",
         f"{prefix} open",
-        "inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ... | --exit-users USER ...]",
+        "inbound tcp/NAME --listen [IP:]PORT [...] [--exits EP ... | --exit-users USER ... | --target EP:PORT]",
         "listen locally and forward to an exit of the tunnel",
         "Open the entrance of a tunnel: listen on each --listen address (IP defaults to 127.0.0.1) and carry every\n"
         "TCP connection, or every UDP client, to an online exit of the same tunnel name: round-robin over the exits\n"
         "of this endpoint's user and of root (and of --exit-users), or exactly the endpoints of --exits, whoever's\n"
         "they are, in that order (the first that accepts wins). Names in --exits are resolved to endpoint ids now.\n"
-        "Without a usable exit, a connection is closed at once.",
+        "Without a usable exit, a connection is closed at once. With --target EP:PORT (TCP only) each connection\n"
+        "goes straight to PORT on endpoint EP, which needs no exit (it runs --tun or --expose-ports).",
         (
             f"{cmd} open inbound tcp/web --listen 18080",
+            f"{cmd} open inbound tcp/pg --listen 15432 --target db:5432",
             f"{cmd} open inbound tcp/db --listen 127.0.0.1:15432 --exits db-1 db-2",
             f"{cmd} open inbound tcp/web --listen 18080 --exit-users bob",
             f"{cmd} open inbound udp/dns --listen 0.0.0.0:5353",
@@ -232,6 +252,13 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         action="extend",
         default=[],
         help="also use exits of these users (default: only your user's and root's)",
+    )
+    inbound.add_argument(
+        "--target",
+        dest="port_target",
+        metavar="EP:PORT",
+        type=port_target_type,
+        help="carry each connection straight to TCP port PORT of endpoint EP (a name or id): no exit needed",
     )
     outbound = add_sub(
         sides,
@@ -474,6 +501,10 @@ def _open(ctx: Context) -> int:
             raise UsageError(
                 "ztm tunnel open inbound: give --exits (exactly these endpoints) or --exit-users, not both"
             )
+        if ctx.args.port_target is not None:
+            if body["exits"] or exit_users:
+                raise UsageError("ztm tunnel open inbound: --target EP:PORT needs no exit; drop --exits/--exit-users")
+            body["target"] = ctx.args.port_target
     else:
         body["targets"] = [str(a) for a in _flat(ctx.args.targets)]
         body["entrances"] = _flat(ctx.args.entrances)
@@ -504,6 +535,13 @@ def _open(ctx: Context) -> int:
 
 def _exit_choice(view: dict[str, Any]) -> str:
     """Which exits an entrance uses, in words."""
+    target = view.get("target")
+    if isinstance(target, str):
+        ep, _, port = target.rpartition(":")
+        names = view.get("names")
+        name = names.get(ep) if isinstance(names, dict) else None
+        shown = f"{output.cell(name)} ({output.cell(ep)})" if isinstance(name, str) else output.cell(ep)
+        return f"port {output.cell(port)} of {shown}"
     exits = _named(view, "exits")
     if exits:
         return ", ".join(exits)

@@ -1,6 +1,7 @@
 """Network mode's pure parts (issue 17): IP packets and the virtio-net header (`packet`), the table of which peer
 an address or routed prefix goes to and what a peer may send from (`table`), and the check of every packet a peer
-sends before it reaches the TUN (`filter`). No I/O, no asyncio: the `net` app (`ztm.apps.net`) does the I/O.
+sends before it reaches the TUN (`filter`), the mesh's DNS answers (`dns`). No I/O, no asyncio: the `net` app
+(`ztm.apps.net`) does the I/O.
 """
 
 from __future__ import annotations

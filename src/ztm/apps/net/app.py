@@ -28,8 +28,10 @@ from ztm.aio import spawn
 from ztm.apps import paths
 from ztm.apps.net import snat as snat_mod
 from ztm.apps.net import tun as tun_mod
+from ztm.apps.net.dns import MeshDns
 from ztm.apps.net.flows import Flows
 from ztm.apps.net.frames import Deframer, FrameError
+from ztm.apps.net.ports import PortService
 from ztm.apps.net.sender import SERVICE, PeerSender
 from ztm.errors import BadInput, ZtmError
 from ztm.net.filter import InboundFilter
@@ -69,10 +71,11 @@ class NetApp(MeshApp):
         self.ifname: str | None = None
         self.error: str | None = None
         """Why network mode is not up (None while it is, or while it was not asked for)."""
-        self.dns: Any = None
-        """h-ndns's `MeshDns`, when wired in: started and stopped with the TUN, told when names change."""
-        self.ports: Any = None
-        """h-ndns's `PortService`, when wired in: takes the `port/...` streams."""
+        self.dns: MeshDns | None = None
+        """The mesh's DNS server (`ztm.apps.net.dns`, made at start with `--dns-suffix`): started and stopped with the
+        TUN, told when names change."""
+        self.ports: PortService | None = PortService(self)
+        """Port streams (`ztm.apps.net.ports`): takes the `port/...` streams, opens them for the tunnel and proxy."""
         self.device: tun_mod.TunDevice | None = None
         self.table = RouteTable()
         self.filter = InboundFilter(self.table, self._own, self._served, self._allow)
@@ -121,8 +124,9 @@ class NetApp(MeshApp):
     async def start(self) -> None:
         await super().start()
         session = self.ctx.session
-        if session.net.tun:  # every endpoint's addresses, even without a policy (a hub list at each connection)
-            session.want_peers()
+        if self.dns is None:
+            self.dns = MeshDns(self, session.net.dns_suffix)
+        session.want_peers()  # every endpoint's addresses and names, even without a policy (DNS needs them too)
         if self._changed not in session.peers_changed:
             session.peers_changed.append(self._changed)
         self._changed()
@@ -436,6 +440,9 @@ class NetApp(MeshApp):
                 "mesh_ip6": self.mesh_ip6,
                 "error": self.error,
                 "accept_routes": self.ctx.session.net.accept_routes,
+                "expose_ports": self.ctx.session.net.expose_ports,
+                "dns": self.dns.view() if self.dns is not None else None,
+                "ports": {k.partition(":")[2]: v for k, v in sorted(counters.items()) if k.startswith("port:")},
                 "routing": list(self._served()) if self._snat is not None else [],
                 "routes_in_use": self.table.routes_in_use(),
                 "routes_installed": sorted(self._routes),

@@ -1,5 +1,5 @@
-"""The agent's network-mode options (`ztm run|start agent --tun --tun-name --accept-routes --dns-suffix`), as the
-`net` app of each mesh reads them from its session."""
+"""The agent's network-mode options (`ztm run|start agent --tun --tun-name --accept-routes --dns-suffix
+--expose-ports`), as the `net` app of each mesh reads them from its session."""
 
 from __future__ import annotations
 
@@ -13,6 +13,11 @@ TUN_NEEDS_CAP = (
     "starting without network mode"
 )
 
+EXPOSE_PORTS_WARNING = (
+    "--expose-ports: members of the joined meshes may open TCP connections to this machine's 127.0.0.1 ports (with "
+    "no mesh policy, every member to every port: limit it with ip/tcp:PORT rules)"
+)
+
 
 @dataclass(frozen=True)
 class NetOptions:
@@ -24,6 +29,8 @@ class NetOptions:
     """Route the subnets other endpoints route (approved by root) through them (`--accept-routes`)."""
     dns_suffix: str = DEFAULT_DNS_SUFFIX
     """Names are `NAME.MESH.SUFFIX` (`--dns-suffix`)."""
+    expose_ports: bool = False
+    """Take port streams (`port/tcp/PORT`) without network mode, connecting to 127.0.0.1 (`--expose-ports`)."""
 
 
 def has_net_admin() -> bool:

@@ -416,10 +416,52 @@ class ProxyApp(MeshApp):
             self._exits_cache = (now, exits)
         return exits
 
+    def mesh_endpoint(self, dest: Destination) -> str | None:
+        """NAME when `dest` is `NAME.MESH.SUFFIX` of this mesh (its DNS suffix, `--dns-suffix`), else None."""
+        zone = f".{self.ctx.mesh}.{self.ctx.session.net.dns_suffix}".lower()
+        host = dest.host.lower().rstrip(".")
+        if dest.ip is not None or not host.endswith(zone) or len(host) == len(zone):
+            return None
+        return host[: -len(zone)]
+
+    async def open_to_endpoint(self, name: str, dest: Destination, protocol: str) -> tuple[E2EStream, Exit]:
+        """A port stream (`ztm.apps.net.ports`) to `dest.port` on the endpoint `name` names (case-insensitive),
+        for `NAME.MESH.SUFFIX` destinations: no exit is involved; `Refused` with the reason otherwise."""
+        from ztm.apps.net.app import NetApp  # the net app imports the tunnel's splice, as this module does
+        from ztm.apps.net.ports import CONNECT_FAILED
+
+        if protocol != "tcp":
+            raise Refused(spec.FAILED, f"{dest}: mesh names carry TCP only (port streams); use the tunnel for UDP")
+        net = self.ctx.session.apps.get("net")
+        if not isinstance(net, NetApp) or not net.running or net.ports is None:
+            raise Refused(spec.FAILED, f"the net app is not running in mesh {self.ctx.mesh}: mesh names need it")
+        peers = [(str(ep.get("name")), ep_id) for ep_id, ep in self.ctx.session.peers.items() if not ep.get("deleted")]
+        found = sorted(ep_id for ep_name, ep_id in peers if ep_name.lower() == name)
+        ref = found[0] if found else name
+        try:
+            stream = await net.ports.open(ref, dest.port)
+        except NotFound:
+            raise Refused(spec.UNRESOLVED, f"no endpoint named {name!r} in mesh {self.ctx.mesh}") from None
+        except Forbidden as exc:
+            code = spec.REFUSED if exc.message.startswith(CONNECT_FAILED) else spec.DENIED
+            raise Refused(code, f"{dest}: {exc.message}") from None
+        except Timeout as exc:
+            raise Refused(spec.TIMEOUT, f"{dest}: {exc.message}") from None
+        except ZtmError as exc:
+            raise Refused(spec.FAILED, f"{dest}: {exc.message}") from None
+        except h2.H2Error as exc:  # the hub connection is closing (GOAWAY, renewal)
+            raise Refused(spec.FAILED, f"{dest}: {exc}") from None
+        peer = self.ctx.session.peers.get(ref) or {}
+        self.counters["entrance:mesh_names"] += 1
+        return stream, Exit(ref, str(peer.get("name") or name), TargetSet(), user=str(peer.get("user") or ""))
+
     async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[E2EStream, Exit]:
         """A stream for `dest` to the first matching exit that accepts, over a direct channel when the exit has one
         (when it does not answer, a stream through the hub: `AppContext.open_stream_direct_first`); `Refused`
-        otherwise."""
+        otherwise. `NAME.MESH.SUFFIX` goes to that endpoint's port instead (`open_to_endpoint`)."""
+        name = self.mesh_endpoint(dest)
+        if name is not None:
+            return await self.open_to_endpoint(name, dest, protocol)
         try:
             exits = await self._exits()
         except ZtmError as exc:

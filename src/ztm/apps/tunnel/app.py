@@ -39,7 +39,7 @@ from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy
 from ztm.apps.tunnel.credit import CreditWaits
 from ztm.apps.tunnel.pipe import MAX_DATAGRAM, Deframer, frame, reset_socket, splice_socket
-from ztm.apps.tunnel.spec import Inbound, Outbound, TunnelName
+from ztm.apps.tunnel.spec import Inbound, Outbound, PortTarget, TunnelName
 from ztm.e2e import SUITE
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, Unavailable, ZtmError
 from ztm.policy import AppTarget
@@ -128,6 +128,9 @@ class TunnelApp(MeshApp):
     # configuration
     async def open_inbound(self, spec: Inbound) -> dict[str, Any]:
         spec = dataclasses.replace(spec, exits=await self.ctx.resolve_endpoints(spec.exits, "exits"))
+        if spec.target is not None:
+            (ep,) = await self.ctx.resolve_endpoints((spec.target.ep,), "target")
+            spec = dataclasses.replace(spec, target=PortTarget(ep, spec.target.port))
         key = str(spec.tunnel)
         old = self.listeners.pop(key, None)
         if old is not None:
@@ -178,19 +181,22 @@ class TunnelApp(MeshApp):
         spec = self.inbound.get(key)
         if spec is None:
             raise NotFound(f"no inbound {key} on this endpoint; see `ztm tunnel get inbound`")
+        refs = (*spec.exits, spec.target.ep) if spec.target is not None else spec.exits
         if names is None:
-            names = await self.ctx.endpoint_names() if spec.exits else {}
-        try:
-            usable: list[dict[str, Any]] | None = [
-                {k: e.get(k) for k in ("ep", "name", "user", "direct")} for e in await self._usable_exits(key, spec)
-            ]
-        except ZtmError:
-            usable = None
+            names = await self.ctx.endpoint_names() if refs else {}
+        usable: list[dict[str, Any]] | None = []  # a port target uses no exit
+        if spec.target is None:
+            try:
+                usable = [
+                    {k: e.get(k) for k in ("ep", "name", "user", "direct")} for e in await self._usable_exits(key, spec)
+                ]
+            except ZtmError:
+                usable = None
         return {
             **spec.to_json(),
             "kind": "inbound",
             "listening": key in self.listeners,
-            "names": {ref: names[ref] for ref in spec.exits if ref in names},
+            "names": {ref: names[ref] for ref in refs if ref in names},
             "exit_endpoints": usable,
             **self._stats(key),
         }
@@ -334,9 +340,30 @@ class TunnelApp(MeshApp):
         users = dict.fromkeys((self.ctx.user, ROOT, *(spec.exit_users if spec else ())))
         return "user " + " or ".join(repr(u) for u in users)
 
-    async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def open_to_port(self, target: PortTarget) -> tuple[E2EStream, dict[str, Any]]:
+        """A port stream to `target` (`ztm.apps.net.ports`: direct first, else through the hub), for an entrance with
+        `--target EP:PORT`; ZtmError if the net app is not running or the endpoint refuses."""
+        from ztm.apps.net.app import NetApp  # the net app imports the tunnel's splice
+
+        net = self.ctx.session.apps.get("net")
+        if not isinstance(net, NetApp) or not net.running or net.ports is None:
+            raise Unavailable(f"the net app is not running in mesh {self.ctx.mesh}: port targets need it")
         try:
-            stream, exit_ep = await self.open_to_exit(key)
+            stream = await net.ports.open(target.ep, target.port)
+        except ZtmError as exc:
+            raise Unavailable(f"{target}: {exc.message}") from None
+        except h2.H2Error as exc:  # the hub connection is closing (GOAWAY, renewal)
+            raise Unavailable(f"{target}: {exc}") from None
+        peer = self.ctx.session.peers.get(target.ep) or {}
+        return stream, {"ep": target.ep, "name": str(peer.get("name") or target.ep)}
+
+    async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        spec = self.inbound.get(key)
+        try:
+            if spec is not None and spec.target is not None:
+                stream, exit_ep = await self.open_to_port(spec.target)
+            else:
+                stream, exit_ep = await self.open_to_exit(key)
         except ZtmError as exc:
             self.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: connection closed: %s", self.ctx.mesh, key, exc.message)

@@ -58,35 +58,67 @@ def _addresses(value: object, what: str, default_host: str | None) -> tuple[Addr
 
 
 @dataclass(frozen=True)
+class PortTarget:
+    """`EP:PORT`: a TCP port on an endpoint, reached by a port stream (`ztm.apps.net.ports`), no exit needed."""
+
+    ep: str
+    """The endpoint's name or id (an id once configured)."""
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ep}:{self.port}"
+
+    @classmethod
+    def parse(cls, value: object) -> PortTarget:
+        hint = "expected EP:PORT, an endpoint name or id and a TCP port from 1 to 65535 (e.g. db:5432)"
+        if not isinstance(value, str) or ":" not in value:
+            raise BadInput(f"invalid target {value!r}: {hint}")
+        ep, _, port = value.rpartition(":")
+        if not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535 or port != str(int(port)):
+            raise BadInput(f"invalid target {value!r}: {hint}")
+        try:
+            validate.ep_id(ep)
+        except BadInput:
+            validate.name(ep, "endpoint in target")
+        return cls(ep, int(port))
+
+
+@dataclass(frozen=True)
 class Inbound:
     """The entrance side: local listen addresses forwarded to an exit of the same tunnel: one of `exits` (endpoint
     ids once configured) in that order, or else one of the entrance's own user, of root or of `exit_users`
-    (`ztm.apps.exits`)."""
+    (`ztm.apps.exits`); or, with `target` (TCP only), straight to a port of that endpoint (a port stream)."""
 
     tunnel: TunnelName
     listen: tuple[Address, ...]
     exits: tuple[str, ...] = ()
     exit_users: tuple[str, ...] = ()
+    target: PortTarget | None = None
 
     @classmethod
     def parse(cls, body: dict[str, Any]) -> Inbound:
         exits = _peers(body.get("exits"), "exits")
         exit_users = validate.user_names(body.get("exit_users"), "exit_users", MAX_ITEMS)
         check_choice(exits, exit_users)
-        return cls(
-            TunnelName.parse(body.get("tunnel")),
-            _addresses(body.get("listen"), "listen", "127.0.0.1"),
-            exits,
-            exit_users,
-        )
+        tunnel = TunnelName.parse(body.get("tunnel"))
+        raw_target = body.get("target")
+        target = PortTarget.parse(raw_target) if raw_target is not None else None
+        if target is not None and tunnel.protocol != "tcp":
+            raise BadInput(f"target {target}: a port target carries TCP only; name the tunnel tcp/{tunnel.name}")
+        if target is not None and (exits or exit_users):
+            raise BadInput("give a target EP:PORT or exits/exit_users, not both: a target needs no exit")
+        return cls(tunnel, _addresses(body.get("listen"), "listen", "127.0.0.1"), exits, exit_users, target)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        view: dict[str, Any] = {
             "tunnel": str(self.tunnel),
             "listen": [str(a) for a in self.listen],
             "exits": list(self.exits),
             "exit_users": list(self.exit_users),
         }
+        if self.target is not None:
+            view["target"] = str(self.target)
+        return view
 
 
 @dataclass(frozen=True)
