@@ -162,23 +162,23 @@ class Bench:
         self.args, self.lab, self.ws = args, lab, ws
         self.res = Results()
         dc = lab.addr("datacenter")
+        self.procs: list[support.Proc] = []
+        """Hub and agents, stopped by `close` (the lab's own `popen`s stop with the lab)."""
         self.hub = support.start_hub(ws.dir, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-        ws.procs.append(self.hub.proc)
+        self.procs.append(self.hub.proc)
         self.agents = {}
         for host in ("home", "workplace"):
             agent = support.start_agent(ws.dir, host, netns=lab.ns(host), port=7777, extra=["--tun"])
-            ws.procs.append(agent.proc)
+            self.procs.append(agent.proc)
             agent.join(MESH, host, self.hub.permit)
             self.agents[host] = agent
-        views = {h: support.wait_until(lambda a=a: (v := net_view(a))["tun_up"] and v, 30, f"{h}'s TUN")  # type: ignore[misc]
+        views = {h: support.wait_until(lambda a=a: (v := net_view(a))["tun_up"] and v, 30, f"{h}'s TUN")
                  for h, a in self.agents.items()}  # fmt: skip
         self.mesh_ip = views["workplace"]["mesh_ip"]
-        iperf = lab.popen("workplace", ["iperf3", "-s", "-p", str(IPERF)], name="iperf3-server")
-        ws.procs.append(iperf)
+        lab.popen("workplace", ["iperf3", "-s", "-p", str(IPERF)], name="iperf3-server")
         forward(lab)
         self.wg = wireguard(lab, ws)
         self.stunnel = stunnel(lab, ws)
-        ws.procs += self.stunnel
 
         def punched() -> bool:
             if ping(lab, self.mesh_ip, 1, 0.2) is None:
@@ -187,6 +187,9 @@ class Bench:
 
         support.wait_until(punched, 60, "both agents' ip streams on the punched path")
         self.targets = {"ztm": self.mesh_ip, "wireguard-go": "10.99.0.2", "stunnel4": None}
+
+    def close(self) -> None:
+        support.stop_all(self.procs)
 
     def pids(self, path: str) -> dict[str, int]:
         if path == "ztm":
@@ -260,13 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with Lab() as lab, Workspace("tun", keep=args.keep) as ws:
         bench = Bench(args, lab, ws)
-        for run in range(args.runs):
-            order = PATHS[run % len(PATHS) :] + PATHS[: run % len(PATHS)]
-            for path in order:
-                bench.iperf(path)
-            bench.pings()
-            print(f"[{time.strftime('%H:%M:%S')}] run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
-        ok = bench.report()
+        try:
+            for run in range(args.runs):
+                order = PATHS[run % len(PATHS) :] + PATHS[: run % len(PATHS)]
+                for path in order:
+                    bench.iperf(path)
+                bench.pings()
+                print(f"[{time.strftime('%H:%M:%S')}] run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
+            ok = bench.report()
+        finally:
+            bench.close()
     print(f"\nload average at end: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     print(f"total run time {time.perf_counter() - started:.0f}s")
     return 0 if ok else 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ LAN_HOST = "10.77.1.1"
 """home's router on its LAN side: the host behind the subnet routers."""
 PORT_A, PORT_B, UDP_PORT = 5001, 5002, 5003
 TIMEOUT = 30.0
+FAILOVER = 10.0
+"""Seconds from a subnet router's stop to a ping answered through the other one, at most (under the suite's load)."""
 
 ECHO = """
 import socket, sys, threading
@@ -210,6 +213,11 @@ def test_ping_tcp_and_udp_by_mesh_address_across_nats_direct_where_there_is_a_pa
         "home's packets to the workplace to go over a punched channel",
     )
     assert path_to(net, "workplace", "home") is not None  # it answered over its own stream
+    status = net.agents["home"].cli("net", "status").stdout
+    assert f"network mode: up on ztm0: {net.ip['home']}" in status, status
+    assert "peer workplace: path punched" in status or "peer workplace: path lan" in status, status
+    metrics = net.agents["home"].api("GET", "/api/metrics")[1]
+    assert 'ztm_agent_app_streams_by_path{mesh="lan",app="net",name="workplace",path="punched"}' in metrics
 
 
 def test_a_packet_from_a_spoofed_source_is_dropped_and_counted(net: Net) -> None:
@@ -258,10 +266,14 @@ def test_a_subnet_route_through_one_router_fails_over_to_the_other(net: Net) -> 
     assert seen.decode() == net.lab.addr(first), (seen, "the router's LAN address (SNAT)")
 
     net.agents[first].proc.stop()
+    stopped = time.monotonic()
     net.stopped.append(first)
     assert wait_until(lambda: net_view(work)["routes_in_use"].get(LAN) == net.ids[other], TIMEOUT,
                       f"the route to fail over to {other}")  # fmt: skip
     assert wait_until(lambda: ping(net, "workplace", LAN_HOST), TIMEOUT, "the workplace to ping home's LAN again")
+    failover = time.monotonic() - stopped
+    print(f"subnet router failover: {failover:.2f} s from the first router's stop to a ping through the second")
+    assert failover < FAILOVER, f"the failover took {failover:.1f} s"
     answer = tcp(net, "workplace", LAN_HOST, PORT_A, b"again")
     assert answer is not None and answer.endswith(b" again"), answer
 

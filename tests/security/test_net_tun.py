@@ -12,7 +12,8 @@ to the victim's address) and drop, count and survive everything else:
 * malformed packets (a truncated IP header: `malformed`; a vnet header with an unknown GSO type: `malformed`) and a
   frame length no packet can have (`bad-frame`: the stream is closed);
 
-while a well-formed packet from mallory's own address is delivered (the control: the attacks reach the filter).
+while a well-formed packet from mallory's own address is delivered (the control: the attacks reach the filter). Nor
+may mallory make the victim hold more than four `ip` streams of its own at once (each holds a frame buffer).
 """
 
 from __future__ import annotations
@@ -110,10 +111,11 @@ def frame(packet: bytes, gso_type: int = 0) -> str:
     return (struct.pack("!I", len(body)) + body).hex()
 
 
-def attack(world: World, frames: list[str]) -> str:
+def attack(world: World, frames: list[str], streams: int = 0) -> str:
     mesh_dir = world.mallory.data / "meshes" / MESH
     victim_id = world.victim.cli_json("get", "mesh", MESH)["ep_id"]
     argv = [sys.executable, str(PEER), str(mesh_dir), f"{world.lab.addr('datacenter')}:8888", victim_id]
+    argv += [str(streams)] if streams else []
     done = world.lab.exec("datacenter", argv, input=json.dumps(frames), env=support.base_env(), timeout=60)
     return done.stdout.strip()
 
@@ -155,3 +157,11 @@ def test_a_member_cannot_spoof_sources_use_an_unapproved_router_or_break_the_rec
     assert net_view(world.victim)["packets_in"] == delivered + 1  # the control only
     world.victim.proc.assert_alive()
     assert net_view(world.victim)["tun_up"]
+
+
+def test_a_member_cannot_make_the_receiver_hold_many_streams(world: World) -> None:
+    before = net_view(world.victim)["dropped"].get("too-many-streams", 0)
+    assert attack(world, [], streams=10) == "opened 10"
+    closed = net_view(world.victim)["dropped"].get("too-many-streams", 0) - before
+    assert closed == 10 - 4, closed  # four at most (a real agent keeps one, two while it moves): the newest
+    world.victim.proc.assert_alive()

@@ -557,3 +557,27 @@ def test_python_dash_m_ztm(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "ztm", "nope"], capture_output=True, text=True, timeout=30, env=env)
     assert done.returncode == 2
     assert done.stderr == "ztm: unknown command 'nope'; run 'ztm help' to see the commands\n"
+
+
+def test_run_agent_network_mode(run: Callable[..., Result], fake_daemons: dict[str, Any]) -> None:
+    from ztm.apps.net.options import NetOptions
+    from ztm.service import agent_argv
+
+    assert run("run", "agent").code == 3
+    assert fake_daemons["agent"].net == NetOptions()
+    assert not {"--tun", "--tun-name", "--accept-routes", "--dns-suffix"} & set(agent_argv(fake_daemons["agent"], "p"))
+    argv = ["--tun", "--tun-name", "mesh", "--accept-routes", "--dns-suffix", "Corp.Example."]
+    assert run("run", "agent", *argv).code == 3
+    cfg = fake_daemons["agent"]
+    assert cfg.net == NetOptions(tun=True, tun_name="mesh", accept_routes=True, dns_suffix="corp.example")
+    passed = agent_argv(cfg, "python3")  # `ztm start agent` passes them on
+    assert passed[-6:] == ["--tun", "--tun-name", "mesh", "--accept-routes", "--dns-suffix", "corp.example"]
+    for flag, bad, why in (
+        ("--tun-name", "Ztm", "bad interface prefix"),
+        ("--tun-name", "a" * 13, "1 to 12 lowercase letters"),
+        ("--tun-name", "z/0", "bad interface prefix"),
+        ("--dns-suffix", "a..b", "bad DNS suffix"),
+        ("--dns-suffix", "x_y", "bad DNS suffix"),
+    ):
+        res = run("run", "agent", flag, bad)
+        assert res.code == 2 and len(res.err.strip().splitlines()) == 1 and why in res.err, res.err

@@ -33,9 +33,9 @@ from ztm.apps.net.flows import Flows
 from ztm.apps.net.frames import Deframer, FrameError
 from ztm.apps.net.ports import PortService
 from ztm.apps.net.sender import SERVICE, PeerSender
-from ztm.errors import ZtmError
+from ztm.errors import BadInput, ZtmError
 from ztm.net.filter import InboundFilter
-from ztm.net.packet import BadPacket, parse, parse_vnet
+from ztm.net.packet import BadPacket, parse
 from ztm.net.table import PeerAddrs, RouteTable
 
 log = logging.getLogger("ztm.agent.net")
@@ -43,9 +43,10 @@ log = logging.getLogger("ztm.agent.net")
 DEFAULT_RANGE = "100.64.0.0/10"
 FIND_TTL = 10.0
 """Seconds the peers' announced direct addresses (`find("ip")`) are reused."""
-GSO_OK = frozenset({0, 1, 3, 4, 5})
-"""vnet GSO types a peer may send: none, TCPv4, UDP, TCPv6, UDP_L4 (anything else is dropped as malformed)."""
 INDEX_KEY = "index"
+STREAMS_PER_PEER = 4
+"""`ip` streams one peer may have open to this endpoint at once; its oldest is closed for a new one past that (a real
+agent keeps one, two while it moves to a direct channel): each holds a frame buffer of up to 64 KiB."""
 
 
 def packed(address: object) -> bytes | None:
@@ -125,7 +126,7 @@ class NetApp(MeshApp):
         session = self.ctx.session
         if self.dns is None:
             self.dns = MeshDns(self, session.net.dns_suffix)
-        session.want_peers()
+        session.want_peers()  # every endpoint's addresses and names, even without a policy (DNS needs them too)
         if self._changed not in session.peers_changed:
             session.peers_changed.append(self._changed)
         self._changed()
@@ -353,17 +354,8 @@ class NetApp(MeshApp):
         if version != self._policy_version:
             self._policy_version = version
             self.filter.forget()
-        view = memoryview(frame)
-        try:
-            vnet = parse_vnet(view)
-        except BadPacket:
-            counters["malformed:dropped"] += 1
-            return
-        if vnet.gso_type not in GSO_OK:
-            counters["malformed:dropped"] += 1
-            return
-        reason = self.filter.check(ep_id, view[10:])
-        if reason == "policy" and self.flows.answers(parse(view[10:]), time.monotonic()):
+        reason = self.filter.check_frame(ep_id, frame)  # the vnet header must fit the packet, then `check`
+        if reason == "policy" and self.flows.answers(parse(memoryview(frame)[10:]), time.monotonic()):
             counters["ip:replies"] += 1  # a reply to a flow this endpoint opened
         elif reason is not None:
             counters[f"{reason}:dropped"] += 1
@@ -418,12 +410,23 @@ class NetApp(MeshApp):
         self._callers[caller.ep_id] = caller
         paths.count(self.counters, caller.name, stream.path)
         receiver = _Receiver(self, caller.ep_id, stream)
+        theirs = sorted((r for r in self._receivers if r.ep_id == caller.ep_id), key=lambda r: r.since)
+        for old in theirs[: max(0, len(theirs) + 1 - STREAMS_PER_PEER)]:  # a real agent has one (two while moving)
+            self._receivers.discard(old)
+            old.stream.reset()
+            self.counters["too-many-streams:dropped"] += 1  # a stream closed, not a packet
         self._receivers.add(receiver)
         stream.set_sink(receiver)
         if caller.ep_id in self.senders:  # its peer view may rank a new direct path
             self._update_table()
 
     # ---- views ---------------------------------------------------------------------------------------------------
+
+    async def cli(self, argv: list[str]) -> str:
+        """`ztm net [status]`: the interface, addresses, routes, paths per peer, packets and drops."""
+        if argv not in ([], ["status"]):
+            raise BadInput("usage: ztm net [status] (the JSON view: ztm get app net -o json)")
+        return status_text(self.view())
 
     def view(self) -> dict[str, Any]:
         view = super().view()
@@ -471,6 +474,7 @@ class _Receiver:
         self.ep_id = ep_id
         self.stream = stream
         self.deframer = Deframer()
+        self.since = time.monotonic()
 
     def stream_data(self, data: bytes) -> None:
         try:
@@ -491,6 +495,29 @@ class _Receiver:
 
     def stream_error(self, exc: h2.H2Error) -> None:
         self.app._receivers.discard(self)
+
+
+def status_text(view: dict[str, Any]) -> str:
+    """The lines of `ztm net status`."""
+    if view["tun_up"]:
+        lines = [f"network mode: up on {view['interface']}: {view['mesh_ip']} {view['mesh_ip6'] or ''}".rstrip()]
+    elif view["tun"]:
+        lines = [f"network mode: not up ({view['error'] or 'waiting for this endpoint addresses from the hub'})"]
+    else:
+        lines = ["network mode: off (ztm run agent --tun)"]
+    lines.append(f"this endpoint: {view['mesh_ip'] or '-'} {view['mesh_ip6'] or ''}".rstrip())
+    if view["routing"]:
+        lines.append(f"routing for the mesh (SNAT): {', '.join(view['routing'])}")
+    for cidr, ep in view["routes_in_use"].items():
+        lines.append(f"route {cidr} via {ep}{'' if cidr in view['routes_installed'] else ' (not installed)'}")
+    lines.append(f"packets: in {view['packets_in']} ({view['bytes_in']} B), out {view['packets_out']} "
+                 f"({view['bytes_out']} B)")  # fmt: skip
+    dropped = ", ".join(f"{k} {v}" for k, v in view["dropped"].items()) or "none"
+    lines.append(f"dropped: {dropped}")
+    for peer in view["peers"]:
+        lines.append(f"peer {peer['name']}: path {peer['path'] or '-'}, queued {peer['queued']} B, streams "
+                     f"{paths.shown(peer['paths'])}")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _str(value: object) -> str | None:
