@@ -126,7 +126,9 @@ class NetApp(MeshApp):
         session = self.ctx.session
         if self.dns is None:
             self.dns = MeshDns(self, session.net.dns_suffix)
-        session.want_peers()  # every endpoint's addresses and names, even without a policy (DNS needs them too)
+        if session.net.tun:  # the TUN and its DNS need every endpoint's addresses and names, even without a policy;
+            session.want_peers()  # others never load the whole list for it (10,000 agents x 10,000 entries at each
+            # reconnection): a name through the proxy or a --target is looked up when it is used (`AppContext._ep_id`)
         if self._changed not in session.peers_changed:
             session.peers_changed.append(self._changed)
         self._changed()
