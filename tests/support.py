@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -879,6 +880,15 @@ def restart_agent(agent: Agent, *, timeout: float = 30.0) -> Agent:
     agent.proc = Proc(old.argv, env=agent.env, cwd=agent.dir, netns=agent.netns, name=old.name, log_dir=agent.dir)
     _wait_agent_ready(agent, timeout)
     return agent
+
+
+def join_all(mesh: str, joins: Iterable[tuple[Agent, str]], permit: Path) -> None:
+    """`agent.join(mesh, name, permit)` for each `(agent, name)`, side by side (each is a CLI process: their
+    start-ups overlap); returns once all joined, raises the first failure."""
+    threads = [(agent, name) for agent, name in joins]
+    with ThreadPoolExecutor(max(1, len(threads))) as pool:
+        for future in [pool.submit(agent.join, mesh, name, permit) for agent, name in threads]:
+            future.result()
 
 
 def invite(root: Agent, invitee: Agent, user: str, permit: Path, *extra: str) -> Path:

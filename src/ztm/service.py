@@ -129,6 +129,8 @@ def hub_argv(cfg: HubConfig, python: str = sys.executable) -> list[str]:
         argv += ["--max-endpoints-per-user", str(cfg.max_endpoints_per_user)]
     if cfg.cert_ttl != default.cert_ttl:
         argv += ["--cert-ttl", repr(cfg.cert_ttl)]
+    if cfg.heartbeat != default.heartbeat:
+        argv += ["--heartbeat", repr(cfg.heartbeat)]
     if cfg.admin is not None:
         argv += ["--admin", str(cfg.admin)]
     if cfg.store is not None:

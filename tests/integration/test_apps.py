@@ -29,6 +29,7 @@ from support import (
     Hub,
     Proc,
     invite,
+    join_all,
     one_line_error,
     restart_agent,
     start_agent,
@@ -59,8 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         hub, agents = start_hub_and_agents(tmp, ("one", "two", "three"))
         procs += [hub.proc, *(a.proc for a in agents.values())]
-        agents["one"].join(MESH, "one", hub.permit)
-        agents["two"].join(MESH, "two", hub.permit)
+        join_all(MESH, [(agents["one"], "one"), (agents["two"], "two")], hub.permit)
         permit = invite(agents["one"], agents["three"], "bob", tmp / "bob.json")
         agents["three"].join(MESH, "three", permit)
         yield World(hub, agents["one"], agents["two"], agents["three"])

@@ -28,6 +28,7 @@ from support import (
     Proc,
     base_env,
     free_port,
+    join_all,
     run,
     start_hub,
     start_hub_and_agents,
@@ -128,8 +129,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         procs += [hub.proc, agent.proc, peer.proc]
         other = start_hub(tmp, name="other-hub")
         procs.append(other.proc)
-        agent.join(MESH, "alpha", hub.permit)
-        peer.join(MESH, "beta", hub.permit)
+        join_all(MESH, [(agent, "alpha"), (peer, "beta")], hub.permit)
         wait_until(lambda: {"alpha", "beta"} <= agent.online_names(), 20, "alpha to see alpha and beta online")
         yield World(hub, other, agent, peer, tmp)
     finally:
@@ -429,8 +429,7 @@ def test_agent_refuses_a_wrong_token(world: World) -> None:
 def test_a_full_hub_refuses_a_third_agent_and_keeps_serving_the_first_two(tmp_path: Path) -> None:
     hub, agents = start_hub_and_agents(tmp_path, ("one", "two", "three"), hub_extra=["--max-agents", "2"])
     one, two, three = agents["one"], agents["two"], agents["three"]
-    one.join(MESH, "one", hub.permit)
-    two.join(MESH, "two", hub.permit)
+    join_all(MESH, [(one, "one"), (two, "two")], hub.permit)
 
     cp, took = timed(lambda: three.cli("join", MESH, "--as", "three", "--permit", hub.permit, check=False))
     assert_one_line_error(cp, r"hub is full|full", code=1)

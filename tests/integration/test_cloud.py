@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from support import Agent, one_line_error, wait_until
+from support import Agent, join_all, one_line_error, wait_until
 
 MESH = "m"
 Make = Callable[..., Any]
@@ -30,11 +30,10 @@ def same(path: Path, data: bytes) -> bool:
     return path.is_file() and path.read_bytes() == data
 
 
-def test_upload_ls_download(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    laptop, desktop = make_agent("laptop"), make_agent("desktop")
-    for agent in (laptop, desktop):
-        agent.join(MESH, agent.name, hub.permit)
+def test_upload_ls_download(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("laptop", "desktop"))
+    laptop, desktop = agents["laptop"], agents["desktop"]
+    join_all(MESH, [(laptop, "laptop"), (desktop, "desktop")], hub.permit)
     line = one_line_error(laptop.cli("cloud", "upload", "docs", check=False))
     assert "ztm cloud config --local-dir" in line, line
 
@@ -62,11 +61,10 @@ def test_upload_ls_download(make_hub: Make, make_agent: Make, tmp_path: Path) ->
     assert "no file /users/root/nothing/here" in line, line
 
 
-def test_mirror_both_directions(make_hub: Make, make_agent: Make, tmp_path: Path) -> None:
-    hub = make_hub()
-    laptop, desktop = make_agent("laptop"), make_agent("desktop")
-    for agent in (laptop, desktop):
-        agent.join(MESH, agent.name, hub.permit)
+def test_mirror_both_directions(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("laptop", "desktop"))
+    laptop, desktop = agents["laptop"], agents["desktop"]
+    join_all(MESH, [(laptop, "laptop"), (desktop, "desktop")], hub.permit)
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     drive(laptop, a_dir)
     drive(desktop, b_dir)

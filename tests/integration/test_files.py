@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from support import ZTM, Agent, Hub, free_port, invite, one_line_error, restart_agent, restart_hub, wait_until
+from support import ZTM, Agent, Hub, free_port, invite, join_all, one_line_error, restart_agent, restart_hub, wait_until
 
 MESH = "m"
 MiB = 1 << 20
@@ -42,8 +42,7 @@ Make = Callable[..., Any]
 def mesh(make_mesh: Make, *names: str) -> tuple[Hub, list[Agent]]:
     hub, started = make_mesh(names)
     agents = [started[name] for name in names]
-    for agent in agents:
-        agent.join(MESH, agent.name, hub.permit)
+    join_all(MESH, [(agent, agent.name) for agent in agents], hub.permit)
     return hub, agents
 
 

@@ -19,7 +19,18 @@ import pytest
 from integration.test_mesh_lifecycle import mesh_status, table_rows
 from integration.test_process_control import Background
 from integration.test_tunnel import Servers, echo_roundtrip, open_inbound, open_outbound
-from support import Agent, Hub, free_port, restart_agent, restart_hub, start_agent, start_hub, wait_until
+from support import (
+    Agent,
+    Hub,
+    free_port,
+    join_all,
+    restart_agent,
+    restart_hub,
+    start_agent,
+    start_hub,
+    start_hub_and_agents,
+    wait_until,
+)
 from ztm.agent import link
 
 MESH = "m"
@@ -91,10 +102,9 @@ def test_back_online_after_a_kill9_and_restart_of_the_hub(tmp_path: Path) -> Non
     servers = Servers()
     try:
         echo = servers.echo()
-        hub = start_hub(tmp_path)
-        entrance, exit_ = start_agent(tmp_path, "entrance"), start_agent(tmp_path, "exit")
-        entrance.join(MESH, "entrance", hub.permit)
-        exit_.join(MESH, "exit", hub.permit)
+        hub, agents = start_hub_and_agents(tmp_path, ["entrance", "exit"])
+        entrance, exit_ = agents["entrance"], agents["exit"]
+        join_all(MESH, [(entrance, "entrance"), (exit_, "exit")], hub.permit)
         open_outbound(exit_, "tcp/echo", echo)
         port = open_inbound(entrance, "tcp/echo", "--exits", "exit")
         assert echo_roundtrip(port, b"before") == b"before"

@@ -23,8 +23,8 @@ from support import (
     base_env,
     by_name,
     free_port,
-    holds_for,
     invite,
+    join_all,
     one_line_error,
     restart_agent,
     restart_hub,
@@ -74,8 +74,7 @@ def mesh_status(agent: Agent, mesh: str = MESH) -> dict[str, Any]:
 def two_agents(make_mesh: Make, *hub_extra: str) -> tuple[Hub, Agent, Agent]:
     hub, agents = make_mesh(("a", "b"), hub_extra=hub_extra)
     a, b = agents["a"], agents["b"]
-    a.join(MESH, "alice", hub.permit)
-    b.join(MESH, "bob", hub.permit)
+    join_all(MESH, [(a, "alice"), (b, "bob")], hub.permit)
     return hub, a, b
 
 
@@ -281,8 +280,9 @@ def test_agent_and_hub_restarts_keep_the_mesh(make_mesh: Make, make_agent: Make)
 
 
 def test_certificate_renewal_keeps_the_endpoint_online(make_mesh: Make) -> None:
-    """With 6-second certificates both agents renew several times in 15 s; meanwhile each lists the other online at
-    every look, the listing itself never fails, and renewals come at half-life (PROTOCOL.md section 6)."""
+    """With 6-second certificates both agents renew at half-life (PROTOCOL.md section 6); watched until bob's
+    certificate was renewed three times (about 9 s), each lists the other online at every look and the listing itself
+    never fails."""
     ttl = 6.0
     hub, a, b = two_agents(make_mesh, "--cert-ttl", str(int(ttl)))
     first = mesh_status(b)["cert_expires"]
@@ -290,8 +290,11 @@ def test_certificate_renewal_keeps_the_endpoint_online(make_mesh: Make) -> None:
     start = time.monotonic()
     offline: list[str] = []
     failed: list[str] = []
+    checks = 0
 
     def look() -> bool:
+        nonlocal checks
+        checks += 1
         when = f"{time.monotonic() - start:.2f}s"
         for me in (a, b):
             status, eps = me.api("GET", f"/api/meshes/{MESH}/endpoints")
@@ -302,20 +305,23 @@ def test_certificate_renewal_keeps_the_endpoint_online(make_mesh: Make) -> None:
             if states != {"alice": True, "bob": True}:
                 offline.append(f"{when}: {me.name} lists {states}")
         status, mesh = b.api("GET", f"/api/meshes/{MESH}")
-        assert status == 200, f"bob's agent does not show its mesh: {status} {mesh}"
+        if status != 200:
+            failed.append(f"{when}: bob's agent does not show its mesh: {status} {mesh}")
+            return False
         if mesh["status"] != "online":
             offline.append(f"{when}: bob's own mesh status is {mesh['status']} ({mesh['error']})")
         if mesh["cert_expires"] != changes[-1][1]:
             changes.append((time.monotonic(), mesh["cert_expires"]))
-        return True
+        return len(changes) >= 4  # the first certificate and three renewals
 
-    checks = holds_for(look, 15.0, "watching alice and bob through certificate renewals")
-    assert checks > 50, f"only {checks} looks in 15 s"
+    wait_until(look, 15.0, "bob's certificate to be renewed three times", interval=0.05)
+    took = time.monotonic() - start
+    assert checks > took / 0.3, f"only {checks} looks in {took:.1f} s"
 
     assert not offline, f"an endpoint was seen offline during certificate renewals: {offline[:10]}"
     values = [v for _, v in changes]
     assert values == sorted(values) and len(set(values)) == len(values), f"cert_expires went backwards: {values}"
-    assert len(values) >= 4, f"bob's certificate was renewed {len(values) - 1} times in 15 s (ttl {ttl}s): {values}"
+    assert len(values) >= 4, f"bob's certificate was renewed {len(values) - 1} times (ttl {ttl}s): {values}"
     last = mesh_status(b)["cert_expires"]  # the CLI shows it moving forward too
     assert last > first, (first, last)
     log = hub.proc.output()

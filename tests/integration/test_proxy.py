@@ -43,6 +43,7 @@ from support import (
     base_env,
     free_port,
     invite,
+    join_all,
     one_line_error,
     restart_agent,
     start_agent,
@@ -303,8 +304,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         hub, agents = start_hub_and_agents(tmp, ("home", "office", "bob"))
         procs += [hub.proc, *(a.proc for a in agents.values())]
-        agents["home"].join(MESH, "home", hub.permit)
-        agents["office"].join(MESH, "office", hub.permit)
+        join_all(MESH, [(agents["home"], "home"), (agents["office"], "office")], hub.permit)
         agents["bob"].join(MESH, "bob-laptop", invite(agents["home"], agents["bob"], "bob", tmp / "bob.json"))
         office = agents["office"]
         office.cli("proxy", "config", "--add-target", "localhost", "127.0.0.0/8", "--add-exclusion", "127.0.0.2")
@@ -712,8 +712,7 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
             tmp, ("home", "office", "natted"), hub_extra=["--admin", admin], agent_extra=extra
         )
         procs += [hub.proc, *(a.proc for a in agents.values())]
-        for name, agent in agents.items():
-            agent.join(MESH, name, hub.permit)
+        join_all(MESH, [(agent, name) for name, agent in agents.items()], hub.permit)
         agents["office"].cli("proxy", "config", "--add-target", "localhost")
         agents["natted"].cli("proxy", "config", "--add-target", "127.0.0.1", "--add-exclusion", "localhost")
         proxy = free_port()

@@ -33,6 +33,7 @@ from support import (
     Hub,
     Proc,
     invite,
+    join_all,
     one_line_error,
     restart_agent,
     run,
@@ -64,8 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         hub, agents = start_hub_and_agents(tmp, ("home", "office", "bob"))
         procs += [hub.proc, *(agent.proc for agent in agents.values())]
         home, office, bob = agents["home"], agents["office"], agents["bob"]
-        home.join(MESH, "home", hub.permit)
-        office.join(MESH, "office", hub.permit)
+        join_all(MESH, [(home, "home"), (office, "office")], hub.permit)
         bob.join(MESH, "bob-laptop", invite(home, bob, "bob", tmp / "bob.json"))
         for agent in (home, bob):
             wait_until(lambda a=agent: "office" in a.online_names(), TIMEOUT, f"{agent.name} to see office online")

@@ -40,6 +40,7 @@ from support import (
     Proc,
     free_port,
     invite,
+    join_all,
     one_line_error,
     restart_agent,
     start_hub_and_agents,
@@ -352,8 +353,7 @@ def open_inbound(agent: Agent, name: str, *extra: str) -> int:
 def start_mesh(tmp: Path, *names: str) -> tuple[Hub, dict[str, Agent]]:
     """A hub and one agent per name, each joined to MESH as that name with the root permit."""
     hub, agents = start_hub_and_agents(tmp, names)
-    for name, agent in agents.items():
-        agent.join(MESH, name, hub.permit)
+    join_all(MESH, [(agent, name) for name, agent in agents.items()], hub.permit)
     return hub, agents
 
 
@@ -385,8 +385,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         hub, agents = start_hub_and_agents(tmp, ("home", "office", "bob-laptop", "bob-server"))
         procs += [hub.proc, *(agent.proc for agent in agents.values())]
         home, office = agents["home"], agents["office"]
-        home.join(MESH, "home", hub.permit)
-        office.join(MESH, "office", hub.permit)
+        join_all(MESH, [(home, "home"), (office, "office")], hub.permit)
         for name in ("bob-laptop", "bob-server"):
             permit = invite(home, agents[name], "bob", tmp / f"{name}.json")
             agents[name].join(MESH, name, permit)

@@ -590,21 +590,36 @@ class Lab:
         *,
         hub_extra: Sequence[str] = (),
         agent_extra: Sequence[str] = (),
+        ports: Mapping[str, int] | None = None,
     ) -> tuple[support.Hub, dict[str, support.Agent]]:
         """A hub in `datacenter` (listening on 0.0.0.0:8888, named by its lab address) and an agent on each host of
-        `joins` (port 7777 in its namespace, with `agent_extra` arguments), joined to `mesh` as `joins[host]`; the
-        agents start side by side."""
+        `joins` (named after the host, API port `ports[host]` or 7777 in its namespace, with `agent_extra`
+        arguments), joined to `mesh` as `joins[host]`. The hub and the agents are launched together (their
+        start-ups overlap, as `support.start_hub_and_agents`), then the agents join side by side."""
         dc = self.addr("datacenter")
-        hub = support.start_hub(tmp_path, netns=self.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888",
-                                extra=hub_extra)  # fmt: skip
+        procs: list[Proc] = []
+        try:
+            hub = support._launch_hub(tmp_path, netns=self.ns("datacenter"), listen="0.0.0.0:8888",
+                                      names=f"{dc}:8888", extra=hub_extra)  # fmt: skip
+            procs.append(hub.proc)
+            agents: dict[str, support.Agent] = {}
+            for host in joins:
+                port = (ports or {}).get(host, 7777)
+                agents[host] = support._launch_agent(tmp_path, host, netns=self.ns(host), port=port, extra=agent_extra)
+                procs.append(agents[host].proc)
+            support._wait_hub_ready(hub, 30.0)
+            for agent in agents.values():
+                support._wait_agent_ready(agent, 30.0)
+        except BaseException:
+            support.stop_all(procs)
+            raise
 
-        def agent_of(host: str) -> support.Agent:
-            agent = support.start_agent(tmp_path, host, netns=self.ns(host), port=7777, extra=agent_extra)
-            agent.join(mesh, joins[host], hub.permit)
-            return agent
+        def join(host: str) -> None:
+            agents[host].join(mesh, joins[host], hub.permit)
 
         with ThreadPoolExecutor(len(joins)) as pool:
-            return hub, dict(zip(joins, pool.map(agent_of, joins), strict=True))
+            list(pool.map(join, joins))
+        return hub, agents
 
     def hub_counter(self, host: str, admin_port: int, name: str) -> float:
         """Counter `ztm_hub_NAME_total` of the hub in `host` whose admin port is `127.0.0.1:admin_port` (0 if the

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab.netlab import Lab
-from support import Agent, one_line_error, start_agent, start_hub, wait_until
+from support import Agent, one_line_error, start_agent, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -32,12 +32,8 @@ def sources(agent: Agent, path: str) -> set[str]:
 
 
 def test_publish_at_work_download_at_home_and_acls_across_nat(lab: Lab, tmp_path: Path) -> None:
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp_path, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777)
-    work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777)
-    home.join(MESH, "home", hub.permit)
-    work.join(MESH, "workplace", hub.permit)
+    _hub, agents = lab.start_mesh(tmp_path, MESH, {"home": "home", "workplace": "workplace"})
+    home, work = agents["home"], agents["workplace"]
     for agent in (home, work):
         wait_until(functools.partial(sees_online, agent, "home", "workplace"), 20,
                    f"{agent.name} to list home and workplace online")  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from lab.netlab import Lab
-from support import Agent, start_agent, start_hub, wait_until
+from support import Agent, start_agent, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -30,14 +30,9 @@ def sees_online(agent: Agent, *names: str) -> bool:
 
 
 def test_home_and_workplace_through_the_hub_and_eviction(lab: Lab, tmp_path: Path) -> None:
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp_path, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
+    hub, agents = lab.start_mesh(tmp_path, MESH, {"home": "home", "workplace": "workplace"})
     assert hub.permit.exists()
-
-    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777)
-    work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777)
-    home.join(MESH, "home", hub.permit)
-    work.join(MESH, "workplace", hub.permit)
+    home, work = agents["home"], agents["workplace"]
     for agent in (home, work):
         wait_until(functools.partial(sees_online, agent, "home", "workplace"), 20,
                    f"{agent.name} to list home and workplace online")  # fmt: skip

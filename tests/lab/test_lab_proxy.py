@@ -12,7 +12,7 @@ import pytest
 
 from integration.test_proxy import make_tls
 from lab.netlab import Lab
-from support import base_env, run, start_agent, start_hub, wait_until
+from support import base_env, run, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -45,12 +45,8 @@ plain.serve_forever()
 
 def test_curl_at_home_reaches_workplace_servers_through_the_proxy(lab: Lab, tmp_path: Path) -> None:
     ca, _ = make_tls(tmp_path)
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp_path, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777)
-    work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777)
-    home.join(MESH, "home", hub.permit)
-    work.join(MESH, "workplace", hub.permit)
+    _hub, agents = lab.start_mesh(tmp_path, MESH, {"home": "home", "workplace": "workplace"})
+    home, work = agents["home"], agents["workplace"]
 
     argv = [
         sys.executable,

@@ -9,7 +9,7 @@ import pexpect
 import pytest
 
 from lab.netlab import Lab
-from support import ZTM, in_netns, start_agent, start_hub, wait_until
+from support import ZTM, in_netns, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -17,12 +17,8 @@ MESH = "my-mesh"
 
 
 def test_shell_and_command_at_the_workplace_from_home(lab: Lab, tmp_path: Path) -> None:
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp_path, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777)
-    work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777)
-    home.join(MESH, "home", hub.permit)
-    work.join(MESH, "workplace", hub.permit)
+    _hub, agents = lab.start_mesh(tmp_path, MESH, {"home": "home", "workplace": "workplace"})
+    home, work = agents["home"], agents["workplace"]
     work.cli("terminal", "enable")
     wait_until(lambda: "workplace" in home.online_names(), 30, "home to see the workplace online")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab.netlab import Lab
-from support import base_env, start_agent, start_hub, wait_until
+from support import base_env, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -60,12 +60,8 @@ def transfer(lab: Lab, port: int, size: int) -> None:
 
 
 def test_tcp_tunnel_from_home_to_the_workplace_through_the_hub(lab: Lab, tmp_path: Path) -> None:
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp_path, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777)
-    work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777)
-    home.join(MESH, "home", hub.permit)
-    work.join(MESH, "workplace", hub.permit)
+    _hub, agents = lab.start_mesh(tmp_path, MESH, {"home": "home", "workplace": "workplace"})
+    home, work = agents["home"], agents["workplace"]
 
     server = lab.popen("workplace", [sys.executable, "-c", SERVER, str(SERVICE_PORT)], env=base_env(), name="service")
 

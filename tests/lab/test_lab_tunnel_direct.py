@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.netlab import Lab
-from support import Agent, base_env, start_agent, start_hub, wait_until
+from support import Agent, base_env, wait_until
 
 from .test_lab_tunnel import SERVER, transfer
 
@@ -31,19 +31,14 @@ def inbound(agent: Agent, name: str) -> dict[str, int]:
 
 
 def test_datacenter_exit_is_reached_directly_and_natted_workplace_through_the_hub(lab: Lab, tmp_path: Path) -> None:
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp_path, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-    home = start_agent(tmp_path, "home", netns=lab.ns("home"), port=7777, extra=DIRECT)
-    work = start_agent(tmp_path, "workplace", netns=lab.ns("workplace"), port=7777, extra=DIRECT)
-    server = start_agent(tmp_path, "dc-server", netns=lab.ns("datacenter"), port=7778, extra=DIRECT)
-    for agent, name in ((home, "home"), (work, "workplace"), (server, "dc-server")):
-        agent.join(MESH, name, hub.permit)
-
     env = base_env()
-    services = [
+    services = [  # started first: they come up while the mesh does
         lab.popen(host, [sys.executable, "-c", SERVER, str(SERVICE_PORT)], env=env, name=f"service-{host}")
         for host in ("workplace", "datacenter")
     ]
+    joins = {"home": "home", "workplace": "workplace", "datacenter": "dc-server"}
+    _hub, agents = lab.start_mesh(tmp_path, MESH, joins, agent_extra=DIRECT, ports={"datacenter": 7778})
+    home, work, server = agents["home"], agents["workplace"], agents["datacenter"]
 
     def listening() -> bool:
         for proc in services:

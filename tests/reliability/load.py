@@ -5,7 +5,9 @@ than `--max-agents` is refused with a clear error while the others keep being se
 from /proc.
 
 Used two ways:
-* test_load.py runs it at CI size, the simulated agents inside the test process (`workers=0`);
+* test_load.py runs it at CI size (100 agents, 1,000 streams), the simulated agents inside the test process
+  (`workers=0`); RELIABILITY.md's mid-size figures are the same in-process run by hand:
+  `.venv/bin/python tests/reliability/load.py --agents 300 --streams 3000 --workers 0 --window 6`;
 * by hand at full size, the agents spread over worker processes (one Python loop cannot keep a thousand agents'
   keepalives on time while parsing a thousand endpoint lists), figures for RELIABILITY.md:
   `.venv/bin/python tests/reliability/load.py --agents 1000 --streams 10000 --workers 4`

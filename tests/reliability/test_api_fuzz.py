@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from integration.test_local_api import METHODS, SPEC_FILE
-from support import Agent, Hub, start_hub_and_agents
+from support import Agent, Hub, join_all, start_hub_and_agents
 
 pytestmark = pytest.mark.slow
 
@@ -150,8 +150,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     hub, agents = start_hub_and_agents(tmp, ("alpha", "beta"))
     agent, beta = agents["alpha"], agents["beta"]
     try:
-        agent.join(MESH, "alpha", hub.permit)
-        beta.join(MESH, "beta", hub.permit)
+        join_all(MESH, [(agent, "alpha"), (beta, "beta")], hub.permit)
         agent.cli("tunnel", "open", "outbound", SEED_TUNNEL, "--targets", "127.0.0.1:9")
         yield World(hub, agent)
     finally:

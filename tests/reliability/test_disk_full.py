@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from reliability.traffic import Record, time_until
-from support import Agent, Hub, by_name, one_line_error, restart_hub, start_agent, start_hub
+from support import Agent, by_name, join_all, one_line_error, restart_hub, start_hub_and_agents
 
 pytestmark = pytest.mark.slow
 
@@ -64,10 +64,9 @@ def labels(agent: Agent, name: str) -> list[str]:
 def test_a_full_disk_refuses_writes_clearly_keeps_serving_and_recovers(
     tmp_path: Path, small_disk: Path, figures: Record
 ) -> None:
-    hub: Hub = start_hub(tmp_path, extra=["--data", str(small_disk)])  # the last --data wins
-    a, b, c = start_agent(tmp_path, "a"), start_agent(tmp_path, "b"), start_agent(tmp_path, "c")
-    a.join(MESH, "a", hub.permit)
-    b.join(MESH, "b", hub.permit)
+    hub, agents = start_hub_and_agents(tmp_path, ["a", "b", "c"], hub_extra=["--data", str(small_disk)])  # last wins
+    a, b, c = agents["a"], agents["b"], agents["c"]
+    join_all(MESH, [(a, "a"), (b, "b")], hub.permit)
     a.cli("label", "--add", "saved-before")
 
     filler = fill(small_disk)

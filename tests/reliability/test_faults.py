@@ -25,6 +25,7 @@ from support import (
     by_name,
     free_port,
     invite,
+    join_all,
     restart_agent,
     restart_hub,
     start_agent,
@@ -81,8 +82,7 @@ class Mesh:
 def mesh(tmp_path: Path) -> Iterator[Mesh]:
     hub, agents = start_hub_and_agents(tmp_path, ("exit", "entrance"))
     exit_, entrance = agents["exit"], agents["entrance"]
-    exit_.join(MESH, "exit", hub.permit)
-    entrance.join(MESH, "entrance", hub.permit)
+    join_all(MESH, [(exit_, "exit"), (entrance, "entrance")], hub.permit)
     with EchoServer() as echo:
         port = free_port()
         exit_.cli("tunnel", "open", "outbound", "tcp/echo", "--targets", f"127.0.0.1:{echo.port}")

@@ -3,7 +3,8 @@ the data center, while home's cable is unplugged and plugged back, and while hom
 delays each by 100 ms.
 
 After each fault the mesh heals without anyone acting (recovery times recorded), labels acknowledged before it are
-still there, and every transfer that completes is byte-exact.
+still there, and every transfer that completes is byte-exact. The tests share one lab, hub (`--heartbeat 2`) and pair
+of agents: each undoes its fault whatever happens, and the next starts only once the mesh works again.
 
 Delay and loss use `tc qdisc ... netem` on both ends of home's cable when the kernel has sch_netem. Without it (`tc`
 answers "Specified qdisc kind is unknown", e.g. a kernel built without CONFIG_NET_SCH_NETEM), loss alone is made with
@@ -18,14 +19,13 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from lab import netlab
 from lab.netlab import Lab
 from reliability.traffic import EchoServer, Record, Traffic, assert_documented, echoes, roundtrip, time_until
-from support import Agent, Hub, start_agent, start_hub
+from support import Agent, Hub
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -45,8 +45,9 @@ TCP_BACKOFF = 1.6
 """How long after link up TCP may wait for its next retransmission after a 2 s outage: the retransmission timer
 starts at 200 ms and doubles (0.2, 0.4, 0.8, 1.6 s), so a retransmission sent just before link up is followed by the
 next one up to 1.6 s later. The blip's recovery is that wait plus ours; only ours is held to 5x the figure."""
-HEARTBEAT = 5.0
-"""The hub's heartbeat interval (`ztm.config`): an endpoint is offline after 3 missed beats, checked every half."""
+HEARTBEAT = 2.0
+"""The hub's heartbeat interval here (`ztm run hub --heartbeat 2`; 5 s by default): an endpoint is offline after 3
+missed beats, checked every half interval, so the hub notices a cut in 6 to 7 s instead of 15 to 17.5 s."""
 
 
 @dataclass
@@ -71,15 +72,15 @@ class LabMesh:
         return {e["name"]: sorted(e["labels"]) for e in self.work.endpoints()}
 
 
-@pytest.fixture
-def mesh(lab: Lab, tmp_path: Path) -> Iterator[LabMesh]:
-    tmp = tmp_path
-    dc = lab.addr("datacenter")
-    hub = start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-    home = start_agent(tmp, "home", netns=lab.ns("home"), port=7777)
-    work = start_agent(tmp, "workplace", netns=lab.ns("workplace"), port=7777)
-    home.join(MESH, "home", hub.permit)
-    work.join(MESH, "workplace", hub.permit)
+@pytest.fixture(scope="module")
+def shared_mesh(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabMesh]:
+    """One lab, hub and pair of agents for the module: each test undoes its fault (link up, impairment removed, in a
+    `finally`), and `mesh` checks that the mesh works before handing it to the next test."""
+    lab = module_lab
+    tmp = tmp_path_factory.mktemp("faults-lab")
+    joins = {"home": "home", "workplace": "workplace"}
+    hub, agents = lab.start_mesh(tmp, MESH, joins, hub_extra=["--heartbeat", f"{HEARTBEAT:g}"])
+    home, work = agents["home"], agents["workplace"]
     with EchoServer(netns=lab.ns("workplace")) as echo:
         work.cli("tunnel", "open", "outbound", "tcp/echo", "--targets", f"127.0.0.1:{echo.port}")
         home.cli("tunnel", "open", "inbound", "tcp/echo", "--listen", str(ENTRANCE_PORT))
@@ -89,11 +90,18 @@ def mesh(lab: Lab, tmp_path: Path) -> Iterator[LabMesh]:
         yield m
 
 
+@pytest.fixture
+def mesh(shared_mesh: LabMesh) -> LabMesh:
+    """The module's mesh, working (both ends online both ways, the tunnel byte-exact) when the test starts."""
+    time_until(shared_mesh.healed, 30, "the tunnel from home to the workplace to work (after the previous test)")
+    return shared_mesh
+
+
 def test_link_down_and_up(mesh: LabMesh, figures: Record) -> None:
     lab = mesh.lab
     before = mesh.labels()
     traffic = Traffic(ENTRANCE_PORT, size=128 << 10, netns=lab.ns("home")).start()
-    try:
+    try:  # the module's mesh is shared: whatever happens, home's cable ends plugged in
         time_until(lambda: traffic.complete >= 2, 30, "traffic to flow")
         # A short blip: TCP rides it out, the session stays up.
         lab.link_down("home")
@@ -113,6 +121,7 @@ def test_link_down_and_up(mesh: LabMesh, figures: Record) -> None:
         time_until(lambda: traffic.complete > complete + 1, 30, "traffic to flow again")
     finally:
         traffic.stop()
+        lab.link_up("home")
     assert not traffic.corrupt, f"transfers completed with wrong bytes: {traffic.corrupt[:3]} ({traffic})"
     assert mesh.labels() == before
     figures("home link down: hub marked home offline after", noticed, "s")
@@ -121,8 +130,8 @@ def test_link_down_and_up(mesh: LabMesh, figures: Record) -> None:
     assert_documented(
         healed - RECONNECT_BACKOFF, OUTAGE_HEALED, "the mesh's recovery from a long outage, past the dial backoff"
     )
-    # Offline after 3 missed heartbeats (RELIABILITY.md: 13.2 s): not before 2 beats had surely been missed (traffic
-    # counts as liveness up to the link-down), nor much after the third plus one sweep (half a beat).
+    # Offline after 3 missed heartbeats (RELIABILITY.md's figure, at 2 s beats): not before 2 beats had surely been
+    # missed (traffic counts as liveness up to the link-down), nor much after the third plus one sweep (half a beat).
     lo, hi = 2 * HEARTBEAT, 3.5 * HEARTBEAT + 5.0
     assert lo <= noticed <= hi, f"the hub marked home offline {noticed:.1f} s after the link went down, not {lo}-{hi} s"
 
@@ -192,16 +201,35 @@ def dropped(lab: Lab) -> int:
 )
 def test_loss_and_delay(mesh: LabMesh, figures: Record, loss: bool, delay: bool) -> None:
     lab = mesh.lab
-    # Both impairments together: 8 MiB, so that the transfer outlasts the agent's 10 s heartbeat timeout.
+    # Both impairments together: 8 MiB, so that the transfer outlasts the agent's heartbeat timeout (2 beats, 4 s).
     mib = 8 if loss and delay else 4
     data = os.urandom(mib << 20)
     start = time.monotonic()
     assert roundtrip(ENTRANCE_PORT, data, netns=lab.ns("home"), timeout=30) == data
     clean = time.monotonic() - start
-    router = lab.addr("home-rtr", "lan")
-    clean_rtt = lab.rtt("home", router)
+    clean_rtt = lab.rtt("home", lab.addr("home-rtr", "lan"))
 
     how, restore = impair(lab, loss=loss, delay=delay)
+    try:
+        _impaired(mesh, figures, how, loss=loss, delay=delay, data=data, clean=clean, clean_rtt=clean_rtt)
+    finally:  # the module's mesh is shared: the impairment ends whatever happened
+        stats = restore()
+    # The impairment ended: the mesh is at full speed again without anyone acting.
+    if isinstance(stats, dict):  # the wire's counters for the whole impairment
+        lost, full = (sum(d[k] for d in stats.values()) for k in ("lost", "overflow"))
+        assert not loss or lost > 0, f"the wire dropped nothing: the loss was not applied ({stats})"
+        figures(f"{_label(loss, delay)}: frames through the wire (dropped at random: {lost}, queue full: {full})",
+                sum(d["passed"] for d in stats.values()), "frames")  # fmt: skip
+    time_until(mesh.healed, 30, "the mesh to work after the impairment ended")
+
+
+def _impaired(
+    mesh: LabMesh, figures: Record, how: str, *, loss: bool, delay: bool, data: bytes, clean: float, clean_rtt: float
+) -> None:
+    """The part of `test_loss_and_delay` under the impairment `how`."""
+    lab = mesh.lab
+    mib = len(data) >> 20
+    router = lab.addr("home-rtr", "lan")
     if delay:  # 100 ms each way on home's cable: a TCP handshake from home to its router takes 200 ms more
         rtt = lab.rtt("home", router)
         grew = rtt - clean_rtt
@@ -210,7 +238,7 @@ def test_loss_and_delay(mesh: LabMesh, figures: Record, loss: bool, delay: bool)
                 "ms")  # fmt: skip
     drops = dropped(lab)
     start = time.monotonic()
-    # Under 5% loss and 200 ms RTT 8 MiB take longer than the agent's heartbeat timeout (10 s): the heartbeat's
+    # Under 5% loss and 200 ms RTT 8 MiB take longer than the agent's heartbeat timeout (4 s): the heartbeat's
     # answer waits behind tunnel data, and the connection must be kept because bytes keep arriving.
     got = roundtrip(ENTRANCE_PORT, data, netns=lab.ns("home"), timeout=120)
     impaired = time.monotonic() - start
@@ -223,15 +251,6 @@ def test_loss_and_delay(mesh: LabMesh, figures: Record, loss: bool, delay: bool)
         assert dropped(lab) > 0, "the loss rule dropped nothing: the fault was not applied"
     extra = f", {drops} packets dropped by the nft rule during it" if "nftables" in how else ""
     figures(f"{_label(loss, delay)}: {mib} MiB tunnel round trip (clean {clean:.2f} s{extra})", impaired, "s")
-
-    # The impairment ends: the mesh is at full speed again without anyone acting.
-    stats = restore()
-    if isinstance(stats, dict):  # the wire's counters for the whole impairment
-        lost, full = (sum(d[k] for d in stats.values()) for k in ("lost", "overflow"))
-        assert not loss or lost > 0, f"the wire dropped nothing: the loss was not applied ({stats})"
-        figures(f"{_label(loss, delay)}: frames through the wire (dropped at random: {lost}, queue full: {full})",
-                sum(d["passed"] for d in stats.values()), "frames")  # fmt: skip
-    time_until(mesh.healed, 30, "the mesh to work after the impairment ended")
 
 
 def _label(loss: bool, delay: bool) -> str:

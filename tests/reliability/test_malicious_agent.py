@@ -28,7 +28,7 @@ import pytest
 from e2eclient import layer_of, open_e2e
 from reliability.hubclient import HubClient
 from reliability.traffic import EchoServer, Record, Traffic, echoes, time_until
-from support import Agent, Hub, free_port, invite, split_hostport, start_hub_and_agents
+from support import Agent, Hub, free_port, invite, join_all, split_hostport, start_hub_and_agents
 from ztm import h2, pki
 from ztm.agent.tls import MeshFiles
 from ztm.e2e import E2EError
@@ -60,8 +60,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     exit_, friend, mallory = agents["exit"], agents["friend"], agents["mallory"]
     echo = EchoServer()
     try:
-        exit_.join(MESH, "exit", hub.permit)
-        friend.join(MESH, "friend", hub.permit)
+        join_all(MESH, [(exit_, "exit"), (friend, "friend")], hub.permit)
         permit = invite(exit_, mallory, "mallory", tmp / "mallory.json")
         mallory.join(MESH, "mallory", permit)
         port = free_port()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from support import Abort, Agent, free_port, start_hub_and_agents, wait_until
+from support import Abort, Agent, free_port, join_all, start_hub_and_agents, wait_until
 from ztm.config import AgentConfig
 from ztm.h2.connection import CREDIT_WARN
 
@@ -121,8 +121,7 @@ def tunnel(tmp_path: Path) -> Iterator[tuple[Agent, Agent, Target, int]]:
     extra = {"entrance": ("--credit-warn", f"{WARN:g}")}
     hub, agents = start_hub_and_agents(tmp_path, ("exit", "entrance"), agent_extra=extra)
     exit_, entrance = agents["exit"], agents["entrance"]
-    exit_.join(MESH, "exit", hub.permit)
-    entrance.join(MESH, "entrance", hub.permit)
+    join_all(MESH, [(exit_, "exit"), (entrance, "entrance")], hub.permit)
     target = Target()
     try:
         port = free_port()

@@ -17,7 +17,7 @@ from pathlib import Path
 from e2eclient import layer_of, open_e2e
 from reliability.traffic import EchoServer
 from security.test_e2e_hostile_hub import logged, metric
-from support import free_port, invite, start_agent, start_hub, tcp_connect, wait_until
+from support import free_port, invite, start_hub_and_agents, tcp_connect, wait_until
 from ztm import h2
 from ztm.agent.tls import MeshFiles
 from ztm.e2e import frames
@@ -40,8 +40,8 @@ def _echo(port: int, data: bytes) -> bytes:
 
 
 def test_bad_openings_are_refused_counted_and_logged_and_others_keep_working(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path)
-    alice, bob = start_agent(tmp_path, "alice"), start_agent(tmp_path, "bob")
+    hub, agents = start_hub_and_agents(tmp_path, ["alice", "bob"])
+    alice, bob = agents["alice"], agents["bob"]
     alice.join("m", "alice-pc", hub.permit)
     bob.join("m", "bob-pc", invite(alice, bob, "bob", tmp_path / "bob.json"))
     with EchoServer() as echo:

@@ -41,7 +41,7 @@ import pexpect
 import pytest
 
 import capture
-from support import ZTM, Agent, Hub, Proc, free_port, start_hub_and_agents, wait_until
+from support import ZTM, Agent, Hub, Proc, free_port, join_all, start_hub_and_agents, wait_until
 
 MESH = "m"
 TIMEOUT = 30.0
@@ -161,8 +161,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         procs += [hub.proc, home.proc, office.proc]
         cap = capture.Capture(hub.port, tmp / "capture")
         procs.append(cap.proc)
-        home.join(MESH, "home", hub.permit)
-        office.join(MESH, "office", hub.permit)
+        join_all(MESH, [(home, "home"), (office, "office")], hub.permit)
         wait_until(lambda: "office" in home.online_names(), TIMEOUT, "home to see office online")
         office.cli("terminal", "config", "--set-shell", "/bin/sh")
         office.cli("terminal", "enable")

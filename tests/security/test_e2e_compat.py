@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from reliability.hubclient import HubClient
-from support import Agent, invite, one_line_error, start_agent, start_hub, wait_until
+from support import Agent, invite, one_line_error, start_hub_and_agents, wait_until
 from ztm.version import E2E_SINCE
 
 
@@ -34,8 +34,8 @@ def _old_agent(agent: Agent, hub_address: str) -> HubClient:
 
 
 def test_old_and_new_agents_are_refused_with_the_release_to_upgrade_to(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path)
-    alice, bob = start_agent(tmp_path, "alice"), start_agent(tmp_path, "bob")
+    hub, agents = start_hub_and_agents(tmp_path, ["alice", "bob"])
+    alice, bob = agents["alice"], agents["bob"]
     alice.join("m", "alice-pc", hub.permit)
     bob.join("m", "bob-pc", invite(alice, bob, "bob", tmp_path / "bob.json"))
     echo = alice.cli("tunnel", "open", "outbound", "tcp/echo", "--targets", "127.0.0.1:9")

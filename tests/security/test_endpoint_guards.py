@@ -345,8 +345,8 @@ def test_gnu_sparse_member_is_refused(market: Market) -> None:
 
 
 def test_a_deny_rule_on_a_name_also_denies_its_addresses(tmp_path: Path) -> None:
-    hub = start_hub(tmp_path)
-    office, bob = start_agent(tmp_path, "office"), start_agent(tmp_path, "bob")
+    hub, agents = start_hub_and_agents(tmp_path, ["office", "bob"])
+    office, bob = agents["office"], agents["bob"]
     target = socket.create_server(("127.0.0.1", 0))
     try:
         office.join("m", "office", hub.permit)

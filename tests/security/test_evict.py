@@ -199,11 +199,9 @@ def test_a_connection_is_closed_when_its_certificate_expires(make_mesh: Make, tm
 # -------------------------------------------------------------------------------------------------------- item 2
 
 
-def test_an_endpoint_certificate_never_outlives_the_invitation(
-    make_hub: Make, make_agent: Make, tmp_path: Path
-) -> None:
-    hub = make_hub(extra=["--cert-ttl", str(3 * 86400)])
-    root, carol = make_agent("root"), make_agent("carol")
+def test_an_endpoint_certificate_never_outlives_the_invitation(make_mesh: Make, tmp_path: Path) -> None:
+    hub, agents = make_mesh(("root", "carol"), hub_extra=["--cert-ttl", str(3 * 86400)])
+    root, carol = agents["root"], agents["carol"]
     root.join(MESH, "alice", hub.permit)
     identity = tmp_path / "carol.pem"
     identity.write_text(carol.cli("identity").stdout)

@@ -23,7 +23,7 @@ import pytest
 from integration.test_proxy import socks_address, socks_open
 from integration.test_tunnel import Servers, agent_log, described, echo_roundtrip, open_inbound, open_outbound
 from reliability.traffic import EchoServer
-from support import Agent, Hub, Proc, free_port, invite, start_agent, start_hub, wait_until
+from support import Agent, Hub, Proc, free_port, invite, join_all, start_agent, start_hub, wait_until
 
 MESH = "m"
 RELAYED = "ztm_hub_relayed_bytes_total"
@@ -58,8 +58,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         alice = start_agent(tmp, "alice", extra=["--direct", f"127.0.0.1:{free_port()}"])
         home, bob = start_agent(tmp, "home"), start_agent(tmp, "bob")
         procs += [alice.proc, home.proc, bob.proc]
-        alice.join(MESH, "alice", hub.permit)
-        home.join(MESH, "home", hub.permit)
+        join_all(MESH, [(alice, "alice"), (home, "home")], hub.permit)
         bob.join(MESH, "bob", invite(home, bob, "bob", tmp / "bob.json"))
         alice.proc.wait_for_output(r"direct channels announced at 127\.0\.0\.1:", 20)
         alice.cli("proxy", "config", "--add-target", "127.0.0.1")

@@ -132,6 +132,8 @@ def test_unknown_command(run: Callable[..., Result]) -> None:
         (["run", "hub", "--listen", "nope:x"], "ztm run hub: argument --listen: port must be a number"),
         (["run", "hub", "--names", ""], "ztm run hub: argument --names: empty"),
         (["run", "hub", "--cert-ttl", "soon"], "argument --cert-ttl: expected seconds such as 30"),
+        (["run", "hub", "--heartbeat", "0.5"], "argument --heartbeat: 0.5 is out of range: give 1 to 300 seconds"),
+        (["run", "hub", "--heartbeat", "5m"], "argument --heartbeat: '5m' is not a number of seconds, e.g. 5"),
         (["run", "hub", "--wat"], "ztm run hub: unrecognized arguments: --wat; run 'ztm help run hub' for usage"),
         (["run", "agent", "--join", "m"], "--join, --join-as and --permit go together"),
         (["stop", "toaster"], "ztm stop: argument hub|agent|app: unknown kind 'toaster': expected hub, agent or app"),
@@ -381,6 +383,8 @@ def test_run_hub_builds_the_config(run: Callable[..., Result], fake_daemons: dic
         "50",
         "--cert-ttl",
         "2h",
+        "--heartbeat",
+        "2",
         "--admin",
         "9100",
     )
@@ -390,7 +394,7 @@ def test_run_hub_builds_the_config(run: Callable[..., Result], fake_daemons: dic
     assert cfg.names == (Address("1.2.3.4", 8888), Address("hub.example.com", 443), Address("::1", 8888))
     assert cfg.permit == tmp_path / "root.json"
     assert cfg.data == tmp_path / "state"
-    assert (cfg.max_agents, cfg.cert_ttl, cfg.admin) == (50, 7200.0, Address("127.0.0.1", 9100))
+    assert (cfg.max_agents, cfg.cert_ttl, cfg.heartbeat, cfg.admin) == (50, 7200.0, 2.0, Address("127.0.0.1", 9100))
 
 
 def test_run_hub_names_default_and_required(

@@ -193,6 +193,7 @@ def test_hub_argv_round_trips_through_the_cli(tmp_path: Path) -> None:
         data=tmp_path / "data dir",
         max_agents=5,
         cert_ttl=1234.5,
+        heartbeat=2.5,
         admin=Address("127.0.0.1", 9100),
         mesh_range="10.77.0.0/16",
     )

@@ -338,6 +338,9 @@ def seconds_within(low: float, high: float, example: str) -> Callable[[str], flo
 keepalive_type = seconds_within(1, 3600, "25")
 """`--p2p-keepalive SECONDS` (NAT routers forget idle TCP mappings after minutes to hours)."""
 
+heartbeat_type = seconds_within(1, 300, "5")
+"""`ztm run hub --heartbeat SECONDS`: the interval agents heartbeat at (an endpoint is offline after 3 missed)."""
+
 
 def birthday_type(text: str) -> int:
     """`--p2p-birthday K`: 0 (off) to `punchmsg.MAX_BIRTHDAY` sockets a side."""
@@ -482,6 +485,12 @@ def hub_options(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         type=seconds_type,
         help="lifetime of endpoint certificates, e.g. 86400 or 24h (default 24h; agents renew at half-life)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        metavar="SECONDS",
+        type=heartbeat_type,
+        help="interval agents heartbeat at, 1 to 300 (default 5); an endpoint is offline after 3 missed beats",
     )
     p.add_argument(
         "--admin", metavar="ADDR", type=address_type(default_host="127.0.0.1"), help="local admin/metrics address"

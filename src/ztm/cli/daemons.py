@@ -66,6 +66,8 @@ def hub_config(args: argparse.Namespace, *, service: bool = False) -> HubConfig:
         cfg = replace(cfg, max_endpoints_per_user=args.max_endpoints_per_user)
     if args.cert_ttl is not None:
         cfg = replace(cfg, cert_ttl=args.cert_ttl)
+    if args.heartbeat is not None:
+        cfg = replace(cfg, heartbeat=args.heartbeat)
     return cfg
 
 
