@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import gc
 import hashlib
 import itertools
@@ -266,6 +267,18 @@ def echo_roundtrip(port: int, data: bytes, timeout: float = 15.0, host: str = "1
         got = recv_all(sock)
         sent.result(timeout)
     return got
+
+
+def closed_without_answer(port: int, data: bytes, timeout: float = 15.0) -> bool:
+    """Whether a connection to the entrance at `port` that sends `data` is closed with nothing read back: an EOF, or
+    a reset that arrives while sending or reading (a refused stream closes the accepted socket at once, so the send
+    may meet a closed connection first: ENOTCONN, EPIPE, ECONNRESET)."""
+    try:
+        return echo_roundtrip(port, data, timeout) == b""
+    except OSError as exc:
+        if exc.errno in (errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET):
+            return True
+        raise  # refused at connect (nothing listens), a timeout: not what this asks
 
 
 def check_roundtrip(port: int, data: bytes, timeout: float = 15.0) -> bytes:
