@@ -182,6 +182,40 @@ def test_describe_mesh_says_where_names_are_answered(world: World) -> None:
     assert f"nameserver {w.ip['home']}" in text, text
 
 
+BY_NAME = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as c:
+    c.sendall(b"by name")
+    print(c.recv(1024).decode())
+"""
+"""From a program in home's namespace: a TCP exchange with argv[1]:argv[2], the name resolved by the system (libc)."""
+
+
+def test_programs_reach_endpoints_by_name_through_the_system_resolver(world: World) -> None:
+    """With the resolv.conf line `ztm describe mesh` gives (`ip netns exec` reads /etc/netns/NS/resolv.conf), plain
+    programs use the names: ping over IPv4 and IPv6, and a TCP connection, to office by `office.lan.ztm`."""
+    w = world
+    line = w.home.cli_json("describe", "mesh", MESH)["dns_resolv_conf"]
+    conf = Path("/etc/netns") / w.lab.ns("home") / "resolv.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(line + "\n")
+    echo = w.lab.popen("datacenter", [sys.executable, "-c", ECHO, str(ANY_PORT + 10), str(LOOPBACK_PORT + 10)],
+                       env=base_env(), name="echo-by-name@datacenter")  # fmt: skip
+    try:
+        echo.wait_for_output("ready", timeout=10)
+        for flag, addr in (("-4", w.ip["office"]), ("-6", w.ip6["office"])):
+            pinged = w.lab.exec("home", ["ping", flag, "-c", "1", "-W", "3", "office.lan.ztm"], check=False)
+            assert pinged.returncode == 0 and f"({addr})" in pinged.stdout, pinged.stdout + pinged.stderr
+        talked = w.lab.exec("home", [sys.executable, "-c", BY_NAME, "office.lan.ztm", str(ANY_PORT + 10)],
+                            check=False, env=base_env())  # fmt: skip
+        assert talked.stdout.strip() == f"{w.ip['office']} by name", talked.stdout + talked.stderr
+    finally:
+        echo.stop()
+        conf.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            conf.parent.rmdir()
+
+
 def test_a_port_stream_to_a_tun_endpoint_reaches_its_mesh_address_only(world: World) -> None:
     w = world
     echo = w.lab.popen("datacenter", [sys.executable, "-c", ECHO, str(ANY_PORT), str(LOOPBACK_PORT)],
