@@ -34,6 +34,8 @@ def session(apps: dict[str, Any]) -> MeshSession:
     s._starting = set()
     s._hello = False
     s._peers_stale = False
+    s._want_peers = False
+    s.peers_changed = []
     s.labels = []
     s.record = types.SimpleNamespace(name="m")  # type: ignore[assignment]
     s.gate = types.SimpleNamespace(policy=None, recheck=lambda: None)  # type: ignore[assignment]
