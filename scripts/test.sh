@@ -10,4 +10,7 @@ echo "== ruff"
 echo "== mypy --strict"
 .venv/bin/mypy
 echo "== pytest"
-exec .venv/bin/python -m pytest -p no:cacheprovider --durations=40 "$@"
+# Two workers, one test file each at a time (`--dist loadfile`: a module's shared lab, hub or browser stays in one
+# process, and files that share state run in order): most of the suite waits on real processes, sockets and timers,
+# so two workers on two cores take about half the time of one (bench/RESULTS.md, "The suite's time").
+exec .venv/bin/python -m pytest -p no:cacheprovider --durations=40 -n 2 --dist loadfile "$@"

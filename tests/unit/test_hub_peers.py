@@ -9,7 +9,6 @@ import collections
 import datetime as dt
 import json
 import socket
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,8 +20,9 @@ from ztm.errors import BadInput, Forbidden, Unavailable
 from ztm.hub.peers import HubPeers, Relayed, caller_from, caller_header
 from ztm.hub.store import EndpointRecord, HubInfo, UserRecord
 
-ALICE = EndpointRecord(id=str(uuid.uuid4()), name="laptop", user="alice")
-NEWCOMER = EndpointRecord(id=str(uuid.uuid4()), name="new", user="alice")
+ALICE = EndpointRecord(id="0d6bf554-5691-4861-b013-26925483e8f6", name="laptop", user="alice")
+"""Fixed ids: they name parametrized tests, which must be the same in every collecting process (pytest-xdist)."""
+NEWCOMER = EndpointRecord(id="99e37b16-b564-4c96-a445-68300bf5406d", name="new", user="alice")
 """In the store but not yet in the hub's memory (it joined at another hub a moment ago)."""
 
 
@@ -57,7 +57,11 @@ def test_an_endpoint_only_the_store_knows_yet_is_read_from_it() -> None:
         (json.dumps({"ep": "x", "name": "n", "user": "alice"}), BadInput, "endpoint id"),
         (json.dumps({"ep": ALICE.id, "name": "n", "user": "Bad User"}), BadInput, "user name"),
         (json.dumps({"ep": ALICE.id, "name": "laptop", "user": "root"}), Forbidden, "belongs to user 'alice'"),
-        (json.dumps({"ep": str(uuid.uuid4()), "name": "x", "user": "alice"}), Forbidden, "not an endpoint"),
+        (
+            json.dumps({"ep": "8f02a632-bacc-41df-975d-34a00e899a12", "name": "x", "user": "alice"}),
+            Forbidden,
+            "not an endpoint",
+        ),
     ],
 )
 def test_a_bad_or_false_caller_is_refused(value: str | None, error: type[Exception], words: str) -> None:
