@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from net_packets import A4, A6, B4, B6, addr, ext, frag6, icmp, ipv4, ipv6, tcp, udp
 
 from ztm.net.filter import REASONS, InboundFilter, detail_of
-from ztm.net.packet import F_NEEDS_CSUM, GSO_TCPV4, GSO_UDP_L4, NO_VNET, VnetHdr, pack_vnet, parse
+from ztm.net.packet import F_NEEDS_CSUM, GSO_TCPV4, GSO_UDP_L4, NO_VNET, PacketInfo, VnetHdr, pack_vnet, parse
 from ztm.net.table import PeerAddrs, RouteTable
 from ztm.policy import AppTarget, Place, Policy, Subject
 
@@ -74,6 +74,24 @@ def test_policy_ports_and_protocols() -> None:
     assert check("ep-carol", ipv4(addr("100.64.0.9"), A4, 6, b"\0" * 16, offset=9)) is None  # tcp:* covers it
     assert check("ep-carol", ipv4(addr("100.64.0.9"), A4, 17, udp(1, 5050))) == "policy"
     assert world.filter.counters == {"delivered": 4, "policy": 5}
+
+
+def test_a_refused_packet_passes_only_when_replies_says_it_answers_our_flow() -> None:
+    world = World()
+    asked: list[tuple[bytes, int | None, int | None]] = []
+
+    def replies(info: PacketInfo) -> bool:
+        asked.append((info.src, info.sport, info.dport))
+        return info.sport == 23 and info.dport == 40000
+
+    world.filter = InboundFilter(world.table, lambda: frozenset({A4, A6}), lambda: world.served, world.allow, replies)
+    check = world.filter.check
+    assert check("ep-bob", ipv4(B4, A4, 6, tcp(23, 40000))) is None  # the answer to our connection to bob's port 23
+    assert check("ep-bob", ipv4(B4, A4, 6, tcp(24, 40000))) == "policy"
+    assert check("ep-bob", ipv4(B4, A4, 6, tcp(40000, 22))) is None  # allowed: replies is not asked
+    assert check("ep-bob", ipv4(addr("100.64.0.9"), A4, 6, tcp(23, 40000))) == "spoofed-source"  # never reaches it
+    assert asked == [(B4, 23, 40000), (B4, 24, 40000)]
+    assert world.filter.counters == {"reply": 1, "policy": 1, "delivered": 1, "spoofed-source": 1}
 
 
 def test_spoofed_sources_are_dropped_before_the_policy() -> None:

@@ -64,7 +64,8 @@ class InboundFilter:
     """Checks a packet that arrived from peer ep_id (authenticated by the stream it came on) before it is written to
     the TUN: parse, source not spoofed (RouteTable.may_send_from), destination is one of our own addresses or (we are
     a router) inside one of our approved routes, then the policy (`allow`, memoised per (peer, detail) until
-    `forget()`), with counters by reason."""
+    `forget()`), with counters by reason. A packet the policy refuses still passes when `replies` says it answers
+    one of this endpoint's own flows (counted "reply"): the packet is parsed once for both."""
 
     def __init__(
         self,
@@ -72,11 +73,13 @@ class InboundFilter:
         own: Callable[[], frozenset[bytes]],
         served: Callable[[], Sequence[str]],
         allow: Allow,
+        replies: Callable[[PacketInfo], bool] | None = None,
     ) -> None:
         self.table = table
         self._own = own
         self._served = served
         self._allow = allow
+        self._replies = replies
         self.counters: collections.Counter[str] = collections.Counter()
         self._decided: dict[tuple[str, int, int | None, bytes], str | None] = {}
         self._served_key: tuple[str, ...] = ()
@@ -126,6 +129,9 @@ class InboundFilter:
                 decided.clear()
             decided[key] = why
         if why is not None:
+            if self._replies is not None and self._replies(info_of(fields)):
+                self.counters["reply"] += 1
+                return None
             self.counters["policy"] += 1
             return "policy"
         self.counters["delivered"] += 1

@@ -35,7 +35,7 @@ from ztm.apps.net.ports import PortService
 from ztm.apps.net.sender import SERVICE, PeerSender
 from ztm.errors import BadInput, ZtmError
 from ztm.net.filter import InboundFilter
-from ztm.net.packet import BadPacket, parse
+from ztm.net.packet import BadPacket, PacketInfo, parse
 from ztm.net.table import PeerAddrs, RouteTable
 
 log = logging.getLogger("ztm.agent.net")
@@ -78,7 +78,7 @@ class NetApp(MeshApp):
         """Port streams (`ztm.apps.net.ports`): takes the `port/...` streams, opens them for the tunnel and proxy."""
         self.device: tun_mod.TunDevice | None = None
         self.table = RouteTable()
-        self.filter = InboundFilter(self.table, self._own, self._served, self._allow)
+        self.filter = InboundFilter(self.table, self._own, self._served, self._allow, self._reply)
         self.senders: dict[str, PeerSender] = {}
         self.flows = Flows()
         """The flows this endpoint sent, whose replies pass the policy."""
@@ -357,9 +357,7 @@ class NetApp(MeshApp):
             self._policy_version = version
             self.filter.forget()
         reason = self.filter.check_frame(ep_id, frame)  # the vnet header must fit the packet, then `check`
-        if reason == "policy" and self.flows.answers(parse(memoryview(frame)[10:]), time.monotonic()):
-            counters["ip:replies"] += 1  # a reply to a flow this endpoint opened
-        elif reason is not None:
+        if reason is not None:
             counters[f"{reason}:dropped"] += 1
             return
         if not device.write(frame):
@@ -367,6 +365,13 @@ class NetApp(MeshApp):
             return
         counters["ip:packets_in"] += 1
         counters["ip:bytes_in"] += len(frame) - 10
+
+    def _reply(self, info: PacketInfo) -> bool:
+        """For the filter: whether a packet the policy refused answers a flow this endpoint opened (then it passes)."""
+        if self.flows.answers(info, time.monotonic()):
+            self.counters["ip:replies"] += 1
+            return True
+        return False
 
     def _own(self) -> frozenset[bytes]:
         return self._own_addrs
