@@ -284,26 +284,23 @@ def zone_type(text: str) -> str:
 zone_type.__name__ = "zone"
 
 
-def tun_name_type(text: str) -> str:
-    """`--tun-name PREFIX`: an interface name prefix (`ztm.apps.net.options.check_tun_name`)."""
-    try:
-        return check_tun_name(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def checked_type(check: Callable[[str], str], name: str) -> Callable[[str], str]:
+    """An argparse type from a checker that returns the value or raises ValueError with a one-line reason."""
+
+    def parse(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name
+    return parse
 
 
-tun_name_type.__name__ = "interface prefix"
-
-
-def dns_suffix_type(text: str) -> str:
-    """`--dns-suffix SUFFIX`: DNS labels joined by dots (`ztm.apps.net.options.check_dns_suffix`)."""
-    try:
-        return check_dns_suffix(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-dns_suffix_type.__name__ = "DNS suffix"
+tun_name_type = checked_type(check_tun_name, "interface prefix")
+"""`--tun-name PREFIX`: an interface name prefix (`ztm.apps.net.options.check_tun_name`)."""
+dns_suffix_type = checked_type(check_dns_suffix, "DNS suffix")
+"""`--dns-suffix SUFFIX`: DNS labels joined by dots (`ztm.apps.net.options.check_dns_suffix`)."""
 
 
 def mesh_range_type(text: str) -> str:
