@@ -10,14 +10,15 @@ of `--trials` trials:
    until it lists the exit online;
 2. t0 = the first tunnelled connection (connect, 1-byte echo, close): it goes through the hub and starts the
    ordinary punch, which times out (3 s: no simultaneous open meets a symmetric NAT's next mapping);
-3. new connections follow every 50 ms; after the 2 s backoff one of them starts the next punch, a birthday attempt;
+3. new connections follow every 50 ms; the ordinary punch's timeout starts the next punch at once, a birthday
+   attempt (before 2026-12-07's h-punch branch: after the 2 s backoff, started by one of the new connections);
    t1 = the start of the first connection counted direct by the entrance's inbound (`ztm tunnel describe`), and
    the successful birthday attempt's own time from the agent's log ("punched ... in N ms (birthday)");
 4. reads the entrance's `punch_birthday_attempts` / `_successes` and both agents' peak open descriptors (sampled
    every 10 ms from /proc/PID/fd while the trial runs).
 
 Reported per K: birthday attempts and successes (the success rate per attempt, against 1 - exp(-K*K/64,512)), the
-time to direct t1 - t0 (p50, p90, min, max: it includes the ordinary punch's 3 s and the 2 s backoff), and the peak
+time to direct t1 - t0 (p50, p90, min, max: it includes the ordinary punch's 3 s), and the peak
 descriptors of each agent.
 
 Run:  sudo .venv/bin/python -m bench.p2p_birthday [--k 256 512] [--trials 20] [--keep]

@@ -31,9 +31,10 @@ the relay until a punched channel is pooled. Punched channels are kept idle much
 keepalives holding the NAT mappings, since a new one costs a punch; each channel has a `kind` (the stream's path):
 `direct` (dialled listener), `lan` (punched, same NAT, LAN address) or `punched` (through the routers' mappings).
 
-After an ordinary punch to a peer timed out, the next one (after the backoff) asks for a birthday attempt
-(`punchmsg.Birthday`, `--p2p-birthday K`): both sides add a burst of 2 K sockets aimed only at the other's
-hub-attested address, within this agent's budget; the channel that comes up is the same as any punched one.
+After an ordinary punch to a peer timed out, the next one asks for a birthday attempt (`punchmsg.Birthday`,
+`--p2p-birthday K`) and starts at once, without the backoff, if this agent's budget allows one now (else after the
+backoff, as any failure): both sides add a burst of 2 K sockets aimed only at the other's hub-attested address,
+within each agent's budget; the channel that comes up is the same as any punched one.
 """
 
 from __future__ import annotations
@@ -516,9 +517,12 @@ class MeshDirect:
                 if punching and not PUNCH_PACE.allow(f"{self.session.record.mesh_id}/{ep_id}"):
                     self.counters["punch_paced"] += 1  # the exit takes so many a minute: the next refill punches
                     return
+                ordinary = ep_id not in self._birthday_next
                 try:
                     proto, _peer = await self._dial(ep_id, address)
                 except DirectUnreachable as exc:
+                    if ordinary and self._birthday_now(ep_id):
+                        continue  # an ordinary punch timed out: the birthday attempt at once, not after the backoff
                     if any(p.usable for p in pool):  # channels left: no reason to keep new connections off them
                         log.info("mesh %s: refilling the direct pool to %s failed (%s)", self.session.name, ep_id, exc)
                     else:
@@ -530,6 +534,13 @@ class MeshDirect:
                 pool.append(proto)
         finally:
             self._refilling.discard(ep_id)
+
+    def _birthday_now(self, ep_id: str) -> bool:
+        """Whether the punch to `ep_id` that just failed was an ordinary one that timed out and the next may be a
+        birthday attempt now (within this agent's budget): then it starts at once rather than after the backoff,
+        once (a birthday attempt that fails, or is refused, backs off as any failure)."""
+        pair = f"{self.session.record.mesh_id}/{ep_id}"
+        return ep_id in self._birthday_next and self.birthday.refusal(pair) is None
 
     async def _dial(self, ep_id: str, address: str | None) -> tuple[DirectConn, PeerCert]:
         """A new channel to `ep_id`: its listener if it has one that did not fail lately, else (or if that fails)
