@@ -42,7 +42,16 @@ Measured in ONE run, in `--rounds` interleaved rounds (the order of the paths ro
    direct is read from the inbound's `direct` count, and the punched row counts only the rounds where they did
    (the others are counted and shown: a target of their own).
 
+Same-run baseline, `--baseline-rev REV` (bench/baseline.py, as bench/tunnel.py's): REV's `src/` is exported and a
+second punched pair (`home-base` and `work-base`, the same hosts, agent API port 7779) runs it, with the same tunnels
+(`echo-b`, `sink-b`): the path `ztm-punched@base`, measured right after `ztm-punched` in even rounds and right
+before it in odd ones; the tables then add the median of the rounds' ratios current/baseline (throughput, RTT p50,
+CPU per round trip, CPU per GiB). Either pair's rounds count only where its connections went direct.
+
+CPU per GiB: the CPU seconds (utime + stime, /proc) of each path's own processes over its transfer, per GiB moved.
+
 Run:  sudo .venv/bin/python -m bench.p2p [--rounds 6] [--direct-per-round 2] [--bulk 256] [--rtts 2000] [--keep]
+                                         [--baseline-rev REV]
 """
 
 from __future__ import annotations
@@ -65,6 +74,14 @@ if not __package__:  # run as a file (python bench/NAME.py): make the `bench` pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import support  # tests/support.py: hub and agent processes in a namespace
+from bench.baseline import (
+    BaselineError,
+    RoundRatios,
+    check_imports_from,
+    export_revision,
+    resolve_revision,
+    round_order,
+)
 from bench.common import (
     PYTHON,
     Spy,
@@ -92,9 +109,15 @@ HOME_PORTS = {
     "stunnel4": (9301, 9302),
     "ztm-punched": (9401, 9402),
     "ztm-relay": (9501, 9502),
+    "ztm-punched@base": (9601, 9602),
 }
 """(echo, sink) on 127.0.0.1 at `home`: stunnel4's client, the punched pair's inbounds, the relay pair's inbounds."""
 PATHS = ("raw", "stunnel4", "ztm-punched", "ztm-relay")
+BASE = "ztm-punched@base"
+"""The punched path of the `--baseline-rev` pair."""
+ALL_PATHS = (*PATHS, BASE)
+PUNCHED = ("ztm-punched", BASE)
+REPO = Path(__file__).resolve().parents[1]
 CONTROL_BYTES = 4096
 """What the hub may relay during a punched transfer: the end-to-end calls of the entrance's pool refills (a punch
 offer and its answer, a few hundred bytes each; counted in `punches_during`), not the transfer's bytes (the
@@ -139,21 +162,23 @@ def agent_metric(agent: support.Agent, name: str) -> float:
 
 @dataclass
 class Results:
-    mbps: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
-    rtt50: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
-    rtt99: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
+    mbps: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in ALL_PATHS})
+    rtt50: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in ALL_PATHS})
+    rtt99: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in ALL_PATHS})
     direct_first: list[float] = field(default_factory=list)
     punch_seen: list[float] = field(default_factory=list)
     punch_logged: list[float] = field(default_factory=list)
     relayed_by_hub: dict[str, list[float]] = field(default_factory=lambda: {"ztm-punched": [], "ztm-relay": []})
-    cpu_per_rtt: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
+    cpu_per_rtt: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in ALL_PATHS})
     """CPU µs per round trip of the path's own processes (stunnel4's two; the agents, and the hub on the relay)."""
-    sys_share: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
+    sys_share: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in ALL_PATHS})
     """The kernel's share (stime) of that CPU."""
     punches_during: list[int] = field(default_factory=list)
     settle: list[tuple[float, int]] = field(default_factory=list)
-    direct_round: list[tuple[bool, bool]] = field(default_factory=list)
-    """Per round: did the punched path's transfer, and its ping-pong connection, go direct (or through the hub)?"""
+    direct_round: dict[str, list[tuple[bool, bool]]] = field(default_factory=lambda: {p: [] for p in PUNCHED})
+    """Per punched path and round: did its transfer, and its ping-pong connection, go direct (or through the hub)?"""
+    cpu_per_gib: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in ALL_PATHS})
+    """CPU seconds of the path's own processes per GiB of the transfer."""
     """Before each punched transfer: seconds and relayed probe connections until a new connection went direct."""
     """Punches the entrance started during each punched transfer (refills of its channel pool: one end-to-end call
     each, relayed by the hub: its bytes are control traffic, not the transfer's)."""
@@ -219,10 +244,24 @@ class Bench:
         relay_in = self.agent("home", 7778, "home-relay", "--no-p2p")
         relay_out = self.agent("workplace", 7778, "work-relay", "--no-p2p")
         self.relay_agents = (relay_in, relay_out)
-        for agent, tag in ((exit_agent, "p"), (relay_out, "r")):
+        self.pairs: dict[str, tuple[support.Agent, support.Agent, str]] = {
+            "ztm-punched": (self.entrance, exit_agent, "p")
+        }
+        self.paths = PATHS
+        if args.base_src is not None:
+            env = {"PYTHONPATH": str(args.base_src)}
+            base_in = self.agent("home", 7779, "home-base", env=env)
+            base_out = self.agent("workplace", 7779, "work-base", env=env)
+            self.pairs[BASE] = (base_in, base_out, "b")
+            self.paths = ("raw", "stunnel4", "ztm-punched", BASE, "ztm-relay")
+        outs = [(exit_agent, "p"), (relay_out, "r")] + ([(self.pairs[BASE][1], "b")] if BASE in self.pairs else [])
+        for agent, tag in outs:
             agent.cli("tunnel", "open", "outbound", f"tcp/echo-{tag}", "--targets", f"127.0.0.1:{ECHO}")
             agent.cli("tunnel", "open", "outbound", f"tcp/sink-{tag}", "--targets", f"127.0.0.1:{SINK}")
-        for agent, tag, path in ((self.entrance, "p", "ztm-punched"), (relay_in, "r", "ztm-relay")):
+        ins = [(self.entrance, "p", "ztm-punched"), (relay_in, "r", "ztm-relay")]
+        if BASE in self.pairs:
+            ins.append((self.pairs[BASE][0], "b", BASE))
+        for agent, tag, path in ins:
             echo, sink = HOME_PORTS[path]
             agent.cli("tunnel", "open", "inbound", f"tcp/echo-{tag}", "--listen", f"127.0.0.1:{echo}")
             agent.cli("tunnel", "open", "inbound", f"tcp/sink-{tag}", "--listen", f"127.0.0.1:{sink}")
@@ -230,11 +269,13 @@ class Bench:
         self.targets: dict[str, tuple[str, int, int]] = {"raw": (router, ECHO, SINK)}
         for path, (echo, sink) in HOME_PORTS.items():
             self.targets[path] = ("127.0.0.1", echo, sink)
-        for path in PATHS:
+        for path in self.paths:
             support.wait_until(lambda p=path: self.probe(p), 30, f"an echo on {path}")  # type: ignore[misc]
 
-    def agent(self, host: str, port: int, name: str | None = None, *extra: str) -> support.Agent:
-        agent = support.start_agent(self.ws.dir, name or host, netns=self.lab.ns(host), port=port, extra=extra)
+    def agent(
+        self, host: str, port: int, name: str | None = None, *extra: str, env: dict[str, str] | None = None
+    ) -> support.Agent:
+        agent = support.start_agent(self.ws.dir, name or host, netns=self.lab.ns(host), port=port, extra=extra, env=env)
         agent.join(MESH, name or host, self.hub.permit)
         return agent
 
@@ -254,8 +295,10 @@ class Bench:
         """connect + 1-byte echo through `path` (bench/tunnel.py's `connect_cycle`), seconds."""
         return connect_cycle(0, connect=self.connector(path, 0))
 
-    def direct(self) -> int:
-        status, view = self.entrance.api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/echo-p")
+    def direct(self, path: str = "ztm-punched", role: str = "echo") -> int:
+        """The `direct` count of the punched pair's `role` inbound (`ztm tunnel describe`)."""
+        entrance, _exit, tag = self.pairs[path]
+        status, view = entrance.api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/{role}-{tag}")
         return int(view.get("direct", 0)) if status == 200 and isinstance(view, dict) else 0
 
     # 1. time to direct
@@ -298,42 +341,48 @@ class Bench:
 
     # 2 and 3. the paths
 
-    def settle(self) -> None:
+    def settle(self, path: str) -> None:
         """Wait until the direct path is up: SETTLED probe connections in a row go direct and start no refill punch.
         After the restarts, a refill punch refused by the exit's rate limit (4 per peer in 10 s) puts the peer in
         the entrance's backoff, and new connections then go through the hub for 2 s or more even with punched
         channels in the pool (bench/RESULTS.md, issue 15)."""
+        entrance = self.pairs[path][0]
         start, probes, streak = time.perf_counter(), 0, 0
         while streak < SETTLED:
-            before, punches = self.direct(), agent_metric(self.entrance, "punch_attempts")
-            self.cycle("ztm-punched")
-            went_direct = self.direct() > before
-            quiet = agent_metric(self.entrance, "punch_attempts") == punches  # no refill started by this probe
+            before, punches = self.direct(path), agent_metric(entrance, "punch_attempts")
+            self.cycle(path)
+            went_direct = self.direct(path) > before
+            quiet = agent_metric(entrance, "punch_attempts") == punches  # no refill started by this probe
             streak = streak + 1 if went_direct and quiet else 0
             probes += not went_direct
             if time.perf_counter() - start > self.args.give_up:
                 raise TimeoutError(f"no new connection went direct within {self.args.give_up:g}s")
             time.sleep(0.05)  # a probe every 50 ms: this waits for the entrance's backoff to end
-        self.res.settle.append((time.perf_counter() - start, int(probes)))
+        if path == "ztm-punched":
+            self.res.settle.append((time.perf_counter() - start, int(probes)))
 
     def measure(self, path: str) -> None:
-        if path == "ztm-punched":
-            self.settle()
+        punched = path in self.pairs
+        if punched:
+            self.settle(path)
         relayed = hub_metric(self.lab, "ztm_hub_relayed_bytes_total")
-        direct = self.direct_sink() if path == "ztm-punched" else 0
+        direct = self.direct(path, "sink") if punched else 0
         punches = agent_metric(self.entrance, "punch_attempts")
         nbytes = self.args.bulk * MiB
+        pids = self.path_pids(path)
+        cpu = sum(cpu_seconds(pid) for pid in pids)
         seconds, error = sink_transfer(0, nbytes, timeout=60.0, connect=self.connector(path, 1))
         if error:
             raise RuntimeError(f"{path}: the transfer to the sink failed: {error}")
+        self.res.cpu_per_gib[path].append((sum(cpu_seconds(pid) for pid in pids) - cpu) * (1 << 30) / nbytes)
         self.res.mbps[path].append(nbytes / seconds / 1e6)
         if path in self.res.relayed_by_hub:
             self.res.relayed_by_hub[path].append(hub_metric(self.lab, "ztm_hub_relayed_bytes_total") - relayed)
         if path == "ztm-punched":
             self.res.punches_during.append(int(agent_metric(self.entrance, "punch_attempts") - punches))
-            sink_direct = self.direct_sink() > direct
-            echo_before = self.direct()
-        pids = self.path_pids(path)
+        if punched:
+            sink_direct = self.direct(path, "sink") > direct
+            echo_before = self.direct(path)
         cpu, kernel = sum(cpu_seconds(pid) for pid in pids), sum(sys_seconds(pid) for pid in pids)
         rtts = pingpong(0, self.args.rtts, 200, connect=self.connector(path, 0))
         cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
@@ -342,48 +391,62 @@ class Bench:
             self.res.sys_share[path].append((sum(sys_seconds(pid) for pid in pids) - kernel) / cpu if cpu else 0.0)
         self.res.rtt50[path].append(percentile(rtts, 50))
         self.res.rtt99[path].append(percentile(rtts, 99))
-        if path == "ztm-punched":
-            self.res.direct_round.append((sink_direct, self.direct() > echo_before))
+        if punched:
+            self.res.direct_round[path].append((sink_direct, self.direct(path) > echo_before))
 
     def path_pids(self, path: str) -> list[int]:
         """The processes a path goes through besides client and server."""
         if path == "stunnel4":
             return [p.pid for p in self.stunnel]
-        if path == "ztm-punched":
-            return [self.entrance.proc.pid, self.exit.proc.pid]
+        if path in self.pairs:
+            return [agent.proc.pid for agent in self.pairs[path][:2]]
         if path == "ztm-relay":
             return [self.relay_agents[0].proc.pid, self.hub.proc.pid, self.relay_agents[1].proc.pid]
         return []
 
     def profile(self) -> None:
-        """py-spy on the punched pair's two agents during a ping-pong and a transfer on the punched path."""
-        spies = {name: Spy(agent.proc.pid, self.ws.dir / f"spy-{name}.txt") for name, agent in
-                 (("entrance", self.entrance), ("exit", self.exit))}  # fmt: skip
-        pingpong(0, 5 * self.args.rtts, 200, connect=self.connector("ztm-punched", 0))
-        for spy in spies.values():
-            spy.stop()
-        for name, spy in spies.items():
-            print(f"\npy-spy of the {name} agent during {5 * self.args.rtts} round trips on the punched path")
-            print(spy.summary())
-
-    def direct_sink(self) -> int:
-        status, view = self.entrance.api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/sink-p")
-        return int(view.get("direct", 0)) if status == 200 and isinstance(view, dict) else 0
+        """py-spy on the punched pair's two agents during a ping-pong, then during transfers, on the punched path."""
+        for what, run in (
+            (f"{5 * self.args.rtts} round trips", lambda: pingpong(0, 5 * self.args.rtts, 200,
+                                                                   connect=self.connector("ztm-punched", 0))),
+            (f"4 x {self.args.bulk} MiB to the sink", lambda: [
+                sink_transfer(0, self.args.bulk * MiB, timeout=60.0, connect=self.connector("ztm-punched", 1))
+                for _ in range(4)]),
+        ):  # fmt: skip
+            spies = {name: Spy(agent.proc.pid, self.ws.dir / f"spy-{name}-{what.split()[-1]}.txt") for name, agent in
+                     (("entrance", self.entrance), ("exit", self.exit))}  # fmt: skip
+            run()
+            for spy in spies.values():
+                spy.stop()
+            for name, spy in spies.items():
+                print(f"\npy-spy of the {name} agent during {what} on the punched path")
+                print(spy.summary())
 
     # report
 
     def report(self) -> bool:
         res, a = self.res, self.args
 
-        # The punched path's figures count only the rounds where its connection really went direct.
-        sink_ok = [sink for sink, _echo in res.direct_round]
-        echo_ok = [echo for _sink, echo in res.direct_round]
+        # A punched path's figures count only the rounds where its connections really went direct.
+        oks = {path: [sink for sink, _echo in res.direct_round[path]] for path in PUNCHED}
+        echo_oks = {path: [echo for _sink, echo in res.direct_round[path]] for path in PUNCHED}
+        sink_ok, echo_ok = oks["ztm-punched"], echo_oks["ztm-punched"]
 
         def rounds(path: str, mask: list[bool]) -> list[int]:
-            return [i for i in range(len(mask)) if mask[i] or path != "ztm-punched"]
+            """The rounds counted for `path` (`mask`: which of the punched path's went direct)."""
+            own = (oks if mask is sink_ok else echo_oks).get(path)
+            return [i for i in range(len(res.mbps[path])) if own is None or own[i]]
 
         def pick(values: dict[str, list[float]], path: str, mask: list[bool]) -> list[float]:
             return [values[path][i] for i in rounds(path, mask)]
+
+        def versus_base(values: dict[str, list[float]], mask: list[bool]) -> RoundRatios:
+            """Per round where both punched paths went direct: current / baseline."""
+            ratios = RoundRatios()
+            both = set(rounds("ztm-punched", mask)) & set(rounds(BASE, mask))
+            for i in sorted(both):
+                ratios.add(values["ztm-punched"][i], values[BASE][i])
+            return ratios
 
         def spread(values: list[float], scale: float, fmt: str) -> str:
             if not values:
@@ -411,7 +474,7 @@ class Bench:
         print(f"ztm-punched: the transfer went direct in {sum(sink_ok)} of {len(sink_ok)} rounds, the ping-pong in "
               f"{sum(echo_ok)}; only those rounds count on its row")  # fmt: skip
         rows = []
-        for path in PATHS:
+        for path in self.paths:
             rows.append([
                 path, spread(pick(res.mbps, path, sink_ok), 1, ".0f"), f"{ratio(res.mbps, path, sink_ok):.2f}",
                 spread(pick(res.rtt50, path, echo_ok), 1e6, ".0f"), f"{ratio(res.rtt50, path, echo_ok):.2f}",
@@ -426,9 +489,24 @@ class Bench:
         rows = [
             [p, spread(pick(res.cpu_per_rtt, p, echo_ok), 1e6, ".0f"), f"{ratio(res.cpu_per_rtt, p, echo_ok):.2f}",
              spread([res.sys_share[p][i] for i in rounds(p, echo_ok)], 100, ".0f")]
-            for p in PATHS[1:]
+            for p in self.paths[1:]
         ]  # fmt: skip
         print(table(["path", "CPU µs per round trip", "x stunnel4", "of it in the kernel, % (spread)"], rows))
+        print("\nCPU seconds per GiB of the transfer, the path's processes as above, median of the rounds (spread)")
+        rows = [
+            [p, spread(pick(res.cpu_per_gib, p, sink_ok), 1, ".2f"), f"{ratio(res.cpu_per_gib, p, sink_ok):.2f}"]
+            for p in self.paths[1:]
+        ]
+        print(table(["path", "CPU-s per GiB", "x stunnel4"], rows))
+        if BASE in self.pairs:
+            print(f"\nztm-punched against {BASE} ({self.args.baseline_rev}), median of the rounds' ratios (spread)")
+            print(table(["measure", "x baseline"], [
+                ["1 stream MB/s", versus_base(res.mbps, sink_ok).text()],
+                ["CPU-s per GiB", versus_base(res.cpu_per_gib, sink_ok).text()],
+                ["RTT p50", versus_base(res.rtt50, echo_ok).text()],
+                ["RTT p99", versus_base(res.rtt99, echo_ok).text()],
+                ["CPU per round trip", versus_base(res.cpu_per_rtt, echo_ok).text()],
+            ]))  # fmt: skip
         print("\n3. the hub's ztm_hub_relayed_bytes_total, delta over each transfer")
         punched = res.relayed_by_hub["ztm-punched"]
         direct_deltas = [punched[i] for i in range(len(punched)) if sink_ok[i]]
@@ -471,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--give-up", type=float, default=30.0, help="seconds a time-to-direct sample may take")
     parser.add_argument("--py-spy", action="store_true", help="profile the punched pair's agents after the rounds")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) at the end")
+    parser.add_argument("--baseline-rev", metavar="REV", help="also run REV's punched pair, interleaved (A/B)")
     args = parser.parse_args(argv)
+    args.base_src = None
     reason = unavailable_reason()
     if reason:
         parser.error(reason)
@@ -486,12 +566,23 @@ def main(argv: list[str] | None = None) -> int:
     print(tree_facts())
     started = time.perf_counter()
     with Lab() as lab, Workspace("p2p", keep=args.keep) as ws:
+        if args.baseline_rev:
+            try:
+                commit = resolve_revision(REPO, args.baseline_rev)
+                args.base_src = export_revision(REPO, commit, ws.dir / "baseline")
+                check_imports_from(PYTHON, args.base_src, support.base_env({"PYTHONPATH": str(args.base_src)}))
+            except BaselineError as exc:
+                parser.error(str(exc))
+            print(f"baseline: {args.baseline_rev} = {commit[:12]}, exported to {args.base_src}")
         bench = Bench(args, lab, ws)
         for r in range(args.rounds):
             for _ in range(args.direct_per_round):
                 bench.time_to_direct()
-            order = PATHS[r % len(PATHS) :] + PATHS[: r % len(PATHS)]
-            for path in order:
+            paths = [p for p in bench.paths if p != BASE]
+            order = paths[r % len(paths) :] + paths[: r % len(paths)]
+            if BASE in bench.pairs:  # right after its current path, which round_order swaps in odd rounds
+                order.insert(order.index("ztm-punched") + 1, BASE)
+            for path in round_order(order, r):
                 bench.measure(path)
             print(f"[{time.strftime('%H:%M:%S')}] round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         if args.py_spy:
