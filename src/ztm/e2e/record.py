@@ -40,6 +40,7 @@ _RECORD = frames.RECORD
 _MIN_FRAME = 4 + frames.MIN_RECORD_BODY
 _MAX_FRAME = 4 + frames.MAX_RECORD_BODY
 _SMALL = 1024  # below this many bytes of input, `feed` slices bytes instead of making a memoryview
+_BATCH_MIN = 4096  # up to this many bytes, `seal_batch` is one `seal` (fewer steps in Python for a small message)
 _RECORD_TYPE = frames.RECORD << 24
 _MAX_PAYLOAD = frames.MAX_PAYLOAD
 _MIN_BODY = frames.MIN_RECORD_BODY
@@ -117,6 +118,39 @@ class Channel:
         view = memoryview(data)
         return b"".join(self.seal(DATA, view[i : i + _MAX_PAYLOAD]) for i in range(0, len(view), _MAX_PAYLOAD))
 
+    def seal_batch(self, data: bytes | bytearray | memoryview, step: int) -> bytes | memoryview:
+        """DATA records of `step` bytes of payload each (the last one shorter) carrying `data`, sealed into one
+        buffer (read-only): the same bytes as `seal` per record and a join, without copying each record into the
+        join (AES-GCM writes each record's ciphertext in place, `encrypt_into`): on a bulk stream, 2 of the 4 copies
+        per record. A small `data` (one record of up to `_BATCH_MIN` bytes: an interactive message) is one `seal`."""
+        n = len(data)
+        step = min(step, _MAX_PAYLOAD)
+        if n <= _BATCH_MIN and n <= step:
+            return self.seal(DATA, data)
+        count = max(1, -(-n // step))
+        view = memoryview(data)
+        ctr = self._send_ctr
+        if ctr + count > self._limit:  # a key update falls in the batch: the general way
+            return b"".join(self.seal(DATA, view[i : i + step]) for i in range(0, n, step))
+        out = bytearray(n + count * OVERHEAD)
+        into = memoryview(out)
+        plain = bytearray(1 + min(step, n))  # the inner type (DATA = 0), then the payload
+        inner = memoryview(plain)
+        encrypt_into = self._send_aead.encrypt_into
+        pos = 0
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            header = (_RECORD_TYPE | (m + 17)).to_bytes(4, "big")
+            into[pos : pos + 4] = header
+            inner[1 : 1 + m] = view[start : start + m]
+            end = pos + 4 + m + 17
+            encrypt_into(ctr.to_bytes(12, "big"), inner[: 1 + m], header, into[pos + 4 : end])
+            ctr += 1
+            pos = end
+        self._send_ctr = ctr
+        self.records_sent += count
+        return into.toreadonly()
+
     def _seal_key_update(self) -> bytes:
         header = (_RECORD_TYPE | 17).to_bytes(4, "big")
         frame = header + self._send_aead.encrypt(self._send_ctr.to_bytes(12, "big"), _INNER[KEY_UPDATE], header)
@@ -159,6 +193,12 @@ class Channel:
             raise E2EError(self._failed.reason, self._failed.message)
         buf = self._buf
         if buf:
+            rest = self._complete(buf, data)
+            if rest is not None:  # the buffered record is whole now: open it, then the rest without copying it
+                record = bytes(buf)
+                buf.clear()
+                opened = self._feed(record, None)
+                return opened + self._feed(rest, None) if len(rest) else opened
             buf += data
             data = bytes(buf)
             buf.clear()
@@ -202,6 +242,25 @@ class Channel:
             buf += view[pos:]
         self._fast = not buf and not self._ended
         return out
+
+    @staticmethod
+    def _complete(buf: bytearray, data: bytes | bytearray | memoryview) -> memoryview | None:
+        """When `buf` starts a record (its header is whole, or `data` completes it) that `data` completes: move
+        the bytes it lacks from `data` into `buf` and return what follows them in `data`; else None (and `buf` is
+        unchanged). So a record split across two reads costs a copy of that record, not of both reads."""
+        head = bytes(buf[:4]) if len(buf) >= 4 else bytes(buf) + bytes(data[: 4 - len(buf)])
+        if len(head) < 4:
+            return None
+        word = int.from_bytes(head, "big")
+        length = word & 0xFFFFFF
+        if word >> 24 != _RECORD or length < _MIN_BODY or length > _MAX_BODY:
+            return None  # not a record (an ERROR frame...): the general way says what it is
+        need = 4 + length - len(buf)
+        if need > len(data):
+            return None
+        view = memoryview(data)
+        buf += view[:need]
+        return view[need:]
 
     def _open(self, ctr: int, frame: memoryview) -> bytes:
         try:
