@@ -403,7 +403,7 @@ class E2EStream:
         offset = min(len(data), full * step + max(0, part - OVERHEAD))
         if offset <= 0:
             return 0
-        out = self._channel.seal_batch(memoryview(data)[:offset], step)
+        out = self._channel.seal_batch(data if offset == len(data) else memoryview(data)[:offset], step)
         sent = outer.write_nowait(out)
         if sent < len(out):  # pragma: no cover - send_capacity said it fits
             self._spill(out[sent:])

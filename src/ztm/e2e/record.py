@@ -193,12 +193,17 @@ class Channel:
             raise E2EError(self._failed.reason, self._failed.message)
         buf = self._buf
         if buf:
-            rest = self._complete(buf, data)
-            if rest is not None:  # the buffered record is whole now: open it, then the rest without copying it
+            need = self._missing(buf, data)
+            if need > len(data):  # the buffered record is still not whole: keep the bytes, nothing to open
+                buf += data
+                return []
+            if need >= 0:  # it is whole now: open it, then the rest of `data` without copying it
+                view = memoryview(data)
+                buf += view[:need]
                 record = bytes(buf)
                 buf.clear()
                 opened = self._feed(record, None)
-                return opened + self._feed(rest, None) if len(rest) else opened
+                return opened + self._feed(view[need:], None) if need < len(data) else opened
             buf += data
             data = bytes(buf)
             buf.clear()
@@ -244,23 +249,18 @@ class Channel:
         return out
 
     @staticmethod
-    def _complete(buf: bytearray, data: bytes | bytearray | memoryview) -> memoryview | None:
-        """When `buf` starts a record (its header is whole, or `data` completes it) that `data` completes: move
-        the bytes it lacks from `data` into `buf` and return what follows them in `data`; else None (and `buf` is
-        unchanged). So a record split across two reads costs a copy of that record, not of both reads."""
+    def _missing(buf: bytearray, data: bytes | bytearray | memoryview) -> int:
+        """The bytes the record that `buf` starts still lacks (its header whole in `buf`, or with the head of
+        `data`), or -1 when that is not known here (no whole header, or not a record: an ERROR frame...; the general
+        way says what it is). So a record split across reads costs one copy of that record, not of every read."""
         head = bytes(buf[:4]) if len(buf) >= 4 else bytes(buf) + bytes(data[: 4 - len(buf)])
         if len(head) < 4:
-            return None
+            return -1
         word = int.from_bytes(head, "big")
         length = word & 0xFFFFFF
         if word >> 24 != _RECORD or length < _MIN_BODY or length > _MAX_BODY:
-            return None  # not a record (an ERROR frame...): the general way says what it is
-        need = 4 + length - len(buf)
-        if need > len(data):
-            return None
-        view = memoryview(data)
-        buf += view[:need]
-        return view[need:]
+            return -1
+        return 4 + length - len(buf)
 
     def _open(self, ctr: int, frame: memoryview) -> bytes:
         try:
