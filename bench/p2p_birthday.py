@@ -21,7 +21,9 @@ Reported per K: birthday attempts and successes (the success rate per attempt, a
 time to direct t1 - t0 (p50, p90, min, max: it includes the ordinary punch's 3 s), and the peak
 descriptors of each agent.
 
-Run:  sudo .venv/bin/python -m bench.p2p_birthday [--k 256 512] [--trials 20] [--keep]
+`--reverse` swaps the roles: `sym` is the entrance (the symmetric side starts the punch) and `home` the exit.
+
+Run:  sudo .venv/bin/python -m bench.p2p_birthday [--k 256 512] [--trials 20] [--keep] [--reverse]
 """
 
 from __future__ import annotations
@@ -88,29 +90,31 @@ class FdPeak:
 
 
 def inbound_direct(agent: support.Agent) -> int:
-    status, view = agent.api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/echo-sym")
+    status, view = agent.api("GET", f"/api/meshes/{MESH}/apps/tunnel/inbound/tcp/echo")
     return int(view.get("direct", 0)) if status == 200 and isinstance(view, dict) else 0
 
 
-def start_agents(lab: Lab, tmp: Path, hub: support.Hub, k: int) -> dict[str, support.Agent]:
+def start_agents(lab: Lab, tmp: Path, hub: support.Hub, k: int, roles: tuple[str, str]) -> dict[str, support.Agent]:
+    """An agent at each site; the echo service offered at `roles[1]` (the exit), its inbound at `roles[0]`."""
     extra = ["--p2p-birthday", str(k), "--p2p-birthday-every", "1"]
     agents = {}
     for host in SITES:
         agent = support.start_agent(tmp, f"{host}-k{k}", netns=lab.ns(host), port=7777, extra=extra)
         agent.join(MESH, f"{host}-k{k}", hub.permit)
         agents[host] = agent
-    agents["sym"].cli("tunnel", "open", "outbound", "tcp/echo-sym", "--targets", f"127.0.0.1:{ECHO}")
-    agents["home"].cli("tunnel", "open", "inbound", "tcp/echo-sym", "--listen", str(ENTRANCE))
+    agents[roles[1]].cli("tunnel", "open", "outbound", "tcp/echo", "--targets", f"127.0.0.1:{ECHO}")
+    agents[roles[0]].cli("tunnel", "open", "inbound", "tcp/echo", "--listen", str(ENTRANCE))
     return agents
 
 
-def trial(lab: Lab, home: support.Agent, exit_agent: support.Agent, give_up: float) -> dict[str, float]:
+def trial(lab: Lab, home: support.Agent, exit_agent: support.Agent, give_up: float, site: str) -> dict[str, float]:
+    """One trial with the entrance agent `home` at `site` (restarted) and `exit_agent`."""
     home = support.restart_agent(home)
-    support.wait_until(lambda: exit_agent.name in home.online_names(), 30, "home to list sym online")
+    support.wait_until(lambda: exit_agent.name in home.online_names(), 30, "the entrance to list the exit online")
     peaks = FdPeak({"entrance": home.proc.pid, "exit": exit_agent.proc.pid})
 
     def cycle() -> float:
-        return connect_cycle(0, connect=lambda: support.tcp_connect("127.0.0.1", ENTRANCE, netns=lab.ns("home")))
+        return connect_cycle(0, connect=lambda: support.tcp_connect("127.0.0.1", ENTRANCE, netns=lab.ns(site)))
 
     deadline = time.perf_counter() + 10.0
     while True:  # the restarted inbound may not listen yet: a refused connect reaches no agent
@@ -149,7 +153,10 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--give-up", type=float, default=40.0, help="seconds a trial waits for the direct path")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--reverse", action="store_true", help="sym the entrance, home the exit (symmetric -> eim)")
     args = ap.parse_args(argv)
+    roles = ("sym", "home") if args.reverse else ("home", "sym")
+    print(f"direction: {roles[0]} ({SITES[roles[0]]}, the entrance) -> {roles[1]} ({SITES[roles[1]]}, the exit)")
     reason = netlab.unavailable_reason()
     if reason:
         print(f"p2p_birthday: {reason}", file=sys.stderr)
@@ -162,13 +169,13 @@ def main(argv: list[str]) -> int:
         with Lab(sites=SITES, log_dir=tmp / "lab-logs") as lab:
             dc = lab.addr("datacenter")
             hub = support.start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-            echo = lab.popen("sym", [sys.executable, "-c", ECHO_SERVER, str(ECHO)], env=support.base_env())
+            echo = lab.popen(roles[1], [sys.executable, "-c", ECHO_SERVER, str(ECHO)], env=support.base_env())
             echo.wait_for_output("ready", timeout=10)
             for k in args.k:
-                agents = start_agents(lab, tmp, hub, k)
+                agents = start_agents(lab, tmp, hub, k, roles)
                 results = []
                 for n in range(args.trials):
-                    r = trial(lab, agents["home"], agents["sym"], args.give_up)
+                    r = trial(lab, agents[roles[0]], agents[roles[1]], args.give_up, roles[0])
                     results.append(r)
                     print(f"K={k} trial {n + 1}: direct after {r['direct']:.2f} s (the attempt {r['attempt']:.3f} s), "
                           f"birthday attempts "
