@@ -151,12 +151,16 @@ class Servers:
 
         return self._tcp(handler)
 
-    def udp_echo(self) -> int:
+    def udp_echo(self, seen: list[tuple[bytes, Any]] | None = None) -> int:
+        """Echoes every datagram to its sender; each one (with its source address) also lands in `seen`, if given."""
+
         class Echo(asyncio.DatagramProtocol):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 self.transport: Any = transport
 
             def datagram_received(self, data: bytes, addr: Any) -> None:
+                if seen is not None:
+                    seen.append((data, addr))
                 self.transport.sendto(data, addr)
 
         async def start() -> int:

@@ -340,16 +340,17 @@ class TunnelApp(MeshApp):
         users = dict.fromkeys((self.ctx.user, ROOT, *(spec.exit_users if spec else ())))
         return "user " + " or ".join(repr(u) for u in users)
 
-    async def open_to_port(self, target: PortTarget) -> tuple[E2EStream, dict[str, Any]]:
-        """A port stream to `target` (`ztm.apps.net.ports`: direct first, else through the hub), for an entrance with
-        `--target EP:PORT`; ZtmError if the net app is not running or the endpoint refuses."""
+    async def open_to_port(self, target: PortTarget, protocol: str = "tcp") -> tuple[E2EStream, dict[str, Any]]:
+        """A port stream (`tcp`) or flow (`udp`) to `target` (`ztm.apps.net.ports`: direct first, else through the
+        hub), for an entrance with `--target EP:PORT`; ZtmError if the net app is not running or the endpoint
+        refuses."""
         from ztm.apps.net.app import NetApp  # the net app imports the tunnel's splice
 
         net = self.ctx.session.apps.get("net")
         if not isinstance(net, NetApp) or not net.running or net.ports is None:
             raise Unavailable(f"the net app is not running in mesh {self.ctx.mesh}: port targets need it")
         try:
-            stream = await net.ports.open(target.ep, target.port)
+            stream = await net.ports.open(target.ep, target.port, protocol)
         except ZtmError as exc:
             raise Unavailable(f"{target}: {exc.message}") from None
         except h2.H2Error as exc:  # the hub connection is closing (GOAWAY, renewal)
@@ -540,8 +541,12 @@ class _UdpEntrance(asyncio.DatagramProtocol):
 
     async def _flow(self, addr: Any, queue: asyncio.Queue[bytes]) -> None:
         key = self.key
+        spec = self.app.inbound.get(key)
         try:
-            stream, _exit = await self.app.open_to_exit(key)
+            if spec is not None and spec.target is not None:
+                stream, _exit = await self.app.open_to_port(spec.target, "udp")
+            else:
+                stream, _exit = await self.app.open_to_exit(key)
         except ZtmError as exc:
             self.app.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: datagrams from %s dropped: %s", self.app.ctx.mesh, key, addr, exc.message)
