@@ -120,7 +120,7 @@ def test_an_endpoint_without_tun_or_expose_ports_refuses_with_the_reason(world: 
     w.client.cli("tunnel", "open", "inbound", "tcp/plain-echo", "--listen", str(port), "--target", f"plain:{w.echo}")
     assert closed_without_answer(port, b"x")  # closed at once
     assert "without --expose-ports" in w.plain.cli("log", "agent", "--lines", "200").stdout
-    assert "--expose-ports: members of the joined meshes may open TCP connections" in w.db.proc.output()
+    assert "--expose-ports: members of the joined meshes may open TCP connections and send UDP" in w.db.proc.output()
     assert w.client.cli_json("tunnel", "describe", "inbound", "tcp/plain-echo")["refused"] >= 1
     w.client.cli("tunnel", "close", "inbound", "tcp/plain-echo")
 
