@@ -204,7 +204,7 @@ def test_udp_by_name_through_a_tunnel_entrance(world: World) -> None:
     assert described["streams"] == 2 and described["exit_endpoints"] == [], described  # one flow per client
     assert described["bytes_sent"] == described["bytes_received"] > 0, described
     db_view = w.db.cli_json("get", "app", "net")
-    assert db_view["ports"].get("udp_flows", 0) >= 2, db_view["ports"]
+    assert db_view["ports"].get("udp_streams", 0) >= 2, db_view["ports"]
     w.client.cli("tunnel", "close", "inbound", "udp/db-echo")
 
 

@@ -31,8 +31,7 @@ from typing import TYPE_CHECKING
 
 from ztm.agent.apps import Caller
 from ztm.agent.e2estream import E2EStream
-from ztm.apps import paths
-from ztm.apps.tunnel.app import UDP_IDLE, UDP_QUEUE, _UdpExit, counted_splice, udp_flow
+from ztm.apps.tunnel.app import UDP_IDLE, UDP_QUEUE, _UdpExit, counted_splice, serve_udp_flow
 from ztm.apps.tunnel.pipe import reset_socket
 from ztm.errors import BadInput, Forbidden, Unavailable
 from ztm.policy import AppTarget
@@ -52,7 +51,7 @@ CONNECT_FAILED = "cannot connect to port"
 KEY = "port"
 """The counters' prefix (`port:streams`, `port:refused`, `port:active`, `port:sent`, ...)."""
 UDP_KEY = "port-udp"
-"""The UDP flows' counters' prefix (`port-udp:flows`, `port-udp:active`, `port-udp:sent`, ...)."""
+"""The UDP flows' counters' prefix (`port-udp:streams`, `port-udp:active`, `port-udp:sent`, ...)."""
 UDP_FLOWS_PER_CALLER = 256
 """Live UDP port flows one caller endpoint may have at this endpoint (each holds a UDP socket and a stream); a
 flow idle for `ztm.apps.tunnel.app.UDP_IDLE` seconds ends and frees its place."""
@@ -178,25 +177,11 @@ class PortService:
             counters[f"{UDP_KEY}:refused"] += 1
             await app.ctx.refuse(stream_id, f"{CONNECT_FAILED} {port}: {exc.strerror or exc}")
             return
-        try:
-            stream = await app.ctx.accept(stream_id)
-        except BaseException:
-            transport.close()
-            raise
-        counters[f"{UDP_KEY}:flows"] += 1
         counters[f"{UDP_KEY}:active"] += 1
-        paths.count(counters, UDP_KEY, stream.path)
-
-        def close(_reason: str) -> None:
-            stream.reset()
-            transport.close()
-
-        untrack = app.ctx.session.gate.track(caller, AppTarget("ip", f"udp:{port}"), close)
         try:
-            await udp_flow(stream, queue, transport.sendto, counters, UDP_KEY)
+            what = AppTarget("ip", f"udp:{port}")
+            await serve_udp_flow(app.ctx, stream_id, caller, what, transport, queue, counters, UDP_KEY)
         finally:
-            untrack()
-            transport.close()
             counters[f"{UDP_KEY}:active"] -= 1
 
     async def open(self, ep: str, port: int, protocol: str = "tcp") -> E2EStream:

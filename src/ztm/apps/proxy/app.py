@@ -47,7 +47,7 @@ from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy, check_choice
 from ztm.apps.proxy import spec
 from ztm.apps.proxy.spec import Credentials, Destination, ProxyAuth, Refused, Rule, TargetSet
-from ztm.apps.tunnel.app import UDP_QUEUE, counted_splice, udp_flow
+from ztm.apps.tunnel.app import UDP_QUEUE, counted_splice, serve_udp_flow
 from ztm.apps.tunnel.pipe import reset_socket
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, ZtmError
 from ztm.policy import AppTarget
@@ -600,24 +600,7 @@ class ProxyApp(MeshApp):
             finally:
                 untrack()
             return
-        try:
-            stream = await self.ctx.accept(stream_id)
-        except BaseException:
-            transport.close()
-            raise
-        self.counters["exit-udp:streams"] += 1
-        paths.count(self.counters, "exit-udp", stream.path)
-
-        def close_udp(_reason: str) -> None:
-            stream.reset()
-            transport.close()
-
-        untrack = self.ctx.session.gate.track(caller, what, close_udp)
-        try:
-            await udp_flow(stream, queue, transport.sendto, self.counters, "exit-udp")
-        finally:
-            untrack()
-            transport.close()
+        await serve_udp_flow(self.ctx, stream_id, caller, what, transport, queue, self.counters, "exit-udp")
 
     async def _refuse(self, stream_id: str, caller: Caller, service: str, refused: Refused) -> None:
         self._log_refusal(caller, service, refused)

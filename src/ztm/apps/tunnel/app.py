@@ -483,24 +483,8 @@ class TunnelApp(MeshApp):
         except OSError as exc:
             await self.ctx.refuse(stream_id, f"cannot reach the target {target}: {exc.strerror or exc}")
             return
-        try:
-            stream = await self.ctx.accept(stream_id)
-        except BaseException:
-            transport.close()
-            raise
-        self.counters[f"{key}:streams"] += 1
-        paths.count(self.counters, key, stream.path)
-
-        def close(_reason: str) -> None:
-            stream.reset()
-            transport.close()
-
-        untrack = self.ctx.session.gate.track(caller, policy_target(spec.tunnel), close)
-        try:
-            await udp_flow(stream, queue, transport.sendto, self.counters, key)
-        finally:
-            untrack()
-            transport.close()
+        what = policy_target(spec.tunnel)
+        await serve_udp_flow(self.ctx, stream_id, caller, what, transport, queue, self.counters, key)
 
 
 def policy_target(tunnel: TunnelName) -> AppTarget:
@@ -610,6 +594,40 @@ async def splice(
     """Splice a local TCP socket with an end-to-end stream, relayed or direct (a direct channel's TLS connection
     is reused after a clean end both ways). Also the proxy app's data path."""
     await splice_socket(reader, writer, stream, count)
+
+
+async def serve_udp_flow(
+    ctx: AppContext,
+    stream_id: str,
+    caller: Caller,
+    what: AppTarget,
+    transport: asyncio.DatagramTransport,
+    queue: asyncio.Queue[bytes],
+    counters: Counter[str],
+    key: str,
+) -> None:
+    """The serving side of one UDP flow whose socket `transport` is ready (what it receives lands in `queue`): accept
+    stream `stream_id`, count it (`KEY:streams`, its path), carry datagrams both ways (`udp_flow`) while the policy
+    gate allows `what` for `caller`; the socket is closed at the end. The tunnel's exits, the proxy's and the net
+    app's port flows."""
+    try:
+        stream = await ctx.accept(stream_id)
+    except BaseException:
+        transport.close()
+        raise
+    counters[f"{key}:streams"] += 1
+    paths.count(counters, key, stream.path)
+
+    def close(_reason: str) -> None:
+        stream.reset()
+        transport.close()
+
+    untrack = ctx.session.gate.track(caller, what, close)
+    try:
+        await udp_flow(stream, queue, transport.sendto, counters, key)
+    finally:
+        untrack()
+        transport.close()
 
 
 async def udp_flow(
