@@ -53,7 +53,6 @@ import re
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -67,6 +66,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import support  # tests/support.py: hub and agent processes in a namespace
 from bench.common import (
     PYTHON,
+    STUNNEL_GLOBAL,
+    STUNNEL_SOCKET_OPTS,
     Spy,
     Workspace,
     cpu_seconds,
@@ -74,6 +75,7 @@ from bench.common import (
     percentile,
     py_spy,
     raise_nofile,
+    stunnel_cert,
     table,
     tree_facts,
 )
@@ -175,13 +177,9 @@ def stunnel(lab: Lab, dir: Path) -> tuple[support.Proc, support.Proc]:
     """A stunnel4 server at workplace (TLS in on ST_*, plain out to the servers) and a client at home (plain in on
     127.0.0.1, TLS out to work-rtr's forward), the options of bench/tunnel.py's baseline."""
     dir.mkdir()
-    cert, key = dir / "cert.pem", dir / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench"],
-                   check=True, capture_output=True, timeout=30)  # fmt: skip
-    common = "foreground = yes\npid =\nsyslog = no\ndebug = warning\n"
-    opts = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n"
-    server, client = common, common + "client = yes\n"
+    cert, key = stunnel_cert(dir)
+    opts = STUNNEL_SOCKET_OPTS
+    server, client = STUNNEL_GLOBAL, STUNNEL_GLOBAL + "client = yes\n"
     router = lab.addr("work-rtr")
     for name, st_port, target, local in (
         ("echo", ST_ECHO, ECHO, HOME_PORTS["stunnel4"][0]),
