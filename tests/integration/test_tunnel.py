@@ -285,6 +285,18 @@ def closed_without_answer(port: int, data: bytes, timeout: float = 15.0) -> bool
         raise  # refused at connect (nothing listens), a timeout: not what this asks
 
 
+def upload_after_eof(port: int, uploads: list[bytes]) -> None:
+    """A client of a greeter (`Servers.greeter`) on `port`: it reads the greeting to EOF, then uploads 1 MiB and
+    ends its side; the upload must reach the greeter whole."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert recv_all(sock) == b"hello, then EOF"
+        data = os.urandom(1 << 20)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: uploads, 10, "the upload sent after the server's EOF to arrive")
+    assert uploads == [data]
+
+
 def check_roundtrip(port: int, data: bytes, timeout: float = 15.0) -> bytes:
     """Upload `data`, half-close, then read the `check` server's answer until EOF."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -439,14 +451,7 @@ def test_tcp_is_byte_exact_both_ways_with_half_close(world: World) -> None:
     # The server ends its side first: the client reads to EOF, and its upload still goes through afterwards.
     greeter, uploads = world.servers.greeter()
     open_outbound(office, "tcp/greet", greeter)
-    greet_port = open_inbound(home, "tcp/greet")
-    with socket.create_connection(("127.0.0.1", greet_port), timeout=10) as sock:
-        assert recv_all(sock) == b"hello, then EOF"
-        data = os.urandom(1 << 20)
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        wait_until(lambda: uploads, 10, "the upload sent after the server's EOF to arrive")
-    assert uploads == [data]
+    upload_after_eof(open_inbound(home, "tcp/greet"), uploads)
 
     # Several listen addresses feed one entrance, IPv6 loopback among them (where this host has it).
     open_outbound(office, "tcp/echo-multi", world.echo)
