@@ -75,6 +75,18 @@ def socks_echo(proxy: int, host: str, port: int, data: bytes) -> bytes:
         return recv_exactly(sock, len(data))
 
 
+def http_connect_echo(proxy: int, target: str, data: bytes) -> bytes:
+    """`data` through an HTTP CONNECT to `target` (HOST:PORT) at the proxy, to an echo server: what comes back."""
+    with socket.create_connection(("127.0.0.1", proxy), timeout=15) as sock:
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        sock.sendall(data)
+        return recv_exactly(sock, len(data))
+
+
 def test_socks5_and_http_connect_reach_an_endpoint_by_its_mesh_name(world: World) -> None:
     w = world
     got = wait_until(
@@ -84,14 +96,7 @@ def test_socks5_and_http_connect_reach_an_endpoint_by_its_mesh_name(world: World
     )
     assert got
     assert socks_echo(w.proxy, f"DB.{MESH.upper()}.ZTM", w.echo, b"case") == b"case"
-    with socket.create_connection(("127.0.0.1", w.proxy), timeout=15) as sock:
-        sock.sendall(f"CONNECT db.{MESH}.ztm:{w.echo} HTTP/1.1\r\nHost: db.{MESH}.ztm:{w.echo}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(1)
-        assert head.startswith(b"HTTP/1.1 200"), head
-        sock.sendall(b"over http")
-        assert recv_exactly(sock, 9) == b"over http"
+    assert http_connect_echo(w.proxy, f"db.{MESH}.ztm:{w.echo}", b"over http") == b"over http"
     view = w.client.cli_json("proxy", "get", "config")
     assert view["counters"].get("entrance:mesh_names", 0) >= 3, view["counters"]
     assert not any(e.get("targets") for e in w.client.cli_json("proxy", "get", "exits")), "no proxy exit is used"
@@ -243,14 +248,7 @@ def test_mesh_ip_literals_reach_the_endpoint(world: World) -> None:
     ip4, ip6 = mesh_addresses(w.client, "db")
     assert socks_echo(w.proxy, ip4, w.echo, b"by ipv4") == b"by ipv4"
     assert socks_echo(w.proxy, ip6, w.echo, b"by ipv6") == b"by ipv6"
-    with socket.create_connection(("127.0.0.1", w.proxy), timeout=15) as sock:
-        sock.sendall(f"CONNECT [{ip6}]:{w.echo} HTTP/1.1\r\nHost: [{ip6}]:{w.echo}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += sock.recv(1)
-        assert head.startswith(b"HTTP/1.1 200"), head
-        sock.sendall(b"http by ipv6")
-        assert recv_exactly(sock, 12) == b"http by ipv6"
+    assert http_connect_echo(w.proxy, f"[{ip6}]:{w.echo}", b"http by ipv6") == b"http by ipv6"
     answer = raw_exchange(w.proxy, f"CONNECT {ip4}:{w.echo} HTTP/1.1\r\n\r\nhttp by ipv4".encode())
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"http by ipv4"), answer
     # UDP to the address, through SOCKS5 UDP ASSOCIATE: the reply's source is the address as the client gave it
