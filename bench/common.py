@@ -416,6 +416,41 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(out)
 
 
+STUNNEL_GLOBAL = "foreground = yes\npid =\nsyslog = no\ndebug = warning\n"
+"""The stunnel4 baselines' global options: in the foreground, no pid file, warnings only."""
+STUNNEL_SOCKET_OPTS = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n"
+"""A stunnel4 baseline section's options: TCP_NODELAY on both sockets, TLS 1.3."""
+
+
+def stunnel_cert(dir: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate and its key (`openssl`, 2 days, CN=bench) in `dir`, for the stunnel4
+    baselines: (certificate, key)."""
+    cert, key = dir / "cert.pem", dir / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench"],
+                   check=True, capture_output=True, timeout=30)  # fmt: skip
+    return cert, key
+
+
+def cpu_per_call(fn: Callable[[int], object], count: int, unit: float) -> float:
+    """This process's CPU time per call of fn(i), i in range(count), in seconds times `unit` (1e6: µs, 1e9: ns)."""
+    start = time.process_time()
+    for i in range(count):
+        fn(i)
+    return (time.process_time() - start) / count * unit
+
+
+def figures_table(runs: Sequence[Mapping[str, float]], digits: int) -> str:
+    """A table of each figure of `runs` (one mapping a run, the first's keys): its median and min..max over the runs,
+    with `digits` decimals."""
+    rows = []
+    for name in runs[0]:
+        values = [run[name] for run in runs]
+        median, low, high = statistics.median(values), min(values), max(values)
+        rows.append([name, f"{median:.{digits}f}", f"{low:.{digits}f}..{high:.{digits}f}"])
+    return table(["figure", "median", "min..max"], rows)
+
+
 def machine_facts() -> str:
     """`nproc`, memory, CPU model, Python and kernel: one line each."""
     lines = [f"nproc: {os.cpu_count()}"]

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import argparse
 import socket
-import statistics
 import struct
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine_facts, table, tree_facts
+from bench.common import cpu_per_call, figures_table, machine_facts, tree_facts
 from ztm.net.filter import InboundFilter
 from ztm.net.packet import F_NEEDS_CSUM, GSO_TCPV4, VnetHdr, check_vnet, pack_vnet, parse, parse_vnet
 from ztm.net.table import PeerAddrs, RouteTable
@@ -81,10 +79,7 @@ def view() -> list[PeerAddrs]:
 
 def per_packet(fn: Callable[[int], object], count: int) -> float:
     """Nanoseconds per call of fn(i), i in range(count)."""
-    start = time.process_time()
-    for i in range(count):
-        fn(i)
-    return (time.process_time() - start) / count * 1e9
+    return cpu_per_call(fn, count, 1e9)
 
 
 def one_run(count: int) -> dict[str, float]:
@@ -147,11 +142,7 @@ def main() -> None:
     print(tree_facts())
     print(f"view: {PEERS} peers, {ROUTERS} routers of 2 routes each (8 prefix lengths); runs: {args.runs}\n")
     runs = [one_run(args.packets) for _ in range(max(1, args.runs))]
-    rows = []
-    for name in runs[0]:
-        values = [run[name] for run in runs]
-        rows.append([name, f"{statistics.median(values):.0f}", f"{min(values):.0f}..{max(values):.0f}"])
-    print(table(["figure", "median", "min..max"], rows))
+    print(figures_table(runs, 0))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,6 @@ import re
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -84,6 +83,8 @@ from bench.baseline import (
 )
 from bench.common import (
     PYTHON,
+    STUNNEL_GLOBAL,
+    STUNNEL_SOCKET_OPTS,
     Spy,
     Workspace,
     cpu_seconds,
@@ -91,6 +92,7 @@ from bench.common import (
     percentile,
     py_spy,
     raise_nofile,
+    stunnel_cert,
     table,
     tree_facts,
 )
@@ -200,13 +202,9 @@ def stunnel(lab: Lab, dir: Path) -> tuple[support.Proc, support.Proc]:
     """A stunnel4 server at workplace (TLS in on ST_*, plain out to the servers) and a client at home (plain in on
     127.0.0.1, TLS out to work-rtr's forward), the options of bench/tunnel.py's baseline."""
     dir.mkdir()
-    cert, key = dir / "cert.pem", dir / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=bench"],
-                   check=True, capture_output=True, timeout=30)  # fmt: skip
-    common = "foreground = yes\npid =\nsyslog = no\ndebug = warning\n"
-    opts = "socket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\nsslVersionMin = TLSv1.3\n"
-    server, client = common, common + "client = yes\n"
+    cert, key = stunnel_cert(dir)
+    opts = STUNNEL_SOCKET_OPTS
+    server, client = STUNNEL_GLOBAL, STUNNEL_GLOBAL + "client = yes\n"
     router = lab.addr("work-rtr")
     for name, st_port, target, local in (
         ("echo", ST_ECHO, ECHO, HOME_PORTS["stunnel4"][0]),

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine_facts, table, tree_facts
+from bench.common import cpu_per_call, figures_table, machine_facts, tree_facts
 from ztm.policy import AppTarget, Place, Policy, Subject
 
 RULES = 1000
@@ -67,10 +66,7 @@ def policy_text(rules: int = RULES) -> str:
 
 def per_call(fn: Callable[[int], object], count: int) -> float:
     """Microseconds per call of fn(i), i in range(count)."""
-    start = time.process_time()
-    for i in range(count):
-        fn(i)
-    return (time.process_time() - start) / count * 1e6
+    return cpu_per_call(fn, count, 1e6)
 
 
 def one_run(text: str) -> dict[str, float]:
@@ -116,11 +112,7 @@ def main() -> None:
     print(tree_facts())
     print(f"policy: {RULES} rules, {len(text.encode()):,} bytes, {text.count(chr(10)):,} lines; runs: {args.runs}\n")
     runs = [one_run(text) for _ in range(max(1, args.runs))]
-    rows = []
-    for name in runs[0]:
-        values = [run[name] for run in runs]
-        rows.append([name, f"{statistics.median(values):.2f}", f"{min(values):.2f}..{max(values):.2f}"])
-    print(table(["figure", "median", "min..max"], rows))
+    print(figures_table(runs, 2))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -898,6 +898,51 @@ def invite(root: Agent, invitee: Agent, user: str, permit: Path, *extra: str) ->
     identity.write_text(invitee.cli("identity").stdout)
     root.cli("invite", user, "--identity", identity, "--permit", permit, *extra)
     return permit
+
+
+@dataclass
+class PolicyMesh:
+    """What `policy_mesh` started: a hub with an admin address and three agents joined to one mesh."""
+
+    hub: Hub
+    admin: str
+    """The hub's admin address (HOST:PORT)."""
+    agents: dict[str, Agent]
+    """By agent name: `root` (endpoint `alice`), `bob` (endpoint `bob-laptop`, user bob) and the third."""
+    clients: dict[str, Any]
+    """By agent name: a `reliability.hubclient.HubClient` on that agent's certificate, for those asked for."""
+
+
+@contextlib.contextmanager
+def policy_mesh(
+    tmp: Path, mesh: str, third: tuple[str, str, str | None], clients: Sequence[str] = ("root", "bob")
+) -> Iterator[PolicyMesh]:
+    """A hub with `--admin` and agents `root`, `bob` and `third` = (agent, endpoint, user) in mesh `mesh`: root joins
+    as endpoint `alice` with the hub's permit, bob as `bob-laptop` invited as user bob, the third invited as its
+    user (or, with user None, joined with the hub's permit, as root's); a HubClient on each agent of `clients`.
+    Everything is closed and stopped on the way out (the policy tests' common world)."""
+    from reliability.hubclient import HubClient  # it imports this module
+
+    procs: list[Proc] = []
+    opened: dict[str, Any] = {}
+    try:
+        admin = f"127.0.0.1:{free_port()}"
+        name, endpoint, user = third
+        hub, agents = start_hub_and_agents(tmp, ("root", "bob", name), hub_extra=["--admin", admin])
+        procs += [hub.proc, *(a.proc for a in agents.values())]
+        root = agents["root"]
+        root.join(mesh, "alice", hub.permit)
+        agents["bob"].join(mesh, "bob-laptop", invite(root, agents["bob"], "bob", tmp / "bob.json"))
+        permit = hub.permit if user is None else invite(root, agents[name], user, tmp / f"{user}.json")
+        agents[name].join(mesh, endpoint, permit)
+        for key in clients:
+            opened[key] = HubClient(hub.address, agents[key].data / "meshes" / mesh)
+        yield PolicyMesh(hub, admin, agents, opened)
+    finally:
+        for client in opened.values():
+            client.close()
+        for proc in reversed(procs):
+            proc.stop()
 
 
 # ------------------------------------------------------------------------------------------------ failure reports

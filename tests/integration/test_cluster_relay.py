@@ -37,6 +37,7 @@ from integration.test_tunnel import (
     recv_all,
     reply,
     rst,
+    upload_after_eof,
 )
 from reliability.hubclient import HubClient
 from support import Agent, Hub, Proc, free_port, holds_for, invite, start_agent, start_cluster, wait_until
@@ -169,14 +170,7 @@ def test_tcp_across_hubs_is_byte_exact_with_half_close(cluster: Cluster) -> None
     digest = hashlib.sha256(data).digest()
     assert got[:32] == digest and got[32:] == reply(digest)
     greeter, uploads = cluster.servers.greeter()  # the server ends first; the client's upload still arrives
-    greet_port = tunnel(home, office, "tcp/greet", greeter)
-    with socket.create_connection(("127.0.0.1", greet_port), timeout=10) as sock:
-        assert recv_all(sock) == b"hello, then EOF"
-        data = os.urandom(1 << 20)
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        wait_until(lambda: uploads, 10, "the upload sent after the server's EOF to arrive")
-    assert uploads == [data]
+    upload_after_eof(tunnel(home, office, "tcp/greet", greeter), uploads)
     assert echo_roundtrip(echo_port, b"") == b"" and echo_roundtrip(echo_port, b"x") == b"x"
     assert forwarded(cluster, 0, "streams_forwarded") >= before + 5
     status, metrics = office.api("GET", "/api/metrics")

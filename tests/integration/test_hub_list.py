@@ -195,11 +195,8 @@ def test_a_silent_link_is_detected_within_the_keepalive_bound(tmp_path: Path) ->
 
 @pytest.fixture
 def bg(tmp_path: Path) -> Iterator[Background]:
-    background = Background(tmp_path)
-    try:
+    with Background(tmp_path) as background:
         yield background
-    finally:
-        background.cleanup()
 
 
 def test_zone_is_kept_across_start_agent_restarts(bg: Background, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ import pytest
 
 from reliability.hubclient import HubClient
 from security.test_evict import empty_file
-from support import Agent, Hub, Proc, free_port, invite, start_hub_and_agents, wait_until
+from support import Agent, Hub, policy_mesh, wait_until
 from ztm import pki
 from ztm.version import E2E_VERSION
 
@@ -109,27 +109,13 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("policy-hub")
-    procs: list[Proc] = []
-    clients: list[HubClient] = []
-    try:
-        admin = f"127.0.0.1:{free_port()}"
-        hub, agents = start_hub_and_agents(tmp, ("root", "bob", "watch"), hub_extra=["--admin", admin])
-        procs += [hub.proc, *(a.proc for a in agents.values())]
-        root, bob, watch = agents["root"], agents["bob"], agents["watch"]
-        root.join(MESH, "alice", hub.permit)
-        bob.join(MESH, "bob-laptop", invite(root, bob, "bob", tmp / "bob.json"))
-        watch.join(MESH, "watch", hub.permit)
+    with policy_mesh(tmp, MESH, ("watch", "watch", None)) as m:
+        watch = m.agents["watch"]
         watch.proc.stop()  # its certificate opens the event stream from the test instead
-        clients += [
-            HubClient(hub.address, root.data / "meshes" / MESH),
-            HubClient(hub.address, bob.data / "meshes" / MESH),
-        ]
-        yield World(hub, admin, root, bob, clients[0], clients[1], watch.data / "meshes" / MESH, tmp)
-    finally:
-        for client in clients:
-            client.close()
-        for proc in reversed(procs):
-            proc.stop()
+        c = m.clients
+        yield World(
+            m.hub, m.admin, m.agents["root"], m.agents["bob"], c["root"], c["bob"], watch.data / "meshes" / MESH, tmp
+        )
 
 
 def call(client: HubClient, method: str, path: str, body: Any = None) -> tuple[int, Any]:

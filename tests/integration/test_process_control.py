@@ -50,7 +50,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 class Background:
-    """Runs `ztm start/stop` with a private HOME, and kills whatever those started if a test fails half-way."""
+    """Runs `ztm start/stop` with a private HOME, and kills whatever those started if a test fails half-way (as a
+    context manager: on the way out, `cleanup`)."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -72,6 +73,12 @@ class Background:
     def watch(self, pid_file: Path) -> None:
         self.pid_files.append(pid_file)
 
+    def __enter__(self) -> Background:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.cleanup()
+
     def cleanup(self) -> None:
         """Stop the processes named by the watched pid files: processes this test started with `ztm start`."""
         for pid_file in self.pid_files:
@@ -92,11 +99,8 @@ class Background:
 
 @pytest.fixture
 def bg(tmp_path: Path) -> Iterator[Background]:
-    background = Background(tmp_path)
-    try:
+    with Background(tmp_path) as background:
         yield background
-    finally:
-        background.cleanup()
 
 
 def _pid_from(text: str, what: str) -> int:

@@ -15,9 +15,12 @@ from typing import Any, TypeVar
 import pytest
 
 from conftest import PgDb
+from ztm.db import Database
 from ztm.errors import BadInput, Conflict, Unavailable, ZtmError
-from ztm.hub.store import EndpointRecord, HubInfo, Presence
+from ztm.hub import store_sqlite
+from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence
 from ztm.hub.store_pg import MIGRATIONS, PgStore
+from ztm.hub.store_sqlite import SqliteStore
 from ztm.hub.storeurl import parse_store_url
 
 T = TypeVar("T")
@@ -50,6 +53,45 @@ async def until(pred: Callable[[], Awaitable[T | None]] | Callable[[], T | None]
 
 async def open_store(db: PgDb, **kw: Any) -> PgStore:
     return await PgStore.open(parse_store_url(db.url), db.password, **kw)
+
+
+def upgrade_pg(db: PgDb, keep: int, rows_sql: str, check: Callable[[HubStore], Awaitable[None]]) -> None:
+    """A PostgreSQL store made with the first `keep` migrations, holding the rows `rows_sql` inserts (as that schema
+    had them: today's store writes today's columns), opened by today's store: `check` runs on it, and the schema is
+    then the latest."""
+
+    async def main() -> None:
+        old = await open_store(db, migrations=MIGRATIONS[:keep])
+        await old.close()
+        db.server.psql(db.name, rows_sql)
+        new = await open_store(db)
+        try:
+            await check(new)
+        finally:
+            await new.close()
+        assert db.server.psql(db.name, "SELECT version FROM ztm_schema").strip() == str(len(MIGRATIONS))
+
+    run(main())
+
+
+def upgrade_sqlite(path: Path, keep: int, rows_sql: list[str], check: Callable[[HubStore], Awaitable[None]]) -> None:
+    """`upgrade_pg` for the SQLite store at `path`: made with its first `keep` migrations, `rows_sql` executed."""
+    old = Database(path, store_sqlite.MIGRATIONS[:keep])
+    for statement in rows_sql:
+        old.execute(statement)
+    old.close()
+
+    async def main() -> None:
+        new = SqliteStore(path)
+        try:
+            await check(new)
+        finally:
+            await new.close()
+
+    run(main())
+    again = Database(path, store_sqlite.MIGRATIONS)
+    assert again.one("PRAGMA user_version")[0] == len(store_sqlite.MIGRATIONS)  # type: ignore[index]
+    again.close()
 
 
 def ep(ep_id: str, name: str, user: str = "alice", **kw: Any) -> EndpointRecord:

@@ -11,11 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PgDb
-from integration.test_store_pg import open_store, run
-from ztm.db import Database
-from ztm.hub import store_pg, store_sqlite
+from integration.test_store_pg import upgrade_pg, upgrade_sqlite
 from ztm.hub.store import AddressTaken, EndpointRecord, HubStore, RouteRecord
-from ztm.hub.store_sqlite import SqliteStore
 
 
 async def check(store: HubStore) -> None:
@@ -66,41 +63,16 @@ async def check(store: HubStore) -> None:
 
 
 def test_a_postgresql_store_of_the_previous_schema_gains_addresses_and_routes(pg_url: PgDb) -> None:
-    async def main() -> None:
-        old = await open_store(pg_url, migrations=store_pg.MIGRATIONS[:3])
-        await old.close()
-        pg_url.server.psql(
-            pg_url.name,
-            "INSERT INTO endpoints(id, name, \"user\", first_seen) VALUES ('ep1', 'laptop', 'bob', 1.0), "
-            "('ep2', 'desk', 'bob', 2.0)",
-        )
-        new = await open_store(pg_url)
-        try:
-            await check(new)
-        finally:
-            await new.close()
-        assert pg_url.server.psql(pg_url.name, "SELECT version FROM ztm_schema").strip() == str(
-            len(store_pg.MIGRATIONS)
-        )
-
-    run(main())
+    rows = (
+        "INSERT INTO endpoints(id, name, \"user\", first_seen) VALUES ('ep1', 'laptop', 'bob', 1.0), "
+        "('ep2', 'desk', 'bob', 2.0)"
+    )
+    upgrade_pg(pg_url, 3, rows, check)
 
 
 def test_a_sqlite_store_of_the_previous_schema_gains_addresses_and_routes(tmp_path: Path) -> None:
-    path = tmp_path / "hub.db"
-    old = Database(path, store_sqlite.MIGRATIONS[:4])
-    old.execute("INSERT INTO endpoints(id, name, user, first_seen) VALUES ('ep1', 'laptop', 'bob', 1.0)")
-    old.execute("INSERT INTO endpoints(id, name, user, first_seen) VALUES ('ep2', 'desk', 'bob', 2.0)")
-    old.close()
-
-    async def main() -> None:
-        new = SqliteStore(path)
-        try:
-            await check(new)
-        finally:
-            await new.close()
-
-    run(main())
-    again = Database(path, store_sqlite.MIGRATIONS)
-    assert again.one("PRAGMA user_version")[0] == len(store_sqlite.MIGRATIONS)  # type: ignore[index]
-    again.close()
+    rows = [
+        "INSERT INTO endpoints(id, name, user, first_seen) VALUES ('ep1', 'laptop', 'bob', 1.0)",
+        "INSERT INTO endpoints(id, name, user, first_seen) VALUES ('ep2', 'desk', 'bob', 2.0)",
+    ]
+    upgrade_sqlite(tmp_path / "hub.db", 4, rows, check)

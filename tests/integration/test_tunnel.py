@@ -151,12 +151,16 @@ class Servers:
 
         return self._tcp(handler)
 
-    def udp_echo(self) -> int:
+    def udp_echo(self, seen: list[tuple[bytes, Any]] | None = None) -> int:
+        """Echoes every datagram to its sender; each one (with its source address) also lands in `seen`, if given."""
+
         class Echo(asyncio.DatagramProtocol):
             def connection_made(self, transport: asyncio.BaseTransport) -> None:
                 self.transport: Any = transport
 
             def datagram_received(self, data: bytes, addr: Any) -> None:
+                if seen is not None:
+                    seen.append((data, addr))
                 self.transport.sendto(data, addr)
 
         async def start() -> int:
@@ -279,6 +283,18 @@ def closed_without_answer(port: int, data: bytes, timeout: float = 15.0) -> bool
         if exc.errno in (errno.ENOTCONN, errno.EPIPE, errno.ECONNRESET):
             return True
         raise  # refused at connect (nothing listens), a timeout: not what this asks
+
+
+def upload_after_eof(port: int, uploads: list[bytes]) -> None:
+    """A client of a greeter (`Servers.greeter`) on `port`: it reads the greeting to EOF, then uploads 1 MiB and
+    ends its side; the upload must reach the greeter whole."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert recv_all(sock) == b"hello, then EOF"
+        data = os.urandom(1 << 20)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        wait_until(lambda: uploads, 10, "the upload sent after the server's EOF to arrive")
+    assert uploads == [data]
 
 
 def check_roundtrip(port: int, data: bytes, timeout: float = 15.0) -> bytes:
@@ -435,14 +451,7 @@ def test_tcp_is_byte_exact_both_ways_with_half_close(world: World) -> None:
     # The server ends its side first: the client reads to EOF, and its upload still goes through afterwards.
     greeter, uploads = world.servers.greeter()
     open_outbound(office, "tcp/greet", greeter)
-    greet_port = open_inbound(home, "tcp/greet")
-    with socket.create_connection(("127.0.0.1", greet_port), timeout=10) as sock:
-        assert recv_all(sock) == b"hello, then EOF"
-        data = os.urandom(1 << 20)
-        sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
-        wait_until(lambda: uploads, 10, "the upload sent after the server's EOF to arrive")
-    assert uploads == [data]
+    upload_after_eof(open_inbound(home, "tcp/greet"), uploads)
 
     # Several listen addresses feed one entrance, IPv6 loopback among them (where this host has it).
     open_outbound(office, "tcp/echo-multi", world.echo)

@@ -30,8 +30,9 @@ import dns.message
 import dns.rcode
 import pytest
 
+from lab import meshlab
 from lab.netlab import Lab
-from support import Agent, Hub, Proc, base_env, free_port, netns_socket, start_agent, start_hub, wait_until
+from support import Agent, Hub, Proc, base_env, free_port, netns_socket, start_agent, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -72,29 +73,20 @@ class World:
 
 
 def net_view(agent: Agent) -> dict[str, Any]:
-    status, apps = agent.api("GET", f"/api/meshes/{MESH}/apps")
-    assert status == 200, apps
-    return next(a for a in apps if a["name"] == "net")
+    return meshlab.net_view(agent, MESH)
 
 
 @pytest.fixture(scope="module")
 def world(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     lab = module_lab
     tmp = tmp_path_factory.mktemp("dns")
-    dc = lab.addr("datacenter")
     procs: list[Proc] = []
     try:
-        hub = start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-        procs.append(hub.proc)
-        agents = {}
-        for name, host, port in (("home", "home", 7777), ("office", "datacenter", 7778)):
-            agent = start_agent(tmp, name, netns=lab.ns(host), port=port, extra=["--tun"])
-            procs.append(agent.proc)
-            agent.join(MESH, name, hub.permit)
-            agents[name] = agent
+        specs = {"home": ("home", 7777, ["--tun"]), "office": ("datacenter", 7778, ["--tun"])}
+        hub, agents = meshlab.start_lab_mesh(lab, tmp, MESH, specs, procs)
         ip, ip6 = {}, {}
         for name, agent in agents.items():
-            view = wait_until(lambda a=agent: (v := net_view(a))["tun_up"] and v, TIMEOUT, f"{name}'s TUN up")
+            view = meshlab.wait_tun_up(agent, MESH, TIMEOUT)
             ip[name], ip6[name] = view["mesh_ip"], view["mesh_ip6"]
             wait_until(lambda a=agent: (net_view(a).get("dns") or {}).get("listen"), TIMEOUT, f"{name}'s DNS")
         yield World(lab, hub, agents["home"], agents["office"], tmp, ip, ip6)

@@ -24,7 +24,6 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,8 +31,9 @@ from typing import Any
 import pytest
 
 import support
+from lab import meshlab
 from lab.netlab import Lab
-from support import Agent, Hub, Proc, base_env, netns_socket, start_agent, start_hub, wait_until
+from support import Agent, Hub, Proc, base_env, netns_socket, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -106,37 +106,21 @@ AGENTS = {
 
 
 def net_view(agent: Agent) -> dict[str, Any]:
-    status, apps = agent.api("GET", f"/api/meshes/{MESH}/apps")
-    assert status == 200, apps
-    return next(a for a in apps if a["name"] == "net")
+    return meshlab.net_view(agent, MESH)
 
 
 @pytest.fixture(scope="module")
 def net(module_lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     lab = module_lab
     tmp = tmp_path_factory.mktemp("tun")
-    dc = lab.addr("datacenter")
     procs: list[Proc] = []
     try:
-        hub = start_hub(tmp, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-        procs.append(hub.proc)
-
-        def agent_of(name: str) -> Agent:
-            host, port, extra = AGENTS[name]
-            agent = start_agent(tmp, name, netns=lab.ns(host), port=port, extra=extra)
-            procs.append(agent.proc)
-            agent.join(MESH, name, hub.permit)
-            return agent
-
-        with ThreadPoolExecutor(len(AGENTS)) as pool:
-            agents = dict(zip(AGENTS, pool.map(agent_of, AGENTS), strict=True))
+        hub, agents = meshlab.start_lab_mesh(lab, tmp, MESH, AGENTS, procs)
         for host in ("home", "workplace", "datacenter", "home-rtr"):
             echo = lab.popen(host, [sys.executable, "-c", ECHO, str(PORT_A), str(PORT_B), str(UDP_PORT)],
                              env=base_env(), name=f"echo@{host}")  # fmt: skip
             echo.wait_for_output("ready", timeout=10)
-        views = {}
-        for name, agent in agents.items():
-            views[name] = wait_until(lambda a=agent: (v := net_view(a))["tun_up"] and v, TIMEOUT, f"{name}'s TUN up")
+        views = {name: meshlab.wait_tun_up(agent, MESH, TIMEOUT) for name, agent in agents.items()}
         yield Net(
             lab,
             hub,

@@ -23,7 +23,7 @@ import pytest
 
 from integration.test_hub_admin import metrics
 from reliability.hubclient import HubClient
-from support import Agent, Hub, Proc, free_port, invite, start_hub_and_agents
+from support import Agent, Hub, policy_mesh
 from ztm.version import E2E_VERSION
 
 MESH = "m"
@@ -58,28 +58,14 @@ class World:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("net-policy-attacks")
-    procs: list[Proc] = []
-    clients: list[HubClient] = []
-    try:
-        admin = f"127.0.0.1:{free_port()}"
-        hub, agents = start_hub_and_agents(tmp, ("root", "bob", "carol"), hub_extra=["--admin", admin])
-        procs += [hub.proc, *(a.proc for a in agents.values())]
-        root, bob, carol = agents["root"], agents["bob"], agents["carol"]
-        root.join(MESH, "alice", hub.permit)
-        bob.join(MESH, "bob-laptop", invite(root, bob, "bob", tmp / "bob.json"))
-        carol.join(MESH, "carol-pc", invite(root, carol, "carol", tmp / "carol.json"))
-        clients += [HubClient(hub.address, a.data / "meshes" / MESH) for a in (root, bob, carol)]
-        world = World(hub, admin, root, bob, *clients)
+    with policy_mesh(tmp, MESH, ("carol", "carol-pc", "carol"), ("root", "bob", "carol")) as m:
+        c = m.clients
+        world = World(m.hub, m.admin, m.agents["root"], m.agents["bob"], c["root"], c["bob"], c["carol"])
         status, got = world.as_root.json("POST", "/api/endpoints/alice/labels", {"add": ["tag:gw"]})
         assert status == 200, got
         status, got = world.as_root.json("POST", "/api/policy", {"text": POLICY})
         assert status == 200, got
         yield world
-    finally:
-        for client in clients:
-            client.close()
-        for proc in reversed(procs):
-            proc.stop()
 
 
 def _open(client: HubClient, target: str, app: str, service: str) -> tuple[int, dict[str, Any]]:

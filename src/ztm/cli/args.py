@@ -602,8 +602,9 @@ def agent_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--expose-ports",
         action="store_true",
-        help="without --tun too, let mesh members reach this machine's TCP ports on 127.0.0.1 (port streams: "
-        "the tunnel's --target EP:PORT, the proxy's NAME.MESH.ztm); with a policy, only ip/tcp:PORT rules allow it",
+        help="without --tun too, let mesh members reach this machine's TCP and UDP ports on 127.0.0.1 (port "
+        "streams: the tunnel's --target EP:PORT, the proxy's NAME.MESH.ztm and mesh addresses); with a policy, only "
+        "ip/tcp:PORT and ip/udp:PORT rules allow it",
     )
 
 

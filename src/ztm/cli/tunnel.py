@@ -60,9 +60,9 @@ Any member may offer any tunnel name, so an entrance uses only exits of its own 
 others: --exit-users USER ... (their exits too) or --exits EP ... (exactly these endpoints, in this order).
 Endpoint names given to --exits and --entrances are resolved to endpoint ids when the tunnel is opened.
 
-An entrance may also go straight to a TCP port of an endpoint with --target EP:PORT: no exit is opened there;
-EP must run network mode (--tun) or --expose-ports, and with a mesh policy an ip/tcp:PORT rule must allow you
-(docs/dns.md, "Names without TUN")."""
+An entrance may also go straight to a port of an endpoint with --target EP:PORT (TCP or UDP): no exit is opened
+there; EP must run network mode (--tun) or --expose-ports, and with a mesh policy an ip/tcp:PORT (ip/udp:PORT)
+rule must allow you (docs/dns.md, "Names without TUN")."""
 
 COMMANDS = """\
 commands:
@@ -215,14 +215,15 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         "TCP connection, or every UDP client, to an online exit of the same tunnel name: round-robin over the exits\n"
         "of this endpoint's user and of root (and of --exit-users), or exactly the endpoints of --exits, whoever's\n"
         "they are, in that order (the first that accepts wins). Names in --exits are resolved to endpoint ids now.\n"
-        "Without a usable exit, a connection is closed at once. With --target EP:PORT (TCP only) each connection\n"
-        "goes straight to PORT on endpoint EP, which needs no exit (it runs --tun or --expose-ports).",
+        "Without a usable exit, a connection is closed at once. With --target EP:PORT each connection (or UDP\n"
+        "client) goes straight to PORT on endpoint EP, which needs no exit (it runs --tun or --expose-ports).",
         (
             f"{cmd} open inbound tcp/web --listen 18080",
             f"{cmd} open inbound tcp/pg --listen 15432 --target db:5432",
             f"{cmd} open inbound tcp/db --listen 127.0.0.1:15432 --exits db-1 db-2",
             f"{cmd} open inbound tcp/web --listen 18080 --exit-users bob",
             f"{cmd} open inbound udp/dns --listen 0.0.0.0:5353",
+            f"{cmd} open inbound udp/game --listen 27015 --target host-1:27015",
         ),
     )
     _tunnel_arg(inbound)
@@ -258,7 +259,7 @@ def _tree(p: argparse.ArgumentParser, prefix: str, cmd: str) -> None:
         dest="port_target",
         metavar="EP:PORT",
         type=port_target_type,
-        help="carry each connection straight to TCP port PORT of endpoint EP (a name or id): no exit needed",
+        help="carry each connection (or UDP client) straight to PORT of endpoint EP (a name or id): no exit needed",
     )
     outbound = add_sub(
         sides,

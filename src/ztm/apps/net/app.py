@@ -449,7 +449,14 @@ class NetApp(MeshApp):
                 "accept_routes": self.ctx.session.net.accept_routes,
                 "expose_ports": self.ctx.session.net.expose_ports,
                 "dns": self.dns.view() if self.dns is not None else None,
-                "ports": {k.partition(":")[2]: v for k, v in sorted(counters.items()) if k.startswith("port:")},
+                "ports": {
+                    **{k.partition(":")[2]: v for k, v in sorted(counters.items()) if k.startswith("port:")},
+                    **{
+                        f"udp_{k.partition(':')[2]}": v
+                        for k, v in sorted(counters.items())
+                        if k.startswith("port-udp:")
+                    },
+                },
                 "routing": list(self._served()) if self._snat is not None else [],
                 "routes_in_use": self.table.routes_in_use(),
                 "routes_installed": sorted(self._routes),

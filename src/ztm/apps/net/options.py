@@ -14,8 +14,9 @@ TUN_NEEDS_CAP = (
 )
 
 EXPOSE_PORTS_WARNING = (
-    "--expose-ports: members of the joined meshes may open TCP connections to this machine's 127.0.0.1 ports (with "
-    "no mesh policy, every member to every port: limit it with ip/tcp:PORT rules)"
+    "--expose-ports: members of the joined meshes may open TCP connections and send UDP datagrams to this machine's "
+    "127.0.0.1 ports (with no mesh policy, every member to every port: limit it with ip/tcp:PORT and ip/udp:PORT "
+    "rules)"
 )
 
 
@@ -30,7 +31,8 @@ class NetOptions:
     dns_suffix: str = DEFAULT_DNS_SUFFIX
     """Names are `NAME.MESH.SUFFIX` (`--dns-suffix`)."""
     expose_ports: bool = False
-    """Take port streams (`port/tcp/PORT`) without network mode, connecting to 127.0.0.1 (`--expose-ports`)."""
+    """Take port streams and flows (`port/tcp/PORT`, `port/udp/PORT`) without network mode, connecting to 127.0.0.1
+    (`--expose-ports`)."""
 
 
 def has_net_admin() -> bool:

@@ -47,7 +47,7 @@ from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy, check_choice
 from ztm.apps.proxy import spec
 from ztm.apps.proxy.spec import Credentials, Destination, ProxyAuth, Refused, Rule, TargetSet
-from ztm.apps.tunnel.app import UDP_QUEUE, counted_splice, udp_flow
+from ztm.apps.tunnel.app import UDP_QUEUE, counted_splice, serve_udp_flow
 from ztm.apps.tunnel.pipe import reset_socket
 from ztm.errors import BadInput, Conflict, Forbidden, NotFound, Timeout, ZtmError
 from ztm.policy import AppTarget
@@ -66,6 +66,8 @@ AUTH_CACHE = 256
 """Credentials remembered as verified (HMACs), until the credentials change or the agent restarts."""
 AUTH_CHECKS = 2
 """scrypt checks running at a time (each takes about 16 MiB and tens of milliseconds)."""
+DEFAULT_MESH_RANGE = "100.64.0.0/10"
+"""The mesh's IPv4 range until the hub announced it (`ztm.hub.meshaddr.DEFAULT_RANGE`)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,8 @@ class ProxyApp(MeshApp):
         self._rr: Counter[str] = Counter()
         self._exits_cache: tuple[float, list[Exit]] | None = None
         self._named_cache: dict[str, tuple[float, frozenset[spec.IP]]] = {}
+        self._addresses_cache: tuple[float, dict[spec.IP, str]] | None = None
+        """When, and mesh address -> endpoint id, from the hub's list (`endpoint_at`)."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
@@ -424,22 +428,53 @@ class ProxyApp(MeshApp):
             return None
         return host[: -len(zone)]
 
-    async def open_to_endpoint(self, name: str, dest: Destination, protocol: str) -> tuple[E2EStream, Exit]:
-        """A port stream (`ztm.apps.net.ports`) to `dest.port` on the endpoint `name` names (case-insensitive),
-        for `NAME.MESH.SUFFIX` destinations: no exit is involved; `Refused` with the reason otherwise."""
+    def in_mesh_range(self, ip: spec.IP) -> bool:
+        """Is `ip` in this mesh's IPv4 range or its ULA IPv6 prefix (as the hub announced them)?"""
+        v4, v6 = self.ctx.session.mesh_ranges
+        text = (v4 or DEFAULT_MESH_RANGE) if ip.version == 4 else v6
+        if text is None:
+            return False
+        try:
+            return ip in ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return False
+
+    async def endpoint_at(self, ip: spec.IP) -> str | None:
+        """The id of the endpoint whose mesh address (IPv4 or IPv6) is `ip`: from the endpoints the agent knows,
+        else from the hub's list (kept `EXITS_TTL` seconds); None if no endpoint has it."""
+        session = self.ctx.session
+        for ep_id, ep in ((session.record.ep_id, session.me), *session.peers.items()):
+            if not ep.get("deleted") and ip in _mesh_addresses(ep):
+                return ep_id
+        now = time.monotonic()
+        if self._addresses_cache is None or now - self._addresses_cache[0] > EXITS_TTL:
+            try:
+                endpoints = await self.ctx.endpoints()
+            except ZtmError as exc:
+                raise Refused(spec.FAILED, f"cannot look up {ip} at the hub: {exc.message}") from None
+            found = {a: str(ep["id"]) for ep in endpoints if isinstance(ep.get("id"), str) for a in _mesh_addresses(ep)}
+            self._addresses_cache = (now, found)
+        return self._addresses_cache[1].get(ip)
+
+    async def open_to_endpoint(
+        self, name: str, dest: Destination, protocol: str, ep_id: str | None = None
+    ) -> tuple[E2EStream, Exit]:
+        """A port stream or flow (`ztm.apps.net.ports`) to `dest.port` on the endpoint `name` names
+        (case-insensitive), for `NAME.MESH.SUFFIX` destinations, or on endpoint `ep_id` (a mesh address): no exit
+        is involved; `Refused` with the reason otherwise."""
         from ztm.apps.net.app import NetApp  # the net app imports the tunnel's splice, as this module does
         from ztm.apps.net.ports import CONNECT_FAILED
 
-        if protocol != "tcp":
-            raise Refused(spec.FAILED, f"{dest}: mesh names carry TCP only (port streams); use the tunnel for UDP")
         net = self.ctx.session.apps.get("net")
         if not isinstance(net, NetApp) or not net.running or net.ports is None:
             raise Refused(spec.FAILED, f"the net app is not running in mesh {self.ctx.mesh}: mesh names need it")
-        peers = [(str(ep.get("name")), ep_id) for ep_id, ep in self.ctx.session.peers.items() if not ep.get("deleted")]
-        found = sorted(ep_id for ep_name, ep_id in peers if ep_name.lower() == name)
-        ref = found[0] if found else name
+        ref = ep_id
+        if ref is None:
+            peers = [(str(ep.get("name")), i) for i, ep in self.ctx.session.peers.items() if not ep.get("deleted")]
+            found = sorted(i for ep_name, i in peers if ep_name.lower() == name)
+            ref = found[0] if found else name
         try:
-            stream = await net.ports.open(ref, dest.port)
+            stream = await net.ports.open(ref, dest.port, protocol)
         except NotFound:
             raise Refused(spec.UNRESOLVED, f"no endpoint named {name!r} in mesh {self.ctx.mesh}") from None
         except Forbidden as exc:
@@ -452,16 +487,23 @@ class ProxyApp(MeshApp):
         except h2.H2Error as exc:  # the hub connection is closing (GOAWAY, renewal)
             raise Refused(spec.FAILED, f"{dest}: {exc}") from None
         peer = self.ctx.session.peers.get(ref) or {}
-        self.counters["entrance:mesh_names"] += 1
+        self.counters["entrance:mesh_names" if ep_id is None else "entrance:mesh_addresses"] += 1
         return stream, Exit(ref, str(peer.get("name") or name), TargetSet(), user=str(peer.get("user") or ""))
 
     async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[E2EStream, Exit]:
         """A stream for `dest` to the first matching exit that accepts, over a direct channel when the exit has one
         (when it does not answer, a stream through the hub: `AppContext.open_stream_direct_first`); `Refused`
-        otherwise. `NAME.MESH.SUFFIX` goes to that endpoint's port instead (`open_to_endpoint`)."""
+        otherwise. `NAME.MESH.SUFFIX`, and an address of the mesh's ranges, go to that endpoint's port instead
+        (`open_to_endpoint`); an address of the ranges that no endpoint has is refused as an unknown name is."""
         name = self.mesh_endpoint(dest)
         if name is not None:
             return await self.open_to_endpoint(name, dest, protocol)
+        ip = dest.ip
+        if ip is not None and self.in_mesh_range(ip):
+            ep_id = await self.endpoint_at(ip)
+            if ep_id is None:
+                raise Refused(spec.UNRESOLVED, f"no endpoint with address {ip} in mesh {self.ctx.mesh}")
+            return await self.open_to_endpoint(str(ip), dest, protocol, ep_id)
         try:
             exits = await self._exits()
         except ZtmError as exc:
@@ -558,24 +600,7 @@ class ProxyApp(MeshApp):
             finally:
                 untrack()
             return
-        try:
-            stream = await self.ctx.accept(stream_id)
-        except BaseException:
-            transport.close()
-            raise
-        self.counters["exit-udp:streams"] += 1
-        paths.count(self.counters, "exit-udp", stream.path)
-
-        def close_udp(_reason: str) -> None:
-            stream.reset()
-            transport.close()
-
-        untrack = self.ctx.session.gate.track(caller, what, close_udp)
-        try:
-            await udp_flow(stream, queue, transport.sendto, self.counters, "exit-udp")
-        finally:
-            untrack()
-            transport.close()
+        await serve_udp_flow(self.ctx, stream_id, caller, what, transport, queue, self.counters, "exit-udp")
 
     async def _refuse(self, stream_id: str, caller: Caller, service: str, refused: Refused) -> None:
         self._log_refusal(caller, service, refused)
@@ -645,6 +670,12 @@ def _refs(value: object, what: str) -> tuple[str, ...]:
         if not validate.looks_like_id(item):
             validate.name(item, f"endpoint in {what}")
     return tuple(dict.fromkeys(items))
+
+
+def _mesh_addresses(ep: dict[str, Any]) -> list[spec.IP]:
+    """An endpoint's mesh addresses (IPv4 and IPv6) as the hub lists them."""
+    found = (spec.parse_ip(value) for value in (ep.get("mesh_ip"), ep.get("mesh_ip6")) if isinstance(value, str))
+    return [ip for ip in found if ip is not None]
 
 
 def _loopback(address: Address | None) -> bool:

@@ -340,16 +340,17 @@ class TunnelApp(MeshApp):
         users = dict.fromkeys((self.ctx.user, ROOT, *(spec.exit_users if spec else ())))
         return "user " + " or ".join(repr(u) for u in users)
 
-    async def open_to_port(self, target: PortTarget) -> tuple[E2EStream, dict[str, Any]]:
-        """A port stream to `target` (`ztm.apps.net.ports`: direct first, else through the hub), for an entrance with
-        `--target EP:PORT`; ZtmError if the net app is not running or the endpoint refuses."""
+    async def open_to_port(self, target: PortTarget, protocol: str = "tcp") -> tuple[E2EStream, dict[str, Any]]:
+        """A port stream (`tcp`) or flow (`udp`) to `target` (`ztm.apps.net.ports`: direct first, else through the
+        hub), for an entrance with `--target EP:PORT`; ZtmError if the net app is not running or the endpoint
+        refuses."""
         from ztm.apps.net.app import NetApp  # the net app imports the tunnel's splice
 
         net = self.ctx.session.apps.get("net")
         if not isinstance(net, NetApp) or not net.running or net.ports is None:
             raise Unavailable(f"the net app is not running in mesh {self.ctx.mesh}: port targets need it")
         try:
-            stream = await net.ports.open(target.ep, target.port)
+            stream = await net.ports.open(target.ep, target.port, protocol)
         except ZtmError as exc:
             raise Unavailable(f"{target}: {exc.message}") from None
         except h2.H2Error as exc:  # the hub connection is closing (GOAWAY, renewal)
@@ -482,24 +483,8 @@ class TunnelApp(MeshApp):
         except OSError as exc:
             await self.ctx.refuse(stream_id, f"cannot reach the target {target}: {exc.strerror or exc}")
             return
-        try:
-            stream = await self.ctx.accept(stream_id)
-        except BaseException:
-            transport.close()
-            raise
-        self.counters[f"{key}:streams"] += 1
-        paths.count(self.counters, key, stream.path)
-
-        def close(_reason: str) -> None:
-            stream.reset()
-            transport.close()
-
-        untrack = self.ctx.session.gate.track(caller, policy_target(spec.tunnel), close)
-        try:
-            await udp_flow(stream, queue, transport.sendto, self.counters, key)
-        finally:
-            untrack()
-            transport.close()
+        what = policy_target(spec.tunnel)
+        await serve_udp_flow(self.ctx, stream_id, caller, what, transport, queue, self.counters, key)
 
 
 def policy_target(tunnel: TunnelName) -> AppTarget:
@@ -540,8 +525,12 @@ class _UdpEntrance(asyncio.DatagramProtocol):
 
     async def _flow(self, addr: Any, queue: asyncio.Queue[bytes]) -> None:
         key = self.key
+        spec = self.app.inbound.get(key)
         try:
-            stream, _exit = await self.app.open_to_exit(key)
+            if spec is not None and spec.target is not None:
+                stream, _exit = await self.app.open_to_port(spec.target, "udp")
+            else:
+                stream, _exit = await self.app.open_to_exit(key)
         except ZtmError as exc:
             self.app.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: datagrams from %s dropped: %s", self.app.ctx.mesh, key, addr, exc.message)
@@ -605,6 +594,40 @@ async def splice(
     """Splice a local TCP socket with an end-to-end stream, relayed or direct (a direct channel's TLS connection
     is reused after a clean end both ways). Also the proxy app's data path."""
     await splice_socket(reader, writer, stream, count)
+
+
+async def serve_udp_flow(
+    ctx: AppContext,
+    stream_id: str,
+    caller: Caller,
+    what: AppTarget,
+    transport: asyncio.DatagramTransport,
+    queue: asyncio.Queue[bytes],
+    counters: Counter[str],
+    key: str,
+) -> None:
+    """The serving side of one UDP flow whose socket `transport` is ready (what it receives lands in `queue`): accept
+    stream `stream_id`, count it (`KEY:streams`, its path), carry datagrams both ways (`udp_flow`) while the policy
+    gate allows `what` for `caller`; the socket is closed at the end. The tunnel's exits, the proxy's and the net
+    app's port flows."""
+    try:
+        stream = await ctx.accept(stream_id)
+    except BaseException:
+        transport.close()
+        raise
+    counters[f"{key}:streams"] += 1
+    paths.count(counters, key, stream.path)
+
+    def close(_reason: str) -> None:
+        stream.reset()
+        transport.close()
+
+    untrack = ctx.session.gate.track(caller, what, close)
+    try:
+        await udp_flow(stream, queue, transport.sendto, counters, key)
+    finally:
+        untrack()
+        transport.close()
 
 
 async def udp_flow(

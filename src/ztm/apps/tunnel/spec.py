@@ -59,7 +59,8 @@ def _addresses(value: object, what: str, default_host: str | None) -> tuple[Addr
 
 @dataclass(frozen=True)
 class PortTarget:
-    """`EP:PORT`: a TCP port on an endpoint, reached by a port stream (`ztm.apps.net.ports`), no exit needed."""
+    """`EP:PORT`: a TCP or UDP port on an endpoint (the tunnel's protocol), reached by a port stream or flow
+    (`ztm.apps.net.ports`), no exit needed."""
 
     ep: str
     """The endpoint's name or id (an id once configured)."""
@@ -70,7 +71,7 @@ class PortTarget:
 
     @classmethod
     def parse(cls, value: object) -> PortTarget:
-        hint = "expected EP:PORT, an endpoint name or id and a TCP port from 1 to 65535 (e.g. db:5432)"
+        hint = "expected EP:PORT, an endpoint name or id and a port from 1 to 65535 (e.g. db:5432)"
         if not isinstance(value, str) or ":" not in value:
             raise BadInput(f"invalid target {value!r}: {hint}")
         ep, _, port = value.rpartition(":")
@@ -87,7 +88,8 @@ class PortTarget:
 class Inbound:
     """The entrance side: local listen addresses forwarded to an exit of the same tunnel: one of `exits` (endpoint
     ids once configured) in that order, or else one of the entrance's own user, of root or of `exit_users`
-    (`ztm.apps.exits`); or, with `target` (TCP only), straight to a port of that endpoint (a port stream)."""
+    (`ztm.apps.exits`); or, with `target`, straight to a port of that endpoint (a port stream for TCP, a port flow
+    per client address for UDP)."""
 
     tunnel: TunnelName
     listen: tuple[Address, ...]
@@ -103,8 +105,6 @@ class Inbound:
         tunnel = TunnelName.parse(body.get("tunnel"))
         raw_target = body.get("target")
         target = PortTarget.parse(raw_target) if raw_target is not None else None
-        if target is not None and tunnel.protocol != "tcp":
-            raise BadInput(f"target {target}: a port target carries TCP only; name the tunnel tcp/{tunnel.name}")
         if target is not None and (exits or exit_users):
             raise BadInput("give a target EP:PORT or exits/exit_users, not both: a target needs no exit")
         return cls(tunnel, _addresses(body.get("listen"), "listen", "127.0.0.1"), exits, exit_users, target)
