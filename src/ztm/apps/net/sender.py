@@ -52,7 +52,7 @@ class PeerSender:
     def put(self, packet: bytes) -> bool:
         """Queue one packet from the TUN (vnet header and IP packet); False when dropped (counted). `kick` sends."""
         counters = self.app.counters
-        if time.monotonic() < self._next_open and self.stream is None:
+        if self.stream is None and time.monotonic() < self._next_open:
             counters["unreachable:dropped"] += 1
             return False
         if not self.queue.put(packet):
