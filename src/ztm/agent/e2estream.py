@@ -232,6 +232,16 @@ class E2EStream:
         except E2EError as exc:
             self._fail(E2EStreamError(exc.reason, exc.message))
             return
+        if len(records) == 1 and records[0][0] == DATA and not self._eof:  # one DATA record: straight to the sink
+            payload = records[0][1]
+            sink = self._sink
+            if payload and sink is not None and not self._sink_paused and not self._chunks:
+                self.bytes_received += len(payload)
+                sink.stream_data(payload)
+                if not self._outer_paused and (self._sink_paused or self._buffered > READ_BUFFER):
+                    self._outer_paused = True
+                    self._outer.pause_sink()
+                return
         for inner, payload in records:
             if inner == DATA:
                 if self._eof:

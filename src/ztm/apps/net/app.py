@@ -321,7 +321,9 @@ class NetApp(MeshApp):
         limit = tun_mod.read_limit(now, self._last_read)
         self._last_read = now
         touched: set[PeerSender] = set()
-        for buf in device.read_batch(limit):
+        batch = device.read_batch(limit)
+        alone = len(batch) == 1
+        for buf in batch:
             n = len(buf)
             version = buf[10] >> 4 if n > 10 else 0
             if version == 4 and n >= 30:
@@ -344,6 +346,8 @@ class NetApp(MeshApp):
             if track:  # the replies to what this endpoint sends pass the policy (`ztm.apps.net.flows`)
                 with contextlib.suppress(BadPacket):
                     self.flows.sent(parse(memoryview(buf)[10:]), now)
+            if alone and sender.send_now(buf):  # a lone packet: straight to the stream
+                continue
             if sender.put(buf):
                 touched.add(sender)
         for sender in touched:  # one write per peer for the whole batch
