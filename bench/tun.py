@@ -16,16 +16,23 @@ each behind an `eim` router, a hub in `datacenter`) and runs every process insid
 Per run (`--runs`, default 5; the order of the paths rotates each run): `iperf3 -c ADDR -t SECONDS` one TCP stream
 from home over each path (the receiver's rate), the CPU seconds of each path's processes during it (per GiB moved),
 and `ping -c N -i 0.01` over ztm and wireguard-go (and the underlay from home to the data center, for scale): p50
-and p99. Reported: the median
+and p99, and the ztm agents' CPU time per ping. Reported: the median
 and the spread (min..max) over the runs, and the median of the runs' ratios to wireguard-go. Targets (issue 17):
 TCP >= 1.0 x wireguard-go, ping p50 <= 1.5 x wireguard-go; stunnel4 for context (TCP >= 0.5 x stunnel4).
 
-Run:  sudo .venv/bin/python -m bench.tun [--runs 5] [--seconds 5] [--pings 200] [--keep]
+Same-run baseline, `--baseline-rev REV` (`bench.baseline`: REV's `src/` exported with `git archive`): a second hub
+(`datacenter`, port 8889, mesh range 10.200.0.0/16) and two more agents (home and workplace, API port 7778, interfaces
+`zb0`) run REV's code beside the current one, their own mesh punched across the same routers; the path `ztm@base`
+is measured right after or before `ztm` (A, B then B, A: `round_order`), and the report adds the runs' ratios
+ztm / ztm@base (ping p50, TCP, CPU per ping).
+
+Run:  sudo .venv/bin/python -m bench.tun [--runs 5] [--seconds 5] [--pings 200] [--baseline-rev REV] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -42,7 +49,27 @@ if not __package__:  # run as a file (python bench/NAME.py): make the `bench` pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import support  # tests/support.py: hub and agent processes in a namespace
-from bench.common import PYTHON, Workspace, cpu_seconds, machine_facts, percentile, table, tree_facts
+from bench.baseline import (
+    BaselineError,
+    RoundRatios,
+    base_of,
+    check_imports_from,
+    export_revision,
+    resolve_revision,
+    round_order,
+)
+from bench.common import (
+    PYTHON,
+    REPO,
+    Workspace,
+    bench_env,
+    cpu_seconds,
+    machine_facts,
+    percentile,
+    src_digest,
+    table,
+    tree_facts,
+)
 from lab.netlab import Lab, unavailable_reason
 
 MESH = "bench"
@@ -53,6 +80,12 @@ ST_LOCAL = 9301
 """home's stunnel4 client (127.0.0.1)."""
 IPERF = 5201
 PATHS = ("ztm", "wireguard-go", "stunnel4")
+BASE = base_of("ztm")
+"""The baseline's path (`--baseline-rev`)."""
+BASE_HUB_PORT = 8889
+BASE_API_PORT = 7778
+BASE_RANGE = "10.200.0.0/16"
+"""The baseline mesh's IPv4 range: apart from the current mesh's (100.64.0.0/10) in the same namespaces."""
 WG_DEV = {"home": "wgh", "workplace": "wgw"}
 GiB = 1 << 30
 
@@ -141,6 +174,16 @@ def ping(lab: Lab, addr: str, count: int, interval: float) -> list[float] | None
     return rtts or None
 
 
+def cpu_ns(pid: int) -> int:
+    """Nanoseconds on a CPU of all threads of process `pid` (`/proc/PID/task/*/schedstat`: finer than the clock
+    ticks of `cpu_seconds`, enough for a few hundred pings)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
 def net_view(agent: support.Agent) -> dict[str, Any]:
     status, apps = agent.api("GET", f"/api/meshes/{MESH}/apps")
     assert status == 200, apps
@@ -149,44 +192,72 @@ def net_view(agent: support.Agent) -> dict[str, Any]:
 
 @dataclass
 class Results:
-    rate: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PATHS})
-    """MB/s (1e6 bytes) per run."""
+    rate: dict[str, list[float]] = field(default_factory=dict)
+    """path -> MB/s (1e6 bytes) per run."""
     cpu: dict[str, list[float]] = field(default_factory=dict)
     """process label -> CPU seconds per GiB, per run."""
-    rtt: dict[str, list[float]] = field(default_factory=lambda: {"ztm": [], "wireguard-go": [], "underlay": []})
-    rtt_p50: dict[str, list[float]] = field(default_factory=lambda: {"ztm": [], "wireguard-go": [], "underlay": []})
+    rtt: dict[str, list[float]] = field(default_factory=dict)
+    """path -> every RTT (ms) of every run."""
+    rtt_p50: dict[str, list[float]] = field(default_factory=dict)
+    """path -> p50 (ms) per run."""
+    ping_cpu: dict[str, list[float]] = field(default_factory=dict)
+    """ztm agent label -> CPU microseconds per ping, per run."""
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, lab: Lab, ws: Workspace) -> None:
+    def __init__(self, args: argparse.Namespace, lab: Lab, ws: Workspace, base_src: Path | None = None) -> None:
         self.args, self.lab, self.ws = args, lab, ws
         self.res = Results()
-        dc = lab.addr("datacenter")
         self.procs: list[support.Proc] = []
-        """Hub and agents, stopped by `close` (the lab's own `popen`s stop with the lab)."""
-        self.hub = support.start_hub(ws.dir, netns=lab.ns("datacenter"), listen="0.0.0.0:8888", names=f"{dc}:8888")
-        self.procs.append(self.hub.proc)
-        self.agents = {}
-        for host in ("home", "workplace"):
-            agent = support.start_agent(ws.dir, host, netns=lab.ns(host), port=7777, extra=["--tun"])
-            self.procs.append(agent.proc)
-            agent.join(MESH, host, self.hub.permit)
-            self.agents[host] = agent
-        views = {h: support.wait_until(lambda a=a: (v := net_view(a))["tun_up"] and v, 30, f"{h}'s TUN")
-                 for h, a in self.agents.items()}  # fmt: skip
-        self.mesh_ip = views["workplace"]["mesh_ip"]
+        """Hubs and agents, stopped by `close` (the lab's own `popen`s stop with the lab)."""
+        self.paths: tuple[str, ...] = PATHS if base_src is None else ("ztm", BASE, *PATHS[1:])
+        self.agents, self.mesh_ip = self.mesh("", 8888, 7777)
+        self.base_agents: dict[str, support.Agent] = {}
+        self.targets: dict[str, str | None] = {"ztm": self.mesh_ip, "wireguard-go": "10.99.0.2", "stunnel4": None}
+        if base_src is not None:
+            env = {"PYTHONPATH": str(base_src)}
+            extra = ("--mesh-range", BASE_RANGE)
+            self.base_agents, self.targets[BASE] = self.mesh("@base", BASE_HUB_PORT, BASE_API_PORT, env, extra)
         lab.popen("workplace", ["iperf3", "-s", "-p", str(IPERF)], name="iperf3-server")
         forward(lab)
         self.wg = wireguard(lab, ws)
         self.stunnel = stunnel(lab, ws)
+        for agents, target in ((self.agents, self.mesh_ip), (self.base_agents, self.targets.get(BASE))):
 
-        def punched() -> bool:
-            if ping(lab, self.mesh_ip, 1, 0.2) is None:
-                return False
-            return all(p["path"] in ("punched", "lan") for a in self.agents.values() for p in net_view(a)["peers"])
+            def punched(agents: dict[str, support.Agent] = agents, target: str | None = target) -> bool:
+                assert target is not None
+                if ping(lab, target, 1, 0.2) is None:
+                    return False
+                return all(p["path"] in ("punched", "lan") for a in agents.values() for p in net_view(a)["peers"])
 
-        support.wait_until(punched, 60, "both agents' ip streams on the punched path")
-        self.targets = {"ztm": self.mesh_ip, "wireguard-go": "10.99.0.2", "stunnel4": None}
+            if agents:
+                support.wait_until(punched, 60, "both agents' ip streams on the punched path")
+
+    def mesh(
+        self,
+        suffix: str,
+        hub_port: int,
+        api_port: int,
+        env: dict[str, str] | None = None,
+        hub_extra: tuple[str, ...] = (),
+    ) -> tuple[dict[str, support.Agent], str]:
+        """A hub in `datacenter` and agents at home and workplace with `--tun` (the baseline's: `env` runs its code,
+        `zb0` interfaces); the agents and workplace's mesh IPv4 address."""
+        dc, ns = self.lab.addr("datacenter"), self.lab.ns("datacenter")
+        hub = support.start_hub(self.ws.dir, netns=ns, listen=f"0.0.0.0:{hub_port}", names=f"{dc}:{hub_port}",
+                                env=env, extra=hub_extra, name=f"hub{suffix}")  # fmt: skip
+        self.procs.append(hub.proc)
+        agents = {}
+        tun = ["--tun"] if not suffix else ["--tun", "--tun-name", "zb"]
+        for host in ("home", "workplace"):
+            agent = support.start_agent(self.ws.dir, host + suffix, netns=self.lab.ns(host), port=api_port, env=env,
+                                        extra=tun)  # fmt: skip
+            self.procs.append(agent.proc)
+            agent.join(MESH, host, hub.permit)
+            agents[host] = agent
+        views = {h: support.wait_until(lambda a=a: (v := net_view(a))["tun_up"] and v, 30, f"{h}{suffix}'s TUN")
+                 for h, a in agents.items()}  # fmt: skip
+        return agents, views["workplace"]["mesh_ip"]
 
     def close(self) -> None:
         support.stop_all(self.procs)
@@ -194,6 +265,8 @@ class Bench:
     def pids(self, path: str) -> dict[str, int]:
         if path == "ztm":
             return {f"ztm agent {h}": a.proc.pid for h, a in self.agents.items()}
+        if path == BASE:
+            return {f"{BASE} agent {h}": a.proc.pid for h, a in self.base_agents.items()}
         if path == "wireguard-go":
             return {f"wireguard-go {h}": pid for h, pid in self.wg.items()}
         return {f"stunnel4 {p.name}": p.pid for p in self.stunnel}
@@ -208,22 +281,29 @@ class Bench:
         after = {k: cpu_seconds(p) for k, p in pids.items()}
         end = json.loads(out.stdout)["end"]
         moved = float(end["sum_received"]["bytes"])
-        self.res.rate[path].append(float(end["sum_received"]["bits_per_second"]) / 8 / 1e6)
+        self.res.rate.setdefault(path, []).append(float(end["sum_received"]["bits_per_second"]) / 8 / 1e6)
         for k in pids:
             self.res.cpu.setdefault(k, []).append((after[k] - before[k]) / (moved / GiB))
 
-    def pings(self) -> None:
-        addrs = {"ztm": self.mesh_ip, "wireguard-go": "10.99.0.2", "underlay": self.lab.addr("datacenter")}
-        for name, addr in addrs.items():
+    def pings(self, run: int) -> None:
+        names = [p for p in round_order(self.paths, run) if p != "stunnel4"] + ["underlay"]
+        addrs = {**self.targets, "underlay": self.lab.addr("datacenter")}
+        for name in names:
+            addr = addrs[name]
+            assert addr is not None
+            pids = self.pids(name) if name in ("ztm", BASE) else {}
+            before = {k: cpu_ns(p) for k, p in pids.items()}
             rtts = ping(self.lab, addr, self.args.pings, 0.01)
             assert rtts, f"no ping came back over {name}"
-            self.res.rtt[name] += rtts
-            self.res.rtt_p50[name].append(statistics.median(rtts))
+            for k, p in pids.items():
+                self.res.ping_cpu.setdefault(k, []).append((cpu_ns(p) - before[k]) / 1e3 / len(rtts))
+            self.res.rtt.setdefault(name, []).extend(rtts)
+            self.res.rtt_p50.setdefault(name, []).append(statistics.median(rtts))
 
     def report(self) -> bool:
         r = self.res
         rows = []
-        for path in PATHS:
+        for path in self.paths:
             v = r.rate[path]
             rows.append([path, f"{statistics.median(v):.1f}", f"{min(v):.1f}..{max(v):.1f}"])
         print("\nTCP, one stream (iperf3), MB/s: median of the runs and spread")
@@ -238,12 +318,34 @@ class Bench:
             runs = ", ".join(f"{x:.3f}" for x in r.rtt_p50[name])
             rows.append([name, f"{statistics.median(rtts):.3f}", f"{percentile(rtts, 99):.3f}", f"[{runs}]"])
         print(table(["path", "p50", "p99", "p50 per run"], rows))
+        print("\nztm agents' CPU microseconds per ping (during the pings; median of the runs, spread)")
+        cpu_rows = [[k, f"{statistics.median(v):.0f}", f"{min(v):.0f}..{max(v):.0f}"] for k, v in r.ping_cpu.items()]
+        print(table(["process", "CPU us/ping", "spread"], cpu_rows))
+        if BASE in r.rate:
+            self.report_base()
         rtt_ratio = statistics.median(z / w for z, w in zip(r.rtt_p50["ztm"], r.rtt_p50["wireguard-go"], strict=True))
         ok_tcp, ok_rtt = tcp_ratio >= 1.0, rtt_ratio <= 1.5
         print(f"\nTCP ztm / wireguard-go: {tcp_ratio:.2f} x (target >= 1.0: {'met' if ok_tcp else 'NOT met'})")
         print(f"TCP ztm / stunnel4: {st_ratio:.2f} x (target >= 0.5: {'met' if st_ratio >= 0.5 else 'NOT met'})")
         print(f"ping p50 ztm / wireguard-go: {rtt_ratio:.2f} x (target <= 1.5: {'met' if ok_rtt else 'NOT met'})")
         return ok_tcp and ok_rtt
+
+    def report_base(self) -> None:
+        """ztm against ztm@base, run by run (each run measured both back to back)."""
+        r = self.res
+        rows = []
+        for measure, cur, base in (("ping p50", r.rtt_p50["ztm"], r.rtt_p50[BASE]),
+                                   ("TCP MB/s", r.rate["ztm"], r.rate[BASE]),
+                                   *((f"CPU/ping {h}", r.ping_cpu[f"ztm agent {h}"], r.ping_cpu[f"{BASE} agent {h}"])
+                                     for h in self.agents)):  # fmt: skip
+            ratios = RoundRatios()
+            for c, b in zip(cur, base, strict=True):
+                ratios.add(c, b)
+            rows.append([measure, f"{statistics.median(cur):.3f}", f"{statistics.median(base):.3f}", ratios.text()])
+        print("\nztm against ztm@base (--baseline-rev): medians of the runs, and the runs' ratios")
+        print(table(["measure", "ztm", "ztm@base", "x baseline (median of runs' ratios, spread)"], rows))
+        base_ratio = statistics.median(b / w for b, w in zip(r.rtt_p50[BASE], r.rtt_p50["wireguard-go"], strict=True))
+        print(f"ping p50 ztm@base / wireguard-go: {base_ratio:.2f} x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,23 +354,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5, help="seconds per iperf3 run (default %(default)s)")
     parser.add_argument("--pings", type=int, default=200, help="pings per path and run (default %(default)s)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) at the end")
+    parser.add_argument("--baseline-rev", metavar="REV", help="also run REV's agents (path ztm@base) beside these")
     args = parser.parse_args(argv)
     reason = unavailable_reason()
     if reason:
         parser.error(reason)
+    base_commit = ""
+    if args.baseline_rev is not None:
+        try:
+            base_commit = resolve_revision(REPO, args.baseline_rev)
+        except BaselineError as exc:
+            parser.error(str(exc))
     install_baselines()
     print(f"command: {' '.join([os.path.relpath(PYTHON), '-m', 'bench.tun', *(argv or sys.argv[1:])])}")
     print(machine_facts())
     print(tree_facts())
     started = time.perf_counter()
     with Lab() as lab, Workspace("tun", keep=args.keep) as ws:
-        bench = Bench(args, lab, ws)
+        base_src = None
+        if base_commit:
+            try:
+                base_src = export_revision(REPO, base_commit, ws.dir / "baseline")
+                check_imports_from(PYTHON, base_src, bench_env(ws.dir, src=base_src))
+            except BaselineError as exc:
+                parser.error(str(exc))
+            print(f"baseline: --baseline-rev {args.baseline_rev} = {base_commit[:12]}, src/ztm sha256: "
+                  f"{src_digest(base_src)}; the path ztm@base runs it")  # fmt: skip
+        bench = Bench(args, lab, ws, base_src)
         try:
             for run in range(args.runs):
-                order = PATHS[run % len(PATHS) :] + PATHS[: run % len(PATHS)]
+                paths = bench.paths[1:] if base_src is not None else bench.paths  # ztm and ztm@base stay together
+                k = run % len(paths)
+                order = round_order(["ztm", BASE] if base_src is not None else [], run)
+                order += [p for p in paths[k:] + paths[:k] if p not in order]
                 for path in order:
                     bench.iperf(path)
-                bench.pings()
+                bench.pings(run)
                 print(f"[{time.strftime('%H:%M:%S')}] run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
             ok = bench.report()
         finally:

@@ -17,7 +17,7 @@ import pytest
 
 from ztm import h2
 from ztm.agent.direct_outer import DirectConn, DirectOuter
-from ztm.agent.e2estream import E2EStream, E2EStreamError
+from ztm.agent.e2estream import MIN_RECORD_PAYLOAD, E2EStream, E2EStreamError
 from ztm.e2e import Peer
 from ztm.e2e.record import DATA, END, Channel
 
@@ -121,5 +121,24 @@ def test_bytes_after_the_peers_end_while_ours_is_open_fail_the_stream() -> None:
         with pytest.raises(h2.H2Error):
             await stream.read()
         assert transport.aborted and not released
+
+    run(main())
+
+
+def test_write_nowait_seals_small_and_large_writes_alike() -> None:
+    """A write of up to `MIN_RECORD_PAYLOAD` bytes (a ping) is one record without the sizing; larger ones are cut
+    into records of `_record_size`: the peer opens both to the same bytes, in order."""
+
+    async def main() -> None:
+        transport, _conn, stream, peer, _released = pair()
+        small, edge, large = b"p" * 84, b"e" * MIN_RECORD_PAYLOAD, os.urandom(200_000)
+        for data in (small, edge, large, b""):
+            assert stream.write_nowait(data) == len(data)
+        records = peer.feed(bytes(transport.written))
+        assert [len(p) for _, p in records[:2]] == [len(small), len(edge)]  # one record each
+        assert len(records) > 3  # the large write went out in several records
+        assert all(inner == DATA for inner, _ in records)
+        assert b"".join(p for _, p in records) == small + edge + large
+        assert stream.bytes_sent == len(small) + len(edge) + len(large)
 
     run(main())

@@ -69,3 +69,25 @@ def test_a_full_queue_refuses_and_keeps_what_it_holds() -> None:
     assert len(queue) == 3 and queue.queued == 3 * 1004
     assert queue.clear() == 3
     assert queue.put(packet(1000))
+
+
+def test_a_chunk_of_exactly_one_frame_comes_back_as_a_view_without_a_copy() -> None:
+    whole = frame(packet(1500))
+    got = Deframer().feed(whole)
+    assert got == [whole[4:]]
+    assert isinstance(got[0], memoryview) and got[0].obj is whole  # the common case: no copy of the packet
+
+
+@pytest.mark.parametrize("length", [MIN_FRAME - 1, MAX_FRAME + 1])
+def test_a_single_chunk_with_an_impossible_length_still_breaks_the_stream(length: int) -> None:
+    """The one-frame shortcut takes a chunk only when its length fits a frame: the check stays the same."""
+    with pytest.raises(FrameError, match="a frame of"):
+        Deframer().feed(length.to_bytes(4, "big") + b"\0" * length)
+
+
+def test_the_shortcut_is_not_taken_while_part_of_a_frame_is_held() -> None:
+    first, second = frame(packet(100)), frame(packet(200))
+    deframer = Deframer()
+    assert deframer.feed(first[:50]) == []
+    assert deframer.feed(first[50:] + second) == [first[4:], second[4:]]
+    assert deframer.feed(first) == [first[4:]]

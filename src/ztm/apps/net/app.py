@@ -96,6 +96,8 @@ class NetApp(MeshApp):
         self._found: dict[str, str | None] = {}
         self._found_at = 0.0
         self._names: dict[str, tuple[str | None, str | None]] = {}
+        self._last_read = 0.0
+        """When the TUN was last read (`tun.read_limit`)."""
 
     # ---- what h-ndns reads -------------------------------------------------------------------------------------
 
@@ -316,8 +318,12 @@ class NetApp(MeshApp):
         lookup = self.table.lookup
         track = self.ctx.session.gate.policy is not None
         now = time.monotonic()
+        limit = tun_mod.read_limit(now, self._last_read)
+        self._last_read = now
         touched: set[PeerSender] = set()
-        for buf in device.read_batch():
+        batch = device.read_batch(limit)
+        alone = len(batch) == 1
+        for buf in batch:
             n = len(buf)
             version = buf[10] >> 4 if n > 10 else 0
             if version == 4 and n >= 30:
@@ -340,18 +346,20 @@ class NetApp(MeshApp):
             if track:  # the replies to what this endpoint sends pass the policy (`ztm.apps.net.flows`)
                 with contextlib.suppress(BadPacket):
                     self.flows.sent(parse(memoryview(buf)[10:]), now)
+            if alone and sender.send_now(buf):  # a lone packet: straight to the stream
+                continue
             if sender.put(buf):
                 touched.add(sender)
         for sender in touched:  # one write per peer for the whole batch
             sender.kick()
 
-    def deliver(self, ep_id: str, frame: bytes) -> None:
-        """A frame from peer `ep_id` (its stream's certificate): checked, then written to the TUN."""
+    def deliver(self, ep_id: str, frame: bytes | memoryview) -> bool:
+        """A frame from peer `ep_id` (its stream's certificate): checked, then written to the TUN; True if it was."""
         counters = self.counters
         device = self.device
         if device is None:
             counters["down:dropped"] += 1
-            return
+            return False
         version = self.ctx.session.gate.version
         if version != self._policy_version:
             self._policy_version = version
@@ -359,12 +367,13 @@ class NetApp(MeshApp):
         reason = self.filter.check_frame(ep_id, frame)  # the vnet header must fit the packet, then `check`
         if reason is not None:
             counters[f"{reason}:dropped"] += 1
-            return
+            return False
         if not device.write(frame):
             counters["tun-refused:dropped"] += 1
-            return
+            return False
         counters["ip:packets_in"] += 1
         counters["ip:bytes_in"] += len(frame) - 10
+        return True
 
     def _reply(self, info: PacketInfo) -> bool:
         """For the filter: whether a packet the policy refused answers a flow this endpoint opened (then it passes)."""
@@ -500,8 +509,11 @@ class _Receiver:
             self.stream.reset()
             return
         deliver = self.app.deliver
+        written = False
         for frame in frames:
-            deliver(self.ep_id, frame)
+            written = deliver(self.ep_id, frame) or written
+        if written:  # what the kernel answered at once (an echo reply, TCP's ACK) goes out now, not a loop turn later
+            self.app._readable()
 
     def stream_end(self) -> None:
         self.app._receivers.discard(self)

@@ -47,15 +47,20 @@ class Deframer:
         """Bytes held of a frame not complete yet."""
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """The frames `data` completes (each the vnet header and the IP packet); FrameError on an impossible length
-        (after which the deframer is of no further use)."""
+    def feed(self, data: bytes) -> list[bytes | memoryview]:
+        """The frames `data` completes (each the vnet header and the IP packet; a view into `data` when `data` is
+        exactly one frame, the common case); FrameError on an impossible length (after which the deframer is of no
+        further use)."""
+        if not self._buf and len(data) >= 4:
+            n = len(data) - 4
+            if LENGTH.unpack_from(data)[0] == n and MIN_FRAME <= n <= MAX_FRAME:
+                return [memoryview(data)[4:]]
         if self._buf:
             self._buf += data
             buf: bytes | bytearray = self._buf
         else:
             buf = data
-        out: list[bytes] = []
+        out: list[bytes | memoryview] = []
         offset, total = 0, len(buf)
         while total - offset >= 4:
             (n,) = LENGTH.unpack_from(buf, offset)

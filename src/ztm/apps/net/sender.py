@@ -17,7 +17,7 @@ from ztm import h2
 from ztm.agent.e2estream import E2EStream
 from ztm.aio import spawn
 from ztm.apps import paths
-from ztm.apps.net.frames import SendQueue
+from ztm.apps.net.frames import SendQueue, frame
 from ztm.errors import ZtmError
 
 if TYPE_CHECKING:
@@ -52,12 +52,28 @@ class PeerSender:
     def put(self, packet: bytes) -> bool:
         """Queue one packet from the TUN (vnet header and IP packet); False when dropped (counted). `kick` sends."""
         counters = self.app.counters
-        if time.monotonic() < self._next_open and self.stream is None:
+        if self.stream is None and time.monotonic() < self._next_open:
             counters["unreachable:dropped"] += 1
             return False
         if not self.queue.put(packet):
             counters["queue-full:dropped"] += 1
             return False
+        return True
+
+    def send_now(self, packet: bytes) -> bool:
+        """Write one packet's frame at once, without the queue, when nothing is queued and the stream is up and
+        idle (a lone packet: a ping, a keystroke); False (nothing done) when the caller must `put` and `kick`."""
+        stream = self.stream
+        if self._busy or stream is None or self.queue or self._upgrade_due or stream.closed:
+            return False
+        data = frame(packet)
+        try:
+            sent = stream.write_nowait(data)
+        except h2.H2Error:
+            return False  # `put` and `kick` meet the error again, and the writer task handles it
+        if sent < len(data):  # the windows took part of it: the rest goes first, as `kick` does
+            self.queue.push_front(data[sent:])
+            self.kick()
         return True
 
     def kick(self) -> None:

@@ -40,7 +40,17 @@ MTU = 65535 - 20 - 40
 READ_SIZE = VNET_LEN + 65535
 READ_BATCH = 64
 """Packets read at most per readiness callback before the loop gets a turn."""
+IDLE_GAP = 0.001
+"""Seconds without a read after which the next readiness reads one packet only (`read_limit`)."""
 IP = "ip"
+
+
+def read_limit(now: float, last: float) -> int:
+    """How many packets to read at this readiness (`now`; `last`: the previous read's time): `READ_BATCH` while
+    packets keep coming, 1 after `IDLE_GAP` of silence. A lone packet (a ping, a keystroke) then goes out without
+    the read that would only say EAGAIN (a syscall and an exception on its way); were more queued, the level-
+    triggered readiness fires again at once and the next reads batch."""
+    return 1 if now - last > IDLE_GAP else READ_BATCH
 
 
 class TunError(OSError):
