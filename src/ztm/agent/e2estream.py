@@ -409,6 +409,7 @@ class E2EStream:
         each, which would cut the TLS records and the hub's reads into many more."""
         self._check_send()
         outer = self._outer
+        total = len(data)
         room = outer.send_capacity() - OVERHEAD  # a key update record may come first
         if 0 < total <= MIN_RECORD_PAYLOAD and total <= room - OVERHEAD:  # one small record (a ping): no sizing
             record = self._channel.seal(DATA, data)
