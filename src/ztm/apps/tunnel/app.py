@@ -27,13 +27,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ztm import epref, h2
 from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import EarlyData, EarlyReader
 from ztm.agent.mesh import Traffic
 from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy
@@ -310,9 +311,10 @@ class TunnelApp(MeshApp):
             exits = exits[start:] + exits[:start]
         return sorted(exits, key=lambda e: self._slow.get(e["ep"], 0.0) > now)  # stable: slow ones last
 
-    async def open_to_exit(self, key: str) -> tuple[E2EStream, dict[str, Any]]:
+    async def open_to_exit(self, key: str, early: EarlyData | None = None) -> tuple[E2EStream, dict[str, Any]]:
         """A stream to the first exit of tunnel `key` that accepts, over a direct channel when it has one, else
-        through the hub (`AppContext.open_stream_direct_first`); Unavailable if none does."""
+        through the hub (`AppContext.open_stream_direct_first`); Unavailable if none does. `early`: the client's
+        bytes so far, sent with the opening (again to the next exit after a refusal, `ztm.agent.early`)."""
         exits = await self._exits(key)
         if not exits:
             raise Unavailable(f"no online exit of {self._whose(key)} offers {key}")
@@ -323,7 +325,9 @@ class TunnelApp(MeshApp):
 
         for exit_ep in exits:
             try:
-                stream = await self.ctx.open_stream_direct_first(exit_ep["ep"], key, exit_ep.get("direct"), fallback)
+                stream = await self.ctx.open_stream_direct_first(
+                    exit_ep["ep"], key, exit_ep.get("direct"), fallback, early
+                )
                 return stream, exit_ep
             # a refusal over the direct channel is final too; H2Error: the hub connection is closing (GOAWAY, renewal)
             except (ZtmError, h2.H2Error) as exc:
@@ -359,11 +363,13 @@ class TunnelApp(MeshApp):
 
     async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         spec = self.inbound.get(key)
+        # the client's first bytes go with the opening, as they arrive, not after the exit's answer (early data)
+        early = EarlyReader(reader, cast(asyncio.Transport, writer.transport), EarlyData())
         try:
             if spec is not None and spec.target is not None:
                 stream, exit_ep = await self.open_to_port(spec.target)
             else:
-                stream, exit_ep = await self.open_to_exit(key)
+                stream, exit_ep = await self.open_to_exit(key, early.early)
         except ZtmError as exc:
             self.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: connection closed: %s", self.ctx.mesh, key, exc.message)
@@ -372,7 +378,7 @@ class TunnelApp(MeshApp):
         except BaseException:  # cancelled (the agent stops), or a bug: never leave the client hanging
             writer.transport.abort()
             raise
-        await self._pipe(key, reader, writer, stream, exit_ep["ep"], exit_ep["name"])
+        await self._pipe(key, reader, writer, stream, exit_ep["ep"], exit_ep["name"], early)
 
     async def _pipe(
         self,
@@ -382,10 +388,11 @@ class TunnelApp(MeshApp):
         stream: E2EStream,
         peer: str,
         peer_name: str,
+        early: EarlyReader | None = None,
     ) -> None:
         self.counters[f"{key}:streams"] += 1
         traffic = self.ctx.session.traffic_of(peer, peer_name)
-        await counted_splice(reader, writer, stream, self.counters, key, traffic, self.credit_waits)
+        await counted_splice(reader, writer, stream, self.counters, key, traffic, self.credit_waits, early)
 
     # exit
     def _admit(self, caller: Caller, service: str) -> tuple[TunnelName, str, Outbound]:
@@ -568,6 +575,7 @@ async def counted_splice(
     key: str,
     traffic: Traffic,
     waits: CreditWaits | None = None,
+    early: EarlyReader | None = None,
 ) -> None:
     """`splice`, counted: the connection by its path (`ztm.apps.paths`), `KEY:active` while it runs, bytes in
     `KEY:sent` and `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`); a relayed stream's waits
@@ -588,7 +596,7 @@ async def counted_splice(
         traffic.received += received
 
     try:
-        await splice(reader, writer, stream, count)
+        await splice(reader, writer, stream, count, early)
     finally:
         counters[f"{key}:active"] -= 1
         traffic.streams -= 1
@@ -601,10 +609,12 @@ async def splice(
     writer: asyncio.StreamWriter,
     stream: E2EStream,
     count: Callable[[int, int], None],
+    early: EarlyReader | None = None,
 ) -> None:
     """Splice a local TCP socket with an end-to-end stream, relayed or direct (a direct channel's TLS connection
-    is reused after a clean end both ways). Also the proxy app's data path."""
-    await splice_socket(reader, writer, stream, count)
+    is reused after a clean end both ways), after the opening's `early` data if it had some. Also the proxy app's
+    data path."""
+    await splice_socket(reader, writer, stream, count, early)
 
 
 async def udp_flow(
