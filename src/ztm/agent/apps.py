@@ -109,6 +109,7 @@ class AppContext:
         stream = self.session.e2e.pending.pop(stream_id, None)
         if stream is None:
             raise NotFound("no such stream is waiting (it was answered already, or timed out)")
+        self.session.e2e.decided(stream, accepted=True)
         stream.accept()
         return stream
 
@@ -116,6 +117,7 @@ class AppContext:
         """Refuse a stream a peer asked for; the opener gets `reason` (sealed, so the hub cannot change it)."""
         stream = self.session.e2e.pending.pop(stream_id, None)
         if stream is not None:
+            self.session.e2e.decided(stream, accepted=False)
             stream.refuse(Forbidden(reason))
             return
         await refuse_stream(self._conn(), stream_id, reason)

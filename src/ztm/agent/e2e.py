@@ -205,6 +205,9 @@ class MeshE2E:
         finally:
             if early is not None:
                 early.detach()
+                if early.sent:
+                    self.counters["early_streams"] += 1
+                    self.counters["early_bytes"] += early.sent
 
     async def _open(
         self,
@@ -284,9 +287,6 @@ class MeshE2E:
     ) -> E2EStream:
         if early is not None:
             early.detach()  # the answer is here: the app sends the rest itself, after what was sealed already
-            if early.sent:
-                self.counters["early_streams"] += 1
-                self.counters["early_bytes"] += early.sent
         stream = self._make_stream(outer, session, channel)
         if early is not None:
             stream.bytes_sent = early.sent
@@ -365,6 +365,13 @@ class MeshE2E:
         app, service = _parse_open(payload)
         self.counters["streams:responder"] += 1
         return stream, app, service
+
+    def decided(self, stream: E2EStream, *, accepted: bool) -> None:
+        """Count the early data an opener sent before the app decided: delivered once accepted, dropped unread if
+        refused."""
+        held = stream.held_bytes
+        if held:
+            self.counters["early_held_bytes" if accepted else "early_dropped_bytes"] += held
 
     def caller(self, peer: Peer, claimed: object) -> Caller:
         """The caller as its certificate says; the hub's claim supplies only the name, if it names that endpoint."""

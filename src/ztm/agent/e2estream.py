@@ -219,8 +219,15 @@ class E2EStream:
             self._held = False
             self._maybe_resume_outer()
 
+    @property
+    def held_bytes(self) -> int:
+        """The opener's early data waiting, unread, for the app's decision (0 once it accepted)."""
+        return self._buffered if self._held else 0
+
     def refuse(self, error: ZtmError) -> None:
-        """Send the refusal to the opener and end the stream."""
+        """Send the refusal to the opener and end the stream; early data it sent is dropped unread."""
+        self._chunks.clear()
+        self._buffered = 0
         with contextlib.suppress(h2.H2Error):
             self.send_control(REFUSE, json.dumps(error.to_json()).encode())
             self.end_nowait()
