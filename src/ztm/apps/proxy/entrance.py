@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ztm import h2
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import EarlyData
 from ztm.apps import paths
 from ztm.apps.proxy import http1, socks, spec
 from ztm.apps.proxy.spec import Destination, Refused
@@ -208,19 +209,26 @@ class _Client:
         if app.auth is not None and not await self.http_login(request):
             return
         dest = request.destination
+        # A plain HTTP request is in hand: it goes with the opening (early data); CONNECT waits for the exit's answer
+        # (its client needs the 200 before it speaks).
+        early = first = None
+        if not request.is_connect:
+            first = request.upstream_head() + self.rest()
+            early = EarlyData()
+            first = first[early.feed(first) :]
         try:
-            stream, exit_ep = await app.open_to_exit(dest, "tcp")
+            stream, exit_ep = await app.open_to_exit(dest, "tcp", early)
         except Refused as refused:
             self.refused(f"http {request.method} {dest}", refused)
             status = http1.STATUS_OF.get(refused.code, 502)
             await self.finish(http1.response(status, f"ztm proxy: {refused.code}: {refused.message}"))
             return
         c["entrance:streams"] += 1
-        if request.is_connect:
+        if early is None:
             self.writer.write(http1.ESTABLISHED)
             first = self.rest()
         else:
-            first = request.upstream_head() + self.rest()
+            first = early.done() + (first or b"")
         await self.splice(stream, exit_ep, first)
 
     async def http_login(self, request: http1.HttpRequest) -> bool:

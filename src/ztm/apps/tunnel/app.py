@@ -34,6 +34,7 @@ from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import LIMIT as EARLY_LIMIT
 from ztm.agent.early import EarlyData, EarlyReader
 from ztm.agent.mesh import Traffic
 from ztm.apps import paths
@@ -547,8 +548,18 @@ class _UdpEntrance(asyncio.DatagramProtocol):
 
     async def _flow(self, addr: Any, queue: asyncio.Queue[bytes]) -> None:
         key = self.key
+        early = EarlyData()  # the datagrams already here go with the opening; later ones wait in the queue
+        over = b""
+        taken = 0
+        while not over and not queue.empty():
+            framed = frame(queue.get_nowait())
+            taken += len(framed) - 2
+            if len(early) + len(framed) <= EARLY_LIMIT:
+                early.feed(framed)
+            else:
+                over = framed  # sent once the exit answered, before the queue's
         try:
-            stream, _exit = await self.app.open_to_exit(key)
+            stream, _exit = await self.app.open_to_exit(key, early)
         except ZtmError as exc:
             self.app.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: datagrams from %s dropped: %s", self.app.ctx.mesh, key, addr, exc.message)
@@ -556,6 +567,10 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             return
         self.app.counters[f"{key}:streams"] += 1
         paths.count(self.app.counters, key, stream.path)
+        self.app.counters[f"{key}:sent"] += taken
+        if rest := early.done() + over:  # what the windows did not take yet goes first
+            with contextlib.suppress(h2.H2Error):  # a failed stream ends the flow in `udp_flow`
+                await stream.write(rest)
 
         def send(datagram: bytes) -> None:
             if self.transport is not None:
