@@ -3,9 +3,10 @@
 `serve_client` reads the handshake with the sans-IO parsers (`socks`, `http1`) under a deadline, asks the app for a
 stream to a matching exit, answers the client in its own protocol (a SOCKS5 reply code, an HTTP status with a
 one-line reason), then splices the socket with the stream (the tunnel app's `splice_socket`). Bytes the client sent
-after its handshake go to the stream first. A SOCKS5 UDP ASSOCIATE gets a UDP relay socket on the same address; each
-destination it sends to becomes one stream (`udp/HOST/PORT`) carrying length-prefixed datagrams, for as long as the
-client keeps its TCP connection open.
+after its handshake go to the stream first; a plain HTTP request goes with the opening itself (early data,
+`ztm.agent.early`), while SOCKS5 and CONNECT clients wait for the exit's answer, which their reply code needs.
+A SOCKS5 UDP ASSOCIATE gets a UDP relay socket on the same address; each destination it sends to becomes one
+stream (`udp/HOST/PORT`) carrying length-prefixed datagrams, for as long as the client keeps its TCP connection open.
 
 With credentials configured (`ProxyApp.auth`), a SOCKS5 client must take method 0x02 (RFC 1929 username/password;
 offering only "no authentication" gets 0xFF, wrong credentials status 0x01, and the connection closes) and an HTTP

@@ -3,7 +3,9 @@
 Entrance (inbound): listens on local addresses; each accepted TCP connection (or each UDP client address) becomes one
 stream through the hub to an exit that offers the same tunnel, chosen round-robin among the online exits it may use
 (`ztm.apps.exits`: its own user's and root's, those of `exit_users`, or exactly `exits` in that order), failing over
-to the next when one refuses or is unreachable. Endpoint references are resolved to ids when configured.
+to the next when one refuses or is unreachable. Endpoint references are resolved to ids when configured. The
+client's first bytes (a UDP flow's first datagrams) go with the opening as they arrive, before the exit's answer
+(early data, `ztm.agent.early`), and again to the next exit after a refusal.
 Exit (outbound): checks the caller against `entrances`/`users` (identities asserted by the hub from certificates)
 and the mesh's policy (`tunnel/tcp/NAME` or `tunnel/udp/NAME`, `ztm.agent.gate`: both must allow), connects to a
 target (round-robin, failing over), and only then accepts the stream, so a refusal reaches the entrance's client at
