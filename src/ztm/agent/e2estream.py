@@ -274,6 +274,8 @@ class E2EStream:
                 self._sink_end()
                 self._maybe_finished()
             elif inner in (OPEN, OK, REFUSE) and not self._control.done():
+                if inner == OPEN:
+                    self._held = True  # early data after it waits for the app's decision (`hold`, `accept`)
                 self._control.set_result((inner, payload))
             else:
                 self._fail(E2EStreamError("malformed", f"unexpected record type {inner}"))
