@@ -43,7 +43,9 @@ class EarlyData:
     __slots__ = ("_buf", "_sent", "_sink", "eof", "lost", "sent_total")
 
     def __init__(self, data: bytes = b"") -> None:
-        self._buf = bytearray(data[:LIMIT])
+        if len(data) > LIMIT:
+            raise ValueError(f"early data holds at most {LIMIT} bytes, not {len(data)}: feed() takes what fits")
+        self._buf = bytearray(data)
         self._sent = 0
         """Bytes of `_buf` sealed on the current attempt."""
         self._sink: tuple[Sink, Callable[[int, bytes | memoryview], bytes]] | None = None
