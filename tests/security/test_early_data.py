@@ -199,7 +199,7 @@ def test_a_refused_callers_early_data_is_dropped_unread_on_both_paths(tmp_path: 
             assert outcome == "user 'bob' is not allowed to use tcp/root-only", (path, outcome)
             wait_until(
                 lambda b=before: metric(alice, "ztm_agent_e2e_early_dropped_bytes_total") > b,
-                10,
+                20,
                 f"the exit to drop the early data ({path})",
             )
         assert asked.accepted == 0, "the target saw a connection from a refused caller"
