@@ -200,6 +200,8 @@ async def open_app_stream(
         except h2.H2Error as exc:
             raise Unavailable(f"stream to {ep_id} failed: {exc}") from None
         if status != 200:
+            if early is not None and status != 504:
+                early.refused = True  # the hub never spliced the stream; a 504 may come after a late accept
             raise await _error_of(stream, status)
         seen.append(normal_ip(dict(headers).get(SEEN_HEADER)))
 
@@ -231,6 +233,10 @@ async def open_direct_first(
         try:
             return await session.direct.open(ep_id, announced, app, service, early)
         except DirectUnreachable as exc:
+            if early is not None and early.maybe_delivered:
+                raise Unavailable(
+                    f"the direct channel to {ep_id} failed after the first bytes went out: {exc}"
+                ) from None
             on_fallback(str(exc))
     return await open_app_stream(session, ep_id, app, service, early)
 

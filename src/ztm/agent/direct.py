@@ -462,7 +462,7 @@ class MeshDirect:
                 stream = await self.session.e2e.open(outer, ep_id, app, service, _answered, early)
             except E2EError as exc:
                 outer.reset()
-                if pooled and exc.reason == "truncated":
+                if pooled and exc.reason == "truncated" and not (early is not None and early.maybe_delivered):
                     continue  # the server closed it meanwhile (restart, idle): take another
                 self._mark_failed(ep_id, exc.message)
                 raise DirectUnreachable(exc.message) from None

@@ -191,9 +191,14 @@ class MeshE2E:
         refusal). `early`: the app's bytes so far, sent as DATA records right after the OPEN, and those that arrive
         before the answer as they come (`ztm.agent.early`); they stay in `early` for another attempt until it ends.
         Raises ZtmError if the peer refused, E2EError if the end-to-end checks failed (counted, logged)."""
+        opened = False
+        if early is not None:
+            early.refused = False
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):  # no task per opening, unlike wait_for
-                return await self._open(outer, peer_ep, app, service, answered, early)
+                stream = await self._open(outer, peer_ep, app, service, answered, early)
+            opened = True
+            return stream
         except TimeoutError:
             outer.reset()
             self.failed("timeout", f"no answer within {HANDSHAKE_TIMEOUT:g}s", f"stream to {peer_ep}")
@@ -208,6 +213,8 @@ class MeshE2E:
                 if early.sent:
                     self.counters["early_streams"] += 1
                     self.counters["early_bytes"] += early.sent
+                    if not opened and not early.refused:
+                        early.maybe_delivered = True  # not to another peer: this one's app may have them
 
     async def _open(
         self,
@@ -294,6 +301,8 @@ class MeshE2E:
         inner, payload = await _first_record(stream, "before the peer answered")
         if inner == REFUSE:
             stream.reset()
+            if early is not None:
+                early.refused = True  # dropped unread by the peer: another peer may have them
             raise stream.refusal(payload)
         if inner != OK:
             stream.reset()

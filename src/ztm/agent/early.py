@@ -8,8 +8,10 @@ follow the OPEN. Reads from the peer still wait for its OK or REFUSE.
 
 The bytes stay here until the opening ended, so an opening that must start again (an UNKNOWN session: a full
 handshake and the same records on the new session's stream 0; or the next exit after a refusal) sends them again,
-in order, byte-exact. Once the opening succeeded the app takes over (`unsent`: what did not fit the outer window
-yet) and the copy goes.
+in order, byte-exact. Only after a refusal the peer authenticated (its REFUSE record: it dropped them unread) may they
+go to another peer; after any other failure of an attempt that sent some (a timeout, a cut stream) the peer's app
+may have taken them, so `maybe_delivered` stops a second delivery elsewhere: early data is sent at most once. Once
+the opening succeeded the app takes over (`done`: what did not fit the outer window yet) and the copy goes.
 
 `EarlyReader` fills one from a client socket: it takes over the transport from the `asyncio.StreamReader` (what
 that reader held comes along), pauses reading at `LIMIT`, and remembers EOF and a lost connection for the splice
@@ -40,7 +42,7 @@ class Sink(Protocol):
 class EarlyData:
     """The initiator app's bytes before the answer (see the module docstring)."""
 
-    __slots__ = ("_buf", "_sent", "_sink", "eof", "lost", "sent_total")
+    __slots__ = ("_buf", "_sent", "_sink", "eof", "lost", "maybe_delivered", "refused", "sent_total")
 
     def __init__(self, data: bytes = b"") -> None:
         if len(data) > LIMIT:
@@ -55,6 +57,11 @@ class EarlyData:
         """The client's connection failed (an error, not a clean end) before the answer."""
         self.sent_total = 0
         """Bytes sealed on the attempt that succeeded (set when it ends)."""
+        self.refused = False
+        """The last attempt ended with the peer's authenticated REFUSE: it dropped the bytes unread."""
+        self.maybe_delivered = False
+        """An attempt that sent bytes failed without the peer's REFUSE (a timeout, a cut stream): its app may have
+        accepted and taken them, so they must not go to another peer (at most once)."""
 
     def __len__(self) -> int:
         return len(self._buf)

@@ -502,6 +502,8 @@ class ProxyApp(MeshApp):
                 refused = Refused(spec.FAILED, str(exc))
             self._exits_cache = None
             problems.append(Refused(refused.code, f"exit {exit_ep.name}: {refused.message}"))
+            if early is not None and early.maybe_delivered:  # at most once: no other exit gets the request
+                break
         first = problems[0]
         return_message = "; ".join(p.message for p in problems)
         raise Refused(first.code, return_message[:400])

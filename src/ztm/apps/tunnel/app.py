@@ -338,6 +338,9 @@ class TunnelApp(MeshApp):
                 self._exits_cache.pop(key, None)
                 if isinstance(exc, Timeout):  # the hub waited for it in vain: do not make every client wait
                     self._slow[exit_ep["ep"]] = time.monotonic() + SLOW_EXIT
+                if early is not None and early.maybe_delivered:  # at most once: no other exit gets the bytes
+                    problems.append("the client's first bytes may have reached it: not sent to another exit")
+                    break
         raise Unavailable("every exit refused: " + "; ".join(problems))
 
     def _whose(self, key: str) -> str:
