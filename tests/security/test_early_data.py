@@ -13,18 +13,20 @@ the exit holds them unread until its app accepted. What an attacker can do with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from e2eclient import dial_direct, layer_of
 from integration.test_tunnel import Servers, blackhole, open_inbound, open_outbound
 from integration.test_tunnel_early import Asked
 from security.test_e2e_hostile_hub import Recorder, hostile_mesh, metric
-from support import Proc, free_port, holds_for, invite, start_hub_and_agents, wait_until
+from support import Agent, Hub, free_port, holds_for, invite, start_hub_and_agents, wait_until
 from ztm import h2
 from ztm.agent.direct_outer import DirectOuter
 from ztm.agent.e2e import MeshE2E
@@ -74,64 +76,78 @@ def test_a_hub_replaying_a_stream_with_its_early_data_gets_replay(tmp_path: Path
         assert sorted(bytes(r) for r in target.received) == sorted(sent)
 
 
-def _bob_layer(agent_data: Path) -> tuple[MeshFiles, MeshE2E]:
-    files = MeshFiles(agent_data / "meshes" / MESH)
-    return files, layer_of(files)
+@dataclass
+class Pair:
+    """alice's exit (listening for direct channels at `direct`, endpoint id `target`), bob's member endpoint with
+    his end-to-end layer (`files`, `layer`: the attacker's), and a client-speaks-first target server `asked`."""
+
+    hub: Hub
+    alice: Agent
+    bob: Agent
+    direct: str
+    target: str
+    asked: Asked
+    files: MeshFiles
+    layer: MeshE2E
 
 
-def test_a_member_flooding_early_data_before_the_accept_costs_the_exit_one_read(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _pair(tmp_path: Path) -> Iterator[Pair]:
     direct = f"127.0.0.1:{free_port()}"
     hub, agents = start_hub_and_agents(tmp_path, ("alice", "bob"), agent_extra={"alice": ["--direct", direct]})
-    procs: list[Proc] = [hub.proc, *(a.proc for a in agents.values())]
-    procs_cleanup: list[Callable[[], None]] = []
+    servers = Servers()
     alice, bob = agents["alice"], agents["bob"]
     try:
         alice.join(MESH, "alice-pc", hub.permit)
         bob.join(MESH, "bob-pc", invite(alice, bob, "bob", tmp_path / "bob.json"))
         alice.proc.wait_for_output(r"direct channels announced at 127\.0\.0\.1:", 20)
         target = str(next(e["id"] for e in bob.endpoints() if e["name"] == "alice-pc"))
-        servers = Servers()
-        procs_cleanup.append(servers.close)
-        asked = Asked(servers)
-        files, layer = _bob_layer(bob.data)
-        with blackhole() as hole:
-            open_outbound(alice, "tcp/open", asked.port)
-            open_outbound(alice, "tcp/slow", hole)  # connecting hangs: the exit decides only after 4 s
+        files = MeshFiles(bob.data / "meshes" / MESH)
+        yield Pair(hub, alice, bob, direct, target, Asked(servers), files, layer_of(files))
+    finally:
+        servers.close()
+        for proc in (alice.proc, bob.proc, hub.proc):
+            proc.stop()
 
-            async def flood() -> tuple[int, float]:
-                # a session first (a handshake on a stream the exit accepts), then a stream that only floods
-                channel = await dial_direct(files.dir, direct)
-                stream = await layer.open(DirectOuter(channel), target, "tunnel", "tcp/open", _nothing)
-                stream.reset()
+
+def test_a_member_flooding_early_data_before_the_accept_costs_the_exit_one_read(tmp_path: Path) -> None:
+    with _pair(tmp_path) as pair, blackhole() as hole:
+        alice, files, layer, target = pair.alice, pair.files, pair.layer, pair.target
+        open_outbound(alice, "tcp/open", pair.asked.port)
+        open_outbound(alice, "tcp/slow", hole)  # connecting hangs: the exit decides only after 4 s
+
+        async def flood() -> tuple[int, float]:
+            # a session first (a handshake on a stream the exit accepts), then a stream that only floods
+            channel = await dial_direct(files.dir, pair.direct)
+            stream = await layer.open(DirectOuter(channel), target, "tunnel", "tcp/open", _nothing)
+            stream.reset()
+            channel.abort()
+            session = layer._outgoing[target]
+            channel = await dial_direct(files.dir, pair.direct)
+            outer = DirectOuter(channel)
+            number = session.next_stream()
+            keys = session.channel(number)
+            opening = json.dumps({"app": "tunnel", "service": "tcp/slow"}).encode()
+            await outer.write(resume_frame(session.id, number) + keys.seal(OPEN, opening))
+            chunk = bytes(65536)
+            written, peak = 0, 0
+            deadline = time.monotonic() + 3.0
+            try:
+                while time.monotonic() < deadline and written < 512 << 20:
+                    try:
+                        await asyncio.wait_for(outer.write(keys.seal(DATA, chunk)), deadline - time.monotonic())
+                    except TimeoutError:
+                        break  # the exit stopped reading: our writes wait for room that never comes
+                    written += len(chunk)
+                    peak = max(peak, _rss(alice.proc.pid) - base)
+            finally:
                 channel.abort()
-                session = layer._outgoing[target]
-                channel = await dial_direct(files.dir, direct)
-                outer = DirectOuter(channel)
-                number = session.next_stream()
-                keys = session.channel(number)
-                opening = json.dumps({"app": "tunnel", "service": "tcp/slow"}).encode()
-                await outer.write(resume_frame(session.id, number) + keys.seal(OPEN, opening))
-                chunk = bytes(65536)
-                written, peak = 0, 0
-                print("flood: exit RSS before", base)
-                deadline = time.monotonic() + 3.0
-                try:
-                    while time.monotonic() < deadline and written < 512 << 20:
-                        try:
-                            await asyncio.wait_for(outer.write(keys.seal(DATA, chunk)), deadline - time.monotonic())
-                        except TimeoutError:
-                            break  # the exit stopped reading: our writes wait for room that never comes
-                        written += len(chunk)
-                        peak = max(peak, _rss(alice.proc.pid) - base)
-                finally:
-                    channel.abort()
-                return written, peak
+            return written, peak
 
-            base = _rss(alice.proc.pid)
-            written, peak = asyncio.run(flood())
-            print(f"flood: {written} bytes written in 3 s, exit RSS grew by at most {peak}")
-        # Without the hold the exit would read on (up to its read buffer, and the flood would run at loopback
-        # speed); with it, the writes stall after what the kernel's socket buffers take.
+        base = _rss(alice.proc.pid)
+        written, peak = asyncio.run(flood())
+        print(f"flood: {written} bytes written in 3 s, exit RSS grew by at most {peak} from {base}")
+        # The exit stops reading at the OPEN: the writes stall after what the kernel's socket buffers take.
         assert written < 64 << 20, f"the exit kept reading the flood: {written} bytes taken in 3 s"
         assert peak < 32 << 20, f"the exit grew by {peak} bytes during the flood"
         wait_until(
@@ -139,12 +155,7 @@ def test_a_member_flooding_early_data_before_the_accept_costs_the_exit_one_read(
         )
         dropped = metric(alice, "ztm_agent_e2e_early_dropped_bytes_total")
         assert dropped <= 1 << 20, f"the exit held {dropped} bytes of early data before deciding"
-        assert asked.accepted == 1, "only the accepted stream's connection reached a target"
-    finally:
-        for close in procs_cleanup:
-            close()
-        for proc in reversed(procs):
-            proc.stop()
+        assert pair.asked.accepted == 1, "only the accepted stream's connection reached a target"
 
 
 async def _nothing() -> None:
@@ -152,22 +163,12 @@ async def _nothing() -> None:
 
 
 def test_a_refused_callers_early_data_is_dropped_unread_on_both_paths(tmp_path: Path) -> None:
-    direct = f"127.0.0.1:{free_port()}"
-    hub, agents = start_hub_and_agents(tmp_path, ("alice", "bob"), agent_extra={"alice": ["--direct", direct]})
-    procs: list[Proc] = [hub.proc, *(a.proc for a in agents.values())]
-    procs_cleanup: list[Callable[[], None]] = []
-    alice, bob = agents["alice"], agents["bob"]
-    try:
-        alice.join(MESH, "alice-pc", hub.permit)
-        bob.join(MESH, "bob-pc", invite(alice, bob, "bob", tmp_path / "bob.json"))
-        alice.proc.wait_for_output(r"direct channels announced at 127\.0\.0\.1:", 20)
-        target = str(next(e["id"] for e in bob.endpoints() if e["name"] == "alice-pc"))
-        servers = Servers()
-        procs_cleanup.append(servers.close)
-        asked = Asked(servers)
+    with _pair(tmp_path) as pair:
+        alice, files, layer, target, direct, asked = (
+            pair.alice, pair.files, pair.layer, pair.target, pair.direct, pair.asked
+        )  # fmt: skip
         open_outbound(alice, "tcp/root-only", asked.port, extra=("--users", "root"))
-        files, layer = _bob_layer(bob.data)
-        host, hub_port = hub.address.rsplit(":", 1)
+        host, hub_port = pair.hub.address.rsplit(":", 1)
         secret = b"GET /secret HTTP/1.1\r\n\r\n"
 
         async def attempt(path: str) -> str:
@@ -203,8 +204,3 @@ def test_a_refused_callers_early_data_is_dropped_unread_on_both_paths(tmp_path: 
                 f"the exit to drop the early data ({path})",
             )
         assert asked.accepted == 0, "the target saw a connection from a refused caller"
-    finally:
-        for close in procs_cleanup:
-            close()
-        for proc in reversed(procs):
-            proc.stop()
