@@ -379,7 +379,10 @@ class TunnelApp(MeshApp):
         except ZtmError as exc:
             self.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: connection closed: %s", self.ctx.mesh, key, exc.message)
-            writer.transport.abort()
+            if early.early.maybe_delivered:  # the exit may have taken the client's bytes (then its target reset):
+                reset_socket(writer)  # a reset, as for a connection that failed after it began
+            else:
+                writer.transport.abort()
             return
         except BaseException:  # cancelled (the agent stops), or a bug: never leave the client hanging
             writer.transport.abort()
