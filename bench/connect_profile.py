@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_facts())
     print(tree_facts())
     with Workspace("connect-profile", keep=args.keep) as ws:
-        run = Run(argparse.Namespace(), ws)
+        run = Run(argparse.Namespace(policy_rules=0), ws)  # bench.tunnel options it reads: their defaults
         if base_commit:
             run.base_src = export_revision(REPO, base_commit, ws.dir / "baseline")
         run.setup()

@@ -364,6 +364,22 @@ def test_curl_through_socks5h_and_the_http_proxy_to_http_and_https(world: World)
     assert "office" in world.home.cli("proxy", "get", "exits").stdout
 
 
+def test_a_plain_http_request_goes_with_the_opening_but_connect_and_socks_wait(world: World) -> None:
+    """Early data (PROTOCOL.md section 11): an absolute-URI request is in hand, so it is sealed right after the OPEN;
+    CONNECT and SOCKS5 clients need the reply first, so their streams send nothing before the exit's answer."""
+    from .test_tunnel_direct import metric
+
+    http_port = world.servers.port("http")
+    early = "ztm_agent_e2e_early_streams_total"
+    before = metric(world.home, early)
+    seen = curl_ok("-x", f"http://127.0.0.1:{world.proxy}", "-d", "early=1", f"http://127.0.0.1:{http_port}/early")
+    assert seen["method"] == "POST" and seen["body"] == "early=1" and seen["target"] == "/early"
+    assert metric(world.home, early) == before + 1
+    curl_ok("-p", "-x", f"http://127.0.0.1:{world.proxy}", f"http://localhost:{http_port}/connect-waits")
+    curl_ok("-x", f"socks5h://127.0.0.1:{world.proxy}", f"http://localhost:{http_port}/socks-waits")
+    assert metric(world.home, early) == before + 1
+
+
 def test_refusals_speak_the_clients_protocol(world: World) -> None:
     http_port = world.servers.port("http")
     dead = free_port()  # nothing listens there: the exit's connection is refused

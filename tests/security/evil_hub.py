@@ -11,6 +11,9 @@ program=EVIL_HUB)` does that). The attack is chosen by environment variables; no
   every relayed `call` event too (`ztm log ep NAME` and the other calls an endpoint answers). With
   `ZTM_EVIL_FORGE_NAME=1`, a `stream` event keeps the real caller's endpoint id and user and claims only the other
   endpoint's name (what a policy rule naming that endpoint would match).
+* `ZTM_EVIL_HUB=replay`: every `stream` event whose first flight (`first`) holds a RESUME and at least two sealed
+  records (the OPEN and early DATA: the whole of a short request) is offered again to the same endpoint, byte for
+  byte under a fresh stream id, once the original stream had a second to finish: a replay of the whole stream.
 * `ZTM_EVIL_HUB=ignore-evict`: `ztm evict USER` still marks the user evicted, revokes its certificates and serves the
   new CRL (signed by the CA; agents are told with a `crl` event and fetch it), but the hub keeps the user's live
   connections and event streams open and lets them relay streams: no per-request refusal, no hang-up, no `evicted`
@@ -23,6 +26,7 @@ A bad setting is a one-line error on stderr and exit status 2.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import logging
 import os
@@ -38,7 +42,7 @@ from ztm.hub.store import EndpointRecord
 
 log = logging.getLogger("ztm.hub")
 
-MODES = ("tamper", "forge-caller", "ignore-evict")
+MODES = ("tamper", "forge-caller", "ignore-evict", "replay")
 DIRECTIONS = ("to-target", "to-caller")
 
 
@@ -194,6 +198,47 @@ def _ignore_evict() -> None:
     hubstate.HubState.evict = evict_but_keep  # type: ignore[method-assign]
 
 
+# ------------------------------------------------------------------------------------------------------ replay
+
+
+def _records_after_resume(first: bytes) -> int:
+    """How many RECORD frames follow a leading RESUME frame in `first` (0 if it does not start with one)."""
+    pos, records = 0, -1
+    while pos + 4 <= len(first):
+        kind, length = first[pos], int.from_bytes(first[pos + 1 : pos + 4], "big")
+        if pos + 4 + length > len(first):
+            break
+        if records < 0:
+            if kind != 4:  # RESUME
+                return 0
+            records = 0
+        elif kind == 6:  # RECORD
+            records += 1
+        pos += 4 + length
+    return max(records, 0)
+
+
+def _replay() -> None:
+    offer = hubstate.Session.offer
+
+    def replaying_offer(self: hubstate.Session, event: dict[str, Any]) -> bool:
+        queued = offer(self, event)
+        first = event.get("first")
+        if queued and event.get("type") == "stream" and isinstance(first, str):
+            records = _records_after_resume(base64.b64decode(first))
+            if records >= 2:
+                again = {**event, "id": os.urandom(16).hex()}
+
+                def replay() -> None:
+                    log.info("evil hub: replayed a stream's first flight (RESUME and %d records)", records)
+                    offer(self, again)
+
+                asyncio.get_running_loop().call_later(1.0, replay)
+        return queued
+
+    hubstate.Session.offer = replaying_offer  # type: ignore[method-assign]
+
+
 def install(mode: str) -> None:
     """Patch the hub's modules for `mode` (one of `MODES`); SetupError on a bad setting."""
     if mode == "tamper":
@@ -202,6 +247,8 @@ def install(mode: str) -> None:
         _forge_caller()
     elif mode == "ignore-evict":
         _ignore_evict()
+    elif mode == "replay":
+        _replay()
     else:
         raise SetupError(f"ZTM_EVIL_HUB must be one of {', '.join(MODES)}, got {mode!r}")
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ztm import epref, h2, pki
 from ztm.agent.direct import DirectUnreachable
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import EarlyData
 from ztm.agent.punchmsg import SEEN_HEADER, normal_ip
 from ztm.e2e import E2EError
 from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError, from_json
@@ -79,11 +80,17 @@ class AppContext:
         return await open_app_stream(self.session, await self._ep_id(ep), self.app, service)
 
     async def open_stream_direct_first(
-        self, ep_id: str, service: str, address: object, on_fallback: Callable[[str], None]
+        self,
+        ep_id: str,
+        service: str,
+        address: object,
+        on_fallback: Callable[[str], None],
+        early: EarlyData | None = None,
     ) -> E2EStream:
         """A stream to this app on endpoint `ep_id` (an id), over a direct channel when there is one
-        (`open_direct_first`), else through the hub."""
-        return await open_direct_first(self.session, ep_id, address, self.app, service, on_fallback)
+        (`open_direct_first`), else through the hub; `early`: the app's bytes that go with the opening
+        (`ztm.agent.early`)."""
+        return await open_direct_first(self.session, ep_id, address, self.app, service, on_fallback, early)
 
     async def _ep_id(self, ep: str) -> str:
         """The endpoint id `ep` names (an id as it is; a name through the hub's endpoint list)."""
@@ -102,6 +109,7 @@ class AppContext:
         stream = self.session.e2e.pending.pop(stream_id, None)
         if stream is None:
             raise NotFound("no such stream is waiting (it was answered already, or timed out)")
+        self.session.e2e.decided(stream, accepted=True)
         stream.accept()
         return stream
 
@@ -109,6 +117,7 @@ class AppContext:
         """Refuse a stream a peer asked for; the opener gets `reason` (sealed, so the hub cannot change it)."""
         stream = self.session.e2e.pending.pop(stream_id, None)
         if stream is not None:
+            self.session.e2e.decided(stream, accepted=False)
             stream.refuse(Forbidden(reason))
             return
         await refuse_stream(self._conn(), stream_id, reason)
@@ -172,8 +181,11 @@ class AppContext:
         return list(await self._files().list(prefix))
 
 
-async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: str) -> E2EStream:
-    """A stream through the hub to `app` on endpoint `ep_id`, sealed end to end (`ztm.agent.e2e`)."""
+async def open_app_stream(
+    session: MeshSession, ep_id: str, app: str, service: str, early: EarlyData | None = None
+) -> E2EStream:
+    """A stream through the hub to `app` on endpoint `ep_id`, sealed end to end (`ztm.agent.e2e`), with `early`
+    data sent before the answer (`ztm.agent.early`)."""
     conn = session.link.conn
     if conn is None or conn.closed:
         raise Unavailable(f"not connected to the hub of mesh {session.name}: {session.link.error or 'connecting'}")
@@ -188,12 +200,14 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
         except h2.H2Error as exc:
             raise Unavailable(f"stream to {ep_id} failed: {exc}") from None
         if status != 200:
+            if early is not None and status != 504:
+                early.refused = True  # the hub never spliced the stream; a 504 may come after a late accept
             raise await _error_of(stream, status)
         seen.append(normal_ip(dict(headers).get(SEEN_HEADER)))
 
     seen: list[str | None] = []
     try:
-        opened = await session.e2e.open(stream, ep_id, app, service, answered)
+        opened = await session.e2e.open(stream, ep_id, app, service, answered, early)
         opened.hub_seen = seen[0] if seen else None
         return opened
     except E2EError as exc:
@@ -201,7 +215,13 @@ async def open_app_stream(session: MeshSession, ep_id: str, app: str, service: s
 
 
 async def open_direct_first(
-    session: MeshSession, ep_id: str, address: object, app: str, service: str, on_fallback: Callable[[str], None]
+    session: MeshSession,
+    ep_id: str,
+    address: object,
+    app: str,
+    service: str,
+    on_fallback: Callable[[str], None],
+    early: EarlyData | None = None,
 ) -> E2EStream:
     """A stream to `app` on endpoint `ep_id` for `service`: over a direct channel when `MeshDirect.usable` says so
     (a channel is pooled, or the peer announced a listener at `address`, or this endpoint can punch one, and the
@@ -211,10 +231,14 @@ async def open_direct_first(
     announced = address if isinstance(address, str) else None  # None: no listener; a punched channel may serve
     if session.direct.usable(ep_id, announced):
         try:
-            return await session.direct.open(ep_id, announced, app, service)
+            return await session.direct.open(ep_id, announced, app, service, early)
         except DirectUnreachable as exc:
+            if early is not None and early.maybe_delivered:
+                raise Unavailable(
+                    f"the direct channel to {ep_id} failed after the first bytes went out: {exc}"
+                ) from None
             on_fallback(str(exc))
-    return await open_app_stream(session, ep_id, app, service)
+    return await open_app_stream(session, ep_id, app, service, early)
 
 
 async def accept_relayed(conn: h2.Connection, stream_id: str, *, wait: bool = True) -> h2.Stream:

@@ -59,6 +59,7 @@ from ztm import pki
 from ztm.addr import Address
 from ztm.agent import punchmsg
 from ztm.agent.direct_outer import DirectConn, DirectOuter
+from ztm.agent.early import EarlyData
 from ztm.agent.punch import WINDOW, Attempt, PunchError, PunchPort, keep_alive, rtt_ms, silent_for
 from ztm.aio import spawn
 from ztm.e2e import E2EError
@@ -423,7 +424,9 @@ class MeshDirect:
     def _listener_down(self, ep_id: str) -> None:
         _back_off(self._listener_failed, ep_id)
 
-    async def open(self, ep_id: str, address: str | None, app: str, service: str) -> E2EStream:
+    async def open(
+        self, ep_id: str, address: str | None, app: str, service: str, early: EarlyData | None = None
+    ) -> E2EStream:
         """An end-to-end stream to `app` on endpoint `ep_id`, accepted for `service`, on a direct channel: a pooled
         one, else a new one to its listener at `address`. With no listener to dial (None, or it failed lately), the
         pool is refilled by punching in the background and DirectUnreachable says to use the relay meanwhile.
@@ -457,10 +460,10 @@ class MeshDirect:
             assert conn.peer is not None
             outer = self._outer(conn, conn.peer)
             try:
-                stream = await self.session.e2e.open(outer, ep_id, app, service, _answered)
+                stream = await self.session.e2e.open(outer, ep_id, app, service, _answered, early)
             except E2EError as exc:
                 outer.reset()
-                if pooled and exc.reason == "truncated":
+                if pooled and exc.reason == "truncated" and not (early is not None and early.maybe_delivered):
                     continue  # the server closed it meanwhile (restart, idle): take another
                 self._mark_failed(ep_id, exc.message)
                 raise DirectUnreachable(exc.message) from None

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ztm import h2, pki
 from ztm.agent.apps import Caller
 from ztm.agent.e2estream import E2EStream, E2EStreamError, Outer
+from ztm.agent.early import EarlyData
 from ztm.agent.punchmsg import normal_ip
 from ztm.e2e import Credentials, E2EError, Initiator, Peer, Responder, Session
 from ztm.e2e.frames import (
@@ -176,15 +177,28 @@ class MeshE2E:
         return table_session.usable(time.monotonic(), now) and table_session.peer.serial not in self._revoked
 
     async def open(
-        self, outer: Outer, peer_ep: str, app: str, service: str, answered: Callable[[], Awaitable[None]]
+        self,
+        outer: Outer,
+        peer_ep: str,
+        app: str,
+        service: str,
+        answered: Callable[[], Awaitable[None]],
+        early: EarlyData | None = None,
     ) -> E2EStream:
         """Make `outer` (a stream the hub is opening to `peer_ep`) an end-to-end stream for `app`/`service`.
 
         The first flight goes out before the hub's answer; `answered()` waits for that answer (raising the hub's
-        refusal). Raises ZtmError if the peer refused, E2EError if the end-to-end checks failed (counted, logged)."""
+        refusal). `early`: the app's bytes so far, sent as DATA records right after the OPEN, and those that arrive
+        before the answer as they come (`ztm.agent.early`); they stay in `early` for another attempt until it ends.
+        Raises ZtmError if the peer refused, E2EError if the end-to-end checks failed (counted, logged)."""
+        opened = False
+        if early is not None:
+            early.refused = False
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):  # no task per opening, unlike wait_for
-                return await self._open(outer, peer_ep, app, service, answered)
+                stream = await self._open(outer, peer_ep, app, service, answered, early)
+            opened = True
+            return stream
         except TimeoutError:
             outer.reset()
             self.failed("timeout", f"no answer within {HANDSHAKE_TIMEOUT:g}s", f"stream to {peer_ep}")
@@ -193,9 +207,23 @@ class MeshE2E:
             outer.reset()
             self.failed(exc.reason, exc.message, f"stream to {peer_ep}")
             raise
+        finally:
+            if early is not None:
+                early.detach()
+                if early.sent:
+                    self.counters["early_streams"] += 1
+                    self.counters["early_bytes"] += early.sent
+                    if not opened and not early.refused:
+                        early.maybe_delivered = True  # not to another peer: this one's app may have them
 
     async def _open(
-        self, outer: Outer, peer_ep: str, app: str, service: str, answered: Callable[[], Awaitable[None]]
+        self,
+        outer: Outer,
+        peer_ep: str,
+        app: str,
+        service: str,
+        answered: Callable[[], Awaitable[None]],
+        early: EarlyData | None,
     ) -> E2EStream:
         opening = json.dumps({"app": app, "service": service}).encode()
         reader = FrameReader()
@@ -205,11 +233,14 @@ class MeshE2E:
         if session is not None and self._usable(session):
             stream_no = session.next_stream()
             channel = session.channel(stream_no)
-            await _first_flight(outer, resume_frame(session.id, stream_no) + channel.seal(OPEN, opening), answered)
+            flight = resume_frame(session.id, stream_no) + channel.seal(OPEN, opening)
+            await _first_flight(outer, flight + _early_records(early, channel), answered, early, channel)
             ftype, frame = await _read_frame(outer, reader)
             if ftype == RECORD:
                 self.counters["resumed"] += 1
-                return await self._opened(outer, session, channel, frame + reader.take_rest())
+                return await self._opened(outer, session, channel, frame + reader.take_rest(), early)
+            if early is not None:
+                early.detach()  # sent again, sealed for the new session, after the handshake
             if ftype != UNKNOWN:
                 raise _unexpected(ftype, frame, "UNKNOWN or a record")
             if self._outgoing.get(peer_ep) is session:
@@ -219,11 +250,13 @@ class MeshE2E:
             answered = _nothing
         session, auth = await self._handshake(outer, reader, peer_ep, answered)
         channel = session.channel(0)
-        await outer.write(auth + channel.seal(OPEN, opening))
+        await outer.write(auth + channel.seal(OPEN, opening) + _early_records(early, channel))
+        if early is not None:
+            early.attach(outer, channel.seal)
         ftype, frame = await _read_frame(outer, reader)
         if ftype != RECORD:
             raise _unexpected(ftype, frame, "a record")
-        return await self._opened(outer, session, channel, frame + reader.take_rest())
+        return await self._opened(outer, session, channel, frame + reader.take_rest(), early)
 
     async def _handshake(
         self, outer: Outer, reader: FrameReader, peer_ep: str, answered: Callable[[], Awaitable[None]]
@@ -256,12 +289,20 @@ class MeshE2E:
             if self._handshakes.get(peer_ep) is future:
                 del self._handshakes[peer_ep]
 
-    async def _opened(self, outer: Outer, session: Session, channel: Channel, received: bytes) -> E2EStream:
+    async def _opened(
+        self, outer: Outer, session: Session, channel: Channel, received: bytes, early: EarlyData | None
+    ) -> E2EStream:
+        if early is not None:
+            early.detach()  # the answer is here: the app sends the rest itself, after what was sealed already
         stream = self._make_stream(outer, session, channel)
+        if early is not None:
+            stream.bytes_sent = early.sent
         stream.start(received)
         inner, payload = await _first_record(stream, "before the peer answered")
         if inner == REFUSE:
             stream.reset()
+            if early is not None:
+                early.refused = True  # dropped unread by the peer: another peer may have them
             raise stream.refusal(payload)
         if inner != OK:
             stream.reset()
@@ -329,9 +370,17 @@ class MeshE2E:
         inner, payload = await _first_record(stream, "before the opening")
         if inner != OPEN:
             raise E2EError("malformed", f"expected OPEN, got record type {inner}")
+        stream.hold()  # early data after the OPEN waits, bounded by the window, until the app accepts
         app, service = _parse_open(payload)
         self.counters["streams:responder"] += 1
         return stream, app, service
+
+    def decided(self, stream: E2EStream, *, accepted: bool) -> None:
+        """Count the early data an opener sent before the app decided: delivered once accepted, dropped unread if
+        refused."""
+        held = stream.held_bytes
+        if held:
+            self.counters["early_held_bytes" if accepted else "early_dropped_bytes"] += held
 
     def caller(self, peer: Peer, claimed: object) -> Caller:
         """The caller as its certificate says; the hub's claim supplies only the name, if it names that endpoint."""
@@ -361,14 +410,27 @@ async def _nothing() -> None:
     return None
 
 
-async def _first_flight(outer: Outer, data: bytes, answered: Callable[[], Awaitable[None]]) -> None:
-    """Send the opening's first flight (before the hub answered), then wait for the hub's answer. A hub that
-    refused at once may have reset the stream under the write: its refusal is what the caller gets."""
+def _early_records(early: EarlyData | None, channel: Channel) -> bytes:
+    return b"" if early is None else early.first_records(channel.seal)
+
+
+async def _first_flight(
+    outer: Outer,
+    data: bytes,
+    answered: Callable[[], Awaitable[None]],
+    early: EarlyData | None = None,
+    channel: Channel | None = None,
+) -> None:
+    """Send the opening's first flight (before the hub answered), then wait for the hub's answer; early data that
+    arrives meanwhile follows the flight as it comes (`channel`'s records). A hub that refused at once may have reset
+    the stream under the write: its refusal is what the caller gets."""
     try:
         await outer.write(data)
     except h2.H2Error as exc:
         await answered()  # raises the hub's refusal if it sent one
         raise E2EError("truncated", f"the stream failed before the peer answered: {exc}") from None
+    if early is not None and channel is not None:
+        early.attach(outer, channel.seal)
     await answered()
 
 

@@ -104,6 +104,7 @@ class E2EStream:
         "_eof",
         "_error",
         "_failed",
+        "_held",
         "_local_ended",
         "_on_failure",
         "_outer",
@@ -152,6 +153,7 @@ class E2EStream:
         self._sink: h2.StreamSink | None = None
         self._sink_paused = False
         self._outer_paused = False
+        self._held = False
         self._read_waiter: asyncio.Future[None] | None = None
         self._control: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self._spilling = False
@@ -205,11 +207,29 @@ class E2EStream:
         if self._outer.write_nowait(frame) != len(frame):  # pragma: no cover - a fresh stream has a window
             raise h2.H2Error("the stream cannot take a control record")
 
+    def hold(self) -> None:
+        """Until the app accepts: take nothing more from the outer stream (its credit is withheld), so an opener's
+        early data costs at most one window here; what arrived waits unread, and a refusal drops it."""
+        self._held = True
+        if not self._outer_paused:
+            self._outer_paused = True
+            self._outer.pause_sink()
+
     def accept(self) -> None:
         self.send_control(OK)
+        if self._held:
+            self._held = False
+            self._maybe_resume_outer()
+
+    @property
+    def held_bytes(self) -> int:
+        """The opener's early data waiting, unread, for the app's decision (0 once it accepted)."""
+        return self._buffered if self._held else 0
 
     def refuse(self, error: ZtmError) -> None:
-        """Send the refusal to the opener and end the stream."""
+        """Send the refusal to the opener and end the stream; early data it sent is dropped unread."""
+        self._chunks.clear()
+        self._buffered = 0
         with contextlib.suppress(h2.H2Error):
             self.send_control(REFUSE, json.dumps(error.to_json()).encode())
             self.end_nowait()
@@ -266,11 +286,13 @@ class E2EStream:
                 self._sink_end()
                 self._maybe_finished()
             elif inner in (OPEN, OK, REFUSE) and not self._control.done():
+                if inner == OPEN:
+                    self._held = True  # early data after it waits for the app's decision (`hold`, `accept`)
                 self._control.set_result((inner, payload))
             else:
                 self._fail(E2EStreamError("malformed", f"unexpected record type {inner}"))
                 return
-        if not self._outer_paused and (self._sink_paused or self._buffered > READ_BUFFER):
+        if not self._outer_paused and (self._sink_paused or self._held or self._buffered > READ_BUFFER):
             self._outer_paused = True
             self._outer.pause_sink()
 
@@ -315,7 +337,7 @@ class E2EStream:
             waiter.set_result(None)
 
     def _maybe_resume_outer(self) -> None:
-        if self._outer_paused and not self._sink_paused and self._buffered <= READ_BUFFER // 2:
+        if self._outer_paused and not self._sink_paused and not self._held and self._buffered <= READ_BUFFER // 2:
             self._outer_paused = False
             self._outer.resume_sink()
 

@@ -52,6 +52,16 @@ def render_metrics(agent: Agent) -> str:
         "# TYPE ztm_agent_e2e_resumed_total counter",
         "# HELP ztm_agent_e2e_first_in_event_total streams whose opening began from the hub's stream event",
         "# TYPE ztm_agent_e2e_first_in_event_total counter",
+        "# HELP ztm_agent_e2e_unknown_session_total streams whose RESUME named a session the responder did not hold",
+        "# TYPE ztm_agent_e2e_unknown_session_total counter",
+        "# HELP ztm_agent_e2e_early_streams_total openings that sent early data (DATA before the peer's answer)",
+        "# TYPE ztm_agent_e2e_early_streams_total counter",
+        "# HELP ztm_agent_e2e_early_bytes_total bytes of early data sent before the peer's answer",
+        "# TYPE ztm_agent_e2e_early_bytes_total counter",
+        "# HELP ztm_agent_e2e_early_held_bytes_total early data held unread until the app accepted, then delivered",
+        "# TYPE ztm_agent_e2e_early_held_bytes_total counter",
+        "# HELP ztm_agent_e2e_early_dropped_bytes_total early data dropped unread because the app refused",
+        "# TYPE ztm_agent_e2e_early_dropped_bytes_total counter",
     ]
     policy: list[str] = [
         "# HELP ztm_agent_policy_version the version of the mesh's access policy enforced here (0: none is set)",
@@ -96,6 +106,8 @@ def render_metrics(agent: Agent) -> str:
         e2e.append(f'ztm_agent_e2e_caller_mismatch_total{{mesh="{m}"}} {counts["caller_mismatch"]}')
         e2e.append(f'ztm_agent_e2e_resumed_total{{mesh="{m}"}} {counts["resumed"]}')
         e2e.append(f'ztm_agent_e2e_first_in_event_total{{mesh="{m}"}} {counts["first_in_event"]}')
+        for key in ("unknown_session", "early_streams", "early_bytes", "early_held_bytes", "early_dropped_bytes"):
+            e2e.append(f'ztm_agent_e2e_{key}_total{{mesh="{m}"}} {counts[key]}')
         for metric, value in sorted(session.direct.counters.items()):
             apps.append(f'ztm_agent_direct_{metric}_total{{mesh="{m}"}} {value}')
         for app in session.apps.values():

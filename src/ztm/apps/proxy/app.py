@@ -43,6 +43,7 @@ from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import EarlyData
 from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy, check_choice
 from ztm.apps.proxy import spec
@@ -490,10 +491,13 @@ class ProxyApp(MeshApp):
         self.counters["entrance:mesh_names" if ep_id is None else "entrance:mesh_addresses"] += 1
         return stream, Exit(ref, str(peer.get("name") or name), TargetSet(), user=str(peer.get("user") or ""))
 
-    async def open_to_exit(self, dest: Destination, protocol: str) -> tuple[E2EStream, Exit]:
+    async def open_to_exit(
+        self, dest: Destination, protocol: str, early: EarlyData | None = None
+    ) -> tuple[E2EStream, Exit]:
         """A stream for `dest` to the first matching exit that accepts, over a direct channel when the exit has one
         (when it does not answer, a stream through the hub: `AppContext.open_stream_direct_first`); `Refused`
-        otherwise. `NAME.MESH.SUFFIX`, and an address of the mesh's ranges, go to that endpoint's port instead
+        otherwise. `early`: the client's bytes that go with the opening (a plain HTTP request, `ztm.agent.early`).
+        `NAME.MESH.SUFFIX`, and an address of the mesh's ranges, go to that endpoint's port instead
         (`open_to_endpoint`); an address of the ranges that no endpoint has is refused as an unknown name is."""
         name = self.mesh_endpoint(dest)
         if name is not None:
@@ -526,7 +530,8 @@ class ProxyApp(MeshApp):
 
         for exit_ep in ordered:
             try:
-                return await self.ctx.open_stream_direct_first(exit_ep.ep, service, exit_ep.direct, fallback), exit_ep
+                opened = await self.ctx.open_stream_direct_first(exit_ep.ep, service, exit_ep.direct, fallback, early)
+                return opened, exit_ep
             except Forbidden as exc:  # the exit refused (over either path): its reason starts with a refusal code
                 refused = Refused.from_reason(exc.message)
                 if exc.message.startswith("policy: "):  # the hub's first line refused it: not allowed, as at the exit
@@ -539,6 +544,8 @@ class ProxyApp(MeshApp):
                 refused = Refused(spec.FAILED, str(exc))
             self._exits_cache = None
             problems.append(Refused(refused.code, f"exit {exit_ep.name}: {refused.message}"))
+            if early is not None and early.maybe_delivered:  # at most once: no other exit gets the request
+                break
         first = problems[0]
         return_message = "; ".join(p.message for p in problems)
         raise Refused(first.code, return_message[:400])

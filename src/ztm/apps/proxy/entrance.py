@@ -3,9 +3,10 @@
 `serve_client` reads the handshake with the sans-IO parsers (`socks`, `http1`) under a deadline, asks the app for a
 stream to a matching exit, answers the client in its own protocol (a SOCKS5 reply code, an HTTP status with a
 one-line reason), then splices the socket with the stream (the tunnel app's `splice_socket`). Bytes the client sent
-after its handshake go to the stream first. A SOCKS5 UDP ASSOCIATE gets a UDP relay socket on the same address; each
-destination it sends to becomes one stream (`udp/HOST/PORT`) carrying length-prefixed datagrams, for as long as the
-client keeps its TCP connection open.
+after its handshake go to the stream first; a plain HTTP request goes with the opening itself (early data,
+`ztm.agent.early`), while SOCKS5 and CONNECT clients wait for the exit's answer, which their reply code needs.
+A SOCKS5 UDP ASSOCIATE gets a UDP relay socket on the same address; each destination it sends to becomes one
+stream (`udp/HOST/PORT`) carrying length-prefixed datagrams, for as long as the client keeps its TCP connection open.
 
 With credentials configured (`ProxyApp.auth`), a SOCKS5 client must take method 0x02 (RFC 1929 username/password;
 offering only "no authentication" gets 0xFF, wrong credentials status 0x01, and the connection closes) and an HTTP
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ztm import h2
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import EarlyData
 from ztm.apps import paths
 from ztm.apps.proxy import http1, socks, spec
 from ztm.apps.proxy.spec import Destination, Refused
@@ -208,19 +210,26 @@ class _Client:
         if app.auth is not None and not await self.http_login(request):
             return
         dest = request.destination
+        # A plain HTTP request is in hand: it goes with the opening (early data); CONNECT waits for the exit's answer
+        # (its client needs the 200 before it speaks).
+        early = first = None
+        if not request.is_connect:
+            first = request.upstream_head() + self.rest()
+            early = EarlyData()
+            first = first[early.feed(first) :]
         try:
-            stream, exit_ep = await app.open_to_exit(dest, "tcp")
+            stream, exit_ep = await app.open_to_exit(dest, "tcp", early)
         except Refused as refused:
             self.refused(f"http {request.method} {dest}", refused)
             status = http1.STATUS_OF.get(refused.code, 502)
             await self.finish(http1.response(status, f"ztm proxy: {refused.code}: {refused.message}"))
             return
         c["entrance:streams"] += 1
-        if request.is_connect:
+        if early is None:
             self.writer.write(http1.ESTABLISHED)
             first = self.rest()
         else:
-            first = request.upstream_head() + self.rest()
+            first = early.done() + (first or b"")
         await self.splice(stream, exit_ep, first)
 
     async def http_login(self, request: http1.HttpRequest) -> bool:

@@ -3,7 +3,9 @@
 Entrance (inbound): listens on local addresses; each accepted TCP connection (or each UDP client address) becomes one
 stream through the hub to an exit that offers the same tunnel, chosen round-robin among the online exits it may use
 (`ztm.apps.exits`: its own user's and root's, those of `exit_users`, or exactly `exits` in that order), failing over
-to the next when one refuses or is unreachable. Endpoint references are resolved to ids when configured.
+to the next when one refuses or is unreachable. Endpoint references are resolved to ids when configured. The
+client's first bytes (a UDP flow's first datagrams) go with the opening as they arrive, before the exit's answer
+(early data, `ztm.agent.early`), and again to the next exit after a refusal.
 Exit (outbound): checks the caller against `entrances`/`users` (identities asserted by the hub from certificates)
 and the mesh's policy (`tunnel/tcp/NAME` or `tunnel/udp/NAME`, `ztm.agent.gate`: both must allow), connects to a
 target (round-robin, failing over), and only then accepts the stream, so a refusal reaches the entrance's client at
@@ -27,13 +29,15 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ztm import epref, h2
 from ztm.addr import Address
 from ztm.agent import optin
 from ztm.agent.apps import AppContext, Caller, MeshApp
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import LIMIT as EARLY_LIMIT
+from ztm.agent.early import EarlyData, EarlyReader
 from ztm.agent.mesh import Traffic
 from ztm.apps import paths
 from ztm.apps.exits import ROOT, ExitPolicy
@@ -310,9 +314,10 @@ class TunnelApp(MeshApp):
             exits = exits[start:] + exits[:start]
         return sorted(exits, key=lambda e: self._slow.get(e["ep"], 0.0) > now)  # stable: slow ones last
 
-    async def open_to_exit(self, key: str) -> tuple[E2EStream, dict[str, Any]]:
+    async def open_to_exit(self, key: str, early: EarlyData | None = None) -> tuple[E2EStream, dict[str, Any]]:
         """A stream to the first exit of tunnel `key` that accepts, over a direct channel when it has one, else
-        through the hub (`AppContext.open_stream_direct_first`); Unavailable if none does."""
+        through the hub (`AppContext.open_stream_direct_first`); Unavailable if none does. `early`: the client's
+        bytes so far, sent with the opening (again to the next exit after a refusal, `ztm.agent.early`)."""
         exits = await self._exits(key)
         if not exits:
             raise Unavailable(f"no online exit of {self._whose(key)} offers {key}")
@@ -323,7 +328,9 @@ class TunnelApp(MeshApp):
 
         for exit_ep in exits:
             try:
-                stream = await self.ctx.open_stream_direct_first(exit_ep["ep"], key, exit_ep.get("direct"), fallback)
+                stream = await self.ctx.open_stream_direct_first(
+                    exit_ep["ep"], key, exit_ep.get("direct"), fallback, early
+                )
                 return stream, exit_ep
             # a refusal over the direct channel is final too; H2Error: the hub connection is closing (GOAWAY, renewal)
             except (ZtmError, h2.H2Error) as exc:
@@ -331,6 +338,9 @@ class TunnelApp(MeshApp):
                 self._exits_cache.pop(key, None)
                 if isinstance(exc, Timeout):  # the hub waited for it in vain: do not make every client wait
                     self._slow[exit_ep["ep"]] = time.monotonic() + SLOW_EXIT
+                if early is not None and early.maybe_delivered:  # at most once: no other exit gets the bytes
+                    problems.append("the client's first bytes may have reached it: not sent to another exit")
+                    break
         raise Unavailable("every exit refused: " + "; ".join(problems))
 
     def _whose(self, key: str) -> str:
@@ -360,20 +370,25 @@ class TunnelApp(MeshApp):
 
     async def _accept_tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         spec = self.inbound.get(key)
+        # the client's first bytes go with the opening, as they arrive, not after the exit's answer (early data)
+        early = EarlyReader(reader, cast(asyncio.Transport, writer.transport), EarlyData())
         try:
             if spec is not None and spec.target is not None:
                 stream, exit_ep = await self.open_to_port(spec.target)
             else:
-                stream, exit_ep = await self.open_to_exit(key)
+                stream, exit_ep = await self.open_to_exit(key, early.early)
         except ZtmError as exc:
             self.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: connection closed: %s", self.ctx.mesh, key, exc.message)
-            writer.transport.abort()
+            if early.early.maybe_delivered:  # the exit may have taken the client's bytes (then its target reset):
+                reset_socket(writer)  # a reset, as for a connection that failed after it began
+            else:
+                writer.transport.abort()
             return
         except BaseException:  # cancelled (the agent stops), or a bug: never leave the client hanging
             writer.transport.abort()
             raise
-        await self._pipe(key, reader, writer, stream, exit_ep["ep"], exit_ep["name"])
+        await self._pipe(key, reader, writer, stream, exit_ep["ep"], exit_ep["name"], early)
 
     async def _pipe(
         self,
@@ -383,10 +398,11 @@ class TunnelApp(MeshApp):
         stream: E2EStream,
         peer: str,
         peer_name: str,
+        early: EarlyReader | None = None,
     ) -> None:
         self.counters[f"{key}:streams"] += 1
         traffic = self.ctx.session.traffic_of(peer, peer_name)
-        await counted_splice(reader, writer, stream, self.counters, key, traffic, self.credit_waits)
+        await counted_splice(reader, writer, stream, self.counters, key, traffic, self.credit_waits, early)
 
     # exit
     def _admit(self, caller: Caller, service: str) -> tuple[TunnelName, str, Outbound]:
@@ -526,11 +542,21 @@ class _UdpEntrance(asyncio.DatagramProtocol):
     async def _flow(self, addr: Any, queue: asyncio.Queue[bytes]) -> None:
         key = self.key
         spec = self.app.inbound.get(key)
+        early = EarlyData()  # the datagrams already here go with the opening; later ones wait in the queue
+        over = b""
+        taken = 0
+        while not over and not queue.empty():
+            framed = frame(queue.get_nowait())
+            taken += len(framed) - 2
+            if len(early) + len(framed) <= EARLY_LIMIT:
+                early.feed(framed)
+            else:
+                over = framed  # sent once the exit answered, before the queue's
         try:
-            if spec is not None and spec.target is not None:
+            if spec is not None and spec.target is not None:  # a port flow: no early data, all sent after the answer
                 stream, _exit = await self.app.open_to_port(spec.target, "udp")
             else:
-                stream, _exit = await self.app.open_to_exit(key)
+                stream, _exit = await self.app.open_to_exit(key, early)
         except ZtmError as exc:
             self.app.counters[f"{key}:refused"] += 1
             log.info("mesh %s: inbound %s: datagrams from %s dropped: %s", self.app.ctx.mesh, key, addr, exc.message)
@@ -538,6 +564,10 @@ class _UdpEntrance(asyncio.DatagramProtocol):
             return
         self.app.counters[f"{key}:streams"] += 1
         paths.count(self.app.counters, key, stream.path)
+        self.app.counters[f"{key}:sent"] += taken
+        if rest := early.done() + over:  # what the windows did not take yet goes first
+            with contextlib.suppress(h2.H2Error):  # a failed stream ends the flow in `udp_flow`
+                await stream.write(rest)
 
         def send(datagram: bytes) -> None:
             if self.transport is not None:
@@ -557,6 +587,7 @@ async def counted_splice(
     key: str,
     traffic: Traffic,
     waits: CreditWaits | None = None,
+    early: EarlyReader | None = None,
 ) -> None:
     """`splice`, counted: the connection by its path (`ztm.apps.paths`), `KEY:active` while it runs, bytes in
     `KEY:sent` and `KEY:received`, and the same in the peer's `traffic` (`ztm stats ep`); a relayed stream's waits
@@ -577,7 +608,7 @@ async def counted_splice(
         traffic.received += received
 
     try:
-        await splice(reader, writer, stream, count)
+        await splice(reader, writer, stream, count, early)
     finally:
         counters[f"{key}:active"] -= 1
         traffic.streams -= 1
@@ -590,10 +621,12 @@ async def splice(
     writer: asyncio.StreamWriter,
     stream: E2EStream,
     count: Callable[[int, int], None],
+    early: EarlyReader | None = None,
 ) -> None:
     """Splice a local TCP socket with an end-to-end stream, relayed or direct (a direct channel's TLS connection
-    is reused after a clean end both ways). Also the proxy app's data path."""
-    await splice_socket(reader, writer, stream, count)
+    is reused after a clean end both ways), after the opening's `early` data if it had some. Also the proxy app's
+    data path."""
+    await splice_socket(reader, writer, stream, count, early)
 
 
 async def serve_udp_flow(

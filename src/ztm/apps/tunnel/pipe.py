@@ -22,6 +22,7 @@ from typing import cast
 
 from ztm import h2
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import EarlyReader
 
 CHUNK = 256 * 1024
 MAX_DATAGRAM = 65535
@@ -32,18 +33,26 @@ async def splice_socket(
     writer: asyncio.StreamWriter,
     stream: E2EStream,
     count: Callable[[int, int], None],
+    early: EarlyReader | None = None,
 ) -> None:
     """Copy socket <-> stream until both directions ended; errors on either side abort both.
 
-    The socket's transport is taken over from the StreamReader/StreamWriter pair by a `_SocketSplice` protocol
-    (no task per direction: bytes move in the transport's and the h2 connection's callbacks).
+    The socket's transport is taken over from the StreamReader/StreamWriter pair, or from the `EarlyReader` that
+    fed the opening's early data (those bytes went out already), by a `_SocketSplice` protocol (no task per
+    direction: bytes move in the transport's and the h2 connection's callbacks).
     """
     transport = cast(asyncio.Transport, writer.transport)
     splice = _SocketSplice(transport, stream, count)
-    # what the StreamReader already holds (the client may speak first, while the exit stream was being opened)
-    buffered = bytes(getattr(reader, "_buffer", b""))
-    failed = reader.exception() is not None
-    eof = reader.at_eof() or getattr(reader, "_eof", False)
+    if early is None:
+        # what the StreamReader already holds (the client may speak first, while the exit stream was being opened)
+        buffered = bytes(getattr(reader, "_buffer", b""))
+        failed = reader.exception() is not None
+        eof = reader.at_eof() or getattr(reader, "_eof", False)
+    else:
+        buffered = early.take()
+        if early.early.sent_total:
+            count(early.early.sent_total, 0)
+        failed, eof = early.early.lost, early.early.eof
     splice.was_closing = transport.is_closing()  # connection_lost may have gone to the StreamReader already
     transport.set_protocol(splice)
     if failed or (transport.is_closing() and not eof):
