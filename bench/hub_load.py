@@ -6,7 +6,7 @@ hub's), each speaking the real protocol with the product's own client code:
 1. enrol: write the mesh's TLS files with `ztm.agent.tls.MeshFiles` (root permit's user certificate and key, a fresh
    agent key per simulated agent) and call `ztm.agent.mesh.enroll` (a user-certificate connection, POST
    /api/enroll with a CSR, the connection closed) to get an endpoint certificate;
-2. connect: `ztm.agent.link.dial` with the endpoint certificate (PING keepalive every 15 s as a real agent), open
+2. connect: `ztm.agent.link.dial` with the endpoint certificate (the kernel keepalive and PINGs as a real agent), open
    `GET /api/events`, wait for `hello` (= online), keep reading the event stream;
 3. liveness as `HubLink` does it: the kernel's TCP keepalive (set by `dial`), an HTTP/2 PING every `heartbeat`
    seconds from `hello` when the hello says `"liveness": "ping"`, else `POST /api/heartbeat` at that interval.
@@ -565,7 +565,7 @@ class Run:
             )
         )
         print()
-        print("Steady state (heartbeats every 5 s, keepalive PINGs every 15 s); hub process only unless noted:")
+        print("Steady state (the liveness the hub asks for); hub process only unless noted:")
         print(
             table(
                 [
