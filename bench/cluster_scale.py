@@ -54,7 +54,7 @@ from typing import Any
 if not __package__:  # run as a file (python bench/NAME.py): make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.baseline import BaselineError, check_imports_from, export_revision, resolve_revision, round_order
+from bench.baseline import BaselineError, check_imports_from, export_revision, resolve_revision
 from bench.cluster_common import ClusterHubs, cpu_delta
 from bench.common import (
     PYTHON,
@@ -683,12 +683,17 @@ def idle_ab(args: argparse.Namespace) -> int:
         check_imports_from(PYTHON, base_src, bench_env(base_ws.dir, src=base_src))
         sides = {"this tree": SRC, f"{commit[:9]}": base_src}
         for rnd in range(args.rounds):
-            for side in round_order(list(sides), rnd):
-                with Workspace("cscale", keep=False) as ws:
+            for side in list(sides) if rnd % 2 == 0 else list(reversed(sides)):  # A, B then B, A
+                with Workspace("cscale", keep=args.keep) as ws:
                     run = Run(args, ws, src=sides[side])
                     try:
                         run.ramp_to(level)
                         run.window()
+                    except RuntimeError as exc:  # a hub died (it happens under load): say so, go on with the rounds
+                        first = str(exc).splitlines()[0]
+                        print(f"  round {rnd} {side}: failed ({first}); logs in {ws.dir}", file=sys.stderr)
+                        rows.append([rnd, side, "failed: " + first[:60], "", "", "", "", "", "", "", ""])
+                        continue
                     finally:
                         with contextlib.suppress(Exception):
                             ask_all(run.workers, cmd="quit")
