@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import HOST, REPO, ZTM, Hub, Proc, Workspace, bench_env, cpu_seconds, free_port, tcp_accepts
+from bench.common import HOST, REPO, SRC, ZTM, Hub, Proc, Workspace, bench_env, cpu_seconds, free_port, tcp_accepts
 
 if str(REPO) not in sys.path:  # the tests' PostgreSQL helper: `tests` is a namespace package under REPO
     sys.path.insert(0, str(REPO))
@@ -65,7 +65,9 @@ class ClusterHubs:
         extra: list[str] | None = None,
         nofile: int | None = None,
         timeout: float = 60.0,
+        src: Path = SRC,
     ) -> ClusterHubs:
+        """PostgreSQL and `count` hubs on it, running the `ztm` of `src` (a baseline's export, `bench.baseline`)."""
         reason = unavailable_reason()
         if reason:
             raise SystemExit(f"cannot start PostgreSQL: {reason}")
@@ -74,7 +76,7 @@ class ClusterHubs:
             url = pg.url(pg.create_db())
             cluster = cls(ws, pg, url)
             for i in range(count):
-                cluster._add(i, (zones or [""] * count)[i], extra or [], nofile, timeout)
+                cluster._add(i, (zones or [""] * count)[i], extra or [], nofile, timeout, src)
         except BaseException:
             for proc in reversed(ws.procs):
                 with contextlib.suppress(Exception):
@@ -83,7 +85,7 @@ class ClusterHubs:
             raise
         return cluster
 
-    def _add(self, i: int, zone: str, extra: list[str], nofile: int | None, timeout: float) -> None:
+    def _add(self, i: int, zone: str, extra: list[str], nofile: int | None, timeout: float, src: Path = SRC) -> None:
         port = free_port()
         base = self.ws.dir / f"hub-{i}"
         home = base / "home"
@@ -98,7 +100,7 @@ class ClusterHubs:
             key.write_bytes((self.hubs[0].data / "ca.key").read_bytes())
             key.chmod(0o600)
             argv += ["--ca-key-file", str(key)]
-        env = bench_env(home, {"PGPASSWORD": self.pg.password})
+        env = bench_env(home, {"PGPASSWORD": self.pg.password}, src=src)
         hub = ClusterHub(
             proc=self._spawn(argv, env, base, nofile),
             port=port,

@@ -2,8 +2,9 @@
 
 The hubs are real `ztm run hub --store postgresql://...` processes on a throwaway PostgreSQL 15
 (`bench/cluster_common.py`). The agents are simulated in `--workers` processes with bench/hub_load.py's `Worker`,
-speaking the real protocol with the product's client code (`ztm.agent.mesh.enroll`, `ztm.agent.link.dial`, the event
-stream, `POST /api/heartbeat` at the `hello`'s interval, keepalive PING every 15 s). What changes here:
+speaking the real protocol with the product's client code (`ztm.agent.mesh.enroll`, `ztm.agent.link.dial` with its
+kernel keepalive, the event stream, and the liveness the hub's `hello` asks for: an HTTP/2 PING every `heartbeat` s,
+or `POST /api/heartbeat` at that interval for a hub without `"liveness": "ping"`, as `HubLink`). What changes here:
 
 * every agent has a home hub (agents are spread round-robin over the hubs) where it enrols and first connects, and
   knows every hub's address, home first;
@@ -29,6 +30,10 @@ Phases:
    listed all agents online again, and the probes' latencies before and during the move.
 
 Run:  .venv/bin/python -m bench.cluster_scale [--levels 1000,10000] [--workers 8] [--window 30] [--kill 2]
+
+Idle cost against another revision (`--baseline-rev REV`, e.g. e2a1c9a): `--rounds` rounds, each starting a fresh
+cluster of this tree and one of REV (`git archive` of its src/, hubs and generator both running it), A/B then B/A,
+ramping to the top of `--levels` and measuring one steady `--window`; it prints hub and generator CPU per 1,000 agents.
 """
 
 from __future__ import annotations
@@ -37,7 +42,9 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import resource
+import statistics
 import sys
 import threading
 import time
@@ -47,9 +54,14 @@ from typing import Any
 if not __package__:  # run as a file (python bench/NAME.py): make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.baseline import BaselineError, check_imports_from, export_revision, resolve_revision
 from bench.cluster_common import ClusterHubs, cpu_delta
 from bench.common import (
+    PYTHON,
+    REPO,
+    SRC,
     Workspace,
+    bench_env,
     cpu_seconds,
     fd_limit,
     machine_facts,
@@ -61,7 +73,7 @@ from bench.common import (
     table,
     tree_facts,
 )
-from bench.hub_load import SimAgent, Worker, WorkerHandle, ask_all, open_session
+from bench.hub_load import SimAgent, Worker, WorkerHandle, ask_all, needs_beats, open_session
 
 MARK = b'{"type":"endpoint"'
 
@@ -124,7 +136,8 @@ class ClusterAgent(SimAgent):
         self.hub = next((i for i, a in enumerate(w.hubs) if a.port == port), -1)
         w.hub_ids[self.hub] = hub_id
         interval = float(hello.get("heartbeat", 5.0))
-        self.tasks.append(asyncio.get_running_loop().create_task(self._beat_on(conn, interval)))
+        if needs_beats(conn, hello):
+            self.tasks.append(asyncio.get_running_loop().create_task(self._beat_on(conn, interval)))
         return reader
 
     async def _supervise(self, reader: Any) -> None:
@@ -352,15 +365,18 @@ class PgProbe(threading.Thread):
 
 
 class Run:
-    def __init__(self, args: argparse.Namespace, ws: Workspace) -> None:
+    def __init__(self, args: argparse.Namespace, ws: Workspace, src: Path = SRC) -> None:
         self.args = args
         self.ws = ws
-        self.cluster = ClusterHubs.start(ws, args.hubs, nofile=args.hub_nofile)
+        self.cluster = ClusterHubs.start(ws, args.hubs, nofile=args.hub_nofile, src=src)
         for hub in self.cluster.hubs:
             print(f"hub {hub.index}: pid {hub.pid} at {hub.address}, open-files limit {fd_limit(hub.pid)}")
         self.workers = [
-            WorkerHandle(ws, i, self.cluster.hubs[0].permit, module="bench.cluster_scale") for i in range(args.workers)
+            WorkerHandle(ws, i, self.cluster.hubs[0].permit, module="bench.cluster_scale", src=src)
+            for i in range(args.workers)
         ]
+        self.idle: dict[str, float] = {}
+        """The last steady window in numbers: agents, hubs' and generator's CPU % of a core, load average."""
         ask_all(self.workers, cmd="config", hubs=self.cluster.addresses(), nworkers=args.workers)
         self.current = 0
         self.ramps: list[list[object]] = []
@@ -475,6 +491,16 @@ class Run:
             [f"{self.current}: {len(self.workers)} workers (load generator)", after["agents"], "", "", "",
              f"{100 * (after['cpu'] - before['cpu']) / elapsed:.0f}"]
         )  # fmt: skip
+        hubs_cpu = sum(cpu_seconds(p) - cpu0[p] for p in pids)
+        self.idle = {
+            "agents": float(after["agents"] - after["offline"]),
+            "hubs": 100 * hubs_cpu / elapsed,
+            "generator": 100 * (after["cpu"] - before["cpu"]) / elapsed,
+            "pg": 100 * pg / elapsed,
+            "load": os.getloadavg()[0],
+            "rss_mib": sum(rss_kib(p) for p in pids) / 1024 / max(1, len(pids)),
+            "beats_per_s": beats / elapsed,
+        }
         self.steady_facts.append(
             f"{self.current} agents, window {elapsed:.0f}s: {beats} heartbeats ({beats / elapsed:.0f}/s), "
             f"{after['beat_errors'] - before['beat_errors']} failed; offline agents at the end: {after['offline']}"
@@ -640,6 +666,68 @@ class Run:
             print("note: " + note)
 
 
+def idle_ab(args: argparse.Namespace) -> int:
+    """`--baseline-rev REV`: the steady-state cost of idle agents, this tree against REV, `--rounds` rounds of one
+    cluster each (PostgreSQL, `--hubs` hubs, `--workers` generator processes all running that side's `ztm`), A then B
+    in even rounds and B then A in odd ones; at the top of `--levels` each, no kill. Prints every round and the median
+    (min-max) of hub and generator CPU per 1,000 agents."""
+    try:
+        commit = resolve_revision(REPO, args.baseline_rev)
+    except BaselineError as exc:
+        raise SystemExit(str(exc)) from None
+    level = max(int(x) for x in args.levels.split(","))
+    rows: list[list[object]] = []
+    per: dict[str, dict[str, list[float]]] = {"this tree": {}, f"{commit[:9]}": {}}
+    with Workspace("cscale-base", keep=args.keep) as base_ws:
+        base_src = export_revision(REPO, commit, base_ws.dir / "base")
+        check_imports_from(PYTHON, base_src, bench_env(base_ws.dir, src=base_src))
+        sides = {"this tree": SRC, f"{commit[:9]}": base_src}
+        for rnd in range(args.rounds):
+            for side in list(sides) if rnd % 2 == 0 else list(reversed(sides)):  # A, B then B, A
+                with Workspace("cscale", keep=args.keep) as ws:
+                    run = Run(args, ws, src=sides[side])
+                    try:
+                        run.ramp_to(level)
+                        run.window()
+                    except RuntimeError as exc:  # a hub died (it happens under load): say so, go on with the rounds
+                        first = str(exc).splitlines()[0]
+                        print(f"  round {rnd} {side}: failed ({first}); logs in {ws.dir}", file=sys.stderr)
+                        rows.append([rnd, side, "failed: " + first[:60], "", "", "", "", "", "", "", ""])
+                        continue
+                    finally:
+                        with contextlib.suppress(Exception):
+                            ask_all(run.workers, cmd="quit")
+                        run.cluster.close()
+                idle = run.idle
+                k = max(1.0, idle["agents"]) / 1000
+                values = {"hubs": idle["hubs"] / k, "generator": idle["generator"] / k, "pg": idle["pg"] / k}
+                for name, v in values.items():
+                    per[side].setdefault(name, []).append(v)
+                rows.append(
+                    [rnd, side, f"{idle['agents']:.0f}", f"{idle['hubs']:.1f}", f"{idle['generator']:.1f}",
+                     f"{idle['pg']:.1f}", f"{values['hubs']:.2f}", f"{values['generator']:.2f}",
+                     f"{idle['rss_mib']:.0f}", f"{idle['beats_per_s']:.0f}", f"{idle['load']:.2f}"]
+                )  # fmt: skip
+                print("  round " + " | ".join(str(c) for c in rows[-1]), file=sys.stderr)
+    print()
+    print(f"Idle agents at steady state, {level} agents over {args.hubs} hubs, window {args.window:g} s, "
+          f"this tree against {commit[:12]}, {args.rounds} rounds (A/B interleaved):")  # fmt: skip
+    print(
+        table(["round", "code", "agents online", "hubs CPU % (sum)", "generator CPU %", "PG CPU %",
+               "hubs % per 1k agents", "generator % per 1k", "hub RSS MiB (mean)", "heartbeats/s", "load avg 1m"],
+              rows)
+    )  # fmt: skip
+    print()
+    for name in ("hubs", "generator", "pg"):
+        cells = []
+        for side, got in per.items():
+            v = got.get(name, [])
+            if v:
+                cells.append(f"{side} {statistics.median(v):.2f} ({min(v):.2f}-{max(v):.2f})")
+        print(f"{name} CPU % of a core per 1,000 idle agents, median (min-max): " + "; ".join(cells))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--levels", default="1000,10000", help="agent counts to ramp through (default %(default)s)")
@@ -658,10 +746,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--give-up", type=float, default=900.0, help="seconds any phase may take (default 900)")
     parser.add_argument("--hub-nofile", type=int, default=1 << 16, help="the hubs' soft open-files limit")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) at the end")
+    parser.add_argument(
+        "--baseline-rev",
+        metavar="REV",
+        help="instead of the ramp/kill run: the idle cost of this tree against REV at the top level, --rounds rounds",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="A/B rounds with --baseline-rev (default %(default)s)")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main(int(args.worker[0]), args.worker[1], args.worker[2])
+    if args.baseline_rev:
+        soft, hard = raise_nofile(1 << 16)
+        print(machine_facts())
+        print(tree_facts())
+        started = time.perf_counter()
+        idle_ab(args)
+        print(f"\ntotal run time {time.perf_counter() - started:.0f}s")
+        return 0
     soft, hard = raise_nofile(1 << 16)
     print(machine_facts())
     print(tree_facts())

@@ -6,9 +6,10 @@ hub's), each speaking the real protocol with the product's own client code:
 1. enrol: write the mesh's TLS files with `ztm.agent.tls.MeshFiles` (root permit's user certificate and key, a fresh
    agent key per simulated agent) and call `ztm.agent.mesh.enroll` (a user-certificate connection, POST
    /api/enroll with a CSR, the connection closed) to get an endpoint certificate;
-2. connect: `ztm.agent.link.dial` with the endpoint certificate (PING keepalive every 15 s as a real agent), open
+2. connect: `ztm.agent.link.dial` with the endpoint certificate (the kernel keepalive and PINGs as a real agent), open
    `GET /api/events`, wait for `hello` (= online), keep reading the event stream;
-3. heartbeat: `POST /api/heartbeat` every `heartbeat` seconds from `hello` (5 s by default), as `HubLink` does.
+3. liveness as `HubLink` does it: the kernel's TCP keepalive (set by `dial`), an HTTP/2 PING every `heartbeat`
+   seconds from `hello` when the hello says `"liveness": "ping"`, else `POST /api/heartbeat` at that interval.
 
 Levels (default 0, 250, 500, 1000 agents): at each, the script adds the missing agents (enrol + connect, timed),
 waits until every agent has received the `endpoint` event of every agent that came online after it (the hub's
@@ -43,6 +44,7 @@ if not __package__:  # run as a file (python bench/NAME.py): make the `bench` pa
 from bench.common import (
     PYTHON,
     REPO,
+    SRC,
     Proc,
     Spy,
     Workspace,
@@ -85,6 +87,17 @@ async def open_session(addresses: list[Any], mesh_id: str, files: Any) -> tuple[
     return conn, hub_id, reader, hello
 
 
+def needs_beats(conn: Any, hello: dict[str, Any]) -> bool:
+    """As `HubLink._open`: a hub whose hello says `"liveness": "ping"` gets the connection's PINGs at its interval
+    and no heartbeat requests (False); an older hub gets `POST /api/heartbeat` every interval (True)."""
+    if hello.get("liveness") != "ping":
+        return True
+    from ztm.agent.link import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT
+
+    conn.set_keepalive(min(KEEPALIVE_INTERVAL, float(hello.get("heartbeat", 10.0))), KEEPALIVE_TIMEOUT)
+    return False
+
+
 class SimAgent:
     """One simulated agent: its TLS files, its hub connection, its event reader and heartbeat tasks."""
 
@@ -123,7 +136,9 @@ class SimAgent:
         self.conn = conn
         interval = float(hello.get("heartbeat", 5.0))
         loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._read(reader)), loop.create_task(self._beat(interval))]
+        self.tasks = [loop.create_task(self._read(reader))]
+        if needs_beats(conn, hello):
+            self.tasks.append(loop.create_task(self._beat(interval)))
 
     async def _read(self, reader: Any) -> None:
         try:
@@ -307,14 +322,16 @@ def worker_main(number: int, directory: str, permit: str) -> int:
 
 
 class WorkerHandle:
-    def __init__(self, ws: Workspace, number: int, permit: Path, module: str = "bench.hub_load") -> None:
+    def __init__(
+        self, ws: Workspace, number: int, permit: Path, module: str = "bench.hub_load", src: Path = SRC
+    ) -> None:
         """`module`: the script whose `--worker NUMBER DIR PERMIT` runs the worker (bench/cluster_scale.py has its
-        own subclass of `Worker`)."""
+        own subclass of `Worker`); `src`: the `ztm` code it runs (a baseline's export, `bench.baseline`)."""
         directory = ws.dir / f"worker-{number}"
         directory.mkdir()
         argv = [PYTHON, "-m", module, "--worker", str(number), str(directory), str(permit)]
-        env = bench_env(directory)
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env["PYTHONPATH"]])  # so that `-m bench.hub_load` imports
+        env = bench_env(directory, src=src)
+        env["PYTHONPATH"] = os.pathsep.join([env["PYTHONPATH"], str(REPO)])  # so that `-m bench.hub_load` imports
         self.proc = Proc(argv, log_path=directory / "worker.err", env=env, cwd=directory, pipes=True)
         ws.procs.append(self.proc)
         assert self.proc.popen.stdin is not None and self.proc.popen.stdout is not None
@@ -548,7 +565,7 @@ class Run:
             )
         )
         print()
-        print("Steady state (heartbeats every 5 s, keepalive PINGs every 15 s); hub process only unless noted:")
+        print("Steady state (the liveness the hub asks for); hub process only unless noted:")
         print(
             table(
                 [

@@ -119,6 +119,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class LoopbackDrop:
+    """Packets of chosen TCP ports on this host dropped where they arrive (an nftables table of its own, removed by
+    `close()`): to the sockets on those ports, the path is silently gone (no FIN, no RST, keepalive probes unanswered),
+    as when a cable is cut, while both processes run on. Needs root and `nft` (`LoopbackDrop.missing()` says why not).
+    """
+
+    def __init__(self, ports: Iterable[int]) -> None:
+        self.ports = sorted(set(ports))
+        self.table = f"ztm_drop_{os.getpid()}_{self.ports[0]}"
+        nft = shutil.which("nft") or "/usr/sbin/nft"
+        self._nft = nft
+        ports_set = ", ".join(str(p) for p in self.ports)
+        rules = (
+            f"table inet {self.table} {{\n chain input {{\n  type filter hook input priority -10; policy accept;\n"
+            f"  tcp dport {{ {ports_set} }} drop\n  tcp sport {{ {ports_set} }} drop\n }}\n}}\n"
+        )
+        subprocess.run([nft, "-f", "-"], input=rules, text=True, check=True, capture_output=True)
+
+    @staticmethod
+    def missing() -> str | None:
+        if os.geteuid() != 0:
+            return "dropping packets needs root (nftables)"
+        if shutil.which("nft") is None and not Path("/usr/sbin/nft").exists():
+            return "dropping packets needs `nft` (nftables)"
+        return None
+
+    def close(self) -> None:
+        subprocess.run([self._nft, "delete", "table", "inet", self.table], capture_output=True, check=False)
+
+
 def split_hostport(text: str) -> tuple[str, int]:
     """`"1.2.3.4:80"` or `"[::1]:80"` -> `(host, port)`."""
     m = re.fullmatch(r"\[(.+)\]:(\d+)|([^:]*):(\d+)", text)

@@ -48,8 +48,10 @@ class HubConfig:
     """Most endpoint records a user other than root may hold (enrolments past it are refused; root deletes some)."""
     cert_ttl: float = 24 * 3600.0
     """Lifetime of endpoint certificates in seconds; agents renew at half-life."""
-    heartbeat: float = 5.0
-    """Interval agents are told to heartbeat at; an endpoint is offline after 3 missed beats or a closed session."""
+    heartbeat: float = 10.0
+    """Interval agents are told to show they are alive at (an HTTP/2 PING; older agents POST a heartbeat); an
+    endpoint is offline after 3 intervals without a byte from it, a closed session, or a silent link loss noticed by
+    the kernel (10 s, `ztm.hub.routes.LINK_TIMEOUT`)."""
     admin: Address | None = None
     """Optional localhost admin address (metrics); off unless set."""
     store: str | None = None

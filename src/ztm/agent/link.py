@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ztm import errors, h2
+from ztm import errors, h2, tcpalive
 from ztm.addr import Address
 from ztm.agent import hubpick
 from ztm.agent.hubpick import Candidate, HubView
@@ -36,13 +36,20 @@ log = logging.getLogger("ztm.agent")
 
 CONNECT_TIMEOUT = 5.0
 MAX_EVENT_LINE = 1 << 20
-KEEPALIVE_INTERVAL = 2.0
-"""Seconds between the HTTP/2 PINGs the link sends the hub. With `KEEPALIVE_TIMEOUT`, a hub that vanished without a
-reset (machine gone, packets dropped) is detected within KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT = 5 s. A PING costs
-17 bytes each way."""
-KEEPALIVE_TIMEOUT = 3.0
+LINK_IDLE, LINK_INTERVAL, LINK_TIMEOUT = 2.0, 1.0, 5.0
+"""The kernel's watch on the hub connection (`ztm.tcpalive`): TCP keepalive probes after 2 s of silence, then every
+second, and the connection given up `LINK_TIMEOUT` = 5 s after the hub was last heard from (or after data stayed
+unacknowledged that long). A silent link loss (machine gone, every packet dropped, no reset) is therefore detected
+within 5 s, by the kernel, which answers and sends the probes without waking either process."""
+KEEPALIVE_INTERVAL = 15.0
+"""Seconds between the HTTP/2 PINGs the link sends the hub (at most: a hub that asks for liveness PINGs every
+`heartbeat` seconds, shorter, gets them that often). They catch what the kernel cannot see: a hub process that hangs
+(SIGSTOP, a dead loop) while its kernel still answers, detected within KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT = 25 s.
+A PING costs 17 bytes each way."""
+KEEPALIVE_TIMEOUT = 10.0
 """Seconds to wait for a PING's answer before the connection counts as dead, unless other bytes from the hub arrived
-meanwhile (then the answer is only queued behind data on a busy link, and the connection is kept: no false alarm)."""
+meanwhile (then the answer is only queued behind data on a busy link, and the connection is kept: no false alarm).
+A hub whose loop is merely slow (CPU-starved) has 10 s to answer before its agents leave it."""
 DIAL_STAGGER = 0.25
 """Seconds between starting the dials of one tier's addresses (happy eyeballs): the first that completes wins."""
 MIN_DWELL = 10.0
@@ -109,6 +116,7 @@ async def _attempt(
         keepalive_timeout=KEEPALIVE_TIMEOUT,
     )
     elapsed = time.perf_counter() - started
+    tcpalive.watch(conn.socket, idle=LINK_IDLE, interval=LINK_INTERVAL, timeout=LINK_TIMEOUT)
     try:
         hub_id = check_hub(conn, mesh_id, str(candidate.address))
     except ZtmError:
@@ -208,6 +216,9 @@ class HubLink:
         self.hub: dict[str, Any] = {}
         self.since: float | None = None
         self.heartbeat = 5.0
+        self.beats = True
+        """POST /api/heartbeat every `heartbeat` s (hubs that do not count the keepalive PINGs: their hello has no
+        `"liveness": "ping"`); otherwise the connection's PINGs, every `heartbeat` s at most, are the liveness."""
         self.credit_warn = h2.connection.CREDIT_WARN
         """Seconds a stream on the hub connection may wait for credit (hub alive) before a warning (`--credit-warn`)."""
         self.last_heartbeat: float | None = None
@@ -400,6 +411,9 @@ class HubLink:
         interval = hello.get("heartbeat")
         if isinstance(interval, (int, float)) and 0.05 <= interval <= 3600:
             self.heartbeat = float(interval)
+        self.beats = hello.get("liveness") != "ping"  # an older hub wants POST /api/heartbeat
+        if not self.beats:
+            conn.set_keepalive(min(KEEPALIVE_INTERVAL, self.heartbeat), KEEPALIVE_TIMEOUT)
         self.address = f"{conn.peer_address[0]}:{conn.peer_address[1]}" if conn.peer_address else None
         self._on_event(hello)
         return conn, events
@@ -420,7 +434,7 @@ class HubLink:
         """Read events until the connection ends ("lost"), a renewal asks for a new connection ("renew") or a better
         hub is online ("move")."""
         self._renew.clear()
-        beats = spawn(self._beat(conn), name=f"heartbeat-{self.label}")
+        beats = spawn(self._beat(conn), name=f"heartbeat-{self.label}") if self.beats else None
         reader = asyncio.ensure_future(self._read(events))
         renew = asyncio.ensure_future(self._renew.wait())
         better = asyncio.ensure_future(self._better())
@@ -431,7 +445,8 @@ class HubLink:
             return "renew" if renew.done() else "move"
         finally:
             for task in (beats, reader, renew, better):
-                task.cancel()
+                if task is not None:
+                    task.cancel()
 
     async def _read(self, events: EventReader) -> None:
         with contextlib.suppress(h2.H2Error, ZtmError):

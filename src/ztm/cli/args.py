@@ -336,7 +336,7 @@ keepalive_type = seconds_within(1, 3600, "25")
 """`--p2p-keepalive SECONDS` (NAT routers forget idle TCP mappings after minutes to hours)."""
 
 heartbeat_type = seconds_within(1, 300, "5")
-"""`ztm run hub --heartbeat SECONDS`: the interval agents heartbeat at (an endpoint is offline after 3 missed)."""
+"""`ztm run hub --heartbeat SECONDS`: how often agents show they are alive (offline after 3 silent intervals)."""
 
 
 def birthday_type(text: str) -> int:
@@ -487,7 +487,7 @@ def hub_options(p: argparse.ArgumentParser) -> None:
         "--heartbeat",
         metavar="SECONDS",
         type=heartbeat_type,
-        help="interval agents heartbeat at, 1 to 300 (default 5); an endpoint is offline after 3 missed beats",
+        help="seconds between agents' liveness PINGs, 1 to 300 (default 10); offline after 3 intervals of silence",
     )
     p.add_argument(
         "--admin", metavar="ADDR", type=address_type(default_host="127.0.0.1"), help="local admin/metrics address"

@@ -393,6 +393,20 @@ class Connection(asyncio.BufferedProtocol):
     def _start_keepalive(self, interval: float, timeout: float) -> None:
         self._keepalive_task = self._loop.create_task(self._keepalive(interval, timeout))
 
+    def set_keepalive(self, interval: float, timeout: float) -> None:
+        """Send a PING every `interval` seconds from now on (replacing the current keepalive), closing the connection
+        when one gets no answer within `timeout` seconds and nothing else arrived meanwhile."""
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            self._keepalive_task = None
+        if not self.closed:
+            self._start_keepalive(interval, timeout)
+
+    @property
+    def socket(self) -> Any:
+        """The connection's TCP socket (for socket options), or None once it is closed."""
+        return self._transport.get_extra_info("socket") if self._transport is not None else None
+
     async def _keepalive(self, interval: float, timeout: float) -> None:
         while not self.closed:
             await asyncio.sleep(interval)

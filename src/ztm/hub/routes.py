@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ztm import addr, filespec, h2, pki, validate
+from ztm import addr, filespec, h2, pki, tcpalive, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, Unavailable, ZtmError
 from ztm.hub import limits, meshaddr
 from ztm.hub.audit import MAX_LIMIT
@@ -32,6 +32,11 @@ MAX_BODY = 256 * 1024
 FILES_MAX_BODY = 8 << 20
 """File entries carry one SHA-256 per MiB of file (up to 64 Ki chunks) and announcements up to 10 000 paths."""
 JSON = [("content-type", "application/json")]
+LINK_IDLE, LINK_INTERVAL, LINK_TIMEOUT = 4.0, 2.0, 10.0
+"""Kernel keepalive on every accepted connection (`ztm.tcpalive`): probed after 4 s of silence, then every 2 s, and
+given up 10 s after the peer was last heard from. An agent that vanished silently (link cut, machine gone) is offline
+here within 10 s at any `--heartbeat`, with no work in this process; its own probes (every 2 s) keep a live link
+from being probed from here at all."""
 
 
 class Request:
@@ -169,6 +174,7 @@ class HubRoutes:
             self.state.counters["connections_refused"] += 1
             return False
         key = id(conn)
+        tcpalive.watch(conn.socket, idle=LINK_IDLE, interval=LINK_INTERVAL, timeout=LINK_TIMEOUT)
         self.state.conns.add(key, peer, conn.close)
         self.state.counters["connections"] += 1
         conn.add_close_callback(lambda _c: self.state.conns.discard(key))

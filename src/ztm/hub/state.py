@@ -38,6 +38,9 @@ log = logging.getLogger("ztm.hub")
 JOINING_GRACE = 15.0
 """Seconds an endpoint enrolled but not yet online keeps its name against another endpoint of the same user: two
 joins with one name at once (at two hubs of a cluster) give one success and one conflict, not a takeover."""
+SEEN_FLUSH = 60.0
+"""Seconds between writes of a connected endpoint's last-seen time to the store (it is exact in memory, and written
+when the session ends): agents no longer POST heartbeats, so this is what keeps idle sessions from costing writes."""
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
@@ -74,6 +77,8 @@ class Session:
     wait behind tunnel data on a slow link."""
     last_traffic: float = field(default_factory=time.time)
     received_at_sweep: int = 0
+    seen_stored: float = field(default_factory=time.time)
+    """When the sweep last queued this endpoint's last-seen time for the store (at most every `SEEN_FLUSH` s)."""
     conn_key: int | None = None
     """The `Connections` key of the session's connection (the session closes it after its last event)."""
     queue: asyncio.Queue[tuple[str, bytes, str | None] | None] = field(default_factory=asyncio.Queue)
@@ -448,7 +453,15 @@ class HubState:
         else:
             log.info("endpoint %s (%s) is online from %s", ep.name, ep.id, _addr(peer.address))
         ep.last_seen = time.time()
-        session.push({"type": "hello", "ep": self.endpoint_view(ep), "heartbeat": self.heartbeat, "hub": self.status()})
+        session.push(
+            {
+                "type": "hello",
+                "ep": self.endpoint_view(ep),
+                "heartbeat": self.heartbeat,
+                "liveness": "ping",  # an HTTP/2 PING every `heartbeat` s will do: no POST /api/heartbeat needed
+                "hub": self.status(),
+            }
+        )
         self.policy.push_to(session)  # right after the hello, before any endpoint, stream or call event
         self.broadcast({"type": "endpoint", "ep": self.endpoint_view(ep)}, exclude=ep.id)
         if self.cluster is not None:
@@ -507,6 +520,11 @@ class HubState:
             received = session.received()
             if received != session.received_at_sweep:
                 session.received_at_sweep, session.last_traffic = received, now
+                ep = self.endpoints.get(session.ep_id)
+                if ep is not None:  # heard from (a PING, a call, tunnel data): what a heartbeat used to record
+                    ep.last_seen = now
+                    if now - session.seen_stored >= SEEN_FLUSH:
+                        session.seen_stored, self._seen[ep.id] = now, now
             alive = max(session.last_heartbeat, session.last_traffic)
             if now - alive > 3 * self.heartbeat or now > session.cert_not_after:
                 log.info("endpoint %s missed its heartbeats or its certificate expired; closing", session.ep_id)
