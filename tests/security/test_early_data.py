@@ -128,7 +128,11 @@ def test_a_member_flooding_early_data_before_the_accept_costs_the_exit_one_read(
             number = session.next_stream()
             keys = session.channel(number)
             opening = json.dumps({"app": "tunnel", "service": "tcp/slow"}).encode()
-            await outer.write(resume_frame(session.id, number) + keys.seal(OPEN, opening))
+            # the first flight as a real opener sends it: OPEN and a first (small) early record in one write, so
+            # the exit reads that record with the OPEN and holds it; the flood after it waits in the channel
+            await outer.write(
+                resume_frame(session.id, number) + keys.seal(OPEN, opening) + keys.seal(DATA, bytes(1000))
+            )
             chunk = bytes(65536)
             written, peak = 0, 0
             deadline = time.monotonic() + 3.0
@@ -140,9 +144,17 @@ def test_a_member_flooding_early_data_before_the_accept_costs_the_exit_one_read(
                         break  # the exit stopped reading: our writes wait for room that never comes
                     written += len(chunk)
                     peak = max(peak, _rss(alice.proc.pid) - base)
+                # the channel stays open until the exit decided (4 s after the OPEN): a reset before that would
+                # end the stream with nothing left to decide on, and the test would wait for nothing
+                end = time.monotonic() + 15.0
+                while time.monotonic() < end and not await asyncio.to_thread(dropped):
+                    await asyncio.sleep(0.1)
             finally:
                 channel.abort()
             return written, peak
+
+        def dropped() -> bool:
+            return metric(alice, "ztm_agent_e2e_early_dropped_bytes_total") > 0
 
         base = _rss(alice.proc.pid)
         written, peak = asyncio.run(flood())
@@ -150,9 +162,7 @@ def test_a_member_flooding_early_data_before_the_accept_costs_the_exit_one_read(
         # The exit stops reading at the OPEN: the writes stall after what the kernel's socket buffers take.
         assert written < 64 << 20, f"the exit kept reading the flood: {written} bytes taken in 3 s"
         assert peak < 32 << 20, f"the exit grew by {peak} bytes during the flood"
-        wait_until(
-            lambda: metric(alice, "ztm_agent_e2e_early_dropped_bytes_total") > 0, 15, "the refusal to drop the flood"
-        )
+        wait_until(dropped, 5, "the refusal to drop the flood")
         dropped = metric(alice, "ztm_agent_e2e_early_dropped_bytes_total")
         assert dropped <= 1 << 20, f"the exit held {dropped} bytes of early data before deciding"
         assert pair.asked.accepted == 1, "only the accepted stream's connection reached a target"

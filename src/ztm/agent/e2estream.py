@@ -252,7 +252,7 @@ class E2EStream:
         except E2EError as exc:
             self._fail(E2EStreamError(exc.reason, exc.message))
             return
-        if len(records) == 1 and records[0][0] == DATA and not self._eof:  # one DATA record: straight to the sink
+        if len(records) == 1 and records[0][0] == DATA and not self._eof and not self._held:  # one record: to the sink
             payload = records[0][1]
             sink = self._sink
             if payload and sink is not None and not self._sink_paused and not self._chunks:

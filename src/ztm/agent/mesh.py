@@ -521,6 +521,7 @@ class MeshSession:
             return
         app = self.apps.get(app_name)
         if app is None or not app.running:
+            self.e2e.decided(stream, accepted=False)
             stream.refuse(NotFound(f"app {app_name!r} is not running there"))
             return
         await self._know(caller)
@@ -530,6 +531,7 @@ class MeshSession:
             try:
                 self.gate.check(caller, what)
             except Forbidden as exc:
+                self.e2e.decided(stream, accepted=False)
                 stream.refuse(exc)
                 return
             untrack = self.gate.track(caller, what, lambda _reason: stream.reset())
@@ -541,6 +543,7 @@ class MeshSession:
         finally:
             left = self.e2e.pending.pop(stream_id, None)
             if left is not None:
+                self.e2e.decided(left, accepted=False)
                 left.refuse(Unavailable(f"app {app_name} did not take the stream"))
             if untrack is not None and left is not None:  # never taken: nothing to watch
                 untrack()
