@@ -248,7 +248,7 @@ class Worker:
             "agents": len(self.agents),
             "online": sum(1 for a in self.agents if not a.lost and not a.conn.closed),
             "events": sum(a.events for a in self.agents),
-            "beats": sum(a.beats for a in self.agents),
+            "beats": sum(a.beats + (a.conn.pings_answered if a.conn is not None else 0) for a in self.agents),
             "beat_errors": sum(a.beat_errors for a in self.agents),
             "lost": sum(1 for a in self.agents if a.lost),
             "cpu": usage.ru_utime + usage.ru_stime,

@@ -104,6 +104,8 @@ class Connection(asyncio.BufferedProtocol):
         self._hold_handle: asyncio.TimerHandle | None = None  # flushes held HEADERS (open_stream(hold=True))
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[bytes, asyncio.Future[float]] = {}
+        self.pings_answered = 0
+        """PINGs of ours the peer answered (keepalive's included): the liveness a caller can count."""
         self._ping_seq = 0
         self._ready = False  # h2 started: our preface is out, received bytes go to h2
         self._pending: bytearray | None = None if is_client else bytearray()
@@ -602,6 +604,7 @@ class Connection(asyncio.BufferedProtocol):
     def _on_ping_acked(self, event: ev.PingAcked) -> None:
         fut = self._pings.pop(event.data, None)
         if fut is not None and not fut.done():
+            self.pings_answered += 1
             fut.set_result(time.perf_counter())
 
     def _on_goaway(self, event: ev.GoAway) -> None:
