@@ -12,6 +12,7 @@ Stdlib only, like `bench.common`.
 
 from __future__ import annotations
 
+import argparse
 import io
 import statistics
 import subprocess
@@ -82,6 +83,16 @@ class RoundRatios:
         low, high = self.spread
         n = len(self.values)
         return f"{self.median:.2f} ({low:.2f}-{high:.2f}, {n} round{'s' if n != 1 else ''})"
+
+
+def baseline_commit(parser: argparse.ArgumentParser, repo: Path, rev: str | None) -> str:
+    """A bench's `--baseline-rev REV` as a full commit id ("" without the option); a bad REV is the parser's error."""
+    if rev is None:
+        return ""
+    try:
+        return resolve_revision(repo, rev)
+    except BaselineError as exc:
+        parser.error(str(exc))
 
 
 def resolve_revision(repo: Path, rev: str) -> str:

@@ -53,9 +53,9 @@ from bench.baseline import (
     BaselineError,
     RoundRatios,
     base_of,
+    baseline_commit,
     check_imports_from,
     export_revision,
-    resolve_revision,
     round_order,
 )
 from bench.common import (
@@ -359,12 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     reason = unavailable_reason()
     if reason:
         parser.error(reason)
-    base_commit = ""
-    if args.baseline_rev is not None:
-        try:
-            base_commit = resolve_revision(REPO, args.baseline_rev)
-        except BaselineError as exc:
-            parser.error(str(exc))
+    base_commit = baseline_commit(parser, REPO, args.baseline_rev)
     install_baselines()
     print(f"command: {' '.join([os.path.relpath(PYTHON), '-m', 'bench.tun', *(argv or sys.argv[1:])])}")
     print(machine_facts())

@@ -104,10 +104,10 @@ from bench.baseline import (
     BaselineError,
     RoundRatios,
     base_of,
+    baseline_commit,
     check_imports_from,
     export_revision,
     is_base,
-    resolve_revision,
     round_order,
 )
 from bench.common import (
@@ -1427,12 +1427,7 @@ def main(argv: list[str] | None = None) -> int:
     for tool in ("iperf3", "stunnel4", "openssl"):
         if subprocess.run(["which", tool], capture_output=True, check=False).returncode != 0:
             parser.error(f"{tool} is not installed")
-    base_commit = ""
-    if args.baseline_rev is not None:
-        try:
-            base_commit = resolve_revision(REPO, args.baseline_rev)
-        except BaselineError as exc:
-            parser.error(str(exc))
+    base_commit = baseline_commit(parser, REPO, args.baseline_rev)
     raise_nofile(65536)
 
     print(machine_facts())
