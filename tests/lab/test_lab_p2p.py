@@ -175,8 +175,15 @@ def test_pair_ends_up_on_the_expected_path(mesh: Mesh, entrance: str, exit_host:
         wait_until(birthday_channel, BIRTHDAY_BOUND, f"a birthday channel from {entrance} to {exit_host}", 0.2)
         assert counter(a, "punch_birthday_successes") == born + 1
         print(f"{entrance} -> {exit_host}: direct by the birthday method after {time.monotonic() - started:.1f} s")
-    assert path(a, exit_host) == expected
-    if expected != "relay" and (entrance, exit_host) not in BIRTHDAY:  # up well within 1 s (the target)
+    got = path(a, exit_host)
+    if expected == "relay" and got == "punched" and counter(a, "punch_birthday_successes") > born:
+        # two symmetric NATs: the birthday attempt (at once after the ordinary timeout) met by chance, which the
+        # matrix does not promise but may happen; the pair is then held to the direct path's checks below
+        print(f"{entrance} -> {exit_host}: direct by a lucky birthday attempt")
+        expected = "punched"
+    assert got == expected
+    by_birthday = BIRTHDAY | {("sym1", "sym2"), ("sym2", "sym1")}
+    if expected != "relay" and (entrance, exit_host) not in by_birthday:  # up well within 1 s (the target)
         assert took < DIRECT_BOUND, f"the direct path took {took:.2f} s (bound {DIRECT_BOUND:g} s)"
     relayed = mesh.hub_counter("relayed_bytes")
     data = bytes(range(256)) * 4096  # 1 MiB

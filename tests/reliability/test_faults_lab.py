@@ -45,9 +45,11 @@ TCP_BACKOFF = 1.6
 """How long after link up TCP may wait for its next retransmission after a 2 s outage: the retransmission timer
 starts at 200 ms and doubles (0.2, 0.4, 0.8, 1.6 s), so a retransmission sent just before link up is followed by the
 next one up to 1.6 s later. The blip's recovery is that wait plus ours; only ours is held to 5x the figure."""
-HEARTBEAT = 2.0
-"""The hub's heartbeat interval here (`ztm run hub --heartbeat 2`; 5 s by default): an endpoint is offline after 3
-missed beats, checked every half interval, so the hub notices a cut in 6 to 7 s instead of 15 to 17.5 s."""
+HEARTBEAT = 3.0
+"""The hub's liveness interval here (`ztm run hub --heartbeat 3`; 10 s by default): an endpoint is offline after 3
+intervals without a byte, checked every half interval, so the hub notices a cut in 9 to 10.5 s instead of 30 s (or
+its kernel's 10 s). Not 2: agents now send one PING per interval and nothing else when idle, and under 5 % loss and
+200 ms RTT beside a saturating transfer, 6 s without a byte from an agent happened (the `both` case, one CI run)."""
 
 
 @dataclass

@@ -199,6 +199,7 @@ def test_a_refused_callers_early_data_is_dropped_unread_on_both_paths(tmp_path: 
                 await layer.open(outer, target, "tunnel", "tcp/root-only", _nothing, early)
             finally:
                 conn.close()
+                await conn.wait_closed()  # closed before asyncio.run ends: no unclosed transport left to the GC
             return "accepted"
 
         for path in ("relay", "direct", "relay", "direct"):
