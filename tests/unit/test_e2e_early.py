@@ -40,7 +40,7 @@ def _opened(wire: bytes) -> tuple[list[int], bytes]:
 def test_records_follow_the_open_with_its_counters_and_later_bytes_follow_as_they_come() -> None:
     chan = Channel(KEY_I2R, KEY_R2I)
     early = EarlyData(b"GET / HTTP/1.1\r\n")
-    flight = chan.seal(OPEN, b"{}") + early.first_records(chan.seal)
+    flight = chan.seal(OPEN, b"{}") + early.first_records(chan.seal_data)
     window = Window(1 << 20)
     early.attach(window, chan.seal)
     assert early.feed(b"Host: x\r\n\r\n") == 11
@@ -60,10 +60,10 @@ def test_held_bytes_are_bounded_and_sent_again_on_a_new_attempt() -> None:
     assert early.feed(big) == LIMIT and early.full
     assert early.feed(b"more") == 0
     first = Channel(KEY_I2R, KEY_R2I)
-    early.first_records(first.seal)  # an attempt that ended (UNKNOWN session, or a refusal)
+    early.first_records(first.seal_data)  # an attempt that ended (UNKNOWN session, or a refusal)
     early.detach()
     again = Channel(KEY_I2R, KEY_R2I)  # the new session's stream: the same bytes, sealed with its keys
-    inners, data = _opened(again.seal(OPEN, b"{}") + early.first_records(again.seal))
+    inners, data = _opened(again.seal(OPEN, b"{}") + early.first_records(again.seal_data))
     assert inners[0] == OPEN and data == big[:LIMIT]
 
 
@@ -73,7 +73,7 @@ def test_a_short_window_never_reorders_or_loses_bytes(chunks: list[bytes], room:
     chan = Channel(KEY_I2R, KEY_R2I)
     early = EarlyData()
     window = Window(room)
-    flight = chan.seal(OPEN, b"{}") + early.first_records(chan.seal)
+    flight = chan.seal(OPEN, b"{}") + early.first_records(chan.seal_data)
     early.attach(window, chan.seal)
     fed = b""
     for chunk in chunks:

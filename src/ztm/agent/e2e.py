@@ -411,7 +411,7 @@ async def _nothing() -> None:
 
 
 def _early_records(early: EarlyData | None, channel: Channel) -> bytes:
-    return b"" if early is None else early.first_records(channel.seal)
+    return b"" if early is None else early.first_records(channel.seal_data)
 
 
 async def _first_flight(

@@ -83,15 +83,11 @@ class EarlyData:
             self._flush()
         return take
 
-    def first_records(self, seal: Callable[[int, bytes | memoryview], bytes]) -> bytes:
-        """DATA records of everything held, sealed with `seal` (a new attempt's channel), for the first flight."""
-        records = []
-        view = memoryview(self._buf)
-        for start in range(0, len(view), MAX_PAYLOAD):
-            records.append(seal(DATA, view[start : start + MAX_PAYLOAD]))
-        view.release()
+    def first_records(self, seal_data: Callable[[bytearray], bytes]) -> bytes:
+        """DATA records of everything held, sealed by `seal_data` (a new attempt's `Channel.seal_data`), for the
+        first flight; nothing when nothing is held."""
         self._sent = len(self._buf)
-        return b"".join(records)
+        return seal_data(self._buf) if self._buf else b""
 
     def attach(self, sink: Sink, seal: Callable[[int, bytes | memoryview], bytes]) -> None:
         """The first flight went out: bytes arriving from now on go to `sink` as records, as the window allows."""
