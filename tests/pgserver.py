@@ -20,12 +20,16 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+try:
+    from ports import free_port  # the tests have tests/ on sys.path
+except ImportError:  # bench/ imports this module as tests.pgserver
+    from tests.ports import free_port
 
 _SEARCH = ("/usr/lib/postgresql/15/bin",)
 
@@ -69,12 +73,6 @@ def _has_user(name: str) -> bool:
     return True
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PgServer:
     """One PostgreSQL cluster in a temporary directory (see the module docstring)."""
 
@@ -92,7 +90,7 @@ class PgServer:
         self.netns = netns
         self.host = listen
         self.clients = list(clients)
-        self.port = 5432 if netns else _free_port()  # a namespace of its own has every port free
+        self.port = 5432 if netns else free_port()  # a namespace of its own has every port free
         self.password = secrets.token_urlsafe(18)
         self._dbs = 0
         self.running = False

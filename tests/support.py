@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ports import free_port
+
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,14 +111,6 @@ def holds_for(predicate: Callable[[], object], duration: float, what: str, inter
         if now - start >= duration:
             return checks
         time.sleep(min(interval, max(0.0, start + duration - time.monotonic())))
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now (the kernel picks it; a tiny race with other processes remains)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class LoopbackDrop:

@@ -35,6 +35,7 @@ from support import (
     Agent,
     Hub,
     Proc,
+    free_port,
     invite,
     one_line_error,
     restart_agent,
@@ -119,7 +120,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for user, agent in (("ops1", ops), ("bob", bob)):
             pg[user] = open_inbound(agent, "tcp/pg")
             dns[user] = open_inbound(agent, "udp/dns")
-            proxy[user] = free_tcp_port()
+            proxy[user] = free_port()
             agent.cli("proxy", "config", "--set-listen", f"127.0.0.1:{proxy[user]}")
         for agent in (hq, ops, bob):
             start_chat(agent)
@@ -135,12 +136,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         servers.close()
         for proc in reversed(procs):
             proc.stop()
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def hub_post(world: World, path: str, body: dict[str, Any]) -> tuple[int, Any, float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, TypeVar
 import pytest
 
 from conftest import PgDb
+from ports import free_port
 from ztm.db import Database
 from ztm.errors import BadInput, Conflict, Unavailable, ZtmError
 from ztm.hub import store_sqlite
@@ -273,19 +273,13 @@ async def _open_close(db: PgDb) -> None:
     await s.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_bad_input_at_open(pg_url: PgDb, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PGPASSWORD", raising=False)
     monkeypatch.delenv("PGPASSFILE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.pgpass
     port = pg_url.server.port
     cases: list[tuple[str, str | None, type[ZtmError], str]] = [
-        (f"postgresql://ztm@127.0.0.1:{_free_port()}/x", "pw", Unavailable, "cannot reach the store"),
+        (f"postgresql://ztm@127.0.0.1:{free_port()}/x", "pw", Unavailable, "cannot reach the store"),
         (pg_url.url, "wrong-password", BadInput, "refused the password of user 'ztm'"),
         (pg_url.url, None, BadInput, "needs a password for user 'ztm'"),
         (f"postgresql://ztm@127.0.0.1:{port}/no_such_db", pg_url.password, BadInput, "'no_such_db' does not exist"),

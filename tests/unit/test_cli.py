@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from ports import free_port
 from ztm.addr import Address
 from ztm.cli import commands
 from ztm.cli.client import socket_files
@@ -383,22 +384,16 @@ def test_no_socket_and_no_token_message(
 def test_no_token_and_nothing_listening_names_the_address(
     home: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("ZTM_AGENT", f"127.0.0.1:{port}")
     err = one_line_error(run("get", "ep"))
     assert err.startswith(f"ztm: cannot reach the agent at 127.0.0.1:{port} (connection refused)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_connection_refused_names_the_address(
     home: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("ZTM_TOKEN", TOKEN)
     err = one_line_error(run("--agent", f"127.0.0.1:{port}", "get", "ep"))
     assert err == (
@@ -825,7 +820,7 @@ def test_version_with_and_without_agent(
 ) -> None:
     res = run("version")
     assert res.out.splitlines() == ["ztm 0.2.0 (command line)", f"agent 0.2.0 (API 1) at {agent.address}"]
-    monkeypatch.setenv("ZTM_AGENT", f"127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("ZTM_AGENT", f"127.0.0.1:{free_port()}")
     res = run("version")
     assert res.code == 0 and "agent: unknown (cannot reach the agent" in res.out
     monkeypatch.setenv("ZTM_TOKEN", TOKEN)

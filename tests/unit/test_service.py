@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import stat
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
 from ztm import service
 from ztm.addr import Address
 from ztm.apps.net.options import NetOptions
@@ -39,12 +39,6 @@ if len(sys.argv) > 2:
 print("listening on", sys.argv[1], flush=True)
 time.sleep(60)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(autouse=True)
