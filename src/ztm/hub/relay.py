@@ -177,10 +177,11 @@ class Relay:
         self.state.counters["streams"] += 1
         self.active += 1
         try:
-            await stream.respond(200, answer)
+            # A target that got the first flight in the event answers the opening (OK or REFUSE) without waiting
+            # for the hub: both 200s go out with the first bytes for their side, one write less each (issue 13/18),
+            # even when the target's accept arrived alone (its answer waits for the app, e.g. the target connect).
+            await stream.respond(200, answer, hold=first)
             if session is not None:  # a forwarded stream (the hub link's) was answered by the far hub already
-                # A target that got the first flight in the event does not wait for this answer (it answers the
-                # opening at once): it goes out with the first bytes for it, one write less (issue 13/18).
                 await other.respond(200, hold=first)
             await splice(stream, other, self.state)
         except h2.H2Error:
