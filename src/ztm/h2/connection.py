@@ -152,8 +152,9 @@ class Connection(asyncio.BufferedProtocol):
 
         `hold`: the HEADERS wait for the stream's first bytes (or anything else written on the connection) and go out
         with them in one TLS record and syscall, instead of alone at the end of this loop iteration; at the latest
-        after `HOLD_MAX` seconds, or as soon as a reader waits on the stream. For a stream whose peer sends nothing
-        before this side has (an exit's accept of a relayed stream: the hub splices only after it).
+        after `HOLD_MAX` seconds, or as soon as a reader waits on the stream; bytes read from the peer meanwhile do not
+        release them. For a stream whose peer sends nothing before this side has (an exit's accept of a relayed
+        stream: the hub splices only after it).
         """
         if not self.is_client:
             raise H2Error("open_stream() is only for client connections")
