@@ -121,3 +121,46 @@ def test_a_held_response_goes_out_with_the_first_bytes(loop: str, monkeypatch: p
             assert writes and writes[0][:2] == [HEADERS, DATA], f"not in one write: {writes}"
 
     run(main(), loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_reading_another_streams_data_does_not_release_held_headers(loop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exit's held accept and the hub's held 200s wait for their side's next write, not for the next bytes the
+    peer sends on another stream (issue 13: the hub's 200 to a target otherwise went out alone, before the echo it
+    relayed to the entrance)."""
+    monkeypatch.setattr(h2conn, "HOLD_MAX", 30.0)
+    go = asyncio.Event()
+
+    async def handler(stream: Stream, conn: Connection) -> None:
+        if stream.authority == "talker":
+            await stream.respond(200)
+            await go.wait()
+            await stream.write(b"tick")
+            await stream.read_all()
+            await stream.end()
+        else:
+            await _echo(stream, conn)
+
+    async def main() -> None:
+        async with h2_server(handler) as srv, h2_client(srv.port) as conn:
+            talker = await conn.open_stream("CONNECT", "talker")
+            assert (await asyncio.wait_for(talker.response(), 10))[0] == 200
+            tick = asyncio.ensure_future(talker.read())  # waiting before anything is held
+            await asyncio.sleep(0)
+            held = await conn.open_stream("CONNECT", "x", hold=True)
+            before = conn.bytes_sent
+            go.set()
+            assert await asyncio.wait_for(tick, 10) == b"tick"  # received, processed, consumed
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert conn.bytes_sent == before, "reading the other stream's DATA released the held HEADERS"
+            writes: list[list[int]] = []
+            take = conn._codec.take_output
+            monkeypatch.setattr(conn._codec, "take_output", lambda: (out := take(), writes.append(_types(out)))[0])
+            await held.write(b"ping")
+            assert await asyncio.wait_for(held.read(), 10) == b"ping"
+            assert writes[0] == [HEADERS, DATA], f"HEADERS and DATA did not go out in one write: {writes}"
+            await held.end()
+            await talker.end()
+
+    run(main(), loop)

@@ -221,6 +221,9 @@ class H2Codec:
         # output
         self._out: list[Buffer] = []
         self._buf = bytearray()
+        self._tail_sid = 0  # stream of the small DATA frame that ends `_buf` (0: none), for `end_stream`
+        self._tail_end = 0  # len(_buf) just after that frame
+        self._tail_flags = 0  # index of its flags byte in `_buf`
 
     # ---- output --------------------------------------------------------------------------------------------
 
@@ -241,6 +244,7 @@ class H2Codec:
             out.append(self._buf)
             self._buf = bytearray()
         self._out = []
+        self._tail_sid = 0
         return out
 
     def data_to_send(self) -> bytes:
@@ -339,24 +343,34 @@ class H2Codec:
         st.send_window -= n
         self._send_window -= n
         buf = self._buf
+        start = len(buf)
         buf += f.HEADER.pack(n << 8, f.END_STREAM if end_stream else 0, stream_id)
         if n >= DIRECT_MIN:
             self._out.append(buf)
             self._out.append(data)
             self._buf = bytearray()
+            self._tail_sid = 0
         else:
             buf += data
+            self._tail_sid, self._tail_end, self._tail_flags = stream_id, len(buf), start + 4
         if end_stream:
             self._local_transition(st, SEND_END)
 
     def end_stream(self, stream_id: int) -> None:
-        """Half-close: an empty DATA frame with END_STREAM."""
+        """Half-close: END_STREAM on the stream's DATA frame that is still the last one queued (the same frame
+        then carries the bytes and the end, as `send_data(end_stream=True)` would: one frame less to send, parse
+        and relay per direction), else an empty DATA frame with END_STREAM."""
         self._check_open()
         st = self._streams.get(stream_id)
         if st is None:
             raise StreamClosedError(f"stream {stream_id} is not open")
         self._local_transition(st, SEND_END)
-        self._buf += f.HEADER.pack(f.DATA, f.END_STREAM, stream_id)
+        buf = self._buf
+        if self._tail_sid == stream_id and len(buf) == self._tail_end:
+            buf[self._tail_flags] |= f.END_STREAM
+            self._tail_sid = 0
+            return
+        buf += f.HEADER.pack(f.DATA, f.END_STREAM, stream_id)
 
     def reset_stream(self, stream_id: int, error_code: int = f.CANCEL) -> None:
         """Abort a stream with RST_STREAM; the frames the peer still has in flight for it are ignored."""

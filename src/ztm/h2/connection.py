@@ -102,6 +102,7 @@ class Connection(asyncio.BufferedProtocol):
         self._write_paused = False
         self._flush_scheduled = False
         self._hold_handle: asyncio.TimerHandle | None = None  # flushes held HEADERS (open_stream(hold=True))
+        self._held = 0  # bytes queued when the last frames were held: a read that queues nothing more keeps them
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         self.pings_answered = 0
@@ -151,8 +152,9 @@ class Connection(asyncio.BufferedProtocol):
 
         `hold`: the HEADERS wait for the stream's first bytes (or anything else written on the connection) and go out
         with them in one TLS record and syscall, instead of alone at the end of this loop iteration; at the latest
-        after `HOLD_MAX` seconds, or as soon as a reader waits on the stream. For a stream whose peer sends nothing
-        before this side has (an exit's accept of a relayed stream: the hub splices only after it).
+        after `HOLD_MAX` seconds, or as soon as a reader waits on the stream; bytes read from the peer meanwhile do not
+        release them. For a stream whose peer sends nothing before this side has (an exit's accept of a relayed
+        stream: the hub splices only after it).
         """
         if not self.is_client:
             raise H2Error("open_stream() is only for client connections")
@@ -468,7 +470,8 @@ class Connection(asyncio.BufferedProtocol):
             handler = dispatch.get(event.__class__)
             if handler is not None:
                 handler(self, event)
-        self._flush()
+        if self._hold_handle is None or self._codec.output_size > self._held:
+            self._flush()  # else only held HEADERS are queued: they wait for this side's next write (issue 13)
         if self._write_paused:
             transport = self._transport
             if transport is not None and transport.get_write_buffer_size() > self._max_backlog:
@@ -507,9 +510,13 @@ class Connection(asyncio.BufferedProtocol):
         self._loop.call_soon(self._flush_deferred)
 
     def _hold(self) -> None:
-        """Frames just queued wait for the next flush, at the latest `HOLD_MAX` seconds."""
-        if self._hold_handle is None and not self._flush_scheduled:
+        """Frames just queued wait for the next flush, at the latest `HOLD_MAX` seconds. Reading from the peer does
+        not release them (only a write, a reader waiting on a held stream, or the timer)."""
+        if self._flush_scheduled:
+            return
+        if self._hold_handle is None:
             self._hold_handle = self._loop.call_later(HOLD_MAX, self._flush_held)
+        self._held = self._codec.output_size
 
     def _flush_held(self) -> None:
         self._hold_handle = None

@@ -142,7 +142,8 @@ class Relay:
             if session is not None:
                 check_e2e(stream.header("ztm-e2e") or "", session.e2e, target.name)
             seen: str | None = None
-            if (app, service) == ATTESTED:
+            attested = (app, service) == ATTESTED
+            if attested:
                 seen = normal_ip(stream.header(SEEN_HEADER) if forwarded else peer.address and peer.address[0])
             self.waiting.reserve(caller.id, target.id, target.name)
         except ZtmError as exc:
@@ -162,8 +163,9 @@ class Relay:
                 )  # fmt: skip
             else:
                 outcome = await self._offer(session, stream, caller, target, app, service, seen)
-                target_seen = normal_ip(session.address and session.address[0])
-            if (app, service) == ATTESTED and target_seen is not None:
+                # Only an attested stream's caller learns the target's address (no address parsing for the others).
+                target_seen = normal_ip(session.address and session.address[0]) if attested else None
+            if attested and target_seen is not None:
                 answer.append((SEEN_HEADER, target_seen))
         finally:
             self.waiting.release(caller.id, target.id)
@@ -177,10 +179,11 @@ class Relay:
         self.state.counters["streams"] += 1
         self.active += 1
         try:
-            await stream.respond(200, answer)
+            # A target that got the first flight in the event answers the opening (OK or REFUSE) without waiting
+            # for the hub: both 200s go out with the first bytes for their side, one write less each (issue 13/18),
+            # even when the target's accept arrived alone (its answer waits for the app, e.g. the target connect).
+            await stream.respond(200, answer, hold=first)
             if session is not None:  # a forwarded stream (the hub link's) was answered by the far hub already
-                # A target that got the first flight in the event does not wait for this answer (it answers the
-                # opening at once): it goes out with the first bytes for it, one write less (issue 13/18).
                 await other.respond(200, hold=first)
             await splice(stream, other, self.state)
         except h2.H2Error:
