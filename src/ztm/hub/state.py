@@ -25,6 +25,7 @@ from ztm.hub import limits, meshaddr, meshnet
 from ztm.hub.audit import AuditLog
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.conns import Connections
+from ztm.hub.interest import Interest
 from ztm.hub.meshnet import MeshNet
 from ztm.hub.policy import HubPolicy
 from ztm.hub.store import AddressTaken, EndpointRecord, HubInfo, HubStore, Presence, UserRecord
@@ -89,6 +90,8 @@ class Session:
     queued_bytes: int = 0
     e2e: str = ""
     """The end-to-end layer version the agent announced on its event stream (`ztm-e2e`); "" for older agents."""
+    interest: Interest = field(default_factory=Interest)
+    """Which `endpoint` events the session gets (`ztm.hub.interest`): all, or those about the ids it watches."""
     """Bytes of event lines waiting in `queue`: a budget (`limits.EVENT_QUEUE_BYTES`), not a count of events."""
     closed: bool = False
 
@@ -562,10 +565,40 @@ class HubState:
         if bump:
             self.version += 1
         kind, line = str(event.get("type")), encode_event(event)
-        key = f"endpoint/{event['ep']['id']}" if kind == "endpoint" else None  # only the newest view matters
-        for ep_id, session in self.sessions.items():
-            if ep_id != exclude:
+        if kind != "endpoint":
+            for ep_id, session in self.sessions.items():
+                if ep_id != exclude:
+                    session.push_line(kind, line)
+            return
+        about = str(event["ep"]["id"])
+        key = f"endpoint/{about}"  # only the newest view matters
+        sent = 0
+        for ep_id, session in self.sessions.items():  # only to those that keep the whole list or watch `about`
+            if ep_id != exclude and (ep_id == about or session.interest.wants(about)):
                 session.push_line(kind, line, key)
+                sent += 1
+        self.counters["endpoint_events"] += sent
+
+    def watch(self, ep_id: str, other: str) -> None:
+        """The endpoint `ep_id` (a session here, or nothing happens) deals with endpoint `other` (it looked it up, or
+        a stream or call went between them): its session gets `endpoint` events about `other` from now on; an id
+        forgotten to make room is told to the agent (`unwatch`), which drops its copy."""
+        session = self.sessions.get(ep_id)
+        if session is None or session.closed or other == ep_id:
+            return
+        forgotten = session.interest.watch(other)
+        if forgotten is not None:
+            session.push({"type": "unwatch", "ep": forgotten})
+
+    def want_everything(self, peer: Peer) -> dict[str, Any]:
+        """The endpoint's live session gets every `endpoint` event from now on (its agent now keeps the whole list:
+        a policy arrived, or network mode started); the agent then loads the list."""
+        ep = self.require_ep(peer)
+        session = self.sessions.get(ep.id)
+        if session is None or session.closed:
+            raise Unavailable("no event stream is open for this endpoint; open GET /api/events first")
+        session.interest.want_everything()
+        return {"events": "all"}
 
     # views
     def status(self) -> dict[str, Any]:
@@ -917,6 +950,7 @@ class HubState:
             if forwarded:  # never forwarded twice: a stale presence or a loop ends here
                 raise Unavailable(f"endpoint {target.name!r} is not on this hub")
             raise Unavailable(f"endpoint {target.name!r} is offline")
+        self.watch(target.id, caller.id)
         size = len(json.dumps(params, separators=(",", ":")).encode())
         if size > limits.MAX_CALL_PARAMS:
             raise BadInput(f"call params are {size} bytes of JSON; the hub relays at most {limits.MAX_CALL_PARAMS}")
