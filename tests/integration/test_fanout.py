@@ -9,6 +9,10 @@ for events fanned out from another hub.
 
 from __future__ import annotations
 
+import os
+import select
+import signal
+import socket
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -156,3 +160,41 @@ def hub_id(hub: Hub, client: HubClient) -> str:
     """The id of hub `hub` (by its address) from `GET /api/hubs`."""
     hubs = ok(client, "GET", "/api/hubs")["hubs"]
     return next(str(h["id"]) for h in hubs if hub.address in h["addresses"])
+
+
+def test_a_crowd_arriving_while_the_hubs_loop_is_busy_is_queued_not_dropped(hub: Hub) -> None:
+    """When a hub dies, its agents arrive at the others at once, while their loops are busy: the kernel must hold
+    the whole crowd's handshakes for the listener (`ztm.h2.server.BACKLOG`) instead of dropping SYNs past asyncio's
+    default backlog of 100, which made each dropped agent wait 1, 3, 7 s for retransmissions (failover p50 5.5 s
+    at 2,000 agents, bench/RESULTS.md). The hub's loop is stopped (SIGSTOP) while 600 connections arrive."""
+    host, port = hub.address.rsplit(":", 1)
+    crowd = 600
+    socks: list[socket.socket] = []
+    os.kill(hub.proc.pid, signal.SIGSTOP)
+    try:
+        for _ in range(crowd):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.connect_ex((host, int(port)))
+            socks.append(sock)
+        pending = set(socks)
+
+        def all_connected() -> bool:
+            _r, writable, _x = select.select([], list(pending)[:500], [], 0.05)
+            for sock in writable:
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                    pending.discard(sock)
+            return not pending
+
+        try:
+            wait_until(all_connected, 2.0, "the kernel to complete every handshake")
+        except AssertionError:
+            raise AssertionError(
+                f"{len(pending)} of {crowd} connections were not completed while the hub's loop was busy: the "
+                "listener's backlog dropped them"
+            ) from None
+    finally:
+        os.kill(hub.proc.pid, signal.SIGCONT)
+        for sock in socks:
+            sock.close()
+    hub.proc.assert_alive()
