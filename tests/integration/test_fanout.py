@@ -9,11 +9,14 @@ for events fanned out from another hub.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import select
 import signal
 import socket
 import urllib.request
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import pytest
 from eventtap import EventWatch
 from reliability.hubclient import HubClient
 from support import Agent, Cluster, Hub, free_port, join_all, restart_agent, start_hub_and_agents, wait_until
+from ztm import pki
 
 MESH = "m"
 WATCHED = [("ztm-events", "watched")]
@@ -198,3 +202,38 @@ def test_a_crowd_arriving_while_the_hubs_loop_is_busy_is_queued_not_dropped(hub:
         for sock in socks:
             sock.close()
     hub.proc.assert_alive()
+
+
+@pytest.mark.slow
+def test_enrolments_at_once_at_one_hub_take_distinct_addresses_without_colliding(
+    make_cluster: Callable[..., Cluster], make_agent: Callable[..., Agent]
+) -> None:
+    """40 joins at once at one hub (a ramp, or a dead hub's agents enrolling again): each picks an address no other
+    enrolment in flight here holds (`MeshNet.held`), so none collides in the store and has to pick again; before,
+    all picked the lowest free address and took turns colliding (`mesh_ip_retries`, and "the hubs of this mesh keep
+    taking the same addresses" past 32 tries)."""
+    admin = f"127.0.0.1:{free_port()}"
+    cluster = make_cluster(hubs=[("a", "")], extra=["--admin", admin])  # on PostgreSQL: writes overlap
+    hub, agents = cluster.hubs[0], {"root": make_agent("root")}
+    agents["root"].join(MESH, "root-ep", cluster.permit)
+    joins = []
+    for i in range(40):
+        key, ep_id = pki.new_key(), str(uuid.uuid4())
+        joins.append({"ep_id": ep_id, "name": f"crowd-{i}", "csr": pki.csr_to_pem(pki.make_csr(key, name=ep_id))})
+    with HubClient(hub.address, agents["root"].data / "meshes" / MESH, user_cert=True) as client:
+
+        async def enrol_all() -> list[int]:
+            answers = await asyncio.gather(*(
+                client.conn.request("POST", "/api/enroll", body=json.dumps(body).encode(),
+                                    headers=[("content-type", "application/json")], timeout=30)
+                for body in joins
+            ))  # fmt: skip
+            return [status for status, _h, _raw in answers]
+
+        statuses = client.run(enrol_all(), 60)
+    assert statuses == [200] * len(joins), statuses
+    with HubClient(hub.address, agents["root"].data / "meshes" / MESH) as as_root:
+        addresses = [e["mesh_ip"] for e in ok(as_root, "GET", "/api/endpoints")]
+    assert len(set(addresses)) == len(addresses) == len(joins) + 1, addresses
+    retries = gauges(admin).get("ztm_hub_mesh_ip_retries_total", 0)
+    assert retries == 0, f"{retries:.0f} enrolments collided on an address and picked again"

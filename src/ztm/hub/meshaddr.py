@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import random
 import socket
 from collections.abc import Collection, Iterable
 
@@ -54,15 +55,18 @@ def ip6_of(prefix6: ipaddress.IPv6Network, ip4: str) -> str:
     return str(ipaddress.IPv6Address(int(prefix6.network_address) | int(ipaddress.IPv4Address(ip4))))
 
 
-def first_free(net: ipaddress.IPv4Network, used: Collection[str]) -> str | None:
+def first_free(net: ipaddress.IPv4Network, used: Collection[str], *, spread: int = 1) -> str | None:
     """The lowest address of `net` that is not in `used` and is neither the network, broadcast nor first host
-    address; None when the range is full."""
+    address (with `spread` > 1: one of the `spread` lowest such, at random); None when the range is full."""
     start, end = int(net.network_address) + 2, int(net.broadcast_address)
     taken = {n for n in map(_as_int, used) if start <= n < end}  # 10,000 endpoints: ~8 ms (ipaddress: ~130)
+    found: list[int] = []
     for candidate in range(start, end):
         if candidate not in taken:
-            return str(ipaddress.IPv4Address(candidate))
-    return None
+            found.append(candidate)
+            if len(found) >= spread:
+                break
+    return str(ipaddress.IPv4Address(random.choice(found))) if found else None
 
 
 def capacity(net: ipaddress.IPv4Network) -> int:

@@ -36,6 +36,9 @@ CHANGES_PER_MINUTE = 60
 """Route changes (advertise, withdraw, approve) one user may make per minute; more are refused (503)."""
 PICK_TRIES = 32
 """Addresses an enrolment tries when other hubs of the cluster keep taking the one it picked."""
+PICK_SPREAD = 16
+"""After a collision, an enrolment picks at random among this many lowest free addresses: hubs enrolling at once
+all want the lowest one, and would take turns colliding on it."""
 
 
 async def settle_range(store: HubStore, mesh_id: str, given: str | None) -> tuple[str, str]:
@@ -63,6 +66,8 @@ class MeshNet:
         self.routes: dict[str, dict[str, RouteRecord]] = {}
         """Endpoint id -> CIDR -> its route (approved or pending)."""
         self._changes: dict[str, tuple[float, int]] = {}
+        self.held: set[str] = set()
+        """Addresses enrolments in flight here picked and are writing (`HubState.enroll`): not picked again."""
 
     @property
     def store(self) -> HubStore:
@@ -122,10 +127,11 @@ class MeshNet:
 
     # addresses
     def pick(self, tried: set[str] | None = None) -> str:
-        """The lowest free address of the range (not held by a record here, nor in `tried`); `Conflict` (one line)
-        when the range is full."""
+        """The lowest free address of the range (not held by a record here, by an enrolment in flight here
+        (`held`), nor in `tried`; after a collision, one of the `PICK_SPREAD` lowest); `Conflict` (one line) when
+        the range is full."""
         used = {e.mesh_ip for e in self.state.endpoints.values() if e.mesh_ip is not None} | (tried or set())
-        free = meshaddr.first_free(self.range4, used)
+        free = meshaddr.first_free(self.range4, used | self.held, spread=PICK_SPREAD if tried else 1)
         if free is None:
             raise Conflict(
                 f"the mesh range {self.range4} is full ({meshaddr.capacity(self.range4)} endpoint addresses); root "

@@ -363,37 +363,43 @@ class HubState:
                 if existing is None:
                     raise  # a full range refuses a new endpoint before anything is written
                 # an endpoint recorded before addresses existed, in a full range: it enrols as before
-        ep = EndpointRecord(
-            id=ep_id,
-            name=name,
-            user=peer.user,
-            labels=labels if existing is None or labels else existing.labels,
-            version=version,
-            hostname=hostname,
-            first_seen=existing.first_seen if existing else now,
-            last_seen=now,
-            user_not_after=peer.not_after,
-            mesh_ip=mesh_ip,
-        )
-        detail = {"ep": ep_id, "hostname": hostname, "version": version, "labels": ep.labels, "replaces": replaces}
-        await self.audit.record(peer, "join" if existing is None else "enroll", name, detail)
-        while True:
-            try:
-                await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write changes nothing
-                break
-            except AddressTaken:  # another hub of the cluster gave this address to another endpoint meanwhile
-                self.counters["mesh_ip_retries"] += 1
-                log.info("mesh address %s was taken at another hub; %s picks again", ep.mesh_ip, name)
-                tried.add(str(ep.mesh_ip))
-                if len(tried) >= meshnet.PICK_TRIES:
-                    raise Unavailable("the hubs of this mesh keep taking the same addresses; try again") from None
-                ep.mesh_ip = self.net.pick(tried)
-        cert = await self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
-        for other_id in replaces:
-            self.endpoints.pop(other_id, None)
-            self.services.pop(other_id, None)
-            self.net.forget(other_id)
-        self.endpoints[ep_id] = ep
+        picked = {mesh_ip} if mesh_ip is not None else set()
+        self.net.held |= picked  # no other enrolment here picks it while this one writes it
+        try:
+            ep = EndpointRecord(
+                id=ep_id,
+                name=name,
+                user=peer.user,
+                labels=labels if existing is None or labels else existing.labels,
+                version=version,
+                hostname=hostname,
+                first_seen=existing.first_seen if existing else now,
+                last_seen=now,
+                user_not_after=peer.not_after,
+                mesh_ip=mesh_ip,
+            )
+            detail = {"ep": ep_id, "hostname": hostname, "version": version, "labels": ep.labels, "replaces": replaces}
+            await self.audit.record(peer, "join" if existing is None else "enroll", name, detail)
+            while True:
+                try:
+                    await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write changes nothing
+                    break
+                except AddressTaken:  # another hub of the cluster gave this address to another endpoint meanwhile
+                    self.counters["mesh_ip_retries"] += 1
+                    log.info("mesh address %s was taken at another hub; %s picks again", ep.mesh_ip, name)
+                    tried.add(str(ep.mesh_ip))
+                    if len(tried) >= meshnet.PICK_TRIES:
+                        raise Unavailable("the hubs of this mesh keep taking the same addresses; try again") from None
+                    ep.mesh_ip = self.net.pick(tried)
+                    self.net.held.add(ep.mesh_ip)
+            cert = await self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
+            for other_id in replaces:
+                self.endpoints.pop(other_id, None)
+                self.services.pop(other_id, None)
+                self.net.forget(other_id)
+            self.endpoints[ep_id] = ep
+        finally:  # in the registry now (or failed): no longer held
+            self.net.held -= picked | tried | {str(ep.mesh_ip)}
         self.version += 1
         self.counters["enrollments"] += 1
         for changed in [*replaces, ep_id]:
