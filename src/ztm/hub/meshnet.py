@@ -36,9 +36,6 @@ CHANGES_PER_MINUTE = 60
 """Route changes (advertise, withdraw, approve) one user may make per minute; more are refused (503)."""
 PICK_TRIES = 32
 """Addresses an enrolment tries when other hubs of the cluster keep taking the one it picked."""
-PICK_SPREAD = 16
-"""After a collision, an enrolment picks at random among this many lowest free addresses: hubs enrolling at once
-all want the lowest one, and would take turns colliding on it."""
 
 
 async def settle_range(store: HubStore, mesh_id: str, given: str | None) -> tuple[str, str]:
@@ -128,10 +125,12 @@ class MeshNet:
     # addresses
     def pick(self, tried: set[str] | None = None) -> str:
         """The lowest free address of the range (not held by a record here, by an enrolment in flight here
-        (`held`), nor in `tried`; after a collision, one of the `PICK_SPREAD` lowest); `Conflict` (one line) when
-        the range is full."""
+        (`held`), nor in `tried`); `Conflict` (one line) when
+        the range is full. After a collision (`tried`), a free address anywhere in the range, at random: a hub
+        whose view lags behind the others' enrolments (a crowd joining at every hub) would otherwise take turns
+        colliding with them on the lowest ones, a store round trip each."""
         used = {e.mesh_ip for e in self.state.endpoints.values() if e.mesh_ip is not None} | (tried or set())
-        free = meshaddr.first_free(self.range4, used | self.held, spread=PICK_SPREAD if tried else 1)
+        free = meshaddr.first_free(self.range4, used | self.held, anywhere=bool(tried))
         if free is None:
             raise Conflict(
                 f"the mesh range {self.range4} is full ({meshaddr.capacity(self.range4)} endpoint addresses); root "
