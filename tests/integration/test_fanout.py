@@ -237,3 +237,49 @@ def test_enrolments_at_once_at_one_hub_take_distinct_addresses_without_colliding
     assert len(set(addresses)) == len(addresses) == len(joins) + 1, addresses
     retries = gauges(admin).get("ztm_hub_mesh_ip_retries_total", 0)
     assert retries == 0, f"{retries:.0f} enrolments collided on an address and picked again"
+
+
+@pytest.mark.slow
+def test_the_store_cutting_every_connection_under_busy_calls_leaves_the_hub_running(
+    make_cluster: Callable[..., Cluster], make_agent: Callable[..., Agent], pg_url: Any
+) -> None:
+    """PostgreSQL ends every connection of the hub (`pg_terminate_backend`) while enrolments are running on them:
+    the hub gives its pool up, reconnects and serves again. Before, giving the pool up closed the connections under
+    the calls still reading them; in the 10,000-agent ramp a hub died of a general protection fault in libc that
+    way (after "consuming input failed: connection pointer is NULL")."""
+    admin = f"127.0.0.1:{free_port()}"
+    cluster = make_cluster(hubs=[("a", "")], extra=["--admin", admin])
+    root = make_agent("root")
+    root.join(MESH, "root-ep", cluster.permit)
+    cut = (
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    with HubClient(cluster.hubs[0].address, root.data / "meshes" / MESH, user_cert=True) as client:
+
+        async def enrol(i: int) -> int:
+            key, ep_id = pki.new_key(), str(uuid.uuid4())
+            body = {"ep_id": ep_id, "name": f"cut-{i}", "csr": pki.csr_to_pem(pki.make_csr(key, name=ep_id))}
+            status, _h, _raw = await client.conn.request(
+                "POST", "/api/enroll", body=json.dumps(body).encode(), headers=[("content-type", "application/json")],
+                timeout=30,
+            )  # fmt: skip
+            return status
+
+        for round_ in range(5):
+
+            async def crowd(start: int) -> list[int]:
+                return list(await asyncio.gather(*(enrol(start + i) for i in range(30))))
+
+            batch = asyncio.run_coroutine_threadsafe(crowd(100 * round_), client.loop)
+            pg_url.server.psql(pg_url.name, cut)  # while the enrolments run
+            statuses = batch.result(60)
+            assert set(statuses) <= {200, 503}, statuses
+            cluster.hubs[0].proc.assert_alive()
+    wait_until(lambda: urllib.request.urlopen(f"http://{admin}/healthz", timeout=2).status == 200, 20, "store back")
+    with HubClient(cluster.hubs[0].address, root.data / "meshes" / MESH, user_cert=True) as client:
+        key, ep_id = pki.new_key(), str(uuid.uuid4())
+        body = {"ep_id": ep_id, "name": "after-cuts", "csr": pki.csr_to_pem(pki.make_csr(key, name=ep_id))}
+        status, got = client.json("POST", "/api/enroll", body)
+        assert status == 200, (status, got)
+    cluster.hubs[0].proc.assert_alive()
