@@ -13,7 +13,10 @@ or `POST /api/heartbeat` at that interval for a hub without `"liveness": "ping"`
   backoff (0.1 s doubling to 5 s) between failed rounds; it records when it lost its hub, when it had a `hello`
   again, and where;
 * the event stream is read in full but not parsed line by line: `endpoint` events are counted in the raw bytes, so
-  the load generator spends its CPU on TLS and HTTP/2 like an agent, not on JSON it never uses.
+  the load generator spends its CPU on TLS and HTTP/2 like an agent, not on JSON it never uses;
+* the event stream asks for `watched` `endpoint` events (`--events`, PROTOCOL.md section 5), as an agent without a
+  policy or network mode does: it keeps no endpoint list (`--events none` behaves as an agent of an earlier release,
+  which gets every event, the O(n^2) fan-out of the earlier runs).
 
 Phases:
 
@@ -130,7 +133,7 @@ class ClusterAgent(SimAgent):
     async def _open(self, order: list[Any]) -> Any:
         """Dial `order` (first that answers), open the event stream, wait for hello; start the heartbeats."""
         w = self.worker
-        conn, hub_id, reader, hello = await open_session(order, w.permit.mesh_id, self.files)
+        conn, hub_id, reader, hello = await open_session(order, w.permit.mesh_id, self.files, w.events)
         self.conn = conn
         port = conn.peer_address[1] if conn.peer_address else 0
         self.hub = next((i for i, a in enumerate(w.hubs) if a.port == port), -1)
@@ -220,6 +223,8 @@ class ClusterWorker(Worker):
         self.dead_hub_id: str | None = None
         self.hub_ids: dict[int, str] = {}
         """Hub index -> hub id, as the hubs' certificates said when the agents dialled them."""
+        self.events: str | None = "watched"
+        """The agents' `ztm-events` header (`--events`): `watched` as an agent that keeps no endpoint list."""
 
     def on_hub(self, hub: int) -> ClusterAgent:
         for agent in self.agents:
@@ -290,6 +295,7 @@ class ClusterWorker(Worker):
         if kind == "config":
             self.hubs = [Address.parse(a) for a in cmd["hubs"]]
             self.count = int(cmd["nworkers"])
+            self.events = None if cmd.get("events") in (None, "none") else str(cmd["events"])
             return {"ok": True}
         if kind == "cstats":
             return self.cstats()
@@ -377,7 +383,7 @@ class Run:
         ]
         self.idle: dict[str, float] = {}
         """The last steady window in numbers: agents, hubs' and generator's CPU % of a core, load average."""
-        ask_all(self.workers, cmd="config", hubs=self.cluster.addresses(), nworkers=args.workers)
+        ask_all(self.workers, cmd="config", hubs=self.cluster.addresses(), nworkers=args.workers, events=args.events)
         self.current = 0
         self.ramps: list[list[object]] = []
         self.steady: list[list[object]] = []
@@ -742,6 +748,13 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="levels after which to kill it (comma-separated; default: the top level); "
         "below the top the hub is restarted afterwards and the ramp goes on",
+    )
+    parser.add_argument(
+        "--events",
+        choices=("watched", "all", "none"),
+        default="watched",
+        help="the agents' ztm-events header: watched (an agent without a policy or network mode, the default), all "
+        "(one that keeps the whole list), none (an agent of an earlier release: every endpoint event)",
     )
     parser.add_argument("--give-up", type=float, default=900.0, help="seconds any phase may take (default 900)")
     parser.add_argument("--hub-nofile", type=int, default=1 << 16, help="the hubs' soft open-files limit")

@@ -66,14 +66,18 @@ from bench.common import (
 # ------------------------------------------------------------------------------------------------------- worker
 
 
-async def open_session(addresses: list[Any], mesh_id: str, files: Any) -> tuple[Any, str, Any, dict[str, Any]]:
+async def open_session(
+    addresses: list[Any], mesh_id: str, files: Any, events: str | None = None
+) -> tuple[Any, str, Any, dict[str, Any]]:
     """As `HubLink`: dial the first of `addresses` that answers as a hub of `mesh_id` with the endpoint certificate
-    of `files`, open the event stream and wait for `hello`; (connection, hub id, event reader, hello)."""
+    of `files`, open the event stream and wait for `hello`; (connection, hub id, event reader, hello). `events`: the
+    `ztm-events` header (PROTOCOL.md section 5: `watched` as an agent that keeps no endpoint list, `all`); None sends
+    none, as an agent of an earlier release (every `endpoint` event: what this script's levels wait for)."""
     from ztm.agent.link import CONNECT_TIMEOUT, EventReader, dial
 
     conn, hub_id = await dial(addresses, mesh_id, files.ep_context())
     try:
-        stream = await conn.open_stream("GET", "/api/events")
+        stream = await conn.open_stream("GET", "/api/events", [("ztm-events", events)] if events else [])
         status, _ = await asyncio.wait_for(stream.response(), CONNECT_TIMEOUT)
         if status != 200:
             raise RuntimeError(f"event stream answered {status}")

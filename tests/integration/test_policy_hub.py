@@ -10,8 +10,6 @@ certificate opens `GET /api/events` as the agent would.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import sqlite3
@@ -24,11 +22,11 @@ from typing import Any
 
 import pytest
 
+from eventtap import EventWatch
 from reliability.hubclient import HubClient
 from security.test_evict import empty_file
 from support import Agent, Hub, policy_mesh, wait_until
 from ztm import pki
-from ztm.version import E2E_VERSION
 
 MESH = "m"
 
@@ -46,48 +44,6 @@ POLICY = """{
   ],
 }
 """
-
-
-class EventWatch:
-    """The event stream of the endpoint whose certificate files are in `mesh_dir`, read in the background: every
-    event with the monotonic time it arrived. Heartbeats keep the session alive."""
-
-    def __init__(self, hub: Hub, mesh_dir: Path) -> None:
-        self.client = HubClient(hub.address, mesh_dir)
-        self.events: list[tuple[float, dict[str, Any]]] = []
-        self._tasks: list[asyncio.Future[None]] = []
-        self.client.run(self._open())
-
-    async def _open(self) -> None:
-        stream = await self.client.conn.open_stream("GET", "/api/events", [("ztm-e2e", E2E_VERSION)])
-        status, _ = await asyncio.wait_for(stream.response(), 10)
-        assert status == 200, f"GET /api/events answered {status}: {await stream.read_all()!r}"
-        self._tasks = [asyncio.ensure_future(self._read(stream)), asyncio.ensure_future(self._beat())]
-
-    async def _read(self, stream: Any) -> None:
-        buffer = b""
-        while chunk := await stream.read():
-            buffer += chunk
-            *lines, buffer = buffer.split(b"\n")
-            now = time.monotonic()
-            self.events += [(now, json.loads(line)) for line in lines if line]
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(1)
-            await self.client.conn.request("POST", "/api/heartbeat", body=b"{}", timeout=5)
-
-    def of(self, kind: str) -> list[tuple[float, dict[str, Any]]]:
-        return [(t, e) for t, e in list(self.events) if e.get("type") == kind]
-
-    def close(self) -> None:
-        async def stop() -> None:
-            for task in self._tasks:
-                task.cancel()
-
-        with contextlib.suppress(Exception):
-            self.client.run(stop(), 5)
-        self.client.close()
 
 
 @dataclass

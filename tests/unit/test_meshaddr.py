@@ -143,3 +143,16 @@ def test_the_route_parser_never_accepts_a_bad_route_nor_crashes(text: str) -> No
     assert not net.overlaps(MESH4 if net.version == 4 else MESH6)  # type: ignore[arg-type]
     assert not any(net.version == s.version and net.overlaps(s) for s in SPECIAL)  # type: ignore[arg-type]
     assert meshaddr.parse_route(cidr, MESH4, MESH6) == cidr  # normal form is a fixed point
+
+
+def test_after_a_collision_an_address_anywhere_in_the_range_free_and_never_reserved() -> None:
+    """`anywhere`: hubs whose views lag must not all retry on the lowest free addresses (bench/RESULTS.md)."""
+    net = ipaddress.IPv4Network("10.9.0.0/24")
+    taken = {f"10.9.0.{i}" for i in range(2, 200)}
+    picks = {meshaddr.first_free(net, taken, anywhere=True) for _ in range(200)}
+    assert None not in picks and not picks & taken
+    assert all(200 <= int(str(p).rsplit(".", 1)[1]) <= 254 for p in picks)
+    assert len(picks) > 10  # spread, not always the lowest (10.9.0.200)
+    full = taken | {f"10.9.0.{i}" for i in range(200, 255)}
+    assert meshaddr.first_free(net, full, anywhere=True) is None
+    assert meshaddr.first_free(net, full - {"10.9.0.77"}, anywhere=True) == "10.9.0.77"  # the last one is found

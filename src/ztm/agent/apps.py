@@ -97,7 +97,7 @@ class AppContext:
         if pki.is_valid_ep_id(ep):
             return ep
         for known in self.session.peers.values():
-            if known.get("name") == ep and isinstance(known.get("id"), str):
+            if known.get("name") == ep and isinstance(known.get("id"), str) and not known.get("deleted"):
                 return str(known["id"])
         for found in await self.endpoints():
             if found.get("name") == ep and isinstance(found.get("id"), str):

@@ -30,6 +30,7 @@ from ztm.agent.hubpick import Candidate, HubView
 from ztm.agent.tls import check_hub
 from ztm.aio import Backoff, spawn
 from ztm.errors import Timeout, Unavailable, ZtmError
+from ztm.hub import interest
 from ztm.version import E2E_VERSION
 
 log = logging.getLogger("ztm.agent")
@@ -198,6 +199,7 @@ class HubLink:
         on_event: Callable[[dict[str, Any]], None],
         hubs: Callable[[], list[HubView]] = list,
         zone: str = "",
+        events: Callable[[], str] = lambda: interest.ALL,
     ) -> None:
         self.label = label
         self.bootstraps = bootstraps
@@ -206,6 +208,10 @@ class HubLink:
         self._before_connect = before_connect
         self._on_event = on_event
         self._hubs = hubs
+        self._events = events
+        self.events = interest.ALL
+        """Which `endpoint` events the current connection's event stream gets (`ztm.hub.interest`: `all`, or
+        `watched`); set when it opens, and to `all` once the agent widened it (`MeshSession.want_peers`)."""
         self.zone = zone
         self.conn: h2.Connection | None = None
         self.status = "connecting"
@@ -386,7 +392,9 @@ class HubLink:
         conn, hub_id = await self._connect(skip=skip, below=below)
         conn.credit_warn = self.credit_warn
         try:
-            stream = await conn.open_stream("GET", "/api/events", [("ztm-e2e", E2E_VERSION)])
+            wanted = self._events()
+            stream = await conn.open_stream("GET", "/api/events", [("ztm-e2e", E2E_VERSION), (interest.HEADER, wanted)])
+            self.events = wanted
             status, _ = await asyncio.wait_for(stream.response(), CONNECT_TIMEOUT)
             if status != 200:
                 body = await stream.read_all(1 << 16)

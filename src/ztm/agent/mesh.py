@@ -42,6 +42,7 @@ from ztm.aio import spawn
 from ztm.apps.net.options import NetOptions
 from ztm.e2e import E2EError
 from ztm.errors import Forbidden, NotFound, Unavailable, ZtmError
+from ztm.hub import interest
 from ztm.permit import Permit
 from ztm.policy import AppTarget, Place, Policy, PolicyError, tags_of_labels
 from ztm.timefmt import iso
@@ -166,6 +167,7 @@ class MeshSession:
             on_event=self._on_event,
             hubs=lambda: self.hubs,
             zone=zone,
+            events=self._events_wanted,
         )
         self._renewer: asyncio.Task[None] | None = None
         self._starting: set[str] = set()
@@ -277,6 +279,8 @@ class MeshSession:
             self._policy_event(event)
         elif kind == "endpoint" and isinstance(event.get("ep"), dict):
             self._endpoint_event(event["ep"])
+        elif kind == "unwatch" and isinstance(event.get("ep"), str):
+            self._unwatched(event["ep"])
         elif kind == "call":
             spawn(self._answer(event), name=f"call-{self.name}")
         elif kind == "stream":
@@ -297,6 +301,10 @@ class MeshSession:
                 self._own_labels(event["ep"].get("labels"))
                 self._tell_peers_changed()
             self._peers_stale = True
+            if self.link.events != interest.ALL and self.peers:
+                # this session watches nothing yet: what `peers` holds would no longer be kept up to date
+                self.peers.clear()
+                self._tell_peers_changed()
             if self.gate.policy is not None or self._want_peers:
                 self._refresh_peers()
             spawn(self.direct.on_online(), name=f"direct-{self.name}")
@@ -369,6 +377,18 @@ class MeshSession:
             self.gate.recheck()  # renamed or relabelled: its live connections are checked again
         self._tell_peers_changed()
 
+    def _events_wanted(self) -> str:
+        """The `endpoint` events to ask for when the event stream opens (`ztm.hub.interest`): all of them while this
+        agent keeps the whole list (a policy's gate needs callers' labels; network mode and DNS need every name),
+        else only those about the peers it deals with."""
+        return interest.ALL if self.gate.policy is not None or self._want_peers else interest.WATCHED
+
+    def _unwatched(self, ep_id: str) -> None:
+        """The hub stopped telling this session about `ep_id` (it watches too many others): forget the copy, which
+        would go stale; it is looked up again when needed."""
+        if self.link.events != interest.ALL and self.peers.pop(ep_id, None) is not None:
+            self._tell_peers_changed()
+
     def want_peers(self) -> None:
         """Keep `peers` loaded for every endpoint even without a policy (network mode and DNS need their addresses):
         the hub's list at each connection, then its events."""
@@ -401,7 +421,24 @@ class MeshSession:
             task = self._peers_task = spawn(self._load_peers(), name=f"peers-{self.name}")
         return task
 
+    async def _widen_events(self) -> bool:
+        """Have this connection's event stream carry every `endpoint` event (it opened asking for those of watched
+        peers only: a policy came after the hello, or network mode started); False if the hub could not."""
+        if self.link.events == interest.ALL:
+            return True
+        try:
+            await self.link.request("POST", "/api/events/interest", {"events": interest.ALL})
+        except NotFound:  # a hub of an earlier release: it sends every event anyway
+            pass
+        except ZtmError as exc:
+            log.info("mesh %s: could not ask for every endpoint event: %s", self.name, exc.message)
+            return False
+        self.link.events = interest.ALL
+        return True
+
     async def _load_peers(self) -> None:
+        if not await self._widen_events():  # first: no event may fall between the list and the stream
+            return
         self._peers_fresh.clear()
         try:
             found = await self.link.request("GET", "/api/endpoints")

@@ -41,6 +41,10 @@ _CANCEL = 0x8
 _NO_ERROR = 0x0
 MAX_UNAUTHENTICATED_PER_SOURCE = 128
 """Connections one source address may have in the TLS handshake (or `on_connect`) at once."""
+BACKLOG = 4096
+"""Connections the kernel completes and queues for the listener while its loop is busy (capped by
+net.core.somaxconn). asyncio's default of 100 made a hub whose loop was busy for a moment drop the SYNs of the rest
+of a crowd (a dead hub's agents failing over at once): each dropped one waited 1, 3, 7 s for its retransmissions."""
 
 
 async def serve(
@@ -55,6 +59,7 @@ async def serve(
     handshake_timeout: float = 10.0,
     reuse_port: bool = False,
     max_unauthenticated_per_source: int = MAX_UNAUTHENTICATED_PER_SOURCE,
+    backlog: int = BACKLOG,
 ) -> asyncio.Server:
     """Listen on host:port; serve each TLS (ALPN h2) connection's request streams with `handler`.
 
@@ -117,7 +122,7 @@ async def serve(
         conn._on_request = on_request
         return conn
 
-    return await loop.create_server(factory, host, port, reuse_port=reuse_port or None)
+    return await loop.create_server(factory, host, port, reuse_port=reuse_port or None, backlog=backlog)
 
 
 def _source(raw: asyncio.Transport) -> str:

@@ -33,6 +33,14 @@ def render(state: HubState) -> str:
         "ztm_hub_endpoints_remote": ("endpoints online at other hubs of the cluster", len(state.remote)),
         "ztm_hub_hubs_online": ("hubs of the mesh online, this one included", _hubs_online(state)),
         "ztm_hub_store_available": ("1 while the store answers", int(state.store.available)),
+        "ztm_hub_sessions_all_events": (
+            "sessions that get every endpoint event (they keep the whole list, or are of an earlier release)",
+            sum(1 for s in state.sessions.values() if s.interest.everything),
+        ),
+        "ztm_hub_watched_endpoints": (
+            "endpoint ids watched by the other sessions, all together",
+            sum(len(s.interest) for s in state.sessions.values()),
+        ),
     }
     lines: list[str] = []
     for name, (help_text, value) in gauges.items():

@@ -31,6 +31,7 @@ from typing import Any
 
 from ztm.aio import spawn
 from ztm.errors import Unavailable, ZtmError
+from ztm.hub.keyedqueue import KeyedQueue
 from ztm.hub.state import HubState, Session
 from ztm.hub.store import HubInfo, HubStore, Presence
 from ztm.timefmt import iso
@@ -48,6 +49,9 @@ MAX_NOTIFY = 7000
 REPAIR_EVERY = 10
 """Beats between two reads of the whole presence table, compared with what the notifications built (anti-entropy:
 a change missed for any reason is repaired within this many seconds, and counted in `presence_repairs`)."""
+PUBLISHERS = 2
+"""Presence writes in flight at once (each holds a store connection for two statements): however many sessions
+change at once, the rest of the pool stays free for enrolments and reads (`ztm.hub.keyedqueue`)."""
 MAX_INBOX = 20_000
 """Notifications waiting to be applied; past this they are dropped for one `resync` (a hub that fell that far
 behind reloads faster than it would apply them one by one)."""
@@ -76,6 +80,9 @@ class Cluster:
         """Called with every notification after the state applied it (the file index reloads its entries)."""
         self._inbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._consumer: asyncio.Task[None] | None = None
+        self._presence = KeyedQueue()
+        """Endpoints whose presence is to be written: each once, the latest state, by `PUBLISHERS` tasks."""
+        self._publishers: list[asyncio.Task[None]] = []
         self.resync_needed = False
         """A notification could not be applied (or too many waited): reload everything at the next beat."""
         self.resyncs = 0
@@ -90,9 +97,10 @@ class Cluster:
         await self.store.notify("hub", {"id": self.me.id})
         self._task = spawn(self._beat_loop(), name="hub-cluster")
         self._consumer = spawn(self._consume(), name="hub-notifications")
+        self._publishers = [spawn(self._presence.run(self._publish), name="hub-presence") for _ in range(PUBLISHERS)]
 
     async def stop(self) -> None:
-        for task in (self._task, self._consumer):
+        for task in (self._task, self._consumer, *self._publishers):
             if task is not None:
                 task.cancel()
         try:
@@ -140,7 +148,7 @@ class Cluster:
             self._store_ok = True
         for ep_id in list(self._dirty):  # presence writes that failed (the rows of the others are still there)
             self._dirty.discard(ep_id)
-            await self._publish(ep_id)
+            self._presence.put(ep_id)
         if self.resync_needed:
             await self._resync()
         self._beats += 1
@@ -204,7 +212,7 @@ class Cluster:
     # this hub's sessions
     def session_changed(self, session: Session) -> None:
         """A session here opened, closed, or changed what it offers (services, direct address): publish it."""
-        spawn(self._publish(session.ep_id), name="hub-presence")
+        self._presence.put(session.ep_id)
 
     async def _publish(self, ep_id: str) -> None:
         session = self.state.sessions.get(ep_id)

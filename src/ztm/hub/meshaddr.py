@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import random
 import socket
 from collections.abc import Collection, Iterable
 
@@ -54,11 +55,16 @@ def ip6_of(prefix6: ipaddress.IPv6Network, ip4: str) -> str:
     return str(ipaddress.IPv6Address(int(prefix6.network_address) | int(ipaddress.IPv4Address(ip4))))
 
 
-def first_free(net: ipaddress.IPv4Network, used: Collection[str]) -> str | None:
+def first_free(net: ipaddress.IPv4Network, used: Collection[str], *, anywhere: bool = False) -> str | None:
     """The lowest address of `net` that is not in `used` and is neither the network, broadcast nor first host
-    address; None when the range is full."""
+    address (`anywhere`: a free one at random, if one of 64 draws finds one); None when the range is full."""
     start, end = int(net.network_address) + 2, int(net.broadcast_address)
     taken = {n for n in map(_as_int, used) if start <= n < end}  # 10,000 endpoints: ~8 ms (ipaddress: ~130)
+    if anywhere and end > start:
+        for _ in range(64):
+            candidate = random.randrange(start, end)
+            if candidate not in taken:
+                return str(ipaddress.IPv4Address(candidate))
     for candidate in range(start, end):
         if candidate not in taken:
             return str(ipaddress.IPv4Address(candidate))

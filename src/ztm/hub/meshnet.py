@@ -63,6 +63,8 @@ class MeshNet:
         self.routes: dict[str, dict[str, RouteRecord]] = {}
         """Endpoint id -> CIDR -> its route (approved or pending)."""
         self._changes: dict[str, tuple[float, int]] = {}
+        self.held: set[str] = set()
+        """Addresses enrolments in flight here picked and are writing (`HubState.enroll`): not picked again."""
 
     @property
     def store(self) -> HubStore:
@@ -122,10 +124,13 @@ class MeshNet:
 
     # addresses
     def pick(self, tried: set[str] | None = None) -> str:
-        """The lowest free address of the range (not held by a record here, nor in `tried`); `Conflict` (one line)
-        when the range is full."""
+        """The lowest free address of the range (not held by a record here, by an enrolment in flight here
+        (`held`), nor in `tried`); `Conflict` (one line) when
+        the range is full. After a collision (`tried`), a free address anywhere in the range, at random: a hub
+        whose view lags behind the others' enrolments (a crowd joining at every hub) would otherwise take turns
+        colliding with them on the lowest ones, a store round trip each."""
         used = {e.mesh_ip for e in self.state.endpoints.values() if e.mesh_ip is not None} | (tried or set())
-        free = meshaddr.first_free(self.range4, used)
+        free = meshaddr.first_free(self.range4, used | self.held, anywhere=bool(tried))
         if free is None:
             raise Conflict(
                 f"the mesh range {self.range4} is full ({meshaddr.capacity(self.range4)} endpoint addresses); root "

@@ -183,11 +183,11 @@ class PgLink:
             keep = True
             return result
         except TimeoutError:
-            self._lost(f"no answer within {CALL_DEADLINE:.0f} s")
+            self._lost_with(conn, f"no answer within {CALL_DEADLINE:.0f} s")
             raise self._unavailable() from None
         except psycopg.OperationalError as exc:
             if aborted or conn.broken or conn.closed:
-                self._lost(f"no answer within {CALL_DEADLINE:.0f} s" if aborted else self.cause(exc))
+                self._lost_with(conn, f"no answer within {CALL_DEADLINE:.0f} s" if aborted else self.cause(exc))
                 raise self._unavailable() from None
             keep = True  # e.g. the statement timeout: the connection itself is fine
             raise Unavailable(f"store unavailable, retrying: {self.cause(exc)}") from None
@@ -223,8 +223,19 @@ class PgLink:
     def _unavailable(self) -> Unavailable:
         return Unavailable(f"store unavailable, retrying: {self.problem or 'reconnecting'}")
 
+    def _lost_with(self, conn: Conn, cause: str) -> None:
+        """A call failed as if the store went away: so it did, if `conn` is of the current pool (a call on a
+        connection of a pool already given up must not tear down the one made since)."""
+        if conn in self._conns:
+            self._lost(cause)
+
     def _lost(self, cause: str) -> None:
-        """The store went away: fail calls fast from now on and reconnect in the background."""
+        """The store went away: fail calls fast from now on and reconnect in the background.
+
+        Only idle connections are closed here. A connection a call is using is shut down under it (its socket, as
+        the watchdog does) and closed when the call gives it back: closing it under the call freed the libpq
+        connection that psycopg's C code was still reading (a hub died of a general protection fault in libc
+        during the 10,000-agent ramp, after "consuming input failed: connection pointer is NULL")."""
         if self._closed:
             return
         if self.available:
@@ -232,15 +243,29 @@ class PgLink:
         self.available = False
         self.problem = cause
         self._generation += 1
-        old = [*self._conns, *([self._listen] if self._listen is not None else [])]
-        self._conns = set()
-        self._listen = None
+        idle: list[Conn] = []
         while not self._idle.empty():
-            self._idle.get_nowait()
-        for c in old:
+            idle.append(self._idle.get_nowait())
+        busy = self._conns - set(idle)
+        self._conns = set()
+        listen, self._listen = self._listen, None
+        for c in idle:
             spawn(_close(c), name="store-close")
+        for c in busy:
+            _abort(c, [])  # its call ends at once with an error; `_give_back` closes it (not in the pool any more)
+        if listen is not None:
+            spawn(self._close_listen(listen, self._listen_task), name="store-close")
         if self._reconnect_task is None or self._reconnect_task.done():
             self._reconnect_task = spawn(self._reconnect(), name="store-reconnect")
+
+    @staticmethod
+    async def _close_listen(conn: Conn, task: asyncio.Task[None] | None) -> None:
+        """End the LISTEN loop reading `conn` first, then close it (not under the loop's read)."""
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await _close(conn)
 
     async def _reconnect(self) -> None:
         backoff = Backoff(base=0.2, cap=2.0)

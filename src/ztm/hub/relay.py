@@ -138,6 +138,8 @@ class Relay:
                     raise Unavailable(f"endpoint {target.name!r} {where}")
             if target.id == caller.id:
                 raise BadInput("an endpoint cannot open a stream to itself through the hub")
+            self.state.watch(caller.id, target.id)  # each end hears of the other's changes (the ends on this hub)
+            self.state.watch(target.id, caller.id)
             self.state.policy.first_line(caller, target, app)  # the mesh's policy, as a first line (the exit decides)
             if session is not None:
                 check_e2e(stream.header("ztm-e2e") or "", session.e2e, target.name)

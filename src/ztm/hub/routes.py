@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ztm import addr, filespec, h2, pki, tcpalive, validate
 from ztm.errors import BadInput, Forbidden, NotFound, Unauthorized, Unavailable, ZtmError
-from ztm.hub import limits, meshaddr
+from ztm.hub import interest, limits, meshaddr
 from ztm.hub.audit import MAX_LIMIT
 from ztm.hub.authority import ROOT_USER
 from ztm.hub.files import FileIndex
@@ -90,6 +90,7 @@ class HubRoutes:
             ("POST", re.compile(r"/api/enroll"), self.post_enroll),
             ("POST", re.compile(r"/api/renew"), self.post_renew),
             ("POST", re.compile(r"/api/heartbeat"), self.post_heartbeat),
+            ("POST", re.compile(r"/api/events/interest"), self.post_interest),
             ("GET", re.compile(r"/api/endpoints"), self.get_endpoints),
             ("GET", re.compile(rf"/api/endpoints/{ep}"), self.get_endpoint),
             ("DELETE", re.compile(rf"/api/endpoints/{ep}"), self.delete_endpoint),
@@ -272,7 +273,16 @@ class HubRoutes:
         return self.state.list_endpoints_json()
 
     async def get_endpoint(self, req: Request) -> Any:
-        return self.state.endpoint_view(self.state.find_endpoint(req.arg("ep")))
+        ep = self.state.find_endpoint(req.arg("ep"))
+        if req.peer.ep_id is not None:  # the asker deals with it: its session hears of its changes from now on
+            self.state.watch(req.peer.ep_id, ep.id)
+        return self.state.endpoint_view(ep)
+
+    async def post_interest(self, req: Request) -> Any:
+        body = await req.json()
+        if body.get("events") != interest.ALL:
+            raise BadInput('give {"events": "all"}: a live event stream can only widen to every endpoint event')
+        return self.state.want_everything(req.peer)
 
     async def delete_endpoint(self, req: Request) -> Any:
         return await self.state.delete_endpoint(req.peer, req.arg("ep"))
@@ -319,6 +329,7 @@ class HubRoutes:
             return await self.state.call_as(caller, req.arg("ep"), method, params, timeout, forwarded=True)
         caller = self.state.require_ep(req.peer)
         target = self.state.find_endpoint(req.arg("ep"))
+        self.state.watch(caller.id, target.id)
         hub_id = self.state.location(target.id)
         if hub_id is not None:  # its session is on another hub of the cluster
             return await self.peers.forward_call(hub_id, caller, target, method, params, timeout)
@@ -468,6 +479,7 @@ class HubRoutes:
     async def events(self, stream: h2.Stream, conn: h2.Connection, peer: Peer) -> None:
         session = self.state.open_session(peer, conn.close, lambda: conn.bytes_received, id(conn))
         session.e2e = stream.header("ztm-e2e") or ""
+        session.interest = interest.Interest.from_header(stream.header(interest.HEADER))  # before any await
         reader = asyncio.get_running_loop().create_task(_drain(stream))
         reader.add_done_callback(lambda _t: session.end())
         conn.add_close_callback(lambda _c: session.end())

@@ -25,6 +25,7 @@ from ztm.hub import limits, meshaddr, meshnet
 from ztm.hub.audit import AuditLog
 from ztm.hub.authority import ROOT_USER, Authority
 from ztm.hub.conns import Connections
+from ztm.hub.interest import Interest
 from ztm.hub.meshnet import MeshNet
 from ztm.hub.policy import HubPolicy
 from ztm.hub.store import AddressTaken, EndpointRecord, HubInfo, HubStore, Presence, UserRecord
@@ -89,6 +90,8 @@ class Session:
     queued_bytes: int = 0
     e2e: str = ""
     """The end-to-end layer version the agent announced on its event stream (`ztm-e2e`); "" for older agents."""
+    interest: Interest = field(default_factory=Interest)
+    """Which `endpoint` events the session gets (`ztm.hub.interest`): all, or those about the ids it watches."""
     """Bytes of event lines waiting in `queue`: a budget (`limits.EVENT_QUEUE_BYTES`), not a count of events."""
     closed: bool = False
 
@@ -360,37 +363,43 @@ class HubState:
                 if existing is None:
                     raise  # a full range refuses a new endpoint before anything is written
                 # an endpoint recorded before addresses existed, in a full range: it enrols as before
-        ep = EndpointRecord(
-            id=ep_id,
-            name=name,
-            user=peer.user,
-            labels=labels if existing is None or labels else existing.labels,
-            version=version,
-            hostname=hostname,
-            first_seen=existing.first_seen if existing else now,
-            last_seen=now,
-            user_not_after=peer.not_after,
-            mesh_ip=mesh_ip,
-        )
-        detail = {"ep": ep_id, "hostname": hostname, "version": version, "labels": ep.labels, "replaces": replaces}
-        await self.audit.record(peer, "join" if existing is None else "enroll", name, detail)
-        while True:
-            try:
-                await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write changes nothing
-                break
-            except AddressTaken:  # another hub of the cluster gave this address to another endpoint meanwhile
-                self.counters["mesh_ip_retries"] += 1
-                log.info("mesh address %s was taken at another hub; %s picks again", ep.mesh_ip, name)
-                tried.add(str(ep.mesh_ip))
-                if len(tried) >= meshnet.PICK_TRIES:
-                    raise Unavailable("the hubs of this mesh keep taking the same addresses; try again") from None
-                ep.mesh_ip = self.net.pick(tried)
-        cert = await self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
-        for other_id in replaces:
-            self.endpoints.pop(other_id, None)
-            self.services.pop(other_id, None)
-            self.net.forget(other_id)
-        self.endpoints[ep_id] = ep
+        picked = {mesh_ip} if mesh_ip is not None else set()
+        self.net.held |= picked  # no other enrolment here picks it while this one writes it
+        try:
+            ep = EndpointRecord(
+                id=ep_id,
+                name=name,
+                user=peer.user,
+                labels=labels if existing is None or labels else existing.labels,
+                version=version,
+                hostname=hostname,
+                first_seen=existing.first_seen if existing else now,
+                last_seen=now,
+                user_not_after=peer.not_after,
+                mesh_ip=mesh_ip,
+            )
+            detail = {"ep": ep_id, "hostname": hostname, "version": version, "labels": ep.labels, "replaces": replaces}
+            await self.audit.record(peer, "join" if existing is None else "enroll", name, detail)
+            while True:
+                try:
+                    await self.store.enroll_endpoint(ep, replaces=replaces)  # first: a failed write changes nothing
+                    break
+                except AddressTaken:  # another hub of the cluster gave this address to another endpoint meanwhile
+                    self.counters["mesh_ip_retries"] += 1
+                    log.info("mesh address %s was taken at another hub; %s picks again", ep.mesh_ip, name)
+                    tried.add(str(ep.mesh_ip))
+                    if len(tried) >= meshnet.PICK_TRIES:
+                        raise Unavailable("the hubs of this mesh keep taking the same addresses; try again") from None
+                    ep.mesh_ip = self.net.pick(tried)
+                    self.net.held.add(ep.mesh_ip)
+            cert = await self.authority.issue_endpoint(peer.user, ep_id, public_key, ttl)
+            for other_id in replaces:
+                self.endpoints.pop(other_id, None)
+                self.services.pop(other_id, None)
+                self.net.forget(other_id)
+            self.endpoints[ep_id] = ep
+        finally:  # in the registry now (or failed): no longer held
+            self.net.held -= picked | tried | {str(ep.mesh_ip)}
         self.version += 1
         self.counters["enrollments"] += 1
         for changed in [*replaces, ep_id]:
@@ -562,10 +571,40 @@ class HubState:
         if bump:
             self.version += 1
         kind, line = str(event.get("type")), encode_event(event)
-        key = f"endpoint/{event['ep']['id']}" if kind == "endpoint" else None  # only the newest view matters
-        for ep_id, session in self.sessions.items():
-            if ep_id != exclude:
+        if kind != "endpoint":
+            for ep_id, session in self.sessions.items():
+                if ep_id != exclude:
+                    session.push_line(kind, line)
+            return
+        about = str(event["ep"]["id"])
+        key = f"endpoint/{about}"  # only the newest view matters
+        sent = 0
+        for ep_id, session in self.sessions.items():  # only to those that keep the whole list or watch `about`
+            if ep_id != exclude and (ep_id == about or session.interest.wants(about)):
                 session.push_line(kind, line, key)
+                sent += 1
+        self.counters["endpoint_events"] += sent
+
+    def watch(self, ep_id: str, other: str) -> None:
+        """The endpoint `ep_id` (a session here, or nothing happens) deals with endpoint `other` (it looked it up, or
+        a stream or call went between them): its session gets `endpoint` events about `other` from now on; an id
+        forgotten to make room is told to the agent (`unwatch`), which drops its copy."""
+        session = self.sessions.get(ep_id)
+        if session is None or session.closed or other == ep_id:
+            return
+        forgotten = session.interest.watch(other)
+        if forgotten is not None:
+            session.push({"type": "unwatch", "ep": forgotten})
+
+    def want_everything(self, peer: Peer) -> dict[str, Any]:
+        """The endpoint's live session gets every `endpoint` event from now on (its agent now keeps the whole list:
+        a policy arrived, or network mode started); the agent then loads the list."""
+        ep = self.require_ep(peer)
+        session = self.sessions.get(ep.id)
+        if session is None or session.closed:
+            raise Unavailable("no event stream is open for this endpoint; open GET /api/events first")
+        session.interest.want_everything()
+        return {"events": "all"}
 
     # views
     def status(self) -> dict[str, Any]:
@@ -917,6 +956,7 @@ class HubState:
             if forwarded:  # never forwarded twice: a stale presence or a loop ends here
                 raise Unavailable(f"endpoint {target.name!r} is not on this hub")
             raise Unavailable(f"endpoint {target.name!r} is offline")
+        self.watch(target.id, caller.id)
         size = len(json.dumps(params, separators=(",", ":")).encode())
         if size > limits.MAX_CALL_PARAMS:
             raise BadInput(f"call params are {size} bytes of JSON; the hub relays at most {limits.MAX_CALL_PARAMS}")
