@@ -15,7 +15,14 @@ of `--trials` trials:
    t1 = the start of the first connection counted direct by the entrance's inbound (`ztm tunnel describe`), and
    the successful birthday attempt's own time from the agent's log ("punched ... in N ms (birthday)");
 4. reads the entrance's `punch_birthday_attempts` / `_successes` and both agents' peak open descriptors (sampled
-   every 10 ms from /proc/PID/fd while the trial runs).
+   every 10 ms from /proc/PID/fd while the trial runs), and the exit's refusals so far.
+
+The exit is not restarted, and it answers two to three punches of the same caller per trial (the ordinary one, the
+birthday attempt, the pool's refill once the channel is up); its per-caller limit (`ztm.agent.direct.PUNCH_LIMIT`: 6
+per 10 s) then refused a punch in every other trial, and the entrance backed off 2 s (5.2 s trials alternating with
+3.2 s ones, each slow one with exactly one `punch_refused_rate` at the exit; bench/RESULTS.md). A pair meeting for the
+first time meets no such history, so each trial now starts `--gap` seconds (default: the limit's window) after the
+previous one ended: the exit's limit has forgotten the previous trial's punches.
 
 Reported per K: birthday attempts and successes (the success rate per attempt, against 1 - exp(-K*K/64,512)), the
 time to direct t1 - t0 (p50, p90, min, max: it includes the ordinary punch's 3 s), and the peak
@@ -23,7 +30,7 @@ descriptors of each agent.
 
 `--reverse` swaps the roles: `sym` is the entrance (the symmetric side starts the punch) and `home` the exit.
 
-Run:  sudo .venv/bin/python -m bench.p2p_birthday [--k 256 512] [--trials 20] [--keep] [--reverse]
+Run:  sudo .venv/bin/python -m bench.p2p_birthday [--k 256 512] [--trials 20] [--keep] [--reverse] [--gap S]
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from bench.p2p import PUNCHED_LOG, agent_metric
 from bench.tunnel import connect_cycle
 from lab import netlab
 from lab.netlab import Lab
+from ztm.agent.direct import PUNCH_LIMIT
 
 MESH = "bench"
 SITES = {"home": "eim", "sym": "symmetric"}
@@ -137,7 +145,12 @@ def trial(lab: Lab, home: support.Agent, exit_agent: support.Agent, give_up: flo
         time.sleep(0.05)
     peak = peaks.stop()
     logged = [float(ms) / 1000 for kind, ms in PUNCHED_LOG.findall(home.proc.output()) if kind]
+    refusals = {  # the exit's refusals so far (it is not restarted: cumulative over the trials)
+        f"exit_{name}": agent_metric(exit_agent, name)
+        for name in ("punch_refused_rate", "punch_birthday_refused_rate", "punch_answered", "punch_birthday_attempts")
+    }
     return {
+        **refusals,
         "direct": start - t0,
         "attempt": logged[-1] if logged else math.nan,
         "attempts": agent_metric(home, "punch_birthday_attempts"),
@@ -154,6 +167,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--give-up", type=float, default=40.0, help="seconds a trial waits for the direct path")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--reverse", action="store_true", help="sym the entrance, home the exit (symmetric -> eim)")
+    ap.add_argument("--gap", type=float, default=PUNCH_LIMIT.window,
+                    help="seconds between a trial's end and the next one's start (default: the exit's punch limit's "
+                         "window, %(default)s s, so it has forgotten the previous trial's punches)")  # fmt: skip
     args = ap.parse_args(argv)
     roles = ("sym", "home") if args.reverse else ("home", "sym")
     print(f"direction: {roles[0]} ({SITES[roles[0]]}, the entrance) -> {roles[1]} ({SITES[roles[1]]}, the exit)")
@@ -174,13 +190,21 @@ def main(argv: list[str]) -> int:
             for k in args.k:
                 agents = start_agents(lab, tmp, hub, k, roles)
                 results = []
+                exit_before: dict[str, float] = {}
                 for n in range(args.trials):
+                    if n:
+                        time.sleep(args.gap)
                     r = trial(lab, agents[roles[0]], agents[roles[1]], args.give_up, roles[0])
                     results.append(r)
+                    exit_now = {key[5:]: value for key, value in r.items() if key.startswith("exit_")}
+                    exit_delta = " ".join(
+                        f"{key} +{value - exit_before.get(key, 0):g}" for key, value in exit_now.items()
+                    )
+                    exit_before = exit_now
                     print(f"K={k} trial {n + 1}: direct after {r['direct']:.2f} s (the attempt {r['attempt']:.3f} s), "
                           f"birthday attempts "
                           f"{r['attempts']:g}, successes {r['successes']:g}, peak fds entrance {r['fd_entrance']} "
-                          f"exit {r['fd_exit']}", file=sys.stderr, flush=True)  # fmt: skip
+                          f"exit {r['fd_exit']}; the exit: {exit_delta}", file=sys.stderr, flush=True)  # fmt: skip
                 for agent in agents.values():
                     agent.proc.stop()
                 times = [r["direct"] for r in results if not math.isnan(r["direct"])]

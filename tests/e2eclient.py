@@ -19,6 +19,7 @@ from ztm import h2, pki
 from ztm.agent.direct_outer import DirectConn, DirectOuter
 from ztm.agent.e2e import MeshE2E
 from ztm.agent.e2estream import E2EStream
+from ztm.agent.early import EarlyData
 from ztm.agent.punchmsg import SEEN_HEADER
 from ztm.agent.tls import MeshFiles
 from ztm.errors import from_json
@@ -85,10 +86,13 @@ async def dial_direct(folder: Path, address: str) -> DirectConn:
     return conn
 
 
-async def open_direct(conn: DirectConn, layer: MeshE2E, target_id: str, app: str, service: str) -> E2EStream:
-    """An end-to-end stream to `app`/`service` on endpoint `target_id` over the direct channel `conn`."""
+async def open_direct(
+    conn: DirectConn, layer: MeshE2E, target_id: str, app: str, service: str, early: EarlyData | None = None
+) -> E2EStream:
+    """An end-to-end stream to `app`/`service` on endpoint `target_id` over the direct channel `conn` (with `early`
+    data sent after the OPEN, as the tunnel app sends it)."""
 
     async def answered() -> None:
         return None
 
-    return await layer.open(DirectOuter(conn), target_id, app, service, answered)
+    return await layer.open(DirectOuter(conn), target_id, app, service, answered, early)

@@ -298,3 +298,39 @@ def test_direct_option_errors(tmp_path: Path) -> None:
         taken.listen()
         cp = run([*base, "--direct", f"127.0.0.1:{taken.getsockname()[1]}"], env=env, check=False, timeout=20)
         assert "cannot listen for direct connections on 127.0.0.1:" in one_line_error(cp)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_a_target_that_does_not_read_stops_the_client_on_the_direct_path(world: World) -> None:
+    """Back-pressure end to end on a direct channel: the exit's target accepts but never reads, the client writes as
+    fast as it can. Its writes must stall (the entrance stops reading it) with both agents' memory flat: no layer
+    (splice, end-to-end stream, direct channel) buffers without bound."""
+    office, home = world.office, world.home
+    with socket.socket() as deaf:  # listens, never accepts: the kernel takes what its buffers hold, then nothing
+        deaf.bind(("127.0.0.1", 0))
+        deaf.listen(8)
+        open_outbound(office, "tcp/d-deaf", deaf.getsockname()[1])
+        port = open_inbound(home, "tcp/d-deaf")
+        echo_port = open_inbound(home, "tcp/d-echo") if False else None  # noqa: F841 - the path is checked below
+        before = {name: _rss_kib(agent.proc.pid) for name, agent in (("home", home), ("office", office))}
+        chunk, pushed, limit = b"\0" * 65536, 0, 512 << 20
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+            client.setblocking(False)
+            last_progress = time.monotonic()
+            while time.monotonic() - last_progress < 3 and pushed < limit:
+                try:
+                    pushed += client.send(chunk)
+                    last_progress = time.monotonic()
+                except BlockingIOError:
+                    time.sleep(0.01)
+            after = {name: _rss_kib(agent.proc.pid) for name, agent in (("home", home), ("office", office))}
+        assert pushed < limit, f"the client pushed {pushed} bytes into a target that reads nothing"
+        growth = {name: after[name] - before[name] for name in after}
+        assert all(kib < 48 * 1024 for kib in growth.values()), f"agents grew by {growth} KiB for {pushed} bytes"
+        assert described(home, "inbound", "tcp/d-deaf")["direct"] >= 1

@@ -3,10 +3,12 @@ replayed / truncated records, END, key update, both directions at once, session 
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import timedelta
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from e2e_mesh import Mesh, handshake
 
 from ztm.e2e import (
@@ -25,6 +27,7 @@ from ztm.e2e import (
     FrameReader,
     Session,
     error_frame,
+    frames,
     parse_resume,
     resume_frame,
     unknown_frame,
@@ -290,3 +293,28 @@ def test_key_update_one_record_per_feed() -> None:
         pos = end
     assert got == [(DATA, b"%d" % i) for i in range(9)] + [(END, b"")]
     assert cb.records_received == ca.records_sent == 10 + 4 and cb.ended
+
+
+def test_open_data_opens_only_one_whole_small_data_record_and_changes_nothing_otherwise() -> None:
+    """`Channel.open_data` (the direct channel's per-message fast path) takes one whole DATA record that
+    authenticates; anything else is None with the channel untouched, so `feed` then refuses it as before."""
+    a, b = _pair()
+    assert b.open_data(a.seal(DATA, b"x")) == b"x"
+    end = a.seal(END)
+    assert b.open_data(end) is None and b.records_received == 1  # not DATA: `feed`'s
+    assert b.feed(end) == [(END, b"")]
+    a, b = _pair()
+    bad = bytearray(a.seal(DATA, b"y"))
+    bad[-1] ^= 1
+    assert b.open_data(bytes(bad)) is None
+    with pytest.raises(E2EError) as failed:
+        b.feed(bytes(bad))
+    assert failed.value.reason == "integrity"
+    a, b = _pair()
+    payload = b"\x00" + os.urandom(MAX_PAYLOAD + 1)  # over the limit, sealed with the right key and counter
+    header = (frames.RECORD << 24 | (len(payload) + frames.TAG)).to_bytes(4, "big")
+    oversized = header + AESGCM(a._send_key).encrypt(bytes(12), payload, header)
+    assert b.open_data(oversized) is None and b.records_received == 0
+    with pytest.raises(E2EError) as failed:
+        b.feed(oversized)
+    assert failed.value.reason == "malformed"

@@ -61,6 +61,7 @@ from ztm.agent import punchmsg
 from ztm.agent.direct_outer import DirectConn, DirectOuter
 from ztm.agent.early import EarlyData
 from ztm.agent.punch import WINDOW, Attempt, PunchError, PunchPort, keep_alive, rtt_ms, silent_for
+from ztm.agent.tlsobject import fast_tls
 from ztm.aio import spawn
 from ztm.e2e import E2EError
 from ztm.errors import BadInput, CertificateError, Forbidden, Unavailable, ZtmError
@@ -289,6 +290,8 @@ class MeshDirect:
                 ctx.load_verify_locations(cafile=str(self._crl_file))
                 ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
             server.num_tickets = 0  # see DirectServer.start
+            for ctx in (server, client):
+                fast_tls(ctx)  # uvloop calls OpenSSL's read/write/pending without ssl.py's wrappers
             self._contexts = (cert, server, client)
         return self._contexts[1], self._contexts[2]
 
@@ -992,6 +995,7 @@ class DirectServer:
         # side for as long as the channel lives (bench/RESULTS.md, "Direct path"). A connection takes this from the
         # context it started with, not from the mesh's context the SNI callback switches to: set it here.
         base.num_tickets = 0
+        fast_tls(base)  # the SSLObject's class comes from this context too
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
             self._protocol, address.host, address.port, ssl=base, ssl_handshake_timeout=10.0

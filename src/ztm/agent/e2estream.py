@@ -245,6 +245,18 @@ class E2EStream:
     # ---- receive path (the outer stream's sink) ------------------------------------------------------------------
 
     def stream_data(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None and not (self._sink_paused or self._held or self._eof or self._chunks or self._error):
+            # an interactive message: one small DATA record, straight to the app (`Channel.open_data` opens only
+            # a whole DATA record that authenticates; anything else takes the general way, which says what it is)
+            payload = self._channel.open_data(data)
+            if payload:
+                self.bytes_received += len(payload)
+                sink.stream_data(payload)
+                if self._sink_paused and not self._outer_paused:
+                    self._outer_paused = True
+                    self._outer.pause_sink()
+                return
         if self._error is not None:
             return
         try:
@@ -429,7 +441,8 @@ class E2EStream:
 
         The records go to the outer stream in one write (one flush; records fill whole frames), not one write
         each, which would cut the TLS records and the hub's reads into many more."""
-        self._check_send()
+        if self._error is not None or self._local_ended:
+            self._check_send()
         outer = self._outer
         total = len(data)
         room = outer.send_capacity() - OVERHEAD  # a key update record may come first

@@ -186,6 +186,24 @@ class Channel:
             return self._feed(data, plain)
         return self._feed(data, None)
 
+    def open_data(self, data: bytes) -> bytes | None:
+        """The payload of `data` when it is exactly one whole DATA record that opens under the current key (the
+        common case of an interactive stream: one record per read), else None with nothing changed: `feed` then
+        says what `data` is (a record that fails, another type, several or partial records, an error)."""
+        end = len(data)
+        if self._fast and _MIN_FRAME <= end <= _SMALL and int.from_bytes(data[:4], "big") == _RECORD_TYPE | (end - 4):
+            ctr = self._recv_ctr
+            if ctr < self._limit:
+                try:
+                    plain = self._recv_aead.decrypt(ctr.to_bytes(12, "big"), data[4:], data[:4])
+                except InvalidTag:
+                    return None
+                if plain[0] == DATA:
+                    self._recv_ctr = ctr + 1
+                    self.records_received += 1
+                    return plain[1:]
+        return None
+
     def _feed(self, data: bytes | bytearray | memoryview, first: bytes | None) -> list[tuple[int, bytes]]:
         """`feed` in general: buffered bytes, several or partial records, errors (`first`: the plaintext of the
         first record in `data` when the fast path opened it already)."""

@@ -601,11 +601,13 @@ async def counted_splice(
     traffic.streams += 1
     sent_key, received_key = f"{key}:sent", f"{key}:received"
 
-    def count(sent: int, received: int) -> None:
-        counters[sent_key] += sent
-        counters[received_key] += received
-        traffic.sent += sent
-        traffic.received += received
+    def count(sent: int, received: int) -> None:  # once per message: one direction at a time
+        if sent:
+            counters[sent_key] += sent
+            traffic.sent += sent
+        if received:
+            counters[received_key] += received
+            traffic.received += received
 
     try:
         await splice(reader, writer, stream, count, early)
