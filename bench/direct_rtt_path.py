@@ -166,7 +166,7 @@ async def model(rtts: int) -> tuple[float, float]:
 
     server_ctx, client_ctx = server_context(pki), client_context(pki)
     try:  # the direct channels' contexts (`MeshDirect._ensure_contexts`) where the tree has it
-        from ztm.agent.tlsobject import fast_tls
+        from ztm.tlsobject import fast_tls
 
         fast_tls(server_ctx), fast_tls(client_ctx)
     except ImportError:

@@ -61,10 +61,10 @@ from ztm.agent import punchmsg
 from ztm.agent.direct_outer import DirectConn, DirectOuter
 from ztm.agent.early import EarlyData
 from ztm.agent.punch import WINDOW, Attempt, PunchError, PunchPort, keep_alive, rtt_ms, silent_for
-from ztm.agent.tlsobject import fast_tls
 from ztm.aio import spawn
 from ztm.e2e import E2EError
 from ztm.errors import BadInput, CertificateError, Forbidden, Unavailable, ZtmError
+from ztm.tlsobject import fast_tls
 
 if TYPE_CHECKING:
     from ztm.agent.apps import Caller

@@ -14,6 +14,7 @@ from pathlib import Path
 from ztm import keylog, pki
 from ztm.errors import CertificateError
 from ztm.h2 import Connection
+from ztm.tlsobject import fast_tls
 
 
 class MeshFiles:
@@ -52,7 +53,7 @@ def _context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     ctx.load_verify_locations(cafile=str(ca))
     ctx.load_cert_chain(str(cert), str(key))
     ctx.set_alpn_protocols(["h2"])
-    return keylog.apply(ctx)
+    return keylog.apply(fast_tls(ctx))
 
 
 def check_hub(conn: Connection, mesh_id: str, address: str) -> str:

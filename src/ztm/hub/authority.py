@@ -23,6 +23,7 @@ from ztm.addr import Address
 from ztm.errors import BadInput
 from ztm.hub import cakey, meshaddr
 from ztm.hub.store import HubStore
+from ztm.tlsobject import fast_tls
 
 ROOT_USER = "root"
 
@@ -162,7 +163,7 @@ class Authority:
             ctx.load_verify_locations(cafile=str(self._tls_dir / "ca-crl.pem"))
             ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
             ctx.set_alpn_protocols(["h2"])
-            self._context = keylog.apply(ctx)
+            self._context = keylog.apply(fast_tls(ctx))
         return self._context
 
 

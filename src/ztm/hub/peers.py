@@ -28,6 +28,7 @@ from ztm.errors import BadInput, Forbidden, Unavailable, ZtmError
 from ztm.hub import limits
 from ztm.hub.state import HubState
 from ztm.hub.store import EndpointRecord
+from ztm.tlsobject import fast_tls
 
 log = logging.getLogger("ztm.hub")
 
@@ -121,7 +122,7 @@ class HubPeers:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.load_verify_locations(cadata=self.state.authority.ca_pem)
             ctx.load_cert_chain(tls_dir / "hub.crt", tls_dir / "hub.key")
-            self._context = keylog.apply(ctx)
+            self._context = keylog.apply(fast_tls(ctx))
         return self._context
 
     async def link(self, hub_id: str, lane: str = "") -> h2.Connection:

@@ -1,11 +1,12 @@
-"""An `ssl.SSLObject` whose `read`, `write` and `pending` are the C methods themselves, for the direct channels.
+"""An `ssl.SSLObject` whose `read`, `write` and `pending` are the C methods themselves, for every TLS connection of
+ztm's own (hub connections on both sides, hub-to-hub links, direct channels).
 
 uvloop's TLS transport calls `read`, `write` and `pending` of the context's `SSLObject` for every message (it keeps
 the bound methods it found after `wrap_bio`). `ssl.SSLObject`'s are Python wrappers that only call the same method of
-the C object `_sslobj` with the same arguments: a Python frame per call, three per 1-byte message on a direct
-channel. `DirectSSLObject` binds the C methods on the instance instead, so uvloop calls OpenSSL's without the
-wrapper; the TLS (handshake, certificate checks, the CRL, every record's authentication) is the same C object's
-either way. Set on a context with `fast_tls(ctx)`.
+the C object `_sslobj` with the same arguments: a Python frame per call, three per 1-byte message on a direct channel
+or a hub connection. `DirectSSLObject` binds the C methods on the instance instead, so uvloop calls OpenSSL's
+without the wrapper; the TLS (handshake, certificate checks, the CRL, every record's authentication) is the same
+C object's either way. Set on a context with `fast_tls(ctx)`.
 """
 
 from __future__ import annotations
