@@ -36,6 +36,8 @@ def session(apps: dict[str, Any]) -> MeshSession:
     s._peers_stale = False
     s._want_peers = False
     s.peers_changed = []
+    s.peers = {}
+    s.link = types.SimpleNamespace(events="watched")  # type: ignore[assignment]
     s.labels = []
     s.record = types.SimpleNamespace(name="m")  # type: ignore[assignment]
     s.gate = types.SimpleNamespace(policy=None, recheck=lambda: None)  # type: ignore[assignment]
