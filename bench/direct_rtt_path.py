@@ -35,6 +35,8 @@ from typing import Any
 if not __package__:  # run as a file (python bench/NAME.py): make the `bench` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.baseline import baseline_commit, export_revision
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -228,14 +230,6 @@ def instructions(src: Path, small: int, large: int, bare: bool = False) -> float
     return (counts[1] - counts[0]) / (large - small)
 
 
-def baseline_src(rev: str) -> Path:
-    """`src` of `rev` (a `git archive` into a temporary directory)."""
-    target = Path(tempfile.mkdtemp(prefix="ztm-base-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "src"], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    return target / "src"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rtts", type=int, default=5000, help="round trips to measure (default %(default)s)")
@@ -255,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     trees = {"this tree": REPO / "src"}
     if args.baseline_rev:
-        trees[f"@{args.baseline_rev}"] = baseline_src(args.baseline_rev)
+        commit = baseline_commit(parser, REPO, args.baseline_rev)
+        trees[f"@{args.baseline_rev}"] = export_revision(REPO, commit, Path(tempfile.mkdtemp(prefix="ztm-base-")))
     if not args.callgrind and not args.baseline_rev:
         wall, cpu = run(args.rtts, args.floor)
         print(f"{args.rtts} round trips: {1e6 * wall:.1f} us wall, {1e6 * cpu:.1f} us CPU per round trip")
