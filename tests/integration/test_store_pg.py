@@ -17,7 +17,7 @@ from conftest import PgDb
 from ports import free_port
 from ztm.db import Database
 from ztm.errors import BadInput, Conflict, Unavailable, ZtmError
-from ztm.hub import store_sqlite
+from ztm.hub import pgconn, store_sqlite
 from ztm.hub.store import EndpointRecord, HubInfo, HubStore, Presence
 from ztm.hub.store_pg import MIGRATIONS, PgStore
 from ztm.hub.store_sqlite import SqliteStore
@@ -465,5 +465,34 @@ def test_a_silently_cut_link_fails_calls_in_bounded_time_without_blocking_the_lo
             tick_task.cancel()
             await s.close()
             await proxy.close()
+
+    run(main())
+
+
+def test_a_stalled_event_loop_is_not_taken_for_a_store_outage(pg_url: PgDb) -> None:
+    """The hub's own loop blocked past a call's deadline while the server answered in time (a crowd of agents keeps
+    a hub busy): the call completes and the store stays available; before, the late watchdog aborted the call, the
+    pool was torn down and every hub reloaded (the 10,000-agent ramp, bench/RESULTS.md)."""
+
+    async def main() -> None:
+        s = await open_store(pg_url)
+        seen: list[str] = []
+        s.subscribe(lambda kind, _p: seen.append(kind))
+        try:
+            await s.enroll_endpoint(ep("ep1", "one"), replaces=[])
+            loop = asyncio.get_running_loop()
+            stall = pgconn.CALL_DEADLINE + 1.5
+            loop.call_later(0.05, time.sleep, stall)  # blocks the whole loop, as a busy hub's does
+            start = time.monotonic()
+            # an answer larger than the socket's buffers: the server, blocked sending it while the hub does not read,
+            # ends the statement at its own timeout (5 s); that fails this call, and only this call
+            with pytest.raises(Unavailable, match="statement timeout"):
+                await s._rows("SELECT repeat('x', 64 << 20)")
+            assert time.monotonic() - start >= stall  # the call spanned the stall
+            assert s.available, s.problem  # no outage: the pool is kept, nothing reloads
+            assert len(await s.endpoints()) == 1
+            assert "resync" not in seen
+        finally:
+            await s.close()
 
     run(main())

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -48,6 +49,12 @@ CALL_DEADLINE = STATEMENT_TIMEOUT + 1
 """Seconds one call may take here, whatever the link does: then its connection is shut down under it (a silently
 cut link never answers, and cancelling the call would make psycopg wait up to 10 s more trying to cancel the query
 on the server through that same dead link)."""
+LATE_LOOP = 1.0
+"""Seconds past its time at which the deadline's timer counts as run late by a busy event loop (`_Watchdog`)."""
+LATE_GRACE = 2.0
+"""Seconds more a call gets when the delay at its deadline is this process's own, not the server's (`_Watchdog`)."""
+LATE_MAX = 3
+"""Times a call's deadline may be extended that way: a store that never answers still fails the call."""
 POOL_SIZE = 4
 _DEFAULTS = {
     "connect_timeout": str(CONNECT_TIMEOUT),
@@ -176,9 +183,10 @@ class PgLink:
             ) from None
         keep = False
         aborted: list[bool] = []
-        watchdog = asyncio.get_running_loop().call_later(CALL_DEADLINE, _abort, conn, aborted)
+        watchdog = _Watchdog(conn, aborted)
         try:
-            async with asyncio.timeout(CALL_DEADLINE + 2):  # a backstop: the watchdog ends the call before
+            async with asyncio.timeout(CALL_DEADLINE + LATE_MAX * LATE_GRACE + 2):  # a backstop: the watchdog ends
+                # the call before
                 result = await work(conn)
             keep = True
             return result
@@ -330,6 +338,47 @@ class PgLink:
         self._listen = None
         for c in conns:
             await _close(c)
+
+
+class _Watchdog:
+    """Ends a call that got no answer within `CALL_DEADLINE` (`_abort`), unless the delay is this process's own: the
+    event loop ran the deadline's timer late (it was busy: a crowd of agents arriving), the server's answer is
+    already waiting in the socket, or the server is not working on a statement at all (it waits for this side's
+    next one). Then the call gets `LATE_GRACE` seconds more, at most `LATE_MAX` times. Without this, a hub whose loop
+    stalled for a few seconds took the stall for a store outage, tore down its pool and reloaded everything, which
+    stalled it more (the 10,000-agent ramp, bench/RESULTS.md)."""
+
+    __slots__ = ("_aborted", "_conn", "_due", "_handle", "_loop", "extended")
+
+    def __init__(self, conn: Conn, aborted: list[bool]) -> None:
+        self._conn, self._aborted, self.extended = conn, aborted, 0
+        self._loop = asyncio.get_running_loop()
+        self._due = self._loop.time() + CALL_DEADLINE
+        self._handle = self._loop.call_at(self._due, self._fire)
+
+    def _fire(self) -> None:
+        late = self._loop.time() - self._due > LATE_LOOP
+        if self.extended < LATE_MAX and (late or _server_not_silent(self._conn)):
+            self.extended += 1
+            self._due = self._loop.time() + LATE_GRACE
+            self._handle = self._loop.call_at(self._due, self._fire)
+            return
+        _abort(self._conn, self._aborted)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+def _server_not_silent(conn: Conn) -> bool:
+    """True when the server is not what the call waits for: its answer is readable in the socket, or it is not
+    running a statement (idle, or idle in a transaction: it waits for this side)."""
+    try:
+        if conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+            return True
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return False
+    return bool(readable)
 
 
 def _abort(conn: Conn, aborted: list[bool]) -> None:
