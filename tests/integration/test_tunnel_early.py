@@ -119,10 +119,11 @@ def test_client_first_protocol_is_byte_exact_with_early_data(world: World, path:
         request = os.urandom(size)
         assert ask(port, request) == hashlib.sha256(request).digest(), size
     assert described(world.home, "inbound", tunnel)["paths"][path] == streams + len(sizes)
-    # A client descheduled between its connect and its send (a loaded machine) may be answered OK first: most
-    # openings, not all, carry early data.
+    # A client descheduled between its connect and its send (a loaded machine: 3 of 8 in one CI run on the direct
+    # path, whose exit answers in about a millisecond) is answered OK first, and its bytes follow the OK: whether an
+    # opening carries early data depends on scheduling, the bytes arriving exact does not. At least one must.
     early = metric(world.home, EARLY) - before
-    assert early >= len(sizes) // 2, f"only {early} of {len(sizes)} openings carried the client's first bytes"
+    assert early >= 1, f"none of {len(sizes)} openings carried the client's first bytes"
 
 
 def test_a_refused_callers_early_data_never_reaches_the_target(world: World) -> None:

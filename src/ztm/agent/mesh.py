@@ -268,9 +268,10 @@ class MeshSession:
             except Forbidden as exc:  # e.g. the invitation ends with this certificate: no use asking before it does
                 log.warning("mesh %s: certificate renewal refused: %s", self.name, exc.message)
                 await asyncio.sleep(max(30.0, end - time.time()))
-            except (ZtmError, KeyError, TypeError) as exc:
-                log.warning("mesh %s: certificate renewal failed (%s); retrying in 30 s", self.name, exc)
-                await asyncio.sleep(30.0)
+            except (ZtmError, KeyError, TypeError) as exc:  # e.g. the hub restarting: try again before the end
+                pause = min(30.0, max(0.5, (end - time.time()) / 4))
+                log.warning("mesh %s: certificate renewal failed (%s); retrying in %.1f s", self.name, exc, pause)
+                await asyncio.sleep(pause)
 
     # events and calls
     def _on_event(self, event: dict[str, Any]) -> None:
